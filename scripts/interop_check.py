@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""Check ONNX models with the reference tooling (onnx.checker + onnxruntime CPU).
+
+    interop_check.py [options] DIR_OR_FILE...
+        For every .onnx file (directories are searched recursively):
+          1. onnx.checker.check_model(path, full_check=True)  (by path, so external
+             data and >2 GB models work)
+          2. unless the model uses an op domain onnxruntime does not know
+             (-> "checker only (custom domain)") or its name matches
+             --expect-fail-ort: load it in onnxruntime CPU, feed random inputs
+             (symbolic dims -> 1, ints -> small non-negative, bool -> random) and run.
+        Prints one line per model (OK / FAIL: reason). Exits 1 if any model fails.
+
+    interop_check.py --compare A.onnx B.onnx
+        Runs both models in onnxruntime on the same random inputs and reports
+        whether every output is bitwise identical (exit 1 if not).
+
+Options:
+    --exclude GLOB         skip files whose path (relative to the argument) or
+                           any directory component matches GLOB (repeatable),
+                           e.g. --exclude bad
+    --expect-fail-ort NAME only run the checker for models whose file name
+                           (or stem) is NAME (repeatable)
+    --expect-fail          invert: every model must FAIL the checks (for bad/)
+    --seed N               RNG seed for the random inputs (default 0)
+    --dim SYM=N            size for the symbolic dimension named SYM (repeatable)
+    --default-dim N        size for other symbolic/unknown dims (default 1)
+    --shape NAME=D0,D1,..  full shape for the input called NAME, used only where it
+                           matches that input's rank and fixed dims (repeatable)
+    --value NAME=V         fill the input called NAME with the constant V
+                           (repeatable; e.g. --value sr=16000)
+
+Example for real models (see scripts/fetch_real_models.sh):
+    interop_check.py --shape input=1,512 --value sr=16000 --shape x=1,3,64,64 \
+        --shape images=1,3,320,320 scratch/real_models
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+import traceback
+
+import numpy as np
+import onnx
+
+# domains onnxruntime's CPU provider implements
+KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
+                 "com.microsoft.experimental", "ai.onnx.preview.training", "ai.onnx.training",
+                 "com.ms.internal.nhwc"}
+
+ORT_TYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(int16)": np.int16,
+    "tensor(uint16)": np.uint16, "tensor(int32)": np.int32, "tensor(uint32)": np.uint32,
+    "tensor(int64)": np.int64, "tensor(uint64)": np.uint64, "tensor(bool)": np.bool_,
+}
+
+
+def find_models(args, excludes):
+    out = []
+    for a in args:
+        if os.path.isdir(a):
+            for root, dirs, files in os.walk(a):
+                dirs.sort()
+                for f in sorted(files):
+                    if f.endswith(".onnx"):
+                        p = os.path.join(root, f)
+                        if not excluded(os.path.relpath(p, a), excludes):
+                            out.append(p)
+        else:
+            out.append(a)
+    return out
+
+
+def excluded(rel, excludes):
+    parts = rel.replace(os.sep, "/").split("/")
+    return any(fnmatch.fnmatch(rel, g) or any(fnmatch.fnmatch(p, g) for p in parts) for g in excludes)
+
+
+def custom_domains(path):
+    m = onnx.load(path, load_external_data=False)
+    doms = {o.domain for o in m.opset_import}
+
+    def walk(g):
+        for n in g.node:
+            doms.add(n.domain)
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    walk(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sg in a.graphs:
+                        walk(sg)
+
+    walk(m.graph)
+    # functions defined in the model make their domain known
+    local = {f.domain for f in m.functions}
+    return sorted(d for d in doms if d not in KNOWN_DOMAINS and d not in local)
+
+
+def session(path):
+    import onnxruntime as ort
+    ort.set_default_logger_severity(4)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+# input-generation overrides, set from the command line
+OVERRIDES = {"dims": {}, "default_dim": 1, "shapes": {}, "values": {}}
+
+
+def input_shape(i):
+    want = OVERRIDES["shapes"].get(i.name)
+    decl = i.shape or []
+    # a --shape override is used only where it fits the declared rank and fixed dims
+    if want is not None and len(want) == len(decl) and all(
+            not (isinstance(d, int) and d >= 0) or d == w for d, w in zip(decl, want)):
+        return list(want)
+    shape = []
+    for d in i.shape or []:
+        if isinstance(d, int) and d >= 0:
+            shape.append(d)
+        elif isinstance(d, str) and d in OVERRIDES["dims"]:
+            shape.append(OVERRIDES["dims"][d])
+        else:
+            shape.append(OVERRIDES["default_dim"])
+    return shape
+
+
+def random_inputs(sess, seed):
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for i in sess.get_inputs():
+        if i.type not in ORT_TYPES:
+            raise ValueError(f"input {i.name!r}: unsupported type {i.type}")
+        dt = ORT_TYPES[i.type]
+        shape = input_shape(i)
+        if i.name in OVERRIDES["values"]:
+            feeds[i.name] = np.full(shape, OVERRIDES["values"][i.name], dtype=dt)
+        elif dt == np.bool_:
+            feeds[i.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        elif np.issubdtype(dt, np.integer):
+            feeds[i.name] = rng.integers(0, 4, shape).astype(dt)
+        else:
+            feeds[i.name] = rng.standard_normal(shape).astype(dt)
+    return feeds
+
+
+def short(e):
+    s = str(e).strip().splitlines()
+    return (s[0] if s else type(e).__name__)[:300]
+
+
+def check_one(path, skip_ort, seed):
+    """Returns (ok, message)."""
+    try:
+        onnx.checker.check_model(path, full_check=True)
+    except Exception as e:  # noqa: BLE001
+        return False, f"checker: {short(e)}"
+    doms = custom_domains(path)
+    if doms:
+        return True, f"checker only (custom domain: {', '.join(doms)})"
+    if skip_ort:
+        return True, "checker only (--expect-fail-ort)"
+    try:
+        sess = session(path)
+    except Exception as e:  # noqa: BLE001
+        return False, f"onnxruntime load: {short(e)}"
+    try:
+        outs = sess.run(None, random_inputs(sess, seed))
+    except Exception as e:  # noqa: BLE001
+        return False, f"onnxruntime run: {short(e)}"
+    desc = ", ".join(f"{o.name}{list(v.shape)}" for o, v in zip(sess.get_outputs(), outs))
+    return True, f"ran: {desc}"
+
+
+def compare(a, b, seed):
+    sa, sb = session(a), session(b)
+    ia = [(i.name, i.type, i.shape) for i in sa.get_inputs()]
+    ib = [(i.name, i.type, i.shape) for i in sb.get_inputs()]
+    if [x[:2] for x in ia] != [x[:2] for x in ib]:
+        print(f"FAIL inputs differ: {ia} vs {ib}")
+        return 1
+    feeds = random_inputs(sa, seed)
+    oa, ob = sa.run(None, feeds), sb.run(None, feeds)
+    names = [o.name for o in sa.get_outputs()]
+    if len(oa) != len(ob):
+        print(f"FAIL output count differs: {len(oa)} vs {len(ob)}")
+        return 1
+    bad = 0
+    for n, x, y in zip(names, oa, ob):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes():
+            print(f"  {n}: identical {x.dtype}{list(x.shape)}")
+            continue
+        bad += 1
+        if x.shape == y.shape and x.dtype.kind in "fiub" and y.dtype.kind in "fiub":
+            d = np.abs(x.astype(np.float64) - y.astype(np.float64))
+            print(f"  {n}: DIFFERENT max_abs_diff={np.nanmax(d):.6g} "
+                  f"mismatches={int(np.count_nonzero(x != y))}/{x.size}")
+        else:
+            print(f"  {n}: DIFFERENT {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}")
+    print("OK bitwise identical" if not bad else f"FAIL {bad} output(s) differ")
+    return 1 if bad else 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="*")
+    ap.add_argument("--compare", nargs=2, metavar=("A", "B"))
+    ap.add_argument("--exclude", action="append", default=[])
+    ap.add_argument("--expect-fail-ort", action="append", default=[], metavar="NAME")
+    ap.add_argument("--expect-fail", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dim", action="append", default=[], metavar="SYM=N")
+    ap.add_argument("--default-dim", type=int, default=1)
+    ap.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,...")
+    ap.add_argument("--value", action="append", default=[], metavar="NAME=V")
+    args = ap.parse_args(argv)
+
+    def kv(items, conv):
+        out = {}
+        for it in items:
+            k, sep, v = it.rpartition("=")
+            if not sep or not k:
+                ap.error(f"expected NAME=VALUE, got {it!r}")
+            out[k] = conv(v)
+        return out
+
+    OVERRIDES["dims"] = kv(args.dim, int)
+    OVERRIDES["default_dim"] = args.default_dim
+    OVERRIDES["shapes"] = kv(args.shape, lambda v: [int(x) for x in v.split(",") if x != ""])
+    OVERRIDES["values"] = kv(args.value, float)
+
+    if args.compare:
+        try:
+            return compare(*args.compare, args.seed)
+        except Exception as e:  # noqa: BLE001
+            print(f"FAIL {short(e)}")
+            return 1
+    if not args.paths:
+        ap.error("no models given")
+
+    models = find_models(args.paths, args.exclude)
+    if not models:
+        print("no .onnx files found")
+        return 1
+    failures = 0
+    width = max(len(p) for p in models)
+    for p in models:
+        base = os.path.basename(p)
+        skip = base in args.expect_fail_ort or os.path.splitext(base)[0] in args.expect_fail_ort
+        try:
+            ok, msg = check_one(p, skip, args.seed)
+        except Exception as e:  # noqa: BLE001
+            ok, msg = False, f"internal error: {short(e)}"
+            traceback.print_exc()
+        if args.expect_fail:
+            status = "OK (failed as expected)" if not ok else "FAIL (unexpectedly passed)"
+            ok = not ok
+        else:
+            status = "OK" if ok else "FAIL"
+        failures += not ok
+        print(f"{status:6s} {p:{width}s}  {msg}")
+    print(f"{len(models) - failures} passed, {failures} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,2 @@
+
+BlogitsJ((·ÌÁ]äs@’wDÀOË	Áv«Ác›RÁ|WŒÀ{bÂhu>À©uUÁ
