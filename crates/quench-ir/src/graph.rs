@@ -423,6 +423,11 @@ impl Graph {
         for (slot, o) in outputs.iter().enumerate() {
             if let Some(o) = o {
                 self.values[o.index()].def = ValueDef::Node { node: id, slot };
+                // Uses recorded before the producer existed get their edges now.
+                let earlier: Vec<Use> = self.uses[o.index()].clone();
+                for u in earlier {
+                    self.g.add_edge(ix, u.node.ix(), *o);
+                }
             }
         }
         for (i, v) in inputs.iter().enumerate() {
