@@ -1,1 +1,56 @@
-fn main() {}
+//! The `quench` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod convert;
+mod inspect;
+
+/// quench: an ONNX quantization compiler.
+///
+/// Reads FP32 ONNX models (including models with external data and models
+/// above 2 GB) and writes standard ONNX models. Unknown ops and custom
+/// domains are carried through untouched.
+#[derive(Parser, Debug)]
+#[command(name = "quench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Summarise a model: IR version, opsets, inputs/outputs, op histogram,
+    /// parameters by element type, external data, quantizable ops.
+    Inspect(inspect::InspectArgs),
+    /// Re-emit a model through quench's IR with no passes (checks the round
+    /// trip on your model), optionally moving weights to or from external
+    /// data.
+    Convert(convert::ConvertArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads a model file and imports it into the IR, with errors naming the
+/// file.
+pub(crate) fn load(path: &PathBuf) -> anyhow::Result<(quench_onnx::LoadedModel, quench_ir::Model)> {
+    use anyhow::Context;
+    let loaded = quench_onnx::load_model(path)?;
+    let model = quench_ir::Model::from_onnx(loaded.model.clone()).with_context(|| format!("{}", path.display()))?;
+    Ok((loaded, model))
+}

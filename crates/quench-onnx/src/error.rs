@@ -4,17 +4,17 @@ use std::path::PathBuf;
 /// where there is one, the tensor concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum OnnxError {
-    #[error("{}: cannot read: {source}", path.display())]
+    #[error("{}: cannot read", path.display())]
     Read { path: PathBuf, source: std::io::Error },
-    #[error("{}: cannot write: {source}", path.display())]
+    #[error("{}: cannot write", path.display())]
     Write { path: PathBuf, source: std::io::Error },
     #[error("{}: the file is empty, not an ONNX model", path.display())]
     Empty { path: PathBuf },
-    #[error("{}: not a valid ONNX model (protobuf decoding failed: {source}); the file may be truncated or not an ONNX file", path.display())]
+    #[error("{}: not a valid ONNX model (the file may be truncated or not an ONNX file); protobuf decoding failed", path.display())]
     Decode { path: PathBuf, source: prost::DecodeError },
     #[error("{}: the model has no graph", path.display())]
     NoGraph { path: PathBuf },
-    #[error("{}: tensor `{tensor}`: external data file `{location}` cannot be read: {source}", path.display())]
+    #[error("{}: tensor `{tensor}`: external data file `{location}` cannot be read", path.display())]
     ExternalMissing { path: PathBuf, tensor: String, location: String, source: std::io::Error },
     #[error("{}: tensor `{tensor}`: external data file `{location}` has {have} bytes, but the tensor needs bytes {offset}..{end}", path.display())]
     ExternalShort { path: PathBuf, tensor: String, location: String, offset: u64, end: u64, have: u64 },

@@ -1,0 +1,232 @@
+//! `quench inspect`: what a user wants to know first about a model.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use quench_ir::{Model, OpKind};
+use quench_onnx::dtype::{elem_name, packed_bytes};
+use quench_onnx::proto::{GraphProto, TensorProto};
+use serde::Serialize;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// Model to inspect (.onnx).
+    pub model: PathBuf,
+    /// Print the IR text of the graph instead of the summary.
+    #[arg(long, conflicts_with = "json")]
+    pub graph: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Summary {
+    pub file: String,
+    pub file_bytes: u64,
+    pub ir_version: i64,
+    pub opsets: BTreeMap<String, i64>,
+    pub producer: String,
+    pub inputs: Vec<Io>,
+    pub outputs: Vec<Io>,
+    /// Top-level nodes by op type (custom domains as `domain.Op`).
+    pub ops: BTreeMap<String, usize>,
+    pub nodes: usize,
+    /// Nodes inside If/Loop/Scan bodies (recursively).
+    pub subgraph_nodes: usize,
+    /// Constant tensors (initializers and `Constant` nodes) by element type.
+    pub parameters: BTreeMap<String, ParamStats>,
+    pub parameter_count: u64,
+    pub parameter_bytes: u64,
+    pub external_data: ExternalStats,
+    /// Ops whose weights and inputs the quantizer handles, with counts.
+    pub quantizable: BTreeMap<String, usize>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Io {
+    pub name: String,
+    pub r#type: String,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct ParamStats {
+    pub tensors: usize,
+    pub elements: u64,
+    pub bytes: u64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct ExternalStats {
+    pub files: Vec<String>,
+    pub tensors: usize,
+    pub bytes: u64,
+}
+
+fn count_subgraph_nodes(g: &GraphProto) -> usize {
+    g.node
+        .iter()
+        .map(|n| 1 + n.attribute.iter().flat_map(|a| a.g.iter().chain(a.graphs.iter())).map(count_subgraph_nodes).sum::<usize>())
+        .sum()
+}
+
+fn add_param(params: &mut BTreeMap<String, ParamStats>, t: &TensorProto) {
+    let n: u64 = t.dims.iter().map(|d| (*d).max(0) as u64).product();
+    let e = params.entry(elem_name(t.data_type())).or_default();
+    e.tensors += 1;
+    e.elements += n;
+    e.bytes += packed_bytes(t.data_type(), n).unwrap_or_else(|| quench_ir::tensor::data_bytes(t));
+}
+
+pub fn summarize(path: &PathBuf, loaded: &quench_onnx::LoadedModel, model: &Model) -> Summary {
+    let g = &model.graph;
+    let h = &model.header;
+    let io = |v: &quench_ir::ValueId| Io { name: g.value(*v).name.clone(), r#type: type_string(g, *v) };
+    let mut ops = BTreeMap::new();
+    let mut subgraph_nodes = 0;
+    let mut params = BTreeMap::new();
+    let mut quantizable = BTreeMap::new();
+    for n in g.node_ids() {
+        let node = g.node(n);
+        let key = if node.domain().is_empty() { node.op_type().to_string() } else { format!("{}.{}", node.domain(), node.op_type()) };
+        *ops.entry(key).or_insert(0) += 1;
+        for a in &node.proto.attribute {
+            for sg in a.g.iter().chain(a.graphs.iter()) {
+                subgraph_nodes += count_subgraph_nodes(sg);
+            }
+        }
+        if node.kind() == OpKind::Constant {
+            if let Some(t) = node.attr_tensor("value") {
+                add_param(&mut params, t);
+            }
+        }
+        if matches!(node.kind(), OpKind::Conv | OpKind::ConvTranspose | OpKind::Gemm | OpKind::MatMul) {
+            *quantizable.entry(node.op_type().to_string()).or_insert(0) += 1;
+        }
+    }
+    for (_, t) in g.initializers() {
+        add_param(&mut params, t);
+    }
+    let opsets = h
+        .opset_import
+        .iter()
+        .map(|o| (if o.domain().is_empty() { "ai.onnx".to_string() } else { o.domain().to_string() }, o.version()))
+        .collect();
+    Summary {
+        file: path.display().to_string(),
+        file_bytes: loaded.file_bytes,
+        ir_version: h.ir_version(),
+        opsets,
+        producer: format!("{} {}", h.producer_name(), h.producer_version()).trim().to_string(),
+        inputs: g.inputs().iter().filter(|v| g.initializer(**v).is_none()).map(io).collect(),
+        outputs: g.outputs().iter().map(io).collect(),
+        nodes: g.node_count(),
+        ops,
+        subgraph_nodes,
+        parameter_count: params.values().map(|p: &ParamStats| p.elements).sum(),
+        parameter_bytes: params.values().map(|p| p.bytes).sum(),
+        parameters: params,
+        external_data: ExternalStats {
+            files: loaded.external.files.clone(),
+            tensors: loaded.external.tensors,
+            bytes: loaded.external.bytes,
+        },
+        quantizable,
+        metadata: h.metadata_props.iter().map(|e| (e.key().to_string(), e.value().to_string())).collect(),
+    }
+}
+
+fn type_string(g: &quench_ir::Graph, v: quench_ir::ValueId) -> String {
+    let val = g.value(v);
+    let elem = val.elem_type().map(elem_name).unwrap_or_else(|| "?".into());
+    match val.shape() {
+        Some(s) => {
+            let d: Vec<String> = s
+                .iter()
+                .map(|d| match d {
+                    quench_ir::Dim::Known(x) => x.to_string(),
+                    quench_ir::Dim::Sym(p) => p.clone(),
+                    quench_ir::Dim::Unknown => "?".into(),
+                })
+                .collect();
+            format!("{elem}[{}]", d.join(","))
+        }
+        None => format!("{elem}[*]"),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.2} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.2} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{b} B")
+    }
+}
+
+pub fn print_summary(s: &Summary) {
+    println!("model      {} ({})", s.file, human_bytes(s.file_bytes));
+    println!("ir_version {}", s.ir_version);
+    let ops: Vec<String> = s.opsets.iter().map(|(d, v)| format!("{d} {v}")).collect();
+    println!("opsets     {}", ops.join(", "));
+    if !s.producer.is_empty() {
+        println!("producer   {}", s.producer);
+    }
+    println!("inputs");
+    for i in &s.inputs {
+        println!("  {:<30} {}", i.name, i.r#type);
+    }
+    println!("outputs");
+    for o in &s.outputs {
+        println!("  {:<30} {}", o.name, o.r#type);
+    }
+    let sub = if s.subgraph_nodes > 0 { format!(" (+{} in subgraphs)", s.subgraph_nodes) } else { String::new() };
+    println!("nodes      {}{sub}", s.nodes);
+    let mut ops: Vec<(&String, &usize)> = s.ops.iter().collect();
+    ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (op, n) in ops {
+        println!("  {op:<30} {n}");
+    }
+    println!("parameters {} ({})", s.parameter_count, human_bytes(s.parameter_bytes));
+    for (t, p) in &s.parameters {
+        println!("  {t:<8} {:>6} tensors {:>12} elements {:>12}", p.tensors, p.elements, human_bytes(p.bytes));
+    }
+    if s.external_data.tensors > 0 {
+        println!(
+            "external   {} tensors, {} in {}",
+            s.external_data.tensors,
+            human_bytes(s.external_data.bytes),
+            s.external_data.files.join(", ")
+        );
+    } else {
+        println!("external   none");
+    }
+    let q: usize = s.quantizable.values().sum();
+    let list: Vec<String> = s.quantizable.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("quantizable {q} nodes with weights or matrix inputs ({})", list.join(", "));
+    for (k, v) in &s.metadata {
+        println!("metadata   {k} = {v}");
+    }
+}
+
+pub fn run(a: InspectArgs) -> Result<()> {
+    let (loaded, model) = crate::load(&a.model)?;
+    if a.graph {
+        print!("{}", model.to_text());
+        return Ok(());
+    }
+    let s = summarize(&a.model, &loaded, &model);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print_summary(&s);
+    }
+    Ok(())
+}
