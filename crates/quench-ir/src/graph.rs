@@ -349,6 +349,16 @@ impl Graph {
         self.consts.insert(v, tensor);
     }
 
+    /// Makes an undefined value (e.g. the output of a removed `Constant`
+    /// node) a constant holding `tensor`.
+    pub fn define_const(&mut self, v: ValueId, tensor: TensorProto) {
+        self.values[v.index()].def = ValueDef::Const;
+        self.replace_const(v, tensor);
+        let uses = self.uses[v.index()].clone();
+        // Constants have no producer node: no edges to keep.
+        let _ = uses;
+    }
+
     /// Removes a constant that nothing uses any more.
     pub fn remove_const(&mut self, v: ValueId) {
         if self.consts.remove(&v).is_some() && !self.inputs.contains(&v) {
@@ -500,6 +510,43 @@ impl Graph {
             self.link(node, base + k, *v);
         }
         self.g[node.ix()].implicit = implicit;
+    }
+
+    /// Makes `v` (currently undefined) output `slot` of `node`, in place of
+    /// the value that was there (which becomes undefined). Keeps node ids, so
+    /// the node keeps its place in the graph's order.
+    pub fn set_node_output(&mut self, node: NodeId, slot: usize, v: ValueId) {
+        let old = self.g[node.ix()].outputs.get(slot).copied().flatten();
+        if let Some(o) = old {
+            let edges: Vec<_> = self.g.edges_directed(node.ix(), Direction::Outgoing).filter(|e| *e.weight() == o).map(|e| e.id()).collect();
+            for e in edges {
+                self.g.remove_edge(e);
+            }
+            self.values[o.index()].def = ValueDef::Undefined;
+        }
+        // Edges from v's previous producer, if any, go away.
+        if let ValueDef::Node { node: p, .. } = self.values[v.index()].def {
+            let edges: Vec<_> = self.g.edges_directed(p.ix(), Direction::Outgoing).filter(|e| *e.weight() == v).map(|e| e.id()).collect();
+            for e in edges {
+                self.g.remove_edge(e);
+            }
+        }
+        let n = &mut self.g[node.ix()];
+        if n.outputs.len() <= slot {
+            n.outputs.resize(slot + 1, None);
+        }
+        n.outputs[slot] = Some(v);
+        self.values[v.index()].def = ValueDef::Node { node, slot };
+        let uses = self.uses[v.index()].clone();
+        for u in uses {
+            self.g.add_edge(node.ix(), u.node.ix(), v);
+        }
+    }
+
+    /// Whether a subgraph of some node captures `v` by name (renaming or
+    /// replacing `v` would break that subgraph).
+    pub fn is_captured(&self, v: ValueId) -> bool {
+        self.uses[v.index()].iter().any(|u| u.index >= self.g[u.node.ix()].inputs.len())
     }
 
     /// Points every use of `old` (by nodes and graph outputs) at `new`.

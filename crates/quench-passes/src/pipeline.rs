@@ -1,0 +1,39 @@
+//! The default pass pipeline, in order.
+
+use crate::{Pass, PassError};
+
+/// The passes run before quantization, in order:
+///
+/// 1. `constants_to_initializers`: `Constant` nodes become initializers, so
+///    weights stored that way (Paddle exports) are seen as weights.
+/// 2. `remove_identity`: drop Identity and inference-mode Dropout.
+/// 3. `fold_constants`: evaluate nodes whose inputs are all constants.
+/// 4. `fold_batchnorm`: fold BatchNormalization into Conv/ConvTranspose/Gemm/MatMul.
+/// 5. `batchnorm_to_muladd`: the BatchNormalizations left become Mul + Add.
+/// 6. `dead_code`: remove nodes and initializers nothing uses.
+/// 7. `dedup_initializers`: share identical initializers.
+pub fn default_pipeline() -> Vec<Box<dyn Pass>> {
+    vec![
+        Box::new(crate::constants_to_initializers::ConstantsToInitializers),
+        Box::new(crate::remove_identity::RemoveIdentity),
+        Box::new(crate::fold_constants::FoldConstants),
+        Box::new(crate::fold_batchnorm::FoldBatchNorm),
+        Box::new(crate::batchnorm_to_muladd::BatchNormToMulAdd),
+        Box::new(crate::dead_code::DeadCode),
+        Box::new(crate::dedup_initializers::DedupInitializers),
+    ]
+}
+
+/// Looks passes up by name, in the order given.
+pub fn by_names(names: &[String]) -> Result<Vec<Box<dyn Pass>>, PassError> {
+    let all = default_pipeline();
+    let mut out: Vec<Box<dyn Pass>> = Vec::new();
+    for n in names {
+        let Some(i) = all.iter().position(|p| p.name() == n) else {
+            return Err(PassError::Unknown(n.clone()));
+        };
+        // Fresh instances: passes are stateless unit structs.
+        out.push(default_pipeline().swap_remove(i));
+    }
+    Ok(out)
+}
