@@ -1,0 +1,450 @@
+//! Exactly mergeable histogram of finite values.
+//!
+//! # Layout
+//!
+//! A histogram has `N = 2^n` bins (default [`DEFAULT_BINS`] = 2048) over the
+//! symmetric half-open range `[-R, R)` with `R = 2^e` (`e` = `range_log2`).
+//! The bin width `w = 2R / N = 2^(e + 1 - n)` is a power of two, and value
+//! `x` falls into bin `floor(x / w) + N/2`: bins `N/2..N` hold `[0, R)`,
+//! bins `0..N/2` hold `[-R, 0)`, and 0 is always a bin edge. A symmetric
+//! range (rather than `[min, max]`) keeps 0 on an edge, which is what the
+//! symmetric range methods need (they fold the histogram into a histogram
+//! of `|x|`), and lets the range be described by one integer.
+//!
+//! Invariant: `R` is the smallest power of two strictly above every
+//! observed `|x|` (at least [`MIN_RANGE_LOG2`]), so `R` is a function of the
+//! largest magnitude seen only: e.g. values up to 0.9 give `R = 1`, values
+//! up to 1.0 give `R = 2` (the range is half-open). Only half of the bins
+//! may be in use, and for one-signed data (ReLU outputs) only the bins of
+//! that sign.
+//!
+//! # Exact growth and merging
+//!
+//! When a batch holds a value beyond `R`, the range is doubled as many times
+//! as needed and old bins are combined `2^k : 1` into new ones. Because `w`
+//! is a power of two, `x * 2^(n - 1 - e)` is computed exactly in f64 and
+//! `floor(x / 2w) = floor(floor(x / w) / 2)`: the coarsened counts are
+//! exactly the counts that binning the original values on the wider grid
+//! would give, so no count ever moves across a true bin boundary.
+//!
+//! Merging two histograms re-grids both onto the widest range and the
+//! smaller bin count (both coarser than or equal to each input grid, so
+//! again exact) and adds the counts.
+//!
+//! Invariant: the final bins, range and min/max are bit-identical whatever
+//! the order of the values, their split into batches and the order or tree
+//! shape of merges (hence [`OrderInvariant`]). All counts are integers, no
+//! floating-point accumulation is involved.
+
+use serde::{Deserialize, Serialize};
+
+use crate::observer::{MinMax, NonFiniteCounts, Observer, OrderInvariant};
+use crate::{CalibError, TensorStats};
+
+/// Default number of bins over `[-R, R)`.
+pub const DEFAULT_BINS: usize = 2048;
+/// Smallest allowed number of bins.
+pub const MIN_BINS: usize = 16;
+/// Largest allowed number of bins.
+pub const MAX_BINS: usize = 1 << 20;
+/// `log2` of the range of a histogram that has seen no non-zero value; below
+/// the smallest positive f32 (`2^-149`), so any non-zero value grows it.
+pub const MIN_RANGE_LOG2: i32 = -150;
+/// `log2` of the largest possible range; `f32::MAX < 2^128`.
+pub const MAX_RANGE_LOG2: i32 = 128;
+
+/// Serializable histogram: `bins.len()` counts over `[-2^range_log2,
+/// 2^range_log2)`, see the [module documentation](self) for the layout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistogramData {
+    /// `log2` of the half range `R`.
+    pub range_log2: i32,
+    /// Counts; bin `i` holds `[-R + i w, -R + (i + 1) w)`.
+    pub bins: Vec<u64>,
+}
+
+impl HistogramData {
+    /// Half range `R = 2^range_log2`.
+    pub fn range(&self) -> f64 {
+        pow2(self.range_log2)
+    }
+
+    /// Bin width `2R / bins.len()`.
+    pub fn bin_width(&self) -> f64 {
+        2.0 * self.range() / self.bins.len() as f64
+    }
+
+    /// Checks the bin count and range bounds; returns the sum of the bins.
+    pub fn validate(&self) -> Result<u64, CalibError> {
+        log2_bins(self.bins.len())?;
+        if !(MIN_RANGE_LOG2..=MAX_RANGE_LOG2).contains(&self.range_log2) {
+            return Err(CalibError::InvalidStats(format!(
+                "histogram range_log2 {} outside {MIN_RANGE_LOG2}..={MAX_RANGE_LOG2}",
+                self.range_log2
+            )));
+        }
+        self.bins
+            .iter()
+            .try_fold(0u64, |acc, &c| acc.checked_add(c))
+            .ok_or_else(|| CalibError::InvalidStats("histogram counts overflow u64".to_string()))
+    }
+}
+
+/// Histogram observer; see the [module documentation](self).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    bins_log2: u32,
+    range_log2: i32,
+    bins: Vec<u64>,
+    minmax: MinMax,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Histogram {
+    /// An empty histogram with [`DEFAULT_BINS`] bins.
+    pub fn new() -> Self {
+        Histogram {
+            bins_log2: DEFAULT_BINS.trailing_zeros(),
+            range_log2: MIN_RANGE_LOG2,
+            bins: vec![0; DEFAULT_BINS],
+            minmax: MinMax::new(),
+        }
+    }
+
+    /// An empty histogram with `bins` bins: a power of two in
+    /// [`MIN_BINS`]`..=`[`MAX_BINS`]. Histograms with different bin counts
+    /// can be merged; the result has the smaller count.
+    pub fn with_bins(bins: usize) -> Result<Self, CalibError> {
+        let bins_log2 = log2_bins(bins)?;
+        Ok(Histogram {
+            bins_log2,
+            range_log2: MIN_RANGE_LOG2,
+            bins: vec![0; bins],
+            minmax: MinMax::new(),
+        })
+    }
+
+    /// Rebuilds the observer from recorded statistics (e.g. to continue a
+    /// calibration run or to merge runs); errors if they carry no histogram
+    /// or are inconsistent.
+    pub fn from_stats(stats: &TensorStats) -> Result<Self, CalibError> {
+        let data = stats
+            .histogram
+            .as_ref()
+            .ok_or(CalibError::MissingHistogram("Histogram::from_stats"))?;
+        // Checks bin count, range, sum of bins == count and min/max inside the range.
+        stats.validate()?;
+        Ok(Histogram {
+            bins_log2: log2_bins(data.bins.len())?,
+            range_log2: data.range_log2,
+            bins: data.bins.clone(),
+            minmax: MinMax::from_stats(stats)?,
+        })
+    }
+
+    /// Number of bins.
+    pub fn num_bins(&self) -> usize {
+        self.bins.len()
+    }
+
+    /// `log2` of the half range `R`.
+    pub fn range_log2(&self) -> i32 {
+        self.range_log2
+    }
+
+    /// The bin counts.
+    pub fn bins(&self) -> &[u64] {
+        &self.bins
+    }
+
+    /// `(min, max)` of the finite values, `None` before any was seen.
+    pub fn range(&self) -> Option<(f32, f32)> {
+        self.minmax.range()
+    }
+
+    /// Number of finite (binned) values.
+    pub fn count(&self) -> u64 {
+        self.minmax.count()
+    }
+
+    /// Non-finite values seen (not binned).
+    pub fn nonfinite(&self) -> NonFiniteCounts {
+        self.minmax.nonfinite()
+    }
+
+    /// Serializable copy of the bins.
+    pub fn data(&self) -> HistogramData {
+        HistogramData {
+            range_log2: self.range_log2,
+            bins: self.bins.clone(),
+        }
+    }
+
+    /// Moves the counts onto the grid with `2^bins_log2` bins and range
+    /// `2^range_log2`, which must be at least as coarse as the current one.
+    fn regrid(&mut self, bins_log2: u32, range_log2: i32) {
+        if bins_log2 == self.bins_log2 && range_log2 == self.range_log2 {
+            return;
+        }
+        let mut bins = vec![0u64; 1usize << bins_log2];
+        accumulate(
+            &self.bins,
+            self.bins_log2,
+            self.range_log2,
+            &mut bins,
+            bins_log2,
+            range_log2,
+        );
+        self.bins = bins;
+        self.bins_log2 = bins_log2;
+        self.range_log2 = range_log2;
+    }
+}
+
+impl Observer for Histogram {
+    fn observe(&mut self, data: &[f32]) {
+        let max_abs = data
+            .iter()
+            .filter(|x| x.is_finite())
+            .fold(0.0f32, |m, x| m.max(x.abs()));
+        let needed = range_log2_for(max_abs).max(self.range_log2);
+        self.regrid(self.bins_log2, needed);
+        let half = 1i64 << (self.bins_log2 - 1);
+        let last = (self.bins.len() - 1) as i64;
+        let factor = pow2(self.bins_log2 as i32 - 1 - self.range_log2);
+        for &x in data.iter().filter(|x| x.is_finite()) {
+            // Exact: multiplication by a power of two, |x * factor| < N/2.
+            let idx = ((f64::from(x) * factor).floor() as i64 + half).clamp(0, last);
+            let bin = &mut self.bins[idx as usize];
+            *bin = bin.saturating_add(1);
+        }
+        self.minmax.observe(data);
+    }
+
+    fn merge(&mut self, other: &Self) {
+        let bins_log2 = self.bins_log2.min(other.bins_log2);
+        let range_log2 = self.range_log2.max(other.range_log2);
+        self.regrid(bins_log2, range_log2);
+        accumulate(
+            &other.bins,
+            other.bins_log2,
+            other.range_log2,
+            &mut self.bins,
+            bins_log2,
+            range_log2,
+        );
+        self.minmax.merge(&other.minmax);
+    }
+
+    fn stats(&self) -> TensorStats {
+        TensorStats {
+            histogram: Some(self.data()),
+            ..self.minmax.stats()
+        }
+    }
+}
+
+impl OrderInvariant for Histogram {}
+
+/// Adds `src` (grid `src_log2` bins, range `src_range`) into `dst` (a grid
+/// at least as coarse: more range, no more bins).
+///
+/// With `k` the width exponent `range_log2 + 1 - bins_log2`, the signed bin
+/// index `floor(x / 2^k)` on the coarse grid is the fine one shifted right
+/// (floor division) by `k_dst - k_src`.
+fn accumulate(
+    src: &[u64],
+    src_log2: u32,
+    src_range: i32,
+    dst: &mut [u64],
+    dst_log2: u32,
+    dst_range: i32,
+) {
+    let src_k = src_range + 1 - src_log2 as i32;
+    let dst_k = dst_range + 1 - dst_log2 as i32;
+    let shift = (dst_k - src_k).max(0) as u32;
+    let src_half = 1i64 << (src_log2 - 1);
+    let dst_half = 1i64 << (dst_log2 - 1);
+    let last = (dst.len() - 1) as i64;
+    for (i, &c) in src.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let v = i as i64 - src_half;
+        // Arithmetic shift is floor division; beyond 63 bits only the sign remains.
+        let v = if shift >= 63 {
+            v.signum().min(0)
+        } else {
+            v >> shift
+        };
+        let j = (v + dst_half).clamp(0, last) as usize;
+        dst[j] = dst[j].saturating_add(c);
+    }
+}
+
+/// Smallest `e >= MIN_RANGE_LOG2` with `max_abs < 2^e`, read exactly from
+/// the f64 exponent (f32 -> f64 is exact and normal, even for subnormals).
+pub(crate) fn range_log2_for(max_abs: f32) -> i32 {
+    if max_abs.is_nan() || max_abs <= 0.0 {
+        return MIN_RANGE_LOG2;
+    }
+    let biased = ((f64::from(max_abs).to_bits() >> 52) & 0x7ff) as i32;
+    // max_abs in [2^(biased - 1023), 2^(biased - 1022)).
+    (biased - 1022).clamp(MIN_RANGE_LOG2, MAX_RANGE_LOG2)
+}
+
+/// `2^k` as an exact f64, for `k` within the normal f64 exponent range
+/// (always the case here: |k| < 300).
+pub(crate) fn pow2(k: i32) -> f64 {
+    let k = k.clamp(-1022, 1023);
+    f64::from_bits(((k + 1023) as u64) << 52)
+}
+
+/// `log2(bins)` if `bins` is an allowed bin count.
+fn log2_bins(bins: usize) -> Result<u32, CalibError> {
+    if bins.is_power_of_two() && (MIN_BINS..=MAX_BINS).contains(&bins) {
+        Ok(bins.trailing_zeros())
+    } else {
+        Err(CalibError::InvalidBinCount(bins))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::{bit_identical, Lcg};
+
+    #[test]
+    fn range_exponent_is_exact() {
+        assert_eq!(range_log2_for(0.0), MIN_RANGE_LOG2);
+        assert_eq!(range_log2_for(0.9), 0);
+        assert_eq!(range_log2_for(1.0), 1);
+        assert_eq!(range_log2_for(1.5), 1);
+        assert_eq!(range_log2_for(2.0), 2);
+        assert_eq!(range_log2_for(f32::MAX), 128);
+        assert_eq!(range_log2_for(f32::from_bits(1)), -148); // 2^-149
+        assert_eq!(range_log2_for(f32::MIN_POSITIVE), -125);
+        assert_eq!(pow2(-3), 0.125);
+        assert_eq!(pow2(128), 2f64.powi(128));
+    }
+
+    #[test]
+    fn binning_layout() -> Result<(), CalibError> {
+        let mut h = Histogram::with_bins(16)?;
+        h.observe(&[0.0, -0.0, 0.9, -0.9, 0.1, -0.1, 0.125, -0.125]);
+        assert_eq!(h.range_log2(), 0); // R = 1, w = 1/8
+        let mut expect = [0u64; 16];
+        expect[8] += 2; // zeros
+        expect[15] += 1; // 0.9
+        expect[0] += 1; // -0.9
+        expect[8] += 1; // 0.1
+        expect[7] += 1; // -0.1
+        expect[9] += 1; // 0.125 is a lower edge
+        expect[7] += 1; // -0.125 is in [-0.125, 0)
+        assert_eq!(h.bins(), &expect[..]);
+        Ok(())
+    }
+
+    #[test]
+    fn growth_merges_bins_exactly() -> Result<(), CalibError> {
+        let mut rng = Lcg::new(1);
+        let small: Vec<f32> = (0..5000).map(|_| rng.normal() as f32 * 0.3).collect();
+        let large: Vec<f32> = (0..50).map(|_| rng.normal() as f32 * 40.0).collect();
+        let mut grown = Histogram::with_bins(64)?;
+        grown.observe(&small);
+        let before = grown.range_log2();
+        grown.observe(&large);
+        assert!(grown.range_log2() > before);
+        assert_eq!(grown.bins().iter().sum::<u64>(), 5050);
+        let mut direct = Histogram::with_bins(64)?;
+        direct.observe(&large);
+        direct.observe(&small);
+        assert!(bit_identical(&grown.stats(), &direct.stats()));
+        Ok(())
+    }
+
+    #[test]
+    fn nonfinite_and_huge_values() -> Result<(), CalibError> {
+        let mut h = Histogram::new();
+        h.observe(&[
+            1.0,
+            f32::NAN,
+            -3.4e38,
+            f32::INFINITY,
+            2.0,
+            f32::NEG_INFINITY,
+            0.0,
+        ]);
+        assert_eq!(h.count(), 4);
+        assert_eq!(h.nonfinite().total(), 3);
+        assert_eq!(h.range_log2(), 128);
+        assert_eq!(h.bins().iter().sum::<u64>(), 4);
+        assert_eq!(h.range(), Some((-3.4e38, 2.0)));
+        // Subnormals grow the range from its minimum and are binned.
+        let mut h = Histogram::new();
+        h.observe(&[f32::from_bits(1), -f32::from_bits(3)]);
+        assert_eq!(h.range_log2(), -147);
+        assert_eq!(h.bins().iter().sum::<u64>(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn merge_with_different_bin_counts() -> Result<(), CalibError> {
+        let mut rng = Lcg::new(5);
+        let a: Vec<f32> = (0..3000).map(|_| rng.normal() as f32).collect();
+        let b: Vec<f32> = (0..3000).map(|_| rng.normal() as f32 * 3.0).collect();
+        let mut fine = Histogram::with_bins(1024)?;
+        fine.observe(&a);
+        let mut coarse = Histogram::with_bins(64)?;
+        coarse.observe(&b);
+        let mut x = fine.clone();
+        x.merge(&coarse);
+        let mut y = coarse.clone();
+        y.merge(&fine);
+        assert_eq!(x.num_bins(), 64);
+        assert!(bit_identical(&x.stats(), &y.stats()));
+        // Same as observing everything with the coarse grid.
+        let mut direct = Histogram::with_bins(64)?;
+        direct.observe(&b);
+        direct.observe(&a);
+        assert!(bit_identical(&x.stats(), &direct.stats()));
+        Ok(())
+    }
+
+    #[test]
+    fn bin_count_validation() {
+        assert!(Histogram::with_bins(2048).is_ok());
+        for bad in [0, 8, 100, MAX_BINS * 2] {
+            assert_eq!(
+                Histogram::with_bins(bad),
+                Err(CalibError::InvalidBinCount(bad))
+            );
+        }
+    }
+
+    #[test]
+    fn stats_roundtrip() -> Result<(), CalibError> {
+        let mut rng = Lcg::new(9);
+        let data: Vec<f32> = (0..1000).map(|_| rng.normal() as f32).collect();
+        let mut h = Histogram::new();
+        h.observe(&data[..500]);
+        let json = serde_json::to_string(&h.stats())
+            .map_err(|e| CalibError::InvalidStats(e.to_string()))?;
+        let stats: TensorStats =
+            serde_json::from_str(&json).map_err(|e| CalibError::InvalidStats(e.to_string()))?;
+        let mut resumed = Histogram::from_stats(&stats)?;
+        resumed.observe(&data[500..]);
+        h.observe(&data[500..]);
+        assert_eq!(resumed, h);
+        assert!(matches!(
+            Histogram::from_stats(&MinMax::new().stats()),
+            Err(CalibError::MissingHistogram(_))
+        ));
+        Ok(())
+    }
+}
