@@ -141,6 +141,11 @@ pub fn f16_to_f32(h: u16) -> f32 {
     f32::from_bits(bits)
 }
 
+/// A tensor of any element type from little-endian bytes.
+pub fn from_raw(name: &str, elem: DataType, dims: &[i64], raw: Vec<u8>) -> TensorProto {
+    build(name, elem, dims, raw)
+}
+
 fn build(name: &str, elem: DataType, dims: &[i64], raw: Vec<u8>) -> TensorProto {
     TensorProto {
         dims: dims.to_vec(),

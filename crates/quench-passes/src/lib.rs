@@ -18,6 +18,9 @@ pub mod eval;
 pub mod fold_batchnorm;
 pub mod fold_constants;
 pub mod pipeline;
+pub mod quantize;
+pub mod rules;
+pub mod simulate;
 pub mod remove_identity;
 mod util;
 

@@ -1,0 +1,747 @@
+//! `quantize`: QuantizeLinear/DequantizeLinear insertion (static W8A8,
+//! weight-only, dynamic).
+//!
+//! Quantization is two steps around calibration:
+//! 1. [`plan`] decides, per node, what is quantized (by the table in
+//!    [`crate::rules`], the user's exclusions and the graph's shape) and
+//!    lists the activation tensors whose ranges calibration must observe.
+//! 2. [`apply`] rewrites the graph with those ranges: int8 weights stored as
+//!    integers with `DequantizeLinear`, int32 biases with
+//!    `scale = input scale × weight scale`, and a `Q → DQ` pair on every
+//!    planned activation, placed as ONNX Runtime's and TensorRT's QDQ
+//!    fusions expect (`DQ → Conv → Q`; `Relu`/`Clip` absorbed into the
+//!    output range; data-movement ops sharing their input's parameters).
+//!
+//! Invariant: graph inputs and outputs stay float with their names; zero
+//! points are always explicit; a tensor whose calibrated range is not finite
+//! or is extreme (attention masks of -3.4e38) is left float and reported;
+//! unknown ops, custom domains and subgraph bodies are never touched.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use quench_calib::{QuantParams, QuantTarget};
+use quench_ir::{tensor, Graph, Node, NodeId, OpKind, ValueDef, ValueId};
+use quench_onnx::proto::attribute_proto::AttributeType;
+use quench_onnx::proto::tensor_proto::DataType;
+use quench_onnx::proto::{AttributeProto, TensorProto};
+use serde::Serialize;
+
+use crate::rules::{rule, OpRule};
+use crate::{util, PassCx, PassError};
+
+/// What to quantize.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Weights and activations (needs calibration ranges).
+    Static,
+    /// Weights only; activations stay float.
+    WeightOnly,
+    /// Weights ahead of time, activations at run time
+    /// (`DynamicQuantizeLinear` + `MatMulInteger`).
+    Dynamic,
+}
+
+/// Activation integer type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActType {
+    /// uint8, asymmetric (default).
+    U8,
+    /// int8, symmetric.
+    I8,
+    /// uint16, asymmetric (opset 21).
+    U16,
+    /// int16, symmetric (opset 21).
+    I16,
+}
+
+impl ActType {
+    pub fn target(self) -> QuantTarget {
+        let (bits, signed) = match self {
+            ActType::U8 => (8, false),
+            ActType::I8 => (8, true),
+            ActType::U16 => (16, false),
+            ActType::I16 => (16, true),
+        };
+        // Unsigned activations are asymmetric, signed ones symmetric.
+        QuantTarget::new(bits, signed, signed).unwrap_or_else(|_| unreachable_target())
+    }
+    pub fn elem(self) -> DataType {
+        match self {
+            ActType::U8 => DataType::Uint8,
+            ActType::I8 => DataType::Int8,
+            ActType::U16 => DataType::Uint16,
+            ActType::I16 => DataType::Int16,
+        }
+    }
+    /// The default-domain opset these types need in QuantizeLinear.
+    pub fn min_opset(self) -> i64 {
+        match self {
+            ActType::U8 | ActType::I8 => 10,
+            ActType::U16 | ActType::I16 => 21,
+        }
+    }
+    fn asymmetric(self) -> bool {
+        matches!(self, ActType::U8 | ActType::U16)
+    }
+}
+
+fn unreachable_target() -> QuantTarget {
+    // 8..=16 bits are always valid targets; this is never reached.
+    QuantTarget::new(8, false, false).unwrap_or_else(|_| unreachable_target())
+}
+
+/// Weight integer type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightType {
+    /// int8 symmetric in [-127, 127] (default).
+    I8,
+    /// uint8 asymmetric.
+    U8,
+}
+
+/// Quantizer settings.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizeConfig {
+    pub mode: Mode,
+    pub activations: ActType,
+    pub weights: WeightType,
+    /// Per-output-channel weight scales (needs opset ≥ 13).
+    pub per_channel: bool,
+    pub exclude_nodes: Vec<String>,
+    pub exclude_op_types: Vec<String>,
+    /// Activations whose calibrated |range| exceeds this stay float.
+    pub max_abs_range: f32,
+    /// Leave the inputs of Softmax float (recommended).
+    pub keep_softmax_inputs_float: bool,
+}
+
+impl Default for QuantizeConfig {
+    fn default() -> Self {
+        QuantizeConfig {
+            mode: Mode::Static,
+            activations: ActType::U8,
+            weights: WeightType::I8,
+            per_channel: true,
+            exclude_nodes: Vec::new(),
+            exclude_op_types: Vec::new(),
+            max_abs_range: 1.0e5,
+            keep_softmax_inputs_float: true,
+        }
+    }
+}
+
+/// One node's decision, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeDecision {
+    pub node: String,
+    pub op: String,
+    pub quantized: bool,
+    pub reason: String,
+}
+
+/// What [`plan`] decided.
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    /// Compute nodes getting quantized weights.
+    pub compute: Vec<NodeId>,
+    /// Fused element-wise/pooling nodes.
+    pub fused: Vec<NodeId>,
+    /// Compute node → the Relu/Clip absorbed into its output range.
+    pub absorbed: BTreeMap<NodeId, NodeId>,
+    /// Activation tensors to calibrate and quantize, in topological order.
+    pub activations: Vec<ValueId>,
+    /// Tensor → the tensor whose parameters it shares (data movement).
+    pub shared: HashMap<ValueId, ValueId>,
+    /// Embedding tables (`Gather` data) to quantize in weight-only mode.
+    pub embeddings: Vec<NodeId>,
+    pub decisions: Vec<NodeDecision>,
+}
+
+impl Plan {
+    /// Names of the activation tensors calibration must observe.
+    pub fn tensors_to_observe(&self, g: &Graph) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .activations
+            .iter()
+            .filter(|t| !self.shared.contains_key(t))
+            .map(|t| g.value(*t).name.clone())
+            .collect();
+        v.dedup();
+        v
+    }
+}
+
+fn is_float_activation(g: &Graph, v: ValueId) -> bool {
+    if g.const_tensor(v).is_some() {
+        return false;
+    }
+    match g.value(v).elem_type() {
+        Some(e) => e == DataType::Float as i32,
+        // Unknown types: the ops we quantize take float here.
+        None => true,
+    }
+}
+
+fn is_f32_const(g: &Graph, v: ValueId) -> bool {
+    g.const_tensor(v).is_some_and(|t| t.data_type() == DataType::Float as i32)
+}
+
+/// Decides what to quantize. Pure: the graph is not changed.
+pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
+    let order = g.topo_order().map_err(|e| PassError::Failed { pass: "quantize".into(), msg: e.to_string() })?;
+    let mut p = Plan::default();
+    let mut act: Vec<ValueId> = Vec::new();
+    let mut act_set: HashSet<ValueId> = HashSet::new();
+    let push = |v: ValueId, act: &mut Vec<ValueId>, set: &mut HashSet<ValueId>| {
+        if set.insert(v) {
+            act.push(v);
+        }
+    };
+    let excluded = |n: &Node| cfg.exclude_nodes.iter().any(|e| e == n.name()) || cfg.exclude_op_types.iter().any(|e| e == n.op_type());
+    let mut absorbed_relus: HashSet<NodeId> = HashSet::new();
+
+    for &n in &order {
+        let node = g.node(n);
+        let decide = |q: bool, reason: &str| NodeDecision {
+            node: node.name().to_string(),
+            op: node.op_type().to_string(),
+            quantized: q,
+            reason: reason.to_string(),
+        };
+        if excluded(node) {
+            p.decisions.push(decide(false, "excluded by user"));
+            continue;
+        }
+        if !node.domain().is_empty() {
+            p.decisions.push(decide(false, "custom domain stays float"));
+            continue;
+        }
+        match rule(node.kind()) {
+            OpRule::Compute { weight, .. } => {
+                let (Some(x), Some(w)) = (node.input(0), node.input(weight)) else {
+                    p.decisions.push(decide(false, "missing inputs"));
+                    continue;
+                };
+                let w_const = is_f32_const(g, w);
+                let act_b = node.kind() == OpKind::MatMul && !w_const && is_float_activation(g, w);
+                if !w_const && !act_b {
+                    p.decisions.push(decide(false, "weights are not a constant f32 tensor"));
+                    continue;
+                }
+                if !is_float_activation(g, x) {
+                    p.decisions.push(decide(false, "input is not a float activation"));
+                    continue;
+                }
+                if act_b && cfg.mode != Mode::Static {
+                    p.decisions.push(decide(false, "activation × activation MatMul needs static mode"));
+                    continue;
+                }
+                if cfg.mode == Mode::Dynamic && node.kind() != OpKind::MatMul {
+                    p.decisions.push(decide(false, "dynamic mode quantizes MatMul only"));
+                    continue;
+                }
+                p.compute.push(n);
+                if cfg.mode == Mode::Static {
+                    push(x, &mut act, &mut act_set);
+                    if act_b {
+                        push(w, &mut act, &mut act_set);
+                    }
+                    if let Some(y) = node.output(0) {
+                        // Absorb a following Relu / Clip(0, max) into the output range.
+                        let relu = util::sole_consumer(g, y).filter(|r| {
+                            cfg.activations.asymmetric() && !excluded(g.node(*r)) && absorbable(g, *r)
+                        });
+                        match relu {
+                            Some(r) => {
+                                if let Some(ro) = g.node(r).output(0).filter(|o| !g.is_graph_output(*o)) {
+                                    p.absorbed.insert(n, r);
+                                    absorbed_relus.insert(r);
+                                    push(ro, &mut act, &mut act_set);
+                                } else if !g.is_graph_output(y) {
+                                    push(y, &mut act, &mut act_set);
+                                }
+                            }
+                            None if !g.is_graph_output(y) => push(y, &mut act, &mut act_set),
+                            None => {}
+                        }
+                    }
+                }
+                p.decisions.push(decide(true, if w_const { "int8 weights" } else { "activation × activation" }));
+            }
+            OpRule::Fused if cfg.mode == Mode::Static => {
+                let ins: Vec<ValueId> = node.inputs().iter().flatten().copied().collect();
+                let all_act = !ins.is_empty() && ins.iter().all(|v| is_float_activation(g, *v));
+                let to_softmax = node.output(0).is_some_and(|y| g.consumers(y).iter().any(|c| g.node(*c).kind() == OpKind::Softmax));
+                if !all_act {
+                    p.decisions.push(decide(false, "has constant inputs (e.g. a mask or bias); stays float"));
+                } else if to_softmax {
+                    p.decisions.push(decide(false, "feeds Softmax (attention scores); stays float"));
+                } else {
+                    p.fused.push(n);
+                    for v in ins {
+                        push(v, &mut act, &mut act_set);
+                    }
+                    if let Some(y) = node.output(0).filter(|y| !g.is_graph_output(*y)) {
+                        push(y, &mut act, &mut act_set);
+                    }
+                    p.decisions.push(decide(true, "integer element-wise/pooling"));
+                }
+            }
+            OpRule::Activation if absorbed_relus.contains(&n) => {
+                p.decisions.push(decide(true, "absorbed into the previous op's output range"));
+            }
+            OpRule::Float(reason) => {
+                if cfg.mode == Mode::WeightOnly && node.kind() == OpKind::Gather {
+                    p.decisions.push(decide(false, reason));
+                } else {
+                    p.decisions.push(decide(false, reason));
+                }
+            }
+            OpRule::Shared => {
+                if cfg.mode == Mode::WeightOnly
+                    && node.kind() == OpKind::Gather
+                    && node.input(0).is_some_and(|d| is_f32_const(g, d) && g.const_tensor(d).is_some_and(|t| t.dims.len() == 2))
+                {
+                    p.embeddings.push(n);
+                    p.decisions.push(decide(true, "int8 embedding table"));
+                } else {
+                    p.decisions.push(decide(false, "data movement (shares its input's quantization)"));
+                }
+            }
+            _ => p.decisions.push(decide(false, "stays float in this mode")),
+        }
+    }
+
+    // Data movement between quantized tensors shares its input's parameters.
+    for &n in &order {
+        let node = g.node(n);
+        if rule(node.kind()) != OpRule::Shared || excluded(node) || !node.domain().is_empty() {
+            continue;
+        }
+        let (Some(x), Some(y)) = (node.input(0), node.output(0)) else { continue };
+        if act_set.contains(&x) && act_set.contains(&y) && node.outputs().len() == 1 {
+            let root = p.shared.get(&x).copied().unwrap_or(x);
+            p.shared.insert(y, root);
+        }
+    }
+
+    // Softmax inputs stay float.
+    if cfg.keep_softmax_inputs_float {
+        act.retain(|v| !g.consumers(*v).iter().any(|c| g.node(*c).kind() == OpKind::Softmax));
+    }
+    p.activations = act;
+    Ok(p)
+}
+
+/// Relu, or Clip with a constant lower bound of 0, can be absorbed into an
+/// asymmetric output range that starts at 0.
+fn absorbable(g: &Graph, r: NodeId) -> bool {
+    let node = g.node(r);
+    match node.kind() {
+        OpKind::Relu => true,
+        OpKind::Clip => clip_bounds(g, r).is_some_and(|(lo, hi)| lo == 0.0 && hi > 0.0),
+        _ => false,
+    }
+}
+
+/// The constant bounds of a Clip node (attributes before opset 11, inputs
+/// after).
+fn clip_bounds(g: &Graph, r: NodeId) -> Option<(f32, f32)> {
+    let node = g.node(r);
+    let read = |i: usize| -> Option<Option<f32>> {
+        match node.input(i) {
+            None => Some(None),
+            Some(v) => {
+                let t = g.const_tensor(v)?;
+                Some(tensor::to_f32(t).ok()?.first().copied())
+            }
+        }
+    };
+    let lo = node.attr_float("min").map(Some).map_or_else(|| read(1), Some)?;
+    let hi = node.attr_float("max").map(Some).map_or_else(|| read(2), Some)?;
+    Some((lo.unwrap_or(f32::MIN), hi.unwrap_or(f32::MAX)))
+}
+
+/// A calibrated range per activation tensor name.
+pub type Ranges = HashMap<String, (f32, f32)>;
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QuantSummary {
+    pub nodes: Vec<NodeDecision>,
+    pub weights_quantized: usize,
+    pub biases_quantized: usize,
+    pub activations_quantized: usize,
+    /// Activation tensors left float, with the reason.
+    pub activations_float: Vec<(String, String)>,
+    pub absorbed_activations: usize,
+    pub per_channel: bool,
+    pub notes: Vec<String>,
+}
+
+fn scalar(name: &str, elem: DataType, v: i32) -> TensorProto {
+    match elem {
+        DataType::Uint8 => tensor::from_u8(name, &[], &[v as u8]),
+        DataType::Int8 => tensor::from_i8(name, &[], &[v as i8]),
+        DataType::Int32 => tensor::from_i32(name, &[], &[v]),
+        DataType::Uint16 => tensor::from_raw(name, DataType::Uint16, &[], (v as u16).to_le_bytes().to_vec()),
+        _ => tensor::from_raw(name, DataType::Int16, &[], (v as i16).to_le_bytes().to_vec()),
+    }
+}
+
+fn int_attr(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(v), ..Default::default() }
+}
+
+/// Quantized weights: integer tensor, per-channel (or one) scale and zero point.
+struct QWeight {
+    scales: Vec<f32>,
+    dq_out: ValueId,
+}
+
+/// Quantizes a constant weight along `axis` (None: per tensor) and inserts
+/// its DequantizeLinear. Returns the DQ output and the scales.
+fn quantize_weight(g: &mut Graph, w: ValueId, axis: Option<usize>, wt: WeightType) -> Option<QWeight> {
+    let t = g.const_tensor(w)?;
+    let dims = t.dims.clone();
+    let data = tensor::to_f32(t).ok()?;
+    if data.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let channels = match axis {
+        Some(a) => *dims.get(a)? as usize,
+        None => 1,
+    };
+    let inner: usize = match axis {
+        Some(a) => dims[a + 1..].iter().map(|d| *d as usize).product(),
+        None => data.len().max(1),
+    };
+    let chan_of = |i: usize| if axis.is_some() { (i / inner) % channels } else { 0 };
+    let mut lo = vec![0f32; channels];
+    let mut hi = vec![0f32; channels];
+    for (i, x) in data.iter().enumerate() {
+        let c = chan_of(i);
+        lo[c] = lo[c].min(*x);
+        hi[c] = hi[c].max(*x);
+    }
+    let mut scales = Vec::with_capacity(channels);
+    let mut zps = Vec::with_capacity(channels);
+    for c in 0..channels {
+        match wt {
+            WeightType::I8 => {
+                let a = lo[c].abs().max(hi[c].abs());
+                scales.push(if a > 0.0 { a / 127.0 } else { 1.0 });
+                zps.push(0i32);
+            }
+            WeightType::U8 => {
+                let target = QuantTarget::new(8, false, false).ok()?;
+                let qp = QuantParams::from_range(lo[c], hi[c], target).ok()?;
+                scales.push(qp.scale);
+                zps.push(qp.zero_point);
+            }
+        }
+    }
+    let (qmin, qmax) = match wt {
+        WeightType::I8 => (-127, 127),
+        WeightType::U8 => (0, 255),
+    };
+    let q: Vec<i32> =
+        data.iter().enumerate().map(|(i, x)| quench_calib::quantize_f32(*x, scales[chan_of(i)], zps[chan_of(i)], qmin, qmax)).collect();
+    let base = g.value(w).name.clone();
+    let qt = match wt {
+        WeightType::I8 => tensor::from_i8("", &dims, &q.iter().map(|v| *v as i8).collect::<Vec<_>>()),
+        WeightType::U8 => tensor::from_u8("", &dims, &q.iter().map(|v| *v as u8).collect::<Vec<_>>()),
+    };
+    let elem = if wt == WeightType::I8 { DataType::Int8 } else { DataType::Uint8 };
+    let sdims: Vec<i64> = if axis.is_some() { vec![channels as i64] } else { vec![] };
+    let qv = g.add_const(&format!("{base}_quantized"), qt);
+    let sv = g.add_const(&format!("{base}_scale"), tensor::from_f32("", &sdims, &scales));
+    let zt = if axis.is_some() {
+        match wt {
+            WeightType::I8 => tensor::from_i8("", &sdims, &zps.iter().map(|v| *v as i8).collect::<Vec<_>>()),
+            WeightType::U8 => tensor::from_u8("", &sdims, &zps.iter().map(|v| *v as u8).collect::<Vec<_>>()),
+        }
+    } else {
+        scalar("", elem, zps[0])
+    };
+    let zv = g.add_const(&format!("{base}_zero_point"), zt);
+    let out = g.add_value(&format!("{base}_dequantized"), Some(tensor::tensor_type_of(DataType::Float as i32, &dims)));
+    let mut dq = Node::new("DequantizeLinear", &g.unique_name(&format!("{base}_DequantizeLinear")));
+    if let Some(a) = axis {
+        dq.set_attr(int_attr("axis", a as i64));
+    }
+    g.add_node(dq, &[Some(qv), Some(sv), Some(zv)], &[Some(out)]);
+    Some(QWeight { scales, dq_out: out })
+}
+
+/// Per-channel axis of a compute op's weight.
+fn weight_axis(g: &Graph, n: NodeId, wdims: usize) -> Option<usize> {
+    let node = g.node(n);
+    match node.kind() {
+        OpKind::Conv => Some(0),
+        OpKind::ConvTranspose => Some(1),
+        OpKind::Gemm => Some(if node.attr_int("transB").unwrap_or(0) != 0 { 0 } else { 1 }),
+        OpKind::MatMul => wdims.checked_sub(1),
+        OpKind::Gather => Some(0),
+        _ => None,
+    }
+}
+
+/// Inserts `x → Q → DQ` and points every node use of `x` (except the new Q)
+/// at the DQ output. Graph outputs keep `x`.
+fn insert_qdq(g: &mut Graph, x: ValueId, qp: QuantParams, act: ActType) -> ValueId {
+    let base = g.value(x).name.clone();
+    let elem = act.elem();
+    let sv = g.add_const(&format!("{base}_scale"), tensor::from_f32("", &[], &[qp.scale]));
+    let zv = g.add_const(&format!("{base}_zero_point"), scalar("", elem, qp.zero_point));
+    let shape = g.value(x).ty.clone();
+    let qo = g.add_value(&format!("{base}_quantized"), None);
+    let dqo = g.add_value(&format!("{base}_dequantized"), None);
+    if let Some(t) = shape {
+        let with_elem = |e: DataType| {
+            let mut t = t.clone();
+            if let Some(quench_onnx::proto::type_proto::Value::TensorType(tt)) = t.value.as_mut() {
+                tt.elem_type = Some(e as i32);
+            }
+            t
+        };
+        g.value_mut(qo).ty = Some(with_elem(elem));
+        g.value_mut(dqo).ty = Some(with_elem(DataType::Float));
+    }
+    g.replace_node_uses(x, dqo);
+    let q = Node::new("QuantizeLinear", &g.unique_name(&format!("{base}_QuantizeLinear")));
+    g.add_node(q, &[Some(x), Some(sv), Some(zv)], &[Some(qo)]);
+    let dq = Node::new("DequantizeLinear", &g.unique_name(&format!("{base}_DequantizeLinear")));
+    g.add_node(dq, &[Some(qo), Some(sv), Some(zv)], &[Some(dqo)]);
+    dqo
+}
+
+/// Rewrites the graph following `plan` with calibrated `ranges` (static
+/// mode) — see the module docs. `opset` is the model's default-domain opset.
+pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, opset: i64, cx: &mut PassCx) -> Result<QuantSummary, PassError> {
+    let fail = |msg: String| PassError::Failed { pass: "quantize".into(), msg };
+    let mut s = QuantSummary { nodes: plan.decisions.clone(), ..Default::default() };
+    if opset < 10 {
+        return Err(fail(format!("the model's opset {opset} predates QuantizeLinear (opset 10); convert the model to opset 13 or newer first")));
+    }
+    if cfg.mode == Mode::Static && opset < cfg.activations.min_opset() {
+        return Err(fail(format!(
+            "{:?} activations need opset {} but the model has opset {opset}",
+            cfg.activations,
+            cfg.activations.min_opset()
+        )));
+    }
+    let per_channel = cfg.per_channel && opset >= 13;
+    if cfg.per_channel && !per_channel {
+        s.notes.push(format!("opset {opset} < 13 has no per-axis DequantizeLinear: weights are quantized per tensor"));
+    }
+    s.per_channel = per_channel;
+
+    // 1. Activation parameters (static).
+    let mut params: HashMap<ValueId, QuantParams> = HashMap::new();
+    let mut float_acts: HashSet<ValueId> = HashSet::new();
+    if cfg.mode == Mode::Static {
+        let target = cfg.activations.target();
+        for &v in &plan.activations {
+            let root = plan.shared.get(&v).copied().unwrap_or(v);
+            let name = g.value(root).name.clone();
+            let Some(&(mut lo, mut hi)) = ranges.get(&name) else {
+                s.activations_float.push((g.value(v).name.clone(), "no calibration range".into()));
+                float_acts.insert(v);
+                continue;
+            };
+            if !lo.is_finite() || !hi.is_finite() || lo.abs().max(hi.abs()) > cfg.max_abs_range {
+                s.activations_float.push((g.value(v).name.clone(), format!("extreme range [{lo:e}, {hi:e}] (e.g. an attention mask)")));
+                float_acts.insert(v);
+                continue;
+            }
+            // An absorbed Clip bounds the range.
+            if let Some((_, r)) = plan.absorbed.iter().find(|(_, r)| g.node(**r).output(0) == Some(v)) {
+                if let Some((clo, chi)) = clip_bounds(g, *r) {
+                    lo = lo.max(clo);
+                    hi = hi.min(chi);
+                }
+            }
+            let qp = QuantParams::from_range(lo, hi.max(lo), target).map_err(|e| fail(format!("tensor `{name}`: {e}")))?;
+            params.insert(v, qp);
+        }
+        // Shared tensors whose root is float stay float too.
+        for (&v, &root) in &plan.shared {
+            if float_acts.contains(&root) {
+                params.remove(&v);
+            } else if let Some(qp) = params.get(&root).copied() {
+                params.insert(v, qp);
+            }
+        }
+    }
+
+    // 2. Absorb Relu/Clip into compute outputs whose range was kept.
+    for (&n, &r) in &plan.absorbed {
+        let Some(ro) = g.node(r).output(0) else { continue };
+        if !params.contains_key(&ro) {
+            continue;
+        }
+        let Some(ri) = g.node(r).input(0) else { continue };
+        if g.producer(ri) != Some(n) {
+            continue;
+        }
+        g.remove_node(r);
+        g.set_node_output(n, 0, ro);
+        s.absorbed_activations += 1;
+    }
+
+    // 3. Weights and biases.
+    let mut dq_cache: HashMap<ValueId, (ValueId, Vec<f32>)> = HashMap::new();
+    for &n in &plan.compute {
+        let node = g.node(n).clone();
+        let OpRule::Compute { weight, bias } = rule(node.kind()) else { continue };
+        let Some(w) = node.input(weight) else { continue };
+        if g.const_tensor(w).is_none() {
+            continue; // activation × activation MatMul
+        }
+        if cfg.mode == Mode::Dynamic {
+            dynamic_matmul(g, n, cfg, per_channel, &mut s).map_err(fail)?;
+            continue;
+        }
+        let (dq_out, scales) = match dq_cache.get(&w) {
+            Some(c) => c.clone(),
+            None => {
+                let wdims = g.const_tensor(w).map(|t| t.dims.len()).unwrap_or(0);
+                let axis = if per_channel { weight_axis(g, n, wdims) } else { None };
+                let Some(q) = quantize_weight(g, w, axis, cfg.weights) else {
+                    s.notes.push(format!("node `{}`: weights not finite; left float", node.name()));
+                    continue;
+                };
+                s.weights_quantized += 1;
+                dq_cache.insert(w, (q.dq_out, q.scales.clone()));
+                (q.dq_out, q.scales)
+            }
+        };
+        g.set_input(n, weight, Some(dq_out));
+        // Bias: int32 with scale = input scale × weight scale.
+        let (Some(bi), Some(x)) = (bias.and_then(|b| node.input(b)), node.input(0)) else { continue };
+        let (Some(xp), Some(bt)) = (params.get(&x).copied(), g.const_tensor(bi).cloned()) else { continue };
+        if cfg.mode != Mode::Static || bt.dims.len() != 1 || bt.data_type() != DataType::Float as i32 {
+            continue;
+        }
+        let Ok(b) = tensor::to_f32(&bt) else { continue };
+        let c = b.len();
+        if scales.len() != 1 && scales.len() != c {
+            continue;
+        }
+        let bs: Vec<f32> = (0..c).map(|i| xp.scale * scales[if scales.len() == 1 { 0 } else { i }]).collect();
+        let q: Option<Vec<i32>> = b
+            .iter()
+            .zip(&bs)
+            .map(|(v, s)| {
+                let r = (*v as f64 / *s as f64).round_ties_even();
+                (r.abs() < i32::MAX as f64).then_some(r as i32)
+            })
+            .collect();
+        let Some(q) = q else {
+            s.notes.push(format!("node `{}`: bias too large for int32 at this scale; left float", node.name()));
+            continue;
+        };
+        let base = g.value(bi).name.clone();
+        let qv = g.add_const(&format!("{base}_quantized"), tensor::from_i32("", &[c as i64], &q));
+        let (sv, zv, axis) = if bs.len() > 1 && per_channel {
+            (
+                g.add_const(&format!("{base}_scale"), tensor::from_f32("", &[c as i64], &bs)),
+                g.add_const(&format!("{base}_zero_point"), tensor::from_i32("", &[c as i64], &vec![0; c])),
+                true,
+            )
+        } else {
+            (g.add_const(&format!("{base}_scale"), tensor::from_f32("", &[], &bs[..1])), g.add_const(&format!("{base}_zero_point"), tensor::from_i32("", &[], &[0])), false)
+        };
+        if bs.len() > 1 && !per_channel {
+            continue;
+        }
+        let out = g.add_value(&format!("{base}_dequantized"), None);
+        let mut dq = Node::new("DequantizeLinear", &g.unique_name(&format!("{base}_DequantizeLinear")));
+        if axis {
+            dq.set_attr(int_attr("axis", 0));
+        }
+        g.add_node(dq, &[Some(qv), Some(sv), Some(zv)], &[Some(out)]);
+        g.set_input(n, bias.unwrap_or(2), Some(out));
+        s.biases_quantized += 1;
+    }
+
+    // 4. Embedding tables (weight-only).
+    for &n in &plan.embeddings {
+        let Some(d) = g.node(n).input(0) else { continue };
+        let axis = if per_channel { Some(0) } else { None };
+        if let Some(q) = quantize_weight(g, d, axis, cfg.weights) {
+            g.set_input(n, 0, Some(q.dq_out));
+            s.weights_quantized += 1;
+        }
+    }
+
+    // 5. Activations.
+    for &v in &plan.activations {
+        let Some(qp) = params.get(&v).copied() else { continue };
+        if g.value(v).def == ValueDef::Undefined {
+            continue;
+        }
+        insert_qdq(g, v, qp, cfg.activations);
+        s.activations_quantized += 1;
+    }
+
+    cx.count("quantize", "weights", s.weights_quantized);
+    cx.count("quantize", "activations", s.activations_quantized);
+    Ok(s)
+}
+
+/// Dynamic quantization of `MatMul(x, W)`: W becomes int8 ahead of time,
+/// x is quantized at run time:
+/// `DynamicQuantizeLinear(x) → MatMulInteger → Cast → × (x_scale · w_scale)`.
+fn dynamic_matmul(g: &mut Graph, n: NodeId, cfg: &QuantizeConfig, per_channel: bool, s: &mut QuantSummary) -> Result<(), String> {
+    let node = g.node(n).clone();
+    let (Some(x), Some(w), Some(y)) = (node.input(0), node.input(1), node.output(0)) else { return Ok(()) };
+    let Some(wt) = g.const_tensor(w).cloned() else { return Ok(()) };
+    if wt.dims.len() != 2 {
+        s.notes.push(format!("node `{}`: dynamic mode needs a 2-D weight; left float", node.name()));
+        return Ok(());
+    }
+    let cols = wt.dims[1] as usize;
+    let data = tensor::to_f32(&wt).map_err(|e| e.to_string())?;
+    let channels = if per_channel { cols } else { 1 };
+    let mut amax = vec![0f32; channels];
+    for (i, v) in data.iter().enumerate() {
+        let c = if per_channel { i % cols } else { 0 };
+        amax[c] = amax[c].max(v.abs());
+    }
+    let scales: Vec<f32> = amax.iter().map(|a| if *a > 0.0 { a / 127.0 } else { 1.0 }).collect();
+    let q: Vec<i8> = data
+        .iter()
+        .enumerate()
+        .map(|(i, v)| quench_calib::quantize_f32(*v, scales[if per_channel { i % cols } else { 0 }], 0, -127, 127) as i8)
+        .collect();
+    let _ = cfg;
+    let base = g.value(w).name.clone();
+    let wq = g.add_const(&format!("{base}_quantized"), tensor::from_i8("", &wt.dims, &q));
+    let zdims: Vec<i64> = if per_channel { vec![cols as i64] } else { vec![] };
+    let wz = g.add_const(&format!("{base}_zero_point"), tensor::from_i8("", &zdims, &vec![0i8; channels]));
+    let ws = g.add_const(&format!("{base}_scale"), tensor::from_f32("", &zdims, &scales));
+    let xb = g.value(x).name.clone();
+    let (_, dq) = g.add_op(
+        Node::new("DynamicQuantizeLinear", &g.unique_name(&format!("{xb}_DynamicQuantizeLinear"))),
+        &[x],
+        &[&format!("{xb}_quantized"), &format!("{xb}_scale"), &format!("{xb}_zero_point")],
+    );
+    let mut mmi = Node::new("MatMulInteger", &g.unique_name(&format!("{}_MatMulInteger", node.name())));
+    mmi.proto.doc_string = None;
+    let acc = g.add_value(&format!("{}_int32", g.value(y).name), None);
+    g.add_node(mmi, &[Some(dq[0]), Some(wq), Some(dq[2]), Some(wz)], &[Some(acc)]);
+    let mut cast = Node::new("Cast", &g.unique_name(&format!("{}_Cast", node.name())));
+    cast.set_attr(int_attr("to", DataType::Float as i64));
+    let (_, accf) = g.add_op(cast, &[acc], &[&format!("{}_float", g.value(y).name)]);
+    let (_, sc) = g.add_op(Node::new("Mul", &g.unique_name(&format!("{}_scale_Mul", node.name()))), &[dq[1], ws], &[&format!("{}_scale", g.value(y).name)]);
+    g.remove_node(n);
+    let mul = Node::new("Mul", &g.unique_name(&format!("{}_output_Mul", node.name())));
+    g.add_node(mul, &[Some(accf[0]), Some(sc[0])], &[Some(y)]);
+    s.weights_quantized += 1;
+    Ok(())
+}
