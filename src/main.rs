@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod calib;
+mod compile;
 mod convert;
 mod inspect;
 
@@ -22,6 +24,14 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Quantize a model: passes, calibration, QDQ insertion, verification in
+    /// tract against FP32 (the main job).
+    Compile(Box<compile::CompileArgs>),
+    /// Run calibration only and write a reusable calibration table (JSON)
+    /// for `quench compile --calibration-table`.
+    Calibrate(compile::CalibrateArgs),
+    /// List the graph passes of the default pipeline, in order.
+    Passes,
     /// Summarise a model: IR version, opsets, inputs/outputs, op histogram,
     /// parameters by element type, external data, quantizable ops.
     Inspect(inspect::InspectArgs),
@@ -34,6 +44,21 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Compile(a) => match compile::compile(*a) {
+            Ok(None) => Ok(()),
+            Ok(Some(compile::ThresholdFailed(msg))) => {
+                eprintln!("error: verification threshold not met: {msg}");
+                return ExitCode::from(2);
+            }
+            Err(e) => Err(e),
+        },
+        Command::Calibrate(a) => compile::calibrate(a),
+        Command::Passes => {
+            for p in quench_passes::pipeline::default_pipeline() {
+                println!("{:<28} {}", p.name(), p.description());
+            }
+            Ok(())
+        }
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
     };

@@ -1,0 +1,614 @@
+//! `quench compile` (the main job) and `quench calibrate`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use quench_calib::{choose_range, QuantTarget, RangeMethod, TensorStats};
+use quench_ir::Model;
+use quench_onnx::proto::ModelProto;
+use quench_onnx::SaveOptions;
+use quench_passes::quantize::{self, ActType, Mode, QuantSummary, QuantizeConfig, WeightType};
+use quench_passes::{pipeline, run_passes, PassCx, RunOptions};
+use quench_verify::{Accumulator, ArrayData, Dataset, Feed, Metrics, ModelInput};
+use serde::Serialize;
+
+use crate::calib::{self, CalibrationTable, Runners, MAX_BATCH};
+
+#[derive(Copy, Clone, Debug, ValueEnum, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModeArg {
+    /// int8 weights and activations (needs calibration data).
+    Static,
+    /// int8 weights with DequantizeLinear; activations stay float.
+    WeightOnly,
+    /// int8 weights; activations quantized at run time (MatMul).
+    Dynamic,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MethodArg {
+    Minmax,
+    Percentile,
+    Entropy,
+    Mse,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, Serialize, PartialEq, Eq)]
+pub enum ActArg {
+    U8,
+    I8,
+    U16,
+    I16,
+}
+
+#[derive(Copy, Clone, Debug, ValueEnum, Serialize, PartialEq, Eq)]
+pub enum WeightArg {
+    I8,
+    U8,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompileArgs {
+    /// FP32 model to quantize (.onnx).
+    pub model: PathBuf,
+    /// Output model (.onnx). Written atomically; never the input file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Calibration samples: a directory of `<input>.npy` files (leading sample
+    /// axis), an `.npz` with the same keys, or an ONNX `test_data_set_*`
+    /// directory.
+    #[arg(long, short = 'c')]
+    pub calibration: Option<PathBuf>,
+    /// Reuse ranges from `quench calibrate` instead of running calibration.
+    #[arg(long)]
+    pub calibration_table: Option<PathBuf>,
+    /// Evaluation samples (same formats). Default: the last 20% of the
+    /// calibration samples are held back for evaluation.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+    /// Quantization mode.
+    #[arg(long, value_enum, default_value_t = ModeArg::Static)]
+    pub mode: ModeArg,
+    /// How activation ranges are chosen from calibration statistics.
+    #[arg(long, value_enum, default_value_t = MethodArg::Minmax)]
+    pub method: MethodArg,
+    /// Percentile for `--method percentile`.
+    #[arg(long, default_value_t = 99.999)]
+    pub percentile: f64,
+    /// Activation type: u8 (asymmetric), i8 (symmetric), u16/i16 (opset 21).
+    #[arg(long, value_enum, default_value_t = ActArg::U8)]
+    pub activations: ActArg,
+    /// Weight type: i8 (symmetric) or u8 (asymmetric).
+    #[arg(long, value_enum, default_value_t = WeightArg::I8)]
+    pub weights: WeightArg,
+    /// One weight scale per tensor instead of per output channel.
+    #[arg(long)]
+    pub per_tensor: bool,
+    /// Leave these nodes (by name) float.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub exclude_nodes: Vec<String>,
+    /// Leave every node of these op types float.
+    #[arg(long, num_args = 1.., value_delimiter = ',')]
+    pub exclude_op_types: Vec<String>,
+    /// Model inputs and outputs stay float (always true; kept for
+    /// compatibility with other tools' flags).
+    #[arg(long, default_value_t = true)]
+    pub keep_io_float: bool,
+    /// Also quantize inputs of Softmax (off by default: attention scores are
+    /// sensitive).
+    #[arg(long)]
+    pub quantize_softmax_inputs: bool,
+    /// Graph passes to run before quantization, comma separated, or `none`
+    /// (default: the whole pipeline; see `quench passes`).
+    #[arg(long, value_delimiter = ',')]
+    pub passes: Option<Vec<String>>,
+    /// Print the IR text after this pass (repeatable).
+    #[arg(long)]
+    pub dump_after: Vec<String>,
+    /// Fail (exit 2) if any output's SQNR vs FP32 is below this (dB).
+    #[arg(long)]
+    pub min_sqnr: Option<f64>,
+    /// Fail (exit 2) if top-1 agreement with FP32 is below this fraction.
+    #[arg(long)]
+    pub min_top1: Option<f64>,
+    /// Skip verification in tract.
+    #[arg(long)]
+    pub no_verify: bool,
+    /// Write everything this command did as JSON.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Store weights in `<output>.data`.
+    #[arg(long, conflicts_with = "inline")]
+    pub external_data: bool,
+    /// Store weights inside the .onnx file.
+    #[arg(long)]
+    pub inline: bool,
+    /// Say more about what happens.
+    #[arg(short, long)]
+    pub verbose: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    /// FP32 model (.onnx).
+    pub model: PathBuf,
+    /// Calibration samples (see `quench compile --help`).
+    #[arg(long, short = 'c')]
+    pub calibration: PathBuf,
+    /// Where to write the calibration table (JSON).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Passes to run first (must match the later compile).
+    #[arg(long, value_delimiter = ',')]
+    pub passes: Option<Vec<String>>,
+}
+
+impl CompileArgs {
+    fn config(&self) -> QuantizeConfig {
+        QuantizeConfig {
+            mode: match self.mode {
+                ModeArg::Static => Mode::Static,
+                ModeArg::WeightOnly => Mode::WeightOnly,
+                ModeArg::Dynamic => Mode::Dynamic,
+            },
+            activations: match self.activations {
+                ActArg::U8 => ActType::U8,
+                ActArg::I8 => ActType::I8,
+                ActArg::U16 => ActType::U16,
+                ActArg::I16 => ActType::I16,
+            },
+            weights: match self.weights {
+                WeightArg::I8 => WeightType::I8,
+                WeightArg::U8 => WeightType::U8,
+            },
+            per_channel: !self.per_tensor,
+            exclude_nodes: self.exclude_nodes.clone(),
+            exclude_op_types: self.exclude_op_types.clone(),
+            keep_softmax_inputs_float: !self.quantize_softmax_inputs,
+            ..QuantizeConfig::default()
+        }
+    }
+    fn method(&self) -> RangeMethod {
+        match self.method {
+            MethodArg::Minmax => RangeMethod::MinMax,
+            MethodArg::Percentile => RangeMethod::Percentile(self.percentile),
+            MethodArg::Entropy => RangeMethod::Entropy,
+            MethodArg::Mse => RangeMethod::Mse,
+        }
+    }
+}
+
+/// One graph output's verification figures.
+#[derive(Debug, Serialize)]
+pub struct OutputCheck {
+    pub output: String,
+    /// FP32 vs the quantized file run in tract.
+    pub file: Metrics,
+    /// FP32 vs the float twin (exact ONNX reference semantics).
+    pub reference: Option<Metrics>,
+    /// Twin vs file: how far tract's integer path is from the reference.
+    pub runtime_vs_reference: Option<Metrics>,
+    pub runtime_discrepancy: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Verification {
+    pub data: String,
+    pub samples: usize,
+    pub outputs: Vec<OutputCheck>,
+    /// Accuracy against `labels` when the evaluation data has them.
+    pub accuracy: Option<Accuracy>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Accuracy {
+    pub labels: usize,
+    pub fp32: f64,
+    pub quantized: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub input: String,
+    pub output: String,
+    pub mode: ModeArg,
+    pub method: MethodArg,
+    pub config: QuantizeConfig,
+    pub passes: Vec<String>,
+    pub pass_stats: BTreeMap<String, usize>,
+    pub quantization: QuantSummary,
+    pub size_before: u64,
+    pub size_after: u64,
+    pub calibration_samples: usize,
+    pub verification: Option<Verification>,
+    pub notes: Vec<String>,
+}
+
+fn model_input_names(m: &ModelProto) -> Vec<String> {
+    ModelInput::from_model(m).into_iter().map(|i| i.name).collect()
+}
+
+/// Loads a dataset and binds it to the model's inputs.
+fn load_data(path: &Path, model: &ModelProto) -> Result<(Dataset, Feed)> {
+    let mut d = Dataset::load(path)?;
+    let feed = d.check_against(&ModelInput::from_model(model))?;
+    if d.samples() == 0 {
+        bail!("{}: no samples", path.display());
+    }
+    Ok((d, feed))
+}
+
+/// Runs the default (or chosen) passes; returns their names and the context.
+fn run_pipeline(model: &mut Model, passes: &Option<Vec<String>>, dump_after: &[String]) -> Result<(Vec<String>, PassCx)> {
+    let list = match passes {
+        Some(p) if p.len() == 1 && p[0] == "none" => Vec::new(),
+        Some(p) => pipeline::by_names(p)?,
+        None => pipeline::default_pipeline(),
+    };
+    let names = list.iter().map(|p| p.name().to_string()).collect();
+    let mut cx = PassCx::new(model.default_opset().unwrap_or(0));
+    let opts = RunOptions { verify: cfg!(debug_assertions), dump_after: dump_after.to_vec() };
+    run_passes(&mut model.graph, &list, &mut cx, &opts)?;
+    Ok((names, cx))
+}
+
+pub fn calibrate(a: CalibrateArgs) -> Result<()> {
+    let (_, mut model) = crate::load(&a.model)?;
+    run_pipeline(&mut model, &a.passes, &[])?;
+    let plan = quantize::plan(&model.graph, &QuantizeConfig::default())?;
+    let tensors = plan.tensors_to_observe(&model.graph);
+    let proto = model.to_onnx();
+    let (data, feed) = load_data(&a.calibration, &proto)?;
+    let stats = calib::collect(&proto, &data, feed, &model_input_names(&proto), &tensors)?;
+    let table = table_from(&a.model, data.samples(), stats);
+    write_json(&a.output, &table)?;
+    println!("calibrated {} tensors over {} samples -> {}", table.tensors.len(), table.samples, a.output.display());
+    Ok(())
+}
+
+fn table_from(model: &Path, samples: usize, stats: BTreeMap<String, TensorStats>) -> CalibrationTable {
+    let mut ranges = BTreeMap::new();
+    for (name, s) in &stats {
+        let mut m = BTreeMap::new();
+        for (k, method) in [
+            ("minmax", RangeMethod::MinMax),
+            ("percentile_99.999", RangeMethod::Percentile(99.999)),
+            ("entropy", RangeMethod::Entropy),
+            ("mse", RangeMethod::Mse),
+        ] {
+            if let Ok(r) = choose_range(s, method, QuantTarget::U8) {
+                m.insert(k.to_string(), r);
+            }
+        }
+        ranges.insert(name.clone(), m);
+    }
+    CalibrationTable { quench: env!("CARGO_PKG_VERSION").into(), model: model.display().to_string(), samples, tensors: stats, ranges }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+    let s = serde_json::to_string_pretty(v)?;
+    let tmp = path.with_extension("json.quench-tmp");
+    std::fs::write(&tmp, s).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(())
+}
+
+/// Exit status when verification thresholds fail.
+pub struct ThresholdFailed(pub String);
+
+pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
+    let (loaded, mut model) = crate::load(&a.model)?;
+    crate::convert::check_output(&a.model, &loaded.external.files, &a.output)?;
+    let original = loaded.model.clone();
+    let size_before = loaded.file_bytes + loaded.external.bytes;
+    let mut notes: Vec<String> = Vec::new();
+    let mut cfg = a.config();
+
+    // Without calibration data, static quantization is not possible: say so
+    // and quantize weights only (never invent data).
+    if cfg.mode == Mode::Static && a.calibration.is_none() && a.calibration_table.is_none() {
+        let msg = "no --calibration data given: quantizing weights only (--mode weight-only); pass --calibration DATA for int8 activations".to_string();
+        eprintln!("note: {msg}");
+        notes.push(msg);
+        cfg.mode = Mode::WeightOnly;
+    }
+
+    // 1. Passes.
+    let (pass_names, cx) = run_pipeline(&mut model, &a.passes, &a.dump_after)?;
+    if a.verbose {
+        for l in &cx.log {
+            eprintln!("pass {l}");
+        }
+    }
+
+    // 2. Plan and calibrate.
+    let opset = model.default_opset().unwrap_or(0);
+    let plan = quantize::plan(&model.graph, &cfg)?;
+    let mut calib_samples = 0;
+    let mut eval_data: Option<(Dataset, Feed, String)> = None;
+    let mut ranges = quantize::Ranges::new();
+    if cfg.mode == Mode::Static {
+        let tensors = plan.tensors_to_observe(&model.graph);
+        let stats: BTreeMap<String, TensorStats> = if let Some(t) = &a.calibration_table {
+            let text = std::fs::read_to_string(t).with_context(|| format!("{}: cannot read", t.display()))?;
+            let table: CalibrationTable = serde_json::from_str(&text).with_context(|| format!("{}: not a quench calibration table", t.display()))?;
+            calib_samples = table.samples;
+            let missing: Vec<&String> = tensors.iter().filter(|n| !table.tensors.contains_key(*n)).collect();
+            if !missing.is_empty() {
+                notes.push(format!("calibration table lacks {} tensors (they stay float), e.g. `{}`", missing.len(), missing[0]));
+            }
+            table.tensors
+        } else {
+            let path = a.calibration.clone().unwrap_or_default();
+            let proto = model.to_onnx();
+            let (data, feed) = load_data(&path, &original)?;
+            let n = data.samples();
+            let (cal, held) = if a.eval.is_none() && n >= 5 {
+                let keep = n - (n / 5).max(1);
+                let (c, e) = data.split(keep);
+                (c, Some(e))
+            } else {
+                (data, None)
+            };
+            if let Some(e) = held {
+                eval_data = Some((e, feed, format!("{} (last {} of {} samples held back from calibration)", path.display(), n - cal.samples(), n)));
+            } else if a.eval.is_none() {
+                eval_data = Some((cal.clone(), feed, format!("{} (the calibration samples themselves: too few to hold any back)", path.display())));
+            }
+            calib_samples = cal.samples();
+            let t0 = std::time::Instant::now();
+            let stats = calib::collect(&proto, &cal, feed, &model_input_names(&proto), &tensors)
+                .context("calibration failed; `--mode weight-only` needs no calibration run")?;
+            if a.verbose {
+                eprintln!("calibrated {} tensors on {} samples in {:.2?}", tensors.len(), calib_samples, t0.elapsed());
+            }
+            stats
+        };
+        let target = cfg.activations.target();
+        for (name, s) in &stats {
+            match choose_range(s, a.method(), target) {
+                Ok(r) => {
+                    ranges.insert(name.clone(), r);
+                }
+                Err(e) => notes.push(format!("tensor `{name}`: no range ({e}); stays float")),
+            }
+        }
+    }
+
+    // 3. Quantize.
+    let mut qcx = PassCx::new(opset);
+    let summary = quantize::apply(&mut model.graph, &plan, &ranges, &cfg, opset, &mut qcx)?;
+    // The float weights replaced by integer ones are now unused.
+    quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut model.graph, &mut qcx)?;
+    model.graph.verify().context("quantized graph is invalid (a quench bug)")?;
+    if cfg.mode == Mode::Static && opset < 13 && a.verbose {
+        eprintln!("note: opset {opset}: per-tensor weights");
+    }
+    let out_proto = model.to_onnx();
+    let opts = SaveOptions { external: crate::convert::storage(a.external_data, a.inline, loaded.external.tensors > 0) };
+    let saved = quench_onnx::save_model(&out_proto, &a.output, &opts)?;
+
+    // 4. Verify.
+    let mut verification = None;
+    if !a.no_verify {
+        if let Some(ev) = &a.eval {
+            let (d, f) = load_data(ev, &original)?;
+            eval_data = Some((d, f, ev.display().to_string()));
+        } else if eval_data.is_none() {
+            if let Some(c) = &a.calibration {
+                let (d, f) = load_data(c, &original)?;
+                eval_data = Some((d, f, format!("{} (calibration data)", c.display())));
+            }
+        }
+        match &eval_data {
+            Some((d, f, label)) => match verify(&original, &model, opset, d, *f, label) {
+                Ok(v) => verification = Some(v),
+                Err(e) => notes.push(format!("verification in tract failed: {e:#}")),
+            },
+            None => notes.push("no evaluation data (--eval or --calibration): verification skipped".into()),
+        }
+    }
+
+    let report = Report {
+        input: a.model.display().to_string(),
+        output: a.output.display().to_string(),
+        mode: match cfg.mode {
+            Mode::Static => ModeArg::Static,
+            Mode::WeightOnly => ModeArg::WeightOnly,
+            Mode::Dynamic => ModeArg::Dynamic,
+        },
+        method: a.method,
+        config: cfg.clone(),
+        passes: pass_names,
+        pass_stats: cx.stats.clone(),
+        quantization: summary,
+        size_before,
+        size_after: saved.total_bytes(),
+        calibration_samples: calib_samples,
+        verification,
+        notes,
+    };
+    print_report(&report, a.verbose);
+    if let Some(p) = &a.report {
+        write_json(p, &report)?;
+    }
+    Ok(check_thresholds(&report, a.min_sqnr, a.min_top1))
+}
+
+fn check_thresholds(r: &Report, min_sqnr: Option<f64>, min_top1: Option<f64>) -> Option<ThresholdFailed> {
+    let v = r.verification.as_ref()?;
+    for o in &v.outputs {
+        let m = o.reference.as_ref().unwrap_or(&o.file);
+        if let Some(t) = min_sqnr {
+            if m.sqnr_db < t {
+                return Some(ThresholdFailed(format!("output `{}`: SQNR {:.2} dB is below --min-sqnr {t}", o.output, m.sqnr_db)));
+            }
+        }
+        if let (Some(t), Some(top1)) = (min_top1, &m.top1) {
+            if top1.fraction < t {
+                return Some(ThresholdFailed(format!("output `{}`: top-1 agreement {:.4} is below --min-top1 {t}", o.output, top1.fraction)));
+            }
+        }
+    }
+    None
+}
+
+/// Runs FP32, the emitted model and its float twin on the evaluation data.
+fn verify(original: &ModelProto, quantized: &Model, opset: i64, data: &Dataset, feed: Feed, label: &str) -> Result<Verification> {
+    let q_proto = quantized.to_onnx();
+    let mut twin = quantized.clone();
+    quench_passes::simulate::float_twin(&mut twin.graph, opset);
+    let twin_proto = twin.to_onnx();
+    let names = model_input_names(original);
+    let fp = Runners::new(original, vec![]);
+    let qr = Runners::new(&q_proto, vec![]);
+    let tr = Runners::new(&twin_proto, vec![]);
+    let out_names: Vec<String> = original.graph.as_ref().map(|g| g.output.iter().map(|o| o.name().to_string()).collect()).unwrap_or_default();
+    let mut acc_file: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
+    let mut acc_ref: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
+    let mut acc_rt: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
+    let mut twin_ok = true;
+    let labels = data.extra("labels").cloned();
+    let (mut correct_fp, mut correct_q, mut n_labels) = (0usize, 0usize, 0usize);
+    let mut offset = 0usize;
+    for r in feed.ranges(data.samples(), MAX_BATCH) {
+        let inputs = data.feed(feed, r.clone())?;
+        let a = fp.run(&names, &inputs).context("running the FP32 model")?;
+        let b = qr.run(&names, &inputs).context("running the quantized model")?;
+        let c = if twin_ok {
+            match tr.run(&names, &inputs) {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    twin_ok = false;
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        for (i, (x, y)) in a.iter().zip(&b).enumerate().take(out_names.len()) {
+            let (xf, yf) = (x.to_f32(), y.to_f32());
+            acc_file[i].update(xf.view(), yf.view())?;
+            if let Some(c) = &c {
+                let zf = c[i].to_f32();
+                acc_ref[i].update(xf.view(), zf.view())?;
+                acc_rt[i].update(zf.view(), yf.view())?;
+            }
+            if i == 0 {
+                if let Some(ArrayData::I64(l)) = &labels {
+                    if xf.ndim() == 2 && l.ndim() == 1 {
+                        for row in 0..xf.shape()[0] {
+                            let Some(&lab) = l.get(offset + row) else { continue };
+                            let am = |m: &ndarray::ArrayD<f32>| {
+                                let mut best = 0;
+                                for k in 0..m.shape()[1] {
+                                    if m[[row, k]] > m[[row, best]] {
+                                        best = k;
+                                    }
+                                }
+                                best as i64
+                            };
+                            n_labels += 1;
+                            correct_fp += (am(&xf) == lab) as usize;
+                            correct_q += (am(&yf) == lab) as usize;
+                        }
+                    }
+                }
+            }
+        }
+        offset += r.len();
+    }
+    let outputs = out_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let file = acc_file[i].finish();
+            let reference = twin_ok.then(|| acc_ref[i].finish());
+            let rt = twin_ok.then(|| acc_rt[i].finish());
+            // The runtime disagrees with the reference when its difference
+            // from the twin is not small next to the quantization error.
+            let discrepancy = match (&reference, &rt) {
+                (Some(re), Some(rt)) => rt.sqnr_db < re.sqnr_db + 10.0 && rt.sqnr_db < 40.0,
+                _ => false,
+            };
+            OutputCheck { output: name.clone(), file, reference, runtime_vs_reference: rt, runtime_discrepancy: discrepancy }
+        })
+        .collect();
+    let accuracy = (n_labels > 0).then(|| Accuracy {
+        labels: n_labels,
+        fp32: correct_fp as f64 / n_labels as f64,
+        quantized: correct_q as f64 / n_labels as f64,
+    });
+    Ok(Verification { data: label.to_string(), samples: data.samples(), outputs, accuracy })
+}
+
+fn human(b: u64) -> String {
+    if b >= 1_000_000 {
+        format!("{:.2} MB", b as f64 / 1e6)
+    } else {
+        format!("{:.1} kB", b as f64 / 1e3)
+    }
+}
+
+fn print_report(r: &Report, verbose: bool) {
+    let q = &r.quantization;
+    let nq = q.nodes.iter().filter(|d| d.quantized).count();
+    println!("quench compile: {} -> {}", r.input, r.output);
+    println!("  mode           {:?}, activations {:?}, weights {:?}, {}", r.config.mode, r.config.activations, r.config.weights, if q.per_channel { "per-channel" } else { "per-tensor" });
+    if !r.passes.is_empty() {
+        let folded = r.pass_stats.get("fold_batchnorm.folded").copied().unwrap_or(0);
+        println!("  passes         {} ({} BatchNormalization folded)", r.passes.len(), folded);
+    }
+    println!("  nodes          {} quantized, {} float", nq, q.nodes.len() - nq);
+    let mut why: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in q.nodes.iter().filter(|d| !d.quantized) {
+        *why.entry(d.reason.as_str()).or_default() += 1;
+    }
+    for (reason, n) in &why {
+        println!("    float: {n:>4} × {reason}");
+    }
+    if verbose {
+        for d in &q.nodes {
+            println!("    {:<40} {:<20} {} ({})", d.node, d.op, if d.quantized { "int8" } else { "float" }, d.reason);
+        }
+    }
+    println!("  weights        {} tensors int8, {} biases int32", q.weights_quantized, q.biases_quantized);
+    if r.config.mode == Mode::Static {
+        println!("  activations    {} tensors quantized ({} calibration samples, method {:?}), {} Relu/Clip absorbed", q.activations_quantized, r.calibration_samples, r.method, q.absorbed_activations);
+        for (t, why) in &q.activations_float {
+            println!("    float: `{t}`: {why}");
+        }
+    }
+    println!("  size           {} -> {} ({:.2}x smaller)", human(r.size_before), human(r.size_after), r.size_before as f64 / r.size_after.max(1) as f64);
+    match &r.verification {
+        Some(v) => {
+            println!("  verification   tract, {} samples from {}", v.samples, v.data);
+            for o in &v.outputs {
+                let line = |m: &Metrics| {
+                    let top1 = m.top1.as_ref().map(|t| format!(", top-1 agreement {}/{} ({:.2}%)", t.agree, t.rows, 100.0 * t.fraction)).unwrap_or_default();
+                    format!("SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}", m.sqnr_db, m.cosine, m.max_abs_err)
+                };
+                if let Some(re) = &o.reference {
+                    println!("    {} (reference semantics, float twin): {}", o.output, line(re));
+                }
+                println!("    {} (emitted file in tract):           {}", o.output, line(&o.file));
+                if o.runtime_discrepancy {
+                    println!("    {}: runtime discrepancy: tract's integer path differs from the ONNX reference semantics beyond quantization error; trust the reference figures", o.output);
+                }
+            }
+            if let Some(acc) = &v.accuracy {
+                println!("    accuracy on {} labels: FP32 {:.2}%, quantized {:.2}% ({:+.2} points)", acc.labels, 100.0 * acc.fp32, 100.0 * acc.quantized, 100.0 * (acc.quantized - acc.fp32));
+            }
+        }
+        None => println!("  verification   skipped"),
+    }
+    for n in &q.notes {
+        println!("  note: {n}");
+    }
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+}
