@@ -1,1 +1,25 @@
-//! placeholder
+//! Runs ONNX models for quench and measures how far two runs disagree.
+//!
+//! This is the only quench crate that depends on tract; everything else
+//! builds and tests without it. Three parts:
+//!
+//! - [`data`]: [`ArrayData`], a tensor value that does not depend on tract
+//!   (converts to and from tract tensors and ONNX `TensorProto`s), and
+//!   [`Dataset`], named model inputs loaded from `.npy` directories, `.npz`
+//!   files, or the ONNX `test_data_set_*` layout.
+//! - [`runner`]: [`Runner`], a model compiled by tract that can also expose
+//!   intermediate tensors (for calibration), and [`prepare_for_tract`], which
+//!   makes a copy of a model that tract accepts more often.
+//! - [`metrics`]: SQNR, cosine similarity, absolute errors and top-1
+//!   agreement, accumulated over many samples.
+//!
+//! tract is an accuracy oracle here, not a speed oracle: it runs QDQ models
+//! with float kernels (see the project's FACTS).
+
+pub mod data;
+pub mod metrics;
+pub mod runner;
+
+pub use data::{ArrayData, DataError, Dataset, Feed, ModelInput};
+pub use metrics::{Accumulator, Metrics, MetricsError, Top1};
+pub use runner::{prepare_for_tract, InputFact, RunError, Runner, RunnerConfig, UnsupportedOp};

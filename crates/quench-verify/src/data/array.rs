@@ -1,0 +1,460 @@
+//! [`ArrayData`]: an owned tensor value of one of the supported element types.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use ndarray::{ArrayD, Axis, IxDyn, Slice};
+use quench_onnx::proto::tensor_proto::{DataLocation, DataType};
+use quench_onnx::proto::TensorProto;
+use tract_onnx::prelude::{DatumType, Tensor};
+
+use super::DataError;
+
+/// An owned n-dimensional array; the variant is the element type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArrayData {
+    F32(ArrayD<f32>),
+    F64(ArrayD<f64>),
+    I64(ArrayD<i64>),
+    I32(ArrayD<i32>),
+    I8(ArrayD<i8>),
+    U8(ArrayD<u8>),
+    Bool(ArrayD<bool>),
+}
+
+/// Applies `$e` to the array inside any variant.
+macro_rules! each {
+    ($v:expr, $a:ident => $e:expr) => {
+        match $v {
+            ArrayData::F32($a) => $e,
+            ArrayData::F64($a) => $e,
+            ArrayData::I64($a) => $e,
+            ArrayData::I32($a) => $e,
+            ArrayData::I8($a) => $e,
+            ArrayData::U8($a) => $e,
+            ArrayData::Bool($a) => $e,
+        }
+    };
+}
+
+/// Applies `$e` to the array inside any variant and wraps the result in the
+/// same variant.
+macro_rules! map_each {
+    ($v:expr, $a:ident => $e:expr) => {
+        match $v {
+            ArrayData::F32($a) => ArrayData::F32($e),
+            ArrayData::F64($a) => ArrayData::F64($e),
+            ArrayData::I64($a) => ArrayData::I64($e),
+            ArrayData::I32($a) => ArrayData::I32($e),
+            ArrayData::I8($a) => ArrayData::I8($e),
+            ArrayData::U8($a) => ArrayData::U8($e),
+            ArrayData::Bool($a) => ArrayData::Bool($e),
+        }
+    };
+}
+
+/// Little-endian element encoding, for `TensorProto.raw_data`.
+trait LeElem: Copy {
+    const SIZE: usize;
+    fn read_le(b: &[u8]) -> Self;
+    fn write_le(self, out: &mut Vec<u8>);
+}
+
+macro_rules! le_num {
+    ($($t:ty),*) => {$(
+        impl LeElem for $t {
+            const SIZE: usize = std::mem::size_of::<$t>();
+            fn read_le(b: &[u8]) -> Self {
+                let mut buf = [0u8; std::mem::size_of::<$t>()];
+                buf.copy_from_slice(&b[..Self::SIZE]);
+                <$t>::from_le_bytes(buf)
+            }
+            fn write_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+le_num!(f32, f64, i64, i32, i8, u8);
+
+impl LeElem for bool {
+    const SIZE: usize = 1;
+    fn read_le(b: &[u8]) -> Self {
+        b[0] != 0
+    }
+    fn write_le(self, out: &mut Vec<u8>) {
+        out.push(u8::from(self));
+    }
+}
+
+impl ArrayData {
+    /// The ONNX element type code (`TensorProto.DataType`).
+    pub fn elem_type(&self) -> i32 {
+        let dt = match self {
+            ArrayData::F32(_) => DataType::Float,
+            ArrayData::F64(_) => DataType::Double,
+            ArrayData::I64(_) => DataType::Int64,
+            ArrayData::I32(_) => DataType::Int32,
+            ArrayData::I8(_) => DataType::Int8,
+            ArrayData::U8(_) => DataType::Uint8,
+            ArrayData::Bool(_) => DataType::Bool,
+        };
+        dt as i32
+    }
+
+    /// Short name of the element type (`f32`, `i64`, `bool`, ...), as
+    /// [`quench_onnx::dtype::elem_name`] prints it.
+    pub fn dtype_name(&self) -> &'static str {
+        match self {
+            ArrayData::F32(_) => "f32",
+            ArrayData::F64(_) => "f64",
+            ArrayData::I64(_) => "i64",
+            ArrayData::I32(_) => "i32",
+            ArrayData::I8(_) => "i8",
+            ArrayData::U8(_) => "u8",
+            ArrayData::Bool(_) => "bool",
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        each!(self, a => a.shape())
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        each!(self, a => a.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values converted to f32 (bool as 0/1), for metrics.
+    pub fn to_f32(&self) -> ArrayD<f32> {
+        match self {
+            ArrayData::F32(a) => a.clone(),
+            ArrayData::F64(a) => a.mapv(|v| v as f32),
+            ArrayData::I64(a) => a.mapv(|v| v as f32),
+            ArrayData::I32(a) => a.mapv(|v| v as f32),
+            ArrayData::I8(a) => a.mapv(f32::from),
+            ArrayData::U8(a) => a.mapv(f32::from),
+            ArrayData::Bool(a) => a.mapv(|v| f32::from(u8::from(v))),
+        }
+    }
+
+    /// Element `i` of the leading axis, that axis removed; `None` when the
+    /// array has rank 0 or `i` is out of range.
+    pub fn index_axis0(&self, i: usize) -> Option<ArrayData> {
+        if self.shape().first().is_none_or(|&n| i >= n) {
+            return None;
+        }
+        Some(map_each!(self, a => a.index_axis(Axis(0), i).to_owned()))
+    }
+
+    /// Elements `range` of the leading axis, that axis kept; `None` when the
+    /// array has rank 0 or the range does not fit.
+    pub fn slice_axis0(&self, range: Range<usize>) -> Option<ArrayData> {
+        let n = *self.shape().first()?;
+        if range.start > range.end || range.end > n {
+            return None;
+        }
+        let s = Slice::from(range);
+        Some(map_each!(self, a => a.slice_axis(Axis(0), s).to_owned()))
+    }
+
+    /// Stacks arrays of one element type and one shape along a new leading
+    /// axis. The error says what differs.
+    pub(crate) fn stack(parts: &[&ArrayData]) -> Result<ArrayData, String> {
+        let Some(first) = parts.first() else {
+            return Err("nothing to stack".into());
+        };
+        for p in parts {
+            if p.elem_type() != first.elem_type() {
+                return Err(format!(
+                    "element types differ ({} and {})",
+                    first.dtype_name(),
+                    p.dtype_name()
+                ));
+            }
+            if p.shape() != first.shape() {
+                return Err(format!(
+                    "shapes differ ({:?} and {:?})",
+                    first.shape(),
+                    p.shape()
+                ));
+            }
+        }
+        macro_rules! stack_as {
+            ($variant:ident) => {{
+                let views: Vec<_> = parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        ArrayData::$variant(a) => Some(a.view()),
+                        _ => None,
+                    })
+                    .collect();
+                ndarray::stack(Axis(0), &views)
+                    .map(ArrayData::$variant)
+                    .map_err(|e| e.to_string())
+            }};
+        }
+        match first {
+            ArrayData::F32(_) => stack_as!(F32),
+            ArrayData::F64(_) => stack_as!(F64),
+            ArrayData::I64(_) => stack_as!(I64),
+            ArrayData::I32(_) => stack_as!(I32),
+            ArrayData::I8(_) => stack_as!(I8),
+            ArrayData::U8(_) => stack_as!(U8),
+            ArrayData::Bool(_) => stack_as!(Bool),
+        }
+    }
+
+    /// The same array in standard (C) memory order.
+    pub(crate) fn into_standard_layout(self) -> ArrayData {
+        map_each!(self, a => if a.is_standard_layout() { a } else { a.as_standard_layout().into_owned() })
+    }
+
+    /// Reads a `TensorProto`: `raw_data` (little-endian) or the typed field
+    /// for its element type (`float_data`, `double_data`, `int64_data`,
+    /// `int32_data` for i32/i8/u8/bool). External data must have been
+    /// resolved before (as `quench_onnx::load_model` does).
+    pub fn from_tensor_proto(t: &TensorProto) -> Result<ArrayData, DataError> {
+        let name = t.name().to_string();
+        let err = |reason: String| DataError::Tensor {
+            name: name.clone(),
+            reason,
+        };
+        if t.data_location == Some(DataLocation::External as i32) {
+            return Err(err("data is stored externally and was not resolved".into()));
+        }
+        let mut shape = Vec::with_capacity(t.dims.len());
+        let mut numel: usize = 1;
+        for &d in &t.dims {
+            let d = usize::try_from(d)
+                .map_err(|_| err(format!("negative dimension in {:?}", t.dims)))?;
+            numel = numel
+                .checked_mul(d)
+                .ok_or_else(|| err(format!("dims {:?} overflow", t.dims)))?;
+            shape.push(d);
+        }
+        let code = t.data_type();
+        let raw = t.raw_data.as_ref();
+        fn from_raw<T: LeElem>(raw: &[u8], numel: usize) -> Result<Vec<T>, String> {
+            if raw.len() != numel * T::SIZE {
+                return Err(format!(
+                    "raw_data has {} bytes, {} elements need {}",
+                    raw.len(),
+                    numel,
+                    numel * T::SIZE
+                ));
+            }
+            Ok(raw.chunks_exact(T::SIZE).map(T::read_le).collect())
+        }
+        fn typed<S: Copy, T>(
+            field: &[S],
+            numel: usize,
+            what: &str,
+            f: impl Fn(S) -> T,
+        ) -> Result<Vec<T>, String> {
+            if field.len() != numel {
+                return Err(format!(
+                    "{what} has {} values, the dims need {numel}",
+                    field.len()
+                ));
+            }
+            Ok(field.iter().copied().map(f).collect())
+        }
+        let shape = IxDyn(&shape);
+        macro_rules! build {
+            ($variant:ident, $t:ty, $field:ident, $conv:expr) => {{
+                let v: Vec<$t> = match raw {
+                    Some(r) => from_raw::<$t>(r, numel),
+                    None => typed(&t.$field, numel, stringify!($field), $conv),
+                }
+                .map_err(err)?;
+                ArrayD::from_shape_vec(shape, v)
+                    .map(ArrayData::$variant)
+                    .map_err(|e| err(e.to_string()))
+            }};
+        }
+        match DataType::try_from(code) {
+            Ok(DataType::Float) => build!(F32, f32, float_data, |v| v),
+            Ok(DataType::Double) => build!(F64, f64, double_data, |v| v),
+            Ok(DataType::Int64) => build!(I64, i64, int64_data, |v| v),
+            Ok(DataType::Int32) => build!(I32, i32, int32_data, |v| v),
+            Ok(DataType::Int8) => build!(I8, i8, int32_data, |v: i32| v as i8),
+            Ok(DataType::Uint8) => build!(U8, u8, int32_data, |v: i32| v as u8),
+            Ok(DataType::Bool) => build!(Bool, bool, int32_data, |v: i32| v != 0),
+            _ => Err(err(format!(
+                "element type {} is not supported here (f32, f64, i64, i32, i8, u8, bool)",
+                quench_onnx::dtype::elem_name(code)
+            ))),
+        }
+    }
+
+    /// Writes a `TensorProto` named `name` with little-endian `raw_data`.
+    pub fn to_tensor_proto(&self, name: &str) -> TensorProto {
+        let mut raw = Vec::new();
+        each!(self, a => {
+            raw.reserve(a.len() * 8);
+            for &v in a.iter() {
+                v.write_le(&mut raw);
+            }
+        });
+        TensorProto {
+            dims: self.shape().iter().map(|&d| d as i64).collect(),
+            data_type: Some(self.elem_type()),
+            name: Some(name.to_string()),
+            raw_data: Some(Bytes::from(raw)),
+            ..Default::default()
+        }
+    }
+
+    /// A tract tensor holding a copy of the values.
+    pub fn to_tensor(&self) -> Tensor {
+        each!(self, a => Tensor::from(a.clone()))
+    }
+
+    /// Reads a tract tensor back. Quantized tract types read as their storage
+    /// type (u8, i8, i32) and tract's symbolic dimension type as i64; other
+    /// element types are an error naming `name`.
+    pub fn from_tensor(name: &str, t: &Tensor) -> Result<ArrayData, DataError> {
+        let err = |reason: String| DataError::Tensor {
+            name: name.to_string(),
+            reason,
+        };
+        let dt = t.datum_type().unquantized();
+        macro_rules! read {
+            ($variant:ident, $t:ty) => {
+                t.to_plain_array_view::<$t>()
+                    .map(|v| ArrayData::$variant(v.as_standard_layout().into_owned()))
+                    .map_err(|e| err(e.to_string()))
+            };
+        }
+        match dt {
+            DatumType::F32 => read!(F32, f32),
+            DatumType::F64 => read!(F64, f64),
+            DatumType::I64 => read!(I64, i64),
+            DatumType::I32 => read!(I32, i32),
+            DatumType::I8 => read!(I8, i8),
+            DatumType::U8 => read!(U8, u8),
+            DatumType::Bool => read!(Bool, bool),
+            DatumType::TDim => {
+                let cast = t.cast_to::<i64>().map_err(|e| err(e.to_string()))?;
+                read_i64(&cast).map_err(err)
+            }
+            other => Err(err(format!(
+                "tract element type {other:?} is not supported here"
+            ))),
+        }
+    }
+}
+
+fn read_i64(t: &Tensor) -> Result<ArrayData, String> {
+    t.to_plain_array_view::<i64>()
+        .map(|v| ArrayData::I64(v.as_standard_layout().into_owned()))
+        .map_err(|e| e.to_string())
+}
+
+macro_rules! from_array {
+    ($($variant:ident: $t:ty),*) => {$(
+        impl From<ArrayD<$t>> for ArrayData {
+            fn from(a: ArrayD<$t>) -> ArrayData {
+                ArrayData::$variant(a)
+            }
+        }
+    )*};
+}
+from_array!(F32: f32, F64: f64, I64: i64, I32: i32, I8: i8, U8: u8, Bool: bool);
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_proto_round_trip_all_types() {
+        let arrays = vec![
+            ArrayData::F32(
+                ArrayD::from_shape_vec(IxDyn(&[2, 2]), vec![1.0, -2.5, 3.0, f32::MAX]).unwrap(),
+            ),
+            ArrayData::F64(ArrayD::from_shape_vec(IxDyn(&[3]), vec![1.0, -2.5, 1e300]).unwrap()),
+            ArrayData::I64(ArrayD::from_shape_vec(IxDyn(&[2]), vec![i64::MIN, 7]).unwrap()),
+            ArrayData::I32(ArrayD::from_shape_vec(IxDyn(&[]), vec![-9]).unwrap()),
+            ArrayData::I8(ArrayD::from_shape_vec(IxDyn(&[2]), vec![-128, 127]).unwrap()),
+            ArrayData::U8(ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![0, 255]).unwrap()),
+            ArrayData::Bool(ArrayD::from_shape_vec(IxDyn(&[3]), vec![true, false, true]).unwrap()),
+        ];
+        for a in arrays {
+            let p = a.to_tensor_proto("t");
+            assert_eq!(ArrayData::from_tensor_proto(&p).unwrap(), a);
+            let t = a.to_tensor();
+            assert_eq!(ArrayData::from_tensor("t", &t).unwrap(), a);
+        }
+    }
+
+    #[test]
+    fn tensor_proto_typed_fields() {
+        let p = TensorProto {
+            dims: vec![2],
+            data_type: Some(DataType::Float as i32),
+            float_data: vec![1.5, 2.5],
+            ..Default::default()
+        };
+        assert_eq!(
+            ArrayData::from_tensor_proto(&p)
+                .unwrap()
+                .to_f32()
+                .as_slice()
+                .unwrap(),
+            &[1.5, 2.5]
+        );
+        let p = TensorProto {
+            dims: vec![3],
+            data_type: Some(DataType::Int8 as i32),
+            int32_data: vec![-1, 0, 5],
+            ..Default::default()
+        };
+        assert_eq!(
+            ArrayData::from_tensor_proto(&p).unwrap(),
+            ArrayData::I8(ArrayD::from_shape_vec(IxDyn(&[3]), vec![-1, 0, 5]).unwrap())
+        );
+        let p = TensorProto {
+            dims: vec![2],
+            data_type: Some(DataType::Int64 as i32),
+            int64_data: vec![1],
+            name: Some("short".into()),
+            ..Default::default()
+        };
+        let e = ArrayData::from_tensor_proto(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("short") && e.contains("int64_data has 1 values"),
+            "{e}"
+        );
+        let p = TensorProto {
+            dims: vec![1],
+            data_type: Some(DataType::Float16 as i32),
+            name: Some("h".into()),
+            ..Default::default()
+        };
+        let e = ArrayData::from_tensor_proto(&p).unwrap_err().to_string();
+        assert!(e.contains("f16"), "{e}");
+    }
+
+    #[test]
+    fn slicing_and_stacking() {
+        let a = ArrayData::F32(
+            ArrayD::from_shape_vec(IxDyn(&[3, 2]), vec![0., 1., 2., 3., 4., 5.]).unwrap(),
+        );
+        let r1 = a.index_axis0(1).unwrap();
+        assert_eq!(r1.shape(), &[2]);
+        assert_eq!(r1.to_f32().as_slice().unwrap(), &[2., 3.]);
+        assert!(a.index_axis0(3).is_none());
+        let s = a.slice_axis0(1..3).unwrap();
+        assert_eq!(s.shape(), &[2, 2]);
+        assert!(a.slice_axis0(2..4).is_none());
+        let parts = [a.index_axis0(0).unwrap(), r1];
+        let st = ArrayData::stack(&parts.iter().collect::<Vec<_>>()).unwrap();
+        assert_eq!(st, a.slice_axis0(0..2).unwrap());
+    }
+}

@@ -1,0 +1,396 @@
+//! How far a test output is from a reference output.
+//!
+//! An [`Accumulator`] takes pairs of arrays (reference, test) of one output,
+//! sample after sample, and [`finish`](Accumulator::finish)es into
+//! [`Metrics`]:
+//!
+//! - SQNR in dB: `10 log10(Σ ref² / Σ (ref - test)²)`, `+inf` when the
+//!   arrays are identical;
+//! - cosine similarity of the two arrays seen as one long vector (1 when
+//!   both are all zeros, 0 when only one is);
+//! - largest and mean absolute error;
+//! - top-1 agreement for class-score-like outputs: when the last axis has
+//!   2..=10000 entries, every row along it is a class-score vector and the
+//!   argmax of reference and test rows are compared (the first maximum wins
+//!   ties; a row with NaN never agrees).
+//!
+//! Invariant: sums are accumulated in f64 over every element of every update,
+//! so the result does not depend on how the samples were batched. Top-1 is
+//! reported only if every update had a class-like last axis. NaN anywhere in
+//! the data makes the error metrics NaN rather than hiding it.
+
+use ndarray::{ArrayViewD, Axis};
+use serde::{Deserialize, Serialize};
+
+/// Smallest and largest number of classes for top-1 agreement.
+pub const TOP1_CLASSES: std::ops::RangeInclusive<usize> = 2..=10000;
+
+/// Errors feeding an [`Accumulator`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetricsError {
+    #[error("reference has shape {reference:?} but test has shape {test:?}")]
+    ShapeMismatch {
+        reference: Vec<usize>,
+        test: Vec<usize>,
+    },
+}
+
+/// Running sums for [`Metrics`].
+#[derive(Debug, Clone, Default)]
+pub struct Accumulator {
+    elements: u64,
+    sum_ref_sq: f64,
+    sum_test_sq: f64,
+    sum_dot: f64,
+    sum_err_sq: f64,
+    sum_abs_err: f64,
+    max_abs_err: f64,
+    top1_rows: u64,
+    top1_agree: u64,
+    /// Whether every update so far had a class-like last axis.
+    top1_ok: bool,
+    updates: u64,
+}
+
+/// Top-1 agreement counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Top1 {
+    /// Rows whose argmax agrees.
+    pub agree: u64,
+    /// Rows compared.
+    pub rows: u64,
+    /// `agree / rows` (1 when there are no rows).
+    pub fraction: f64,
+}
+
+/// Comparison of a test output with its reference over all samples seen.
+/// Non-finite values serialize as the strings `"inf"`, `"-inf"`, `"nan"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    #[serde(with = "float")]
+    pub sqnr_db: f64,
+    #[serde(with = "float")]
+    pub cosine: f64,
+    #[serde(with = "float")]
+    pub max_abs_err: f64,
+    #[serde(with = "float")]
+    pub mean_abs_err: f64,
+    /// Elements compared.
+    pub elements: u64,
+    /// `None` unless every array had a class-like last axis.
+    pub top1: Option<Top1>,
+}
+
+impl Accumulator {
+    pub fn new() -> Accumulator {
+        Accumulator {
+            top1_ok: true,
+            ..Default::default()
+        }
+    }
+
+    /// Adds one (reference, test) pair of equal shapes.
+    pub fn update(
+        &mut self,
+        reference: ArrayViewD<'_, f32>,
+        test: ArrayViewD<'_, f32>,
+    ) -> Result<(), MetricsError> {
+        if reference.shape() != test.shape() {
+            return Err(MetricsError::ShapeMismatch {
+                reference: reference.shape().to_vec(),
+                test: test.shape().to_vec(),
+            });
+        }
+        if self.updates == 0 {
+            self.top1_ok = true;
+        }
+        self.updates += 1;
+        for (&r, &t) in reference.iter().zip(test.iter()) {
+            let (r, t) = (f64::from(r), f64::from(t));
+            let e = r - t;
+            self.sum_ref_sq += r * r;
+            self.sum_test_sq += t * t;
+            self.sum_dot += r * t;
+            self.sum_err_sq += e * e;
+            let a = e.abs();
+            self.sum_abs_err += a;
+            // A NaN error replaces the maximum and stays.
+            if a.is_nan() || (!self.max_abs_err.is_nan() && a > self.max_abs_err) {
+                self.max_abs_err = a;
+            }
+        }
+        self.elements += reference.len() as u64;
+
+        let classes = reference.shape().last().copied().unwrap_or(0);
+        if self.top1_ok && TOP1_CLASSES.contains(&classes) {
+            let last = Axis(reference.ndim() - 1);
+            for (rr, tr) in reference.lanes(last).into_iter().zip(test.lanes(last)) {
+                self.top1_rows += 1;
+                if let (Some(a), Some(b)) = (argmax(rr.iter().copied()), argmax(tr.iter().copied()))
+                {
+                    if a == b {
+                        self.top1_agree += 1;
+                    }
+                }
+            }
+        } else {
+            self.top1_ok = false;
+        }
+        Ok(())
+    }
+
+    /// The metrics over every update so far.
+    pub fn finish(&self) -> Metrics {
+        let sqnr_db = if self.sum_err_sq == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (self.sum_ref_sq / self.sum_err_sq).log10()
+        };
+        let norms = self.sum_ref_sq.sqrt() * self.sum_test_sq.sqrt();
+        let cosine = if self.sum_ref_sq == 0.0 && self.sum_test_sq == 0.0 {
+            1.0
+        } else if norms == 0.0 {
+            0.0
+        } else {
+            self.sum_dot / norms
+        };
+        let mean_abs_err = if self.elements == 0 {
+            0.0
+        } else {
+            self.sum_abs_err / self.elements as f64
+        };
+        let top1 = (self.top1_ok && self.updates > 0).then(|| Top1 {
+            agree: self.top1_agree,
+            rows: self.top1_rows,
+            fraction: if self.top1_rows == 0 {
+                1.0
+            } else {
+                self.top1_agree as f64 / self.top1_rows as f64
+            },
+        });
+        Metrics {
+            sqnr_db,
+            cosine,
+            max_abs_err: self.max_abs_err,
+            mean_abs_err,
+            elements: self.elements,
+            top1,
+        }
+    }
+}
+
+/// Index of the first maximum; `None` for an empty row or one with NaN.
+fn argmax(values: impl Iterator<Item = f32>) -> Option<usize> {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, v) in values.enumerate() {
+        if v.is_nan() {
+            return None;
+        }
+        if best.is_none_or(|(_, b)| v > b) {
+            best = Some((i, v));
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+/// Serializes f64 as a JSON number when finite and as `"inf"`, `"-inf"` or
+/// `"nan"` otherwise (JSON has no non-finite numbers).
+mod float {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if v.is_nan() {
+            s.serialize_str("nan")
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Num(f64),
+        Str(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match Repr::deserialize(d)? {
+            Repr::Num(v) => Ok(v),
+            Repr::Str(s) => match s.as_str() {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "nan" => Ok(f64::NAN),
+                other => Err(serde::de::Error::custom(format!(
+                    "expected a number, \"inf\", \"-inf\" or \"nan\", found \"{other}\""
+                ))),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ndarray::{arr1, arr2};
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn identical_arrays() {
+        let mut acc = Accumulator::new();
+        let r = arr1(&[1.0f32, -2.0, 3.0]).into_dyn();
+        acc.update(r.view(), r.view()).unwrap();
+        let m = acc.finish();
+        assert_eq!(m.sqnr_db, f64::INFINITY);
+        assert!(close(m.cosine, 1.0));
+        assert_eq!(m.max_abs_err, 0.0);
+        assert_eq!(m.mean_abs_err, 0.0);
+        assert_eq!(m.elements, 3);
+        assert_eq!(
+            m.top1,
+            Some(Top1 {
+                agree: 1,
+                rows: 1,
+                fraction: 1.0
+            })
+        );
+    }
+
+    #[test]
+    fn closed_form_values() {
+        // ref = [3, 4], test = [3, 3]: Σref² = 25, Σerr² = 1 -> SQNR = 10 log10 25.
+        let mut acc = Accumulator::new();
+        let r = arr1(&[3.0f32, 4.0]).into_dyn();
+        let t = arr1(&[3.0f32, 3.0]).into_dyn();
+        acc.update(r.view(), t.view()).unwrap();
+        let m = acc.finish();
+        assert!(close(m.sqnr_db, 10.0 * 25f64.log10()));
+        // cos = (9 + 12) / (5 * sqrt 18)
+        assert!(close(m.cosine, 21.0 / (5.0 * 18f64.sqrt())));
+        assert!(close(m.max_abs_err, 1.0));
+        assert!(close(m.mean_abs_err, 0.5));
+        // argmax 1 (ref) vs 0 (test: the first of two equal maxima).
+        assert_eq!(
+            m.top1,
+            Some(Top1 {
+                agree: 0,
+                rows: 1,
+                fraction: 0.0
+            })
+        );
+    }
+
+    #[test]
+    fn ties_take_first_maximum() {
+        assert_eq!(argmax([3.0f32, 3.0].into_iter()), Some(0));
+        assert_eq!(argmax([1.0f32, f32::NAN].into_iter()), None);
+        assert_eq!(argmax(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn accumulation_is_batch_independent() {
+        let r = arr2(&[[1.0f32, 2.0, 0.5], [0.0, -1.0, 4.0]]).into_dyn();
+        let t = arr2(&[[1.5f32, 1.0, 0.5], [0.1, -1.0, 3.0]]).into_dyn();
+        let mut whole = Accumulator::new();
+        whole.update(r.view(), t.view()).unwrap();
+        let mut rows = Accumulator::new();
+        for i in 0..2 {
+            rows.update(r.index_axis(Axis(0), i), t.index_axis(Axis(0), i))
+                .unwrap();
+        }
+        let (a, b) = (whole.finish(), rows.finish());
+        assert!(
+            close(a.sqnr_db, b.sqnr_db)
+                && close(a.cosine, b.cosine)
+                && close(a.mean_abs_err, b.mean_abs_err)
+        );
+        assert_eq!(a.max_abs_err, b.max_abs_err);
+        // Row 0: argmax 1 vs 0 (disagree); row 1: argmax 2 vs 2 (agree).
+        assert_eq!(
+            a.top1,
+            Some(Top1 {
+                agree: 1,
+                rows: 2,
+                fraction: 0.5
+            })
+        );
+        assert_eq!(a.top1, b.top1);
+    }
+
+    #[test]
+    fn top1_needs_class_axis_on_every_update() {
+        let mut acc = Accumulator::new();
+        let r = arr2(&[[1.0f32], [2.0]]).into_dyn(); // one "class": not class scores
+        acc.update(r.view(), r.view()).unwrap();
+        assert_eq!(acc.finish().top1, None);
+    }
+
+    #[test]
+    fn zero_and_opposite() {
+        let z = arr1(&[0.0f32, 0.0]).into_dyn();
+        let mut acc = Accumulator::new();
+        acc.update(z.view(), z.view()).unwrap();
+        let m = acc.finish();
+        assert_eq!((m.sqnr_db, m.cosine), (f64::INFINITY, 1.0));
+
+        let r = arr1(&[1.0f32, -1.0]).into_dyn();
+        let t = arr1(&[-1.0f32, 1.0]).into_dyn();
+        let mut acc = Accumulator::new();
+        acc.update(r.view(), t.view()).unwrap();
+        let m = acc.finish();
+        // Σref² = 2, Σerr² = 8 -> 10 log10(1/4).
+        assert!(close(m.sqnr_db, 10.0 * 0.25f64.log10()));
+        assert!(close(m.cosine, -1.0));
+        assert_eq!(
+            m.top1,
+            Some(Top1 {
+                agree: 0,
+                rows: 1,
+                fraction: 0.0
+            })
+        );
+    }
+
+    #[test]
+    fn nan_is_not_hidden() {
+        let r = arr1(&[1.0f32, 2.0]).into_dyn();
+        let t = arr1(&[f32::NAN, 2.0]).into_dyn();
+        let mut acc = Accumulator::new();
+        acc.update(r.view(), t.view()).unwrap();
+        let m = acc.finish();
+        assert!(m.max_abs_err.is_nan() && m.mean_abs_err.is_nan() && m.sqnr_db.is_nan());
+    }
+
+    #[test]
+    fn shape_mismatch_is_an_error() {
+        let r = arr1(&[1.0f32, 2.0]).into_dyn();
+        let t = arr1(&[1.0f32]).into_dyn();
+        let e = Accumulator::new().update(r.view(), t.view()).unwrap_err();
+        assert_eq!(
+            e,
+            MetricsError::ShapeMismatch {
+                reference: vec![2],
+                test: vec![1]
+            }
+        );
+    }
+
+    #[test]
+    fn serde_round_trip_with_infinity() {
+        let r = arr1(&[1.0f32, 2.0]).into_dyn();
+        let mut acc = Accumulator::new();
+        acc.update(r.view(), r.view()).unwrap();
+        let m = acc.finish();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains("\"sqnr_db\":\"inf\""), "{json}");
+        let back: Metrics = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+    }
+}
