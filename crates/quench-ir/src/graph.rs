@@ -249,12 +249,17 @@ impl Graph {
     }
 
     /// A name not used by any value yet: `base`, else `base_1`, `base_2`, ...
+    ///
+    /// Node names are checked too, so the result also serves as a new node's
+    /// name (runtimes such as tract require unique node names).
     pub fn unique_name(&self, base: &str) -> String {
-        if !base.is_empty() && !self.by_name.contains_key(base) {
+        let node_names: HashSet<&str> = self.g.node_weights().map(|n| n.name()).collect();
+        let taken = |n: &str| self.by_name.contains_key(n) || node_names.contains(n);
+        if !base.is_empty() && !taken(base) {
             return base.to_string();
         }
         let base = if base.is_empty() { "v" } else { base };
-        (1..).map(|i| format!("{base}_{i}")).find(|n| !self.by_name.contains_key(n)).unwrap_or_default()
+        (1..).map(|i| format!("{base}_{i}")).find(|n| !taken(n)).unwrap_or_default()
     }
 
     pub fn value(&self, v: ValueId) -> &Value {

@@ -595,6 +595,7 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
 
     // 3. Weights and biases.
     let mut dq_cache: HashMap<ValueId, (ValueId, Vec<f32>)> = HashMap::new();
+    let mut dyn_cache: HashMap<ValueId, Vec<ValueId>> = HashMap::new();
     for &n in &plan.compute {
         let node = g.node(n).clone();
         let OpRule::Compute { weight, bias } = rule(node.kind()) else { continue };
@@ -603,7 +604,7 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
             continue; // activation × activation MatMul
         }
         if cfg.mode == Mode::Dynamic {
-            dynamic_matmul(g, n, cfg, per_channel, &mut s).map_err(fail)?;
+            dynamic_matmul(g, n, per_channel, &mut dyn_cache, &mut s).map_err(fail)?;
             continue;
         }
         let (dq_out, scales) = match dq_cache.get(&w) {
@@ -697,7 +698,7 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
 /// Dynamic quantization of `MatMul(x, W)`: W becomes int8 ahead of time,
 /// x is quantized at run time:
 /// `DynamicQuantizeLinear(x) → MatMulInteger → Cast → × (x_scale · w_scale)`.
-fn dynamic_matmul(g: &mut Graph, n: NodeId, cfg: &QuantizeConfig, per_channel: bool, s: &mut QuantSummary) -> Result<(), String> {
+fn dynamic_matmul(g: &mut Graph, n: NodeId, per_channel: bool, cache: &mut HashMap<ValueId, Vec<ValueId>>, s: &mut QuantSummary) -> Result<(), String> {
     let node = g.node(n).clone();
     let (Some(x), Some(w), Some(y)) = (node.input(0), node.input(1), node.output(0)) else { return Ok(()) };
     let Some(wt) = g.const_tensor(w).cloned() else { return Ok(()) };
@@ -719,18 +720,25 @@ fn dynamic_matmul(g: &mut Graph, n: NodeId, cfg: &QuantizeConfig, per_channel: b
         .enumerate()
         .map(|(i, v)| quench_calib::quantize_f32(*v, scales[if per_channel { i % cols } else { 0 }], 0, -127, 127) as i8)
         .collect();
-    let _ = cfg;
     let base = g.value(w).name.clone();
     let wq = g.add_const(&format!("{base}_quantized"), tensor::from_i8("", &wt.dims, &q));
     let zdims: Vec<i64> = if per_channel { vec![cols as i64] } else { vec![] };
     let wz = g.add_const(&format!("{base}_zero_point"), tensor::from_i8("", &zdims, &vec![0i8; channels]));
     let ws = g.add_const(&format!("{base}_scale"), tensor::from_f32("", &zdims, &scales));
     let xb = g.value(x).name.clone();
-    let (_, dq) = g.add_op(
-        Node::new("DynamicQuantizeLinear", &g.unique_name(&format!("{xb}_DynamicQuantizeLinear"))),
-        &[x],
-        &[&format!("{xb}_quantized"), &format!("{xb}_scale"), &format!("{xb}_zero_point")],
-    );
+    // One DynamicQuantizeLinear per input tensor, shared by its MatMuls.
+    let dq = match cache.get(&x) {
+        Some(d) => d.clone(),
+        None => {
+            let (_, d) = g.add_op(
+                Node::new("DynamicQuantizeLinear", &g.unique_name(&format!("{xb}_DynamicQuantizeLinear"))),
+                &[x],
+                &[&format!("{xb}_quantized"), &format!("{xb}_scale"), &format!("{xb}_zero_point")],
+            );
+            cache.insert(x, d.clone());
+            d
+        }
+    };
     let mut mmi = Node::new("MatMulInteger", &g.unique_name(&format!("{}_MatMulInteger", node.name())));
     mmi.proto.doc_string = None;
     let acc = g.add_value(&format!("{}_int32", g.value(y).name), None);
