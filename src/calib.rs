@@ -30,21 +30,32 @@ pub struct Runners {
 
 impl Runners {
     pub fn new(model: &ModelProto, extra: Vec<String>) -> Runners {
-        Runners { model: model.clone(), extra, cache: Mutex::new(HashMap::new()), notes: Mutex::new(Vec::new()) }
+        Runners {
+            model: model.clone(),
+            extra,
+            cache: Mutex::new(HashMap::new()),
+            notes: Mutex::new(Vec::new()),
+        }
     }
 
     /// Runs the model on `inputs` (named as the model's inputs, in order).
     pub fn run(&self, names: &[String], inputs: &[ArrayData]) -> Result<Vec<ArrayData>> {
         let key: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape().to_vec()).collect();
         let runner = {
-            let cache = self.cache.lock().map_err(|_| anyhow!("runner cache poisoned"))?;
+            let cache = self
+                .cache
+                .lock()
+                .map_err(|_| anyhow!("runner cache poisoned"))?;
             cache.get(&key).cloned()
         };
         let runner = match runner {
             Some(r) => r,
             None => {
-                let shapes: Vec<(String, Vec<i64>)> =
-                    names.iter().zip(&key).map(|(n, s)| (n.clone(), s.iter().map(|d| *d as i64).collect())).collect();
+                let shapes: Vec<(String, Vec<i64>)> = names
+                    .iter()
+                    .zip(&key)
+                    .map(|(n, s)| (n.clone(), s.iter().map(|d| *d as i64).collect()))
+                    .collect();
                 let (prepared, notes) = prepare_for_tract(&self.model, &shapes);
                 if let Ok(mut n) = self.notes.lock() {
                     for note in notes {
@@ -56,9 +67,19 @@ impl Runners {
                 let facts = names
                     .iter()
                     .zip(inputs)
-                    .map(|(n, a)| InputFact { name: n.clone(), elem_type: a.elem_type(), shape: a.shape().to_vec() })
+                    .map(|(n, a)| InputFact {
+                        name: n.clone(),
+                        elem_type: a.elem_type(),
+                        shape: a.shape().to_vec(),
+                    })
                     .collect();
-                let r = Runner::new(&prepared, &RunnerConfig { input_facts: facts, extra_outputs: self.extra.clone() })?;
+                let r = Runner::new(
+                    &prepared,
+                    &RunnerConfig {
+                        input_facts: facts,
+                        extra_outputs: self.extra.clone(),
+                    },
+                )?;
                 if let Ok(mut c) = self.cache.lock() {
                     c.insert(key, r.clone());
                 }
@@ -85,15 +106,32 @@ pub struct CalibrationTable {
 }
 
 /// Runs `model` over `data` and observes `tensors`.
-pub fn collect(model: &ModelProto, data: &Dataset, feed: Feed, input_names: &[String], tensors: &[String]) -> Result<BTreeMap<String, TensorStats>> {
+pub fn collect(
+    model: &ModelProto,
+    data: &Dataset,
+    feed: Feed,
+    input_names: &[String],
+    tensors: &[String],
+) -> Result<BTreeMap<String, TensorStats>> {
     let n_out = model.graph.as_ref().map_or(0, |g| g.output.len());
     let runners = Runners::new(model, tensors.to_vec());
     let ranges = feed.ranges(data.samples(), MAX_BATCH);
+    // Drawn only on a terminal (indicatif hides itself otherwise).
+    let bar = indicatif::ProgressBar::new(data.samples() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "calibrating {bar:30} {pos}/{len} samples ({per_sec}, eta {eta})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
     let per_worker = ranges
         .par_iter()
         .map(|r| -> Result<Vec<Histogram>> {
+            bar.inc(r.len() as u64);
             let inputs = data.feed(feed, r.clone())?;
-            let outs = runners.run(input_names, &inputs).with_context(|| format!("running calibration samples {r:?}"))?;
+            let outs = runners
+                .run(input_names, &inputs)
+                .with_context(|| format!("running calibration samples {r:?}"))?;
             let mut hs: Vec<Histogram> = (0..tensors.len()).map(|_| Histogram::new()).collect();
             for (h, a) in hs.iter_mut().zip(outs.iter().skip(n_out)) {
                 let f = a.to_f32();
@@ -113,5 +151,10 @@ pub fn collect(model: &ModelProto, data: &Dataset, feed: Feed, input_names: &[St
                 Ok(a)
             },
         )?;
-    Ok(tensors.iter().cloned().zip(per_worker.iter().map(|h| h.stats())).collect())
+    bar.finish_and_clear();
+    Ok(tensors
+        .iter()
+        .cloned()
+        .zip(per_worker.iter().map(|h| h.stats()))
+        .collect())
 }

@@ -117,6 +117,9 @@ pub struct CompileArgs {
     /// Skip verification in tract.
     #[arg(long)]
     pub no_verify: bool,
+    /// Run the graph passes only (no quantization); the output is FP32.
+    #[arg(long)]
+    pub no_quantize: bool,
     /// Write everything this command did as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -212,6 +215,8 @@ pub struct Accuracy {
 
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// Passes only: nothing was quantized.
+    pub no_quantize: bool,
     pub input: String,
     pub output: String,
     pub mode: ModeArg,
@@ -228,7 +233,10 @@ pub struct Report {
 }
 
 fn model_input_names(m: &ModelProto) -> Vec<String> {
-    ModelInput::from_model(m).into_iter().map(|i| i.name).collect()
+    ModelInput::from_model(m)
+        .into_iter()
+        .map(|i| i.name)
+        .collect()
 }
 
 /// Loads a dataset and binds it to the model's inputs.
@@ -242,7 +250,11 @@ fn load_data(path: &Path, model: &ModelProto) -> Result<(Dataset, Feed)> {
 }
 
 /// Runs the default (or chosen) passes; returns their names and the context.
-fn run_pipeline(model: &mut Model, passes: &Option<Vec<String>>, dump_after: &[String]) -> Result<(Vec<String>, PassCx)> {
+fn run_pipeline(
+    model: &mut Model,
+    passes: &Option<Vec<String>>,
+    dump_after: &[String],
+) -> Result<(Vec<String>, PassCx)> {
     let list = match passes {
         Some(p) if p.len() == 1 && p[0] == "none" => Vec::new(),
         Some(p) => pipeline::by_names(p)?,
@@ -250,7 +262,10 @@ fn run_pipeline(model: &mut Model, passes: &Option<Vec<String>>, dump_after: &[S
     };
     let names = list.iter().map(|p| p.name().to_string()).collect();
     let mut cx = PassCx::new(model.default_opset().unwrap_or(0));
-    let opts = RunOptions { verify: cfg!(debug_assertions), dump_after: dump_after.to_vec() };
+    let opts = RunOptions {
+        verify: cfg!(debug_assertions),
+        dump_after: dump_after.to_vec(),
+    };
     run_passes(&mut model.graph, &list, &mut cx, &opts)?;
     Ok((names, cx))
 }
@@ -265,11 +280,20 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     let stats = calib::collect(&proto, &data, feed, &model_input_names(&proto), &tensors)?;
     let table = table_from(&a.model, data.samples(), stats);
     write_json(&a.output, &table)?;
-    println!("calibrated {} tensors over {} samples -> {}", table.tensors.len(), table.samples, a.output.display());
+    println!(
+        "calibrated {} tensors over {} samples -> {}",
+        table.tensors.len(),
+        table.samples,
+        a.output.display()
+    );
     Ok(())
 }
 
-fn table_from(model: &Path, samples: usize, stats: BTreeMap<String, TensorStats>) -> CalibrationTable {
+fn table_from(
+    model: &Path,
+    samples: usize,
+    stats: BTreeMap<String, TensorStats>,
+) -> CalibrationTable {
     let mut ranges = BTreeMap::new();
     for (name, s) in &stats {
         let mut m = BTreeMap::new();
@@ -285,7 +309,13 @@ fn table_from(model: &Path, samples: usize, stats: BTreeMap<String, TensorStats>
         }
         ranges.insert(name.clone(), m);
     }
-    CalibrationTable { quench: env!("CARGO_PKG_VERSION").into(), model: model.display().to_string(), samples, tensors: stats, ranges }
+    CalibrationTable {
+        quench: env!("CARGO_PKG_VERSION").into(),
+        model: model.display().to_string(),
+        samples,
+        tensors: stats,
+        ranges,
+    }
 }
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
@@ -309,7 +339,9 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
 
     // Without calibration data, static quantization is not possible: say so
     // and quantize weights only (never invent data).
-    if cfg.mode == Mode::Static && a.calibration.is_none() && a.calibration_table.is_none() {
+    if a.no_quantize {
+        cfg.mode = Mode::WeightOnly;
+    } else if cfg.mode == Mode::Static && a.calibration.is_none() && a.calibration_table.is_none() {
         let msg = "no --calibration data given: quantizing weights only (--mode weight-only); pass --calibration DATA for int8 activations".to_string();
         eprintln!("note: {msg}");
         notes.push(msg);
@@ -326,19 +358,42 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
 
     // 2. Plan and calibrate.
     let opset = model.default_opset().unwrap_or(0);
-    let plan = quantize::plan(&model.graph, &cfg)?;
+    let mut plan = quantize::plan(&model.graph, &cfg)?;
+    if a.no_quantize {
+        plan = quantize::Plan {
+            decisions: plan
+                .decisions
+                .into_iter()
+                .map(|mut d| {
+                    d.quantized = false;
+                    d.reason = "--no-quantize".into();
+                    d
+                })
+                .collect(),
+            ..Default::default()
+        };
+    }
     let mut calib_samples = 0;
     let mut eval_data: Option<(Dataset, Feed, String)> = None;
     let mut ranges = quantize::Ranges::new();
     if cfg.mode == Mode::Static {
         let tensors = plan.tensors_to_observe(&model.graph);
         let stats: BTreeMap<String, TensorStats> = if let Some(t) = &a.calibration_table {
-            let text = std::fs::read_to_string(t).with_context(|| format!("{}: cannot read", t.display()))?;
-            let table: CalibrationTable = serde_json::from_str(&text).with_context(|| format!("{}: not a quench calibration table", t.display()))?;
+            let text = std::fs::read_to_string(t)
+                .with_context(|| format!("{}: cannot read", t.display()))?;
+            let table: CalibrationTable = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a quench calibration table", t.display()))?;
             calib_samples = table.samples;
-            let missing: Vec<&String> = tensors.iter().filter(|n| !table.tensors.contains_key(*n)).collect();
+            let missing: Vec<&String> = tensors
+                .iter()
+                .filter(|n| !table.tensors.contains_key(*n))
+                .collect();
             if !missing.is_empty() {
-                notes.push(format!("calibration table lacks {} tensors (they stay float), e.g. `{}`", missing.len(), missing[0]));
+                notes.push(format!(
+                    "calibration table lacks {} tensors (they stay float), e.g. `{}`",
+                    missing.len(),
+                    missing[0]
+                ));
             }
             table.tensors
         } else {
@@ -354,16 +409,37 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
                 (data, None)
             };
             if let Some(e) = held {
-                eval_data = Some((e, feed, format!("{} (last {} of {} samples held back from calibration)", path.display(), n - cal.samples(), n)));
+                eval_data = Some((
+                    e,
+                    feed,
+                    format!(
+                        "{} (last {} of {} samples held back from calibration)",
+                        path.display(),
+                        n - cal.samples(),
+                        n
+                    ),
+                ));
             } else if a.eval.is_none() {
-                eval_data = Some((cal.clone(), feed, format!("{} (the calibration samples themselves: too few to hold any back)", path.display())));
+                eval_data = Some((
+                    cal.clone(),
+                    feed,
+                    format!(
+                        "{} (the calibration samples themselves: too few to hold any back)",
+                        path.display()
+                    ),
+                ));
             }
             calib_samples = cal.samples();
             let t0 = std::time::Instant::now();
             let stats = calib::collect(&proto, &cal, feed, &model_input_names(&proto), &tensors)
                 .context("calibration failed; `--mode weight-only` needs no calibration run")?;
             if a.verbose {
-                eprintln!("calibrated {} tensors on {} samples in {:.2?}", tensors.len(), calib_samples, t0.elapsed());
+                eprintln!(
+                    "calibrated {} tensors on {} samples in {:.2?}",
+                    tensors.len(),
+                    calib_samples,
+                    t0.elapsed()
+                );
             }
             stats
         };
@@ -382,13 +458,22 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
     let mut qcx = PassCx::new(opset);
     let summary = quantize::apply(&mut model.graph, &plan, &ranges, &cfg, opset, &mut qcx)?;
     // The float weights replaced by integer ones are now unused.
-    quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut model.graph, &mut qcx)?;
-    model.graph.verify().context("quantized graph is invalid (a quench bug)")?;
+    quench_passes::Pass::run(
+        &quench_passes::dead_code::DeadCode,
+        &mut model.graph,
+        &mut qcx,
+    )?;
+    model
+        .graph
+        .verify()
+        .context("quantized graph is invalid (a quench bug)")?;
     if cfg.mode == Mode::Static && opset < 13 && a.verbose {
         eprintln!("note: opset {opset}: per-tensor weights");
     }
     let out_proto = model.to_onnx();
-    let opts = SaveOptions { external: crate::convert::storage(a.external_data, a.inline, loaded.external.tensors > 0) };
+    let opts = SaveOptions {
+        external: crate::convert::storage(a.external_data, a.inline, loaded.external.tensors > 0),
+    };
     let saved = quench_onnx::save_model(&out_proto, &a.output, &opts)?;
 
     // 4. Verify.
@@ -408,11 +493,13 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
                 Ok(v) => verification = Some(v),
                 Err(e) => notes.push(format!("verification in tract failed: {e:#}")),
             },
-            None => notes.push("no evaluation data (--eval or --calibration): verification skipped".into()),
+            None => notes
+                .push("no evaluation data (--eval or --calibration): verification skipped".into()),
         }
     }
 
     let report = Report {
+        no_quantize: a.no_quantize,
         input: a.model.display().to_string(),
         output: a.output.display().to_string(),
         mode: match cfg.mode {
@@ -438,18 +525,28 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
     Ok(check_thresholds(&report, a.min_sqnr, a.min_top1))
 }
 
-fn check_thresholds(r: &Report, min_sqnr: Option<f64>, min_top1: Option<f64>) -> Option<ThresholdFailed> {
+fn check_thresholds(
+    r: &Report,
+    min_sqnr: Option<f64>,
+    min_top1: Option<f64>,
+) -> Option<ThresholdFailed> {
     let v = r.verification.as_ref()?;
     for o in &v.outputs {
         let m = o.reference.as_ref().unwrap_or(&o.file);
         if let Some(t) = min_sqnr {
             if m.sqnr_db < t {
-                return Some(ThresholdFailed(format!("output `{}`: SQNR {:.2} dB is below --min-sqnr {t}", o.output, m.sqnr_db)));
+                return Some(ThresholdFailed(format!(
+                    "output `{}`: SQNR {:.2} dB is below --min-sqnr {t}",
+                    o.output, m.sqnr_db
+                )));
             }
         }
         if let (Some(t), Some(top1)) = (min_top1, &m.top1) {
             if top1.fraction < t {
-                return Some(ThresholdFailed(format!("output `{}`: top-1 agreement {:.4} is below --min-top1 {t}", o.output, top1.fraction)));
+                return Some(ThresholdFailed(format!(
+                    "output `{}`: top-1 agreement {:.4} is below --min-top1 {t}",
+                    o.output, top1.fraction
+                )));
             }
         }
     }
@@ -457,7 +554,14 @@ fn check_thresholds(r: &Report, min_sqnr: Option<f64>, min_top1: Option<f64>) ->
 }
 
 /// Runs FP32, the emitted model and its float twin on the evaluation data.
-fn verify(original: &ModelProto, quantized: &Model, opset: i64, data: &Dataset, feed: Feed, label: &str) -> Result<Verification> {
+fn verify(
+    original: &ModelProto,
+    quantized: &Model,
+    opset: i64,
+    data: &Dataset,
+    feed: Feed,
+    label: &str,
+) -> Result<Verification> {
     let q_proto = quantized.to_onnx();
     let mut twin = quantized.clone();
     quench_passes::simulate::float_twin(&mut twin.graph, opset);
@@ -466,7 +570,11 @@ fn verify(original: &ModelProto, quantized: &Model, opset: i64, data: &Dataset, 
     let fp = Runners::new(original, vec![]);
     let qr = Runners::new(&q_proto, vec![]);
     let tr = Runners::new(&twin_proto, vec![]);
-    let out_names: Vec<String> = original.graph.as_ref().map(|g| g.output.iter().map(|o| o.name().to_string()).collect()).unwrap_or_default();
+    let out_names: Vec<String> = original
+        .graph
+        .as_ref()
+        .map(|g| g.output.iter().map(|o| o.name().to_string()).collect())
+        .unwrap_or_default();
     let mut acc_file: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
     let mut acc_ref: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
     let mut acc_rt: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
@@ -477,7 +585,9 @@ fn verify(original: &ModelProto, quantized: &Model, opset: i64, data: &Dataset, 
     for r in feed.ranges(data.samples(), MAX_BATCH) {
         let inputs = data.feed(feed, r.clone())?;
         let a = fp.run(&names, &inputs).context("running the FP32 model")?;
-        let b = qr.run(&names, &inputs).context("running the quantized model")?;
+        let b = qr
+            .run(&names, &inputs)
+            .context("running the quantized model")?;
         let c = if twin_ok {
             match tr.run(&names, &inputs) {
                 Ok(c) => Some(c),
@@ -501,7 +611,9 @@ fn verify(original: &ModelProto, quantized: &Model, opset: i64, data: &Dataset, 
                 if let Some(ArrayData::I64(l)) = &labels {
                     if xf.ndim() == 2 && l.ndim() == 1 {
                         for row in 0..xf.shape()[0] {
-                            let Some(&lab) = l.get(offset + row) else { continue };
+                            let Some(&lab) = l.get(offset + row) else {
+                                continue;
+                            };
                             let am = |m: &ndarray::ArrayD<f32>| {
                                 let mut best = 0;
                                 for k in 0..m.shape()[1] {
@@ -534,7 +646,13 @@ fn verify(original: &ModelProto, quantized: &Model, opset: i64, data: &Dataset, 
                 (Some(re), Some(rt)) => rt.sqnr_db < re.sqnr_db + 10.0 && rt.sqnr_db < 40.0,
                 _ => false,
             };
-            OutputCheck { output: name.clone(), file, reference, runtime_vs_reference: rt, runtime_discrepancy: discrepancy }
+            OutputCheck {
+                output: name.clone(),
+                file,
+                reference,
+                runtime_vs_reference: rt,
+                runtime_discrepancy: discrepancy,
+            }
         })
         .collect();
     let accuracy = (n_labels > 0).then(|| Accuracy {
@@ -542,7 +660,12 @@ fn verify(original: &ModelProto, quantized: &Model, opset: i64, data: &Dataset, 
         fp32: correct_fp as f64 / n_labels as f64,
         quantized: correct_q as f64 / n_labels as f64,
     });
-    Ok(Verification { data: label.to_string(), samples: data.samples(), outputs, accuracy })
+    Ok(Verification {
+        data: label.to_string(),
+        samples: data.samples(),
+        outputs,
+        accuracy,
+    })
 }
 
 fn human(b: u64) -> String {
@@ -557,12 +680,38 @@ fn print_report(r: &Report, verbose: bool) {
     let q = &r.quantization;
     let nq = q.nodes.iter().filter(|d| d.quantized).count();
     println!("quench compile: {} -> {}", r.input, r.output);
-    println!("  mode           {:?}, activations {:?}, weights {:?}, {}", r.config.mode, r.config.activations, r.config.weights, if q.per_channel { "per-channel" } else { "per-tensor" });
-    if !r.passes.is_empty() {
-        let folded = r.pass_stats.get("fold_batchnorm.folded").copied().unwrap_or(0);
-        println!("  passes         {} ({} BatchNormalization folded)", r.passes.len(), folded);
+    if r.no_quantize {
+        println!("  mode           none (--no-quantize: graph passes only, FP32 output)");
+    } else {
+        println!(
+            "  mode           {:?}, activations {:?}, weights {:?}, {}",
+            r.config.mode,
+            r.config.activations,
+            r.config.weights,
+            if q.per_channel {
+                "per-channel"
+            } else {
+                "per-tensor"
+            }
+        );
     }
-    println!("  nodes          {} quantized, {} float", nq, q.nodes.len() - nq);
+    if !r.passes.is_empty() {
+        let folded = r
+            .pass_stats
+            .get("fold_batchnorm.folded")
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "  passes         {} ({} BatchNormalization folded)",
+            r.passes.len(),
+            folded
+        );
+    }
+    println!(
+        "  nodes          {} quantized, {} float",
+        nq,
+        q.nodes.len() - nq
+    );
     let mut why: BTreeMap<&str, usize> = BTreeMap::new();
     for d in q.nodes.iter().filter(|d| !d.quantized) {
         *why.entry(d.reason.as_str()).or_default() += 1;
@@ -572,35 +721,80 @@ fn print_report(r: &Report, verbose: bool) {
     }
     if verbose {
         for d in &q.nodes {
-            println!("    {:<40} {:<20} {} ({})", d.node, d.op, if d.quantized { "int8" } else { "float" }, d.reason);
+            println!(
+                "    {:<40} {:<20} {} ({})",
+                d.node,
+                d.op,
+                if d.quantized { "int8" } else { "float" },
+                d.reason
+            );
         }
     }
-    println!("  weights        {} tensors int8, {} biases int32", q.weights_quantized, q.biases_quantized);
+    println!(
+        "  weights        {} tensors int8, {} biases int32",
+        q.weights_quantized, q.biases_quantized
+    );
     if r.config.mode == Mode::Static {
         println!("  activations    {} tensors quantized ({} calibration samples, method {:?}), {} Relu/Clip absorbed", q.activations_quantized, r.calibration_samples, r.method, q.absorbed_activations);
         for (t, why) in &q.activations_float {
             println!("    float: `{t}`: {why}");
         }
     }
-    println!("  size           {} -> {} ({:.2}x smaller)", human(r.size_before), human(r.size_after), r.size_before as f64 / r.size_after.max(1) as f64);
+    println!(
+        "  size           {} -> {} ({:.2}x smaller)",
+        human(r.size_before),
+        human(r.size_after),
+        r.size_before as f64 / r.size_after.max(1) as f64
+    );
     match &r.verification {
         Some(v) => {
-            println!("  verification   tract, {} samples from {}", v.samples, v.data);
+            println!(
+                "  verification   tract, {} samples from {}",
+                v.samples, v.data
+            );
             for o in &v.outputs {
                 let line = |m: &Metrics| {
-                    let top1 = m.top1.as_ref().map(|t| format!(", top-1 agreement {}/{} ({:.2}%)", t.agree, t.rows, 100.0 * t.fraction)).unwrap_or_default();
-                    format!("SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}", m.sqnr_db, m.cosine, m.max_abs_err)
+                    let top1 = m
+                        .top1
+                        .as_ref()
+                        .map(|t| {
+                            format!(
+                                ", top-1 agreement {}/{} ({:.2}%)",
+                                t.agree,
+                                t.rows,
+                                100.0 * t.fraction
+                            )
+                        })
+                        .unwrap_or_default();
+                    format!(
+                        "SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}",
+                        m.sqnr_db, m.cosine, m.max_abs_err
+                    )
                 };
                 if let Some(re) = &o.reference {
-                    println!("    {} (reference semantics, float twin): {}", o.output, line(re));
+                    println!(
+                        "    {} (reference semantics, float twin): {}",
+                        o.output,
+                        line(re)
+                    );
                 }
-                println!("    {} (emitted file in tract):           {}", o.output, line(&o.file));
+                println!(
+                    "    {} (emitted file in tract):           {}",
+                    o.output,
+                    line(&o.file)
+                );
                 if o.runtime_discrepancy {
                     println!("    {}: runtime discrepancy: tract's integer path differs from the ONNX reference semantics beyond quantization error; trust the reference figures", o.output);
                 }
             }
             if let Some(acc) = &v.accuracy {
-                println!("    accuracy on {} labels: FP32 {:.2}%, quantized {:.2}% ({:+.2} points)", acc.labels, 100.0 * acc.fp32, 100.0 * acc.quantized, 100.0 * (acc.quantized - acc.fp32));
+                println!(
+                    "    accuracy on {} labels: FP32 {:.2}%, quantized {:.2}% ({:+.2} points)",
+                    acc.labels,
+                    100.0 * acc.fp32,
+                    100.0 * acc.quantized,
+                    100.0 * (acc.quantized - acc.fp32)
+                );
             }
         }
         None => println!("  verification   skipped"),

@@ -25,7 +25,9 @@ pub struct ConvertArgs {
 /// used (external data stays external), else inline up to the 2 GiB limit.
 pub(crate) fn storage(external: bool, inline: bool, input_had_external: bool) -> ExternalData {
     if external || (!inline && input_had_external) {
-        ExternalData::External { threshold: quench_onnx::DEFAULT_EXTERNAL_THRESHOLD }
+        ExternalData::External {
+            threshold: quench_onnx::DEFAULT_EXTERNAL_THRESHOLD,
+        }
     } else if inline {
         ExternalData::Inline
     } else {
@@ -40,11 +42,17 @@ pub(crate) fn check_output(input: &Path, external_files: &[String], output: &Pat
         _ => false,
     };
     if same(input, output) {
-        bail!("{}: output would overwrite the input model; choose another path", output.display());
+        bail!(
+            "{}: output would overwrite the input model; choose another path",
+            output.display()
+        );
     }
     let data = output.with_file_name(format!(
         "{}.data",
-        output.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     let base = input.parent().unwrap_or(Path::new("."));
     for f in external_files {
@@ -58,15 +66,25 @@ pub(crate) fn check_output(input: &Path, external_files: &[String], output: &Pat
 pub fn run(a: ConvertArgs) -> Result<()> {
     let (loaded, model) = crate::load(&a.input)?;
     check_output(&a.input, &loaded.external.files, &a.output)?;
-    model.graph.verify().with_context(|| a.input.display().to_string())?;
-    let opts = SaveOptions { external: storage(a.external_data, a.inline, loaded.external.tensors > 0) };
+    model
+        .graph
+        .verify()
+        .with_context(|| a.input.display().to_string())?;
+    let opts = SaveOptions {
+        external: storage(a.external_data, a.inline, loaded.external.tensors > 0),
+    };
     let report = quench_onnx::save_model(&model.to_onnx(), &a.output, &opts)?;
     println!(
         "wrote {} ({} bytes){}",
         report.model_path.display(),
         report.model_bytes,
         match &report.data_path {
-            Some(p) => format!(" + {} ({} bytes, {} tensors)", p.display(), report.data_bytes, report.external_tensors),
+            Some(p) => format!(
+                " + {} ({} bytes, {} tensors)",
+                p.display(),
+                report.data_bytes,
+                report.external_tensors
+            ),
             None => String::new(),
         }
     );

@@ -69,7 +69,14 @@ pub struct ExternalStats {
 fn count_subgraph_nodes(g: &GraphProto) -> usize {
     g.node
         .iter()
-        .map(|n| 1 + n.attribute.iter().flat_map(|a| a.g.iter().chain(a.graphs.iter())).map(count_subgraph_nodes).sum::<usize>())
+        .map(|n| {
+            1 + n
+                .attribute
+                .iter()
+                .flat_map(|a| a.g.iter().chain(a.graphs.iter()))
+                .map(count_subgraph_nodes)
+                .sum::<usize>()
+        })
         .sum()
 }
 
@@ -84,14 +91,21 @@ fn add_param(params: &mut BTreeMap<String, ParamStats>, t: &TensorProto) {
 pub fn summarize(path: &PathBuf, loaded: &quench_onnx::LoadedModel, model: &Model) -> Summary {
     let g = &model.graph;
     let h = &model.header;
-    let io = |v: &quench_ir::ValueId| Io { name: g.value(*v).name.clone(), r#type: type_string(g, *v) };
+    let io = |v: &quench_ir::ValueId| Io {
+        name: g.value(*v).name.clone(),
+        r#type: type_string(g, *v),
+    };
     let mut ops = BTreeMap::new();
     let mut subgraph_nodes = 0;
     let mut params = BTreeMap::new();
     let mut quantizable = BTreeMap::new();
     for n in g.node_ids() {
         let node = g.node(n);
-        let key = if node.domain().is_empty() { node.op_type().to_string() } else { format!("{}.{}", node.domain(), node.op_type()) };
+        let key = if node.domain().is_empty() {
+            node.op_type().to_string()
+        } else {
+            format!("{}.{}", node.domain(), node.op_type())
+        };
         *ops.entry(key).or_insert(0) += 1;
         for a in &node.proto.attribute {
             for sg in a.g.iter().chain(a.graphs.iter()) {
@@ -103,7 +117,10 @@ pub fn summarize(path: &PathBuf, loaded: &quench_onnx::LoadedModel, model: &Mode
                 add_param(&mut params, t);
             }
         }
-        if matches!(node.kind(), OpKind::Conv | OpKind::ConvTranspose | OpKind::Gemm | OpKind::MatMul) {
+        if matches!(
+            node.kind(),
+            OpKind::Conv | OpKind::ConvTranspose | OpKind::Gemm | OpKind::MatMul
+        ) {
             *quantizable.entry(node.op_type().to_string()).or_insert(0) += 1;
         }
     }
@@ -113,15 +130,31 @@ pub fn summarize(path: &PathBuf, loaded: &quench_onnx::LoadedModel, model: &Mode
     let opsets = h
         .opset_import
         .iter()
-        .map(|o| (if o.domain().is_empty() { "ai.onnx".to_string() } else { o.domain().to_string() }, o.version()))
+        .map(|o| {
+            (
+                if o.domain().is_empty() {
+                    "ai.onnx".to_string()
+                } else {
+                    o.domain().to_string()
+                },
+                o.version(),
+            )
+        })
         .collect();
     Summary {
         file: path.display().to_string(),
         file_bytes: loaded.file_bytes,
         ir_version: h.ir_version(),
         opsets,
-        producer: format!("{} {}", h.producer_name(), h.producer_version()).trim().to_string(),
-        inputs: g.inputs().iter().filter(|v| g.initializer(**v).is_none()).map(io).collect(),
+        producer: format!("{} {}", h.producer_name(), h.producer_version())
+            .trim()
+            .to_string(),
+        inputs: g
+            .inputs()
+            .iter()
+            .filter(|v| g.initializer(**v).is_none())
+            .map(io)
+            .collect(),
         outputs: g.outputs().iter().map(io).collect(),
         nodes: g.node_count(),
         ops,
@@ -135,7 +168,11 @@ pub fn summarize(path: &PathBuf, loaded: &quench_onnx::LoadedModel, model: &Mode
             bytes: loaded.external.bytes,
         },
         quantizable,
-        metadata: h.metadata_props.iter().map(|e| (e.key().to_string(), e.value().to_string())).collect(),
+        metadata: h
+            .metadata_props
+            .iter()
+            .map(|e| (e.key().to_string(), e.value().to_string()))
+            .collect(),
     }
 }
 
@@ -187,16 +224,29 @@ pub fn print_summary(s: &Summary) {
     for o in &s.outputs {
         println!("  {:<30} {}", o.name, o.r#type);
     }
-    let sub = if s.subgraph_nodes > 0 { format!(" (+{} in subgraphs)", s.subgraph_nodes) } else { String::new() };
+    let sub = if s.subgraph_nodes > 0 {
+        format!(" (+{} in subgraphs)", s.subgraph_nodes)
+    } else {
+        String::new()
+    };
     println!("nodes      {}{sub}", s.nodes);
     let mut ops: Vec<(&String, &usize)> = s.ops.iter().collect();
     ops.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
     for (op, n) in ops {
         println!("  {op:<30} {n}");
     }
-    println!("parameters {} ({})", s.parameter_count, human_bytes(s.parameter_bytes));
+    println!(
+        "parameters {} ({})",
+        s.parameter_count,
+        human_bytes(s.parameter_bytes)
+    );
     for (t, p) in &s.parameters {
-        println!("  {t:<8} {:>6} tensors {:>12} elements {:>12}", p.tensors, p.elements, human_bytes(p.bytes));
+        println!(
+            "  {t:<8} {:>6} tensors {:>12} elements {:>12}",
+            p.tensors,
+            p.elements,
+            human_bytes(p.bytes)
+        );
     }
     if s.external_data.tensors > 0 {
         println!(
@@ -209,8 +259,15 @@ pub fn print_summary(s: &Summary) {
         println!("external   none");
     }
     let q: usize = s.quantizable.values().sum();
-    let list: Vec<String> = s.quantizable.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("quantizable {q} nodes with weights or matrix inputs ({})", list.join(", "));
+    let list: Vec<String> = s
+        .quantizable
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!(
+        "quantizable {q} nodes with weights or matrix inputs ({})",
+        list.join(", ")
+    );
     for (k, v) in &s.metadata {
         println!("metadata   {k} = {v}");
     }

@@ -76,6 +76,7 @@ fn main() -> ExitCode {
 pub(crate) fn load(path: &PathBuf) -> anyhow::Result<(quench_onnx::LoadedModel, quench_ir::Model)> {
     use anyhow::Context;
     let loaded = quench_onnx::load_model(path)?;
-    let model = quench_ir::Model::from_onnx(loaded.model.clone()).with_context(|| format!("{}", path.display()))?;
+    let model = quench_ir::Model::from_onnx(loaded.model.clone())
+        .with_context(|| format!("{}", path.display()))?;
     Ok((loaded, model))
 }

@@ -4,9 +4,17 @@ use std::fmt;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Problem {
     /// A node consumes a value that nothing defines.
-    UndefinedInput { node: String, op: String, value: String },
+    UndefinedInput {
+        node: String,
+        op: String,
+        value: String,
+    },
     /// Two definitions (inputs, initializers or node outputs) share a name.
-    DuplicateName { value: String, first: String, second: String },
+    DuplicateName {
+        value: String,
+        first: String,
+        second: String,
+    },
     /// The nodes form a cycle; names one node on it.
     Cycle { node: String, op: String },
     /// A graph output names a value that nothing defines.
@@ -21,11 +29,23 @@ impl fmt::Display for Problem {
             Problem::UndefinedInput { node, op, value } => {
                 write!(f, "node `{node}` ({op}) consumes tensor `{value}`, which no node, graph input or initializer defines")
             }
-            Problem::DuplicateName { value, first, second } => {
-                write!(f, "tensor name `{value}` is defined twice: by {first} and by {second}")
+            Problem::DuplicateName {
+                value,
+                first,
+                second,
+            } => {
+                write!(
+                    f,
+                    "tensor name `{value}` is defined twice: by {first} and by {second}"
+                )
             }
-            Problem::Cycle { node, op } => write!(f, "the graph has a cycle through node `{node}` ({op})"),
-            Problem::UndefinedOutput { value } => write!(f, "graph output `{value}` is not defined by any node, input or initializer"),
+            Problem::Cycle { node, op } => {
+                write!(f, "the graph has a cycle through node `{node}` ({op})")
+            }
+            Problem::UndefinedOutput { value } => write!(
+                f,
+                "graph output `{value}` is not defined by any node, input or initializer"
+            ),
             Problem::Other(s) => f.write_str(s),
         }
     }

@@ -57,6 +57,9 @@ pub fn export_graph(g: &Graph) -> GraphProto {
     // Annotations that named no node output came back in the shell; ours go
     // after them.
     gp.value_info.extend(infos);
-    debug_assert!(g.inputs().iter().all(|v| g.value(*v).def == ValueDef::Input));
+    debug_assert!(g
+        .inputs()
+        .iter()
+        .all(|v| g.value(*v).def == ValueDef::Input));
     gp
 }

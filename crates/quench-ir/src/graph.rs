@@ -13,7 +13,9 @@ use petgraph::visit::EdgeRef;
 use petgraph::Direction;
 use quench_onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
 use quench_onnx::proto::type_proto::Value as TypeValue;
-use quench_onnx::proto::{AttributeProto, GraphProto, NodeProto, TensorProto, TypeProto, ValueInfoProto};
+use quench_onnx::proto::{
+    AttributeProto, GraphProto, NodeProto, TensorProto, TypeProto, ValueInfoProto,
+};
 
 use crate::error::{IrError, Problem};
 use crate::op::OpKind;
@@ -116,7 +118,10 @@ impl Value {
 
     /// The shape when every dimension is a known number.
     pub fn static_shape(&self) -> Option<Vec<i64>> {
-        self.shape()?.into_iter().map(|d| if let Dim::Known(v) = d { Some(v) } else { None }).collect()
+        self.shape()?
+            .into_iter()
+            .map(|d| if let Dim::Known(v) = d { Some(v) } else { None })
+            .collect()
     }
 }
 
@@ -139,7 +144,11 @@ impl Node {
     /// A new node with no inputs or outputs yet.
     pub fn new(op_type: &str, name: &str) -> Node {
         Node {
-            proto: NodeProto { op_type: Some(op_type.into()), name: Some(name.into()), ..Default::default() },
+            proto: NodeProto {
+                op_type: Some(op_type.into()),
+                name: Some(name.into()),
+                ..Default::default()
+            },
             inputs: Vec::new(),
             outputs: Vec::new(),
             implicit: Vec::new(),
@@ -187,14 +196,21 @@ impl Node {
         self.attr(name).map(|a| a.ints.as_slice())
     }
     pub fn attr_string(&self, name: &str) -> Option<String> {
-        self.attr(name).and_then(|a| a.s.as_ref()).map(|s| String::from_utf8_lossy(s).into_owned())
+        self.attr(name)
+            .and_then(|a| a.s.as_ref())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
     }
     pub fn attr_tensor(&self, name: &str) -> Option<&TensorProto> {
         self.attr(name).and_then(|a| a.t.as_ref())
     }
     /// Sets an attribute, replacing one of the same name.
     pub fn set_attr(&mut self, attr: AttributeProto) {
-        match self.proto.attribute.iter_mut().find(|a| a.name == attr.name) {
+        match self
+            .proto
+            .attribute
+            .iter_mut()
+            .find(|a| a.name == attr.name)
+        {
             Some(a) => *a = attr,
             None => self.proto.attribute.push(attr),
         }
@@ -204,7 +220,10 @@ impl Node {
     }
     /// Whether any attribute holds a subgraph.
     pub fn has_subgraphs(&self) -> bool {
-        self.proto.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())
+        self.proto
+            .attribute
+            .iter()
+            .any(|a| a.g.is_some() || !a.graphs.is_empty())
     }
 }
 
@@ -226,7 +245,13 @@ pub struct Graph {
 
 impl Graph {
     pub fn new(name: &str) -> Graph {
-        Graph { shell: GraphProto { name: Some(name.into()), ..Default::default() }, ..Default::default() }
+        Graph {
+            shell: GraphProto {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
     }
 
     // ----- values -----
@@ -238,12 +263,22 @@ impl Graph {
         self.add_value_exact(name, ty, ValueDef::Undefined)
     }
 
-    pub(crate) fn add_value_exact(&mut self, name: String, ty: Option<TypeProto>, def: ValueDef) -> ValueId {
+    pub(crate) fn add_value_exact(
+        &mut self,
+        name: String,
+        ty: Option<TypeProto>,
+        def: ValueDef,
+    ) -> ValueId {
         let id = ValueId(self.values.len() as u32);
         if !name.is_empty() {
             self.by_name.insert(name.clone(), id);
         }
-        self.values.push(Value { name, ty, info: None, def });
+        self.values.push(Value {
+            name,
+            ty,
+            info: None,
+            def,
+        });
         self.uses.push(Vec::new());
         id
     }
@@ -259,7 +294,10 @@ impl Graph {
             return base.to_string();
         }
         let base = if base.is_empty() { "v" } else { base };
-        (1..).map(|i| format!("{base}_{i}")).find(|n| !taken(n)).unwrap_or_default()
+        (1..)
+            .map(|i| format!("{base}_{i}"))
+            .find(|n| !taken(n))
+            .unwrap_or_default()
     }
 
     pub fn value(&self, v: ValueId) -> &Value {
@@ -422,14 +460,23 @@ impl Graph {
 
     /// Node ids in creation order.
     pub fn node_ids(&self) -> Vec<NodeId> {
-        let mut v: Vec<NodeId> = self.g.node_indices().map(|i| NodeId(i.index() as u32)).collect();
+        let mut v: Vec<NodeId> = self
+            .g
+            .node_indices()
+            .map(|i| NodeId(i.index() as u32))
+            .collect();
         v.sort();
         v
     }
 
     /// Adds a node consuming `inputs` and defining `outputs` (values that
     /// must be undefined so far). Returns its id.
-    pub fn add_node(&mut self, mut node: Node, inputs: &[Option<ValueId>], outputs: &[Option<ValueId>]) -> NodeId {
+    pub fn add_node(
+        &mut self,
+        mut node: Node,
+        inputs: &[Option<ValueId>],
+        outputs: &[Option<ValueId>],
+    ) -> NodeId {
         node.inputs = inputs.to_vec();
         node.outputs = outputs.to_vec();
         let implicit = std::mem::take(&mut node.implicit);
@@ -456,7 +503,12 @@ impl Graph {
 
     /// Convenience: adds a node with fresh output values named after
     /// `out_names`; returns the node and its outputs.
-    pub fn add_op(&mut self, node: Node, inputs: &[ValueId], out_names: &[&str]) -> (NodeId, Vec<ValueId>) {
+    pub fn add_op(
+        &mut self,
+        node: Node,
+        inputs: &[ValueId],
+        out_names: &[&str],
+    ) -> (NodeId, Vec<ValueId>) {
         let outs: Vec<ValueId> = out_names.iter().map(|n| self.add_value(n, None)).collect();
         let ins: Vec<Option<ValueId>> = inputs.iter().map(|v| Some(*v)).collect();
         let o: Vec<Option<ValueId>> = outs.iter().map(|v| Some(*v)).collect();
@@ -523,7 +575,12 @@ impl Graph {
     pub fn set_node_output(&mut self, node: NodeId, slot: usize, v: ValueId) {
         let old = self.g[node.ix()].outputs.get(slot).copied().flatten();
         if let Some(o) = old {
-            let edges: Vec<_> = self.g.edges_directed(node.ix(), Direction::Outgoing).filter(|e| *e.weight() == o).map(|e| e.id()).collect();
+            let edges: Vec<_> = self
+                .g
+                .edges_directed(node.ix(), Direction::Outgoing)
+                .filter(|e| *e.weight() == o)
+                .map(|e| e.id())
+                .collect();
             for e in edges {
                 self.g.remove_edge(e);
             }
@@ -531,7 +588,12 @@ impl Graph {
         }
         // Edges from v's previous producer, if any, go away.
         if let ValueDef::Node { node: p, .. } = self.values[v.index()].def {
-            let edges: Vec<_> = self.g.edges_directed(p.ix(), Direction::Outgoing).filter(|e| *e.weight() == v).map(|e| e.id()).collect();
+            let edges: Vec<_> = self
+                .g
+                .edges_directed(p.ix(), Direction::Outgoing)
+                .filter(|e| *e.weight() == v)
+                .map(|e| e.id())
+                .collect();
             for e in edges {
                 self.g.remove_edge(e);
             }
@@ -551,7 +613,9 @@ impl Graph {
     /// Whether a subgraph of some node captures `v` by name (renaming or
     /// replacing `v` would break that subgraph).
     pub fn is_captured(&self, v: ValueId) -> bool {
-        self.uses[v.index()].iter().any(|u| u.index >= self.g[u.node.ix()].inputs.len())
+        self.uses[v.index()]
+            .iter()
+            .any(|u| u.index >= self.g[u.node.ix()].inputs.len())
     }
 
     /// Points every use of `old` (by nodes and graph outputs) at `new`.
@@ -592,7 +656,12 @@ impl Graph {
             self.unlink(node, n.inputs.len() + k, *v);
         }
         for o in n.outputs.iter().flatten() {
-            if self.values[o.index()].def == (ValueDef::Node { node, slot: self.slot_of(&n, *o) }) {
+            if self.values[o.index()].def
+                == (ValueDef::Node {
+                    node,
+                    slot: self.slot_of(&n, *o),
+                })
+            {
                 self.values[o.index()].def = ValueDef::Undefined;
             }
         }
@@ -601,7 +670,10 @@ impl Graph {
     }
 
     fn slot_of(&self, n: &Node, v: ValueId) -> usize {
-        n.outputs.iter().position(|o| *o == Some(v)).unwrap_or(usize::MAX)
+        n.outputs
+            .iter()
+            .position(|o| *o == Some(v))
+            .unwrap_or(usize::MAX)
     }
 
     /// Nodes consuming `v` (each once).
@@ -641,7 +713,12 @@ impl Graph {
             let done: HashSet<NodeId> = order.iter().copied().collect();
             let stuck = self.node_ids().into_iter().find(|n| !done.contains(n));
             let (node, op) = stuck
-                .map(|n| (self.node(n).name().to_string(), self.node(n).op_type().to_string()))
+                .map(|n| {
+                    (
+                        self.node(n).name().to_string(),
+                        self.node(n).op_type().to_string(),
+                    )
+                })
                 .unwrap_or_default();
             return Err(IrError::Invalid(vec![Problem::Cycle { node, op }]));
         }
@@ -677,11 +754,16 @@ impl Graph {
         }
         for o in &self.outputs {
             if self.values[o.index()].def == ValueDef::Undefined {
-                problems.push(Problem::UndefinedOutput { value: self.values[o.index()].name.clone() });
+                problems.push(Problem::UndefinedOutput {
+                    value: self.values[o.index()].name.clone(),
+                });
             }
         }
         for (v, _) in &self.consts {
-            if !matches!(self.values[v.index()].def, ValueDef::Const | ValueDef::Input) {
+            if !matches!(
+                self.values[v.index()].def,
+                ValueDef::Const | ValueDef::Input
+            ) {
                 problems.push(Problem::Other(format!(
                     "initializer `{}` is also defined otherwise",
                     self.values[v.index()].name
@@ -691,7 +773,10 @@ impl Graph {
         let mut seen = HashSet::new();
         for v in self.value_ids() {
             let val = &self.values[v.index()];
-            if val.def != ValueDef::Undefined && !val.name.is_empty() && !seen.insert(val.name.as_str()) {
+            if val.def != ValueDef::Undefined
+                && !val.name.is_empty()
+                && !seen.insert(val.name.as_str())
+            {
                 problems.push(Problem::DuplicateName {
                     value: val.name.clone(),
                     first: "one value".into(),

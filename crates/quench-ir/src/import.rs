@@ -11,7 +11,10 @@ use crate::Model;
 pub(crate) fn import_model(mut model: ModelProto) -> Result<Model, IrError> {
     let gp = model.graph.take().unwrap_or_default();
     let graph = import_graph(gp, false)?;
-    Ok(Model { header: model, graph })
+    Ok(Model {
+        header: model,
+        graph,
+    })
 }
 
 /// Imports a subgraph (an `If`/`Loop`/`Scan` body): names it does not
@@ -24,7 +27,12 @@ fn info_shell(vi: &ValueInfoProto) -> Option<ValueInfoProto> {
     if vi.doc_string.is_none() && vi.metadata_props.is_empty() {
         return None;
     }
-    Some(ValueInfoProto { name: None, r#type: None, doc_string: vi.doc_string.clone(), metadata_props: vi.metadata_props.clone() })
+    Some(ValueInfoProto {
+        name: None,
+        r#type: None,
+        doc_string: vi.doc_string.clone(),
+        metadata_props: vi.metadata_props.clone(),
+    })
 }
 
 fn import_graph(mut gp: GraphProto, allow_outer: bool) -> Result<Graph, IrError> {
@@ -39,9 +47,18 @@ fn import_graph(mut gp: GraphProto, allow_outer: bool) -> Result<Graph, IrError>
     // Who defined each name first, for duplicate messages.
     let mut definer: HashMap<String, String> = HashMap::new();
 
-    let mut define = |g: &mut Graph, problems: &mut Vec<Problem>, name: &str, by: String, def: ValueDef| -> Option<ValueId> {
+    let mut define = |g: &mut Graph,
+                      problems: &mut Vec<Problem>,
+                      name: &str,
+                      by: String,
+                      def: ValueDef|
+     -> Option<ValueId> {
         if let Some(first) = definer.get(name) {
-            problems.push(Problem::DuplicateName { value: name.to_string(), first: first.clone(), second: by });
+            problems.push(Problem::DuplicateName {
+                value: name.to_string(),
+                first: first.clone(),
+                second: by,
+            });
             return None;
         }
         definer.insert(name.to_string(), by);
@@ -49,7 +66,13 @@ fn import_graph(mut gp: GraphProto, allow_outer: bool) -> Result<Graph, IrError>
     };
 
     for vi in &inputs {
-        if let Some(v) = define(&mut g, &mut problems, vi.name(), "a graph input".into(), ValueDef::Input) {
+        if let Some(v) = define(
+            &mut g,
+            &mut problems,
+            vi.name(),
+            "a graph input".into(),
+            ValueDef::Input,
+        ) {
             g.value_mut(v).ty = vi.r#type.clone();
             g.value_mut(v).info = info_shell(vi);
             g.inputs.push(v);
@@ -57,19 +80,34 @@ fn import_graph(mut gp: GraphProto, allow_outer: bool) -> Result<Graph, IrError>
     }
     for t in inits {
         let name = t.name().to_string();
-        if let Some(v) = g.value_by_name(&name).filter(|v| g.value(*v).def == ValueDef::Input && g.initializer(*v).is_none()) {
+        if let Some(v) = g
+            .value_by_name(&name)
+            .filter(|v| g.value(*v).def == ValueDef::Input && g.initializer(*v).is_none())
+        {
             // An initializer with a graph input's name is that input's default.
             g.set_const_data(v, t);
             continue;
         }
-        if let Some(v) = define(&mut g, &mut problems, &name, "an initializer".into(), ValueDef::Const) {
+        if let Some(v) = define(
+            &mut g,
+            &mut problems,
+            &name,
+            "an initializer".into(),
+            ValueDef::Const,
+        ) {
             g.value_mut(v).ty = Some(crate::tensor::tensor_type(&t));
             g.set_const_data(v, t);
         }
     }
     for s in &g.shell.sparse_initializer.clone() {
         let Some(values) = &s.values else { continue };
-        if let Some(v) = define(&mut g, &mut problems, values.name(), "a sparse initializer".into(), ValueDef::Const) {
+        if let Some(v) = define(
+            &mut g,
+            &mut problems,
+            values.name(),
+            "a sparse initializer".into(),
+            ValueDef::Const,
+        ) {
             g.value_mut(v).ty = Some(crate::tensor::tensor_type_of(values.data_type(), &s.dims));
         }
     }
@@ -86,7 +124,13 @@ fn import_graph(mut gp: GraphProto, allow_outer: bool) -> Result<Graph, IrError>
                 if o.is_empty() {
                     None
                 } else {
-                    define(&mut g, &mut problems, o, format!("node `{label}`"), ValueDef::Undefined)
+                    define(
+                        &mut g,
+                        &mut problems,
+                        o,
+                        format!("node `{label}`"),
+                        ValueDef::Undefined,
+                    )
                 }
             })
             .collect();
@@ -98,33 +142,54 @@ fn import_graph(mut gp: GraphProto, allow_outer: bool) -> Result<Graph, IrError>
     let mut outer: HashMap<String, ValueId> = HashMap::new();
     for (np, ins, outs, label) in pending {
         let op = np.op_type().to_string();
-        let mut resolve = |g: &mut Graph, problems: &mut Vec<Problem>, name: &str| -> Option<ValueId> {
-            if let Some(v) = g.value_by_name(name) {
-                return Some(v);
-            }
-            if let Some(v) = outer.get(name) {
-                return Some(*v);
-            }
-            if allow_outer {
-                let v = g.add_value_exact(name.to_string(), None, ValueDef::Outer);
-                outer.insert(name.to_string(), v);
-                return Some(v);
-            }
-            problems.push(Problem::UndefinedInput { node: label.clone(), op: op.clone(), value: name.to_string() });
-            None
-        };
-        let inputs: Vec<Option<ValueId>> =
-            ins.iter().map(|n| if n.is_empty() { None } else { resolve(&mut g, &mut problems, n) }).collect();
+        let mut resolve =
+            |g: &mut Graph, problems: &mut Vec<Problem>, name: &str| -> Option<ValueId> {
+                if let Some(v) = g.value_by_name(name) {
+                    return Some(v);
+                }
+                if let Some(v) = outer.get(name) {
+                    return Some(*v);
+                }
+                if allow_outer {
+                    let v = g.add_value_exact(name.to_string(), None, ValueDef::Outer);
+                    outer.insert(name.to_string(), v);
+                    return Some(v);
+                }
+                problems.push(Problem::UndefinedInput {
+                    node: label.clone(),
+                    op: op.clone(),
+                    value: name.to_string(),
+                });
+                None
+            };
+        let inputs: Vec<Option<ValueId>> = ins
+            .iter()
+            .map(|n| {
+                if n.is_empty() {
+                    None
+                } else {
+                    resolve(&mut g, &mut problems, n)
+                }
+            })
+            .collect();
         let mut captured = BTreeSet::new();
         for a in &np.attribute {
             for sg in a.g.iter().chain(a.graphs.iter()) {
                 free_names(sg, &mut captured);
             }
         }
-        let implicit: Vec<ValueId> = captured.iter().filter_map(|n| resolve(&mut g, &mut problems, n)).collect();
+        let implicit: Vec<ValueId> = captured
+            .iter()
+            .filter_map(|n| resolve(&mut g, &mut problems, n))
+            .collect();
         // Undefined inputs were reported above; the node stays connected to
         // what exists so that further problems can still be found.
-        let node = Node { proto: np, inputs: Vec::new(), outputs: Vec::new(), implicit };
+        let node = Node {
+            proto: np,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            implicit,
+        };
         g.add_node(node, &inputs, &outs);
     }
 
@@ -142,7 +207,9 @@ fn import_graph(mut gp: GraphProto, allow_outer: bool) -> Result<Graph, IrError>
     for vi in &outputs {
         match g.value_by_name(vi.name()) {
             Some(v) if g.value(v).def != ValueDef::Undefined => {
-                if matches!(g.value(v).def, ValueDef::Node { .. } | ValueDef::Outer) || g.value(v).ty.is_none() {
+                if matches!(g.value(v).def, ValueDef::Node { .. } | ValueDef::Outer)
+                    || g.value(v).ty.is_none()
+                {
                     g.value_mut(v).ty = vi.r#type.clone();
                 }
                 if let Some(info) = info_shell(vi) {
@@ -151,10 +218,13 @@ fn import_graph(mut gp: GraphProto, allow_outer: bool) -> Result<Graph, IrError>
                 g.outputs.push(v);
             }
             None if allow_outer => {
-                let v = g.add_value_exact(vi.name().to_string(), vi.r#type.clone(), ValueDef::Outer);
+                let v =
+                    g.add_value_exact(vi.name().to_string(), vi.r#type.clone(), ValueDef::Outer);
                 g.outputs.push(v);
             }
-            _ => problems.push(Problem::UndefinedOutput { value: vi.name().to_string() }),
+            _ => problems.push(Problem::UndefinedOutput {
+                value: vi.name().to_string(),
+            }),
         }
     }
     if let Err(e) = g.topo_order() {

@@ -27,8 +27,8 @@ mod export;
 mod graph;
 mod import;
 mod op;
-mod text;
 pub mod tensor;
+mod text;
 
 pub use error::{IrError, Problem};
 pub use graph::{Dim, Graph, Node, NodeId, Use, Value, ValueDef, ValueId};
@@ -77,9 +77,17 @@ impl Model {
     /// Sets (or adds) the version of an operator-set domain.
     pub fn set_opset(&mut self, domain: &str, version: i64) {
         let want = norm_domain(domain);
-        match self.header.opset_import.iter_mut().find(|o| norm_domain(o.domain()) == want) {
+        match self
+            .header
+            .opset_import
+            .iter_mut()
+            .find(|o| norm_domain(o.domain()) == want)
+        {
             Some(o) => o.version = Some(version),
-            None => self.header.opset_import.push(OperatorSetIdProto { domain: Some(domain.to_string()), version: Some(version) }),
+            None => self.header.opset_import.push(OperatorSetIdProto {
+                domain: Some(domain.to_string()),
+                version: Some(version),
+            }),
         }
     }
 

@@ -18,7 +18,13 @@ pub fn tensor_type_of(elem: i32, dims: &[i64]) -> TypeProto {
         value: Some(TypeValue::TensorType(TensorType {
             elem_type: Some(elem),
             shape: Some(TensorShapeProto {
-                dim: dims.iter().map(|d| Dimension { value: Some(DimValue::DimValue(*d)), denotation: None }).collect(),
+                dim: dims
+                    .iter()
+                    .map(|d| Dimension {
+                        value: Some(DimValue::DimValue(*d)),
+                        denotation: None,
+                    })
+                    .collect(),
             }),
         })),
     }
@@ -27,7 +33,9 @@ pub fn tensor_type_of(elem: i32, dims: &[i64]) -> TypeProto {
 /// Number of elements (1 for a scalar); `None` if a dim is negative or the
 /// product overflows.
 pub fn numel(dims: &[i64]) -> Option<usize> {
-    dims.iter().try_fold(1usize, |acc, &d| usize::try_from(d).ok().and_then(|d| acc.checked_mul(d)))
+    dims.iter().try_fold(1usize, |acc, &d| {
+        usize::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+    })
 }
 
 /// Why tensor data could not be read.
@@ -39,7 +47,10 @@ pub struct TensorError {
 }
 
 fn err(t: &TensorProto, reason: impl Into<String>) -> TensorError {
-    TensorError { name: t.name().to_string(), reason: reason.into() }
+    TensorError {
+        name: t.name().to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// Reads a float-like or integer tensor as `f32` (f32, f64, f16, bf16, and
@@ -51,28 +62,48 @@ pub fn to_f32(t: &TensorProto) -> Result<Vec<f32>, TensorError> {
 /// Reads a numeric tensor as `f64` (exact for f32 and integers up to 2^53).
 pub fn to_f64(t: &TensorProto) -> Result<Vec<f64>, TensorError> {
     let n = numel(&t.dims).ok_or_else(|| err(t, "invalid dims"))?;
-    let dt = DataType::try_from(t.data_type()).map_err(|_| err(t, format!("unknown data type {}", t.data_type())))?;
+    let dt = DataType::try_from(t.data_type())
+        .map_err(|_| err(t, format!("unknown data type {}", t.data_type())))?;
     let out: Vec<f64> = if let Some(raw) = &t.raw_data {
         let width = match dt {
             DataType::Float | DataType::Int32 | DataType::Uint32 => 4,
             DataType::Double | DataType::Int64 | DataType::Uint64 => 8,
             DataType::Float16 | DataType::Bfloat16 | DataType::Int16 | DataType::Uint16 => 2,
             DataType::Int8 | DataType::Uint8 | DataType::Bool => 1,
-            _ => return Err(err(t, format!("cannot read {} data as numbers", quench_onnx::dtype::elem_name(t.data_type())))),
+            _ => {
+                return Err(err(
+                    t,
+                    format!(
+                        "cannot read {} data as numbers",
+                        quench_onnx::dtype::elem_name(t.data_type())
+                    ),
+                ))
+            }
         };
         if raw.len() != n * width {
-            return Err(err(t, format!("raw data has {} bytes, expected {}", raw.len(), n * width)));
+            return Err(err(
+                t,
+                format!("raw data has {} bytes, expected {}", raw.len(), n * width),
+            ));
         }
         raw.chunks_exact(width)
             .map(|c| match dt {
                 DataType::Float => f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
                 DataType::Int32 => i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
                 DataType::Uint32 => u32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64,
-                DataType::Double => f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
-                DataType::Int64 => i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64,
-                DataType::Uint64 => u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64,
+                DataType::Double => {
+                    f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])
+                }
+                DataType::Int64 => {
+                    i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64
+                }
+                DataType::Uint64 => {
+                    u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f64
+                }
                 DataType::Float16 => f16_to_f32(u16::from_le_bytes([c[0], c[1]])) as f64,
-                DataType::Bfloat16 => f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64,
+                DataType::Bfloat16 => {
+                    f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16) as f64
+                }
                 DataType::Int16 => i16::from_le_bytes([c[0], c[1]]) as f64,
                 DataType::Uint16 => u16::from_le_bytes([c[0], c[1]]) as f64,
                 DataType::Int8 => c[0] as i8 as f64,
@@ -84,16 +115,40 @@ pub fn to_f64(t: &TensorProto) -> Result<Vec<f64>, TensorError> {
             DataType::Float => t.float_data.iter().map(|x| *x as f64).collect(),
             DataType::Double => t.double_data.clone(),
             DataType::Int64 => t.int64_data.iter().map(|x| *x as f64).collect(),
-            DataType::Uint64 | DataType::Uint32 => t.uint64_data.iter().map(|x| *x as f64).collect(),
-            DataType::Int32 | DataType::Int16 | DataType::Int8 | DataType::Uint16 | DataType::Uint8 | DataType::Bool => {
-                t.int32_data.iter().map(|x| *x as f64).collect()
+            DataType::Uint64 | DataType::Uint32 => {
+                t.uint64_data.iter().map(|x| *x as f64).collect()
             }
-            DataType::Float16 => t.int32_data.iter().map(|x| f16_to_f32(*x as u16) as f64).collect(),
-            DataType::Bfloat16 => t.int32_data.iter().map(|x| f32::from_bits((*x as u32) << 16) as f64).collect(),
-            _ => return Err(err(t, format!("cannot read {} data as numbers", quench_onnx::dtype::elem_name(t.data_type())))),
+            DataType::Int32
+            | DataType::Int16
+            | DataType::Int8
+            | DataType::Uint16
+            | DataType::Uint8
+            | DataType::Bool => t.int32_data.iter().map(|x| *x as f64).collect(),
+            DataType::Float16 => t
+                .int32_data
+                .iter()
+                .map(|x| f16_to_f32(*x as u16) as f64)
+                .collect(),
+            DataType::Bfloat16 => t
+                .int32_data
+                .iter()
+                .map(|x| f32::from_bits((*x as u32) << 16) as f64)
+                .collect(),
+            _ => {
+                return Err(err(
+                    t,
+                    format!(
+                        "cannot read {} data as numbers",
+                        quench_onnx::dtype::elem_name(t.data_type())
+                    ),
+                ))
+            }
         };
         if v.len() != n {
-            return Err(err(t, format!("holds {} values, its shape needs {n}", v.len())));
+            return Err(err(
+                t,
+                format!("holds {} values, its shape needs {n}", v.len()),
+            ));
         }
         v
     };
@@ -108,7 +163,10 @@ pub fn to_i64(t: &TensorProto) -> Result<Vec<i64>, TensorError> {
             if raw.len() != n * 8 {
                 return Err(err(t, "raw data length does not match its shape"));
             }
-            return Ok(raw.chunks_exact(8).map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]])).collect());
+            return Ok(raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect());
         }
         return Ok(t.int64_data.clone());
     }
@@ -158,22 +216,42 @@ fn build(name: &str, elem: DataType, dims: &[i64], raw: Vec<u8>) -> TensorProto 
 
 /// An f32 tensor.
 pub fn from_f32(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
-    build(name, DataType::Float, dims, data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    build(
+        name,
+        DataType::Float,
+        dims,
+        data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
 }
 
 /// An i64 tensor.
 pub fn from_i64(name: &str, dims: &[i64], data: &[i64]) -> TensorProto {
-    build(name, DataType::Int64, dims, data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    build(
+        name,
+        DataType::Int64,
+        dims,
+        data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
 }
 
 /// An i32 tensor.
 pub fn from_i32(name: &str, dims: &[i64], data: &[i32]) -> TensorProto {
-    build(name, DataType::Int32, dims, data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    build(
+        name,
+        DataType::Int32,
+        dims,
+        data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
 }
 
 /// An i8 tensor.
 pub fn from_i8(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
-    build(name, DataType::Int8, dims, data.iter().map(|x| *x as u8).collect())
+    build(
+        name,
+        DataType::Int8,
+        dims,
+        data.iter().map(|x| *x as u8).collect(),
+    )
 }
 
 /// A u8 tensor.

@@ -22,7 +22,9 @@ use quench_onnx::dtype::elem_name;
 use quench_onnx::proto::attribute_proto::AttributeType;
 use quench_onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
 use quench_onnx::proto::type_proto::Value as TypeValue;
-use quench_onnx::proto::{AttributeProto, GraphProto, SparseTensorProto, TensorProto, TensorShapeProto, TypeProto};
+use quench_onnx::proto::{
+    AttributeProto, GraphProto, SparseTensorProto, TensorProto, TensorShapeProto, TypeProto,
+};
 
 use crate::graph::{Graph, ValueDef, ValueId};
 use crate::Model;
@@ -48,7 +50,16 @@ pub(crate) fn model_text(m: &Model) -> String {
         .header
         .opset_import
         .iter()
-        .map(|o| (if o.domain().is_empty() { "ai.onnx".to_string() } else { o.domain().to_string() }, o.version()))
+        .map(|o| {
+            (
+                if o.domain().is_empty() {
+                    "ai.onnx".to_string()
+                } else {
+                    o.domain().to_string()
+                },
+                o.version(),
+            )
+        })
         .collect();
     ops.sort();
     let ops: Vec<String> = ops.iter().map(|(d, v)| format!("{d} {v}")).collect();
@@ -59,7 +70,16 @@ pub(crate) fn model_text(m: &Model) -> String {
 }
 
 fn sanitize(name: &str) -> String {
-    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '_' }).collect();
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     let numeric_like = s.chars().all(|c| c.is_ascii_digit())
         || (s.starts_with('w') && s.len() > 1 && s[1..].chars().all(|c| c.is_ascii_digit()));
     if s.is_empty() || numeric_like {
@@ -94,7 +114,10 @@ fn graph_text(g: &Graph, indent: usize, s: &mut String) {
     }
     // Constants no node uses (graph outputs, or dead) come last.
     for v in g.value_ids() {
-        if is_const(v) && !names.contains_key(&v) && (g.initializer(v).is_some() || g.use_count(v) > 0) {
+        if is_const(v)
+            && !names.contains_key(&v)
+            && (g.initializer(v).is_some() || g.use_count(v) > 0)
+        {
             names.insert(v, format!("%w{}", consts.len()));
             consts.push(v);
         }
@@ -102,17 +125,40 @@ fn graph_text(g: &Graph, indent: usize, s: &mut String) {
     let name_of = |v: &Option<ValueId>| -> String {
         match v {
             None => "_".to_string(),
-            Some(v) => names.get(v).cloned().unwrap_or_else(|| match g.value(*v).def {
-                ValueDef::Outer => format!("^{}", sanitize(&g.value(*v).name)),
-                _ => format!("%?{}", sanitize(&g.value(*v).name)),
-            }),
+            Some(v) => names
+                .get(v)
+                .cloned()
+                .unwrap_or_else(|| match g.value(*v).def {
+                    ValueDef::Outer => format!("^{}", sanitize(&g.value(*v).name)),
+                    _ => format!("%?{}", sanitize(&g.value(*v).name)),
+                }),
         }
     };
 
-    let gname = if g.shell.name().is_empty() { "main" } else { g.shell.name() };
-    let ins: Vec<String> = g.inputs().iter().map(|v| format!("{}: {}", name_of(&Some(*v)), type_text(g.value(*v).ty.as_ref()))).collect();
+    let gname = if g.shell.name().is_empty() {
+        "main"
+    } else {
+        g.shell.name()
+    };
+    let ins: Vec<String> = g
+        .inputs()
+        .iter()
+        .map(|v| {
+            format!(
+                "{}: {}",
+                name_of(&Some(*v)),
+                type_text(g.value(*v).ty.as_ref())
+            )
+        })
+        .collect();
     let outs: Vec<String> = g.outputs().iter().map(|v| name_of(&Some(*v))).collect();
-    let _ = writeln!(s, "{pad}graph {}({}) -> ({})", sanitize(gname), ins.join(", "), outs.join(", "));
+    let _ = writeln!(
+        s,
+        "{pad}graph {}({}) -> ({})",
+        sanitize(gname),
+        ins.join(", "),
+        outs.join(", ")
+    );
 
     for v in &consts {
         let t = g.initializer(*v);
@@ -127,7 +173,11 @@ fn graph_text(g: &Graph, indent: usize, s: &mut String) {
         let node = g.node(*n);
         let outs: Vec<String> = node.outputs().iter().map(&name_of).collect();
         let ins: Vec<String> = node.inputs().iter().map(&name_of).collect();
-        let op = if node.domain().is_empty() { node.op_type().to_string() } else { format!("{}.{}", node.domain(), node.op_type()) };
+        let op = if node.domain().is_empty() {
+            node.op_type().to_string()
+        } else {
+            format!("{}.{}", node.domain(), node.op_type())
+        };
         let mut line = format!("{pad}  ");
         if !outs.is_empty() {
             let _ = write!(line, "{} = ", outs.join(", "));
@@ -136,24 +186,50 @@ fn graph_text(g: &Graph, indent: usize, s: &mut String) {
         let mut attrs: Vec<&AttributeProto> = node.proto.attribute.iter().collect();
         attrs.sort_by(|a, b| a.name().cmp(b.name()));
         if !attrs.is_empty() {
-            let a: Vec<String> = attrs.iter().map(|a| format!("{}={}", a.name(), attr_text(a))).collect();
+            let a: Vec<String> = attrs
+                .iter()
+                .map(|a| format!("{}={}", a.name(), attr_text(a)))
+                .collect();
             let _ = write!(line, " {{{}}}", a.join(", "));
         }
         if !node.implicit_inputs().is_empty() {
-            let c: Vec<String> = node.implicit_inputs().iter().map(|v| name_of(&Some(*v))).collect();
+            let c: Vec<String> = node
+                .implicit_inputs()
+                .iter()
+                .map(|v| name_of(&Some(*v)))
+                .collect();
             let _ = write!(line, " captures({})", c.join(", "));
         }
         if !node.outputs().is_empty() {
-            let tys: Vec<String> =
-                node.outputs().iter().map(|o| o.map(|o| type_text(g.value(o).ty.as_ref())).unwrap_or_else(|| "_".into())).collect();
+            let tys: Vec<String> = node
+                .outputs()
+                .iter()
+                .map(|o| {
+                    o.map(|o| type_text(g.value(o).ty.as_ref()))
+                        .unwrap_or_else(|| "_".into())
+                })
+                .collect();
             let _ = write!(line, " : {}", tys.join(", "));
         }
-        let onames: Vec<&str> = node.outputs().iter().flatten().map(|o| g.value(*o).name.as_str()).collect();
-        let comment = if node.name().is_empty() { onames.join(", ") } else { format!("{}: {}", node.name(), onames.join(", ")) };
+        let onames: Vec<&str> = node
+            .outputs()
+            .iter()
+            .flatten()
+            .map(|o| g.value(*o).name.as_str())
+            .collect();
+        let comment = if node.name().is_empty() {
+            onames.join(", ")
+        } else {
+            format!("{}: {}", node.name(), onames.join(", "))
+        };
         push_commented(s, line, &comment);
         for a in attrs {
             for (k, sg) in a.g.iter().chain(a.graphs.iter()).enumerate() {
-                let label = if a.g.is_some() { a.name().to_string() } else { format!("{}[{k}]", a.name()) };
+                let label = if a.g.is_some() {
+                    a.name().to_string()
+                } else {
+                    format!("{}[{k}]", a.name())
+                };
                 let _ = writeln!(s, "{pad}    {label}:");
                 subgraph_text(sg, indent + 6, s);
             }
@@ -208,15 +284,27 @@ pub(crate) fn type_text(t: Option<&TypeProto>) -> String {
     let Some(t) = t else { return "?".into() };
     match &t.value {
         Some(TypeValue::TensorType(tt)) => {
-            format!("{}{}", tt.elem_type.map(elem_name).unwrap_or_else(|| "?".into()), shape_text(tt.shape.as_ref()))
+            format!(
+                "{}{}",
+                tt.elem_type.map(elem_name).unwrap_or_else(|| "?".into()),
+                shape_text(tt.shape.as_ref())
+            )
         }
         Some(TypeValue::SparseTensorType(tt)) => {
-            format!("sparse {}{}", tt.elem_type.map(elem_name).unwrap_or_else(|| "?".into()), shape_text(tt.shape.as_ref()))
+            format!(
+                "sparse {}{}",
+                tt.elem_type.map(elem_name).unwrap_or_else(|| "?".into()),
+                shape_text(tt.shape.as_ref())
+            )
         }
         Some(TypeValue::SequenceType(s)) => format!("seq<{}>", type_text(s.elem_type.as_deref())),
         Some(TypeValue::OptionalType(s)) => format!("opt<{}>", type_text(s.elem_type.as_deref())),
         Some(TypeValue::MapType(m)) => {
-            format!("map<{},{}>", m.key_type.map(elem_name).unwrap_or_else(|| "?".into()), type_text(m.value_type.as_deref()))
+            format!(
+                "map<{},{}>",
+                m.key_type.map(elem_name).unwrap_or_else(|| "?".into()),
+                type_text(m.value_type.as_deref())
+            )
         }
         Some(TypeValue::OpaqueType(o)) => format!("opaque<{}.{}>", o.domain(), o.name()),
         None => "?".into(),
@@ -230,7 +318,11 @@ fn tensor_text(t: &TensorProto) -> String {
 
 fn sparse_text(t: &SparseTensorProto) -> String {
     let d: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
-    let e = t.values.as_ref().map(|v| elem_name(v.data_type())).unwrap_or_else(|| "?".into());
+    let e = t
+        .values
+        .as_ref()
+        .map(|v| elem_name(v.data_type()))
+        .unwrap_or_else(|| "?".into());
     format!("sparse {e}[{}]", d.join(","))
 }
 
@@ -242,22 +334,49 @@ fn attr_text(a: &AttributeProto) -> String {
     if let Some(r) = &a.ref_attr_name {
         return format!("@{r}");
     }
-    let ty = a.r#type.and_then(|t| AttributeType::try_from(t).ok()).unwrap_or_else(|| infer_attr_type(a));
+    let ty = a
+        .r#type
+        .and_then(|t| AttributeType::try_from(t).ok())
+        .unwrap_or_else(|| infer_attr_type(a));
     match ty {
         AttributeType::Float => format_float(a.f() as f64),
         AttributeType::Int => a.i().to_string(),
         AttributeType::String => quote(a.s()),
-        AttributeType::Tensor => a.t.as_ref().map(|t| format!("tensor {}", tensor_text(t))).unwrap_or_default(),
-        AttributeType::Graph => a.g.as_ref().map(|g| format!("graph({} nodes)", g.node.len())).unwrap_or_default(),
-        AttributeType::SparseTensor => a.sparse_tensor.as_ref().map(sparse_text).unwrap_or_default(),
+        AttributeType::Tensor => {
+            a.t.as_ref()
+                .map(|t| format!("tensor {}", tensor_text(t)))
+                .unwrap_or_default()
+        }
+        AttributeType::Graph => {
+            a.g.as_ref()
+                .map(|g| format!("graph({} nodes)", g.node.len()))
+                .unwrap_or_default()
+        }
+        AttributeType::SparseTensor => a
+            .sparse_tensor
+            .as_ref()
+            .map(sparse_text)
+            .unwrap_or_default(),
         AttributeType::TypeProto => format!("type {}", type_text(a.tp.as_ref())),
         AttributeType::Floats => list(a.floats.iter().map(|f| format_float(*f as f64))),
         AttributeType::Ints => list(a.ints.iter().map(|i| i.to_string())),
         AttributeType::Strings => list(a.strings.iter().map(|s| quote(s))),
-        AttributeType::Tensors => list(a.tensors.iter().map(|t| format!("tensor {}", tensor_text(t)))),
-        AttributeType::Graphs => list(a.graphs.iter().map(|g| format!("graph({} nodes)", g.node.len()))),
+        AttributeType::Tensors => list(
+            a.tensors
+                .iter()
+                .map(|t| format!("tensor {}", tensor_text(t))),
+        ),
+        AttributeType::Graphs => list(
+            a.graphs
+                .iter()
+                .map(|g| format!("graph({} nodes)", g.node.len())),
+        ),
         AttributeType::SparseTensors => list(a.sparse_tensors.iter().map(sparse_text)),
-        AttributeType::TypeProtos => list(a.type_protos.iter().map(|t| format!("type {}", type_text(Some(t))))),
+        AttributeType::TypeProtos => list(
+            a.type_protos
+                .iter()
+                .map(|t| format!("type {}", type_text(Some(t)))),
+        ),
         AttributeType::Undefined => "undefined".into(),
     }
 }
@@ -302,7 +421,11 @@ pub fn format_float(x: f64) -> String {
         return if x > 0.0 { "inf".into() } else { "-inf".into() };
     }
     if x == 0.0 {
-        return if x.is_sign_negative() { "-0.0".into() } else { "0.0".into() };
+        return if x.is_sign_negative() {
+            "-0.0".into()
+        } else {
+            "0.0".into()
+        };
     }
     let e = format!("{x:.5e}");
     let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));

@@ -22,7 +22,12 @@ fn fixture_text_snapshots_and_round_trip() {
 
         let exported = model.to_onnx();
         let again = Model::from_onnx(exported.clone()).unwrap();
-        assert_eq!(again.to_text(), text, "re-import of {} prints differently", path.display());
+        assert_eq!(
+            again.to_text(),
+            text,
+            "re-import of {} prints differently",
+            path.display()
+        );
 
         // Everything outside the graph is carried verbatim.
         let mut h1 = original.clone();
@@ -32,7 +37,10 @@ fn fixture_text_snapshots_and_round_trip() {
         assert_eq!(h1, h2);
         // Graph-level data: same nodes (order kept for sorted inputs), same
         // initializers, same inputs/outputs.
-        let (g1, g2) = (original.graph.as_ref().unwrap(), exported.graph.as_ref().unwrap());
+        let (g1, g2) = (
+            original.graph.as_ref().unwrap(),
+            exported.graph.as_ref().unwrap(),
+        );
         assert_eq!(g1.node, g2.node, "{}", path.display());
         assert_eq!(g1.input, g2.input);
         assert_eq!(g1.output, g2.output);
@@ -54,7 +62,10 @@ fn bad_fixtures_report_the_offending_names() {
     let bad = testdata().join("bad");
     let cases = [
         ("cycle.onnx", "cycle"),
-        ("undefined_input.onnx", "which no node, graph input or initializer defines"),
+        (
+            "undefined_input.onnx",
+            "which no node, graph input or initializer defines",
+        ),
         ("duplicate_names.onnx", "defined twice"),
     ];
     for (file, needle) in cases {

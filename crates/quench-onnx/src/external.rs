@@ -53,17 +53,27 @@ pub(crate) fn resolve(model: &mut ModelProto, model_path: &Path) -> Result<Exter
             match e.key() {
                 "location" => location = Some(e.value().to_string()),
                 "offset" => {
-                    offset = e.value().parse().map_err(|_| invalid(format!("offset `{}` is not a number", e.value())))?
+                    offset = e
+                        .value()
+                        .parse()
+                        .map_err(|_| invalid(format!("offset `{}` is not a number", e.value())))?
                 }
                 "length" => {
-                    length = Some(e.value().parse().map_err(|_| invalid(format!("length `{}` is not a number", e.value())))?)
+                    length =
+                        Some(e.value().parse().map_err(|_| {
+                            invalid(format!("length `{}` is not a number", e.value()))
+                        })?)
                 }
                 _ => {}
             }
         }
         let location = location.ok_or_else(|| invalid("no `location` entry".into()))?;
         let rel = Path::new(&location);
-        if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
             return Err(invalid(format!(
                 "location `{location}` must be a relative path inside the model's directory"
             )));
@@ -100,7 +110,9 @@ pub(crate) fn resolve(model: &mut ModelProto, model_path: &Path) -> Result<Exter
                 })
             }
         };
-        if let Some(numel) = t.dims.iter().try_fold(1u64, |acc, &d| u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))) {
+        if let Some(numel) = t.dims.iter().try_fold(1u64, |acc, &d| {
+            u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
+        }) {
             if let Some(need) = packed_bytes(t.data_type(), numel) {
                 if need != end - offset {
                     return Err(OnnxError::TensorData {

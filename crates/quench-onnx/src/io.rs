@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::external::{self, is_external, map_file};
 pub use crate::external::ExternalUse;
+use crate::external::{self, is_external, map_file};
 use crate::proto::tensor_proto::{DataLocation, DataType};
 use crate::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use crate::visit::{for_each_tensor_mut, try_for_each_tensor_mut};
@@ -31,18 +31,29 @@ pub struct LoadedModel {
 /// The file is memory-mapped; tensor bytes in the returned model are views
 /// into the map (and into maps of the external data files), not copies.
 pub fn load_model(path: &Path) -> Result<LoadedModel, OnnxError> {
-    let meta = fs::metadata(path).map_err(|source| OnnxError::Read { path: path.to_path_buf(), source })?;
+    let meta = fs::metadata(path).map_err(|source| OnnxError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if meta.is_dir() {
         return Err(OnnxError::Read {
             path: path.to_path_buf(),
             source: std::io::Error::other("is a directory, expected an .onnx file"),
         });
     }
-    let bytes = map_file(path).map_err(|source| OnnxError::Read { path: path.to_path_buf(), source })?;
+    let bytes = map_file(path).map_err(|source| OnnxError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let file_bytes = bytes.len() as u64;
     let mut model = decode_model(bytes, path)?;
     let external = external::resolve(&mut model, path)?;
-    Ok(LoadedModel { model, path: path.to_path_buf(), file_bytes, external })
+    Ok(LoadedModel {
+        model,
+        path: path.to_path_buf(),
+        file_bytes,
+        external,
+    })
 }
 
 /// Decodes a model from memory. Tensors that refer to external data are
@@ -66,11 +77,18 @@ pub fn load_model_from_bytes(bytes: Bytes, name: &Path) -> Result<ModelProto, On
 
 fn decode_model(bytes: Bytes, path: &Path) -> Result<ModelProto, OnnxError> {
     if bytes.is_empty() {
-        return Err(OnnxError::Empty { path: path.to_path_buf() });
+        return Err(OnnxError::Empty {
+            path: path.to_path_buf(),
+        });
     }
-    let model = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode { path: path.to_path_buf(), source })?;
+    let model = ModelProto::decode(bytes).map_err(|source| OnnxError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if model.graph.is_none() {
-        return Err(OnnxError::NoGraph { path: path.to_path_buf() });
+        return Err(OnnxError::NoGraph {
+            path: path.to_path_buf(),
+        });
     }
     Ok(model)
 }
@@ -120,7 +138,11 @@ impl SaveReport {
 ///
 /// `model` itself is not changed. Tensors must hold their data inline (as
 /// after [`load_model`]).
-pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result<SaveReport, OnnxError> {
+pub fn save_model(
+    model: &ModelProto,
+    path: &Path,
+    opts: &SaveOptions,
+) -> Result<SaveReport, OnnxError> {
     let threshold = match opts.external {
         ExternalData::Inline => None,
         ExternalData::External { threshold } => Some(threshold),
@@ -135,10 +157,19 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
     let Some(threshold) = threshold else {
         let size = model.encoded_len() as u64;
         if size > PROTOBUF_LIMIT {
-            return Err(OnnxError::TooLarge { path: path.to_path_buf(), size });
+            return Err(OnnxError::TooLarge {
+                path: path.to_path_buf(),
+                size,
+            });
         }
         write_atomic(path, &model.encode_to_vec())?;
-        return Ok(SaveReport { model_path: path.to_path_buf(), model_bytes: size, data_path: None, data_bytes: 0, external_tensors: 0 });
+        return Ok(SaveReport {
+            model_path: path.to_path_buf(),
+            model_bytes: size,
+            data_path: None,
+            data_bytes: 0,
+            external_tensors: 0,
+        });
     };
 
     let file_name = path
@@ -154,7 +185,9 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
     let mut offset: u64 = 0;
     let mut count = 0usize;
     for_each_tensor_mut(&mut out, &mut |t: &mut TensorProto| {
-        let Some(data) = take_fixed_width_bytes(t, threshold) else { return };
+        let Some(data) = take_fixed_width_bytes(t, threshold) else {
+            return;
+        };
         // Align every tensor to 64 bytes so mapped data is aligned for SIMD loads.
         let pad = (64 - offset % 64) % 64;
         if pad > 0 {
@@ -174,7 +207,10 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
     });
     let size = out.encoded_len() as u64;
     if size > PROTOBUF_LIMIT {
-        return Err(OnnxError::TooLarge { path: path.to_path_buf(), size });
+        return Err(OnnxError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+        });
     }
     write_atomic_chunks(&data_path, &chunks)?;
     if let Err(e) = write_atomic(path, &out.encode_to_vec()) {
@@ -191,7 +227,10 @@ pub fn save_model(model: &ModelProto, path: &Path, opts: &SaveOptions) -> Result
 }
 
 fn entry(k: &str, v: &str) -> StringStringEntryProto {
-    StringStringEntryProto { key: Some(k.into()), value: Some(v.into()) }
+    StringStringEntryProto {
+        key: Some(k.into()),
+        value: Some(v.into()),
+    }
 }
 
 /// Takes the tensor's data as little-endian bytes if it is a fixed-width
@@ -215,7 +254,10 @@ fn take_fixed_width_bytes(t: &mut TensorProto, threshold: usize) -> Option<Bytes
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.quench-tmp-{}", std::process::id()))
 }
 
@@ -225,7 +267,10 @@ pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), OnnxError> {
 
 fn write_atomic_chunks<C: AsRef<[u8]>>(path: &Path, chunks: &[C]) -> Result<(), OnnxError> {
     let tmp = temp_path(path);
-    let werr = |source| OnnxError::Write { path: path.to_path_buf(), source };
+    let werr = |source| OnnxError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         for c in chunks {

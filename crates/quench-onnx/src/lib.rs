@@ -23,7 +23,10 @@ mod io;
 pub mod visit;
 
 pub use error::OnnxError;
-pub use io::{load_model, load_model_from_bytes, save_model, ExternalData, ExternalUse, LoadedModel, SaveOptions, SaveReport, DEFAULT_EXTERNAL_THRESHOLD};
+pub use io::{
+    load_model, load_model_from_bytes, save_model, ExternalData, ExternalUse, LoadedModel,
+    SaveOptions, SaveReport, DEFAULT_EXTERNAL_THRESHOLD,
+};
 
 /// Types generated from `proto/onnx.proto`.
 #[allow(missing_docs, clippy::all)]

@@ -2,7 +2,9 @@
 //! initializers, tensor attributes of nodes, subgraphs of `If`/`Loop`/`Scan`,
 //! function bodies and training graphs.
 
-use crate::proto::{AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto};
+use crate::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, SparseTensorProto, TensorProto,
+};
 
 /// Calls `f` on every `TensorProto` in the model, depth first, stopping at
 /// the first error.
@@ -38,7 +40,10 @@ pub fn for_each_tensor_mut(model: &mut ModelProto, f: &mut dyn FnMut(&mut Tensor
     });
 }
 
-fn graph_tensors<E>(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto) -> Result<(), E>) -> Result<(), E> {
+fn graph_tensors<E>(
+    g: &mut GraphProto,
+    f: &mut dyn FnMut(&mut TensorProto) -> Result<(), E>,
+) -> Result<(), E> {
     for t in &mut g.initializer {
         f(t)?;
     }
@@ -48,7 +53,10 @@ fn graph_tensors<E>(g: &mut GraphProto, f: &mut dyn FnMut(&mut TensorProto) -> R
     nodes_tensors(&mut g.node, f)
 }
 
-fn nodes_tensors<E>(nodes: &mut [NodeProto], f: &mut dyn FnMut(&mut TensorProto) -> Result<(), E>) -> Result<(), E> {
+fn nodes_tensors<E>(
+    nodes: &mut [NodeProto],
+    f: &mut dyn FnMut(&mut TensorProto) -> Result<(), E>,
+) -> Result<(), E> {
     for n in nodes {
         for a in &mut n.attribute {
             attr_tensors(a, f)?;
@@ -57,7 +65,10 @@ fn nodes_tensors<E>(nodes: &mut [NodeProto], f: &mut dyn FnMut(&mut TensorProto)
     Ok(())
 }
 
-fn sparse_tensors<E>(s: &mut SparseTensorProto, f: &mut dyn FnMut(&mut TensorProto) -> Result<(), E>) -> Result<(), E> {
+fn sparse_tensors<E>(
+    s: &mut SparseTensorProto,
+    f: &mut dyn FnMut(&mut TensorProto) -> Result<(), E>,
+) -> Result<(), E> {
     if let Some(v) = s.values.as_mut() {
         f(v)?;
     }
@@ -67,7 +78,10 @@ fn sparse_tensors<E>(s: &mut SparseTensorProto, f: &mut dyn FnMut(&mut TensorPro
     Ok(())
 }
 
-fn attr_tensors<E>(a: &mut AttributeProto, f: &mut dyn FnMut(&mut TensorProto) -> Result<(), E>) -> Result<(), E> {
+fn attr_tensors<E>(
+    a: &mut AttributeProto,
+    f: &mut dyn FnMut(&mut TensorProto) -> Result<(), E>,
+) -> Result<(), E> {
     if let Some(t) = a.t.as_mut() {
         f(t)?;
     }

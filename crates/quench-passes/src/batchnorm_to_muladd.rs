@@ -28,9 +28,13 @@ impl Pass for BatchNormToMulAdd {
             if !g.contains_node(n) || g.node(n).kind() != OpKind::BatchNormalization {
                 continue;
             }
-            let (Some(x), Some(y)) = (g.node(n).input(0), g.node(n).output(0)) else { continue };
+            let (Some(x), Some(y)) = (g.node(n).input(0), g.node(n).output(0)) else {
+                continue;
+            };
             let Some(aff) = bn_affine(g, n) else { continue };
-            let Some(rank) = util::infer_rank(g, x) else { continue };
+            let Some(rank) = util::infer_rank(g, x) else {
+                continue;
+            };
             if rank < 2 {
                 continue;
             }
@@ -39,8 +43,14 @@ impl Pass for BatchNormToMulAdd {
             dims.extend(std::iter::repeat_n(1, rank - 2));
             let name = g.node(n).name().to_string();
             let to32 = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<_>>();
-            let s = g.add_const(&format!("{name}_scale_folded"), tensor::from_f32("", &dims, &to32(&aff.scale)));
-            let t = g.add_const(&format!("{name}_shift_folded"), tensor::from_f32("", &dims, &to32(&aff.shift)));
+            let s = g.add_const(
+                &format!("{name}_scale_folded"),
+                tensor::from_f32("", &dims, &to32(&aff.scale)),
+            );
+            let t = g.add_const(
+                &format!("{name}_shift_folded"),
+                tensor::from_f32("", &dims, &to32(&aff.shift)),
+            );
             g.remove_node(n);
             let mid = g.add_value(&format!("{}_scaled", g.value(y).name), None);
             let mul = Node::new("Mul", &g.unique_name(&format!("{name}_mul")));

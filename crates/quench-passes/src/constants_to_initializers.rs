@@ -49,7 +49,10 @@ impl Pass for ConstantsToInitializers {
         }
         if n_done > 0 {
             cx.count(self.name(), "converted", n_done);
-            cx.note(self.name(), format!("{n_done} Constant nodes became initializers"));
+            cx.note(
+                self.name(),
+                format!("{n_done} Constant nodes became initializers"),
+            );
         }
         Ok(n_done > 0)
     }

@@ -28,7 +28,12 @@ impl Pass for DeadCode {
                 if !node.domain().is_empty() {
                     continue;
                 }
-                if node.outputs().iter().flatten().all(|o| g.use_count(*o) == 0) {
+                if node
+                    .outputs()
+                    .iter()
+                    .flatten()
+                    .all(|o| g.use_count(*o) == 0)
+                {
                     g.remove_node(n);
                     nodes += 1;
                     progress = true;
@@ -49,7 +54,10 @@ impl Pass for DeadCode {
         cx.count(self.name(), "nodes", nodes);
         cx.count(self.name(), "initializers", dead.len());
         if nodes + dead.len() > 0 {
-            cx.note(self.name(), format!("removed {nodes} nodes and {} initializers", dead.len()));
+            cx.note(
+                self.name(),
+                format!("removed {nodes} nodes and {} initializers", dead.len()),
+            );
         }
         Ok(nodes + dead.len() > 0)
     }

@@ -39,7 +39,11 @@ impl Pass for DedupInitializers {
         let mut first: HashMap<(i32, Vec<i64>, bytes::Bytes), ValueId> = HashMap::new();
         let mut dups: Vec<(ValueId, ValueId)> = Vec::new();
         for (v, t) in g.initializers() {
-            if g.const_tensor(v).is_none() || g.is_graph_output(v) || g.is_captured(v) || !t.external_data.is_empty() {
+            if g.const_tensor(v).is_none()
+                || g.is_graph_output(v)
+                || g.is_captured(v)
+                || !t.external_data.is_empty()
+            {
                 continue;
             }
             match first.get(&key(t)) {
@@ -55,7 +59,10 @@ impl Pass for DedupInitializers {
         }
         cx.count(self.name(), "merged", dups.len());
         if !dups.is_empty() {
-            cx.note(self.name(), format!("merged {} duplicate initializers", dups.len()));
+            cx.note(
+                self.name(),
+                format!("merged {} duplicate initializers", dups.len()),
+            );
         }
         Ok(!dups.is_empty())
     }

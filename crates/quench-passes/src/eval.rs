@@ -23,11 +23,19 @@ const MAX_ELEMENTS: usize = 1 << 24;
 
 impl Tensor {
     pub fn from_proto(t: &TensorProto) -> Option<Tensor> {
-        let dims: Vec<usize> = t.dims.iter().map(|d| usize::try_from(*d).ok()).collect::<Option<_>>()?;
+        let dims: Vec<usize> = t
+            .dims
+            .iter()
+            .map(|d| usize::try_from(*d).ok())
+            .collect::<Option<_>>()?;
         numel(&t.dims)?;
         match DataType::try_from(t.data_type()).ok()? {
-            DataType::Float => ArrayD::from_shape_vec(IxDyn(&dims), tensor::to_f32(t).ok()?).ok().map(Tensor::F32),
-            DataType::Int64 => ArrayD::from_shape_vec(IxDyn(&dims), tensor::to_i64(t).ok()?).ok().map(Tensor::I64),
+            DataType::Float => ArrayD::from_shape_vec(IxDyn(&dims), tensor::to_f32(t).ok()?)
+                .ok()
+                .map(Tensor::F32),
+            DataType::Int64 => ArrayD::from_shape_vec(IxDyn(&dims), tensor::to_i64(t).ok()?)
+                .ok()
+                .map(Tensor::I64),
             _ => None,
         }
     }
@@ -59,7 +67,11 @@ impl Tensor {
         }
     }
 
-    fn map_layout(&self, f: impl Fn(&ArrayD<f32>) -> Option<ArrayD<f32>>, g: impl Fn(&ArrayD<i64>) -> Option<ArrayD<i64>>) -> Option<Tensor> {
+    fn map_layout(
+        &self,
+        f: impl Fn(&ArrayD<f32>) -> Option<ArrayD<f32>>,
+        g: impl Fn(&ArrayD<i64>) -> Option<ArrayD<i64>>,
+    ) -> Option<Tensor> {
         match self {
             Tensor::F32(a) => f(a).map(Tensor::F32),
             Tensor::I64(a) => g(a).map(Tensor::I64),
@@ -71,8 +83,16 @@ fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     let r = a.len().max(b.len());
     let mut out = vec![0; r];
     for i in 0..r {
-        let da = if i + a.len() >= r { a[i + a.len() - r] } else { 1 };
-        let db = if i + b.len() >= r { b[i + b.len() - r] } else { 1 };
+        let da = if i + a.len() >= r {
+            a[i + a.len() - r]
+        } else {
+            1
+        };
+        let db = if i + b.len() >= r {
+            b[i + b.len() - r]
+        } else {
+            1
+        };
         out[i] = if da == db || db == 1 {
             da
         } else if da == 1 {
@@ -135,7 +155,13 @@ pub fn eval(node: &Node, inputs: &[Option<Tensor>]) -> Option<Vec<Tensor>> {
                 _ => return None,
             }
         }
-        OpKind::Neg | OpKind::Sqrt | OpKind::Reciprocal | OpKind::Exp | OpKind::Log | OpKind::Relu | OpKind::Abs => {
+        OpKind::Neg
+        | OpKind::Sqrt
+        | OpKind::Reciprocal
+        | OpKind::Exp
+        | OpKind::Log
+        | OpKind::Relu
+        | OpKind::Abs => {
             let k = node.kind();
             match x(0)? {
                 Tensor::F32(a) => Tensor::F32(a.mapv(|v| match k {
@@ -160,7 +186,9 @@ pub fn eval(node: &Node, inputs: &[Option<Tensor>]) -> Option<Vec<Tensor>> {
             match (x(0)?, to) {
                 (Tensor::F32(a), t) if t == DataType::Float as i64 => Tensor::F32(a.clone()),
                 (Tensor::I64(a), t) if t == DataType::Int64 as i64 => Tensor::I64(a.clone()),
-                (Tensor::I64(a), t) if t == DataType::Float as i64 => Tensor::F32(a.mapv(|v| v as f32)),
+                (Tensor::I64(a), t) if t == DataType::Float as i64 => {
+                    Tensor::F32(a.mapv(|v| v as f32))
+                }
                 (Tensor::F32(a), t) if t == DataType::Int64 as i64 => {
                     if a.iter().any(|v| !v.is_finite()) {
                         return None;
@@ -176,7 +204,11 @@ pub fn eval(node: &Node, inputs: &[Option<Tensor>]) -> Option<Vec<Tensor>> {
             let clamp = |v: i64| if v < 0 { (v + r).clamp(0, r) } else { v.clamp(0, r) } as usize;
             let start = clamp(node.attr_int("start").unwrap_or(0));
             let end = clamp(node.attr_int("end").unwrap_or(r));
-            let s = if start < end { s[start..end].to_vec() } else { vec![] };
+            let s = if start < end {
+                s[start..end].to_vec()
+            } else {
+                vec![]
+            };
             Tensor::I64(ArrayD::from_shape_vec(IxDyn(&[s.len()]), s).ok()?)
         }
         OpKind::Reshape => {
@@ -186,7 +218,11 @@ pub fn eval(node: &Node, inputs: &[Option<Tensor>]) -> Option<Vec<Tensor>> {
             let total: usize = t.shape().iter().product();
             let mut shape: Vec<i64> = Vec::with_capacity(spec.len());
             for (i, d) in spec.iter().enumerate() {
-                shape.push(if *d == 0 && !allowzero { *t.shape().get(i)? as i64 } else { *d });
+                shape.push(if *d == 0 && !allowzero {
+                    *t.shape().get(i)? as i64
+                } else {
+                    *d
+                });
             }
             let neg = shape.iter().filter(|d| **d == -1).count();
             if neg > 1 || shape.iter().any(|d| *d < -1) {
@@ -229,7 +265,10 @@ pub fn eval(node: &Node, inputs: &[Option<Tensor>]) -> Option<Vec<Tensor>> {
             if node.kind() == OpKind::Unsqueeze {
                 let axes = axes?;
                 let r = shape.len() + axes.len();
-                let mut ax: Vec<usize> = axes.iter().map(|a| norm_axis(*a, r)).collect::<Option<_>>()?;
+                let mut ax: Vec<usize> = axes
+                    .iter()
+                    .map(|a| norm_axis(*a, r))
+                    .collect::<Option<_>>()?;
                 ax.sort();
                 for a in ax {
                     if a > shape.len() {
@@ -241,7 +280,10 @@ pub fn eval(node: &Node, inputs: &[Option<Tensor>]) -> Option<Vec<Tensor>> {
                 match axes {
                     Some(axes) => {
                         let r = shape.len();
-                        let mut ax: Vec<usize> = axes.iter().map(|a| norm_axis(*a, r)).collect::<Option<_>>()?;
+                        let mut ax: Vec<usize> = axes
+                            .iter()
+                            .map(|a| norm_axis(*a, r))
+                            .collect::<Option<_>>()?;
                         ax.sort();
                         for a in ax.into_iter().rev() {
                             if shape[a] != 1 {
@@ -268,8 +310,22 @@ pub fn eval(node: &Node, inputs: &[Option<Tensor>]) -> Option<Vec<Tensor>> {
                 return None;
             }
             t.map_layout(
-                |a| Some(a.clone().permuted_axes(IxDyn(&perm)).as_standard_layout().to_owned()),
-                |a| Some(a.clone().permuted_axes(IxDyn(&perm)).as_standard_layout().to_owned()),
+                |a| {
+                    Some(
+                        a.clone()
+                            .permuted_axes(IxDyn(&perm))
+                            .as_standard_layout()
+                            .to_owned(),
+                    )
+                },
+                |a| {
+                    Some(
+                        a.clone()
+                            .permuted_axes(IxDyn(&perm))
+                            .as_standard_layout()
+                            .to_owned(),
+                    )
+                },
             )?
         }
         OpKind::Concat => {
@@ -278,11 +334,29 @@ pub fn eval(node: &Node, inputs: &[Option<Tensor>]) -> Option<Vec<Tensor>> {
             let axis = norm_axis(node.attr_int("axis")?, first.shape().len())?;
             match first {
                 Tensor::F32(_) => {
-                    let arrs: Vec<_> = ts.iter().map(|t| if let Tensor::F32(a) = t { Some(a.view()) } else { None }).collect::<Option<_>>()?;
+                    let arrs: Vec<_> = ts
+                        .iter()
+                        .map(|t| {
+                            if let Tensor::F32(a) = t {
+                                Some(a.view())
+                            } else {
+                                None
+                            }
+                        })
+                        .collect::<Option<_>>()?;
                     Tensor::F32(ndarray::concatenate(Axis(axis), &arrs).ok()?)
                 }
                 Tensor::I64(_) => {
-                    let arrs: Vec<_> = ts.iter().map(|t| if let Tensor::I64(a) = t { Some(a.view()) } else { None }).collect::<Option<_>>()?;
+                    let arrs: Vec<_> = ts
+                        .iter()
+                        .map(|t| {
+                            if let Tensor::I64(a) = t {
+                                Some(a.view())
+                            } else {
+                                None
+                            }
+                        })
+                        .collect::<Option<_>>()?;
                     Tensor::I64(ndarray::concatenate(Axis(axis), &arrs).ok()?)
                 }
             }
@@ -304,16 +378,33 @@ pub fn eval(node: &Node, inputs: &[Option<Tensor>]) -> Option<Vec<Tensor>> {
             let mut out_shape: Vec<usize> = t.shape()[..axis].to_vec();
             out_shape.extend_from_slice(ind.shape());
             out_shape.extend_from_slice(&t.shape()[axis + 1..]);
-            let sel = |a: &ArrayD<f32>| a.select(Axis(axis), &flat).to_shape(IxDyn(&out_shape)).ok().map(|v| v.to_owned());
-            let sel_i = |a: &ArrayD<i64>| a.select(Axis(axis), &flat).to_shape(IxDyn(&out_shape)).ok().map(|v| v.to_owned());
+            let sel = |a: &ArrayD<f32>| {
+                a.select(Axis(axis), &flat)
+                    .to_shape(IxDyn(&out_shape))
+                    .ok()
+                    .map(|v| v.to_owned())
+            };
+            let sel_i = |a: &ArrayD<i64>| {
+                a.select(Axis(axis), &flat)
+                    .to_shape(IxDyn(&out_shape))
+                    .ok()
+                    .map(|v| v.to_owned())
+            };
             t.map_layout(sel, sel_i)?
         }
         OpKind::ConstantOfShape => {
-            let shape: Vec<usize> = x(0)?.as_i64s()?.iter().map(|d| usize::try_from(*d).ok()).collect::<Option<_>>()?;
+            let shape: Vec<usize> = x(0)?
+                .as_i64s()?
+                .iter()
+                .map(|d| usize::try_from(*d).ok())
+                .collect::<Option<_>>()?;
             if shape.iter().product::<usize>() > MAX_ELEMENTS {
                 return None;
             }
-            let value = node.attr_tensor("value").and_then(Tensor::from_proto).unwrap_or(Tensor::F32(ArrayD::zeros(IxDyn(&[1]))));
+            let value = node
+                .attr_tensor("value")
+                .and_then(Tensor::from_proto)
+                .unwrap_or(Tensor::F32(ArrayD::zeros(IxDyn(&[1]))));
             match value {
                 Tensor::F32(v) => Tensor::F32(ArrayD::from_elem(IxDyn(&shape), *v.iter().next()?)),
                 Tensor::I64(v) => Tensor::I64(ArrayD::from_elem(IxDyn(&shape), *v.iter().next()?)),

@@ -36,10 +36,19 @@ pub(crate) struct BnAffine {
 /// inference-mode BN with constant 1-D f32 parameters.
 pub(crate) fn bn_affine(g: &Graph, bn: NodeId) -> Option<BnAffine> {
     let node = g.node(bn);
-    if node.attr_int("training_mode").unwrap_or(0) != 0 || node.attr_int("spatial") == Some(0) || node.attr_int("is_test") == Some(0) {
+    if node.attr_int("training_mode").unwrap_or(0) != 0
+        || node.attr_int("spatial") == Some(0)
+        || node.attr_int("is_test") == Some(0)
+    {
         return None;
     }
-    if node.outputs().iter().skip(1).flatten().any(|o| g.use_count(*o) > 0) {
+    if node
+        .outputs()
+        .iter()
+        .skip(1)
+        .flatten()
+        .any(|o| g.use_count(*o) > 0)
+    {
         return None;
     }
     let eps = node.attr_float("epsilon").unwrap_or(1e-5) as f64;
@@ -70,7 +79,14 @@ pub(crate) fn bn_affine(g: &Graph, bn: NodeId) -> Option<BnAffine> {
 
 /// Stores new f32 data for constant `v` as used by input `slot` of `node`:
 /// in place if this is its only use, else as a new constant.
-pub(crate) fn write_const(g: &mut Graph, node: NodeId, slot: usize, v: ValueId, dims: &[i64], data: &[f64]) {
+pub(crate) fn write_const(
+    g: &mut Graph,
+    node: NodeId,
+    slot: usize,
+    v: ValueId,
+    dims: &[i64],
+    data: &[f64],
+) {
     let f: Vec<f32> = data.iter().map(|x| *x as f32).collect();
     let t = tensor::from_f32("", dims, &f);
     if g.uses(v).len() == 1 && !g.is_graph_output(v) && !g.is_captured(v) && !g.is_graph_input(v) {
@@ -90,13 +106,22 @@ fn f32_const(g: &Graph, v: ValueId) -> Option<(Vec<i64>, Vec<f64>)> {
 }
 
 fn float_attr(name: &str, f: f32) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Float as i32), f: Some(f), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Float as i32),
+        f: Some(f),
+        ..Default::default()
+    }
 }
 
 /// Folds `bn` into its producer; returns whether it did.
 fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
-    let Some(x) = g.node(bn).input(0) else { return false };
-    let Some(y) = g.node(bn).output(0) else { return false };
+    let Some(x) = g.node(bn).input(0) else {
+        return false;
+    };
+    let Some(y) = g.node(bn).output(0) else {
+        return false;
+    };
     if util::sole_consumer(g, x) != Some(bn) {
         return false;
     }
@@ -104,11 +129,17 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
     if !util::plain(g, p) || g.node(p).outputs().len() != 1 {
         return false;
     }
-    let Some(aff) = bn_affine(g, bn) else { return false };
+    let Some(aff) = bn_affine(g, bn) else {
+        return false;
+    };
     let c = aff.scale.len();
     let pnode = g.node(p).clone();
-    let Some(wv) = pnode.input(1) else { return false };
-    let Some((wdims, mut w)) = f32_const(g, wv) else { return false };
+    let Some(wv) = pnode.input(1) else {
+        return false;
+    };
+    let Some((wdims, mut w)) = f32_const(g, wv) else {
+        return false;
+    };
     let bias = match pnode.kind() {
         OpKind::Conv | OpKind::ConvTranspose => pnode.input(2),
         OpKind::Gemm => pnode.input(2),
@@ -170,7 +201,9 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
             if wdims.len() != 2 || wdims[1] as usize != c {
                 return false;
             }
-            let Some(a) = pnode.input(0) else { return false };
+            let Some(a) = pnode.input(0) else {
+                return false;
+            };
             if util::infer_rank(g, a) != Some(2) {
                 return false;
             }
@@ -195,7 +228,9 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
             if !per_column {
                 return false;
             }
-            (0..c).map(|o| beta * b[if b.len() == 1 { 0 } else { o }] * aff.scale[o] + aff.shift[o]).collect()
+            (0..c)
+                .map(|o| beta * b[if b.len() == 1 { 0 } else { o }] * aff.scale[o] + aff.shift[o])
+                .collect()
         }
         (_, Some((bdims, b))) => {
             if bdims.as_slice() != [c as i64] {
@@ -210,7 +245,14 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
     let bn_node = g.remove_node(bn);
     match pnode.kind() {
         OpKind::MatMul => {
-            let t = g.add_const(&format!("{}_shift", bn_node.name()), tensor::from_f32("", &[c as i64], &new_bias.iter().map(|v| *v as f32).collect::<Vec<_>>()));
+            let t = g.add_const(
+                &format!("{}_shift", bn_node.name()),
+                tensor::from_f32(
+                    "",
+                    &[c as i64],
+                    &new_bias.iter().map(|v| *v as f32).collect::<Vec<_>>(),
+                ),
+            );
             let add = Node::new("Add", &g.unique_name(bn_node.name()));
             g.add_node(add, &[Some(x), Some(t)], &[Some(y)]);
         }
@@ -219,7 +261,14 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
                 Some(b) => write_const(g, p, 2, b, &[c as i64], &new_bias),
                 None => {
                     let name = format!("{}_bias", pnode.name());
-                    let b = g.add_const(&name, tensor::from_f32("", &[c as i64], &new_bias.iter().map(|v| *v as f32).collect::<Vec<_>>()));
+                    let b = g.add_const(
+                        &name,
+                        tensor::from_f32(
+                            "",
+                            &[c as i64],
+                            &new_bias.iter().map(|v| *v as f32).collect::<Vec<_>>(),
+                        ),
+                    );
                     g.set_input(p, 2, Some(b));
                 }
             }

@@ -25,7 +25,10 @@ impl Pass for FoldConstants {
         let mut folded = 0;
         loop {
             let mut progress = false;
-            let order = g.topo_order().map_err(|e| PassError::Failed { pass: self.name().into(), msg: e.to_string() })?;
+            let order = g.topo_order().map_err(|e| PassError::Failed {
+                pass: self.name().into(),
+                msg: e.to_string(),
+            })?;
             for n in order {
                 if !util::plain(g, n) {
                     continue;
@@ -55,7 +58,9 @@ impl Pass for FoldConstants {
                 if !all_const {
                     continue;
                 }
-                let Some(mut outs) = eval(node, &ins) else { continue };
+                let Some(mut outs) = eval(node, &ins) else {
+                    continue;
+                };
                 let Some(t) = outs.pop() else { continue };
                 g.remove_node(n);
                 g.define_const(out, t.to_proto(""));

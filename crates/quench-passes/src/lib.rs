@@ -19,9 +19,9 @@ pub mod fold_batchnorm;
 pub mod fold_constants;
 pub mod pipeline;
 pub mod quantize;
+pub mod remove_identity;
 pub mod rules;
 pub mod simulate;
-pub mod remove_identity;
 mod util;
 
 use std::collections::BTreeMap;
@@ -45,7 +45,10 @@ pub struct PassCx {
 
 impl PassCx {
     pub fn new(opset: i64) -> PassCx {
-        PassCx { opset, ..Default::default() }
+        PassCx {
+            opset,
+            ..Default::default()
+        }
     }
     pub fn note(&mut self, pass: &str, msg: impl Into<String>) {
         self.log.push(format!("{pass}: {}", msg.into()));
@@ -88,16 +91,28 @@ pub struct RunOptions {
 
 /// Runs passes in order. With `verify`, checks the graph after each one and
 /// names the pass in any error.
-pub fn run_passes(g: &mut Graph, passes: &[Box<dyn Pass>], cx: &mut PassCx, opts: &RunOptions) -> Result<Changed, PassError> {
+pub fn run_passes(
+    g: &mut Graph,
+    passes: &[Box<dyn Pass>],
+    cx: &mut PassCx,
+    opts: &RunOptions,
+) -> Result<Changed, PassError> {
     let mut any = false;
     for p in passes {
         let changed = p.run(g, cx)?;
         any |= changed;
         if opts.verify {
-            g.verify().map_err(|source| PassError::Broken { pass: p.name().to_string(), source })?;
+            g.verify().map_err(|source| PassError::Broken {
+                pass: p.name().to_string(),
+                source,
+            })?;
         }
         if opts.dump_after.iter().any(|d| d == p.name()) {
-            eprintln!("# after {}{}", p.name(), if changed { "" } else { " (no change)" });
+            eprintln!(
+                "# after {}{}",
+                p.name(),
+                if changed { "" } else { " (no change)" }
+            );
             eprint!("{}", quench_ir::GraphText::to_text(g));
         }
     }

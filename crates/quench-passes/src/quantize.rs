@@ -186,12 +186,16 @@ fn is_float_activation(g: &Graph, v: ValueId) -> bool {
 }
 
 fn is_f32_const(g: &Graph, v: ValueId) -> bool {
-    g.const_tensor(v).is_some_and(|t| t.data_type() == DataType::Float as i32)
+    g.const_tensor(v)
+        .is_some_and(|t| t.data_type() == DataType::Float as i32)
 }
 
 /// Decides what to quantize. Pure: the graph is not changed.
 pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
-    let order = g.topo_order().map_err(|e| PassError::Failed { pass: "quantize".into(), msg: e.to_string() })?;
+    let order = g.topo_order().map_err(|e| PassError::Failed {
+        pass: "quantize".into(),
+        msg: e.to_string(),
+    })?;
     let mut p = Plan::default();
     let mut act: Vec<ValueId> = Vec::new();
     let mut act_set: HashSet<ValueId> = HashSet::new();
@@ -200,7 +204,10 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
             act.push(v);
         }
     };
-    let excluded = |n: &Node| cfg.exclude_nodes.iter().any(|e| e == n.name()) || cfg.exclude_op_types.iter().any(|e| e == n.op_type());
+    let excluded = |n: &Node| {
+        cfg.exclude_nodes.iter().any(|e| e == n.name())
+            || cfg.exclude_op_types.iter().any(|e| e == n.op_type())
+    };
     let mut absorbed_relus: HashSet<NodeId> = HashSet::new();
 
     for &n in &order {
@@ -228,19 +235,25 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                 let w_const = is_f32_const(g, w);
                 let act_b = node.kind() == OpKind::MatMul && !w_const && is_float_activation(g, w);
                 if !w_const && !act_b {
-                    p.decisions.push(decide(false, "weights are not a constant f32 tensor"));
+                    p.decisions
+                        .push(decide(false, "weights are not a constant f32 tensor"));
                     continue;
                 }
                 if !is_float_activation(g, x) {
-                    p.decisions.push(decide(false, "input is not a float activation"));
+                    p.decisions
+                        .push(decide(false, "input is not a float activation"));
                     continue;
                 }
                 if act_b && cfg.mode != Mode::Static {
-                    p.decisions.push(decide(false, "activation × activation MatMul needs static mode"));
+                    p.decisions.push(decide(
+                        false,
+                        "activation × activation MatMul needs static mode",
+                    ));
                     continue;
                 }
                 if cfg.mode == Mode::Dynamic && node.kind() != OpKind::MatMul {
-                    p.decisions.push(decide(false, "dynamic mode quantizes MatMul only"));
+                    p.decisions
+                        .push(decide(false, "dynamic mode quantizes MatMul only"));
                     continue;
                 }
                 p.compute.push(n);
@@ -252,11 +265,15 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                     if let Some(y) = node.output(0) {
                         // Absorb a following Relu / Clip(0, max) into the output range.
                         let relu = util::sole_consumer(g, y).filter(|r| {
-                            cfg.activations.asymmetric() && !excluded(g.node(*r)) && absorbable(g, *r)
+                            cfg.activations.asymmetric()
+                                && !excluded(g.node(*r))
+                                && absorbable(g, *r)
                         });
                         match relu {
                             Some(r) => {
-                                if let Some(ro) = g.node(r).output(0).filter(|o| !g.is_graph_output(*o)) {
+                                if let Some(ro) =
+                                    g.node(r).output(0).filter(|o| !g.is_graph_output(*o))
+                                {
                                     p.absorbed.insert(n, r);
                                     absorbed_relus.insert(r);
                                     push(ro, &mut act, &mut act_set);
@@ -269,16 +286,33 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                         }
                     }
                 }
-                p.decisions.push(decide(true, if w_const { "int8 weights" } else { "activation × activation" }));
+                p.decisions.push(decide(
+                    true,
+                    if w_const {
+                        "int8 weights"
+                    } else {
+                        "activation × activation"
+                    },
+                ));
             }
             OpRule::Fused if cfg.mode == Mode::Static => {
                 let ins: Vec<ValueId> = node.inputs().iter().flatten().copied().collect();
                 let all_act = !ins.is_empty() && ins.iter().all(|v| is_float_activation(g, *v));
-                let to_softmax = node.output(0).is_some_and(|y| g.consumers(y).iter().any(|c| g.node(*c).kind() == OpKind::Softmax));
+                let to_softmax = node.output(0).is_some_and(|y| {
+                    g.consumers(y)
+                        .iter()
+                        .any(|c| g.node(*c).kind() == OpKind::Softmax)
+                });
                 if !all_act {
-                    p.decisions.push(decide(false, "has constant inputs (e.g. a mask or bias); stays float"));
+                    p.decisions.push(decide(
+                        false,
+                        "has constant inputs (e.g. a mask or bias); stays float",
+                    ));
                 } else if to_softmax {
-                    p.decisions.push(decide(false, "feeds Softmax (attention scores); stays float"));
+                    p.decisions.push(decide(
+                        false,
+                        "feeds Softmax (attention scores); stays float",
+                    ));
                 } else {
                     p.fused.push(n);
                     for v in ins {
@@ -287,11 +321,13 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                     if let Some(y) = node.output(0).filter(|y| !g.is_graph_output(*y)) {
                         push(y, &mut act, &mut act_set);
                     }
-                    p.decisions.push(decide(true, "integer element-wise/pooling"));
+                    p.decisions
+                        .push(decide(true, "integer element-wise/pooling"));
                 }
             }
             OpRule::Activation if absorbed_relus.contains(&n) => {
-                p.decisions.push(decide(true, "absorbed into the previous op's output range"));
+                p.decisions
+                    .push(decide(true, "absorbed into the previous op's output range"));
             }
             OpRule::Float(reason) => {
                 if cfg.mode == Mode::WeightOnly && node.kind() == OpKind::Gather {
@@ -303,12 +339,17 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
             OpRule::Shared => {
                 if cfg.mode == Mode::WeightOnly
                     && node.kind() == OpKind::Gather
-                    && node.input(0).is_some_and(|d| is_f32_const(g, d) && g.const_tensor(d).is_some_and(|t| t.dims.len() == 2))
+                    && node.input(0).is_some_and(|d| {
+                        is_f32_const(g, d) && g.const_tensor(d).is_some_and(|t| t.dims.len() == 2)
+                    })
                 {
                     p.embeddings.push(n);
                     p.decisions.push(decide(true, "int8 embedding table"));
                 } else {
-                    p.decisions.push(decide(false, "data movement (shares its input's quantization)"));
+                    p.decisions.push(decide(
+                        false,
+                        "data movement (shares its input's quantization)",
+                    ));
                 }
             }
             _ => p.decisions.push(decide(false, "stays float in this mode")),
@@ -321,7 +362,9 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
         if rule(node.kind()) != OpRule::Shared || excluded(node) || !node.domain().is_empty() {
             continue;
         }
-        let (Some(x), Some(y)) = (node.input(0), node.output(0)) else { continue };
+        let (Some(x), Some(y)) = (node.input(0), node.output(0)) else {
+            continue;
+        };
         if act_set.contains(&x) && act_set.contains(&y) && node.outputs().len() == 1 {
             let root = p.shared.get(&x).copied().unwrap_or(x);
             p.shared.insert(y, root);
@@ -330,7 +373,11 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
 
     // Softmax inputs stay float.
     if cfg.keep_softmax_inputs_float {
-        act.retain(|v| !g.consumers(*v).iter().any(|c| g.node(*c).kind() == OpKind::Softmax));
+        act.retain(|v| {
+            !g.consumers(*v)
+                .iter()
+                .any(|c| g.node(*c).kind() == OpKind::Softmax)
+        });
     }
     p.activations = act;
     Ok(p)
@@ -360,8 +407,14 @@ fn clip_bounds(g: &Graph, r: NodeId) -> Option<(f32, f32)> {
             }
         }
     };
-    let lo = node.attr_float("min").map(Some).map_or_else(|| read(1), Some)?;
-    let hi = node.attr_float("max").map(Some).map_or_else(|| read(2), Some)?;
+    let lo = node
+        .attr_float("min")
+        .map(Some)
+        .map_or_else(|| read(1), Some)?;
+    let hi = node
+        .attr_float("max")
+        .map(Some)
+        .map_or_else(|| read(2), Some)?;
     Some((lo.unwrap_or(f32::MIN), hi.unwrap_or(f32::MAX)))
 }
 
@@ -387,13 +440,28 @@ fn scalar(name: &str, elem: DataType, v: i32) -> TensorProto {
         DataType::Uint8 => tensor::from_u8(name, &[], &[v as u8]),
         DataType::Int8 => tensor::from_i8(name, &[], &[v as i8]),
         DataType::Int32 => tensor::from_i32(name, &[], &[v]),
-        DataType::Uint16 => tensor::from_raw(name, DataType::Uint16, &[], (v as u16).to_le_bytes().to_vec()),
-        _ => tensor::from_raw(name, DataType::Int16, &[], (v as i16).to_le_bytes().to_vec()),
+        DataType::Uint16 => tensor::from_raw(
+            name,
+            DataType::Uint16,
+            &[],
+            (v as u16).to_le_bytes().to_vec(),
+        ),
+        _ => tensor::from_raw(
+            name,
+            DataType::Int16,
+            &[],
+            (v as i16).to_le_bytes().to_vec(),
+        ),
     }
 }
 
 fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Int as i32), i: Some(v), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(v),
+        ..Default::default()
+    }
 }
 
 /// Quantized weights: integer tensor, per-channel (or one) scale and zero point.
@@ -404,7 +472,12 @@ struct QWeight {
 
 /// Quantizes a constant weight along `axis` (None: per tensor) and inserts
 /// its DequantizeLinear. Returns the DQ output and the scales.
-fn quantize_weight(g: &mut Graph, w: ValueId, axis: Option<usize>, wt: WeightType) -> Option<QWeight> {
+fn quantize_weight(
+    g: &mut Graph,
+    w: ValueId,
+    axis: Option<usize>,
+    wt: WeightType,
+) -> Option<QWeight> {
     let t = g.const_tensor(w)?;
     let dims = t.dims.clone();
     let data = tensor::to_f32(t).ok()?;
@@ -419,7 +492,13 @@ fn quantize_weight(g: &mut Graph, w: ValueId, axis: Option<usize>, wt: WeightTyp
         Some(a) => dims[a + 1..].iter().map(|d| *d as usize).product(),
         None => data.len().max(1),
     };
-    let chan_of = |i: usize| if axis.is_some() { (i / inner) % channels } else { 0 };
+    let chan_of = |i: usize| {
+        if axis.is_some() {
+            (i / inner) % channels
+        } else {
+            0
+        }
+    };
     let mut lo = vec![0f32; channels];
     let mut hi = vec![0f32; channels];
     for (i, x) in data.iter().enumerate() {
@@ -448,33 +527,70 @@ fn quantize_weight(g: &mut Graph, w: ValueId, axis: Option<usize>, wt: WeightTyp
         WeightType::I8 => (-127, 127),
         WeightType::U8 => (0, 255),
     };
-    let q: Vec<i32> =
-        data.iter().enumerate().map(|(i, x)| quench_calib::quantize_f32(*x, scales[chan_of(i)], zps[chan_of(i)], qmin, qmax)).collect();
+    let q: Vec<i32> = data
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            quench_calib::quantize_f32(*x, scales[chan_of(i)], zps[chan_of(i)], qmin, qmax)
+        })
+        .collect();
     let base = g.value(w).name.clone();
     let qt = match wt {
-        WeightType::I8 => tensor::from_i8("", &dims, &q.iter().map(|v| *v as i8).collect::<Vec<_>>()),
-        WeightType::U8 => tensor::from_u8("", &dims, &q.iter().map(|v| *v as u8).collect::<Vec<_>>()),
+        WeightType::I8 => {
+            tensor::from_i8("", &dims, &q.iter().map(|v| *v as i8).collect::<Vec<_>>())
+        }
+        WeightType::U8 => {
+            tensor::from_u8("", &dims, &q.iter().map(|v| *v as u8).collect::<Vec<_>>())
+        }
     };
-    let elem = if wt == WeightType::I8 { DataType::Int8 } else { DataType::Uint8 };
-    let sdims: Vec<i64> = if axis.is_some() { vec![channels as i64] } else { vec![] };
+    let elem = if wt == WeightType::I8 {
+        DataType::Int8
+    } else {
+        DataType::Uint8
+    };
+    let sdims: Vec<i64> = if axis.is_some() {
+        vec![channels as i64]
+    } else {
+        vec![]
+    };
     let qv = g.add_const(&format!("{base}_quantized"), qt);
-    let sv = g.add_const(&format!("{base}_scale"), tensor::from_f32("", &sdims, &scales));
+    let sv = g.add_const(
+        &format!("{base}_scale"),
+        tensor::from_f32("", &sdims, &scales),
+    );
     let zt = if axis.is_some() {
         match wt {
-            WeightType::I8 => tensor::from_i8("", &sdims, &zps.iter().map(|v| *v as i8).collect::<Vec<_>>()),
-            WeightType::U8 => tensor::from_u8("", &sdims, &zps.iter().map(|v| *v as u8).collect::<Vec<_>>()),
+            WeightType::I8 => tensor::from_i8(
+                "",
+                &sdims,
+                &zps.iter().map(|v| *v as i8).collect::<Vec<_>>(),
+            ),
+            WeightType::U8 => tensor::from_u8(
+                "",
+                &sdims,
+                &zps.iter().map(|v| *v as u8).collect::<Vec<_>>(),
+            ),
         }
     } else {
         scalar("", elem, zps[0])
     };
     let zv = g.add_const(&format!("{base}_zero_point"), zt);
-    let out = g.add_value(&format!("{base}_dequantized"), Some(tensor::tensor_type_of(DataType::Float as i32, &dims)));
-    let mut dq = Node::new("DequantizeLinear", &g.unique_name(&format!("{base}_DequantizeLinear")));
+    let out = g.add_value(
+        &format!("{base}_dequantized"),
+        Some(tensor::tensor_type_of(DataType::Float as i32, &dims)),
+    );
+    let mut dq = Node::new(
+        "DequantizeLinear",
+        &g.unique_name(&format!("{base}_DequantizeLinear")),
+    );
     if let Some(a) = axis {
         dq.set_attr(int_attr("axis", a as i64));
     }
     g.add_node(dq, &[Some(qv), Some(sv), Some(zv)], &[Some(out)]);
-    Some(QWeight { scales, dq_out: out })
+    Some(QWeight {
+        scales,
+        dq_out: out,
+    })
 }
 
 /// Per-channel axis of a compute op's weight.
@@ -483,7 +599,11 @@ fn weight_axis(g: &Graph, n: NodeId, wdims: usize) -> Option<usize> {
     match node.kind() {
         OpKind::Conv => Some(0),
         OpKind::ConvTranspose => Some(1),
-        OpKind::Gemm => Some(if node.attr_int("transB").unwrap_or(0) != 0 { 0 } else { 1 }),
+        OpKind::Gemm => Some(if node.attr_int("transB").unwrap_or(0) != 0 {
+            0
+        } else {
+            1
+        }),
         OpKind::MatMul => wdims.checked_sub(1),
         OpKind::Gather => Some(0),
         _ => None,
@@ -495,8 +615,14 @@ fn weight_axis(g: &Graph, n: NodeId, wdims: usize) -> Option<usize> {
 fn insert_qdq(g: &mut Graph, x: ValueId, qp: QuantParams, act: ActType) -> ValueId {
     let base = g.value(x).name.clone();
     let elem = act.elem();
-    let sv = g.add_const(&format!("{base}_scale"), tensor::from_f32("", &[], &[qp.scale]));
-    let zv = g.add_const(&format!("{base}_zero_point"), scalar("", elem, qp.zero_point));
+    let sv = g.add_const(
+        &format!("{base}_scale"),
+        tensor::from_f32("", &[], &[qp.scale]),
+    );
+    let zv = g.add_const(
+        &format!("{base}_zero_point"),
+        scalar("", elem, qp.zero_point),
+    );
     let shape = g.value(x).ty.clone();
     let qo = g.add_value(&format!("{base}_quantized"), None);
     let dqo = g.add_value(&format!("{base}_dequantized"), None);
@@ -512,18 +638,37 @@ fn insert_qdq(g: &mut Graph, x: ValueId, qp: QuantParams, act: ActType) -> Value
         g.value_mut(dqo).ty = Some(with_elem(DataType::Float));
     }
     g.replace_node_uses(x, dqo);
-    let q = Node::new("QuantizeLinear", &g.unique_name(&format!("{base}_QuantizeLinear")));
+    let q = Node::new(
+        "QuantizeLinear",
+        &g.unique_name(&format!("{base}_QuantizeLinear")),
+    );
     g.add_node(q, &[Some(x), Some(sv), Some(zv)], &[Some(qo)]);
-    let dq = Node::new("DequantizeLinear", &g.unique_name(&format!("{base}_DequantizeLinear")));
+    let dq = Node::new(
+        "DequantizeLinear",
+        &g.unique_name(&format!("{base}_DequantizeLinear")),
+    );
     g.add_node(dq, &[Some(qo), Some(sv), Some(zv)], &[Some(dqo)]);
     dqo
 }
 
 /// Rewrites the graph following `plan` with calibrated `ranges` (static
 /// mode) — see the module docs. `opset` is the model's default-domain opset.
-pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, opset: i64, cx: &mut PassCx) -> Result<QuantSummary, PassError> {
-    let fail = |msg: String| PassError::Failed { pass: "quantize".into(), msg };
-    let mut s = QuantSummary { nodes: plan.decisions.clone(), ..Default::default() };
+pub fn apply(
+    g: &mut Graph,
+    plan: &Plan,
+    ranges: &Ranges,
+    cfg: &QuantizeConfig,
+    opset: i64,
+    cx: &mut PassCx,
+) -> Result<QuantSummary, PassError> {
+    let fail = |msg: String| PassError::Failed {
+        pass: "quantize".into(),
+        msg,
+    };
+    let mut s = QuantSummary {
+        nodes: plan.decisions.clone(),
+        ..Default::default()
+    };
     if opset < 10 {
         return Err(fail(format!("the model's opset {opset} predates QuantizeLinear (opset 10); convert the model to opset 13 or newer first")));
     }
@@ -536,7 +681,9 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
     }
     let per_channel = cfg.per_channel && opset >= 13;
     if cfg.per_channel && !per_channel {
-        s.notes.push(format!("opset {opset} < 13 has no per-axis DequantizeLinear: weights are quantized per tensor"));
+        s.notes.push(format!(
+            "opset {opset} < 13 has no per-axis DequantizeLinear: weights are quantized per tensor"
+        ));
     }
     s.per_channel = per_channel;
 
@@ -549,23 +696,32 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
             let root = plan.shared.get(&v).copied().unwrap_or(v);
             let name = g.value(root).name.clone();
             let Some(&(mut lo, mut hi)) = ranges.get(&name) else {
-                s.activations_float.push((g.value(v).name.clone(), "no calibration range".into()));
+                s.activations_float
+                    .push((g.value(v).name.clone(), "no calibration range".into()));
                 float_acts.insert(v);
                 continue;
             };
             if !lo.is_finite() || !hi.is_finite() || lo.abs().max(hi.abs()) > cfg.max_abs_range {
-                s.activations_float.push((g.value(v).name.clone(), format!("extreme range [{lo:e}, {hi:e}] (e.g. an attention mask)")));
+                s.activations_float.push((
+                    g.value(v).name.clone(),
+                    format!("extreme range [{lo:e}, {hi:e}] (e.g. an attention mask)"),
+                ));
                 float_acts.insert(v);
                 continue;
             }
             // An absorbed Clip bounds the range.
-            if let Some((_, r)) = plan.absorbed.iter().find(|(_, r)| g.node(**r).output(0) == Some(v)) {
+            if let Some((_, r)) = plan
+                .absorbed
+                .iter()
+                .find(|(_, r)| g.node(**r).output(0) == Some(v))
+            {
                 if let Some((clo, chi)) = clip_bounds(g, *r) {
                     lo = lo.max(clo);
                     hi = hi.min(chi);
                 }
             }
-            let qp = QuantParams::from_range(lo, hi.max(lo), target).map_err(|e| fail(format!("tensor `{name}`: {e}")))?;
+            let qp = QuantParams::from_range(lo, hi.max(lo), target)
+                .map_err(|e| fail(format!("tensor `{name}`: {e}")))?;
             params.insert(v, qp);
         }
         // Shared tensors whose root is float stay float too.
@@ -580,11 +736,15 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
 
     // 2. Absorb Relu/Clip into compute outputs whose range was kept.
     for (&n, &r) in &plan.absorbed {
-        let Some(ro) = g.node(r).output(0) else { continue };
+        let Some(ro) = g.node(r).output(0) else {
+            continue;
+        };
         if !params.contains_key(&ro) {
             continue;
         }
-        let Some(ri) = g.node(r).input(0) else { continue };
+        let Some(ri) = g.node(r).input(0) else {
+            continue;
+        };
         if g.producer(ri) != Some(n) {
             continue;
         }
@@ -598,8 +758,12 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
     let mut dyn_cache: HashMap<ValueId, Vec<ValueId>> = HashMap::new();
     for &n in &plan.compute {
         let node = g.node(n).clone();
-        let OpRule::Compute { weight, bias } = rule(node.kind()) else { continue };
-        let Some(w) = node.input(weight) else { continue };
+        let OpRule::Compute { weight, bias } = rule(node.kind()) else {
+            continue;
+        };
+        let Some(w) = node.input(weight) else {
+            continue;
+        };
         if g.const_tensor(w).is_none() {
             continue; // activation × activation MatMul
         }
@@ -611,9 +775,16 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
             Some(c) => c.clone(),
             None => {
                 let wdims = g.const_tensor(w).map(|t| t.dims.len()).unwrap_or(0);
-                let axis = if per_channel { weight_axis(g, n, wdims) } else { None };
+                let axis = if per_channel {
+                    weight_axis(g, n, wdims)
+                } else {
+                    None
+                };
                 let Some(q) = quantize_weight(g, w, axis, cfg.weights) else {
-                    s.notes.push(format!("node `{}`: weights not finite; left float", node.name()));
+                    s.notes.push(format!(
+                        "node `{}`: weights not finite; left float",
+                        node.name()
+                    ));
                     continue;
                 };
                 s.weights_quantized += 1;
@@ -623,9 +794,16 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
         };
         g.set_input(n, weight, Some(dq_out));
         // Bias: int32 with scale = input scale × weight scale.
-        let (Some(bi), Some(x)) = (bias.and_then(|b| node.input(b)), node.input(0)) else { continue };
-        let (Some(xp), Some(bt)) = (params.get(&x).copied(), g.const_tensor(bi).cloned()) else { continue };
-        if cfg.mode != Mode::Static || bt.dims.len() != 1 || bt.data_type() != DataType::Float as i32 {
+        let (Some(bi), Some(x)) = (bias.and_then(|b| node.input(b)), node.input(0)) else {
+            continue;
+        };
+        let (Some(xp), Some(bt)) = (params.get(&x).copied(), g.const_tensor(bi).cloned()) else {
+            continue;
+        };
+        if cfg.mode != Mode::Static
+            || bt.dims.len() != 1
+            || bt.data_type() != DataType::Float as i32
+        {
             continue;
         }
         let Ok(b) = tensor::to_f32(&bt) else { continue };
@@ -633,7 +811,9 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
         if scales.len() != 1 && scales.len() != c {
             continue;
         }
-        let bs: Vec<f32> = (0..c).map(|i| xp.scale * scales[if scales.len() == 1 { 0 } else { i }]).collect();
+        let bs: Vec<f32> = (0..c)
+            .map(|i| xp.scale * scales[if scales.len() == 1 { 0 } else { i }])
+            .collect();
         let q: Option<Vec<i32>> = b
             .iter()
             .zip(&bs)
@@ -643,25 +823,50 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
             })
             .collect();
         let Some(q) = q else {
-            s.notes.push(format!("node `{}`: bias too large for int32 at this scale; left float", node.name()));
+            s.notes.push(format!(
+                "node `{}`: bias too large for int32 at this scale; left float",
+                node.name()
+            ));
             continue;
         };
         let base = g.value(bi).name.clone();
-        let qv = g.add_const(&format!("{base}_quantized"), tensor::from_i32("", &[c as i64], &q));
+        let qv = g.add_const(
+            &format!("{base}_quantized"),
+            tensor::from_i32("", &[c as i64], &q),
+        );
         let (sv, zv, axis) = if bs.len() > 1 && per_channel {
             (
-                g.add_const(&format!("{base}_scale"), tensor::from_f32("", &[c as i64], &bs)),
-                g.add_const(&format!("{base}_zero_point"), tensor::from_i32("", &[c as i64], &vec![0; c])),
+                g.add_const(
+                    &format!("{base}_scale"),
+                    tensor::from_f32("", &[c as i64], &bs),
+                ),
+                g.add_const(
+                    &format!("{base}_zero_point"),
+                    tensor::from_i32("", &[c as i64], &vec![0; c]),
+                ),
                 true,
             )
         } else {
-            (g.add_const(&format!("{base}_scale"), tensor::from_f32("", &[], &bs[..1])), g.add_const(&format!("{base}_zero_point"), tensor::from_i32("", &[], &[0])), false)
+            (
+                g.add_const(
+                    &format!("{base}_scale"),
+                    tensor::from_f32("", &[], &bs[..1]),
+                ),
+                g.add_const(
+                    &format!("{base}_zero_point"),
+                    tensor::from_i32("", &[], &[0]),
+                ),
+                false,
+            )
         };
         if bs.len() > 1 && !per_channel {
             continue;
         }
         let out = g.add_value(&format!("{base}_dequantized"), None);
-        let mut dq = Node::new("DequantizeLinear", &g.unique_name(&format!("{base}_DequantizeLinear")));
+        let mut dq = Node::new(
+            "DequantizeLinear",
+            &g.unique_name(&format!("{base}_DequantizeLinear")),
+        );
         if axis {
             dq.set_attr(int_attr("axis", 0));
         }
@@ -672,7 +877,9 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
 
     // 4. Embedding tables (weight-only).
     for &n in &plan.embeddings {
-        let Some(d) = g.node(n).input(0) else { continue };
+        let Some(d) = g.node(n).input(0) else {
+            continue;
+        };
         let axis = if per_channel { Some(0) } else { None };
         if let Some(q) = quantize_weight(g, d, axis, cfg.weights) {
             g.set_input(n, 0, Some(q.dq_out));
@@ -682,7 +889,9 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
 
     // 5. Activations.
     for &v in &plan.activations {
-        let Some(qp) = params.get(&v).copied() else { continue };
+        let Some(qp) = params.get(&v).copied() else {
+            continue;
+        };
         if g.value(v).def == ValueDef::Undefined {
             continue;
         }
@@ -698,12 +907,25 @@ pub fn apply(g: &mut Graph, plan: &Plan, ranges: &Ranges, cfg: &QuantizeConfig, 
 /// Dynamic quantization of `MatMul(x, W)`: W becomes int8 ahead of time,
 /// x is quantized at run time:
 /// `DynamicQuantizeLinear(x) → MatMulInteger → Cast → × (x_scale · w_scale)`.
-fn dynamic_matmul(g: &mut Graph, n: NodeId, per_channel: bool, cache: &mut HashMap<ValueId, Vec<ValueId>>, s: &mut QuantSummary) -> Result<(), String> {
+fn dynamic_matmul(
+    g: &mut Graph,
+    n: NodeId,
+    per_channel: bool,
+    cache: &mut HashMap<ValueId, Vec<ValueId>>,
+    s: &mut QuantSummary,
+) -> Result<(), String> {
     let node = g.node(n).clone();
-    let (Some(x), Some(w), Some(y)) = (node.input(0), node.input(1), node.output(0)) else { return Ok(()) };
-    let Some(wt) = g.const_tensor(w).cloned() else { return Ok(()) };
+    let (Some(x), Some(w), Some(y)) = (node.input(0), node.input(1), node.output(0)) else {
+        return Ok(());
+    };
+    let Some(wt) = g.const_tensor(w).cloned() else {
+        return Ok(());
+    };
     if wt.dims.len() != 2 {
-        s.notes.push(format!("node `{}`: dynamic mode needs a 2-D weight; left float", node.name()));
+        s.notes.push(format!(
+            "node `{}`: dynamic mode needs a 2-D weight; left float",
+            node.name()
+        ));
         return Ok(());
     }
     let cols = wt.dims[1] as usize;
@@ -714,41 +936,86 @@ fn dynamic_matmul(g: &mut Graph, n: NodeId, per_channel: bool, cache: &mut HashM
         let c = if per_channel { i % cols } else { 0 };
         amax[c] = amax[c].max(v.abs());
     }
-    let scales: Vec<f32> = amax.iter().map(|a| if *a > 0.0 { a / 127.0 } else { 1.0 }).collect();
+    let scales: Vec<f32> = amax
+        .iter()
+        .map(|a| if *a > 0.0 { a / 127.0 } else { 1.0 })
+        .collect();
     let q: Vec<i8> = data
         .iter()
         .enumerate()
-        .map(|(i, v)| quench_calib::quantize_f32(*v, scales[if per_channel { i % cols } else { 0 }], 0, -127, 127) as i8)
+        .map(|(i, v)| {
+            quench_calib::quantize_f32(
+                *v,
+                scales[if per_channel { i % cols } else { 0 }],
+                0,
+                -127,
+                127,
+            ) as i8
+        })
         .collect();
     let base = g.value(w).name.clone();
-    let wq = g.add_const(&format!("{base}_quantized"), tensor::from_i8("", &wt.dims, &q));
-    let zdims: Vec<i64> = if per_channel { vec![cols as i64] } else { vec![] };
-    let wz = g.add_const(&format!("{base}_zero_point"), tensor::from_i8("", &zdims, &vec![0i8; channels]));
-    let ws = g.add_const(&format!("{base}_scale"), tensor::from_f32("", &zdims, &scales));
+    let wq = g.add_const(
+        &format!("{base}_quantized"),
+        tensor::from_i8("", &wt.dims, &q),
+    );
+    let zdims: Vec<i64> = if per_channel {
+        vec![cols as i64]
+    } else {
+        vec![]
+    };
+    let wz = g.add_const(
+        &format!("{base}_zero_point"),
+        tensor::from_i8("", &zdims, &vec![0i8; channels]),
+    );
+    let ws = g.add_const(
+        &format!("{base}_scale"),
+        tensor::from_f32("", &zdims, &scales),
+    );
     let xb = g.value(x).name.clone();
     // One DynamicQuantizeLinear per input tensor, shared by its MatMuls.
     let dq = match cache.get(&x) {
         Some(d) => d.clone(),
         None => {
             let (_, d) = g.add_op(
-                Node::new("DynamicQuantizeLinear", &g.unique_name(&format!("{xb}_DynamicQuantizeLinear"))),
+                Node::new(
+                    "DynamicQuantizeLinear",
+                    &g.unique_name(&format!("{xb}_DynamicQuantizeLinear")),
+                ),
                 &[x],
-                &[&format!("{xb}_quantized"), &format!("{xb}_scale"), &format!("{xb}_zero_point")],
+                &[
+                    &format!("{xb}_quantized"),
+                    &format!("{xb}_scale"),
+                    &format!("{xb}_zero_point"),
+                ],
             );
             cache.insert(x, d.clone());
             d
         }
     };
-    let mut mmi = Node::new("MatMulInteger", &g.unique_name(&format!("{}_MatMulInteger", node.name())));
+    let mut mmi = Node::new(
+        "MatMulInteger",
+        &g.unique_name(&format!("{}_MatMulInteger", node.name())),
+    );
     mmi.proto.doc_string = None;
     let acc = g.add_value(&format!("{}_int32", g.value(y).name), None);
-    g.add_node(mmi, &[Some(dq[0]), Some(wq), Some(dq[2]), Some(wz)], &[Some(acc)]);
+    g.add_node(
+        mmi,
+        &[Some(dq[0]), Some(wq), Some(dq[2]), Some(wz)],
+        &[Some(acc)],
+    );
     let mut cast = Node::new("Cast", &g.unique_name(&format!("{}_Cast", node.name())));
     cast.set_attr(int_attr("to", DataType::Float as i64));
     let (_, accf) = g.add_op(cast, &[acc], &[&format!("{}_float", g.value(y).name)]);
-    let (_, sc) = g.add_op(Node::new("Mul", &g.unique_name(&format!("{}_scale_Mul", node.name()))), &[dq[1], ws], &[&format!("{}_scale", g.value(y).name)]);
+    let (_, sc) = g.add_op(
+        Node::new("Mul", &g.unique_name(&format!("{}_scale_Mul", node.name()))),
+        &[dq[1], ws],
+        &[&format!("{}_scale", g.value(y).name)],
+    );
     g.remove_node(n);
-    let mul = Node::new("Mul", &g.unique_name(&format!("{}_output_Mul", node.name())));
+    let mul = Node::new(
+        "Mul",
+        &g.unique_name(&format!("{}_output_Mul", node.name())),
+    );
     g.add_node(mul, &[Some(accf[0]), Some(sc[0])], &[Some(y)]);
     s.weights_quantized += 1;
     Ok(())

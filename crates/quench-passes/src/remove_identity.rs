@@ -32,7 +32,10 @@ impl Pass for RemoveIdentity {
                     // (or absent) means inference.
                     let training = match node.input(2) {
                         None => false,
-                        Some(t) => match g.const_tensor(t).and_then(|t| quench_ir::tensor::to_f64(t).ok()) {
+                        Some(t) => match g
+                            .const_tensor(t)
+                            .and_then(|t| quench_ir::tensor::to_f64(t).ok())
+                        {
                             Some(v) => v.first().copied().unwrap_or(0.0) != 0.0,
                             None => true,
                         },
@@ -44,7 +47,9 @@ impl Pass for RemoveIdentity {
             if !removable {
                 continue;
             }
-            let (Some(input), Some(out)) = (node.input(0), node.output(0)) else { continue };
+            let (Some(input), Some(out)) = (node.input(0), node.output(0)) else {
+                continue;
+            };
             if g.is_captured(out) {
                 continue;
             }
@@ -52,7 +57,10 @@ impl Pass for RemoveIdentity {
                 // The input must take the output's name: only possible for a
                 // node-produced, otherwise invisible value.
                 let inp = g.value(input);
-                if !matches!(inp.def, ValueDef::Node { .. }) || g.is_graph_output(input) || g.is_captured(input) {
+                if !matches!(inp.def, ValueDef::Node { .. })
+                    || g.is_graph_output(input)
+                    || g.is_captured(input)
+                {
                     continue;
                 }
                 let name = g.value(out).name.clone();
@@ -81,7 +89,10 @@ impl Pass for RemoveIdentity {
         }
         if removed > 0 {
             cx.count(self.name(), "removed", removed);
-            cx.note(self.name(), format!("removed {removed} Identity/Dropout nodes"));
+            cx.note(
+                self.name(),
+                format!("removed {removed} Identity/Dropout nodes"),
+            );
         }
         Ok(removed > 0)
     }

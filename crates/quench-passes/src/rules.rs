@@ -30,33 +30,52 @@ pub enum OpRule {
 pub fn rule(k: OpKind) -> OpRule {
     use OpKind::*;
     match k {
-        Conv | ConvTranspose => OpRule::Compute { weight: 1, bias: Some(2) },
-        Gemm => OpRule::Compute { weight: 1, bias: Some(2) },
-        MatMul => OpRule::Compute { weight: 1, bias: None },
+        Conv | ConvTranspose => OpRule::Compute {
+            weight: 1,
+            bias: Some(2),
+        },
+        Gemm => OpRule::Compute {
+            weight: 1,
+            bias: Some(2),
+        },
+        MatMul => OpRule::Compute {
+            weight: 1,
+            bias: None,
+        },
         Add | Concat | AveragePool | GlobalAveragePool => OpRule::Fused,
-        Reshape | Transpose | Flatten | Squeeze | Unsqueeze | Slice | Gather | MaxPool | GlobalMaxPool | Resize
-        | Split | Pad | DepthToSpace | SpaceToDepth | Identity | Expand | Tile => OpRule::Shared,
+        Reshape | Transpose | Flatten | Squeeze | Unsqueeze | Slice | Gather | MaxPool
+        | GlobalMaxPool | Resize | Split | Pad | DepthToSpace | SpaceToDepth | Identity
+        | Expand | Tile => OpRule::Shared,
         Relu | Clip => OpRule::Activation,
         Softmax | LogSoftmax => OpRule::Float("softmax is sensitive to quantization"),
-        LayerNormalization | GroupNormalization | InstanceNormalization | LpNormalization | LRN | BatchNormalization => {
-            OpRule::Float("normalization stays float")
-        }
-        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL2 | Pow | Sqrt | Div | Sub | Reciprocal => {
+        LayerNormalization
+        | GroupNormalization
+        | InstanceNormalization
+        | LpNormalization
+        | LRN
+        | BatchNormalization => OpRule::Float("normalization stays float"),
+        ReduceMean | ReduceSum | ReduceMax | ReduceMin | ReduceProd | ReduceL2 | Pow | Sqrt
+        | Div | Sub | Reciprocal => {
             OpRule::Float("arithmetic (often a written-out normalization) stays float")
         }
         Mul => OpRule::Float("element-wise Mul stays float"),
-        Sigmoid | Tanh | Erf | Gelu | Exp | Log | Elu | LeakyRelu | HardSigmoid | HardSwish | Mish | Softplus | Softsign
-        | Selu | Celu | ThresholdedRelu | PRelu | Swish | Sin | Cos | Abs | Neg | Sign | Floor | Ceil | Round => {
+        Sigmoid | Tanh | Erf | Gelu | Exp | Log | Elu | LeakyRelu | HardSigmoid | HardSwish
+        | Mish | Softplus | Softsign | Selu | Celu | ThresholdedRelu | PRelu | Swish | Sin
+        | Cos | Abs | Neg | Sign | Floor | Ceil | Round => {
             OpRule::Float("non-linear element-wise op stays float")
         }
         If | Loop | Scan => OpRule::Float("control flow bodies stay float"),
         LSTM | GRU | RNN => OpRule::Float("recurrent ops stay float"),
-        QuantizeLinear | DequantizeLinear | DynamicQuantizeLinear | QLinearConv | QLinearMatMul | MatMulInteger => {
-            OpRule::Float("already quantized")
-        }
-        Constant | ConstantOfShape | Shape | Size | Range | Cast | Equal | Greater | Less | Not | And | Or | Xor | Where | Mod
-        | ArgMax | TopK | NonZero | OneHot | CumSum | Trilu | Einsum | Dropout | Max | Min | Mean | Sum | ScatterElements
-        | ScatterND | GatherElements | GatherND | Upsample => OpRule::Float("not quantized"),
+        QuantizeLinear
+        | DequantizeLinear
+        | DynamicQuantizeLinear
+        | QLinearConv
+        | QLinearMatMul
+        | MatMulInteger => OpRule::Float("already quantized"),
+        Constant | ConstantOfShape | Shape | Size | Range | Cast | Equal | Greater | Less | Not
+        | And | Or | Xor | Where | Mod | ArgMax | TopK | NonZero | OneHot | CumSum | Trilu
+        | Einsum | Dropout | Max | Min | Mean | Sum | ScatterElements | ScatterND
+        | GatherElements | GatherND | Upsample => OpRule::Float("not quantized"),
         Other => OpRule::Float("unknown op or custom domain"),
     }
 }

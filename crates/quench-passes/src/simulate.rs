@@ -37,7 +37,12 @@ fn int_range(elem: i32) -> Option<(f32, f32)> {
 }
 
 fn float_attr(name: &str, f: f32) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), r#type: Some(AttributeType::Float as i32), f: Some(f), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Float as i32),
+        f: Some(f),
+        ..Default::default()
+    }
 }
 
 /// Rewrites `g` into its float twin; returns (Q/DQ pairs replaced, constant
@@ -67,13 +72,19 @@ pub fn float_twin(g: &mut Graph, opset: i64) -> (usize, usize) {
 
 fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
     let node = g.node(n).clone();
-    let (Some(q), Some(s), Some(out)) = (node.input(0), node.input(1), node.output(0)) else { return false };
-    let (Some(qt), Some(st)) = (g.const_tensor(q), g.const_tensor(s)) else { return false };
+    let (Some(q), Some(s), Some(out)) = (node.input(0), node.input(1), node.output(0)) else {
+        return false;
+    };
+    let (Some(qt), Some(st)) = (g.const_tensor(q), g.const_tensor(s)) else {
+        return false;
+    };
     if node.attr_int("block_size").unwrap_or(0) != 0 {
         return false;
     }
     let dims = qt.dims.clone();
-    let (Ok(qv), Ok(sv)) = (tensor::to_f64(qt), tensor::to_f64(st)) else { return false };
+    let (Ok(qv), Ok(sv)) = (tensor::to_f64(qt), tensor::to_f64(st)) else {
+        return false;
+    };
     let zv = match node.input(2) {
         Some(z) => match g.const_tensor(z).and_then(|t| tensor::to_f64(t).ok()) {
             Some(z) => z,
@@ -85,8 +96,13 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
     let axis = node.attr_int("axis").unwrap_or(1);
     let axis = if axis < 0 { axis + rank } else { axis };
     let (channels, inner) = if sv.len() > 1 {
-        let Some(a) = usize::try_from(axis).ok().filter(|a| *a < dims.len()) else { return false };
-        (dims[a] as usize, dims[a + 1..].iter().map(|d| *d as usize).product::<usize>())
+        let Some(a) = usize::try_from(axis).ok().filter(|a| *a < dims.len()) else {
+            return false;
+        };
+        (
+            dims[a] as usize,
+            dims[a + 1..].iter().map(|d| *d as usize).product::<usize>(),
+        )
     } else {
         (1, 1)
     };
@@ -97,7 +113,11 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
         .iter()
         .enumerate()
         .map(|(i, x)| {
-            let c = if channels > 1 { (i / inner) % channels } else { 0 };
+            let c = if channels > 1 {
+                (i / inner) % channels
+            } else {
+                0
+            };
             let z = zv[if zv.len() == 1 { 0 } else { c }];
             // ONNX: (x - zero_point) computed exactly, then multiplied in f32.
             ((x - z) as f32) * (sv[c] as f32)
@@ -110,8 +130,12 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
 
 fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> bool {
     let node = g.node(qn).clone();
-    let (Some(x), Some(qo)) = (node.input(0), node.output(0)) else { return false };
-    let Some(scale) = scalar_f32(g, node.input(1)) else { return false };
+    let (Some(x), Some(qo)) = (node.input(0), node.output(0)) else {
+        return false;
+    };
+    let Some(scale) = scalar_f32(g, node.input(1)) else {
+        return false;
+    };
     let zp_t = node.input(2).and_then(|z| g.const_tensor(z).cloned());
     let zp = match &zp_t {
         Some(t) => match tensor::to_f32(t).ok().filter(|v| v.len() == 1) {
@@ -120,26 +144,54 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> bool {
         },
         None => 0.0,
     };
-    let elem = zp_t.as_ref().map(|t| t.data_type()).or_else(|| node.attr_int("output_dtype").map(|d| d as i32)).unwrap_or(DataType::Uint8 as i32);
-    let Some((qmin, qmax)) = int_range(elem) else { return false };
+    let elem = zp_t
+        .as_ref()
+        .map(|t| t.data_type())
+        .or_else(|| node.attr_int("output_dtype").map(|d| d as i32))
+        .unwrap_or(DataType::Uint8 as i32);
+    let Some((qmin, qmax)) = int_range(elem) else {
+        return false;
+    };
     let consumers = g.consumers(qo);
-    if consumers.is_empty() || consumers.iter().any(|c| g.node(*c).kind() != OpKind::DequantizeLinear) || g.is_graph_output(qo) {
+    if consumers.is_empty()
+        || consumers
+            .iter()
+            .any(|c| g.node(*c).kind() != OpKind::DequantizeLinear)
+        || g.is_graph_output(qo)
+    {
         return false;
     }
     // Each DQ must use the same parameters.
     for c in &consumers {
         let d = g.node(*c);
         let same_scale = scalar_f32(g, d.input(1)) == Some(scale);
-        let dz = d.input(2).and_then(|z| g.const_tensor(z)).and_then(|t| tensor::to_f32(t).ok()).and_then(|v| v.first().copied()).unwrap_or(0.0);
+        let dz = d
+            .input(2)
+            .and_then(|z| g.const_tensor(z))
+            .and_then(|t| tensor::to_f32(t).ok())
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0.0);
         if !same_scale || dz != zp {
             return false;
         }
     }
     let base = g.value(x).name.clone();
-    let sv = g.add_const(&format!("{base}_sim_scale"), tensor::from_f32("", &[], &[scale]));
-    let zv = g.add_const(&format!("{base}_sim_zero_point"), tensor::from_f32("", &[], &[zp]));
-    let lo = g.add_const(&format!("{base}_sim_qmin"), tensor::from_f32("", &[], &[qmin]));
-    let hi = g.add_const(&format!("{base}_sim_qmax"), tensor::from_f32("", &[], &[qmax]));
+    let sv = g.add_const(
+        &format!("{base}_sim_scale"),
+        tensor::from_f32("", &[], &[scale]),
+    );
+    let zv = g.add_const(
+        &format!("{base}_sim_zero_point"),
+        tensor::from_f32("", &[], &[zp]),
+    );
+    let lo = g.add_const(
+        &format!("{base}_sim_qmin"),
+        tensor::from_f32("", &[], &[qmin]),
+    );
+    let hi = g.add_const(
+        &format!("{base}_sim_qmax"),
+        tensor::from_f32("", &[], &[qmax]),
+    );
     let mk = |g: &mut Graph, op: &str| Node::new(op, &g.unique_name(&format!("{base}_sim_{op}")));
     let d = mk(g, "Div");
     let (_, a) = g.add_op(d, &[x, sv], &[&format!("{base}_sim_div")]);
@@ -149,7 +201,8 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> bool {
     let (_, c) = g.add_op(ad, &[b[0], zv], &[&format!("{base}_sim_add")]);
     let clipped = if opset >= 11 {
         let cl = mk(g, "Clip");
-        g.add_op(cl, &[c[0], lo, hi], &[&format!("{base}_sim_clip")]).1
+        g.add_op(cl, &[c[0], lo, hi], &[&format!("{base}_sim_clip")])
+            .1
     } else {
         let mut cl = mk(g, "Clip");
         cl.set_attr(float_attr("min", qmin));
@@ -161,7 +214,9 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> bool {
     let mu = mk(g, "Mul");
     let (_, f) = g.add_op(mu, &[e[0], sv], &[&format!("{base}_sim_out")]);
     for c in consumers {
-        let Some(out) = g.node(c).output(0) else { continue };
+        let Some(out) = g.node(c).output(0) else {
+            continue;
+        };
         g.remove_node(c);
         g.replace_all_uses(out, f[0]);
         // Keep the DQ output's name when it was a graph output.

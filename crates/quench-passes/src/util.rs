@@ -46,13 +46,16 @@ fn infer_rank_depth(g: &Graph, v: ValueId, depth: usize) -> Option<usize> {
             if let Some(t) = g.const_tensor(w) {
                 return Some(t.dims.len());
             }
-            node.attr_ints("kernel_shape").map(|k| k.len() + 2).or_else(|| infer_rank_depth(g, node.input(0)?, depth + 1))
+            node.attr_ints("kernel_shape")
+                .map(|k| k.len() + 2)
+                .or_else(|| infer_rank_depth(g, node.input(0)?, depth + 1))
         }
         OpKind::Gemm => Some(2),
         OpKind::Flatten => Some(2),
-        OpKind::GlobalAveragePool | OpKind::GlobalMaxPool | OpKind::MaxPool | OpKind::AveragePool => {
-            infer_rank_depth(g, node.input(0)?, depth + 1)
-        }
+        OpKind::GlobalAveragePool
+        | OpKind::GlobalMaxPool
+        | OpKind::MaxPool
+        | OpKind::AveragePool => infer_rank_depth(g, node.input(0)?, depth + 1),
         OpKind::Relu
         | OpKind::Clip
         | OpKind::Sigmoid
@@ -67,7 +70,14 @@ fn infer_rank_depth(g: &Graph, v: ValueId, depth: usize) -> Option<usize> {
         | OpKind::Softmax
         | OpKind::Neg
         | OpKind::Abs => infer_rank_depth(g, node.input(0)?, depth + 1),
-        OpKind::Add | OpKind::Sub | OpKind::Mul | OpKind::Div | OpKind::Concat | OpKind::Sum | OpKind::Max | OpKind::Min => {
+        OpKind::Add
+        | OpKind::Sub
+        | OpKind::Mul
+        | OpKind::Div
+        | OpKind::Concat
+        | OpKind::Sum
+        | OpKind::Max
+        | OpKind::Min => {
             // Broadcasting: the largest rank among inputs whose ranks we know,
             // provided all are known.
             let mut r = 0;

@@ -9,21 +9,45 @@ use quench_passes::quantize::{apply, plan, Mode, QuantizeConfig, Ranges};
 use quench_passes::{pipeline, run_passes, PassCx, RunOptions};
 
 fn quantized_text(file: &str, mode: Mode) -> String {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(file);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(file);
     let mut m = Model::from_onnx(quench_onnx::load_model(&p).unwrap().model).unwrap();
     let opset = m.default_opset().unwrap();
     let mut cx = PassCx::new(opset);
-    run_passes(&mut m.graph, &pipeline::default_pipeline(), &mut cx, &RunOptions { verify: true, dump_after: vec![] }).unwrap();
-    let cfg = QuantizeConfig { mode, ..Default::default() };
+    run_passes(
+        &mut m.graph,
+        &pipeline::default_pipeline(),
+        &mut cx,
+        &RunOptions {
+            verify: true,
+            dump_after: vec![],
+        },
+    )
+    .unwrap();
+    let cfg = QuantizeConfig {
+        mode,
+        ..Default::default()
+    };
     let pl = plan(&m.graph, &cfg).unwrap();
-    let ranges: Ranges = pl.tensors_to_observe(&m.graph).into_iter().map(|t| (t, (-1.0, 1.0))).collect();
+    let ranges: Ranges = pl
+        .tensors_to_observe(&m.graph)
+        .into_iter()
+        .map(|t| (t, (-1.0, 1.0)))
+        .collect();
     let summary = apply(&mut m.graph, &pl, &ranges, &cfg, opset, &mut cx).unwrap();
     quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut m.graph, &mut cx).unwrap();
     m.graph.verify().unwrap();
     let mut s = m.to_text();
     s.push_str("--- decisions\n");
     for d in &summary.nodes {
-        s.push_str(&format!("{} {} {}: {}\n", if d.quantized { "Q" } else { "F" }, d.op, d.node, d.reason));
+        s.push_str(&format!(
+            "{} {} {}: {}\n",
+            if d.quantized { "Q" } else { "F" },
+            d.op,
+            d.node,
+            d.reason
+        ));
     }
     s
 }
@@ -39,7 +63,13 @@ fn static_qdq_snapshots_of_every_fixture() {
 #[test]
 fn weight_only_and_dynamic_snapshots() {
     for f in ["mlp", "transformer", "constant_weights"] {
-        insta::assert_snapshot!(format!("weight_only_{f}"), quantized_text(&format!("{f}.onnx"), Mode::WeightOnly));
-        insta::assert_snapshot!(format!("dynamic_{f}"), quantized_text(&format!("{f}.onnx"), Mode::Dynamic));
+        insta::assert_snapshot!(
+            format!("weight_only_{f}"),
+            quantized_text(&format!("{f}.onnx"), Mode::WeightOnly)
+        );
+        insta::assert_snapshot!(
+            format!("dynamic_{f}"),
+            quantized_text(&format!("{f}.onnx"), Mode::Dynamic)
+        );
     }
 }
