@@ -120,6 +120,32 @@ pub struct CompileArgs {
     /// Run the graph passes only (no quantization); the output is FP32.
     #[arg(long)]
     pub no_quantize: bool,
+    /// Prune weights of Conv, ConvTranspose, Gemm and MatMul after the
+    /// graph passes, before calibration: a sparsity fraction (`0.5` or
+    /// `50%`: the smallest magnitudes become zero) or an N:M pattern (`2:4`:
+    /// in every 4 consecutive weights along the input-channel / K dimension
+    /// the 2 largest stay, as sparse tensor cores expect; layers whose
+    /// dimension is not a multiple of M are skipped). Zeros stay exactly
+    /// zero in int8 weights. Works with `--no-quantize`.
+    #[arg(long, value_name = "SPARSITY|N:M")]
+    pub prune: Option<quench_passes::prune::PruneTarget>,
+    /// How a sparsity fraction is spread over layers: `layer` (the same in
+    /// each), `global` (one threshold over all layers on magnitudes divided
+    /// by each layer's RMS), `sensitivity` (each layer pruned alone at
+    /// 30/50/70/90% and measured in tract on calibration data, then the
+    /// per-layer sparsities that reach the target with the least SQNR loss;
+    /// with `--min-sqnr`, the highest sparsity up to the target that keeps
+    /// it, with 3 dB left for quantization).
+    #[arg(long, value_enum, default_value_t = crate::prune::PruneMethodArg::Layer, requires = "prune")]
+    pub prune_method: crate::prune::PruneMethodArg,
+    /// Also prune the layers left alone by default: the first and last
+    /// compute layers, depthwise convolutions and layers with fewer than
+    /// 1024 weights.
+    #[arg(long, requires = "prune")]
+    pub prune_all_layers: bool,
+    /// Never prune these (node or weight names, comma separated).
+    #[arg(long, num_args = 1.., value_delimiter = ',', requires = "prune")]
+    pub prune_exclude: Vec<String>,
     /// Write everything this command did as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -188,8 +214,9 @@ impl CompileArgs {
 #[derive(Debug, Serialize)]
 pub struct OutputCheck {
     pub output: String,
-    /// FP32 vs the quantized file run in tract.
-    pub file: Metrics,
+    /// FP32 vs the quantized file run in tract (`None` if tract cannot run
+    /// it, e.g. 16-bit or 4-bit QDQ).
+    pub file: Option<Metrics>,
     /// FP32 vs the float twin (exact ONNX reference semantics).
     pub reference: Option<Metrics>,
     /// Twin vs file: how far tract's integer path is from the reference.
@@ -199,6 +226,8 @@ pub struct OutputCheck {
 
 #[derive(Debug, Serialize)]
 pub struct Verification {
+    /// Why tract could not run the emitted file, if it could not.
+    pub file_error: Option<String>,
     pub data: String,
     pub samples: usize,
     pub outputs: Vec<OutputCheck>,
@@ -229,6 +258,9 @@ pub struct Report {
     pub size_after: u64,
     pub calibration_samples: usize,
     pub verification: Option<Verification>,
+    /// What `--prune` did: sparsity per layer, fidelity after pruning
+    /// alone, compressed sizes.
+    pub pruning: Option<crate::prune::PruneReport>,
     pub notes: Vec<String>,
 }
 
@@ -356,8 +388,37 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         }
     }
 
-    // 2. Plan and calibrate.
-    let opset = model.default_opset().unwrap_or(0);
+    // 1b. Pruning: before calibration, so ranges see the pruned weights.
+    let mut pruning = crate::prune::run(&a, &mut model, &original)?;
+
+    // 2. Opset: per-channel weights need 13, 16-bit activations 21. Upgrade
+    // the model when that is safe; otherwise fall back (and say so).
+    let mut opset = model.default_opset().unwrap_or(0);
+    let need = if cfg.mode == Mode::Static && cfg.activations.min_opset() > 13 {
+        cfg.activations.min_opset()
+    } else if cfg.per_channel && cfg.mode != Mode::Dynamic && !a.no_quantize {
+        13
+    } else {
+        0
+    };
+    if need > opset && opset > 0 {
+        match quench_passes::upgrade_opset::check(&model.graph, opset, need) {
+            Ok(()) => {
+                let n = quench_passes::upgrade_opset::apply(&mut model.graph, opset, need);
+                notes.push(format!("default-domain opset upgraded from {opset} to {need} ({n} nodes rewritten to their opset-{need} form)"));
+                model.set_opset("", need);
+                // The IR version that introduced the opset.
+                let ir = if need >= 21 { 10 } else { 7 };
+                if model.header.ir_version() < ir {
+                    model.header.ir_version = Some(ir);
+                }
+                opset = need;
+            }
+            Err(why) => notes.push(format!("opset {opset} kept: cannot upgrade to {need}: {why}")),
+        }
+    }
+
+    // 3. Plan and calibrate.
     let mut plan = quantize::plan(&model.graph, &cfg)?;
     if a.no_quantize {
         plan = quantize::Plan {
@@ -454,7 +515,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         }
     }
 
-    // 3. Quantize.
+    // 4. Quantize.
     let mut qcx = PassCx::new(opset);
     let summary = quantize::apply(&mut model.graph, &plan, &ranges, &cfg, opset, &mut qcx)?;
     // The float weights replaced by integer ones are now unused.
@@ -475,8 +536,11 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         external: crate::convert::storage(a.external_data, a.inline, loaded.external.tensors > 0),
     };
     let saved = quench_onnx::save_model(&out_proto, &a.output, &opts)?;
+    if let Some(p) = &mut pruning {
+        p.measure_sizes(&loaded, &saved)?;
+    }
 
-    // 4. Verify.
+    // 5. Verify.
     let mut verification = None;
     if !a.no_verify {
         if let Some(ev) = &a.eval {
@@ -516,6 +580,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         size_after: saved.total_bytes(),
         calibration_samples: calib_samples,
         verification,
+        pruning,
         notes,
     };
     print_report(&report, a.verbose);
@@ -532,7 +597,7 @@ fn check_thresholds(
 ) -> Option<ThresholdFailed> {
     let v = r.verification.as_ref()?;
     for o in &v.outputs {
-        let m = o.reference.as_ref().unwrap_or(&o.file);
+        let Some(m) = o.reference.as_ref().or(o.file.as_ref()) else { continue };
         if let Some(t) = min_sqnr {
             if m.sqnr_db < t {
                 return Some(ThresholdFailed(format!(
@@ -579,15 +644,24 @@ fn verify(
     let mut acc_ref: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
     let mut acc_rt: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
     let mut twin_ok = true;
+    let mut file_error: Option<String> = None;
     let labels = data.extra("labels").cloned();
     let (mut correct_fp, mut correct_q, mut n_labels) = (0usize, 0usize, 0usize);
     let mut offset = 0usize;
     for r in feed.ranges(data.samples(), MAX_BATCH) {
         let inputs = data.feed(feed, r.clone())?;
         let a = fp.run(&names, &inputs).context("running the FP32 model")?;
-        let b = qr
-            .run(&names, &inputs)
-            .context("running the quantized model")?;
+        let b = if file_error.is_none() {
+            match qr.run(&names, &inputs) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    file_error = Some(format!("{e:#}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let c = if twin_ok {
             match tr.run(&names, &inputs) {
                 Ok(c) => Some(c),
@@ -599,14 +673,29 @@ fn verify(
         } else {
             None
         };
-        for (i, (x, y)) in a.iter().zip(&b).enumerate().take(out_names.len()) {
-            let (xf, yf) = (x.to_f32(), y.to_f32());
-            acc_file[i].update(xf.view(), yf.view())?;
+        if b.is_none() && c.is_none() {
+            bail!("tract can run neither the quantized model nor its float twin: {}", file_error.unwrap_or_default());
+        }
+        for (i, x) in a.iter().enumerate().take(out_names.len()) {
+            let xf = x.to_f32();
+            let yf = b.as_ref().map(|b| b[i].to_f32());
+            if let Some(yf) = &yf {
+                acc_file[i].update(xf.view(), yf.view())?;
+            }
             if let Some(c) = &c {
                 let zf = c[i].to_f32();
                 acc_ref[i].update(xf.view(), zf.view())?;
-                acc_rt[i].update(zf.view(), yf.view())?;
+                if let Some(yf) = &yf {
+                    acc_rt[i].update(zf.view(), yf.view())?;
+                }
             }
+            // Accuracy against labels uses the reference semantics when the
+            // file cannot run.
+            let yf = match (yf, &c) {
+                (Some(y), _) => y,
+                (None, Some(c)) => c[i].to_f32(),
+                (None, None) => continue,
+            };
             if i == 0 {
                 if let Some(ArrayData::I64(l)) = &labels {
                     if xf.ndim() == 2 && l.ndim() == 1 {
@@ -637,9 +726,9 @@ fn verify(
         .iter()
         .enumerate()
         .map(|(i, name)| {
-            let file = acc_file[i].finish();
+            let file = file_error.is_none().then(|| acc_file[i].finish());
             let reference = twin_ok.then(|| acc_ref[i].finish());
-            let rt = twin_ok.then(|| acc_rt[i].finish());
+            let rt = (twin_ok && file_error.is_none()).then(|| acc_rt[i].finish());
             // The runtime disagrees with the reference when its difference
             // from the twin is not small next to the quantization error.
             let discrepancy = match (&reference, &rt) {
@@ -661,6 +750,7 @@ fn verify(
         quantized: correct_q as f64 / n_labels as f64,
     });
     Ok(Verification {
+        file_error,
         data: label.to_string(),
         samples: data.samples(),
         outputs,
@@ -746,6 +836,9 @@ fn print_report(r: &Report, verbose: bool) {
         human(r.size_after),
         r.size_before as f64 / r.size_after.max(1) as f64
     );
+    if let Some(p) = &r.pruning {
+        p.print(verbose);
+    }
     match &r.verification {
         Some(v) => {
             println!(
@@ -778,14 +871,15 @@ fn print_report(r: &Report, verbose: bool) {
                         line(re)
                     );
                 }
-                println!(
-                    "    {} (emitted file in tract):           {}",
-                    o.output,
-                    line(&o.file)
-                );
+                if let Some(f) = &o.file {
+                    println!("    {} (emitted file in tract):           {}", o.output, line(f));
+                }
                 if o.runtime_discrepancy {
                     println!("    {}: runtime discrepancy: tract's integer path differs from the ONNX reference semantics beyond quantization error; trust the reference figures", o.output);
                 }
+            }
+            if let Some(e) = &v.file_error {
+                println!("    tract cannot run the emitted file ({e}); the figures above are the reference semantics (float twin)");
             }
             if let Some(acc) = &v.accuracy {
                 println!(

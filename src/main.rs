@@ -9,6 +9,7 @@ mod calib;
 mod compile;
 mod convert;
 mod inspect;
+mod prune;
 
 /// quench: an ONNX quantization compiler.
 ///

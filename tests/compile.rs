@@ -13,8 +13,15 @@ use ndarray_npy::WriteNpyExt;
 use serde_json::Value;
 
 fn quench(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_quench")).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    let o = Command::new(env!("CARGO_BIN_EXE_quench"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn report(path: &Path) -> Value {
@@ -42,7 +49,10 @@ fn trained_digits_model_keeps_its_accuracy() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let r = report(&rep);
     let acc = &r["verification"]["accuracy"];
-    let (fp, q) = (acc["fp32"].as_f64().unwrap(), acc["quantized"].as_f64().unwrap());
+    let (fp, q) = (
+        acc["fp32"].as_f64().unwrap(),
+        acc["quantized"].as_f64().unwrap(),
+    );
     assert!((fp - 0.9736).abs() < 0.002, "fp32 accuracy {fp}");
     assert!(fp - q <= 0.01, "accuracy dropped from {fp} to {q}");
     let o = &r["verification"]["outputs"][0];
@@ -84,8 +94,10 @@ fn random_calibration(model: &Path, dir: &Path, n: usize) {
         shape.extend(&f.shape);
         let mut r = Lcg(7 + k as u64);
         let len: usize = shape.iter().product();
-        let a = ArrayD::from_shape_vec(shape, (0..len).map(|_| r.normal()).collect::<Vec<f32>>()).unwrap();
-        a.write_npy(std::fs::File::create(dir.join(format!("{}.npy", f.name))).unwrap()).unwrap();
+        let a = ArrayD::from_shape_vec(shape, (0..len).map(|_| r.normal()).collect::<Vec<f32>>())
+            .unwrap();
+        a.write_npy(std::fs::File::create(dir.join(format!("{}.npy", f.name))).unwrap())
+            .unwrap();
     }
 }
 
@@ -94,8 +106,21 @@ fn every_fixture_compiles_in_every_mode() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = interop_dir("compile");
     for f in [
-        "cnn_bn", "mlp", "residual", "transformer", "if_subgraph", "external_data", "constant_weights", "bn_depthwise",
-        "bn_nobias", "bn_convtranspose", "bn_gemm", "bn_matmul", "bn_shared", "resnet_tiny", "mobilenet_tiny",
+        "cnn_bn",
+        "mlp",
+        "residual",
+        "transformer",
+        "if_subgraph",
+        "external_data",
+        "constant_weights",
+        "bn_depthwise",
+        "bn_nobias",
+        "bn_convtranspose",
+        "bn_gemm",
+        "bn_matmul",
+        "bn_shared",
+        "resnet_tiny",
+        "mobilenet_tiny",
     ] {
         let model = testdata(&format!("{f}.onnx"));
         let cal = tmp.path().join(f);
@@ -120,7 +145,11 @@ fn every_fixture_compiles_in_every_mode() {
             let r = report(&rep);
             let v = &r["verification"]["outputs"];
             for o in v.as_array().unwrap() {
-                let m = if o["reference"].is_null() { &o["file"] } else { &o["reference"] };
+                let m = if o["reference"].is_null() {
+                    &o["file"]
+                } else {
+                    &o["reference"]
+                };
                 let sqnr = m["sqnr_db"].as_f64().unwrap_or(f64::INFINITY);
                 // Random inputs through random weights: loose but meaningful.
                 assert!(sqnr > 12.0, "{f} {mode}: SQNR {sqnr}\n{stdout}");
@@ -139,18 +168,42 @@ fn transformer_leaves_mask_and_softmax_float() {
     random_calibration(&model, tmp.path(), 8);
     let out = tmp.path().join("t.onnx");
     let rep = tmp.path().join("t.json");
-    let (code, stdout, stderr) =
-        quench(&["compile", model.to_str().unwrap(), "-c", tmp.path().to_str().unwrap(), "-o", out.to_str().unwrap(), "--report", rep.to_str().unwrap()]);
+    let (code, stdout, stderr) = quench(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-c",
+        tmp.path().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     let r = report(&rep);
     let nodes = r["quantization"]["nodes"].as_array().unwrap();
-    let q = |name: &str| nodes.iter().find(|n| n["node"] == name).map(|n| n["quantized"].as_bool().unwrap()).unwrap();
+    let q = |name: &str| {
+        nodes
+            .iter()
+            .find(|n| n["node"] == name)
+            .map(|n| n["quantized"].as_bool().unwrap())
+            .unwrap()
+    };
     assert!(!q("mask_add"), "the -3.4e38 mask Add must stay float");
     assert!(!q("softmax"));
-    assert!(!q("ln1_mean") && !q("ln1_div"), "written-out LayerNorm stays float");
+    assert!(
+        !q("ln1_mean") && !q("ln1_div"),
+        "written-out LayerNorm stays float"
+    );
     assert!(q("q_proj") && q("ff1"));
     // Quantized tensors never include the Softmax input.
-    let text = String::from_utf8(Command::new(env!("CARGO_BIN_EXE_quench")).args(["inspect", "--graph", out.to_str().unwrap()]).output().unwrap().stdout).unwrap();
+    let text = String::from_utf8(
+        Command::new(env!("CARGO_BIN_EXE_quench"))
+            .args(["inspect", "--graph", out.to_str().unwrap()])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     assert!(!text.contains("scores_masked_QuantizeLinear"), "{text}");
 }
 
@@ -160,12 +213,29 @@ fn custom_op_model_names_the_op_and_weight_only_still_works() {
     let model = testdata("custom_domain.onnx");
     random_calibration(&model, tmp.path(), 4);
     let out = tmp.path().join("c.onnx");
-    let (code, _, stderr) = quench(&["compile", model.to_str().unwrap(), "-c", tmp.path().to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let (code, _, stderr) = quench(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-c",
+        tmp.path().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
-    assert!(stderr.contains("MyOp") && stderr.contains("weight-only"), "{stderr}");
+    assert!(
+        stderr.contains("MyOp") && stderr.contains("weight-only"),
+        "{stderr}"
+    );
     assert!(!out.exists(), "no output on failure");
     let out2 = interop_dir("compile").join("custom_domain.weight-only.onnx");
-    let (code, stdout, stderr) = quench(&["compile", model.to_str().unwrap(), "--mode", "weight-only", "-o", out2.to_str().unwrap()]);
+    let (code, stdout, stderr) = quench(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--mode",
+        "weight-only",
+        "-o",
+        out2.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("custom domain stays float"), "{stdout}");
 }
@@ -174,7 +244,12 @@ fn custom_op_model_names_the_op_and_weight_only_still_works() {
 fn no_calibration_data_means_weight_only_and_says_so() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m.onnx");
-    let (code, stdout, stderr) = quench(&["compile", testdata("mlp.onnx").to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let (code, stdout, stderr) = quench(&[
+        "compile",
+        testdata("mlp.onnx").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("weight-only"), "{stderr}");
     assert!(stdout.contains("verification   skipped"), "{stdout}");
@@ -184,9 +259,17 @@ fn no_calibration_data_means_weight_only_and_says_so() {
 fn bad_calibration_data_names_the_input() {
     let tmp = tempfile::tempdir().unwrap();
     let a = ArrayD::<f32>::zeros(vec![4, 3]);
-    a.write_npy(std::fs::File::create(tmp.path().join("not_the_input.npy")).unwrap()).unwrap();
+    a.write_npy(std::fs::File::create(tmp.path().join("not_the_input.npy")).unwrap())
+        .unwrap();
     let out = tmp.path().join("m.onnx");
-    let (code, _, stderr) = quench(&["compile", testdata("mlp.onnx").to_str().unwrap(), "-c", tmp.path().to_str().unwrap(), "-o", out.to_str().unwrap()]);
+    let (code, _, stderr) = quench(&[
+        "compile",
+        testdata("mlp.onnx").to_str().unwrap(),
+        "-c",
+        tmp.path().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("input"), "{stderr}");
     assert!(!stderr.contains("panicked"));
@@ -198,12 +281,17 @@ fn bad_calibration_data_names_the_input() {
 /// rounding ties and beyond saturation, against quench-calib's reference.
 #[test]
 fn quantize_arithmetic_matches_onnx_definition() {
-    use quench_calib::{quantize_f32, dequantize_f32};
+    use quench_calib::{dequantize_f32, quantize_f32};
     // Ties at scale 0.5: x/scale = k + 0.5 exactly; and saturation.
     let scale = 0.5f32;
     let zp = 3;
-    let xs: Vec<f32> = vec![0.25, 0.75, 1.25, -0.25, -0.75, -1.25, 200.0, -200.0, 63.75, 0.0];
-    let expect: Vec<f32> = xs.iter().map(|x| dequantize_f32(quantize_f32(*x, scale, zp, 0, 255), scale, zp)).collect();
+    let xs: Vec<f32> = vec![
+        0.25, 0.75, 1.25, -0.25, -0.75, -1.25, 200.0, -200.0, 63.75, 0.0,
+    ];
+    let expect: Vec<f32> = xs
+        .iter()
+        .map(|x| dequantize_f32(quantize_f32(*x, scale, zp, 0, 255), scale, zp))
+        .collect();
     // Ties round half to even: 0.25/0.5 = 0.5 -> 0; 0.75/0.5 = 1.5 -> 2.
     assert_eq!(expect[0], 0.0);
     assert_eq!(expect[1], 1.0);
@@ -222,17 +310,42 @@ fn quantize_arithmetic_matches_onnx_definition() {
     g.add_output(y[0]);
     let header = quench_onnx::proto::ModelProto {
         ir_version: Some(8),
-        opset_import: vec![quench_onnx::proto::OperatorSetIdProto { domain: Some(String::new()), version: Some(13) }],
+        opset_import: vec![quench_onnx::proto::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(13),
+        }],
         ..Default::default()
     };
     let model = Model { header, graph: g };
     let mut twin = model.clone();
-    assert_eq!(quench_passes::simulate::float_twin(&mut twin.graph, 13).0, 1);
-    let facts = vec![quench_verify::InputFact { name: "x".into(), elem_type: 1, shape: vec![xs.len()] }];
-    let input = vec![quench_verify::ArrayData::F32(ArrayD::from_shape_vec(vec![xs.len()], xs.clone()).unwrap())];
+    assert_eq!(
+        quench_passes::simulate::float_twin(&mut twin.graph, 13).0,
+        1
+    );
+    let facts = vec![quench_verify::InputFact {
+        name: "x".into(),
+        elem_type: 1,
+        shape: vec![xs.len()],
+    }];
+    let input = vec![quench_verify::ArrayData::F32(
+        ArrayD::from_shape_vec(vec![xs.len()], xs.clone()).unwrap(),
+    )];
     let file = run(&model.to_onnx(), &facts, &input);
     let sim = run(&twin.to_onnx(), &facts, &input);
-    assert_eq!(file[0].iter().copied().collect::<Vec<_>>(), expect, "tract's QDQ");
-    assert_eq!(sim[0].iter().copied().collect::<Vec<_>>(), expect, "float twin");
-    quench_onnx::save_model(&model.to_onnx(), &interop_dir("compile").join("qdq_ties.onnx"), &Default::default()).unwrap();
+    assert_eq!(
+        file[0].iter().copied().collect::<Vec<_>>(),
+        expect,
+        "tract's QDQ"
+    );
+    assert_eq!(
+        sim[0].iter().copied().collect::<Vec<_>>(),
+        expect,
+        "float twin"
+    );
+    quench_onnx::save_model(
+        &model.to_onnx(),
+        &interop_dir("compile").join("qdq_ties.onnx"),
+        &Default::default(),
+    )
+    .unwrap();
 }

@@ -14,7 +14,16 @@ fn check(name: &str) -> (usize, String) {
     let original = load(&testdata(name));
     let mut m = Model::from_onnx(original.clone()).unwrap();
     let mut cx = PassCx::new(m.default_opset().unwrap());
-    run_passes(&mut m.graph, &pipeline::default_pipeline(), &mut cx, &RunOptions { verify: true, dump_after: vec![] }).unwrap();
+    run_passes(
+        &mut m.graph,
+        &pipeline::default_pipeline(),
+        &mut cx,
+        &RunOptions {
+            verify: true,
+            dump_after: vec![],
+        },
+    )
+    .unwrap();
     let after = m.to_onnx();
     let facts = input_facts(&original, 2);
     // tract cannot run BatchNormalization with computed parameters; that
@@ -26,7 +35,10 @@ fn check(name: &str) -> (usize, String) {
         let b = run(&after, &facts, &inputs);
         for (x, y) in a.iter().zip(&b) {
             let e = max_rel_err(x, y);
-            assert!(e <= TOL, "{name}: max relative error {e:e} > {TOL:e} (seed {seed})");
+            assert!(
+                e <= TOL,
+                "{name}: max relative error {e:e} > {TOL:e} (seed {seed})"
+            );
         }
     }
     // Write the rewritten model for the CI interop check.
@@ -63,7 +75,13 @@ fn pipeline_preserves_outputs_on_every_fixture() {
             assert_eq!(n, 1, "{f}: expected one fold\n{text}");
         }
     }
-    let get = |f: &str| folded.iter().find(|(n, _)| *n == f).map(|(_, c)| *c).unwrap();
+    let get = |f: &str| {
+        folded
+            .iter()
+            .find(|(n, _)| *n == f)
+            .map(|(_, c)| *c)
+            .unwrap()
+    };
     assert_eq!(get("resnet_tiny.onnx"), 6);
     assert_eq!(get("mobilenet_tiny.onnx"), 7);
     assert_eq!(get("cnn_bn.onnx"), 2);
@@ -75,12 +93,29 @@ fn digits_fixture_inputs_give_the_same_logits() {
     let original = load(&testdata("digits_cnn.onnx"));
     let mut m = Model::from_onnx(original.clone()).unwrap();
     let mut cx = PassCx::new(17);
-    run_passes(&mut m.graph, &pipeline::default_pipeline(), &mut cx, &RunOptions { verify: true, dump_after: vec![] }).unwrap();
+    run_passes(
+        &mut m.graph,
+        &pipeline::default_pipeline(),
+        &mut cx,
+        &RunOptions {
+            verify: true,
+            dump_after: vec![],
+        },
+    )
+    .unwrap();
     let after = m.to_onnx();
     let data = quench_verify::Dataset::load(&testdata("digits/eval")).unwrap();
     let batch = data.sample_batch(0..64).unwrap();
-    let inputs: Vec<_> = batch.into_iter().filter(|(n, _)| n == "input").map(|(_, a)| a).collect();
-    let facts = vec![quench_verify::InputFact { name: "input".into(), elem_type: 1, shape: inputs[0].shape().to_vec() }];
+    let inputs: Vec<_> = batch
+        .into_iter()
+        .filter(|(n, _)| n == "input")
+        .map(|(_, a)| a)
+        .collect();
+    let facts = vec![quench_verify::InputFact {
+        name: "input".into(),
+        elem_type: 1,
+        shape: inputs[0].shape().to_vec(),
+    }];
     let a = run(&original, &facts, &inputs);
     let b = run(&after, &facts, &inputs);
     assert!(max_rel_err(&a[0], &b[0]) <= TOL);

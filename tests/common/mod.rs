@@ -26,7 +26,10 @@ pub fn interop_dir(sub: &str) -> PathBuf {
 pub struct Lcg(pub u64);
 impl Lcg {
     pub fn next_f32(&mut self) -> f32 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
     pub fn normal(&mut self) -> f32 {
@@ -41,7 +44,12 @@ pub fn input_facts(m: &ModelProto, batch: usize) -> Vec<InputFact> {
         .map(|i| InputFact {
             name: i.name,
             elem_type: i.elem_type,
-            shape: i.shape.unwrap_or_default().iter().map(|d| d.map(|v| v as usize).unwrap_or(batch)).collect(),
+            shape: i
+                .shape
+                .unwrap_or_default()
+                .iter()
+                .map(|d| d.map(|v| v as usize).unwrap_or(batch))
+                .collect(),
         })
         .collect()
 }
@@ -53,13 +61,23 @@ pub fn random_inputs(facts: &[InputFact], seed: u64) -> Vec<ArrayData> {
         .iter()
         .map(|f| {
             let n: usize = f.shape.iter().product();
-            ArrayData::F32(ArrayD::from_shape_vec(f.shape.clone(), (0..n).map(|_| r.normal()).collect()).unwrap())
+            ArrayData::F32(
+                ArrayD::from_shape_vec(f.shape.clone(), (0..n).map(|_| r.normal()).collect())
+                    .unwrap(),
+            )
         })
         .collect()
 }
 
 pub fn run(m: &ModelProto, facts: &[InputFact], inputs: &[ArrayData]) -> Vec<ArrayD<f32>> {
-    let r = Runner::new(m, &RunnerConfig { input_facts: facts.to_vec(), extra_outputs: vec![] }).unwrap();
+    let r = Runner::new(
+        m,
+        &RunnerConfig {
+            input_facts: facts.to_vec(),
+            extra_outputs: vec![],
+        },
+    )
+    .unwrap();
     r.run(inputs).unwrap().iter().map(|a| a.to_f32()).collect()
 }
 
@@ -67,7 +85,10 @@ pub fn run(m: &ModelProto, facts: &[InputFact], inputs: &[ArrayData]) -> Vec<Arr
 pub fn max_rel_err(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape());
     let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    a.iter().zip(b.iter()).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
+    a.iter()
+        .zip(b.iter())
+        .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+        / scale
 }
 
 pub fn load(p: &Path) -> ModelProto {

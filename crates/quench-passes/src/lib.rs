@@ -18,10 +18,12 @@ pub mod eval;
 pub mod fold_batchnorm;
 pub mod fold_constants;
 pub mod pipeline;
+pub mod prune;
 pub mod quantize;
 pub mod remove_identity;
 pub mod rules;
 pub mod simulate;
+pub mod upgrade_opset;
 mod util;
 
 use std::collections::BTreeMap;

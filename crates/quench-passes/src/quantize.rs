@@ -174,15 +174,10 @@ impl Plan {
     }
 }
 
-fn is_float_activation(g: &Graph, v: ValueId) -> bool {
-    if g.const_tensor(v).is_some() {
-        return false;
-    }
-    match g.value(v).elem_type() {
-        Some(e) => e == DataType::Float as i32,
-        // Unknown types: the ops we quantize take float here.
-        None => true,
-    }
+/// A non-constant f32 tensor. Types come from [`util::infer_elem_types`];
+/// a tensor whose type cannot be told is not quantized.
+fn is_float_activation(g: &Graph, types: &HashMap<ValueId, i32>, v: ValueId) -> bool {
+    g.const_tensor(v).is_none() && types.get(&v) == Some(&(DataType::Float as i32))
 }
 
 fn is_f32_const(g: &Graph, v: ValueId) -> bool {
@@ -197,6 +192,8 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
         msg: e.to_string(),
     })?;
     let mut p = Plan::default();
+    let types = util::infer_elem_types(g);
+    let is_float_activation = |g: &Graph, v: ValueId| is_float_activation(g, &types, v);
     let mut act: Vec<ValueId> = Vec::new();
     let mut act_set: HashSet<ValueId> = HashSet::new();
     let push = |v: ValueId, act: &mut Vec<ValueId>, set: &mut HashSet<ValueId>| {

@@ -107,3 +107,70 @@ pub fn plain(g: &Graph, n: NodeId) -> bool {
     let node = g.node(n);
     node.domain().is_empty() && !node.has_subgraphs()
 }
+
+/// Element types of every value, as far as they can be told: declared types
+/// first, then propagated forward through the ops whose output type follows
+/// from their inputs or attributes. Values missing from the map have an
+/// unknown type.
+pub fn infer_elem_types(g: &Graph) -> std::collections::HashMap<ValueId, i32> {
+    use quench_onnx::proto::tensor_proto::DataType;
+    let mut t: std::collections::HashMap<ValueId, i32> = std::collections::HashMap::new();
+    for v in g.value_ids() {
+        if let Some(e) = g.value(v).elem_type() {
+            t.insert(v, e);
+        }
+    }
+    let Ok(order) = g.topo_order() else { return t };
+    let f32_ = DataType::Float as i32;
+    let i64_ = DataType::Int64 as i32;
+    let bool_ = DataType::Bool as i32;
+    for n in order {
+        let node = g.node(n);
+        let input_t = |i: usize| node.input(i).and_then(|v| t.get(&v).copied());
+        let out: Option<i32> = match node.kind() {
+            OpKind::Shape | OpKind::Size | OpKind::NonZero | OpKind::ArgMax => Some(i64_),
+            OpKind::Equal | OpKind::Greater | OpKind::Less | OpKind::Not | OpKind::And | OpKind::Or | OpKind::Xor => Some(bool_),
+            OpKind::Cast => node.attr_int("to").map(|v| v as i32),
+            OpKind::Constant => node.attr_tensor("value").map(|x| x.data_type()).or_else(|| {
+                if node.attr("value_float").is_some() || node.attr("value_floats").is_some() {
+                    Some(f32_)
+                } else if node.attr("value_int").is_some() || node.attr("value_ints").is_some() {
+                    Some(i64_)
+                } else {
+                    None
+                }
+            }),
+            OpKind::ConstantOfShape => Some(node.attr_tensor("value").map(|x| x.data_type()).unwrap_or(f32_)),
+            OpKind::DequantizeLinear => Some(f32_),
+            OpKind::QuantizeLinear => node.input(2).and_then(|z| t.get(&z).copied()).or(Some(DataType::Uint8 as i32)),
+            OpKind::Conv
+            | OpKind::ConvTranspose
+            | OpKind::Gemm
+            | OpKind::Softmax
+            | OpKind::LayerNormalization
+            | OpKind::BatchNormalization
+            | OpKind::Sigmoid
+            | OpKind::Tanh
+            | OpKind::Erf
+            | OpKind::Sqrt
+            | OpKind::Exp
+            | OpKind::Log
+            | OpKind::AveragePool
+            | OpKind::GlobalAveragePool
+            | OpKind::HardSigmoid
+            | OpKind::HardSwish => input_t(0).or(Some(f32_)),
+            OpKind::Where => input_t(1).or(input_t(2)),
+            OpKind::If | OpKind::Loop | OpKind::Scan | OpKind::Other => None,
+            OpKind::TopK => None,
+            // Everything else keeps the type of its first input whose type we know
+            // (element-wise ops, data movement, MatMul, Concat, Gather data, ...).
+            _ => node.inputs().iter().flatten().find_map(|v| t.get(v).copied()),
+        };
+        if let Some(e) = out {
+            for o in node.outputs().iter().take(1).flatten() {
+                t.entry(*o).or_insert(e);
+            }
+        }
+    }
+    t
+}

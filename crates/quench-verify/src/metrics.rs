@@ -102,7 +102,21 @@ impl Accumulator {
             });
         }
         if self.updates == 0 {
-            self.top1_ok = true;
+            // Class scores: `[C]`, `[N, C]`, or `[N, T, C]` rows that are
+            // probabilities (per-position classifiers such as OCR
+            // recognizers). Other shapes (detection maps, embeddings) get no
+            // top-1 figure.
+            self.top1_ok = match reference.ndim() {
+                1 | 2 => true,
+                3 => {
+                    let last = Axis(2);
+                    reference.lanes(last).into_iter().all(|row| {
+                        let sum: f32 = row.iter().sum();
+                        row.iter().all(|v| *v >= 0.0) && (sum - 1.0).abs() < 1e-3
+                    })
+                }
+                _ => false,
+            };
         }
         self.updates += 1;
         for (&r, &t) in reference.iter().zip(test.iter()) {
