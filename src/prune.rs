@@ -90,7 +90,10 @@ impl Fidelity {
         self.outputs
             .iter()
             .map(|o| o.metrics.sqnr_db)
-            .fold(f64::INFINITY, |a, b| if b.is_nan() { f64::NAN } else { a.min(b) })
+            .fold(
+                f64::INFINITY,
+                |a, b| if b.is_nan() { f64::NAN } else { a.min(b) },
+            )
     }
 }
 
@@ -156,7 +159,10 @@ fn load_data(path: &Path, model: &ModelProto) -> Result<(Dataset, Feed)> {
 }
 
 fn input_names(m: &ModelProto) -> Vec<String> {
-    ModelInput::from_model(m).into_iter().map(|i| i.name).collect()
+    ModelInput::from_model(m)
+        .into_iter()
+        .map(|i| i.name)
+        .collect()
 }
 
 fn output_names(m: &ModelProto) -> Vec<String> {
@@ -348,7 +354,11 @@ impl<'a> Comparison<'a> {
 }
 
 /// `model` with the layers of `sparsities` (weight name → fraction) pruned.
-fn pruned_copy(model: &Model, layers: &[prune::Layer], sparsities: BTreeMap<String, f64>) -> ModelProto {
+fn pruned_copy(
+    model: &Model,
+    layers: &[prune::Layer],
+    sparsities: BTreeMap<String, f64>,
+) -> ModelProto {
     let mut m = model.clone();
     prune::prune(&mut m.graph, layers, &Schedule::PerLayer(sparsities));
     m.to_onnx()
@@ -416,7 +426,9 @@ fn sensitivity(
     let mut measured = None;
     if let Some(floor) = floor {
         let measure = |k: usize| -> Result<f64> {
-            Ok(cmp.run(&pruned_copy(model, layers, plan.sparsities(k)))?.min_sqnr())
+            Ok(cmp
+                .run(&pruned_copy(model, layers, plan.sparsities(k)))?
+                .min_sqnr())
         };
         let full = measure(k)?;
         measured = Some(full);
@@ -462,7 +474,11 @@ fn sensitivity(
 
 /// Prunes `model` (after the graph passes) as `--prune*` ask. `None` when
 /// `--prune` is not given.
-pub fn run(a: &CompileArgs, model: &mut Model, original: &ModelProto) -> Result<Option<PruneReport>> {
+pub fn run(
+    a: &CompileArgs,
+    model: &mut Model,
+    original: &ModelProto,
+) -> Result<Option<PruneReport>> {
     let Some(target) = a.prune else {
         return Ok(None);
     };
@@ -488,6 +504,12 @@ pub fn run(a: &CompileArgs, model: &mut Model, original: &ModelProto) -> Result<
     if !layers.iter().any(|l| l.prunable()) {
         notes.push(
             "no layer could be pruned (see the table; --prune-all-layers lifts the default rules)"
+                .into(),
+        );
+    }
+    if a.calibration_table.is_some() && !a.no_quantize {
+        notes.push(
+            "--calibration-table ranges were measured on the unpruned model; pass --calibration to calibrate the pruned one"
                 .into(),
         );
     }
@@ -560,8 +582,10 @@ fn gzip_size(files: &[PathBuf]) -> Result<(u64, u64)> {
     let mut enc = flate2::write::GzEncoder::new(Counter(0), flate2::Compression::default());
     let mut raw = 0;
     for f in files {
-        let mut r = std::fs::File::open(f).with_context(|| format!("{}: cannot read", f.display()))?;
-        raw += std::io::copy(&mut r, &mut enc).with_context(|| format!("{}: cannot read", f.display()))?;
+        let mut r =
+            std::fs::File::open(f).with_context(|| format!("{}: cannot read", f.display()))?;
+        raw += std::io::copy(&mut r, &mut enc)
+            .with_context(|| format!("{}: cannot read", f.display()))?;
     }
     Ok((raw, enc.finish()?.0))
 }
@@ -612,14 +636,23 @@ impl PruneReport {
                 println!("    {l}");
             }
         } else {
-            println!("    (per-layer table of {} layers: --verbose or --report)", s.layers.len());
+            println!(
+                "    (per-layer table of {} layers: --verbose or --report)",
+                s.layers.len()
+            );
         }
         if let Some(r) = &self.sensitivity {
             println!(
                 "    sensitivity: output SQNR (dB) with one layer pruned alone, {} samples from {}",
                 r.samples, r.data
             );
-            let w = r.rows.iter().map(|x| x.node.len()).max().unwrap_or(4).max(4);
+            let w = r
+                .rows
+                .iter()
+                .map(|x| x.node.len())
+                .max()
+                .unwrap_or(4)
+                .max(4);
             let mut head = format!("      {:<w$}  {:>8}", "node", "weights");
             for l in &r.levels {
                 head.push_str(&format!("  {:>7}", format!("{:.0}%", 100.0 * l)));

@@ -404,7 +404,10 @@ impl PruneSummary {
         let shape = |s: &[i64]| {
             format!(
                 "[{}]",
-                s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(",")
+                s.iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
             )
         };
         let rows: Vec<[String; 6]> = self
@@ -448,10 +451,7 @@ impl PruneSummary {
             } else {
                 format!("kept: {}", l.note)
             };
-            s.push_str(&line(
-                [&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]],
-                &status,
-            ));
+            s.push_str(&line([&r[0], &r[1], &r[2], &r[3], &r[4], &r[5]], &status));
         }
         let (pz, pw) = self.pruned_totals();
         let (az, aw) = self.all_totals();
@@ -476,7 +476,7 @@ pub fn percent(x: f64) -> String {
 
 /// `round(s·n)`, clamped to `0..=n`.
 fn count_of(s: f64, n: usize) -> usize {
-    if !(s > 0.0) {
+    if s.is_nan() || s <= 0.0 {
         return 0;
     }
     ((s * n as f64).round() as usize).min(n)
@@ -560,7 +560,11 @@ fn global_counts(data: &[Vec<f32>], sparsity: f64, norm: Norm) -> Vec<usize> {
     let mut counts: Vec<usize> = data
         .iter()
         .enumerate()
-        .map(|(l, d)| d.iter().filter(|x| score(l, **x).total_cmp(&tau).is_lt()).count())
+        .map(|(l, d)| {
+            d.iter()
+                .filter(|x| score(l, **x).total_cmp(&tau).is_lt())
+                .count()
+        })
         .collect();
     let mut left = k - counts.iter().sum::<usize>();
     for (l, d) in data.iter().enumerate() {
@@ -589,7 +593,7 @@ pub fn prune(g: &mut Graph, layers: &[Layer], schedule: &Schedule) -> PruneSumma
     let mut notes: Vec<Option<String>> = layers.iter().map(|l| l.skip.clone()).collect();
     if let Schedule::NM { m, .. } = schedule {
         for (l, note) in layers.iter().zip(notes.iter_mut()) {
-            if note.is_none() && l.reduction_len % m != 0 {
+            if note.is_none() && !l.reduction_len.is_multiple_of(*m) {
                 *note = Some(format!(
                     "reduction length {} is not a multiple of {m}",
                     l.reduction_len
@@ -817,7 +821,9 @@ impl Pass for Prune {
     }
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         let s = self.apply(g, cx);
-        Ok(s.layers.iter().any(|l| l.pruned && l.zeros > l.zeros_before))
+        Ok(s.layers
+            .iter()
+            .any(|l| l.pruned && l.zeros > l.zeros_before))
     }
 }
 
@@ -832,7 +838,9 @@ mod tests {
             Ok(PruneTarget::Unstructured { sparsity: 0.5 })
         );
         assert_eq!(
-            "30%".parse::<PruneTarget>().map(|t| (t.sparsity() * 100.0).round()),
+            "30%"
+                .parse::<PruneTarget>()
+                .map(|t| (t.sparsity() * 100.0).round()),
             Ok(30.0)
         );
         assert_eq!(
@@ -857,7 +865,10 @@ mod tests {
         // are the same, so each gives up half.
         let a: Vec<f32> = (1..=10).map(|x| x as f32).collect();
         let b: Vec<f32> = a.iter().map(|x| x * 100.0).collect();
-        assert_eq!(global_counts(&[a.clone(), b.clone()], 0.5, Norm::Rms), vec![5, 5]);
+        assert_eq!(
+            global_counts(&[a.clone(), b.clone()], 0.5, Norm::Rms),
+            vec![5, 5]
+        );
         // Unnormalized, the small layer empties first.
         assert_eq!(global_counts(&[a, b], 0.5, Norm::None), vec![10, 0]);
     }

@@ -474,6 +474,7 @@ fn quantize_weight(
     w: ValueId,
     axis: Option<usize>,
     wt: WeightType,
+    min_scales: Option<&[f32]>,
 ) -> Option<QWeight> {
     let t = g.const_tensor(w)?;
     let dims = t.dims.clone();
@@ -509,7 +510,13 @@ fn quantize_weight(
         match wt {
             WeightType::I8 => {
                 let a = lo[c].abs().max(hi[c].abs());
-                scales.push(if a > 0.0 { a / 127.0 } else { 1.0 });
+                let mut sc = if a > 0.0 { a / 127.0 } else { 1.0 };
+                // A channel of tiny weights next to a large bias would need
+                // a bias beyond int32: widen that channel's scale instead.
+                if let Some(m) = min_scales.and_then(|m| m.get(if m.len() == 1 { 0 } else { c })) {
+                    sc = sc.max(*m);
+                }
+                scales.push(sc);
                 zps.push(0i32);
             }
             WeightType::U8 => {
@@ -777,7 +784,17 @@ pub fn apply(
                 } else {
                     None
                 };
-                let Some(q) = quantize_weight(g, w, axis, cfg.weights) else {
+                // Smallest weight scales that keep the int32 bias in range.
+                let min_scales: Option<Vec<f32>> = (|| {
+                    let b = bias.and_then(|b| node.input(b))?;
+                    let xp = params.get(&node.input(0)?)?;
+                    let bt = g.const_tensor(b)?;
+                    let bv = tensor::to_f32(bt).ok()?;
+                    let limit = (1u64 << 30) as f32;
+                    let per: Vec<f32> = bv.iter().map(|v| v.abs() / (xp.scale * limit)).collect();
+                    Some(if axis.is_some() { per } else { vec![per.iter().fold(0f32, |m, v| m.max(*v))] })
+                })();
+                let Some(q) = quantize_weight(g, w, axis, cfg.weights, min_scales.as_deref()) else {
                     s.notes.push(format!(
                         "node `{}`: weights not finite; left float",
                         node.name()
@@ -878,7 +895,7 @@ pub fn apply(
             continue;
         };
         let axis = if per_channel { Some(0) } else { None };
-        if let Some(q) = quantize_weight(g, d, axis, cfg.weights) {
+        if let Some(q) = quantize_weight(g, d, axis, cfg.weights, None) {
             g.set_input(n, 0, Some(q.dq_out));
             s.weights_quantized += 1;
         }

@@ -3,6 +3,8 @@
 //! magnitude order checked element by element, and the zeros surviving
 //! weight quantization.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -63,7 +65,12 @@ fn all() -> PruneConfig {
 fn check_magnitude_order(before: &Model, after: &Model, ls: &[Layer], s: &PruneSummary) {
     for (l, r) in ls.iter().zip(&s.layers) {
         let (a, b) = (weights(before, l), weights(after, l));
-        assert_eq!(b.iter().filter(|x| **x == 0.0).count(), r.zeros, "{}", l.node);
+        assert_eq!(
+            b.iter().filter(|x| **x == 0.0).count(),
+            r.zeros,
+            "{}",
+            l.node
+        );
         if !r.pruned {
             assert_eq!(a, b, "{} was not to be pruned", l.node);
             continue;
@@ -78,13 +85,21 @@ fn check_magnitude_order(before: &Model, after: &Model, ls: &[Layer], s: &PruneS
                 min_kept = min_kept.min(x.abs());
             }
         }
-        assert!(max_pruned <= min_kept, "{}: {max_pruned} > {min_kept}", l.node);
+        assert!(
+            max_pruned <= min_kept,
+            "{}: {max_pruned} > {min_kept}",
+            l.node
+        );
     }
 }
 
 #[test]
 fn layer_uniform_resnet_default_rules() {
-    let (b, a, ls, s) = run("resnet_tiny.onnx", &PruneConfig::default(), &Schedule::Layer(0.5));
+    let (b, a, ls, s) = run(
+        "resnet_tiny.onnx",
+        &PruneConfig::default(),
+        &Schedule::Layer(0.5),
+    );
     check_magnitude_order(&b, &a, &ls, &s);
     for r in s.layers.iter().filter(|r| r.pruned) {
         assert_eq!(r.zeros, (r.weights as f64 * 0.5).round() as usize);
@@ -128,7 +143,11 @@ fn global_threshold_resnet() {
 
 #[test]
 fn global_threshold_mlp_norms() {
-    for (norm, name) in [(Norm::Rms, "rms"), (Norm::MaxAbs, "max_abs"), (Norm::None, "none")] {
+    for (norm, name) in [
+        (Norm::Rms, "rms"),
+        (Norm::MaxAbs, "max_abs"),
+        (Norm::None, "none"),
+    ] {
         let sched = Schedule::Global {
             sparsity: 0.6,
             norm,
@@ -186,7 +205,10 @@ fn nm_2_4_resnet_element_by_element() {
     check_nm(&b, &a, &ls, &s, 2, 4);
     // conv1 has 3 input channels: skipped and reported.
     let c1 = s.layers.iter().find(|l| l.node == "conv1").unwrap();
-    assert!(!c1.pruned && c1.note.contains("not a multiple of 4"), "{c1:?}");
+    assert!(
+        !c1.pruned && c1.note.contains("not a multiple of 4"),
+        "{c1:?}"
+    );
     insta::assert_snapshot!(s.table());
 }
 
@@ -204,7 +226,12 @@ fn nm_patterns_mlp_element_by_element() {
 fn nm_along_k_of_gemm_and_conv_transpose() {
     // Gemm with transB=1 ([N, K]): groups run along axis 1. ConvTranspose
     // ([C, M/g, kh, kw]): along axis 0.
-    for f in ["digits_cnn.onnx", "bn_convtranspose.onnx", "bn_gemm.onnx", "transformer.onnx"] {
+    for f in [
+        "digits_cnn.onnx",
+        "bn_convtranspose.onnx",
+        "bn_gemm.onnx",
+        "transformer.onnx",
+    ] {
         let (b, a, ls, s) = run(f, &all(), &Schedule::NM { n: 2, m: 4 });
         check_nm(&b, &a, &ls, &s, 2, 4);
         insta::assert_snapshot!(format!("nm_{}", f.trim_end_matches(".onnx")), s.table());
@@ -218,7 +245,10 @@ fn default_rules_on_depthwise_and_attention() {
     for f in ["mobilenet_tiny.onnx", "transformer.onnx", "digits_cnn.onnx"] {
         let (b, a, ls, s) = run(f, &PruneConfig::default(), &Schedule::Layer(0.5));
         check_magnitude_order(&b, &a, &ls, &s);
-        insta::assert_snapshot!(format!("defaults_{}", f.trim_end_matches(".onnx")), s.table());
+        insta::assert_snapshot!(
+            format!("defaults_{}", f.trim_end_matches(".onnx")),
+            s.table()
+        );
     }
 }
 
@@ -258,7 +288,12 @@ fn zeros_survive_weight_quantization() {
         let (_, mut a, ls, s) = run(file, &all(), &Schedule::Layer(0.5));
         let zeros: BTreeMap<String, Vec<bool>> = ls
             .iter()
-            .map(|l| (l.weight.clone(), weights(&a, l).iter().map(|x| *x == 0.0).collect()))
+            .map(|l| {
+                (
+                    l.weight.clone(),
+                    weights(&a, l).iter().map(|x| *x == 0.0).collect(),
+                )
+            })
             .collect();
         let cfg = QuantizeConfig {
             mode,
@@ -284,7 +319,10 @@ fn zeros_survive_weight_quantization() {
             assert_eq!(q.len(), z.len());
             for (i, (byte, zero)) in q.iter().zip(z).enumerate() {
                 if *zero {
-                    assert_eq!(*byte, 0, "{file} {w}[{i}]: pruned weight quantized to {byte}");
+                    assert_eq!(
+                        *byte, 0,
+                        "{file} {w}[{i}]: pruned weight quantized to {byte}"
+                    );
                 }
             }
             checked += 1;
