@@ -47,7 +47,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::ArrayD;
 use ndarray_npy::WriteNpyExt;
-use quench_verify::{prepare_for_tract, ArrayData, Dataset, InputFact, ModelInput, Runner, RunnerConfig};
+use quench_verify::{
+    prepare_for_tract, ArrayData, Dataset, InputFact, ModelInput, Runner, RunnerConfig,
+};
 use rayon::prelude::*;
 
 /// Calibration's batch limit (`src/calib.rs`, `MAX_BATCH`).
@@ -87,18 +89,35 @@ fn plain_inference(model: &Path, data: &Path) -> Result<()> {
         let facts = names
             .iter()
             .zip(batch)
-            .map(|(n, a)| InputFact { name: n.clone(), elem_type: a.elem_type(), shape: a.shape().to_vec() })
+            .map(|(n, a)| InputFact {
+                name: n.clone(),
+                elem_type: a.elem_type(),
+                shape: a.shape().to_vec(),
+            })
             .collect();
-        let r = Runner::new(&prepared, &RunnerConfig { input_facts: facts, extra_outputs: Vec::new() })?;
-        cache.lock().map_err(|_| anyhow!("poisoned"))?.insert(key, r.clone());
+        let r = Runner::new(
+            &prepared,
+            &RunnerConfig {
+                input_facts: facts,
+                extra_outputs: Vec::new(),
+            },
+        )?;
+        cache
+            .lock()
+            .map_err(|_| anyhow!("poisoned"))?
+            .insert(key, r.clone());
         Ok(r)
     };
-    feed.ranges(ds.samples(), MAX_BATCH).par_iter().try_for_each(|r| -> Result<()> {
-        let batch = ds.feed(feed, r.clone())?;
-        let outs = runner_for(&batch)?.run(&batch).with_context(|| format!("samples {r:?}"))?;
-        std::hint::black_box(outs);
-        Ok(())
-    })
+    feed.ranges(ds.samples(), MAX_BATCH)
+        .par_iter()
+        .try_for_each(|r| -> Result<()> {
+            let batch = ds.feed(feed, r.clone())?;
+            let outs = runner_for(&batch)?
+                .run(&batch)
+                .with_context(|| format!("samples {r:?}"))?;
+            std::hint::black_box(outs);
+            Ok(())
+        })
 }
 
 // ------------------------------------------------------------------------
@@ -116,7 +135,11 @@ fn measure(program: &str, args: &[&std::ffi::OsStr]) -> Result<Measured> {
     let rss_file = tempfile::NamedTempFile::new()?;
     let mut cmd = if gnu_time.is_file() {
         let mut c = Command::new(gnu_time);
-        c.arg("-f").arg("%M").arg("-o").arg(rss_file.path()).arg(program);
+        c.arg("-f")
+            .arg("%M")
+            .arg("-o")
+            .arg(rss_file.path())
+            .arg(program);
         c
     } else {
         Command::new(program)
@@ -167,7 +190,14 @@ fn vm_hwm(pid: u32) -> Option<u64> {
 fn calibrate(model: &Path, data: &Path, out: &Path) -> Result<Measured> {
     measure(
         quench(),
-        &["calibrate".as_ref(), model.as_os_str(), "-c".as_ref(), data.as_os_str(), "-o".as_ref(), out.as_os_str()],
+        &[
+            "calibrate".as_ref(),
+            model.as_os_str(),
+            "-c".as_ref(),
+            data.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
     )
 }
 
@@ -175,7 +205,11 @@ fn plain(model: &Path, data: &Path) -> Result<Measured> {
     let exe = std::env::current_exe()?;
     measure(
         &exe.to_string_lossy(),
-        &["--plain-inference".as_ref(), model.as_os_str(), data.as_os_str()],
+        &[
+            "--plain-inference".as_ref(),
+            model.as_os_str(),
+            data.as_os_str(),
+        ],
     )
 }
 
@@ -199,20 +233,38 @@ impl Case {
         let mut sample_shapes = Vec::new();
         for i in ModelInput::from_model(&proto) {
             if i.elem_type != 1 {
-                bail!("{}: input `{}` is not f32; give it data yourself", model.display(), i.name);
+                bail!(
+                    "{}: input `{}` is not f32; give it data yourself",
+                    model.display(),
+                    i.name
+                );
             }
             let dims = i.shape.clone().unwrap_or_default();
             // Data is stored [N, ...dims[1..]]: N is the model's batch axis.
-            let rest: Vec<Option<usize>> = dims.iter().skip(1).map(|d| d.map(|v| v as usize)).collect();
+            let rest: Vec<Option<usize>> =
+                dims.iter().skip(1).map(|d| d.map(|v| v as usize)).collect();
             let s = match (&shape, rest.iter().all(Option::is_some)) {
                 (Some(s), _) => s.clone(),
                 (None, true) => rest.iter().flatten().copied().collect(),
-                (None, false) => bail!("{}: input `{}` has dims {dims:?}; give @SHAPE", model.display(), i.name),
+                (None, false) => bail!(
+                    "{}: input `{}` has dims {dims:?}; give @SHAPE",
+                    model.display(),
+                    i.name
+                ),
             };
             sample_shapes.push((i.name, s));
         }
-        let name = model.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        Ok(Case { name, model, sample_shapes, data: None, samples })
+        let name = model
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Case {
+            name,
+            model,
+            sample_shapes,
+            data: None,
+            samples,
+        })
     }
 
     /// Writes `n` samples of N(0, 1) noise for every input into `dir`.
@@ -228,7 +280,9 @@ impl Case {
                 .map(|_| {
                     (0..4)
                         .map(|_| {
-                            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                            state = state
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
                             (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
                         })
                         .sum::<f32>()
@@ -236,7 +290,8 @@ impl Case {
                 })
                 .collect();
             bytes += 4 * len as u64;
-            ArrayD::from_shape_vec(shape, v)?.write_npy(std::fs::File::create(dir.join(format!("{name}.npy")))?)?;
+            ArrayD::from_shape_vec(shape, v)?
+                .write_npy(std::fs::File::create(dir.join(format!("{name}.npy")))?)?;
         }
         Ok(bytes)
     }
@@ -250,7 +305,10 @@ fn parse_entry(e: &str) -> Result<Case> {
     };
     let (path, shape) = match rest.rsplit_once('@') {
         Some((p, s)) => {
-            let dims = s.split('x').map(str::parse).collect::<Result<Vec<usize>, _>>();
+            let dims = s
+                .split('x')
+                .map(str::parse)
+                .collect::<Result<Vec<usize>, _>>();
             (p, Some(dims.with_context(|| format!("{e}: shape"))?))
         }
         None => (rest, None),
@@ -281,7 +339,10 @@ fn run_case(case: &Case, tmp: &Path, runs: usize, mem_samples: (usize, usize)) -
         .arg(&passed)
         .output()?;
     if !o.status.success() {
-        bail!("quench compile --no-quantize: {}", String::from_utf8_lossy(&o.stderr));
+        bail!(
+            "quench compile --no-quantize: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let data = match &case.data {
         Some(d) => d.clone(),
@@ -302,12 +363,16 @@ fn run_case(case: &Case, tmp: &Path, runs: usize, mem_samples: (usize, usize)) -
         plain_mem = plain_mem.max(p.peak_rss);
         best_cal = best_cal.min(calibrate(&case.model, &data, &table)?.wall);
     }
-    let samples = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&table)?)?["samples"]
+    let samples = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&table)?)?
+        ["samples"]
         .as_u64()
         .unwrap_or(0) as usize;
 
     let (few, many) = mem_samples;
-    let (d_few, d_many) = (dir.join(format!("mem{few}")), dir.join(format!("mem{many}")));
+    let (d_few, d_many) = (
+        dir.join(format!("mem{few}")),
+        dir.join(format!("mem{many}")),
+    );
     let b_few = case.noise(&d_few, few)?;
     let b_many = case.noise(&d_many, many)?;
     let m_few = calibrate(&case.model, &d_few, &table)?.peak_rss;
@@ -335,7 +400,16 @@ fn print_table(rows: &[Row]) {
     println!();
     println!(
         "{:<32} {:>7} {:>11} {:>11} {:>6} | {:>10} {:>10} {:>6} {:>10} {:>10}",
-        "model", "samples", "plain (s)", "calib (s)", "ratio", "rss@few", "rss@many", "ratio", "data diff", "excl. data"
+        "model",
+        "samples",
+        "plain (s)",
+        "calib (s)",
+        "ratio",
+        "rss@few",
+        "rss@many",
+        "ratio",
+        "data diff",
+        "excl. data"
     );
     for r in rows {
         let ratio = r.calibrate.as_secs_f64() / r.plain.as_secs_f64();
@@ -380,8 +454,17 @@ fn main() -> Result<()> {
     }
     // `cargo bench` passes `--bench`; `cargo test --all-targets` does not.
     let full = args.iter().any(|a| a == "--bench");
-    let env_num = |k: &str, d: usize| std::env::var(k).ok().and_then(|s| s.parse().ok()).unwrap_or(d);
-    let runs = if full { env_num("QUENCH_BENCH_RUNS", 3).max(1) } else { 1 };
+    let env_num = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
+    let runs = if full {
+        env_num("QUENCH_BENCH_RUNS", 3).max(1)
+    } else {
+        1
+    };
     let mem_samples = if full {
         let v: Vec<usize> = std::env::var("QUENCH_BENCH_MEM_SAMPLES")
             .unwrap_or_else(|_| "32,512".into())
@@ -401,8 +484,15 @@ fn main() -> Result<()> {
     digits.data = Some(root().join("testdata/digits/calib"));
     cases.push(digits);
     if full {
-        cases.push(Case::new(root().join("testdata/resnet_tiny.onnx"), None, 1024)?);
-        for e in std::env::var("QUENCH_BENCH_CALIB_MODELS").unwrap_or_default().split(':') {
+        cases.push(Case::new(
+            root().join("testdata/resnet_tiny.onnx"),
+            None,
+            1024,
+        )?);
+        for e in std::env::var("QUENCH_BENCH_CALIB_MODELS")
+            .unwrap_or_default()
+            .split(':')
+        {
             if !e.is_empty() {
                 cases.push(parse_entry(e)?);
             }
@@ -411,10 +501,16 @@ fn main() -> Result<()> {
 
     let target = root().join("target");
     std::fs::create_dir_all(&target)?;
-    let tmp = tempfile::Builder::new().prefix("bench-calibration-").tempdir_in(&target)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("bench-calibration-")
+        .tempdir_in(&target)?;
     let mut rows = Vec::new();
     for c in &cases {
-        eprintln!("measuring {} ({} timing samples, {runs} runs)", c.model.display(), c.samples);
+        eprintln!(
+            "measuring {} ({} timing samples, {runs} runs)",
+            c.model.display(),
+            c.samples
+        );
         match run_case(c, tmp.path(), runs, mem_samples) {
             Ok(r) => rows.push(r),
             Err(e) => eprintln!("{}: {e:#}", c.name),
@@ -422,7 +518,11 @@ fn main() -> Result<()> {
     }
     print_table(&rows);
     if rows.len() != cases.len() {
-        bail!("{} of {} models could not be measured", cases.len() - rows.len(), cases.len());
+        bail!(
+            "{} of {} models could not be measured",
+            cases.len() - rows.len(),
+            cases.len()
+        );
     }
     Ok(())
 }

@@ -414,7 +414,9 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
                 }
                 opset = need;
             }
-            Err(why) => notes.push(format!("opset {opset} kept: cannot upgrade to {need}: {why}")),
+            Err(why) => notes.push(format!(
+                "opset {opset} kept: cannot upgrade to {need}: {why}"
+            )),
         }
     }
 
@@ -534,6 +536,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
     let out_proto = model.to_onnx();
     let opts = SaveOptions {
         external: crate::convert::storage(a.external_data, a.inline, loaded.external.tensors > 0),
+        limit: None,
     };
     let saved = quench_onnx::save_model(&out_proto, &a.output, &opts)?;
     if let Some(p) = &mut pruning {
@@ -597,7 +600,9 @@ fn check_thresholds(
 ) -> Option<ThresholdFailed> {
     let v = r.verification.as_ref()?;
     for o in &v.outputs {
-        let Some(m) = o.reference.as_ref().or(o.file.as_ref()) else { continue };
+        let Some(m) = o.reference.as_ref().or(o.file.as_ref()) else {
+            continue;
+        };
         if let Some(t) = min_sqnr {
             if m.sqnr_db < t {
                 return Some(ThresholdFailed(format!(
@@ -674,7 +679,10 @@ fn verify(
             None
         };
         if b.is_none() && c.is_none() {
-            bail!("tract can run neither the quantized model nor its float twin: {}", file_error.unwrap_or_default());
+            bail!(
+                "tract can run neither the quantized model nor its float twin: {}",
+                file_error.unwrap_or_default()
+            );
         }
         for (i, x) in a.iter().enumerate().take(out_names.len()) {
             let xf = x.to_f32();
@@ -872,7 +880,11 @@ fn print_report(r: &Report, verbose: bool) {
                     );
                 }
                 if let Some(f) = &o.file {
-                    println!("    {} (emitted file in tract):           {}", o.output, line(f));
+                    println!(
+                        "    {} (emitted file in tract):           {}",
+                        o.output,
+                        line(f)
+                    );
                 }
                 if o.runtime_discrepancy {
                     println!("    {}: runtime discrepancy: tract's integer path differs from the ONNX reference semantics beyond quantization error; trust the reference figures", o.output);

@@ -72,6 +72,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         .with_context(|| a.input.display().to_string())?;
     let opts = SaveOptions {
         external: storage(a.external_data, a.inline, loaded.external.tensors > 0),
+        limit: None,
     };
     let report = quench_onnx::save_model(&model.to_onnx(), &a.output, &opts)?;
     println!(

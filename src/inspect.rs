@@ -41,7 +41,8 @@ pub struct Summary {
     pub parameter_count: u64,
     pub parameter_bytes: u64,
     pub external_data: ExternalStats,
-    /// Ops whose weights and inputs the quantizer handles, with counts.
+    /// Nodes `quench compile` quantizes by default (after the graph passes),
+    /// by op type.
     pub quantizable: BTreeMap<String, usize>,
     pub metadata: BTreeMap<String, String>,
 }
@@ -117,11 +118,17 @@ pub fn summarize(path: &PathBuf, loaded: &quench_onnx::LoadedModel, model: &Mode
                 add_param(&mut params, t);
             }
         }
-        if matches!(
-            node.kind(),
-            OpKind::Conv | OpKind::ConvTranspose | OpKind::Gemm | OpKind::MatMul
-        ) {
-            *quantizable.entry(node.op_type().to_string()).or_insert(0) += 1;
+    }
+    // What `quench compile` would quantize (static mode, default settings,
+    // after the default passes), from the same rules table.
+    let mut after = model.clone();
+    let mut cx = quench_passes::PassCx::new(after.default_opset().unwrap_or(0));
+    let passes = quench_passes::pipeline::default_pipeline();
+    if quench_passes::run_passes(&mut after.graph, &passes, &mut cx, &Default::default()).is_ok() {
+        if let Ok(plan) = quench_passes::quantize::plan(&after.graph, &Default::default()) {
+            for d in plan.decisions.iter().filter(|d| d.quantized) {
+                *quantizable.entry(d.op.clone()).or_insert(0) += 1;
+            }
         }
     }
     for (_, t) in g.initializers() {
@@ -265,7 +272,7 @@ pub fn print_summary(s: &Summary) {
         .map(|(k, v)| format!("{k} {v}"))
         .collect();
     println!(
-        "quantizable {q} nodes with weights or matrix inputs ({})",
+        "quantizable {q} nodes in static int8 mode after the graph passes ({})",
         list.join(", ")
     );
     for (k, v) in &s.metadata {

@@ -45,13 +45,15 @@ use ndarray_npy::{NpzWriter, ReadNpyExt, WriteNpyExt};
 use prost::Message;
 use quench_onnx::proto::tensor_shape_proto::{dimension, Dimension};
 use quench_onnx::proto::{
-    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use serde_json::Value;
 
 fn testdata(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
 }
 
 /// Runs `quench calibrate MODEL -c DATA --passes none` (with extra
@@ -92,7 +94,10 @@ fn reference() -> &'static Value {
     R.get_or_init(|| {
         let p = testdata("reference/ort_calibration.json");
         let s = std::fs::read_to_string(&p).unwrap_or_else(|e| {
-            panic!("{}: {e}; regenerate with scripts/ort_calibration_reference.py", p.display())
+            panic!(
+                "{}: {e}; regenerate with scripts/ort_calibration_reference.py",
+                p.display()
+            )
         });
         serde_json::from_str(&s).unwrap()
     })
@@ -106,9 +111,22 @@ fn pair(v: &Value) -> (f64, f64) {
 
 /// Names quench observed, checked against the reference's.
 fn tensor_names() -> Vec<String> {
-    let q: Vec<String> = digits_table()["tensors"].as_object().unwrap().keys().cloned().collect();
-    let r: Vec<String> = reference()["tensors"].as_object().unwrap().keys().cloned().collect();
-    assert_eq!(q, r, "quench observes other tensors than the reference was made for; regenerate it");
+    let q: Vec<String> = digits_table()["tensors"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let r: Vec<String> = reference()["tensors"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        q, r,
+        "quench observes other tensors than the reference was made for; regenerate it"
+    );
     assert!(q.len() >= 4, "{q:?}");
     q
 }
@@ -128,9 +146,15 @@ fn reference_was_made_with_the_pinned_onnxruntime() {
     )
     .unwrap();
     let version = r["onnxruntime"].as_str().unwrap();
-    assert!(pinned.contains(&format!("onnxruntime=={version}")), "reference made with onnxruntime {version}");
+    assert!(
+        pinned.contains(&format!("onnxruntime=={version}")),
+        "reference made with onnxruntime {version}"
+    );
     assert_eq!(r["samples"], digits_table()["samples"]);
-    assert_eq!(r["settings"]["percentile"]["extra_options"]["symmetric"], false);
+    assert_eq!(
+        r["settings"]["percentile"]["extra_options"]["symmetric"],
+        false
+    );
 }
 
 #[test]
@@ -140,7 +164,10 @@ fn minmax_equals_onnx_runtime() {
         let o = pair(&reference()["tensors"][&name]["minmax"]);
         // The table's `tensors` record holds the same min/max.
         let t = &digits_table()["tensors"][&name];
-        assert_eq!((q.0, q.1), pair(&Value::Array(vec![t["min"].clone(), t["max"].clone()])));
+        assert_eq!(
+            (q.0, q.1),
+            pair(&Value::Array(vec![t["min"].clone(), t["max"].clone()]))
+        );
         for (a, b, end) in [(q.0, o.0, "lo"), (q.1, o.1, "hi")] {
             assert!(
                 (a - b).abs() <= 1e-6 * a.abs().max(b.abs()),
@@ -159,7 +186,10 @@ fn percentile_matches_onnx_runtime_within_a_bin_of_each() {
         let max_abs = min.abs().max(max.abs());
         let w_ort = 2.0 * max_abs / 2048.0;
         let w_quench = quench_bin_width(digits_table(), &name);
-        assert!(w_quench >= w_ort && w_quench < 2.0 * w_ort + 1e-12, "{name}: bins {w_quench} vs {w_ort}");
+        assert!(
+            w_quench >= w_ort && w_quench < 2.0 * w_ort + 1e-12,
+            "{name}: bins {w_quench} vs {w_ort}"
+        );
         let tol = w_quench + w_ort + 1e-6 * max_abs;
         for (a, b, end) in [(q.0, o.0, "lo"), (q.1, o.1, "hi")] {
             assert!(
@@ -169,7 +199,10 @@ fn percentile_matches_onnx_runtime_within_a_bin_of_each() {
             );
         }
         // Both stay inside the data.
-        assert!(q.0 >= min - 1e-6 * max_abs && q.1 <= max + 1e-6 * max_abs, "{name} {q:?}");
+        assert!(
+            q.0 >= min - 1e-6 * max_abs && q.1 <= max + 1e-6 * max_abs,
+            "{name} {q:?}"
+        );
     }
 }
 
@@ -184,7 +217,10 @@ fn entropy_clips_wherever_onnx_runtime_clips() {
         let width = |(lo, hi): (f64, f64)| hi - lo;
         let ort = pair(&r["entropy"]);
         let ours = pair(&digits_table()["ranges"][&name]["entropy"]);
-        assert!(width(ours) <= width(minmax) * (1.0 + 1e-6), "{name}: {ours:?} vs {minmax:?}");
+        assert!(
+            width(ours) <= width(minmax) * (1.0 + 1e-6),
+            "{name}: {ours:?} vs {minmax:?}"
+        );
         if width(ort) < width(minmax) * (1.0 - 1e-3) {
             clipped += 1;
             assert!(
@@ -193,7 +229,10 @@ fn entropy_clips_wherever_onnx_runtime_clips() {
             );
         }
     }
-    assert!(clipped >= 2, "onnxruntime's entropy clipped only {clipped} tensors");
+    assert!(
+        clipped >= 2,
+        "onnxruntime's entropy clipped only {clipped} tensors"
+    );
 }
 
 // ------------------------------------------------------------------------
@@ -204,7 +243,10 @@ const FEATURES: usize = 64;
 struct Lcg(u64);
 impl Lcg {
     fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 11) as f64 / (1u64 << 53) as f64
     }
     /// Approximately N(0, 1) (sum of 12 uniforms).
@@ -268,7 +310,10 @@ fn matmul_model(batch: Option<i64>) -> ModelProto {
     ModelProto {
         ir_version: Some(8),
         producer_name: Some("quench-tests".into()),
-        opset_import: vec![OperatorSetIdProto { domain: Some(String::new()), version: Some(17) }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
         graph: Some(graph),
         ..Default::default()
     }
@@ -298,7 +343,8 @@ fn outlier_data(samples: usize) -> Array2<f32> {
 
 fn write_npy(dir: &Path, name: &str, a: &ArrayD<f32>) {
     std::fs::create_dir_all(dir).unwrap();
-    a.write_npy(std::fs::File::create(dir.join(format!("{name}.npy"))).unwrap()).unwrap();
+    a.write_npy(std::fs::File::create(dir.join(format!("{name}.npy"))).unwrap())
+        .unwrap();
 }
 
 #[test]
@@ -369,18 +415,25 @@ fn file_format_sample_order_and_threads_do_not_change_the_table() {
 
     let runs = [
         ("npz", calibrate(&model, &npz, &[])),
-        ("permuted", calibrate(&model, &dir.path().join("permuted"), &[])),
-        ("one thread", calibrate(&model, &testdata("digits/calib"), &[("RAYON_NUM_THREADS", "1")])),
         (
-            "permuted npz, two threads",
-            {
-                let npz2 = dir.path().join("permuted.npz");
-                let mut w = NpzWriter::new_compressed(std::fs::File::create(&npz2).unwrap());
-                w.add_array("input", &permuted).unwrap();
-                w.finish().unwrap();
-                calibrate(&model, &npz2, &[("RAYON_NUM_THREADS", "2")])
-            },
+            "permuted",
+            calibrate(&model, &dir.path().join("permuted"), &[]),
         ),
+        (
+            "one thread",
+            calibrate(
+                &model,
+                &testdata("digits/calib"),
+                &[("RAYON_NUM_THREADS", "1")],
+            ),
+        ),
+        ("permuted npz, two threads", {
+            let npz2 = dir.path().join("permuted.npz");
+            let mut w = NpzWriter::new_compressed(std::fs::File::create(&npz2).unwrap());
+            w.add_array("input", &permuted).unwrap();
+            w.finish().unwrap();
+            calibrate(&model, &npz2, &[("RAYON_NUM_THREADS", "2")])
+        }),
     ];
     for (what, t) in &runs {
         assert_eq!(t["samples"], base["samples"], "{what}");

@@ -113,6 +113,10 @@ pub const DEFAULT_EXTERNAL_THRESHOLD: usize = 1024;
 #[derive(Debug, Clone, Default)]
 pub struct SaveOptions {
     pub external: ExternalData,
+    /// Largest `.onnx` file to write inline; `None` means the 2 GiB protobuf
+    /// limit. (Tests lower it to exercise the automatic switch to external
+    /// data without writing gigabytes.)
+    pub limit: Option<u64>,
 }
 
 /// What [`save_model`] wrote.
@@ -143,11 +147,12 @@ pub fn save_model(
     path: &Path,
     opts: &SaveOptions,
 ) -> Result<SaveReport, OnnxError> {
+    let limit = opts.limit.unwrap_or(PROTOBUF_LIMIT);
     let threshold = match opts.external {
         ExternalData::Inline => None,
         ExternalData::External { threshold } => Some(threshold),
         ExternalData::Auto => {
-            if model.encoded_len() as u64 > PROTOBUF_LIMIT {
+            if model.encoded_len() as u64 > limit {
                 Some(DEFAULT_EXTERNAL_THRESHOLD)
             } else {
                 None
@@ -156,7 +161,7 @@ pub fn save_model(
     };
     let Some(threshold) = threshold else {
         let size = model.encoded_len() as u64;
-        if size > PROTOBUF_LIMIT {
+        if size > limit {
             return Err(OnnxError::TooLarge {
                 path: path.to_path_buf(),
                 size,
@@ -206,7 +211,7 @@ pub fn save_model(
         count += 1;
     });
     let size = out.encoded_len() as u64;
-    if size > PROTOBUF_LIMIT {
+    if size > limit {
         return Err(OnnxError::TooLarge {
             path: path.to_path_buf(),
             size,

@@ -792,9 +792,14 @@ pub fn apply(
                     let bv = tensor::to_f32(bt).ok()?;
                     let limit = (1u64 << 30) as f32;
                     let per: Vec<f32> = bv.iter().map(|v| v.abs() / (xp.scale * limit)).collect();
-                    Some(if axis.is_some() { per } else { vec![per.iter().fold(0f32, |m, v| m.max(*v))] })
+                    Some(if axis.is_some() {
+                        per
+                    } else {
+                        vec![per.iter().fold(0f32, |m, v| m.max(*v))]
+                    })
                 })();
-                let Some(q) = quantize_weight(g, w, axis, cfg.weights, min_scales.as_deref()) else {
+                let Some(q) = quantize_weight(g, w, axis, cfg.weights, min_scales.as_deref())
+                else {
                     s.notes.push(format!(
                         "node `{}`: weights not finite; left float",
                         node.name()

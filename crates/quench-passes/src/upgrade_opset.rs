@@ -22,12 +22,37 @@ use quench_onnx::proto::GraphProto;
 use crate::util;
 
 const CHANGED: &[&str] = &[
-    "Split", "Squeeze", "Unsqueeze", "ReduceSum", "Softmax", "LogSoftmax", "Hardmax", "Resize", "ReduceMean", "ReduceMax",
-    "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare", "GroupNormalization",
+    "Split",
+    "Squeeze",
+    "Unsqueeze",
+    "ReduceSum",
+    "Softmax",
+    "LogSoftmax",
+    "Hardmax",
+    "Resize",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+    "GroupNormalization",
 ];
 
-const REDUCE_18: &[&str] =
-    &["ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"];
+const REDUCE_18: &[&str] = &[
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+    "ReduceSumSquare",
+];
 
 fn subgraph_ops(g: &GraphProto, out: &mut BTreeSet<String>) {
     for n in &g.node {
@@ -62,18 +87,35 @@ pub fn check(g: &Graph, from: i64, to: i64) -> Result<(), String> {
         }
         match node.op_type() {
             "GroupNormalization" if to >= 21 && from < 21 => {
-                return Err(format!("node `{}` (GroupNormalization) changed meaning in opset 21", node.name()));
+                return Err(format!(
+                    "node `{}` (GroupNormalization) changed meaning in opset 21",
+                    node.name()
+                ));
             }
-            "Softmax" | "LogSoftmax" | "Hardmax" if from < 13 && node.attr_int("axis").unwrap_or(1) < 0 => {
+            "Softmax" | "LogSoftmax" | "Hardmax"
+                if from < 13 && node.attr_int("axis").unwrap_or(1) < 0 =>
+            {
                 // A negative axis on an input of unknown rank cannot be
                 // flattened without knowing the rank.
                 let rank = node.input(0).and_then(|x| util::infer_rank(g, x));
                 if rank.is_none() && node.attr_int("axis") != Some(-1) {
-                    return Err(format!("node `{}` ({}) has a negative axis on an input of unknown rank", node.name(), node.op_type()));
+                    return Err(format!(
+                        "node `{}` ({}) has a negative axis on an input of unknown rank",
+                        node.name(),
+                        node.op_type()
+                    ));
                 }
             }
-            "Resize" if node.attr_string("coordinate_transformation_mode").as_deref() == Some("tf_half_pixel_for_nn") => {
-                return Err(format!("node `{}` uses Resize mode tf_half_pixel_for_nn, removed in opset 13", node.name()));
+            "Resize"
+                if node
+                    .attr_string("coordinate_transformation_mode")
+                    .as_deref()
+                    == Some("tf_half_pixel_for_nn") =>
+            {
+                return Err(format!(
+                    "node `{}` uses Resize mode tf_half_pixel_for_nn, removed in opset 13",
+                    node.name()
+                ));
             }
             _ => {}
         }
@@ -88,7 +130,9 @@ pub fn check(g: &Graph, from: i64, to: i64) -> Result<(), String> {
 fn softmax_to_13(g: &mut Graph, n: NodeId) -> bool {
     let node = g.node(n).clone();
     let axis = node.attr_int("axis").unwrap_or(1);
-    let (Some(x), Some(y)) = (node.input(0), node.output(0)) else { return false };
+    let (Some(x), Some(y)) = (node.input(0), node.output(0)) else {
+        return false;
+    };
     let rank = util::infer_rank(g, x);
     if axis == -1 || rank.is_some_and(|r| axis == r as i64 - 1) {
         return false;
@@ -123,7 +167,9 @@ fn int_attr(name: &str, v: i64) -> quench_onnx::proto::AttributeProto {
 }
 
 fn attr_to_input(g: &mut Graph, n: NodeId, attr: &str, slot: usize) {
-    let Some(vals) = g.node(n).attr_ints(attr).map(|v| v.to_vec()) else { return };
+    let Some(vals) = g.node(n).attr_ints(attr).map(|v| v.to_vec()) else {
+        return;
+    };
     let name = format!("{}_{attr}", g.node(n).name());
     let c = g.add_const(&name, tensor::from_i64("", &[vals.len() as i64], &vals));
     g.node_proto_mut(n).remove_attr(attr);
@@ -140,12 +186,18 @@ pub fn apply(g: &mut Graph, from: i64, to: i64) -> usize {
             continue;
         }
         match node.kind() {
-            _ if from < 18 && to >= 18 && REDUCE_18.contains(&node.op_type()) && node.attr("axes").is_some() => {
+            _ if from < 18
+                && to >= 18
+                && REDUCE_18.contains(&node.op_type())
+                && node.attr("axes").is_some() =>
+            {
                 attr_to_input(g, n, "axes", 1);
                 changed += 1;
             }
             _ if from >= 13 => {}
-            OpKind::Softmax | OpKind::LogSoftmax | OpKind::Other if matches!(node.op_type(), "Softmax" | "LogSoftmax" | "Hardmax") => {
+            OpKind::Softmax | OpKind::LogSoftmax | OpKind::Other
+                if matches!(node.op_type(), "Softmax" | "LogSoftmax" | "Hardmax") =>
+            {
                 if softmax_to_13(g, n) {
                     changed += 1;
                 }
@@ -154,7 +206,9 @@ pub fn apply(g: &mut Graph, from: i64, to: i64) -> usize {
                 attr_to_input(g, n, "split", 1);
                 changed += 1;
             }
-            OpKind::Squeeze | OpKind::Unsqueeze | OpKind::ReduceSum if node.attr("axes").is_some() => {
+            OpKind::Squeeze | OpKind::Unsqueeze | OpKind::ReduceSum
+                if node.attr("axes").is_some() =>
+            {
                 attr_to_input(g, n, "axes", 1);
                 changed += 1;
             }

@@ -129,20 +129,37 @@ pub fn infer_elem_types(g: &Graph) -> std::collections::HashMap<ValueId, i32> {
         let input_t = |i: usize| node.input(i).and_then(|v| t.get(&v).copied());
         let out: Option<i32> = match node.kind() {
             OpKind::Shape | OpKind::Size | OpKind::NonZero | OpKind::ArgMax => Some(i64_),
-            OpKind::Equal | OpKind::Greater | OpKind::Less | OpKind::Not | OpKind::And | OpKind::Or | OpKind::Xor => Some(bool_),
+            OpKind::Equal
+            | OpKind::Greater
+            | OpKind::Less
+            | OpKind::Not
+            | OpKind::And
+            | OpKind::Or
+            | OpKind::Xor => Some(bool_),
             OpKind::Cast => node.attr_int("to").map(|v| v as i32),
-            OpKind::Constant => node.attr_tensor("value").map(|x| x.data_type()).or_else(|| {
-                if node.attr("value_float").is_some() || node.attr("value_floats").is_some() {
-                    Some(f32_)
-                } else if node.attr("value_int").is_some() || node.attr("value_ints").is_some() {
-                    Some(i64_)
-                } else {
-                    None
-                }
-            }),
-            OpKind::ConstantOfShape => Some(node.attr_tensor("value").map(|x| x.data_type()).unwrap_or(f32_)),
+            OpKind::Constant => node
+                .attr_tensor("value")
+                .map(|x| x.data_type())
+                .or_else(|| {
+                    if node.attr("value_float").is_some() || node.attr("value_floats").is_some() {
+                        Some(f32_)
+                    } else if node.attr("value_int").is_some() || node.attr("value_ints").is_some()
+                    {
+                        Some(i64_)
+                    } else {
+                        None
+                    }
+                }),
+            OpKind::ConstantOfShape => Some(
+                node.attr_tensor("value")
+                    .map(|x| x.data_type())
+                    .unwrap_or(f32_),
+            ),
             OpKind::DequantizeLinear => Some(f32_),
-            OpKind::QuantizeLinear => node.input(2).and_then(|z| t.get(&z).copied()).or(Some(DataType::Uint8 as i32)),
+            OpKind::QuantizeLinear => node
+                .input(2)
+                .and_then(|z| t.get(&z).copied())
+                .or(Some(DataType::Uint8 as i32)),
             OpKind::Conv
             | OpKind::ConvTranspose
             | OpKind::Gemm
@@ -164,7 +181,11 @@ pub fn infer_elem_types(g: &Graph) -> std::collections::HashMap<ValueId, i32> {
             OpKind::TopK => None,
             // Everything else keeps the type of its first input whose type we know
             // (element-wise ops, data movement, MatMul, Concat, Gather data, ...).
-            _ => node.inputs().iter().flatten().find_map(|v| t.get(v).copied()),
+            _ => node
+                .inputs()
+                .iter()
+                .flatten()
+                .find_map(|v| t.get(v).copied()),
         };
         if let Some(e) = out {
             for o in node.outputs().iter().take(1).flatten() {
