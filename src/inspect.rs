@@ -134,20 +134,7 @@ pub fn summarize(path: &PathBuf, loaded: &quench_onnx::LoadedModel, model: &Mode
     for (_, t) in g.initializers() {
         add_param(&mut params, t);
     }
-    let opsets = h
-        .opset_import
-        .iter()
-        .map(|o| {
-            (
-                if o.domain().is_empty() {
-                    "ai.onnx".to_string()
-                } else {
-                    o.domain().to_string()
-                },
-                o.version(),
-            )
-        })
-        .collect();
+    let opsets = model.opsets().into_iter().collect();
     Summary {
         file: path.display().to_string(),
         file_bytes: loaded.file_bytes,

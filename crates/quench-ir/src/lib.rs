@@ -22,6 +22,7 @@
 //! exactly one definition, the node graph is acyclic, graph outputs exist,
 //! and value names are unique.
 
+pub mod attr;
 mod error;
 mod export;
 mod graph;
@@ -89,6 +90,28 @@ impl Model {
                 version: Some(version),
             }),
         }
+    }
+
+    /// Imported operator sets as `(domain, version)`, the default domain
+    /// named `ai.onnx`, sorted.
+    pub fn opsets(&self) -> Vec<(String, i64)> {
+        let mut v: Vec<(String, i64)> = self
+            .header
+            .opset_import
+            .iter()
+            .map(|o| {
+                (
+                    if o.domain().is_empty() {
+                        "ai.onnx".to_string()
+                    } else {
+                        o.domain().to_string()
+                    },
+                    o.version(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
     }
 
     /// Deterministic text form of the model (see [`GraphText`]).

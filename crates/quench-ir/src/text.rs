@@ -46,23 +46,7 @@ impl GraphText for Graph {
 
 pub(crate) fn model_text(m: &Model) -> String {
     let mut s = format!("# ir_version {}; opset ", m.header.ir_version());
-    let mut ops: Vec<(String, i64)> = m
-        .header
-        .opset_import
-        .iter()
-        .map(|o| {
-            (
-                if o.domain().is_empty() {
-                    "ai.onnx".to_string()
-                } else {
-                    o.domain().to_string()
-                },
-                o.version(),
-            )
-        })
-        .collect();
-    ops.sort();
-    let ops: Vec<String> = ops.iter().map(|(d, v)| format!("{d} {v}")).collect();
+    let ops: Vec<String> = m.opsets().iter().map(|(d, v)| format!("{d} {v}")).collect();
     s.push_str(&ops.join(", "));
     s.push('\n');
     graph_text(&m.graph, 0, &mut s);

@@ -18,9 +18,7 @@
 //! would not be the MatMul's output-feature axis).
 
 use quench_ir::{tensor, Graph, Node, NodeId, OpKind, ValueId};
-use quench_onnx::proto::attribute_proto::AttributeType;
 use quench_onnx::proto::tensor_proto::DataType;
-use quench_onnx::proto::AttributeProto;
 
 use crate::{util, Changed, Pass, PassCx, PassError};
 
@@ -103,15 +101,6 @@ fn f32_const(g: &Graph, v: ValueId) -> Option<(Vec<i64>, Vec<f64>)> {
         return None;
     }
     util::const_f64(g, v)
-}
-
-fn float_attr(name: &str, f: f32) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Float as i32),
-        f: Some(f),
-        ..Default::default()
-    }
 }
 
 /// Folds `bn` into its producer; returns whether it did.
@@ -273,7 +262,8 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
                 }
             }
             if pnode.kind() == OpKind::Gemm {
-                g.node_proto_mut(p).set_attr(float_attr("beta", 1.0));
+                g.node_proto_mut(p)
+                    .set_attr(quench_ir::attr::float("beta", 1.0));
             }
             g.set_node_output(p, 0, y);
         }

@@ -21,9 +21,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use quench_calib::{QuantParams, QuantTarget};
 use quench_ir::{tensor, Graph, Node, NodeId, OpKind, ValueDef, ValueId};
-use quench_onnx::proto::attribute_proto::AttributeType;
 use quench_onnx::proto::tensor_proto::DataType;
-use quench_onnx::proto::{AttributeProto, TensorProto};
+use quench_onnx::proto::TensorProto;
 use serde::Serialize;
 
 use crate::rules::{rule, OpRule};
@@ -452,15 +451,6 @@ fn scalar(name: &str, elem: DataType, v: i32) -> TensorProto {
     }
 }
 
-fn int_attr(name: &str, v: i64) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Int as i32),
-        i: Some(v),
-        ..Default::default()
-    }
-}
-
 /// Quantized weights: integer tensor, per-channel (or one) scale and zero point.
 struct QWeight {
     scales: Vec<f32>,
@@ -588,7 +578,7 @@ fn quantize_weight(
         &g.unique_name(&format!("{base}_DequantizeLinear")),
     );
     if let Some(a) = axis {
-        dq.set_attr(int_attr("axis", a as i64));
+        dq.set_attr(quench_ir::attr::int("axis", a as i64));
     }
     g.add_node(dq, &[Some(qv), Some(sv), Some(zv)], &[Some(out)]);
     Some(QWeight {
@@ -887,7 +877,7 @@ pub fn apply(
             &g.unique_name(&format!("{base}_DequantizeLinear")),
         );
         if axis {
-            dq.set_attr(int_attr("axis", 0));
+            dq.set_attr(quench_ir::attr::int("axis", 0));
         }
         g.add_node(dq, &[Some(qv), Some(sv), Some(zv)], &[Some(out)]);
         g.set_input(n, bias.unwrap_or(2), Some(out));
@@ -1023,7 +1013,7 @@ fn dynamic_matmul(
         &[Some(acc)],
     );
     let mut cast = Node::new("Cast", &g.unique_name(&format!("{}_Cast", node.name())));
-    cast.set_attr(int_attr("to", DataType::Float as i64));
+    cast.set_attr(quench_ir::attr::int("to", DataType::Float as i64));
     let (_, accf) = g.add_op(cast, &[acc], &[&format!("{}_float", g.value(y).name)]);
     let (_, sc) = g.add_op(
         Node::new("Mul", &g.unique_name(&format!("{}_scale_Mul", node.name()))),

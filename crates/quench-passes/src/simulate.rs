@@ -13,9 +13,7 @@
 //! with consumers other than DequantizeLinear (left as they are).
 
 use quench_ir::{tensor, Graph, Node, NodeId, OpKind, ValueId};
-use quench_onnx::proto::attribute_proto::AttributeType;
 use quench_onnx::proto::tensor_proto::DataType;
-use quench_onnx::proto::AttributeProto;
 
 fn scalar_f32(g: &Graph, v: Option<ValueId>) -> Option<f32> {
     let t = g.const_tensor(v?)?;
@@ -34,15 +32,6 @@ fn int_range(elem: i32) -> Option<(f32, f32)> {
         DataType::Int32 => (i32::MIN as f32, i32::MAX as f32),
         _ => return None,
     })
-}
-
-fn float_attr(name: &str, f: f32) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(AttributeType::Float as i32),
-        f: Some(f),
-        ..Default::default()
-    }
 }
 
 /// Rewrites `g` into its float twin; returns (Q/DQ pairs replaced, constant
@@ -205,8 +194,8 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> bool {
             .1
     } else {
         let mut cl = mk(g, "Clip");
-        cl.set_attr(float_attr("min", qmin));
-        cl.set_attr(float_attr("max", qmax));
+        cl.set_attr(quench_ir::attr::float("min", qmin));
+        cl.set_attr(quench_ir::attr::float("max", qmax));
         g.add_op(cl, &[c[0]], &[&format!("{base}_sim_clip")]).1
     };
     let su = mk(g, "Sub");

@@ -143,27 +143,18 @@ fn softmax_to_13(g: &mut Graph, n: NodeId) -> bool {
     };
     let base = node.name().to_string();
     let mut flat = quench_ir::Node::new("Flatten", &g.unique_name(&format!("{base}_flatten")));
-    flat.set_attr(int_attr("axis", axis));
+    flat.set_attr(quench_ir::attr::int("axis", axis));
     let (_, f) = g.add_op(flat, &[x], &[&format!("{base}_2d")]);
     let shape = quench_ir::Node::new("Shape", &g.unique_name(&format!("{base}_shape")));
     let (_, sh) = g.add_op(shape, &[x], &[&format!("{base}_in_shape")]);
     let s2d = g.add_value(&format!("{base}_out_2d"), None);
     g.remove_node(n);
     let mut op = node.clone();
-    op.set_attr(int_attr("axis", -1));
+    op.set_attr(quench_ir::attr::int("axis", -1));
     g.add_node(op, &[Some(f[0])], &[Some(s2d)]);
     let reshape = quench_ir::Node::new("Reshape", &g.unique_name(&format!("{base}_restore")));
     g.add_node(reshape, &[Some(s2d), Some(sh[0])], &[Some(y)]);
     true
-}
-
-fn int_attr(name: &str, v: i64) -> quench_onnx::proto::AttributeProto {
-    quench_onnx::proto::AttributeProto {
-        name: Some(name.into()),
-        r#type: Some(quench_onnx::proto::attribute_proto::AttributeType::Int as i32),
-        i: Some(v),
-        ..Default::default()
-    }
 }
 
 fn attr_to_input(g: &mut Graph, n: NodeId, attr: &str, slot: usize) {
