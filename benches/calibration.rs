@@ -399,12 +399,13 @@ fn mb(b: u64) -> f64 {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<32} {:>7} {:>11} {:>11} {:>6} | {:>10} {:>10} {:>6} {:>10} {:>10}",
+        "{:<32} {:>7} {:>10} {:>10} {:>6} | {:>10} | {:>10} {:>10} {:>6} {:>10} {:>10}",
         "model",
         "samples",
         "plain (s)",
         "calib (s)",
         "ratio",
+        "plain rss",
         "rss@few",
         "rss@many",
         "ratio",
@@ -417,12 +418,13 @@ fn print_table(rows: &[Row]) {
         let data_diff = r.data_bytes.1.saturating_sub(r.data_bytes.0);
         let excl = r.mem.1.saturating_sub(data_diff) as f64 / r.mem.0 as f64;
         println!(
-            "{:<32} {:>7} {:>11.3} {:>11.3} {:>5.2}x | {:>8.1}MB {:>8.1}MB {:>5.2}x {:>8.1}MB {:>9.2}x",
+            "{:<32} {:>7} {:>10.3} {:>10.3} {:>5.2}x | {:>8.1}MB | {:>8.1}MB {:>8.1}MB {:>5.2}x {:>8.1}MB {:>9.2}x",
             r.name,
             r.samples,
             r.plain.as_secs_f64(),
             r.calibrate.as_secs_f64(),
             ratio,
+            mb(r.plain_mem),
             mb(r.mem.0),
             mb(r.mem.1),
             mem_ratio,
@@ -431,14 +433,15 @@ fn print_table(rows: &[Row]) {
         );
     }
     println!();
+    println!(
+        "time: best of the runs, end to end, {} rayon threads; plain = the same batches in tract, nothing observed",
+        rayon::current_num_threads()
+    );
+    println!("(`plain rss`: its peak RSS on the timing samples).");
     if let Some(r) = rows.first() {
         println!(
-            "time: best of the runs, end to end; plain = same batches in tract, nothing observed (its peak RSS: {:.1} MB for {}).",
-            mb(r.plain_mem),
-            r.name
-        );
-        println!(
-            "memory: peak RSS of `quench calibrate` at {} vs {} samples; `excl. data` subtracts the larger input arrays (read into memory whole).",
+            "memory: peak RSS of `quench calibrate` at {} vs {} samples; `excl. data` subtracts the larger \
+             input arrays (read into memory whole).",
             r.mem_samples.0, r.mem_samples.1
         );
     }

@@ -24,7 +24,7 @@ model) in ONNX Runtime CPU:
   R.json` (defaults otherwise; note its wall time includes its own
   verification in tract on the eval samples).
 
-Per model and tool: wall time and peak RSS of the child process (os.wait4),
+Per model and tool: wall time and peak RSS of the child process (GNU time %M),
 output size (incl. external data), onnx.checker full_check, fidelity vs FP32
 in ORT (SQNR per output averaged over outputs, mean per-sample cosine, a task
 metric) and ORT CPU latency with one thread (median of --runs, FP32 / ORT /
@@ -384,17 +384,31 @@ def slug(name):
 # process running with wall time + peak RSS
 # --------------------------------------------------------------------------
 
+TIME_BIN = "/usr/bin/time"
+
+
 def run_measured(cmd, cwd, log_prefix, timeout):
-    """Runs cmd; returns dict(rc, wall, maxrss_mb, stderr, timed_out)."""
+    """Runs cmd; returns dict(rc, wall, maxrss_mb, stderr, timed_out).
+
+    Peak RSS: os.wait4's ru_maxrss is useless here, because Linux carries the
+    high-water mark of the pre-exec (forked) image into the child, i.e. this
+    process's own RSS (hundreds of MB with ORT sessions open). So the command
+    runs under GNU time (`%M`), which is a small process; without it, VmHWM of
+    the exec'd child is polled from /proc."""
     out_f = open(log_prefix + ".stdout", "w")
     err_f = open(log_prefix + ".stderr", "w")
+    time_file = log_prefix + ".time"
+    use_time = os.access(TIME_BIN, os.X_OK)
+    full = [TIME_BIN, "-f", "%M", "-o", time_file, *cmd] if use_time else list(cmd)
     t0 = time.perf_counter()
     try:
-        p = subprocess.Popen(cmd, cwd=cwd, stdout=out_f, stderr=err_f, start_new_session=True)
+        p = subprocess.Popen(full, cwd=cwd, stdout=out_f, stderr=err_f, start_new_session=True)
     except OSError as e:
         out_f.close(); err_f.close()
         return dict(rc=-1, wall=0.0, maxrss_mb=0.0, stderr=str(e), timed_out=False)
     timed_out = {"v": False}
+    hwm = {"kb": 0}
+    done = threading.Event()
 
     def kill():
         timed_out["v"] = True
@@ -403,20 +417,42 @@ def run_measured(cmd, cwd, log_prefix, timeout):
         except OSError:
             pass
 
+    def poll():  # fallback only
+        while not done.is_set():
+            try:
+                with open(f"/proc/{p.pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            hwm["kb"] = max(hwm["kb"], int(line.split()[1]))
+            except (OSError, ValueError):
+                pass
+            done.wait(0.02)
+
     timer = threading.Timer(timeout, kill)
     timer.start()
-    _, status, ru = os.wait4(p.pid, 0)
+    poller = None
+    if not use_time:
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+    rc = p.wait()
     wall = time.perf_counter() - t0
+    done.set()
     timer.cancel()
-    p.returncode = os.waitstatus_to_exitcode(status)
     out_f.close(); err_f.close()
+    maxrss_kb = hwm["kb"]
+    if use_time:
+        try:
+            with open(time_file) as f:
+                last = [l for l in f.read().splitlines() if l.strip()][-1]
+            maxrss_kb = int(last.split()[0])
+        except (OSError, IndexError, ValueError):
+            maxrss_kb = 0
     with open(log_prefix + ".stderr", errors="replace") as f:
         stderr = f.read()
-    return dict(rc=p.returncode, wall=wall, maxrss_mb=ru.ru_maxrss / 1024.0, stderr=stderr,
-                timed_out=timed_out["v"])
+    return dict(rc=rc, wall=wall, maxrss_mb=maxrss_kb / 1024.0, stderr=stderr, timed_out=timed_out["v"])
 
 
-def short_reason(stderr, rc, timed_out, limit=160):
+def short_reason(stderr, rc, timed_out, limit=260):
     if timed_out:
         return "timeout"
     lines = [l.strip() for l in stderr.splitlines() if l.strip()]
@@ -424,7 +460,9 @@ def short_reason(stderr, rc, timed_out, limit=160):
     if not pick:
         pick = [l for l in lines if "error" in l.lower()] or lines[-2:]
     s = " | ".join(pick[:3]) if pick else f"exit status {rc}"
-    return s[:limit]
+    if len(s) > limit:  # keep the head and the innermost cause at the end
+        s = s[:limit // 2 - 2] + " ... " + s[-(limit // 2 - 3):]
+    return s
 
 
 # --------------------------------------------------------------------------
@@ -587,7 +625,10 @@ def fidelity(kind, ref_outs, q_outs, labels):
         per_out.append(sqnr_db(r, q))
         coss.append(cosine(r, q))
     finite = [min(s, 200.0) for s in per_out if not math.isnan(s)]
-    mean_sqnr = float(np.mean(finite)) if finite else float("nan")
+    if per_out and all(math.isinf(s) and s > 0 for s in per_out):
+        mean_sqnr = float("inf")  # bit-identical outputs
+    else:  # identical outputs count as 200 dB in the mean
+        mean_sqnr = float(np.mean(finite)) if finite else float("nan")
     task_s, task_d = task_metric(kind, ref_outs, q_outs, labels)
     return dict(sqnr_per_output=per_out, sqnr_mean=mean_sqnr,
                 cosine=float(np.mean(coss)) if coss else float("nan"), task=task_s, task_detail=task_d)
@@ -766,7 +807,7 @@ def bench_model(spec, args, rng):
         shutil.rmtree(cdir_tmp, ignore_errors=True)
         if pr["rc"] != 0 or not os.path.exists(out):
             reason = o.get("quantize_error") or short_reason(pr["stderr"], pr["rc"], pr["timed_out"])
-            o["status"] = "FAIL: " + reason[:160]
+            o["status"] = "FAIL: " + reason[:260]
             o["stderr"] = pr["stderr"][-4000:]
         else:
             ev_r, s = evaluate_output(out, spec, ev, add_batch, labels, ref_outs, n_eval)

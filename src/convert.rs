@@ -54,8 +54,14 @@ pub(crate) fn check_output(input: &Path, external_files: &[String], output: &Pat
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
+    if same(input, &data) {
+        bail!("{}: its external data file `{}` would overwrite the input model; choose another output name", output.display(), data.display());
+    }
     let base = input.parent().unwrap_or(Path::new("."));
     for f in external_files {
+        if same(&base.join(f), output) {
+            bail!("{}: output would overwrite the input's external data file `{f}`; choose another path", output.display());
+        }
         if same(&base.join(f), &data) {
             bail!("{}: its external data file would overwrite the input's `{f}`; choose another output name", output.display());
         }

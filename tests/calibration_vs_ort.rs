@@ -35,6 +35,7 @@
 //! included): the same samples as a directory of `.npy` or as an `.npz`, in
 //! another sample order, with one rayon thread or all of them, and with
 //! batches of 16 (short last batch) or of 1.
+#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1072,3 +1072,44 @@ fn external_data_references_are_checked() {
         assert_eq!(dir_entries(&out), Vec::<String>::new());
     }
 }
+
+#[test]
+fn convert_never_overwrites_the_inputs_data_file_or_model_via_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let m = dir.path().join("external_data.onnx");
+    let d = dir.path().join("external_data.onnx.data");
+    std::fs::copy(root.join("external_data.onnx"), &m).unwrap();
+    std::fs::copy(root.join("external_data.onnx.data"), &d).unwrap();
+    let before = (std::fs::read(&m).unwrap(), std::fs::read(&d).unwrap());
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_quench"))
+        .args(["convert", m.to_str().unwrap(), "-o", d.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(
+        (std::fs::read(&m).unwrap(), std::fs::read(&d).unwrap()),
+        before
+    );
+    // `<out>.data` would be the input model itself.
+    let y = dir.path().join("y.onnx.data");
+    std::fs::copy(root.join("mlp.onnx"), &y).unwrap();
+    let yb = std::fs::read(&y).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_quench"))
+        .args([
+            "convert",
+            y.to_str().unwrap(),
+            "-o",
+            dir.path().join("y.onnx").to_str().unwrap(),
+            "--external-data",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&y).unwrap(), yb);
+}
