@@ -219,7 +219,12 @@ impl Observer for Histogram {
         let factor = pow2(self.bins_log2 as i32 - 1 - self.range_log2);
         for &x in data.iter().filter(|x| x.is_finite()) {
             // Exact: multiplication by a power of two, |x * factor| < N/2.
-            let idx = ((f64::from(x) * factor).floor() as i64 + half).clamp(0, last);
+            // Floor by truncation plus a correction: exact, and much cheaper
+            // than the libm `floor` call in this per-element loop.
+            let v = f64::from(x) * factor;
+            let t = v as i64;
+            let fl = t - i64::from((t as f64) > v);
+            let idx = (fl + half).clamp(0, last);
             let bin = &mut self.bins[idx as usize];
             *bin = bin.saturating_add(1);
         }
