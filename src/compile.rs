@@ -623,6 +623,42 @@ fn check_thresholds(
     None
 }
 
+/// Top-1 hits against integer `labels` (rows `offset..` of them) for a
+/// reference and a test output of shape `[N, C]`: `(rows, reference hits,
+/// test hits)`. Anything else counts nothing.
+pub(crate) fn label_hits(
+    reference: &ndarray::ArrayD<f32>,
+    test: &ndarray::ArrayD<f32>,
+    labels: Option<&ArrayData>,
+    offset: usize,
+) -> (usize, usize, usize) {
+    let Some(ArrayData::I64(l)) = labels else {
+        return (0, 0, 0);
+    };
+    if reference.ndim() != 2 || l.ndim() != 1 || test.shape() != reference.shape() {
+        return (0, 0, 0);
+    }
+    let argmax = |m: &ndarray::ArrayD<f32>, row: usize| {
+        (0..m.shape()[1]).fold(0, |best, k| {
+            if m[[row, k]] > m[[row, best]] {
+                k
+            } else {
+                best
+            }
+        }) as i64
+    };
+    let mut hits = (0, 0, 0);
+    for row in 0..reference.shape()[0] {
+        let Some(&lab) = l.get(offset + row) else {
+            continue;
+        };
+        hits.0 += 1;
+        hits.1 += (argmax(reference, row) == lab) as usize;
+        hits.2 += (argmax(test, row) == lab) as usize;
+    }
+    hits
+}
+
 /// Runs FP32, the emitted model and its float twin on the evaluation data.
 fn verify(
     original: &ModelProto,
@@ -705,27 +741,10 @@ fn verify(
                 (None, None) => continue,
             };
             if i == 0 {
-                if let Some(ArrayData::I64(l)) = &labels {
-                    if xf.ndim() == 2 && l.ndim() == 1 {
-                        for row in 0..xf.shape()[0] {
-                            let Some(&lab) = l.get(offset + row) else {
-                                continue;
-                            };
-                            let am = |m: &ndarray::ArrayD<f32>| {
-                                let mut best = 0;
-                                for k in 0..m.shape()[1] {
-                                    if m[[row, k]] > m[[row, best]] {
-                                        best = k;
-                                    }
-                                }
-                                best as i64
-                            };
-                            n_labels += 1;
-                            correct_fp += (am(&xf) == lab) as usize;
-                            correct_q += (am(&yf) == lab) as usize;
-                        }
-                    }
-                }
+                let (n, a, b) = label_hits(&xf, &yf, labels.as_ref(), offset);
+                n_labels += n;
+                correct_fp += a;
+                correct_q += b;
             }
         }
         offset += r.len();

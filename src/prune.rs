@@ -308,27 +308,10 @@ impl<'a> Comparison<'a> {
                 if i != 0 {
                     continue;
                 }
-                if let Some(ArrayData::I64(l)) = &labels {
-                    if xf.ndim() == 2 && l.ndim() == 1 {
-                        for row in 0..xf.shape()[0] {
-                            let Some(&lab) = l.get(offset + row) else {
-                                continue;
-                            };
-                            let am = |m: &ndarray::ArrayD<f32>| {
-                                let mut best = 0;
-                                for k in 0..m.shape()[1] {
-                                    if m[[row, k]] > m[[row, best]] {
-                                        best = k;
-                                    }
-                                }
-                                best as i64
-                            };
-                            n_labels += 1;
-                            right_ref += (am(&xf) == lab) as usize;
-                            right_cand += (am(&yf) == lab) as usize;
-                        }
-                    }
-                }
+                let (n, a, b) = crate::compile::label_hits(&xf, &yf, labels.as_ref(), offset);
+                n_labels += n;
+                right_ref += a;
+                right_cand += b;
             }
             offset += r.len();
         }

@@ -325,13 +325,7 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                 p.decisions
                     .push(decide(true, "absorbed into the previous op's output range"));
             }
-            OpRule::Float(reason) => {
-                if cfg.mode == Mode::WeightOnly && node.kind() == OpKind::Gather {
-                    p.decisions.push(decide(false, reason));
-                } else {
-                    p.decisions.push(decide(false, reason));
-                }
-            }
+            OpRule::Float(reason) => p.decisions.push(decide(false, reason)),
             OpRule::Shared => {
                 if cfg.mode == Mode::WeightOnly
                     && node.kind() == OpKind::Gather
