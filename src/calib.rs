@@ -2,8 +2,9 @@
 //! and streams every observed tensor into order-invariant observers.
 //!
 //! Invariant: nothing keeps per-sample activations once they are observed;
-//! memory is one batch of outputs per worker plus one histogram per tensor
-//! per worker, whatever the number of samples. Batches run in parallel
+//! memory is one batch of outputs per worker (borrowed from tract, not
+//! copied) plus one histogram per tensor per worker, whatever the number of
+//! samples. Batches run in parallel
 //! (rayon); histograms merge exactly, so the result does not depend on
 //! batch size, order or thread count.
 
@@ -40,53 +41,52 @@ impl Runners {
 
     /// Runs the model on `inputs` (named as the model's inputs, in order).
     pub fn run(&self, names: &[String], inputs: &[ArrayData]) -> Result<Vec<ArrayData>> {
+        Ok(self.runner(names, inputs)?.run(inputs)?)
+    }
+
+    /// The runner compiled for the shapes of `inputs`. Compiled once: the
+    /// cache stays locked while tract compiles, so parallel batches of the
+    /// same shape wait for it instead of compiling it again.
+    pub fn runner(&self, names: &[String], inputs: &[ArrayData]) -> Result<Runner> {
         let key: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape().to_vec()).collect();
-        let runner = {
-            let cache = self
-                .cache
-                .lock()
-                .map_err(|_| anyhow!("runner cache poisoned"))?;
-            cache.get(&key).cloned()
-        };
-        let runner = match runner {
-            Some(r) => r,
-            None => {
-                let shapes: Vec<(String, Vec<i64>)> = names
-                    .iter()
-                    .zip(&key)
-                    .map(|(n, s)| (n.clone(), s.iter().map(|d| *d as i64).collect()))
-                    .collect();
-                let (prepared, notes) = prepare_for_tract(&self.model, &shapes);
-                if let Ok(mut n) = self.notes.lock() {
-                    for note in notes {
-                        if !n.contains(&note) {
-                            n.push(note);
-                        }
-                    }
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| anyhow!("runner cache poisoned"))?;
+        if let Some(r) = cache.get(&key) {
+            return Ok(r.clone());
+        }
+        let shapes: Vec<(String, Vec<i64>)> = names
+            .iter()
+            .zip(&key)
+            .map(|(n, s)| (n.clone(), s.iter().map(|d| *d as i64).collect()))
+            .collect();
+        let (prepared, notes) = prepare_for_tract(&self.model, &shapes);
+        if let Ok(mut n) = self.notes.lock() {
+            for note in notes {
+                if !n.contains(&note) {
+                    n.push(note);
                 }
-                let facts = names
-                    .iter()
-                    .zip(inputs)
-                    .map(|(n, a)| InputFact {
-                        name: n.clone(),
-                        elem_type: a.elem_type(),
-                        shape: a.shape().to_vec(),
-                    })
-                    .collect();
-                let r = Runner::new(
-                    &prepared,
-                    &RunnerConfig {
-                        input_facts: facts,
-                        extra_outputs: self.extra.clone(),
-                    },
-                )?;
-                if let Ok(mut c) = self.cache.lock() {
-                    c.insert(key, r.clone());
-                }
-                r
             }
-        };
-        Ok(runner.run(inputs)?)
+        }
+        let facts = names
+            .iter()
+            .zip(inputs)
+            .map(|(n, a)| InputFact {
+                name: n.clone(),
+                elem_type: a.elem_type(),
+                shape: a.shape().to_vec(),
+            })
+            .collect();
+        let r = Runner::new(
+            &prepared,
+            &RunnerConfig {
+                input_facts: facts,
+                extra_outputs: self.extra.clone(),
+            },
+        )?;
+        cache.insert(key, r.clone());
+        Ok(r)
     }
 }
 
@@ -105,6 +105,43 @@ pub struct CalibrationTable {
     pub ranges: BTreeMap<String, BTreeMap<String, (f32, f32)>>,
 }
 
+/// Bytes of observed outputs one batch may hold: every observed tensor of
+/// a run is alive until the run returns, so the batch size is what bounds
+/// calibration memory (times the number of workers).
+pub const OUTPUT_BUDGET: u64 = 192 << 20;
+
+/// How calibration splits the samples into runs. When the model's batch
+/// axis is free, one sample is compiled first to learn what its observed
+/// outputs weigh, and batches hold as many samples as fit in
+/// [`OUTPUT_BUDGET`] (1..=[`MAX_BATCH`]); a shorter last batch runs sample
+/// by sample on that same compiled model rather than compiling another.
+fn batch_ranges(
+    runners: &Runners,
+    data: &Dataset,
+    feed: Feed,
+    input_names: &[String],
+) -> Result<Vec<std::ops::Range<usize>>> {
+    let n = data.samples();
+    if feed != (Feed::Batch { fixed: None }) || n <= 1 {
+        return Ok(feed.ranges(n, MAX_BATCH));
+    }
+    let probe = data.feed(feed, 0..1)?;
+    let per_sample = runners.runner(input_names, &probe)?.output_bytes();
+    let batch = match per_sample {
+        Some(b) if b > 0 => (OUTPUT_BUDGET / b).clamp(1, MAX_BATCH as u64) as usize,
+        _ => MAX_BATCH,
+    };
+    let mut ranges = feed.ranges(n, batch);
+    if let Some(last) = ranges.pop() {
+        if last.len() == batch {
+            ranges.push(last);
+        } else {
+            ranges.extend(last.map(|i| i..i + 1));
+        }
+    }
+    Ok(ranges)
+}
+
 /// Runs `model` over `data` and observes `tensors`.
 pub fn collect(
     model: &ModelProto,
@@ -115,7 +152,7 @@ pub fn collect(
 ) -> Result<BTreeMap<String, TensorStats>> {
     let n_out = model.graph.as_ref().map_or(0, |g| g.output.len());
     let runners = Runners::new(model, tensors.to_vec());
-    let ranges = feed.ranges(data.samples(), MAX_BATCH);
+    let ranges = batch_ranges(&runners, data, feed, input_names)?;
     // Drawn only on a terminal (indicatif hides itself otherwise).
     let bar = indicatif::ProgressBar::new(data.samples() as u64);
     bar.set_style(
@@ -124,37 +161,30 @@ pub fn collect(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let per_worker = ranges
+    let empty = || -> Vec<Histogram> { (0..tensors.len()).map(|_| Histogram::new()).collect() };
+    // One set of histograms per rayon worker (fold), merged at the end:
+    // memory is bounded by the thread count, not the batch count.
+    let merged = ranges
         .par_iter()
-        .map(|r| -> Result<Vec<Histogram>> {
-            bar.inc(r.len() as u64);
+        .try_fold(empty, |mut hs, r| -> Result<Vec<Histogram>> {
             let inputs = data.feed(feed, r.clone())?;
-            let outs = runners
-                .run(input_names, &inputs)
+            runners
+                .runner(input_names, &inputs)?
+                .run_visit(&inputs, n_out, |i, values| hs[i - n_out].observe(values))
                 .with_context(|| format!("running calibration samples {r:?}"))?;
-            let mut hs: Vec<Histogram> = (0..tensors.len()).map(|_| Histogram::new()).collect();
-            for (h, a) in hs.iter_mut().zip(outs.iter().skip(n_out)) {
-                let f = a.to_f32();
-                match f.as_slice() {
-                    Some(s) => h.observe(s),
-                    None => h.observe(&f.iter().copied().collect::<Vec<_>>()),
-                }
-            }
+            bar.inc(r.len() as u64);
             Ok(hs)
         })
-        .try_reduce(
-            || (0..tensors.len()).map(|_| Histogram::new()).collect(),
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    x.merge(y);
-                }
-                Ok(a)
-            },
-        )?;
+        .try_reduce(empty, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(&b) {
+                x.merge(y);
+            }
+            Ok(a)
+        })?;
     bar.finish_and_clear();
     Ok(tensors
         .iter()
         .cloned()
-        .zip(per_worker.iter().map(|h| h.stats()))
+        .zip(merged.iter().map(|h| h.stats()))
         .collect())
 }

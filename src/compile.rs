@@ -117,6 +117,10 @@ pub struct CompileArgs {
     /// Skip verification in tract.
     #[arg(long)]
     pub no_verify: bool,
+    /// Fail instead of falling back to weight-only quantization when tract
+    /// cannot run the model for calibration (static mode).
+    #[arg(long)]
+    pub no_fallback: bool,
     /// Run the graph passes only (no quantization); the output is FP32.
     #[arg(long)]
     pub no_quantize: bool,
@@ -422,6 +426,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
 
     // 3. Plan and calibrate.
     let mut plan = quantize::plan(&model.graph, &cfg)?;
+    let plan_mode = cfg.mode;
     if a.no_quantize {
         plan = quantize::Plan {
             decisions: plan
@@ -494,8 +499,31 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
             }
             calib_samples = cal.samples();
             let t0 = std::time::Instant::now();
-            let stats = calib::collect(&proto, &cal, feed, &model_input_names(&proto), &tensors)
-                .context("calibration failed; `--mode weight-only` needs no calibration run")?;
+            let stats = match calib::collect(
+                &proto,
+                &cal,
+                feed,
+                &model_input_names(&proto),
+                &tensors,
+            ) {
+                Ok(s) => s,
+                // tract cannot run the model: static quantization is out of
+                // reach, weights can still be quantized.
+                Err(e) if a.no_fallback => {
+                    return Err(e.context(
+                        "calibration failed; `--mode weight-only` needs no calibration run",
+                    ))
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "calibration could not run the model in tract ({e:#}); fell back to weight-only quantization (int8 weights, float activations). `--no-fallback` makes this an error"
+                    );
+                    eprintln!("warning: {msg}");
+                    notes.push(msg);
+                    cfg.mode = Mode::WeightOnly;
+                    BTreeMap::new()
+                }
+            };
             if a.verbose {
                 eprintln!(
                     "calibrated {} tensors on {} samples in {:.2?}",
@@ -515,6 +543,10 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
                 Err(e) => notes.push(format!("tensor `{name}`: no range ({e}); stays float")),
             }
         }
+    }
+
+    if cfg.mode != plan_mode {
+        plan = quantize::plan(&model.graph, &cfg)?;
     }
 
     // 4. Quantize.
@@ -598,7 +630,15 @@ fn check_thresholds(
     min_sqnr: Option<f64>,
     min_top1: Option<f64>,
 ) -> Option<ThresholdFailed> {
-    let v = r.verification.as_ref()?;
+    if min_sqnr.is_none() && min_top1.is_none() {
+        return None;
+    }
+    let Some(v) = r.verification.as_ref() else {
+        return Some(ThresholdFailed(
+            "--min-sqnr/--min-top1 were given but verification did not run (see the notes above)"
+                .into(),
+        ));
+    };
     for o in &v.outputs {
         let Some(m) = o.reference.as_ref().or(o.file.as_ref()) else {
             continue;

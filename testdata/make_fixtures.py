@@ -517,6 +517,31 @@ def make_bn_variants():
     g = helper.make_graph(nodes, "bn_nonconst", [vi("input", [1, 4, 8, 8])], [vi("output", [1, 4, 8, 8])], inits)
     save_checked(make_model(g), "bn_nonconst.onnx")
 
+    # Paddle-style constant Mul/Add/Sub after Conv and Gemm (folded into
+    # weights and bias), plus a spatially varying Mul that must stay.
+    rng = np.random.default_rng(17)
+    inits = [init("c1.w", conv_w(rng, 8, 3, 3)), init("c1.b", rng.normal(0, 0.1, 8)),
+             init("c2.w", conv_w(rng, 8, 8, 3)),
+             init("scale", np.array([1.7], dtype=np.float32)),
+             init("shift", rng.normal(0, 0.2, (1, 8, 1, 1))),
+             init("sub", rng.normal(0, 0.2, (8, 1, 1))),
+             init("spatial", rng.uniform(0.5, 1.5, (1, 1, 8, 8))),
+             init("fc.w", rng.normal(0, 0.3, (8, 5))), init("fc.b", rng.normal(0, 0.1, 5)),
+             init("fc.scale", rng.uniform(0.5, 2.0, 5))]
+    nodes = [helper.make_node("Conv", ["input", "c1.w", "c1.b"], ["c1"], name="conv1", **k3),
+             helper.make_node("Mul", ["scale", "c1"], ["m1"], name="mul_scalar"),
+             helper.make_node("Add", ["m1", "shift"], ["a1"], name="add_channel"),
+             helper.make_node("Relu", ["a1"], ["r1"], name="relu"),
+             helper.make_node("Conv", ["r1", "c2.w"], ["c2"], name="conv2", **k3),
+             helper.make_node("Sub", ["c2", "sub"], ["s2"], name="sub_channel"),
+             helper.make_node("Mul", ["s2", "spatial"], ["m2"], name="mul_spatial"),
+             helper.make_node("GlobalAveragePool", ["m2"], ["gap"], name="gap"),
+             helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["fc"], name="fc"),
+             helper.make_node("Mul", ["fc", "fc.scale"], ["output"], name="mul_fc")]
+    g = helper.make_graph(nodes, "affine_fold", [vi("input", [1, 3, 8, 8])], [vi("output", [1, 5])], inits)
+    save_checked(make_model(g), "affine_fold.onnx")
+
 
 # --------------------------------------------------------------------------
 # resnet_tiny.onnx / mobilenet_tiny.onnx

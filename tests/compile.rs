@@ -207,37 +207,67 @@ fn transformer_leaves_mask_and_softmax_float() {
     assert!(!text.contains("scores_masked_QuantizeLinear"), "{text}");
 }
 
+/// tract cannot run a model with a custom op, so static calibration is
+/// impossible: compile falls back to weight-only and says why (naming the
+/// op); `--no-fallback` makes it an error, and a requested threshold that
+/// cannot be verified fails with status 2.
 #[test]
-fn custom_op_model_names_the_op_and_weight_only_still_works() {
+fn custom_op_model_falls_back_to_weight_only_and_names_the_op() {
     let tmp = tempfile::tempdir().unwrap();
     let model = testdata("custom_domain.onnx");
     random_calibration(&model, tmp.path(), 4);
-    let out = tmp.path().join("c.onnx");
-    let (code, _, stderr) = quench(&[
+    let out = interop_dir("compile").join("custom_domain.fallback.onnx");
+    let rep = tmp.path().join("c.json");
+    let (code, stdout, stderr) = quench(&[
         "compile",
         model.to_str().unwrap(),
         "-c",
         tmp.path().to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("MyOp") && stderr.contains("fell back to weight-only"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("custom domain stays float"), "{stdout}");
+    let r = report(&rep);
+    assert_eq!(r["mode"], "weight-only");
+    assert_eq!(r["quantization"]["weights_quantized"], 1);
+    assert_eq!(r["quantization"]["activations_quantized"], 0);
+
+    let strict = tmp.path().join("strict.onnx");
+    let (code, _, stderr) = quench(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-c",
+        tmp.path().to_str().unwrap(),
+        "-o",
+        strict.to_str().unwrap(),
+        "--no-fallback",
     ]);
     assert_eq!(code, 1);
     assert!(
         stderr.contains("MyOp") && stderr.contains("weight-only"),
         "{stderr}"
     );
-    assert!(!out.exists(), "no output on failure");
-    let out2 = interop_dir("compile").join("custom_domain.weight-only.onnx");
-    let (code, stdout, stderr) = quench(&[
+    assert!(!strict.exists(), "no output on failure");
+
+    let (code, _, stderr) = quench(&[
         "compile",
         model.to_str().unwrap(),
-        "--mode",
-        "weight-only",
+        "-c",
+        tmp.path().to_str().unwrap(),
         "-o",
-        out2.to_str().unwrap(),
+        tmp.path().join("t.onnx").to_str().unwrap(),
+        "--min-sqnr",
+        "20",
     ]);
-    assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("custom domain stays float"), "{stdout}");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("verification did not run"), "{stderr}");
 }
 
 #[test]

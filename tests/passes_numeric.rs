@@ -44,7 +44,10 @@ fn check(name: &str) -> (usize, String) {
     // Write the rewritten model for the CI interop check.
     let out = interop_dir("passes").join(name);
     quench_onnx::save_model(&after, &out, &Default::default()).unwrap();
-    (cx.stat("fold_batchnorm.folded"), m.to_text())
+    (
+        cx.stat("fold_batchnorm.folded") + cx.stat("fold_batchnorm.elementwise"),
+        m.to_text(),
+    )
 }
 
 #[test]
@@ -68,6 +71,7 @@ fn pipeline_preserves_outputs_on_every_fixture() {
         "resnet_tiny.onnx",
         "mobilenet_tiny.onnx",
         "digits_cnn.onnx",
+        "affine_fold.onnx",
     ] {
         let (n, text) = check(f);
         folded.push((f, n));
@@ -86,6 +90,9 @@ fn pipeline_preserves_outputs_on_every_fixture() {
     assert_eq!(get("mobilenet_tiny.onnx"), 7);
     assert_eq!(get("cnn_bn.onnx"), 2);
     assert_eq!(get("digits_cnn.onnx"), 2);
+    // Mul by a scalar, Add and Sub per channel after Conv, Mul per column
+    // after Gemm; the spatially varying Mul stays.
+    assert_eq!(get("affine_fold.onnx"), 4);
 }
 
 #[test]

@@ -208,27 +208,22 @@ impl Histogram {
 
 impl Observer for Histogram {
     fn observe(&mut self, data: &[f32]) {
-        let max_abs = data
-            .iter()
-            .filter(|x| x.is_finite())
-            .fold(0.0f32, |m, x| m.max(x.abs()));
-        let needed = range_log2_for(max_abs).max(self.range_log2);
-        self.regrid(self.bins_log2, needed);
-        let half = 1i64 << (self.bins_log2 - 1);
-        let last = (self.bins.len() - 1) as i64;
-        let factor = pow2(self.bins_log2 as i32 - 1 - self.range_log2);
-        for &x in data.iter().filter(|x| x.is_finite()) {
-            // Exact: multiplication by a power of two, |x * factor| < N/2.
-            // Floor by truncation plus a correction: exact, and much cheaper
-            // than the libm `floor` call in this per-element loop.
-            let v = f64::from(x) * factor;
-            let t = v as i64;
-            let fl = t - i64::from((t as f64) > v);
-            let idx = (fl + half).clamp(0, last);
-            let bin = &mut self.bins[idx as usize];
-            *bin = bin.saturating_add(1);
-        }
+        // Min/max first (one vectorized pass): the range must cover the
+        // largest magnitude before anything is binned.
         self.minmax.observe(data);
+        let Some((lo, hi)) = self.minmax.range() else {
+            return;
+        };
+        let needed = range_log2_for(lo.abs().max(hi.abs())).max(self.range_log2);
+        self.regrid(self.bins_log2, needed);
+        let all_finite = self.minmax.nonfinite().total() == 0 || data.iter().all(|x| x.is_finite());
+        bin_values(
+            &mut self.bins,
+            self.bins_log2,
+            self.range_log2,
+            data,
+            all_finite,
+        );
     }
 
     fn merge(&mut self, other: &Self) {
@@ -255,6 +250,77 @@ impl Observer for Histogram {
 }
 
 impl OrderInvariant for Histogram {}
+
+/// Values per chunk counted in `u32` lanes before they are added to the
+/// `u64` bins (no lane can overflow).
+const CHUNK: usize = 1 << 24;
+/// Interleaved partial histograms: consecutive values go to different
+/// copies, so runs of equal values (the zeros after a ReLU) do not wait on
+/// the previous increment of the same counter.
+const LANES: usize = 4;
+
+/// Adds the finite values of `data` to `bins` (`2^bins_log2` bins over
+/// `[-2^range_log2, 2^range_log2)`, a range that covers every value).
+///
+/// The bin of `x` is `floor(x * 2^(bins_log2 - 1 - range_log2)) + N/2`. The
+/// product is exact whenever it is computed in a format where the factor
+/// is representable and the product cannot underflow: in f32 when the factor
+/// is at least 1 (the usual case: ranges up to `2^(bins_log2 - 1)`), in f64
+/// otherwise. The floor is a truncation plus a correction, exact and much
+/// cheaper than a libm call.
+fn bin_values(bins: &mut [u64], bins_log2: u32, range_log2: i32, data: &[f32], all_finite: bool) {
+    let n = bins.len();
+    let half = 1i64 << (bins_log2 - 1);
+    let last = (n - 1) as i64;
+    let exp = bins_log2 as i32 - 1 - range_log2;
+    let fast = (0..=127).contains(&exp) && all_finite;
+    let f32_factor = pow2(exp.min(127)) as f32;
+    let f64_factor = pow2(exp);
+    let index_f32 = |x: f32| -> usize {
+        let v = x * f32_factor;
+        let t = v as i32;
+        let fl = i64::from(t - i32::from((t as f32) > v));
+        (fl + half).clamp(0, last) as usize
+    };
+    let index_f64 = |x: f32| -> usize {
+        let v = f64::from(x) * f64_factor;
+        let t = v as i64;
+        let fl = t - i64::from((t as f64) > v);
+        (fl + half).clamp(0, last) as usize
+    };
+    if !fast {
+        for &x in data.iter().filter(|x| x.is_finite()) {
+            let bin = &mut bins[index_f64(x)];
+            *bin = bin.saturating_add(1);
+        }
+        return;
+    }
+    if data.len() < n * 8 {
+        // Small tensors: not worth clearing and folding the lanes.
+        for &x in data {
+            let bin = &mut bins[index_f32(x)];
+            *bin = bin.saturating_add(1);
+        }
+        return;
+    }
+    let mut lanes = vec![0u32; n * LANES];
+    for chunk in data.chunks(CHUNK) {
+        let mut quads = chunk.chunks_exact(LANES);
+        for q in &mut quads {
+            for (lane, &x) in q.iter().enumerate() {
+                lanes[lane * n + index_f32(x)] += 1;
+            }
+        }
+        for &x in quads.remainder() {
+            lanes[index_f32(x)] += 1;
+        }
+        for (i, bin) in bins.iter_mut().enumerate() {
+            let c: u64 = (0..LANES).map(|l| u64::from(lanes[l * n + i])).sum();
+            *bin = bin.saturating_add(c);
+        }
+        lanes.fill(0);
+    }
+}
 
 /// Adds `src` (grid `src_log2` bins, range `src_range`) into `dst` (a grid
 /// at least as coarse: more range, no more bins).
@@ -352,6 +418,48 @@ mod tests {
         expect[9] += 1; // 0.125 is a lower edge
         expect[7] += 1; // -0.125 is in [-0.125, 0)
         assert_eq!(h.bins(), &expect[..]);
+        Ok(())
+    }
+
+    /// The vectorized f32 path (large batches, lanes), the small-batch path
+    /// and the f64 path (after a non-finite value) all give the bins of the
+    /// defining formula `floor(x / w) + N/2`, computed here with libm.
+    #[test]
+    fn every_binning_path_matches_the_formula() -> Result<(), CalibError> {
+        let mut rng = Lcg::new(3);
+        let mut data: Vec<f32> = (0..50_000).map(|_| rng.normal() as f32 * 2.0).collect();
+        // Exact bin edges, zeros of both signs, runs of equal values.
+        data.extend((-64..64).map(|k| k as f32 / 8.0));
+        data.extend(std::iter::repeat_n(0.0f32, 3000));
+        data.extend(std::iter::repeat_n(-0.0f32, 7));
+        data.push(f32::from_bits(1));
+        data.push(-f32::from_bits(1));
+        let reference = |data: &[f32], range_log2: i32, bins: usize| -> Vec<u64> {
+            let w = 2.0 * pow2(range_log2) / bins as f64;
+            let mut out = vec![0u64; bins];
+            for &x in data.iter().filter(|x| x.is_finite()) {
+                let i = (f64::from(x) / w).floor() as i64 + bins as i64 / 2;
+                out[i.clamp(0, bins as i64 - 1) as usize] += 1;
+            }
+            out
+        };
+        // Large batch: lanes.
+        let mut big = Histogram::with_bins(256)?;
+        big.observe(&data);
+        assert_eq!(big.bins(), &reference(&data, big.range_log2(), 256)[..]);
+        // Small batches: direct.
+        let mut small = Histogram::with_bins(256)?;
+        for c in data.chunks(100) {
+            small.observe(c);
+        }
+        assert!(bit_identical(&small.stats(), &big.stats()));
+        // A NaN forces the f64 path.
+        let mut slow = Histogram::with_bins(256)?;
+        let mut with_nan = data.clone();
+        with_nan.push(f32::NAN);
+        slow.observe(&with_nan);
+        assert_eq!(slow.bins(), big.bins());
+        assert_eq!(slow.nonfinite().nan, 1);
         Ok(())
     }
 

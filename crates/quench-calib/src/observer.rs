@@ -177,17 +177,38 @@ impl MinMax {
 
 impl Observer for MinMax {
     fn observe(&mut self, data: &[f32]) {
+        // One branch-free pass (vectorizes): min/max of the finite values
+        // and the number of non-finite ones. Non-finite values are rare;
+        // only then does a second pass sort them by kind.
+        let mut lo = f32::INFINITY;
+        let mut hi = f32::NEG_INFINITY;
+        let mut bad = 0usize;
         for &x in data {
-            if self.nonfinite.record(x) {
-                let x = canonical_zero(x);
-                if x < self.min {
-                    self.min = x;
-                }
-                if x > self.max {
-                    self.max = x;
-                }
-                self.count = self.count.saturating_add(1);
+            let finite = x.is_finite();
+            bad += usize::from(!finite);
+            let (l, h) = if finite {
+                (x, x)
+            } else {
+                (f32::INFINITY, f32::NEG_INFINITY)
+            };
+            lo = if l < lo { l } else { lo };
+            hi = if h > hi { h } else { hi };
+        }
+        if bad > 0 {
+            for &x in data {
+                self.nonfinite.record(x);
             }
+        }
+        let finite = data.len() - bad;
+        if finite > 0 {
+            let (lo, hi) = (canonical_zero(lo), canonical_zero(hi));
+            if lo < self.min {
+                self.min = lo;
+            }
+            if hi > self.max {
+                self.max = hi;
+            }
+            self.count = self.count.saturating_add(finite as u64);
         }
     }
 

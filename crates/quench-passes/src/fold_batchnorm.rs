@@ -1,4 +1,5 @@
-//! `fold_batchnorm`: folds BatchNormalization into the op before it.
+//! `fold_batchnorm`: folds BatchNormalization, and `Mul`/`Add`/`Sub` by a
+//! per-channel constant, into the op before it.
 //!
 //! In inference, `BN(x) = s·x + t` per channel with
 //! `s = scale / sqrt(var + eps)` and `t = B − s·mean`. When `x` comes from a
@@ -6,6 +7,11 @@
 //! reads `x`, the weights of each output channel are multiplied by `s` and
 //! `t` goes into the bias. Arithmetic is done in f64; results are stored as
 //! f32.
+//!
+//! The same per-channel affine comes from `Mul`, `Add` or `Sub(x, c)` by a
+//! constant `c` that is a scalar or varies along the channel axis only
+//! (Paddle exports scale every conv output this way: PP-LCNet's learnable
+//! affine blocks); those fold into Conv, ConvTranspose and Gemm, not MatMul.
 //!
 //! Requires: constant f32 BN parameters and weights. Guarantees: the BN node
 //! is gone and the producer now defines the BN's output value (same name),
@@ -108,6 +114,91 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
     let Some(x) = g.node(bn).input(0) else {
         return false;
     };
+    let Some(aff) = bn_affine(g, bn) else {
+        return false;
+    };
+    fold_affine(g, bn, x, aff)
+}
+
+/// The per-channel affine form of `Mul`/`Add`/`Sub(x, c)` by a constant
+/// `c` that varies along the channel axis (1) of a producer output of rank
+/// `rank` at most (scalar, `[C]` for rank 2, `[C,1,1]`, `[1,C,1,1]`…);
+/// with the activation input `x`. One value stands for every channel.
+fn elementwise_affine(g: &Graph, n: NodeId, rank: usize) -> Option<(ValueId, BnAffine)> {
+    let node = g.node(n);
+    let (a, b) = (node.input(0)?, node.input(1)?);
+    let (x, c) = match (g.const_tensor(a).is_some(), g.const_tensor(b).is_some()) {
+        (false, true) => (a, b),
+        (true, false) if node.kind() != OpKind::Sub => (b, a),
+        _ => return None,
+    };
+    let (dims, data) = f32_const(g, c)?;
+    if dims.len() > rank || data.is_empty() {
+        return None;
+    }
+    let mut padded = vec![1i64; rank - dims.len()];
+    padded.extend(&dims);
+    let channels = padded.get(1).copied().unwrap_or(1);
+    if padded.iter().enumerate().any(|(i, d)| i != 1 && *d != 1) || data.len() as i64 != channels {
+        return None;
+    }
+    let ones = vec![1.0; data.len()];
+    let zeros = vec![0.0; data.len()];
+    let aff = match node.kind() {
+        OpKind::Mul => BnAffine {
+            scale: data,
+            shift: zeros,
+        },
+        OpKind::Add => BnAffine {
+            scale: ones,
+            shift: data,
+        },
+        OpKind::Sub => BnAffine {
+            scale: ones,
+            shift: data.iter().map(|v| -v).collect(),
+        },
+        _ => return None,
+    };
+    Some((x, aff))
+}
+
+/// Output rank of a Conv/ConvTranspose/Gemm with constant weights.
+fn producer_rank(g: &Graph, p: NodeId) -> Option<usize> {
+    let node = g.node(p);
+    match node.kind() {
+        OpKind::Conv | OpKind::ConvTranspose => Some(g.const_tensor(node.input(1)?)?.dims.len()),
+        OpKind::Gemm => Some(2),
+        _ => None,
+    }
+}
+
+/// Folds the elementwise op `n` (see [`elementwise_affine`]) into the
+/// Conv/ConvTranspose/Gemm before it; returns whether it did.
+fn fold_elementwise(g: &mut Graph, n: NodeId) -> bool {
+    let node = g.node(n);
+    let producer = node
+        .inputs()
+        .iter()
+        .flatten()
+        .find_map(|v| g.producer(*v).filter(|p| producer_rank(g, *p).is_some()));
+    let Some(p) = producer else {
+        return false;
+    };
+    let Some(rank) = producer_rank(g, p) else {
+        return false;
+    };
+    let Some((x, aff)) = elementwise_affine(g, n, rank) else {
+        return false;
+    };
+    if g.producer(x) != Some(p) {
+        return false;
+    }
+    fold_affine(g, n, x, aff)
+}
+
+/// Replaces `op(x)` = `scale·x + shift` per channel by new weights and
+/// bias of `x`'s producer; returns whether it did.
+fn fold_affine(g: &mut Graph, bn: NodeId, x: ValueId, mut aff: BnAffine) -> bool {
     let Some(y) = g.node(bn).output(0) else {
         return false;
     };
@@ -118,10 +209,6 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
     if !util::plain(g, p) || g.node(p).outputs().len() != 1 {
         return false;
     }
-    let Some(aff) = bn_affine(g, bn) else {
-        return false;
-    };
-    let c = aff.scale.len();
     let pnode = g.node(p).clone();
     let Some(wv) = pnode.input(1) else {
         return false;
@@ -129,6 +216,27 @@ fn fold_one(g: &mut Graph, bn: NodeId) -> bool {
     let Some((wdims, mut w)) = f32_const(g, wv) else {
         return false;
     };
+    // Output channels of the producer; a single affine value stands for all.
+    let channels = match pnode.kind() {
+        OpKind::Conv => wdims.first().map(|d| *d as usize),
+        OpKind::ConvTranspose => wdims
+            .get(1)
+            .map(|d| *d as usize * pnode.attr_int("group").unwrap_or(1).max(1) as usize),
+        OpKind::Gemm if wdims.len() == 2 => Some(if pnode.attr_int("transB").unwrap_or(0) != 0 {
+            wdims[0] as usize
+        } else {
+            wdims[1] as usize
+        }),
+        OpKind::MatMul => wdims.get(1).map(|d| *d as usize),
+        _ => None,
+    };
+    if aff.scale.len() == 1 {
+        if let Some(ch) = channels {
+            aff.scale = vec![aff.scale[0]; ch];
+            aff.shift = vec![aff.shift[0]; ch];
+        }
+    }
+    let c = aff.scale.len();
     let bias = match pnode.kind() {
         OpKind::Conv | OpKind::ConvTranspose => pnode.input(2),
         OpKind::Gemm => pnode.input(2),
@@ -276,21 +384,39 @@ impl Pass for FoldBatchNorm {
         "fold_batchnorm"
     }
     fn description(&self) -> &'static str {
-        "fold BatchNormalization into the Conv/ConvTranspose/Gemm/MatMul before it"
+        "fold BatchNormalization, and Mul/Add/Sub by a per-channel constant, into the Conv/ConvTranspose/Gemm(/MatMul for BN) before it"
     }
     fn run(&self, g: &mut Graph, cx: &mut PassCx) -> Result<Changed, PassError> {
         let mut folded = 0;
-        for n in g.node_ids() {
-            if !g.contains_node(n) || g.node(n).kind() != OpKind::BatchNormalization {
+        let mut elementwise = 0;
+        // In topological order, so Conv → Mul → Add folds both in one run.
+        let order = g.topo_order().map_err(|e| PassError::Failed {
+            pass: self.name().into(),
+            msg: e.to_string(),
+        })?;
+        for n in order {
+            if !g.contains_node(n) || !util::plain(g, n) {
                 continue;
             }
+            let kind = g.node(n).kind();
             let name = g.node(n).name().to_string();
-            if fold_one(g, n) {
-                folded += 1;
-                cx.note(self.name(), format!("folded `{name}`"));
+            if kind == OpKind::BatchNormalization {
+                if fold_one(g, n) {
+                    folded += 1;
+                    cx.note(self.name(), format!("folded `{name}`"));
+                }
+            } else if matches!(kind, OpKind::Mul | OpKind::Add | OpKind::Sub)
+                && fold_elementwise(g, n)
+            {
+                elementwise += 1;
+                cx.note(
+                    self.name(),
+                    format!("folded {kind:?} `{name}` by a constant"),
+                );
             }
         }
         cx.count(self.name(), "folded", folded);
-        Ok(folded > 0)
+        cx.count(self.name(), "elementwise", elementwise);
+        Ok(folded + elementwise > 0)
     }
 }

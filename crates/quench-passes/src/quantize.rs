@@ -259,26 +259,13 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                         push(w, &mut act, &mut act_set);
                     }
                     if let Some(y) = node.output(0) {
-                        // Absorb a following Relu / Clip(0, max) into the output range.
-                        let relu = util::sole_consumer(g, y).filter(|r| {
-                            cfg.activations.asymmetric()
-                                && !excluded(g.node(*r))
-                                && absorbable(g, *r)
-                        });
-                        match relu {
-                            Some(r) => {
-                                if let Some(ro) =
-                                    g.node(r).output(0).filter(|o| !g.is_graph_output(*o))
-                                {
-                                    p.absorbed.insert(n, r);
-                                    absorbed_relus.insert(r);
-                                    push(ro, &mut act, &mut act_set);
-                                } else if !g.is_graph_output(y) {
-                                    push(y, &mut act, &mut act_set);
-                                }
+                        let out = output_to_quantize(g, cfg, &excluded, y);
+                        if let Some((v, relu)) = out {
+                            if let Some(r) = relu {
+                                p.absorbed.insert(n, r);
+                                absorbed_relus.insert(r);
                             }
-                            None if !g.is_graph_output(y) => push(y, &mut act, &mut act_set),
-                            None => {}
+                            push(v, &mut act, &mut act_set);
                         }
                     }
                 }
@@ -299,10 +286,27 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                         .iter()
                         .any(|c| g.node(*c).kind() == OpKind::Softmax)
                 });
+                // x·x and products summed by a Reduce* are the variance of
+                // a written-out normalization: precision matters there.
+                let square_or_reduced = node.kind() == OpKind::Mul
+                    && (ins.windows(2).any(|w| w[0] == w[1])
+                        || node.output(0).is_some_and(|y| {
+                            g.consumers(y).iter().any(|c| {
+                                matches!(
+                                    g.node(*c).kind(),
+                                    OpKind::ReduceMean | OpKind::ReduceSum | OpKind::Sqrt
+                                )
+                            })
+                        }));
                 if !all_act {
                     p.decisions.push(decide(
                         false,
                         "has constant inputs (e.g. a mask or bias); stays float",
+                    ));
+                } else if square_or_reduced {
+                    p.decisions.push(decide(
+                        false,
+                        "square or reduced product (a written-out normalization); stays float",
                     ));
                 } else if to_softmax {
                     p.decisions.push(decide(
@@ -314,8 +318,15 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                     for v in ins {
                         push(v, &mut act, &mut act_set);
                     }
-                    if let Some(y) = node.output(0).filter(|y| !g.is_graph_output(*y)) {
-                        push(y, &mut act, &mut act_set);
+                    if let Some(y) = node.output(0) {
+                        let out = output_to_quantize(g, cfg, &excluded, y);
+                        if let Some((v, relu)) = out {
+                            if let Some(r) = relu {
+                                p.absorbed.insert(n, r);
+                                absorbed_relus.insert(r);
+                            }
+                            push(v, &mut act, &mut act_set);
+                        }
                     }
                     p.decisions
                         .push(decide(true, "integer element-wise/pooling"));
@@ -371,6 +382,26 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
     }
     p.activations = act;
     Ok(p)
+}
+
+/// The tensor that carries the quantized output `y` of a compute or fused
+/// op: `y` itself, or the output of a sole consuming Relu / Clip(0, max)
+/// absorbed into the range (returned too; asymmetric activations only).
+/// `None` when the output is a graph output (it stays float).
+fn output_to_quantize(
+    g: &Graph,
+    cfg: &QuantizeConfig,
+    excluded: &dyn Fn(&Node) -> bool,
+    y: ValueId,
+) -> Option<(ValueId, Option<NodeId>)> {
+    let relu = util::sole_consumer(g, y)
+        .filter(|r| cfg.activations.asymmetric() && !excluded(g.node(*r)) && absorbable(g, *r));
+    if let Some(r) = relu {
+        if let Some(ro) = g.node(r).output(0).filter(|o| !g.is_graph_output(*o)) {
+            return Some((ro, Some(r)));
+        }
+    }
+    (!g.is_graph_output(y)).then_some((y, None))
 }
 
 /// Relu, or Clip with a constant lower bound of 0, can be absorbed into an

@@ -14,13 +14,17 @@ pub enum OpRule {
     /// output. Runtimes fuse `DQ → op → Q` into one integer kernel.
     Compute { weight: usize, bias: Option<usize> },
     /// Element-wise or pooling op that runtimes run on integers when its
-    /// inputs and output are quantized (residual `Add`, pooling, `Concat`).
+    /// inputs and output are all quantized activations: residual `Add`,
+    /// `Mul` of two activations (SiLU, squeeze-excite), pooling, `Concat`,
+    /// and `Sigmoid`/`LeakyRelu` (table lookups in ONNX Runtime's QDQ
+    /// fusions: QLinearAdd/Mul/Concat/AveragePool/Sigmoid/LeakyRelu). With
+    /// a constant input (a mask, a scale) the op stays float.
     Fused,
     /// Data movement: the output shares its input's scale and zero point,
     /// so no requantization happens around it.
     Shared,
-    /// Absorbed into the preceding compute op's output range (`Relu`,
-    /// `Clip`) when activations are asymmetric.
+    /// Absorbed into the preceding compute or fused op's output range
+    /// (`Relu`, `Clip(0, max)`) when activations are asymmetric.
     Activation,
     /// Stays float.
     Float(&'static str),
@@ -42,7 +46,7 @@ pub fn rule(k: OpKind) -> OpRule {
             weight: 1,
             bias: None,
         },
-        Add | Concat | AveragePool | GlobalAveragePool => OpRule::Fused,
+        Add | Mul | Concat | AveragePool | GlobalAveragePool | Sigmoid | LeakyRelu => OpRule::Fused,
         Reshape | Transpose | Flatten | Squeeze | Unsqueeze | Slice | Gather | MaxPool
         | GlobalMaxPool | Resize | Split | Pad | DepthToSpace | SpaceToDepth | Identity
         | Expand | Tile => OpRule::Shared,
@@ -58,12 +62,9 @@ pub fn rule(k: OpKind) -> OpRule {
         | Div | Sub | Reciprocal => {
             OpRule::Float("arithmetic (often a written-out normalization) stays float")
         }
-        Mul => OpRule::Float("element-wise Mul stays float"),
-        Sigmoid | Tanh | Erf | Gelu | Exp | Log | Elu | LeakyRelu | HardSigmoid | HardSwish
-        | Mish | Softplus | Softsign | Selu | Celu | ThresholdedRelu | PRelu | Swish | Sin
-        | Cos | Abs | Neg | Sign | Floor | Ceil | Round => {
-            OpRule::Float("non-linear element-wise op stays float")
-        }
+        Tanh | Erf | Gelu | Exp | Log | Elu | HardSigmoid | HardSwish | Mish | Softplus
+        | Softsign | Selu | Celu | ThresholdedRelu | PRelu | Swish | Sin | Cos | Abs | Neg
+        | Sign | Floor | Ceil | Round => OpRule::Float("non-linear element-wise op stays float"),
         If | Loop | Scan => OpRule::Float("control flow bodies stay float"),
         LSTM | GRU | RNN => OpRule::Float("recurrent ops stay float"),
         QuantizeLinear

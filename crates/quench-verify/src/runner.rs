@@ -114,9 +114,16 @@ pub struct Runner {
     /// Input names and the facts tract settled on.
     inputs: Vec<(String, TypedFact)>,
     outputs: Vec<String>,
+    output_bytes: Option<u64>,
 }
 
 impl Runner {
+    /// Bytes of all outputs of one run (they are alive together when the
+    /// run returns), when every output shape is known.
+    pub fn output_bytes(&self) -> Option<u64> {
+        self.output_bytes
+    }
+
     /// Compiles `model` (encoded to bytes for tract).
     pub fn new(model: &ModelProto, config: &RunnerConfig) -> Result<Runner, RunError> {
         Runner::from_bytes(&model.encode_to_vec(), config)
@@ -217,11 +224,19 @@ impl Runner {
             })
             .map_err(tract("optimizing the model"))?;
         let inputs = input_names.into_iter().zip(inputs).collect();
+        let output_bytes = typed.output_outlets().ok().and_then(|outlets| {
+            outlets.iter().try_fold(0u64, |acc, o| {
+                let fact = typed.outlet_fact(*o).ok()?;
+                let elems: usize = fact.shape.as_concrete()?.iter().product();
+                Some(acc + (elems * fact.datum_type.size_of()) as u64)
+            })
+        });
         let plan = typed.into_runnable().map_err(tract("planning the model"))?;
         Ok(Runner {
             plan,
             inputs,
             outputs,
+            output_bytes,
         })
     }
 
@@ -238,6 +253,40 @@ impl Runner {
     /// Runs the model on `inputs` (in [`input_names`](Self::input_names)
     /// order) and returns the graph outputs followed by the extra outputs.
     pub fn run(&self, inputs: &[ArrayData]) -> Result<Vec<ArrayData>, RunError> {
+        let out = self.run_tract(inputs)?;
+        out.iter()
+            .zip(&self.outputs)
+            .map(|(t, name)| ArrayData::from_tensor(name, t).map_err(RunError::Output))
+            .collect()
+    }
+
+    /// Runs the model and hands each output `i` (in
+    /// [`output_names`](Self::output_names) order) from `first` on to
+    /// `visit(i, values)` as f32 values, in memory order. f32 outputs are
+    /// borrowed from tract without a copy; other numeric types are
+    /// converted. For observers, which need the values once and no shape.
+    pub fn run_visit(
+        &self,
+        inputs: &[ArrayData],
+        first: usize,
+        mut visit: impl FnMut(usize, &[f32]),
+    ) -> Result<(), RunError> {
+        let out = self.run_tract(inputs)?;
+        for (i, (t, name)) in out.iter().zip(&self.outputs).enumerate().skip(first) {
+            let read_err = |e: TractError| {
+                RunError::Output(DataError::Tensor {
+                    name: name.clone(),
+                    reason: e.to_string(),
+                })
+            };
+            let cast = t.cast_to::<f32>().map_err(read_err)?;
+            let view = cast.try_as_plain_ram().map_err(read_err)?;
+            visit(i, view.as_slice::<f32>().map_err(read_err)?);
+        }
+        Ok(())
+    }
+
+    fn run_tract(&self, inputs: &[ArrayData]) -> Result<TVec<TValue>, RunError> {
         if inputs.len() != self.inputs.len() {
             return Err(RunError::InputCount {
                 names: self.inputs.iter().map(|(n, _)| n.clone()).collect(),
@@ -276,11 +325,7 @@ impl Runner {
             }
             values.push(a.to_tensor().into_tvalue());
         }
-        let out = self.plan.run(values).map_err(runtime_error)?;
-        out.iter()
-            .zip(&self.outputs)
-            .map(|(t, name)| ArrayData::from_tensor(name, t).map_err(RunError::Output))
-            .collect()
+        self.plan.run(values).map_err(runtime_error)
     }
 }
 
