@@ -544,6 +544,40 @@ def make_bn_variants():
 
 
 # --------------------------------------------------------------------------
+# silu_cnn.onnx
+# --------------------------------------------------------------------------
+
+def make_silu_cnn():
+    """YOLOv8-style SiLU (Conv → Sigmoid, Mul) whose Sigmoid and Mul sit in
+    an integer chain, then a written-out hard-swish (x · clip(x+3, 0, 6) / 6)
+    whose Mul does not, a LeakyRelu, pooling and a classifier."""
+    rng = np.random.default_rng(18)
+    k3 = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    inits = [init("c1.w", conv_w(rng, 8, 3, 3)), init("c1.b", rng.normal(0, 0.1, 8)),
+             init("c2.w", conv_w(rng, 8, 8, 3)), init("c2.b", rng.normal(0, 0.1, 8)),
+             init("c3.w", conv_w(rng, 8, 8, 3)), init("c3.b", rng.normal(0, 0.1, 8)),
+             init("three", np.array(3.0, dtype=np.float32)), init("six", np.array(6.0, dtype=np.float32)),
+             init("zero", np.array(0.0, dtype=np.float32)),
+             init("fc.w", rng.normal(0, 0.3, (10, 8))), init("fc.b", rng.normal(0, 0.1, 10))]
+    nodes = [helper.make_node("Conv", ["input", "c1.w", "c1.b"], ["c1"], name="conv1", **k3),
+             helper.make_node("Sigmoid", ["c1"], ["s1"], name="silu_sigmoid"),
+             helper.make_node("Mul", ["c1", "s1"], ["silu"], name="silu_mul"),
+             helper.make_node("Conv", ["silu", "c2.w", "c2.b"], ["c2"], name="conv2", **k3),
+             helper.make_node("Add", ["c2", "three"], ["hs_add"], name="hswish_add"),
+             helper.make_node("Clip", ["hs_add", "zero", "six"], ["hs_clip"], name="hswish_clip"),
+             helper.make_node("Mul", ["c2", "hs_clip"], ["hs_mul"], name="hswish_mul"),
+             helper.make_node("Div", ["hs_mul", "six"], ["hswish"], name="hswish_div"),
+             helper.make_node("Conv", ["hswish", "c3.w", "c3.b"], ["c3"], name="conv3", **k3),
+             helper.make_node("LeakyRelu", ["c3"], ["lrelu"], name="leaky", alpha=0.1),
+             helper.make_node("MaxPool", ["lrelu"], ["pool"], name="pool", kernel_shape=[2, 2], strides=[2, 2]),
+             helper.make_node("GlobalAveragePool", ["pool"], ["gap"], name="gap"),
+             helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+             helper.make_node("Gemm", ["flat", "fc.w", "fc.b"], ["output"], name="fc", transB=1)]
+    g = helper.make_graph(nodes, "silu_cnn", [vi("input", ["N", 3, 16, 16])], [vi("output", ["N", 10])], inits)
+    save_checked(make_model(g), "silu_cnn.onnx")
+
+
+# --------------------------------------------------------------------------
 # resnet_tiny.onnx / mobilenet_tiny.onnx
 # --------------------------------------------------------------------------
 
@@ -952,6 +986,7 @@ def main():
     make_custom_domain()
     make_constant_weights()
     make_bn_variants()
+    make_silu_cnn()
     make_resnet_tiny()
     make_mobilenet_tiny()
     make_digits_cnn()

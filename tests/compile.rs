@@ -121,6 +121,8 @@ fn every_fixture_compiles_in_every_mode() {
         "bn_shared",
         "resnet_tiny",
         "mobilenet_tiny",
+        "silu_cnn",
+        "affine_fold",
     ] {
         let model = testdata(&format!("{f}.onnx"));
         let cal = tmp.path().join(f);
@@ -159,6 +161,51 @@ fn every_fixture_compiles_in_every_mode() {
             }
         }
     }
+}
+
+/// SiLU's Sigmoid and Mul sit between quantized convs and become integer
+/// ops (ONNX Runtime fuses them into QLinearSigmoid/QLinearMul); the Mul
+/// of a written-out hard-swish feeds a float Div and stays float; a Relu
+/// after a residual Add is absorbed like one after a Conv.
+#[test]
+fn silu_is_quantized_hard_swish_is_not_and_relu_after_add_is_absorbed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let decisions = |model: &str| -> Vec<(String, bool)> {
+        let m = testdata(model);
+        let cal = tmp.path().join(model);
+        std::fs::create_dir_all(&cal).unwrap();
+        random_calibration(&m, &cal, 8);
+        let rep = tmp.path().join(format!("{model}.json"));
+        let (code, stdout, stderr) = quench(&[
+            "compile",
+            m.to_str().unwrap(),
+            "-c",
+            cal.to_str().unwrap(),
+            "-o",
+            tmp.path().join(format!("{model}.q.onnx")).to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        report(&rep)["quantization"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["node"].as_str().unwrap().to_string(),
+                    n["quantized"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let q = |d: &[(String, bool)], name: &str| d.iter().find(|(n, _)| n == name).unwrap().1;
+    let d = decisions("silu_cnn.onnx");
+    assert!(q(&d, "silu_sigmoid") && q(&d, "silu_mul"), "{d:?}");
+    assert!(q(&d, "leaky"), "{d:?}");
+    assert!(!q(&d, "hswish_mul") && !q(&d, "hswish_div"), "{d:?}");
+    let d = decisions("residual.onnx");
+    assert!(q(&d, "skip_add") && q(&d, "relu3"), "{d:?}");
 }
 
 #[test]

@@ -298,10 +298,32 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                                 )
                             })
                         }));
+                // Mul, Sigmoid and LeakyRelu pay off only inside an integer
+                // chain (SiLU: Conv → Sigmoid → Mul → Conv): inputs already
+                // quantized by their producers and an output that feeds an
+                // integer op. Elsewhere (hard-swish's `· relu6(x+3) / 6`,
+                // GELU) quantizing them adds error and no fused kernel.
+                let in_chain = !matches!(
+                    node.kind(),
+                    OpKind::Mul | OpKind::Sigmoid | OpKind::LeakyRelu
+                ) || (ins.iter().all(|v| act_set.contains(v))
+                    && node.output(0).is_some_and(|y| {
+                        g.consumers(y).iter().any(|c| {
+                            matches!(
+                                rule(g.node(*c).kind()),
+                                OpRule::Compute { .. } | OpRule::Fused | OpRule::Shared
+                            )
+                        })
+                    }));
                 if !all_act {
                     p.decisions.push(decide(
                         false,
                         "has constant inputs (e.g. a mask or bias); stays float",
+                    ));
+                } else if !in_chain {
+                    p.decisions.push(decide(
+                        false,
+                        "not inside an integer chain (inputs float or output feeds float ops); stays float",
                     ));
                 } else if square_or_reduced {
                     p.decisions.push(decide(
