@@ -78,6 +78,12 @@ pub struct CompileArgs {
     /// Percentile for `--method percentile`.
     #[arg(long, default_value_t = 99.999)]
     pub percentile: f64,
+    /// `--method entropy`: where the KL threshold's expected squared error
+    /// is more than this many times the MSE-optimal range's, use the MSE
+    /// range for that tensor (the count is reported). 0 keeps every KL
+    /// threshold as it is.
+    #[arg(long, default_value_t = quench_calib::ENTROPY_GUARD_RATIO)]
+    pub entropy_guard: f64,
     /// Activation type: u8 (asymmetric), i8 (symmetric), u16/i16 (opset 21).
     #[arg(long, value_enum, default_value_t = ActArg::U8)]
     pub activations: ActArg,
@@ -362,6 +368,27 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     Ok(())
 }
 
+/// Whether tensor `name` is the output of a Softmax or Sigmoid (bounded to
+/// [0, 1]; see the range choice in [`compile`]).
+/// Data movement (Reshape, Transpose, …) in between does not count.
+fn produced_by_bounded_op(g: &quench_ir::Graph, name: &str) -> bool {
+    use quench_ir::OpKind;
+    use quench_passes::rules::{rule, OpRule};
+    let mut v = g.value_by_name(name);
+    for _ in 0..16 {
+        let Some(n) = v.and_then(|v| g.producer(v)) else {
+            return false;
+        };
+        let node = g.node(n);
+        match node.kind() {
+            OpKind::Softmax | OpKind::Sigmoid | OpKind::HardSigmoid => return true,
+            k if rule(k) == OpRule::Shared => v = node.input(0),
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Exit status when verification thresholds fail.
 pub struct ThresholdFailed(pub String);
 
@@ -535,13 +562,69 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
             stats
         };
         let target = cfg.activations.target();
+        let mut bounded_kept = 0usize;
+        let mut guarded = 0usize;
         for (name, s) in &stats {
-            match choose_range(s, a.method(), target) {
+            // Softmax and Sigmoid outputs are bounded probabilities whose
+            // large values carry the information (attention weights, gates):
+            // the clipping methods would cut exactly those, so they keep
+            // their observed range.
+            let method = match a.method() {
+                RangeMethod::MinMax => RangeMethod::MinMax,
+                _ if produced_by_bounded_op(&model.graph, name) => {
+                    bounded_kept += 1;
+                    RangeMethod::MinMax
+                }
+                m => m,
+            };
+            let chosen = if method == RangeMethod::Entropy {
+                quench_calib::entropy_range_guarded(s, target, a.entropy_guard).map(
+                    |(r, replaced)| {
+                        guarded += usize::from(replaced);
+                        r
+                    },
+                )
+            } else {
+                choose_range(s, method, target)
+            };
+            match chosen {
                 Ok(r) => {
                     ranges.insert(name.clone(), r);
                 }
                 Err(e) => notes.push(format!("tensor `{name}`: no range ({e}); stays float")),
             }
+        }
+        // A range that ends at 0 from above saw no positive value in any
+        // calibration sample (a dead ReLU, a constant-zero tensor): positive
+        // values at run time would all be clipped. Usually the calibration
+        // data is not representative.
+        let dead: Vec<&String> = stats
+            .iter()
+            .filter(|(_, s)| s.count > 0 && s.max <= 0.0)
+            .map(|(n, _)| n)
+            .collect();
+        if !dead.is_empty() {
+            let msg = format!(
+                "{} tensor(s) never held a positive value on the calibration data, so their range ends at 0 and positive values will be clipped (e.g. `{}`); check that the calibration samples are representative",
+                dead.len(),
+                dead[..dead.len().min(3)]
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join("`, `")
+            );
+            eprintln!("warning: {msg}");
+            notes.push(msg);
+        }
+        if guarded > 0 {
+            notes.push(format!(
+                "entropy: {guarded} of {} tensors use the MSE range instead of the KL threshold, whose expected squared error was over {}x larger (--entropy-guard)",
+                stats.len(),
+                a.entropy_guard
+            ));
+        }
+        if bounded_kept > 0 && a.verbose {
+            eprintln!("{bounded_kept} Softmax/Sigmoid outputs keep their observed range (not clipped by {:?})", a.method());
         }
     }
 

@@ -426,3 +426,32 @@ fn quantize_arithmetic_matches_onnx_definition() {
     )
     .unwrap();
 }
+
+/// Calibration data that never makes a tensor positive (here: all-zero
+/// inputs) gives ranges ending at 0; compile warns and names the tensor.
+#[test]
+fn ranges_ending_at_zero_are_warned_about() {
+    let tmp = tempfile::tempdir().unwrap();
+    let zeros = ArrayD::<f32>::zeros(vec![8, 32]);
+    zeros
+        .write_npy(std::fs::File::create(tmp.path().join("input.npy")).unwrap())
+        .unwrap();
+    let rep = tmp.path().join("r.json");
+    let (code, stdout, stderr) = quench(&[
+        "compile",
+        testdata("mlp.onnx").to_str().unwrap(),
+        "-c",
+        tmp.path().to_str().unwrap(),
+        "-o",
+        tmp.path().join("m.onnx").to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("never held a positive value") && stderr.contains("`input`"),
+        "{stderr}"
+    );
+    let notes = report(&rep)["notes"].to_string();
+    assert!(notes.contains("never held a positive value"), "{notes}");
+}

@@ -68,5 +68,8 @@ pub use observer::{
     observe_parallel, MinMax, MovingAverageMinMax, NonFiniteCounts, Observer, OrderInvariant,
 };
 pub use quant::{dequantize_f32, quantize_f32, QuantParams, QuantTarget};
-pub use range::{calibrate, choose_range, RangeMethod};
+pub use range::{
+    calibrate, choose_range, entropy_range_guarded, expected_sq_error, RangeMethod,
+    ENTROPY_GUARD_RATIO,
+};
 pub use stats::TensorStats;

@@ -60,6 +60,10 @@ pub enum RangeMethod {
     /// group's sum spread evenly over the bins of the group where `P` is
     /// non-zero; bins where `P > 0 = Q` get [`KL_SMOOTHING`]. The `i`
     /// minimizing `KL(P || Q)` (smallest on ties) gives `T = i * w`.
+    /// Unlike TensorRT, the bin at 0 is left out of `P` and `Q`: a spike of
+    /// zeros (ReLU outputs) smeared over its group dominates the divergence
+    /// and pulls the threshold down regardless of the tail (see
+    /// [`entropy_range_guarded`] for the remaining over-clipping cases).
     /// If the histogram has no more used bins than levels (e.g. 16-bit
     /// targets with default bins) clipping cannot help and `[min, max]` is
     /// returned.
@@ -119,6 +123,73 @@ pub fn choose_range(
         RangeMethod::Entropy => entropy_range(stats, hist, target),
         RangeMethod::Mse => mse_range(stats, hist, target),
     })
+}
+
+/// Expected squared error per value of quantizing the recorded
+/// distribution with the parameters [`QuantParams::from_range`] gives for
+/// `(lo, hi)`: `scale^2 / 12` for values inside the representable range,
+/// the squared distance to its nearest end beyond it (values uniform inside
+/// their histogram bin). `None` without a histogram or values.
+pub fn expected_sq_error(
+    stats: &TensorStats,
+    range: (f32, f32),
+    target: QuantTarget,
+) -> Option<f64> {
+    let h = stats.histogram.as_ref()?;
+    let qp = QuantParams::from_range(range.0, range.1, target).ok()?;
+    let scale = f64::from(qp.scale);
+    let lo = f64::from(target.qmin() - qp.zero_point) * scale;
+    let hi = f64::from(target.qmax() - qp.zero_point) * scale;
+    let w = h.bin_width();
+    let origin = -h.range();
+    let (mut err, mut n) = (0.0, 0.0);
+    for (j, &c) in h.bins.iter().enumerate() {
+        if c == 0 {
+            continue;
+        }
+        let c = c as f64;
+        let centre = origin + (j as f64 + 0.5) * w;
+        let e = if centre < lo {
+            (centre - lo).powi(2) + w * w / 12.0
+        } else if centre > hi {
+            (centre - hi).powi(2) + w * w / 12.0
+        } else {
+            scale * scale / 12.0
+        };
+        err += c * e;
+        n += c;
+    }
+    (n > 0.0).then_some(err / n)
+}
+
+/// Default of [`entropy_range_guarded`]'s `max_ratio`.
+pub const ENTROPY_GUARD_RATIO: f64 = 4.0;
+
+/// The [`RangeMethod::Entropy`] range, unless its
+/// [expected squared error](expected_sq_error) is more than `max_ratio`
+/// times that of the [`RangeMethod::Mse`] range: then the MSE range, and
+/// `true`. The KL search over-clips distributions with a dominant mode near
+/// zero and a long tail (swish outputs, transformer residual streams): it
+/// ignores how far the clipped values lie, so it can cut a range to a
+/// fifth at 100–1000x the squared error. `max_ratio <= 0` disables the
+/// guard.
+pub fn entropy_range_guarded(
+    stats: &TensorStats,
+    target: QuantTarget,
+    max_ratio: f64,
+) -> Result<((f32, f32), bool), CalibError> {
+    let entropy = choose_range(stats, RangeMethod::Entropy, target)?;
+    if max_ratio <= 0.0 {
+        return Ok((entropy, false));
+    }
+    let mse = choose_range(stats, RangeMethod::Mse, target)?;
+    match (
+        expected_sq_error(stats, entropy, target),
+        expected_sq_error(stats, mse, target),
+    ) {
+        (Some(e), Some(m)) if e > max_ratio * m => Ok((mse, true)),
+        _ => Ok((entropy, false)),
+    }
 }
 
 /// [`choose_range`] followed by [`QuantParams::from_range`].
@@ -223,8 +294,15 @@ fn entropy_range(stats: &TensorStats, h: &HistogramData, target: QuantTarget) ->
         target.bits() - 1
     };
     let levels = 1usize << level_bits;
-    let (fold, factor) = coarsen(&fold_abs(h), ENTROPY_MAX_BINS);
+    let (mut fold, factor) = coarsen(&fold_abs(h), ENTROPY_MAX_BINS);
     let w = h.bin_width() * factor as f64;
+    // The bin at 0 (ReLU zeros, sparse activations) is left out of the
+    // search: a spike there, smeared over its quantization group, dominates
+    // the divergence and drives the threshold down whatever the tail costs;
+    // its values quantize to the zero point (or one step) at any threshold.
+    if let Some(z) = fold.first_mut() {
+        *z = 0;
+    }
     let t = match kl_threshold(&fold, levels) {
         Some(i) => i as f64 * w,
         None => f64::from(stats.max_abs()),

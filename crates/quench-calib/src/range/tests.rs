@@ -152,15 +152,18 @@ fn gaussian_distribution() -> TestResult {
     // above the bulk.
     let te = thr(choose_range(&s, RangeMethod::Entropy, S8)?);
     assert!(te > 2.5 && te < max_abs, "entropy gaussian {te}");
-    // 16 bits: 32768 levels exceed the 1024 |x| bins, entropy keeps min/max;
+    // 16 bits: 32768 levels exceed the 4096 |x| bins, entropy keeps min/max;
     // MSE never clips (the theoretical optimum is far beyond the data).
     let s16 = QuantTarget::I16_SYMMETRIC;
     assert_eq!(choose_range(&s, RangeMethod::Entropy, s16)?, (s.min, s.max));
     assert!(argmin(|t| gaussian_mse(t, 65535.0), 10.0, 10000) > max_abs);
+    // Candidates are bin edges: the top one may fall short of the single
+    // largest value by less than a bin.
+    let w = s.histogram.as_ref().map_or(0.0, |h| h.bin_width());
     close(
         thr(choose_range(&s, RangeMethod::Mse, s16)?),
         max_abs,
-        0.0,
+        w,
         "mse 16 bit",
     );
     Ok(())
@@ -464,4 +467,67 @@ fn kl_search_unit() {
     hist[1000] = 1;
     let i = kl_threshold(&hist, 16);
     assert!(i.is_some_and(|i| (16..=200).contains(&i)), "{i:?}");
+}
+
+#[test]
+fn expected_error_of_a_uniform_distribution_is_the_rounding_error() -> TestResult {
+    let a = 3.0;
+    let s = hist_stats(&uniform(a, 21));
+    let range = choose_range(&s, RangeMethod::MinMax, U8)?;
+    let step = 2.0 * a / 255.0;
+    let e = expected_sq_error(&s, range, U8).ok_or("no error estimate")?;
+    close(
+        e,
+        step * step / 12.0,
+        0.02 * step * step / 12.0,
+        "uniform rounding error",
+    );
+    // Clipping at a/2 adds E[(|x| - a/2)^2; |x| > a/2] = (a/2)^2 / 6.
+    let clipped =
+        expected_sq_error(&s, (-a as f32 / 2.0, a as f32 / 2.0), U8).ok_or("no error estimate")?;
+    close(
+        clipped,
+        (a / 2.0).powi(2) / 6.0,
+        0.01,
+        "uniform clipping error",
+    );
+    Ok(())
+}
+
+/// A dense mode near 0 with a long tail (swish-like): the KL threshold cuts
+/// deep into the tail at many times the MSE-optimal error, and the guard
+/// replaces it; on a Gaussian the entropy range is kept.
+#[test]
+fn entropy_guard_replaces_over_clipped_ranges_only() -> TestResult {
+    let mut rng = Lcg::new(33);
+    let data: Vec<f32> = (0..N)
+        .map(|i| {
+            if i % 20 == 0 {
+                (-(1.0 - rng.uniform()).ln() * 0.7) as f32
+            } else {
+                (rng.normal() * 0.05) as f32
+            }
+        })
+        .collect();
+    let s = hist_stats(&data);
+    let entropy = choose_range(&s, RangeMethod::Entropy, U8)?;
+    let mse = choose_range(&s, RangeMethod::Mse, U8)?;
+    let (e, m) = (
+        expected_sq_error(&s, entropy, U8).ok_or("no estimate")?,
+        expected_sq_error(&s, mse, U8).ok_or("no estimate")?,
+    );
+    assert!(
+        e > ENTROPY_GUARD_RATIO * m,
+        "entropy {entropy:?} {e}, mse {mse:?} {m}"
+    );
+    let (guarded, replaced) = entropy_range_guarded(&s, U8, ENTROPY_GUARD_RATIO)?;
+    assert!(replaced);
+    assert_eq!(guarded, mse);
+    assert_eq!(entropy_range_guarded(&s, U8, 0.0)?, (entropy, false));
+
+    let g = hist_stats(&gaussian(34));
+    let (kept, replaced) = entropy_range_guarded(&g, S8, ENTROPY_GUARD_RATIO)?;
+    assert!(!replaced);
+    assert_eq!(kept, choose_range(&g, RangeMethod::Entropy, S8)?);
+    Ok(())
 }
