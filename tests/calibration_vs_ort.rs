@@ -137,7 +137,11 @@ fn tensor_names() -> Vec<String> {
 fn quench_bin_width(table: &Value, name: &str) -> f64 {
     let h = &table["tensors"][name]["histogram"];
     let range_log2 = h["range_log2"].as_i64().unwrap() as i32;
-    2f64.powi(range_log2 + 1) / h["bins"].as_array().unwrap().len() as f64
+    // Tables store the non-empty span of the bins; `num_bins` is the total.
+    let n = h["num_bins"]
+        .as_u64()
+        .unwrap_or_else(|| h["bins"].as_array().unwrap().len() as u64);
+    2f64.powi(range_log2 + 1) / n as f64
 }
 
 #[test]

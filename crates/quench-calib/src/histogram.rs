@@ -61,12 +61,64 @@ pub const MAX_RANGE_LOG2: i32 = 128;
 
 /// Serializable histogram: `bins.len()` counts over `[-2^range_log2,
 /// 2^range_log2)`, see the [module documentation](self) for the layout.
+///
+/// On the wire (JSON calibration tables) only the span from the first to
+/// the last non-empty bin is written, with its `offset` and the total bin
+/// count `num_bins`; both are optional when reading (a full `bins` array).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "HistogramWire", into = "HistogramWire")]
 pub struct HistogramData {
     /// `log2` of the half range `R`.
     pub range_log2: i32,
     /// Counts; bin `i` holds `[-R + i w, -R + (i + 1) w)`.
     pub bins: Vec<u64>,
+}
+
+/// The wire form of [`HistogramData`].
+#[derive(Serialize, Deserialize)]
+struct HistogramWire {
+    range_log2: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    num_bins: Option<usize>,
+    #[serde(default)]
+    offset: usize,
+    bins: Vec<u64>,
+}
+
+impl From<HistogramData> for HistogramWire {
+    fn from(h: HistogramData) -> Self {
+        let n = h.bins.len();
+        let first = h.bins.iter().position(|&c| c > 0).unwrap_or(n);
+        let last = h.bins.iter().rposition(|&c| c > 0).map_or(first, |l| l + 1);
+        HistogramWire {
+            range_log2: h.range_log2,
+            num_bins: Some(n),
+            offset: first,
+            bins: h.bins[first..last].to_vec(),
+        }
+    }
+}
+
+impl From<HistogramWire> for HistogramData {
+    /// A span that does not fit `num_bins` gives no bins at all, which
+    /// [`HistogramData::validate`] rejects.
+    fn from(w: HistogramWire) -> Self {
+        let n = w.num_bins.unwrap_or(w.bins.len());
+        match w.offset.checked_add(w.bins.len()).filter(|&end| end <= n) {
+            Some(end) => {
+                let mut bins = vec![0u64; n];
+                bins[w.offset..end].copy_from_slice(&w.bins);
+                HistogramData {
+                    range_log2: w.range_log2,
+                    bins,
+                }
+            }
+            None => HistogramData {
+                range_log2: w.range_log2,
+                bins: Vec::new(),
+            },
+        }
+    }
 }
 
 impl HistogramData {
@@ -532,6 +584,31 @@ mod tests {
         direct.observe(&b);
         direct.observe(&a);
         assert!(bit_identical(&x.stats(), &direct.stats()));
+        Ok(())
+    }
+
+    /// Tables store only the non-empty span; full arrays (older tables)
+    /// read too; a span beyond the bin count is rejected.
+    #[test]
+    fn wire_form_is_trimmed_and_backward_compatible() -> Result<(), CalibError> {
+        let mut h = Histogram::with_bins(64)?;
+        h.observe(&[0.5, 0.75, 0.9]);
+        let json =
+            serde_json::to_value(h.data()).map_err(|e| CalibError::InvalidStats(e.to_string()))?;
+        let stored = json["bins"].as_array().map_or(0, Vec::len);
+        assert!(stored < 64 && stored > 0, "{json}");
+        assert_eq!(json["num_bins"], 64);
+        let back: HistogramData =
+            serde_json::from_value(json).map_err(|e| CalibError::InvalidStats(e.to_string()))?;
+        assert_eq!(back, h.data());
+        let full = serde_json::json!({"range_log2": 0, "bins": h.bins()});
+        let old: HistogramData =
+            serde_json::from_value(full).map_err(|e| CalibError::InvalidStats(e.to_string()))?;
+        assert_eq!(old, h.data());
+        let bad = serde_json::json!({"range_log2": 0, "num_bins": 16, "offset": 10, "bins": [1, 2, 3, 4, 5, 6, 7]});
+        let bad: HistogramData =
+            serde_json::from_value(bad).map_err(|e| CalibError::InvalidStats(e.to_string()))?;
+        assert!(bad.validate().is_err());
         Ok(())
     }
 
