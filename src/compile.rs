@@ -12,6 +12,7 @@ use quench_onnx::SaveOptions;
 use quench_passes::quantize::{self, ActType, Mode, QuantSummary, QuantizeConfig, WeightType};
 use quench_passes::{pipeline, run_passes, PassCx, RunOptions};
 use quench_verify::{Accumulator, ArrayData, Dataset, Feed, Metrics, ModelInput};
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::calib::{self, CalibrationTable, Runners, MAX_BATCH};
@@ -336,21 +337,23 @@ fn table_from(
     samples: usize,
     stats: BTreeMap<String, TensorStats>,
 ) -> CalibrationTable {
-    let mut ranges = BTreeMap::new();
-    for (name, s) in &stats {
-        let mut m = BTreeMap::new();
-        for (k, method) in [
-            ("minmax", RangeMethod::MinMax),
-            ("percentile_99.999", RangeMethod::Percentile(99.999)),
-            ("entropy", RangeMethod::Entropy),
-            ("mse", RangeMethod::Mse),
-        ] {
-            if let Ok(r) = choose_range(s, method, QuantTarget::U8) {
-                m.insert(k.to_string(), r);
+    let ranges = stats
+        .par_iter()
+        .map(|(name, s)| {
+            let mut m = BTreeMap::new();
+            for (k, method) in [
+                ("minmax", RangeMethod::MinMax),
+                ("percentile_99.999", RangeMethod::Percentile(99.999)),
+                ("entropy", RangeMethod::Entropy),
+                ("mse", RangeMethod::Mse),
+            ] {
+                if let Ok(r) = choose_range(s, method, QuantTarget::U8) {
+                    m.insert(k.to_string(), r);
+                }
             }
-        }
-        ranges.insert(name.clone(), m);
-    }
+            (name.clone(), m)
+        })
+        .collect();
     CalibrationTable {
         quench: env!("CARGO_PKG_VERSION").into(),
         model: model.display().to_string(),
@@ -564,31 +567,37 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         let target = cfg.activations.target();
         let mut bounded_kept = 0usize;
         let mut guarded = 0usize;
-        for (name, s) in &stats {
-            // Softmax and Sigmoid outputs are bounded probabilities whose
-            // large values carry the information (attention weights, gates):
-            // the clipping methods would cut exactly those, so they keep
-            // their observed range.
-            let method = match a.method() {
+        // Softmax and Sigmoid outputs are bounded probabilities whose large
+        // values carry the information (attention weights, gates): the
+        // clipping methods would cut exactly those, so they keep their
+        // observed range.
+        let methods: Vec<RangeMethod> = stats
+            .keys()
+            .map(|name| match a.method() {
                 RangeMethod::MinMax => RangeMethod::MinMax,
                 _ if produced_by_bounded_op(&model.graph, name) => {
                     bounded_kept += 1;
                     RangeMethod::MinMax
                 }
                 m => m,
-            };
-            let chosen = if method == RangeMethod::Entropy {
-                quench_calib::entropy_range_guarded(s, target, a.entropy_guard).map(
-                    |(r, replaced)| {
-                        guarded += usize::from(replaced);
-                        r
-                    },
-                )
-            } else {
-                choose_range(s, method, target)
-            };
-            match chosen {
-                Ok(r) => {
+            })
+            .collect();
+        // Range searches are independent per tensor: in parallel.
+        let all: Vec<(&TensorStats, RangeMethod)> = stats.values().zip(methods).collect();
+        let chosen: Vec<_> = all
+            .par_iter()
+            .map(|&(s, method)| {
+                if method == RangeMethod::Entropy {
+                    quench_calib::entropy_range_guarded(s, target, a.entropy_guard)
+                } else {
+                    choose_range(s, method, target).map(|r| (r, false))
+                }
+            })
+            .collect();
+        for ((name, _), c) in stats.iter().zip(chosen) {
+            match c {
+                Ok((r, replaced)) => {
+                    guarded += usize::from(replaced);
                     ranges.insert(name.clone(), r);
                 }
                 Err(e) => notes.push(format!("tensor `{name}`: no range ({e}); stays float")),

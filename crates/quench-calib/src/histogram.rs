@@ -353,7 +353,7 @@ fn bin_values(bins: &mut [u64], bins_log2: u32, range_log2: i32, data: &[f32], a
         }
         return;
     }
-    if data.len() < n * 8 {
+    if data.len() < n * 16 {
         // Small tensors: not worth clearing and folding the lanes.
         for &x in data {
             let bin = &mut bins[index_f32(x)];

@@ -469,6 +469,43 @@ fn kl_search_unit() {
     assert!(i.is_some_and(|i| (16..=200).contains(&i)), "{i:?}");
 }
 
+/// The prefix-sum search picks the same threshold as the bin-by-bin one
+/// on varied histograms (spikes, gaps, heavy tails, one clipped outlier).
+#[test]
+fn fast_kl_search_matches_the_direct_one() {
+    let mut rng = Lcg::new(77);
+    for case in 0..60 {
+        let len = 200 + (rng.uniform() * 1800.0) as usize;
+        let levels = [16, 128, 256][case % 3];
+        let mut hist: Vec<u64> = (0..len)
+            .map(|j| {
+                let decay = (-(j as f64) / (20.0 + 400.0 * rng.uniform())).exp();
+                let gap = rng.uniform() < 0.2 * (case % 4) as f64;
+                if gap {
+                    0
+                } else {
+                    (decay * 1e5 * rng.uniform()) as u64
+                }
+            })
+            .collect();
+        if case % 5 == 0 {
+            hist[0] = 10_000_000; // a spike at zero
+        }
+        if case % 7 == 0 {
+            let last = hist.len() - 1;
+            hist[last] = 1; // one far outlier after a gap
+            for c in hist.iter_mut().rev().skip(1).take(len / 3) {
+                *c = 0;
+            }
+        }
+        assert_eq!(
+            kl_threshold(&hist, levels),
+            kl_threshold_direct(&hist, levels),
+            "case {case}: len {len}, levels {levels}"
+        );
+    }
+}
+
 #[test]
 fn expected_error_of_a_uniform_distribution_is_the_rounding_error() -> TestResult {
     let a = 3.0;
