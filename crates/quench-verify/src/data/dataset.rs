@@ -27,24 +27,30 @@
 //!   e.g. `input.npy` stored `[341,1,8,8]`, samples `[1,8,8]`, model input
 //!   `[N,1,8,8]`).
 //!
+//! Inputs are read from disk batch by batch, so memory does not grow with
+//! the number of samples: loading reads only `.npy` headers (and checks each
+//! file holds the data its header declares) and, for the test-data layout,
+//! each tensor file once to learn its element type and shape; a batch then
+//! reads just its rows or files (see [`super::npy`]). Two cases are loaded
+//! whole: compressed `.npz` files (`np.savez_compressed`) and Fortran-order
+//! `.npy` arrays. Extra arrays and expected outputs are held in memory.
+//!
 //! Invariant: after a successful `check_against`, the dataset's inputs are
 //! exactly the model's inputs in the model's order, all with the same number
 //! of samples and the element types the model declares; every other array is
 //! an extra array.
 
 use std::fs;
-use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use ndarray::ArrayD;
-use ndarray_npy::{NpzReader, ReadNpyError, ReadNpyExt, ReadNpzError};
 use prost::Message;
 use quench_onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
 use quench_onnx::proto::type_proto::Value as TypeValue;
 use quench_onnx::proto::{ModelProto, TensorProto};
 
+use super::npy::{open_npy, open_npz, NpyRows, Opened};
 use super::{ArrayData, DataError};
 
 /// What a model declares about one of its inputs: name, ONNX element type
@@ -123,10 +129,63 @@ impl Feed {
 
 #[derive(Debug, Clone)]
 enum Stored {
-    /// One array `[N, ...sample shape]`.
+    /// One array `[N, ...sample shape]` in memory.
     Stacked(ArrayData),
-    /// One array per sample (ONNX test-data sets).
+    /// One array `[N, ...sample shape]` on disk, read by rows.
+    Rows(NpyRows),
+    /// One tensor file per sample (ONNX test-data inputs), read on request.
+    Files(Vec<TensorFile>),
+    /// One array per sample in memory (ONNX test-data expected outputs).
     PerSample(Vec<ArrayData>),
+}
+
+impl From<Opened> for Stored {
+    fn from(o: Opened) -> Stored {
+        match o {
+            Opened::Rows(r) => Stored::Rows(r),
+            Opened::Whole(a) => Stored::Stacked(a),
+        }
+    }
+}
+
+/// A TensorProto file of the test-data layout: its element type and shape
+/// were read at load time, its value is read again when requested.
+#[derive(Debug, Clone)]
+struct TensorFile {
+    path: PathBuf,
+    elem_type: i32,
+    dtype: &'static str,
+    shape: Vec<usize>,
+}
+
+impl TensorFile {
+    fn new(path: PathBuf, value: &ArrayData) -> TensorFile {
+        TensorFile {
+            path,
+            elem_type: value.elem_type(),
+            dtype: value.dtype_name(),
+            shape: value.shape().to_vec(),
+        }
+    }
+
+    /// The value, which must still have the element type and shape it had
+    /// at load time.
+    fn read(&self) -> Result<ArrayData, DataError> {
+        let (_, a) = read_pb(&self.path)?;
+        if a.elem_type() != self.elem_type || a.shape() != self.shape {
+            return Err(DataError::Layout {
+                path: self.path.clone(),
+                reason: format!(
+                    "changed since the dataset was loaded: it held {} {}, it now holds {} {}",
+                    self.dtype,
+                    show_shape(&self.shape),
+                    a.dtype_name(),
+                    show_shape(a.shape())
+                ),
+            });
+        }
+        Ok(a)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -142,29 +201,55 @@ impl Column {
     fn count(&self) -> usize {
         match &self.data {
             Stored::Stacked(a) => a.shape().first().copied().unwrap_or(0),
+            Stored::Rows(r) => r.count(),
+            Stored::Files(v) => v.len(),
             Stored::PerSample(v) => v.len(),
         }
     }
 
-    fn sample(&self, i: usize) -> Option<ArrayData> {
+    /// Sample `i`, or `None` when out of range.
+    fn sample(&self, i: usize) -> Result<Option<ArrayData>, DataError> {
         match &self.data {
-            Stored::Stacked(a) => a.index_axis0(i),
-            Stored::PerSample(v) => v.get(i).cloned(),
+            Stored::Stacked(a) => Ok(a.index_axis0(i)),
+            Stored::Rows(r) => (i < r.count()).then(|| r.row(i)).transpose(),
+            Stored::Files(v) => v.get(i).map(TensorFile::read).transpose(),
+            Stored::PerSample(v) => Ok(v.get(i).cloned()),
         }
     }
 
-    fn batch(&self, range: Range<usize>) -> Result<ArrayData, String> {
+    /// Samples `range` stacked; a range out of bounds or samples that do
+    /// not stack are a shape mismatch of the dataset at `source`.
+    fn batch(&self, range: Range<usize>, source: &Path) -> Result<ArrayData, DataError> {
+        let mismatch = |reason: String| DataError::ShapeMismatch {
+            path: source.to_path_buf(),
+            name: self.name.clone(),
+            reason: format!("cannot batch samples {range:?}: {reason}"),
+        };
+        let out_of_range = || mismatch(format!("samples {range:?} out of range"));
         match &self.data {
-            Stored::Stacked(a) => a
-                .slice_axis0(range.clone())
-                .ok_or_else(|| format!("samples {range:?} out of range")),
+            Stored::Stacked(a) => a.slice_axis0(range.clone()).ok_or_else(out_of_range),
+            Stored::Rows(r) => {
+                if r.shape().is_empty() || range.start > range.end || range.end > r.count() {
+                    return Err(out_of_range());
+                }
+                r.rows(range.clone())
+            }
+            Stored::Files(v) => {
+                let parts = v
+                    .get(range.clone())
+                    .ok_or_else(out_of_range)?
+                    .iter()
+                    .map(TensorFile::read)
+                    .collect::<Result<Vec<_>, _>>()?;
+                ArrayData::stack(&parts.iter().collect::<Vec<_>>()).map_err(mismatch)
+            }
             Stored::PerSample(v) => {
                 let parts: Vec<&ArrayData> = v
                     .get(range.clone())
-                    .ok_or_else(|| format!("samples {range:?} out of range"))?
+                    .ok_or_else(out_of_range)?
                     .iter()
                     .collect();
-                ArrayData::stack(&parts)
+                ArrayData::stack(&parts).map_err(mismatch)
             }
         }
     }
@@ -180,6 +265,14 @@ impl Column {
                     // A rank-0 array has no sample axis: both halves keep it.
                     _ => (Stored::Stacked(arr.clone()), Stored::Stacked(arr)),
                 }
+            }
+            Stored::Rows(r) => {
+                let (a, b) = r.split(at);
+                (Stored::Rows(a), Stored::Rows(b))
+            }
+            Stored::Files(mut v) => {
+                let tail = v.split_off(at);
+                (Stored::Files(v), Stored::Files(tail))
             }
             Stored::PerSample(mut v) => {
                 let tail = v.split_off(at);
@@ -213,7 +306,9 @@ pub struct Dataset {
 
 impl Dataset {
     /// Loads a dataset from a `.npy` directory, an `.npz` (or `.npy`) file,
-    /// or an ONNX test-data directory (see the module docs). Until
+    /// or an ONNX test-data directory (see the module docs). Inputs stay on
+    /// disk: this reads `.npy` headers and tensor files' element types and
+    /// shapes, and each batch reads its own samples later. Until
     /// [`check_against`](Self::check_against) binds it to a model, every
     /// array read counts as an input.
     pub fn load(path: &Path) -> Result<Dataset, DataError> {
@@ -237,18 +332,18 @@ impl Dataset {
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let a = read_npy_file(path, &name)?;
+                let data = open_npy(path, &name)?.into();
                 ds.inputs.push(Column {
                     name,
                     index: None,
-                    data: Stored::Stacked(a),
+                    data,
                 });
             } else {
-                for (name, a) in read_npz(path)? {
+                for (name, opened) in open_npz(path)? {
                     ds.inputs.push(Column {
                         name,
                         index: None,
-                        data: Stored::Stacked(a),
+                        data: opened.into(),
                     });
                 }
             }
@@ -289,11 +384,11 @@ impl Dataset {
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                let a = read_npy_file(&p, &name)?;
+                let data = open_npy(&p, &name)?.into();
                 ds.inputs.push(Column {
                     name,
                     index: None,
-                    data: Stored::Stacked(a),
+                    data,
                 });
             }
         } else {
@@ -339,23 +434,26 @@ impl Dataset {
                     });
                 }
                 for (pos, (k, file)) in files.into_iter().enumerate() {
+                    // Inputs keep only the file (and what it holds) and are
+                    // read again per batch; expected outputs stay loaded.
                     let (name, a) = read_pb(&file)?;
                     if set_ix == 0 {
                         let (name, index) = match name {
                             Some(n) => (n, None),
                             None => (format!("{prefix}_{k}"), Some(pos)),
                         };
-                        columns.push(Column {
-                            name,
-                            index,
-                            data: Stored::PerSample(vec![a]),
-                        });
-                    } else if let Some(Column {
-                        data: Stored::PerSample(v),
-                        ..
-                    }) = columns.get_mut(pos)
-                    {
-                        v.push(a);
+                        let data = if prefix == "input" {
+                            Stored::Files(vec![TensorFile::new(file, &a)])
+                        } else {
+                            Stored::PerSample(vec![a])
+                        };
+                        columns.push(Column { name, index, data });
+                    } else {
+                        match columns.get_mut(pos).map(|c| &mut c.data) {
+                            Some(Stored::Files(v)) => v.push(TensorFile::new(file, &a)),
+                            Some(Stored::PerSample(v)) => v.push(a),
+                            _ => {}
+                        }
                     }
                 }
             }
@@ -395,7 +493,7 @@ impl Dataset {
         self.inputs
             .iter()
             .map(|c| {
-                c.sample(i)
+                c.sample(i)?
                     .map(|a| (c.name.clone(), a))
                     .ok_or(DataError::OutOfRange {
                         path: self.source.clone(),
@@ -412,13 +510,8 @@ impl Dataset {
         self.inputs
             .iter()
             .map(|c| {
-                c.batch(range.clone())
+                c.batch(range.clone(), &self.source)
                     .map(|a| (c.name.clone(), a))
-                    .map_err(|reason| DataError::ShapeMismatch {
-                        path: self.source.clone(),
-                        name: c.name.clone(),
-                        reason: format!("cannot batch samples {range:?}: {reason}"),
-                    })
             })
             .collect()
     }
@@ -444,9 +537,10 @@ impl Dataset {
         if self.expected.is_empty() {
             return None;
         }
+        // Expected outputs are held in memory: reading them cannot fail.
         self.expected
             .iter()
-            .map(|c| c.sample(i).map(|a| (c.name.clone(), a)))
+            .map(|c| c.sample(i).ok().flatten().map(|a| (c.name.clone(), a)))
             .collect()
     }
 
@@ -525,7 +619,7 @@ impl Dataset {
             });
         }
         for (p, c) in self.inputs.iter().enumerate() {
-            if matches!(c.data, Stored::PerSample(_)) && !picked.contains(&p) {
+            if matches!(c.data, Stored::Files(_) | Stored::PerSample(_)) && !picked.contains(&p) {
                 return Err(DataError::Layout {
                     path: path.clone(),
                     reason: format!(
@@ -542,9 +636,9 @@ impl Dataset {
             .iter()
             .map(|&p| {
                 if p < n_inputs {
-                    ColumnRef::Col(&self.inputs[p])
+                    ColumnRef::of_column(&self.inputs[p])
                 } else {
-                    ColumnRef::Extra(&self.extras[p - n_inputs].1)
+                    ColumnRef::of_array(&self.extras[p - n_inputs].1)
                 }
             })
             .collect();
@@ -552,13 +646,13 @@ impl Dataset {
         let mut first_count: Option<(usize, &str)> = None;
         for (mi, c) in model_inputs.iter().zip(&refs) {
             let name = mi.name.as_str();
-            for a in c.arrays() {
-                if a.elem_type() != mi.elem_type {
+            for (elem_type, dtype) in c.dtypes() {
+                if elem_type != mi.elem_type {
                     return Err(DataError::DtypeMismatch {
                         path: path.clone(),
                         name: name.to_string(),
                         expected: quench_onnx::dtype::elem_name(mi.elem_type),
-                        found: a.dtype_name().to_string(),
+                        found: dtype.to_string(),
                     });
                 }
             }
@@ -610,6 +704,16 @@ impl Dataset {
             }
         }
 
+        // Arrays left on disk that become extras are read now, so that a
+        // read error still leaves the dataset unchanged.
+        let mut loaded: Vec<Option<ArrayData>> = Vec::with_capacity(n_inputs);
+        for (p, c) in self.inputs.iter().enumerate() {
+            loaded.push(match &c.data {
+                Stored::Rows(r) if !picked.contains(&p) => Some(r.all()?),
+                _ => None,
+            });
+        }
+
         // Apply: picked columns in model order, everything else to extras.
         // Columns are moved, not copied: datasets can be large.
         let mut slots: Vec<Option<Column>> = std::mem::take(&mut self.inputs)
@@ -638,65 +742,95 @@ impl Dataset {
         // Test-data columns left over were refused above; the rest are arrays.
         self.extras = slots
             .into_iter()
-            .flatten()
-            .filter_map(|c| match c.data {
-                Stored::Stacked(a) => Some((c.name, a)),
-                Stored::PerSample(_) => None,
+            .enumerate()
+            .filter_map(|(p, c)| {
+                let c = c?;
+                match c.data {
+                    Stored::Stacked(a) => Some((c.name, a)),
+                    Stored::Rows(_) => loaded.get_mut(p)?.take().map(|a| (c.name, a)),
+                    Stored::Files(_) | Stored::PerSample(_) => None,
+                }
             })
             .collect();
         Ok(feed)
     }
 }
 
-/// A candidate input during [`Dataset::check_against`].
+/// A candidate input during [`Dataset::check_against`]: what is checked of
+/// it (element types and shapes), taken from the file headers for data left
+/// on disk.
 enum ColumnRef<'a> {
-    Col(&'a Column),
-    Extra(&'a ArrayData),
+    /// One array `[N, ...]`.
+    Stacked {
+        elem_type: i32,
+        dtype: &'static str,
+        shape: &'a [usize],
+    },
+    /// One tensor per sample: element type code, name and shape.
+    PerSample(Vec<(i32, &'static str, &'a [usize])>),
 }
 
-impl ColumnRef<'_> {
-    fn arrays(&self) -> Vec<&ArrayData> {
+impl<'a> ColumnRef<'a> {
+    fn of_array(a: &'a ArrayData) -> ColumnRef<'a> {
+        ColumnRef::Stacked {
+            elem_type: a.elem_type(),
+            dtype: a.dtype_name(),
+            shape: a.shape(),
+        }
+    }
+
+    fn of_column(c: &'a Column) -> ColumnRef<'a> {
+        match &c.data {
+            Stored::Stacked(a) => ColumnRef::of_array(a),
+            Stored::Rows(r) => ColumnRef::Stacked {
+                elem_type: r.elem_type(),
+                dtype: r.dtype_name(),
+                shape: r.shape(),
+            },
+            Stored::Files(v) => ColumnRef::PerSample(
+                v.iter()
+                    .map(|f| (f.elem_type, f.dtype, f.shape.as_slice()))
+                    .collect(),
+            ),
+            Stored::PerSample(v) => ColumnRef::PerSample(
+                v.iter()
+                    .map(|a| (a.elem_type(), a.dtype_name(), a.shape()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Element type code and name of every stored array.
+    fn dtypes(&self) -> Vec<(i32, &'static str)> {
         match self {
-            ColumnRef::Col(Column {
-                data: Stored::Stacked(a),
-                ..
-            })
-            | &ColumnRef::Extra(a) => vec![a],
-            ColumnRef::Col(Column {
-                data: Stored::PerSample(v),
-                ..
-            }) => v.iter().collect(),
+            ColumnRef::Stacked {
+                elem_type, dtype, ..
+            } => vec![(*elem_type, *dtype)],
+            ColumnRef::PerSample(v) => v.iter().map(|&(e, d, _)| (e, d)).collect(),
         }
     }
 
     fn count(&self) -> usize {
         match self {
-            ColumnRef::Col(c) => c.count(),
-            ColumnRef::Extra(a) => a.shape().first().copied().unwrap_or(0),
+            ColumnRef::Stacked { shape, .. } => shape.first().copied().unwrap_or(0),
+            ColumnRef::PerSample(v) => v.len(),
         }
     }
 
     /// Per-sample shapes, and the stored shape for messages.
     fn sample_shapes(&self) -> Result<(Vec<Vec<usize>>, String), String> {
         match self {
-            ColumnRef::Col(Column {
-                data: Stored::Stacked(a),
-                ..
-            })
-            | &ColumnRef::Extra(a) => {
-                if a.shape().is_empty() {
+            ColumnRef::Stacked { shape, .. } => {
+                if shape.is_empty() {
                     return Err("the stored array is a scalar; it needs a leading sample axis ([N] for a scalar input)".into());
                 }
                 Ok((
-                    vec![a.shape()[1..].to_vec()],
-                    format!("stored as {}", show_shape(a.shape())),
+                    vec![shape[1..].to_vec()],
+                    format!("stored as {}", show_shape(shape)),
                 ))
             }
-            ColumnRef::Col(Column {
-                data: Stored::PerSample(v),
-                ..
-            }) => {
-                let mut shapes: Vec<Vec<usize>> = v.iter().map(|a| a.shape().to_vec()).collect();
+            ColumnRef::PerSample(v) => {
+                let mut shapes: Vec<Vec<usize>> = v.iter().map(|(_, _, s)| s.to_vec()).collect();
                 shapes.dedup();
                 Ok((shapes, "from test data".into()))
             }
@@ -818,140 +952,202 @@ fn read_pb(path: &Path) -> Result<(Option<String>, ArrayData), DataError> {
     Ok((name, a))
 }
 
-/// Element types an `.npy` file may hold, tried in this order.
-#[derive(Debug, Clone, Copy)]
-enum NpyKind {
-    F32,
-    F64,
-    I64,
-    I32,
-    I8,
-    U8,
-    Bool,
-}
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use ndarray::{ArrayD, IxDyn};
+    use ndarray_npy::{NpzWriter, WriteNpyExt};
+    use quench_onnx::proto::tensor_proto::DataType;
 
-const NPY_KINDS: [NpyKind; 7] = [
-    NpyKind::F32,
-    NpyKind::F64,
-    NpyKind::I64,
-    NpyKind::I32,
-    NpyKind::I8,
-    NpyKind::U8,
-    NpyKind::Bool,
-];
+    fn f32_array(shape: &[usize]) -> ArrayD<f32> {
+        let n = shape.iter().product();
+        ArrayD::from_shape_vec(IxDyn(shape), (0..n).map(|i| i as f32 * 0.5 - 3.0).collect())
+            .unwrap()
+    }
 
-/// Runs `$read` with `$t` bound to the Rust element type of `$kind` and
-/// converts the array it returns to [`ArrayData`].
-macro_rules! read_as {
-    ($kind:expr, $t:ident => $read:expr) => {
-        match $kind {
-            NpyKind::F32 => {
-                type $t = f32;
-                $read.map(ArrayData::from)
-            }
-            NpyKind::F64 => {
-                type $t = f64;
-                $read.map(ArrayData::from)
-            }
-            NpyKind::I64 => {
-                type $t = i64;
-                $read.map(ArrayData::from)
-            }
-            NpyKind::I32 => {
-                type $t = i32;
-                $read.map(ArrayData::from)
-            }
-            NpyKind::I8 => {
-                type $t = i8;
-                $read.map(ArrayData::from)
-            }
-            NpyKind::U8 => {
-                type $t = u8;
-                $read.map(ArrayData::from)
-            }
-            NpyKind::Bool => {
-                type $t = bool;
-                $read.map(ArrayData::from)
-            }
-        }
-    };
-}
+    fn write_npy<T: ndarray_npy::WritableElement>(dir: &Path, name: &str, a: &ArrayD<T>) {
+        let path = dir.join(format!("{name}.npy"));
+        a.write_npy(fs::File::create(path).unwrap()).unwrap();
+    }
 
-/// Reads an array of whichever supported element type it holds: `read` is
-/// called per type until the descriptor matches. The inner error is the
-/// descriptor of an unsupported type.
-fn read_any<E>(
-    mut read: impl FnMut(NpyKind) -> Result<ArrayData, E>,
-    wrong_descriptor: impl Fn(&E) -> Option<String>,
-) -> Result<Result<ArrayData, String>, E> {
-    let mut descriptor = String::new();
-    for kind in NPY_KINDS {
-        match read(kind) {
-            Ok(a) => return Ok(Ok(a.into_standard_layout())),
-            Err(e) => match wrong_descriptor(&e) {
-                Some(d) => descriptor = d,
-                None => return Err(e),
-            },
+    fn model_input(name: &str, elem_type: DataType, shape: &[Option<i64>]) -> ModelInput {
+        ModelInput {
+            name: name.into(),
+            elem_type: elem_type as i32,
+            shape: Some(shape.to_vec()),
         }
     }
-    Ok(Err(descriptor))
-}
 
-fn read_npy_file(path: &Path, name: &str) -> Result<ArrayData, DataError> {
-    let mut bytes = Vec::new();
-    fs::File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|source| DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let b = bytes.as_slice();
-    read_any(
-        |kind| read_as!(kind, T => ArrayD::<T>::read_npy(b)),
-        |e| match e {
-            ReadNpyError::WrongDescriptor(d) => Some(d.to_string()),
-            _ => None,
-        },
-    )
-    .map_err(|source| DataError::Npy {
-        path: path.to_path_buf(),
-        source,
-    })?
-    .map_err(|dtype| DataError::UnsupportedNpyType {
-        path: path.to_path_buf(),
-        name: name.to_string(),
-        dtype,
-    })
-}
-
-fn read_npz(path: &Path) -> Result<Vec<(String, ArrayData)>, DataError> {
-    let npz_err = |source| DataError::Npz {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = fs::File::open(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut npz = NpzReader::new(std::io::BufReader::new(file)).map_err(npz_err)?;
-    let mut names = npz.names().map_err(npz_err)?;
-    names.sort();
-    let mut out = Vec::with_capacity(names.len());
-    for name in names {
-        let a = read_any(
-            |kind| read_as!(kind, T => npz.by_name::<ndarray::OwnedRepr<T>, ndarray::IxDyn>(&name)),
-            |e| match e {
-                ReadNpzError::Npy(ReadNpyError::WrongDescriptor(d)) => Some(d.to_string()),
-                _ => None,
-            },
-        )
-        .map_err(npz_err)?
-        .map_err(|dtype| DataError::UnsupportedNpyType {
-            path: path.to_path_buf(),
-            name: name.clone(),
-            dtype,
-        })?;
-        out.push((name, a));
+    fn is_lazy(c: &Column) -> bool {
+        matches!(c.data, Stored::Rows(_) | Stored::Files(_))
     }
-    Ok(out)
+
+    #[test]
+    fn truncated_npy_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        write_npy(dir.path(), "x", &f32_array(&[4, 3]));
+        let path = dir.path().join("x.npy");
+        let bytes = fs::read(&path).unwrap();
+        fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        let e = Dataset::load(dir.path()).unwrap_err();
+        assert!(
+            matches!(&e, DataError::Npy { path: p, .. } if *p == path),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("x.npy"), "{e}");
+    }
+
+    #[test]
+    fn lazy_columns_split_batch_and_become_extras() {
+        let dir = tempfile::tempdir().unwrap();
+        let x = f32_array(&[10, 2, 3]);
+        let labels = ArrayD::from_shape_vec(IxDyn(&[10]), (0..10i64).collect()).unwrap();
+        write_npy(dir.path(), "x", &x);
+        write_npy(dir.path(), "labels", &labels);
+        let mut ds = Dataset::load(dir.path()).unwrap();
+        assert!(ds.inputs.iter().all(is_lazy));
+        let feed = ds
+            .check_against(&[model_input("x", DataType::Float, &[None, Some(2), Some(3)])])
+            .unwrap();
+        assert_eq!(feed, Feed::Batch { fixed: None });
+        assert!(is_lazy(&ds.inputs[0]));
+        // The labels column, left on disk until now, is an extra array.
+        assert_eq!(ds.extra("labels"), Some(&ArrayData::I64(labels.clone())));
+
+        let whole = ArrayData::F32(x);
+        let (head, tail) = ds.clone().split(6);
+        assert_eq!((head.samples(), tail.samples()), (6, 4));
+        assert!(is_lazy(&head.inputs[0]) && is_lazy(&tail.inputs[0]));
+        assert_eq!(
+            head.sample_batch(2..6).unwrap()[0].1,
+            whole.slice_axis0(2..6).unwrap()
+        );
+        assert_eq!(
+            tail.sample_batch(1..4).unwrap()[0].1,
+            whole.slice_axis0(7..10).unwrap()
+        );
+        assert_eq!(tail.sample(0).unwrap()[0].1, whole.index_axis0(6).unwrap());
+        assert_eq!(
+            tail.feed(feed, 0..4).unwrap(),
+            vec![whole.slice_axis0(6..10).unwrap()]
+        );
+        assert_eq!(
+            tail.extra("labels").unwrap().index_axis0(0),
+            ArrayData::I64(labels).index_axis0(6)
+        );
+        let e = tail.sample_batch(2..5).unwrap_err();
+        assert!(
+            matches!(&e, DataError::ShapeMismatch { name, .. } if name == "x"),
+            "{e}"
+        );
+        assert!(matches!(
+            tail.sample(4).unwrap_err(),
+            DataError::OutOfRange {
+                index: 4,
+                count: 4,
+                ..
+            }
+        ));
+
+        // Re-binding picks the materialized extra as an input.
+        let mut rebound = ds;
+        rebound
+            .check_against(&[model_input("labels", DataType::Int64, &[])])
+            .unwrap();
+        assert_eq!(
+            rebound.sample(3).unwrap()[0].1,
+            ArrayData::I64(ArrayD::from_elem(IxDyn(&[]), 3))
+        );
+        assert_eq!(rebound.extra("x"), Some(&whole));
+    }
+
+    #[test]
+    fn batches_are_read_from_several_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.npz");
+        let x = f32_array(&[64, 5]);
+        let mut w = NpzWriter::new(fs::File::create(&path).unwrap());
+        w.add_array("x", &x).unwrap();
+        w.finish().unwrap();
+        let ds = Dataset::load(&path).unwrap();
+        assert!(is_lazy(&ds.inputs[0]));
+        let whole = ArrayData::F32(x);
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (ds, whole) = (&ds, &whole);
+                s.spawn(move || {
+                    for k in 0..16 {
+                        let r = (t * 16 + k)..(t * 16 + k + 1);
+                        let got = ds.sample_batch(r.clone()).unwrap().remove(0).1;
+                        assert_eq!(got, whole.slice_axis0(r).unwrap());
+                    }
+                });
+            }
+        });
+    }
+
+    fn write_pb(path: &Path, name: &str, a: &ArrayData) {
+        fs::write(path, a.to_tensor_proto(name).encode_to_vec()).unwrap();
+    }
+
+    #[test]
+    fn test_data_sets_are_read_per_sample() {
+        let dir = tempfile::tempdir().unwrap();
+        let samples: Vec<ArrayData> = (0..3)
+            .map(|k| ArrayData::F32(f32_array(&[1, 4]).mapv(|v| v + k as f32)))
+            .collect();
+        for (k, a) in samples.iter().enumerate() {
+            let set = dir.path().join(format!("test_data_set_{k}"));
+            fs::create_dir(&set).unwrap();
+            // Unnamed input: matched to the model input at its index.
+            write_pb(&set.join("input_0.pb"), "", a);
+            write_pb(&set.join("output_0.pb"), "y", &a.slice_axis0(0..1).unwrap());
+        }
+        let mut ds = Dataset::load(dir.path()).unwrap();
+        assert_eq!(ds.samples(), 3);
+        assert!(is_lazy(&ds.inputs[0]));
+        assert_eq!(
+            ds.check_against(&[model_input("data", DataType::Float, &[Some(1), Some(4)])])
+                .unwrap(),
+            Feed::Sample
+        );
+        assert_eq!(ds.input_names(), vec!["data"]);
+        for (k, a) in samples.iter().enumerate() {
+            assert_eq!(ds.sample(k).unwrap(), vec![("data".to_string(), a.clone())]);
+            assert_eq!(ds.expected_outputs(k).unwrap()[0].0, "y");
+        }
+        let parts: Vec<&ArrayData> = samples.iter().collect();
+        assert_eq!(
+            ds.sample_batch(0..3).unwrap()[0].1,
+            ArrayData::stack(&parts).unwrap()
+        );
+        let (_, tail) = ds.clone().split(1);
+        assert_eq!(tail.sample(1).unwrap()[0].1, samples[2]);
+
+        // Element types are checked from what the files held at load time.
+        let e = ds
+            .clone()
+            .check_against(&[model_input("data", DataType::Int64, &[Some(1), Some(4)])])
+            .unwrap_err();
+        assert!(
+            matches!(&e, DataError::DtypeMismatch { found, .. } if found == "f32"),
+            "{e}"
+        );
+
+        // A file rewritten after loading is reported, not misread.
+        let changed = dir.path().join("test_data_set_1").join("input_0.pb");
+        write_pb(&changed, "", &ArrayData::F32(f32_array(&[2, 4])));
+        let e = ds.sample(1).unwrap_err();
+        assert!(
+            matches!(&e, DataError::Layout { path, .. } if *path == changed),
+            "{e}"
+        );
+        fs::remove_file(&changed).unwrap();
+        let e = ds.sample_batch(0..2).unwrap_err();
+        assert!(
+            matches!(&e, DataError::Io { path, .. } if *path == changed),
+            "{e}"
+        );
+    }
 }

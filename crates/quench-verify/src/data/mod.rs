@@ -5,10 +5,11 @@
 //! bool). It converts to and from ONNX `TensorProto`s (little-endian
 //! `raw_data`, or the typed `*_data` fields) and tract tensors.
 //!
-//! [`Dataset`] holds named model inputs for many samples. It is loaded from
-//! three layouts (see [`Dataset::load`]) and bound to a model with
-//! [`Dataset::check_against`], which validates names, element types, shapes
-//! and sample counts and says how samples become model inputs ([`Feed`]).
+//! [`Dataset`] holds named model inputs for many samples, read from disk
+//! batch by batch. It is loaded from three layouts (see [`Dataset::load`])
+//! and bound to a model with [`Dataset::check_against`], which validates
+//! names, element types, shapes and sample counts and says how samples become
+//! model inputs ([`Feed`]).
 //!
 //! Invariant: the element type of an `ArrayData` is its variant; arrays are
 //! always in standard (C) order once built by this module, so their raw bytes
@@ -16,6 +17,7 @@
 
 mod array;
 mod dataset;
+mod npy;
 
 pub use array::ArrayData;
 pub use dataset::{Dataset, Feed, ModelInput};
