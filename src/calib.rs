@@ -9,6 +9,7 @@
 //! batch size, order or thread count.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, Context, Result};
@@ -164,15 +165,23 @@ pub fn collect(
     let empty = || -> Vec<Histogram> { (0..tensors.len()).map(|_| Histogram::new()).collect() };
     // One set of histograms per rayon worker (fold), merged at the end:
     // memory is bounded by the thread count, not the batch count.
-    let merged = ranges
-        .par_iter()
-        .try_fold(empty, |mut hs, r| -> Result<Vec<Histogram>> {
-            let inputs = data.feed(feed, r.clone())?;
-            runners
-                .runner(input_names, &inputs)?
-                .run_visit(&inputs, n_out, |i, values| hs[i - n_out].observe(values))
-                .with_context(|| format!("running calibration samples {r:?}"))?;
-            bar.inc(r.len() as u64);
+    // One worker per thread pulls the next batch and keeps one set of
+    // histograms; the sets are merged at the end. (A rayon `fold` would
+    // keep one set per split of the work, more of them the more batches.)
+    let next = AtomicUsize::new(0);
+    let workers = rayon::current_num_threads().clamp(1, ranges.len().max(1));
+    let merged = (0..workers)
+        .into_par_iter()
+        .map(|_| -> Result<Vec<Histogram>> {
+            let mut hs = empty();
+            while let Some(r) = ranges.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let inputs = data.feed(feed, r.clone())?;
+                runners
+                    .runner(input_names, &inputs)?
+                    .run_visit(&inputs, n_out, |i, values| hs[i - n_out].observe(values))
+                    .with_context(|| format!("running calibration samples {r:?}"))?;
+                bar.inc(r.len() as u64);
+            }
             Ok(hs)
         })
         .try_reduce(empty, |mut a, b| {
