@@ -112,10 +112,12 @@ pub struct CalibrationTable {
 pub const OUTPUT_BUDGET: u64 = 192 << 20;
 
 /// How calibration splits the samples into runs. When the model's batch
-/// axis is free, one sample is compiled first to learn what its observed
-/// outputs weigh, and batches hold as many samples as fit in
-/// [`OUTPUT_BUDGET`] (1..=[`MAX_BATCH`]); a shorter last batch runs sample
-/// by sample on that same compiled model rather than compiling another.
+/// axis is free, the first full batch ([`MAX_BATCH`] samples) is compiled
+/// first; its output shapes tell what the observed tensors of one sample
+/// weigh, and batches then hold as many samples as fit in
+/// [`OUTPUT_BUDGET`] (1..=[`MAX_BATCH`]). Small models keep the first
+/// batch size, so they compile nothing extra; large ones compile one
+/// smaller batch shape. A shorter last batch runs as one run.
 fn batch_ranges(
     runners: &Runners,
     data: &Dataset,
@@ -126,21 +128,17 @@ fn batch_ranges(
     if feed != (Feed::Batch { fixed: None }) || n <= 1 {
         return Ok(feed.ranges(n, MAX_BATCH));
     }
-    let probe = data.feed(feed, 0..1)?;
-    let per_sample = runners.runner(input_names, &probe)?.output_bytes();
-    let batch = match per_sample {
-        Some(b) if b > 0 => (OUTPUT_BUDGET / b).clamp(1, MAX_BATCH as u64) as usize,
-        _ => MAX_BATCH,
-    };
-    let mut ranges = feed.ranges(n, batch);
-    if let Some(last) = ranges.pop() {
-        if last.len() == batch {
-            ranges.push(last);
-        } else {
-            ranges.extend(last.map(|i| i..i + 1));
+    let first = n.min(MAX_BATCH);
+    let probe = data.feed(feed, 0..first)?;
+    let bytes = runners.runner(input_names, &probe)?.output_bytes();
+    let batch = match bytes {
+        Some(b) if b > 0 => {
+            let per_sample = (b / first as u64).max(1);
+            (OUTPUT_BUDGET / per_sample).clamp(1, first as u64) as usize
         }
-    }
-    Ok(ranges)
+        _ => first,
+    };
+    Ok(feed.ranges(n, batch))
 }
 
 /// Runs `model` over `data` and observes `tensors`.

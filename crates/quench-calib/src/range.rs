@@ -33,7 +33,7 @@ use crate::{CalibError, QuantParams, QuantTarget, TensorStats};
 pub const ENTROPY_MAX_BINS: usize = 2048;
 /// The asymmetric MSE search is quadratic in the number of bins; finer
 /// histograms are coarsened to this many signed bins.
-pub const MSE_MAX_BINS: usize = 4096;
+pub const MSE_MAX_BINS: usize = 2048;
 /// Pseudo-count given to bins where the reference distribution has mass
 /// but the quantized one has none (the clipped-outlier bin), as the
 /// `smooth_distribution(eps = 1e-4)` of MXNet / ONNX Runtime; without it the
@@ -342,6 +342,11 @@ fn kl_threshold(hist: &[u64], levels: usize) -> Option<usize> {
     }
     let all = sum[used];
     let mut best: Option<(f64, usize)> = None;
+    // Group boundaries move by at most one bin from one candidate to the
+    // next, and about half of them not at all: a group's term depends only
+    // on its bins (except for the last group), so it is kept until they
+    // change. Same values, same summation order: bit-identical results.
+    let mut cache: Vec<(usize, usize, f64)> = vec![(usize::MAX, usize::MAX, 0.0); levels];
     for i in levels..=used {
         let outliers = all - sum[i];
         let last = hist[i - 1] as f64 + outliers;
@@ -351,13 +356,20 @@ fn kl_threshold(hist: &[u64], levels: usize) -> Option<usize> {
         let mut p_ln_q = 0.0;
         let mut qsum = 0.0;
         let mut infinite = false;
-        for g in 0..levels {
+        for (g, cached) in cache.iter_mut().enumerate() {
             let (start, end) = (g * i / levels, (g + 1) * i / levels);
             if start == end {
                 continue;
             }
             let s_g = sum[end] - sum[start];
             let holds_last = end == i;
+            if !holds_last && cached.0 == start && cached.1 == end {
+                if s_g > 0.0 {
+                    p_ln_q += cached.2;
+                    qsum += s_g;
+                }
+                continue;
+            }
             // Bins with P > 0: the last bin counts by P (outliers added).
             let n_g = if holds_last {
                 nonzero[end - 1] - nonzero[start] + usize::from(last > 0.0)
@@ -369,7 +381,9 @@ fn kl_threshold(hist: &[u64], levels: usize) -> Option<usize> {
             }
             let p_g = if holds_last { s_g + outliers } else { s_g };
             if s_g > 0.0 {
-                p_ln_q += p_g * (s_g / n_g as f64).ln();
+                let term = p_g * (s_g / n_g as f64).ln();
+                *cached = (start, end, term);
+                p_ln_q += term;
                 qsum += s_g;
             } else {
                 // Only the outliers in the last bin: smoothed Q.
