@@ -15,6 +15,10 @@
 //!   quench's default graph passes (`quench compile --no-quantize`), so
 //!   both run the same graph. Best of several alternating runs. Target:
 //!   at most 1.5x.
+//! - marginal time: the same ratio for the extra time of 512 over 32
+//!   samples (the memory runs, best of two), so that fixed costs (model
+//!   load, tract compile, the range search of every method for the table,
+//!   JSON) cancel: the per-sample overhead of observing.
 //! - memory: peak RSS (`/usr/bin/time -f %M`, else `VmHWM` polled from
 //!   `/proc`) of `quench calibrate` at 32 and at 512 samples. Calibration
 //!   keeps no per-sample activations and reads the data from disk batch by
@@ -329,6 +333,8 @@ struct Row {
     mem: (u64, u64),
     data_bytes: (u64, u64),
     plain_mem: u64,
+    /// Extra wall time from the few to the many samples: calibration, plain.
+    marginal: (Duration, Duration),
 }
 
 fn run_case(case: &Case, tmp: &Path, runs: usize, mem_samples: (usize, usize)) -> Result<Row> {
@@ -379,8 +385,25 @@ fn run_case(case: &Case, tmp: &Path, runs: usize, mem_samples: (usize, usize)) -
     );
     let b_few = case.noise(&d_few, few)?;
     let b_many = case.noise(&d_many, many)?;
-    let m_few = calibrate(&case.model, &d_few, &table)?.peak_rss;
-    let m_many = calibrate(&case.model, &d_many, &table)?.peak_rss;
+    let c_few = calibrate(&case.model, &d_few, &table)?;
+    let c_many = calibrate(&case.model, &d_many, &table)?;
+    let (m_few, m_many) = (c_few.peak_rss, c_many.peak_rss);
+    // Per-sample cost, fixed costs (load, compile, range search, JSON)
+    // cancelled: the extra time of the many-sample run over the few, for
+    // calibration and for plain inference (best of two each).
+    let mut p_few = plain(&passed, &d_few)?.wall;
+    let mut p_many = plain(&passed, &d_many)?.wall;
+    let mut cal = (c_few.wall, c_many.wall);
+    for _ in 1..runs.min(2) {
+        p_few = p_few.min(plain(&passed, &d_few)?.wall);
+        p_many = p_many.min(plain(&passed, &d_many)?.wall);
+        cal.0 = cal.0.min(calibrate(&case.model, &d_few, &table)?.wall);
+        cal.1 = cal.1.min(calibrate(&case.model, &d_many, &table)?.wall);
+    }
+    let marginal = (
+        cal.1.saturating_sub(cal.0),
+        p_many.saturating_sub(p_few),
+    );
     for d in [&d_few, &d_many] {
         std::fs::remove_dir_all(d).ok();
     }
@@ -393,6 +416,7 @@ fn run_case(case: &Case, tmp: &Path, runs: usize, mem_samples: (usize, usize)) -
         mem: (m_few, m_many),
         data_bytes: (b_few, b_many),
         plain_mem,
+        marginal,
     })
 }
 
@@ -403,12 +427,13 @@ fn mb(b: u64) -> f64 {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<32} {:>7} {:>10} {:>10} {:>6} | {:>10} | {:>10} {:>10} {:>6} {:>10} {:>10}",
+        "{:<32} {:>7} {:>10} {:>10} {:>6} {:>9} | {:>10} | {:>10} {:>10} {:>6} {:>10} {:>10}",
         "model",
         "samples",
         "plain (s)",
         "calib (s)",
         "ratio",
+        "marginal",
         "plain rss",
         "rss@few",
         "rss@many",
@@ -419,13 +444,15 @@ fn print_table(rows: &[Row]) {
     for r in rows {
         let ratio = r.calibrate.as_secs_f64() / r.plain.as_secs_f64();
         let mem_ratio = r.mem.1 as f64 / r.mem.0 as f64;
+        let marginal = r.marginal.0.as_secs_f64() / r.marginal.1.as_secs_f64().max(1e-9);
         println!(
-            "{:<32} {:>7} {:>10.3} {:>10.3} {:>5.2}x | {:>8.1}MB | {:>8.1}MB {:>8.1}MB {:>5.2}x {:>8.1}MB {:>8.1}MB",
+            "{:<32} {:>7} {:>10.3} {:>10.3} {:>5.2}x {:>8.2}x | {:>8.1}MB | {:>8.1}MB {:>8.1}MB {:>5.2}x {:>8.1}MB {:>8.1}MB",
             r.name,
             r.samples,
             r.plain.as_secs_f64(),
             r.calibrate.as_secs_f64(),
             ratio,
+            marginal,
             mb(r.plain_mem),
             mb(r.mem.0),
             mb(r.mem.1),
@@ -440,6 +467,14 @@ fn print_table(rows: &[Row]) {
         rayon::current_num_threads()
     );
     println!("(`plain rss`: its peak RSS on the timing samples).");
+    if let Some(r) = rows.first() {
+        println!(
+            "marginal: per-sample cost, fixed costs cancelled: (calibration at {m} - at {f} samples) / \
+             (plain at {m} - at {f} samples), best of two.",
+            f = r.mem_samples.0,
+            m = r.mem_samples.1
+        );
+    }
     if let Some(r) = rows.first() {
         println!(
             "memory: peak RSS of `quench calibrate` at {} vs {} samples; `data`: size of the .npy \
