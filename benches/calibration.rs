@@ -400,10 +400,7 @@ fn run_case(case: &Case, tmp: &Path, runs: usize, mem_samples: (usize, usize)) -
         cal.0 = cal.0.min(calibrate(&case.model, &d_few, &table)?.wall);
         cal.1 = cal.1.min(calibrate(&case.model, &d_many, &table)?.wall);
     }
-    let marginal = (
-        cal.1.saturating_sub(cal.0),
-        p_many.saturating_sub(p_few),
-    );
+    let marginal = (cal.1.saturating_sub(cal.0), p_many.saturating_sub(p_few));
     for d in [&d_few, &d_many] {
         std::fs::remove_dir_all(d).ok();
     }

@@ -266,15 +266,17 @@ impl Histogram {
 
 impl Observer for Histogram {
     fn observe(&mut self, data: &[f32]) {
-        // Min/max first (one vectorized pass): the range must cover the
-        // largest magnitude before anything is binned.
+        // Min/max first: the range must cover the largest magnitude before
+        // anything is binned. Whether this batch held a non-finite value
+        // follows from the non-finite count, without another pass.
+        let nonfinite_before = self.minmax.nonfinite().total();
         self.minmax.observe(data);
         let Some((lo, hi)) = self.minmax.range() else {
             return;
         };
         let needed = range_log2_for(lo.abs().max(hi.abs())).max(self.range_log2);
         self.regrid(self.bins_log2, needed);
-        let all_finite = self.minmax.nonfinite().total() == 0 || data.iter().all(|x| x.is_finite());
+        let all_finite = self.minmax.nonfinite().total() == nonfinite_before;
         bin_values(
             &mut self.bins,
             self.bins_log2,
@@ -363,7 +365,7 @@ fn bin_values(bins: &mut [u64], bins_log2: u32, range_log2: i32, data: &[f32], a
     }
     let mut lanes = vec![0u32; n * LANES];
     // Bin indices are computed for a block at a time (a loop the compiler
-    // vectorizes), then counted.
+    // can vectorize), then counted.
     const BLOCK: usize = 256;
     let mut idx = [0u32; BLOCK];
     let (f, h, l) = (f32_factor, half as i32, last as i32);
@@ -492,7 +494,7 @@ mod tests {
         Ok(())
     }
 
-    /// The vectorized f32 path (large batches, lanes), the small-batch path
+    /// The f32 path for large batches (lanes), the small-batch path
     /// and the f64 path (after a non-finite value) all give the bins of the
     /// defining formula `floor(x / w) + N/2`, computed here with libm.
     #[test]

@@ -177,7 +177,7 @@ impl MinMax {
 
 impl Observer for MinMax {
     fn observe(&mut self, data: &[f32]) {
-        // One branch-free pass (vectorizes): min/max of the finite values
+        // One branch-free pass: min/max of the finite values
         // and the number of non-finite ones. Non-finite values are rare;
         // only then does a second pass sort them by kind.
         let mut lo = f32::INFINITY;
