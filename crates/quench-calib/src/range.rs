@@ -342,11 +342,20 @@ fn kl_threshold(hist: &[u64], levels: usize) -> Option<usize> {
     }
     let all = sum[used];
     let mut best: Option<(f64, usize)> = None;
-    // Group boundaries move by at most one bin from one candidate to the
-    // next, and about half of them not at all: a group's term depends only
-    // on its bins (except for the last group), so it is kept until they
-    // change. Same values, same summation order: bit-identical results.
-    let mut cache: Vec<(usize, usize, f64)> = vec![(usize::MAX, usize::MAX, 0.0); levels];
+    // A group other than the last is a run of bins `start..start + width`,
+    // and its term `S_g ln(S_g / n_g)` depends on nothing else. Widths are
+    // `floor(i / levels)` or one more, so the runs of all candidates number
+    // at most `used * (used / levels + 2)`: each term is computed (one
+    // logarithm) the first time it is needed and looked up after that.
+    // Same values, same summation order as the direct search.
+    let stride = used / levels + 2;
+    let mut memo = vec![f64::NAN; used * stride];
+    // Group bounds `g * i / levels`; a shift for the usual power of two.
+    let shift = levels.is_power_of_two().then(|| levels.trailing_zeros());
+    let bound = |x: usize| match shift {
+        Some(s) => x >> s,
+        None => x / levels,
+    };
     for i in levels..=used {
         let outliers = all - sum[i];
         let last = hist[i - 1] as f64 + outliers;
@@ -356,34 +365,37 @@ fn kl_threshold(hist: &[u64], levels: usize) -> Option<usize> {
         let mut p_ln_q = 0.0;
         let mut qsum = 0.0;
         let mut infinite = false;
-        for (g, cached) in cache.iter_mut().enumerate() {
-            let (start, end) = (g * i / levels, (g + 1) * i / levels);
-            if start == end {
+        let mut start = 0;
+        for g in 0..levels {
+            let end = bound((g + 1) * i);
+            let (s, e) = (start, end);
+            start = end;
+            if s == e {
                 continue;
             }
-            let s_g = sum[end] - sum[start];
-            let holds_last = end == i;
-            if !holds_last && cached.0 == start && cached.1 == end {
+            let s_g = sum[e] - sum[s];
+            if e != i {
+                // Not the last group: `n_g > 0` exactly when `S_g > 0`.
                 if s_g > 0.0 {
-                    p_ln_q += cached.2;
+                    let slot = &mut memo[s * stride + (e - s)];
+                    if slot.is_nan() {
+                        let n_g = nonzero[e] - nonzero[s];
+                        *slot = s_g * (s_g / n_g as f64).ln();
+                    }
+                    p_ln_q += *slot;
                     qsum += s_g;
                 }
                 continue;
             }
-            // Bins with P > 0: the last bin counts by P (outliers added).
-            let n_g = if holds_last {
-                nonzero[end - 1] - nonzero[start] + usize::from(last > 0.0)
-            } else {
-                nonzero[end] - nonzero[start]
-            };
+            // The last group: bins with P > 0, the last counted by P
+            // (outliers added).
+            let n_g = nonzero[e - 1] - nonzero[s] + usize::from(last > 0.0);
             if n_g == 0 {
                 continue;
             }
-            let p_g = if holds_last { s_g + outliers } else { s_g };
+            let p_g = s_g + outliers;
             if s_g > 0.0 {
-                let term = p_g * (s_g / n_g as f64).ln();
-                *cached = (start, end, term);
-                p_ln_q += term;
+                p_ln_q += p_g * (s_g / n_g as f64).ln();
                 qsum += s_g;
             } else {
                 // Only the outliers in the last bin: smoothed Q.
