@@ -141,14 +141,15 @@ fn batch_ranges(
     Ok(feed.ranges(n, batch))
 }
 
-/// Runs `model` over `data` and observes `tensors`.
+/// Runs `model` over `data` and observes `tensors`. Also returns what was
+/// changed in tract's copy of the model ([`prepare_for_tract`]).
 pub fn collect(
     model: &ModelProto,
     data: &Dataset,
     feed: Feed,
     input_names: &[String],
     tensors: &[String],
-) -> Result<BTreeMap<String, TensorStats>> {
+) -> Result<(BTreeMap<String, TensorStats>, Vec<String>)> {
     let n_out = model.graph.as_ref().map_or(0, |g| g.output.len());
     let runners = Runners::new(model, tensors.to_vec());
     let ranges = batch_ranges(&runners, data, feed, input_names)?;
@@ -189,9 +190,11 @@ pub fn collect(
             Ok(a)
         })?;
     bar.finish_and_clear();
-    Ok(tensors
+    let stats = tensors
         .iter()
         .cloned()
         .zip(merged.iter().map(|h| h.stats()))
-        .collect())
+        .collect();
+    let notes = runners.notes.into_inner().unwrap_or_default();
+    Ok((stats, notes))
 }

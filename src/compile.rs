@@ -184,6 +184,9 @@ pub struct CalibrateArgs {
     /// Passes to run first (must match the later compile).
     #[arg(long, value_delimiter = ',')]
     pub passes: Option<Vec<String>>,
+    /// Print what was changed for tract and the time of each phase.
+    #[arg(long, short)]
+    pub verbose: bool,
 }
 
 impl CompileArgs {
@@ -314,15 +317,36 @@ fn run_pipeline(
 }
 
 pub fn calibrate(a: CalibrateArgs) -> Result<()> {
+    let clock = std::time::Instant::now();
+    let mut phases: Vec<(&str, f64)> = Vec::new();
+    let lap = |name, phases: &mut Vec<(&str, f64)>| {
+        let now = clock.elapsed().as_secs_f64();
+        let before: f64 = phases.iter().map(|p| p.1).sum();
+        phases.push((name, now - before));
+    };
     let (_, mut model) = crate::load(&a.model)?;
     run_pipeline(&mut model, &a.passes, &[])?;
     let plan = quantize::plan(&model.graph, &QuantizeConfig::default())?;
     let tensors = plan.tensors_to_observe(&model.graph);
     let proto = model.to_onnx();
     let (data, feed) = load_data(&a.calibration, &proto)?;
-    let stats = calib::collect(&proto, &data, feed, &model_input_names(&proto), &tensors)?;
+    lap("load and passes", &mut phases);
+    let (stats, notes) = calib::collect(&proto, &data, feed, &model_input_names(&proto), &tensors)?;
+    lap("tract runs", &mut phases);
     let table = table_from(&a.model, data.samples(), stats);
-    write_json(&a.output, &table)?;
+    lap("range search", &mut phases);
+    write_json(&a.output, &table, false)?;
+    lap("write", &mut phases);
+    if a.verbose {
+        for n in &notes {
+            eprintln!("tract copy for calibration: {n}");
+        }
+        let t: Vec<String> = phases
+            .iter()
+            .map(|(n, s)| format!("{n} {:.3} s", s))
+            .collect();
+        eprintln!("time: {}", t.join(", "));
+    }
     println!(
         "calibrated {} tensors over {} samples -> {}",
         table.tensors.len(),
@@ -363,8 +387,15 @@ fn table_from(
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let s = serde_json::to_string_pretty(v)?;
+/// Writes `v` as JSON through a temporary file (never a half-written
+/// `path`). Calibration tables are written compactly: they are mostly
+/// histogram counts, one line each when pretty-printed.
+fn write_json<T: Serialize>(path: &Path, v: &T, pretty: bool) -> Result<()> {
+    let s = if pretty {
+        serde_json::to_string_pretty(v)?
+    } else {
+        serde_json::to_string(v)?
+    };
     let tmp = path.with_extension("json.quench-tmp");
     std::fs::write(&tmp, s).with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("{}: cannot write", path.display()))?;
@@ -536,7 +567,14 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
                 &model_input_names(&proto),
                 &tensors,
             ) {
-                Ok(s) => s,
+                Ok((s, tract_notes)) => {
+                    if a.verbose {
+                        for n in tract_notes {
+                            eprintln!("tract copy for calibration: {n}");
+                        }
+                    }
+                    s
+                }
                 // tract cannot run the model: static quantization is out of
                 // reach, weights can still be quantized.
                 Err(e) if a.no_fallback => {
@@ -712,7 +750,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
     };
     print_report(&report, a.verbose);
     if let Some(p) = &a.report {
-        write_json(p, &report)?;
+        write_json(p, &report, true)?;
     }
     Ok(check_thresholds(&report, a.min_sqnr, a.min_top1))
 }

@@ -363,36 +363,31 @@ fn kl_threshold(hist: &[u64], levels: usize) -> Option<usize> {
         // sum p ln p: bins before the last as stored, the last with outliers.
         let p_ln_p = plogp[i - 1] + xlnx(last);
         let mut p_ln_q = 0.0;
-        let mut qsum = 0.0;
-        let mut infinite = false;
         let mut start = 0;
-        for g in 0..levels {
+        for g in 0..levels - 1 {
             let end = bound((g + 1) * i);
             let (s, e) = (start, end);
             start = end;
-            if s == e {
-                continue;
-            }
             let s_g = sum[e] - sum[s];
-            if e != i {
-                // Not the last group: `n_g > 0` exactly when `S_g > 0`.
-                if s_g > 0.0 {
-                    let slot = &mut memo[s * stride + (e - s)];
-                    if slot.is_nan() {
-                        let n_g = nonzero[e] - nonzero[s];
-                        *slot = s_g * (s_g / n_g as f64).ln();
-                    }
-                    p_ln_q += *slot;
-                    qsum += s_g;
+            // Not the last group: `n_g > 0` exactly when `S_g > 0`.
+            if s_g > 0.0 {
+                let slot = &mut memo[s * stride + (e - s)];
+                if slot.is_nan() {
+                    let n_g = nonzero[e] - nonzero[s];
+                    *slot = s_g * (s_g / n_g as f64).ln();
                 }
-                continue;
+                p_ln_q += *slot;
             }
-            // The last group: bins with P > 0, the last counted by P
-            // (outliers added).
-            let n_g = nonzero[e - 1] - nonzero[s] + usize::from(last > 0.0);
-            if n_g == 0 {
-                continue;
-            }
+        }
+        // Q's mass before the last group: the groups' sums, integers held
+        // exactly in f64, so this equals adding them one by one.
+        let mut qsum = sum[start];
+        let mut infinite = false;
+        // The last group: bins with P > 0, the last counted by P (outliers
+        // added).
+        let s_g = sum[i] - sum[start];
+        let n_g = nonzero[i - 1] - nonzero[start] + usize::from(last > 0.0);
+        if start < i && n_g > 0 {
             let p_g = s_g + outliers;
             if s_g > 0.0 {
                 p_ln_q += p_g * (s_g / n_g as f64).ln();
