@@ -2,7 +2,7 @@
 //! of the same model on the same samples, and its peak memory at a few vs
 //! many samples.
 //!
-//! Two figures per model, both measured side by side in one run:
+//! Figures per model, each measured side by side in one run:
 //!
 //! - time: wall clock of `quench calibrate MODEL -c DATA` end to end (load,
 //!   graph passes, tract compile, the parallel batches with every observed
@@ -15,6 +15,10 @@
 //!   quench's default graph passes (`quench compile --no-quantize`), so
 //!   both run the same graph. Best of several alternating runs. Target:
 //!   at most 1.5x.
+//! - compile time: the same ratio for the main job,
+//!   `quench compile MODEL -c DATA --no-verify` with its default
+//!   `--method minmax`, which observes min/max only (no histograms), plus
+//!   QDQ insertion and writing the quantized model.
 //! - marginal time: the same ratio for the extra time of 512 over 32
 //!   samples (the memory runs, best of two), so that fixed costs (model
 //!   load, tract compile, the range search of every method for the table,
@@ -209,6 +213,24 @@ fn calibrate(model: &Path, data: &Path, out: &Path) -> Result<Measured> {
     )
 }
 
+/// `quench compile MODEL -c DATA --no-verify`: the main job with its
+/// default `--method minmax` (min/max observers, no histograms), QDQ
+/// insertion and the written model included.
+fn compile_minmax(model: &Path, data: &Path, out: &Path) -> Result<Measured> {
+    measure(
+        quench(),
+        &[
+            "compile".as_ref(),
+            model.as_os_str(),
+            "-c".as_ref(),
+            data.as_os_str(),
+            "--no-verify".as_ref(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ],
+    )
+}
+
 fn plain(model: &Path, data: &Path) -> Result<Measured> {
     let exe = std::env::current_exe()?;
     measure(
@@ -328,6 +350,7 @@ struct Row {
     name: String,
     samples: usize,
     calibrate: Duration,
+    compile: Duration,
     plain: Duration,
     mem_samples: (usize, usize),
     mem: (u64, u64),
@@ -363,7 +386,9 @@ fn run_case(case: &Case, tmp: &Path, runs: usize, mem_samples: (usize, usize)) -
         }
     };
     let table = dir.join("table.json");
-    let (mut best_cal, mut best_plain) = (Duration::MAX, Duration::MAX);
+    let compiled = dir.join("compiled.onnx");
+    let (mut best_cal, mut best_plain, mut best_compile) =
+        (Duration::MAX, Duration::MAX, Duration::MAX);
     let mut plain_mem = 0;
     // Warm-up (page cache, first-touch), then alternate.
     plain(&passed, &data)?;
@@ -372,6 +397,7 @@ fn run_case(case: &Case, tmp: &Path, runs: usize, mem_samples: (usize, usize)) -
         best_plain = best_plain.min(p.wall);
         plain_mem = plain_mem.max(p.peak_rss);
         best_cal = best_cal.min(calibrate(&case.model, &data, &table)?.wall);
+        best_compile = best_compile.min(compile_minmax(&case.model, &data, &compiled)?.wall);
     }
     let samples = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&table)?)?
         ["samples"]
@@ -408,6 +434,7 @@ fn run_case(case: &Case, tmp: &Path, runs: usize, mem_samples: (usize, usize)) -
         name: case.name.clone(),
         samples,
         calibrate: best_cal,
+        compile: best_compile,
         plain: best_plain,
         mem_samples,
         mem: (m_few, m_many),
@@ -424,13 +451,15 @@ fn mb(b: u64) -> f64 {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "{:<32} {:>7} {:>10} {:>10} {:>6} {:>9} | {:>10} | {:>10} {:>10} {:>6} {:>10} {:>10}",
+        "{:<24} {:>7} {:>10} {:>10} {:>6} {:>9} | {:>12} {:>6} | {:>10} | {:>10} {:>10} {:>6} {:>10} {:>10}",
         "model",
         "samples",
         "plain (s)",
         "calib (s)",
         "ratio",
         "marginal",
+        "compile (s)",
+        "ratio",
         "plain rss",
         "rss@few",
         "rss@many",
@@ -443,13 +472,15 @@ fn print_table(rows: &[Row]) {
         let mem_ratio = r.mem.1 as f64 / r.mem.0 as f64;
         let marginal = r.marginal.0.as_secs_f64() / r.marginal.1.as_secs_f64().max(1e-9);
         println!(
-            "{:<32} {:>7} {:>10.3} {:>10.3} {:>5.2}x {:>8.2}x | {:>8.1}MB | {:>8.1}MB {:>8.1}MB {:>5.2}x {:>8.1}MB {:>8.1}MB",
+            "{:<24} {:>7} {:>10.3} {:>10.3} {:>5.2}x {:>8.2}x | {:>12.3} {:>5.2}x | {:>8.1}MB | {:>8.1}MB {:>8.1}MB {:>5.2}x {:>8.1}MB {:>8.1}MB",
             r.name,
             r.samples,
             r.plain.as_secs_f64(),
             r.calibrate.as_secs_f64(),
             ratio,
             marginal,
+            r.compile.as_secs_f64(),
+            r.compile.as_secs_f64() / r.plain.as_secs_f64(),
             mb(r.plain_mem),
             mb(r.mem.0),
             mb(r.mem.1),
@@ -462,6 +493,10 @@ fn print_table(rows: &[Row]) {
     println!(
         "time: best of the runs, end to end, {} rayon threads; plain = the same batches in tract, nothing observed",
         rayon::current_num_threads()
+    );
+    println!(
+        "calib = `quench calibrate` (histograms, every method's range in the table); compile = \
+         `quench compile -c DATA --no-verify` (default --method minmax: min/max only; passes, QDQ and the written model included)."
     );
     println!("(`plain rss`: its peak RSS on the timing samples).");
     if let Some(r) = rows.first() {

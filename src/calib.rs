@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use anyhow::{anyhow, Context, Result};
-use quench_calib::{Histogram, Observer, TensorStats};
+use quench_calib::{Histogram, MinMax, Observer, TensorStats};
 use quench_onnx::proto::ModelProto;
 use quench_verify::{prepare_for_tract, ArrayData, Dataset, Feed, InputFact, Runner, RunnerConfig};
 use rayon::prelude::*;
@@ -143,12 +143,32 @@ fn batch_ranges(
 
 /// Runs `model` over `data` and observes `tensors`. Also returns what was
 /// changed in tract's copy of the model ([`prepare_for_tract`]).
+///
+/// `histograms`: record a histogram per tensor (the percentile, entropy
+/// and MSE methods need one); without, only min/max are kept, which costs
+/// a tenth per observed value.
 pub fn collect(
     model: &ModelProto,
     data: &Dataset,
     feed: Feed,
     input_names: &[String],
     tensors: &[String],
+    histograms: bool,
+) -> Result<(BTreeMap<String, TensorStats>, Vec<String>)> {
+    if histograms {
+        collect_with(model, data, feed, input_names, tensors, Histogram::new)
+    } else {
+        collect_with(model, data, feed, input_names, tensors, MinMax::new)
+    }
+}
+
+fn collect_with<O: Observer + Send>(
+    model: &ModelProto,
+    data: &Dataset,
+    feed: Feed,
+    input_names: &[String],
+    tensors: &[String],
+    make: fn() -> O,
 ) -> Result<(BTreeMap<String, TensorStats>, Vec<String>)> {
     let n_out = model.graph.as_ref().map_or(0, |g| g.output.len());
     let runners = Runners::new(model, tensors.to_vec());
@@ -161,17 +181,16 @@ pub fn collect(
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let empty = || -> Vec<Histogram> { (0..tensors.len()).map(|_| Histogram::new()).collect() };
-    // One set of histograms per rayon worker (fold), merged at the end:
-    // memory is bounded by the thread count, not the batch count.
-    // One worker per thread pulls the next batch and keeps one set of
-    // histograms; the sets are merged at the end. (A rayon `fold` would
+    let empty = || -> Vec<O> { (0..tensors.len()).map(|_| make()).collect() };
+    // Memory is bounded by the thread count, not the batch count:
+    // one worker per thread pulls the next batch and keeps one set of
+    // observers; the sets are merged at the end. (A rayon `fold` would
     // keep one set per split of the work, more of them the more batches.)
     let next = AtomicUsize::new(0);
     let workers = rayon::current_num_threads().clamp(1, ranges.len().max(1));
     let merged = (0..workers)
         .into_par_iter()
-        .map(|_| -> Result<Vec<Histogram>> {
+        .map(|_| -> Result<Vec<O>> {
             let mut hs = empty();
             while let Some(r) = ranges.get(next.fetch_add(1, Ordering::Relaxed)) {
                 let inputs = data.feed(feed, r.clone())?;

@@ -67,7 +67,8 @@ pub struct CompileArgs {
     #[arg(long)]
     pub calibration_table: Option<PathBuf>,
     /// Evaluation samples (same formats). Default: the last 20% of the
-    /// calibration samples are held back for evaluation.
+    /// calibration samples are held back for evaluation (all of them
+    /// calibrate under `--no-verify`).
     #[arg(long)]
     pub eval: Option<PathBuf>,
     /// Quantization mode.
@@ -331,7 +332,14 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     let proto = model.to_onnx();
     let (data, feed) = load_data(&a.calibration, &proto)?;
     lap("load and passes", &mut phases);
-    let (stats, notes) = calib::collect(&proto, &data, feed, &model_input_names(&proto), &tensors)?;
+    let (stats, notes) = calib::collect(
+        &proto,
+        &data,
+        feed,
+        &model_input_names(&proto),
+        &tensors,
+        true,
+    )?;
     lap("tract runs", &mut phases);
     let table = table_from(&a.model, data.samples(), stats);
     lap("range search", &mut phases);
@@ -530,7 +538,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
             let proto = model.to_onnx();
             let (data, feed) = load_data(&path, &original)?;
             let n = data.samples();
-            let (cal, held) = if a.eval.is_none() && n >= 5 {
+            let (cal, held) = if a.eval.is_none() && !a.no_verify && n >= 5 {
                 let keep = n - (n / 5).max(1);
                 let (c, e) = data.split(keep);
                 (c, Some(e))
@@ -548,7 +556,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
                         n
                     ),
                 ));
-            } else if a.eval.is_none() {
+            } else if a.eval.is_none() && !a.no_verify {
                 eval_data = Some((
                     cal.clone(),
                     feed,
@@ -560,12 +568,15 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
             }
             calib_samples = cal.samples();
             let t0 = std::time::Instant::now();
+            // `--method minmax` needs no histograms.
+            let histograms = a.method() != RangeMethod::MinMax;
             let stats = match calib::collect(
                 &proto,
                 &cal,
                 feed,
                 &model_input_names(&proto),
                 &tensors,
+                histograms,
             ) {
                 Ok((s, tract_notes)) => {
                     if a.verbose {
