@@ -455,3 +455,50 @@ fn ranges_ending_at_zero_are_warned_about() {
     let notes = report(&rep)["notes"].to_string();
     assert!(notes.contains("never held a positive value"), "{notes}");
 }
+
+/// `--method minmax` observes min/max only (no histograms); the model it
+/// writes must be the one written from a full `quench calibrate` table of
+/// the same samples (under `--no-verify` every sample calibrates).
+#[test]
+fn minmax_without_histograms_equals_the_calibration_table_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (testdata("digits_cnn.onnx"), testdata("digits/calib"));
+    let table = dir.path().join("table.json");
+    let (direct, via_table) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
+    let m = model.to_str().unwrap();
+    let (code, out, err) = quench(&[
+        "calibrate",
+        m,
+        "-c",
+        data.to_str().unwrap(),
+        "-o",
+        table.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = quench(&[
+        "compile",
+        m,
+        "-c",
+        data.to_str().unwrap(),
+        "--no-verify",
+        "-o",
+        direct.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = quench(&[
+        "compile",
+        m,
+        "--calibration-table",
+        table.to_str().unwrap(),
+        "--no-verify",
+        "-o",
+        via_table.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (a, b) = (
+        std::fs::read(&direct).unwrap(),
+        std::fs::read(&via_table).unwrap(),
+    );
+    assert!(a.len() > 1000);
+    assert!(a == b, "the two paths wrote different models");
+}
