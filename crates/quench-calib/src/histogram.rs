@@ -326,56 +326,63 @@ const LANES: usize = 4;
 /// product is exact whenever it is computed in a format where the factor
 /// is representable and the product cannot underflow: in f32 when the factor
 /// is at least 1 (the usual case: ranges up to `2^(bins_log2 - 1)`), in f64
-/// otherwise. The floor is a truncation plus a correction, exact and much
-/// cheaper than a libm call.
+/// otherwise.
+///
+/// In the f32 case the floor takes no float-to-integer conversion (Rust's
+/// saturating `as` keeps such a loop scalar): `v = x * 2^e` lies in
+/// `(-N/2, N/2)` with `N/2 <= 2^19`, so adding `1.5 * 2^23` rounds it to the
+/// nearest integer, which is read from the bits, minus one where that
+/// rounded up. Every step is exact, and the loop vectorizes.
 fn bin_values(bins: &mut [u64], bins_log2: u32, range_log2: i32, data: &[f32], all_finite: bool) {
     let n = bins.len();
     let half = 1i64 << (bins_log2 - 1);
     let last = (n - 1) as i64;
     let exp = bins_log2 as i32 - 1 - range_log2;
-    let fast = (0..=127).contains(&exp) && all_finite;
-    let f32_factor = pow2(exp.min(127)) as f32;
-    let f64_factor = pow2(exp);
-    let index_f32 = |x: f32| -> usize {
-        let v = x * f32_factor;
-        let t = v as i32;
-        let fl = i64::from(t - i32::from((t as f32) > v));
-        (fl + half).clamp(0, last) as usize
-    };
-    let index_f64 = |x: f32| -> usize {
-        let v = f64::from(x) * f64_factor;
-        let t = v as i64;
-        let fl = t - i64::from((t as f64) > v);
-        (fl + half).clamp(0, last) as usize
-    };
-    if !fast {
+    if !((0..=127).contains(&exp) && all_finite) {
+        let factor = pow2(exp);
         for &x in data.iter().filter(|x| x.is_finite()) {
-            let bin = &mut bins[index_f64(x)];
+            let v = f64::from(x) * factor;
+            let t = v as i64;
+            let fl = t - i64::from((t as f64) > v);
+            let bin = &mut bins[(fl + half).clamp(0, last) as usize];
             *bin = bin.saturating_add(1);
         }
         return;
     }
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23
+    let factor = pow2(exp) as f32;
+    // Clamping into [-N/2, N/2 - 1/4] moves no value to another bin; it
+    // keeps every index in range whatever the data.
+    let (lo, hi) = (-(half as f32), half as f32 - 0.25);
+    let h = half as i32;
+    let index = |x: f32| -> u32 {
+        let v = (x * factor).max(lo).min(hi);
+        let r = v + MAGIC;
+        let nearest = r.to_bits() as i32 - MAGIC.to_bits() as i32;
+        (nearest - i32::from(r - MAGIC > v) + h) as u32
+    };
+    // Bin indices are computed for a block at a time (the loop that
+    // vectorizes), then counted.
+    const BLOCK: usize = 256;
+    let mut idx = [0u32; BLOCK];
     if data.len() < n * 16 {
         // Small tensors: not worth clearing and folding the lanes.
-        for &x in data {
-            let bin = &mut bins[index_f32(x)];
-            *bin = bin.saturating_add(1);
+        for block in data.chunks(BLOCK) {
+            for (slot, &x) in idx.iter_mut().zip(block) {
+                *slot = index(x);
+            }
+            for &i in &idx[..block.len()] {
+                let bin = &mut bins[i as usize];
+                *bin = bin.saturating_add(1);
+            }
         }
         return;
     }
     let mut lanes = vec![0u32; n * LANES];
-    // Bin indices are computed for a block at a time (a loop the compiler
-    // can vectorize), then counted.
-    const BLOCK: usize = 256;
-    let mut idx = [0u32; BLOCK];
-    let (f, h, l) = (f32_factor, half as i32, last as i32);
     for chunk in data.chunks(CHUNK) {
         for block in chunk.chunks(BLOCK) {
             for (slot, &x) in idx.iter_mut().zip(block) {
-                let v = x * f;
-                let t = v as i32;
-                let fl = t - i32::from((t as f32) > v);
-                *slot = (fl + h).clamp(0, l) as u32;
+                *slot = index(x);
             }
             let mut quads = idx[..block.len()].chunks_exact(LANES);
             for q in &mut quads {
@@ -533,6 +540,22 @@ mod tests {
         slow.observe(&with_nan);
         assert_eq!(slow.bins(), big.bins());
         assert_eq!(slow.nonfinite().nan, 1);
+        // The most bins (the rounding trick at its widest), values at the
+        // range's edges and one step inside them.
+        let mut edges = data.clone();
+        let top = 2f32.powi(big.range_log2());
+        edges.extend([
+            -top,
+            top.next_down(),
+            (-top).next_up(),
+            top * 0.5,
+            -top * 0.5,
+        ]);
+        for bins in [MIN_BINS, MAX_BINS] {
+            let mut h = Histogram::with_bins(bins)?;
+            h.observe(&edges);
+            assert_eq!(h.bins(), &reference(&edges, h.range_log2(), bins)[..]);
+        }
         Ok(())
     }
 
