@@ -59,10 +59,10 @@ use quench_verify::{
 };
 use rayon::prelude::*;
 
-/// The plain-inference child runs with quench's allocator, so that both
-/// sides of the time ratio allocate alike.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+/// The plain-inference child runs with quench's allocator and its settings,
+/// so that both sides of the time ratio allocate alike.
+#[path = "../src/alloc.rs"]
+mod alloc;
 
 /// Calibration's batch limit (`src/calib.rs`, `MAX_BATCH`).
 const MAX_BATCH: usize = 16;
@@ -517,6 +517,7 @@ fn print_table(rows: &[Row]) {
 }
 
 fn main() -> Result<()> {
+    alloc::tune();
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--plain-inference") {
         let (Some(model), Some(data)) = (args.get(i + 1), args.get(i + 2)) else {

@@ -167,7 +167,8 @@ pub struct CompileArgs {
     /// Store weights inside the .onnx file.
     #[arg(long)]
     pub inline: bool,
-    /// Say more about what happens.
+    /// Say more about what happens: the passes' log, what was changed in
+    /// tract's copy of the model for calibration, the calibration time.
     #[arg(short, long)]
     pub verbose: bool,
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod alloc;
 mod calib;
 mod compile;
 mod convert;
@@ -42,16 +43,8 @@ enum Command {
     Convert(convert::ConvertArgs),
 }
 
-/// mimalloc instead of glibc malloc. Calibration allocates and frees a
-/// batch of large activation tensors per run on every thread; glibc keeps
-/// the freed memory fragmented, so peak RSS kept growing with the number of
-/// batches (ResNet at 112x112: 264 MB at 32 samples, 337 MB at 512, 386 MB
-/// at 1536) and runs got slower (38 s at 1536 samples). With mimalloc:
-/// 319 / 350 / 362 MB and 27 s.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
+    alloc::tune();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compile(a) => match compile::compile(*a) {
