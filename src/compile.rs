@@ -370,9 +370,13 @@ fn table_from(
     samples: usize,
     stats: BTreeMap<String, TensorStats>,
 ) -> CalibrationTable {
-    let ranges = stats
+    // At least 4 tensors per parallel task: a handful of tensors is searched
+    // faster on one thread than by waking others (about 1 ms each).
+    let stats_list: Vec<(&String, &TensorStats)> = stats.iter().collect();
+    let ranges = stats_list
         .par_iter()
-        .map(|(name, s)| {
+        .with_min_len(4)
+        .map(|&(name, s)| {
             let mut m = BTreeMap::new();
             for (k, method) in [
                 ("minmax", RangeMethod::MinMax),

@@ -344,12 +344,13 @@ fn kl_threshold(hist: &[u64], levels: usize) -> Option<usize> {
     let mut best: Option<(f64, usize)> = None;
     // A group other than the last is a run of bins `start..start + width`,
     // and its term `S_g ln(S_g / n_g)` depends on nothing else. Widths are
-    // `floor(i / levels)` or one more, so the runs of all candidates number
-    // at most `used * (used / levels + 2)`: each term is computed (one
-    // logarithm) the first time it is needed and looked up after that.
+    // `w0 = floor(i / levels)` or `w0 + 1`: each term is computed (one
+    // logarithm) the first time it is needed and looked up after that, in
+    // one row per width, three rows in turn (`width % 3`): when `w0` grows,
+    // the row of the width no longer used is cleared for `w0 + 1`'s.
     // Same values, same summation order as the direct search.
-    let stride = used / levels + 2;
-    let mut memo = vec![f64::NAN; used * stride];
+    let mut memo = vec![f64::NAN; 3 * used];
+    let mut tier = 0;
     // Group bounds `g * i / levels`; a shift for the usual power of two.
     let shift = levels.is_power_of_two().then(|| levels.trailing_zeros());
     let bound = |x: usize| match shift {
@@ -357,6 +358,16 @@ fn kl_threshold(hist: &[u64], levels: usize) -> Option<usize> {
         None => x / levels,
     };
     for i in levels..=used {
+        let w0 = i / levels;
+        if w0 != tier {
+            // Widths w0 and w0 + 1 are used from here on; the row of
+            // w0 + 1 last held w0 - 2 (or nothing).
+            if tier != 0 {
+                let r = (w0 + 1) % 3;
+                memo[r * used..(r + 1) * used].fill(f64::NAN);
+            }
+            tier = w0;
+        }
         let outliers = all - sum[i];
         let last = hist[i - 1] as f64 + outliers;
         let psum = all;
@@ -371,7 +382,7 @@ fn kl_threshold(hist: &[u64], levels: usize) -> Option<usize> {
             let s_g = sum[e] - sum[s];
             // Not the last group: `n_g > 0` exactly when `S_g > 0`.
             if s_g > 0.0 {
-                let slot = &mut memo[s * stride + (e - s)];
+                let slot = &mut memo[((e - s) % 3) * used + s];
                 if slot.is_nan() {
                     let n_g = nonzero[e] - nonzero[s];
                     *slot = s_g * (s_g / n_g as f64).ln();
