@@ -476,7 +476,7 @@ fn fast_kl_search_matches_the_direct_one() {
     let mut rng = Lcg::new(77);
     for case in 0..60 {
         let len = 200 + (rng.uniform() * 1800.0) as usize;
-        let levels = [16, 128, 256][case % 3];
+        let levels = [8, 12, 16, 128, 256][case % 5];
         let mut hist: Vec<u64> = (0..len)
             .map(|j| {
                 let decay = (-(j as f64) / (20.0 + 400.0 * rng.uniform())).exp();
