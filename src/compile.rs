@@ -125,6 +125,12 @@ pub struct CompileArgs {
     /// Skip verification in tract.
     #[arg(long)]
     pub no_verify: bool,
+    /// Static mode: also measure, for every quantized activation, the error
+    /// its own Q/DQ adds (FP32 vs the float twin with every quantized
+    /// tensor exposed, on 8 evaluation samples), and list the worst: where
+    /// an accuracy loss comes from. Costs two more tract compiles.
+    #[arg(long)]
+    pub explain: bool,
     /// Fail instead of falling back to weight-only quantization when tract
     /// cannot run the model for calibration (static mode).
     #[arg(long)]
@@ -249,6 +255,9 @@ pub struct Verification {
     pub outputs: Vec<OutputCheck>,
     /// Accuracy against `labels` when the evaluation data has them.
     pub accuracy: Option<Accuracy>,
+    /// Every quantized activation's error against FP32 (static mode), in
+    /// graph order: where the output error comes from.
+    pub tensors: Vec<crate::attribution::TensorError>,
 }
 
 #[derive(Debug, Serialize)]
@@ -695,7 +704,9 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         plan = quantize::plan(&model.graph, &cfg)?;
     }
 
-    // 4. Quantize.
+    // 4. Quantize. The float graph is kept for the per-tensor attribution.
+    let float_model = (a.explain && cfg.mode == Mode::Static && !a.no_verify && !a.no_quantize)
+        .then(|| model.clone());
     let mut qcx = PassCx::new(opset);
     let summary = quantize::apply(&mut model.graph, &plan, &ranges, &cfg, opset, &mut qcx)?;
     // The float weights replaced by integer ones are now unused.
@@ -735,7 +746,17 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         }
         match &eval_data {
             Some((d, f, label)) => match verify(&original, &model, opset, d, *f, label) {
-                Ok(v) => verification = Some(v),
+                Ok(mut v) => {
+                    if let Some(fp) = &float_model {
+                        match crate::attribution::attribute(fp, &model, opset, d, *f) {
+                            Ok(t) => v.tensors = t,
+                            Err(e) => {
+                                notes.push(format!("per-tensor error attribution skipped: {e:#}"))
+                            }
+                        }
+                    }
+                    verification = Some(v);
+                }
                 Err(e) => notes.push(format!("verification in tract failed: {e:#}")),
             },
             None => notes
@@ -968,7 +989,44 @@ fn verify(
         samples: data.samples(),
         outputs,
         accuracy,
+        tensors: Vec::new(),
     })
+}
+
+/// The quantized tensors whose own Q/DQ adds the most error (all of them
+/// with `--verbose`).
+fn print_attribution(tensors: &[crate::attribution::TensorError], verbose: bool) {
+    if tensors.is_empty() {
+        return;
+    }
+    let mut worst: Vec<&crate::attribution::TensorError> = tensors.iter().collect();
+    worst.sort_by(|a, b| a.added_db.total_cmp(&b.added_db));
+    let shown = if verbose {
+        worst.len()
+    } else {
+        worst.len().min(3)
+    };
+    println!(
+        "    error by tensor on {} samples (SQNR of the error its own Q/DQ adds; lowest first):",
+        crate::attribution::SAMPLES
+    );
+    for t in &worst[..shown] {
+        let node = if t.node.is_empty() {
+            "graph input".to_string()
+        } else {
+            format!("{} `{}`", t.op, t.node)
+        };
+        println!(
+            "      {:>6.1} dB  `{}` from {node} (SQNR there {:.1} dB, {:.1} dB before its Q/DQ)",
+            t.added_db, t.tensor, t.sqnr_out_db, t.sqnr_in_db
+        );
+    }
+    if shown < worst.len() {
+        println!(
+            "      ... {} more in --report / --verbose; keep a tensor float with --exclude-nodes NODE",
+            worst.len() - shown
+        );
+    }
 }
 
 fn human(b: u64) -> String {
@@ -1106,6 +1164,15 @@ fn print_report(r: &Report, verbose: bool) {
                     100.0 * acc.quantized,
                     100.0 * (acc.quantized - acc.fp32)
                 );
+            }
+            print_attribution(&v.tensors, verbose);
+            let low = v
+                .outputs
+                .iter()
+                .filter_map(|o| o.reference.as_ref().or(o.file.as_ref()))
+                .any(|m| m.sqnr_db < 20.0);
+            if v.tensors.is_empty() && low && r.mode == ModeArg::Static && !r.no_quantize {
+                println!("    SQNR below 20 dB: `--explain` lists the quantized tensors that add the most error");
             }
         }
         None => println!("  verification   skipped"),

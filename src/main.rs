@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod alloc;
+mod attribution;
 mod calib;
 mod compile;
 mod convert;

@@ -502,3 +502,68 @@ fn minmax_without_histograms_equals_the_calibration_table_path() {
     assert!(a.len() > 1000);
     assert!(a == b, "the two paths wrote different models");
 }
+
+/// `--explain` names the tensor whose range was ruined: in a calibration
+/// table `relu1_out`'s max is raised 40x (its histogram dropped: minmax
+/// needs none), so its step is 40x coarser. It must be the tensor adding
+/// the most error, far below the others, and the error arriving at it from
+/// upstream must stay small.
+#[test]
+fn explain_names_the_tensor_with_a_stretched_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = testdata("digits_cnn.onnx");
+    let table = dir.path().join("table.json");
+    let (code, stdout, stderr) = quench(&[
+        "calibrate",
+        model.to_str().unwrap(),
+        "-c",
+        testdata("digits/calib").to_str().unwrap(),
+        "-o",
+        table.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let mut t = report(&table);
+    let s = &mut t["tensors"]["relu1_out"];
+    let max = s["max"].as_f64().unwrap();
+    s["max"] = (max * 40.0).into();
+    s["histogram"] = Value::Null;
+    std::fs::write(&table, serde_json::to_string(&t).unwrap()).unwrap();
+    let (out, rep) = (dir.path().join("m.onnx"), dir.path().join("r.json"));
+    let (code, stdout, stderr) = quench(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--calibration-table",
+        table.to_str().unwrap(),
+        "--eval",
+        testdata("digits/eval").to_str().unwrap(),
+        "--explain",
+        "-o",
+        out.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("error by tensor"), "{stdout}");
+    let tensors = report(&rep)["verification"]["tensors"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let get = |name: &str, key: &str| {
+        let t = tensors.iter().find(|t| t["tensor"] == name).unwrap();
+        t[key].as_f64().unwrap_or(f64::INFINITY)
+    };
+    let bad = get("relu1_out", "added_db");
+    assert!(bad < 25.0, "relu1_out adds {bad} dB");
+    assert!(get("relu1_out", "sqnr_in_db") > 40.0);
+    for other in ["input", "relu2_out"] {
+        let a = get(other, "added_db");
+        assert!(a > bad + 20.0, "{other} adds {a} dB, relu1_out {bad}");
+    }
+    // The most costly tensor is listed first in the printed summary.
+    let first = stdout
+        .lines()
+        .skip_while(|l| !l.contains("error by tensor"))
+        .nth(1)
+        .unwrap_or_default();
+    assert!(first.contains("`relu1_out`"), "{stdout}");
+}

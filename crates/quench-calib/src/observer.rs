@@ -248,13 +248,13 @@ fn minmax_lanes(data: &[f32]) -> (f32, f32, usize) {
                 let x = b[k];
                 lo[k] = if x < lo[k] { x } else { lo[k] };
                 hi[k] = if x > hi[k] { x } else { hi[k] };
-                bad_lanes[k] += u32::from(!(x.abs() < f32::INFINITY));
+                bad_lanes[k] += u32::from(!x.is_finite());
             }
         }
         for &x in blocks.remainder() {
             lo[0] = if x < lo[0] { x } else { lo[0] };
             hi[0] = if x > hi[0] { x } else { hi[0] };
-            bad_lanes[0] += u32::from(!(x.abs() < f32::INFINITY));
+            bad_lanes[0] += u32::from(!x.is_finite());
         }
         bad += bad_lanes.iter().map(|&c| c as usize).sum::<usize>();
     }

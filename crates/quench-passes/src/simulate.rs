@@ -37,7 +37,15 @@ fn int_range(elem: i32) -> Option<(f32, f32)> {
 /// Rewrites `g` into its float twin; returns (Q/DQ pairs replaced, constant
 /// DQs folded).
 pub fn float_twin(g: &mut Graph, opset: i64) -> (usize, usize) {
-    let mut pairs = 0;
+    let (pairs, folded) = float_twin_pairs(g, opset);
+    (pairs.len(), folded)
+}
+
+/// [`float_twin`], returning for every Q/DQ pair replaced the names of the
+/// quantized tensor and of the twin's tensor that replaces the DQ output
+/// (the tensor after quantization), and the number of constant DQs folded.
+pub fn float_twin_pairs(g: &mut Graph, opset: i64) -> (Vec<(String, String)>, usize) {
+    let mut pairs = Vec::new();
     let mut folded = 0;
     // Constant DequantizeLinear → f32 constant.
     for n in g.node_ids() {
@@ -52,8 +60,8 @@ pub fn float_twin(g: &mut Graph, opset: i64) -> (usize, usize) {
         if !g.contains_node(n) || g.node(n).kind() != OpKind::QuantizeLinear {
             continue;
         }
-        if replace_pair(g, n, opset) {
-            pairs += 1;
+        if let Some(p) = replace_pair(g, n, opset) {
+            pairs.push(p);
         }
     }
     (pairs, folded)
@@ -117,19 +125,17 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
     true
 }
 
-fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> bool {
+fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Option<(String, String)> {
     let node = g.node(qn).clone();
     let (Some(x), Some(qo)) = (node.input(0), node.output(0)) else {
-        return false;
+        return None;
     };
-    let Some(scale) = scalar_f32(g, node.input(1)) else {
-        return false;
-    };
+    let scale = scalar_f32(g, node.input(1))?;
     let zp_t = node.input(2).and_then(|z| g.const_tensor(z).cloned());
     let zp = match &zp_t {
         Some(t) => match tensor::to_f32(t).ok().filter(|v| v.len() == 1) {
             Some(v) => v[0],
-            None => return false,
+            None => return None,
         },
         None => 0.0,
     };
@@ -138,9 +144,7 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> bool {
         .map(|t| t.data_type())
         .or_else(|| node.attr_int("output_dtype").map(|d| d as i32))
         .unwrap_or(DataType::Uint8 as i32);
-    let Some((qmin, qmax)) = int_range(elem) else {
-        return false;
-    };
+    let (qmin, qmax) = int_range(elem)?;
     let consumers = g.consumers(qo);
     if consumers.is_empty()
         || consumers
@@ -148,7 +152,7 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> bool {
             .any(|c| g.node(*c).kind() != OpKind::DequantizeLinear)
         || g.is_graph_output(qo)
     {
-        return false;
+        return None;
     }
     // Each DQ must use the same parameters.
     for c in &consumers {
@@ -161,7 +165,7 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> bool {
             .and_then(|v| v.first().copied())
             .unwrap_or(0.0);
         if !same_scale || dz != zp {
-            return false;
+            return None;
         }
     }
     let base = g.value(x).name.clone();
@@ -217,5 +221,5 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> bool {
         }
     }
     g.remove_node(qn);
-    true
+    Some((base, g.value(f[0]).name.clone()))
 }

@@ -209,7 +209,7 @@ fn argmax(values: impl Iterator<Item = f32>) -> Option<usize> {
 
 /// Serializes f64 as a JSON number when finite and as `"inf"`, `"-inf"` or
 /// `"nan"` otherwise (JSON has no non-finite numbers).
-mod float {
+pub mod float {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {

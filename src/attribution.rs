@@ -1,0 +1,198 @@
+//! Where the quantization error comes from: every quantized activation
+//! compared with its FP32 value, before and after its own Q/DQ.
+//!
+//! The FP32 model (after quench's passes, before quantization) and the float
+//! twin of the quantized model (Q/DQ replaced by the exact float arithmetic)
+//! run on a few evaluation samples with every quantized tensor exposed. For
+//! tensor `x`:
+//! - `sqnr_in_db`: FP32 `x` vs the twin's `x`, the error arriving from
+//!   upstream quantization;
+//! - `sqnr_out_db`: FP32 `x` vs the twin's dequantized `x`, after this
+//!   tensor's own rounding and clipping;
+//! - `added_db`: signal power over the error power this tensor's Q/DQ
+//!   adds, `-10 log10(10^(-out/10) - 10^(-in/10))`. The lowest values name
+//!   the tensors that cost the most (a range stretched by outliers, a
+//!   tensor that should stay float).
+//!
+//! A Relu or Clip absorbed into a tensor's quantization range is not in the
+//! quantized graph: the twin's `x` is the value before it, so the FP32
+//! activation's clamp is applied to it before the comparison.
+
+use anyhow::{Context, Result};
+use quench_ir::{tensor, Graph, Model, OpKind};
+use quench_onnx::proto::ModelProto;
+use quench_verify::{Accumulator, Dataset, Feed};
+use serde::Serialize;
+
+use crate::calib::Runners;
+
+/// Samples the attribution runs on (one per run, every quantized tensor
+/// kept for the run): enough to rank tensors, cheap next to verification.
+pub const SAMPLES: usize = 8;
+
+/// One quantized activation's error.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorError {
+    pub tensor: String,
+    /// The node producing it (`""` for a graph input) and its op.
+    pub node: String,
+    pub op: String,
+    #[serde(with = "quench_verify::metrics::float")]
+    pub sqnr_in_db: f64,
+    #[serde(with = "quench_verify::metrics::float")]
+    pub sqnr_out_db: f64,
+    #[serde(with = "quench_verify::metrics::float")]
+    pub added_db: f64,
+}
+
+/// SQNR (dB) of the error `out` adds to the error `inp` carried (both as
+/// SQNR in dB of the same signal).
+pub fn added_db(inp: f64, out: f64) -> f64 {
+    let noise = |db: f64| 10f64.powf(-db / 10.0);
+    let added = noise(out) - noise(inp);
+    if added <= 0.0 {
+        f64::INFINITY
+    } else {
+        -10.0 * added.log10()
+    }
+}
+
+/// The clamp of the Relu or Clip producing `x` in `float` when `quantized`
+/// no longer has it (absorbed into the Q range): `(lo, hi)`.
+fn absorbed_clamp(float: &Graph, quantized: &Graph, x: &str) -> Option<(f32, f32)> {
+    let n = float.node(float.producer(float.value_by_name(x)?)?);
+    let bound = |i: usize, attr: &str, default: f32| -> Option<f32> {
+        match n.input(i) {
+            Some(v) => tensor::to_f32(float.const_tensor(v)?)
+                .ok()?
+                .first()
+                .copied(),
+            None => Some(n.attr_float(attr).unwrap_or(default)),
+        }
+    };
+    let clamp = match n.kind() {
+        OpKind::Relu => (0.0, f32::INFINITY),
+        OpKind::Clip => (
+            bound(1, "min", f32::NEG_INFINITY)?,
+            bound(2, "max", f32::INFINITY)?,
+        ),
+        _ => return None,
+    };
+    let q = quantized
+        .value_by_name(x)
+        .and_then(|v| quantized.producer(v))
+        .map(|p| quantized.node(p).kind());
+    (q != Some(n.kind())).then_some(clamp)
+}
+
+/// Per-tensor errors of `quantized` against `float` (the same graph before
+/// quantization), in the quantized graph's order, on up to [`SAMPLES`]
+/// samples of `data`.
+pub fn attribute(
+    float: &Model,
+    quantized: &Model,
+    opset: i64,
+    data: &Dataset,
+    feed: Feed,
+) -> Result<Vec<TensorError>> {
+    let mut twin = quantized.clone();
+    let (pairs, _) = quench_passes::simulate::float_twin_pairs(&mut twin.graph, opset);
+    // Activations only (constant inputs are folded weights).
+    let pairs: Vec<(String, String)> = pairs
+        .into_iter()
+        .filter(|(x, _)| {
+            quantized
+                .graph
+                .value_by_name(x)
+                .is_some_and(|v| quantized.graph.const_tensor(v).is_none())
+        })
+        .collect();
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let xs: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
+    let clamps: Vec<Option<(f32, f32)>> = xs
+        .iter()
+        .map(|x| absorbed_clamp(&float.graph, &quantized.graph, x))
+        .collect();
+    let float = &float.to_onnx();
+    let mut twin_extra = xs.clone();
+    twin_extra.extend(pairs.iter().map(|p| p.1.clone()));
+    let twin_proto = twin.to_onnx();
+    let n_out = |m: &ModelProto| m.graph.as_ref().map_or(0, |g| g.output.len());
+    let (fp_out, tw_out) = (n_out(float), n_out(&twin_proto));
+    let fp = Runners::new(float, xs.clone());
+    let tw = Runners::new(&twin_proto, twin_extra);
+    let names: Vec<String> = float
+        .graph
+        .as_ref()
+        .map(|g| {
+            let inits: std::collections::HashSet<&str> =
+                g.initializer.iter().map(|t| t.name()).collect();
+            g.input
+                .iter()
+                .map(|i| i.name().to_string())
+                .filter(|n| !inits.contains(n.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let k = pairs.len();
+    let mut acc_in: Vec<Accumulator> = (0..k).map(|_| Accumulator::new()).collect();
+    let mut acc_out: Vec<Accumulator> = (0..k).map(|_| Accumulator::new()).collect();
+    for r in feed.ranges(data.samples().min(SAMPLES), 1) {
+        let inputs = data.feed(feed, r.clone())?;
+        let a = fp
+            .run(&names, &inputs)
+            .context("running the FP32 model with its quantized tensors exposed")?;
+        let b = tw
+            .run(&names, &inputs)
+            .context("running the float twin with its quantized tensors exposed")?;
+        for j in 0..k {
+            let reference = a[fp_out + j].to_f32();
+            let mut before = b[tw_out + j].to_f32();
+            if let Some((lo, hi)) = clamps[j] {
+                before.mapv_inplace(|v| v.max(lo).min(hi));
+            }
+            let after = b[tw_out + k + j].to_f32();
+            acc_in[j].update(reference.view(), before.view())?;
+            acc_out[j].update(reference.view(), after.view())?;
+        }
+    }
+    let g = &quantized.graph;
+    Ok(pairs
+        .iter()
+        .enumerate()
+        .map(|(j, (x, _))| {
+            let producer = g
+                .value_by_name(x)
+                .and_then(|v| g.producer(v))
+                .map(|n| g.node(n));
+            let sqnr_in_db = acc_in[j].finish().sqnr_db;
+            let sqnr_out_db = acc_out[j].finish().sqnr_db;
+            TensorError {
+                tensor: x.clone(),
+                node: producer.map(|n| n.name().to_string()).unwrap_or_default(),
+                op: producer.map_or_else(|| "input".into(), |n| n.op_type().to_string()),
+                sqnr_in_db,
+                sqnr_out_db,
+                added_db: added_db(sqnr_in_db, sqnr_out_db),
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::added_db;
+
+    #[test]
+    fn added_noise_is_the_difference_of_the_error_powers() {
+        // No error upstream: the added error is all of it.
+        assert!((added_db(f64::INFINITY, 30.0) - 30.0).abs() < 1e-9);
+        // 20 dB in, 20 dB out: nothing added.
+        assert_eq!(added_db(20.0, 20.0), f64::INFINITY);
+        // Error power 0.01 in, 0.02 out: 0.01 added, 20 dB.
+        let db = |p: f64| -10.0 * p.log10();
+        assert!((added_db(db(0.01), db(0.02)) - 20.0).abs() < 1e-9);
+    }
+}
