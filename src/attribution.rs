@@ -139,7 +139,16 @@ pub fn attribute(
     let k = pairs.len();
     let mut acc_in: Vec<Accumulator> = (0..k).map(|_| Accumulator::new()).collect();
     let mut acc_out: Vec<Accumulator> = (0..k).map(|_| Accumulator::new()).collect();
-    for r in feed.ranges(data.samples().min(SAMPLES), 1) {
+    let ranges = feed.ranges(data.samples().min(SAMPLES), 1);
+    // Both models compile side by side (errors come back from the runs).
+    if let Some(first) = ranges.first() {
+        let probe = data.feed(feed, first.clone())?;
+        rayon::join(
+            || fp.runner(&names, &probe).ok(),
+            || tw.runner(&names, &probe).ok(),
+        );
+    }
+    for r in ranges {
         let inputs = data.feed(feed, r.clone())?;
         let a = fp
             .run(&names, &inputs)

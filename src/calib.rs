@@ -26,7 +26,9 @@ pub const MAX_BATCH: usize = 16;
 pub struct Runners {
     model: ModelProto,
     extra: Vec<String>,
-    cache: Mutex<HashMap<Vec<Vec<usize>>, Runner>>,
+    /// Compiled runners, and the error of a shape tract could not compile
+    /// (not retried for every batch).
+    cache: Mutex<HashMap<Vec<Vec<usize>>, Result<Runner, String>>>,
     pub notes: Mutex<Vec<String>>,
 }
 
@@ -55,7 +57,7 @@ impl Runners {
             .lock()
             .map_err(|_| anyhow!("runner cache poisoned"))?;
         if let Some(r) = cache.get(&key) {
-            return Ok(r.clone());
+            return r.clone().map_err(|e| anyhow!(e));
         }
         let shapes: Vec<(String, Vec<i64>)> = names
             .iter()
@@ -85,9 +87,10 @@ impl Runners {
                 input_facts: facts,
                 extra_outputs: self.extra.clone(),
             },
-        )?;
+        )
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
         cache.insert(key, r.clone());
-        Ok(r)
+        r.map_err(|e| anyhow!(e))
     }
 }
 

@@ -866,6 +866,32 @@ pub(crate) fn label_hits(
     hits
 }
 
+/// One evaluation batch's figures (see [`verify`]).
+struct BatchCheck {
+    /// Per output: FP32 vs file, FP32 vs twin, twin vs file.
+    file: Vec<Accumulator>,
+    reference: Vec<Accumulator>,
+    runtime: Vec<Accumulator>,
+    file_error: Option<String>,
+    twin_failed: bool,
+    /// (labelled rows, FP32 correct, quantized correct).
+    labels: (usize, usize, usize),
+}
+
+impl BatchCheck {
+    fn new(outputs: usize) -> BatchCheck {
+        let acc = vec![Accumulator::new(); outputs];
+        BatchCheck {
+            file: acc.clone(),
+            reference: acc.clone(),
+            runtime: acc,
+            file_error: None,
+            twin_failed: false,
+            labels: (0, 0, 0),
+        }
+    }
+}
+
 /// Runs FP32, the emitted model and its float twin on the evaluation data.
 fn verify(
     original: &ModelProto,
@@ -888,73 +914,90 @@ fn verify(
         .as_ref()
         .map(|g| g.output.iter().map(|o| o.name().to_string()).collect())
         .unwrap_or_default();
-    let mut acc_file: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
-    let mut acc_ref: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
-    let mut acc_rt: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
-    let mut twin_ok = true;
-    let mut file_error: Option<String> = None;
     let labels = data.extra("labels").cloned();
-    let (mut correct_fp, mut correct_q, mut n_labels) = (0usize, 0usize, 0usize);
-    let mut offset = 0usize;
-    for r in feed.ranges(data.samples(), MAX_BATCH) {
-        let inputs = data.feed(feed, r.clone())?;
-        let a = fp.run(&names, &inputs).context("running the FP32 model")?;
-        let b = if file_error.is_none() {
-            match qr.run(&names, &inputs) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    file_error = Some(format!("{e:#}"));
-                    None
-                }
+    // Batches run in parallel, each into its own accumulators; they are
+    // merged in batch order, so the figures do not depend on the threads.
+    let ranges = feed.ranges(data.samples(), MAX_BATCH);
+    let n_out = out_names.len();
+    // The three models compile side by side (their errors, if any, come
+    // back from the batches below).
+    if let Some(first) = ranges.first() {
+        let probe = data.feed(feed, first.clone())?;
+        rayon::scope(|s| {
+            for r in [&fp, &qr, &tr] {
+                let (names, probe) = (&names, &probe);
+                s.spawn(move |_| {
+                    let _ = r.runner(names, probe);
+                });
             }
-        } else {
-            None
-        };
-        let c = if twin_ok {
-            match tr.run(&names, &inputs) {
-                Ok(c) => Some(c),
-                Err(_) => {
-                    twin_ok = false;
-                    None
-                }
+        });
+    }
+    let batches: Vec<BatchCheck> = ranges
+        .par_iter()
+        .map(|r| -> Result<BatchCheck> {
+            let mut bc = BatchCheck::new(n_out);
+            let inputs = data.feed(feed, r.clone())?;
+            let a = fp.run(&names, &inputs).context("running the FP32 model")?;
+            let b = qr
+                .run(&names, &inputs)
+                .map_err(|e| bc.file_error = Some(format!("{e:#}")))
+                .ok();
+            let c = tr
+                .run(&names, &inputs)
+                .map_err(|_| bc.twin_failed = true)
+                .ok();
+            if b.is_none() && c.is_none() {
+                bail!(
+                    "tract can run neither the quantized model nor its float twin: {}",
+                    bc.file_error.clone().unwrap_or_default()
+                );
             }
-        } else {
-            None
-        };
-        if b.is_none() && c.is_none() {
-            bail!(
-                "tract can run neither the quantized model nor its float twin: {}",
-                file_error.unwrap_or_default()
-            );
-        }
-        for (i, x) in a.iter().enumerate().take(out_names.len()) {
-            let xf = x.to_f32();
-            let yf = b.as_ref().map(|b| b[i].to_f32());
-            if let Some(yf) = &yf {
-                acc_file[i].update(xf.view(), yf.view())?;
-            }
-            if let Some(c) = &c {
-                let zf = c[i].to_f32();
-                acc_ref[i].update(xf.view(), zf.view())?;
+            for (i, x) in a.iter().enumerate().take(n_out) {
+                let xf = x.to_f32();
+                let yf = b.as_ref().map(|b| b[i].to_f32());
                 if let Some(yf) = &yf {
-                    acc_rt[i].update(zf.view(), yf.view())?;
+                    bc.file[i].update(xf.view(), yf.view())?;
+                }
+                if let Some(c) = &c {
+                    let zf = c[i].to_f32();
+                    bc.reference[i].update(xf.view(), zf.view())?;
+                    if let Some(yf) = &yf {
+                        bc.runtime[i].update(zf.view(), yf.view())?;
+                    }
+                }
+                // Accuracy against labels uses the reference semantics when
+                // the file cannot run.
+                let yf = match (yf, &c) {
+                    (Some(y), _) => y,
+                    (None, Some(c)) => c[i].to_f32(),
+                    (None, None) => continue,
+                };
+                if i == 0 {
+                    bc.labels = label_hits(&xf, &yf, labels.as_ref(), r.start);
                 }
             }
-            // Accuracy against labels uses the reference semantics when the
-            // file cannot run.
-            let yf = match (yf, &c) {
-                (Some(y), _) => y,
-                (None, Some(c)) => c[i].to_f32(),
-                (None, None) => continue,
-            };
-            if i == 0 {
-                let (n, a, b) = label_hits(&xf, &yf, labels.as_ref(), offset);
-                n_labels += n;
-                correct_fp += a;
-                correct_q += b;
-            }
+            Ok(bc)
+        })
+        .collect::<Result<_>>()?;
+    let mut acc_file: Vec<Accumulator> = out_names.iter().map(|_| Accumulator::new()).collect();
+    let mut acc_ref = acc_file.clone();
+    let mut acc_rt = acc_file.clone();
+    let mut file_error: Option<String> = None;
+    let mut twin_ok = true;
+    let (mut n_labels, mut correct_fp, mut correct_q) = (0usize, 0usize, 0usize);
+    for bc in &batches {
+        for i in 0..n_out {
+            acc_file[i].merge(&bc.file[i]);
+            acc_ref[i].merge(&bc.reference[i]);
+            acc_rt[i].merge(&bc.runtime[i]);
         }
-        offset += r.len();
+        if file_error.is_none() {
+            file_error.clone_from(&bc.file_error);
+        }
+        twin_ok &= !bc.twin_failed;
+        n_labels += bc.labels.0;
+        correct_fp += bc.labels.1;
+        correct_q += bc.labels.2;
     }
     let outputs = out_names
         .iter()

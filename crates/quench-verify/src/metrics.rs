@@ -153,6 +153,32 @@ impl Accumulator {
         Ok(())
     }
 
+    /// Adds everything `other` has seen, as if its updates had followed
+    /// this one's (the class-axis test holds when it held for both).
+    pub fn merge(&mut self, other: &Accumulator) {
+        if other.updates == 0 {
+            return;
+        }
+        if self.updates == 0 {
+            *self = other.clone();
+            return;
+        }
+        self.elements += other.elements;
+        self.sum_ref_sq += other.sum_ref_sq;
+        self.sum_test_sq += other.sum_test_sq;
+        self.sum_dot += other.sum_dot;
+        self.sum_err_sq += other.sum_err_sq;
+        self.sum_abs_err += other.sum_abs_err;
+        let m = other.max_abs_err;
+        if m.is_nan() || (!self.max_abs_err.is_nan() && m > self.max_abs_err) {
+            self.max_abs_err = m;
+        }
+        self.top1_ok &= other.top1_ok;
+        self.top1_rows += other.top1_rows;
+        self.top1_agree += other.top1_agree;
+        self.updates += other.updates;
+    }
+
     /// The metrics over every update so far.
     pub fn finish(&self) -> Metrics {
         let sqnr_db = if self.sum_err_sq == 0.0 {
@@ -254,6 +280,40 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
+    }
+
+    /// Batches accumulated separately and merged give the figures of one
+    /// accumulator that saw them all (sums up to rounding, counts exactly).
+    #[test]
+    fn merged_batches_equal_one_pass() {
+        let batches: Vec<(ndarray::ArrayD<f32>, ndarray::ArrayD<f32>)> = (0..5)
+            .map(|b| {
+                let r = arr2(&[[1.0f32 + b as f32, -2.0, 0.5], [0.1, 0.2, 3.0 - b as f32]]);
+                let t = r.mapv(|v| v * 1.01 - 0.02 * b as f32);
+                (r.into_dyn(), t.into_dyn())
+            })
+            .collect();
+        let mut one = Accumulator::new();
+        for (r, t) in &batches {
+            one.update(r.view(), t.view()).unwrap();
+        }
+        let mut merged = Accumulator::new();
+        let mut empty = Accumulator::new();
+        for (r, t) in &batches {
+            let mut a = Accumulator::new();
+            a.update(r.view(), t.view()).unwrap();
+            merged.merge(&a);
+        }
+        merged.merge(&Accumulator::new());
+        empty.merge(&merged);
+        for m in [merged.finish(), empty.finish()] {
+            let o = one.finish();
+            assert!(close(m.sqnr_db, o.sqnr_db) && close(m.cosine, o.cosine));
+            assert_eq!(m.max_abs_err, o.max_abs_err);
+            assert!(close(m.mean_abs_err, o.mean_abs_err));
+            assert_eq!((m.elements, m.top1.clone()), (o.elements, o.top1.clone()));
+            assert!(m.top1.is_some());
+        }
     }
 
     #[test]
