@@ -174,7 +174,7 @@ pub struct CompileArgs {
     #[arg(long)]
     pub inline: bool,
     /// Say more about what happens: the passes' log, what was changed in
-    /// tract's copy of the model for calibration, the calibration time.
+    /// tract's copy of the model for calibration, the time of each phase.
     #[arg(short, long)]
     pub verbose: bool,
 }
@@ -328,20 +328,14 @@ fn run_pipeline(
 }
 
 pub fn calibrate(a: CalibrateArgs) -> Result<()> {
-    let clock = std::time::Instant::now();
-    let mut phases: Vec<(&str, f64)> = Vec::new();
-    let lap = |name, phases: &mut Vec<(&str, f64)>| {
-        let now = clock.elapsed().as_secs_f64();
-        let before: f64 = phases.iter().map(|p| p.1).sum();
-        phases.push((name, now - before));
-    };
+    let mut phases = Phases::new();
     let (_, mut model) = crate::load(&a.model)?;
     run_pipeline(&mut model, &a.passes, &[])?;
     let plan = quantize::plan(&model.graph, &QuantizeConfig::default())?;
     let tensors = plan.tensors_to_observe(&model.graph);
     let proto = model.to_onnx();
     let (data, feed) = load_data(&a.calibration, &proto)?;
-    lap("load and passes", &mut phases);
+    phases.lap("load and passes");
     let (stats, notes) = calib::collect(
         &proto,
         &data,
@@ -350,20 +344,16 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
         &tensors,
         true,
     )?;
-    lap("tract runs", &mut phases);
+    phases.lap("tract runs");
     let table = table_from(&a.model, data.samples(), stats);
-    lap("range search", &mut phases);
+    phases.lap("range search");
     write_json(&a.output, &table, false)?;
-    lap("write", &mut phases);
+    phases.lap("write");
     if a.verbose {
         for n in &notes {
             eprintln!("tract copy for calibration: {n}");
         }
-        let t: Vec<String> = phases
-            .iter()
-            .map(|(n, s)| format!("{n} {:.3} s", s))
-            .collect();
-        eprintln!("time: {}", t.join(", "));
+        eprintln!("{}", phases.line());
     }
     println!(
         "calibrated {} tensors over {} samples -> {}",
@@ -445,10 +435,43 @@ fn produced_by_bounded_op(g: &quench_ir::Graph, name: &str) -> bool {
     false
 }
 
+/// Wall time of each phase, printed by `--verbose`.
+struct Phases {
+    last: std::time::Instant,
+    done: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            last: std::time::Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends phase `name` now.
+    fn lap(&mut self, name: &'static str) {
+        let now = std::time::Instant::now();
+        self.done.push((name, (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
+
+    fn line(&self) -> String {
+        let parts: Vec<String> = self
+            .done
+            .iter()
+            .map(|(n, s)| format!("{n} {s:.3} s"))
+            .collect();
+        let total: f64 = self.done.iter().map(|p| p.1).sum();
+        format!("time: {} (total {total:.3} s)", parts.join(", "))
+    }
+}
+
 /// Exit status when verification thresholds fail.
 pub struct ThresholdFailed(pub String);
 
 pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
+    let mut phases = Phases::new();
     let (loaded, mut model) = crate::load(&a.model)?;
     crate::convert::check_output(&a.model, &loaded.external.files, &a.output)?;
     let original = loaded.model.clone();
@@ -467,6 +490,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         cfg.mode = Mode::WeightOnly;
     }
 
+    phases.lap("load");
     // 1. Passes.
     let (pass_names, cx) = run_pipeline(&mut model, &a.passes, &a.dump_after)?;
     if a.verbose {
@@ -507,6 +531,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         }
     }
 
+    phases.lap("passes");
     // 3. Plan and calibrate.
     let mut plan = quantize::plan(&model.graph, &cfg)?;
     let plan_mode = cfg.mode;
@@ -704,6 +729,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         plan = quantize::plan(&model.graph, &cfg)?;
     }
 
+    phases.lap("calibration");
     // 4. Quantize. The float graph is kept for the per-tensor attribution.
     let float_model = (a.explain && cfg.mode == Mode::Static && !a.no_verify && !a.no_quantize)
         .then(|| model.clone());
@@ -732,6 +758,7 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         p.measure_sizes(&loaded, &saved)?;
     }
 
+    phases.lap("quantize and write");
     // 5. Verify.
     let mut verification = None;
     if !a.no_verify {
@@ -764,6 +791,12 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         }
     }
 
+    if !a.no_verify {
+        phases.lap("verification");
+    }
+    if a.verbose {
+        eprintln!("{}", phases.line());
+    }
     let report = Report {
         no_quantize: a.no_quantize,
         input: a.model.display().to_string(),
