@@ -731,8 +731,13 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
 
     phases.lap("calibration");
     // 4. Quantize. The float graph is kept for the per-tensor attribution.
-    let float_model = (a.explain && cfg.mode == Mode::Static && !a.no_verify && !a.no_quantize)
-        .then(|| model.clone());
+    let explain = a.explain && cfg.mode == Mode::Static && !a.no_verify && !a.no_quantize;
+    if a.explain && !explain {
+        notes.push(
+            "--explain needs static quantization with verification; nothing to explain".into(),
+        );
+    }
+    let float_model = explain.then(|| model.clone());
     let mut qcx = PassCx::new(opset);
     let summary = quantize::apply(&mut model.graph, &plan, &ranges, &cfg, opset, &mut qcx)?;
     // The float weights replaced by integer ones are now unused.
