@@ -45,18 +45,14 @@
 //! `cargo test --all-targets` (no `--bench` argument) it is a quick smoke
 //! test on the digits CNN.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ndarray::ArrayD;
 use ndarray_npy::WriteNpyExt;
-use quench_verify::{
-    prepare_for_tract, ArrayData, Dataset, InputFact, ModelInput, Runner, RunnerConfig,
-};
+use quench_verify::{Dataset, ModelInput};
 use rayon::prelude::*;
 
 /// The plain-inference child runs with quench's allocator and its settings,
@@ -64,8 +60,14 @@ use rayon::prelude::*;
 #[path = "../src/alloc.rs"]
 mod alloc;
 
-/// Calibration's batch limit (`src/calib.rs`, `MAX_BATCH`).
-const MAX_BATCH: usize = 16;
+/// Calibration's runners (the plain child compiles and runs batches with
+/// them); the rest of the module is not used here.
+#[allow(dead_code)]
+#[path = "../src/calib.rs"]
+mod calib;
+
+/// Calibration's batch limit.
+const MAX_BATCH: usize = calib::MAX_BATCH;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -86,46 +88,14 @@ fn plain_inference(model: &Path, data: &Path) -> Result<()> {
     let names: Vec<String> = inputs.iter().map(|i| i.name.clone()).collect();
     let mut ds = Dataset::load(data)?;
     let feed = ds.check_against(&inputs)?;
-    let cache: Mutex<HashMap<Vec<Vec<usize>>, Runner>> = Mutex::new(HashMap::new());
-    let runner_for = |batch: &[ArrayData]| -> Result<Runner> {
-        let key: Vec<Vec<usize>> = batch.iter().map(|a| a.shape().to_vec()).collect();
-        if let Some(r) = cache.lock().map_err(|_| anyhow!("poisoned"))?.get(&key) {
-            return Ok(r.clone());
-        }
-        let shapes: Vec<(String, Vec<i64>)> = names
-            .iter()
-            .zip(&key)
-            .map(|(n, s)| (n.clone(), s.iter().map(|d| *d as i64).collect()))
-            .collect();
-        let (prepared, _) = prepare_for_tract(&proto, &shapes);
-        let facts = names
-            .iter()
-            .zip(batch)
-            .map(|(n, a)| InputFact {
-                name: n.clone(),
-                elem_type: a.elem_type(),
-                shape: a.shape().to_vec(),
-            })
-            .collect();
-        let r = Runner::new(
-            &prepared,
-            &RunnerConfig {
-                input_facts: facts,
-                extra_outputs: Vec::new(),
-            },
-        )?;
-        cache
-            .lock()
-            .map_err(|_| anyhow!("poisoned"))?
-            .insert(key, r.clone());
-        Ok(r)
-    };
+    // quench's own runner cache: one compiled model per batch shape.
+    let runners = calib::Runners::new(&proto, Vec::new());
     feed.ranges(ds.samples(), MAX_BATCH)
         .par_iter()
         .try_for_each(|r| -> Result<()> {
             let batch = ds.feed(feed, r.clone())?;
-            let outs = runner_for(&batch)?
-                .run(&batch)
+            let outs = runners
+                .run(&names, &batch)
                 .with_context(|| format!("samples {r:?}"))?;
             std::hint::black_box(outs);
             Ok(())

@@ -87,24 +87,24 @@ fn absorbed_clamp(float: &Graph, quantized: &Graph, x: &str) -> Option<(f32, f32
 
 /// Per-tensor errors of `quantized` against `float` (the same graph before
 /// quantization), in the quantized graph's order, on up to [`SAMPLES`]
-/// samples of `data`.
+/// samples of `data`. `twin` is the float twin of `quantized` and its
+/// (quantized tensor, tensor after Q/DQ) name pairs
+/// ([`float_twin_pairs`](quench_passes::simulate::float_twin_pairs)).
 pub fn attribute(
     float: &Model,
-    quantized: &Model,
-    opset: i64,
+    quantized: &Graph,
+    twin: (&ModelProto, &[(String, String)]),
     data: &Dataset,
     feed: Feed,
 ) -> Result<Vec<TensorError>> {
-    let mut twin = quantized.clone();
-    let (pairs, _) = quench_passes::simulate::float_twin_pairs(&mut twin.graph, opset);
+    let (twin_proto, pairs) = twin;
     // Activations only (constant inputs are folded weights).
-    let pairs: Vec<(String, String)> = pairs
-        .into_iter()
+    let pairs: Vec<&(String, String)> = pairs
+        .iter()
         .filter(|(x, _)| {
             quantized
-                .graph
                 .value_by_name(x)
-                .is_some_and(|v| quantized.graph.const_tensor(v).is_none())
+                .is_some_and(|v| quantized.const_tensor(v).is_none())
         })
         .collect();
     if pairs.is_empty() {
@@ -113,29 +113,16 @@ pub fn attribute(
     let xs: Vec<String> = pairs.iter().map(|p| p.0.clone()).collect();
     let clamps: Vec<Option<(f32, f32)>> = xs
         .iter()
-        .map(|x| absorbed_clamp(&float.graph, &quantized.graph, x))
+        .map(|x| absorbed_clamp(&float.graph, quantized, x))
         .collect();
     let float = &float.to_onnx();
     let mut twin_extra = xs.clone();
     twin_extra.extend(pairs.iter().map(|p| p.1.clone()));
-    let twin_proto = twin.to_onnx();
     let n_out = |m: &ModelProto| m.graph.as_ref().map_or(0, |g| g.output.len());
-    let (fp_out, tw_out) = (n_out(float), n_out(&twin_proto));
+    let (fp_out, tw_out) = (n_out(float), n_out(twin_proto));
     let fp = Runners::new(float, xs.clone());
-    let tw = Runners::new(&twin_proto, twin_extra);
-    let names: Vec<String> = float
-        .graph
-        .as_ref()
-        .map(|g| {
-            let inits: std::collections::HashSet<&str> =
-                g.initializer.iter().map(|t| t.name()).collect();
-            g.input
-                .iter()
-                .map(|i| i.name().to_string())
-                .filter(|n| !inits.contains(n.as_str()))
-                .collect()
-        })
-        .unwrap_or_default();
+    let tw = Runners::new(twin_proto, twin_extra);
+    let names = crate::compile::model_input_names(float);
     let k = pairs.len();
     let mut acc_in: Vec<Accumulator> = (0..k).map(|_| Accumulator::new()).collect();
     let mut acc_out: Vec<Accumulator> = (0..k).map(|_| Accumulator::new()).collect();
@@ -167,15 +154,14 @@ pub fn attribute(
             acc_out[j].update(reference.view(), after.view())?;
         }
     }
-    let g = &quantized.graph;
     Ok(pairs
         .iter()
         .enumerate()
-        .map(|(j, (x, _))| {
-            let producer = g
+        .map(|(j, &(x, _))| {
+            let producer = quantized
                 .value_by_name(x)
-                .and_then(|v| g.producer(v))
-                .map(|n| g.node(n));
+                .and_then(|v| quantized.producer(v))
+                .map(|n| quantized.node(n));
             let sqnr_in_db = acc_in[j].finish().sqnr_db;
             let sqnr_out_db = acc_out[j].finish().sqnr_db;
             TensorError {

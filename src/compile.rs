@@ -289,7 +289,7 @@ pub struct Report {
     pub notes: Vec<String>,
 }
 
-fn model_input_names(m: &ModelProto) -> Vec<String> {
+pub(crate) fn model_input_names(m: &ModelProto) -> Vec<String> {
     ModelInput::from_model(m)
         .into_iter()
         .map(|i| i.name)
@@ -777,20 +777,29 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
             }
         }
         match &eval_data {
-            Some((d, f, label)) => match verify(&original, &model, opset, d, *f, label) {
-                Ok(mut v) => {
-                    if let Some(fp) = &float_model {
-                        match crate::attribution::attribute(fp, &model, opset, d, *f) {
-                            Ok(t) => v.tensors = t,
-                            Err(e) => {
-                                notes.push(format!("per-tensor error attribution skipped: {e:#}"))
+            Some((d, f, label)) => {
+                // The float twin: every Q/DQ pair replaced by the exact
+                // float arithmetic (the reference semantics).
+                let mut twin = model.clone();
+                let (twin_pairs, _) =
+                    quench_passes::simulate::float_twin_pairs(&mut twin.graph, opset);
+                let twin_proto = twin.to_onnx();
+                drop(twin);
+                match verify(&original, &out_proto, &twin_proto, d, *f, label) {
+                    Ok(mut v) => {
+                        if let Some(fp) = &float_model {
+                            let twin = (&twin_proto, &twin_pairs[..]);
+                            match crate::attribution::attribute(fp, &model.graph, twin, d, *f) {
+                                Ok(t) => v.tensors = t,
+                                Err(e) => notes
+                                    .push(format!("per-tensor error attribution skipped: {e:#}")),
                             }
                         }
+                        verification = Some(v);
                     }
-                    verification = Some(v);
+                    Err(e) => notes.push(format!("verification in tract failed: {e:#}")),
                 }
-                Err(e) => notes.push(format!("verification in tract failed: {e:#}")),
-            },
+            }
             None => notes
                 .push("no evaluation data (--eval or --calibration): verification skipped".into()),
         }
@@ -933,20 +942,16 @@ impl BatchCheck {
 /// Runs FP32, the emitted model and its float twin on the evaluation data.
 fn verify(
     original: &ModelProto,
-    quantized: &Model,
-    opset: i64,
+    quantized: &ModelProto,
+    twin: &ModelProto,
     data: &Dataset,
     feed: Feed,
     label: &str,
 ) -> Result<Verification> {
-    let q_proto = quantized.to_onnx();
-    let mut twin = quantized.clone();
-    quench_passes::simulate::float_twin(&mut twin.graph, opset);
-    let twin_proto = twin.to_onnx();
     let names = model_input_names(original);
     let fp = Runners::new(original, vec![]);
-    let qr = Runners::new(&q_proto, vec![]);
-    let tr = Runners::new(&twin_proto, vec![]);
+    let qr = Runners::new(quantized, vec![]);
+    let tr = Runners::new(twin, vec![]);
     let out_names: Vec<String> = original
         .graph
         .as_ref()

@@ -24,6 +24,13 @@ fn quench(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `quench ARGS` that must succeed; its stdout.
+fn quench_ok(args: &[&str]) -> String {
+    let (code, out, err) = quench(args);
+    assert_eq!(code, 0, "quench {args:?}\n{out}\n{err}");
+    out
+}
+
 fn report(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
@@ -465,36 +472,30 @@ fn minmax_without_histograms_equals_the_calibration_table_path() {
     let (model, data) = (testdata("digits_cnn.onnx"), testdata("digits/calib"));
     let table = dir.path().join("table.json");
     let (direct, via_table) = (dir.path().join("a.onnx"), dir.path().join("b.onnx"));
-    let m = model.to_str().unwrap();
-    let (code, out, err) = quench(&[
-        "calibrate",
-        m,
-        "-c",
+    let (m, d, t) = (
+        model.to_str().unwrap(),
         data.to_str().unwrap(),
-        "-o",
         table.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let (code, out, err) = quench(&[
+    );
+    quench_ok(&["calibrate", m, "-c", d, "-o", t]);
+    quench_ok(&[
         "compile",
         m,
         "-c",
-        data.to_str().unwrap(),
+        d,
         "--no-verify",
         "-o",
         direct.to_str().unwrap(),
     ]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let (code, out, err) = quench(&[
+    quench_ok(&[
         "compile",
         m,
         "--calibration-table",
-        table.to_str().unwrap(),
+        t,
         "--no-verify",
         "-o",
         via_table.to_str().unwrap(),
     ]);
-    assert_eq!(code, 0, "{out}\n{err}");
     let (a, b) = (
         std::fs::read(&direct).unwrap(),
         std::fs::read(&via_table).unwrap(),
@@ -513,7 +514,7 @@ fn explain_names_the_tensor_with_a_stretched_range() {
     let dir = tempfile::tempdir().unwrap();
     let model = testdata("digits_cnn.onnx");
     let table = dir.path().join("table.json");
-    let (code, stdout, stderr) = quench(&[
+    quench_ok(&[
         "calibrate",
         model.to_str().unwrap(),
         "-c",
@@ -521,7 +522,6 @@ fn explain_names_the_tensor_with_a_stretched_range() {
         "-o",
         table.to_str().unwrap(),
     ]);
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
     let mut t = report(&table);
     let s = &mut t["tensors"]["relu1_out"];
     let max = s["max"].as_f64().unwrap();
@@ -529,7 +529,7 @@ fn explain_names_the_tensor_with_a_stretched_range() {
     s["histogram"] = Value::Null;
     std::fs::write(&table, serde_json::to_string(&t).unwrap()).unwrap();
     let (out, rep) = (dir.path().join("m.onnx"), dir.path().join("r.json"));
-    let (code, stdout, stderr) = quench(&[
+    let stdout = quench_ok(&[
         "compile",
         model.to_str().unwrap(),
         "--calibration-table",
@@ -542,7 +542,6 @@ fn explain_names_the_tensor_with_a_stretched_range() {
         "--report",
         rep.to_str().unwrap(),
     ]);
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
     assert!(stdout.contains("error by tensor"), "{stdout}");
     let tensors = report(&rep)["verification"]["tensors"]
         .as_array()
