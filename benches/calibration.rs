@@ -55,19 +55,13 @@ use ndarray_npy::WriteNpyExt;
 use quench_verify::{Dataset, ModelInput};
 use rayon::prelude::*;
 
-/// The plain-inference child runs with quench's allocator and its settings,
-/// so that both sides of the time ratio allocate alike.
-#[path = "../src/alloc.rs"]
-mod alloc;
-
-/// Calibration's runners (the plain child compiles and runs batches with
-/// them); the rest of the module is not used here.
-#[allow(dead_code)]
-#[path = "../src/calib.rs"]
-mod calib;
+// The plain-inference child runs with quench's allocator and its settings
+// (the `quench` library target declares it), so that both sides of the
+// time ratio allocate alike.
+use quench::alloc;
 
 /// Calibration's batch limit.
-const MAX_BATCH: usize = calib::MAX_BATCH;
+const MAX_BATCH: usize = quench_verify::MAX_BATCH;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -89,7 +83,7 @@ fn plain_inference(model: &Path, data: &Path) -> Result<()> {
     let mut ds = Dataset::load(data)?;
     let feed = ds.check_against(&inputs)?;
     // quench's own runner cache: one compiled model per batch shape.
-    let runners = calib::Runners::new(&proto, Vec::new());
+    let runners = quench_verify::Runners::new(&proto, Vec::new());
     feed.ranges(ds.samples(), MAX_BATCH)
         .par_iter()
         .try_for_each(|r| -> Result<()> {

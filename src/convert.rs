@@ -1,8 +1,8 @@
 //! `quench convert`: import → export with no passes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use quench_onnx::{ExternalData, SaveOptions};
 
@@ -35,43 +35,9 @@ pub(crate) fn storage(external: bool, inline: bool, input_had_external: bool) ->
     }
 }
 
-/// Refuses outputs that would overwrite the input model or its data.
-pub(crate) fn check_output(input: &Path, external_files: &[String], output: &Path) -> Result<()> {
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same(input, output) {
-        bail!(
-            "{}: output would overwrite the input model; choose another path",
-            output.display()
-        );
-    }
-    let data = output.with_file_name(format!(
-        "{}.data",
-        output
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ));
-    if same(input, &data) {
-        bail!("{}: its external data file `{}` would overwrite the input model; choose another output name", output.display(), data.display());
-    }
-    let base = input.parent().unwrap_or(Path::new("."));
-    for f in external_files {
-        if same(&base.join(f), output) {
-            bail!("{}: output would overwrite the input's external data file `{f}`; choose another path", output.display());
-        }
-        if same(&base.join(f), &data) {
-            bail!("{}: its external data file would overwrite the input's `{f}`; choose another output name", output.display());
-        }
-    }
-    Ok(())
-}
-
 pub fn run(a: ConvertArgs) -> Result<()> {
-    let (loaded, model) = crate::load(&a.input)?;
-    check_output(&a.input, &loaded.external.files, &a.output)?;
+    let (loaded, model) = crate::files::load(&a.input)?;
+    crate::files::check_outputs(&loaded, &[], &[&a.output])?;
     model
         .graph
         .verify()

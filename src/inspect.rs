@@ -268,7 +268,7 @@ pub fn print_summary(s: &Summary) {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
-    let (loaded, model) = crate::load(&a.model)?;
+    let (loaded, model) = crate::files::load(&a.model)?;
     if a.graph {
         print!("{}", model.to_text());
         return Ok(());

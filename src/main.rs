@@ -1,17 +1,14 @@
 //! The `quench` command line.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod alloc;
-mod attribution;
-mod calib;
 mod compile;
 mod convert;
+mod files;
 mod inspect;
-mod prune;
+mod text;
 
 /// quench: an ONNX quantization compiler.
 ///
@@ -45,14 +42,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    alloc::tune();
+    quench::alloc::tune();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compile(a) => match compile::compile(*a) {
             Ok(None) => Ok(()),
             Ok(Some(compile::ThresholdFailed(msg))) => {
                 eprintln!("error: verification threshold not met: {msg}");
-                return ExitCode::from(2);
+                return ExitCode::from(3);
             }
             Err(e) => Err(e),
         },
@@ -73,14 +70,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Loads a model file and imports it into the IR, with errors naming the
-/// file.
-pub(crate) fn load(path: &PathBuf) -> anyhow::Result<(quench_onnx::LoadedModel, quench_ir::Model)> {
-    use anyhow::Context;
-    let loaded = quench_onnx::load_model(path)?;
-    let model = quench_ir::Model::from_onnx(loaded.model.clone())
-        .with_context(|| format!("{}", path.display()))?;
-    Ok((loaded, model))
 }

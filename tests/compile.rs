@@ -76,21 +76,45 @@ fn trained_digits_model_keeps_its_accuracy() {
 }
 
 #[test]
-fn thresholds_fail_with_exit_status_2() {
+fn thresholds_fail_with_exit_status_3_and_write_nothing_at_the_output() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("d.onnx");
-    let (code, _, stderr) = quench(&[
-        "compile",
-        testdata("digits_cnn.onnx").to_str().unwrap(),
-        "--calibration",
-        testdata("digits/calib").to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--min-sqnr",
-        "200",
-    ]);
-    assert_eq!(code, 2, "{stderr}");
+    let kept = dir.path().join("rejected.onnx");
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "compile",
+            testdata("digits_cnn.onnx").to_str().unwrap(),
+            "--calibration",
+            testdata("digits/calib").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--min-sqnr",
+            "200",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let run = |a: Vec<String>| quench(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let (code, _, stderr) = run(args(&[]));
+    assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("--min-sqnr"), "{stderr}");
+    assert!(!out.exists(), "the rejected model must not be left at -o");
+    // An existing output is left as it was.
+    std::fs::write(&out, b"previous").unwrap();
+    let (code, _, _) = run(args(&[]));
+    assert_eq!(code, 3);
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+    // --keep-rejected writes it elsewhere, and it loads.
+    let (code, _, stderr) = run(args(&["--keep-rejected", kept.to_str().unwrap()]));
+    assert_eq!(code, 3, "{stderr}");
+    assert!(quench_onnx::load_model(&kept).is_ok());
+    assert_eq!(std::fs::read(&out).unwrap(), b"previous");
+    // Usage errors keep status 2.
+    let (code, _, _) = quench(&["compile", "--no-such-flag"]);
+    assert_eq!(code, 2);
 }
 
 /// Writes `n` random samples for every input of a fixture as `.npy` files.
@@ -320,8 +344,12 @@ fn custom_op_model_falls_back_to_weight_only_and_names_the_op() {
         "--min-sqnr",
         "20",
     ]);
-    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("verification did not run"), "{stderr}");
+    assert!(
+        !tmp.path().join("t.onnx").exists(),
+        "a rejected model is not written"
+    );
 }
 
 #[test]

@@ -258,15 +258,31 @@ fn take_fixed_width_bytes(t: &mut TensorProto, threshold: usize) -> Option<Bytes
     None
 }
 
+/// A fresh temporary name beside `path`: hidden, unique per process and
+/// call, so concurrent writers and planted files never share one.
 fn temp_path(path: &Path) -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.quench-tmp-{}", std::process::id()))
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    path.with_file_name(format!(
+        ".{name}.quench-tmp-{}-{}-{nanos:08x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<(), OnnxError> {
+/// Writes `data` to `path` atomically: a new temporary file beside it
+/// (created exclusively, so an existing file or symlink of that name is
+/// never followed), synced, then renamed over `path`. On error nothing is
+/// left behind and `path` is unchanged.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), OnnxError> {
     write_atomic_chunks(path, &[data])
 }
 
@@ -277,7 +293,10 @@ fn write_atomic_chunks<C: AsRef<[u8]>>(path: &Path, chunks: &[C]) -> Result<(), 
         source,
     };
     let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         for c in chunks {
             f.write_all(c.as_ref())?;
         }

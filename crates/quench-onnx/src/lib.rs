@@ -23,6 +23,7 @@ mod io;
 pub mod visit;
 
 pub use error::OnnxError;
+pub use io::write_atomic;
 pub use io::{
     load_model, load_model_from_bytes, save_model, ExternalData, ExternalUse, LoadedModel,
     SaveOptions, SaveReport, DEFAULT_EXTERNAL_THRESHOLD,

@@ -43,6 +43,9 @@ pub struct PassCx {
     pub log: Vec<String>,
     /// Counters by `pass.counter` name (e.g. `fold_batchnorm.folded`).
     pub stats: BTreeMap<String, usize>,
+    /// IR text after the passes named in [`RunOptions::dump_after`], each
+    /// headed `# after NAME`.
+    pub dumps: Vec<String>,
 }
 
 impl PassCx {
@@ -87,7 +90,8 @@ pub trait Pass {
 pub struct RunOptions {
     /// Check the IR's invariants after every pass.
     pub verify: bool,
-    /// Print the IR text after these passes (by name) to stderr.
+    /// Record the IR text after these passes (by name) in
+    /// [`PassCx::dumps`].
     pub dump_after: Vec<String>,
 }
 
@@ -110,12 +114,12 @@ pub fn run_passes(
             })?;
         }
         if opts.dump_after.iter().any(|d| d == p.name()) {
-            eprintln!(
-                "# after {}{}",
+            cx.dumps.push(format!(
+                "# after {}{}\n{}",
                 p.name(),
-                if changed { "" } else { " (no change)" }
-            );
-            eprint!("{}", quench_ir::GraphText::to_text(g));
+                if changed { "" } else { " (no change)" },
+                quench_ir::GraphText::to_text(g)
+            ));
         }
     }
     Ok(any)

@@ -45,7 +45,7 @@ use std::str::FromStr;
 
 use quench_ir::{tensor, Graph, NodeId, OpKind, ValueId};
 use quench_onnx::proto::tensor_proto::DataType;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{Changed, Pass, PassCx, PassError};
 
@@ -53,7 +53,7 @@ use crate::{Changed, Pass, PassCx, PassError};
 pub const DEFAULT_MIN_WEIGHTS: usize = 1024;
 
 /// What to prune to: a sparsity fraction or an N:M pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum PruneTarget {
     /// This fraction of the weights (in `(0, 1)`) becomes zero.

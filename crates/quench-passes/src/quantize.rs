@@ -23,13 +23,13 @@ use quench_calib::{QuantParams, QuantTarget};
 use quench_ir::{tensor, Graph, Node, NodeId, OpKind, ValueDef, ValueId};
 use quench_onnx::proto::tensor_proto::DataType;
 use quench_onnx::proto::TensorProto;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::rules::{rule, OpRule};
 use crate::{util, PassCx, PassError};
 
 /// What to quantize.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Weights and activations (needs calibration ranges).
@@ -42,7 +42,7 @@ pub enum Mode {
 }
 
 /// Activation integer type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ActType {
     /// uint8, asymmetric (default).
@@ -92,7 +92,7 @@ fn unreachable_target() -> QuantTarget {
 }
 
 /// Weight integer type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WeightType {
     /// int8 symmetric in [-127, 127] (default).

@@ -12,14 +12,24 @@
 //!   makes a copy of a model that tract accepts more often.
 //! - [`metrics`]: SQNR, cosine similarity, absolute errors and top-1
 //!   agreement, accumulated over many samples.
+//! - [`evaluate`]: the one measuring harness: a runner cache per model
+//!   ([`Runners`]) and an [`Evaluator`] that runs several models on the
+//!   same samples and compares their outputs or exposed tensors
+//!   (verification, pruning fidelity and sensitivity, per-tensor
+//!   attribution).
 //!
 //! tract is an accuracy oracle here, not a speed oracle: it runs QDQ models
 //! with float kernels (see the project's FACTS).
 
 pub mod data;
+pub mod evaluate;
 pub mod metrics;
 pub mod runner;
 
 pub use data::{ArrayData, DataError, Dataset, Feed, ModelInput};
+pub use evaluate::{
+    input_names, output_names, Cached, Evaluator, LabelHits, PairFigures, Runners, Subject,
+    MAX_BATCH,
+};
 pub use metrics::{Accumulator, Metrics, MetricsError, Top1};
 pub use runner::{prepare_for_tract, InputFact, RunError, Runner, RunnerConfig, UnsupportedOp};

@@ -129,6 +129,27 @@ impl ArrayData {
         self.len() == 0
     }
 
+    /// The row along axis 0 (the sample, for a stacked batch) holding the
+    /// first NaN or infinity, for floating-point arrays; `None` when every
+    /// value is finite or the type is an integer type.
+    pub fn first_non_finite_row(&self) -> Option<usize> {
+        let row = |flat: usize, shape: &[usize]| {
+            let per_row: usize = shape.iter().skip(1).product();
+            flat / per_row.max(1)
+        };
+        match self {
+            ArrayData::F32(a) => a
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| row(i, a.shape())),
+            ArrayData::F64(a) => a
+                .iter()
+                .position(|v| !v.is_finite())
+                .map(|i| row(i, a.shape())),
+            _ => None,
+        }
+    }
+
     /// The values converted to f32 (bool as 0/1), for metrics.
     pub fn to_f32(&self) -> ArrayD<f32> {
         match self {

@@ -5,26 +5,17 @@
 use std::path::Path;
 
 use quench_ir::Model;
-use quench_passes::quantize::{apply, plan, Mode, QuantizeConfig, Ranges};
-use quench_passes::{pipeline, run_passes, PassCx, RunOptions};
+use quench_passes::quantize::{plan, Mode, QuantizeConfig, Ranges};
 
+/// The driver's passes and quantize phases with a fixed range for every
+/// planned activation.
 fn quantized_text(file: &str, mode: Mode) -> String {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata")
         .join(file);
     let mut m = Model::from_onnx(quench_onnx::load_model(&p).unwrap().model).unwrap();
     let opset = m.default_opset().unwrap();
-    let mut cx = PassCx::new(opset);
-    run_passes(
-        &mut m.graph,
-        &pipeline::default_pipeline(),
-        &mut cx,
-        &RunOptions {
-            verify: true,
-            dump_after: vec![],
-        },
-    )
-    .unwrap();
+    let (_, mut cx) = quench_compile::run_pipeline(&mut m, &None, &[]).unwrap();
     let cfg = QuantizeConfig {
         mode,
         ..Default::default()
@@ -35,9 +26,8 @@ fn quantized_text(file: &str, mode: Mode) -> String {
         .into_iter()
         .map(|t| (t, (-1.0, 1.0)))
         .collect();
-    let summary = apply(&mut m.graph, &pl, &ranges, &cfg, opset, &mut cx).unwrap();
-    quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut m.graph, &mut cx).unwrap();
-    m.graph.verify().unwrap();
+    let summary =
+        quench_compile::quantize_phase(&mut m, &pl, &ranges, &cfg, opset, &mut cx).unwrap();
     let mut s = m.to_text();
     s.push_str("--- decisions\n");
     for d in &summary.nodes {

@@ -21,10 +21,8 @@
 use anyhow::{Context, Result};
 use quench_ir::{tensor, Graph, Model, OpKind};
 use quench_onnx::proto::ModelProto;
-use quench_verify::{Accumulator, Dataset, Feed};
+use quench_verify::{Evaluator, Runners};
 use serde::Serialize;
-
-use crate::calib::Runners;
 
 /// Samples the attribution runs on (one per run, every quantized tensor
 /// kept for the run): enough to rank tensors, cheap next to verification.
@@ -87,15 +85,14 @@ fn absorbed_clamp(float: &Graph, quantized: &Graph, x: &str) -> Option<(f32, f32
 
 /// Per-tensor errors of `quantized` against `float` (the same graph before
 /// quantization), in the quantized graph's order, on up to [`SAMPLES`]
-/// samples of `data`. `twin` is the float twin of `quantized` and its
+/// samples of `eval`. `twin` is the float twin of `quantized` and its
 /// (quantized tensor, tensor after Q/DQ) name pairs
 /// ([`float_twin_pairs`](quench_passes::simulate::float_twin_pairs)).
 pub fn attribute(
     float: &Model,
     quantized: &Graph,
     twin: (&ModelProto, &[(String, String)]),
-    data: &Dataset,
-    feed: Feed,
+    eval: &Evaluator<'_>,
 ) -> Result<Vec<TensorError>> {
     let (twin_proto, pairs) = twin;
     // Activations only (constant inputs are folded weights).
@@ -122,38 +119,21 @@ pub fn attribute(
     let (fp_out, tw_out) = (n_out(float), n_out(twin_proto));
     let fp = Runners::new(float, xs.clone());
     let tw = Runners::new(twin_proto, twin_extra);
-    let names = crate::compile::model_input_names(float);
     let k = pairs.len();
-    let mut acc_in: Vec<Accumulator> = (0..k).map(|_| Accumulator::new()).collect();
-    let mut acc_out: Vec<Accumulator> = (0..k).map(|_| Accumulator::new()).collect();
-    let ranges = feed.ranges(data.samples().min(SAMPLES), 1);
-    // Both models compile side by side (errors come back from the runs).
-    if let Some(first) = ranges.first() {
-        let probe = data.feed(feed, first.clone())?;
-        rayon::join(
-            || fp.runner(&names, &probe).ok(),
-            || tw.runner(&names, &probe).ok(),
-        );
-    }
-    for r in ranges {
-        let inputs = data.feed(feed, r.clone())?;
-        let a = fp
-            .run(&names, &inputs)
-            .context("running the FP32 model with its quantized tensors exposed")?;
-        let b = tw
-            .run(&names, &inputs)
-            .context("running the float twin with its quantized tensors exposed")?;
-        for j in 0..k {
-            let reference = a[fp_out + j].to_f32();
-            let mut before = b[tw_out + j].to_f32();
-            if let Some((lo, hi)) = clamps[j] {
-                before.mapv_inplace(|v| v.max(lo).min(hi));
-            }
-            let after = b[tw_out + k + j].to_f32();
-            acc_in[j].update(reference.view(), before.view())?;
-            acc_out[j].update(reference.view(), after.view())?;
-        }
-    }
+    // FP32 `x` against the twin's `x` (clamped where the FP32 graph clamps
+    // after it) and against the twin's dequantized `x`, in one pass.
+    let a_idx: Vec<usize> = (0..k).chain(0..k).map(|j| fp_out + j).collect();
+    let b_idx: Vec<usize> = (0..k)
+        .map(|j| tw_out + j)
+        .chain((0..k).map(|j| tw_out + k + j))
+        .collect();
+    let mut prepare = clamps;
+    prepare.extend(std::iter::repeat_n(None, k));
+    let m = eval
+        .compare_tensors((&fp, &a_idx), (&tw, &b_idx), &prepare, SAMPLES)
+        .context(
+            "running the FP32 model and the float twin with their quantized tensors exposed",
+        )?;
     Ok(pairs
         .iter()
         .enumerate()
@@ -162,8 +142,8 @@ pub fn attribute(
                 .value_by_name(x)
                 .and_then(|v| quantized.producer(v))
                 .map(|n| quantized.node(n));
-            let sqnr_in_db = acc_in[j].finish().sqnr_db;
-            let sqnr_out_db = acc_out[j].finish().sqnr_db;
+            let sqnr_in_db = m[j].sqnr_db;
+            let sqnr_out_db = m[k + j].sqnr_db;
             TensorError {
                 tensor: x.clone(),
                 node: producer.map(|n| n.name().to_string()).unwrap_or_default(),

@@ -1,0 +1,307 @@
+//! Calibration: runs the FP32 model in tract over the calibration samples
+//! and streams every observed tensor into order-invariant observers; then
+//! the range policy turns statistics into ranges.
+//!
+//! Invariant: nothing keeps per-sample activations once they are observed;
+//! memory is one batch of outputs per worker (borrowed from tract, not
+//! copied) plus one histogram per tensor per worker, whatever the number of
+//! samples. Batches run in parallel (rayon); histograms merge exactly, so
+//! the result does not depend on batch size, order or thread count.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+use quench_calib::{
+    choose_range, Histogram, MinMax, Observer, QuantTarget, RangeMethod, TensorStats,
+};
+use quench_ir::Graph;
+use quench_onnx::proto::ModelProto;
+use quench_passes::quantize::Ranges;
+use quench_verify::{ArrayData, Dataset, Feed, Runners, MAX_BATCH};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::progress::Progress;
+
+/// Observed statistics of every calibrated tensor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CalibrationTable {
+    /// quench version that wrote it.
+    pub quench: String,
+    pub model: String,
+    pub samples: usize,
+    /// Tensor name → observed statistics (with histogram).
+    pub tensors: BTreeMap<String, TensorStats>,
+    /// Tensor name → method → chosen `[min, max]` for the default activation
+    /// type (uint8 asymmetric), for reference.
+    #[serde(default)]
+    pub ranges: BTreeMap<String, BTreeMap<String, (f32, f32)>>,
+}
+
+/// Bytes of observed outputs one batch may hold: every observed tensor of
+/// a run is alive until the run returns, so the batch size is what bounds
+/// calibration memory (times the number of workers).
+pub const OUTPUT_BUDGET: u64 = 192 << 20;
+
+/// How calibration splits the samples into runs. When the model's batch
+/// axis is free, the first full batch ([`MAX_BATCH`] samples) is compiled
+/// first; its output shapes tell what the observed tensors of one sample
+/// weigh, and batches then hold as many samples as fit in
+/// [`OUTPUT_BUDGET`] (1..=[`MAX_BATCH`]). Small models keep the first
+/// batch size, so they compile nothing extra; large ones compile one
+/// smaller batch shape. A shorter last batch runs as one run.
+fn batch_ranges(
+    runners: &Runners,
+    data: &Dataset,
+    feed: Feed,
+    input_names: &[String],
+) -> Result<Vec<std::ops::Range<usize>>> {
+    let n = data.samples();
+    if feed != (Feed::Batch { fixed: None }) || n <= 1 {
+        return Ok(feed.ranges(n, MAX_BATCH));
+    }
+    let first = n.min(MAX_BATCH);
+    let probe = data.feed(feed, 0..first)?;
+    let bytes = runners.runner(input_names, &probe)?.output_bytes();
+    let batch = match bytes {
+        Some(b) if b > 0 => {
+            let per_sample = (b / first as u64).max(1);
+            (OUTPUT_BUDGET / per_sample).clamp(1, first as u64) as usize
+        }
+        _ => first,
+    };
+    Ok(feed.ranges(n, batch))
+}
+
+/// Runs `model` over `data` and observes `tensors`. Also returns what was
+/// changed in tract's copy of the model
+/// ([`prepare_for_tract`](quench_verify::prepare_for_tract)).
+///
+/// `histograms`: record a histogram per tensor (the percentile, entropy
+/// and MSE methods need one); without, only min/max are kept, which costs
+/// a tenth per observed value.
+pub fn collect(
+    model: &ModelProto,
+    data: &Dataset,
+    feed: Feed,
+    tensors: &[String],
+    histograms: bool,
+    progress: &dyn Progress,
+) -> Result<(BTreeMap<String, TensorStats>, Vec<String>)> {
+    if histograms {
+        collect_with(model, data, feed, tensors, Histogram::new, progress)
+    } else {
+        collect_with(model, data, feed, tensors, MinMax::new, progress)
+    }
+}
+
+fn collect_with<O: Observer + Send>(
+    model: &ModelProto,
+    data: &Dataset,
+    feed: Feed,
+    tensors: &[String],
+    make: fn() -> O,
+    progress: &dyn Progress,
+) -> Result<(BTreeMap<String, TensorStats>, Vec<String>)> {
+    let input_names = quench_verify::input_names(model);
+    let n_out = model.graph.as_ref().map_or(0, |g| g.output.len());
+    let runners = Runners::new(model, tensors.to_vec());
+    let ranges = batch_ranges(&runners, data, feed, &input_names)?;
+    progress.samples_start("calibrating", data.samples() as u64);
+    let empty = || -> Vec<O> { (0..tensors.len()).map(|_| make()).collect() };
+    // Memory is bounded by the thread count, not the batch count:
+    // one worker per thread pulls the next batch and keeps one set of
+    // observers; the sets are merged at the end. (A rayon `fold` would
+    // keep one set per split of the work, more of them the more batches.)
+    let next = AtomicUsize::new(0);
+    let workers = rayon::current_num_threads().clamp(1, ranges.len().max(1));
+    let merged = (0..workers)
+        .into_par_iter()
+        .map(|_| -> Result<Vec<O>> {
+            let mut hs = empty();
+            while let Some(r) = ranges.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let inputs = data.feed(feed, r.clone())?;
+                check_finite(&inputs, &input_names, r.start, feed)?;
+                runners
+                    .runner(&input_names, &inputs)?
+                    .run_visit(&inputs, n_out, |i, values| hs[i - n_out].observe(values))
+                    .with_context(|| format!("running calibration samples {r:?}"))?;
+                progress.samples_done(r.len() as u64);
+            }
+            Ok(hs)
+        })
+        .try_reduce(empty, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(&b) {
+                x.merge(y);
+            }
+            Ok(a)
+        });
+    progress.samples_end();
+    let merged = merged?;
+    let stats = tensors
+        .iter()
+        .cloned()
+        .zip(merged.iter().map(|h| h.stats()))
+        .collect();
+    Ok((stats, runners.take_notes()))
+}
+
+/// Calibration data that cannot be used (an error of the data, not of
+/// tract: no fallback applies).
+#[derive(Debug)]
+pub struct BadData(pub String);
+
+impl std::fmt::Display for BadData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BadData {}
+
+/// Refuses calibration samples holding NaN or infinity: they would poison
+/// every range downstream of them. The error names the input and sample.
+fn check_finite(inputs: &[ArrayData], names: &[String], start: usize, feed: Feed) -> Result<()> {
+    for (a, name) in inputs.iter().zip(names) {
+        if let Some(row) = a.first_non_finite_row() {
+            let sample = match feed {
+                Feed::Sample => start,
+                Feed::Batch { .. } => start + row,
+            };
+            return Err(BadData(format!(
+                "calibration input `{name}`, sample {sample}: holds NaN or infinity; calibration needs finite data"
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// A calibration table: statistics plus every method's range for the
+/// default activation type.
+pub fn table_from(
+    model: &str,
+    samples: usize,
+    stats: BTreeMap<String, TensorStats>,
+) -> CalibrationTable {
+    // At least 4 tensors per parallel task: a handful of tensors is searched
+    // faster on one thread than by waking others (about 1 ms each).
+    let stats_list: Vec<(&String, &TensorStats)> = stats.iter().collect();
+    let ranges = stats_list
+        .par_iter()
+        .with_min_len(4)
+        .map(|&(name, s)| {
+            let mut m = BTreeMap::new();
+            for (k, method) in [
+                ("minmax", RangeMethod::MinMax),
+                ("percentile_99.999", RangeMethod::Percentile(99.999)),
+                ("entropy", RangeMethod::Entropy),
+                ("mse", RangeMethod::Mse),
+            ] {
+                if let Ok(r) = choose_range(s, method, QuantTarget::U8) {
+                    m.insert(k.to_string(), r);
+                }
+            }
+            (name.clone(), m)
+        })
+        .collect();
+    CalibrationTable {
+        quench: env!("CARGO_PKG_VERSION").into(),
+        model: model.to_string(),
+        samples,
+        tensors: stats,
+        ranges,
+    }
+}
+
+/// What the range policy decided besides the ranges.
+#[derive(Debug, Default)]
+pub struct RangeChoice {
+    pub ranges: Ranges,
+    /// Tensors whose bounded output (Softmax, Sigmoid, ...) kept its
+    /// observed range under a clipping method.
+    pub bounded_kept: usize,
+    /// Entropy ranges replaced by the MSE range (`--entropy-guard`).
+    pub guarded: usize,
+    /// Tensors that never held a positive value.
+    pub dead: Vec<String>,
+    /// Per tensor: why it has no range.
+    pub failed: Vec<(String, String)>,
+}
+
+/// The range policy: per observed tensor, the range `method` picks for
+/// `target`, except that outputs of bounded ops (Softmax, Sigmoid,
+/// HardSigmoid, through data movement) keep their observed range under the
+/// clipping methods: their large values carry the information (attention
+/// weights, gates).
+pub fn choose_ranges(
+    g: &Graph,
+    stats: &BTreeMap<String, TensorStats>,
+    method: RangeMethod,
+    target: QuantTarget,
+    entropy_guard: f64,
+) -> RangeChoice {
+    let mut out = RangeChoice::default();
+    let methods: Vec<RangeMethod> = stats
+        .keys()
+        .map(|name| match method {
+            RangeMethod::MinMax => RangeMethod::MinMax,
+            _ if produced_by_bounded_op(g, name) => {
+                out.bounded_kept += 1;
+                RangeMethod::MinMax
+            }
+            m => m,
+        })
+        .collect();
+    // Range searches are independent per tensor: in parallel.
+    let all: Vec<(&TensorStats, RangeMethod)> = stats.values().zip(methods).collect();
+    let chosen: Vec<_> = all
+        .par_iter()
+        .map(|&(s, method)| {
+            if method == RangeMethod::Entropy {
+                quench_calib::entropy_range_guarded(s, target, entropy_guard)
+            } else {
+                choose_range(s, method, target).map(|r| (r, false))
+            }
+        })
+        .collect();
+    for ((name, _), c) in stats.iter().zip(chosen) {
+        match c {
+            Ok((r, replaced)) => {
+                out.guarded += usize::from(replaced);
+                out.ranges.insert(name.clone(), r);
+            }
+            Err(e) => out.failed.push((name.clone(), e.to_string())),
+        }
+    }
+    // A range that ends at 0 from above saw no positive value in any
+    // calibration sample (a dead ReLU, a constant-zero tensor).
+    out.dead = stats
+        .iter()
+        .filter(|(_, s)| s.count > 0 && s.max <= 0.0)
+        .map(|(n, _)| n.clone())
+        .collect();
+    out
+}
+
+/// Whether tensor `name` is the output of a Softmax, Sigmoid or
+/// HardSigmoid (bounded to [0, 1]). Data movement (Reshape, Transpose, ...)
+/// in between does not count.
+fn produced_by_bounded_op(g: &Graph, name: &str) -> bool {
+    use quench_ir::OpKind;
+    use quench_passes::rules::{rule, OpRule};
+    let mut v = g.value_by_name(name);
+    for _ in 0..16 {
+        let Some(n) = v.and_then(|v| g.producer(v)) else {
+            return false;
+        };
+        let node = g.node(n);
+        match node.kind() {
+            OpKind::Softmax | OpKind::Sigmoid | OpKind::HardSigmoid => return true,
+            k if rule(k) == OpRule::Shared => v = node.input(0),
+            _ => return false,
+        }
+    }
+    false
+}

@@ -1,0 +1,599 @@
+//! The quench compiler as a library call.
+//!
+//! [`compile`] takes a loaded FP32 model and [`Options`] (plain data) and
+//! returns an [`Outcome`]: the output model, a serde [`Report`] of what was
+//! done and measured, and the warnings as data. It prints nothing; the
+//! command line (`src/` of the root package) maps flags to `Options` and
+//! the `Report` to text, and a Python binding can do the same.
+//!
+//! The phases run in this order, each a function, each followed by
+//! [`Graph::verify`](quench_ir::Graph::verify) (as Cranelift's
+//! `Context::compile` verifies after each phase):
+//!
+//! 1. **data**: [`DataPlan`] binds calibration and evaluation data to the
+//!    model's inputs and decides, once, which samples calibrate and which
+//!    evaluate;
+//! 2. **passes**: the graph pass pipeline ([`quench_passes::pipeline`]);
+//! 3. **prune** (`--prune`): magnitude pruning, with tract measurements;
+//! 4. **opset**: upgrade the default-domain opset when the formats need it
+//!    and it is safe;
+//! 5. **calibrate**: run the model in tract over the calibration samples
+//!    and observe every tensor the plan needs (or read a table), then the
+//!    range policy ([`calibrate::choose_ranges`]);
+//! 6. **plan** and **quantize**: [`quench_passes::quantize`];
+//! 7. **verify**: FP32 vs the emitted model vs its float twin, and
+//!    `--explain`'s per-tensor attribution, through one
+//!    [`quench_verify::Evaluator`].
+//!
+//! Invariant: the driver never writes a file; [`Outcome::save`] does, and
+//! only when the caller decides (the command line does not write a model
+//! that failed a requested threshold).
+
+pub mod attribution;
+pub mod calibrate;
+pub mod data;
+pub mod options;
+pub mod progress;
+pub mod prune;
+pub mod report;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use quench_calib::{RangeMethod, TensorStats};
+use quench_ir::Model;
+use quench_onnx::proto::ModelProto;
+use quench_onnx::{LoadedModel, SaveOptions, SaveReport};
+use quench_passes::quantize::{self, Mode};
+use quench_passes::{pipeline, run_passes, PassCx, RunOptions};
+
+pub use calibrate::CalibrationTable;
+pub use data::DataPlan;
+pub use options::{Method, Options, PruneMethod, PruneOptions};
+pub use progress::{Progress, Silent};
+pub use report::{Accuracy, OutputCheck, Report, Timing, Verification};
+
+/// What [`compile`] produced.
+pub struct Outcome {
+    /// The output model (quantized, or FP32 after the passes).
+    pub model: ModelProto,
+    pub report: Report,
+    /// IR text after each pass named in [`Options::dump_after`].
+    pub dumps: Vec<String>,
+}
+
+impl Outcome {
+    /// Writes the model atomically and records the written size (and, with
+    /// pruning, the compressed sizes) in the report.
+    pub fn save(
+        &mut self,
+        input: &LoadedModel,
+        path: &Path,
+        opts: &SaveOptions,
+    ) -> Result<SaveReport> {
+        let saved = quench_onnx::save_model(&self.model, path, opts)?;
+        self.report.size_after = saved.total_bytes();
+        self.report.output = path.display().to_string();
+        if let Some(p) = &mut self.report.pruning {
+            p.measure_sizes(input, &saved)?;
+        }
+        Ok(saved)
+    }
+}
+
+/// Wall time of each phase.
+struct Phases {
+    last: Instant,
+    done: Vec<Timing>,
+}
+
+impl Phases {
+    fn new() -> Phases {
+        Phases {
+            last: Instant::now(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Ends phase `name` now.
+    fn lap(&mut self, name: &str) {
+        let now = Instant::now();
+        self.done.push(Timing {
+            phase: name.to_string(),
+            seconds: (now - self.last).as_secs_f64(),
+        });
+        self.last = now;
+    }
+}
+
+/// The passes phase: runs the chosen passes (`None`: the default
+/// pipeline; empty or `["none"]`: none) and returns their names and the
+/// context (counters, log, IR dumps of `dump_after`).
+pub fn run_pipeline(
+    model: &mut Model,
+    passes: &Option<Vec<String>>,
+    dump_after: &[String],
+) -> Result<(Vec<String>, PassCx)> {
+    let list = match passes {
+        Some(p) if p.is_empty() || (p.len() == 1 && p[0] == "none") => Vec::new(),
+        Some(p) => pipeline::by_names(p)?,
+        None => pipeline::default_pipeline(),
+    };
+    let names: Vec<String> = list.iter().map(|p| p.name().to_string()).collect();
+    for d in dump_after {
+        if !names.contains(d) {
+            anyhow::bail!(
+                "--dump-after `{d}`: no such pass in the pipeline that runs ({})",
+                if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join(", ")
+                }
+            );
+        }
+    }
+    let mut cx = PassCx::new(model.default_opset().unwrap_or(0));
+    let opts = RunOptions {
+        verify: cfg!(debug_assertions),
+        dump_after: dump_after.to_vec(),
+    };
+    run_passes(&mut model.graph, &list, &mut cx, &opts)?;
+    Ok((names, cx))
+}
+
+/// The default-domain opset the options need: 21 for 16-bit activations,
+/// 13 for per-channel weights, else what the model has.
+fn needed_opset(opts: &Options, mode: Mode) -> i64 {
+    if mode == Mode::Static && opts.activations.min_opset() > 13 {
+        opts.activations.min_opset()
+    } else if opts.per_channel && mode != Mode::Dynamic && !opts.no_quantize {
+        13
+    } else {
+        0
+    }
+}
+
+/// Upgrades the default-domain opset to `need` when that is safe; says
+/// what it did (or why not) in `notes`. Returns the opset in force.
+fn upgrade_opset(model: &mut Model, need: i64, notes: &mut Vec<String>) -> i64 {
+    let opset = model.default_opset().unwrap_or(0);
+    if need <= opset || opset <= 0 {
+        return opset;
+    }
+    match quench_passes::upgrade_opset::check(&model.graph, opset, need) {
+        Ok(()) => {
+            let n = quench_passes::upgrade_opset::apply(&mut model.graph, opset, need);
+            notes.push(format!("default-domain opset upgraded from {opset} to {need} ({n} nodes rewritten to their opset-{need} form)"));
+            model.set_opset("", need);
+            // The IR version that introduced the opset.
+            let ir = if need >= 21 { 10 } else { 7 };
+            if model.header.ir_version() < ir {
+                model.header.ir_version = Some(ir);
+            }
+            need
+        }
+        Err(why) => {
+            notes.push(format!(
+                "opset {opset} kept: cannot upgrade to {need}: {why}"
+            ));
+            opset
+        }
+    }
+}
+
+/// Every `--exclude-nodes` name must name a node of the input model; the
+/// error suggests the nearest names.
+fn check_node_names(names: &[String], model: &Model) -> Result<()> {
+    let all: Vec<String> = model
+        .graph
+        .node_ids()
+        .into_iter()
+        .map(|n| model.graph.node(n).name().to_string())
+        .collect();
+    for n in names {
+        if all.iter().any(|a| a == n) {
+            continue;
+        }
+        let mut near: Vec<(usize, &String)> =
+            all.iter().map(|a| (edit_distance(a, n), a)).collect();
+        near.sort();
+        let hint: Vec<String> = near.iter().take(3).map(|(_, a)| format!("`{a}`")).collect();
+        anyhow::bail!(
+            "--exclude-nodes `{n}`: the model has no node of that name{}",
+            if hint.is_empty() {
+                String::new()
+            } else {
+                format!(" (nearest: {})", hint.join(", "))
+            }
+        );
+    }
+    Ok(())
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// Reads a calibration table written by `quench calibrate`.
+pub fn read_table(path: &Path) -> Result<CalibrationTable> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{}: not a quench calibration table", path.display()))
+}
+
+/// Collects notes and warnings as the phases run.
+#[derive(Default)]
+struct Notes {
+    notes: Vec<String>,
+    warnings: Vec<String>,
+    log: Vec<String>,
+}
+
+impl Notes {
+    fn note(&mut self, s: String) {
+        self.notes.push(s);
+    }
+    fn warn(&mut self, s: String) {
+        self.warnings.push(s.clone());
+        self.notes.push(s);
+    }
+}
+
+/// Compiles `input` as `opts` ask. See the crate documentation for the
+/// phases.
+pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> Result<Outcome> {
+    opts.validate().map_err(anyhow::Error::msg)?;
+    let mut phases = Phases::new();
+    let mut out = Notes::default();
+    let original = &input.model;
+    let mut model =
+        Model::from_onnx(original.clone()).with_context(|| format!("{}", input.path.display()))?;
+    let size_before = input.file_bytes + input.external.bytes;
+    let mut cfg = opts.quantize_config();
+
+    // Without calibration data, static quantization is not possible: say so
+    // and quantize weights only (never invent data).
+    if opts.no_quantize {
+        cfg.mode = Mode::WeightOnly;
+    } else if cfg.mode == Mode::Static
+        && opts.calibration.is_none()
+        && opts.calibration_table.is_none()
+    {
+        out.warn("no --calibration data given: quantizing weights only (--mode weight-only); pass --calibration DATA for int8 activations".to_string());
+        cfg.mode = Mode::WeightOnly;
+    }
+    check_node_names(&opts.exclude_nodes, &model)?;
+    // 1. Data: bound to the model's inputs, split once.
+    let data = DataPlan::new(opts, original)?;
+    phases.lap("load");
+
+    // 2. Passes.
+    let (pass_names, mut cx) = run_pipeline(&mut model, &opts.passes, &opts.dump_after)?;
+    out.log.extend(cx.log.iter().map(|l| format!("pass {l}")));
+    let dumps = std::mem::take(&mut cx.dumps);
+
+    // 3. Pruning: before calibration, so ranges see the pruned weights.
+    let pruning = prune::run(opts, &data, &mut model, original, &mut out.log)?;
+
+    // 4. Opset.
+    let opset = upgrade_opset(&mut model, needed_opset(opts, cfg.mode), &mut out.notes);
+    model
+        .graph
+        .verify()
+        .context("graph invalid after the passes (a quench bug)")?;
+    phases.lap("passes");
+
+    // 5. Plan and calibrate.
+    let mut plan = quantize::plan(&model.graph, &cfg)?;
+    let plan_mode = cfg.mode;
+    if opts.no_quantize {
+        plan = quantize::Plan {
+            decisions: plan
+                .decisions
+                .into_iter()
+                .map(|mut d| {
+                    d.quantized = false;
+                    d.reason = "--no-quantize".into();
+                    d
+                })
+                .collect(),
+            ..Default::default()
+        };
+    }
+    let mut calib_samples = 0;
+    let mut ranges = quantize::Ranges::new();
+    if cfg.mode == Mode::Static {
+        let stats = calibrate_phase(
+            opts,
+            &data,
+            &model,
+            &plan.tensors_to_observe(&model.graph),
+            &mut calib_samples,
+            &mut out,
+            progress,
+        )?;
+        match stats {
+            Some(stats) => {
+                ranges = range_policy(opts, &model, &stats, &mut out);
+            }
+            None => cfg.mode = Mode::WeightOnly,
+        }
+    }
+    if cfg.mode != plan_mode {
+        plan = quantize::plan(&model.graph, &cfg)?;
+    }
+    phases.lap("calibration");
+
+    // 6. Quantize. The float graph is kept for the per-tensor attribution.
+    let explain = opts.explain && cfg.mode == Mode::Static && opts.verify && !opts.no_quantize;
+    if opts.explain && !explain {
+        out.note(
+            "--explain needs static quantization with verification; nothing to explain".into(),
+        );
+    }
+    let float_model = explain.then(|| model.clone());
+    let summary = quantize_phase(&mut model, &plan, &ranges, &cfg, opset, &mut cx)?;
+    if cfg.mode == Mode::Static && opset < 13 {
+        out.log.push(format!("opset {opset}: per-tensor weights"));
+    }
+    let out_proto = model.to_onnx();
+    phases.lap("quantize");
+
+    // 7. Verify.
+    let mut verification = None;
+    if opts.verify {
+        match &data.eval {
+            Some(ev) => {
+                // The float twin: every Q/DQ pair replaced by the exact
+                // float arithmetic (the reference semantics).
+                let mut twin = model.clone();
+                let (twin_pairs, _) =
+                    quench_passes::simulate::float_twin_pairs(&mut twin.graph, opset);
+                let twin_proto = twin.to_onnx();
+                drop(twin);
+                match verify::verify(original, &out_proto, &twin_proto, ev) {
+                    Ok(mut v) => {
+                        if let Some(fp) = &float_model {
+                            let eval = quench_verify::Evaluator::new(
+                                &ev.data,
+                                ev.feed,
+                                quench_verify::input_names(original),
+                            );
+                            let twin = (&twin_proto, &twin_pairs[..]);
+                            match attribution::attribute(fp, &model.graph, twin, &eval) {
+                                Ok(t) => v.tensors = t,
+                                Err(e) => {
+                                    out.note(format!("per-tensor error attribution skipped: {e:#}"))
+                                }
+                            }
+                        }
+                        verification = Some(v);
+                    }
+                    Err(e) => out.note(format!("verification in tract failed: {e:#}")),
+                }
+            }
+            None => out
+                .note("no evaluation data (--eval or --calibration): verification skipped".into()),
+        }
+        phases.lap("verification");
+    }
+    let mut report = Report {
+        no_quantize: opts.no_quantize,
+        input: input.path.display().to_string(),
+        output: String::new(),
+        mode: cfg.mode,
+        method: opts.method,
+        config: cfg,
+        passes: pass_names,
+        pass_stats: cx.stats.clone(),
+        quantization: summary,
+        size_before,
+        size_after: 0,
+        calibration_samples: calib_samples,
+        verification,
+        pruning,
+        notes: out.notes,
+        warnings: out.warnings,
+        log: out.log,
+        timings: phases.done,
+        threshold_failure: None,
+    };
+    report.threshold_failure = report.check_thresholds(opts.min_sqnr, opts.min_top1);
+    Ok(Outcome {
+        model: out_proto,
+        report,
+        dumps,
+    })
+}
+
+/// The quantize phase: applies `plan` with `ranges` (activation tensor
+/// name → range), removes the float weights it replaced, and verifies the
+/// graph.
+pub fn quantize_phase(
+    model: &mut Model,
+    plan: &quantize::Plan,
+    ranges: &quantize::Ranges,
+    cfg: &quantize::QuantizeConfig,
+    opset: i64,
+    cx: &mut PassCx,
+) -> Result<quantize::QuantSummary> {
+    let summary = quantize::apply(&mut model.graph, plan, ranges, cfg, opset, cx)?;
+    // The float weights replaced by integer ones are now unused.
+    quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut model.graph, cx)?;
+    model
+        .graph
+        .verify()
+        .context("quantized graph is invalid (a quench bug)")?;
+    Ok(summary)
+}
+
+/// Observes the planned tensors on the calibration samples (or reads the
+/// table). `None`: tract could not run the model and the compile falls
+/// back to weight-only (a warning says so).
+fn calibrate_phase(
+    opts: &Options,
+    data: &DataPlan,
+    model: &Model,
+    tensors: &[String],
+    samples: &mut usize,
+    out: &mut Notes,
+    progress: &dyn Progress,
+) -> Result<Option<BTreeMap<String, TensorStats>>> {
+    if let Some(t) = &opts.calibration_table {
+        let table = read_table(t)?;
+        *samples = table.samples;
+        let missing: Vec<&String> = tensors
+            .iter()
+            .filter(|n| !table.tensors.contains_key(*n))
+            .collect();
+        if !missing.is_empty() {
+            out.note(format!(
+                "calibration table lacks {} tensors (they stay float), e.g. `{}`",
+                missing.len(),
+                missing[0]
+            ));
+        }
+        return Ok(Some(table.tensors));
+    }
+    let Some(cal) = &data.calibration else {
+        return Ok(Some(BTreeMap::new()));
+    };
+    *samples = cal.data.samples();
+    let t0 = Instant::now();
+    let proto = model.to_onnx();
+    // `--method minmax` needs no histograms.
+    let histograms = opts.range_method() != RangeMethod::MinMax;
+    match calibrate::collect(&proto, &cal.data, cal.feed, tensors, histograms, progress) {
+        Ok((stats, tract_notes)) => {
+            out.log.extend(
+                tract_notes
+                    .into_iter()
+                    .map(|n| format!("tract copy for calibration: {n}")),
+            );
+            out.log.push(format!(
+                "calibrated {} tensors on {} samples in {:.2?}",
+                tensors.len(),
+                samples,
+                t0.elapsed()
+            ));
+            Ok(Some(stats))
+        }
+        // tract cannot run the model: static quantization is out of
+        // reach, weights can still be quantized.
+        Err(e) if e.downcast_ref::<calibrate::BadData>().is_some() => Err(e),
+        Err(e) if opts.no_fallback => {
+            Err(e.context("calibration failed; `--mode weight-only` needs no calibration run"))
+        }
+        Err(e) => {
+            out.warn(format!(
+                "calibration could not run the model in tract ({e:#}); fell back to weight-only quantization (int8 weights, float activations). `--no-fallback` makes this an error"
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// Ranges for the observed tensors, with the policy's notes.
+fn range_policy(
+    opts: &Options,
+    model: &Model,
+    stats: &BTreeMap<String, TensorStats>,
+    out: &mut Notes,
+) -> quantize::Ranges {
+    let c = calibrate::choose_ranges(
+        &model.graph,
+        stats,
+        opts.range_method(),
+        opts.activations.target(),
+        opts.entropy_guard,
+    );
+    for (name, e) in &c.failed {
+        out.note(format!("tensor `{name}`: no range ({e}); stays float"));
+    }
+    if !c.dead.is_empty() {
+        out.warn(format!(
+            "{} tensor(s) never held a positive value on the calibration data, so their range ends at 0 and positive values will be clipped (e.g. `{}`); check that the calibration samples are representative",
+            c.dead.len(),
+            c.dead[..c.dead.len().min(3)].join("`, `")
+        ));
+    }
+    if c.guarded > 0 {
+        out.note(format!(
+            "entropy: {} of {} tensors use the MSE range instead of the KL threshold, whose expected squared error was over {}x larger (--entropy-guard)",
+            c.guarded,
+            stats.len(),
+            opts.entropy_guard
+        ));
+    }
+    if c.bounded_kept > 0 {
+        out.log.push(format!(
+            "{} Softmax/Sigmoid outputs keep their observed range (not clipped by {:?})",
+            c.bounded_kept,
+            opts.range_method()
+        ));
+    }
+    c.ranges
+}
+
+/// Options of [`calibrate_table`].
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct CalibrateOptions {
+    pub calibration: std::path::PathBuf,
+    /// Passes to run first (must match the later compile).
+    pub passes: Option<Vec<String>>,
+}
+
+/// What [`calibrate_table`] produced.
+pub struct CalibrateOutcome {
+    pub table: CalibrationTable,
+    /// What was changed in tract's copy of the model.
+    pub log: Vec<String>,
+    pub timings: Vec<Timing>,
+}
+
+/// `quench calibrate`: the passes, then calibration of every tensor the
+/// default plan observes, with histograms and every method's range.
+pub fn calibrate_table(
+    input: &LoadedModel,
+    opts: &CalibrateOptions,
+    progress: &dyn Progress,
+) -> Result<CalibrateOutcome> {
+    let mut phases = Phases::new();
+    let mut model = Model::from_onnx(input.model.clone())
+        .with_context(|| format!("{}", input.path.display()))?;
+    run_pipeline(&mut model, &opts.passes, &[])?;
+    let plan = quantize::plan(&model.graph, &quantize::QuantizeConfig::default())?;
+    let tensors = plan.tensors_to_observe(&model.graph);
+    let proto = model.to_onnx();
+    let (data, feed) = data::load_data(&opts.calibration, &proto)?;
+    phases.lap("load and passes");
+    let (stats, log) = calibrate::collect(&proto, &data, feed, &tensors, true, progress)?;
+    phases.lap("tract runs");
+    let table = calibrate::table_from(&input.path.display().to_string(), data.samples(), stats);
+    phases.lap("range search");
+    Ok(CalibrateOutcome {
+        table,
+        log: log
+            .into_iter()
+            .map(|n| format!("tract copy for calibration: {n}"))
+            .collect(),
+        timings: phases.done,
+    })
+}

@@ -1,0 +1,198 @@
+//! What a compile is asked to do: plain data (serde), so a recipe file, the
+//! command line and a Python binding all fill the same struct.
+//!
+//! Invariant: `Options::default()` is the command line's default
+//! (`quench compile MODEL -o OUT` with no other flag); every field is
+//! validated by [`Options::validate`] before anything runs.
+
+use std::path::PathBuf;
+
+use quench_calib::RangeMethod;
+use quench_passes::prune::PruneTarget;
+use quench_passes::quantize::{ActType, Mode, QuantizeConfig, WeightType};
+use serde::{Deserialize, Serialize};
+
+/// How activation ranges are chosen from calibration statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// Observed min/max (only a running min/max is kept).
+    #[default]
+    Minmax,
+    /// A percentile of the values (see [`Options::percentile`]).
+    Percentile,
+    /// TensorRT's KL search, guarded by MSE (see [`Options::entropy_guard`]).
+    Entropy,
+    /// Minimum expected squared rounding plus clipping error.
+    Mse,
+}
+
+/// How `--prune` spreads a sparsity fraction over layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PruneMethod {
+    /// The same sparsity in every prunable layer.
+    #[default]
+    Layer,
+    /// One threshold over all prunable layers, on magnitudes divided by
+    /// each layer's RMS.
+    Global,
+    /// Per-layer sparsities chosen from the output SQNR measured in tract
+    /// with each layer pruned alone (needs data).
+    Sensitivity,
+}
+
+/// Magnitude pruning settings (see `quench compile --help`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PruneOptions {
+    pub target: PruneTarget,
+    #[serde(default)]
+    pub method: PruneMethod,
+    /// Also prune the first and last compute layers, depthwise convolutions
+    /// and small layers.
+    #[serde(default)]
+    pub all_layers: bool,
+    /// Never prune these (node or weight names).
+    #[serde(default)]
+    pub exclude: Vec<String>,
+}
+
+/// Everything a compile can be asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Options {
+    /// Calibration samples (a directory of `<input>.npy`, an `.npz`, or an
+    /// ONNX `test_data_set_*` directory).
+    pub calibration: Option<PathBuf>,
+    /// Ranges from `quench calibrate` instead of a calibration run.
+    pub calibration_table: Option<PathBuf>,
+    /// Evaluation samples; without, part of the calibration samples is held
+    /// back (see [`crate::data`]).
+    pub eval: Option<PathBuf>,
+    pub mode: Mode,
+    pub method: Method,
+    /// Percentile for [`Method::Percentile`], in `(0, 100]`.
+    pub percentile: f64,
+    /// [`Method::Entropy`]: use the MSE range where the KL threshold's
+    /// expected squared error is more than this many times larger (0: off).
+    pub entropy_guard: f64,
+    pub activations: ActType,
+    pub weights: WeightType,
+    /// One weight scale per output channel (needs opset 13; upgraded when
+    /// safe).
+    pub per_channel: bool,
+    pub exclude_nodes: Vec<String>,
+    pub exclude_op_types: Vec<String>,
+    /// Also quantize Softmax inputs.
+    pub quantize_softmax_inputs: bool,
+    /// Graph passes by name (`None`: the default pipeline; empty: none).
+    pub passes: Option<Vec<String>>,
+    /// Record the IR text after these passes (in [`crate::Outcome::dumps`]).
+    pub dump_after: Vec<String>,
+    /// Fail the compile's check when an output's SQNR is below this (dB).
+    pub min_sqnr: Option<f64>,
+    /// Fail the compile's check when top-1 agreement is below this.
+    pub min_top1: Option<f64>,
+    /// Run verification in tract.
+    pub verify: bool,
+    /// Measure every quantized activation's own error (static mode).
+    pub explain: bool,
+    /// Error instead of falling back to weight-only when tract cannot run
+    /// the model for calibration.
+    pub no_fallback: bool,
+    /// Passes only; the output stays FP32.
+    pub no_quantize: bool,
+    pub prune: Option<PruneOptions>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let q = QuantizeConfig::default();
+        Options {
+            calibration: None,
+            calibration_table: None,
+            eval: None,
+            mode: q.mode,
+            method: Method::Minmax,
+            percentile: 99.999,
+            entropy_guard: quench_calib::ENTROPY_GUARD_RATIO,
+            activations: q.activations,
+            weights: q.weights,
+            per_channel: q.per_channel,
+            exclude_nodes: Vec::new(),
+            exclude_op_types: Vec::new(),
+            quantize_softmax_inputs: !q.keep_softmax_inputs_float,
+            passes: None,
+            dump_after: Vec::new(),
+            min_sqnr: None,
+            min_top1: None,
+            verify: true,
+            explain: false,
+            no_fallback: false,
+            no_quantize: false,
+            prune: None,
+        }
+    }
+}
+
+impl Options {
+    /// Checks every value; the error names the option.
+    pub fn validate(&self) -> Result<(), String> {
+        let finite = |name: &str, v: Option<f64>| match v {
+            Some(x) if !x.is_finite() => Err(format!("{name} {x}: not a number")),
+            _ => Ok(()),
+        };
+        if !(self.percentile > 0.0 && self.percentile <= 100.0) {
+            return Err(format!(
+                "--percentile {}: must be in (0, 100]",
+                self.percentile
+            ));
+        }
+        if !(self.entropy_guard.is_finite() && self.entropy_guard >= 0.0) {
+            return Err(format!(
+                "--entropy-guard {}: must be 0 (off) or a positive ratio",
+                self.entropy_guard
+            ));
+        }
+        finite("--min-sqnr", self.min_sqnr)?;
+        finite("--min-top1", self.min_top1)?;
+        if let Some(t) = self.min_top1 {
+            if !(0.0..=1.0).contains(&t) {
+                return Err(format!("--min-top1 {t}: a fraction in [0, 1]"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The quantizer's settings for these options (before any fallback).
+    pub fn quantize_config(&self) -> QuantizeConfig {
+        QuantizeConfig {
+            mode: self.mode,
+            activations: self.activations,
+            weights: self.weights,
+            per_channel: self.per_channel,
+            exclude_nodes: self.exclude_nodes.clone(),
+            exclude_op_types: self.exclude_op_types.clone(),
+            keep_softmax_inputs_float: !self.quantize_softmax_inputs,
+            ..QuantizeConfig::default()
+        }
+    }
+
+    /// The range method with its parameter.
+    pub fn range_method(&self) -> RangeMethod {
+        match self.method {
+            Method::Minmax => RangeMethod::MinMax,
+            Method::Percentile => RangeMethod::Percentile(self.percentile),
+            Method::Entropy => RangeMethod::Entropy,
+            Method::Mse => RangeMethod::Mse,
+        }
+    }
+
+    /// Whether static calibration runs on data (not a table, not skipped).
+    pub(crate) fn calibrates_on_data(&self) -> bool {
+        !self.no_quantize
+            && self.mode == Mode::Static
+            && self.calibration.is_some()
+            && self.calibration_table.is_none()
+    }
+}

@@ -1,0 +1,139 @@
+//! What a compile did, as data: the JSON of `--report` and the source of
+//! every line the command line prints.
+
+use std::collections::BTreeMap;
+
+use quench_passes::quantize::{Mode, QuantSummary, QuantizeConfig};
+use quench_verify::Metrics;
+use serde::Serialize;
+
+use crate::attribution::TensorError;
+use crate::options::Method;
+use crate::prune::PruneReport;
+
+/// One graph output's verification figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct OutputCheck {
+    pub output: String,
+    /// FP32 vs the quantized file run in tract (`None` if tract cannot run
+    /// it, e.g. 16-bit or 4-bit QDQ).
+    pub file: Option<Metrics>,
+    /// FP32 vs the float twin (exact ONNX reference semantics).
+    pub reference: Option<Metrics>,
+    /// Twin vs file: how far tract's integer path is from the reference.
+    pub runtime_vs_reference: Option<Metrics>,
+    pub runtime_discrepancy: bool,
+}
+
+impl OutputCheck {
+    /// The figures thresholds are judged on: the reference semantics when
+    /// the twin ran, else the file.
+    pub fn best(&self) -> Option<&Metrics> {
+        self.reference.as_ref().or(self.file.as_ref())
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    /// Why tract could not run the emitted file, if it could not.
+    pub file_error: Option<String>,
+    pub data: String,
+    pub samples: usize,
+    pub outputs: Vec<OutputCheck>,
+    /// Accuracy against `labels` when the evaluation data has them.
+    pub accuracy: Option<Accuracy>,
+    /// Every quantized activation's error against FP32 (static mode), in
+    /// graph order: where the output error comes from.
+    pub tensors: Vec<TensorError>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Accuracy {
+    pub labels: usize,
+    pub fp32: f64,
+    pub quantized: f64,
+}
+
+/// Wall time of one phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    pub phase: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// Passes only: nothing was quantized.
+    pub no_quantize: bool,
+    pub input: String,
+    pub output: String,
+    /// The mode that ran (after any fallback).
+    pub mode: Mode,
+    pub method: Method,
+    pub config: QuantizeConfig,
+    pub passes: Vec<String>,
+    /// Counters of the graph passes and of quantization
+    /// (`fold_batchnorm.folded`, `quantize.*`).
+    pub pass_stats: BTreeMap<String, usize>,
+    pub quantization: QuantSummary,
+    pub size_before: u64,
+    /// Bytes written (model plus external data); 0 until the model is
+    /// saved with [`crate::Outcome::save`].
+    pub size_after: u64,
+    pub calibration_samples: usize,
+    pub verification: Option<Verification>,
+    /// What `--prune` did: sparsity per layer, fidelity after pruning
+    /// alone, compressed sizes.
+    pub pruning: Option<PruneReport>,
+    /// Things the user should know (fallbacks, upgrades, skipped steps).
+    pub notes: Vec<String>,
+    /// The subset of `notes` that is a warning (printed as such).
+    pub warnings: Vec<String>,
+    /// Detail for `--verbose`: the passes' log, what was changed in
+    /// tract's copies of the model, counts of range-policy decisions.
+    pub log: Vec<String>,
+    pub timings: Vec<Timing>,
+    /// Why a requested threshold (`min_sqnr`, `min_top1`) was not met.
+    pub threshold_failure: Option<String>,
+}
+
+impl Report {
+    /// Whether every output's SQNR could be computed and is finite or +inf.
+    pub fn check_thresholds(&self, min_sqnr: Option<f64>, min_top1: Option<f64>) -> Option<String> {
+        if min_sqnr.is_none() && min_top1.is_none() {
+            return None;
+        }
+        let Some(v) = self.verification.as_ref() else {
+            return Some(
+                "--min-sqnr/--min-top1 were given but verification did not run (see the notes above)"
+                    .into(),
+            );
+        };
+        for o in &v.outputs {
+            let Some(m) = o.best() else {
+                return Some(format!(
+                    "output `{}`: no figures (neither the file nor its twin ran)",
+                    o.output
+                ));
+            };
+            if let Some(t) = min_sqnr {
+                // NaN is never above a threshold.
+                if m.sqnr_db.is_nan() || m.sqnr_db < t {
+                    return Some(format!(
+                        "output `{}`: SQNR {:.2} dB is below --min-sqnr {t}",
+                        o.output, m.sqnr_db
+                    ));
+                }
+            }
+            if let (Some(t), Some(top1)) = (min_top1, &m.top1) {
+                if top1.fraction.is_nan() || top1.fraction < t {
+                    return Some(format!(
+                        "output `{}`: top-1 agreement {:.4} is below --min-top1 {t}",
+                        o.output, top1.fraction
+                    ));
+                }
+            }
+        }
+        None
+    }
+}

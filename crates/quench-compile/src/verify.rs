@@ -1,0 +1,85 @@
+//! The verification phase: FP32, the emitted model and its float twin on
+//! the evaluation samples, through the one [`Evaluator`].
+
+use anyhow::{bail, Result};
+use quench_onnx::proto::ModelProto;
+use quench_verify::{Evaluator, Runners, Subject};
+
+use crate::data::Bound;
+use crate::report::{Accuracy, OutputCheck, Verification};
+
+/// Runs FP32 (`original`), the emitted model (`quantized`) and its float
+/// twin on `data` and compares them per graph output.
+///
+/// Errors when FP32 cannot run, or when neither the file nor its twin can.
+pub fn verify(
+    original: &ModelProto,
+    quantized: &ModelProto,
+    twin: &ModelProto,
+    data: &Bound,
+) -> Result<Verification> {
+    let eval = Evaluator::new(&data.data, data.feed, quench_verify::input_names(original));
+    let fp = Runners::new(original, vec![]);
+    let qr = Runners::new(quantized, vec![]);
+    let tr = Runners::new(twin, vec![]);
+    let out_names = quench_verify::output_names(original);
+    // The three models compile side by side.
+    eval.warm_up(&[&fp, &qr, &tr])?;
+    let subjects = [
+        Subject::Required(&fp, "the FP32 model"),
+        Subject::Run(&qr),
+        Subject::Run(&tr),
+    ];
+    // FP32 vs file, FP32 vs twin, twin vs file.
+    let figures = eval.compare(&subjects, &[(0, 1), (0, 2), (2, 1)], out_names.len())?;
+    let (file, reference, runtime) = (&figures[0], &figures[1], &figures[2]);
+    let file_error = file.outputs.as_ref().err().cloned();
+    if let (Err(f), Err(_)) = (&file.outputs, &reference.outputs) {
+        bail!("tract can run neither the quantized model nor its float twin: {f}");
+    }
+    let pick = |v: &Result<Vec<quench_verify::Metrics>, String>, i: usize| {
+        v.as_ref().ok().and_then(|m| m.get(i).cloned())
+    };
+    let outputs = out_names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let file_m = pick(&file.outputs, i);
+            let reference_m = pick(&reference.outputs, i);
+            let rt = pick(&runtime.outputs, i);
+            // The runtime disagrees with the reference when its difference
+            // from the twin is not small next to the quantization error.
+            let discrepancy = match (&reference_m, &rt) {
+                (Some(re), Some(rt)) => rt.sqnr_db < re.sqnr_db + 10.0 && rt.sqnr_db < 40.0,
+                _ => false,
+            };
+            OutputCheck {
+                output: name.clone(),
+                file: file_m,
+                reference: reference_m,
+                runtime_vs_reference: rt,
+                runtime_discrepancy: discrepancy,
+            }
+        })
+        .collect();
+    // Accuracy against labels uses the file when it ran, else the reference
+    // semantics.
+    let hits = if file.outputs.is_ok() {
+        file.labels
+    } else {
+        reference.labels
+    };
+    let accuracy = (hits.rows > 0).then(|| Accuracy {
+        labels: hits.rows,
+        fp32: hits.first as f64 / hits.rows as f64,
+        quantized: hits.second as f64 / hits.rows as f64,
+    });
+    Ok(Verification {
+        file_error,
+        data: data.label.clone(),
+        samples: data.data.samples(),
+        outputs,
+        accuracy,
+        tensors: Vec::new(),
+    })
+}

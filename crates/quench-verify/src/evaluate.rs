@@ -1,0 +1,437 @@
+//! The one measuring harness: run models on the same samples and compare
+//! what they produce.
+//!
+//! Verification (FP32 vs the emitted file vs its float twin), pruning's
+//! fidelity and sensitivity scans, and `--explain`'s per-tensor attribution
+//! all ask the same question: run A and B on the same data and say how far
+//! their outputs (or exposed intermediate tensors) are apart. They all go
+//! through [`Evaluator`]:
+//!
+//! - [`Runners`] caches one compiled tract runner per input shape (a last,
+//!   shorter batch needs its own) and remembers a shape tract cannot
+//!   compile, so it is not retried for every batch.
+//! - [`Evaluator::compare`] runs a list of models batch by batch (batches
+//!   in parallel, merged in batch order, so the figures do not depend on
+//!   the thread count) and accumulates [`Metrics`] for chosen pairs of
+//!   them, plus top-1 hits against integer `labels` when the data has them.
+//! - [`Evaluator::compare_tensors`] does the same for exposed intermediate
+//!   tensors, one sample per run.
+//!
+//! Invariant: every figure compares tensors of the same samples, fed in the
+//! same batches; a model that cannot run is reported per model (its figures
+//! are `Err`), never silently skipped.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Mutex;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ndarray::ArrayD;
+use quench_onnx::proto::ModelProto;
+use rayon::prelude::*;
+
+use crate::{
+    prepare_for_tract, Accumulator, ArrayData, Dataset, Feed, InputFact, Metrics, ModelInput,
+    Runner, RunnerConfig,
+};
+
+/// The largest batch calibration and evaluation feed at once.
+pub const MAX_BATCH: usize = 16;
+
+/// Names of a model's real inputs (initializers that are also listed as
+/// inputs are not), in order.
+pub fn input_names(m: &ModelProto) -> Vec<String> {
+    ModelInput::from_model(m)
+        .into_iter()
+        .map(|i| i.name)
+        .collect()
+}
+
+/// Names of a model's graph outputs, in order.
+pub fn output_names(m: &ModelProto) -> Vec<String> {
+    m.graph
+        .as_ref()
+        .map(|g| g.output.iter().map(|o| o.name().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Runners of one model by input shapes, compiled on first use.
+pub struct Runners {
+    model: ModelProto,
+    extra: Vec<String>,
+    /// Compiled runners, and the error of a shape tract could not compile
+    /// (not retried for every batch).
+    cache: Mutex<HashMap<Vec<Vec<usize>>, Result<Runner, String>>>,
+    /// What was changed in tract's copy of the model
+    /// ([`prepare_for_tract`]), each note once.
+    pub notes: Mutex<Vec<String>>,
+}
+
+impl Runners {
+    /// Runners of `model` that also expose the tensors named in `extra`
+    /// (after the graph outputs, in that order).
+    pub fn new(model: &ModelProto, extra: Vec<String>) -> Runners {
+        Runners {
+            model: model.clone(),
+            extra,
+            cache: Mutex::new(HashMap::new()),
+            notes: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The model these runners run.
+    pub fn model(&self) -> &ModelProto {
+        &self.model
+    }
+
+    /// Runs the model on `inputs` (named as the model's inputs, in order).
+    pub fn run(&self, names: &[String], inputs: &[ArrayData]) -> Result<Vec<ArrayData>> {
+        Ok(self.runner(names, inputs)?.run(inputs)?)
+    }
+
+    /// The runner compiled for the shapes of `inputs`. Compiled once: the
+    /// cache stays locked while tract compiles, so parallel batches of the
+    /// same shape wait for it instead of compiling it again.
+    pub fn runner(&self, names: &[String], inputs: &[ArrayData]) -> Result<Runner> {
+        let key: Vec<Vec<usize>> = inputs.iter().map(|a| a.shape().to_vec()).collect();
+        let mut cache = self
+            .cache
+            .lock()
+            .map_err(|_| anyhow!("runner cache poisoned"))?;
+        if let Some(r) = cache.get(&key) {
+            return r.clone().map_err(|e| anyhow!(e));
+        }
+        let shapes: Vec<(String, Vec<i64>)> = names
+            .iter()
+            .zip(&key)
+            .map(|(n, s)| (n.clone(), s.iter().map(|d| *d as i64).collect()))
+            .collect();
+        let (prepared, notes) = prepare_for_tract(&self.model, &shapes);
+        if let Ok(mut n) = self.notes.lock() {
+            for note in notes {
+                if !n.contains(&note) {
+                    n.push(note);
+                }
+            }
+        }
+        let facts = names
+            .iter()
+            .zip(inputs)
+            .map(|(n, a)| InputFact {
+                name: n.clone(),
+                elem_type: a.elem_type(),
+                shape: a.shape().to_vec(),
+            })
+            .collect();
+        let r = Runner::new(
+            &prepared,
+            &RunnerConfig {
+                input_facts: facts,
+                extra_outputs: self.extra.clone(),
+            },
+        )
+        .map_err(|e| format!("{:#}", anyhow::Error::from(e)));
+        cache.insert(key, r.clone());
+        r.map_err(|e| anyhow!(e))
+    }
+
+    /// The notes collected so far (see [`Runners::notes`]).
+    pub fn take_notes(&self) -> Vec<String> {
+        self.notes
+            .lock()
+            .map(|mut n| std::mem::take(&mut *n))
+            .unwrap_or_default()
+    }
+}
+
+/// Top-1 hits against integer `labels` (rows `offset..` of them) for a
+/// reference and a test output of shape `[N, C]`: `(rows, reference hits,
+/// test hits)`. Anything else counts nothing.
+pub fn label_hits(
+    reference: &ArrayD<f32>,
+    test: &ArrayD<f32>,
+    labels: Option<&ArrayData>,
+    offset: usize,
+) -> (usize, usize, usize) {
+    let Some(ArrayData::I64(l)) = labels else {
+        return (0, 0, 0);
+    };
+    if reference.ndim() != 2 || l.ndim() != 1 || test.shape() != reference.shape() {
+        return (0, 0, 0);
+    }
+    let argmax = |m: &ArrayD<f32>, row: usize| {
+        (0..m.shape()[1]).fold(0, |best, k| {
+            if m[[row, k]] > m[[row, best]] {
+                k
+            } else {
+                best
+            }
+        }) as i64
+    };
+    let mut hits = (0, 0, 0);
+    for row in 0..reference.shape()[0] {
+        let Some(&lab) = l.get(offset + row) else {
+            continue;
+        };
+        hits.0 += 1;
+        hits.1 += (argmax(reference, row) == lab) as usize;
+        hits.2 += (argmax(test, row) == lab) as usize;
+    }
+    hits
+}
+
+/// Accuracy of two models against the data's integer `labels`.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LabelHits {
+    /// Labelled rows seen.
+    pub rows: usize,
+    /// Rows where the pair's first model's argmax equals the label.
+    pub first: usize,
+    /// Rows where the pair's second model's argmax equals the label.
+    pub second: usize,
+}
+
+impl LabelHits {
+    fn add(&mut self, (rows, first, second): (usize, usize, usize)) {
+        self.rows += rows;
+        self.first += first;
+        self.second += second;
+    }
+}
+
+/// Figures of one compared pair: per graph output, or why one of the two
+/// models could not run.
+#[derive(Debug, Clone)]
+pub struct PairFigures {
+    /// `Err` holds the error of the first model of the pair that failed.
+    pub outputs: std::result::Result<Vec<Metrics>, String>,
+    /// Top-1 hits against labels on output 0 (zero rows without labels).
+    pub labels: LabelHits,
+}
+
+/// Outputs of a model precomputed batch by batch (see
+/// [`Evaluator::outputs`]): a reference compared with many candidates runs
+/// once.
+pub struct Cached(Vec<Vec<ArrayData>>);
+
+/// A model taking part in [`Evaluator::compare`].
+pub enum Subject<'a> {
+    /// Runs on every batch; its errors are reported, not fatal.
+    Run(&'a Runners),
+    /// Runs on every batch; an error fails the whole comparison (the
+    /// reference: without it nothing can be compared).
+    Required(&'a Runners, &'static str),
+    /// Outputs already computed on the same evaluator.
+    Cached(&'a Cached),
+}
+
+/// The data a comparison runs on, bound to the models' inputs.
+pub struct Evaluator<'d> {
+    data: &'d Dataset,
+    feed: Feed,
+    names: Vec<String>,
+    ranges: Vec<Range<usize>>,
+}
+
+impl<'d> Evaluator<'d> {
+    /// An evaluator over every sample of `data`, fed as `feed` to models
+    /// whose inputs are `input_names` (in order), in batches of at most
+    /// [`MAX_BATCH`].
+    pub fn new(data: &'d Dataset, feed: Feed, input_names: Vec<String>) -> Evaluator<'d> {
+        let ranges = feed.ranges(data.samples(), MAX_BATCH);
+        Evaluator {
+            data,
+            feed,
+            names: input_names,
+            ranges,
+        }
+    }
+
+    /// Samples compared.
+    pub fn samples(&self) -> usize {
+        self.data.samples()
+    }
+
+    /// The model input names samples are fed to.
+    pub fn input_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Runs `runners` on every batch and keeps the outputs, for
+    /// [`Subject::Cached`].
+    pub fn outputs(&self, runners: &Runners, what: &str) -> Result<Cached> {
+        let mut outs = Vec::with_capacity(self.ranges.len());
+        for r in &self.ranges {
+            let inputs = self.data.feed(self.feed, r.clone())?;
+            outs.push(
+                runners
+                    .run(&self.names, &inputs)
+                    .with_context(|| format!("running {what}"))?,
+            );
+        }
+        Ok(Cached(outs))
+    }
+
+    /// Compiles the runners of `models` side by side for the first batch's
+    /// shapes (their errors, if any, come back from the runs).
+    pub fn warm_up(&self, models: &[&Runners]) -> Result<()> {
+        let Some(first) = self.ranges.first() else {
+            return Ok(());
+        };
+        let probe = self.data.feed(self.feed, first.clone())?;
+        rayon::scope(|s| {
+            for r in models {
+                let (names, probe) = (&self.names, &probe);
+                s.spawn(move |_| {
+                    let _ = r.runner(names, probe);
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// Runs every subject on every batch and compares the graph outputs
+    /// (the first `outputs` of each) of each pair `(a, b)` of subject
+    /// indices, `a` as the reference. Batches run in parallel and merge in
+    /// batch order.
+    pub fn compare(
+        &self,
+        subjects: &[Subject<'_>],
+        pairs: &[(usize, usize)],
+        outputs: usize,
+    ) -> Result<Vec<PairFigures>> {
+        let labels = self.data.extra("labels").cloned();
+        struct Batch {
+            acc: Vec<Vec<Accumulator>>,
+            errors: Vec<Option<String>>,
+            labels: Vec<(usize, usize, usize)>,
+        }
+        let batches: Vec<Batch> = self
+            .ranges
+            .par_iter()
+            .enumerate()
+            .map(|(bi, r)| -> Result<Batch> {
+                let inputs = self.data.feed(self.feed, r.clone())?;
+                let mut errors = vec![None; subjects.len()];
+                let mut runs: Vec<Option<std::borrow::Cow<'_, [ArrayData]>>> =
+                    Vec::with_capacity(subjects.len());
+                for (i, s) in subjects.iter().enumerate() {
+                    runs.push(match s {
+                        Subject::Cached(c) => c.0.get(bi).map(|v| v.as_slice().into()),
+                        Subject::Required(m, what) => Some(
+                            m.run(&self.names, &inputs)
+                                .with_context(|| format!("running {what}"))?
+                                .into(),
+                        ),
+                        Subject::Run(m) => match m.run(&self.names, &inputs) {
+                            Ok(v) => Some(v.into()),
+                            Err(e) => {
+                                errors[i] = Some(format!("{e:#}"));
+                                None
+                            }
+                        },
+                    });
+                }
+                let f32s: Vec<Option<Vec<ArrayD<f32>>>> = runs
+                    .iter()
+                    .map(|o| {
+                        o.as_ref()
+                            .map(|v| v.iter().take(outputs).map(|a| a.to_f32()).collect())
+                    })
+                    .collect();
+                let mut acc = vec![vec![Accumulator::new(); outputs]; pairs.len()];
+                let mut hits = vec![(0, 0, 0); pairs.len()];
+                for (p, &(a, b)) in pairs.iter().enumerate() {
+                    let (Some(x), Some(y)) = (&f32s[a], &f32s[b]) else {
+                        continue;
+                    };
+                    if x.len() < outputs || y.len() < outputs {
+                        bail!(
+                            "a model returned {} outputs where {outputs} were expected",
+                            x.len().min(y.len())
+                        );
+                    }
+                    for k in 0..outputs {
+                        acc[p][k].update(x[k].view(), y[k].view())?;
+                    }
+                    if outputs > 0 {
+                        hits[p] = label_hits(&x[0], &y[0], labels.as_ref(), r.start);
+                    }
+                }
+                Ok(Batch {
+                    acc,
+                    errors,
+                    labels: hits,
+                })
+            })
+            .collect::<Result<_>>()?;
+        let mut acc = vec![vec![Accumulator::new(); outputs]; pairs.len()];
+        let mut errors: Vec<Option<String>> = vec![None; subjects.len()];
+        let mut hits = vec![LabelHits::default(); pairs.len()];
+        for b in &batches {
+            for (p, row) in b.acc.iter().enumerate() {
+                for (k, a) in row.iter().enumerate() {
+                    acc[p][k].merge(a);
+                }
+                hits[p].add(b.labels[p]);
+            }
+            for (i, e) in b.errors.iter().enumerate() {
+                if errors[i].is_none() {
+                    errors[i].clone_from(e);
+                }
+            }
+        }
+        Ok(pairs
+            .iter()
+            .enumerate()
+            .map(|(p, &(a, b))| PairFigures {
+                outputs: match errors[a].as_ref().or(errors[b].as_ref()) {
+                    Some(e) => Err(e.clone()),
+                    None => Ok(acc[p].iter().map(Accumulator::finish).collect()),
+                },
+                labels: hits[p],
+            })
+            .collect())
+    }
+
+    /// Runs `a` and `b` (both with exposed tensors) on the first `samples`
+    /// samples, one per run, and compares tensor `a_out[j]` of `a` with
+    /// `b_out[j]` of `b` for every `j` (indices into each run's outputs).
+    /// `prepare`, when given for `j`, is applied to `b`'s tensor first
+    /// (e.g. a clamp the reference applied after it).
+    pub fn compare_tensors(
+        &self,
+        (a, a_out): (&Runners, &[usize]),
+        (b, b_out): (&Runners, &[usize]),
+        prepare: &[Option<(f32, f32)>],
+        samples: usize,
+    ) -> Result<Vec<Metrics>> {
+        let k = a_out.len().min(b_out.len());
+        let mut acc: Vec<Accumulator> = (0..k).map(|_| Accumulator::new()).collect();
+        let ranges = self.feed.ranges(self.data.samples().min(samples), 1);
+        if let Some(first) = ranges.first() {
+            let probe = self.data.feed(self.feed, first.clone())?;
+            rayon::join(
+                || a.runner(&self.names, &probe).ok(),
+                || b.runner(&self.names, &probe).ok(),
+            );
+        }
+        for r in ranges {
+            let inputs = self.data.feed(self.feed, r.clone())?;
+            let x = a.run(&self.names, &inputs)?;
+            let y = b.run(&self.names, &inputs)?;
+            for j in 0..k {
+                let (Some(xr), Some(yr)) = (x.get(a_out[j]), y.get(b_out[j])) else {
+                    bail!("an exposed tensor is missing from a run's outputs");
+                };
+                let reference = xr.to_f32();
+                let mut test = yr.to_f32();
+                if let Some(Some((lo, hi))) = prepare.get(j) {
+                    test.mapv_inplace(|v| v.max(*lo).min(*hi));
+                }
+                acc[j].update(reference.view(), test.view())?;
+            }
+        }
+        Ok(acc.iter().map(Accumulator::finish).collect())
+    }
+}

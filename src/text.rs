@@ -1,0 +1,318 @@
+//! The terminal text of `quench compile`: the driver's [`Report`] as lines.
+
+use std::collections::BTreeMap;
+
+use quench_compile::attribution::TensorError;
+use quench_compile::prune::PruneReport;
+use quench_compile::{PruneMethod, Report};
+use quench_passes::prune::percent;
+use quench_passes::quantize::Mode;
+use quench_verify::Metrics;
+
+/// The quantized tensors whose own Q/DQ adds the most error (all of them
+/// with `--verbose`).
+fn print_attribution(tensors: &[TensorError], verbose: bool) {
+    if tensors.is_empty() {
+        return;
+    }
+    let mut worst: Vec<&TensorError> = tensors.iter().collect();
+    worst.sort_by(|a, b| a.added_db.total_cmp(&b.added_db));
+    let shown = if verbose {
+        worst.len()
+    } else {
+        worst.len().min(3)
+    };
+    println!(
+        "    error by tensor on {} samples (SQNR of the error its own Q/DQ adds; lowest first):",
+        quench_compile::attribution::SAMPLES
+    );
+    for t in &worst[..shown] {
+        let node = if t.node.is_empty() {
+            "graph input".to_string()
+        } else {
+            format!("{} `{}`", t.op, t.node)
+        };
+        println!(
+            "      {:>6.1} dB  `{}` from {node} (SQNR there {:.1} dB, {:.1} dB before its Q/DQ)",
+            t.added_db, t.tensor, t.sqnr_out_db, t.sqnr_in_db
+        );
+    }
+    if shown < worst.len() {
+        println!(
+            "      ... {} more in --report / --verbose; keep a tensor float with --exclude-nodes NODE",
+            worst.len() - shown
+        );
+    }
+}
+
+fn human(b: u64) -> String {
+    if b >= 1_000_000 {
+        format!("{:.2} MB", b as f64 / 1e6)
+    } else {
+        format!("{:.1} kB", b as f64 / 1e3)
+    }
+}
+
+pub fn print_report(r: &Report, verbose: bool) {
+    let q = &r.quantization;
+    let nq = q.nodes.iter().filter(|d| d.quantized).count();
+    println!("quench compile: {} -> {}", r.input, r.output);
+    if r.no_quantize {
+        println!("  mode           none (--no-quantize: graph passes only, FP32 output)");
+    } else {
+        println!(
+            "  mode           {:?}, activations {:?}, weights {:?}, {}",
+            r.config.mode,
+            r.config.activations,
+            r.config.weights,
+            if q.per_channel {
+                "per-channel"
+            } else {
+                "per-tensor"
+            }
+        );
+    }
+    if !r.passes.is_empty() {
+        let folded = r
+            .pass_stats
+            .get("fold_batchnorm.folded")
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "  passes         {} ({} BatchNormalization folded)",
+            r.passes.len(),
+            folded
+        );
+    }
+    println!(
+        "  nodes          {} quantized, {} float",
+        nq,
+        q.nodes.len() - nq
+    );
+    let mut why: BTreeMap<&str, usize> = BTreeMap::new();
+    for d in q.nodes.iter().filter(|d| !d.quantized) {
+        *why.entry(d.reason.as_str()).or_default() += 1;
+    }
+    for (reason, n) in &why {
+        println!("    float: {n:>4} × {reason}");
+    }
+    if verbose {
+        for d in &q.nodes {
+            println!(
+                "    {:<40} {:<20} {} ({})",
+                d.node,
+                d.op,
+                if d.quantized { "int8" } else { "float" },
+                d.reason
+            );
+        }
+    }
+    println!(
+        "  weights        {} tensors int8, {} biases int32",
+        q.weights_quantized, q.biases_quantized
+    );
+    if r.config.mode == Mode::Static {
+        println!("  activations    {} tensors quantized ({} calibration samples, method {:?}), {} Relu/Clip absorbed", q.activations_quantized, r.calibration_samples, r.method, q.absorbed_activations);
+        for (t, why) in &q.activations_float {
+            println!("    float: `{t}`: {why}");
+        }
+    }
+    println!(
+        "  size           {} -> {} ({:.2}x smaller)",
+        human(r.size_before),
+        human(r.size_after),
+        r.size_before as f64 / r.size_after.max(1) as f64
+    );
+    if let Some(p) = &r.pruning {
+        print_pruning(p, verbose);
+    }
+    match &r.verification {
+        Some(v) => {
+            println!(
+                "  verification   tract, {} samples from {}",
+                v.samples, v.data
+            );
+            for o in &v.outputs {
+                let line = |m: &Metrics| {
+                    let top1 = m
+                        .top1
+                        .as_ref()
+                        .map(|t| {
+                            format!(
+                                ", top-1 agreement {}/{} ({:.2}%)",
+                                t.agree,
+                                t.rows,
+                                100.0 * t.fraction
+                            )
+                        })
+                        .unwrap_or_default();
+                    format!(
+                        "SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}",
+                        m.sqnr_db, m.cosine, m.max_abs_err
+                    )
+                };
+                if let Some(re) = &o.reference {
+                    println!(
+                        "    {} (reference semantics, float twin): {}",
+                        o.output,
+                        line(re)
+                    );
+                }
+                if let Some(f) = &o.file {
+                    println!(
+                        "    {} (emitted file in tract):           {}",
+                        o.output,
+                        line(f)
+                    );
+                }
+                if o.runtime_discrepancy {
+                    println!("    {}: runtime discrepancy: tract's integer path differs from the ONNX reference semantics beyond quantization error; trust the reference figures", o.output);
+                }
+            }
+            if let Some(e) = &v.file_error {
+                println!("    tract cannot run the emitted file ({e}); the figures above are the reference semantics (float twin)");
+            }
+            if let Some(acc) = &v.accuracy {
+                println!(
+                    "    accuracy on {} labels: FP32 {:.2}%, quantized {:.2}% ({:+.2} points)",
+                    acc.labels,
+                    100.0 * acc.fp32,
+                    100.0 * acc.quantized,
+                    100.0 * (acc.quantized - acc.fp32)
+                );
+            }
+            print_attribution(&v.tensors, verbose);
+            let low = v
+                .outputs
+                .iter()
+                .filter_map(|o| o.reference.as_ref().or(o.file.as_ref()))
+                .any(|m| m.sqnr_db < 20.0);
+            if v.tensors.is_empty() && low && r.mode == Mode::Static && !r.no_quantize {
+                println!("    SQNR below 20 dB: `--explain` lists the quantized tensors that add the most error");
+            }
+        }
+        None => println!("  verification   skipped"),
+    }
+    for n in &q.notes {
+        println!("  note: {n}");
+    }
+    for n in &r.notes {
+        println!("  note: {n}");
+    }
+}
+
+/// The pruning lines of `quench compile`'s summary.
+fn print_pruning(this: &PruneReport, verbose: bool) {
+    let s = &this.summary;
+    let (pz, pw) = s.pruned_totals();
+    let (az, aw) = s.all_totals();
+    let np = s.layers.iter().filter(|l| l.pruned).count();
+    let method = match this.method {
+        PruneMethod::Layer => "layer",
+        PruneMethod::Global => "global",
+        PruneMethod::Sensitivity => "sensitivity",
+    };
+    println!(
+        "  pruning        {}, method {method}: {np} of {} layers pruned, {} of all compute weights zero ({} in the pruned layers)",
+        this.target,
+        s.layers.len(),
+        percent(az as f64 / aw.max(1) as f64),
+        percent(pz as f64 / pw.max(1) as f64),
+    );
+    // Long tables only with --verbose: the totals say it for big models.
+    let table = s.table();
+    let lines: Vec<&str> = table.lines().collect();
+    if verbose || lines.len() <= 40 {
+        for l in &lines {
+            println!("    {l}");
+        }
+    } else {
+        println!(
+            "    (per-layer table of {} layers: --verbose or --report)",
+            s.layers.len()
+        );
+    }
+    if let Some(r) = &this.sensitivity {
+        println!(
+            "    sensitivity: output SQNR (dB) with one layer pruned alone, {} samples from {}",
+            r.samples, r.data
+        );
+        let w = r
+            .rows
+            .iter()
+            .map(|x| x.node.len())
+            .max()
+            .unwrap_or(4)
+            .max(4);
+        let mut head = format!("      {:<w$}  {:>8}", "node", "weights");
+        for l in &r.levels {
+            head.push_str(&format!("  {:>7}", format!("{:.0}%", 100.0 * l)));
+        }
+        println!("{head}   chosen");
+        for row in &r.rows {
+            let mut line = format!("      {:<w$}  {:>8}", row.node, row.weights);
+            for q in &row.sqnr_db {
+                line.push_str(&format!("  {q:>7.2}"));
+            }
+            println!("{line}  {:>7}", percent(row.chosen));
+        }
+        let measured = r
+            .measured_sqnr_db
+            .map(|m| format!(", measured {m:.2} dB"))
+            .unwrap_or_default();
+        let floor = r
+            .floor_db
+            .map(|f| format!(" (floor {f:.2} dB)"))
+            .unwrap_or_default();
+        println!(
+            "      plan: estimated SQNR {:.2} dB{measured}{floor}",
+            r.estimated_sqnr_db
+        );
+    }
+    if let Some(f) = &this.after_pruning {
+        println!(
+            "  after pruning  FP32 pruned vs FP32 in tract, {} samples from {}",
+            f.samples, f.data
+        );
+        for o in &f.outputs {
+            let m = &o.metrics;
+            let top1 = m
+                .top1
+                .as_ref()
+                .map(|t| {
+                    format!(
+                        ", top-1 agreement {}/{} ({:.2}%)",
+                        t.agree,
+                        t.rows,
+                        100.0 * t.fraction
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "    {}: SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}",
+                o.output, m.sqnr_db, m.cosine, m.max_abs_err
+            );
+        }
+        if let Some(acc) = &f.accuracy {
+            println!(
+                "    accuracy on {} labels: FP32 {:.2}%, pruned {:.2}% ({:+.2} points)",
+                acc.labels,
+                100.0 * acc.fp32,
+                100.0 * acc.pruned,
+                100.0 * (acc.pruned - acc.fp32)
+            );
+        }
+    }
+    if let Some(z) = &this.sizes {
+        println!(
+            "  gzip size      {} -> {} (raw {} -> {}; dense initializers shrink only compressed)",
+            human(z.input_gzip),
+            human(z.output_gzip),
+            human(z.input_bytes),
+            human(z.output_bytes)
+        );
+    }
+    for n in &this.notes {
+        println!("  note: {n}");
+    }
+}
