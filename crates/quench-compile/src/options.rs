@@ -59,7 +59,7 @@ pub struct PruneOptions {
 
 /// Everything a compile can be asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Options {
     /// Calibration samples (a directory of `<input>.npy`, an `.npz`, or an
     /// ONNX `test_data_set_*` directory).

@@ -1,0 +1,101 @@
+//! The driver as a library call: a recipe (JSON) fills `Options`, `compile`
+//! returns the model and a report without printing or writing, and
+//! `Outcome::save` writes it.
+
+use std::path::PathBuf;
+
+use quench_compile::{compile, Method, Options, Silent};
+use quench_passes::quantize::Mode;
+
+fn testdata(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(p)
+}
+
+#[test]
+fn a_recipe_fills_options_and_unknown_fields_are_refused() {
+    let recipe = format!(
+        r#"{{"calibration": "{}", "method": "entropy", "activations": "u8", "min_sqnr": 25.0}}"#,
+        testdata("digits/calib").display()
+    );
+    let o: Options = serde_json::from_str(&recipe).unwrap();
+    assert_eq!(o.method, Method::Entropy);
+    assert_eq!(o.min_sqnr, Some(25.0));
+    // Everything not given is the command line's default.
+    let d = Options::default();
+    assert_eq!(
+        (o.mode, o.per_channel, o.verify),
+        (d.mode, d.per_channel, d.verify)
+    );
+    // A round trip keeps every field.
+    let back: Options = serde_json::from_str(&serde_json::to_string(&o).unwrap()).unwrap();
+    assert_eq!(back, o);
+    assert!(serde_json::from_str::<Options>(r#"{"methd": "mse"}"#).is_err());
+}
+
+#[test]
+fn compile_is_a_library_call_that_writes_nothing_until_saved() {
+    let loaded = quench_onnx::load_model(&testdata("digits_cnn.onnx")).unwrap();
+    let opts = Options {
+        calibration: Some(testdata("digits/calib")),
+        eval: Some(testdata("digits/eval")),
+        ..Options::default()
+    };
+    let mut out = compile(&loaded, &opts, &Silent).unwrap();
+    let r = &out.report;
+    assert_eq!(r.mode, Mode::Static);
+    assert_eq!(r.size_after, 0, "nothing written yet");
+    assert_eq!(r.quantization.weights_quantized, 3);
+    // Quantization's counters reach the report with the passes' ones.
+    assert_eq!(r.pass_stats.get("fold_batchnorm.folded"), Some(&2));
+    let v = r.verification.as_ref().unwrap();
+    let m = v.outputs[0].reference.as_ref().unwrap();
+    assert!(m.sqnr_db > 30.0 && m.sqnr_db.is_finite(), "{}", m.sqnr_db);
+    let acc = v.accuracy.as_ref().unwrap();
+    assert!(acc.fp32 - acc.quantized <= 0.01, "{acc:?}");
+    assert!(r.threshold_failure.is_none());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.onnx");
+    let saved = out
+        .save(&loaded, &path, &quench_onnx::SaveOptions::default())
+        .unwrap();
+    assert_eq!(out.report.size_after, saved.total_bytes());
+    assert!(out.report.size_after * 2 < out.report.size_before);
+    assert!(quench_onnx::load_model(&path).is_ok());
+}
+
+#[test]
+fn a_failed_threshold_is_data_in_the_report() {
+    let loaded = quench_onnx::load_model(&testdata("digits_cnn.onnx")).unwrap();
+    let opts = Options {
+        calibration: Some(testdata("digits/calib")),
+        min_sqnr: Some(200.0),
+        ..Options::default()
+    };
+    let out = compile(&loaded, &opts, &Silent).unwrap();
+    let why = out.report.threshold_failure.as_deref().unwrap_or("");
+    assert!(why.contains("--min-sqnr 200"), "{why}");
+}
+
+#[test]
+fn the_held_back_split_is_stated_and_disjoint_from_calibration() {
+    let loaded = quench_onnx::load_model(&testdata("digits_cnn.onnx")).unwrap();
+    let opts = Options {
+        calibration: Some(testdata("digits/calib")),
+        ..Options::default()
+    };
+    let plan = quench_compile::DataPlan::new(&opts, &loaded.model).unwrap();
+    let (c, e) = (plan.calibration.unwrap(), plan.eval.unwrap());
+    let n = c.data.samples() + e.data.samples();
+    assert_eq!(e.data.samples(), n / 5);
+    assert!(e.label.contains("held back"), "{}", e.label);
+    // Under --no-verify every sample calibrates.
+    let opts = Options {
+        verify: false,
+        ..opts
+    };
+    let plan = quench_compile::DataPlan::new(&opts, &loaded.model).unwrap();
+    assert_eq!(plan.calibration.unwrap().data.samples(), n);
+    assert!(plan.eval.is_none());
+}
