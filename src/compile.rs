@@ -111,6 +111,13 @@ pub struct CompileArgs {
     /// sensitive).
     #[arg(long)]
     pub quantize_softmax_inputs: bool,
+    /// Keep calibrated ranges as the method chose them. By default each
+    /// activation range is clamped to where its consumers are not flat
+    /// (below 0 into Relu, outside a Clip's bounds, below -3 into
+    /// HardSwish, HardSigmoid's and Tanh's saturation, Sigmoid above 20):
+    /// exact, since no consumer output changes, and tighter.
+    #[arg(long)]
+    pub no_consumer_ranges: bool,
     /// Graph passes to run before quantization, comma separated, or `none`
     /// (default: the whole pipeline; see `quench passes`).
     #[arg(long, value_delimiter = ',')]
@@ -239,6 +246,7 @@ impl CompileArgs {
             exclude_nodes: self.exclude_nodes.clone(),
             exclude_op_types: self.exclude_op_types.clone(),
             quantize_softmax_inputs: self.quantize_softmax_inputs,
+            consumer_ranges: !self.no_consumer_ranges,
             passes: self.passes.clone(),
             dump_after: self.dump_after.clone(),
             min_sqnr: self.min_sqnr,

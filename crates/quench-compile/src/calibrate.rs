@@ -228,6 +228,9 @@ pub struct RangeChoice {
     pub dead: Vec<String>,
     /// Per tensor: why it has no range.
     pub failed: Vec<(String, String)>,
+    /// Ranges clamped to where their consumers are not flat: (tensor,
+    /// range before, range after).
+    pub clamped: Vec<(String, (f32, f32), (f32, f32))>,
 }
 
 /// The range policy: per observed tensor, the range `method` picks for
@@ -235,12 +238,17 @@ pub struct RangeChoice {
 /// HardSigmoid, through data movement) keep their observed range under the
 /// clipping methods: their large values carry the information (attention
 /// weights, gates).
+///
+/// With `consumer_clamp`, each range is then clamped to where its consumers
+/// are not flat ([`clamp_to_consumers`]): exact, and often much tighter (a
+/// stem feeding only a HardSwish with rare values down to -100).
 pub fn choose_ranges(
     g: &Graph,
     stats: &BTreeMap<String, TensorStats>,
     method: RangeMethod,
     target: QuantTarget,
     entropy_guard: f64,
+    consumer_clamp: bool,
 ) -> RangeChoice {
     let mut out = RangeChoice::default();
     let methods: Vec<RangeMethod> = stats
@@ -270,7 +278,15 @@ pub fn choose_ranges(
         match c {
             Ok((r, replaced)) => {
                 out.guarded += usize::from(replaced);
-                out.ranges.insert(name.clone(), r);
+                let c = if consumer_clamp {
+                    clamp_to_consumers(g, name, r)
+                } else {
+                    r
+                };
+                if c != r {
+                    out.clamped.push((name.clone(), r, c));
+                }
+                out.ranges.insert(name.clone(), c);
             }
             Err(e) => out.failed.push((name.clone(), e.to_string())),
         }
@@ -304,4 +320,137 @@ fn produced_by_bounded_op(g: &Graph, name: &str) -> bool {
         }
     }
     false
+}
+
+/// The interval outside of which every consumer of tensor `name` is flat:
+/// `(lo, hi)` such that replacing any value below `lo` by `lo` (above `hi`
+/// by `hi`) changes no consumer's output. Consumers are followed through
+/// pure data movement (which commutes with an element-wise clamp); a graph
+/// output, or any consumer that is not flat on a side, opens that side
+/// (`-inf` / `+inf`).
+///
+/// Flat regions, each exact in f32: Relu below 0; Clip outside its
+/// constant `[min, max]`; HardSwish below -3; HardSigmoid outside
+/// `[-beta/alpha, (1-beta)/alpha]`; Tanh outside `[-10, 10]` (tanh(10)
+/// rounds to 1.0 in f32); Sigmoid above 20 (likewise).
+pub fn consumer_flat_bounds(g: &Graph, name: &str) -> (f32, f32) {
+    let Some(v) = g.value_by_name(name) else {
+        return (f32::NEG_INFINITY, f32::INFINITY);
+    };
+    let mut lo = f32::INFINITY;
+    let mut hi = f32::NEG_INFINITY;
+    let mut stack = vec![v];
+    let mut seen = 0usize;
+    while let Some(v) = stack.pop() {
+        seen += 1;
+        if g.is_graph_output(v) || seen > 4096 {
+            return (f32::NEG_INFINITY, f32::INFINITY);
+        }
+        for u in g.uses(v) {
+            let node = g.node(u.node);
+            if u.index != 0 {
+                return (f32::NEG_INFINITY, f32::INFINITY);
+            }
+            let (l, h) = match flat_region(g, node) {
+                Flat::Data => {
+                    stack.extend(node.outputs().iter().flatten().copied());
+                    continue;
+                }
+                Flat::Outside(l, h) => (l, h),
+            };
+            lo = lo.min(l);
+            hi = hi.max(h);
+        }
+    }
+    if lo > hi {
+        // No consumer at all (a dead tensor): nothing to clamp.
+        return (f32::NEG_INFINITY, f32::INFINITY);
+    }
+    (lo, hi)
+}
+
+/// How a consumer's output depends on its first input.
+enum Flat {
+    /// Pure data movement: the output is some of the input's values.
+    Data,
+    /// Flat below the first and above the second bound (infinite: not flat
+    /// on that side).
+    Outside(f32, f32),
+}
+
+fn flat_region(g: &Graph, node: &quench_ir::Node) -> Flat {
+    use quench_ir::OpKind::*;
+    let open = Flat::Outside(f32::NEG_INFINITY, f32::INFINITY);
+    let konst = |i: usize| -> Option<f32> {
+        let t = g.const_tensor(node.input(i)?)?;
+        quench_ir::tensor::to_f32(t).ok()?.first().copied()
+    };
+    match node.kind() {
+        Reshape | Transpose | Flatten | Squeeze | Unsqueeze | Slice | Gather | MaxPool
+        | GlobalMaxPool | Split | DepthToSpace | SpaceToDepth | Identity | Expand | Tile => {
+            Flat::Data
+        }
+        Relu => Flat::Outside(0.0, f32::INFINITY),
+        Clip => {
+            let lo = node
+                .attr_float("min")
+                .or_else(|| node.input(1).map_or(Some(f32::NEG_INFINITY), |_| konst(1)));
+            let hi = node
+                .attr_float("max")
+                .or_else(|| node.input(2).map_or(Some(f32::INFINITY), |_| konst(2)));
+            match (lo, hi) {
+                (Some(l), Some(h)) if l <= h => Flat::Outside(l, h),
+                _ => open,
+            }
+        }
+        HardSwish => Flat::Outside(-3.0, f32::INFINITY),
+        HardSigmoid => {
+            let alpha = node.attr_float("alpha").unwrap_or(0.2);
+            let beta = node.attr_float("beta").unwrap_or(0.5);
+            if alpha > 0.0 && alpha.is_finite() && beta.is_finite() {
+                Flat::Outside(-beta / alpha, (1.0 - beta) / alpha)
+            } else {
+                open
+            }
+        }
+        Tanh => Flat::Outside(-10.0, 10.0),
+        Sigmoid => Flat::Outside(f32::NEG_INFINITY, 20.0),
+        _ => open,
+    }
+}
+
+/// `range` clamped to where the consumers of `name` are not flat (see
+/// [`consumer_flat_bounds`]); exact: no consumer output changes.
+pub fn clamp_to_consumers(g: &Graph, name: &str, (lo, hi): (f32, f32)) -> (f32, f32) {
+    let (flo, fhi) = consumer_flat_bounds(g, name);
+    let l = lo.max(flo).min(fhi);
+    let h = hi.min(fhi).max(l);
+    (l, h)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The flat regions [`super::flat_region`] claims, checked on the ops'
+    /// ONNX definitions evaluated in f32: beyond each bound the output
+    /// equals the output at the bound.
+    #[test]
+    fn claimed_flat_regions_are_flat_in_f32() {
+        let hardswish = |x: f32| x * (x + 3.0).clamp(0.0, 6.0) / 6.0;
+        let hardsigmoid = |x: f32, a: f32, b: f32| (a * x + b).clamp(0.0, 1.0);
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        for k in 0..2000 {
+            let t = k as f32 * 0.37;
+            assert_eq!(hardswish(-3.0 - t), hardswish(-3.0));
+            assert_eq!(hardsigmoid(-2.5 - t, 0.2, 0.5), hardsigmoid(-2.5, 0.2, 0.5));
+            assert_eq!(hardsigmoid(2.5 + t, 0.2, 0.5), hardsigmoid(2.5, 0.2, 0.5));
+            assert_eq!((10.0 + t).tanh(), 10f32.tanh());
+            assert_eq!((-10.0 - t).tanh(), (-10f32).tanh());
+            assert_eq!(sigmoid(20.0 + t), sigmoid(20.0));
+        }
+        // And the bounds are not loose where it matters: HardSwish is not
+        // flat just above -3.
+        assert!(hardswish(-2.9) != hardswish(-3.0));
+        assert_eq!(10f32.tanh(), 1.0);
+        assert_eq!(sigmoid(20.0), 1.0);
+    }
 }

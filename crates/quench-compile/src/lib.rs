@@ -522,7 +522,25 @@ fn range_policy(
         opts.range_method(),
         opts.activations.target(),
         opts.entropy_guard,
+        opts.consumer_ranges,
     );
+    if !c.clamped.is_empty() {
+        out.note(format!(
+            "{} activation range(s) clamped where every consumer is flat (exact: e.g. below -3 into a HardSwish), e.g. `{}` [{:.3}, {:.3}] -> [{:.3}, {:.3}]",
+            c.clamped.len(),
+            c.clamped[0].0,
+            c.clamped[0].1 .0,
+            c.clamped[0].1 .1,
+            c.clamped[0].2 .0,
+            c.clamped[0].2 .1
+        ));
+        for (t, a, b) in &c.clamped {
+            out.log.push(format!(
+                "consumer clamp: `{t}` [{}, {}] -> [{}, {}]",
+                a.0, a.1, b.0, b.1
+            ));
+        }
+    }
     for (name, e) in &c.failed {
         out.note(format!("tensor `{name}`: no range ({e}); stays float"));
     }

@@ -85,6 +85,10 @@ pub struct Options {
     pub exclude_op_types: Vec<String>,
     /// Also quantize Softmax inputs.
     pub quantize_softmax_inputs: bool,
+    /// Clamp each activation range to where its consumers are not flat
+    /// (Relu, Clip, HardSwish, HardSigmoid, Tanh, Sigmoid saturation):
+    /// exact, on by default.
+    pub consumer_ranges: bool,
     /// Graph passes by name (`None`: the default pipeline; empty: none).
     pub passes: Option<Vec<String>>,
     /// Record the IR text after these passes (in [`crate::Outcome::dumps`]).
@@ -122,6 +126,7 @@ impl Default for Options {
             exclude_nodes: Vec::new(),
             exclude_op_types: Vec::new(),
             quantize_softmax_inputs: !q.keep_softmax_inputs_float,
+            consumer_ranges: true,
             passes: None,
             dump_after: Vec::new(),
             min_sqnr: None,

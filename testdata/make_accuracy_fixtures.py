@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Fixtures that show one accuracy mechanism each, on real data.
+
+Writes `testdata/accuracy/*.onnx` (not globbed by the per-fixture snapshot
+tests). Inputs are scikit-learn's digits as stored in `testdata/digits/`
+(8x8 grayscale, values in [0, 1]); nothing here is trained, the weights are
+set by hand so that each model has the property its test needs.
+
+- `hardswish_stem.onnx`: a 3x3 stem convolution whose channel 0 reaches
+  about -60 on bright pixels while every channel's useful values lie in
+  [-3, 3], feeding only a HardSwish (flat below -3), then a 1x1 conv. A
+  min/max range for the stem output is about [-60, 3]; clamped to where
+  the HardSwish is not flat it is [-3, 3], 10x finer, with the same output.
+
+Run with the venv of scripts/setup_venv.sh:
+    .venv/bin/python testdata/make_accuracy_fixtures.py
+"""
+
+import os
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "accuracy")
+
+
+def init(name, arr):
+    return numpy_helper.from_array(np.ascontiguousarray(np.asarray(arr, dtype=np.float32)), name)
+
+
+def make_hardswish_stem():
+    rng = np.random.default_rng(20261127)
+    w1 = rng.normal(0.0, 0.4, size=(8, 1, 3, 3))
+    # Channel 0: strongly negative on bright pixels (down to about -60).
+    w1[0, 0] = 0.0
+    w1[0, 0, 1, 1] = -60.0
+    b1 = rng.normal(0.0, 0.3, size=(8,))
+    b1[0] = 1.5
+    w2 = rng.normal(0.0, 0.5, size=(4, 8, 1, 1))
+    b2 = rng.normal(0.0, 0.1, size=(4,))
+    nodes = [
+        helper.make_node("Conv", ["input", "w1", "b1"], ["stem"], name="stem_conv", pads=[1, 1, 1, 1]),
+        helper.make_node("HardSwish", ["stem"], ["act"], name="stem_hswish"),
+        helper.make_node("Conv", ["act", "w2", "b2"], ["output"], name="head_conv"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "hardswish_stem",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [init("w1", w1), init("b1", b1), init("w2", w2), init("b2", b2)],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="quench-testdata")
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    path = os.path.join(OUT, "hardswish_stem.onnx")
+    onnx.save(m, path)
+    x = np.load(os.path.join(HERE, "digits", "calib", "input.npy"))
+    stem = x[:, 0, 4, 4] * -60.0 + 1.5
+    print(f"  hardswish_stem: stem channel 0 centre range [{stem.min():.1f}, {stem.max():.1f}]")
+
+
+if __name__ == "__main__":
+    os.makedirs(OUT, exist_ok=True)
+    make_hardswish_stem()
