@@ -68,8 +68,9 @@ pub struct CompileArgs {
     /// Reuse ranges from `quench calibrate` instead of running calibration.
     #[arg(long)]
     pub calibration_table: Option<PathBuf>,
-    /// Evaluation samples (same formats). Default: the last 20% of the
-    /// calibration samples are held back for evaluation (all of them
+    /// Evaluation samples (same formats). Default: 20% of the calibration
+    /// samples, chosen at random with a fixed seed, are held back for
+    /// evaluation (all of them
     /// calibrate under `--no-verify`).
     #[arg(long)]
     pub eval: Option<PathBuf>,

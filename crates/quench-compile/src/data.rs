@@ -7,10 +7,10 @@
 //!
 //! - `--eval DATA`: evaluation uses it; every calibration sample
 //!   calibrates.
-//! - Static calibration on data without `--eval`, with verification: the
-//!   last 20% of the samples (at least one, from 5 samples on) are held
-//!   back for evaluation; with fewer samples, evaluation reuses the
-//!   calibration samples and says so.
+//! - Static calibration on data without `--eval`, with verification: 20%
+//!   of the samples (at least one, from 5 samples on), chosen at random
+//!   with a fixed seed ([`held_back`]), are held back for evaluation; with
+//!   fewer samples, evaluation reuses the calibration samples and says so.
 //! - Otherwise evaluation uses the calibration data (weight-only and
 //!   dynamic modes calibrate nothing).
 //! - Data is bound to the model's inputs when the plan is made, so a bad
@@ -68,6 +68,36 @@ pub fn load_data(path: &Path, model: &ModelProto) -> Result<(Dataset, Feed)> {
     Ok((d, feed))
 }
 
+/// Seed of the held-back split: the same data always splits the same way.
+pub const SPLIT_SEED: u64 = 20_261_127;
+
+/// The held-back split of `n` samples: 20% (at least one) chosen at random
+/// with [`SPLIT_SEED`], never simply the last files (a folder sorted by
+/// name often ends with one kind of sample). Returns (calibration rows,
+/// evaluation rows), each ascending.
+pub fn held_back(n: usize) -> (Vec<usize>, Vec<usize>) {
+    let k = (n / 5).max(1).min(n);
+    // Fisher-Yates over splitmix64: deterministic, no dependency.
+    let mut state = SPLIT_SEED;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut idx: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        idx.swap(i, j);
+    }
+    let mut eval: Vec<usize> = idx[..k].to_vec();
+    let mut cal: Vec<usize> = idx[k..].to_vec();
+    eval.sort_unstable();
+    cal.sort_unstable();
+    (cal, eval)
+}
+
 impl DataPlan {
     /// The split for `opts` on `model` (the FP32 input model).
     pub fn new(opts: &Options, model: &ModelProto) -> Result<DataPlan> {
@@ -103,18 +133,17 @@ impl DataPlan {
         let shown = path.display();
         if opts.calibrates_on_data() {
             if plan.eval.is_none() && opts.verify && n >= 5 {
-                let keep = n - (n / 5).max(1);
-                let (c, e) = data.split(keep);
+                let (cal_rows, eval_rows) = held_back(n);
                 plan.eval = Some(Bound {
-                    data: e,
+                    data: data.pick(&eval_rows),
                     feed,
                     label: format!(
-                        "{shown} (last {} of {n} samples held back from calibration)",
-                        n - keep
+                        "{shown} ({} of {n} samples chosen at random (seed {SPLIT_SEED}), held back from calibration)",
+                        eval_rows.len()
                     ),
                 });
                 plan.calibration = Some(Bound {
-                    data: c,
+                    data: data.pick(&cal_rows),
                     feed,
                     label: shown.to_string(),
                 });

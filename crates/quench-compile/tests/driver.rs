@@ -89,7 +89,37 @@ fn the_held_back_split_is_stated_and_disjoint_from_calibration() {
     let (c, e) = (plan.calibration.unwrap(), plan.eval.unwrap());
     let n = c.data.samples() + e.data.samples();
     assert_eq!(e.data.samples(), n / 5);
-    assert!(e.label.contains("held back"), "{}", e.label);
+    assert!(
+        e.label.contains("held back") && e.label.contains("at random"),
+        "{}",
+        e.label
+    );
+    // Seeded: the same every time; spread over the set, not the last files;
+    // disjoint and complete.
+    let (cal_rows, eval_rows) = quench_compile::data::held_back(n);
+    assert_eq!(
+        quench_compile::data::held_back(n),
+        (cal_rows.clone(), eval_rows.clone())
+    );
+    assert!(eval_rows.iter().any(|&r| r < n / 2) && eval_rows.iter().any(|&r| r >= n / 2));
+    assert_ne!(eval_rows, ((n - n / 5)..n).collect::<Vec<_>>());
+    let mut all: Vec<usize> = cal_rows.iter().chain(&eval_rows).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..n).collect::<Vec<_>>());
+    // The evaluation samples are exactly those rows of the data.
+    let (full, feed) =
+        quench_compile::data::load_data(&testdata("digits/calib"), &loaded.model).unwrap();
+    let picked = e.data.feed(feed, 0..e.data.samples()).unwrap();
+    let direct: Vec<quench_verify::ArrayData> = eval_rows
+        .iter()
+        .map(|&r| full.feed(feed, r..r + 1).unwrap().remove(0))
+        .collect();
+    for (i, d) in direct.iter().enumerate() {
+        let p = picked[0].to_f32();
+        let row = p.index_axis(ndarray::Axis(0), i);
+        let d = d.to_f32();
+        assert_eq!(row, d.index_axis(ndarray::Axis(0), 0));
+    }
     // Under --no-verify every sample calibrates.
     let opts = Options {
         verify: false,

@@ -137,6 +137,9 @@ enum Stored {
     Files(Vec<TensorFile>),
     /// One array per sample in memory (ONNX test-data expected outputs).
     PerSample(Vec<ArrayData>),
+    /// Some samples of another storage, in this order (a held-back split
+    /// chosen at random): nothing is read until a sample is asked for.
+    Picked(Box<Stored>, Vec<usize>),
 }
 
 impl From<Opened> for Stored {
@@ -188,6 +191,20 @@ impl TensorFile {
     }
 }
 
+/// Sample `i` of `data`, or `None` when out of range.
+fn stored_sample(data: &Stored, i: usize) -> Result<Option<ArrayData>, DataError> {
+    match data {
+        Stored::Stacked(a) => Ok(a.index_axis0(i)),
+        Stored::Rows(r) => (i < r.count()).then(|| r.row(i)).transpose(),
+        Stored::Files(v) => v.get(i).map(TensorFile::read).transpose(),
+        Stored::PerSample(v) => Ok(v.get(i).cloned()),
+        Stored::Picked(base, rows) => match rows.get(i) {
+            Some(&r) => stored_sample(base, r),
+            None => Ok(None),
+        },
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Column {
     name: String,
@@ -204,17 +221,13 @@ impl Column {
             Stored::Rows(r) => r.count(),
             Stored::Files(v) => v.len(),
             Stored::PerSample(v) => v.len(),
+            Stored::Picked(_, rows) => rows.len(),
         }
     }
 
     /// Sample `i`, or `None` when out of range.
     fn sample(&self, i: usize) -> Result<Option<ArrayData>, DataError> {
-        match &self.data {
-            Stored::Stacked(a) => Ok(a.index_axis0(i)),
-            Stored::Rows(r) => (i < r.count()).then(|| r.row(i)).transpose(),
-            Stored::Files(v) => v.get(i).map(TensorFile::read).transpose(),
-            Stored::PerSample(v) => Ok(v.get(i).cloned()),
-        }
+        stored_sample(&self.data, i)
     }
 
     /// Samples `range` stacked; a range out of bounds or samples that do
@@ -251,6 +264,31 @@ impl Column {
                     .collect();
                 ArrayData::stack(&parts).map_err(mismatch)
             }
+            Stored::Picked(base, rows) => {
+                let parts = rows
+                    .get(range.clone())
+                    .ok_or_else(out_of_range)?
+                    .iter()
+                    .map(|&r| stored_sample(base, r)?.ok_or_else(out_of_range))
+                    .collect::<Result<Vec<_>, _>>()?;
+                ArrayData::stack(&parts.iter().collect::<Vec<_>>()).map_err(mismatch)
+            }
+        }
+    }
+
+    /// Samples `rows` of this column, in that order, read lazily.
+    fn pick(&self, rows: &[usize]) -> Column {
+        let data = match &self.data {
+            Stored::Picked(base, inner) => Stored::Picked(
+                base.clone(),
+                rows.iter().filter_map(|&r| inner.get(r).copied()).collect(),
+            ),
+            d => Stored::Picked(Box::new(d.clone()), rows.to_vec()),
+        };
+        Column {
+            name: self.name.clone(),
+            index: self.index,
+            data,
         }
     }
 
@@ -277,6 +315,13 @@ impl Column {
             Stored::PerSample(mut v) => {
                 let tail = v.split_off(at);
                 (Stored::PerSample(v), Stored::PerSample(tail))
+            }
+            Stored::Picked(base, mut rows) => {
+                let tail = rows.split_off(at);
+                (
+                    Stored::Picked(base.clone(), rows),
+                    Stored::Picked(base, tail),
+                )
             }
         };
         (
@@ -584,6 +629,35 @@ impl Dataset {
         (first, second)
     }
 
+    /// The samples `rows` (in that order), read lazily from this dataset's
+    /// storage. Extra arrays with one row per sample are picked alike;
+    /// others are kept whole. Rows out of range are skipped.
+    pub fn pick(&self, rows: &[usize]) -> Dataset {
+        let n = self.samples();
+        let rows: Vec<usize> = rows.iter().copied().filter(|&r| r < n).collect();
+        let extras = self
+            .extras
+            .iter()
+            .map(|(name, arr)| {
+                let picked = (arr.shape().first() == Some(&n))
+                    .then(|| {
+                        let parts: Option<Vec<ArrayData>> =
+                            rows.iter().map(|&r| arr.index_axis0(r)).collect();
+                        let parts = parts?;
+                        ArrayData::stack(&parts.iter().collect::<Vec<_>>()).ok()
+                    })
+                    .flatten();
+                (name.clone(), picked.unwrap_or_else(|| arr.clone()))
+            })
+            .collect();
+        Dataset {
+            source: self.source.clone(),
+            inputs: self.inputs.iter().map(|c| c.pick(&rows)).collect(),
+            extras,
+            expected: self.expected.iter().map(|c| c.pick(&rows)).collect(),
+        }
+    }
+
     /// Binds the dataset to a model: picks the arrays named like
     /// `model_inputs` (in that order; unnamed test-data tensors by index),
     /// moves every other array to the extras, and checks element types,
@@ -748,7 +822,7 @@ impl Dataset {
                 match c.data {
                     Stored::Stacked(a) => Some((c.name, a)),
                     Stored::Rows(_) => loaded.get_mut(p)?.take().map(|a| (c.name, a)),
-                    Stored::Files(_) | Stored::PerSample(_) => None,
+                    Stored::Files(_) | Stored::PerSample(_) | Stored::Picked(..) => None,
                 }
             })
             .collect();
@@ -780,7 +854,29 @@ impl<'a> ColumnRef<'a> {
     }
 
     fn of_column(c: &'a Column) -> ColumnRef<'a> {
-        match &c.data {
+        Self::of_stored(&c.data)
+    }
+
+    fn of_stored(data: &'a Stored) -> ColumnRef<'a> {
+        match data {
+            Stored::Picked(base, rows) => {
+                // One entry per picked sample, described by the base storage.
+                let per_sample: Vec<(i32, &'static str, &'a [usize])> = match Self::of_stored(base)
+                {
+                    ColumnRef::Stacked {
+                        elem_type,
+                        dtype,
+                        shape,
+                    } => rows
+                        .iter()
+                        .map(|_| (elem_type, dtype, shape.get(1..).unwrap_or(&[])))
+                        .collect(),
+                    ColumnRef::PerSample(v) => {
+                        rows.iter().filter_map(|&r| v.get(r).copied()).collect()
+                    }
+                };
+                ColumnRef::PerSample(per_sample)
+            }
             Stored::Stacked(a) => ColumnRef::of_array(a),
             Stored::Rows(r) => ColumnRef::Stacked {
                 elem_type: r.elem_type(),
