@@ -9,21 +9,33 @@ use quench_passes::prune::percent;
 use quench_passes::quantize::Mode;
 use quench_verify::Metrics;
 
-/// The quantized tensors whose own Q/DQ adds the most error (all of them
-/// with `--verbose`).
+/// The quantized tensors that cost the most at the model output (all of
+/// them with `--verbose`): ranked by the output SQNR gained by leaving each
+/// one float, the local figures beside.
 fn print_attribution(tensors: &[TensorError], verbose: bool) {
     if tensors.is_empty() {
         return;
     }
     let mut worst: Vec<&TensorError> = tensors.iter().collect();
-    worst.sort_by(|a, b| a.added_db.total_cmp(&b.added_db));
+    // Measured output gains first, largest first (NaN last); then by the
+    // local error.
+    worst.sort_by(|a, b| {
+        let key = |t: &TensorError| t.float_gain_db.filter(|g| !g.is_nan());
+        match (key(a), key(b)) {
+            (Some(x), Some(y)) => y.total_cmp(&x),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.added_db.total_cmp(&b.added_db),
+        }
+    });
     let shown = if verbose {
         worst.len()
     } else {
         worst.len().min(3)
     };
     println!(
-        "    error by tensor on {} samples (SQNR of the error its own Q/DQ adds; lowest first):",
+        "    cost by tensor (output SQNR gained by leaving it float, on up to {} samples; its own Q/DQ's error on {}):",
+        quench_compile::attribution::GAIN_SAMPLES,
         quench_compile::attribution::SAMPLES
     );
     for t in &worst[..shown] {
@@ -32,9 +44,13 @@ fn print_attribution(tensors: &[TensorError], verbose: bool) {
         } else {
             format!("{} `{}`", t.op, t.node)
         };
+        let gain = t
+            .float_gain_db
+            .map(|g| format!("{g:+7.2} dB"))
+            .unwrap_or_else(|| "      n/a".into());
         println!(
-            "      {:>6.1} dB  `{}` from {node} (SQNR there {:.1} dB, {:.1} dB before its Q/DQ)",
-            t.added_db, t.tensor, t.sqnr_out_db, t.sqnr_in_db
+            "      {gain}  `{}` from {node} (its Q/DQ adds error at {:.1} dB; SQNR there {:.1} dB, {:.1} dB before)",
+            t.tensor, t.added_db, t.sqnr_out_db, t.sqnr_in_db
         );
     }
     if shown < worst.len() {

@@ -72,3 +72,32 @@ fn the_clamp_changes_nothing_where_no_consumer_is_flat() {
     let (b, _) = output_sqnr("digits_cnn.onnx", &["--no-consumer-ranges"]);
     assert!((a - b).abs() < 1e-9, "{a} vs {b}");
 }
+
+#[test]
+fn explain_ranks_tensors_by_what_leaving_them_float_gains_at_the_output() {
+    // Without the consumer clamp the stem's range is 19x too wide: leaving
+    // it float must be the top gain (measured +21 dB), and measured at the
+    // output rather than guessed from its local error.
+    let (sqnr, r) = output_sqnr(
+        "accuracy/hardswish_stem.onnx",
+        &["--explain", "--no-consumer-ranges"],
+    );
+    let tensors = r["verification"]["tensors"].as_array().unwrap();
+    assert!(tensors.len() >= 2);
+    let gain = |t: &Value| t["float_gain_db"].as_f64().expect("a measured gain");
+    let best = tensors
+        .iter()
+        .max_by(|a, b| gain(a).total_cmp(&gain(b)))
+        .unwrap();
+    assert_eq!(best["tensor"], "stem", "{tensors:?}");
+    assert!(gain(best) > 10.0, "{best}");
+    // The gain is what the output really gains: the clamped compile (the
+    // same tensor made nearly lossless) lands near sqnr + gain.
+    let (clamped, _) = output_sqnr("accuracy/hardswish_stem.onnx", &[]);
+    assert!(clamped > sqnr + 10.0, "{clamped} vs {sqnr}");
+    for t in tensors {
+        if t["tensor"] != "stem" {
+            assert!(gain(t) < 1.0, "{t}");
+        }
+    }
+}

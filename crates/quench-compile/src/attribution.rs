@@ -17,6 +17,12 @@
 //! A Relu or Clip absorbed into a tensor's quantization range is not in the
 //! quantized graph: the twin's `x` is the value before it, so the FP32
 //! activation's clamp is applied to it before the comparison.
+//!
+//! Local figures do not say what a tensor costs at the model output (an
+//! early tensor's small error can grow, a large one can be masked), so
+//! [`output_gains`] also measures, per tensor, the output SQNR of the twin
+//! with only that tensor's Q/DQ removed: `float_gain_db` is what leaving it
+//! float buys at the output, and the ranking `--explain` prints.
 
 use anyhow::{Context, Result};
 use quench_ir::{tensor, Graph, Model, OpKind};
@@ -41,6 +47,9 @@ pub struct TensorError {
     pub sqnr_out_db: f64,
     #[serde(with = "quench_verify::metrics::float")]
     pub added_db: f64,
+    /// Output SQNR gain (dB, lowest over the outputs) of leaving this tensor
+    /// float, everything else quantized; `None` when not measured.
+    pub float_gain_db: Option<f64>,
 }
 
 /// SQNR (dB) of the error `out` adds to the error `inp` carried (both as
@@ -151,9 +160,92 @@ pub fn attribute(
                 sqnr_in_db,
                 sqnr_out_db,
                 added_db: added_db(sqnr_in_db, sqnr_out_db),
+                float_gain_db: None,
             }
         })
         .collect())
+}
+
+/// Samples the output-gain scan runs on: every candidate model is compiled
+/// once and run on these, against cached FP32 outputs.
+pub const GAIN_SAMPLES: usize = 32;
+
+/// The lowest output SQNR of `figures` (NaN wins: it is never a gain).
+fn min_sqnr(m: &[quench_verify::Metrics]) -> f64 {
+    m.iter().map(|m| m.sqnr_db).fold(f64::INFINITY, |a, b| {
+        if a.is_nan() || b.is_nan() {
+            f64::NAN
+        } else {
+            a.min(b)
+        }
+    })
+}
+
+/// Fills `float_gain_db` of every entry of `tensors`: the output SQNR (vs
+/// FP32, on up to [`GAIN_SAMPLES`] samples) of `twin` with only that
+/// tensor's Q/DQ bypassed, minus the output SQNR of `twin` itself. `pairs`
+/// are the twin's (quantized tensor, tensor after Q/DQ) names. Candidates
+/// compile and run in parallel.
+pub fn output_gains(
+    float: &ModelProto,
+    twin: &Model,
+    pairs: &[(String, String)],
+    data: &crate::data::Bound,
+    tensors: &mut [TensorError],
+) -> Result<()> {
+    use quench_verify::Subject;
+    use rayon::prelude::*;
+    let n = data.data.samples().min(GAIN_SAMPLES);
+    let rows: Vec<usize> = (0..n).collect();
+    let sub = data.data.pick(&rows);
+    let eval = Evaluator::new(&sub, data.feed, quench_verify::input_names(float));
+    let outputs = quench_verify::output_names(float).len();
+    let fp = Runners::new(float, vec![]);
+    let reference = eval.outputs(&fp, "the FP32 model")?;
+    let score = |m: &ModelProto, what: &str| -> Result<f64> {
+        let r = Runners::new(m, vec![]);
+        let f = eval
+            .compare(
+                &[
+                    Subject::Cached(&reference),
+                    Subject::Required(&r, "a candidate"),
+                ],
+                &[(0, 1)],
+                outputs,
+            )?
+            .remove(0);
+        let m = f
+            .outputs
+            .map_err(anyhow::Error::msg)
+            .with_context(|| what.to_string())?;
+        Ok(min_sqnr(&m))
+    };
+    let base = score(&twin.to_onnx(), "the float twin")?;
+    let after: std::collections::HashMap<&str, &str> = pairs
+        .iter()
+        .map(|(x, y)| (x.as_str(), y.as_str()))
+        .collect();
+    let gains: Vec<Option<f64>> = tensors
+        .par_iter()
+        .map(|t| -> Option<f64> {
+            let y = after.get(t.tensor.as_str())?;
+            let mut m = twin.clone();
+            let (xv, yv) = (m.graph.value_by_name(&t.tensor)?, m.graph.value_by_name(y)?);
+            if m.graph.is_graph_output(yv) {
+                return None;
+            }
+            m.graph.replace_all_uses(yv, xv);
+            let mut cx = quench_passes::PassCx::default();
+            quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut m.graph, &mut cx)
+                .ok()?;
+            let s = score(&m.to_onnx(), &t.tensor).ok()?;
+            Some(s - base)
+        })
+        .collect();
+    for (t, g) in tensors.iter_mut().zip(gains) {
+        t.float_gain_db = g;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

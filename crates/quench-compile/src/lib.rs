@@ -366,7 +366,6 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 let (twin_pairs, _) =
                     quench_passes::simulate::float_twin_pairs(&mut twin.graph, opset);
                 let twin_proto = twin.to_onnx();
-                drop(twin);
                 match verify::verify(original, &out_proto, &twin_proto, ev) {
                     Ok(mut v) => {
                         if let Some(fp) = &float_model {
@@ -375,9 +374,23 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 ev.feed,
                                 quench_verify::input_names(original),
                             );
-                            let twin = (&twin_proto, &twin_pairs[..]);
-                            match attribution::attribute(fp, &model.graph, twin, &eval) {
-                                Ok(t) => v.tensors = t,
+                            let pairs = (&twin_proto, &twin_pairs[..]);
+                            match attribution::attribute(fp, &model.graph, pairs, &eval) {
+                                Ok(mut t) => {
+                                    let fp_proto = fp.to_onnx();
+                                    if let Err(e) = attribution::output_gains(
+                                        &fp_proto,
+                                        &twin,
+                                        &twin_pairs,
+                                        ev,
+                                        &mut t,
+                                    ) {
+                                        out.note(format!(
+                                            "output gains of leaving tensors float not measured: {e:#}"
+                                        ));
+                                    }
+                                    v.tensors = t;
+                                }
                                 Err(e) => {
                                     out.note(format!("per-tensor error attribution skipped: {e:#}"))
                                 }
