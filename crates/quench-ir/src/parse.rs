@@ -1085,7 +1085,7 @@ impl<'a> Cur<'a> {
                     }
                     Single::Tensor(t) => {
                         set(&mut a, AttributeType::Tensors);
-                        a.tensors.push(t)
+                        a.tensors.push(*t)
                     }
                     Single::Graph => {
                         set(&mut a, AttributeType::Graphs);
@@ -1097,11 +1097,11 @@ impl<'a> Cur<'a> {
                     }
                     Single::Sparse(t) => {
                         set(&mut a, AttributeType::SparseTensors);
-                        a.sparse_tensors.push(t)
+                        a.sparse_tensors.push(*t)
                     }
                     Single::Type(t) => {
                         set(&mut a, AttributeType::TypeProtos);
-                        a.type_protos.push(t)
+                        a.type_protos.push(*t)
                     }
                 }
                 k += 1;
@@ -1128,7 +1128,7 @@ impl<'a> Cur<'a> {
             }
             Single::Tensor(t) => {
                 set(&mut a, AttributeType::Tensor);
-                a.t = Some(t)
+                a.t = Some(*t)
             }
             Single::Graph => {
                 set(&mut a, AttributeType::Graph);
@@ -1140,11 +1140,11 @@ impl<'a> Cur<'a> {
             }
             Single::Sparse(t) => {
                 set(&mut a, AttributeType::SparseTensor);
-                a.sparse_tensor = Some(t)
+                a.sparse_tensor = Some(*t)
             }
             Single::Type(t) => {
                 set(&mut a, AttributeType::TypeProto);
-                a.tp = Some(t)
+                a.tp = Some(*t)
             }
         }
         Ok(a)
@@ -1156,7 +1156,7 @@ impl<'a> Cur<'a> {
             return self.string().map(Single::Str);
         }
         if self.eat("tensor ") {
-            return self.tensor().map(Single::Tensor);
+            return self.tensor().map(|t| Single::Tensor(Box::new(t)));
         }
         if self.eat("graph(") {
             self.take_while(|c| c != ')');
@@ -1166,7 +1166,7 @@ impl<'a> Cur<'a> {
         if self.eat("sparse ") {
             let t = self.type_()?;
             let (elem, dims) = static_tensor_type(self, t.as_ref())?;
-            return Ok(Single::Sparse(SparseTensorProto {
+            return Ok(Single::Sparse(Box::new(SparseTensorProto {
                 values: Some(TensorProto {
                     data_type: Some(elem),
                     dims: vec![0],
@@ -1178,11 +1178,11 @@ impl<'a> Cur<'a> {
                     ..Default::default()
                 }),
                 dims,
-            }));
+            })));
         }
         if self.eat("type ") {
             let t = self.type_()?;
-            return Ok(Single::Type(t.unwrap_or_default()));
+            return Ok(Single::Type(Box::new(t.unwrap_or_default())));
         }
         match self.item()? {
             Item::Float(f) => Ok(Single::Float(f as f32)),
@@ -1196,10 +1196,10 @@ enum Single {
     Float(f32),
     Int(i64),
     Str(Vec<u8>),
-    Tensor(TensorProto),
+    Tensor(Box<TensorProto>),
     Graph,
-    Sparse(SparseTensorProto),
-    Type(TypeProto),
+    Sparse(Box<SparseTensorProto>),
+    Type(Box<TypeProto>),
 }
 
 #[cfg(test)]
