@@ -27,6 +27,7 @@ mod error;
 mod export;
 mod graph;
 mod import;
+mod infer;
 mod op;
 mod parse;
 pub mod tensor;

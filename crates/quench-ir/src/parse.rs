@@ -1213,7 +1213,7 @@ graph main(%x: f32[1,3,8,8]) -> (%1)
   %w0 = const f32[8,3,3,3]                      # conv1.weight
   %w1 = const f32[2] [0.5,-1.0]                 # b
   %0 = Conv(%x, %w0) {pads=[1,1,1,1]} : f32[1,8,8,8]  # conv1: conv1_out
-  %1 = Add(%0, %w1) : ?                         # y
+  %1 = Add(%0, %w1) : f32[1,8,8,?]              # y
 ";
 
     #[test]

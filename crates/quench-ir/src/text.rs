@@ -10,7 +10,10 @@
 //!
 //! Node outputs are numbered `%0, %1, ...` in topological order; constants
 //! `%w0, %w1, ...` in order of first use; graph inputs keep their (sanitised)
-//! names; values captured from an enclosing graph print as `^name`. Attributes
+//! names; values captured from an enclosing graph print as `^name`. Node
+//! outputs without a declared type show the type [`crate::infer`] works out
+//! (`f32[1,8]`, or `f32[*]` when only the element type is known); `?` means
+//! nothing is known. Attributes
 //! are sorted by name and floats print with six significant digits. Tensors
 //! show type and shape; with [`TextOptions::max_data_elements`] above zero,
 //! constants (and `tensor` attributes) of at most that many elements also
@@ -97,6 +100,7 @@ fn sanitize(name: &str) -> String {
 fn graph_text(g: &Graph, indent: usize, opts: &TextOptions, s: &mut String) {
     let pad = " ".repeat(indent);
     let order = g.topo_order().unwrap_or_else(|_| g.node_ids());
+    let inferred = crate::infer::display_types(g);
     let mut names: HashMap<ValueId, String> = HashMap::new();
     for v in g.inputs() {
         names.insert(*v, format!("%{}", sanitize(&g.value(*v).name)));
@@ -210,7 +214,7 @@ fn graph_text(g: &Graph, indent: usize, opts: &TextOptions, s: &mut String) {
                 .outputs()
                 .iter()
                 .map(|o| {
-                    o.map(|o| type_text(g.value(o).ty.as_ref()))
+                    o.map(|o| type_text(g.value(o).ty.as_ref().or_else(|| inferred.get(&o))))
                         .unwrap_or_else(|| "_".into())
                 })
                 .collect();
