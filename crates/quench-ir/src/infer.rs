@@ -6,9 +6,12 @@
 //! topological order, from declared types (inputs, `value_info`,
 //! initializers) through the ops whose output type follows simply from
 //! their inputs: element-wise and normalization ops keep input 0's type and
-//! shape, broadcasting ops broadcast their inputs' shapes, ops such as Conv
-//! or Reshape keep the element type with an unknown shape (`f32[*]`),
-//! comparisons give bool, Shape gives i64, Cast gives its `to`.
+//! shape, broadcasting ops broadcast their inputs' shapes, comparisons give
+//! bool, Shape gives i64, Cast gives its `to`. Conv, pooling, Gemm, MatMul,
+//! Flatten, Reshape (constant shape), Transpose, Concat, Squeeze and
+//! Unsqueeze (constant axes) work out their output shapes where the input
+//! shapes allow; other ops keep the element type with an unknown shape
+//! (`f32[*]`).
 //!
 //! Display only: the graph is not changed and nothing here is exported, so
 //! no pass or runtime sees a guessed type. Declared types are never
@@ -228,7 +231,116 @@ fn special(
                 .map(|d| dims(&d));
             tensor_ty(Some(elem), shape)
         }
-        _ => return None,
+        // Not a `Rule::Special` op.
+        OpKind::Abs
+        | OpKind::Add
+        | OpKind::AveragePool
+        | OpKind::BatchNormalization
+        | OpKind::Ceil
+        | OpKind::Clip
+        | OpKind::Concat
+        | OpKind::Conv
+        | OpKind::ConvTranspose
+        | OpKind::DepthToSpace
+        | OpKind::DequantizeLinear
+        | OpKind::Div
+        | OpKind::Dropout
+        | OpKind::DynamicQuantizeLinear
+        | OpKind::Einsum
+        | OpKind::Elu
+        | OpKind::Equal
+        | OpKind::Erf
+        | OpKind::Exp
+        | OpKind::Expand
+        | OpKind::Flatten
+        | OpKind::Floor
+        | OpKind::Gather
+        | OpKind::GatherElements
+        | OpKind::GatherND
+        | OpKind::Gelu
+        | OpKind::Gemm
+        | OpKind::GlobalAveragePool
+        | OpKind::GlobalMaxPool
+        | OpKind::Greater
+        | OpKind::GroupNormalization
+        | OpKind::HardSigmoid
+        | OpKind::HardSwish
+        | OpKind::Identity
+        | OpKind::If
+        | OpKind::InstanceNormalization
+        | OpKind::LayerNormalization
+        | OpKind::LeakyRelu
+        | OpKind::Less
+        | OpKind::Log
+        | OpKind::LogSoftmax
+        | OpKind::Loop
+        | OpKind::LpNormalization
+        | OpKind::LRN
+        | OpKind::LSTM
+        | OpKind::GRU
+        | OpKind::RNN
+        | OpKind::MatMul
+        | OpKind::Max
+        | OpKind::MaxPool
+        | OpKind::Mean
+        | OpKind::Min
+        | OpKind::Mish
+        | OpKind::Mod
+        | OpKind::Mul
+        | OpKind::Neg
+        | OpKind::Not
+        | OpKind::Pad
+        | OpKind::Pow
+        | OpKind::PRelu
+        | OpKind::QLinearConv
+        | OpKind::QLinearMatMul
+        | OpKind::Range
+        | OpKind::Reciprocal
+        | OpKind::ReduceL2
+        | OpKind::ReduceMax
+        | OpKind::ReduceMean
+        | OpKind::ReduceMin
+        | OpKind::ReduceProd
+        | OpKind::ReduceSum
+        | OpKind::Relu
+        | OpKind::Reshape
+        | OpKind::Resize
+        | OpKind::Round
+        | OpKind::Scan
+        | OpKind::ScatterElements
+        | OpKind::ScatterND
+        | OpKind::Selu
+        | OpKind::Sigmoid
+        | OpKind::Sign
+        | OpKind::Sin
+        | OpKind::Cos
+        | OpKind::Slice
+        | OpKind::Softmax
+        | OpKind::Softplus
+        | OpKind::Softsign
+        | OpKind::SpaceToDepth
+        | OpKind::Split
+        | OpKind::Sqrt
+        | OpKind::Squeeze
+        | OpKind::Sub
+        | OpKind::Sum
+        | OpKind::Tanh
+        | OpKind::Tile
+        | OpKind::TopK
+        | OpKind::Transpose
+        | OpKind::Unsqueeze
+        | OpKind::Upsample
+        | OpKind::Where
+        | OpKind::And
+        | OpKind::Or
+        | OpKind::Xor
+        | OpKind::CumSum
+        | OpKind::OneHot
+        | OpKind::Trilu
+        | OpKind::Celu
+        | OpKind::ThresholdedRelu
+        | OpKind::Swish
+        | OpKind::Other => return None,
     })
 }
 
@@ -269,7 +381,7 @@ pub(crate) fn display_types(g: &Graph) -> HashMap<ValueId, TypeProto> {
             }
             Rule::ElemOf(i) => input(i)
                 .and_then(|t| parts(&t).and_then(|(e, _)| e))
-                .map(|e| tensor_ty(Some(e), None)),
+                .map(|e| tensor_ty(Some(e), shape_rule(g, node, &input))),
             Rule::ElemWithInputShape(e) => {
                 let shape = input(0).and_then(|t| parts(&t).and_then(|(_, s)| s.cloned()));
                 Some(tensor_ty(Some(e as i32), shape))
@@ -282,4 +394,350 @@ pub(crate) fn display_types(g: &Graph) -> HashMap<ValueId, TypeProto> {
         }
     }
     out
+}
+
+fn dim_val(d: &Dimension) -> Option<i64> {
+    match d.value {
+        Some(DimValue::DimValue(v)) => Some(v),
+        _ => None,
+    }
+}
+
+fn known(v: Option<i64>) -> Dimension {
+    Dimension {
+        value: v.map(DimValue::DimValue),
+        denotation: None,
+    }
+}
+
+fn shape_of(input: &dyn Fn(usize) -> Option<TypeProto>, i: usize) -> Option<TensorShapeProto> {
+    input(i).and_then(|t| parts(&t).and_then(|(_, s)| s.cloned()))
+}
+
+/// Integers of a constant input (shapes, axes).
+fn const_ints(g: &Graph, node: &Node, i: usize) -> Option<Vec<i64>> {
+    let t = g.const_tensor(node.input(i)?)?;
+    crate::tensor::to_i64(t).ok()
+}
+
+fn norm_axis(a: i64, rank: usize) -> Option<usize> {
+    let a = if a < 0 { a + rank as i64 } else { a };
+    usize::try_from(a).ok().filter(|a| *a < rank)
+}
+
+/// Output shape of ops whose shape follows from input shapes and
+/// attributes; `None` when it cannot be told.
+fn shape_rule(
+    g: &Graph,
+    node: &Node,
+    input: &dyn Fn(usize) -> Option<TypeProto>,
+) -> Option<TensorShapeProto> {
+    let x = shape_of(input, 0)?;
+    let xd = &x.dim;
+    let dim = |v: Vec<Dimension>| Some(TensorShapeProto { dim: v });
+    match node.kind() {
+        OpKind::Conv | OpKind::MaxPool | OpKind::AveragePool => {
+            if xd.len() < 3 {
+                return None;
+            }
+            let sp = xd.len() - 2;
+            let (channels, kernel) = if node.kind() == OpKind::Conv {
+                let w = shape_of(input, 1)?;
+                if w.dim.len() != xd.len() {
+                    return None;
+                }
+                let k: Option<Vec<i64>> = w.dim[2..].iter().map(dim_val).collect();
+                (w.dim[0].clone(), k?)
+            } else {
+                (xd[1].clone(), node.attr_ints("kernel_shape")?.to_vec())
+            };
+            if kernel.len() != sp {
+                return None;
+            }
+            let auto = node.attr_string("auto_pad").unwrap_or_default();
+            let pads = node
+                .attr_ints("pads")
+                .map(|p| p.to_vec())
+                .unwrap_or(vec![0; 2 * sp]);
+            let strides = node
+                .attr_ints("strides")
+                .map(|p| p.to_vec())
+                .unwrap_or(vec![1; sp]);
+            let dil = node
+                .attr_ints("dilations")
+                .map(|p| p.to_vec())
+                .unwrap_or(vec![1; sp]);
+            let ceil = node.attr_int("ceil_mode").unwrap_or(0) != 0;
+            if pads.len() != 2 * sp || strides.len() != sp || dil.len() != sp {
+                return None;
+            }
+            let mut out = vec![xd[0].clone(), channels];
+            for i in 0..sp {
+                let v = dim_val(&xd[2 + i]).and_then(|n| {
+                    let (s, k) = (strides[i], dil[i] * (kernel[i] - 1) + 1);
+                    if s <= 0 {
+                        return None;
+                    }
+                    let o = match auto.as_str() {
+                        "" | "NOTSET" => {
+                            let span = n + pads[i] + pads[sp + i] - k;
+                            if ceil {
+                                (span + s - 1).div_euclid(s) + 1
+                            } else {
+                                span.div_euclid(s) + 1
+                            }
+                        }
+                        "VALID" => (n - k).div_euclid(s) + 1,
+                        "SAME_UPPER" | "SAME_LOWER" => (n + s - 1).div_euclid(s),
+                        _ => return None,
+                    };
+                    (o > 0).then_some(o)
+                });
+                out.push(known(v));
+            }
+            dim(out)
+        }
+        OpKind::GlobalAveragePool | OpKind::GlobalMaxPool => {
+            if xd.len() < 3 {
+                return None;
+            }
+            let mut out = xd[..2].to_vec();
+            out.extend((2..xd.len()).map(|_| known(Some(1))));
+            dim(out)
+        }
+        OpKind::Flatten => {
+            let axis = node.attr_int("axis").unwrap_or(1);
+            let r = xd.len() as i64;
+            let a = if axis < 0 { axis + r } else { axis };
+            let a = usize::try_from(a).ok().filter(|a| *a as i64 <= r)?;
+            let prod = |d: &[Dimension]| -> Option<i64> { d.iter().map(dim_val).product() };
+            dim(vec![known(prod(&xd[..a])), known(prod(&xd[a..]))])
+        }
+        OpKind::Gemm => {
+            let b = shape_of(input, 1)?;
+            if xd.len() != 2 || b.dim.len() != 2 {
+                return None;
+            }
+            let ta = node.attr_int("transA").unwrap_or(0) != 0;
+            let tb = node.attr_int("transB").unwrap_or(0) != 0;
+            let m = xd[usize::from(ta)].clone();
+            let n = b.dim[usize::from(!tb)].clone();
+            dim(vec![m, n])
+        }
+        OpKind::MatMul => {
+            let b = shape_of(input, 1)?;
+            let (ra, rb) = (xd.len(), b.dim.len());
+            if ra < 2 || rb < 2 {
+                return None;
+            }
+            let batch = broadcast(&[
+                &TensorShapeProto {
+                    dim: xd[..ra - 2].to_vec(),
+                },
+                &TensorShapeProto {
+                    dim: b.dim[..rb - 2].to_vec(),
+                },
+            ]);
+            let mut out = batch.dim;
+            out.push(xd[ra - 2].clone());
+            out.push(b.dim[rb - 1].clone());
+            dim(out)
+        }
+        OpKind::Reshape => {
+            let spec = const_ints(g, node, 1)?;
+            let allowzero = node.attr_int("allowzero").unwrap_or(0) != 0;
+            let mut out: Vec<Option<i64>> = Vec::with_capacity(spec.len());
+            let mut copied: Vec<Option<Dimension>> = Vec::with_capacity(spec.len());
+            for (i, d) in spec.iter().enumerate() {
+                if *d == 0 && !allowzero {
+                    let src = xd.get(i)?;
+                    out.push(dim_val(src));
+                    copied.push(Some(src.clone()));
+                } else {
+                    out.push(Some(*d));
+                    copied.push(None);
+                }
+            }
+            if let Some(pos) = spec.iter().position(|d| *d == -1) {
+                let total: Option<i64> = xd.iter().map(dim_val).product();
+                let rest: Option<i64> = out
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != pos)
+                    .map(|(_, d)| *d)
+                    .product();
+                out[pos] = match (total, rest) {
+                    (Some(t), Some(r)) if r > 0 && t % r == 0 => Some(t / r),
+                    _ => None,
+                };
+            }
+            dim(out
+                .into_iter()
+                .zip(copied)
+                .map(|(v, c)| c.unwrap_or_else(|| known(v)))
+                .collect())
+        }
+        OpKind::Transpose => {
+            let r = xd.len();
+            let perm: Vec<usize> = match node.attr_ints("perm") {
+                Some(p) => p.iter().map(|a| norm_axis(*a, r)).collect::<Option<_>>()?,
+                None => (0..r).rev().collect(),
+            };
+            if perm.len() != r {
+                return None;
+            }
+            dim(perm.iter().map(|p| xd[*p].clone()).collect())
+        }
+        OpKind::Concat => {
+            let axis = norm_axis(node.attr_int("axis")?, xd.len())?;
+            let mut total = Some(0i64);
+            for i in 0..node.inputs().len() {
+                let s = shape_of(input, i)?;
+                if s.dim.len() != xd.len() {
+                    return None;
+                }
+                total = total.zip(dim_val(&s.dim[axis])).map(|(a, b)| a + b);
+            }
+            let mut out = xd.clone();
+            out[axis] = known(total);
+            dim(out)
+        }
+        OpKind::Unsqueeze | OpKind::Squeeze => {
+            let axes = match node.attr_ints("axes") {
+                Some(a) => Some(a.to_vec()),
+                None => const_ints(g, node, 1),
+            };
+            let mut out = xd.clone();
+            if node.kind() == OpKind::Unsqueeze {
+                let r = xd.len() + axes.as_ref()?.len();
+                let mut ax: Vec<usize> = axes?
+                    .iter()
+                    .map(|a| norm_axis(*a, r))
+                    .collect::<Option<_>>()?;
+                ax.sort();
+                for a in ax {
+                    if a > out.len() {
+                        return None;
+                    }
+                    out.insert(a, known(Some(1)));
+                }
+            } else {
+                let mut ax: Vec<usize> = axes?
+                    .iter()
+                    .map(|a| norm_axis(*a, xd.len()))
+                    .collect::<Option<_>>()?;
+                ax.sort();
+                for a in ax.into_iter().rev() {
+                    out.remove(a);
+                }
+            }
+            dim(out)
+        }
+        // No shape rule: the element type alone is shown.
+        OpKind::Abs
+        | OpKind::Add
+        | OpKind::ArgMax
+        | OpKind::BatchNormalization
+        | OpKind::Cast
+        | OpKind::Ceil
+        | OpKind::Clip
+        | OpKind::Constant
+        | OpKind::ConstantOfShape
+        | OpKind::ConvTranspose
+        | OpKind::DepthToSpace
+        | OpKind::DequantizeLinear
+        | OpKind::Div
+        | OpKind::Dropout
+        | OpKind::DynamicQuantizeLinear
+        | OpKind::Einsum
+        | OpKind::Elu
+        | OpKind::Equal
+        | OpKind::Erf
+        | OpKind::Exp
+        | OpKind::Expand
+        | OpKind::Floor
+        | OpKind::Gather
+        | OpKind::GatherElements
+        | OpKind::GatherND
+        | OpKind::Gelu
+        | OpKind::Greater
+        | OpKind::GroupNormalization
+        | OpKind::HardSigmoid
+        | OpKind::HardSwish
+        | OpKind::Identity
+        | OpKind::If
+        | OpKind::InstanceNormalization
+        | OpKind::LayerNormalization
+        | OpKind::LeakyRelu
+        | OpKind::Less
+        | OpKind::Log
+        | OpKind::LogSoftmax
+        | OpKind::Loop
+        | OpKind::LpNormalization
+        | OpKind::LRN
+        | OpKind::LSTM
+        | OpKind::GRU
+        | OpKind::RNN
+        | OpKind::MatMulInteger
+        | OpKind::Max
+        | OpKind::Mean
+        | OpKind::Min
+        | OpKind::Mish
+        | OpKind::Mod
+        | OpKind::Mul
+        | OpKind::Neg
+        | OpKind::Not
+        | OpKind::Pad
+        | OpKind::Pow
+        | OpKind::PRelu
+        | OpKind::QLinearConv
+        | OpKind::QLinearMatMul
+        | OpKind::QuantizeLinear
+        | OpKind::Range
+        | OpKind::Reciprocal
+        | OpKind::ReduceL2
+        | OpKind::ReduceMax
+        | OpKind::ReduceMean
+        | OpKind::ReduceMin
+        | OpKind::ReduceProd
+        | OpKind::ReduceSum
+        | OpKind::Relu
+        | OpKind::Resize
+        | OpKind::Round
+        | OpKind::Scan
+        | OpKind::ScatterElements
+        | OpKind::ScatterND
+        | OpKind::Selu
+        | OpKind::Shape
+        | OpKind::Sigmoid
+        | OpKind::Sign
+        | OpKind::Sin
+        | OpKind::Cos
+        | OpKind::Size
+        | OpKind::Slice
+        | OpKind::Softmax
+        | OpKind::Softplus
+        | OpKind::Softsign
+        | OpKind::SpaceToDepth
+        | OpKind::Split
+        | OpKind::Sqrt
+        | OpKind::Sub
+        | OpKind::Sum
+        | OpKind::Tanh
+        | OpKind::Tile
+        | OpKind::TopK
+        | OpKind::Upsample
+        | OpKind::Where
+        | OpKind::And
+        | OpKind::Or
+        | OpKind::Xor
+        | OpKind::CumSum
+        | OpKind::NonZero
+        | OpKind::OneHot
+        | OpKind::Trilu
+        | OpKind::Celu
+        | OpKind::ThresholdedRelu
+        | OpKind::Swish
+        | OpKind::Other => None,
+    }
 }
