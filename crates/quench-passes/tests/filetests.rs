@@ -28,7 +28,7 @@
 //!   data (see `quench_ir::parse_model`).
 //! - Everything after `; expect:` is compared with the model printed after
 //!   the passes, followed by `; log:` and the passes' log lines (when there
-//!   are any).
+//!   are any). The printed output must also parse back to the same text.
 //!
 //! A failure prints a line diff of expected against actual. To accept the
 //! new output, run with `QUENCH_BLESS=1`
@@ -114,9 +114,20 @@ fn run(t: &FileTest) -> Result<String, String> {
         },
     )
     .map_err(|e| e.to_string())?;
-    let mut out = model.to_text_with(&TextOptions {
+    let opts = TextOptions {
         max_data_elements: t.data,
-    });
+    };
+    let mut out = model.to_text_with(&opts);
+    // The output is IR text too: it must read back as itself.
+    let again = parse_model(&out)
+        .map_err(|e| format!("output does not parse: {e}\n{out}"))?
+        .to_text_with(&opts);
+    if again != out {
+        return Err(format!(
+            "output does not print back the same:\n{}",
+            diff(&out, &again)
+        ));
+    }
     if !cx.log.is_empty() {
         out.push_str("; log:\n");
         for l in &cx.log {
