@@ -27,7 +27,9 @@ mod error;
 mod export;
 mod graph;
 mod import;
+mod infer;
 mod op;
+mod parse;
 pub mod tensor;
 mod text;
 
@@ -35,7 +37,8 @@ pub use error::{IrError, Problem};
 pub use graph::{Dim, Graph, Node, NodeId, Use, Value, ValueDef, ValueId};
 pub use import::import_subgraph;
 pub use op::OpKind;
-pub use text::{format_float, GraphText};
+pub use parse::{parse_graph, parse_model, ParseError};
+pub use text::{format_float, GraphText, TextOptions};
 
 use quench_onnx::proto::{ModelProto, OperatorSetIdProto};
 
@@ -116,7 +119,12 @@ impl Model {
 
     /// Deterministic text form of the model (see [`GraphText`]).
     pub fn to_text(&self) -> String {
-        text::model_text(self)
+        text::model_text(self, &TextOptions::default())
+    }
+
+    /// The text form with options (e.g. small constants' data).
+    pub fn to_text_with(&self, opts: &TextOptions) -> String {
+        text::model_text(self, opts)
     }
 }
 

@@ -10,16 +10,28 @@
 //!
 //! Node outputs are numbered `%0, %1, ...` in topological order; constants
 //! `%w0, %w1, ...` in order of first use; graph inputs keep their (sanitised)
-//! names; values captured from an enclosing graph print as `^name`. Attributes
+//! names; values captured from an enclosing graph print as `^name`. Node
+//! outputs without a declared type show the type [`crate::infer`] works out
+//! (`f32[1,8]`, or `f32[*]` when only the element type is known); `?` means
+//! nothing is known. Attributes
 //! are sorted by name and floats print with six significant digits. Tensors
-//! show type and shape, never data. Original ONNX names follow as comments.
-//! Subgraph bodies print nested under their node, numbered on their own.
+//! show type and shape; with [`TextOptions::max_data_elements`] above zero,
+//! constants (and `tensor` attributes) of at most that many elements also
+//! show their data, flat, after the type: `%w0 = const f32[2] [0.5,-1.0]`
+//! (floats at six significant digits, integers exactly, bools as
+//! `true`/`false`; only f32, f64, integer and bool data print). Original ONNX
+//! names follow as comments. Subgraph bodies print nested under their node,
+//! numbered on their own.
+//!
+//! [`parse_model`](crate::parse_model) reads this form back; see its module
+//! for what it fills in that the text does not show.
 
 use std::collections::HashMap;
 use std::fmt::Write;
 
 use quench_onnx::dtype::elem_name;
 use quench_onnx::proto::attribute_proto::AttributeType;
+use quench_onnx::proto::tensor_proto::DataType;
 use quench_onnx::proto::tensor_shape_proto::dimension::Value as DimValue;
 use quench_onnx::proto::type_proto::Value as TypeValue;
 use quench_onnx::proto::{
@@ -31,25 +43,37 @@ use crate::Model;
 
 const COMMENT_COLUMN: usize = 48;
 
+/// Options of the text form. The default shows no tensor data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextOptions {
+    /// Constants and tensor attributes with at most this many elements show
+    /// their data (0: never).
+    pub max_data_elements: usize,
+}
+
 /// Something that prints as IR text.
 pub trait GraphText {
-    fn to_text(&self) -> String;
+    /// The text with default [`TextOptions`] (no tensor data).
+    fn to_text(&self) -> String {
+        self.to_text_with(&TextOptions::default())
+    }
+    fn to_text_with(&self, opts: &TextOptions) -> String;
 }
 
 impl GraphText for Graph {
-    fn to_text(&self) -> String {
+    fn to_text_with(&self, opts: &TextOptions) -> String {
         let mut s = String::new();
-        graph_text(self, 0, &mut s);
+        graph_text(self, 0, opts, &mut s);
         s
     }
 }
 
-pub(crate) fn model_text(m: &Model) -> String {
+pub(crate) fn model_text(m: &Model, opts: &TextOptions) -> String {
     let mut s = format!("# ir_version {}; opset ", m.header.ir_version());
     let ops: Vec<String> = m.opsets().iter().map(|(d, v)| format!("{d} {v}")).collect();
     s.push_str(&ops.join(", "));
     s.push('\n');
-    graph_text(&m.graph, 0, &mut s);
+    graph_text(&m.graph, 0, opts, &mut s);
     s
 }
 
@@ -73,9 +97,10 @@ fn sanitize(name: &str) -> String {
     }
 }
 
-fn graph_text(g: &Graph, indent: usize, s: &mut String) {
+fn graph_text(g: &Graph, indent: usize, opts: &TextOptions, s: &mut String) {
     let pad = " ".repeat(indent);
     let order = g.topo_order().unwrap_or_else(|_| g.node_ids());
+    let inferred = crate::infer::display_types(g);
     let mut names: HashMap<ValueId, String> = HashMap::new();
     for v in g.inputs() {
         names.insert(*v, format!("%{}", sanitize(&g.value(*v).name)));
@@ -147,7 +172,7 @@ fn graph_text(g: &Graph, indent: usize, s: &mut String) {
     for v in &consts {
         let t = g.initializer(*v);
         let ty = match t {
-            Some(t) => tensor_text(t),
+            Some(t) => tensor_text_with(t, opts),
             None => format!("sparse {}", type_text(g.value(*v).ty.as_ref())),
         };
         let line = format!("{pad}  {} = const {ty}", names[v]);
@@ -172,7 +197,7 @@ fn graph_text(g: &Graph, indent: usize, s: &mut String) {
         if !attrs.is_empty() {
             let a: Vec<String> = attrs
                 .iter()
-                .map(|a| format!("{}={}", a.name(), attr_text(a)))
+                .map(|a| format!("{}={}", a.name(), attr_text(a, opts)))
                 .collect();
             let _ = write!(line, " {{{}}}", a.join(", "));
         }
@@ -189,7 +214,7 @@ fn graph_text(g: &Graph, indent: usize, s: &mut String) {
                 .outputs()
                 .iter()
                 .map(|o| {
-                    o.map(|o| type_text(g.value(o).ty.as_ref()))
+                    o.map(|o| type_text(g.value(o).ty.as_ref().or_else(|| inferred.get(&o))))
                         .unwrap_or_else(|| "_".into())
                 })
                 .collect();
@@ -215,15 +240,15 @@ fn graph_text(g: &Graph, indent: usize, s: &mut String) {
                     format!("{}[{k}]", a.name())
                 };
                 let _ = writeln!(s, "{pad}    {label}:");
-                subgraph_text(sg, indent + 6, s);
+                subgraph_text(sg, indent + 6, opts, s);
             }
         }
     }
 }
 
-fn subgraph_text(sg: &GraphProto, indent: usize, s: &mut String) {
+fn subgraph_text(sg: &GraphProto, indent: usize, opts: &TextOptions, s: &mut String) {
     match crate::import::import_subgraph(sg.clone()) {
-        Ok(g) => graph_text(&g, indent, s),
+        Ok(g) => graph_text(&g, indent, opts, s),
         Err(e) => {
             let _ = writeln!(s, "{}<invalid subgraph: {e}>", " ".repeat(indent));
         }
@@ -300,6 +325,58 @@ fn tensor_text(t: &TensorProto) -> String {
     format!("{}[{}]", elem_name(t.data_type()), d.join(","))
 }
 
+/// `f32[2]`, followed by ` [0.5,-1.0]` when `opts` asks for the data of a
+/// tensor this small and the data is readable.
+fn tensor_text_with(t: &TensorProto, opts: &TextOptions) -> String {
+    let mut s = tensor_text(t);
+    if let Some(d) = data_text(t, opts) {
+        s.push(' ');
+        s.push_str(&d);
+    }
+    s
+}
+
+fn data_text(t: &TensorProto, opts: &TextOptions) -> Option<String> {
+    let n = crate::tensor::numel(&t.dims)?;
+    if n > opts.max_data_elements {
+        return None;
+    }
+    let dt = DataType::try_from(t.data_type()).ok()?;
+    let items: Vec<String> = match dt {
+        DataType::Float | DataType::Double => crate::tensor::to_f64(t)
+            .ok()?
+            .into_iter()
+            .map(format_float)
+            .collect(),
+        DataType::Bool => crate::tensor::to_f64(t)
+            .ok()?
+            .into_iter()
+            .map(|x| (x != 0.0).to_string())
+            .collect(),
+        DataType::Int64 => crate::tensor::to_i64(t)
+            .ok()?
+            .into_iter()
+            .map(|x| x.to_string())
+            .collect(),
+        DataType::Int8
+        | DataType::Uint8
+        | DataType::Int16
+        | DataType::Uint16
+        | DataType::Int32
+        | DataType::Uint32
+        | DataType::Uint64 => crate::tensor::to_f64(t)
+            .ok()?
+            .into_iter()
+            .map(|x| format!("{x:.0}"))
+            .collect(),
+        _ => return None,
+    };
+    if items.len() != n {
+        return None;
+    }
+    Some(format!("[{}]", items.join(",")))
+}
+
 fn sparse_text(t: &SparseTensorProto) -> String {
     let d: Vec<String> = t.dims.iter().map(|d| d.to_string()).collect();
     let e = t
@@ -314,7 +391,7 @@ fn quote(b: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(b))
 }
 
-fn attr_text(a: &AttributeProto) -> String {
+fn attr_text(a: &AttributeProto, opts: &TextOptions) -> String {
     if let Some(r) = &a.ref_attr_name {
         return format!("@{r}");
     }
@@ -328,7 +405,7 @@ fn attr_text(a: &AttributeProto) -> String {
         AttributeType::String => quote(a.s()),
         AttributeType::Tensor => {
             a.t.as_ref()
-                .map(|t| format!("tensor {}", tensor_text(t)))
+                .map(|t| format!("tensor {}", tensor_text_with(t, opts)))
                 .unwrap_or_default()
         }
         AttributeType::Graph => {
@@ -348,7 +425,7 @@ fn attr_text(a: &AttributeProto) -> String {
         AttributeType::Tensors => list(
             a.tensors
                 .iter()
-                .map(|t| format!("tensor {}", tensor_text(t))),
+                .map(|t| format!("tensor {}", tensor_text_with(t, opts))),
         ),
         AttributeType::Graphs => list(
             a.graphs

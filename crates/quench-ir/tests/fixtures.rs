@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use prost::Message;
-use quench_ir::Model;
+use quench_ir::{parse_model, Model, TextOptions};
 
 fn testdata() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata")
@@ -73,4 +73,44 @@ fn bad_fixtures_report_the_offending_names() {
         let err = Model::from_onnx(loaded.model).unwrap_err().to_string();
         assert!(err.contains(needle), "{file}: {err}");
     }
+}
+
+/// The text form reads back: `print(parse(print(m))) == print(m)` for every
+/// fixture, without data and with the data of constants up to 64 elements.
+#[test]
+fn fixture_text_parses_back() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(testdata()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("onnx") {
+            continue;
+        }
+        let loaded = quench_onnx::load_model(&path).unwrap();
+        let model = Model::from_onnx(loaded.model).unwrap();
+        for opts in [
+            TextOptions::default(),
+            TextOptions {
+                max_data_elements: 64,
+            },
+        ] {
+            let text = model.to_text_with(&opts);
+            let parsed =
+                parse_model(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()));
+            parsed
+                .graph
+                .verify()
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(
+                parsed.to_text_with(&opts),
+                text,
+                "{} does not print back the same",
+                path.display()
+            );
+            // The parsed model is a valid ONNX model again.
+            let again = Model::from_onnx(parsed.to_onnx()).unwrap();
+            assert_eq!(again.to_text_with(&opts), text, "{}", path.display());
+        }
+        n += 1;
+    }
+    assert!(n >= 20, "only {n} fixtures found");
 }

@@ -401,10 +401,12 @@ pub fn eval(node: &Node, inputs: &[Option<Tensor>]) -> Option<Vec<Tensor>> {
             if shape.iter().product::<usize>() > MAX_ELEMENTS {
                 return None;
             }
-            let value = node
-                .attr_tensor("value")
-                .and_then(Tensor::from_proto)
-                .unwrap_or(Tensor::F32(ArrayD::zeros(IxDyn(&[1]))));
+            // A value of a type not covered here (bool, i32, ...) declines;
+            // the f32 default applies only when there is no value at all.
+            let value = match node.attr_tensor("value") {
+                Some(v) => Tensor::from_proto(v)?,
+                None => Tensor::F32(ArrayD::zeros(IxDyn(&[1]))),
+            };
             match value {
                 Tensor::F32(v) => Tensor::F32(ArrayD::from_elem(IxDyn(&shape), *v.iter().next()?)),
                 Tensor::I64(v) => Tensor::I64(ArrayD::from_elem(IxDyn(&shape), *v.iter().next()?)),

@@ -216,20 +216,21 @@ fn fold_affine(g: &mut Graph, bn: NodeId, x: ValueId, mut aff: BnAffine) -> bool
     let Some((wdims, mut w)) = f32_const(g, wv) else {
         return false;
     };
-    // Output channels of the producer; a single affine value stands for all.
-    let channels = match pnode.kind() {
-        OpKind::Conv => wdims.first().map(|d| *d as usize),
-        OpKind::ConvTranspose => wdims
-            .get(1)
-            .map(|d| *d as usize * pnode.attr_int("group").unwrap_or(1).max(1) as usize),
-        OpKind::Gemm if wdims.len() == 2 => Some(if pnode.attr_int("transB").unwrap_or(0) != 0 {
-            wdims[0] as usize
-        } else {
-            wdims[1] as usize
-        }),
-        OpKind::MatMul => wdims.get(1).map(|d| *d as usize),
-        _ => None,
-    };
+    // Output channels of the producer: its weight's per-channel axis (times
+    // the groups for ConvTranspose, whose weight holds M/group of them). A
+    // single affine value stands for all. Weights of other ranks than the
+    // ones handled below are declined there.
+    let channels = crate::facts::weight_axis(&pnode, wdims.len())
+        .filter(|_| crate::facts::is_compute(pnode.kind()))
+        .and_then(|a| wdims.get(a))
+        .map(|d| {
+            let groups = if pnode.kind() == OpKind::ConvTranspose {
+                pnode.attr_int("group").unwrap_or(1).max(1) as usize
+            } else {
+                1
+            };
+            *d as usize * groups
+        });
     if aff.scale.len() == 1 {
         if let Some(ch) = channels {
             aff.scale = vec![aff.scale[0]; ch];

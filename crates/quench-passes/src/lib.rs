@@ -15,6 +15,7 @@ pub mod constants_to_initializers;
 pub mod dead_code;
 pub mod dedup_initializers;
 pub mod eval;
+pub mod facts;
 pub mod fold_batchnorm;
 pub mod fold_constants;
 pub mod pipeline;

@@ -176,13 +176,6 @@ impl Layer {
     }
 }
 
-fn is_compute(k: OpKind) -> bool {
-    matches!(
-        k,
-        OpKind::Conv | OpKind::ConvTranspose | OpKind::Gemm | OpKind::MatMul
-    )
-}
-
 fn node_label(g: &Graph, n: NodeId) -> String {
     let node = g.node(n);
     if !node.name().is_empty() {
@@ -212,7 +205,7 @@ fn first_and_last(g: &Graph) -> (HashSet<NodeId>, HashSet<NodeId>) {
             .flatten()
             .chain(node.implicit_inputs())
             .any(|v| after.contains(v));
-        let compute = is_compute(node.kind());
+        let compute = crate::facts::is_compute(node.kind());
         if compute && !tainted {
             first.insert(n);
         }
@@ -225,7 +218,7 @@ fn first_and_last(g: &Graph) -> (HashSet<NodeId>, HashSet<NodeId>) {
     for &n in order.iter().rev() {
         let node = g.node(n);
         let downstream = node.outputs().iter().flatten().any(|v| feeds.contains(v));
-        let compute = is_compute(node.kind());
+        let compute = crate::facts::is_compute(node.kind());
         if compute && !downstream {
             last.insert(n);
         }
@@ -246,7 +239,7 @@ pub fn layers(g: &Graph, cfg: &PruneConfig) -> Vec<Layer> {
     for n in order {
         let node = g.node(n);
         let kind = node.kind();
-        if !is_compute(kind) {
+        if !crate::facts::is_compute(kind) {
             continue;
         }
         let Some(w) = node.input(1) else { continue };

@@ -440,25 +440,7 @@ fn absorbable(g: &Graph, r: NodeId) -> bool {
 /// The constant bounds of a Clip node (attributes before opset 11, inputs
 /// after).
 fn clip_bounds(g: &Graph, r: NodeId) -> Option<(f32, f32)> {
-    let node = g.node(r);
-    let read = |i: usize| -> Option<Option<f32>> {
-        match node.input(i) {
-            None => Some(None),
-            Some(v) => {
-                let t = g.const_tensor(v)?;
-                Some(tensor::to_f32(t).ok()?.first().copied())
-            }
-        }
-    };
-    let lo = node
-        .attr_float("min")
-        .map(Some)
-        .map_or_else(|| read(1), Some)?;
-    let hi = node
-        .attr_float("max")
-        .map(Some)
-        .map_or_else(|| read(2), Some)?;
-    Some((lo.unwrap_or(f32::MIN), hi.unwrap_or(f32::MAX)))
+    crate::facts::clip_bounds(g, r)
 }
 
 /// A calibrated range per activation tensor name.
@@ -636,19 +618,7 @@ fn quantize_weight(
 
 /// Per-channel axis of a compute op's weight.
 fn weight_axis(g: &Graph, n: NodeId, wdims: usize) -> Option<usize> {
-    let node = g.node(n);
-    match node.kind() {
-        OpKind::Conv => Some(0),
-        OpKind::ConvTranspose => Some(1),
-        OpKind::Gemm => Some(if node.attr_int("transB").unwrap_or(0) != 0 {
-            0
-        } else {
-            1
-        }),
-        OpKind::MatMul => wdims.checked_sub(1),
-        OpKind::Gather => Some(0),
-        _ => None,
-    }
+    crate::facts::weight_axis(g.node(n), wdims)
 }
 
 /// Inserts `x → Q → DQ` and points every node use of `x` (except the new Q)
