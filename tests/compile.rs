@@ -570,7 +570,7 @@ fn explain_names_the_tensor_with_a_stretched_range() {
         "--report",
         rep.to_str().unwrap(),
     ]);
-    assert!(stdout.contains("error by tensor"), "{stdout}");
+    assert!(stdout.contains("cost by tensor"), "{stdout}");
     let tensors = report(&rep)["verification"]["tensors"]
         .as_array()
         .unwrap()
@@ -586,10 +586,17 @@ fn explain_names_the_tensor_with_a_stretched_range() {
         let a = get(other, "added_db");
         assert!(a > bad + 20.0, "{other} adds {a} dB, relu1_out {bad}");
     }
+    // Leaving it float gains the most at the output, by far.
+    let gain = get("relu1_out", "float_gain_db");
+    assert!(gain > 10.0, "relu1_out float gain {gain} dB");
+    for other in ["input", "relu2_out"] {
+        let g = get(other, "float_gain_db");
+        assert!(g < gain - 10.0, "{other} gains {g} dB, relu1_out {gain}");
+    }
     // The most costly tensor is listed first in the printed summary.
     let first = stdout
         .lines()
-        .skip_while(|l| !l.contains("error by tensor"))
+        .skip_while(|l| !l.contains("cost by tensor"))
         .nth(1)
         .unwrap_or_default();
     assert!(first.contains("`relu1_out`"), "{stdout}");

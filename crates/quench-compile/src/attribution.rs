@@ -187,7 +187,8 @@ fn min_sqnr(m: &[quench_verify::Metrics]) -> f64 {
 /// are the twin's (quantized tensor, tensor after Q/DQ) names. Candidates
 /// compile and run in parallel.
 pub fn output_gains(
-    float: &ModelProto,
+    float_model: &Model,
+    quantized: &Graph,
     twin: &Model,
     pairs: &[(String, String)],
     data: &crate::data::Bound,
@@ -195,6 +196,7 @@ pub fn output_gains(
 ) -> Result<()> {
     use quench_verify::Subject;
     use rayon::prelude::*;
+    let float = &float_model.to_onnx();
     let n = data.data.samples().min(GAIN_SAMPLES);
     let rows: Vec<usize> = (0..n).collect();
     let sub = data.data.pick(&rows);
@@ -234,7 +236,26 @@ pub fn output_gains(
             if m.graph.is_graph_output(yv) {
                 return None;
             }
-            m.graph.replace_all_uses(yv, xv);
+            // A Relu/Clip absorbed into the tensor's range is only in its
+            // Q/DQ: leaving the tensor float must keep that clamp.
+            let mut keep = xv;
+            if let Some((lo, hi)) = absorbed_clamp(&float_model.graph, quantized, &t.tensor) {
+                for (op, bound) in [("Max", lo), ("Min", hi)] {
+                    if !bound.is_finite() {
+                        continue;
+                    }
+                    let name = m.graph.unique_name(&format!("{}_float_{op}", t.tensor));
+                    let c = m.graph.add_const(
+                        &format!("{name}_bound"),
+                        tensor::from_f32(&format!("{name}_bound"), &[], &[bound]),
+                    );
+                    let (_, outs) =
+                        m.graph
+                            .add_op(quench_ir::Node::new(op, &name), &[keep, c], &[&name]);
+                    keep = outs[0];
+                }
+            }
+            m.graph.replace_all_uses(yv, keep);
             let mut cx = quench_passes::PassCx::default();
             quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut m.graph, &mut cx)
                 .ok()?;

@@ -17,6 +17,7 @@ use quench_calib::{
 };
 use quench_ir::Graph;
 use quench_onnx::proto::ModelProto;
+use quench_passes::facts;
 use quench_passes::quantize::Ranges;
 use quench_verify::{ArrayData, Dataset, Feed, Runners, MAX_BATCH};
 use rayon::prelude::*;
@@ -305,7 +306,6 @@ pub fn choose_ranges(
 /// HardSigmoid (bounded to [0, 1]). Data movement (Reshape, Transpose, ...)
 /// in between does not count.
 fn produced_by_bounded_op(g: &Graph, name: &str) -> bool {
-    use quench_ir::OpKind;
     use quench_passes::rules::{rule, OpRule};
     let mut v = g.value_by_name(name);
     for _ in 0..16 {
@@ -313,11 +313,15 @@ fn produced_by_bounded_op(g: &Graph, name: &str) -> bool {
             return false;
         };
         let node = g.node(n);
-        match node.kind() {
-            OpKind::Softmax | OpKind::Sigmoid | OpKind::HardSigmoid => return true,
-            k if rule(k) == OpRule::Shared => v = node.input(0),
-            _ => return false,
+        // Probabilities in [0, 1] (Softmax, Sigmoid, HardSigmoid); Tanh-like
+        // [-1, 1] outputs are not gates and keep the method's range.
+        if facts::bounded_output(node.kind()) == Some((0.0, 1.0)) {
+            return true;
         }
+        if rule(node.kind()) != OpRule::Shared {
+            return false;
+        }
+        v = node.input(0);
     }
     false
 }
@@ -329,10 +333,10 @@ fn produced_by_bounded_op(g: &Graph, name: &str) -> bool {
 /// output, or any consumer that is not flat on a side, opens that side
 /// (`-inf` / `+inf`).
 ///
-/// Flat regions, each exact in f32: Relu below 0; Clip outside its
-/// constant `[min, max]`; HardSwish below -3; HardSigmoid outside
-/// `[-beta/alpha, (1-beta)/alpha]`; Tanh outside `[-10, 10]` (tanh(10)
-/// rounds to 1.0 in f32); Sigmoid above 20 (likewise).
+/// Flat regions come from [`facts::saturation`] (each exact in f32: Relu
+/// below 0; Clip outside its constant bounds; HardSwish below -3;
+/// HardSigmoid outside `[-beta/alpha, (1-beta)/alpha]`; Tanh outside
+/// `[-10, 10]`; Sigmoid above 20), data movement from [`facts::moves_data`].
 pub fn consumer_flat_bounds(g: &Graph, name: &str) -> (f32, f32) {
     let Some(v) = g.value_by_name(name) else {
         return (f32::NEG_INFINITY, f32::INFINITY);
@@ -351,15 +355,15 @@ pub fn consumer_flat_bounds(g: &Graph, name: &str) -> (f32, f32) {
             if u.index != 0 {
                 return (f32::NEG_INFINITY, f32::INFINITY);
             }
-            let (l, h) = match flat_region(g, node) {
-                Flat::Data => {
-                    stack.extend(node.outputs().iter().flatten().copied());
-                    continue;
-                }
-                Flat::Outside(l, h) => (l, h),
+            if facts::moves_data(node.kind()) {
+                stack.extend(node.outputs().iter().flatten().copied());
+                continue;
+            }
+            let Some(sat) = facts::saturation(g, u.node) else {
+                return (f32::NEG_INFINITY, f32::INFINITY);
             };
-            lo = lo.min(l);
-            hi = hi.max(h);
+            lo = lo.min(sat.flat_below.unwrap_or(f32::NEG_INFINITY));
+            hi = hi.max(sat.flat_above.unwrap_or(f32::INFINITY));
         }
     }
     if lo > hi {
@@ -367,56 +371,6 @@ pub fn consumer_flat_bounds(g: &Graph, name: &str) -> (f32, f32) {
         return (f32::NEG_INFINITY, f32::INFINITY);
     }
     (lo, hi)
-}
-
-/// How a consumer's output depends on its first input.
-enum Flat {
-    /// Pure data movement: the output is some of the input's values.
-    Data,
-    /// Flat below the first and above the second bound (infinite: not flat
-    /// on that side).
-    Outside(f32, f32),
-}
-
-fn flat_region(g: &Graph, node: &quench_ir::Node) -> Flat {
-    use quench_ir::OpKind::*;
-    let open = Flat::Outside(f32::NEG_INFINITY, f32::INFINITY);
-    let konst = |i: usize| -> Option<f32> {
-        let t = g.const_tensor(node.input(i)?)?;
-        quench_ir::tensor::to_f32(t).ok()?.first().copied()
-    };
-    match node.kind() {
-        Reshape | Transpose | Flatten | Squeeze | Unsqueeze | Slice | Gather | MaxPool
-        | GlobalMaxPool | Split | DepthToSpace | SpaceToDepth | Identity | Expand | Tile => {
-            Flat::Data
-        }
-        Relu => Flat::Outside(0.0, f32::INFINITY),
-        Clip => {
-            let lo = node
-                .attr_float("min")
-                .or_else(|| node.input(1).map_or(Some(f32::NEG_INFINITY), |_| konst(1)));
-            let hi = node
-                .attr_float("max")
-                .or_else(|| node.input(2).map_or(Some(f32::INFINITY), |_| konst(2)));
-            match (lo, hi) {
-                (Some(l), Some(h)) if l <= h => Flat::Outside(l, h),
-                _ => open,
-            }
-        }
-        HardSwish => Flat::Outside(-3.0, f32::INFINITY),
-        HardSigmoid => {
-            let alpha = node.attr_float("alpha").unwrap_or(0.2);
-            let beta = node.attr_float("beta").unwrap_or(0.5);
-            if alpha > 0.0 && alpha.is_finite() && beta.is_finite() {
-                Flat::Outside(-beta / alpha, (1.0 - beta) / alpha)
-            } else {
-                open
-            }
-        }
-        Tanh => Flat::Outside(-10.0, 10.0),
-        Sigmoid => Flat::Outside(f32::NEG_INFINITY, 20.0),
-        _ => open,
-    }
 }
 
 /// `range` clamped to where the consumers of `name` are not flat (see
@@ -430,7 +384,7 @@ pub fn clamp_to_consumers(g: &Graph, name: &str, (lo, hi): (f32, f32)) -> (f32, 
 
 #[cfg(test)]
 mod tests {
-    /// The flat regions [`super::flat_region`] claims, checked on the ops'
+    /// The flat regions `facts::saturation` claims, checked on the ops'
     /// ONNX definitions evaluated in f32: beyond each bound the output
     /// equals the output at the bound.
     #[test]

@@ -377,9 +377,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             let pairs = (&twin_proto, &twin_pairs[..]);
                             match attribution::attribute(fp, &model.graph, pairs, &eval) {
                                 Ok(mut t) => {
-                                    let fp_proto = fp.to_onnx();
                                     if let Err(e) = attribution::output_gains(
-                                        &fp_proto,
+                                        fp,
+                                        &model.graph,
                                         &twin,
                                         &twin_pairs,
                                         ev,

@@ -142,6 +142,122 @@ pub fn is_compute(k: OpKind) -> bool {
     }
 }
 
+/// Whether the op only moves its first input's values (selects, reorders,
+/// repeats them, or takes a maximum of some of them): such an op commutes
+/// with an element-wise monotone clamp, `op(clamp(x)) == clamp(op(x))`, so
+/// consumer-aware range clamping may look through it. Resize (which may
+/// interpolate) and Pad (which adds a value) do not count.
+pub fn moves_data(k: OpKind) -> bool {
+    use OpKind::*;
+    match k {
+        Reshape | Transpose | Flatten | Squeeze | Unsqueeze | Slice | Gather | MaxPool
+        | GlobalMaxPool | Split | DepthToSpace | SpaceToDepth | Identity | Expand | Tile => true,
+        Abs
+        | Add
+        | ArgMax
+        | AveragePool
+        | BatchNormalization
+        | Cast
+        | Ceil
+        | Clip
+        | Concat
+        | Constant
+        | ConstantOfShape
+        | DequantizeLinear
+        | Div
+        | Dropout
+        | DynamicQuantizeLinear
+        | Einsum
+        | Elu
+        | Equal
+        | Erf
+        | Exp
+        | Floor
+        | GatherElements
+        | GatherND
+        | Gelu
+        | GlobalAveragePool
+        | Greater
+        | GroupNormalization
+        | HardSigmoid
+        | HardSwish
+        | If
+        | InstanceNormalization
+        | LayerNormalization
+        | LeakyRelu
+        | Less
+        | Log
+        | LogSoftmax
+        | Loop
+        | LpNormalization
+        | LRN
+        | LSTM
+        | GRU
+        | RNN
+        | MatMulInteger
+        | Max
+        | Mean
+        | Min
+        | Mish
+        | Mod
+        | Mul
+        | Neg
+        | Not
+        | Pad
+        | Pow
+        | PRelu
+        | QLinearConv
+        | QLinearMatMul
+        | QuantizeLinear
+        | Range
+        | Reciprocal
+        | ReduceL2
+        | ReduceMax
+        | ReduceMean
+        | ReduceMin
+        | ReduceProd
+        | ReduceSum
+        | Relu
+        | Resize
+        | Round
+        | Scan
+        | ScatterElements
+        | ScatterND
+        | Selu
+        | Shape
+        | Sigmoid
+        | Sign
+        | Sin
+        | Cos
+        | Size
+        | Softmax
+        | Softplus
+        | Softsign
+        | Sqrt
+        | Sub
+        | Sum
+        | Tanh
+        | TopK
+        | Upsample
+        | Where
+        | And
+        | Or
+        | Xor
+        | CumSum
+        | NonZero
+        | OneHot
+        | Trilu
+        | Celu
+        | ThresholdedRelu
+        | Swish
+        | Conv
+        | ConvTranspose
+        | Gemm
+        | MatMul
+        | Other => false,
+    }
+}
+
 /// The axis of `node`'s weight (input 1, or the table of a `Gather`) that
 /// indexes output channels, for per-channel quantization; `weight_rank` is
 /// the weight's rank. Conv: 0 (`[M, C/g, k...]`); ConvTranspose: 1
@@ -607,6 +723,17 @@ pub fn saturation(g: &Graph, n: NodeId) -> Option<Saturation> {
             linear_above: Some(3.0),
             ..none
         }),
+        // tanh(10) and sigmoid(20) round to 1.0 in f32 (checked by a test),
+        // and both are monotone: flat beyond those points in f32.
+        Tanh => Some(Saturation {
+            flat_below: Some(-10.0),
+            flat_above: Some(10.0),
+            ..none
+        }),
+        Sigmoid => Some(Saturation {
+            flat_above: Some(20.0),
+            ..none
+        }),
         HardSigmoid => {
             let alpha = node.attr_float("alpha").unwrap_or(0.2) as f64;
             let beta = node.attr_float("beta").unwrap_or(0.5) as f64;
@@ -701,7 +828,6 @@ pub fn saturation(g: &Graph, n: NodeId) -> Option<Saturation> {
         | ScatterND
         | Selu
         | Shape
-        | Sigmoid
         | Sign
         | Sin
         | Cos
@@ -716,7 +842,6 @@ pub fn saturation(g: &Graph, n: NodeId) -> Option<Saturation> {
         | Squeeze
         | Sub
         | Sum
-        | Tanh
         | Tile
         | TopK
         | Transpose
@@ -917,7 +1042,14 @@ mod tests {
         let (g, n) = one("graph g(%x: f32[4]) -> (%0)\n  %0 = Clip(%x) {max=6.0, min=0.0} : ?\n");
         let s = saturation(&g, n).unwrap();
         assert_eq!((s.flat_below, s.flat_above), (Some(0.0), Some(6.0)));
+        // Sigmoid is 1.0 in f32 from 20 on, Tanh ±1.0 beyond ±10.
         let (g, n) = one("graph g(%x: f32[4]) -> (%0)\n  %0 = Sigmoid(%x) : ?\n");
+        let s = saturation(&g, n).unwrap();
+        assert_eq!((s.flat_below, s.flat_above), (None, Some(20.0)));
+        let (g, n) = one("graph g(%x: f32[4]) -> (%0)\n  %0 = Tanh(%x) : ?\n");
+        let s = saturation(&g, n).unwrap();
+        assert_eq!((s.flat_below, s.flat_above), (Some(-10.0), Some(10.0)));
+        let (g, n) = one("graph g(%x: f32[4]) -> (%0)\n  %0 = Erf(%x) : ?\n");
         assert_eq!(saturation(&g, n), None);
     }
 }
