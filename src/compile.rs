@@ -134,6 +134,12 @@ pub struct CompileArgs {
     /// is below this fraction.
     #[arg(long)]
     pub min_top1: Option<f64>,
+    /// Mixed precision to a target: leave the activations that cost the
+    /// most at the output float (each measured by leaving it alone float),
+    /// fewest changes first, until the output SQNR on the evaluation data
+    /// reaches DB (static mode; at most 32 tensors). The report lists them.
+    #[arg(long, value_name = "DB")]
+    pub target_sqnr: Option<f64>,
     /// Where to write a model that failed `--min-sqnr`/`--min-top1` (by
     /// default it is not written at all).
     #[arg(long, value_name = "PATH")]
@@ -252,6 +258,7 @@ impl CompileArgs {
             dump_after: self.dump_after.clone(),
             min_sqnr: self.min_sqnr,
             min_top1: self.min_top1,
+            target_sqnr: self.target_sqnr,
             verify: !self.no_verify,
             explain: self.explain,
             no_fallback: self.no_fallback,

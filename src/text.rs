@@ -139,6 +139,23 @@ pub fn print_report(r: &Report, verbose: bool) {
         human(r.size_after),
         r.size_before as f64 / r.size_after.max(1) as f64
     );
+    if let Some(m) = &r.mixed_precision {
+        println!(
+            "  mixed          --target-sqnr {}: {} ({} tensor(s) left float; SQNR {:.2} -> {:.2} dB on {})",
+            m.target_db,
+            if m.reached { "reached" } else { "NOT reached" },
+            m.float.len(),
+            m.initial_db,
+            m.final_db,
+            m.data
+        );
+        for f in &m.float {
+            println!(
+                "    float: `{}` (alone {:+.2} dB; {:.2} dB once float)",
+                f.tensor, f.gain_db, f.sqnr_after_db
+            );
+        }
+    }
     if let Some(p) = &r.pruning {
         print_pruning(p, verbose);
     }

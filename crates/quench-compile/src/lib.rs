@@ -32,6 +32,7 @@
 pub mod attribution;
 pub mod calibrate;
 pub mod data;
+pub mod mixed;
 pub mod options;
 pub mod progress;
 pub mod prune;
@@ -340,6 +341,41 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     }
     phases.lap("calibration");
 
+    // 5b. Mixed precision to a target: leave the costliest tensors float.
+    let mut mixed_precision = None;
+    if let (Some(target), Mode::Static) = (opts.target_sqnr, cfg.mode) {
+        match &data.eval {
+            Some(ev) => {
+                let r = mixed::to_target(&model, original, &plan, &ranges, &cfg, opset, ev, target)?;
+                for f in &r.float {
+                    ranges.remove(&f.tensor);
+                }
+                if r.reached {
+                    out.note(format!(
+                        "--target-sqnr {target}: {} tensor(s) left float, output SQNR {:.2} -> {:.2} dB on {}",
+                        r.float.len(),
+                        r.initial_db,
+                        r.final_db,
+                        r.data
+                    ));
+                } else {
+                    out.warn(format!(
+                        "--target-sqnr {target} not reached: {:.2} dB with {} tensor(s) left float (at most {})",
+                        r.final_db,
+                        r.float.len(),
+                        mixed::MAX_CHANGES
+                    ));
+                }
+                mixed_precision = Some(r);
+            }
+            None => out.warn(
+                "--target-sqnr needs evaluation data (--eval, or --calibration to hold some back); not applied"
+                    .into(),
+            ),
+        }
+        phases.lap("mixed precision");
+    }
+
     // 6. Quantize. The float graph is kept for the per-tensor attribution.
     let explain = opts.explain && cfg.mode == Mode::Static && opts.verify && !opts.no_quantize;
     if opts.explain && !explain {
@@ -421,6 +457,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         calibration_samples: calib_samples,
         verification,
         pruning,
+        mixed_precision,
         notes: out.notes,
         warnings: out.warnings,
         log: out.log,

@@ -97,6 +97,9 @@ pub struct Options {
     pub min_sqnr: Option<f64>,
     /// Fail the compile's check when top-1 agreement is below this.
     pub min_top1: Option<f64>,
+    /// Leave the activations that cost the most at the output float, fewest
+    /// first, until the output SQNR on evaluation data reaches this (dB).
+    pub target_sqnr: Option<f64>,
     /// Run verification in tract.
     pub verify: bool,
     /// Measure every quantized activation's own error (static mode).
@@ -131,6 +134,7 @@ impl Default for Options {
             dump_after: Vec::new(),
             min_sqnr: None,
             min_top1: None,
+            target_sqnr: None,
             verify: true,
             explain: false,
             no_fallback: false,
@@ -161,6 +165,7 @@ impl Options {
         }
         finite("--min-sqnr", self.min_sqnr)?;
         finite("--min-top1", self.min_top1)?;
+        finite("--target-sqnr", self.target_sqnr)?;
         if let Some(t) = self.min_top1 {
             if !(0.0..=1.0).contains(&t) {
                 return Err(format!("--min-top1 {t}: a fraction in [0, 1]"));

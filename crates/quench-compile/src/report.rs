@@ -85,6 +85,9 @@ pub struct Report {
     /// What `--prune` did: sparsity per layer, fidelity after pruning
     /// alone, compressed sizes.
     pub pruning: Option<PruneReport>,
+    /// What `--target-sqnr` did: tensors left float and the SQNR before
+    /// and after.
+    pub mixed_precision: Option<crate::mixed::MixedReport>,
     /// Things the user should know (fallbacks, upgrades, skipped steps).
     pub notes: Vec<String>,
     /// The subset of `notes` that is a warning (printed as such).
