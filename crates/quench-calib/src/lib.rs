@@ -51,6 +51,7 @@
 //! `[min, max]`.
 
 pub mod error;
+pub mod format;
 pub mod histogram;
 pub mod observer;
 pub mod quant;
@@ -63,6 +64,7 @@ mod invariance_tests;
 mod testutil;
 
 pub use error::CalibError;
+pub use format::{ElemType, FloatKind, FloatSpec, Granularity, IntFormat, QuantFormat, Scheme};
 pub use histogram::{Histogram, HistogramData, DEFAULT_BINS};
 pub use observer::{
     observe_parallel, MinMax, MovingAverageMinMax, NonFiniteCounts, Observer, OrderInvariant,
