@@ -71,7 +71,8 @@ pub use observer::{
 };
 pub use quant::{dequantize_f32, quantize_f32, QuantParams, QuantTarget};
 pub use range::{
-    calibrate, choose_range, entropy_range_guarded, expected_sq_error, RangeMethod,
+    calibrate, calibrate_for, choose_range, choose_range_for, entropy_range_guarded,
+    entropy_range_guarded_for, expected_sq_error, expected_sq_error_for, RangeMethod,
     ENTROPY_GUARD_RATIO,
 };
 pub use stats::TensorStats;
