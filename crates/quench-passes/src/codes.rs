@@ -7,7 +7,7 @@
 //! Invariant: [`decode`] inverts [`encode`] for every code inside the
 //! element type's range.
 
-use quench_calib::ElemType;
+use quench_calib::{ElemType, Granularity};
 use quench_ir::tensor;
 use quench_onnx::proto::tensor_proto::DataType;
 use quench_onnx::proto::TensorProto;
@@ -125,6 +125,89 @@ pub fn decode(t: &TensorProto) -> Option<(ElemType, Vec<i32>)> {
         }
     };
     Some((elem, out))
+}
+
+/// Which scale each element of a tensor uses under a granularity (the
+/// ONNX `DequantizeLinear` layouts: one scale, one per index along `axis`,
+/// or one per block of `size` along `axis` with scales of the blocked
+/// shape).
+pub struct Layout {
+    /// Number of scales.
+    pub groups: usize,
+    /// Shape of the scale (and zero point) tensor.
+    pub scale_dims: Vec<i64>,
+    d: usize,
+    inner: usize,
+    block: Option<usize>,
+    per_axis: bool,
+}
+
+impl Layout {
+    pub fn new(dims: &[i64], g: Granularity) -> Option<Layout> {
+        let ud: Vec<usize> = dims
+            .iter()
+            .map(|d| usize::try_from(*d).ok())
+            .collect::<Option<_>>()?;
+        let split = |axis: usize| {
+            let d = *ud.get(axis)?;
+            let inner: usize = ud[axis + 1..].iter().product();
+            let outer: usize = ud[..axis].iter().product();
+            Some((outer, d, inner))
+        };
+        Some(match g {
+            Granularity::PerTensor => Layout {
+                groups: 1,
+                scale_dims: vec![],
+                d: 1,
+                inner: 1,
+                block: None,
+                per_axis: false,
+            },
+            Granularity::PerAxis { axis } => {
+                let (_, d, inner) = split(axis)?;
+                Layout {
+                    groups: d,
+                    scale_dims: vec![d as i64],
+                    d,
+                    inner,
+                    block: None,
+                    per_axis: true,
+                }
+            }
+            Granularity::Block { axis, size } => {
+                let (outer, d, inner) = split(axis)?;
+                if size == 0 {
+                    return None;
+                }
+                let nb = d.div_ceil(size);
+                let mut scale_dims = dims.to_vec();
+                scale_dims[axis] = nb as i64;
+                Layout {
+                    groups: outer * nb * inner,
+                    scale_dims,
+                    d,
+                    inner,
+                    block: Some(size),
+                    per_axis: false,
+                }
+            }
+        })
+    }
+
+    /// Scale index of flat element `i` (row-major).
+    pub fn group(&self, i: usize) -> usize {
+        if let Some(size) = self.block {
+            let o = i / (self.d * self.inner);
+            let a = (i / self.inner) % self.d;
+            let r = i % self.inner;
+            let nb = self.d.div_ceil(size);
+            (o * nb + a / size) * self.inner + r
+        } else if self.per_axis {
+            (i / self.inner) % self.d
+        } else {
+            0
+        }
+    }
 }
 
 /// Element `k` (0: low nibble) of a packed byte, sign-extended if `signed`.

@@ -611,86 +611,6 @@ struct QWeight {
     dq_out: ValueId,
 }
 
-/// Which scale each element of a tensor uses under a granularity.
-struct Layout {
-    /// Number of scales.
-    groups: usize,
-    /// Shape of the scale (and zero point) tensor.
-    scale_dims: Vec<i64>,
-    d: usize,
-    inner: usize,
-    block: Option<usize>,
-    per_axis: bool,
-}
-
-impl Layout {
-    fn new(dims: &[i64], g: Granularity) -> Option<Layout> {
-        let ud: Vec<usize> = dims
-            .iter()
-            .map(|d| usize::try_from(*d).ok())
-            .collect::<Option<_>>()?;
-        let split = |axis: usize| {
-            let d = *ud.get(axis)?;
-            let inner: usize = ud[axis + 1..].iter().product();
-            let outer: usize = ud[..axis].iter().product();
-            Some((outer, d, inner))
-        };
-        Some(match g {
-            Granularity::PerTensor => Layout {
-                groups: 1,
-                scale_dims: vec![],
-                d: 1,
-                inner: 1,
-                block: None,
-                per_axis: false,
-            },
-            Granularity::PerAxis { axis } => {
-                let (_, d, inner) = split(axis)?;
-                Layout {
-                    groups: d,
-                    scale_dims: vec![d as i64],
-                    d,
-                    inner,
-                    block: None,
-                    per_axis: true,
-                }
-            }
-            Granularity::Block { axis, size } => {
-                let (outer, d, inner) = split(axis)?;
-                if size == 0 {
-                    return None;
-                }
-                let nb = d.div_ceil(size);
-                let mut scale_dims = dims.to_vec();
-                scale_dims[axis] = nb as i64;
-                Layout {
-                    groups: outer * nb * inner,
-                    scale_dims,
-                    d,
-                    inner,
-                    block: Some(size),
-                    per_axis: false,
-                }
-            }
-        })
-    }
-
-    /// Scale index of flat element `i` (row-major).
-    fn group(&self, i: usize) -> usize {
-        if let Some(size) = self.block {
-            let o = i / (self.d * self.inner);
-            let a = (i / self.inner) % self.d;
-            let r = i % self.inner;
-            let nb = self.d.div_ceil(size);
-            (o * nb + a / size) * self.inner + r
-        } else if self.per_axis {
-            (i / self.inner) % self.d
-        } else {
-            0
-        }
-    }
-}
-
 /// Quantizes a constant weight to `fmt` (scale per tensor, per axis or per
 /// block) and inserts its DequantizeLinear (with `axis` / `block_size` as
 /// the granularity needs). `min_scales` (one, or one per channel) widens
@@ -709,7 +629,7 @@ fn quantize_weight(
     if data.iter().any(|x| !x.is_finite()) {
         return None;
     }
-    let layout = Layout::new(&dims, fmt.granularity)?;
+    let layout = codes::Layout::new(&dims, fmt.granularity)?;
     let mut lo = vec![0f32; layout.groups];
     let mut hi = vec![0f32; layout.groups];
     for (i, x) in data.iter().enumerate() {
