@@ -908,6 +908,11 @@ pub fn apply(
             continue;
         }
         let wf = weight_format_at(plan, cfg, g, n, w, opset).map_err(fail)?;
+        // The decision names the format actually used (the plan may have
+        // been edited after `plan` wrote it).
+        if let Some(d) = s.nodes.iter_mut().find(|d| d.node == node.name()) {
+            d.reason = weight_reason(&wf);
+        }
         let w_axis = match wf.granularity {
             Granularity::PerAxis { axis } => Some(axis),
             Granularity::PerTensor | Granularity::Block { .. } => None,

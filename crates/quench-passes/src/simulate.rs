@@ -9,7 +9,8 @@
 //! runtimes that lack (or mis-implement) an integer type still give the
 //! reference answer. This is how int4/int16 models are verified too.
 //!
-//! Constant DequantizeLinear nodes are folded for every stored type of
+//! Constant DequantizeLinear nodes are folded (and their then unused
+//! inputs removed) for every stored type of
 //! [`codes`] (int4/uint4 packed, 8- and 16-bit integers, float8 bit
 //! patterns decoded exactly, int32 biases) and every layout: per tensor,
 //! per axis, and blocks (`block_size`, opset 21).
@@ -186,6 +187,13 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
         .collect();
     g.remove_node(n);
     g.define_const(out, tensor::from_f32("", &dims, &out_f));
+    // The stored codes are dropped once unused: runtimes the twin is for
+    // may not even load their type (int4, float8).
+    for v in node.inputs().iter().flatten() {
+        if g.use_count(*v) == 0 && !g.is_graph_output(*v) && g.const_tensor(*v).is_some() {
+            g.remove_const(*v);
+        }
+    }
     true
 }
 
