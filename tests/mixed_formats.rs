@@ -308,10 +308,13 @@ fn mixed_formats_plan_matches_a_direct_reference() {
     let report = quench_passes::simulate::float_twin_report(&mut twin.graph, 21);
     assert_eq!((report.pairs.len(), report.folded), (5, 4), "{report:?}");
     assert!(report.declined.is_empty(), "{:?}", report.declined);
+    let twin_proto = twin.to_onnx();
+    let twin_path = interop_dir("mixed_formats").join("mlp_mixed_twin.onnx");
+    quench_onnx::save_model(&twin_proto, &twin_path, &Default::default()).unwrap();
     let sim: HashMap<String, String> = report.pairs.into_iter().collect();
     let names = ["input", "mm1", "h1", "mm2", "h2"];
     let runner = Runner::new(
-        &twin.to_onnx(),
+        &twin_proto,
         &RunnerConfig {
             input_facts: facts.clone(),
             extra_outputs: names.iter().map(|n| sim[*n].clone()).collect(),
@@ -428,4 +431,128 @@ fn mixed_formats_plan_matches_a_direct_reference() {
         BATCH * 128,
         hi - lo
     );
+}
+
+/// Float8 (E4M3FN) activations and per-channel weights are planned and
+/// emitted as opset-19 Q/DQ: float8 zero points, float8 weight codes equal
+/// to the `QuantFormat` conversion of each weight with its channel's scale
+/// `amax / 448`; the float twin folds the float8 weights exactly and
+/// declines the activation pairs, saying why. Written to
+/// `target/interop/mixed_formats/` for onnx.checker and ONNX Runtime.
+#[test]
+fn float8_formats_are_emitted_as_qdq() {
+    let proto = quench_onnx::load_model(&testdata("mlp.onnx"))
+        .unwrap()
+        .model;
+    let mut m = Model::from_onnx(proto).unwrap();
+    let from = m.default_opset().unwrap();
+    let mut cx = PassCx::new(from);
+    run_passes(
+        &mut m.graph,
+        &pipeline::default_pipeline(),
+        &mut cx,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let cfg = QuantizeConfig {
+        activation_format: Some(QuantFormat::F8E4M3FN),
+        weight_format: Some(QuantFormat::F8E4M3FN),
+        ..Default::default()
+    };
+    assert_eq!(cfg.min_opset(), Some(19));
+    quench_passes::upgrade_opset::check(&m.graph, from, 19).unwrap();
+    quench_passes::upgrade_opset::apply(&mut m.graph, from, 19);
+    m.set_opset("", 19);
+    m.header.ir_version = Some(9);
+    let (_, w1) = const_f32(&m.graph, "w1");
+    let plan = quantize::plan(&m.graph, &cfg).unwrap();
+    let ranges: quantize::Ranges = plan
+        .tensors_to_observe(&m.graph)
+        .into_iter()
+        .map(|t| (t, (-2.0, 3.0)))
+        .collect();
+    // Below opset 19 float8 is refused with the reason.
+    let err = quantize::apply(&mut m.graph.clone(), &plan, &ranges, &cfg, 17, &mut cx)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("need opset 19"), "{err}");
+    let summary = quantize::apply(&mut m.graph, &plan, &ranges, &cfg, 19, &mut cx).unwrap();
+    quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut m.graph, &mut cx).unwrap();
+    m.graph.verify().unwrap();
+    // No int32 bias for a float8 weight.
+    assert_eq!(
+        (
+            summary.weights_quantized,
+            summary.activations_quantized,
+            summary.biases_quantized
+        ),
+        (3, 5, 0)
+    );
+    let g = &m.graph;
+    let t = |name: &str| {
+        let v = g.value_by_name(name).unwrap();
+        g.const_tensor(v).unwrap().clone()
+    };
+    let f8 = DataType::Float8e4m3fn as i32;
+    for a in ["input", "mm1", "h1", "mm2", "h2"] {
+        let z = t(&format!("{a}_zero_point"));
+        assert_eq!(
+            (z.data_type(), z.raw_data.as_deref()),
+            (f8, Some(&[0u8][..])),
+            "{a}"
+        );
+        // Symmetric: scale = max(|lo|, |hi|) / 448.
+        assert_eq!(
+            tensor::to_f32(&t(&format!("{a}_scale"))).unwrap(),
+            [3.0 / 448.0]
+        );
+    }
+    // w1 [32, 64], per channel along axis 1.
+    let q = t("w1_quantized");
+    assert_eq!((q.data_type(), q.dims.clone()), (f8, vec![32, 64]));
+    let scales = tensor::to_f32(&t("w1_scale")).unwrap();
+    assert_eq!(scales.len(), 64);
+    let codes = q.raw_data.as_deref().unwrap();
+    for (i, (w, code)) in w1.iter().zip(codes).enumerate() {
+        let c = i % 64;
+        let amax = (0..32).fold(0f32, |m, r| m.max(w1[r * 64 + c].abs()));
+        let p = QuantFormat::F8E4M3FN.params(-amax, amax).unwrap();
+        assert_eq!(scales[c], p.scale);
+        assert_eq!(
+            i32::from(*code),
+            QuantFormat::F8E4M3FN.quantize(*w, &p),
+            "w1[{i}]"
+        );
+    }
+    assert_eq!(
+        g.node(node_by_name(g, "w1_DequantizeLinear"))
+            .attr_int("axis"),
+        Some(1)
+    );
+    let quantized = m.to_onnx();
+    let path = interop_dir("mixed_formats").join("mlp_float8.onnx");
+    quench_onnx::save_model(&quantized, &path, &Default::default()).unwrap();
+
+    let mut twin = Model::from_onnx(quantized).unwrap();
+    let report = quench_passes::simulate::float_twin_report(&mut twin.graph, 19);
+    assert_eq!((report.pairs.len(), report.folded), (0, 3));
+    assert_eq!(report.declined.len(), 5);
+    assert!(report
+        .declined
+        .iter()
+        .all(|(_, why)| why.contains("float8")));
+    // The folded weight is the exact float8 value times the scale.
+    let folded = tensor::to_f32(
+        twin.graph
+            .const_tensor(twin.graph.value_by_name("w1_dequantized").unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    for (i, (w, f)) in w1.iter().zip(&folded).enumerate() {
+        let c = i % 64;
+        let amax = (0..32).fold(0f32, |m, r| m.max(w1[r * 64 + c].abs()));
+        let p = QuantFormat::F8E4M3FN.params(-amax, amax).unwrap();
+        assert_eq!(*f, QuantFormat::F8E4M3FN.fake_quantize(*w, &p), "w1[{i}]");
+    }
 }
