@@ -9,11 +9,18 @@
 //!    [`observe_parallel`];
 //! 2. [`Observer::stats`] yields a serializable [`TensorStats`] record
 //!    (min, max, count, non-finite counts, optional histogram);
-//! 3. [`choose_range`] picks a `(lo, hi)` range with a [`RangeMethod`]
-//!    (min/max, percentile, TensorRT entropy, MSE) for a [`QuantTarget`];
-//! 4. [`QuantParams::from_range`] turns it into scale and zero point
-//!    ([`calibrate`] does 3 and 4), and [`quantize_f32`] /
-//!    [`dequantize_f32`] reproduce the ONNX arithmetic.
+//! 3. [`choose_range_for`] picks a `(lo, hi)` range with a [`RangeMethod`]
+//!    (min/max, percentile, TensorRT entropy, MSE) for a [`QuantFormat`]
+//!    ([`choose_range`] for the older integer-only [`QuantTarget`]);
+//! 4. [`QuantFormat::params`] (or [`QuantParams::from_range`]) turns it
+//!    into scale and zero point ([`calibrate_for`] / [`calibrate`] do 3 and
+//!    4), and [`QuantFormat::quantize`] / [`QuantFormat::dequantize`]
+//!    ([`quantize_f32`] / [`dequantize_f32`] for integer grids) reproduce
+//!    the ONNX arithmetic.
+//!
+//! [`QuantFormat`] is the one description of a number format: integer
+//! grids of 2–16 bits or float8/float16/bfloat16, with a granularity (per
+//! tensor, per axis, blocks); see [`mod@format`].
 //!
 //! ```
 //! use quench_calib::{calibrate, observe_parallel, Histogram, Observer, QuantTarget, RangeMethod};

@@ -1,5 +1,5 @@
 //! Storage of quantized codes in ONNX tensors, for every
-//! [`ElemType`](quench_calib::ElemType): 8- and 16-bit integers and float8
+//! [`ElemType`]: 8- and 16-bit integers and float8
 //! one element per byte / two bytes (little endian), 4-bit integers packed
 //! two per byte with the first element in the low nibble (the ONNX layout),
 //! float8 codes as their bit patterns.

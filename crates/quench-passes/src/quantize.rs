@@ -3,14 +3,26 @@
 //!
 //! Quantization is two steps around calibration:
 //! 1. [`plan`] decides, per node, what is quantized (by the table in
-//!    [`crate::rules`], the user's exclusions and the graph's shape) and
-//!    lists the activation tensors whose ranges calibration must observe.
-//! 2. [`apply`] rewrites the graph with those ranges: int8 weights stored as
-//!    integers with `DequantizeLinear`, int32 biases with
-//!    `scale = input scale × weight scale`, and a `Q → DQ` pair on every
-//!    planned activation, placed as ONNX Runtime's and TensorRT's QDQ
+//!    [`crate::rules`], the user's exclusions and the graph's shape), lists
+//!    the activation tensors whose ranges calibration must observe, and
+//!    gives every planned activation and every quantized weight a
+//!    [`QuantFormat`] from the configuration's defaults
+//!    ([`Plan::formats`], [`Plan::weight_formats`]).
+//! 2. [`apply`] rewrites the graph with those ranges, reading each tensor's
+//!    format: weights stored in the format's element type with
+//!    `DequantizeLinear` (per tensor, per axis, or blocks with
+//!    `block_size`), int32 biases with `scale = input scale × weight scale`
+//!    (integer per-tensor/per-axis weights only), and a `Q → DQ` pair on
+//!    every planned activation, placed as ONNX Runtime's and TensorRT's QDQ
 //!    fusions expect (`DQ → Conv → Q`; `Relu`/`Clip` absorbed into the
 //!    output range; data-movement ops sharing their input's parameters).
+//!
+//! Mixed precision is a plan edit: change entries of [`Plan::formats`] /
+//! [`Plan::weight_formats`] between the two steps. [`apply`] refuses
+//! formats the model's opset cannot express ([`QuantFormat::min_opset`])
+//! and activation formats that `QuantizeLinear` cannot compute at run time
+//! ([`QuantFormat::native`]: not narrow, 4/8/16-bit or float8, per tensor).
+//! Dynamic mode keeps its fixed int8 scheme.
 //!
 //! Invariant: graph inputs and outputs stay float with their names; zero
 //! points are always explicit; a tensor whose calibrated range is not finite
