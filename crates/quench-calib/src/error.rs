@@ -11,6 +11,20 @@ pub enum CalibError {
     /// A [`QuantTarget`](crate::QuantTarget) bit width outside `4..=16`.
     #[error("quantization bit width {0} is outside the supported range 4..=16")]
     InvalidBits(u8),
+    /// A [`QuantFormat`](crate::QuantFormat) integer width outside `2..=16`.
+    #[error("integer format width {0} is outside the supported range 2..=16")]
+    InvalidFormatBits(u8),
+    /// A [`QuantFormat`](crate::QuantFormat) whose parts do not fit together.
+    #[error("invalid number format: {0}")]
+    InvalidFormat(String),
+    /// A range method that needs evenly spaced levels, asked for a float format.
+    #[error("range method {method} assumes evenly spaced integer levels and cannot search for the float format {format}")]
+    UnsupportedForFormat {
+        /// The range method's name.
+        method: &'static str,
+        /// The format, as `Debug` prints it.
+        format: String,
+    },
     /// A range with an infinite or NaN end.
     #[error("range [{min}, {max}] is not finite")]
     NonFiniteRange {

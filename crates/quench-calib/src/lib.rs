@@ -9,11 +9,18 @@
 //!    [`observe_parallel`];
 //! 2. [`Observer::stats`] yields a serializable [`TensorStats`] record
 //!    (min, max, count, non-finite counts, optional histogram);
-//! 3. [`choose_range`] picks a `(lo, hi)` range with a [`RangeMethod`]
-//!    (min/max, percentile, TensorRT entropy, MSE) for a [`QuantTarget`];
-//! 4. [`QuantParams::from_range`] turns it into scale and zero point
-//!    ([`calibrate`] does 3 and 4), and [`quantize_f32`] /
-//!    [`dequantize_f32`] reproduce the ONNX arithmetic.
+//! 3. [`choose_range_for`] picks a `(lo, hi)` range with a [`RangeMethod`]
+//!    (min/max, percentile, TensorRT entropy, MSE) for a [`QuantFormat`]
+//!    ([`choose_range`] for the older integer-only [`QuantTarget`]);
+//! 4. [`QuantFormat::params`] (or [`QuantParams::from_range`]) turns it
+//!    into scale and zero point ([`calibrate_for`] / [`calibrate`] do 3 and
+//!    4), and [`QuantFormat::quantize`] / [`QuantFormat::dequantize`]
+//!    ([`quantize_f32`] / [`dequantize_f32`] for integer grids) reproduce
+//!    the ONNX arithmetic.
+//!
+//! [`QuantFormat`] is the one description of a number format: integer
+//! grids of 2–16 bits or float8/float16/bfloat16, with a granularity (per
+//! tensor, per axis, blocks); see [`mod@format`].
 //!
 //! ```
 //! use quench_calib::{calibrate, observe_parallel, Histogram, Observer, QuantTarget, RangeMethod};
@@ -51,6 +58,7 @@
 //! `[min, max]`.
 
 pub mod error;
+pub mod format;
 pub mod histogram;
 pub mod observer;
 pub mod quant;
@@ -63,13 +71,15 @@ mod invariance_tests;
 mod testutil;
 
 pub use error::CalibError;
+pub use format::{ElemType, FloatKind, FloatSpec, Granularity, IntFormat, QuantFormat, Scheme};
 pub use histogram::{Histogram, HistogramData, DEFAULT_BINS};
 pub use observer::{
     observe_parallel, MinMax, MovingAverageMinMax, NonFiniteCounts, Observer, OrderInvariant,
 };
 pub use quant::{dequantize_f32, quantize_f32, QuantParams, QuantTarget};
 pub use range::{
-    calibrate, choose_range, entropy_range_guarded, expected_sq_error, RangeMethod,
+    calibrate, calibrate_for, choose_range, choose_range_for, entropy_range_guarded,
+    entropy_range_guarded_for, expected_sq_error, expected_sq_error_for, RangeMethod,
     ENTROPY_GUARD_RATIO,
 };
 pub use stats::TensorStats;

@@ -187,45 +187,14 @@ impl QuantParams {
     ///
     /// Errors if an end is NaN/infinite or `min > max`.
     pub fn from_range(min: f32, max: f32, target: QuantTarget) -> Result<Self, CalibError> {
-        if !min.is_finite() || !max.is_finite() {
-            return Err(CalibError::NonFiniteRange { min, max });
-        }
-        if min > max {
-            return Err(CalibError::InvertedRange { min, max });
-        }
-        let lo = f64::from(min.min(0.0));
-        let hi = f64::from(max.max(0.0));
-        let (lo, hi) = if target.symmetric {
-            let a = hi.max(-lo);
-            (-a, a)
-        } else {
-            (lo, hi)
-        };
-        let (qmin, qmax) = (target.qmin(), target.qmax());
-        // In f64: `hi - lo` may exceed f32::MAX (e.g. [-3e38, 3e38]).
-        let scale = ((hi - lo) / f64::from(target.steps())) as f32;
-        if !(scale.is_finite() && scale >= f32::MIN_POSITIVE) {
-            // Degenerate (all-zero or sub-normal) range: any zero point in
-            // range represents 0 exactly; the scale is irrelevant but must be
-            // usable.
-            let zero_point = if target.symmetric {
-                target.symmetric_zero_point()
-            } else {
-                0
-            };
-            return Ok(QuantParams {
-                scale: 1.0,
-                zero_point,
-            });
-        }
-        let zero_point = if target.symmetric {
-            target.symmetric_zero_point()
-        } else {
-            let zp = (f64::from(qmin) - lo / f64::from(scale)).round_ties_even();
-            // `zp` is finite and within a rounding error of [qmin, qmax].
-            zp.clamp(f64::from(qmin), f64::from(qmax)) as i32
-        };
-        Ok(QuantParams { scale, zero_point })
+        params_on_grid(
+            min,
+            max,
+            target.qmin(),
+            target.qmax(),
+            target.symmetric,
+            target.symmetric_zero_point(),
+        )
     }
 
     /// [`quantize_f32`] with these parameters and the target's integer range.
@@ -237,6 +206,58 @@ impl QuantParams {
     pub fn dequantize(&self, q: i32) -> f32 {
         dequantize_f32(q, self.scale, self.zero_point)
     }
+}
+
+/// Errors unless `[min, max]` is finite and not inverted.
+pub(crate) fn check_range(min: f32, max: f32) -> Result<(), CalibError> {
+    if !min.is_finite() || !max.is_finite() {
+        return Err(CalibError::NonFiniteRange { min, max });
+    }
+    if min > max {
+        return Err(CalibError::InvertedRange { min, max });
+    }
+    Ok(())
+}
+
+/// [`QuantParams::from_range`] on the integer grid `[qmin, qmax]` (see the
+/// module docs); `sym_zp` is the zero point of symmetric grids.
+pub(crate) fn params_on_grid(
+    min: f32,
+    max: f32,
+    qmin: i32,
+    qmax: i32,
+    symmetric: bool,
+    sym_zp: i32,
+) -> Result<QuantParams, CalibError> {
+    check_range(min, max)?;
+    let lo = f64::from(min.min(0.0));
+    let hi = f64::from(max.max(0.0));
+    let (lo, hi) = if symmetric {
+        let a = hi.max(-lo);
+        (-a, a)
+    } else {
+        (lo, hi)
+    };
+    // In f64: `hi - lo` may exceed f32::MAX (e.g. [-3e38, 3e38]).
+    let scale = ((hi - lo) / f64::from(qmax - qmin)) as f32;
+    if !(scale.is_finite() && scale >= f32::MIN_POSITIVE) {
+        // Degenerate (all-zero or sub-normal) range: any zero point in
+        // range represents 0 exactly; the scale is irrelevant but must be
+        // usable.
+        let zero_point = if symmetric { sym_zp } else { 0 };
+        return Ok(QuantParams {
+            scale: 1.0,
+            zero_point,
+        });
+    }
+    let zero_point = if symmetric {
+        sym_zp
+    } else {
+        let zp = (f64::from(qmin) - lo / f64::from(scale)).round_ties_even();
+        // `zp` is finite and within a rounding error of [qmin, qmax].
+        zp.clamp(f64::from(qmin), f64::from(qmax)) as i32
+    };
+    Ok(QuantParams { scale, zero_point })
 }
 
 /// ONNX `QuantizeLinear` for one value:

@@ -23,6 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::format::{FloatKind, IntFormat, QuantFormat, Scheme};
 use crate::histogram::HistogramData;
 use crate::{CalibError, QuantParams, QuantTarget, TensorStats};
 
@@ -34,6 +35,9 @@ pub const ENTROPY_MAX_BINS: usize = 2048;
 /// The asymmetric MSE search is quadratic in the number of bins; finer
 /// histograms are coarsened to this many signed bins.
 pub const MSE_MAX_BINS: usize = 2048;
+/// The float-format MSE search is quadratic in the number of `|x|` bins;
+/// finer histograms are coarsened to this many.
+pub const MSE_FLOAT_MAX_BINS: usize = 1024;
 /// Pseudo-count given to bins where the reference distribution has mass
 /// but the quantized one has none (the clipped-outlier bin), as the
 /// `smooth_distribution(eps = 1e-4)` of MXNet / ONNX Runtime; without it the
@@ -77,6 +81,11 @@ pub enum RangeMethod {
     /// (`2T / (qmax - qmin)` symmetric, `(hi - lo) / (qmax - qmin)`
     /// asymmetric). Candidates are the histogram bin edges: every `T` for
     /// symmetric targets, every pair `lo <= 0 <= hi` for asymmetric ones.
+    /// Float formats (non-uniform grid): the rounding error of a value `x`
+    /// is `step(x)^2 / 12` with `step(x)` the format's spacing around
+    /// `x / scale` times `scale` (`scale = T / max_finite`); candidates are
+    /// the `|x|` bin edges, the histogram coarsened to
+    /// [`MSE_FLOAT_MAX_BINS`] bins.
     Mse,
 }
 
@@ -103,7 +112,29 @@ pub fn choose_range(
     method: RangeMethod,
     target: QuantTarget,
 ) -> Result<(f32, f32), CalibError> {
+    choose_range_for(stats, method, &QuantFormat::from(target))
+}
+
+/// [`choose_range`] for any [`QuantFormat`] (its granularity is ignored:
+/// the statistics are those of the values that share one scale).
+///
+/// Min/max, percentile and MSE work for every format (float formats are
+/// symmetric); [`RangeMethod::Entropy`] counts evenly spaced levels and
+/// errors with [`CalibError::UnsupportedForFormat`] for float formats.
+/// Integer formats give exactly the ranges [`choose_range`] gives for the
+/// equivalent [`QuantTarget`].
+pub fn choose_range_for(
+    stats: &TensorStats,
+    method: RangeMethod,
+    format: &QuantFormat,
+) -> Result<(f32, f32), CalibError> {
     stats.validate()?;
+    if let (RangeMethod::Entropy, Scheme::Float(_)) = (method, format.scheme) {
+        return Err(CalibError::UnsupportedForFormat {
+            method: method.name(),
+            format: format!("{:?}", format.scheme),
+        });
+    }
     if let RangeMethod::Percentile(p) = method {
         if !(p > 0.0 && p <= 100.0) {
             return Err(CalibError::InvalidPercentile(p));
@@ -119,11 +150,13 @@ pub fn choose_range(
         .histogram
         .as_ref()
         .ok_or(CalibError::MissingHistogram(method.name()))?;
-    Ok(match method {
-        RangeMethod::MinMax => (stats.min, stats.max),
-        RangeMethod::Percentile(p) => percentile_range(stats, hist, p, target),
-        RangeMethod::Entropy => entropy_range(stats, hist, target),
-        RangeMethod::Mse => mse_range(stats, hist, target),
+    Ok(match (method, format.scheme) {
+        (RangeMethod::MinMax, _) => (stats.min, stats.max),
+        (RangeMethod::Percentile(p), _) => percentile_range(stats, hist, p, format.symmetric()),
+        (RangeMethod::Entropy, Scheme::Int(i)) => entropy_range(stats, hist, i),
+        (RangeMethod::Entropy, Scheme::Float(_)) => (stats.min, stats.max),
+        (RangeMethod::Mse, Scheme::Int(i)) => mse_range(stats, hist, i),
+        (RangeMethod::Mse, Scheme::Float(k)) => mse_range_float(stats, hist, k),
     })
 }
 
@@ -137,11 +170,34 @@ pub fn expected_sq_error(
     range: (f32, f32),
     target: QuantTarget,
 ) -> Option<f64> {
+    expected_sq_error_for(stats, range, &QuantFormat::from(target))
+}
+
+/// [`expected_sq_error`] for any [`QuantFormat`]; float formats use the
+/// rounding error of the format's spacing around each bin centre
+/// (`step(x)^2 / 12`, see [`RangeMethod::Mse`]) and clip at `±amax`.
+pub fn expected_sq_error_for(
+    stats: &TensorStats,
+    range: (f32, f32),
+    format: &QuantFormat,
+) -> Option<f64> {
     let h = stats.histogram.as_ref()?;
-    let qp = QuantParams::from_range(range.0, range.1, target).ok()?;
+    let qp = format.params(range.0, range.1).ok()?;
     let scale = f64::from(qp.scale);
-    let lo = f64::from(target.qmin() - qp.zero_point) * scale;
-    let hi = f64::from(target.qmax() - qp.zero_point) * scale;
+    let (lo, hi) = match format.scheme {
+        Scheme::Int(i) => (
+            f64::from(i.qmin() - qp.zero_point) * scale,
+            f64::from(i.qmax() - qp.zero_point) * scale,
+        ),
+        Scheme::Float(k) => (-k.max_finite() * scale, k.max_finite() * scale),
+    };
+    let round_sq = |x: f64| match format.scheme {
+        Scheme::Int(_) => scale * scale / 12.0,
+        Scheme::Float(k) => {
+            let step = k.spec().spacing(x / scale) * scale;
+            step * step / 12.0
+        }
+    };
     let w = h.bin_width();
     let origin = -h.range();
     let (mut err, mut n) = (0.0, 0.0);
@@ -156,7 +212,7 @@ pub fn expected_sq_error(
         } else if centre > hi {
             (centre - hi).powi(2) + w * w / 12.0
         } else {
-            scale * scale / 12.0
+            round_sq(centre)
         };
         err += c * e;
         n += c;
@@ -180,14 +236,24 @@ pub fn entropy_range_guarded(
     target: QuantTarget,
     max_ratio: f64,
 ) -> Result<((f32, f32), bool), CalibError> {
-    let entropy = choose_range(stats, RangeMethod::Entropy, target)?;
+    entropy_range_guarded_for(stats, &QuantFormat::from(target), max_ratio)
+}
+
+/// [`entropy_range_guarded`] for any [`QuantFormat`] (errors for float
+/// formats, as [`RangeMethod::Entropy`] does).
+pub fn entropy_range_guarded_for(
+    stats: &TensorStats,
+    format: &QuantFormat,
+    max_ratio: f64,
+) -> Result<((f32, f32), bool), CalibError> {
+    let entropy = choose_range_for(stats, RangeMethod::Entropy, format)?;
     if max_ratio <= 0.0 {
         return Ok((entropy, false));
     }
-    let mse = choose_range(stats, RangeMethod::Mse, target)?;
+    let mse = choose_range_for(stats, RangeMethod::Mse, format)?;
     match (
-        expected_sq_error(stats, entropy, target),
-        expected_sq_error(stats, mse, target),
+        expected_sq_error_for(stats, entropy, format),
+        expected_sq_error_for(stats, mse, format),
     ) {
         (Some(e), Some(m)) if e > max_ratio * m => Ok((mse, true)),
         _ => Ok((entropy, false)),
@@ -202,6 +268,16 @@ pub fn calibrate(
 ) -> Result<QuantParams, CalibError> {
     let (lo, hi) = choose_range(stats, method, target)?;
     QuantParams::from_range(lo, hi, target)
+}
+
+/// [`choose_range_for`] followed by [`QuantFormat::params`].
+pub fn calibrate_for(
+    stats: &TensorStats,
+    method: RangeMethod,
+    format: &QuantFormat,
+) -> Result<QuantParams, CalibError> {
+    let (lo, hi) = choose_range_for(stats, method, format)?;
+    format.params(lo, hi)
 }
 
 /// `[-t, t]` with both ends clamped into `[min, max]` (for one-signed data
@@ -267,14 +343,9 @@ fn quantile(bins: &[u64], origin: f64, w: f64, target: f64) -> f64 {
     origin + bins.len() as f64 * w
 }
 
-fn percentile_range(
-    stats: &TensorStats,
-    h: &HistogramData,
-    p: f64,
-    target: QuantTarget,
-) -> (f32, f32) {
+fn percentile_range(stats: &TensorStats, h: &HistogramData, p: f64, symmetric: bool) -> (f32, f32) {
     let w = h.bin_width();
-    if target.symmetric() {
+    if symmetric {
         let fold = fold_abs(h);
         let t = quantile(&fold, 0.0, w, p / 100.0 * total(&fold));
         clip_symmetric(stats, t)
@@ -288,7 +359,7 @@ fn percentile_range(
     }
 }
 
-fn entropy_range(stats: &TensorStats, h: &HistogramData, target: QuantTarget) -> (f32, f32) {
+fn entropy_range(stats: &TensorStats, h: &HistogramData, target: IntFormat) -> (f32, f32) {
     let one_sided = !target.symmetric() && (stats.min >= 0.0 || stats.max <= 0.0);
     let level_bits = if one_sided {
         target.bits()
@@ -527,7 +598,7 @@ impl Moments {
     }
 }
 
-fn mse_range(stats: &TensorStats, h: &HistogramData, target: QuantTarget) -> (f32, f32) {
+fn mse_range(stats: &TensorStats, h: &HistogramData, target: IntFormat) -> (f32, f32) {
     let steps = f64::from(target.steps());
     let round_err = |range: f64| {
         let step = range / steps;
@@ -609,6 +680,38 @@ fn mse_range(stats: &TensorStats, h: &HistogramData, target: QuantTarget) -> (f3
         }
         clip_to_data(stats, edge(best.1), edge(best.2))
     }
+}
+
+/// [`RangeMethod::Mse`] for a float format: symmetric threshold search on
+/// the coarsened `|x|` histogram; a value at bin centre `x` inside `[0, T]`
+/// costs `(s * spacing(x / s))^2 / 12` with `s = T / max_finite`, one
+/// beyond it `E[(x - T)^2]`.
+fn mse_range_float(stats: &TensorStats, h: &HistogramData, kind: FloatKind) -> (f32, f32) {
+    let (fold, factor) = coarsen(&fold_abs(h), MSE_FLOAT_MAX_BINS);
+    let w = h.bin_width() * factor as f64;
+    let Some(used) = fold.iter().rposition(|&c| c > 0).map(|u| u + 1) else {
+        return (0.0, 0.0);
+    };
+    let spec = kind.spec();
+    let max = kind.max_finite();
+    let tail = Moments::new((0..used).rev().map(|j| ((j as f64 + 0.5) * w, fold[j])), w);
+    let mut best = (f64::INFINITY, used);
+    for k in 1..=used {
+        let t = k as f64 * w;
+        let s = t / max;
+        let mut inside = 0.0;
+        for (j, &c) in fold[..k].iter().enumerate() {
+            if c > 0 {
+                let step = spec.spacing((j as f64 + 0.5) * w / s) * s;
+                inside += c as f64 * step * step / 12.0;
+            }
+        }
+        let cost = inside + tail.sq_err(used - k, t);
+        if cost < best.0 {
+            best = (cost, k);
+        }
+    }
+    clip_symmetric(stats, best.1 as f64 * w)
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 //! (tests and debug builds), naming the pass that broke them.
 
 pub mod batchnorm_to_muladd;
+pub mod codes;
 pub mod constants_to_initializers;
 pub mod dead_code;
 pub mod dedup_initializers;

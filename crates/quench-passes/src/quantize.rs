@@ -3,14 +3,26 @@
 //!
 //! Quantization is two steps around calibration:
 //! 1. [`plan`] decides, per node, what is quantized (by the table in
-//!    [`crate::rules`], the user's exclusions and the graph's shape) and
-//!    lists the activation tensors whose ranges calibration must observe.
-//! 2. [`apply`] rewrites the graph with those ranges: int8 weights stored as
-//!    integers with `DequantizeLinear`, int32 biases with
-//!    `scale = input scale × weight scale`, and a `Q → DQ` pair on every
-//!    planned activation, placed as ONNX Runtime's and TensorRT's QDQ
+//!    [`crate::rules`], the user's exclusions and the graph's shape), lists
+//!    the activation tensors whose ranges calibration must observe, and
+//!    gives every planned activation and every quantized weight a
+//!    [`QuantFormat`] from the configuration's defaults
+//!    ([`Plan::formats`], [`Plan::weight_formats`]).
+//! 2. [`apply`] rewrites the graph with those ranges, reading each tensor's
+//!    format: weights stored in the format's element type with
+//!    `DequantizeLinear` (per tensor, per axis, or blocks with
+//!    `block_size`), int32 biases with `scale = input scale × weight scale`
+//!    (integer per-tensor/per-axis weights only), and a `Q → DQ` pair on
+//!    every planned activation, placed as ONNX Runtime's and TensorRT's QDQ
 //!    fusions expect (`DQ → Conv → Q`; `Relu`/`Clip` absorbed into the
 //!    output range; data-movement ops sharing their input's parameters).
+//!
+//! Mixed precision is a plan edit: change entries of [`Plan::formats`] /
+//! [`Plan::weight_formats`] between the two steps. [`apply`] refuses
+//! formats the model's opset cannot express ([`QuantFormat::min_opset`])
+//! and activation formats that `QuantizeLinear` cannot compute at run time
+//! ([`QuantFormat::native`]: not narrow, 4/8/16-bit or float8, per tensor).
+//! Dynamic mode keeps its fixed int8 scheme.
 //!
 //! Invariant: graph inputs and outputs stay float with their names; zero
 //! points are always explicit; a tensor whose calibrated range is not finite
@@ -19,14 +31,13 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use quench_calib::{QuantParams, QuantTarget};
+use quench_calib::{Granularity, QuantFormat, QuantParams, QuantTarget, Scheme};
 use quench_ir::{tensor, Graph, Node, NodeId, OpKind, ValueDef, ValueId};
 use quench_onnx::proto::tensor_proto::DataType;
-use quench_onnx::proto::TensorProto;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::{rule, OpRule};
-use crate::{util, PassCx, PassError};
+use crate::{codes, util, PassCx, PassError};
 
 /// What to quantize.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,8 +92,10 @@ impl ActType {
             ActType::U16 | ActType::I16 => 21,
         }
     }
-    fn asymmetric(self) -> bool {
-        matches!(self, ActType::U8 | ActType::U16)
+    /// The per-tensor [`QuantFormat`] of these activations (the same grid
+    /// as [`ActType::target`]).
+    pub fn format(self) -> QuantFormat {
+        QuantFormat::from(self.target())
     }
 }
 
@@ -101,6 +114,17 @@ pub enum WeightType {
     U8,
 }
 
+impl WeightType {
+    /// The per-tensor [`QuantFormat`] of these weights: narrow int8
+    /// (`scale = amax / 127`) or asymmetric uint8.
+    pub fn format(self) -> QuantFormat {
+        match self {
+            WeightType::I8 => QuantFormat::I8_WEIGHT,
+            WeightType::U8 => QuantFormat::U8_WEIGHT,
+        }
+    }
+}
+
 /// Quantizer settings.
 #[derive(Debug, Clone, Serialize)]
 pub struct QuantizeConfig {
@@ -115,6 +139,71 @@ pub struct QuantizeConfig {
     pub max_abs_range: f32,
     /// Leave the inputs of Softmax float (recommended).
     pub keep_softmax_inputs_float: bool,
+    /// Default activation format, overriding `activations` when set (e.g.
+    /// float8). Its granularity must be per tensor.
+    #[serde(default)]
+    pub activation_format: Option<QuantFormat>,
+    /// Default weight number scheme, overriding `weights` when set (e.g.
+    /// int4); the granularity comes from `per_channel` and
+    /// `weight_block_size`.
+    #[serde(default)]
+    pub weight_format: Option<QuantFormat>,
+    /// Block-wise weights: this many elements along the weight's reduction
+    /// axis share a scale (opset 21); overrides `per_channel`.
+    #[serde(default)]
+    pub weight_block_size: Option<usize>,
+}
+
+impl QuantizeConfig {
+    /// The default format of a quantized activation.
+    pub fn default_activation_format(&self) -> QuantFormat {
+        self.activation_format
+            .map(QuantFormat::per_tensor)
+            .unwrap_or_else(|| self.activations.format())
+    }
+
+    /// The default weight scheme (granularity per tensor).
+    pub fn default_weight_scheme(&self) -> QuantFormat {
+        self.weight_format
+            .map(QuantFormat::per_tensor)
+            .unwrap_or_else(|| self.weights.format())
+    }
+
+    /// The lowest default-domain opset that can express this configuration's
+    /// default formats (activations in static mode, weights with their
+    /// granularity); `None` if a default format has no Q/DQ form (FLOAT16,
+    /// BFLOAT16).
+    pub fn min_opset(&self) -> Option<i64> {
+        let mut need = self.default_weight_scheme().min_opset()?;
+        if self.mode == Mode::Static {
+            need = need.max(self.default_activation_format().min_opset()?);
+        }
+        if self.weight_block_size.is_some() {
+            need = need.max(21);
+        } else if self.per_channel {
+            need = need.max(13);
+        }
+        Some(need)
+    }
+
+    /// The default format of compute node `n`'s constant weight (or of an
+    /// embedding table): the weight scheme with blocks along the reduction
+    /// axis, or per output channel, or per tensor.
+    pub fn default_weight_format(&self, g: &Graph, n: NodeId, w: ValueId) -> QuantFormat {
+        let scheme = self.default_weight_scheme();
+        let rank = g.const_tensor(w).map_or(0, |t| t.dims.len());
+        let gran = if let Some(size) = self.weight_block_size.filter(|s| *s > 0) {
+            reduction_axis(g, n, rank).map(|axis| Granularity::Block { axis, size })
+        } else if self.per_channel {
+            weight_axis(g, n, rank).map(|axis| Granularity::PerAxis { axis })
+        } else {
+            None
+        };
+        QuantFormat {
+            granularity: gran.unwrap_or_default(),
+            ..scheme
+        }
+    }
 }
 
 impl Default for QuantizeConfig {
@@ -128,6 +217,9 @@ impl Default for QuantizeConfig {
             exclude_op_types: Vec::new(),
             max_abs_range: 1.0e5,
             keep_softmax_inputs_float: true,
+            activation_format: None,
+            weight_format: None,
+            weight_block_size: None,
         }
     }
 }
@@ -157,9 +249,26 @@ pub struct Plan {
     /// Embedding tables (`Gather` data) to quantize in weight-only mode.
     pub embeddings: Vec<NodeId>,
     pub decisions: Vec<NodeDecision>,
+    /// Format of every planned activation (keys: `activations`). A shared
+    /// tensor (key of `shared`) is quantized with its root's parameters and
+    /// therefore its root's format; its own entry is ignored. Edit entries
+    /// between [`plan`] and [`apply`] for mixed precision (activation
+    /// formats must be native Q/DQ formats, per tensor).
+    pub formats: HashMap<ValueId, QuantFormat>,
+    /// Format of the constant weight of every node in `compute` (and of
+    /// every table in `embeddings`), with a concrete granularity (axis in
+    /// the weight's own dimensions).
+    pub weight_formats: HashMap<NodeId, QuantFormat>,
 }
 
 impl Plan {
+    /// The format `apply` uses for activation `v`: its root's entry for
+    /// shared tensors, its own otherwise, `default` if it has none.
+    pub fn format_of(&self, v: ValueId, default: QuantFormat) -> QuantFormat {
+        let root = self.shared.get(&v).copied().unwrap_or(v);
+        self.formats.get(&root).copied().unwrap_or(default)
+    }
+
     /// Names of the activation tensors calibration must observe.
     pub fn tensors_to_observe(&self, g: &Graph) -> Vec<String> {
         let mut v: Vec<String> = self
@@ -253,6 +362,10 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                     continue;
                 }
                 p.compute.push(n);
+                let wf = w_const.then(|| cfg.default_weight_format(g, n, w));
+                if let Some(f) = wf {
+                    p.weight_formats.insert(n, f);
+                }
                 if cfg.mode == Mode::Static {
                     push(x, &mut act, &mut act_set);
                     if act_b {
@@ -269,14 +382,11 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                         }
                     }
                 }
-                p.decisions.push(decide(
-                    true,
-                    if w_const {
-                        "int8 weights"
-                    } else {
-                        "activation × activation"
-                    },
-                ));
+                let reason = match wf {
+                    Some(f) => weight_reason(&f),
+                    None => "activation × activation".to_string(),
+                };
+                p.decisions.push(decide(true, &reason));
             }
             OpRule::Fused if cfg.mode == Mode::Static => {
                 let ins: Vec<ValueId> = node.inputs().iter().flatten().copied().collect();
@@ -367,6 +477,10 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                     })
                 {
                     p.embeddings.push(n);
+                    if let Some(d) = node.input(0) {
+                        p.weight_formats
+                            .insert(n, cfg.default_weight_format(g, n, d));
+                    }
                     p.decisions.push(decide(true, "int8 embedding table"));
                 } else {
                     p.decisions.push(decide(
@@ -402,8 +516,31 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                 .any(|c| g.node(*c).kind() == OpKind::Softmax)
         });
     }
+    let act_format = cfg.default_activation_format();
+    p.formats = act.iter().map(|v| (*v, act_format)).collect();
     p.activations = act;
     Ok(p)
+}
+
+/// The decision text of a node with quantized weights: `"int8 weights"` for
+/// the default int8 scheme, otherwise the format spelled out.
+fn weight_reason(f: &QuantFormat) -> String {
+    if f.scheme == QuantFormat::I8_WEIGHT.scheme {
+        return "int8 weights".into();
+    }
+    let scheme = match f.scheme {
+        Scheme::Int(i) => format!(
+            "{}int{}{}",
+            if i.signed() { "" } else { "u" },
+            i.bits(),
+            if i.symmetric() { "" } else { " asymmetric" }
+        ),
+        Scheme::Float(k) => format!("{k:?}").to_lowercase(),
+    };
+    match f.granularity {
+        Granularity::Block { size, .. } => format!("{scheme} weights, blocks of {size}"),
+        Granularity::PerAxis { .. } | Granularity::PerTensor => format!("{scheme} weights"),
+    }
 }
 
 /// The tensor that carries the quantized output `y` of a compute or fused
@@ -416,8 +553,9 @@ fn output_to_quantize(
     excluded: &dyn Fn(&Node) -> bool,
     y: ValueId,
 ) -> Option<(ValueId, Option<NodeId>)> {
+    let asymmetric = !cfg.default_activation_format().symmetric();
     let relu = util::sole_consumer(g, y)
-        .filter(|r| cfg.activations.asymmetric() && !excluded(g.node(*r)) && absorbable(g, *r));
+        .filter(|r| asymmetric && !excluded(g.node(*r)) && absorbable(g, *r));
     if let Some(r) = relu {
         if let Some(ro) = g.node(r).output(0).filter(|o| !g.is_graph_output(*o)) {
             return Some((ro, Some(r)));
@@ -460,39 +598,23 @@ pub struct QuantSummary {
     pub notes: Vec<String>,
 }
 
-fn scalar(name: &str, elem: DataType, v: i32) -> TensorProto {
-    match elem {
-        DataType::Uint8 => tensor::from_u8(name, &[], &[v as u8]),
-        DataType::Int8 => tensor::from_i8(name, &[], &[v as i8]),
-        DataType::Int32 => tensor::from_i32(name, &[], &[v]),
-        DataType::Uint16 => tensor::from_raw(
-            name,
-            DataType::Uint16,
-            &[],
-            (v as u16).to_le_bytes().to_vec(),
-        ),
-        _ => tensor::from_raw(
-            name,
-            DataType::Int16,
-            &[],
-            (v as i16).to_le_bytes().to_vec(),
-        ),
-    }
-}
-
-/// Quantized weights: integer tensor, per-channel (or one) scale and zero point.
+/// Quantized weights: the DequantizeLinear output and the scales (one per
+/// group of the format's granularity, in the scale tensor's order).
 struct QWeight {
     scales: Vec<f32>,
     dq_out: ValueId,
 }
 
-/// Quantizes a constant weight along `axis` (None: per tensor) and inserts
-/// its DequantizeLinear. Returns the DQ output and the scales.
+/// Quantizes a constant weight to `fmt` (scale per tensor, per axis or per
+/// block) and inserts its DequantizeLinear (with `axis` / `block_size` as
+/// the granularity needs). `min_scales` (one, or one per channel) widens
+/// the scales of symmetric integer formats so that an int32 bias stays in
+/// range. Returns the DQ output and the scales; `None` if the weight is not
+/// a finite f32 tensor or the granularity does not fit its shape.
 fn quantize_weight(
     g: &mut Graph,
     w: ValueId,
-    axis: Option<usize>,
-    wt: WeightType,
+    fmt: QuantFormat,
     min_scales: Option<&[f32]>,
 ) -> Option<QWeight> {
     let t = g.const_tensor(w)?;
@@ -501,103 +623,45 @@ fn quantize_weight(
     if data.iter().any(|x| !x.is_finite()) {
         return None;
     }
-    let channels = match axis {
-        Some(a) => *dims.get(a)? as usize,
-        None => 1,
-    };
-    let inner: usize = match axis {
-        Some(a) => dims[a + 1..].iter().map(|d| *d as usize).product(),
-        None => data.len().max(1),
-    };
-    let chan_of = |i: usize| {
-        if axis.is_some() {
-            (i / inner) % channels
-        } else {
-            0
-        }
-    };
-    let mut lo = vec![0f32; channels];
-    let mut hi = vec![0f32; channels];
+    let layout = codes::Layout::new(&dims, fmt.granularity)?;
+    let mut lo = vec![0f32; layout.groups];
+    let mut hi = vec![0f32; layout.groups];
     for (i, x) in data.iter().enumerate() {
-        let c = chan_of(i);
+        let c = layout.group(i);
         lo[c] = lo[c].min(*x);
         hi[c] = hi[c].max(*x);
     }
-    let mut scales = Vec::with_capacity(channels);
-    let mut zps = Vec::with_capacity(channels);
-    for c in 0..channels {
-        match wt {
-            WeightType::I8 => {
-                let a = lo[c].abs().max(hi[c].abs());
-                let mut sc = if a > 0.0 { a / 127.0 } else { 1.0 };
-                // A channel of tiny weights next to a large bias would need
-                // a bias beyond int32: widen that channel's scale instead.
-                if let Some(m) = min_scales.and_then(|m| m.get(if m.len() == 1 { 0 } else { c })) {
-                    sc = sc.max(*m);
-                }
-                scales.push(sc);
-                zps.push(0i32);
-            }
-            WeightType::U8 => {
-                let target = QuantTarget::new(8, false, false).ok()?;
-                let qp = QuantParams::from_range(lo[c], hi[c], target).ok()?;
-                scales.push(qp.scale);
-                zps.push(qp.zero_point);
+    let widen = matches!(fmt.scheme, Scheme::Int(i) if i.symmetric());
+    let mut params = Vec::with_capacity(layout.groups);
+    for c in 0..layout.groups {
+        let mut p = fmt.params(lo[c], hi[c]).ok()?;
+        // A channel of tiny weights next to a large bias would need a bias
+        // beyond int32: widen that channel's scale instead.
+        if widen {
+            if let Some(m) = min_scales.and_then(|m| m.get(if m.len() == 1 { 0 } else { c })) {
+                p.scale = p.scale.max(*m);
             }
         }
+        params.push(p);
     }
-    let (qmin, qmax) = match wt {
-        WeightType::I8 => (-127, 127),
-        WeightType::U8 => (0, 255),
-    };
     let q: Vec<i32> = data
         .iter()
         .enumerate()
-        .map(|(i, x)| {
-            quench_calib::quantize_f32(*x, scales[chan_of(i)], zps[chan_of(i)], qmin, qmax)
-        })
+        .map(|(i, x)| fmt.quantize(*x, &params[layout.group(i)]))
         .collect();
+    let elem = fmt.elem();
     let base = g.value(w).name.clone();
-    let qt = match wt {
-        WeightType::I8 => {
-            tensor::from_i8("", &dims, &q.iter().map(|v| *v as i8).collect::<Vec<_>>())
-        }
-        WeightType::U8 => {
-            tensor::from_u8("", &dims, &q.iter().map(|v| *v as u8).collect::<Vec<_>>())
-        }
-    };
-    let elem = if wt == WeightType::I8 {
-        DataType::Int8
-    } else {
-        DataType::Uint8
-    };
-    let sdims: Vec<i64> = if axis.is_some() {
-        vec![channels as i64]
-    } else {
-        vec![]
-    };
-    let qv = g.add_const(&format!("{base}_quantized"), qt);
+    let qv = g.add_const(&format!("{base}_quantized"), codes::encode(elem, &dims, &q));
+    let scales: Vec<f32> = params.iter().map(|p| p.scale).collect();
+    let zps: Vec<i32> = params.iter().map(|p| p.zero_point).collect();
     let sv = g.add_const(
         &format!("{base}_scale"),
-        tensor::from_f32("", &sdims, &scales),
+        tensor::from_f32("", &layout.scale_dims, &scales),
     );
-    let zt = if axis.is_some() {
-        match wt {
-            WeightType::I8 => tensor::from_i8(
-                "",
-                &sdims,
-                &zps.iter().map(|v| *v as i8).collect::<Vec<_>>(),
-            ),
-            WeightType::U8 => tensor::from_u8(
-                "",
-                &sdims,
-                &zps.iter().map(|v| *v as u8).collect::<Vec<_>>(),
-            ),
-        }
-    } else {
-        scalar("", elem, zps[0])
-    };
-    let zv = g.add_const(&format!("{base}_zero_point"), zt);
+    let zv = g.add_const(
+        &format!("{base}_zero_point"),
+        codes::encode(elem, &layout.scale_dims, &zps),
+    );
     let out = g.add_value(
         &format!("{base}_dequantized"),
         Some(tensor::tensor_type_of(DataType::Float as i32, &dims)),
@@ -606,14 +670,35 @@ fn quantize_weight(
         "DequantizeLinear",
         &g.unique_name(&format!("{base}_DequantizeLinear")),
     );
-    if let Some(a) = axis {
-        dq.set_attr(quench_ir::attr::int("axis", a as i64));
+    match fmt.granularity {
+        Granularity::PerTensor => {}
+        Granularity::PerAxis { axis } => dq.set_attr(quench_ir::attr::int("axis", axis as i64)),
+        Granularity::Block { axis, size } => {
+            dq.set_attr(quench_ir::attr::int("axis", axis as i64));
+            dq.set_attr(quench_ir::attr::int("block_size", size as i64));
+        }
     }
     g.add_node(dq, &[Some(qv), Some(sv), Some(zv)], &[Some(out)]);
     Some(QWeight {
         scales,
         dq_out: out,
     })
+}
+
+/// Axis of a compute op's weight that its product sums over (the axis
+/// blocks run along): Conv `[O, I, ...]` 1, ConvTranspose `[I, O, ...]` 0,
+/// Gemm `K` (0, or 1 with `transB`), MatMul the second-to-last, Gather
+/// (embedding rows) the last.
+fn reduction_axis(g: &Graph, n: NodeId, wdims: usize) -> Option<usize> {
+    let node = g.node(n);
+    match node.kind() {
+        OpKind::Conv => (wdims >= 2).then_some(1),
+        OpKind::ConvTranspose => (wdims >= 1).then_some(0),
+        OpKind::Gemm => Some(usize::from(node.attr_int("transB").unwrap_or(0) != 0)),
+        OpKind::MatMul => wdims.checked_sub(2),
+        OpKind::Gather => wdims.checked_sub(1),
+        _ => None,
+    }
 }
 
 /// Per-channel axis of a compute op's weight.
@@ -623,16 +708,16 @@ fn weight_axis(g: &Graph, n: NodeId, wdims: usize) -> Option<usize> {
 
 /// Inserts `x → Q → DQ` and points every node use of `x` (except the new Q)
 /// at the DQ output. Graph outputs keep `x`.
-fn insert_qdq(g: &mut Graph, x: ValueId, qp: QuantParams, act: ActType) -> ValueId {
+fn insert_qdq(g: &mut Graph, x: ValueId, qp: QuantParams, fmt: QuantFormat) -> ValueId {
     let base = g.value(x).name.clone();
-    let elem = act.elem();
+    let elem = codes::data_type(fmt.elem());
     let sv = g.add_const(
         &format!("{base}_scale"),
         tensor::from_f32("", &[], &[qp.scale]),
     );
     let zv = g.add_const(
         &format!("{base}_zero_point"),
-        scalar("", elem, qp.zero_point),
+        codes::encode(fmt.elem(), &[], &[qp.zero_point]),
     );
     let shape = g.value(x).ty.clone();
     let qo = g.add_value(&format!("{base}_quantized"), None);
@@ -683,12 +768,32 @@ pub fn apply(
     if opset < 10 {
         return Err(fail(format!("the model's opset {opset} predates QuantizeLinear (opset 10); convert the model to opset 13 or newer first")));
     }
-    if cfg.mode == Mode::Static && opset < cfg.activations.min_opset() {
-        return Err(fail(format!(
-            "{:?} activations need opset {} but the model has opset {opset}",
-            cfg.activations,
-            cfg.activations.min_opset()
-        )));
+    if cfg.mode == Mode::Static {
+        let default = cfg.default_activation_format();
+        for &v in &plan.activations {
+            let f = plan.format_of(v, default);
+            let name = &g.value(v).name;
+            if !f.native() || f.granularity != Granularity::PerTensor {
+                return Err(fail(format!(
+                    "tensor `{name}`: activations cannot be quantized at run time to {f:?} (QuantizeLinear has no exact per-tensor form of it)"
+                )));
+            }
+            match f.min_opset() {
+                Some(m) if opset < m => {
+                    return Err(fail(format!(
+                        "tensor `{name}`: {:?} activations need opset {m} but the model has opset {opset}",
+                        f.elem()
+                    )))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(fail(format!(
+                        "tensor `{name}`: {:?} is not a QuantizeLinear type",
+                        f.elem()
+                    )))
+                }
+            }
+        }
     }
     let per_channel = cfg.per_channel && opset >= 13;
     if cfg.per_channel && !per_channel {
@@ -702,8 +807,9 @@ pub fn apply(
     let mut params: HashMap<ValueId, QuantParams> = HashMap::new();
     let mut float_acts: HashSet<ValueId> = HashSet::new();
     if cfg.mode == Mode::Static {
-        let target = cfg.activations.target();
+        let default = cfg.default_activation_format();
         for &v in &plan.activations {
+            let format = plan.format_of(v, default);
             let root = plan.shared.get(&v).copied().unwrap_or(v);
             let name = g.value(root).name.clone();
             let Some(&(mut lo, mut hi)) = ranges.get(&name) else {
@@ -731,7 +837,8 @@ pub fn apply(
                     hi = hi.min(chi);
                 }
             }
-            let qp = QuantParams::from_range(lo, hi.max(lo), target)
+            let qp = format
+                .params(lo, hi.max(lo))
                 .map_err(|e| fail(format!("tensor `{name}`: {e}")))?;
             params.insert(v, qp);
         }
@@ -765,7 +872,7 @@ pub fn apply(
     }
 
     // 3. Weights and biases.
-    let mut dq_cache: HashMap<ValueId, (ValueId, Vec<f32>)> = HashMap::new();
+    let mut dq_cache: HashMap<(ValueId, QuantFormat), (ValueId, Vec<f32>)> = HashMap::new();
     let mut dyn_cache: HashMap<ValueId, Vec<ValueId>> = HashMap::new();
     for &n in &plan.compute {
         let node = g.node(n).clone();
@@ -782,15 +889,29 @@ pub fn apply(
             dynamic_matmul(g, n, per_channel, &mut dyn_cache, &mut s).map_err(fail)?;
             continue;
         }
-        let (dq_out, scales) = match dq_cache.get(&w) {
+        let wf = weight_format_at(plan, cfg, g, n, w, opset).map_err(fail)?;
+        // The decision names the format actually used (the plan may have
+        // been edited after `plan` wrote it).
+        if let Some(d) = s.nodes.iter_mut().find(|d| d.node == node.name()) {
+            d.reason = weight_reason(&wf);
+        }
+        let w_axis = match wf.granularity {
+            Granularity::PerAxis { axis } => Some(axis),
+            Granularity::PerTensor | Granularity::Block { .. } => None,
+        };
+        // An int32 bias needs one weight scale per output channel (or one)
+        // and integer input and weight grids.
+        let bias_ok = !matches!(wf.granularity, Granularity::Block { .. })
+            && wf.even_grid()
+            && node.input(0).is_some_and(|x| {
+                params.contains_key(&x)
+                    && plan
+                        .format_of(x, cfg.default_activation_format())
+                        .even_grid()
+            });
+        let (dq_out, scales) = match dq_cache.get(&(w, wf)) {
             Some(c) => c.clone(),
             None => {
-                let wdims = g.const_tensor(w).map(|t| t.dims.len()).unwrap_or(0);
-                let axis = if per_channel {
-                    weight_axis(g, n, wdims)
-                } else {
-                    None
-                };
                 // Smallest weight scales that keep the int32 bias in range.
                 let min_scales: Option<Vec<f32>> = (|| {
                     let b = bias.and_then(|b| node.input(b))?;
@@ -799,14 +920,14 @@ pub fn apply(
                     let bv = tensor::to_f32(bt).ok()?;
                     let limit = (1u64 << 30) as f32;
                     let per: Vec<f32> = bv.iter().map(|v| v.abs() / (xp.scale * limit)).collect();
-                    Some(if axis.is_some() {
+                    Some(if w_axis.is_some() {
                         per
                     } else {
                         vec![per.iter().fold(0f32, |m, v| m.max(*v))]
                     })
                 })();
-                let Some(q) = quantize_weight(g, w, axis, cfg.weights, min_scales.as_deref())
-                else {
+                let min_scales = min_scales.filter(|_| bias_ok);
+                let Some(q) = quantize_weight(g, w, wf, min_scales.as_deref()) else {
                     s.notes.push(format!(
                         "node `{}`: weights not finite; left float",
                         node.name()
@@ -814,11 +935,14 @@ pub fn apply(
                     continue;
                 };
                 s.weights_quantized += 1;
-                dq_cache.insert(w, (q.dq_out, q.scales.clone()));
+                dq_cache.insert((w, wf), (q.dq_out, q.scales.clone()));
                 (q.dq_out, q.scales)
             }
         };
         g.set_input(n, weight, Some(dq_out));
+        if !bias_ok {
+            continue;
+        }
         // Bias: int32 with scale = input scale × weight scale.
         let (Some(bi), Some(x)) = (bias.and_then(|b| node.input(b)), node.input(0)) else {
             continue;
@@ -860,7 +984,7 @@ pub fn apply(
             &format!("{base}_quantized"),
             tensor::from_i32("", &[c as i64], &q),
         );
-        let (sv, zv, axis) = if bs.len() > 1 && per_channel {
+        let (sv, zv, axis) = if bs.len() > 1 && w_axis.is_some() {
             (
                 g.add_const(
                     &format!("{base}_scale"),
@@ -885,7 +1009,7 @@ pub fn apply(
                 false,
             )
         };
-        if bs.len() > 1 && !per_channel {
+        if bs.len() > 1 && w_axis.is_none() {
             continue;
         }
         let out = g.add_value(&format!("{base}_dequantized"), None);
@@ -906,8 +1030,8 @@ pub fn apply(
         let Some(d) = g.node(n).input(0) else {
             continue;
         };
-        let axis = if per_channel { Some(0) } else { None };
-        if let Some(q) = quantize_weight(g, d, axis, cfg.weights, None) {
+        let wf = weight_format_at(plan, cfg, g, n, d, opset).map_err(fail)?;
+        if let Some(q) = quantize_weight(g, d, wf, None) {
             g.set_input(n, 0, Some(q.dq_out));
             s.weights_quantized += 1;
         }
@@ -921,13 +1045,47 @@ pub fn apply(
         if g.value(v).def == ValueDef::Undefined {
             continue;
         }
-        insert_qdq(g, v, qp, cfg.activations);
+        insert_qdq(g, v, qp, plan.format_of(v, cfg.default_activation_format()));
         s.activations_quantized += 1;
     }
 
     cx.count("quantize", "weights", s.weights_quantized);
     cx.count("quantize", "activations", s.activations_quantized);
     Ok(s)
+}
+
+/// The format of node `n`'s constant weight `w` at `opset`: the plan's
+/// entry (or the configuration's default), per axis lowered to per tensor
+/// below opset 13 (noted by [`apply`]); errors if the format needs a newer
+/// opset or has no Q/DQ form.
+fn weight_format_at(
+    plan: &Plan,
+    cfg: &QuantizeConfig,
+    g: &Graph,
+    n: NodeId,
+    w: ValueId,
+    opset: i64,
+) -> Result<QuantFormat, String> {
+    let mut f = plan
+        .weight_formats
+        .get(&n)
+        .copied()
+        .unwrap_or_else(|| cfg.default_weight_format(g, n, w));
+    if opset < 13 && matches!(f.granularity, Granularity::PerAxis { .. }) {
+        f = f.per_tensor();
+    }
+    match f.min_opset() {
+        Some(m) if m <= opset => Ok(f),
+        Some(m) => Err(format!(
+            "node `{}`: weight format {f:?} needs opset {m} but the model has opset {opset}",
+            g.node(n).name()
+        )),
+        None => Err(format!(
+            "node `{}`: {:?} weights have no DequantizeLinear form",
+            g.node(n).name(),
+            f.elem()
+        )),
+    }
 }
 
 /// Dynamic quantization of `MatMul(x, W)`: W becomes int8 ahead of time,

@@ -9,11 +9,39 @@
 //! runtimes that lack (or mis-implement) an integer type still give the
 //! reference answer. This is how int4/int16 models are verified too.
 //!
-//! Declines: Q nodes with non-constant or per-axis parameters, and Q nodes
-//! with consumers other than DequantizeLinear (left as they are).
+//! Constant DequantizeLinear nodes are folded (and their then unused
+//! inputs removed) for every stored type of
+//! [`codes`] (int4/uint4 packed, 8- and 16-bit integers, float8 bit
+//! patterns decoded exactly, int32 biases) and every layout: per tensor,
+//! per axis, and blocks (`block_size`, opset 21).
+//!
+//! Declines (left as they are, and listed by [`float_twin_report`]):
+//! Q nodes with non-constant or per-axis parameters, Q nodes with consumers
+//! other than DequantizeLinear, and **float8 activation Q/DQ pairs**:
+//! rounding to a 2- or 3-bit mantissa depends on each value's binary
+//! exponent, and the float ops a runtime without float8 offers (`Log`,
+//! `Pow`, `Floor`) do not give that exponent exactly at binade edges, so no
+//! exact float-op expression of float8 `QuantizeLinear` is emitted.
+//! (`Cast` to float8 would be exact, but the runtimes the twin exists for
+//! cannot run it.)
 
 use quench_ir::{tensor, Graph, Node, NodeId, OpKind, ValueId};
 use quench_onnx::proto::tensor_proto::DataType;
+
+use crate::codes;
+
+/// What [`float_twin_report`] did.
+#[derive(Debug, Clone, Default)]
+pub struct TwinReport {
+    /// Per Q/DQ pair replaced: the quantized tensor's name and the name of
+    /// the twin's tensor that replaces the DQ output.
+    pub pairs: Vec<(String, String)>,
+    /// Constant DequantizeLinear nodes folded into f32 constants.
+    pub folded: usize,
+    /// QuantizeLinear / DequantizeLinear nodes left in place: node name and
+    /// reason.
+    pub declined: Vec<(String, String)>,
+}
 
 fn scalar_f32(g: &Graph, v: Option<ValueId>) -> Option<f32> {
     let t = g.const_tensor(v?)?;
@@ -45,26 +73,60 @@ pub fn float_twin(g: &mut Graph, opset: i64) -> (usize, usize) {
 /// quantized tensor and of the twin's tensor that replaces the DQ output
 /// (the tensor after quantization), and the number of constant DQs folded.
 pub fn float_twin_pairs(g: &mut Graph, opset: i64) -> (Vec<(String, String)>, usize) {
-    let mut pairs = Vec::new();
-    let mut folded = 0;
+    let r = float_twin_report(g, opset);
+    (r.pairs, r.folded)
+}
+
+/// [`float_twin`] with the list of Q/DQ nodes it declined and why.
+pub fn float_twin_report(g: &mut Graph, opset: i64) -> TwinReport {
+    let mut r = TwinReport::default();
     // Constant DequantizeLinear → f32 constant.
     for n in g.node_ids() {
         if !g.contains_node(n) || g.node(n).kind() != OpKind::DequantizeLinear {
             continue;
         }
         if fold_const_dq(g, n) {
-            folded += 1;
+            r.folded += 1;
         }
     }
     for n in g.node_ids() {
         if !g.contains_node(n) || g.node(n).kind() != OpKind::QuantizeLinear {
             continue;
         }
-        if let Some(p) = replace_pair(g, n, opset) {
-            pairs.push(p);
+        match replace_pair(g, n, opset) {
+            Ok(p) => r.pairs.push(p),
+            Err(why) => r
+                .declined
+                .push((g.node(n).name().to_string(), why.to_string())),
         }
     }
-    (pairs, folded)
+    r
+}
+
+/// The values of a constant tensor as DequantizeLinear reads them: integer
+/// codes, decoded float8 values, or any other numeric type.
+fn dq_input_values(t: &quench_onnx::proto::TensorProto) -> Option<Vec<f64>> {
+    match codes::decode(t) {
+        Some((elem, c)) => {
+            let kind = match elem {
+                quench_calib::ElemType::F8E4M3FN => Some(quench_calib::FloatKind::F8E4M3FN),
+                quench_calib::ElemType::F8E5M2 => Some(quench_calib::FloatKind::F8E5M2),
+                quench_calib::ElemType::F16 => Some(quench_calib::FloatKind::F16),
+                quench_calib::ElemType::BF16 => Some(quench_calib::FloatKind::BF16),
+                quench_calib::ElemType::Int4
+                | quench_calib::ElemType::Uint4
+                | quench_calib::ElemType::Int8
+                | quench_calib::ElemType::Uint8
+                | quench_calib::ElemType::Int16
+                | quench_calib::ElemType::Uint16 => None,
+            };
+            Some(match kind {
+                Some(k) => c.iter().map(|b| f64::from(k.decode(*b as u32))).collect(),
+                None => c.iter().map(|v| f64::from(*v)).collect(),
+            })
+        }
+        None => tensor::to_f64(t).ok(),
+    }
 }
 
 fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
@@ -75,15 +137,12 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
     let (Some(qt), Some(st)) = (g.const_tensor(q), g.const_tensor(s)) else {
         return false;
     };
-    if node.attr_int("block_size").unwrap_or(0) != 0 {
-        return false;
-    }
     let dims = qt.dims.clone();
-    let (Ok(qv), Ok(sv)) = (tensor::to_f64(qt), tensor::to_f64(st)) else {
+    let (Some(qv), Ok(sv)) = (dq_input_values(qt), tensor::to_f64(st)) else {
         return false;
     };
     let zv = match node.input(2) {
-        Some(z) => match g.const_tensor(z).and_then(|t| tensor::to_f64(t).ok()) {
+        Some(z) => match g.const_tensor(z).and_then(dq_input_values) {
             Some(z) => z,
             None => return false,
         },
@@ -92,29 +151,35 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
     let rank = dims.len() as i64;
     let axis = node.attr_int("axis").unwrap_or(1);
     let axis = if axis < 0 { axis + rank } else { axis };
-    let (channels, inner) = if sv.len() > 1 {
-        let Some(a) = usize::try_from(axis).ok().filter(|a| *a < dims.len()) else {
+    let block = node.attr_int("block_size").unwrap_or(0);
+    let granularity = if block > 0 {
+        let (Ok(axis), Ok(size)) = (usize::try_from(axis), usize::try_from(block)) else {
             return false;
         };
-        (
-            dims[a] as usize,
-            dims[a + 1..].iter().map(|d| *d as usize).product::<usize>(),
-        )
+        quench_calib::Granularity::Block { axis, size }
+    } else if sv.len() > 1 {
+        let Ok(axis) = usize::try_from(axis) else {
+            return false;
+        };
+        quench_calib::Granularity::PerAxis { axis }
     } else {
-        (1, 1)
+        quench_calib::Granularity::PerTensor
     };
-    if sv.len() != channels || (zv.len() != 1 && zv.len() != channels) {
+    let Some(layout) = codes::Layout::new(&dims, granularity) else {
+        return false;
+    };
+    // The scale must have the layout's shape (blocks: the blocked shape).
+    if sv.len() != layout.groups
+        || (block > 0 && st.dims != layout.scale_dims)
+        || (zv.len() != 1 && zv.len() != layout.groups)
+    {
         return false;
     }
     let out_f: Vec<f32> = qv
         .iter()
         .enumerate()
         .map(|(i, x)| {
-            let c = if channels > 1 {
-                (i / inner) % channels
-            } else {
-                0
-            };
+            let c = layout.group(i);
             let z = zv[if zv.len() == 1 { 0 } else { c }];
             // ONNX: (x - zero_point) computed exactly, then multiplied in f32.
             ((x - z) as f32) * (sv[c] as f32)
@@ -122,29 +187,47 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
         .collect();
     g.remove_node(n);
     g.define_const(out, tensor::from_f32("", &dims, &out_f));
+    // The stored codes are dropped once unused: runtimes the twin is for
+    // may not even load their type (int4, float8).
+    for v in node.inputs().iter().flatten() {
+        if g.use_count(*v) == 0 && !g.is_graph_output(*v) && g.const_tensor(*v).is_some() {
+            g.remove_const(*v);
+        }
+    }
     true
 }
 
-fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Option<(String, String)> {
+fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Result<(String, String), &'static str> {
     let node = g.node(qn).clone();
     let (Some(x), Some(qo)) = (node.input(0), node.output(0)) else {
-        return None;
+        return Err("missing input or output");
     };
-    let scale = scalar_f32(g, node.input(1))?;
+    let scale = scalar_f32(g, node.input(1)).ok_or("scale is not one constant value")?;
     let zp_t = node.input(2).and_then(|z| g.const_tensor(z).cloned());
-    let zp = match &zp_t {
-        Some(t) => match tensor::to_f32(t).ok().filter(|v| v.len() == 1) {
-            Some(v) => v[0],
-            None => return None,
-        },
-        None => 0.0,
-    };
     let elem = zp_t
         .as_ref()
         .map(|t| t.data_type())
         .or_else(|| node.attr_int("output_dtype").map(|d| d as i32))
         .unwrap_or(DataType::Uint8 as i32);
-    let (qmin, qmax) = int_range(elem)?;
+    if elem == DataType::Float8e4m3fn as i32
+        || elem == DataType::Float8e5m2 as i32
+        || elem == DataType::Float8e4m3fnuz as i32
+        || elem == DataType::Float8e5m2fnuz as i32
+    {
+        return Err("float8 rounding has no exact float-op form (see the module docs)");
+    }
+    let zp = match &zp_t {
+        Some(t) => match codes::decode(t)
+            .map(|(_, c)| c.iter().map(|v| *v as f32).collect::<Vec<_>>())
+            .or_else(|| tensor::to_f32(t).ok())
+            .filter(|v| v.len() == 1)
+        {
+            Some(v) => v[0],
+            None => return Err("zero point is not one constant value"),
+        },
+        None => 0.0,
+    };
+    let (qmin, qmax) = int_range(elem).ok_or("not an integer quantized type")?;
     let consumers = g.consumers(qo);
     if consumers.is_empty()
         || consumers
@@ -152,7 +235,7 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Option<(String, String
             .any(|c| g.node(*c).kind() != OpKind::DequantizeLinear)
         || g.is_graph_output(qo)
     {
-        return None;
+        return Err("quantized tensor is used by something other than DequantizeLinear");
     }
     // Each DQ must use the same parameters.
     for c in &consumers {
@@ -161,11 +244,11 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Option<(String, String
         let dz = d
             .input(2)
             .and_then(|z| g.const_tensor(z))
-            .and_then(|t| tensor::to_f32(t).ok())
+            .and_then(dq_input_values)
             .and_then(|v| v.first().copied())
             .unwrap_or(0.0);
-        if !same_scale || dz != zp {
-            return None;
+        if !same_scale || dz as f32 != zp {
+            return Err("DequantizeLinear parameters differ from QuantizeLinear's");
         }
     }
     let base = g.value(x).name.clone();
@@ -221,5 +304,147 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Option<(String, String
         }
     }
     g.remove_node(qn);
-    Some((base, g.value(f[0]).name.clone()))
+    Ok((base, g.value(f[0]).name.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quench_calib::{ElemType, FloatKind};
+
+    /// `DequantizeLinear(codes, scale, zp)` of constants, as a graph output.
+    fn const_dq(
+        elem: ElemType,
+        dims: &[i64],
+        q: &[i32],
+        sdims: &[i64],
+        scales: &[f32],
+        zps: &[i32],
+        attrs: &[(&str, i64)],
+    ) -> (Graph, ValueId) {
+        let mut g = Graph::new("t");
+        let qv = g.add_const("q", codes::encode(elem, dims, q));
+        let sv = g.add_const("s", tensor::from_f32("", sdims, scales));
+        let zv = g.add_const("z", codes::encode(elem, sdims, zps));
+        let mut dq = Node::new("DequantizeLinear", "dq");
+        for (k, v) in attrs {
+            dq.set_attr(quench_ir::attr::int(k, *v));
+        }
+        let (_, out) = g.add_op(dq, &[qv, sv, zv], &["y"]);
+        g.add_output(out[0]);
+        (g, out[0])
+    }
+
+    fn folded(mut g: Graph, y: ValueId) -> Option<Vec<f32>> {
+        let r = float_twin_report(&mut g, 21);
+        assert_eq!(r.folded, 1);
+        tensor::to_f32(g.const_tensor(y)?).ok()
+    }
+
+    #[test]
+    fn folds_int4_blocks() {
+        // [4, 2] weight, blocks of 2 along axis 0: scales [2, 2].
+        let q = [-8, 7, 1, -1, 3, 0, -2, 5];
+        let scales = [0.5, 0.25, 2.0, 4.0];
+        let (g, y) = const_dq(
+            ElemType::Int4,
+            &[4, 2],
+            &q,
+            &[2, 2],
+            &scales,
+            &[0, 0, 0, 0],
+            &[("axis", 0), ("block_size", 2)],
+        );
+        // Element (r, c) uses scale (r / 2, c).
+        let want: Vec<f32> = (0..8)
+            .map(|i| q[i] as f32 * scales[(i / 2 / 2) * 2 + i % 2])
+            .collect();
+        assert_eq!(folded(g, y), Some(want));
+        // A ragged last block: 3 rows, block 2 -> 2 blocks.
+        let (g, y) = const_dq(
+            ElemType::Uint4,
+            &[3],
+            &[15, 1, 9],
+            &[2],
+            &[1.0, 0.5],
+            &[8, 8],
+            &[("axis", 0), ("block_size", 2)],
+        );
+        assert_eq!(folded(g, y), Some(vec![7.0, -7.0, 0.5]));
+    }
+
+    #[test]
+    fn folds_16_bit_and_float8() {
+        let (g, y) = const_dq(
+            ElemType::Uint16,
+            &[2],
+            &[65535, 0],
+            &[],
+            &[0.5],
+            &[32768],
+            &[],
+        );
+        assert_eq!(folded(g, y), Some(vec![16383.5, -16384.0]));
+        let (g, y) = const_dq(ElemType::Int16, &[1], &[-32768], &[], &[2.0], &[0], &[]);
+        assert_eq!(folded(g, y), Some(vec![-65536.0]));
+        let k = FloatKind::F8E4M3FN;
+        let (g, y) = const_dq(
+            ElemType::F8E4M3FN,
+            &[3],
+            &[k.encode(448.0) as i32, k.encode(-0.015625) as i32, 0],
+            &[],
+            &[0.5],
+            &[0],
+            &[],
+        );
+        assert_eq!(folded(g, y), Some(vec![224.0, -0.0078125, 0.0]));
+    }
+
+    /// A u16 / int4 activation Q/DQ pair becomes float ops with the type's
+    /// range; a float8 pair is declined with its reason.
+    #[test]
+    fn replaces_int_pairs_and_declines_float8() {
+        for (elem, zp, lo, hi, declined) in [
+            (ElemType::Uint16, 30000, 0.0, 65535.0, false),
+            (ElemType::Int4, 0, -8.0, 7.0, false),
+            (ElemType::F8E4M3FN, 0, 0.0, 0.0, true),
+        ] {
+            let mut g = Graph::new("t");
+            let x = g.add_input("x", None);
+            let sv = g.add_const("s", tensor::from_f32("", &[], &[0.1]));
+            let zv = g.add_const("z", codes::encode(elem, &[], &[zp]));
+            let (_, q) = g.add_op(Node::new("QuantizeLinear", "q"), &[x, sv, zv], &["xq"]);
+            let (_, d) = g.add_op(
+                Node::new("DequantizeLinear", "dq"),
+                &[q[0], sv, zv],
+                &["xd"],
+            );
+            let (_, r) = g.add_op(Node::new("Relu", "r"), &[d[0]], &["y"]);
+            g.add_output(r[0]);
+            let rep = float_twin_report(&mut g, 21);
+            if declined {
+                assert_eq!(rep.pairs.len(), 0);
+                assert_eq!(rep.declined.len(), 1);
+                assert!(rep.declined[0].1.contains("float8"), "{:?}", rep.declined);
+                continue;
+            }
+            assert_eq!(rep.pairs.len(), 1, "{elem:?}");
+            let clip = g
+                .node_ids()
+                .into_iter()
+                .find(|n| g.node(*n).kind() == OpKind::Clip);
+            let bounds: Vec<f32> = clip
+                .map(|c| {
+                    (1..3)
+                        .filter_map(|i| scalar_f32(&g, g.node(c).input(i)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert_eq!(bounds, vec![lo, hi], "{elem:?}");
+            let z = g
+                .value_by_name("x_sim_zero_point")
+                .and_then(|v| scalar_f32(&g, Some(v)));
+            assert_eq!(z, Some(zp as f32));
+        }
+    }
 }

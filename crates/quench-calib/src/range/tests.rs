@@ -568,3 +568,83 @@ fn entropy_guard_replaces_over_clipped_ranges_only() -> TestResult {
     assert_eq!(kept, choose_range(&g, RangeMethod::Entropy, S8)?);
     Ok(())
 }
+
+/// The float-format MSE search on N(0, 1) and on a Laplace distribution:
+/// its threshold's expected squared error (computed independently by
+/// [`expected_sq_error_for`]) is within 1% of the best of 400 thresholds
+/// scanned over `(0, max|x|]`, and clearly better than min/max. Entropy
+/// refuses float formats with a clear error.
+#[test]
+fn mse_for_float_formats() -> TestResult {
+    for (data, name) in [(gaussian(21), "gaussian"), (laplace(22), "laplace")] {
+        let s = hist_stats(&data);
+        let max_abs = f64::from(s.max_abs());
+        for f in [QuantFormat::F8E4M3FN, QuantFormat::F8E5M2] {
+            let (lo, hi) = choose_range_for(&s, RangeMethod::Mse, &f)?;
+            assert!(lo >= s.min && hi <= s.max && lo < 0.0 && hi > 0.0);
+            let cost = |t: f64| {
+                expected_sq_error_for(&s, (-t as f32, t as f32), &f).unwrap_or(f64::INFINITY)
+            };
+            let got = cost(thr((lo, hi)));
+            let best = (1..=400)
+                .map(|i| cost(max_abs * i as f64 / 400.0))
+                .fold(f64::INFINITY, f64::min);
+            assert!(
+                got <= best * 1.01,
+                "{name} {f:?}: threshold {} costs {got:e}, scan best {best:e}",
+                thr((lo, hi))
+            );
+            assert!(got < cost(max_abs), "{name} {f:?}: no better than min/max");
+        }
+        // E4M3 has 3 mantissa bits: relative rounding error about 2^-4 / sqrt(3)
+        // of each value, so the optimum clips the far tail but keeps the bulk.
+        let t = thr(choose_range_for(
+            &s,
+            RangeMethod::Mse,
+            &QuantFormat::F8E4M3FN,
+        )?);
+        assert!(t > 2.0 && t <= max_abs, "{name}: {t}");
+        assert!(matches!(
+            choose_range_for(&s, RangeMethod::Entropy, &QuantFormat::F8E4M3FN),
+            Err(CalibError::UnsupportedForFormat {
+                method: "entropy",
+                ..
+            })
+        ));
+        // Percentile and min/max are format-independent for symmetric formats.
+        assert_eq!(
+            choose_range_for(&s, RangeMethod::Percentile(99.9), &QuantFormat::F8E5M2)?,
+            choose_range(&s, RangeMethod::Percentile(99.9), S8)?
+        );
+    }
+    Ok(())
+}
+
+/// Integer formats go through the same code as [`QuantTarget`]s: narrow
+/// int8 (weights) searches with `2 * 127` steps, which is what its scale
+/// `amax / 127` means.
+#[test]
+fn integer_formats_search_like_targets() -> TestResult {
+    let s = hist_stats(&laplace(23));
+    for t in [S8, U8, QuantTarget::new(4, true, true)?] {
+        for m in [
+            RangeMethod::Mse,
+            RangeMethod::Entropy,
+            RangeMethod::Percentile(99.9),
+        ] {
+            assert_eq!(
+                choose_range_for(&s, m, &QuantFormat::from(t))?,
+                choose_range(&s, m, t)?
+            );
+        }
+    }
+    let narrow = thr(choose_range_for(
+        &s,
+        RangeMethod::Mse,
+        &QuantFormat::I8_WEIGHT,
+    )?);
+    let full = thr(choose_range(&s, RangeMethod::Mse, S8)?);
+    // 254 vs 255 steps: the optimum moves by well under 1%.
+    close(narrow, full, full * 0.01, "narrow int8 mse");
+    Ok(())
+}

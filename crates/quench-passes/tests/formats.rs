@@ -1,0 +1,153 @@
+//! Per-value formats in the quantization plan: what `apply` does with plan
+//! edits and what it refuses.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use quench_calib::{Granularity, QuantFormat};
+use quench_ir::Model;
+use quench_onnx::proto::tensor_proto::DataType;
+use quench_passes::quantize::{apply, plan, Plan, QuantizeConfig, Ranges};
+use quench_passes::{pipeline, run_passes, PassCx, RunOptions};
+
+/// A fixture after the default passes, at opset 21, its default plan and
+/// [-1, 1] ranges for every observed tensor.
+fn planned(file: &str) -> (Model, Plan, Ranges, QuantizeConfig) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(file);
+    let mut m = Model::from_onnx(quench_onnx::load_model(&p).unwrap().model).unwrap();
+    let from = m.default_opset().unwrap();
+    let mut cx = PassCx::new(from);
+    run_passes(
+        &mut m.graph,
+        &pipeline::default_pipeline(),
+        &mut cx,
+        &RunOptions::default(),
+    )
+    .unwrap();
+    quench_passes::upgrade_opset::apply(&mut m.graph, from, 21);
+    m.set_opset("", 21);
+    let cfg = QuantizeConfig::default();
+    let pl = plan(&m.graph, &cfg).unwrap();
+    let ranges: Ranges = pl
+        .tensors_to_observe(&m.graph)
+        .into_iter()
+        .map(|t| (t, (-1.0, 1.0)))
+        .collect();
+    (m, pl, ranges, cfg)
+}
+
+fn zero_point_type(m: &Model, tensor: &str) -> i32 {
+    let v = m
+        .graph
+        .value_by_name(&format!("{tensor}_zero_point"))
+        .unwrap();
+    m.graph.const_tensor(v).unwrap().data_type()
+}
+
+/// A data-movement output shares its root's parameters, so it takes the
+/// root's format whatever its own entry says.
+#[test]
+fn shared_tensors_follow_their_root() {
+    let mut found = 0;
+    for file in [
+        "resnet_tiny.onnx",
+        "transformer.onnx",
+        "mobilenet_tiny.onnx",
+    ] {
+        let (mut m, mut pl, ranges, cfg) = planned(file);
+        let Some((&v, &root)) = pl.shared.iter().next() else {
+            continue;
+        };
+        found += 1;
+        pl.formats.insert(root, QuantFormat::U16);
+        pl.formats.insert(v, QuantFormat::U8);
+        assert_eq!(pl.format_of(v, QuantFormat::U8), QuantFormat::U16);
+        let (vn, rn) = (
+            m.graph.value(v).name.clone(),
+            m.graph.value(root).name.clone(),
+        );
+        let mut cx = PassCx::new(21);
+        apply(&mut m.graph, &pl, &ranges, &cfg, 21, &mut cx).unwrap();
+        assert_eq!(
+            zero_point_type(&m, &rn),
+            DataType::Uint16 as i32,
+            "{file} {rn}"
+        );
+        assert_eq!(
+            zero_point_type(&m, &vn),
+            DataType::Uint16 as i32,
+            "{file} {vn}"
+        );
+    }
+    assert!(found > 0, "no fixture has a shared tensor");
+}
+
+/// Formats the opset or `QuantizeLinear` cannot express are refused with
+/// the tensor or node named.
+#[test]
+fn inexpressible_formats_are_refused() {
+    let (m, pl, ranges, cfg) = planned("mlp.onnx");
+    let err = |pl: &Plan, opset: i64| {
+        let mut g = m.graph.clone();
+        apply(&mut g, pl, &ranges, &cfg, opset, &mut PassCx::new(opset))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let h1 = m.graph.value_by_name("h1").unwrap();
+    // u16 activations need opset 21.
+    let mut p = pl.clone();
+    p.formats.insert(h1, QuantFormat::U16);
+    assert!(err(&p, 13).contains("`h1`: Uint16 activations need opset 21"));
+    assert_eq!(err(&p, 21), "");
+    // A narrow grid cannot be computed by QuantizeLinear at run time.
+    p.formats.insert(h1, QuantFormat::I8_WEIGHT);
+    assert!(err(&p, 21).contains("`h1`: activations cannot be quantized at run time"));
+    // Blocked weights need opset 21.
+    let mm2 = m
+        .graph
+        .node_ids()
+        .into_iter()
+        .find(|n| m.graph.node(*n).name() == "mm2")
+        .unwrap();
+    let mut p = pl.clone();
+    let blocks = QuantFormat::I4_WEIGHT
+        .with_granularity(Granularity::Block { axis: 0, size: 32 })
+        .unwrap();
+    p.weight_formats.insert(mm2, blocks);
+    assert!(err(&p, 13).contains("node `mm2`: weight format"));
+    assert!(err(&p, 13).contains("needs opset 21"));
+    // Float16 weights have no DequantizeLinear form.
+    p.weight_formats
+        .insert(mm2, QuantFormat::float(quench_calib::FloatKind::F16));
+    assert!(err(&p, 21).contains("have no DequantizeLinear form"));
+}
+
+/// `QuantizeConfig::weight_block_size` makes blocks along each weight's
+/// reduction axis the default, and `min_opset` says what that needs.
+#[test]
+fn block_size_in_the_config_sets_default_weight_formats() {
+    let (m, _, _, _) = planned("mlp.onnx");
+    let cfg = QuantizeConfig {
+        weight_format: Some(QuantFormat::I4_WEIGHT),
+        weight_block_size: Some(32),
+        ..Default::default()
+    };
+    assert_eq!(cfg.min_opset(), Some(21));
+    assert_eq!(QuantizeConfig::default().min_opset(), Some(13));
+    let pl = plan(&m.graph, &cfg).unwrap();
+    let by_name = |name: &str| {
+        let n = m
+            .graph
+            .node_ids()
+            .into_iter()
+            .find(|n| m.graph.node(*n).name() == name)
+            .unwrap();
+        pl.weight_formats[&n].granularity
+    };
+    // MatMul [K, N]: K is axis 0; Gemm with transB [N, K]: axis 1.
+    assert_eq!(by_name("mm1"), Granularity::Block { axis: 0, size: 32 });
+    assert_eq!(by_name("gemm"), Granularity::Block { axis: 1, size: 32 });
+}
