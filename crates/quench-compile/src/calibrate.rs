@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result};
 use quench_calib::{
-    choose_range, Histogram, MinMax, Observer, QuantTarget, RangeMethod, TensorStats,
+    choose_range, Histogram, MinMax, Observer, QuantFormat, QuantTarget, RangeMethod, TensorStats,
 };
 use quench_ir::Graph;
 use quench_onnx::proto::ModelProto;
@@ -247,7 +247,7 @@ pub fn choose_ranges(
     g: &Graph,
     stats: &BTreeMap<String, TensorStats>,
     method: RangeMethod,
-    target: QuantTarget,
+    format_of: &(dyn Fn(&str) -> QuantFormat + Sync),
     entropy_guard: f64,
     consumer_clamp: bool,
 ) -> RangeChoice {
@@ -264,14 +264,20 @@ pub fn choose_ranges(
         })
         .collect();
     // Range searches are independent per tensor: in parallel.
-    let all: Vec<(&TensorStats, RangeMethod)> = stats.values().zip(methods).collect();
+    let all: Vec<(&String, &TensorStats, RangeMethod)> = stats
+        .iter()
+        .zip(methods)
+        .map(|((n, s), m)| (n, s, m))
+        .collect();
     let chosen: Vec<_> = all
         .par_iter()
-        .map(|&(s, method)| {
+        .map(|&(name, s, method)| {
+            // Each tensor's search runs on the grid of its own format.
+            let format = format_of(name);
             if method == RangeMethod::Entropy {
-                quench_calib::entropy_range_guarded(s, target, entropy_guard)
+                quench_calib::entropy_range_guarded_for(s, &format, entropy_guard)
             } else {
-                choose_range(s, method, target).map(|r| (r, false))
+                quench_calib::choose_range_for(s, method, &format).map(|r| (r, false))
             }
         })
         .collect();

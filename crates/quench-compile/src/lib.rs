@@ -145,15 +145,20 @@ pub fn run_pipeline(
     Ok((names, cx))
 }
 
-/// The default-domain opset the options need: 21 for 16-bit activations,
-/// 13 for per-channel weights, else what the model has.
-fn needed_opset(opts: &Options, mode: Mode) -> i64 {
-    if mode == Mode::Static && opts.activations.min_opset() > 13 {
-        opts.activations.min_opset()
-    } else if opts.per_channel && mode != Mode::Dynamic && !opts.no_quantize {
-        13
-    } else {
+/// The default-domain opset the formats need (13 for per-channel weights,
+/// 19 for float8, 21 for 16-bit or 4-bit and blocks; see
+/// [`quantize::QuantizeConfig::min_opset`]); 0 (keep the model's) with
+/// `--no-quantize` and in dynamic mode, whose ops exist since opset 11.
+fn needed_opset(opts: &Options, cfg: &quantize::QuantizeConfig) -> i64 {
+    if opts.no_quantize || cfg.mode == Mode::Dynamic {
+        return 0;
+    }
+    let need = cfg.min_opset().unwrap_or(0);
+    // Per-tensor 8-bit Q/DQ exists since opset 10: no upgrade for that.
+    if need <= 10 {
         0
+    } else {
+        need
     }
 }
 
@@ -293,7 +298,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     let pruning = prune::run(opts, &data, &mut model, original, &mut out.log)?;
 
     // 4. Opset.
-    let opset = upgrade_opset(&mut model, needed_opset(opts, cfg.mode), &mut out.notes);
+    let opset = upgrade_opset(&mut model, needed_opset(opts, &cfg), &mut out.notes);
     model
         .graph
         .verify()
@@ -331,7 +336,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         )?;
         match stats {
             Some(stats) => {
-                ranges = range_policy(opts, &model, &stats, &mut out);
+                ranges = range_policy(opts, &model, &plan, &cfg, &stats, &mut out);
             }
             None => cfg.mode = Mode::WeightOnly,
         }
@@ -563,14 +568,22 @@ fn calibrate_phase(
 fn range_policy(
     opts: &Options,
     model: &Model,
+    plan: &quantize::Plan,
+    cfg: &quantize::QuantizeConfig,
     stats: &BTreeMap<String, TensorStats>,
     out: &mut Notes,
 ) -> quantize::Ranges {
+    let default = cfg.default_activation_format();
+    let g = &model.graph;
+    let format_of = |name: &str| match g.value_by_name(name) {
+        Some(v) => plan.format_of(v, default),
+        None => default,
+    };
     let c = calibrate::choose_ranges(
-        &model.graph,
+        g,
         stats,
         opts.range_method(),
-        opts.activations.target(),
+        &format_of,
         opts.entropy_guard,
         opts.consumer_ranges,
     );

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use quench_calib::RangeMethod;
+use quench_calib::{QuantFormat, RangeMethod};
 use quench_passes::prune::PruneTarget;
 use quench_passes::quantize::{ActType, Mode, QuantizeConfig, WeightType};
 use serde::{Deserialize, Serialize};
@@ -78,6 +78,15 @@ pub struct Options {
     pub entropy_guard: f64,
     pub activations: ActType,
     pub weights: WeightType,
+    /// The default activation format, overriding `activations` (any
+    /// [`QuantFormat`]: 2-16-bit integers, float8).
+    pub activation_format: Option<QuantFormat>,
+    /// The default weight scheme, overriding `weights` (the granularity
+    /// still follows `per_channel` / `weight_block_size`).
+    pub weight_format: Option<QuantFormat>,
+    /// Weights in blocks of this many elements along the reduction axis
+    /// (opset 21), instead of per channel.
+    pub weight_block_size: Option<usize>,
     /// One weight scale per output channel (needs opset 13; upgraded when
     /// safe).
     pub per_channel: bool,
@@ -125,6 +134,9 @@ impl Default for Options {
             entropy_guard: quench_calib::ENTROPY_GUARD_RATIO,
             activations: q.activations,
             weights: q.weights,
+            activation_format: None,
+            weight_format: None,
+            weight_block_size: None,
             per_channel: q.per_channel,
             exclude_nodes: Vec::new(),
             exclude_op_types: Vec::new(),
@@ -184,6 +196,9 @@ impl Options {
             exclude_nodes: self.exclude_nodes.clone(),
             exclude_op_types: self.exclude_op_types.clone(),
             keep_softmax_inputs_float: !self.quantize_softmax_inputs,
+            activation_format: self.activation_format,
+            weight_format: self.weight_format,
+            weight_block_size: self.weight_block_size,
             ..QuantizeConfig::default()
         }
     }
