@@ -12,9 +12,21 @@ PY="$(scripts/setup_venv.sh | tail -n 1)"
 
 rm -rf target/interop
 cargo test --workspace --all-targets
+# --all-targets leaves doctests out.
+cargo test --workspace --doc
 
-echo "== interop: every model the tests wrote"
-"$PY" scripts/interop_check.py target/interop
+# How many models the tests must have written under target/interop: every
+# model compared with a reference registered itself with a .check.json next
+# to it (tests/common/mod.rs `write_interop_pair`); the totals below are the
+# counts of a full run (November 2026) and are minimums: a test that stops
+# writing its models fails here instead of shrinking the check.
+INTEROP_MIN_MODELS=358
+INTEROP_MIN_COMPARED=99
+echo "== interop: every model the tests wrote (>= $INTEROP_MIN_MODELS models, >= $INTEROP_MIN_COMPARED compared with a reference)"
+"$PY" scripts/interop_check.py --expect-models "$INTEROP_MIN_MODELS" --expect-compared "$INTEROP_MIN_COMPARED" target/interop
 
-echo "== round trip: quench convert vs original, outputs compared in onnxruntime"
-"$PY" scripts/roundtrip_check.py --quench target/debug/quench --out target/interop-roundtrip testdata
+# Every fixture in testdata/ (not bad/): the script fails unless exactly this
+# many were round-tripped, and on zero.
+FIXTURES=$(find testdata -maxdepth 1 -name '*.onnx' | wc -l)
+echo "== round trip: quench convert vs original, outputs compared in onnxruntime ($FIXTURES fixtures)"
+"$PY" scripts/roundtrip_check.py --quench target/debug/quench --out target/interop-roundtrip --expect "$FIXTURES" testdata
