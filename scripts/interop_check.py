@@ -251,6 +251,58 @@ def compare_outputs(names_a, a, b, what):
     return None
 
 
+def with_outputs(path, names):
+    """The model at `path` with the tensors `names` added as graph outputs
+    (serialized, for an InferenceSession)."""
+    m = onnx.load(path)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    return m.SerializeToString()
+
+
+def check_steps(path, twin_path, steps, feeds):
+    """Every quantized activation of the model (the output of the DQ after
+    the Q of tensor `q`) against the twin's tensor for it, in ORT: every
+    element within one quantization step (the Q's scale). Returns (ok, msg)."""
+    m = onnx.load(path, load_external_data=False)
+    inits = {t.name: t for t in m.graph.initializer}
+    qs = {n.input[0]: n for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    dq_of = {n.input[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    model_names, twin_names, scales, labels = [], [], [], []
+    for q, t in steps:
+        qn = qs.get(q)
+        if qn is None or qn.output[0] not in dq_of or qn.input[1] not in inits:
+            return False, f"steps: no Q/DQ for {q!r} in the model"
+        model_names.append(dq_of[qn.output[0]].output[0])
+        twin_names.append(t)
+        scales.append(float(onnx.numpy_helper.to_array(inits[qn.input[1]]).reshape(-1)[0]))
+        labels.append(q)
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    sm = ort.InferenceSession(with_outputs(path, model_names), so, providers=["CPUExecutionProvider"])
+    st = ort.InferenceSession(with_outputs(twin_path, twin_names), so, providers=["CPUExecutionProvider"])
+    a = sm.run(model_names, feeds)
+    b = st.run(twin_names, feeds)
+    worst = (0.0, "")
+    for lab, x, y, s in zip(labels, a, b, scales):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.shape != y.shape or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            return False, f"step check {lab}: {x.shape} vs {y.shape} or non-finite"
+        # One step, plus a few float32 ulps of the values (the DQ product is
+        # rounded to f32 on both sides; that matters for 16-bit steps).
+        slack = 8 * float(np.finfo(np.float32).eps) * (float(np.max(np.abs(y))) if y.size else 0.0)
+        err = float(np.max(np.abs(x - y))) if x.size else 0.0
+        d = err / s
+        if d > worst[0]:
+            worst = (d, lab)
+        if not err <= s * 1.0001 + slack:
+            return False, f"{lab}: ORT vs twin differ by {d:.4f} quantization steps (> 1)"
+    return True, f"{len(labels)} quantized tensors within one step of the twin (worst {worst[0]:.2f} at {worst[1] or '-'})"
+
+
 def check_pair(path, spec_path, seed):
     """Runs the comparison a .check.json describes; returns (ok, message)."""
     import json
@@ -292,6 +344,11 @@ def check_pair(path, spec_path, seed):
         twin = [None] * len(out)  # no Q/DQ in the model: FP32 comparison only
     steps = output_dq_steps(path)
     parts = []
+    if spec.get("steps"):
+        ok, msg = check_steps(path, os.path.join(d, spec["twin"]), spec["steps"], feeds)
+        if not ok:
+            return False, msg
+        parts.append(msg)
     for n, x, r, t in zip(names, out, ref, twin):
         sf = sqnr_db(r, x)
         if not sf >= spec["min_sqnr_fp32_db"]:

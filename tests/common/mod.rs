@@ -266,6 +266,13 @@ pub fn write_interop_pair(
                 quench_onnx::save_model(&m.to_onnx(), &side("twin.onnx"), &Default::default())
                     .unwrap();
                 spec["twin"] = format!("{stem}.twin.onnx").into();
+                // Each quantized activation (Q input name) and the twin's
+                // tensor for it: compared within one quantization step.
+                spec["steps"] = pairs
+                    .iter()
+                    .map(|(q, t)| serde_json::json!([q, t]))
+                    .collect::<Vec<_>>()
+                    .into();
             }
             spec["min_sqnr_fp32_db"] = (*min_sqnr_fp32_db).into();
             spec["min_sqnr_twin_db"] = (*min_sqnr_twin_db).into();
