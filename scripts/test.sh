@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust tests, then the interop check of every model the
-# tests wrote (onnx.checker full_check + onnxruntime CPU), then the round trip
-# of every fixture compared in onnxruntime (bitwise-identical outputs).
+# The whole test suite: Rust tests and doctests, a self-test showing the two
+# checkers fail on bad input, then the interop check of every model the tests
+# wrote (onnx.checker full_check + onnxruntime CPU; models registered with a
+# .check.json compared with their reference, float twin and FP32), then the
+# round trip of every fixture compared in onnxruntime (bitwise-identical
+# outputs).
 #
 # Needs only the Rust toolchain and Python 3.11 with pip: the Python packages
 # (onnx, onnxruntime, numpy) are installed into .venv by scripts/setup_venv.sh.
@@ -14,6 +17,9 @@ rm -rf target/interop
 cargo test --workspace --all-targets
 # --all-targets leaves doctests out.
 cargo test --workspace --doc
+
+echo "== the checkers can fail: empty directories, short counts, NaN, 1% off, steps off the twin"
+"$PY" scripts/check_scripts_selftest.py --quench target/debug/quench
 
 # How many models the tests must have written under target/interop: every
 # model compared with a reference registered itself with a .check.json next

@@ -180,13 +180,14 @@ fn every_fixture_compiles_in_every_mode() {
             if mode != "static" {
                 assert_eq!(r["quantization"]["activations_quantized"], 0);
             }
-            // ONNX Runtime compares the model with its twin and FP32.
+            // ONNX Runtime compares the model with its twin and FP32
+            // (measured: 27.9-51.9 dB vs FP32, 43.9 dB to exact vs twin).
             write_interop_pair(
                 &out,
                 &load(&model),
                 None,
                 &InteropCheck::Quantized {
-                    min_sqnr_fp32_db: 12.0,
+                    min_sqnr_fp32_db: 20.0,
                     min_sqnr_twin_db: 40.0,
                 },
             );
