@@ -912,8 +912,13 @@ def verification_table(results):
             continue
         ort_sq = q.get("sqnr_per_output") or []
         for i, o in enumerate(outs):
-            ref = (o.get("reference") or {}).get("sqnr_db")
-            fil = (o.get("file") or {}).get("sqnr_db")
+            # Non-finite figures are null with a "non_finite" entry naming them.
+            def sq(m):
+                m = m or {}
+                v = m.get("sqnr_db")
+                return v if v is not None else (m.get("non_finite") or {}).get("sqnr_db")
+            ref = sq(o.get("reference"))
+            fil = sq(o.get("file"))
             lines.append(f"| {r['name'] if i == 0 else ''} | {o.get('output')} | {fmt_db(as_float(ref))} | "
                          f"{fmt_db(as_float(fil))} | {fmt_db(ort_sq[i]) if i < len(ort_sq) else '-'} | "
                          f"{o.get('runtime_discrepancy')} | {counts if i == 0 else ''} |")

@@ -9,7 +9,20 @@
              (-> "checker only (custom domain)") or its name matches
              --expect-fail-ort: load it in onnxruntime CPU, feed random inputs
              (symbolic dims -> 1, ints -> small non-negative, bool -> random) and run.
-        Prints one line per model (OK / FAIL: reason). Exits 1 if any model fails.
+          3. every floating-point output is finite (NaN/Inf fail).
+          4. when X.check.json sits next to X.onnx (written by the Rust tests,
+             see tests/common/mod.rs `write_interop_pair`): X and its reference
+             run on the same inputs (X.inputs.npz when given, random otherwise)
+             and are compared output by output (count, shape, dtype, finite):
+               "exact":     max|x - ref| / max|ref| <= rel_tol;
+               "quantized": SQNR(x vs float twin) >= min_sqnr_twin_db and
+                            SQNR(x vs FP32) >= min_sqnr_fp32_db; the share of
+                            elements within one output quantization step of
+                            the twin is printed (and must be >= 0.99 when the
+                            output comes from a per-tensor DequantizeLinear).
+        Prints one line per model (OK / FAIL: reason). Exits 1 if any model fails,
+        if no model is found, or if fewer models / comparisons than --expect-models /
+        --expect-compared were checked.
 
     interop_check.py --compare A.onnx B.onnx
         Runs both models in onnxruntime on the same random inputs and reports
@@ -22,6 +35,9 @@ Options:
     --expect-fail-ort NAME only run the checker for models whose file name
                            (or stem) is NAME (repeatable)
     --expect-fail          invert: every model must FAIL the checks (for bad/)
+    --expect-models N      fail unless at least N models were checked (default 1)
+    --expect-compared N    fail unless at least N .check.json comparisons ran
+                           (default 0)
     --seed N               RNG seed for the random inputs (default 0)
     --dim SYM=N            size for the symbolic dimension named SYM (repeatable)
     --default-dim N        size for other symbolic/unknown dims (default 1)
@@ -45,6 +61,7 @@ import traceback
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 # domains onnxruntime's CPU provider implements
 KNOWN_DOMAINS = {"", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc",
@@ -173,8 +190,184 @@ def check_one(path, skip_ort, seed):
         outs = sess.run(None, random_inputs(sess, seed))
     except Exception as e:  # noqa: BLE001
         return False, f"onnxruntime run: {short(e)}"
+    bad = nonfinite(sess.get_outputs(), outs)
+    if bad:
+        return False, f"onnxruntime: non-finite outputs: {bad}"
     desc = ", ".join(f"{o.name}{list(v.shape)}" for o, v in zip(sess.get_outputs(), outs))
-    return True, f"ran: {desc}"
+    msg = f"ran: {desc}"
+    spec = os.path.splitext(path)[0] + ".check.json"
+    if os.path.exists(spec):
+        ok, detail = check_pair(path, spec, seed)
+        return ok, f"{msg}; {detail}"
+    return True, msg
+
+
+def nonfinite(outputs, values):
+    """Names of floating-point outputs holding NaN or Inf."""
+    return [o.name for o, v in zip(outputs, values)
+            if np.asarray(v).dtype.kind == "f" and not np.all(np.isfinite(v))]
+
+
+def sqnr_db(ref, x):
+    ref = np.asarray(ref, np.float64)
+    err = ref - np.asarray(x, np.float64)
+    e = float(np.sum(err * err))
+    return float("inf") if e == 0.0 else 10.0 * np.log10(float(np.sum(ref * ref)) / e)
+
+
+def output_dq_steps(path):
+    """{output name: scale} for graph outputs made by a DequantizeLinear
+    with a constant scalar scale."""
+    m = onnx.load(path, load_external_data=False)
+    inits = {t.name: t for t in m.graph.initializer}
+    consts = {n.output[0]: n.attribute[0].t for n in m.graph.node
+              if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"}
+    made = {o: n for n in m.graph.node for o in n.output}
+    steps = {}
+    for o in m.graph.output:
+        n = made.get(o.name)
+        if n is None or n.op_type != "DequantizeLinear":
+            continue
+        t = inits.get(n.input[1]) or consts.get(n.input[1])
+        if t is None:
+            continue
+        a = onnx.numpy_helper.to_array(t)
+        if a.size == 1:
+            steps[o.name] = float(a.reshape(-1)[0])
+    return steps
+
+
+def compare_outputs(names_a, a, b, what):
+    """Count, shape, dtype and finiteness of two output lists; None if fine."""
+    if len(a) != len(b):
+        return f"{what}: {len(a)} outputs vs {len(b)}"
+    for n, x, y in zip(names_a, a, b):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return f"{what}: {n}: {x.dtype}{list(x.shape)} vs {y.dtype}{list(y.shape)}"
+        for arr in (x, y):
+            if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+                return f"{what}: {n}: non-finite values"
+    return None
+
+
+def with_outputs(path, names):
+    """The model at `path` with the tensors `names` added as graph outputs
+    (serialized, for an InferenceSession)."""
+    m = onnx.load(path)
+    have = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in have:
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    return m.SerializeToString()
+
+
+def check_steps(path, twin_path, steps, feeds):
+    """Every quantized activation of the model (the output of the DQ after
+    the Q of tensor `q`) against the twin's tensor for it, in ORT: every
+    element within one quantization step (the Q's scale). Returns (ok, msg)."""
+    m = onnx.load(path, load_external_data=False)
+    inits = {t.name: t for t in m.graph.initializer}
+    qs = {n.input[0]: n for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    dq_of = {n.input[0]: n for n in m.graph.node if n.op_type == "DequantizeLinear"}
+    model_names, twin_names, scales, labels = [], [], [], []
+    for q, t in steps:
+        qn = qs.get(q)
+        if qn is None or qn.output[0] not in dq_of or qn.input[1] not in inits:
+            return False, f"steps: no Q/DQ for {q!r} in the model"
+        model_names.append(dq_of[qn.output[0]].output[0])
+        twin_names.append(t)
+        scales.append(float(onnx.numpy_helper.to_array(inits[qn.input[1]]).reshape(-1)[0]))
+        labels.append(q)
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    sm = ort.InferenceSession(with_outputs(path, model_names), so, providers=["CPUExecutionProvider"])
+    st = ort.InferenceSession(with_outputs(twin_path, twin_names), so, providers=["CPUExecutionProvider"])
+    a = sm.run(model_names, feeds)
+    b = st.run(twin_names, feeds)
+    worst = (0.0, "")
+    for lab, x, y, s in zip(labels, a, b, scales):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        if x.shape != y.shape or not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+            return False, f"step check {lab}: {x.shape} vs {y.shape} or non-finite"
+        # One step, plus a few float32 ulps of the values (the DQ product is
+        # rounded to f32 on both sides; that matters for 16-bit steps).
+        slack = 8 * float(np.finfo(np.float32).eps) * (float(np.max(np.abs(y))) if y.size else 0.0)
+        err = float(np.max(np.abs(x - y))) if x.size else 0.0
+        d = err / s
+        if d > worst[0]:
+            worst = (d, lab)
+        if not err <= s * 1.0001 + slack:
+            return False, f"{lab}: ORT vs twin differ by {d:.4f} quantization steps (> 1)"
+    return True, f"{len(labels)} quantized tensors within one step of the twin (worst {worst[0]:.2f} at {worst[1] or '-'})"
+
+
+def check_pair(path, spec_path, seed):
+    """Runs the comparison a .check.json describes; returns (ok, message)."""
+    import json
+    with open(spec_path) as f:
+        spec = json.load(f)
+    d = os.path.dirname(path)
+    s_model = session(path)
+    s_ref = session(os.path.join(d, spec["reference"]))
+    if "inputs" in spec:
+        with np.load(os.path.join(d, spec["inputs"])) as z:
+            feeds = {k: z[k] for k in z.files}
+    else:
+        feeds = random_inputs(s_ref, seed)
+    names = [o.name for o in s_model.get_outputs()]
+    out = s_model.run(None, feeds)
+    ref = s_ref.run(None, feeds)
+    err = compare_outputs(names, out, ref, "vs reference")
+    if err:
+        return False, err
+    if spec["kind"] == "exact":
+        tol = float(spec["rel_tol"])
+        worst = 0.0
+        for n, x, r in zip(names, out, ref):
+            x, r = np.asarray(x, np.float64), np.asarray(r, np.float64)
+            scale = max(float(np.max(np.abs(r))) if r.size else 0.0, 1e-6)
+            e = float(np.max(np.abs(x - r))) / scale if r.size else 0.0
+            worst = max(worst, e)
+            if not e <= tol:
+                return False, f"{n}: relative error {e:.3g} > {tol:.3g} vs reference"
+        return True, f"exact vs reference (max rel err {worst:.2g})"
+    if spec["kind"] != "quantized":
+        return False, f"unknown check kind {spec['kind']!r}"
+    if "twin" in spec:
+        twin = session(os.path.join(d, spec["twin"])).run(None, feeds)
+        err = compare_outputs(names, out, twin, "vs twin")
+        if err:
+            return False, err
+    else:
+        twin = [None] * len(out)  # no Q/DQ in the model: FP32 comparison only
+    steps = output_dq_steps(path)
+    parts = []
+    if spec.get("steps"):
+        ok, msg = check_steps(path, os.path.join(d, spec["twin"]), spec["steps"], feeds)
+        if not ok:
+            return False, msg
+        parts.append(msg)
+    for n, x, r, t in zip(names, out, ref, twin):
+        sf = sqnr_db(r, x)
+        if not sf >= spec["min_sqnr_fp32_db"]:
+            return False, f"{n}: SQNR vs FP32 {sf:.1f} dB < {spec['min_sqnr_fp32_db']}"
+        if t is None:
+            parts.append(f"{n}: {sf:.1f} dB vs FP32 (no Q/DQ, no twin)")
+            continue
+        st = sqnr_db(t, x)
+        if not st >= spec["min_sqnr_twin_db"]:
+            return False, f"{n}: SQNR vs twin {st:.1f} dB < {spec['min_sqnr_twin_db']}"
+        part = f"{n}: {sf:.1f} dB vs FP32, {st:.1f} dB vs twin"
+        if n in steps:
+            within = float(np.mean(np.abs(np.asarray(x, np.float64) - np.asarray(t, np.float64))
+                                   <= steps[n] * 1.0001 + 1e-12))
+            part += f", {100 * within:.2f}% within one step ({steps[n]:.3g})"
+            if within < 0.99:
+                return False, part + " < 99%"
+        parts.append(part)
+    return True, "; ".join(parts)
 
 
 def compare(a, b, seed):
@@ -215,6 +408,8 @@ def main(argv=None):
     ap.add_argument("--expect-fail-ort", action="append", default=[], metavar="NAME")
     ap.add_argument("--expect-fail", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--expect-models", type=int, default=1)
+    ap.add_argument("--expect-compared", type=int, default=0)
     ap.add_argument("--dim", action="append", default=[], metavar="SYM=N")
     ap.add_argument("--default-dim", type=int, default=1)
     ap.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,...")
@@ -249,6 +444,7 @@ def main(argv=None):
         print("no .onnx files found")
         return 1
     failures = 0
+    compared = 0
     width = max(len(p) for p in models)
     for p in models:
         base = os.path.basename(p)
@@ -264,9 +460,18 @@ def main(argv=None):
         else:
             status = "OK" if ok else "FAIL"
         failures += not ok
+        if ok and not args.expect_fail and os.path.exists(os.path.splitext(p)[0] + ".check.json"):
+            compared += 1
         print(f"{status:6s} {p:{width}s}  {msg}")
-    print(f"{len(models) - failures} passed, {failures} failed")
-    return 1 if failures else 0
+    print(f"{len(models) - failures} passed, {failures} failed; {compared} compared with a reference")
+    short_count = []
+    if len(models) < args.expect_models:
+        short_count.append(f"{len(models)} models checked, expected at least {args.expect_models}")
+    if compared < args.expect_compared:
+        short_count.append(f"{compared} comparisons passed, expected at least {args.expect_compared}")
+    for m in short_count:
+        print(f"FAIL {m}")
+    return 1 if failures or short_count else 0
 
 
 if __name__ == "__main__":

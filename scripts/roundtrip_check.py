@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Round trip of every fixture through `quench convert`, checked in onnxruntime.
 
-    roundtrip_check.py --quench PATH/TO/quench --out DIR MODEL_DIR...
+    roundtrip_check.py --quench PATH/TO/quench --out DIR --expect N MODEL_DIR...
 
 For each .onnx in MODEL_DIR (not recursive; bad/ is skipped): converts it with
 quench (inline, and with --external-data), then runs the original and both
 copies in onnxruntime CPU on the same random inputs and requires bitwise-identical
 outputs. Models with custom-domain ops are converted and checked with
-onnx.checker only. Exits non-zero on any failure.
+onnx.checker only. Exits non-zero on any failure, and when the number of
+models checked is zero or differs from --expect (a moved or emptied fixture
+directory is a failure, not "all identical").
 """
 from __future__ import annotations
 
@@ -51,13 +53,16 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quench", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--expect", type=int, required=True, help="number of models MODEL_DIRs must hold")
     ap.add_argument("dirs", nargs="+")
     a = ap.parse_args()
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     failures = 0
+    checked = 0
     for d in a.dirs:
         for src in sorted(pathlib.Path(d).glob("*.onnx")):
+            checked += 1
             results = []
             for variant, flags in (("inline", ["--inline"]), ("external", ["--external-data"])):
                 dst = out / f"{src.stem}.{variant}.onnx"
@@ -77,14 +82,17 @@ def main() -> int:
                 f = feeds(s0)
                 o0 = s0.run(None, f)
                 o1 = s1.run(None, f)
-                same = all(x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(o0, o1))
+                same = len(o0) == len(o1) and len(o0) > 0 and all(x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes() for x, y in zip(o0, o1))
                 if not same:
                     results.append(f"{variant}: outputs differ")
             status = "OK  " if not results else "FAIL"
             failures += bool(results)
             note = " (checker only: custom domain)" if custom_domain(src) and not results else ""
             print(f"{status} {src.name}{note}" + ("" if not results else ": " + "; ".join(results)))
-    print(f"{'all round trips bitwise identical' if failures == 0 else f'{failures} failed'}")
+    if checked == 0 or checked != a.expect:
+        print(f"FAIL {checked} models checked, expected {a.expect}")
+        return 1
+    print(f"{'all ' + str(checked) + ' round trips bitwise identical' if failures == 0 else f'{failures} failed'}")
     return 1 if failures else 0
 
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust tests, then the interop check of every model the
-# tests wrote (onnx.checker full_check + onnxruntime CPU), then the round trip
-# of every fixture compared in onnxruntime (bitwise-identical outputs).
+# The whole test suite: Rust tests and doctests, a self-test showing the two
+# checkers fail on bad input, then the interop check of every model the tests
+# wrote (onnx.checker full_check + onnxruntime CPU; models registered with a
+# .check.json compared with their reference, float twin and FP32), then the
+# round trip of every fixture compared in onnxruntime (bitwise-identical
+# outputs).
 #
 # Needs only the Rust toolchain and Python 3.11 with pip: the Python packages
 # (onnx, onnxruntime, numpy) are installed into .venv by scripts/setup_venv.sh.
@@ -12,9 +15,24 @@ PY="$(scripts/setup_venv.sh | tail -n 1)"
 
 rm -rf target/interop
 cargo test --workspace --all-targets
+# --all-targets leaves doctests out.
+cargo test --workspace --doc
 
-echo "== interop: every model the tests wrote"
-"$PY" scripts/interop_check.py target/interop
+echo "== the checkers can fail: empty directories, short counts, NaN, 1% off, steps off the twin"
+"$PY" scripts/check_scripts_selftest.py --quench target/debug/quench
 
-echo "== round trip: quench convert vs original, outputs compared in onnxruntime"
-"$PY" scripts/roundtrip_check.py --quench target/debug/quench --out target/interop-roundtrip testdata
+# How many models the tests must have written under target/interop: every
+# model compared with a reference registered itself with a .check.json next
+# to it (tests/common/mod.rs `write_interop_pair`); the totals below are the
+# counts of a full run (November 2026) and are minimums: a test that stops
+# writing its models fails here instead of shrinking the check.
+INTEROP_MIN_MODELS=358
+INTEROP_MIN_COMPARED=99
+echo "== interop: every model the tests wrote (>= $INTEROP_MIN_MODELS models, >= $INTEROP_MIN_COMPARED compared with a reference)"
+"$PY" scripts/interop_check.py --expect-models "$INTEROP_MIN_MODELS" --expect-compared "$INTEROP_MIN_COMPARED" target/interop
+
+# Every fixture in testdata/ (not bad/): the script fails unless exactly this
+# many were round-tripped, and on zero.
+FIXTURES=$(find testdata -maxdepth 1 -name '*.onnx' | wc -l)
+echo "== round trip: quench convert vs original, outputs compared in onnxruntime ($FIXTURES fixtures)"
+"$PY" scripts/roundtrip_check.py --quench target/debug/quench --out target/interop-roundtrip --expect "$FIXTURES" testdata

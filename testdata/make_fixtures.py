@@ -441,6 +441,51 @@ def make_constant_weights():
     save_checked(make_model(g), "constant_weights.onnx")
 
 
+def make_identity_dedup():
+    """identity_dedup.onnx: makes `remove_identity` and `dedup_initializers`
+    fire. Two Identity nodes (one producing the graph output, so its input
+    must take over the output's name), an inference-mode Dropout (ratio given,
+    training_mode absent), and two parallel convs whose weights and biases are
+    byte-identical initializers under different names (merged into one)."""
+    rng = np.random.default_rng(21)
+    w1, b1 = conv_w(rng, 4, 3, 3), f32(rng.normal(0, 0.1, 4))
+    w2, b2 = conv_w(rng, 6, 4, 3), f32(rng.normal(0, 0.1, 6))
+    nodes = [
+        helper.make_node("Conv", ["input", "c1.w", "c1.b"], ["c1"], name="conv1",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Identity", ["c1"], ["c1_id"], name="identity_mid"),
+        helper.make_node("Relu", ["c1_id"], ["r1"], name="relu1"),
+        helper.make_node("Dropout", ["r1", "drop.ratio"], ["d1"], name="dropout"),
+        helper.make_node("Conv", ["d1", "a.w", "a.b"], ["ca"], name="conv_a",
+                         kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["d1", "b.w", "b.b"], ["cb"], name="conv_b",
+                         kernel_shape=[3, 3], pads=[2, 2, 2, 2], dilations=[2, 2]),
+        helper.make_node("Add", ["ca", "cb"], ["s"], name="add"),
+        helper.make_node("GlobalAveragePool", ["s"], ["gap"], name="gap"),
+        helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"),
+        helper.make_node("Identity", ["flat"], ["output"], name="identity_out"),
+    ]
+    inits = [init("c1.w", w1), init("c1.b", b1), numpy_helper.from_array(np.array(0.3, dtype=np.float32), "drop.ratio"),
+             init("a.w", w2), init("a.b", b2), init("b.w", w2.copy()), init("b.b", b2.copy())]
+    g = helper.make_graph(nodes, "identity_dedup", [vi("input", [1, 3, 8, 8])], [vi("output", [1, 6])], inits)
+    save_checked(make_model(g), "identity_dedup.onnx")
+
+
+def make_softmax_head():
+    """softmax_head.onnx: MatMul -> Softmax -> MatMul, the Softmax input made
+    by a quantizable MatMul (no mask in between), so `--quantize-softmax-inputs`
+    changes whether `logits` gets a Q/DQ (tests/compile_options.rs)."""
+    rng = np.random.default_rng(22)
+    nodes = [
+        helper.make_node("MatMul", ["input", "w1"], ["logits"], name="proj"),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "w2"], ["output"], name="mix"),
+    ]
+    inits = [init("w1", f32(rng.normal(0, 0.5, (16, 12)))), init("w2", f32(rng.normal(0, 1.0, (12, 4))))]
+    g = helper.make_graph(nodes, "softmax_head", [vi("input", [1, 8, 16])], [vi("output", [1, 8, 4])], inits)
+    save_checked(make_model(g), "softmax_head.onnx")
+
+
 # --------------------------------------------------------------------------
 # bn_*.onnx
 # --------------------------------------------------------------------------
@@ -985,6 +1030,8 @@ def main():
     make_external_data()
     make_custom_domain()
     make_constant_weights()
+    make_identity_dedup()
+    make_softmax_head()
     make_bn_variants()
     make_silu_cnn()
     make_resnet_tiny()

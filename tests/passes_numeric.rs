@@ -10,7 +10,10 @@ use quench_passes::{pipeline, run_passes, PassCx, RunOptions};
 
 const TOL: f32 = 1e-5;
 
-fn check(name: &str) -> (usize, String) {
+/// Runs the default pipeline on a fixture, compares it with the original
+/// in tract, writes it for the interop check; returns the BN folds, the IR
+/// text and the pass context (for its counters).
+fn check(name: &str) -> (usize, String, PassCx) {
     let original = load(&testdata(name));
     let mut m = Model::from_onnx(original.clone()).unwrap();
     let mut cx = PassCx::new(m.default_opset().unwrap());
@@ -27,26 +30,26 @@ fn check(name: &str) -> (usize, String) {
     let after = m.to_onnx();
     let facts = input_facts(&original, 2);
     // tract cannot run BatchNormalization with computed parameters; that
-    // model is compared in onnxruntime by the CI interop step instead.
+    // model is compared in ONNX Runtime only, by scripts/interop_check.py
+    // through the `.check.json` written below.
     let tract_runs = name != "bn_nonconst.onnx";
     for seed in (0..3).filter(|_| tract_runs) {
         let inputs = random_inputs(&facts, seed);
-        let a = run(&original, &facts, &inputs);
-        let b = run(&after, &facts, &inputs);
-        for (x, y) in a.iter().zip(&b) {
-            let e = max_rel_err(x, y);
-            assert!(
-                e <= TOL,
-                "{name}: max relative error {e:e} > {TOL:e} (seed {seed})"
-            );
+        let a = run_raw(&original, &facts, &inputs);
+        let b = run_raw(&after, &facts, &inputs);
+        if let Err(e) = compare_outputs(&a, &b, TOL) {
+            panic!("{name}: {e} (seed {seed})");
         }
     }
     // Write the rewritten model for the CI interop check.
     let out = interop_dir("passes").join(name);
     quench_onnx::save_model(&after, &out, &Default::default()).unwrap();
+    // ... and the original next to it, compared in ONNX Runtime.
+    write_interop_pair(&out, &original, None, &InteropCheck::exact(TOL));
     (
         cx.stat("fold_batchnorm.folded") + cx.stat("fold_batchnorm.elementwise"),
         m.to_text(),
+        cx,
     )
 }
 
@@ -73,7 +76,7 @@ fn pipeline_preserves_outputs_on_every_fixture() {
         "digits_cnn.onnx",
         "affine_fold.onnx",
     ] {
-        let (n, text) = check(f);
+        let (n, text, _) = check(f);
         folded.push((f, n));
         if f.starts_with("bn_") && f != "bn_shared.onnx" && f != "bn_nonconst.onnx" {
             assert_eq!(n, 1, "{f}: expected one fold\n{text}");
@@ -93,6 +96,33 @@ fn pipeline_preserves_outputs_on_every_fixture() {
     // Mul by a scalar, Add and Sub per channel after Conv, Mul per column
     // after Gemm; the spatially varying Mul stays.
     assert_eq!(get("affine_fold.onnx"), 4);
+}
+
+/// `identity_dedup.onnx` (testdata/make_fixtures.py) has two Identity
+/// nodes (one making the graph output), an inference-mode Dropout and two
+/// convs with byte-identical weights and biases under different names: the
+/// passes fire (2 + 1 nodes removed, 2 initializers merged) and tract gives
+/// the same outputs before and after within 1e-5, on three random inputs.
+#[test]
+fn remove_identity_and_dedup_initializers_fire_and_keep_outputs() {
+    let (_, text, cx) = check("identity_dedup.onnx");
+    assert_eq!(cx.stat("remove_identity.removed"), 3, "{text}");
+    assert_eq!(cx.stat("dedup_initializers.merged"), 2, "{text}");
+    assert!(
+        !text.contains("Identity") && !text.contains("Dropout"),
+        "{text}"
+    );
+    // The graph output keeps its name (the Identity that made it is gone).
+    let after = load(&interop_dir("passes").join("identity_dedup.onnx"));
+    let names = |m: &quench_onnx::proto::ModelProto| -> Vec<String> {
+        let g = m.graph.as_ref().unwrap();
+        g.output.iter().map(|o| o.name().to_string()).collect()
+    };
+    assert_eq!(names(&after), vec!["output".to_string()]);
+    assert_eq!(
+        names(&after),
+        names(&load(&testdata("identity_dedup.onnx")))
+    );
 }
 
 #[test]
@@ -123,7 +153,9 @@ fn digits_fixture_inputs_give_the_same_logits() {
         elem_type: 1,
         shape: inputs[0].shape().to_vec(),
     }];
-    let a = run(&original, &facts, &inputs);
-    let b = run(&after, &facts, &inputs);
-    assert!(max_rel_err(&a[0], &b[0]) <= TOL);
+    let a = run_raw(&original, &facts, &inputs);
+    let b = run_raw(&after, &facts, &inputs);
+    if let Err(e) = compare_outputs(&a, &b, TOL) {
+        panic!("digits: {e}");
+    }
 }

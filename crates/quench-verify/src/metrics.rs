@@ -64,21 +64,120 @@ pub struct Top1 {
 }
 
 /// Comparison of a test output with its reference over all samples seen.
-/// Non-finite values serialize as the strings `"inf"`, `"-inf"`, `"nan"`.
+///
+/// JSON has no non-finite numbers: a non-finite figure serializes as `null`,
+/// `"finite"` is `false` whenever any figure is non-finite, and
+/// `"non_finite"` names each such figure with its value (`"nan"`, `"inf"` or
+/// `"-inf"`; absent when every figure is finite), e.g.
+/// `"sqnr_db": null, ..., "finite": false, "non_finite": {"sqnr_db": "inf"}`
+/// for identical outputs. A reader that takes the numbers alone sees `null`
+/// and cannot mistake it for a passing figure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "MetricsRepr", from = "MetricsRepr")]
 pub struct Metrics {
-    #[serde(with = "float")]
     pub sqnr_db: f64,
-    #[serde(with = "float")]
     pub cosine: f64,
-    #[serde(with = "float")]
     pub max_abs_err: f64,
-    #[serde(with = "float")]
     pub mean_abs_err: f64,
     /// Elements compared.
     pub elements: u64,
     /// `None` unless every array had a class-like last axis.
     pub top1: Option<Top1>,
+}
+
+impl Metrics {
+    /// Whether every figure (SQNR, cosine, both errors) is a finite number.
+    pub fn is_finite(&self) -> bool {
+        [
+            self.sqnr_db,
+            self.cosine,
+            self.max_abs_err,
+            self.mean_abs_err,
+        ]
+        .iter()
+        .all(|v| v.is_finite())
+    }
+}
+
+/// The serialized form of [`Metrics`].
+#[derive(Serialize, Deserialize)]
+struct MetricsRepr {
+    sqnr_db: Option<f64>,
+    cosine: Option<f64>,
+    max_abs_err: Option<f64>,
+    mean_abs_err: Option<f64>,
+    elements: u64,
+    top1: Option<Top1>,
+    #[serde(default = "yes")]
+    finite: bool,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    non_finite: std::collections::BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn non_finite_name(v: f64) -> &'static str {
+    if v.is_nan() {
+        "nan"
+    } else if v > 0.0 {
+        "inf"
+    } else {
+        "-inf"
+    }
+}
+
+impl From<Metrics> for MetricsRepr {
+    fn from(m: Metrics) -> MetricsRepr {
+        let mut non_finite = std::collections::BTreeMap::new();
+        let mut fig = |name: &str, v: f64| {
+            if v.is_finite() {
+                Some(v)
+            } else {
+                non_finite.insert(name.to_string(), non_finite_name(v).to_string());
+                None
+            }
+        };
+        let (sqnr_db, cosine, max_abs_err, mean_abs_err) = (
+            fig("sqnr_db", m.sqnr_db),
+            fig("cosine", m.cosine),
+            fig("max_abs_err", m.max_abs_err),
+            fig("mean_abs_err", m.mean_abs_err),
+        );
+        MetricsRepr {
+            sqnr_db,
+            cosine,
+            max_abs_err,
+            mean_abs_err,
+            elements: m.elements,
+            top1: m.top1,
+            finite: non_finite.is_empty(),
+            non_finite,
+        }
+    }
+}
+
+impl From<MetricsRepr> for Metrics {
+    /// `null` becomes the value `non_finite` names for it, NaN otherwise.
+    fn from(r: MetricsRepr) -> Metrics {
+        let fig = |name: &str, v: Option<f64>| match v {
+            Some(v) => v,
+            None => match r.non_finite.get(name).map(String::as_str) {
+                Some("inf") => f64::INFINITY,
+                Some("-inf") => f64::NEG_INFINITY,
+                _ => f64::NAN,
+            },
+        };
+        Metrics {
+            sqnr_db: fig("sqnr_db", r.sqnr_db),
+            cosine: fig("cosine", r.cosine),
+            max_abs_err: fig("max_abs_err", r.max_abs_err),
+            mean_abs_err: fig("mean_abs_err", r.mean_abs_err),
+            elements: r.elements,
+            top1: r.top1.clone(),
+        }
+    }
 }
 
 impl Accumulator {
@@ -233,20 +332,18 @@ fn argmax(values: impl Iterator<Item = f32>) -> Option<usize> {
     best.map(|(i, _)| i)
 }
 
-/// Serializes f64 as a JSON number when finite and as `"inf"`, `"-inf"` or
-/// `"nan"` otherwise (JSON has no non-finite numbers).
+/// Serializes f64 as a JSON number when finite and as `null` otherwise (JSON
+/// has no non-finite numbers; a `null` cannot be read as a passing figure).
+/// Reads numbers, `null` (as NaN) and the strings `"inf"`, `"-inf"`,
+/// `"nan"` of older reports.
 pub mod float {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
         if v.is_finite() {
             s.serialize_f64(*v)
-        } else if v.is_nan() {
-            s.serialize_str("nan")
-        } else if *v > 0.0 {
-            s.serialize_str("inf")
         } else {
-            s.serialize_str("-inf")
+            s.serialize_none()
         }
     }
 
@@ -255,17 +352,19 @@ pub mod float {
     enum Repr {
         Num(f64),
         Str(String),
+        Null(()),
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         match Repr::deserialize(d)? {
             Repr::Num(v) => Ok(v),
+            Repr::Null(()) => Ok(f64::NAN),
             Repr::Str(s) => match s.as_str() {
                 "inf" => Ok(f64::INFINITY),
                 "-inf" => Ok(f64::NEG_INFINITY),
                 "nan" => Ok(f64::NAN),
                 other => Err(serde::de::Error::custom(format!(
-                    "expected a number, \"inf\", \"-inf\" or \"nan\", found \"{other}\""
+                    "expected a number, null, \"inf\", \"-inf\" or \"nan\", found \"{other}\""
                 ))),
             },
         }
@@ -463,8 +562,70 @@ mod tests {
         acc.update(r.view(), r.view()).unwrap();
         let m = acc.finish();
         let json = serde_json::to_string(&m).unwrap();
-        assert!(json.contains("\"sqnr_db\":\"inf\""), "{json}");
+        assert!(json.contains("\"sqnr_db\":null"), "{json}");
+        assert!(json.contains("\"finite\":false"), "{json}");
+        assert!(
+            json.contains("\"non_finite\":{\"sqnr_db\":\"inf\"}"),
+            "{json}"
+        );
         let back: Metrics = serde_json::from_str(&json).unwrap();
         assert_eq!(back, m);
+    }
+
+    /// A NaN figure is `null` in JSON (not the string `"nan"`, which readers
+    /// taking `as_f64().unwrap_or(INFINITY)` turned into a pass), flagged,
+    /// and reads back as NaN.
+    #[test]
+    fn nan_serializes_as_null_with_flag() {
+        let r = arr1(&[1.0f32, 2.0]).into_dyn();
+        let t = arr1(&[f32::NAN, 2.0]).into_dyn();
+        let mut acc = Accumulator::new();
+        acc.update(r.view(), t.view()).unwrap();
+        let m = acc.finish();
+        assert!(!m.is_finite());
+        let v: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert!(v["sqnr_db"].is_null(), "{v}");
+        assert!(v["max_abs_err"].is_null(), "{v}");
+        assert_eq!(v["finite"], false);
+        assert_eq!(v["non_finite"]["sqnr_db"], "nan");
+        let back: Metrics = serde_json::from_value(v).unwrap();
+        assert!(back.sqnr_db.is_nan() && back.max_abs_err.is_nan());
+        assert!(back.cosine.is_finite() || back.cosine.is_nan());
+    }
+
+    #[test]
+    fn finite_metrics_have_numbers_and_the_flag() {
+        let r = arr1(&[1.0f32, 2.0]).into_dyn();
+        let t = arr1(&[1.1f32, 2.0]).into_dyn();
+        let mut acc = Accumulator::new();
+        acc.update(r.view(), t.view()).unwrap();
+        let m = acc.finish();
+        assert!(m.is_finite());
+        let v: serde_json::Value = serde_json::to_value(&m).unwrap();
+        assert!(v["sqnr_db"].as_f64().unwrap().is_finite());
+        assert_eq!(v["finite"], true);
+        assert!(v.get("non_finite").is_none(), "{v}");
+        assert_eq!(serde_json::from_value::<Metrics>(v).unwrap(), m);
+    }
+
+    #[test]
+    fn float_module_writes_null_and_reads_old_strings() {
+        #[derive(Serialize, Deserialize)]
+        struct W {
+            #[serde(with = "float")]
+            x: f64,
+        }
+        assert_eq!(
+            serde_json::to_string(&W { x: f64::NAN }).unwrap(),
+            r#"{"x":null}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&W { x: 1.5 }).unwrap(),
+            r#"{"x":1.5}"#
+        );
+        let w: W = serde_json::from_str(r#"{"x":"inf"}"#).unwrap();
+        assert_eq!(w.x, f64::INFINITY);
+        let w: W = serde_json::from_str(r#"{"x":null}"#).unwrap();
+        assert!(w.x.is_nan());
     }
 }

@@ -2,6 +2,8 @@
 //! fixtures in `testdata/`.
 
 #![allow(clippy::unwrap_used)]
+// `!(x <= tol)` on purpose: NaN must fail the check.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 use std::path::{Path, PathBuf};
 
@@ -50,13 +52,32 @@ fn pseudo_random(shape: &[usize], seed: u64) -> ArrayData {
     ArrayData::F32(ArrayD::from_shape_vec(IxDyn(shape), v).unwrap())
 }
 
+/// Largest |a - b|; NaN (which fails every `<=` assertion) when either side
+/// holds a NaN or an infinity. Panics on a shape or element type mismatch.
+/// (`fold(0.0, f32::max)` alone would drop a NaN and report 0.)
 fn max_abs_diff(a: &ArrayData, b: &ArrayData) -> f32 {
     assert_eq!(a.shape(), b.shape());
-    a.to_f32()
-        .iter()
-        .zip(b.to_f32().iter())
+    assert_eq!(a.dtype_name(), b.dtype_name());
+    let (a, b) = (a.to_f32(), b.to_f32());
+    if a.iter().chain(b.iter()).any(|v| !v.is_finite()) {
+        return f32::NAN;
+    }
+    a.iter()
+        .zip(b.iter())
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+#[test]
+fn max_abs_diff_is_not_blind_to_nan_and_inf() {
+    let v = |x: Vec<f32>| ArrayData::F32(ArrayD::from_shape_vec(IxDyn(&[x.len()]), x).unwrap());
+    assert_eq!(max_abs_diff(&v(vec![1.0, 2.0]), &v(vec![1.0, 2.5])), 0.5);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let d = max_abs_diff(&v(vec![1.0, 2.0]), &v(vec![1.0, bad]));
+        assert!(!(d <= 1e-4), "{bad}: {d}");
+        let d = max_abs_diff(&v(vec![bad, 2.0]), &v(vec![1.0, 2.0]));
+        assert!(!(d <= 1e-4), "{bad}: {d}");
+    }
 }
 
 fn argmax_rows(logits: &ArrayD<f32>) -> Vec<usize> {
