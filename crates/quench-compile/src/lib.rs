@@ -34,6 +34,7 @@ pub mod calibrate;
 pub mod data;
 pub mod mixed;
 pub mod options;
+pub mod phases;
 pub mod progress;
 pub mod prune;
 pub mod report;
@@ -49,11 +50,11 @@ use quench_ir::Model;
 use quench_onnx::proto::ModelProto;
 use quench_onnx::{LoadedModel, SaveOptions, SaveReport};
 use quench_passes::quantize::{self, Mode};
-use quench_passes::{pipeline, run_passes, PassCx, RunOptions};
 
 pub use calibrate::CalibrationTable;
 pub use data::DataPlan;
 pub use options::{Method, Options, PruneMethod, PruneOptions};
+pub use phases::{quantize_phase, run_pipeline};
 pub use progress::{Progress, Silent};
 pub use report::{Accuracy, OutputCheck, Report, Timing, Verification};
 
@@ -108,41 +109,6 @@ impl Phases {
         });
         self.last = now;
     }
-}
-
-/// The passes phase: runs the chosen passes (`None`: the default
-/// pipeline; empty or `["none"]`: none) and returns their names and the
-/// context (counters, log, IR dumps of `dump_after`).
-pub fn run_pipeline(
-    model: &mut Model,
-    passes: &Option<Vec<String>>,
-    dump_after: &[String],
-) -> Result<(Vec<String>, PassCx)> {
-    let list = match passes {
-        Some(p) if p.is_empty() || (p.len() == 1 && p[0] == "none") => Vec::new(),
-        Some(p) => pipeline::by_names(p)?,
-        None => pipeline::default_pipeline(),
-    };
-    let names: Vec<String> = list.iter().map(|p| p.name().to_string()).collect();
-    for d in dump_after {
-        if !names.contains(d) {
-            anyhow::bail!(
-                "--dump-after `{d}`: no such pass in the pipeline that runs ({})",
-                if names.is_empty() {
-                    "none".to_string()
-                } else {
-                    names.join(", ")
-                }
-            );
-        }
-    }
-    let mut cx = PassCx::new(model.default_opset().unwrap_or(0));
-    let opts = RunOptions {
-        verify: cfg!(debug_assertions),
-        dump_after: dump_after.to_vec(),
-    };
-    run_passes(&mut model.graph, &list, &mut cx, &opts)?;
-    Ok((names, cx))
 }
 
 /// The default-domain opset the formats need (13 for per-channel weights,
@@ -475,27 +441,6 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         report,
         dumps,
     })
-}
-
-/// The quantize phase: applies `plan` with `ranges` (activation tensor
-/// name → range), removes the float weights it replaced, and verifies the
-/// graph.
-pub fn quantize_phase(
-    model: &mut Model,
-    plan: &quantize::Plan,
-    ranges: &quantize::Ranges,
-    cfg: &quantize::QuantizeConfig,
-    opset: i64,
-    cx: &mut PassCx,
-) -> Result<quantize::QuantSummary> {
-    let summary = quantize::apply(&mut model.graph, plan, ranges, cfg, opset, cx)?;
-    // The float weights replaced by integer ones are now unused.
-    quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut model.graph, cx)?;
-    model
-        .graph
-        .verify()
-        .context("quantized graph is invalid (a quench bug)")?;
-    Ok(summary)
 }
 
 /// Observes the planned tensors on the calibration samples (or reads the

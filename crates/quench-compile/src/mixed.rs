@@ -77,7 +77,7 @@ fn measure(
 ) -> Result<Measured> {
     let mut q = float.clone();
     let mut cx = PassCx::new(opset);
-    crate::quantize_phase(&mut q, plan, ranges, cfg, opset, &mut cx)?;
+    crate::phases::quantize_phase(&mut q, plan, ranges, cfg, opset, &mut cx)?;
     let mut twin = q.clone();
     let (pairs, _) = quench_passes::simulate::float_twin_pairs(&mut twin.graph, opset);
     let r = Runners::new(&twin.to_onnx(), vec![]);
