@@ -61,6 +61,26 @@ fn print_attribution(tensors: &[TensorError], verbose: bool) {
     }
 }
 
+/// SQNR, cosine, max abs error and top-1 agreement on one line.
+fn metrics_line(m: &Metrics) -> String {
+    let top1 = m
+        .top1
+        .as_ref()
+        .map(|t| {
+            format!(
+                ", top-1 agreement {}/{} ({:.2}%)",
+                t.agree,
+                t.rows,
+                100.0 * t.fraction
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}",
+        m.sqnr_db, m.cosine, m.max_abs_err
+    )
+}
+
 fn human(b: u64) -> String {
     if b >= 1_000_000 {
         format!("{:.2} MB", b as f64 / 1e6)
@@ -166,24 +186,7 @@ pub fn print_report(r: &Report, verbose: bool) {
                 v.samples, v.data
             );
             for o in &v.outputs {
-                let line = |m: &Metrics| {
-                    let top1 = m
-                        .top1
-                        .as_ref()
-                        .map(|t| {
-                            format!(
-                                ", top-1 agreement {}/{} ({:.2}%)",
-                                t.agree,
-                                t.rows,
-                                100.0 * t.fraction
-                            )
-                        })
-                        .unwrap_or_default();
-                    format!(
-                        "SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}",
-                        m.sqnr_db, m.cosine, m.max_abs_err
-                    )
-                };
+                let line = metrics_line;
                 if let Some(re) = &o.reference {
                     println!(
                         "    {} (reference semantics, float twin): {}",
@@ -308,23 +311,7 @@ fn print_pruning(this: &PruneReport, verbose: bool) {
             f.samples, f.data
         );
         for o in &f.outputs {
-            let m = &o.metrics;
-            let top1 = m
-                .top1
-                .as_ref()
-                .map(|t| {
-                    format!(
-                        ", top-1 agreement {}/{} ({:.2}%)",
-                        t.agree,
-                        t.rows,
-                        100.0 * t.fraction
-                    )
-                })
-                .unwrap_or_default();
-            println!(
-                "    {}: SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}",
-                o.output, m.sqnr_db, m.cosine, m.max_abs_err
-            );
+            println!("    {}: {}", o.output, metrics_line(&o.metrics));
         }
         if let Some(acc) = &f.accuracy {
             println!(
