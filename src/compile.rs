@@ -119,6 +119,12 @@ pub struct CompileArgs {
     /// exact, since no consumer output changes, and tighter.
     #[arg(long)]
     pub no_consumer_ranges: bool,
+    /// Cross-layer equalization before calibration: in every Conv ->
+    /// (Relu) -> Conv chain, rescale each channel so both weights have the
+    /// same range (exact in FP32; helps per-tensor weights and activations
+    /// of depthwise models).
+    #[arg(long)]
+    pub equalize: bool,
     /// Graph passes to run before quantization, comma separated, or `none`
     /// (default: the whole pipeline; see `quench passes`).
     #[arg(long, value_delimiter = ',')]
@@ -257,6 +263,7 @@ impl CompileArgs {
             exclude_op_types: self.exclude_op_types.clone(),
             quantize_softmax_inputs: self.quantize_softmax_inputs,
             consumer_ranges: !self.no_consumer_ranges,
+            equalize: self.equalize,
             passes: self.passes.clone(),
             dump_after: self.dump_after.clone(),
             min_sqnr: self.min_sqnr,

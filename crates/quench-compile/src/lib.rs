@@ -256,7 +256,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     phases.lap("load");
 
     // 2. Passes.
-    let (pass_names, mut cx) = run_pipeline(&mut model, &opts.passes, &opts.dump_after)?;
+    let extra: &[&str] = if opts.equalize { &["equalize"] } else { &[] };
+    let (pass_names, mut cx) =
+        phases::run_pipeline_with(&mut model, &opts.passes, extra, &opts.dump_after)?;
     out.log.extend(cx.log.iter().map(|l| format!("pass {l}")));
     let dumps = std::mem::take(&mut cx.dumps);
 

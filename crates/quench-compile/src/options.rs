@@ -98,6 +98,9 @@ pub struct Options {
     /// (Relu, Clip, HardSwish, HardSigmoid, Tanh, Sigmoid saturation):
     /// exact, on by default.
     pub consumer_ranges: bool,
+    /// Cross-layer equalization of Conv -> (Relu) -> Conv weight ranges
+    /// before calibration (the `equalize` pass).
+    pub equalize: bool,
     /// Graph passes by name (`None`: the default pipeline; empty: none).
     pub passes: Option<Vec<String>>,
     /// Record the IR text after these passes (in [`crate::Outcome::dumps`]).
@@ -142,6 +145,7 @@ impl Default for Options {
             exclude_op_types: Vec::new(),
             quantize_softmax_inputs: !q.keep_softmax_inputs_float,
             consumer_ranges: true,
+            equalize: false,
             passes: None,
             dump_after: Vec::new(),
             min_sqnr: None,
