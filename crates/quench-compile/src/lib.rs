@@ -30,6 +30,7 @@
 //! that failed a requested threshold).
 
 pub mod attribution;
+pub mod bias;
 pub mod calibrate;
 pub mod data;
 pub mod mixed;
@@ -314,7 +315,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     }
     phases.lap("calibration");
 
-    // 5b. Mixed precision to a target: leave the costliest tensors float.
+    // 5a. Mixed precision to a target: leave the costliest tensors float.
     let mut mixed_precision = None;
     if let (Some(target), Mode::Static) = (opts.target_sqnr, cfg.mode) {
         match &data.eval {
@@ -347,6 +348,36 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
             ),
         }
         phases.lap("mixed precision");
+    }
+
+    // 5b. Bias correction: subtract each layer's measured output shift
+    // (after mixed precision, so it corrects the model that is written).
+    let mut bias_correction = None;
+    if opts.bias_correction && cfg.mode != Mode::Dynamic && !opts.no_quantize {
+        match data.calibration.as_ref().or(data.sensitivity.as_ref()) {
+            Some(cal) => {
+                let r = bias::correct(&mut model, &plan, &ranges, &cfg, opset, cal)?;
+                match &r {
+                    Some(b) if b.kept => out.note(format!(
+                        "bias correction: {} layer(s), output SQNR on {} calibration samples {:.2} -> {:.2} dB",
+                        b.layers,
+                        bias::SAMPLES.min(cal.data.samples()),
+                        b.sqnr_before_db,
+                        b.sqnr_after_db
+                    )),
+                    Some(b) => out.note(format!(
+                        "bias correction discarded: it did not raise the output SQNR ({:.2} -> {:.2} dB)",
+                        b.sqnr_before_db, b.sqnr_after_db
+                    )),
+                    None => out.note("bias correction: no layer with a bias to correct".into()),
+                }
+                bias_correction = r;
+            }
+            // Without calibration samples (a table, weight-only without
+            // data) there is nothing to measure: the default stays quiet.
+            None => {}
+        }
+        phases.lap("bias correction");
     }
 
     // 6. Quantize. The float graph is kept for the per-tensor attribution.
@@ -431,6 +462,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         verification,
         pruning,
         mixed_precision,
+        bias_correction,
         notes: out.notes,
         warnings: out.warnings,
         log: out.log,

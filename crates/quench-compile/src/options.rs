@@ -101,6 +101,10 @@ pub struct Options {
     /// Cross-layer equalization of Conv -> (Relu) -> Conv weight ranges
     /// before calibration (the `equalize` pass).
     pub equalize: bool,
+    /// Empirical bias correction of quantized compute layers (see
+    /// [`crate::bias`]); on by default, applied when calibration data is
+    /// given.
+    pub bias_correction: bool,
     /// Graph passes by name (`None`: the default pipeline; empty: none).
     pub passes: Option<Vec<String>>,
     /// Record the IR text after these passes (in [`crate::Outcome::dumps`]).
@@ -146,6 +150,7 @@ impl Default for Options {
             quantize_softmax_inputs: !q.keep_softmax_inputs_float,
             consumer_ranges: true,
             equalize: false,
+            bias_correction: true,
             passes: None,
             dump_after: Vec::new(),
             min_sqnr: None,
