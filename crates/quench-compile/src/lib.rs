@@ -39,6 +39,7 @@ pub mod phases;
 pub mod progress;
 pub mod prune;
 pub mod report;
+pub mod smooth;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -315,6 +316,39 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     }
     phases.lap("calibration");
 
+    // 5a. SmoothQuant: outlier channels after normalizations into weights.
+    let mut smooth_quant = None;
+    if opts.smooth_quant && cfg.mode == Mode::Static {
+        match &data.calibration {
+            Some(cal) => {
+                let r = smooth::smooth(&mut model, original, &plan, &mut ranges, &cfg, opset, cal)?;
+                match &r {
+                    Some(sq) => out.note(format!(
+                        "smooth-quant: {} normalization(s), strength {} chosen ({})",
+                        sq.sites.len(),
+                        sq.alpha,
+                        sq.candidates
+                            .iter()
+                            .map(|(a, db)| format!("{a}: {db:.2} dB"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    None => out.note(
+                        "--smooth-quant: no LayerNormalization feeding only MatMuls with constant weights"
+                            .into(),
+                    ),
+                }
+                smooth_quant = r;
+                model
+                    .graph
+                    .verify()
+                    .context("graph invalid after smooth-quant (a quench bug)")?;
+            }
+            None => out.warn("--smooth-quant needs calibration data; not applied".into()),
+        }
+        phases.lap("smooth-quant");
+    }
+
     // 5a. Mixed precision to a target: leave the costliest tensors float.
     let mut mixed_precision = None;
     if let (Some(target), Mode::Static) = (opts.target_sqnr, cfg.mode) {
@@ -463,6 +497,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         pruning,
         mixed_precision,
         bias_correction,
+        smooth_quant,
         notes: out.notes,
         warnings: out.warnings,
         log: out.log,

@@ -105,6 +105,9 @@ pub struct Options {
     /// [`crate::bias`]); on by default, applied when calibration data is
     /// given.
     pub bias_correction: bool,
+    /// SmoothQuant for MatMuls fed by a LayerNormalization (see
+    /// [`crate::smooth`]).
+    pub smooth_quant: bool,
     /// Graph passes by name (`None`: the default pipeline; empty: none).
     pub passes: Option<Vec<String>>,
     /// Record the IR text after these passes (in [`crate::Outcome::dumps`]).
@@ -151,6 +154,7 @@ impl Default for Options {
             consumer_ranges: true,
             equalize: false,
             bias_correction: true,
+            smooth_quant: false,
             passes: None,
             dump_after: Vec::new(),
             min_sqnr: None,

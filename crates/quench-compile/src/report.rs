@@ -90,6 +90,8 @@ pub struct Report {
     pub mixed_precision: Option<crate::mixed::MixedReport>,
     /// What `--bias-correction` did.
     pub bias_correction: Option<crate::bias::BiasReport>,
+    /// What `--smooth-quant` did.
+    pub smooth_quant: Option<crate::smooth::SmoothReport>,
     /// Things the user should know (fallbacks, upgrades, skipped steps).
     pub notes: Vec<String>,
     /// The subset of `notes` that is a warning (printed as such).
