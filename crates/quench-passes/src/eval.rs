@@ -1184,7 +1184,7 @@ mod tests {
         assert_eq!(
             eval(
                 &with_ints(node("Squeeze"), "axes", &[-1]),
-                &[scalar.clone()]
+                std::slice::from_ref(&scalar)
             ),
             None
         );
@@ -1198,7 +1198,7 @@ mod tests {
         assert_eq!(eval(&concat, &[scalar.clone(), scalar.clone()]), None);
         // Squeeze with no axes of a scalar is the scalar.
         assert_eq!(
-            eval(&node("Squeeze"), &[scalar.clone()]),
+            eval(&node("Squeeze"), std::slice::from_ref(&scalar)),
             Some(vec![scalar.unwrap()])
         );
     }
@@ -1208,7 +1208,7 @@ mod tests {
         let t = f32s(&[2, 3], vec![0.0; 6]);
         for perm in [&[0, 0][..], &[1, 1], &[0], &[0, 1, 2], &[0, -1]] {
             let n = with_ints(node("Transpose"), "perm", perm);
-            assert_eq!(eval(&n, &[t.clone()]), None, "perm {perm:?}");
+            assert_eq!(eval(&n, std::slice::from_ref(&t)), None, "perm {perm:?}");
         }
         let n = with_ints(node("Transpose"), "perm", &[1, 0]);
         assert_eq!(
