@@ -359,3 +359,22 @@ fn a_panic_names_its_phase() {
     eprintln!("panicked in tract (contained): {panicked:?}");
     assert!(!panicked.is_empty(), "no crafted model panicked tract");
 }
+
+#[test]
+fn huge_expand_is_an_error() {
+    // Expand of [1] to [2^31, 2^31]: tract's shape arithmetic goes negative
+    // and an assertion fails while optimizing. (In tract 0.23.9 the same
+    // ConstantOfShape and Tile give empty outputs instead; quench's constant
+    // folder leaves all of these unfolded, see quench_passes::eval.)
+    let bytes = model(
+        node("Expand", &["a", "s"], vec![]),
+        vec![],
+        vec![i64s("a", &[1], &[1]), i64s("s", &[2], &[1 << 31, 1 << 31])],
+        vi("y", DataType::Int64, &[]),
+    );
+    expect_panic(
+        "huge Expand",
+        compile_and_run(&bytes, vec![]),
+        "analysing and optimizing the model",
+    );
+}
