@@ -355,12 +355,20 @@ impl Elem for bool {
 }
 
 /// Element count of a shape, `None` on overflow or above [`MAX_ELEMENTS`].
-/// Called before anything of that shape is allocated.
+/// Called before anything of that shape is allocated. The product of the
+/// non-zero dims is capped too: an empty `[0, 2^63]` has no elements but is
+/// not a shape anything can be built with (ndarray refuses it).
 pub fn capped_count(shape: &[usize]) -> Option<usize> {
     shape
         .iter()
+        .filter(|d| **d != 0)
         .try_fold(1usize, |acc, d| acc.checked_mul(*d))
-        .filter(|n| *n <= MAX_ELEMENTS)
+        .filter(|n| *n <= MAX_ELEMENTS)?;
+    Some(if shape.contains(&0) {
+        0
+    } else {
+        shape.iter().product()
+    })
 }
 
 fn decode<T: Elem>(t: &TensorProto, dims: &[usize], n: usize) -> Option<ArrayD<T>> {
