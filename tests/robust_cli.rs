@@ -263,3 +263,68 @@ fn inspect_survives_constant_subgraphs_that_crashed_the_evaluator() {
         assert!(secs < 10.0, "{name}: inspect took {secs:.1} s");
     }
 }
+
+#[test]
+fn weight_only_outputs_pass_the_type_check() {
+    // What the quantizer writes (Q/DQ types per opset, after any opset
+    // upgrade) must satisfy quench_passes::typecheck, so the driver can
+    // refuse a model that does not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    for name in [
+        "mlp",
+        "cnn_bn",
+        "transformer",
+        "resnet_tiny",
+        "silu_cnn",
+        "mobilenet_tiny",
+        "digits_cnn",
+    ] {
+        let input = root.join(format!("{name}.onnx"));
+        let out = dir.path().join(format!("{name}.onnx"));
+        let (code, text) = quench(&[
+            "compile",
+            input.to_str().expect("path"),
+            "-o",
+            out.to_str().expect("path"),
+            "--mode",
+            "weight-only",
+        ]);
+        assert_eq!(code, 0, "{name}: {text}");
+        let m = quench_ir::Model::from_onnx(quench_onnx::load_model(&out).expect("load").model)
+            .expect("import");
+        assert!(
+            m.graph
+                .node_ids()
+                .iter()
+                .any(|n| m.graph.node(*n).op_type() == "DequantizeLinear"),
+            "{name}: nothing quantized"
+        );
+        let opset = m.default_opset().unwrap_or(0);
+        if let Err(errs) = quench_passes::typecheck::check(&m.graph, opset) {
+            panic!("{name} (opset {opset}): {errs:?}");
+        }
+    }
+    // Static int8 (Q/DQ on activations too), with the digits calibration set.
+    let out = dir.path().join("digits_static.onnx");
+    let (code, text) = quench(&[
+        "compile",
+        root.join("digits_cnn.onnx").to_str().expect("path"),
+        "-c",
+        root.join("digits/calib.npz").to_str().expect("path"),
+        "-o",
+        out.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let m = quench_ir::Model::from_onnx(quench_onnx::load_model(&out).expect("load").model)
+        .expect("import");
+    let q = m
+        .graph
+        .node_ids()
+        .iter()
+        .filter(|n| m.graph.node(**n).op_type() == "QuantizeLinear")
+        .count();
+    assert!(q > 3, "{q} QuantizeLinear nodes");
+    let opset = m.default_opset().unwrap_or(0);
+    assert_eq!(quench_passes::typecheck::check(&m.graph, opset), Ok(()));
+}

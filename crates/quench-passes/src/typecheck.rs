@@ -48,8 +48,10 @@ enum Types {
     Index,
     /// QuantizeLinear's output / DequantizeLinear's input at an opset.
     Quantized(i64),
-    /// QuantizeLinear's input / DequantizeLinear's scale at an opset.
+    /// QuantizeLinear's scale / DequantizeLinear's scale at an opset.
     QuantScale(i64),
+    /// QuantizeLinear's input at an opset: a scale type or int32.
+    QuantInput(i64),
     Any,
 }
 
@@ -93,6 +95,7 @@ impl Types {
                     matches!(t, D::Float | D::Float16 | D::Bfloat16)
                 }
             }
+            Types::QuantInput(opset) => t == D::Int32 || Types::QuantScale(opset).allows(code),
             Types::Any => true,
         }
     }
@@ -108,6 +111,8 @@ impl Types {
             Types::Quantized(o) => format!("a quantized type of opset {o} (i8, u8, ...)"),
             Types::QuantScale(o) if o < 19 => "f32 (before opset 19)".into(),
             Types::QuantScale(_) => "f32, f16 or bf16".into(),
+            Types::QuantInput(o) if o < 19 => "f32 or i32 (before opset 19)".into(),
+            Types::QuantInput(_) => "f32, f16, bf16 or i32".into(),
             Types::Any => "any type".into(),
         }
     }
@@ -181,21 +186,22 @@ fn constraints(kind: OpKind, opset: i64) -> Vec<Constraint> {
             types: Any,
             same: true,
         }],
-        OpKind::QuantizeLinear => {
-            let x = if opset >= 21 {
-                vec![c(&[0], Float, false)]
-            } else {
-                vec![c(&[0], QuantScale(opset), false)]
-            };
-            let mut v = x;
-            v.push(c(&[1], QuantScale(opset), false));
-            v.push(c(&[2], Quantized(opset), false));
-            if (19..21).contains(&opset) {
-                // The scale has the input's type (opsets 19 and 20).
-                v.push(c(&[0, 1], Float, true));
-            }
-            v
-        }
+        OpKind::QuantizeLinear => vec![
+            // x: the scale's float types, or int32 (every opset).
+            c(&[0], QuantInput(opset), false),
+            c(&[1], QuantScale(opset), false),
+            c(&[2], Quantized(opset), false),
+            // Opsets 19 and 20: x and the scale share one type (T1).
+            c(
+                if (19..21).contains(&opset) {
+                    &[0, 1]
+                } else {
+                    &[]
+                },
+                Any,
+                true,
+            ),
+        ],
         OpKind::DequantizeLinear => vec![
             c(&[0, 2], Quantized(opset), true),
             c(&[1], QuantScale(opset), false),
