@@ -5,7 +5,8 @@ Each model uses an op whose signature changed between opset 7 and 13, in its
 old form: Dropout with `ratio` (7, 11), Clip with min/max attributes (10),
 Pad with pads/value attributes (10), Slice with starts/ends/axes attributes
 (9), TopK with `k` (9), Upsample with scales as attribute (7) and as input
-(9, nearest and linear), BatchNormalization with `spatial` (7), and the
+(9, nearest and linear), Resize of opset 10 (nearest and linear, up and
+down), BatchNormalization with `spatial` (7), and the
 opset-13 changes from 12 (Split `split`, Squeeze/Unsqueeze/ReduceSum/
 ReduceMean `axes`, Softmax on a middle axis).
 
@@ -146,6 +147,24 @@ save(
     [("x", [1, 2, 3, 3])],
     [("y", F, [1, 2, 6, 6])],
     [("s", np.array([1, 1, 2, 2], np.float32))],
+)
+save(
+    "resize_opset10",
+    10,
+    [
+        helper.make_node("Resize", ["x", "up"], ["n"], mode="nearest"),
+        helper.make_node("Resize", ["x", "up"], ["l"], mode="linear"),
+        helper.make_node("Add", ["n", "l"], ["s"]),
+        helper.make_node("Resize", ["s", "down"], ["dn"], mode="nearest"),
+        helper.make_node("Resize", ["s", "down"], ["dl"], mode="linear"),
+        helper.make_node("Add", ["dn", "dl"], ["y"]),
+    ],
+    [("x", [1, 2, 3, 5])],
+    [("y", F, [1, 2, 4, 7])],
+    [
+        ("up", np.array([1, 1, 2, 2.5], np.float32)),
+        ("down", np.array([1, 1, 0.7, 0.6], np.float32)),
+    ],
 )
 c = 4
 save(

@@ -12,7 +12,10 @@
 //!   `ratio` input is left out);
 //! - `Upsample` (deprecated at 10) becomes `Resize` with
 //!   `coordinate_transformation_mode = asymmetric` (and `nearest_mode =
-//!   floor` for nearest), which is what Upsample computes;
+//!   floor` for nearest), which is what Upsample computes; at 11, `Resize`
+//!   of opset 10 gets asymmetric coordinates, an empty `roi` input and,
+//!   for nearest, `floor` when its constant scales enlarge and `ceil` when
+//!   they shrink (what onnxruntime's opset-10 kernel does);
 //! - at 13, `Split`'s `split`, `Squeeze`'s and `Unsqueeze`'s `axes` and
 //!   `ReduceSum`'s `axes` move from attributes to constant inputs; at 18 the
 //!   other `Reduce*` ops' `axes` do the same.
@@ -23,8 +26,9 @@
 //! Declines (returns the reason, changes nothing): `Softmax`/`LogSoftmax`/
 //! `Hardmax` whose axis is not the last one on an input of unknown rank
 //! (opset 13 changed what their axis means), `Resize` with
-//! `tf_half_pixel_for_nn` (removed at 13), `Resize` of opset 10 (its
-//! sampling rules differ from opset 11's), `BatchNormalization` with
+//! `tf_half_pixel_for_nn` (removed at 13), `Resize` of opset 10 with a
+//! mode other than nearest or linear, or nearest with scales that are not
+//! constant or both enlarge and shrink, `BatchNormalization` with
 //! `spatial = 0`, `Dropout` below 10 with its mask used (the mask became
 //! bool), `Scan` below 9 (its inputs changed meaning), `Clip`/`Pad` below 11
 //! on an input whose element type is not known to be f32, subgraphs that use
@@ -121,10 +125,24 @@ pub fn check(g: &Graph, from: i64, to: i64) -> Result<(), String> {
                 }
             }
             "Resize" if from == 10 => {
-                return Err(format!(
-                    "node `{}` is an opset-10 Resize, whose sampling differs from later opsets",
-                    node.name()
-                ));
+                let mode = node.attr_string("mode").unwrap_or_else(|| "nearest".into());
+                match mode.as_str() {
+                    "linear" => {}
+                    "nearest" => {
+                        if resize_10_nearest_mode(g, n).is_none() {
+                            return Err(format!(
+                                "node `{}` (Resize-10, nearest) has scales that are not constant or that both enlarge and shrink",
+                                node.name()
+                            ));
+                        }
+                    }
+                    other => {
+                        return Err(format!(
+                            "node `{}` (Resize-10) has mode `{other}`",
+                            node.name()
+                        ))
+                    }
+                }
             }
             "Upsample" => {
                 let mode = node.attr_string("mode").unwrap_or_else(|| "nearest".into());
@@ -267,6 +285,41 @@ fn upsample_to_resize(g: &mut Graph, n: NodeId) {
     g.add_node(r, &[node.input(0), None, scales], &outputs);
 }
 
+/// The opset-11 `nearest_mode` that reproduces a nearest `Resize-10`:
+/// onnxruntime's opset-10 kernel floors when enlarging and rounds up when
+/// shrinking, so every scale must be constant and all on one side of 1
+/// (`None` otherwise).
+fn resize_10_nearest_mode(g: &Graph, n: NodeId) -> Option<&'static str> {
+    let (_, scales) = util::const_f64(g, g.node(n).input(1)?)?;
+    if scales.iter().all(|s| *s >= 1.0) {
+        Some("floor")
+    } else if scales.iter().all(|s| *s > 0.0 && *s <= 1.0) {
+        Some("ceil")
+    } else {
+        None
+    }
+}
+
+/// `Resize-10(x, scales)` as `Resize-11(x, , scales)` with the sampling
+/// opset 10 used: asymmetric coordinates (and, for nearest, see
+/// [`resize_10_nearest_mode`]). Call [`check`] first.
+fn resize_10_to_11(g: &mut Graph, n: NodeId) {
+    let scales = g.node(n).input(1);
+    let nearest = g.node(n).attr_string("mode").as_deref() != Some("linear");
+    let nearest_mode = if nearest {
+        resize_10_nearest_mode(g, n)
+    } else {
+        None
+    };
+    g.set_input(n, 1, None);
+    g.set_input(n, 2, scales);
+    let p = g.node_proto_mut(n);
+    p.set_attr(string_attr("coordinate_transformation_mode", "asymmetric"));
+    if let Some(m) = nearest_mode {
+        p.set_attr(string_attr("nearest_mode", m));
+    }
+}
+
 fn attr_to_input(g: &mut Graph, n: NodeId, attr: &str, slot: usize) {
     let Some(vals) = g.node(n).attr_ints(attr).map(|v| v.to_vec()) else {
         return;
@@ -321,6 +374,10 @@ pub fn apply(g: &mut Graph, from: i64, to: i64) -> usize {
             }
             "Dropout" if at(12) && node.attr("ratio").is_some() => {
                 g.node_proto_mut(n).remove_attr("ratio");
+                changed += 1;
+            }
+            "Resize" if from == 10 && to >= 11 => {
+                resize_10_to_11(g, n);
                 changed += 1;
             }
             "Upsample" if to >= 10 => {
