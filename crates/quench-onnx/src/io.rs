@@ -77,12 +77,24 @@ pub fn load_model_from_bytes(bytes: Bytes, name: &Path) -> Result<ModelProto, On
     Ok(model)
 }
 
-/// Runs [`crate::validate::check_tensor`] on every tensor of the model.
+/// Runs [`crate::validate::check_tensor`] on every tensor of the model and
+/// [`crate::validate::check_sparse`] on every sparse tensor.
 fn check_tensors(model: &mut ModelProto, path: &Path) -> Result<(), OnnxError> {
     try_for_each_tensor_mut(model, &mut |t: &mut TensorProto| {
         crate::validate::check_tensor(t).map_err(|reason| OnnxError::TensorData {
             path: path.to_path_buf(),
             tensor: t.name().to_string(),
+            reason,
+        })
+    })?;
+    crate::validate::try_for_each_sparse(model, &mut |s| {
+        crate::validate::check_sparse(s).map_err(|reason| OnnxError::TensorData {
+            path: path.to_path_buf(),
+            tensor: s
+                .values
+                .as_ref()
+                .map(|v| v.name().to_string())
+                .unwrap_or_default(),
             reason,
         })
     })

@@ -12,7 +12,7 @@
 
 use crate::dtype::elem_name;
 use crate::proto::tensor_proto::DataType;
-use crate::proto::TensorProto;
+use crate::proto::{AttributeProto, GraphProto, ModelProto, SparseTensorProto, TensorProto};
 
 /// Element count of `dims`, `None` if a dim is negative or the product
 /// overflows `u64`.
@@ -102,6 +102,125 @@ pub fn check_tensor(t: &TensorProto) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a sparse tensor beyond its two dense parts (which
+/// [`check_tensor`] checks): non-negative dims with a checked element count,
+/// 1-D `values` of NNZ elements, int64 `indices` of shape `[NNZ]` (linear)
+/// or `[NNZ, rank]`, every index inside `dims`.
+pub fn check_sparse(s: &SparseTensorProto) -> Result<(), String> {
+    if let Some(d) = s.dims.iter().find(|d| **d < 0) {
+        return Err(format!(
+            "sparse dims {:?} have a negative dimension {d}",
+            s.dims
+        ));
+    }
+    let numel = checked_numel(&s.dims).ok_or_else(|| {
+        format!(
+            "sparse dims {:?} have more elements than fit in 64 bits",
+            s.dims
+        )
+    })?;
+    let values = s.values.as_ref().ok_or("sparse tensor without values")?;
+    let indices = s.indices.as_ref().ok_or("sparse tensor without indices")?;
+    let [nnz] = values.dims[..] else {
+        return Err(format!(
+            "sparse values have shape {:?}, expected [NNZ]",
+            values.dims
+        ));
+    };
+    if indices.data_type() != DataType::Int64 as i32 {
+        return Err(format!(
+            "sparse indices are {}, expected i64",
+            elem_name(indices.data_type())
+        ));
+    }
+    let rank = s.dims.len() as i64;
+    let per = match indices.dims[..] {
+        [n] if n == nnz => 1,
+        [n, r] if n == nnz && r == rank => rank as usize,
+        _ => {
+            return Err(format!(
+                "sparse indices have shape {:?}; with {nnz} values and dims {:?} expected [{nnz}] or [{nnz}, {rank}]",
+                indices.dims, s.dims
+            ))
+        }
+    };
+    let idx: Vec<i64> = match &indices.raw_data {
+        Some(raw) => raw
+            .chunks_exact(8)
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                i64::from_le_bytes(b)
+            })
+            .collect(),
+        None => indices.int64_data.clone(),
+    };
+    for (k, i) in idx.iter().enumerate() {
+        let bound = if per == 1 {
+            numel
+        } else {
+            s.dims[k % per] as u64
+        };
+        if u64::try_from(*i).map_or(true, |i| i >= bound) {
+            return Err(format!(
+                "sparse index {i} (entry {k}) is outside dims {:?}",
+                s.dims
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` on every sparse tensor of the model (graph, subgraphs,
+/// functions, training graphs), stopping at the first error.
+pub(crate) fn try_for_each_sparse<E>(
+    m: &ModelProto,
+    f: &mut dyn FnMut(&SparseTensorProto) -> Result<(), E>,
+) -> Result<(), E> {
+    fn attrs<E>(
+        a: &AttributeProto,
+        f: &mut dyn FnMut(&SparseTensorProto) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for s in a.sparse_tensor.iter().chain(&a.sparse_tensors) {
+            f(s)?;
+        }
+        for g in a.g.iter().chain(&a.graphs) {
+            graph(g, f)?;
+        }
+        Ok(())
+    }
+    fn graph<E>(
+        g: &GraphProto,
+        f: &mut dyn FnMut(&SparseTensorProto) -> Result<(), E>,
+    ) -> Result<(), E> {
+        for s in &g.sparse_initializer {
+            f(s)?;
+        }
+        for n in &g.node {
+            for a in &n.attribute {
+                attrs(a, f)?;
+            }
+        }
+        Ok(())
+    }
+    if let Some(g) = &m.graph {
+        graph(g, f)?;
+    }
+    for func in &m.functions {
+        for n in &func.node {
+            for a in &n.attribute {
+                attrs(a, f)?;
+            }
+        }
+    }
+    for t in &m.training_info {
+        for g in t.initialization.iter().chain(&t.algorithm) {
+            graph(g, f)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -163,5 +282,45 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check_tensor(&t), Ok(()));
+    }
+
+    fn sparse(dims: &[i64], idx_dims: &[i64], idx: &[i64]) -> SparseTensorProto {
+        SparseTensorProto {
+            values: Some(TensorProto {
+                name: Some("s".into()),
+                data_type: Some(DataType::Float as i32),
+                dims: vec![2],
+                float_data: vec![1.0, 2.0],
+                ..Default::default()
+            }),
+            indices: Some(TensorProto {
+                data_type: Some(DataType::Int64 as i32),
+                dims: idx_dims.to_vec(),
+                int64_data: idx.to_vec(),
+                ..Default::default()
+            }),
+            dims: dims.to_vec(),
+        }
+    }
+
+    #[test]
+    fn sparse_tensors_are_checked() {
+        assert_eq!(check_sparse(&sparse(&[3, 4], &[2], &[0, 11])), Ok(()));
+        assert_eq!(
+            check_sparse(&sparse(&[3, 4], &[2, 2], &[0, 1, 2, 3])),
+            Ok(())
+        );
+        let e = check_sparse(&sparse(&[3, 4], &[2], &[0, 12])).unwrap_err();
+        assert!(e.contains("sparse index 12"), "{e}");
+        let e = check_sparse(&sparse(&[3, 4], &[2, 2], &[0, 1, 3, 0])).unwrap_err();
+        assert!(e.contains("sparse index 3 (entry 2)"), "{e}");
+        let e = check_sparse(&sparse(&[3, 4], &[2], &[-1, 0])).unwrap_err();
+        assert!(e.contains("sparse index -1"), "{e}");
+        let e = check_sparse(&sparse(&[3, 4], &[3], &[0, 1, 2])).unwrap_err();
+        assert!(e.contains("expected [2] or [2, 2]"), "{e}");
+        let e = check_sparse(&sparse(&[-3, 4], &[2], &[0, 1])).unwrap_err();
+        assert!(e.contains("negative"), "{e}");
+        let e = check_sparse(&sparse(&[1 << 40, 1 << 40], &[2], &[0, 1])).unwrap_err();
+        assert!(e.contains("more elements than fit"), "{e}");
     }
 }

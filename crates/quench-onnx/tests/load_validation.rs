@@ -184,3 +184,40 @@ fn external_data_through_a_symlink_leaving_the_directory_is_refused() {
     let t = &m.model.graph.unwrap().initializer[0];
     assert_eq!(t.raw_data.as_deref(), Some(&[1u8; 16][..]));
 }
+
+#[test]
+fn sparse_initializers_are_checked() {
+    use quench_onnx::proto::SparseTensorProto;
+    let sparse = |idx: Vec<i64>| ModelProto {
+        ir_version: Some(8),
+        graph: Some(GraphProto {
+            name: Some("g".into()),
+            sparse_initializer: vec![SparseTensorProto {
+                values: Some(TensorProto {
+                    name: Some("sp".into()),
+                    data_type: Some(DataType::Float as i32),
+                    dims: vec![2],
+                    float_data: vec![1.0, 2.0],
+                    ..Default::default()
+                }),
+                indices: Some(TensorProto {
+                    data_type: Some(DataType::Int64 as i32),
+                    dims: vec![2],
+                    int64_data: idx,
+                    ..Default::default()
+                }),
+                dims: vec![3, 4],
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let load =
+        |m: ModelProto| load_model_from_bytes(Bytes::from(m.encode_to_vec()), Path::new("m.onnx"));
+    load(sparse(vec![0, 11])).unwrap();
+    let e = load(sparse(vec![0, 12])).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "m.onnx: tensor `sp`: sparse index 12 (entry 1) is outside dims [3, 4]"
+    );
+}
