@@ -93,6 +93,11 @@ fn old_opsets_upgrade_with_the_same_outputs() {
                 m.header.ir_version = Some(ir);
             }
             m.graph.verify().unwrap();
+            assert_eq!(
+                quench_passes::typecheck::check(&m.graph, to),
+                Ok(()),
+                "{name} -> {to}"
+            );
             let upgraded = m.to_onnx();
             for node in &upgraded.graph.as_ref().unwrap().node {
                 assert_ne!(node.op_type(), "Upsample", "{name} -> {to}");

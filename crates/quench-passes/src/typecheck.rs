@@ -6,26 +6,57 @@
 //! entry says which inputs must have which element types and which inputs
 //! must agree with each other, per opset where the schema changed
 //! (`QuantizeLinear`/`DequantizeLinear` at 10, 19 and 21). Ops of other
-//! domains ([`OpKind::Other`]) and inputs whose type cannot be told (see
-//! [`crate::util::infer_elem_types`]) are not checked: the check refuses
-//! only what is certainly invalid.
+//! domains ([`OpKind::Other`]) and inputs whose type cannot be told (from
+//! constants, declarations, or what the producing op makes by
+//! [`output_rule`]) are not checked: the check refuses only what is
+//! certainly invalid.
+//!
+//! Outputs are checked too: where the op fixes the element type of output 0
+//! (bool for comparisons, i64 for `Shape`, `to` for `Cast`, the zero
+//! point's type for `QuantizeLinear`, the input's type for element-wise and
+//! layout ops, ...; a second exhaustive table, [`output_rule`]), a declared
+//! type (graph output or `value_info`) that differs is an error: runtimes
+//! refuse such a model at load.
 //!
 //! Invariant: [`check`] never changes the graph; it reports every violation
-//! it finds (not just the first), each naming the node, the input and both
-//! types.
+//! it finds (not just the first), each naming the node, the input or output
+//! and both types.
 
-use quench_ir::{Graph, OpKind};
+use std::collections::HashMap;
+
+use quench_ir::{Graph, OpKind, ValueId};
 use quench_onnx::dtype::elem_name;
 use quench_onnx::proto::tensor_proto::DataType;
 
-/// A node input whose element type breaks its op's schema.
+/// Which side of a node a [`TypeError`] is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    Input,
+    /// An output whose declared type (graph output or `value_info`) is not
+    /// what the op produces from its inputs.
+    Output,
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Port::Input => "input",
+            Port::Output => "output",
+        })
+    }
+}
+
+/// A node input whose element type breaks its op's schema, or an output
+/// declared with another type than the op produces.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("node `{node}` ({op}): input {index} `{input}` is {found}, expected {expected}")]
+#[error("node `{node}` ({op}): {port} {index} `{value}` is {found}, expected {expected}")]
 pub struct TypeError {
     pub node: String,
     pub op: String,
+    pub port: Port,
     pub index: usize,
-    pub input: String,
+    /// The value's name.
+    pub value: String,
     /// The element type found (short name, e.g. `f32`).
     pub found: String,
     /// What the schema allows, in words.
@@ -307,7 +338,19 @@ fn constraints(kind: OpKind, opset: i64) -> Vec<Constraint> {
 /// Checks every node of `g` (main graph) against the table for the
 /// default-domain `opset`. Returns all violations.
 pub fn check(g: &Graph, opset: i64) -> Result<(), Vec<TypeError>> {
-    let types = crate::util::infer_elem_types(g);
+    // Element types: constants and declarations first, then what each op
+    // produces (by `output_rule`), in topological order.
+    let mut types: HashMap<ValueId, i32> = HashMap::new();
+    for v in g.value_ids() {
+        let t = g
+            .const_tensor(v)
+            .map(|t| t.data_type())
+            .or_else(|| g.value(v).elem_type())
+            .filter(|e| *e != 0);
+        if let Some(t) = t {
+            types.insert(v, t);
+        }
+    }
     let mut errors = Vec::new();
     let Ok(order) = g.topo_order() else {
         // Structure errors are `Graph::verify`'s to report.
@@ -315,13 +358,7 @@ pub fn check(g: &Graph, opset: i64) -> Result<(), Vec<TypeError>> {
     };
     for n in order {
         let node = g.node(n);
-        let elem = |i: usize| -> Option<i32> {
-            let v = node.input(i)?;
-            g.const_tensor(v)
-                .map(|t| t.data_type())
-                .or_else(|| types.get(&v).copied())
-                .filter(|e| *e != 0)
-        };
+        let elem = |i: usize| -> Option<i32> { types.get(&node.input(i)?).copied() };
         let mut err = |i: usize, found: i32, expected: String| {
             let input = node
                 .input(i)
@@ -330,8 +367,9 @@ pub fn check(g: &Graph, opset: i64) -> Result<(), Vec<TypeError>> {
             errors.push(TypeError {
                 node: node.name().to_string(),
                 op: node.op_type().to_string(),
+                port: Port::Input,
                 index: i,
-                input,
+                value: input,
                 found: elem_name(found),
                 expected,
             });
@@ -353,11 +391,215 @@ pub fn check(g: &Graph, opset: i64) -> Result<(), Vec<TypeError>> {
                 }
             }
         }
+        // Output 0 as declared (graph output or value_info) against what the
+        // op makes of its inputs; then the output's type for what follows
+        // (the declaration wins, so one error is not repeated downstream).
+        let want = expected_output(node, opset, &elem);
+        let outs: Vec<ValueId> = if node.kind() == OpKind::Split {
+            node.outputs().iter().flatten().copied().collect()
+        } else {
+            node.output(0).into_iter().collect()
+        };
+        for out in &outs {
+            if let Some(w) = want {
+                types.entry(*out).or_insert(w);
+            }
+        }
+        if let Some(out) = node.output(0) {
+            let declared = g.value(out).elem_type().filter(|e| *e != 0);
+            if let (Some(d), Some(want)) = (declared, want) {
+                if d != want {
+                    errors.push(TypeError {
+                        node: node.name().to_string(),
+                        op: node.op_type().to_string(),
+                        port: Port::Output,
+                        index: 0,
+                        value: g.value(out).name.clone(),
+                        found: elem_name(d),
+                        expected: elem_name(want),
+                    });
+                }
+            }
+        }
     }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(errors)
+    }
+}
+
+/// What the element type of output 0 is, by op.
+#[derive(Debug, Clone, Copy)]
+enum Out {
+    /// The type of this input.
+    Same(usize),
+    Fixed(DataType),
+    /// Cast's `to`.
+    CastTo,
+    /// QuantizeLinear: the zero point's type, else `output_dtype`, else u8.
+    ZeroPoint,
+    /// DequantizeLinear: the scale's type from opset 19, f32 before.
+    Dequantized,
+    /// ConstantOfShape: the type of `value`, f32 without one.
+    ValueAttr,
+    Unchecked,
+}
+
+fn output_rule(kind: OpKind) -> Out {
+    use Out::*;
+    match kind {
+        OpKind::Equal
+        | OpKind::Less
+        | OpKind::Greater
+        | OpKind::And
+        | OpKind::Or
+        | OpKind::Xor
+        | OpKind::Not => Fixed(DataType::Bool),
+        OpKind::Shape | OpKind::Size | OpKind::NonZero | OpKind::ArgMax => Fixed(DataType::Int64),
+        OpKind::MatMulInteger => Fixed(DataType::Int32),
+        OpKind::DynamicQuantizeLinear => Fixed(DataType::Uint8),
+        OpKind::Cast => CastTo,
+        OpKind::QuantizeLinear => ZeroPoint,
+        OpKind::DequantizeLinear => Dequantized,
+        OpKind::ConstantOfShape => ValueAttr,
+        OpKind::Where => Same(1),
+        OpKind::OneHot => Same(2),
+        OpKind::QLinearConv | OpKind::QLinearMatMul => Same(7),
+        OpKind::Abs
+        | OpKind::Add
+        | OpKind::AveragePool
+        | OpKind::BatchNormalization
+        | OpKind::Ceil
+        | OpKind::Clip
+        | OpKind::Concat
+        | OpKind::Conv
+        | OpKind::ConvTranspose
+        | OpKind::DepthToSpace
+        | OpKind::Div
+        | OpKind::Dropout
+        | OpKind::Elu
+        | OpKind::Erf
+        | OpKind::Exp
+        | OpKind::Expand
+        | OpKind::Flatten
+        | OpKind::Floor
+        | OpKind::Gather
+        | OpKind::GatherElements
+        | OpKind::GatherND
+        | OpKind::Gelu
+        | OpKind::Gemm
+        | OpKind::GlobalAveragePool
+        | OpKind::GlobalMaxPool
+        | OpKind::GroupNormalization
+        | OpKind::HardSigmoid
+        | OpKind::HardSwish
+        | OpKind::Identity
+        | OpKind::InstanceNormalization
+        | OpKind::LayerNormalization
+        | OpKind::LeakyRelu
+        | OpKind::Log
+        | OpKind::LogSoftmax
+        | OpKind::LpNormalization
+        | OpKind::LRN
+        | OpKind::MatMul
+        | OpKind::Max
+        | OpKind::MaxPool
+        | OpKind::Mean
+        | OpKind::Min
+        | OpKind::Mish
+        | OpKind::Mod
+        | OpKind::Mul
+        | OpKind::Neg
+        | OpKind::Pad
+        | OpKind::Pow
+        | OpKind::PRelu
+        | OpKind::Range
+        | OpKind::Reciprocal
+        | OpKind::ReduceL2
+        | OpKind::ReduceMax
+        | OpKind::ReduceMean
+        | OpKind::ReduceMin
+        | OpKind::ReduceProd
+        | OpKind::ReduceSum
+        | OpKind::Relu
+        | OpKind::Reshape
+        | OpKind::Resize
+        | OpKind::Round
+        | OpKind::ScatterElements
+        | OpKind::ScatterND
+        | OpKind::Selu
+        | OpKind::Sigmoid
+        | OpKind::Sign
+        | OpKind::Sin
+        | OpKind::Cos
+        | OpKind::Slice
+        | OpKind::Softmax
+        | OpKind::Softplus
+        | OpKind::Softsign
+        | OpKind::SpaceToDepth
+        | OpKind::Split
+        | OpKind::Sqrt
+        | OpKind::Squeeze
+        | OpKind::Sub
+        | OpKind::Sum
+        | OpKind::Tanh
+        | OpKind::Tile
+        | OpKind::TopK
+        | OpKind::Transpose
+        | OpKind::Unsqueeze
+        | OpKind::Upsample
+        | OpKind::CumSum
+        | OpKind::Trilu
+        | OpKind::Celu
+        | OpKind::ThresholdedRelu
+        | OpKind::Swish => Same(0),
+        OpKind::Constant
+        | OpKind::Einsum
+        | OpKind::If
+        | OpKind::Loop
+        | OpKind::Scan
+        | OpKind::LSTM
+        | OpKind::GRU
+        | OpKind::RNN
+        | OpKind::Other => Unchecked,
+    }
+}
+
+/// The element type output 0 of `node` has, when it follows from the op
+/// and its input types (`elem(i)`, `None` when unknown).
+fn expected_output(
+    node: &quench_ir::Node,
+    opset: i64,
+    elem: &dyn Fn(usize) -> Option<i32>,
+) -> Option<i32> {
+    match output_rule(node.kind()) {
+        Out::Same(i) => elem(i),
+        Out::Fixed(t) => Some(t as i32),
+        Out::CastTo => node.attr_int("to").and_then(|t| i32::try_from(t).ok()),
+        Out::ZeroPoint => elem(2)
+            .or_else(|| {
+                node.attr_int("output_dtype")
+                    .filter(|t| *t != 0)
+                    .and_then(|t| i32::try_from(t).ok())
+            })
+            .or(if node.input(2).is_none() {
+                Some(DataType::Uint8 as i32)
+            } else {
+                None
+            }),
+        Out::Dequantized => {
+            if opset >= 19 {
+                elem(1)
+            } else {
+                Some(DataType::Float as i32)
+            }
+        }
+        Out::ValueAttr => Some(
+            node.attr_tensor("value")
+                .map_or(DataType::Float as i32, |t| t.data_type()),
+        ),
+        Out::Unchecked => None,
     }
 }
 
@@ -384,6 +626,35 @@ mod tests {
             errs.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
             vec!["node `attn_mask_and` (And): input 0 `ones` is f32, expected bool"]
         );
+    }
+
+    #[test]
+    fn declared_output_types_must_match_the_op() {
+        let mut g = Graph::new("g");
+        let x = g.add_input(
+            "x",
+            Some(tensor::tensor_type_of(DataType::Int8 as i32, &[4])),
+        );
+        let s = g.add_const("s", tensor::from_f32("s", &[], &[0.1]));
+        let z = g.add_const("z", tensor::from_i8("z", &[], &[0]));
+        // DequantizeLinear's output declared i8 (a stale annotation).
+        let y = g.add_value(
+            "y",
+            Some(tensor::tensor_type_of(DataType::Int8 as i32, &[4])),
+        );
+        g.add_node(
+            Node::new("DequantizeLinear", "dq"),
+            &[Some(x), Some(s), Some(z)],
+            &[Some(y)],
+        );
+        g.add_output(y);
+        let errs = check(&g, 13).unwrap_err();
+        assert_eq!(
+            errs.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            vec!["node `dq` (DequantizeLinear): output 0 `y` is i8, expected f32"]
+        );
+        g.value_mut(y).ty = Some(tensor::tensor_type_of(DataType::Float as i32, &[4]));
+        assert_eq!(check(&g, 13), Ok(()));
     }
 
     #[test]
