@@ -118,6 +118,8 @@ impl Types {
                         ))
                     || (opset >= 21 && matches!(t, D::Int16 | D::Uint16 | D::Int4 | D::Uint4))
                     || (opset >= 23 && t == D::Float4e2m1)
+                    || (opset >= 24 && t == D::Float8e8m0)
+                    || (opset >= 25 && matches!(t, D::Int2 | D::Uint2))
             }
             Types::QuantScale(opset) => {
                 if opset < 19 {
@@ -244,10 +246,11 @@ fn constraints(kind: OpKind, opset: i64) -> Vec<Constraint> {
             c(&[1, 4, 6], F32, false),
             c(&[8], Int, false),
         ],
+        // QLinearMatMul-21 also takes f16/bf16 scales.
         OpKind::QLinearMatMul => vec![
             c(&[0, 2], Quantized(opset), true),
             c(&[3, 5], Quantized(opset), true),
-            c(&[1, 4, 6], F32, false),
+            c(&[1, 4, 6], if opset >= 21 { Float } else { F32 }, false),
         ],
         OpKind::MatMulInteger => vec![c(&[0, 2], Int, true), c(&[1, 3], Int, true)],
         // Shapes, indices and counts.
