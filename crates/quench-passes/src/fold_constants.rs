@@ -10,7 +10,8 @@
 //! evaluator keeps ONNX types exactly, so a mismatch means the model's
 //! annotation and the op disagree; the node is left for the runtime).
 
-use quench_ir::Graph;
+use quench_ir::{Graph, Node, OpKind};
+use quench_onnx::proto::TensorProto;
 
 use crate::eval::{eval, Tensor};
 use crate::{util, Changed, Pass, PassCx, PassError};
@@ -61,25 +62,31 @@ impl Pass for FoldConstants {
                 if !all_const {
                     continue;
                 }
-                let Some(mut outs) = eval(node, &ins) else {
-                    continue;
+                let folded_tensor = match eval(node, &ins) {
+                    Some(mut outs) => match outs.pop() {
+                        Some(t) => t.to_proto(""),
+                        None => continue,
+                    },
+                    None => match constant_of_shape_bytes(node, &ins) {
+                        Some(t) => t,
+                        None => continue,
+                    },
                 };
-                let Some(t) = outs.pop() else { continue };
                 let declared = g.value(out);
                 if declared
                     .elem_type()
-                    .is_some_and(|e| e != 0 && e != t.data_type() as i32)
+                    .is_some_and(|e| e != 0 && e != folded_tensor.data_type())
                 {
                     continue;
                 }
-                if declared.static_shape().is_some_and(|s| {
-                    s.len() != t.shape().len()
-                        || s.iter().zip(t.shape()).any(|(d, n)| *d != *n as i64)
-                }) {
+                if declared
+                    .static_shape()
+                    .is_some_and(|s| s != folded_tensor.dims)
+                {
                     continue;
                 }
                 g.remove_node(n);
-                g.define_const(out, t.to_proto(""));
+                g.define_const(out, folded_tensor);
                 folded += 1;
                 progress = true;
             }
@@ -93,6 +100,40 @@ impl Pass for FoldConstants {
         }
         Ok(folded > 0)
     }
+}
+
+/// `ConstantOfShape` whose `value` has a fixed-width element type the
+/// evaluator does not hold (f16, bf16, float8, ...): the value's bytes
+/// repeated, so the folded constant keeps `value`'s type. Sizes are capped
+/// like the evaluator's, before allocating.
+fn constant_of_shape_bytes(node: &Node, inputs: &[Option<Tensor>]) -> Option<TensorProto> {
+    if node.kind() != OpKind::ConstantOfShape {
+        return None;
+    }
+    let value = node.attr_tensor("value")?;
+    let Some(Tensor::I64(shape)) = inputs.first()?.as_ref() else {
+        return None;
+    };
+    let dims: Vec<usize> = shape
+        .iter()
+        .map(|d| usize::try_from(*d).ok())
+        .collect::<Option<_>>()?;
+    let n = crate::eval::capped_count(&dims)?;
+    let bits = quench_onnx::dtype::elem_bits(value.data_type())?;
+    // Whole bytes only, one element, stored as raw data (as exporters write
+    // f16 and bf16 values).
+    let raw = value.raw_data.as_ref()?;
+    if bits % 8 != 0 || raw.len() as u64 != bits / 8 || quench_ir::tensor::numel(&value.dims)? != 1
+    {
+        return None;
+    }
+    let elem = quench_onnx::proto::tensor_proto::DataType::try_from(value.data_type()).ok()?;
+    Some(quench_ir::tensor::from_raw(
+        "",
+        elem,
+        &shape.iter().copied().collect::<Vec<_>>(),
+        raw.repeat(n),
+    ))
 }
 
 #[cfg(test)]
@@ -134,6 +175,40 @@ mod tests {
         assert_eq!(folded.dims, vec![2, 3]);
         assert_eq!(g.value(c[0]).elem_type(), Some(DataType::Bool as i32));
         g.verify().unwrap();
+    }
+
+    /// An f16 `value` (a type the evaluator does not hold) is repeated
+    /// byte for byte and stays f16.
+    #[test]
+    fn f16_constant_of_shape_stays_f16() {
+        let mut g = Graph::new("g");
+        let shape = g.add_const("shape", tensor::from_i64("shape", &[2], &[2, 2]));
+        let mut cos = Node::new("ConstantOfShape", "cos");
+        cos.set_attr(AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(AttributeType::Tensor as i32),
+            // 1.5 in IEEE half precision.
+            t: Some(tensor::from_raw(
+                "value",
+                DataType::Float16,
+                &[1],
+                vec![0x00, 0x3e],
+            )),
+            ..Default::default()
+        });
+        let (_, c) = g.add_op(cos, &[shape], &["halves"]);
+        let x = g.add_input(
+            "x",
+            Some(tensor::tensor_type_of(DataType::Float16 as i32, &[2, 2])),
+        );
+        let (_, y) = g.add_op(Node::new("Add", "add"), &[c[0], x], &["y"]);
+        g.add_output(y[0]);
+        let mut cx = PassCx::new(17);
+        assert!(FoldConstants.run(&mut g, &mut cx).unwrap());
+        let t = g.const_tensor(c[0]).unwrap();
+        assert_eq!(t.data_type(), DataType::Float16 as i32);
+        assert_eq!(t.dims, vec![2, 2]);
+        assert_eq!(t.raw_data.as_deref(), Some(&[0x00, 0x3e].repeat(4)[..]));
     }
 
     /// A result whose type disagrees with the output's declared type is not
