@@ -8,6 +8,8 @@
 //! (≤ 1e-6). The upgraded models are written to
 //! `target/interop/opset/` for the onnx.checker / onnxruntime interop check.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
