@@ -426,6 +426,17 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     if cfg.mode == Mode::Static && opset < 13 {
         out.log.push(format!("opset {opset}: per-tensor weights"));
     }
+    // Never a wrong file: the ONNX type constraints of every node, checked
+    // before anything can be written.
+    if let Err(errors) = quench_passes::typecheck::check(&model.graph, opset) {
+        let shown: Vec<String> = errors.iter().take(8).map(|e| e.to_string()).collect();
+        anyhow::bail!(
+            "{}: the output model would fail ONNX's type constraints ({} violation(s)); nothing written (a quench bug, please report):\n  {}",
+            input.path.display(),
+            errors.len(),
+            shown.join("\n  ")
+        );
+    }
     let out_proto = model.to_onnx();
     phases.lap("quantize");
 
@@ -471,6 +482,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             }
                         }
                         verification = Some(v);
+                    }
+                    Err(e) if e.downcast_ref::<verify::QuantizedDoesNotRun>().is_some() => {
+                        return Err(e)
                     }
                     Err(e) => out.note(format!("verification in tract failed: {e:#}")),
                 }
