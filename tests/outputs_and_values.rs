@@ -264,3 +264,33 @@ fn non_finite_calibration_data_is_an_error_naming_input_and_sample() {
     );
     assert!(!w.dir.path().join("o.onnx").exists());
 }
+
+#[test]
+fn old_opset_models_compile_in_every_weight_mode() {
+    // Opsets 7-12 (robustness fixtures): weight-only (per channel and per
+    // tensor) and --no-quantize succeed; the outputs go to the interop
+    // check (onnx.checker full check and ONNX Runtime).
+    let dir = interop_dir("old_opsets");
+    let mut n = 0;
+    for e in std::fs::read_dir(testdata("opset")).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().and_then(|x| x.to_str()) != Some("onnx") {
+            continue;
+        }
+        let stem = p.file_stem().unwrap().to_str().unwrap().to_string();
+        for (tag, extra) in [
+            ("wo", &["--mode", "weight-only"][..]),
+            ("wo_pt", &["--mode", "weight-only", "--per-tensor"][..]),
+            ("passes", &["--no-quantize"][..]),
+        ] {
+            let out = dir.join(format!("{stem}.{tag}.onnx"));
+            let mut args = vec!["compile", p.to_str().unwrap(), "-o", out.to_str().unwrap()];
+            args.extend(extra);
+            let (code, text) = quench(&args);
+            assert_eq!(code, 0, "{stem} {tag}:\n{text}");
+            assert!(quench_onnx::load_model(&out).is_ok(), "{stem} {tag}");
+            n += 1;
+        }
+    }
+    assert!(n >= 30, "{n} compiles");
+}

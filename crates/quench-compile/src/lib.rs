@@ -115,19 +115,18 @@ impl Phases {
 
 /// The default-domain opset the formats need (13 for per-channel weights,
 /// 19 for float8, 21 for 16-bit or 4-bit and blocks; see
-/// [`quantize::QuantizeConfig::min_opset`]); 0 (keep the model's) with
-/// `--no-quantize` and in dynamic mode, whose ops exist since opset 11.
+/// [`quantize::QuantizeConfig::min_opset`]), at least 10 (QuantizeLinear);
+/// 11 in dynamic mode (DynamicQuantizeLinear); 0 (keep the model's) with
+/// `--no-quantize`.
 fn needed_opset(opts: &Options, cfg: &quantize::QuantizeConfig) -> i64 {
-    if opts.no_quantize || cfg.mode == Mode::Dynamic {
+    if opts.no_quantize {
         return 0;
     }
-    let need = cfg.min_opset().unwrap_or(0);
-    // Per-tensor 8-bit Q/DQ exists since opset 10: no upgrade for that.
-    if need <= 10 {
-        0
-    } else {
-        need
+    if cfg.mode == Mode::Dynamic {
+        return 11;
     }
+    // Models at opset 7-9 are upgraded to 10 even for per-tensor 8-bit Q/DQ.
+    cfg.min_opset().unwrap_or(0).max(10)
 }
 
 /// Upgrades the default-domain opset to `need` when that is safe; says

@@ -765,6 +765,15 @@ pub fn apply(
         nodes: plan.decisions.clone(),
         ..Default::default()
     };
+    let nothing = plan.compute.is_empty()
+        && plan.activations.is_empty()
+        && plan.embeddings.is_empty()
+        && plan.fused.is_empty();
+    if nothing {
+        // Nothing to rewrite (e.g. a model of ai.onnx.ml ops only, or
+        // `--no-quantize`): whatever the opset, the graph stays as it is.
+        return Ok(s);
+    }
     if opset < 10 {
         return Err(fail(format!("the model's opset {opset} predates QuantizeLinear (opset 10); convert the model to opset 13 or newer first")));
     }
