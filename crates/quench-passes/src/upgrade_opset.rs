@@ -260,8 +260,10 @@ fn float_attr_to_input(g: &mut Graph, n: NodeId, attr: &str, slot: usize) {
 }
 
 /// `Upsample(x, scales)` (or `scales` as an attribute below opset 9) as the
-/// equivalent `Resize(x, , scales)`.
-fn upsample_to_resize(g: &mut Graph, n: NodeId) {
+/// equivalent `Resize(x, , scales)`; at opset 10 exactly, `Resize-10(x,
+/// scales)` (two inputs, `mode` only: its nearest floors when enlarging, as
+/// Upsample does).
+fn upsample_to_resize(g: &mut Graph, n: NodeId, to: i64) {
     let node = g.node(n).clone();
     let mode = node.attr_string("mode").unwrap_or_else(|| "nearest".into());
     let scales = match node.attr("scales") {
@@ -275,6 +277,18 @@ fn upsample_to_resize(g: &mut Graph, n: NodeId) {
     let outputs: Vec<Option<quench_ir::ValueId>> = node.outputs().to_vec();
     g.remove_node(n);
     let mut r = quench_ir::Node::new("Resize", node.name());
+    if to == 10 {
+        r.set_attr(string_attr(
+            "mode",
+            if mode == "nearest" {
+                "nearest"
+            } else {
+                "linear"
+            },
+        ));
+        g.add_node(r, &[node.input(0), scales], &outputs);
+        return;
+    }
     if mode == "nearest" {
         r.set_attr(string_attr("mode", "nearest"));
         r.set_attr(string_attr("nearest_mode", "floor"));
@@ -381,7 +395,7 @@ pub fn apply(g: &mut Graph, from: i64, to: i64) -> usize {
                 changed += 1;
             }
             "Upsample" if to >= 10 => {
-                upsample_to_resize(g, n);
+                upsample_to_resize(g, n, to);
                 changed += 1;
                 continue;
             }
