@@ -30,7 +30,8 @@ enum Command {
     /// Run calibration only and write a reusable calibration table (JSON)
     /// for `quench compile --calibration-table`.
     Calibrate(compile::CalibrateArgs),
-    /// List the graph passes of the default pipeline, in order.
+    /// List the graph passes of the default pipeline, in order, then the
+    /// optional ones.
     Passes,
     /// Summarise a model: IR version, opsets, inputs/outputs, op histogram,
     /// parameters by element type, external data, quantizable ops.
@@ -56,6 +57,10 @@ fn main() -> ExitCode {
         Command::Calibrate(a) => compile::calibrate(a),
         Command::Passes => {
             for p in quench_passes::pipeline::default_pipeline() {
+                println!("{:<28} {}", p.name(), p.description());
+            }
+            println!("optional (by name in --passes, or their own flag):");
+            for p in quench_passes::pipeline::optional_passes() {
                 println!("{:<28} {}", p.name(), p.description());
             }
             Ok(())

@@ -12,6 +12,18 @@ set by hand so that each model has the property its test needs.
   min/max range for the stem output is about [-60, 3]; clamped to where
   the HardSwish is not flat it is [-3, 3], 10x finer, with the same output.
 
+- `cle_depthwise.onnx`: a 3x3 stem, then a depthwise 3x3 convolution whose
+  channel ranges differ by 10^3 (channel c scaled by 10^(3c/7 - 1.5)),
+  Relu, and a 1x1 convolution that undoes the scales. The activation between
+  the two shares one scale over channels 1000x apart; cross-layer
+  equalization (`--equalize`) moves the scales into the weights.
+
+- `smooth_block.onnx`: a transformer-style block on the digits' rows as 8
+  tokens of 8 values: an embedding MatMul, LayerNormalization whose scale
+  has two outlier channels (x40), then MatMul -> Relu -> MatMul. The
+  normalization's output shares one scale over channels 40x apart;
+  SmoothQuant (`--smooth-quant`) moves the outliers into the weights.
+
 Run with the venv of scripts/setup_venv.sh:
     .venv/bin/python testdata/make_accuracy_fixtures.py
 """
@@ -62,6 +74,71 @@ def make_hardswish_stem():
     print(f"  hardswish_stem: stem channel 0 centre range [{stem.min():.1f}, {stem.max():.1f}]")
 
 
+def make_cle_depthwise():
+    rng = np.random.default_rng(20261128)
+    w0 = rng.normal(0.0, 0.5, size=(8, 1, 3, 3))
+    b0 = rng.normal(0.0, 0.1, size=(8,))
+    k = 10.0 ** (3.0 * np.arange(8) / 7.0 - 1.5)
+    wd = rng.normal(0.0, 0.5, size=(8, 1, 3, 3)) * k[:, None, None, None]
+    bd = rng.normal(0.0, 0.05, size=(8,)) * k
+    wp = rng.normal(0.0, 0.5, size=(4, 8, 1, 1)) / k[None, :, None, None]
+    bp = rng.normal(0.0, 0.1, size=(4,))
+    nodes = [
+        helper.make_node("Conv", ["input", "w0", "b0"], ["c0"], name="stem", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="stem_relu"),
+        helper.make_node("Conv", ["r0", "wd", "bd"], ["dw"], name="depthwise", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["dw"], ["r1"], name="dw_relu"),
+        helper.make_node("Conv", ["r1", "wp", "bp"], ["output"], name="pointwise"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "cle_depthwise",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [init("w0", w0), init("b0", b0), init("wd", wd), init("bd", bd), init("wp", wp), init("bp", bp)],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="quench-testdata")
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, "cle_depthwise.onnx"))
+    print(f"  cle_depthwise: depthwise channel scales {k.min():.3g} .. {k.max():.3g}")
+
+
+def make_smooth_block():
+    rng = np.random.default_rng(20261129)
+    we = rng.normal(0.0, 0.5, size=(8, 16))
+    gamma = np.abs(rng.normal(1.0, 0.2, size=(16,)))
+    gamma[[3, 11]] *= 40.0
+    beta = rng.normal(0.0, 0.1, size=(16,))
+    w1 = rng.normal(0.0, 0.3, size=(16, 16))
+    w1[[3, 11], :] /= 40.0
+    w2 = rng.normal(0.0, 0.3, size=(16, 4))
+    shape = np.array([-1, 8, 8], dtype=np.int64)
+    nodes = [
+        helper.make_node("Reshape", ["input", "shape"], ["tokens"], name="tokens"),
+        helper.make_node("MatMul", ["tokens", "we"], ["emb"], name="embed"),
+        helper.make_node("LayerNormalization", ["emb", "gamma", "beta"], ["ln"], name="norm", axis=-1),
+        helper.make_node("MatMul", ["ln", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["hr"], name="act"),
+        helper.make_node("MatMul", ["hr", "w2"], ["output"], name="fc2"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "smooth_block",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 8, 4])],
+        [numpy_helper.from_array(shape, "shape"), init("we", we), init("gamma", gamma),
+         init("beta", beta), init("w1", w1), init("w2", w2)],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="quench-testdata")
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, "smooth_block.onnx"))
+    print("  smooth_block: LayerNormalization scale outliers x40 in channels 3, 11")
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     make_hardswish_stem()
+    make_cle_depthwise()
+    make_smooth_block()

@@ -30,6 +30,7 @@
 //! that failed a requested threshold).
 
 pub mod attribution;
+pub mod bias;
 pub mod calibrate;
 pub mod data;
 pub mod mixed;
@@ -38,6 +39,7 @@ pub mod phases;
 pub mod progress;
 pub mod prune;
 pub mod report;
+pub mod smooth;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -256,7 +258,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     phases.lap("load");
 
     // 2. Passes.
-    let (pass_names, mut cx) = run_pipeline(&mut model, &opts.passes, &opts.dump_after)?;
+    let extra: &[&str] = if opts.equalize { &["equalize"] } else { &[] };
+    let (pass_names, mut cx) =
+        phases::run_pipeline_with(&mut model, &opts.passes, extra, &opts.dump_after)?;
     out.log.extend(cx.log.iter().map(|l| format!("pass {l}")));
     let dumps = std::mem::take(&mut cx.dumps);
 
@@ -312,7 +316,40 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     }
     phases.lap("calibration");
 
-    // 5b. Mixed precision to a target: leave the costliest tensors float.
+    // 5a. SmoothQuant: outlier channels after normalizations into weights.
+    let mut smooth_quant = None;
+    if opts.smooth_quant && cfg.mode == Mode::Static {
+        match &data.calibration {
+            Some(cal) => {
+                let r = smooth::smooth(&mut model, original, &plan, &mut ranges, &cfg, opset, cal)?;
+                match &r {
+                    Some(sq) => out.note(format!(
+                        "smooth-quant: {} normalization(s), strength {} chosen ({})",
+                        sq.sites.len(),
+                        sq.alpha,
+                        sq.candidates
+                            .iter()
+                            .map(|(a, db)| format!("{a}: {db:.2} dB"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    None => out.note(
+                        "--smooth-quant: no LayerNormalization feeding only MatMuls with constant weights"
+                            .into(),
+                    ),
+                }
+                smooth_quant = r;
+                model
+                    .graph
+                    .verify()
+                    .context("graph invalid after smooth-quant (a quench bug)")?;
+            }
+            None => out.warn("--smooth-quant needs calibration data; not applied".into()),
+        }
+        phases.lap("smooth-quant");
+    }
+
+    // 5a. Mixed precision to a target: leave the costliest tensors float.
     let mut mixed_precision = None;
     if let (Some(target), Mode::Static) = (opts.target_sqnr, cfg.mode) {
         match &data.eval {
@@ -347,6 +384,36 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         phases.lap("mixed precision");
     }
 
+    // 5b. Bias correction: subtract each layer's measured output shift
+    // (after mixed precision, so it corrects the model that is written).
+    let mut bias_correction = None;
+    if opts.bias_correction && cfg.mode != Mode::Dynamic && !opts.no_quantize {
+        match data.calibration.as_ref().or(data.sensitivity.as_ref()) {
+            Some(cal) => {
+                let r = bias::correct(&mut model, &plan, &ranges, &cfg, opset, cal)?;
+                match &r {
+                    Some(b) if b.kept => out.note(format!(
+                        "bias correction: {} layer(s), output SQNR on {} calibration samples {:.2} -> {:.2} dB",
+                        b.layers,
+                        bias::SAMPLES.min(cal.data.samples()),
+                        b.sqnr_before_db,
+                        b.sqnr_after_db
+                    )),
+                    Some(b) => out.note(format!(
+                        "bias correction discarded: it did not raise the output SQNR ({:.2} -> {:.2} dB)",
+                        b.sqnr_before_db, b.sqnr_after_db
+                    )),
+                    None => out.note("bias correction: no layer with a bias to correct".into()),
+                }
+                bias_correction = r;
+            }
+            // Without calibration samples (a table, weight-only without
+            // data) there is nothing to measure: the default stays quiet.
+            None => {}
+        }
+        phases.lap("bias correction");
+    }
+
     // 6. Quantize. The float graph is kept for the per-tensor attribution.
     let explain = opts.explain && cfg.mode == Mode::Static && opts.verify && !opts.no_quantize;
     if opts.explain && !explain {
@@ -358,6 +425,17 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     let summary = quantize_phase(&mut model, &plan, &ranges, &cfg, opset, &mut cx)?;
     if cfg.mode == Mode::Static && opset < 13 {
         out.log.push(format!("opset {opset}: per-tensor weights"));
+    }
+    // Never a wrong file: the ONNX type constraints of every node, checked
+    // before anything can be written.
+    if let Err(errors) = quench_passes::typecheck::check(&model.graph, opset) {
+        let shown: Vec<String> = errors.iter().take(8).map(|e| e.to_string()).collect();
+        anyhow::bail!(
+            "{}: the output model would fail ONNX's type constraints ({} violation(s)); nothing written (a quench bug, please report):\n  {}",
+            input.path.display(),
+            errors.len(),
+            shown.join("\n  ")
+        );
     }
     let out_proto = model.to_onnx();
     phases.lap("quantize");
@@ -405,6 +483,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                         }
                         verification = Some(v);
                     }
+                    Err(e) if e.downcast_ref::<verify::QuantizedDoesNotRun>().is_some() => {
+                        return Err(e)
+                    }
                     Err(e) => out.note(format!("verification in tract failed: {e:#}")),
                 }
             }
@@ -429,6 +510,8 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         verification,
         pruning,
         mixed_precision,
+        bias_correction,
+        smooth_quant,
         notes: out.notes,
         warnings: out.warnings,
         log: out.log,

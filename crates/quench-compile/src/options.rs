@@ -98,6 +98,16 @@ pub struct Options {
     /// (Relu, Clip, HardSwish, HardSigmoid, Tanh, Sigmoid saturation):
     /// exact, on by default.
     pub consumer_ranges: bool,
+    /// Cross-layer equalization of Conv -> (Relu) -> Conv weight ranges
+    /// before calibration (the `equalize` pass).
+    pub equalize: bool,
+    /// Empirical bias correction of quantized compute layers (see
+    /// [`crate::bias`]); on by default, applied when calibration data is
+    /// given.
+    pub bias_correction: bool,
+    /// SmoothQuant for MatMuls fed by a LayerNormalization (see
+    /// [`crate::smooth`]).
+    pub smooth_quant: bool,
     /// Graph passes by name (`None`: the default pipeline; empty: none).
     pub passes: Option<Vec<String>>,
     /// Record the IR text after these passes (in [`crate::Outcome::dumps`]).
@@ -142,6 +152,9 @@ impl Default for Options {
             exclude_op_types: Vec::new(),
             quantize_softmax_inputs: !q.keep_softmax_inputs_float,
             consumer_ranges: true,
+            equalize: false,
+            bias_correction: true,
+            smooth_quant: false,
             passes: None,
             dump_after: Vec::new(),
             min_sqnr: None,

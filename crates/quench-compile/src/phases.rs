@@ -14,11 +14,27 @@ pub fn run_pipeline(
     passes: &Option<Vec<String>>,
     dump_after: &[String],
 ) -> Result<(Vec<String>, PassCx)> {
-    let list = match passes {
+    run_pipeline_with(model, passes, &[], dump_after)
+}
+
+/// [`run_pipeline`] followed by the optional passes named in `extra` (e.g.
+/// `equalize`) unless the list already has them.
+pub fn run_pipeline_with(
+    model: &mut Model,
+    passes: &Option<Vec<String>>,
+    extra: &[&str],
+    dump_after: &[String],
+) -> Result<(Vec<String>, PassCx)> {
+    let mut list = match passes {
         Some(p) if p.is_empty() || (p.len() == 1 && p[0] == "none") => Vec::new(),
         Some(p) => pipeline::by_names(p)?,
         None => pipeline::default_pipeline(),
     };
+    for e in extra {
+        if !list.iter().any(|p| p.name() == *e) {
+            list.extend(pipeline::by_names(&[e.to_string()])?);
+        }
+    }
     let names: Vec<String> = list.iter().map(|p| p.name().to_string()).collect();
     for d in dump_after {
         if !names.contains(d) {

@@ -88,6 +88,10 @@ pub struct Report {
     /// What `--target-sqnr` did: tensors left float and the SQNR before
     /// and after.
     pub mixed_precision: Option<crate::mixed::MixedReport>,
+    /// What `--bias-correction` did.
+    pub bias_correction: Option<crate::bias::BiasReport>,
+    /// What `--smooth-quant` did.
+    pub smooth_quant: Option<crate::smooth::SmoothReport>,
     /// Things the user should know (fallbacks, upgrades, skipped steps).
     pub notes: Vec<String>,
     /// The subset of `notes` that is a warning (printed as such).

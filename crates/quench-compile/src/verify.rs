@@ -1,12 +1,25 @@
 //! The verification phase: FP32, the emitted model and its float twin on
 //! the evaluation samples, through the one [`Evaluator`].
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use quench_onnx::proto::ModelProto;
 use quench_verify::{Evaluator, Runners, Subject};
 
 use crate::data::Bound;
 use crate::report::{Accuracy, OutputCheck, Verification};
+
+/// The FP32 model runs in tract but neither the quantized model nor its
+/// float twin does: the output is not trusted, and the compile fails.
+#[derive(Debug)]
+pub struct QuantizedDoesNotRun(pub String);
+
+impl std::fmt::Display for QuantizedDoesNotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for QuantizedDoesNotRun {}
 
 /// Runs FP32 (`original`), the emitted model (`quantized`) and its float
 /// twin on `data` and compares them per graph output.
@@ -34,8 +47,11 @@ pub fn verify(
     let figures = eval.compare(&subjects, &[(0, 1), (0, 2), (2, 1)], out_names.len())?;
     let (file, reference, runtime) = (&figures[0], &figures[1], &figures[2]);
     let file_error = file.outputs.as_ref().err().cloned();
-    if let (Err(f), Err(_)) = (&file.outputs, &reference.outputs) {
-        bail!("tract can run neither the quantized model nor its float twin: {f}");
+    if let (Err(f), Err(t)) = (&file.outputs, &reference.outputs) {
+        return Err(QuantizedDoesNotRun(format!(
+            "tract runs the FP32 model but neither the quantized model ({f}) nor its float twin ({t}); refusing to write it (--no-verify skips verification)"
+        ))
+        .into());
     }
     let pick = |v: &Result<Vec<quench_verify::Metrics>, String>, i: usize| {
         v.as_ref().ok().and_then(|m| m.get(i).cloned())

@@ -129,3 +129,47 @@ fn the_held_back_split_is_stated_and_disjoint_from_calibration() {
     assert_eq!(plan.calibration.unwrap().data.samples(), n);
     assert!(plan.eval.is_none());
 }
+
+#[test]
+fn smoothing_scales_keep_the_fp32_function() {
+    // Any positive per-channel scales folded into the normalization and
+    // the weight rows leave the outputs unchanged (in tract, real digits).
+    let loaded = quench_onnx::load_model(&testdata("accuracy/smooth_block.onnx")).unwrap();
+    let mut m = quench_ir::Model::from_onnx(loaded.model.clone()).unwrap();
+    let ranges: quench_passes::quantize::Ranges = [("ln".to_string(), (-1.0f32, 1.0f32))]
+        .into_iter()
+        .collect();
+    let sites = quench_compile::smooth::sites(&m, &ranges);
+    assert_eq!(sites.len(), 1);
+    assert_eq!(sites[0].norm, "norm");
+    let s: Vec<f64> = (0..16)
+        .map(|j| 0.05 + 3.0 * (j as f64 * 0.37).sin().abs())
+        .collect();
+    quench_compile::smooth::apply(&mut m, &sites[0], &s);
+    let after = m.to_onnx();
+    let (data, feed) =
+        quench_compile::data::load_data(&testdata("digits/eval"), &loaded.model).unwrap();
+    let eval =
+        quench_verify::Evaluator::new(&data, feed, quench_verify::input_names(&loaded.model));
+    let (a, b) = (
+        quench_verify::Runners::new(&loaded.model, vec![]),
+        quench_verify::Runners::new(&after, vec![]),
+    );
+    let f = eval
+        .compare(
+            &[
+                quench_verify::Subject::Required(&a, "original"),
+                quench_verify::Subject::Required(&b, "smoothed"),
+            ],
+            &[(0, 1)],
+            1,
+        )
+        .unwrap()
+        .remove(0);
+    let m = f.outputs.unwrap();
+    // 100 dB: relative error about 1e-5, f32 rounding of the rescaled
+    // weights.
+    assert!(m[0].sqnr_db > 100.0, "{}", m[0].sqnr_db);
+    // The weights did change.
+    assert_ne!(after, loaded.model);
+}

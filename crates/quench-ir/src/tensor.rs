@@ -80,10 +80,13 @@ pub fn to_f64(t: &TensorProto) -> Result<Vec<f64>, TensorError> {
                 ))
             }
         };
-        if raw.len() != n * width {
+        let need = n
+            .checked_mul(width)
+            .ok_or_else(|| err(t, format!("shape {:?} is too large", t.dims)))?;
+        if raw.len() != need {
             return Err(err(
                 t,
-                format!("raw data has {} bytes, expected {}", raw.len(), n * width),
+                format!("raw data has {} bytes, expected {need}", raw.len()),
             ));
         }
         raw.chunks_exact(width)
@@ -160,13 +163,20 @@ pub fn to_i64(t: &TensorProto) -> Result<Vec<i64>, TensorError> {
     if t.data_type() == DataType::Int64 as i32 {
         if let Some(raw) = &t.raw_data {
             let n = numel(&t.dims).ok_or_else(|| err(t, "invalid dims"))?;
-            if raw.len() != n * 8 {
+            if Some(raw.len()) != n.checked_mul(8) {
                 return Err(err(t, "raw data length does not match its shape"));
             }
             return Ok(raw
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
                 .collect());
+        }
+        let n = numel(&t.dims).ok_or_else(|| err(t, "invalid dims"))?;
+        if t.int64_data.len() != n {
+            return Err(err(
+                t,
+                format!("holds {} values, its shape needs {n}", t.int64_data.len()),
+            ));
         }
         return Ok(t.int64_data.clone());
     }

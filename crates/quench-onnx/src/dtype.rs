@@ -67,8 +67,9 @@ pub fn is_float(code: i32) -> bool {
     )
 }
 
-/// Bytes needed to store `numel` elements packed (sub-byte types round up).
+/// Bytes needed to store `numel` elements packed (sub-byte types round up);
+/// `None` for strings, unknown codes, and sizes that overflow `u64`.
 pub fn packed_bytes(code: i32, numel: u64) -> Option<u64> {
     let bits = elem_bits(code)?;
-    Some((numel * bits).div_ceil(8))
+    Some(numel.checked_mul(bits)?.div_ceil(8))
 }

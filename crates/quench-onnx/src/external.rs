@@ -81,7 +81,30 @@ pub(crate) fn resolve(model: &mut ModelProto, model_path: &Path) -> Result<Exter
         let data = match maps.get(&location) {
             Some(d) => d.clone(),
             None => {
-                let d = map_file(&base.join(rel)).map_err(|source| OnnxError::ExternalMissing {
+                let missing = |source| OnnxError::ExternalMissing {
+                    path: model_path.to_path_buf(),
+                    tensor: name.clone(),
+                    location: location.clone(),
+                    source,
+                };
+                // After symlinks, the file must still be inside the model's
+                // directory: a link planted there must not pull in (and
+                // later inline into an output) a file from elsewhere.
+                let dir = std::fs::canonicalize(if base.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    base
+                })
+                .map_err(missing)?;
+                let file = std::fs::canonicalize(base.join(rel)).map_err(missing)?;
+                if !file.starts_with(&dir) {
+                    return Err(invalid(format!(
+                        "location `{location}` resolves to {} through a symbolic link, outside the model's directory {}",
+                        file.display(),
+                        dir.display()
+                    )));
+                }
+                let d = map_file(&file).map_err(|source| OnnxError::ExternalMissing {
                     path: model_path.to_path_buf(),
                     tensor: name.clone(),
                     location: location.clone(),
@@ -110,20 +133,37 @@ pub(crate) fn resolve(model: &mut ModelProto, model_path: &Path) -> Result<Exter
                 })
             }
         };
-        if let Some(numel) = t.dims.iter().try_fold(1u64, |acc, &d| {
-            u64::try_from(d).ok().and_then(|d| acc.checked_mul(d))
-        }) {
-            if let Some(need) = packed_bytes(t.data_type(), numel) {
-                if need != end - offset {
-                    return Err(OnnxError::TensorData {
-                        path: model_path.to_path_buf(),
-                        tensor: name,
-                        reason: format!(
-                            "external data in `{location}` holds {} bytes but the tensor's type and shape need {need}",
-                            end - offset
-                        ),
-                    });
-                }
+        // The declared length must match what the type and shape need,
+        // computed without overflow: `[2^31, 2^31]` f32 is not "0 bytes".
+        let need =
+            crate::validate::checked_numel(&t.dims).and_then(|n| packed_bytes(t.data_type(), n));
+        match need {
+            Some(need) if need == end - offset => {}
+            Some(need) => {
+                return Err(OnnxError::TensorData {
+                    path: model_path.to_path_buf(),
+                    tensor: name,
+                    reason: format!(
+                        "external data in `{location}` holds {} bytes but the tensor's type and shape need {need}",
+                        end - offset
+                    ),
+                })
+            }
+            None => {
+                return Err(OnnxError::TensorData {
+                    path: model_path.to_path_buf(),
+                    tensor: name,
+                    reason: format!(
+                        "{} {:?} stored as external data: {}",
+                        crate::dtype::elem_name(t.data_type()),
+                        t.dims,
+                        if crate::dtype::elem_bits(t.data_type()).is_none() {
+                            "the type has no fixed size"
+                        } else {
+                            "its size does not fit in 64 bits or a dimension is negative"
+                        }
+                    ),
+                })
             }
         }
         t.raw_data = Some(data.slice(offset as usize..end as usize));

@@ -48,6 +48,7 @@ pub fn load_model(path: &Path) -> Result<LoadedModel, OnnxError> {
     let file_bytes = bytes.len() as u64;
     let mut model = decode_model(bytes, path)?;
     let external = external::resolve(&mut model, path)?;
+    check_tensors(&mut model, path)?;
     Ok(LoadedModel {
         model,
         path: path.to_path_buf(),
@@ -72,7 +73,31 @@ pub fn load_model_from_bytes(bytes: Bytes, name: &Path) -> Result<ModelProto, On
             Ok(())
         }
     })?;
+    check_tensors(&mut model, name)?;
     Ok(model)
+}
+
+/// Runs [`crate::validate::check_tensor`] on every tensor of the model and
+/// [`crate::validate::check_sparse`] on every sparse tensor.
+fn check_tensors(model: &mut ModelProto, path: &Path) -> Result<(), OnnxError> {
+    try_for_each_tensor_mut(model, &mut |t: &mut TensorProto| {
+        crate::validate::check_tensor(t).map_err(|reason| OnnxError::TensorData {
+            path: path.to_path_buf(),
+            tensor: t.name().to_string(),
+            reason,
+        })
+    })?;
+    crate::validate::try_for_each_sparse(model, &mut |s| {
+        crate::validate::check_sparse(s).map_err(|reason| OnnxError::TensorData {
+            path: path.to_path_buf(),
+            tensor: s
+                .values
+                .as_ref()
+                .map(|v| v.name().to_string())
+                .unwrap_or_default(),
+            reason,
+        })
+    })
 }
 
 fn decode_model(bytes: Bytes, path: &Path) -> Result<ModelProto, OnnxError> {

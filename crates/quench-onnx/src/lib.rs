@@ -20,6 +20,7 @@ pub mod dtype;
 mod error;
 mod external;
 mod io;
+pub mod validate;
 pub mod visit;
 
 pub use error::OnnxError;

@@ -5,15 +5,12 @@
 //! until nothing changes, so chains of constant nodes fold. Declines: ops or
 //! types the evaluator does not cover, nodes in other domains or with
 //! subgraphs, nodes with several outputs, and outputs that are graph
-//! outputs (their producer stays visible).
-//!
-//! `ConstantOfShape` with a `value` of a type the evaluator does not hold
-//! (bool, i32, f16, ...) is filled here by repeating the value's bytes, so the
-//! folded constant keeps the element type of `value`.
+//! outputs (their producer stays visible), and results whose element type
+//! or static shape differs from the type declared for the output (the
+//! evaluator keeps ONNX types exactly, so a mismatch means the model's
+//! annotation and the op disagree; the node is left for the runtime).
 
-use bytes::Bytes;
-use quench_ir::{tensor, Graph, Node, OpKind};
-use quench_onnx::proto::tensor_proto::DataType;
+use quench_ir::{Graph, Node, OpKind};
 use quench_onnx::proto::TensorProto;
 
 use crate::eval::{eval, Tensor};
@@ -65,18 +62,31 @@ impl Pass for FoldConstants {
                 if !all_const {
                     continue;
                 }
-                let folded_proto = match constant_of_shape_raw(g, node) {
-                    Some(t) => t,
-                    None => {
-                        let Some(mut outs) = eval(node, &ins) else {
-                            continue;
-                        };
-                        let Some(t) = outs.pop() else { continue };
-                        t.to_proto("")
-                    }
+                let folded_tensor = match eval(node, &ins) {
+                    Some(mut outs) => match outs.pop() {
+                        Some(t) => t.to_proto(""),
+                        None => continue,
+                    },
+                    None => match constant_of_shape_bytes(node, &ins) {
+                        Some(t) => t,
+                        None => continue,
+                    },
                 };
+                let declared = g.value(out);
+                if declared
+                    .elem_type()
+                    .is_some_and(|e| e != 0 && e != folded_tensor.data_type())
+                {
+                    continue;
+                }
+                if declared
+                    .static_shape()
+                    .is_some_and(|s| s != folded_tensor.dims)
+                {
+                    continue;
+                }
                 g.remove_node(n);
-                g.define_const(out, folded_proto);
+                g.define_const(out, folded_tensor);
                 folded += 1;
                 progress = true;
             }
@@ -92,56 +102,129 @@ impl Pass for FoldConstants {
     }
 }
 
-/// Largest `ConstantOfShape` result filled here (elements), as in `eval`.
-const MAX_ELEMENTS: usize = 1 << 24;
-
-/// The output of a `ConstantOfShape` whose `value` has a fixed-width type
-/// other than f32/i64 (those go through [`eval`]), with a constant shape
-/// input: `value`'s bytes repeated, of `value`'s element type.
-fn constant_of_shape_raw(g: &Graph, node: &Node) -> Option<TensorProto> {
+/// `ConstantOfShape` whose `value` has a fixed-width element type the
+/// evaluator does not hold (f16, bf16, float8, ...): the value's bytes
+/// repeated, so the folded constant keeps `value`'s type. Sizes are capped
+/// like the evaluator's, before allocating.
+fn constant_of_shape_bytes(node: &Node, inputs: &[Option<Tensor>]) -> Option<TensorProto> {
     if node.kind() != OpKind::ConstantOfShape {
         return None;
     }
     let value = node.attr_tensor("value")?;
-    let elem = value.data_type();
-    if elem == DataType::Float as i32 || elem == DataType::Int64 as i32 {
+    let Some(Tensor::I64(shape)) = inputs.first()?.as_ref() else {
         return None;
-    }
-    let bits = quench_onnx::dtype::elem_bits(elem)?;
-    if bits % 8 != 0 || tensor::numel(&value.dims)? != 1 {
-        return None;
-    }
-    let width = (bits / 8) as usize;
-    let bytes: Vec<u8> = match &value.raw_data {
-        Some(raw) => raw.to_vec(),
-        None => match DataType::try_from(elem).ok()? {
-            DataType::Bool
-            | DataType::Int8
-            | DataType::Uint8
-            | DataType::Int16
-            | DataType::Uint16
-            | DataType::Int32
-            | DataType::Float16
-            | DataType::Bfloat16 => value.int32_data.first()?.to_le_bytes()[..width].to_vec(),
-            DataType::Uint32 | DataType::Uint64 => {
-                value.uint64_data.first()?.to_le_bytes()[..width].to_vec()
-            }
-            DataType::Double => value.double_data.first()?.to_le_bytes().to_vec(),
-            _ => return None,
-        },
     };
-    if bytes.len() != width {
+    let dims: Vec<usize> = shape
+        .iter()
+        .map(|d| usize::try_from(*d).ok())
+        .collect::<Option<_>>()?;
+    let n = crate::eval::capped_count(&dims)?;
+    let bits = quench_onnx::dtype::elem_bits(value.data_type())?;
+    // Whole bytes only, one element, stored as raw data (as exporters write
+    // f16 and bf16 values).
+    let raw = value.raw_data.as_ref()?;
+    if bits % 8 != 0 || raw.len() as u64 != bits / 8 || quench_ir::tensor::numel(&value.dims)? != 1
+    {
         return None;
     }
-    let dims = tensor::to_i64(g.const_tensor(node.input(0)?)?).ok()?;
-    let n = tensor::numel(&dims)?;
-    if n > MAX_ELEMENTS {
-        return None;
+    let elem = quench_onnx::proto::tensor_proto::DataType::try_from(value.data_type()).ok()?;
+    Some(quench_ir::tensor::from_raw(
+        "",
+        elem,
+        &shape.iter().copied().collect::<Vec<_>>(),
+        raw.repeat(n),
+    ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use quench_ir::{tensor, Graph, Node};
+    use quench_onnx::proto::attribute_proto::AttributeType;
+    use quench_onnx::proto::tensor_proto::DataType;
+    use quench_onnx::proto::AttributeProto;
+
+    use super::*;
+
+    /// The attention-mask pattern of torch.onnx BERT exports:
+    /// `And(ConstantOfShape(shape, value=bool[1]), mask)`. The folded
+    /// constant was a float tensor, which made the written model invalid
+    /// ("And: tensor(float) unsupported"); it must stay bool.
+    #[test]
+    fn bool_constant_of_shape_stays_bool() {
+        let mut g = Graph::new("g");
+        let mask = g.add_input(
+            "mask",
+            Some(tensor::tensor_type_of(DataType::Bool as i32, &[2, 3])),
+        );
+        let shape = g.add_const("shape", tensor::from_i64("shape", &[2], &[2, 3]));
+        let mut cos = Node::new("ConstantOfShape", "cos");
+        cos.set_attr(AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(AttributeType::Tensor as i32),
+            t: Some(tensor::from_raw("value", DataType::Bool, &[1], vec![1])),
+            ..Default::default()
+        });
+        let (_, c) = g.add_op(cos, &[shape], &["ones"]);
+        let (_, y) = g.add_op(Node::new("And", "and"), &[c[0], mask], &["y"]);
+        g.add_output(y[0]);
+        let mut cx = PassCx::new(17);
+        assert!(FoldConstants.run(&mut g, &mut cx).unwrap());
+        let folded = g.const_tensor(c[0]).expect("folded");
+        assert_eq!(folded.data_type(), DataType::Bool as i32);
+        assert_eq!(folded.dims, vec![2, 3]);
+        assert_eq!(g.value(c[0]).elem_type(), Some(DataType::Bool as i32));
+        g.verify().unwrap();
     }
-    Some(TensorProto {
-        dims,
-        data_type: Some(elem),
-        raw_data: Some(Bytes::from(bytes.repeat(n))),
-        ..Default::default()
-    })
+
+    /// An f16 `value` (a type the evaluator does not hold) is repeated
+    /// byte for byte and stays f16.
+    #[test]
+    fn f16_constant_of_shape_stays_f16() {
+        let mut g = Graph::new("g");
+        let shape = g.add_const("shape", tensor::from_i64("shape", &[2], &[2, 2]));
+        let mut cos = Node::new("ConstantOfShape", "cos");
+        cos.set_attr(AttributeProto {
+            name: Some("value".into()),
+            r#type: Some(AttributeType::Tensor as i32),
+            // 1.5 in IEEE half precision.
+            t: Some(tensor::from_raw(
+                "value",
+                DataType::Float16,
+                &[1],
+                vec![0x00, 0x3e],
+            )),
+            ..Default::default()
+        });
+        let (_, c) = g.add_op(cos, &[shape], &["halves"]);
+        let x = g.add_input(
+            "x",
+            Some(tensor::tensor_type_of(DataType::Float16 as i32, &[2, 2])),
+        );
+        let (_, y) = g.add_op(Node::new("Add", "add"), &[c[0], x], &["y"]);
+        g.add_output(y[0]);
+        let mut cx = PassCx::new(17);
+        assert!(FoldConstants.run(&mut g, &mut cx).unwrap());
+        let t = g.const_tensor(c[0]).unwrap();
+        assert_eq!(t.data_type(), DataType::Float16 as i32);
+        assert_eq!(t.dims, vec![2, 2]);
+        assert_eq!(t.raw_data.as_deref(), Some(&[0x00, 0x3e].repeat(4)[..]));
+    }
+
+    /// A result whose type disagrees with the output's declared type is not
+    /// written over it.
+    #[test]
+    fn declared_type_mismatch_declines() {
+        let mut g = Graph::new("g");
+        let a = g.add_const("a", tensor::from_i64("a", &[1], &[3]));
+        let out = g.add_value(
+            "y",
+            Some(tensor::tensor_type_of(DataType::Float as i32, &[1])),
+        );
+        g.add_node(Node::new("Identity", "id"), &[Some(a)], &[Some(out)]);
+        let (_, z) = g.add_op(Node::new("Neg", "neg"), &[out], &["z"]);
+        g.add_output(z[0]);
+        let mut cx = PassCx::new(17);
+        assert!(!FoldConstants.run(&mut g, &mut cx).unwrap());
+    }
 }

@@ -15,6 +15,7 @@ pub mod codes;
 pub mod constants_to_initializers;
 pub mod dead_code;
 pub mod dedup_initializers;
+pub mod equalize;
 pub mod eval;
 pub mod facts;
 pub mod fold_batchnorm;
@@ -25,6 +26,7 @@ pub mod quantize;
 pub mod remove_identity;
 pub mod rules;
 pub mod simulate;
+pub mod typecheck;
 pub mod upgrade_opset;
 mod util;
 

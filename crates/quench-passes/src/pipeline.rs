@@ -24,16 +24,30 @@ pub fn default_pipeline() -> Vec<Box<dyn Pass>> {
     ]
 }
 
-/// Looks passes up by name, in the order given.
+/// Passes that run only when asked for (`--passes` by name, or their own
+/// switch in the driver), after the default pipeline:
+///
+/// - `equalize`: cross-layer equalization of Conv -> (Relu) -> Conv weight
+///   ranges (`--equalize`).
+pub fn optional_passes() -> Vec<Box<dyn Pass>> {
+    vec![Box::new(crate::equalize::Equalize)]
+}
+
+/// Looks passes up by name (default and optional ones), in the order given.
 pub fn by_names(names: &[String]) -> Result<Vec<Box<dyn Pass>>, PassError> {
-    let all = default_pipeline();
+    let all = || {
+        let mut v = default_pipeline();
+        v.extend(optional_passes());
+        v
+    };
+    let known = all();
     let mut out: Vec<Box<dyn Pass>> = Vec::new();
     for n in names {
-        let Some(i) = all.iter().position(|p| p.name() == n) else {
+        let Some(i) = known.iter().position(|p| p.name() == n) else {
             return Err(PassError::Unknown(n.clone()));
         };
         // Fresh instances: passes are stateless unit structs.
-        out.push(default_pipeline().swap_remove(i));
+        out.push(all().swap_remove(i));
     }
     Ok(out)
 }

@@ -214,6 +214,13 @@ pub struct PairFigures {
 /// once.
 pub struct Cached(Vec<Vec<ArrayData>>);
 
+impl Cached {
+    /// The outputs of each batch, in batch order.
+    pub fn batches(&self) -> &[Vec<ArrayData>] {
+        &self.0
+    }
+}
+
 /// A model taking part in [`Evaluator::compare`].
 pub enum Subject<'a> {
     /// Runs on every batch; its errors are reported, not fatal.

@@ -19,6 +19,14 @@
 //! as text and names the node and op it mentions. Ops tract does not know
 //! are all reported at once, with their domain.
 //!
+//! Invariant: a panic inside tract never unwinds out of this module. Every
+//! call into tract (reading the model, setting facts, typing, optimizing,
+//! planning, running) runs under `catch_unwind`, and a panic becomes
+//! [`RunError::Panic`] naming the phase (and the node, when the panic
+//! message mentions one), so callers apply their usual fallback rules.
+//! (Aborts, such as a failed huge allocation, cannot be caught: callers cap
+//! sizes before handing tract a model.)
+//!
 //! Invariant: [`Runner::run`] returns the graph outputs in graph order
 //! followed by the extra outputs in the order they were asked for, as named
 //! by [`Runner::output_names`].
@@ -93,6 +101,16 @@ pub enum RunError {
     #[error("tract failed while {stage}: {detail}")]
     Tract { stage: &'static str, detail: String },
     #[error(
+        "tract panicked while {stage}{}: {message}",
+        node.as_ref().map(|n| format!(", at node `{n}`")).unwrap_or_default()
+    )]
+    Panic {
+        stage: &'static str,
+        /// The ONNX node, when the panic message names one.
+        node: Option<String>,
+        message: String,
+    },
+    #[error(
         "`{name}` is not an input of the model; inputs: {}",
         quote_list(inputs)
     )]
@@ -129,12 +147,22 @@ impl Runner {
         Runner::from_bytes(&model.encode_to_vec(), config)
     }
 
-    /// Compiles a model from the bytes of an ONNX file.
+    /// Compiles a model from the bytes of an ONNX file. A panic in tract is
+    /// returned as [`RunError::Panic`].
     pub fn from_bytes(bytes: &[u8], config: &RunnerConfig) -> Result<Runner, RunError> {
+        // Each tract call below is guarded with its own phase; this outer
+        // guard covers the glue between them.
+        contain("compiling the model", || {
+            Runner::from_bytes_inner(bytes, config)
+        })?
+    }
+
+    fn from_bytes_inner(bytes: &[u8], config: &RunnerConfig) -> Result<Runner, RunError> {
         let mut reader = bytes;
-        let mut model = tract_onnx::onnx()
-            .model_for_read(&mut reader)
-            .map_err(|e| tract_error("loading the model", e, &[], bytes))?;
+        let mut model = contain("loading the model", || {
+            tract_onnx::onnx().model_for_read(&mut reader)
+        })?
+        .map_err(|e| tract_error("loading the model", e, &[], bytes))?;
         let tract = |stage: &'static str| move |e: TractError| tract_error(stage, e, &[], bytes);
 
         let input_outlets = model
@@ -160,9 +188,10 @@ impl Runner {
                     quench_onnx::dtype::elem_name(fact.elem_type)
                 ),
             })?;
-            model
-                .set_input_fact(ix, InferenceFact::dt_shape(dt, fact.shape.iter().copied()))
-                .map_err(tract("setting input facts"))?;
+            contain("setting input facts", || {
+                model.set_input_fact(ix, InferenceFact::dt_shape(dt, fact.shape.iter().copied()))
+            })?
+            .map_err(tract("setting input facts"))?;
         }
 
         let mut outlets = model
@@ -190,9 +219,10 @@ impl Runner {
             outlets.push(outlet);
             outputs.push(name.clone());
         }
-        model
-            .select_output_outlets(&outlets)
-            .map_err(tract("selecting outputs"))?;
+        contain("selecting outputs", || {
+            model.select_output_outlets(&outlets)
+        })?
+        .map_err(tract("selecting outputs"))?;
 
         let unimplemented: Vec<(String, String)> = model
             .nodes()
@@ -206,7 +236,10 @@ impl Runner {
                 Some((n.name.clone(), op))
             })
             .collect();
-        let typed = model.into_optimized().map_err(|e| {
+        let typed = contain("analysing and optimizing the model", || {
+            model.into_optimized()
+        })?
+        .map_err(|e| {
             tract_error(
                 "analysing and optimizing the model",
                 e,
@@ -231,7 +264,8 @@ impl Runner {
                 Some(acc + (elems * fact.datum_type.size_of()) as u64)
             })
         });
-        let plan = typed.into_runnable().map_err(tract("planning the model"))?;
+        let plan = contain("planning the model", || typed.into_runnable())?
+            .map_err(tract("planning the model"))?;
         Ok(Runner {
             plan,
             inputs,
@@ -325,8 +359,54 @@ impl Runner {
             }
             values.push(a.to_tensor().into_tvalue());
         }
-        self.plan.run(values).map_err(runtime_error)
+        // The node being evaluated is recorded (an id in a Cell, no
+        // allocation) so that a panic inside an op can name it.
+        let current: std::cell::Cell<Option<usize>> = std::cell::Cell::new(None);
+        let run = || -> TractResult<TVec<TValue>> {
+            let mut state = self.plan.spawn()?;
+            state.run_plan_with_eval(values, |ctx, op_state, node, input| {
+                current.set(Some(node.id));
+                tract_onnx::tract_core::plan::eval(ctx, op_state, node, input)
+            })
+        };
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+            .map_err(|payload| {
+                let node = current
+                    .get()
+                    .and_then(|id| self.plan.model().nodes().get(id))
+                    .map(|n| n.name.clone());
+                panic_error("running the model", payload, node)
+            })?
+            .map_err(runtime_error)
     }
+}
+
+/// A panic payload as [`RunError::Panic`]; `node` if known, else the node
+/// the message mentions.
+fn panic_error(
+    stage: &'static str,
+    payload: Box<dyn std::any::Any + Send>,
+    node: Option<String>,
+) -> RunError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic with no message".to_string());
+    RunError::Panic {
+        stage,
+        node: node.or_else(|| node_mention(&message).map(|(n, _)| n)),
+        message,
+    }
+}
+
+/// Runs `f` (a call into tract), turning a panic into [`RunError::Panic`]
+/// for `stage`. Nothing `f` touches is used after a panic except through
+/// the error, so asserting unwind safety is sound: the partly built model
+/// or plan is dropped.
+fn contain<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T, RunError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .map_err(|payload| panic_error(stage, payload, None))
 }
 
 /// The tract element type for an ONNX element type code.

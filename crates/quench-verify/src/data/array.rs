@@ -261,12 +261,13 @@ impl ArrayData {
         let code = t.data_type();
         let raw = t.raw_data.as_ref();
         fn from_raw<T: LeElem>(raw: &[u8], numel: usize) -> Result<Vec<T>, String> {
-            if raw.len() != numel * T::SIZE {
+            // Checked: dims of 2^62 elements must not wrap to a small size.
+            if Some(raw.len()) != numel.checked_mul(T::SIZE) {
                 return Err(format!(
                     "raw_data has {} bytes, {} elements need {}",
                     raw.len(),
                     numel,
-                    numel * T::SIZE
+                    (numel as u128) * (T::SIZE as u128)
                 ));
             }
             Ok(raw.chunks_exact(T::SIZE).map(T::read_le).collect())
@@ -412,6 +413,15 @@ mod tests {
             let t = a.to_tensor();
             assert_eq!(ArrayData::from_tensor("t", &t).unwrap(), a);
         }
+    }
+
+    #[test]
+    fn tensor_proto_sizes_do_not_wrap() {
+        // [2, 2^62] f32 needs 2^65 bytes, which wrapped to 0: 0 bytes passed.
+        let mut p = ArrayData::F32(ArrayD::zeros(IxDyn(&[0]))).to_tensor_proto("w");
+        p.dims = vec![2, 1 << 62];
+        let e = ArrayData::from_tensor_proto(&p).unwrap_err().to_string();
+        assert!(e.contains("raw_data has 0 bytes"), "{e}");
     }
 
     #[test]

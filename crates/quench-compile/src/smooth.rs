@@ -1,0 +1,308 @@
+//! SmoothQuant (`--smooth-quant`): move activation outlier channels into
+//! the weights for MatMuls fed by a LayerNormalization.
+//!
+//! Transformer activations after a normalization often have a few channels
+//! 10-100x larger than the rest; one per-tensor activation scale then wastes
+//! most of its levels. For a LayerNormalization L whose output X feeds only
+//! MatMuls with constant 2-D weights W (`[K, N]`, X's last axis is K),
+//! dividing L's scale and bias by `s_j` and multiplying row j of every W by
+//! `s_j` leaves the model's function unchanged (Xiao et al., "SmoothQuant",
+//! 2023), with `s_j = max|X_j|^a / max|W_j|^(1-a)`.
+//!
+//! `a` is searched in {0.25, 0.5, 0.75} and "no change": each candidate is
+//! quantized and its float twin measured against FP32 on up to [`SAMPLES`]
+//! calibration samples; the best output SQNR wins. X's calibrated range is
+//! recomputed exactly from per-channel minima and maxima observed over every
+//! calibration sample (`min_j x_j / s_j`, `max_j x_j / s_j`); every other
+//! range is unchanged, since the MatMul outputs are.
+//!
+//! Invariant: the FP32 function is unchanged up to f32 rounding; only L's
+//! scale and bias, the MatMul weights and X's range change.
+
+use anyhow::Result;
+use quench_ir::{tensor, Model, OpKind, ValueId};
+use quench_passes::quantize::{Plan, QuantizeConfig, Ranges};
+use quench_passes::PassCx;
+use quench_verify::{Evaluator, Runners, Subject};
+use serde::Serialize;
+
+use crate::data::Bound;
+
+/// Samples each candidate is measured on.
+pub const SAMPLES: usize = 32;
+/// Migration strengths tried (0 = unchanged is always a candidate).
+pub const ALPHAS: [f64; 3] = [0.25, 0.5, 0.75];
+
+/// What SmoothQuant did.
+#[derive(Debug, Clone, Serialize)]
+pub struct SmoothReport {
+    /// Normalizations whose outputs were smoothed.
+    pub sites: Vec<String>,
+    /// The chosen strength (0: nothing changed).
+    pub alpha: f64,
+    /// Output SQNR (dB) on the search samples per candidate `(alpha, dB)`.
+    pub candidates: Vec<(f64, f64)>,
+}
+
+/// A LayerNormalization whose output feeds only MatMuls with own 2-D
+/// constant weights.
+pub struct Site {
+    pub norm: String,
+    scale: ValueId,
+    bias: Option<ValueId>,
+    x: String,
+    weights: Vec<ValueId>,
+}
+
+/// The places SmoothQuant can act on (normalization outputs with a
+/// calibrated range).
+pub fn sites(m: &Model, ranges: &Ranges) -> Vec<Site> {
+    let g = &m.graph;
+    g.node_ids()
+        .into_iter()
+        .filter_map(|n| {
+            let node = g.node(n);
+            if node.kind() != OpKind::LayerNormalization
+                || node.outputs().iter().flatten().count() != 1
+            {
+                return None;
+            }
+            let axis = node.attr_int("axis").unwrap_or(-1);
+            let x = node.output(0)?;
+            if axis != -1
+                || g.is_graph_output(x)
+                || g.is_captured(x)
+                || !ranges.contains_key(&g.value(x).name)
+            {
+                return None;
+            }
+            let own = |v: ValueId| g.const_tensor(v).is_some() && g.use_count(v) == 1;
+            let scale = node.input(1).filter(|v| own(*v))?;
+            let bias = match node.input(2) {
+                Some(b) if own(b) => Some(b),
+                Some(_) => return None,
+                None => None,
+            };
+            let k = g.const_tensor(scale)?.dims.iter().product::<i64>();
+            let mut weights = Vec::new();
+            for u in g.uses(x) {
+                let c = g.node(u.node);
+                let w = c.input(1)?;
+                let t = g.const_tensor(w)?;
+                if c.kind() != OpKind::MatMul
+                    || u.index != 0
+                    || t.dims.len() != 2
+                    || t.dims[0] != k
+                    || !own(w)
+                {
+                    return None;
+                }
+                weights.push(w);
+            }
+            (!weights.is_empty()).then(|| Site {
+                norm: node.name().to_string(),
+                scale,
+                bias,
+                x: g.value(x).name.clone(),
+                weights,
+            })
+        })
+        .collect()
+}
+
+/// Per-channel (last axis) minima and maxima of the exposed tensors over
+/// every sample of `data`.
+fn channel_ranges(
+    float: &Model,
+    names: &[String],
+    data: &Bound,
+) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    let proto = float.to_onnx();
+    let n_out = quench_verify::output_names(&proto).len();
+    let runners = Runners::new(&proto, names.to_vec());
+    let eval = Evaluator::new(&data.data, data.feed, quench_verify::input_names(&proto));
+    let outs = eval.outputs(
+        &runners,
+        "the float model with normalization outputs exposed",
+    )?;
+    let mut acc: Vec<(Vec<f32>, Vec<f32>)> = vec![(Vec::new(), Vec::new()); names.len()];
+    for batch in outs.batches() {
+        for (i, a) in acc.iter_mut().enumerate() {
+            let Some(t) = batch.get(n_out + i) else {
+                continue;
+            };
+            let t = t.to_f32();
+            let k = *t.shape().last().unwrap_or(&0);
+            if k == 0 {
+                continue;
+            }
+            if a.0.is_empty() {
+                *a = (vec![f32::INFINITY; k], vec![f32::NEG_INFINITY; k]);
+            }
+            for (j, v) in t.iter().enumerate() {
+                let c = j % k;
+                if c < a.0.len() && v.is_finite() {
+                    a.0[c] = a.0[c].min(*v);
+                    a.1[c] = a.1[c].max(*v);
+                }
+            }
+        }
+    }
+    Ok(acc)
+}
+
+/// `float` with `s` applied at `site` (scale, bias divided; weight rows
+/// multiplied).
+pub fn apply(float: &mut Model, site: &Site, s: &[f64]) {
+    let g = &mut float.graph;
+    let div = |g: &mut quench_ir::Graph, v: ValueId| {
+        let Some(t) = g.const_tensor(v) else { return };
+        let Ok(mut d) = tensor::to_f32(t) else { return };
+        if d.len() != s.len() {
+            return;
+        }
+        for (x, k) in d.iter_mut().zip(s) {
+            *x = (f64::from(*x) / k) as f32;
+        }
+        let (name, dims) = (g.value(v).name.clone(), t.dims.clone());
+        g.replace_const(v, tensor::from_f32(&name, &dims, &d));
+    };
+    div(g, site.scale);
+    if let Some(b) = site.bias {
+        div(g, b);
+    }
+    for &w in &site.weights {
+        let Some(t) = g.const_tensor(w) else { continue };
+        let Ok(mut d) = tensor::to_f32(t) else {
+            continue;
+        };
+        let n = t.dims[1] as usize;
+        for (j, row) in d.chunks_mut(n.max(1)).enumerate() {
+            let k = s.get(j).copied().unwrap_or(1.0);
+            for x in row {
+                *x = (f64::from(*x) * k) as f32;
+            }
+        }
+        let (name, dims) = (g.value(w).name.clone(), t.dims.clone());
+        g.replace_const(w, tensor::from_f32(&name, &dims, &d));
+    }
+}
+
+/// Searches the strength and applies the best (see the module docs);
+/// `float` and `ranges` are changed in place. `None`: no site.
+pub fn smooth(
+    float: &mut Model,
+    original: &quench_onnx::proto::ModelProto,
+    plan: &Plan,
+    ranges: &mut Ranges,
+    cfg: &QuantizeConfig,
+    opset: i64,
+    data: &Bound,
+) -> Result<Option<SmoothReport>> {
+    let ss = sites(float, ranges);
+    if ss.is_empty() {
+        return Ok(None);
+    }
+    let xr = channel_ranges(
+        float,
+        &ss.iter().map(|s| s.x.clone()).collect::<Vec<_>>(),
+        data,
+    )?;
+    let rows: Vec<usize> = (0..data.data.samples().min(SAMPLES)).collect();
+    let sub = data.data.pick(&rows);
+    let eval = Evaluator::new(&sub, data.feed, quench_verify::input_names(original));
+    let outputs = quench_verify::output_names(original).len();
+    let reference = eval.outputs(&Runners::new(original, vec![]), "the FP32 model")?;
+    let score = |m: &Model, r: &Ranges| -> Result<f64> {
+        let mut q = m.clone();
+        let mut cx = PassCx::new(opset);
+        crate::phases::quantize_phase(&mut q, plan, r, cfg, opset, &mut cx)?;
+        quench_passes::simulate::float_twin_pairs(&mut q.graph, opset);
+        let tw = Runners::new(&q.to_onnx(), vec![]);
+        let f = eval
+            .compare(
+                &[
+                    Subject::Cached(&reference),
+                    Subject::Required(&tw, "a smoothed twin"),
+                ],
+                &[(0, 1)],
+                outputs,
+            )?
+            .remove(0);
+        let m = f.outputs.map_err(anyhow::Error::msg)?;
+        Ok(m.iter().map(|m| m.sqnr_db).fold(f64::INFINITY, f64::min))
+    };
+    let candidate = |alpha: f64| -> (Model, Ranges) {
+        let mut m = float.clone();
+        let mut r = ranges.clone();
+        for (site, (lo, hi)) in ss.iter().zip(&xr) {
+            if lo.is_empty() {
+                continue;
+            }
+            let g = &m.graph;
+            let wmax: Vec<f64> = (0..lo.len())
+                .map(|j| {
+                    site.weights
+                        .iter()
+                        .filter_map(|w| {
+                            let t = g.const_tensor(*w)?;
+                            let d = tensor::to_f32(t).ok()?;
+                            let n = t.dims[1] as usize;
+                            d.get(j * n..(j + 1) * n)
+                                .map(|row| row.iter().fold(0f64, |a, v| a.max(f64::from(v.abs()))))
+                        })
+                        .fold(0f64, f64::max)
+                })
+                .collect();
+            let s: Vec<f64> = (0..lo.len())
+                .map(|j| {
+                    let xm = f64::from(lo[j].abs().max(hi[j].abs()));
+                    if xm > 0.0 && wmax[j] > 0.0 {
+                        (xm.powf(alpha) / wmax[j].powf(1.0 - alpha)).clamp(1e-5, 1e5)
+                    } else {
+                        1.0
+                    }
+                })
+                .collect();
+            apply(&mut m, site, &s);
+            // The smoothed X's range, exactly, from the per-channel ones.
+            let nlo = lo
+                .iter()
+                .zip(&s)
+                .map(|(v, k)| (f64::from(*v) / k) as f32)
+                .fold(f32::INFINITY, f32::min);
+            let nhi = hi
+                .iter()
+                .zip(&s)
+                .map(|(v, k)| (f64::from(*v) / k) as f32)
+                .fold(f32::NEG_INFINITY, f32::max);
+            if nlo.is_finite() && nhi.is_finite() {
+                r.insert(site.x.clone(), (nlo.min(0.0), nhi.max(0.0)));
+            }
+        }
+        (m, r)
+    };
+    let mut candidates = vec![(0.0, score(float, ranges)?)];
+    let mut best: Option<(f64, f64, Model, Ranges)> = None;
+    for &a in &ALPHAS {
+        let (m, r) = candidate(a);
+        let db = score(&m, &r)?;
+        candidates.push((a, db));
+        if db > candidates[0].1 && best.as_ref().is_none_or(|b| db > b.1) {
+            best = Some((a, db, m, r));
+        }
+    }
+    let alpha = match best {
+        Some((a, _, m, r)) => {
+            *float = m;
+            *ranges = r;
+            a
+        }
+        None => 0.0,
+    };
+    Ok(Some(SmoothReport {
+        sites: ss.iter().map(|s| s.norm.clone()).collect(),
+        alpha,
+        candidates,
+    }))
+}

@@ -1,0 +1,330 @@
+//! Issue 12 regressions through the command line, on models built here:
+//! the BERT attention-mask pattern (`And(ConstantOfShape(value=bool), mask)`)
+//! must come out of `compile --no-quantize` with a bool constant (it was
+//! written as f32, an invalid model), and `inspect` must not panic or blow
+//! up on constant subgraphs that crashed the evaluator.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use prost::bytes::Bytes;
+use prost::Message;
+use quench_onnx::proto::attribute_proto::AttributeType;
+use quench_onnx::proto::tensor_proto::DataType;
+use quench_onnx::proto::tensor_shape_proto::{dimension, Dimension};
+use quench_onnx::proto::type_proto::{Tensor as TensorType, Value as TypeValue};
+use quench_onnx::proto::{
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+fn vi(name: &str, elem: DataType, dims: &[i64]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(TypeValue::TensorType(TensorType {
+                elem_type: Some(elem as i32),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(dimension::Value::DimValue(*d)),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn raw(name: &str, dt: DataType, dims: &[i64], bytes: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        data_type: Some(dt as i32),
+        dims: dims.to_vec(),
+        raw_data: Some(Bytes::from(bytes)),
+        ..Default::default()
+    }
+}
+
+fn i64s(name: &str, dims: &[i64], v: &[i64]) -> TensorProto {
+    raw(
+        name,
+        DataType::Int64,
+        dims,
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], out: &str, attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(name.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+fn model(
+    nodes: Vec<NodeProto>,
+    inputs: Vec<ValueInfoProto>,
+    inits: Vec<TensorProto>,
+    outputs: Vec<ValueInfoProto>,
+) -> ModelProto {
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(GraphProto {
+            name: Some("g".into()),
+            node: nodes,
+            input: inputs,
+            initializer: inits,
+            output: outputs,
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn quench(args: &[&str]) -> (i32, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_quench"))
+        .args(args)
+        .output()
+        .expect("run quench");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    (o.status.code().unwrap_or(-1), text)
+}
+
+fn write(dir: &Path, name: &str, m: &ModelProto) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, m.encode_to_vec()).expect("write model");
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn bool_constant_of_shape_mask_stays_bool() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let value = AttributeProto {
+        name: Some("value".into()),
+        r#type: Some(AttributeType::Tensor as i32),
+        t: Some(raw("value", DataType::Bool, &[1], vec![1])),
+        ..Default::default()
+    };
+    let m = model(
+        vec![
+            node(
+                "ConstantOfShape",
+                "ones",
+                &["shape"],
+                "ones_out",
+                vec![value],
+            ),
+            node("And", "attn_mask_and", &["ones_out", "mask"], "y", vec![]),
+        ],
+        vec![vi("mask", DataType::Bool, &[1, 4])],
+        vec![i64s("shape", &[2], &[1, 4])],
+        vec![vi("y", DataType::Bool, &[1, 4])],
+    );
+    let input = write(dir.path(), "mask.onnx", &m);
+    let out = dir.path().join("out.onnx");
+    let (code, text) = quench(&[
+        "compile",
+        &input,
+        "-o",
+        out.to_str().expect("path"),
+        "--no-quantize",
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    let written = quench_onnx::load_model(&out).expect("output loads").model;
+    let g = written.graph.as_ref().expect("graph");
+    let and = g
+        .node
+        .iter()
+        .find(|n| n.op_type() == "And")
+        .expect("And kept");
+    for i in &and.input {
+        let elem = g
+            .initializer
+            .iter()
+            .find(|t| t.name() == i)
+            .map(|t| t.data_type())
+            .or_else(|| {
+                g.input.iter().find(|v| v.name() == i).and_then(|v| {
+                    match v.r#type.as_ref()?.value.as_ref()? {
+                        TypeValue::TensorType(t) => t.elem_type,
+                        _ => None,
+                    }
+                })
+            });
+        assert_eq!(elem, Some(DataType::Bool as i32), "And input `{i}`");
+    }
+    // The same model passes the type check.
+    let ir = quench_ir::Model::from_onnx(written).expect("import");
+    assert_eq!(quench_passes::typecheck::check(&ir.graph, 17), Ok(()));
+}
+
+#[test]
+fn inspect_survives_constant_subgraphs_that_crashed_the_evaluator() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = |name: &str, dims: &[i64], v: &[f32]| {
+        raw(
+            name,
+            DataType::Float,
+            dims,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
+    };
+    let ints = |name: &str, v: &[i64]| AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(AttributeType::Ints as i32),
+        ints: v.to_vec(),
+        ..Default::default()
+    };
+    let n = 60_000usize;
+    let cases: Vec<(&str, Vec<NodeProto>, Vec<TensorProto>)> = vec![
+        (
+            "min_div",
+            vec![node("Div", "d", &["a", "b"], "c", vec![])],
+            vec![i64s("a", &[1], &[i64::MIN]), i64s("b", &[1], &[-1])],
+        ),
+        (
+            "gather_scalar",
+            vec![node("Gather", "g", &["a", "b"], "c", vec![])],
+            vec![f("a", &[], &[1.0]), i64s("b", &[], &[0])],
+        ),
+        (
+            "squeeze_scalar",
+            vec![node("Squeeze", "s", &["a", "b"], "c", vec![])],
+            vec![f("a", &[], &[1.0]), i64s("b", &[1], &[0])],
+        ),
+        (
+            "cos_2p32_squared",
+            vec![node("ConstantOfShape", "k", &["a"], "c", vec![])],
+            vec![i64s("a", &[2], &[1 << 32, 1 << 32])],
+        ),
+        (
+            "outer_add_60000",
+            vec![node("Add", "add", &["a", "b"], "c", vec![])],
+            vec![
+                f("a", &[1, n as i64], &vec![1.0; n]),
+                f("b", &[n as i64, 1], &vec![2.0; n]),
+            ],
+        ),
+        (
+            "transpose_0_0",
+            vec![node(
+                "Transpose",
+                "t",
+                &["a"],
+                "c",
+                vec![ints("perm", &[0, 0])],
+            )],
+            vec![f("a", &[2, 3], &[0.0; 6])],
+        ),
+    ];
+    for (name, mut nodes, inits) in cases {
+        // A consumer with a graph input, so the constant node is neither a
+        // graph output nor removed before folding.
+        nodes.push(node("Add", "use", &["c", "x"], "y", vec![]));
+        let elem = if name == "min_div" {
+            DataType::Int64
+        } else {
+            DataType::Float
+        };
+        let m = model(
+            nodes,
+            vec![vi("x", elem, &[])],
+            inits,
+            vec![ValueInfoProto {
+                name: Some("y".into()),
+                ..Default::default()
+            }],
+        );
+        let p = write(dir.path(), &format!("{name}.onnx"), &m);
+        let start = Instant::now();
+        let (code, text) = quench(&["inspect", &p]);
+        let secs = start.elapsed().as_secs_f64();
+        assert!(!text.contains("panicked"), "{name}: {text}");
+        assert!(code == 0 || code == 1, "{name}: exit {code}: {text}");
+        assert!(secs < 10.0, "{name}: inspect took {secs:.1} s");
+    }
+}
+
+#[test]
+fn weight_only_outputs_pass_the_type_check() {
+    // What the quantizer writes (Q/DQ types per opset, after any opset
+    // upgrade) must satisfy quench_passes::typecheck, so the driver can
+    // refuse a model that does not.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    for name in [
+        "mlp",
+        "cnn_bn",
+        "transformer",
+        "resnet_tiny",
+        "silu_cnn",
+        "mobilenet_tiny",
+        "digits_cnn",
+    ] {
+        let input = root.join(format!("{name}.onnx"));
+        let out = dir.path().join(format!("{name}.onnx"));
+        let (code, text) = quench(&[
+            "compile",
+            input.to_str().expect("path"),
+            "-o",
+            out.to_str().expect("path"),
+            "--mode",
+            "weight-only",
+        ]);
+        assert_eq!(code, 0, "{name}: {text}");
+        let m = quench_ir::Model::from_onnx(quench_onnx::load_model(&out).expect("load").model)
+            .expect("import");
+        assert!(
+            m.graph
+                .node_ids()
+                .iter()
+                .any(|n| m.graph.node(*n).op_type() == "DequantizeLinear"),
+            "{name}: nothing quantized"
+        );
+        let opset = m.default_opset().unwrap_or(0);
+        if let Err(errs) = quench_passes::typecheck::check(&m.graph, opset) {
+            panic!("{name} (opset {opset}): {errs:?}");
+        }
+    }
+    // Static int8 (Q/DQ on activations too), with the digits calibration set.
+    let out = dir.path().join("digits_static.onnx");
+    let (code, text) = quench(&[
+        "compile",
+        root.join("digits_cnn.onnx").to_str().expect("path"),
+        "-c",
+        root.join("digits/calib.npz").to_str().expect("path"),
+        "-o",
+        out.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let m = quench_ir::Model::from_onnx(quench_onnx::load_model(&out).expect("load").model)
+        .expect("import");
+    let q = m
+        .graph
+        .node_ids()
+        .iter()
+        .filter(|n| m.graph.node(**n).op_type() == "QuantizeLinear")
+        .count();
+    assert!(q > 3, "{q} QuantizeLinear nodes");
+    let opset = m.default_opset().unwrap_or(0);
+    assert_eq!(quench_passes::typecheck::check(&m.graph, opset), Ok(()));
+}
