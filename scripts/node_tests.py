@@ -50,7 +50,7 @@ the file with `--write-expected`). The table at the end gives, per stage:
 cases, ok, refused (by reason), failed.
 
 Calls run in parallel (`--jobs`, default 2) with a per-call timeout
-(`--timeout`, default 120 s). `--only SUBSTR` restricts the run to test names
+(`--timeout`, default 30 s). `--only SUBSTR` restricts the run to test names
 containing SUBSTR (for debugging; the expectation check then covers only those).
 """
 from __future__ import annotations
@@ -661,7 +661,7 @@ def main() -> int:
     ap.add_argument("--write-expected", action="store_true",
                     help="write the refusals of this run to --expected (review the diff)")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--timeout", type=float, default=30.0, help="per quench call (the slowest takes about 1.3 s)")
     ap.add_argument("--only", default=None, help="only test names containing this")
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--json", default=None, help="write every case's result here")
@@ -677,6 +677,8 @@ def main() -> int:
         ap.error("--quench is required")
     t0 = time.monotonic()
     quench = str(pathlib.Path(a.quench).resolve())
+    if not os.access(quench, os.X_OK):
+        ap.error(f"{a.quench}: not an executable (build quench first)")
     stages = [s for s in a.stages.split(",") if s]
     for s in stages:
         if s not in STAGES:
