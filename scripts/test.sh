@@ -4,7 +4,8 @@
 # wrote (onnx.checker full_check + onnxruntime CPU; models registered with a
 # .check.json compared with their reference, float twin and FP32), then the
 # round trip of every fixture compared in onnxruntime (bitwise-identical
-# outputs).
+# outputs), then ONNX's backend node tests through quench
+# (scripts/node_tests.py).
 #
 # Needs only the Rust toolchain and Python 3.11 with pip: the Python packages
 # (onnx, onnxruntime, numpy) are installed into .venv by scripts/setup_venv.sh.
@@ -36,3 +37,13 @@ echo "== interop: every model the tests wrote (>= $INTEROP_MIN_MODELS models, >=
 FIXTURES=$(find testdata -maxdepth 1 -name '*.onnx' | wc -l)
 echo "== round trip: quench convert vs original, outputs compared in onnxruntime ($FIXTURES fixtures)"
 "$PY" scripts/roundtrip_check.py --quench target/debug/quench --out target/interop-roundtrip --expect "$FIXTURES" testdata
+
+# ONNX's backend node tests (generated from the onnx wheel into
+# target/onnx-node-tests): every model ONNX Runtime runs goes through convert
+# (bitwise), the passes (within 1e-4), weight-only and static (loads and runs);
+# fails on any panic, invalid model or mismatch, and on a refusal not listed
+# in scripts/node_tests_expected.json. About 2-3 minutes on 2 cores.
+echo "== ONNX backend node tests: the harness can fail (a fake quench that panics, aborts, writes garbage, is 1e-3 off, ...)"
+"$PY" scripts/node_tests.py --selftest
+echo "== ONNX backend node tests through quench, checked in onnxruntime"
+"$PY" scripts/node_tests.py --quench target/debug/quench --expected scripts/node_tests_expected.json
