@@ -157,6 +157,36 @@ fn upgrade_opset(model: &mut Model, need: i64, notes: &mut Vec<String>) -> i64 {
     }
 }
 
+/// Default-domain ops removed from ONNX, and the opset that removed them.
+const REMOVED_OPS: &[(&str, i64)] = &[
+    ("Upsample", 10),
+    ("Scatter", 11),
+    ("ImageScaler", 10),
+    ("Crop", 10),
+];
+
+/// Refuses a graph that uses an op its default-domain `opset` no longer has
+/// (an upgrade that forgot to rewrite it would otherwise write a model
+/// runtimes refuse).
+fn check_removed_ops(model: &Model, opset: i64) -> Result<()> {
+    let g = &model.graph;
+    for n in g.node_ids() {
+        let node = g.node(n);
+        if !node.domain().is_empty() {
+            continue;
+        }
+        if let Some((op, at)) = REMOVED_OPS.iter().find(|(op, _)| *op == node.op_type()) {
+            if opset >= *at {
+                anyhow::bail!(
+                    "node `{}`: {op} was removed from ONNX at opset {at} but the output would be opset {opset}; nothing written (a quench bug, please report)",
+                    node.name()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Every `--exclude-nodes` name must name a node of the input model; the
 /// error suggests the nearest names.
 fn check_node_names(names: &[String], model: &Model) -> Result<()> {
@@ -425,8 +455,10 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     if cfg.mode == Mode::Static && opset < 13 {
         out.log.push(format!("opset {opset}: per-tensor weights"));
     }
-    // Never a wrong file: the ONNX type constraints of every node, checked
-    // before anything can be written.
+    // Never a wrong file: no op the output's opset removed (runtimes and
+    // onnx.checker refuse them), and the ONNX type constraints of every
+    // node, checked before anything can be written.
+    check_removed_ops(&model, opset).with_context(|| input.path.display().to_string())?;
     if let Err(errors) = quench_passes::typecheck::check(&model.graph, opset) {
         let shown: Vec<String> = errors.iter().take(8).map(|e| e.to_string()).collect();
         anyhow::bail!(

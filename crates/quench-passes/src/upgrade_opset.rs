@@ -55,6 +55,7 @@ fn changes(op: &str, from: i64, to: i64) -> bool {
             at(13)
         }
         "GroupNormalization" => at(21),
+        "Scatter" => at(11),
         _ => REDUCE_18.contains(&op) && at(18),
     }
 }
@@ -375,6 +376,11 @@ pub fn apply(g: &mut Graph, from: i64, to: i64) -> usize {
                     g.set_input(n, 1, Some(c));
                     changed += 1;
                 }
+            }
+            // Removed at 11: ScatterElements has the same inputs and axis.
+            "Scatter" if at(11) => {
+                g.node_proto_mut(n).proto.op_type = Some("ScatterElements".into());
+                changed += 1;
             }
             "Clip" if at(11) && (node.attr("min").is_some() || node.attr("max").is_some()) => {
                 float_attr_to_input(g, n, "min", 1);
