@@ -351,7 +351,7 @@ fn timing_line(t: &[quench_compile::Timing]) -> String {
 pub fn calibrate(a: CalibrateArgs) -> Result<()> {
     let t0 = std::time::Instant::now();
     let loaded = quench_onnx::load_model(&a.model)?;
-    crate::files::check_outputs(&loaded, &[Some(&a.calibration)], &[&a.output])?;
+    crate::files::check_outputs(&loaded, &[Some(&a.calibration)], &[], &[&a.output])?;
     let opts = quench_compile::CalibrateOptions {
         calibration: a.calibration.clone(),
         passes: a.passes.clone(),
@@ -383,9 +383,9 @@ pub fn calibrate(a: CalibrateArgs) -> Result<()> {
 
 pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
     let loaded = quench_onnx::load_model(&a.model)?;
-    let mut outputs: Vec<&Path> = vec![&a.output];
-    outputs.extend(a.report.as_deref());
-    outputs.extend(a.keep_rejected.as_deref());
+    let mut models: Vec<&Path> = vec![&a.output];
+    models.extend(a.keep_rejected.as_deref());
+    let others: Vec<&Path> = a.report.as_deref().into_iter().collect();
     crate::files::check_outputs(
         &loaded,
         &[
@@ -393,8 +393,12 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
             a.eval.as_ref(),
             a.calibration_table.as_ref(),
         ],
-        &outputs,
+        &models,
+        &others,
     )?;
+    if a.keep_rejected.is_some() && a.min_sqnr.is_none() && a.min_top1.is_none() {
+        eprintln!("warning: --keep-rejected has no effect without --min-sqnr or --min-top1");
+    }
     let opts = a.options();
     let mut outcome = quench_compile::compile(&loaded, &opts, &Bar::new())?;
     for d in &outcome.dumps {

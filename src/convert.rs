@@ -37,7 +37,7 @@ pub(crate) fn storage(external: bool, inline: bool, input_had_external: bool) ->
 
 pub fn run(a: ConvertArgs) -> Result<()> {
     let (loaded, model) = crate::files::load(&a.input)?;
-    crate::files::check_outputs(&loaded, &[], &[&a.output])?;
+    crate::files::check_outputs(&loaded, &[], &[&a.output], &[])?;
     model
         .graph
         .verify()

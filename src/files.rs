@@ -52,12 +52,13 @@ fn data_file(out: &Path) -> PathBuf {
 ///
 /// `model`: the loaded input model (its file and external data files);
 /// `data`: calibration/evaluation data (files or directories) and tables;
-/// `outputs`: every path the command will write (the first is the model,
-/// which also writes `<model>.data` with external data).
+/// `models`: the model paths the command may write (each may also write
+/// `<model>.data`); `others`: reports and tables.
 pub fn check_outputs(
     model: &LoadedModel,
     data: &[Option<&PathBuf>],
-    outputs: &[&Path],
+    models: &[&Path],
+    others: &[&Path],
 ) -> Result<()> {
     let base = model.path.parent().unwrap_or(Path::new("."));
     let mut inputs: Vec<(PathBuf, String)> = vec![(model.path.clone(), "the input model".into())];
@@ -71,11 +72,27 @@ pub fn check_outputs(
     for d in &data {
         inputs.push(((*d).clone(), format!("the data `{}`", d.display())));
     }
+    // Every model output may also write its `.data` file.
     let mut written: Vec<(PathBuf, &Path)> = Vec::new();
-    for (i, out) in outputs.iter().enumerate() {
+    for out in models {
         written.push((out.to_path_buf(), out));
-        if i == 0 {
-            written.push((data_file(out), out));
+        written.push((data_file(out), out));
+    }
+    for out in others {
+        written.push((out.to_path_buf(), out));
+    }
+    // A missing directory is found now, not after the compile.
+    for out in models.iter().chain(others) {
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !parent.is_dir() {
+            bail!(
+                "{}: the directory `{}` does not exist",
+                out.display(),
+                parent.display()
+            );
         }
     }
     for (k, (w, out)) in written.iter().enumerate() {
@@ -133,8 +150,8 @@ pub fn write_json<T: Serialize>(path: &Path, v: &T, pretty: bool) -> Result<()> 
     } else {
         serde_json::to_string(v)?
     };
-    quench_onnx::write_atomic(path, s.as_bytes())
-        .with_context(|| format!("{}: cannot write", path.display()))
+    // The error already names the path.
+    Ok(quench_onnx::write_atomic(path, s.as_bytes())?)
 }
 
 /// Loads a model file and imports it into the IR, with errors naming the

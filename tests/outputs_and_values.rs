@@ -294,3 +294,130 @@ fn old_opset_models_compile_in_every_weight_mode() {
     }
     assert!(n >= 30, "{n} compiles");
 }
+
+/// Defects an adversarial review found in the driver's first version.
+#[test]
+fn review_regressions_outputs_thresholds_and_fallbacks() {
+    let w = Work::new();
+    let (m, cal) = (w.p("m.onnx"), w.p("calib"));
+    // --keep-rejected may not write over the input's external data (every
+    // model output's `.data` is checked, not only -o's).
+    let d = w.dir.path().join("ext");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::copy(testdata("external_data.onnx"), d.join("e.onnx")).unwrap();
+    std::fs::copy(
+        testdata("external_data.onnx.data"),
+        d.join("external_data.onnx.data"),
+    )
+    .unwrap();
+    let data_before = std::fs::read(d.join("external_data.onnx.data")).unwrap();
+    let (code, out) = quench(&[
+        "compile",
+        d.join("e.onnx").to_str().unwrap(),
+        "-o",
+        &w.p("o1.onnx"),
+        "--min-sqnr",
+        "200",
+        "--keep-rejected",
+        d.join("external_data.onnx").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("overwrite"), "{out}");
+    assert_eq!(
+        std::fs::read(d.join("external_data.onnx.data")).unwrap(),
+        data_before
+    );
+    // A report in a directory that does not exist is refused before the
+    // compile: no model left behind.
+    let (code, out) = quench(&[
+        "compile",
+        &m,
+        "-c",
+        &cal,
+        "-o",
+        &w.p("o2.onnx"),
+        "--report",
+        "/nonexistent-dir/r.json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("does not exist"), "{out}");
+    assert!(!w.dir.path().join("o2.onnx").exists());
+    // --min-top1 on an output without class scores cannot pass silently.
+    std::fs::copy(
+        testdata("accuracy/hardswish_stem.onnx"),
+        w.dir.path().join("hs.onnx"),
+    )
+    .unwrap();
+    let (code, out) = quench(&[
+        "compile",
+        &w.p("hs.onnx"),
+        "-c",
+        &cal,
+        "-o",
+        &w.p("o3.onnx"),
+        "--min-top1",
+        "0.5",
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("cannot be checked"), "{out}");
+    // Bias correction (on by default) never turns tract's weight-only
+    // fallback into an error: bn_nonconst cannot run in tract.
+    let dir = tempfile::tempdir().unwrap();
+    let facts = input_facts(&load(&testdata("bn_nonconst.onnx")), 1);
+    for f in &facts {
+        let mut shape = vec![8usize];
+        shape.extend(&f.shape);
+        let n: usize = shape.iter().product();
+        let a = ArrayD::from_shape_vec(
+            IxDyn(&shape),
+            (0..n).map(|i| (i % 7) as f32 / 7.0).collect(),
+        )
+        .unwrap();
+        a.write_npy(std::fs::File::create(dir.path().join(format!("{}.npy", f.name))).unwrap())
+            .unwrap();
+    }
+    let (code, out) = quench(&[
+        "compile",
+        testdata("bn_nonconst.onnx").to_str().unwrap(),
+        "-c",
+        dir.path().to_str().unwrap(),
+        "-o",
+        &w.p("o4.onnx"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("weight-only"), "{out}");
+}
+
+#[test]
+fn explain_measures_roots_of_shared_tensors_with_their_members() {
+    // relu2_out feeds Flatten (shared parameters): leaving it float must
+    // also drop the Flatten output's identical Q/DQ, or its gain reads 0.
+    let w = Work::new();
+    let rep = w.p("r.json");
+    let (code, out) = quench(&[
+        "compile",
+        &w.p("m.onnx"),
+        "-c",
+        &w.p("calib"),
+        "--eval",
+        &w.p("eval"),
+        "-o",
+        &w.p("o.onnx"),
+        "--explain",
+        "--no-bias-correction",
+        "--report",
+        &rep,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let t = r["verification"]["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["tensor"] == "relu2_out")
+        .unwrap()
+        .clone();
+    // Measured +1.0 dB (it read +0.00 before).
+    assert!(t["float_gain_db"].as_f64().unwrap() > 0.3, "{t}");
+}

@@ -183,14 +183,16 @@ fn min_sqnr(m: &[quench_verify::Metrics]) -> f64 {
 
 /// Fills `float_gain_db` of every entry of `tensors`: the output SQNR (vs
 /// FP32, on up to [`GAIN_SAMPLES`] samples) of `twin` with only that
-/// tensor's Q/DQ bypassed, minus the output SQNR of `twin` itself. `pairs`
-/// are the twin's (quantized tensor, tensor after Q/DQ) names. Candidates
-/// compile and run in parallel.
+/// tensor's Q/DQ bypassed (and those of the tensors in `members[tensor]`,
+/// which share its parameters), minus the output SQNR of `twin` itself.
+/// `pairs` are the twin's (quantized tensor, tensor after Q/DQ) names.
+/// Candidates compile and run in parallel.
 pub fn output_gains(
     float_model: &Model,
     quantized: &Graph,
     twin: &Model,
     pairs: &[(String, String)],
+    members: &std::collections::BTreeMap<String, Vec<String>>,
     data: &crate::data::Bound,
     tensors: &mut [TensorError],
 ) -> Result<()> {
@@ -256,6 +258,21 @@ pub fn output_gains(
                 }
             }
             m.graph.replace_all_uses(yv, keep);
+            // Tensors sharing this one's parameters (data movement after
+            // it) re-apply the same Q/DQ: they go float with it.
+            for member in members.get(&t.tensor).into_iter().flatten() {
+                let (Some(my), Some(mx)) = (
+                    after
+                        .get(member.as_str())
+                        .and_then(|y| m.graph.value_by_name(y)),
+                    m.graph.value_by_name(member),
+                ) else {
+                    continue;
+                };
+                if !m.graph.is_graph_output(my) {
+                    m.graph.replace_all_uses(my, mx);
+                }
+            }
             let mut cx = quench_passes::PassCx::default();
             quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut m.graph, &mut cx)
                 .ok()?;

@@ -13,8 +13,12 @@
 //! measuring with the corrections so far in place (Nagel et al. 2019,
 //! empirical variant).
 //!
-//! Invariant: only bias values change; a correction whose measured output
-//! SQNR on the same samples is not higher than without it is discarded.
+//! The corrections are fitted on up to [`SAMPLES`] calibration samples and
+//! judged on up to [`SAMPLES`] others (disjoint; with fewer than 16 samples
+//! both are all of them, and the report says so).
+//!
+//! Invariant: only bias values change; a correction whose output SQNR on
+//! the judging samples is not higher than without it is discarded.
 
 use std::collections::BTreeMap;
 
@@ -39,10 +43,16 @@ pub struct BiasReport {
     pub layers: usize,
     /// Largest correction relative to the layer's output RMS.
     pub max_relative_shift: f64,
-    /// Output SQNR (lowest over outputs) of the float twin on the
-    /// correction samples, before and after.
+    /// Output SQNR (lowest over outputs) of the float twin on the judging
+    /// samples, before and after.
     pub sqnr_before_db: f64,
     pub sqnr_after_db: f64,
+    /// Samples the corrections were fitted on, and judged on.
+    pub fit_samples: usize,
+    pub validation_samples: usize,
+    /// Whether the judging samples are the fitting ones (too few samples
+    /// to keep them apart).
+    pub in_sample: bool,
     /// Whether the corrections were kept (they must raise that SQNR).
     pub kept: bool,
 }
@@ -58,6 +68,12 @@ struct Layer {
 
 fn layers(float: &Model, plan: &Plan) -> Vec<Layer> {
     let g = &float.graph;
+    // Layers are found again in the twin by node name: only unique,
+    // non-empty names can be.
+    let mut names: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for n in g.node_ids() {
+        *names.entry(g.node(n).name()).or_default() += 1;
+    }
     plan.compute
         .iter()
         .filter_map(|&n| {
@@ -67,6 +83,9 @@ fn layers(float: &Model, plan: &Plan) -> Vec<Layer> {
                 OpKind::Gemm => (2, 1),
                 _ => return None,
             };
+            if node.name().is_empty() || names.get(node.name()) != Some(&1) {
+                return None;
+            }
             let b = node.input(bias_ix)?;
             let t = g.const_tensor(b)?;
             let out = node.output(0)?;
@@ -134,11 +153,39 @@ pub fn correct(
     if ls.is_empty() {
         return Ok(None);
     }
-    let rows: Vec<usize> = (0..data.data.samples().min(SAMPLES)).collect();
-    let sub = data.data.pick(&rows);
+    let n = data.data.samples();
+    let (fit_rows, val_rows): (Vec<usize>, Vec<usize>) = if n >= 16 {
+        let k = (n / 2).min(SAMPLES);
+        ((0..k).collect(), (k..n.min(k + SAMPLES)).collect())
+    } else {
+        ((0..n).collect(), (0..n).collect())
+    };
+    let in_sample = fit_rows == val_rows;
+    let sub = data.data.pick(&fit_rows);
+    let val = data.data.pick(&val_rows);
     let reference_proto = float.to_onnx();
     let names = quench_verify::input_names(&reference_proto);
-    let eval = Evaluator::new(&sub, data.feed, names);
+    let eval = Evaluator::new(&sub, data.feed, names.clone());
+    let val_eval = Evaluator::new(&val, data.feed, names);
+    let val_ref = val_eval.outputs(
+        &Runners::new(&reference_proto, vec![]),
+        "the float model on the judging samples",
+    )?;
+    let judge = |twin: &quench_onnx::proto::ModelProto| -> Result<f64> {
+        let r = Runners::new(twin, vec![]);
+        let f = val_eval
+            .compare(
+                &[
+                    quench_verify::Subject::Cached(&val_ref),
+                    quench_verify::Subject::Required(&r, "the float twin"),
+                ],
+                &[(0, 1)],
+                quench_verify::output_names(&reference_proto).len(),
+            )?
+            .remove(0);
+        let m = f.outputs.map_err(anyhow::Error::msg)?;
+        Ok(m.iter().map(|m| m.sqnr_db).fold(f64::INFINITY, f64::min))
+    };
     let n_out = quench_verify::output_names(&reference_proto).len();
     let fp = Runners::new(
         &reference_proto,
@@ -161,19 +208,19 @@ pub fn correct(
         crate::phases::quantize_phase(&mut q, plan, ranges, cfg, opset, &mut cx)?;
         let mut twin = q.clone();
         quench_passes::simulate::float_twin_pairs(&mut twin.graph, opset);
+        if round == 0 {
+            before = judge(&twin.to_onnx())?;
+        }
+        if round == ROUNDS {
+            after = judge(&twin.to_onnx())?;
+            break;
+        }
         let exposed: Vec<Option<String>> = ls.iter().map(|l| twin_output(&twin, &l.node)).collect();
         let tw = Runners::new(&twin.to_onnx(), exposed.iter().flatten().cloned().collect());
         let tw_out = eval.outputs(&tw, "the float twin with its layer outputs exposed")?;
-        // Output SQNR of this round's twin.
-        let mut acc: Vec<quench_verify::Accumulator> = (0..n_out)
-            .map(|_| quench_verify::Accumulator::new())
-            .collect();
         let mut shifts: Vec<Option<(Vec<f64>, f64)>> = vec![None; ls.len()];
         let mut sums: Vec<(Vec<f64>, f64, usize)> = vec![(Vec::new(), 0.0, 0); ls.len()];
         for (a, b) in fp_out.batches().iter().zip(tw_out.batches()) {
-            for k in 0..n_out {
-                acc[k].update(a[k].to_f32().view(), b[k].to_f32().view())?;
-            }
             let mut j = 0;
             for (i, l) in ls.iter().enumerate() {
                 let Some(_) = &exposed[i] else { continue };
@@ -201,17 +248,6 @@ pub fn correct(
                     e.1 / e.2 as f64,
                 ));
             }
-        }
-        let sqnr = acc
-            .iter()
-            .map(|a| a.finish().sqnr_db)
-            .fold(f64::INFINITY, f64::min);
-        if round == 0 {
-            before = sqnr;
-        }
-        after = sqnr;
-        if round == ROUNDS {
-            break;
         }
         for (l, s) in ls.iter().zip(&shifts) {
             let (Some((shift, rms)), Some(v)) = (s, float.graph.value_by_name(&l.bias)) else {
@@ -252,5 +288,8 @@ pub fn correct(
         sqnr_before_db: before,
         sqnr_after_db: after,
         kept,
+        fit_samples: fit_rows.len(),
+        validation_samples: val_rows.len(),
+        in_sample,
     }))
 }

@@ -347,10 +347,27 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
 
     // 5a. SmoothQuant: outlier channels after normalizations into weights.
     let mut smooth_quant = None;
+    if opts.smooth_quant && cfg.mode != Mode::Static {
+        out.warn("--smooth-quant applies to static quantization only; not applied".into());
+    }
     if opts.smooth_quant && cfg.mode == Mode::Static {
         match &data.calibration {
             Some(cal) => {
-                let r = smooth::smooth(&mut model, original, &plan, &mut ranges, &cfg, opset, cal)?;
+                let r = match smooth::smooth(
+                    &mut model,
+                    original,
+                    &plan,
+                    &mut ranges,
+                    &cfg,
+                    opset,
+                    cal,
+                ) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        out.warn(format!("--smooth-quant skipped: {e:#}"));
+                        None
+                    }
+                };
                 match &r {
                     Some(sq) => out.note(format!(
                         "smooth-quant: {} normalization(s), strength {} chosen ({})",
@@ -363,7 +380,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             .join(", ")
                     )),
                     None => out.note(
-                        "--smooth-quant: no LayerNormalization feeding only MatMuls with constant weights"
+                        "--smooth-quant: nothing changed (no LayerNormalization with per-channel scale and bias feeding only MatMuls with constant weights, or it could not run)"
                             .into(),
                     ),
                 }
@@ -380,10 +397,20 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
 
     // 5a. Mixed precision to a target: leave the costliest tensors float.
     let mut mixed_precision = None;
+    if opts.target_sqnr.is_some() && cfg.mode != Mode::Static {
+        out.warn("--target-sqnr applies to static quantization only; not applied".into());
+    }
     if let (Some(target), Mode::Static) = (opts.target_sqnr, cfg.mode) {
-        match &data.eval {
-            Some(ev) => {
-                let r = mixed::to_target(&model, original, &plan, &ranges, &cfg, opset, ev, target)?;
+        let mixed = match &data.eval {
+            Some(ev) => Some((
+                ev,
+                mixed::to_target(&model, original, &plan, &ranges, &cfg, opset, ev, target),
+            )),
+            None => None,
+        };
+        match mixed {
+            Some((_, Err(e))) => out.warn(format!("--target-sqnr skipped: {e:#}")),
+            Some((_ev, Ok(r))) => {
                 for f in &r.float {
                     ranges.remove(&f.tensor);
                 }
@@ -406,7 +433,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 mixed_precision = Some(r);
             }
             None => out.warn(
-                "--target-sqnr needs evaluation data (--eval, or --calibration to hold some back); not applied"
+                "--target-sqnr needs evaluation data and verification (--eval, or --calibration to hold some back; not with --no-verify); not applied"
                     .into(),
             ),
         }
@@ -419,20 +446,25 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     if opts.bias_correction && cfg.mode != Mode::Dynamic && !opts.no_quantize {
         match data.calibration.as_ref().or(data.sensitivity.as_ref()) {
             Some(cal) => {
-                let r = bias::correct(&mut model, &plan, &ranges, &cfg, opset, cal)?;
+                // Bias correction is an improvement, never a requirement:
+                // a model tract cannot run for it keeps its biases.
+                let r = match bias::correct(&mut model, &plan, &ranges, &cfg, opset, cal) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        out.note(format!("bias correction skipped: {e:#}"));
+                        None
+                    }
+                };
                 match &r {
                     Some(b) if b.kept => out.note(format!(
-                        "bias correction: {} layer(s), output SQNR on {} calibration samples {:.2} -> {:.2} dB",
-                        b.layers,
-                        bias::SAMPLES.min(cal.data.samples()),
-                        b.sqnr_before_db,
-                        b.sqnr_after_db
+                        "bias correction: {} layer(s), output SQNR on {} held-out calibration samples {:.2} -> {:.2} dB",
+                        b.layers, b.validation_samples, b.sqnr_before_db, b.sqnr_after_db
                     )),
                     Some(b) => out.note(format!(
-                        "bias correction discarded: it did not raise the output SQNR ({:.2} -> {:.2} dB)",
-                        b.sqnr_before_db, b.sqnr_after_db
+                        "bias correction discarded: it did not raise the output SQNR on {} held-out calibration samples ({:.2} -> {:.2} dB)",
+                        b.validation_samples, b.sqnr_before_db, b.sqnr_after_db
                     )),
-                    None => out.note("bias correction: no layer with a bias to correct".into()),
+                    None => {}
                 }
                 bias_correction = r;
             }
@@ -451,7 +483,30 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         );
     }
     let float_model = explain.then(|| model.clone());
-    let summary = quantize_phase(&mut model, &plan, &ranges, &cfg, opset, &mut cx)?;
+    // Names of tensors sharing a root's parameters (for the report's
+    // reasons when --target-sqnr left roots float).
+    let target_members = mixed_precision
+        .as_ref()
+        .map(|_| mixed::shared_members(&model, &plan));
+    let mut summary = quantize_phase(&mut model, &plan, &ranges, &cfg, opset, &mut cx)?;
+    // Tensors --target-sqnr left float say so (not "no calibration range").
+    if let (Some(m), Some(members)) = (&mixed_precision, &target_members) {
+        for (t, why) in &mut summary.activations_float {
+            if let Some((root, _)) = members
+                .iter()
+                .find(|(r, ms)| ms.contains(t) && m.float.iter().any(|f| &f.tensor == *r))
+            {
+                *why = format!("shares `{root}`, left float by --target-sqnr");
+                continue;
+            }
+            if let Some(f) = m.float.iter().find(|f| &f.tensor == t) {
+                *why = format!(
+                    "left float by --target-sqnr (alone {:+.2} dB at the output)",
+                    f.gain_db
+                );
+            }
+        }
+    }
     if cfg.mode == Mode::Static && opset < 13 {
         out.log.push(format!("opset {opset}: per-tensor weights"));
     }
@@ -498,6 +553,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                         &model.graph,
                                         &twin,
                                         &twin_pairs,
+                                        &mixed::shared_members(fp, &plan),
                                         ev,
                                         &mut t,
                                     ) {
@@ -648,7 +704,7 @@ fn range_policy(
     );
     if !c.clamped.is_empty() {
         out.note(format!(
-            "{} activation range(s) clamped where every consumer is flat (exact: e.g. below -3 into a HardSwish), e.g. `{}` [{:.3}, {:.3}] -> [{:.3}, {:.3}]",
+            "{} activation range(s) clamped where every consumer is flat (exact: a Relu, Clip, HardSwish, HardSigmoid, Tanh or Sigmoid gives the same output beyond the bound), e.g. `{}` [{:.3}, {:.3}] -> [{:.3}, {:.3}]",
             c.clamped.len(),
             c.clamped[0].0,
             c.clamped[0].1 .0,

@@ -107,6 +107,25 @@ fn measure(
     })
 }
 
+/// Root tensor name -> the names of the tensors sharing its quantization
+/// parameters (data movement after it).
+pub fn shared_members(
+    float: &Model,
+    plan: &Plan,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let g = &float.graph;
+    let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (&v, &root) in &plan.shared {
+        m.entry(g.value(root).name.clone())
+            .or_default()
+            .push(g.value(v).name.clone());
+    }
+    for v in m.values_mut() {
+        v.sort();
+    }
+    m
+}
+
 /// The tensors to leave float so that the output SQNR reaches `target`
 /// (see the module docs). `float` is the graph right before quantization,
 /// `original` the FP32 input model (the reference).
@@ -157,6 +176,7 @@ pub fn to_target(
         &first.quantized.graph,
         &first.twin,
         &first.pairs,
+        &shared_members(float, plan),
         data,
         &mut cands,
     )?;

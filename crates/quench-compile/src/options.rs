@@ -173,7 +173,7 @@ impl Options {
     /// Checks every value; the error names the option.
     pub fn validate(&self) -> Result<(), String> {
         let finite = |name: &str, v: Option<f64>| match v {
-            Some(x) if !x.is_finite() => Err(format!("{name} {x}: not a number")),
+            Some(x) if !x.is_finite() => Err(format!("{name} {x}: must be a finite number")),
             _ => Ok(()),
         };
         if !(self.percentile > 0.0 && self.percentile <= 100.0) {

@@ -132,6 +132,12 @@ impl Report {
                     ));
                 }
             }
+            if let (Some(t), None) = (min_top1, &m.top1) {
+                return Some(format!(
+                    "output `{}`: --min-top1 {t} cannot be checked: the output has no class scores (no top-1 figure)",
+                    o.output
+                ));
+            }
             if let (Some(t), Some(top1)) = (min_top1, &m.top1) {
                 if top1.fraction.is_nan() || top1.fraction < t {
                     return Some(format!(

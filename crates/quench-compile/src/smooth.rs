@@ -84,6 +84,17 @@ pub fn sites(m: &Model, ranges: &Ranges) -> Vec<Site> {
                 None => None,
             };
             let k = g.const_tensor(scale)?.dims.iter().product::<i64>();
+            // Both parameters are rescaled per channel: each must hold one
+            // value per channel (a broadcast [1] bias would be left as it
+            // is, changing the function).
+            if let Some(b) = bias {
+                if g.const_tensor(b)?.dims.iter().product::<i64>() != k {
+                    return None;
+                }
+            }
+            if g.const_tensor(scale)?.dims.len() != 1 {
+                return None;
+            }
             let mut weights = Vec::new();
             for u in g.uses(x) {
                 let c = g.node(u.node);
