@@ -44,6 +44,9 @@ pub struct Summary {
     /// Nodes `quench compile` quantizes by default (after the graph passes),
     /// by op type.
     pub quantizable: BTreeMap<String, usize>,
+    /// Set when the model already holds quantization nodes: the form (QDQ,
+    /// QOperator) and counts, as one line (`quench compile` refuses it).
+    pub already_quantized: Option<String>,
     pub metadata: BTreeMap<String, String>,
 }
 
@@ -162,6 +165,12 @@ pub fn summarize(path: &PathBuf, loaded: &quench_onnx::LoadedModel, model: &Mode
             bytes: loaded.external.bytes,
         },
         quantizable,
+        already_quantized: loaded
+            .model
+            .graph
+            .as_ref()
+            .and_then(quench_compile::prequantized::detect)
+            .map(|q| q.to_string()),
         metadata: h
             .metadata_props
             .iter()
@@ -262,6 +271,9 @@ pub fn print_summary(s: &Summary) {
         "quantizable {q} nodes in static int8 mode after the graph passes ({})",
         list.join(", ")
     );
+    if let Some(q) = &s.already_quantized {
+        println!("quantized  already quantized ({q}); `quench compile` takes FP32 models (--no-quantize runs only the passes)");
+    }
     for (k, v) in &s.metadata {
         println!("metadata   {k} = {v}");
     }

@@ -1113,3 +1113,67 @@ fn convert_never_overwrites_the_inputs_data_file_or_model_via_data() {
     );
     assert_eq!(std::fs::read(&y).unwrap(), yb);
 }
+
+/// A model quench itself quantized (static QDQ output of the digits CNN)
+/// is refused by every quantizing mode with a message naming its form and
+/// a node; `--no-quantize` still runs the passes; `inspect` says it is
+/// already quantized and in which form. A float fixture says nothing of
+/// the kind.
+#[test]
+fn already_quantized_models_are_refused_and_inspect_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = dir.path().join("digits.int8.onnx");
+    ok(&[
+        "compile",
+        s(&testdata("digits_cnn.onnx")),
+        "-c",
+        s(&testdata("digits/calib")),
+        "-o",
+        s(&q),
+    ]);
+    let again = dir.path().join("again.onnx");
+    for mode in ["static", "weight-only", "dynamic"] {
+        let r = fails(
+            &[
+                "compile",
+                s(&q),
+                "--mode",
+                mode,
+                "-c",
+                s(&testdata("digits/calib")),
+                "-o",
+                s(&again),
+            ],
+            &[
+                "model is already quantized (QDQ: ",
+                "QuantizeLinear and ",
+                "DequantizeLinear nodes, e.g. node `",
+                "quench quantizes FP32 models; use --no-quantize",
+            ],
+        );
+        assert!(!again.exists(), "mode {mode}: {}", r.context());
+    }
+    ok(&["compile", s(&q), "--no-quantize", "-o", s(&again)]);
+    assert!(again.exists());
+
+    let r = ok(&["inspect", s(&q)]);
+    assert!(
+        r.stdout.contains("already quantized (QDQ: "),
+        "{}",
+        r.context()
+    );
+    let r = ok(&["inspect", "--json", s(&q)]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(
+        v["already_quantized"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("QDQ: ")),
+        "{}",
+        r.context()
+    );
+    let r = ok(&["inspect", s(&testdata("digits_cnn.onnx"))]);
+    assert!(!r.stdout.contains("already quantized"), "{}", r.context());
+    let r = ok(&["inspect", "--json", s(&testdata("digits_cnn.onnx"))]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert!(v["already_quantized"].is_null(), "{}", r.context());
+}

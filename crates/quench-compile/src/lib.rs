@@ -36,6 +36,7 @@ pub mod data;
 pub mod mixed;
 pub mod options;
 pub mod phases;
+pub mod prequantized;
 pub mod progress;
 pub mod prune;
 pub mod report;
@@ -265,6 +266,16 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     let mut phases = Phases::new();
     let mut out = Notes::default();
     let original = &input.model;
+    // An already-quantized model would be quantized a second time on top
+    // of its own Q/DQ or integer ops: refused, unless only the passes run.
+    if !opts.no_quantize {
+        if let Some(q) = original.graph.as_ref().and_then(prequantized::detect) {
+            anyhow::bail!(
+                "{}: model is already quantized ({q}); quench quantizes FP32 models; use --no-quantize to run only the passes",
+                input.path.display()
+            );
+        }
+    }
     let mut model =
         Model::from_onnx(original.clone()).with_context(|| format!("{}", input.path.display()))?;
     let size_before = input.file_bytes + input.external.bytes;

@@ -817,6 +817,15 @@ pub fn apply(
     let mut float_acts: HashSet<ValueId> = HashSet::new();
     if cfg.mode == Mode::Static {
         let default = cfg.default_activation_format();
+        // Absorbed Relu/Clip by its output, built once (a search of
+        // `plan.absorbed` per activation was quadratic on long chains);
+        // the first in `absorbed` order wins, as a search would find.
+        let mut absorbed_by_output: HashMap<ValueId, NodeId> = HashMap::new();
+        for &r in plan.absorbed.values() {
+            if let Some(o) = g.node(r).output(0) {
+                absorbed_by_output.entry(o).or_insert(r);
+            }
+        }
         for &v in &plan.activations {
             let format = plan.format_of(v, default);
             let root = plan.shared.get(&v).copied().unwrap_or(v);
@@ -836,12 +845,8 @@ pub fn apply(
                 continue;
             }
             // An absorbed Clip bounds the range.
-            if let Some((_, r)) = plan
-                .absorbed
-                .iter()
-                .find(|(_, r)| g.node(**r).output(0) == Some(v))
-            {
-                if let Some((clo, chi)) = clip_bounds(g, *r) {
+            if let Some(&r) = absorbed_by_output.get(&v) {
+                if let Some((clo, chi)) = clip_bounds(g, r) {
                     lo = lo.max(clo);
                     hi = hi.min(chi);
                 }

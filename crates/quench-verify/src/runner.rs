@@ -206,9 +206,25 @@ impl Runner {
                     .map_or_else(|| model.node(o.node).name.clone(), str::to_string)
             })
             .collect();
+        // Outlet by label, built once: tract's `find_outlet_label` scans
+        // every label, which made asking for n tensors O(n^2).
+        let by_label: HashMap<&str, OutletId> = if config.extra_outputs.is_empty() {
+            HashMap::new()
+        } else {
+            let mut m = HashMap::with_capacity(model.outlet_labels.len());
+            for (o, l) in &model.outlet_labels {
+                // Several outlets may carry one label; keep the smallest
+                // (deterministic, whatever the hash order).
+                m.entry(l.as_str())
+                    .and_modify(|e: &mut OutletId| *e = (*e).min(*o))
+                    .or_insert(*o);
+            }
+            m
+        };
         for name in &config.extra_outputs {
-            let outlet = model
-                .find_outlet_label(name)
+            let outlet = by_label
+                .get(name.as_str())
+                .copied()
                 .or_else(|| {
                     input_names
                         .iter()
