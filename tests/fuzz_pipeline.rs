@@ -123,9 +123,18 @@ fn pipeline_survives_mutated_fixtures_and_generated_graphs() {
     let seeds = fixtures();
     assert!(seeds.len() >= 20, "fixtures missing");
     let mut findings = Vec::new();
-    for f in regressions() {
-        check(&f, "regression", &mut findings, &mut [0; 4]);
+    // The loader's seed corpus and any pipeline finding: none panics, and
+    // the three valid seeds go all the way.
+    let regs = regressions();
+    assert!(regs.len() >= 14, "{} regression inputs", regs.len());
+    let mut reg_counts = [0usize; 4];
+    for f in &regs {
+        check(f, "regression", &mut findings, &mut reg_counts);
     }
+    assert!(
+        reg_counts[Reached::RoundTrip as usize] >= 3,
+        "{reg_counts:?}"
+    );
     // counts[Reached as usize]: rejected, passes, quantize, round trip.
     let mut mutated = [0usize; 4];
     let mut generated = [0usize; 4];
