@@ -103,11 +103,11 @@ pub fn run_bytes(data: &[u8]) -> (Reached, String, String) {
             panic!("graph invalid after the passes: {e}");
         }
     }
-    let per_channel = data.len() % 2 == 0;
+    let per_channel = data.len().is_multiple_of(2);
     let cfg = QuantizeConfig {
         mode: Mode::WeightOnly,
         per_channel,
-        weights: if data.len() % 3 == 0 {
+        weights: if data.len().is_multiple_of(3) {
             WeightType::U8
         } else {
             WeightType::I8
@@ -397,14 +397,13 @@ pub fn generate(r: &mut Bytes) -> ModelProto {
             "Dropout" => {
                 b.node("Dropout", vec![a.name], vec![], a.shape);
             }
+            // Clip's min/max are inputs since opset 11 (all generated opsets).
             "Clip" => {
-                if opset >= 11 {
-                    let lo = b.fresh("lo");
-                    b.inits.push(tensor::from_f32(&lo, &[], &[0.0]));
-                    let hi = b.fresh("hi");
-                    b.inits.push(tensor::from_f32(&hi, &[], &[6.0]));
-                    b.node("Clip", vec![a.name, lo, hi], vec![], a.shape);
-                }
+                let lo = b.fresh("lo");
+                b.inits.push(tensor::from_f32(&lo, &[], &[0.0]));
+                let hi = b.fresh("hi");
+                b.inits.push(tensor::from_f32(&hi, &[], &[6.0]));
+                b.node("Clip", vec![a.name, lo, hi], vec![], a.shape);
             }
             op @ ("Add" | "Mul" | "Sub" | "Div") => {
                 // Another value of the same shape, or a constant of a
