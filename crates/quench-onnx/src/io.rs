@@ -306,6 +306,11 @@ pub fn replaced_data_files(path: &Path) -> Vec<PathBuf> {
 }
 
 fn stale_data_files(path: &Path) -> Vec<PathBuf> {
+    // Only a regular file is read: opening a FIFO given as the output
+    // would block (and special files are refused as outputs anyway).
+    if !fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Vec::new();
+    }
     let Some(file_name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return Vec::new();
     };

@@ -316,3 +316,27 @@ fn concurrent_external_writers_never_mismatch_model_and_data() {
     no_temp_files(dir.path());
     assert!(quench_onnx::registered_temp_files().is_empty());
 }
+
+/// What a save would remove is read only from a regular file: a FIFO at the
+/// output path is not opened (that would block until a writer came).
+#[test]
+fn replaced_data_files_never_opens_a_fifo() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pipe.onnx");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&f)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        quench_onnx::replaced_data_files(&f),
+        Vec::<std::path::PathBuf>::new()
+    );
+    // And for a model with external data, exactly its data file.
+    let p = dir.path().join("m.onnx");
+    let r = save_model(&model_with_weights(2, 1000), &p, &external(1024)).unwrap();
+    assert_eq!(
+        quench_onnx::replaced_data_files(&p),
+        vec![r.data_path.unwrap()]
+    );
+}
