@@ -210,7 +210,7 @@ pub struct CompileArgs {
     /// Write everything this command did as JSON.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Store weights in `<output>.data`.
+    /// Store weights in `<output>.<16 hex digits>.data` (named after a hash of the data).
     #[arg(long, conflicts_with = "inline")]
     pub external_data: bool,
     /// Store weights inside the .onnx file.

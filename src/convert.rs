@@ -13,7 +13,9 @@ pub struct ConvertArgs {
     /// Output model (.onnx). Written atomically; never the input file.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// Store tensors of at least 1 KiB in `<output>.data` beside the model.
+    /// Store tensors of at least 1 KiB in `<output>.<16 hex digits>.data`
+    /// beside the model (named after a hash of the data; the replaced data
+    /// file is removed).
     #[arg(long, conflicts_with = "inline")]
     pub external_data: bool,
     /// Store all tensors inside the .onnx file (fails above 2 GiB).

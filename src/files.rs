@@ -38,22 +38,15 @@ fn same_file(a: &Path, b: &Path) -> bool {
     matches!((resolved(a), resolved(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// The external data file `quench_onnx::save_model` writes beside `out`.
-fn data_file(out: &Path) -> PathBuf {
-    out.with_file_name(format!(
-        "{}.data",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ))
-}
-
 /// Refuses outputs that are inputs, other outputs or special files.
 ///
 /// `model`: the loaded input model (its file and external data files);
 /// `data`: calibration/evaluation data (files or directories) and tables;
-/// `models`: the model paths the command may write (each may also write
-/// `<model>.data`); `others`: reports and tables.
+/// `models`: the model paths the command may write (a save writes a
+/// freshly named data file with external data and removes the data files
+/// of the model it replaces: those count as written, see
+/// `quench_onnx::replaced_data_files`);
+/// `others`: reports and tables.
 pub fn check_outputs(
     model: &LoadedModel,
     data: &[Option<&PathBuf>],
@@ -76,7 +69,9 @@ pub fn check_outputs(
     let mut written: Vec<(PathBuf, &Path)> = Vec::new();
     for out in models {
         written.push((out.to_path_buf(), out));
-        written.push((data_file(out), out));
+        for f in quench_onnx::replaced_data_files(out) {
+            written.push((f, out));
+        }
     }
     for out in others {
         written.push((out.to_path_buf(), out));

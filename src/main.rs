@@ -44,6 +44,14 @@ enum Command {
 
 fn main() -> ExitCode {
     quench::alloc::tune();
+    // An interrupted save must not leave its (possibly full-size) temporary
+    // files behind: remove them, then exit as the signal would (128 + 2).
+    // If the handler cannot be installed, saves still work; only the
+    // clean-up on interruption is lost.
+    let _ = ctrlc::set_handler(|| {
+        quench_onnx::remove_temp_files();
+        std::process::exit(130);
+    });
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Compile(a) => match compile::compile(*a) {

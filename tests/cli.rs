@@ -248,15 +248,29 @@ fn external_tensors(p: &Path) -> u64 {
         .unwrap()
 }
 
-/// Copies a model file written by a test (and its `.data`) into the interop
-/// directory. Data files keep their names, since the model refers to them.
+/// The external data files a written model refers to (beside it).
+fn data_files(model: &Path) -> Vec<PathBuf> {
+    quench_onnx::load_model(model)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .external
+        .files
+        .iter()
+        .map(|f| model.with_file_name(f))
+        .collect()
+}
+
+/// Copies a model file written by a test (and its data files) into the
+/// interop directory. Data files keep their names, since the model refers
+/// to them; the data files of an earlier model of that name are removed.
 fn publish(model: &Path, sub: &str) {
     let dir = interop_dir(sub);
     let name = model.file_name().unwrap().to_string_lossy().into_owned();
+    for old in quench_onnx::replaced_data_files(&dir.join(&name)) {
+        let _ = std::fs::remove_file(old);
+    }
     std::fs::copy(model, dir.join(&name)).unwrap();
-    let data = model.with_file_name(format!("{name}.data"));
-    if data.exists() {
-        std::fs::copy(&data, dir.join(format!("{name}.data"))).unwrap();
+    for data in data_files(model) {
+        std::fs::copy(&data, dir.join(data.file_name().unwrap())).unwrap();
     }
 }
 
@@ -780,7 +794,6 @@ fn convert_to_external_data_and_back() {
         let inline = tmp.path().join(format!("{name}.inline.onnx"));
         let ext = tmp.path().join(format!("{name}.external.onnx"));
         let back = tmp.path().join(format!("{name}.back.onnx"));
-        let ext_data = tmp.path().join(format!("{name}.external.onnx.data"));
 
         ok(&["convert", s(&p), "-o", s(&inline), "--inline"]);
         assert!(!tmp.path().join(format!("{name}.inline.onnx.data")).exists());
@@ -791,6 +804,12 @@ fn convert_to_external_data_and_back() {
         );
 
         let r = ok(&["convert", s(&p), "-o", s(&ext), "--external-data"]);
+        // `<out>.<16 hex digits>.data`, named after the data.
+        let ext_files = data_files(&ext);
+        let ext_data = ext_files
+            .first()
+            .cloned()
+            .unwrap_or_else(|| tmp.path().join("none"));
         let big = tensors(&load(&p))
             .values()
             .filter(|t| t.2.len() >= quench_onnx::DEFAULT_EXTERNAL_THRESHOLD)
@@ -802,11 +821,14 @@ fn convert_to_external_data_and_back() {
                 ext_data.display(),
                 r.context()
             );
+            let data_name = ext_data.file_name().unwrap().to_string_lossy().into_owned();
             assert!(
-                r.stdout.contains(&format!("{name}.external.onnx.data")),
-                "{}",
-                r.context()
+                data_name.starts_with(&format!("{name}.external.onnx."))
+                    && data_name.ends_with(".data")
+                    && data_name.len() == format!("{name}.external.onnx.").len() + 16 + 5,
+                "{data_name}"
             );
+            assert!(r.stdout.contains(&data_name), "{}", r.context());
         }
         assert_eq!(
             external_tensors(&ext),
@@ -869,7 +891,14 @@ fn convert_external_model_to_another_directory() {
     let out = tmp.path().join("sub").join("moved.onnx");
     std::fs::create_dir(tmp.path().join("sub")).unwrap();
     ok(&["convert", s(&src), "-o", s(&out)]);
-    assert!(tmp.path().join("sub/moved.onnx.data").is_file());
+    let data = data_files(&out);
+    assert_eq!(data.len(), 1);
+    assert!(data[0].is_file() && data[0].starts_with(tmp.path().join("sub")));
+    assert!(data[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("moved.onnx."));
     assert_eq!(external_tensors(&out), 2);
     assert_same_tensors(&load(&src), &load(&out), "moved");
     assert_unchanged(&before);
@@ -912,9 +941,12 @@ fn convert_refuses_to_overwrite_its_input() {
     assert!(!tmp.path().join("m.onnx.data").exists());
 }
 
-/// The output's data file must not replace the data file the input reads.
+/// A save never writes or removes a data file an input reads: the new data
+/// gets a fresh name, and an existing output whose data file is also the
+/// input's (a copied model) is refused, since replacing it would remove
+/// that file.
 #[test]
-fn convert_refuses_to_overwrite_the_inputs_external_data() {
+fn convert_never_replaces_or_removes_the_inputs_external_data() {
     let tmp = tempfile::tempdir().unwrap();
     let a = tmp.path().join("a.onnx");
     ok(&[
@@ -924,25 +956,37 @@ fn convert_refuses_to_overwrite_the_inputs_external_data() {
         s(&a),
         "--external-data",
     ]);
-    // b.onnx refers to a.onnx.data.
+    let data = data_files(&a);
+    assert_eq!(data.len(), 1);
+    let data_name = data[0].file_name().unwrap().to_string_lossy().into_owned();
+    // b.onnx is a copy of a.onnx: both refer to a's data file.
     let b = tmp.path().join("b.onnx");
-    std::fs::rename(&a, &b).unwrap();
-    let data = tmp.path().join("a.onnx.data");
+    std::fs::copy(&a, &b).unwrap();
     let before = vec![
         (b.clone(), fingerprint(&b)),
-        (data.clone(), fingerprint(&data)),
+        (data[0].clone(), fingerprint(&data[0])),
     ];
     fails(
         &["convert", s(&b), "-o", s(&a), "--external-data"],
-        &["a.onnx.data"],
+        &[&data_name],
     );
     assert_unchanged(&before);
-    assert!(!a.exists());
-    // Under another name it converts, and b.onnx still loads.
-    let c = tmp.path().join("c.onnx");
-    ok(&["convert", s(&b), "-o", s(&c), "--external-data"]);
+    // Moved instead of copied: nothing is replaced, and the data (the same
+    // bytes, so the same name) stays as b.onnx reads it.
+    std::fs::remove_file(&a).unwrap();
+    ok(&["convert", s(&b), "-o", s(&a), "--external-data"]);
     assert_unchanged(&before);
-    assert_same_tensors(&load(&b), &load(&c), "b vs c");
+    assert_eq!(data_files(&a), data);
+    assert_same_tensors(&load(&b), &load(&a), "b vs a");
+    // Another model to the same output: a new data file, b's is kept.
+    ok(&[
+        "convert",
+        s(&testdata("resnet_tiny.onnx")),
+        "-o",
+        s(&b.with_file_name("c.onnx")),
+        "--external-data",
+    ]);
+    assert_unchanged(&before);
 }
 
 /// Failures while writing (not while reading) leave nothing behind either.
@@ -996,14 +1040,9 @@ fn convert_replaces_an_existing_output() {
     ]);
     assert_eq!(external_tensors(&out), 0);
     assert_eq!(ir_text(&out), ir_text(&testdata("resnet_tiny.onnx")));
-    // Only the model and the (now unused) data file of the first run.
+    // Only the model: the inline save removed the data file of the first.
     let entries = dir_entries(tmp.path());
-    assert!(
-        entries
-            .iter()
-            .all(|e| e == "out.onnx" || e == "out.onnx.data"),
-        "{entries:?}"
-    );
+    assert_eq!(entries, vec!["out.onnx".to_string()]);
 }
 
 /// External data must stay inside the model's directory, even when the file
@@ -1091,7 +1130,8 @@ fn convert_never_overwrites_the_inputs_data_file_or_model_via_data() {
         (std::fs::read(&m).unwrap(), std::fs::read(&d).unwrap()),
         before
     );
-    // `<out>.data` would be the input model itself.
+    // An input named like a data file quench writes is left alone: the
+    // output's data file is named after its content.
     let y = dir.path().join("y.onnx.data");
     std::fs::copy(root.join("mlp.onnx"), &y).unwrap();
     let yb = std::fs::read(&y).unwrap();
@@ -1107,11 +1147,14 @@ fn convert_never_overwrites_the_inputs_data_file_or_model_via_data() {
         .unwrap();
     assert_eq!(
         o.status.code(),
-        Some(1),
+        Some(0),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(std::fs::read(&y).unwrap(), yb);
+    let written = data_files(&dir.path().join("y.onnx"));
+    assert_eq!(written.len(), 1);
+    assert_ne!(written[0], y);
 }
 
 /// A model quench itself quantized (static QDQ output of the digits CNN)

@@ -321,12 +321,14 @@ fn review_regressions_outputs_thresholds_and_fallbacks() {
         "--keep-rejected",
         d.join("external_data.onnx").to_str().unwrap(),
     ]);
-    assert_eq!(code, 1, "{out}");
-    assert!(out.contains("overwrite"), "{out}");
+    // (Data files are named by their content and only those of the model a
+    // save replaces are removed, so the input's data stays as it was.)
+    assert!(code == 1 || code == 3, "{out}");
     assert_eq!(
         std::fs::read(d.join("external_data.onnx.data")).unwrap(),
         data_before
     );
+    assert!(quench_onnx::load_model(&d.join("e.onnx")).is_ok());
     // A report in a directory that does not exist is refused before the
     // compile: no model left behind.
     let (code, out) = quench(&[

@@ -12,7 +12,7 @@ use crate::external::{self, is_external, map_file};
 use crate::proto::tensor_proto::{DataLocation, DataType};
 use crate::proto::{ModelProto, StringStringEntryProto, TensorProto};
 use crate::visit::{for_each_tensor_mut, try_for_each_tensor_mut};
-use crate::{OnnxError, PROTOBUF_LIMIT};
+use crate::{tempfiles, OnnxError, PROTOBUF_LIMIT};
 
 /// A model read from disk.
 #[derive(Debug, Clone)]
@@ -128,7 +128,8 @@ pub enum ExternalData {
     /// Everything inline; fails for models above the protobuf limit.
     Inline,
     /// Tensors of at least `threshold` bytes go to one data file beside the
-    /// model, named `<model file name>.data`.
+    /// model, named `<model file name>.<16 hex digits>.data` after a hash of
+    /// its content (see [`save_model`]).
     External { threshold: usize },
 }
 
@@ -165,6 +166,21 @@ impl SaveReport {
 /// file in the destination directory and renamed into place, so a failure
 /// never leaves a half-written output and readers never see one.
 ///
+/// With external data the model and its data file are never out of step,
+/// whatever point a save is killed at and however many processes write the
+/// same path: the data goes to a file named after its content
+/// (`<model file name>.<16 hex digits of a hash of the data>.data`, written
+/// atomically; a name always stands for the same bytes, and saving the
+/// same model twice gives the same files), then the model referring to it
+/// replaces `path` atomically, then the data files of the replaced model
+/// are removed (only names this function writes:
+/// `<name>.data` or `<name>.<hex>.data`). A kill before the model's rename
+/// leaves the old pair intact (plus an unreferenced new data file); after
+/// it, the new pair (plus the old data file). Writers of one directory
+/// take turns under a lock on the directory where the file system allows.
+/// Temporary files are registered so a signal handler can remove them
+/// ([`crate::remove_temp_files`]).
+///
 /// `model` itself is not changed. Tensors must hold their data inline (as
 /// after [`load_model`]).
 pub fn save_model(
@@ -192,7 +208,13 @@ pub fn save_model(
                 size,
             });
         }
+        let _turn = lock_dir(path);
+        let stale = stale_data_files(path);
         write_atomic(path, &model.encode_to_vec())?;
+        // The replaced model's data files are unreferenced now.
+        for f in stale {
+            let _ = fs::remove_file(f);
+        }
         return Ok(SaveReport {
             model_path: path.to_path_buf(),
             model_bytes: size,
@@ -206,9 +228,6 @@ pub fn save_model(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model.onnx".to_string());
-    let location = format!("{file_name}.data");
-    let data_path = path.with_file_name(&location);
-
     // Cloning is cheap: tensor bytes are reference-counted `Bytes`.
     let mut out = model.clone();
     let mut chunks: Vec<Bytes> = Vec::new();
@@ -226,7 +245,8 @@ pub fn save_model(
         }
         let len = data.len() as u64;
         t.external_data = vec![
-            entry("location", &location),
+            // Filled in below, once the content (and so the name) is known.
+            entry("location", ""),
             entry("offset", &offset.to_string()),
             entry("length", &len.to_string()),
         ];
@@ -235,6 +255,18 @@ pub fn save_model(
         offset += len;
         count += 1;
     });
+    // The data file is named after its content (see the docs of
+    // `save_model`): a name always stands for the same bytes, so a model
+    // and a data file of that name are never out of step.
+    let location = format!("{file_name}.{}.data", content_id(&chunks));
+    let data_path = path.with_file_name(&location);
+    for_each_tensor_mut(&mut out, &mut |t: &mut TensorProto| {
+        for e in &mut t.external_data {
+            if e.key() == "location" && e.value().is_empty() {
+                e.value = Some(location.clone());
+            }
+        }
+    });
     let size = out.encoded_len() as u64;
     if size > limit {
         return Err(OnnxError::TooLarge {
@@ -242,10 +274,42 @@ pub fn save_model(
             size,
         });
     }
-    write_atomic_chunks(&data_path, &chunks)?;
-    if let Err(e) = write_atomic(path, &out.encode_to_vec()) {
-        let _ = fs::remove_file(&data_path);
+    // Writers of the same directory take turns (best effort: where the
+    // file system has no locks, the order below still keeps every pair
+    // consistent, and a concurrent writer's data file may be left over).
+    let _turn = lock_dir(path);
+    // The data files of the model being replaced, to remove once the new
+    // model is in place.
+    let stale = stale_data_files(path);
+    // 1. The data under its name; a new file stays registered as a
+    //    temporary file until the model referring to it is in place (an
+    //    existing one, with the same content, may be in use: it is
+    //    replaced atomically and never removed on interruption).
+    let existed = data_path.exists();
+    if !existed {
+        tempfiles::register(&data_path);
+    }
+    pause_for_tests("data");
+    if let Err(e) = write_atomic_chunks(&data_path, &chunks) {
+        tempfiles::forget(&data_path);
         return Err(e);
+    }
+    pause_for_tests("model");
+    // 2. The model pointing at it, atomically; the data file stops being
+    //    temporary in the same step.
+    if let Err(e) = write_atomic_committing(path, &[out.encode_to_vec()], &[&data_path]) {
+        if !existed {
+            let _ = fs::remove_file(&data_path);
+        }
+        tempfiles::forget(&data_path);
+        return Err(e);
+    }
+    pause_for_tests("cleanup");
+    // 3. The replaced model's data files.
+    for f in stale {
+        if f != data_path {
+            let _ = fs::remove_file(f);
+        }
     }
     Ok(SaveReport {
         model_path: path.to_path_buf(),
@@ -254,6 +318,145 @@ pub fn save_model(
         data_bytes: offset,
         external_tensors: count,
     })
+}
+
+/// The files a [`save_model`] to `path` would remove: the external data
+/// files the model now at `path` refers to under a name [`save_model`]
+/// writes (`<name>.data`, or `<name>.<16 hex digits>.data`) that exist.
+/// Data files under other names (named by the user, shared by other
+/// models) are never removed. Callers that must not remove an input check
+/// their inputs against this list first.
+pub fn replaced_data_files(path: &Path) -> Vec<PathBuf> {
+    stale_data_files(path)
+}
+
+fn stale_data_files(path: &Path) -> Vec<PathBuf> {
+    // Only a regular file is read: opening a FIFO given as the output
+    // would block (and special files are refused as outputs anyway).
+    if !fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        return Vec::new();
+    }
+    let Some(file_name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Vec::new();
+    };
+    let Ok(bytes) = map_file(path) else {
+        return Vec::new();
+    };
+    let Ok(old) = ModelProto::decode(bytes) else {
+        return Vec::new();
+    };
+    let mut found: Vec<PathBuf> = Vec::new();
+    let mut old = old;
+    for_each_tensor_mut(&mut old, &mut |t: &mut TensorProto| {
+        if !is_external(t) {
+            return;
+        }
+        for e in &t.external_data {
+            if e.key() != "location" {
+                continue;
+            }
+            let loc = e.value();
+            if is_our_data_name(loc, &file_name) {
+                let p = path.with_file_name(loc);
+                if !found.contains(&p) && p.is_file() {
+                    found.push(p);
+                }
+            }
+        }
+    });
+    found
+}
+
+/// An exclusive lock on the directory of `path` (released when dropped),
+/// so writers of one directory take turns; `None` where the file system
+/// has no locks (the save order alone still keeps every pair consistent).
+fn lock_dir(path: &Path) -> Option<fs::File> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::File::open(&dir).and_then(|f| f.lock().map(|()| f)).ok()
+}
+
+/// `<name>.data` or `<name>.<16 lowercase hex digits>.data`.
+fn is_our_data_name(loc: &str, file_name: &str) -> bool {
+    let Some(rest) = loc.strip_prefix(file_name) else {
+        return false;
+    };
+    if rest == ".data" {
+        return true;
+    }
+    let Some(id) = rest.strip_prefix('.').and_then(|r| r.strip_suffix(".data")) else {
+        return false;
+    };
+    id.len() == 16 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// 16 hex digits of a 64-bit hash of the bytes of `chunks` (in order) and
+/// their length. Not cryptographic: it names files, so that a different
+/// content gets a different name and the same content the same name (so
+/// saves are byte-for-byte reproducible).
+fn content_id(chunks: &[Bytes]) -> String {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    fn mix(h: u64, w: u64) -> u64 {
+        (h ^ w).wrapping_mul(K).rotate_left(29)
+    }
+    let mut h: u64 = 0x243f_6a88_85a3_08d3;
+    let mut len: u64 = 0;
+    let mut tail: Vec<u8> = Vec::with_capacity(8);
+    for c in chunks {
+        len += c.len() as u64;
+        let mut b: &[u8] = c;
+        // Finish a word left over from the previous chunk.
+        while !tail.is_empty() && !b.is_empty() {
+            tail.push(b[0]);
+            b = &b[1..];
+            if tail.len() == 8 {
+                let mut w = [0u8; 8];
+                w.copy_from_slice(&tail);
+                h = mix(h, u64::from_le_bytes(w));
+                tail.clear();
+            }
+        }
+        let mut words = b.chunks_exact(8);
+        for w in &mut words {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(w);
+            h = mix(h, u64::from_le_bytes(a));
+        }
+        tail.extend_from_slice(words.remainder());
+    }
+    let mut w = [0u8; 8];
+    w[..tail.len()].copy_from_slice(&tail);
+    h = mix(h, u64::from_le_bytes(w));
+    h = mix(h, len);
+    // splitmix64 finaliser.
+    let mut x = h;
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^= x >> 31;
+    format!("{x:016x}")
+}
+
+/// A test hook: with `QUENCH_TEST_SAVE_PAUSE=<step>:<ms>` in the
+/// environment, sleeps `ms` milliseconds before `step` of an external-data
+/// save (`data`: before writing the data file; `model`: data in place,
+/// model not yet; `cleanup`: both in place, old data not yet removed), or
+/// before the rename of any atomic write (`rename`: the temporary file is
+/// complete), so tests can interrupt or kill a save at each point.
+fn pause_for_tests(step: &str) {
+    let Ok(v) = std::env::var("QUENCH_TEST_SAVE_PAUSE") else {
+        return;
+    };
+    let Some((at, ms)) = v.split_once(':') else {
+        return;
+    };
+    if at == step {
+        if let Ok(ms) = ms.parse::<u64>() {
+            eprintln!("quench: test pause before save step `{step}`");
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+    }
 }
 
 fn entry(k: &str, v: &str) -> StringStringEntryProto {
@@ -312,11 +515,23 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), OnnxError> {
 }
 
 fn write_atomic_chunks<C: AsRef<[u8]>>(path: &Path, chunks: &[C]) -> Result<(), OnnxError> {
+    write_atomic_committing(path, chunks, &[])
+}
+
+/// [`write_atomic_chunks`], also taking `done` (registered temporary
+/// files the new `path` refers to) off the temporary-file registry in the
+/// same step as the rename.
+fn write_atomic_committing<C: AsRef<[u8]>>(
+    path: &Path,
+    chunks: &[C],
+    done: &[&Path],
+) -> Result<(), OnnxError> {
     let tmp = temp_path(path);
     let werr = |source| OnnxError::Write {
         path: path.to_path_buf(),
         source,
     };
+    tempfiles::register(&tmp);
     let result = (|| {
         let mut f = fs::OpenOptions::new()
             .write(true)
@@ -327,10 +542,14 @@ fn write_atomic_chunks<C: AsRef<[u8]>>(path: &Path, chunks: &[C]) -> Result<(), 
         }
         f.sync_all()?;
         drop(f);
-        fs::rename(&tmp, path)
+        pause_for_tests("rename");
+        let mut all: Vec<&Path> = done.to_vec();
+        all.push(&tmp);
+        tempfiles::commit(&all, || fs::rename(&tmp, path))
     })();
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
+        tempfiles::forget(&tmp);
         return Err(werr(e));
     }
     Ok(())

@@ -20,15 +20,17 @@ pub mod dtype;
 mod error;
 mod external;
 mod io;
+mod tempfiles;
 pub mod validate;
 pub mod visit;
 
 pub use error::OnnxError;
 pub use io::write_atomic;
 pub use io::{
-    load_model, load_model_from_bytes, save_model, ExternalData, ExternalUse, LoadedModel,
-    SaveOptions, SaveReport, DEFAULT_EXTERNAL_THRESHOLD,
+    load_model, load_model_from_bytes, replaced_data_files, save_model, ExternalData, ExternalUse,
+    LoadedModel, SaveOptions, SaveReport, DEFAULT_EXTERNAL_THRESHOLD,
 };
+pub use tempfiles::{registered_temp_files, remove_temp_files};
 
 /// Types generated from `proto/onnx.proto`.
 #[allow(missing_docs, clippy::all)]
