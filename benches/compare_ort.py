@@ -585,6 +585,8 @@ def model_specs(real_dir):
              gen=gen_silero(f"{r}/silero__silero_vad.onnx")),
         dict(name="silero_vad_16k_op15", path=f"{r}/silero__silero_vad_16k_op15.onnx", kind="vad",
              gen=gen_silero(f"{r}/silero__silero_vad_16k_op15.onnx")),
+        dict(name="silero_vad_op18_ifless", path=f"{r}/silero__silero_vad_op18_ifless.onnx", kind="vad",
+             gen=gen_silero(f"{r}/silero__silero_vad_op18_ifless.onnx")),
     ]
 
 

