@@ -1180,14 +1180,14 @@ def ok_sqnr(d):
 def summary_table(results):
     lines = ["| model | samples calib/val/eval | quench default SQNR (nudged) | quench --target-sqnr T: SQNR "
              "(nudged), tensors left float | ORT best config: SQNR (nudged) | ORT default (pt_s8_minmax) SQNR "
-             "(nudged) | quench default - ORT best |",
-             "|---|---|---|---|---|---|---|"]
+             "(nudged) | ORT best by nudged score | quench default - ORT best |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         if "skip" in r:
-            lines.append(f"| {r['name']} | SKIP: {r['skip']} | | | | | |")
+            lines.append(f"| {r['name']} | SKIP: {r['skip']} | | | | | | |")
             continue
         if "quench" not in r:
-            lines.append(f"| {r['name']} | FP32: {r['fp32'].get('status')} | | | | | |")
+            lines.append(f"| {r['name']} | FP32: {r['fp32'].get('status')} | | | | | | |")
             continue
 
         def cell(d):
@@ -1210,11 +1210,14 @@ def summary_table(results):
         bo = r["ort"].get(b) if b else None
         bcell = f"{b}: {cell(bo)}" if bo else "-"
         dcell = cell(r["ort"].get(ORT_API_DEFAULT))
+        nud = [(o.get("sqnr_nudged"), c) for c, o in r["ort"].items()
+               if o.get("status") == "ok" and isinstance(o.get("sqnr_nudged"), float)]
+        ncell = f"{max(nud)[1]}: {fmt_db(max(nud)[0])}" if nud else "-"
         diff = "-"
         if ok_sqnr(q) is not None and ok_sqnr(bo) is not None:
             diff = f"{ok_sqnr(q) - ok_sqnr(bo):+.1f}"
         lines.append(f"| {r['name']} | {r.get('calib_samples')}/{r.get('val_samples')}/{r.get('eval_samples')} | "
-                     f"{cell(q)} | {tcell} | {bcell} | {dcell} | {diff} |")
+                     f"{cell(q)} | {tcell} | {bcell} | {dcell} | {ncell} | {diff} |")
     return "\n".join(lines)
 
 
@@ -1325,6 +1328,9 @@ def main():
     ap.add_argument("--pydeps", default=os.path.join(ROOT, "scratch", "compare_ort_pydeps"),
                     help="extra site dir (sympy for quant_pre_process, scikit-image for the images); "
                          "benches/compare_ort.sh installs them there")
+    ap.add_argument("--tables-from", nargs="+", metavar="JSON",
+                    help="only render results.md from results(.partial).json files of earlier runs "
+                         "(concatenated in order; the header states this invocation's settings)")
     args = ap.parse_args()
     if os.path.isdir(args.pydeps):
         sys.path.append(os.path.abspath(args.pydeps))
@@ -1348,7 +1354,7 @@ def main():
     cwd_before = set(os.listdir(os.getcwd()))
     only = [s.strip().lower() for s in args.only.split(",") if s.strip()]
     results = []
-    specs = model_specs(os.path.abspath(args.real_dir))
+    specs = [] if args.tables_from else model_specs(os.path.abspath(args.real_dir))
     if only:  # in the order --only names them
         specs = [sp for s in only for sp in specs if s in sp["name"].lower()]
         specs = [sp for i, sp in enumerate(specs) if sp not in specs[:i]]
@@ -1360,6 +1366,9 @@ def main():
             results.append({"name": spec["name"], "skip": "script error: " + short_exc(e)})
         with open(os.path.join(args.work, "results.partial.json"), "w") as f:
             json.dump(results, f, indent=1, default=lambda o: fmt_db(o) if isinstance(o, float) else str(o))
+    for jp in args.tables_from or []:
+        with open(jp) as f:
+            results.extend(json.load(f))
     cwd_new = sorted(set(os.listdir(os.getcwd())) - cwd_before)
 
     md = ["## quench vs ONNX Runtime quantize_static (real inputs)", "",
