@@ -141,13 +141,25 @@ def ort_worker(spec_path: str) -> int:
                 quant_pre_process(spec["model"], pre)
                 res["preprocess"] = "ok"
             except Exception as e:  # noqa: BLE001
-                res["preprocess"] = "failed"
                 res["preprocess_error"] = short_exc(e)
+                # ORT's documented way out when symbolic shape inference fails
+                try:
+                    quant_pre_process(spec["model"], pre, skip_symbolic_shape=True)
+                    res["preprocess"] = "ok with skip_symbolic_shape"
+                except Exception as e2:  # noqa: BLE001
+                    res["preprocess"] = "failed"
+                    res["preprocess_error"] += " | skip_symbolic_shape: " + short_exc(e2)
             res["t_preprocess"] = time.perf_counter() - t0
             with open(status_path, "w") as f:
                 json.dump({"preprocess": res["preprocess"], "preprocess_error": res["preprocess_error"]}, f)
-        if res["preprocess"] == "ok" and os.path.exists(pre):
+        if res["preprocess"].startswith("ok") and os.path.exists(pre):
             candidates.append(pre)
+    # Weights stored as Constant nodes (paddle2onnx exports such as rapidocr's)
+    # are calibrated as activations by quantize_static (per-tensor, activation
+    # type); give it them as initializers, which is what pre-processing does.
+    ci = consts_to_initializers(spec["model"], os.path.join(os.getcwd(), "constants_as_initializers.onnx"))
+    if ci:
+        candidates.append(ci)
     candidates.append(spec["model"])
 
     for cand in candidates:
@@ -159,7 +171,9 @@ def ort_worker(spec_path: str) -> int:
                             weight_type=getattr(QuantType, wt),
                             calibrate_method=getattr(CalibrationMethod, method))
             res["t_quantize"] = time.perf_counter() - t0
-            res["used_preprocessed"] = cand != spec["model"]
+            res["used_preprocessed"] = cand == candidates[0] and cand != spec["model"] and \
+                res["preprocess"] not in (None, "failed")
+            res["used_model"] = os.path.basename(cand)
             res["quantize_error"] = None
             break
         except Exception as e:  # noqa: BLE001
@@ -172,6 +186,29 @@ def ort_worker(spec_path: str) -> int:
             res["quantize_traceback"] = traceback.format_exc()[-4000:]
     dump()
     return 0 if res["quantize_error"] is None else 1
+
+
+def consts_to_initializers(path, out):
+    """Writes `path` with its top-level Constant nodes (tensor `value`) turned
+    into initializers to `out`; returns out, or None when there are none."""
+    import onnx
+    m = onnx.load(path)
+    keep, moved = [], 0
+    for nd in m.graph.node:
+        if nd.op_type == "Constant" and len(nd.attribute) == 1 and nd.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(nd.attribute[0].t)
+            t.name = nd.output[0]
+            m.graph.initializer.append(t)
+            moved += 1
+        else:
+            keep.append(nd)
+    if not moved:
+        return None
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    onnx.save(m, out)
+    return out
 
 
 def short_exc(e: BaseException, n: int = 300) -> str:
@@ -914,13 +951,15 @@ def activation_scale_groups(model):
     scale of each QuantizeLinear plus those of the DequantizeLinear nodes
     reading its output (weights, which have no QuantizeLinear, are left out)."""
     inits = {i.name for i in model.graph.initializer}
+    consts = inits | {o for nd in model.graph.node if nd.op_type == "Constant" for o in nd.output}
     consumers = {}
     for nd in model.graph.node:
         for x in nd.input:
             consumers.setdefault(x, []).append(nd)
     groups = []
     for nd in model.graph.node:
-        if nd.op_type != "QuantizeLinear" or len(nd.input) < 2 or nd.input[1] not in inits:
+        if nd.op_type != "QuantizeLinear" or len(nd.input) < 2 or nd.input[1] not in inits \
+                or nd.input[0] in consts:
             continue
         g = [nd.input[1]]
         for c in consumers.get(nd.output[0], []):
@@ -1298,7 +1337,7 @@ def ort_table(results):
             pre = o.get("preprocess") or "-"
             if o.get("preprocess_error"):
                 pre += ": " + o["preprocess_error"][:90]
-            pre += " (used)" if o.get("used_preprocessed") else ""
+            pre += f"; quantized: {o.get('used_model', '-')}"
             left = [f for f in (o.get("left_in_cwd") or []) if f != "preprocessed.onnx"]
             lines.append(f"| {r['name'] if i == 0 else ''} | {cfg} | {pre} | {o.get('status', '-')[:120]} | "
                          f"{o['wall']:.1f} | {fmt(o.get('t_quantize'), '{:.1f}')} | {o['maxrss_mb']:.0f} | "
