@@ -162,6 +162,10 @@ def ort_worker(spec_path: str) -> int:
         candidates.append(ci)
     candidates.append(spec["model"])
 
+    # Per-channel Q/DQ (an axis on DequantizeLinear) needs opset 13; below it
+    # quantize_static writes a model ORT refuses to load, so upgrade first as
+    # its documentation advises.
+    candidates = [opset_at_least(c, 13, res) for c in candidates]
     for cand in candidates:
         t0 = time.perf_counter()
         try:
@@ -171,7 +175,7 @@ def ort_worker(spec_path: str) -> int:
                             weight_type=getattr(QuantType, wt),
                             calibrate_method=getattr(CalibrationMethod, method))
             res["t_quantize"] = time.perf_counter() - t0
-            res["used_preprocessed"] = cand == candidates[0] and cand != spec["model"] and \
+            res["used_preprocessed"] = cand == candidates[0] and res["preprocess"] not in (None, "failed") and \
                 res["preprocess"] not in (None, "failed")
             res["used_model"] = os.path.basename(cand)
             res["quantize_error"] = None
@@ -209,6 +213,24 @@ def consts_to_initializers(path, out):
     m.graph.node.extend(keep)
     onnx.save(m, out)
     return out
+
+
+def opset_at_least(path, version, res):
+    """`path` converted to default-domain opset `version` when it is below
+    (onnx.version_converter; written beside it), else path itself."""
+    import onnx
+    m = onnx.load(path)
+    cur = max([o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] or [version])
+    if cur >= version:
+        return path
+    out = os.path.join(os.getcwd(), os.path.basename(path)[:-5] + f".op{version}.onnx")
+    try:
+        onnx.save(onnx.version_converter.convert_version(m, version), out)
+        res.setdefault("notes", []).append(f"opset {cur} -> {version} for {os.path.basename(path)}")
+        return out
+    except Exception as e:  # noqa: BLE001
+        res.setdefault("notes", []).append(f"opset upgrade of {os.path.basename(path)} failed: {short_exc(e, 120)}")
+        return path
 
 
 def short_exc(e: BaseException, n: int = 300) -> str:
