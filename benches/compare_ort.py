@@ -1275,7 +1275,7 @@ def summary_table(results):
                if o.get("status") == "ok" and isinstance(o.get("sqnr_nudged"), float)]
         ncell = f"{max(nud)[1]}: {fmt_db(max(nud)[0])}" if nud else "-"
         diff = "-"
-        if ok_sqnr(q) is not None and ok_sqnr(bo) is not None:
+        if ok_sqnr(q) is not None and ok_sqnr(bo) is not None and math.isfinite(ok_sqnr(q) - ok_sqnr(bo)):
             diff = f"{ok_sqnr(q) - ok_sqnr(bo):+.1f}"
         lines.append(f"| {r['name']} | {r.get('calib_samples')}/{r.get('val_samples')}/{r.get('eval_samples')} | "
                      f"{cell(q)} | {tcell} | {bcell} | {dcell} | {ncell} | {diff} |")
