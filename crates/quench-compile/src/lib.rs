@@ -33,6 +33,7 @@ pub mod attribution;
 pub mod bias;
 pub mod calibrate;
 pub mod data;
+pub mod inspect;
 pub mod mixed;
 pub mod options;
 pub mod phases;
