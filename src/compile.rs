@@ -25,6 +25,9 @@ pub enum MethodArg {
     Percentile,
     Entropy,
     Mse,
+    /// Per activation, the range (min/max, percentiles, MSE, entropy) that
+    /// costs the least at the model output, measured on calibration samples.
+    Auto,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -257,6 +260,7 @@ impl CompileArgs {
                 MethodArg::Percentile => Method::Percentile,
                 MethodArg::Entropy => Method::Entropy,
                 MethodArg::Mse => Method::Mse,
+                MethodArg::Auto => Method::Auto,
             },
             percentile: self.percentile,
             entropy_guard: self.entropy_guard,

@@ -66,7 +66,7 @@ pub fn added_db(inp: f64, out: f64) -> f64 {
 
 /// The clamp of the Relu or Clip producing `x` in `float` when `quantized`
 /// no longer has it (absorbed into the Q range): `(lo, hi)`.
-fn absorbed_clamp(float: &Graph, quantized: &Graph, x: &str) -> Option<(f32, f32)> {
+pub(crate) fn absorbed_clamp(float: &Graph, quantized: &Graph, x: &str) -> Option<(f32, f32)> {
     let n = float.node(float.producer(float.value_by_name(x)?)?);
     let bound = |i: usize, attr: &str, default: f32| -> Option<f32> {
         match n.input(i) {

@@ -41,6 +41,7 @@ pub mod prequantized;
 pub mod progress;
 pub mod prune;
 pub mod report;
+pub mod search;
 pub mod smooth;
 pub mod verify;
 
@@ -49,7 +50,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use quench_calib::{RangeMethod, TensorStats};
+use quench_calib::TensorStats;
 use quench_ir::Model;
 use quench_onnx::proto::ModelProto;
 use quench_onnx::{LoadedModel, SaveOptions, SaveReport};
@@ -335,6 +336,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     }
     let mut calib_samples = 0;
     let mut ranges = quantize::Ranges::new();
+    let mut calib_stats = None;
     if cfg.mode == Mode::Static {
         let stats = calibrate_phase(
             opts,
@@ -348,6 +350,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         match stats {
             Some(stats) => {
                 ranges = range_policy(opts, &model, &plan, &cfg, &stats, &mut out);
+                calib_stats = Some(stats);
             }
             None => cfg.mode = Mode::WeightOnly,
         }
@@ -405,6 +408,62 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
             None => out.warn("--smooth-quant needs calibration data; not applied".into()),
         }
         phases.lap("smooth-quant");
+    }
+
+    // 5a. `--method auto`: each activation's range by its cost at the
+    // output (after SmoothQuant, which rescales the ranges it touches).
+    let mut auto_ranges = None;
+    if opts.method == Method::Auto && cfg.mode == Mode::Static {
+        match (&data.calibration, &calib_stats) {
+            (Some(cal), Some(stats)) if !ranges.is_empty() => {
+                match search::search(
+                    &model,
+                    original,
+                    &plan,
+                    stats,
+                    &ranges,
+                    &cfg,
+                    opset,
+                    cal,
+                    opts.consumer_ranges,
+                    opts.entropy_guard,
+                ) {
+                    Ok((r, rep)) => {
+                        if rep.kept {
+                            out.note(format!(
+                                "method auto: {} of {} searched range(s) changed, output SQNR on {} calibration samples {:.2} -> {:.2} dB ({} runs)",
+                                rep.changed.len(),
+                                rep.searched,
+                                rep.samples,
+                                rep.policy_db,
+                                rep.auto_db,
+                                rep.runs
+                            ));
+                        } else {
+                            out.note(format!(
+                                "method auto: min/max ranges kept ({} range(s) searched, {} runs; output SQNR on {} calibration samples {:.2} dB, with the best candidates {:.2} dB)",
+                                rep.searched, rep.runs, rep.samples, rep.policy_db, rep.auto_db
+                            ));
+                        }
+                        for c in &rep.changed {
+                            out.log.push(format!(
+                                "method auto: `{}` {} [{}, {}] -> [{}, {}] ({:+.2} dB)",
+                                c.tensor, c.method, c.from.0, c.from.1, c.to.0, c.to.1, c.gain_db
+                            ));
+                        }
+                        ranges = r;
+                        auto_ranges = Some(rep);
+                    }
+                    Err(e) => out.warn(format!(
+                        "method auto: range search skipped, min/max ranges kept: {e:#}"
+                    )),
+                }
+            }
+            (None, _) if opts.calibration_table.is_some() => out
+                .note("method auto needs calibration samples; a table gives min/max ranges".into()),
+            _ => {}
+        }
+        phases.lap("range search");
     }
 
     // 5a. Mixed precision to a target: leave the costliest tensors float.
@@ -609,6 +668,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         verification,
         pruning,
         mixed_precision,
+        auto_ranges,
         bias_correction,
         smooth_quant,
         notes: out.notes,
@@ -660,7 +720,7 @@ fn calibrate_phase(
     let t0 = Instant::now();
     let proto = model.to_onnx();
     // `--method minmax` needs no histograms.
-    let histograms = opts.range_method() != RangeMethod::MinMax;
+    let histograms = opts.method != Method::Minmax;
     match calibrate::collect(&proto, &cal.data, cal.feed, tensors, histograms, progress) {
         Ok((stats, tract_notes)) => {
             out.log.extend(

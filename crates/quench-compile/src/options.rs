@@ -25,6 +25,10 @@ pub enum Method {
     Entropy,
     /// Minimum expected squared rounding plus clipping error.
     Mse,
+    /// Per activation, the candidate range (min/max, percentiles, MSE,
+    /// entropy) that costs the least at the model output, measured on
+    /// calibration samples ([`crate::search`]); min/max without samples.
+    Auto,
 }
 
 /// How `--prune` spreads a sparsity fraction over layers.
@@ -223,6 +227,8 @@ impl Options {
             Method::Percentile => RangeMethod::Percentile(self.percentile),
             Method::Entropy => RangeMethod::Entropy,
             Method::Mse => RangeMethod::Mse,
+            // The starting point of the search (and its fallback).
+            Method::Auto => RangeMethod::MinMax,
         }
     }
 

@@ -197,7 +197,77 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
     true
 }
 
+/// One activation Q/DQ pair of a [`parametric_twin`]: its scale, zero
+/// point and switch are graph inputs, so one compiled model runs every
+/// choice of parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamPair {
+    /// The quantized tensor (the QuantizeLinear's input).
+    pub tensor: String,
+    /// Names of the scalar inputs: `scale` and `zero_point` (f32; the zero
+    /// point as the float value of its integer code) and `on` (bool: true
+    /// quantizes, false passes the tensor through, clamped by the bypass
+    /// bounds given to [`parametric_twin`]).
+    pub scale: String,
+    pub zero_point: String,
+    pub on: String,
+    /// Integer code range of the pair's type.
+    pub qmin: f32,
+    pub qmax: f32,
+    /// The parameters the quantized model had.
+    pub initial_scale: f32,
+    pub initial_zero_point: f32,
+}
+
+/// The float twin of `g` (see the module docs), except that every
+/// activation Q/DQ pair reads its scale and zero point from new graph
+/// inputs and ends in `Where(on, quantized, bypass)`, where `bypass` is
+/// the tensor itself clamped to `bypass_clamp(tensor)` (for a Relu or Clip
+/// the quantized range had absorbed). With every `on` true and the
+/// initial parameters fed, it computes what [`float_twin`] computes.
+/// Declined Q/DQ nodes are listed as in [`float_twin_report`].
+pub fn parametric_twin(
+    g: &mut Graph,
+    opset: i64,
+    bypass_clamp: &dyn Fn(&str) -> Option<(f32, f32)>,
+) -> (Vec<ParamPair>, TwinReport) {
+    let mut r = TwinReport::default();
+    let mut params = Vec::new();
+    for n in g.node_ids() {
+        if g.contains_node(n) && g.node(n).kind() == OpKind::DequantizeLinear && fold_const_dq(g, n)
+        {
+            r.folded += 1;
+        }
+    }
+    for n in g.node_ids() {
+        if !g.contains_node(n) || g.node(n).kind() != OpKind::QuantizeLinear {
+            continue;
+        }
+        match replace_pair_with(g, n, opset, Some(bypass_clamp)) {
+            Ok((p, pp)) => {
+                r.pairs.push(p);
+                params.extend(pp);
+            }
+            Err(why) => r
+                .declined
+                .push((g.node(n).name().to_string(), why.to_string())),
+        }
+    }
+    (params, r)
+}
+
 fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Result<(String, String), &'static str> {
+    replace_pair_with(g, qn, opset, None).map(|(p, _)| p)
+}
+
+type PairNames = (String, String);
+
+fn replace_pair_with(
+    g: &mut Graph,
+    qn: NodeId,
+    opset: i64,
+    parametric: Option<&dyn Fn(&str) -> Option<(f32, f32)>>,
+) -> Result<(PairNames, Option<ParamPair>), &'static str> {
     let node = g.node(qn).clone();
     let (Some(x), Some(qo)) = (node.input(0), node.output(0)) else {
         return Err("missing input or output");
@@ -252,14 +322,30 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Result<(String, String
         }
     }
     let base = g.value(x).name.clone();
-    let sv = g.add_const(
-        &format!("{base}_sim_scale"),
-        tensor::from_f32("", &[], &[scale]),
-    );
-    let zv = g.add_const(
-        &format!("{base}_sim_zero_point"),
-        tensor::from_f32("", &[], &[zp]),
-    );
+    let scalar = |elem: DataType| Some(tensor::tensor_type_of(elem as i32, &[]));
+    let (sv, zv, on) = match parametric {
+        Some(_) => {
+            let names: Vec<String> = ["scale", "zero_point", "on"]
+                .iter()
+                .map(|k| g.unique_name(&format!("{base}__param_{k}")))
+                .collect();
+            let sv = g.add_input(&names[0], scalar(DataType::Float));
+            let zv = g.add_input(&names[1], scalar(DataType::Float));
+            let on = g.add_input(&names[2], scalar(DataType::Bool));
+            (sv, zv, Some(on))
+        }
+        None => (
+            g.add_const(
+                &format!("{base}_sim_scale"),
+                tensor::from_f32("", &[], &[scale]),
+            ),
+            g.add_const(
+                &format!("{base}_sim_zero_point"),
+                tensor::from_f32("", &[], &[zp]),
+            ),
+            None,
+        ),
+    };
     let lo = g.add_const(
         &format!("{base}_sim_qmin"),
         tensor::from_f32("", &[], &[qmin]),
@@ -288,7 +374,42 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Result<(String, String
     let su = mk(g, "Sub");
     let (_, e) = g.add_op(su, &[clipped[0], zv], &[&format!("{base}_sim_sub")]);
     let mu = mk(g, "Mul");
-    let (_, f) = g.add_op(mu, &[e[0], sv], &[&format!("{base}_sim_out")]);
+    let (_, mut f) = g.add_op(mu, &[e[0], sv], &[&format!("{base}_sim_out")]);
+    let mut param = None;
+    if let (Some(on), Some(clamp)) = (on, parametric) {
+        // Off: the tensor itself, with the absorbed Relu/Clip re-applied.
+        let mut keep = x;
+        if let Some((lo, hi)) = clamp(&base) {
+            for (op, bound) in [("Max", lo), ("Min", hi)] {
+                if !bound.is_finite() {
+                    continue;
+                }
+                let c = g.add_const(
+                    &format!("{base}_sim_bypass_{op}_bound"),
+                    tensor::from_f32("", &[], &[bound]),
+                );
+                let m = mk(g, op);
+                keep = g
+                    .add_op(m, &[keep, c], &[&format!("{base}_sim_bypass_{op}")])
+                    .1[0];
+            }
+        }
+        let w = mk(g, "Where");
+        f = g
+            .add_op(w, &[on, f[0], keep], &[&format!("{base}_sim_switch")])
+            .1;
+        let name = |v: ValueId| g.value(v).name.clone();
+        param = Some(ParamPair {
+            tensor: base.clone(),
+            scale: name(sv),
+            zero_point: name(zv),
+            on: name(on),
+            qmin,
+            qmax,
+            initial_scale: scale,
+            initial_zero_point: zp,
+        });
+    }
     for c in consumers {
         let Some(out) = g.node(c).output(0) else {
             continue;
@@ -304,7 +425,7 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Result<(String, String
         }
     }
     g.remove_node(qn);
-    Ok((base, g.value(f[0]).name.clone()))
+    Ok(((base, g.value(f[0]).name.clone()), param))
 }
 
 #[cfg(test)]
