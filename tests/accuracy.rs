@@ -249,3 +249,28 @@ fn smooth_quant_moves_normalization_outliers_into_weights() {
     assert!((a - b).abs() < 1e-9);
     assert!(r["notes"].to_string().contains("no LayerNormalization"));
 }
+
+#[test]
+fn method_auto_chooses_ranges_by_their_cost_at_the_output() {
+    // Each activation's range among min/max, percentiles, MSE and entropy,
+    // by the output SQNR on calibration samples (the held-back digits are
+    // never seen). Measured: HardSwish stem 41.2 -> 43.7 dB, digits CNN
+    // 49.5 -> 50.0 dB.
+    let (auto, r) = output_sqnr("accuracy/hardswish_stem.onnx", &["--method", "auto"]);
+    let (minmax, _) = output_sqnr("accuracy/hardswish_stem.onnx", &["--method", "minmax"]);
+    assert!(
+        auto >= minmax + 1.5,
+        "auto {auto:.2} dB vs minmax {minmax:.2} dB"
+    );
+    let a = &r["auto_ranges"];
+    assert_eq!(a["kept"], true, "{a}");
+    assert!(a["auto_db"].as_f64().unwrap() > a["policy_db"].as_f64().unwrap());
+    assert!(!a["changed"].as_array().unwrap().is_empty(), "{a}");
+    // Never worse on the trained model, where min/max is already good.
+    let (auto, _) = output_sqnr("digits_cnn.onnx", &["--method", "auto"]);
+    let (minmax, _) = output_sqnr("digits_cnn.onnx", &["--method", "minmax"]);
+    assert!(
+        auto >= minmax - 0.3,
+        "auto {auto:.2} dB vs minmax {minmax:.2} dB"
+    );
+}
