@@ -140,22 +140,155 @@ fn candidates(
     out
 }
 
-/// The parametric twin with its data: runs a choice of parameters on the
-/// search samples and scores it against FP32.
-struct Bench {
+/// The parametric twin of a quantized model with its data: runs a choice
+/// of parameters on fixed samples and scores it against FP32 (one tract
+/// compile per batch shape, then one run per choice).
+pub(crate) struct ParamBench {
     runners: Runners,
     names: Vec<String>,
     batches: Vec<Vec<ArrayData>>,
     reference: Vec<Vec<ArrayData>>,
-    pairs: Vec<ParamPair>,
-    runs: usize,
+    pub pairs: Vec<ParamPair>,
+    /// Root tensor (a tensor with a range of its own) -> its pairs and
+    /// those of the tensors sharing its parameters, roots in topological
+    /// order of their producers.
+    pub roots: Vec<(String, Vec<usize>)>,
+    pub runs: usize,
+    /// The absorbed Relu/Clip bounds of every root (see
+    /// [`crate::attribution::absorbed_clamp`]).
+    clamps: HashMap<String, (f32, f32)>,
 }
 
 /// One pair's parameters: scale, zero point, on.
-type Setting = (f32, f32, bool);
+pub(crate) type Setting = (f32, f32, bool);
 
-impl Bench {
-    fn score(&mut self, set: &[Setting]) -> Result<f64> {
+/// Output figures of one run of a [`ParamBench`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Score {
+    /// `-10 log10(mean over outputs of error power / signal power)`.
+    pub mean_db: f64,
+    /// The lowest per-output SQNR (what thresholds and reports use).
+    pub min_db: f64,
+}
+
+impl ParamBench {
+    /// Quantizes `float` with `ranges`, builds the parametric twin and runs
+    /// FP32 (`original`) on `rows` of `data` once for reference.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        float: &Model,
+        original: &ModelProto,
+        plan: &Plan,
+        ranges: &Ranges,
+        cfg: &QuantizeConfig,
+        opset: i64,
+        data: &Bound,
+        rows: &[usize],
+    ) -> Result<ParamBench> {
+        let g = &float.graph;
+        let mut q = float.clone();
+        let mut cx = PassCx::new(opset);
+        crate::phases::quantize_phase(&mut q, plan, ranges, cfg, opset, &mut cx)?;
+        let mut twin = q.clone();
+        let mut clamps = HashMap::new();
+        for name in ranges.keys() {
+            if let Some(c) = crate::attribution::absorbed_clamp(g, &q.graph, name) {
+                clamps.insert(name.clone(), c);
+            }
+        }
+        let clamp = |x: &str| crate::attribution::absorbed_clamp(g, &q.graph, x);
+        let (pairs, _) = parametric_twin(&mut twin.graph, opset, &clamp);
+        let sub = data.data.pick(rows);
+        let data_names = quench_verify::input_names(original);
+        let mut batches = Vec::new();
+        for r in data.feed.ranges(sub.samples(), MAX_BATCH) {
+            batches.push(sub.feed(data.feed, r)?);
+        }
+        let fp = Runners::new(original, vec![]);
+        let reference: Vec<Vec<ArrayData>> = batches
+            .par_iter()
+            .map(|b| fp.run(&data_names, b))
+            .collect::<Result<_>>()
+            .context("running the FP32 model")?;
+        let mut names = data_names;
+        for p in &pairs {
+            names.extend([p.scale.clone(), p.zero_point.clone(), p.on.clone()]);
+        }
+        // Roots and their pairs; members (data movement after a root)
+        // share the root's setting.
+        let members = crate::mixed::shared_members(float, plan);
+        let mut root_of: HashMap<&str, &str> = HashMap::new();
+        for (root, ms) in &members {
+            for m in ms {
+                root_of.insert(m.as_str(), root.as_str());
+            }
+        }
+        let mut pairs_of: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, p) in pairs.iter().enumerate() {
+            let root = root_of.get(p.tensor.as_str()).copied().unwrap_or(&p.tensor);
+            if ranges.contains_key(root) {
+                pairs_of.entry(root.to_string()).or_default().push(i);
+            }
+        }
+        let order = g.topo_order().map_err(|e| anyhow!("{e}"))?;
+        let pos: HashMap<quench_ir::NodeId, usize> =
+            order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let mut roots: Vec<(String, Vec<usize>)> = pairs_of.into_iter().collect();
+        roots.sort_by_key(|(r, _)| {
+            g.value_by_name(r)
+                .and_then(|v| g.producer(v))
+                .and_then(|n| pos.get(&n).copied())
+                .map_or(0, |p| p + 1)
+        });
+        Ok(ParamBench {
+            runners: Runners::new(&twin.to_onnx(), vec![]),
+            names,
+            batches,
+            reference,
+            pairs,
+            roots,
+            runs: 0,
+            clamps,
+        })
+    }
+
+    /// Samples the bench runs on.
+    pub fn samples(&self) -> usize {
+        self.batches
+            .iter()
+            .map(|b| {
+                b.first()
+                    .map_or(0, |a| a.shape().first().copied().unwrap_or(1))
+            })
+            .sum()
+    }
+
+    /// Every pair with the parameters it was built with, on or off.
+    pub fn initial(&self, on: bool) -> Vec<Setting> {
+        self.pairs
+            .iter()
+            .map(|p| (p.initial_scale, p.initial_zero_point, on))
+            .collect()
+    }
+
+    /// Scale and zero point of `root` quantized with `range` on `format`
+    /// (with its absorbed Relu/Clip bounds, as quantization applies them).
+    pub fn params(
+        &self,
+        root: &str,
+        format: &QuantFormat,
+        range: (f32, f32),
+    ) -> Option<(f32, f32)> {
+        let (mut lo, mut hi) = range;
+        if let Some((clo, chi)) = self.clamps.get(root) {
+            lo = lo.max(*clo);
+            hi = hi.min(*chi);
+        }
+        let p = format.params(lo, hi.max(lo)).ok()?;
+        Some((p.scale, p.zero_point as f32))
+    }
+
+    pub fn score(&mut self, set: &[Setting]) -> Result<Score> {
         self.runs += 1;
         let mut params = Vec::with_capacity(3 * set.len());
         for &(s, z, on) in set {
@@ -187,18 +320,26 @@ impl Bench {
             })
             .collect::<Result<_>>()?;
         let outputs = self.reference.first().map_or(0, Vec::len);
-        let mut ratio = 0.0;
+        let db = |ratio: f64| {
+            if ratio.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                -10.0 * ratio.log10()
+            }
+        };
+        let mut mean = 0.0;
+        let mut min_db = f64::INFINITY;
         for o in 0..outputs {
             let (n, s) = sums
                 .iter()
                 .fold((0.0, 0.0), |(n, s), b| (n + b[o].0, s + b[o].1));
-            ratio += if n == 0.0 { 0.0 } else { n / s.max(1e-30) };
+            let ratio = if n == 0.0 { 0.0 } else { n / s.max(1e-30) };
+            mean += ratio;
+            min_db = min_db.min(db(ratio));
         }
-        let ratio = ratio / outputs.max(1) as f64;
-        Ok(if ratio.is_nan() {
-            f64::NEG_INFINITY
-        } else {
-            -10.0 * ratio.max(1e-30).log10()
+        Ok(Score {
+            mean_db: db((mean / outputs.max(1) as f64).max(1e-30)),
+            min_db,
         })
     }
 }
@@ -229,101 +370,30 @@ pub fn search(
     entropy_guard: f64,
 ) -> Result<(Ranges, AutoReport)> {
     let g = &float.graph;
-    let mut q = float.clone();
-    let mut cx = PassCx::new(opset);
-    crate::phases::quantize_phase(&mut q, plan, policy, cfg, opset, &mut cx)?;
-    let mut twin = q.clone();
-    let clamp = |x: &str| crate::attribution::absorbed_clamp(g, &q.graph, x);
-    let (pairs, _) = parametric_twin(&mut twin.graph, opset, &clamp);
-    // The search samples, spread over the calibration set.
     let rows = spread(data.data.samples(), SAMPLES);
-    let sub = data.data.pick(&rows);
-    let n = sub.samples();
-    let data_names = quench_verify::input_names(original);
-    let mut batches = Vec::new();
-    for r in data.feed.ranges(n, MAX_BATCH) {
-        batches.push(sub.feed(data.feed, r)?);
-    }
-    let fp = Runners::new(original, vec![]);
-    let reference: Vec<Vec<ArrayData>> = batches
-        .par_iter()
-        .map(|b| fp.run(&data_names, b))
-        .collect::<Result<_>>()
-        .context("running the FP32 model on the search samples")?;
-    let mut names = data_names.clone();
-    for p in &pairs {
-        names.extend([p.scale.clone(), p.zero_point.clone(), p.on.clone()]);
-    }
-    let mut bench = Bench {
-        runners: Runners::new(&twin.to_onnx(), vec![]),
-        names,
-        batches,
-        reference,
-        pairs,
-        runs: 0,
-    };
-
-    // Roots (tensors with a range of their own) and their pairs; members
-    // (data movement after a root) share the root's setting.
-    let members = crate::mixed::shared_members(float, plan);
-    let mut root_of: HashMap<&str, &str> = HashMap::new();
-    for (root, ms) in &members {
-        for m in ms {
-            root_of.insert(m.as_str(), root.as_str());
-        }
-    }
-    let mut pairs_of: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, p) in bench.pairs.iter().enumerate() {
-        let root = root_of.get(p.tensor.as_str()).copied().unwrap_or(&p.tensor);
-        if policy.contains_key(root) {
-            pairs_of.entry(root.to_string()).or_default().push(i);
-        }
-    }
-    // Topological order of the roots' producers (graph inputs first).
-    let order = g.topo_order().map_err(|e| anyhow!("{e}"))?;
-    let pos: HashMap<quench_ir::NodeId, usize> =
-        order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
-    let mut roots: Vec<&String> = pairs_of.keys().collect();
-    roots.sort_by_key(|r| {
-        g.value_by_name(r)
-            .and_then(|v| g.producer(v))
-            .and_then(|n| pos.get(&n).copied())
-            .map_or(0, |p| p + 1)
-    });
-
+    let mut bench = ParamBench::new(float, original, plan, policy, cfg, opset, data, &rows)?;
     let default = cfg.default_activation_format();
-    let setting = |root: &str, r: (f32, f32)| -> Option<(f32, f32)> {
-        let v = g.value_by_name(root)?;
-        let format = plan.format_of(v, default);
-        let (mut lo, mut hi) = r;
-        if let Some((clo, chi)) = clamp(root) {
-            lo = lo.max(clo);
-            hi = hi.min(chi);
-        }
-        let p = format.params(lo, hi.max(lo)).ok()?;
-        Some((p.scale, p.zero_point as f32))
-    };
-    let mut set: Vec<Setting> = bench
-        .pairs
-        .iter()
-        .map(|p| (p.initial_scale, p.initial_zero_point, false))
-        .collect();
+    let mut set = bench.initial(false);
     let mut chosen = policy.clone();
     let mut changed = Vec::new();
     let mut searched = 0;
-    for root in roots {
-        let ixs = &pairs_of[root.as_str()];
-        let cands = match (stats.get(root.as_str()), g.value_by_name(root)) {
-            (Some(s), Some(v)) => candidates(
+    let roots = bench.roots.clone();
+    for (root, ixs) in &roots {
+        let Some(v) = g.value_by_name(root) else {
+            continue;
+        };
+        let format = plan.format_of(v, default);
+        let cands = match stats.get(root.as_str()) {
+            Some(s) => candidates(
                 g,
                 root,
                 s,
-                &plan.format_of(v, default),
+                &format,
                 policy[root.as_str()],
                 consumer_clamp,
                 entropy_guard,
             ),
-            _ => vec![("policy".into(), policy[root.as_str()])],
+            None => vec![("policy".into(), policy[root.as_str()])],
         };
         let apply = |set: &mut Vec<Setting>, (s, z): (f32, f32)| {
             for &i in ixs {
@@ -336,12 +406,14 @@ pub fn search(
             continue;
         }
         searched += 1;
-        let base = bench.score(&set)?;
+        let base = bench.score(&set)?.mean_db;
         let mut best: Option<(f64, usize, (f32, f32))> = None;
         for (k, (_, r)) in cands.iter().enumerate().skip(1) {
-            let Some(p) = setting(root, *r) else { continue };
+            let Some(p) = bench.params(root, &format, *r) else {
+                continue;
+            };
             apply(&mut set, p);
-            let s = bench.score(&set)?;
+            let s = bench.score(&set)?.mean_db;
             if s > base + MIN_GAIN_DB && best.is_none_or(|b| s > b.0) {
                 best = Some((s, k, p));
             }
@@ -361,20 +433,16 @@ pub fn search(
             None => apply(&mut set, first),
         }
     }
-    let auto_db = bench.score(&set)?;
-    let initial: Vec<Setting> = bench
-        .pairs
-        .iter()
-        .map(|p| (p.initial_scale, p.initial_zero_point, true))
-        .collect();
+    let auto_db = bench.score(&set)?.mean_db;
     let policy_db = if changed.is_empty() {
         auto_db
     } else {
-        bench.score(&initial)?
+        let initial = bench.initial(true);
+        bench.score(&initial)?.mean_db
     };
     let kept = !changed.is_empty() && auto_db > policy_db;
     let report = AutoReport {
-        samples: n,
+        samples: bench.samples(),
         searched,
         runs: bench.runs,
         policy_db,
