@@ -122,6 +122,11 @@ pub struct CompileArgs {
     /// exact, since no consumer output changes, and tighter.
     #[arg(long)]
     pub no_consumer_ranges: bool,
+    /// With `--method auto`: quantize every planned activation, even one
+    /// that alone causes at least half of the output error (by default
+    /// such outliers stay float, and the report names them).
+    #[arg(long)]
+    pub no_float_outliers: bool,
     /// Cross-layer equalization before calibration: in every Conv ->
     /// (Relu) -> Conv chain, rescale each channel so both weights have the
     /// same range (exact in FP32; helps per-tensor weights and activations
@@ -282,6 +287,7 @@ impl CompileArgs {
             exclude_op_types: self.exclude_op_types.clone(),
             quantize_softmax_inputs: self.quantize_softmax_inputs,
             consumer_ranges: !self.no_consumer_ranges,
+            float_outliers: !self.no_float_outliers,
             equalize: self.equalize,
             bias_correction: !self.no_bias_correction,
             smooth_quant: self.smooth_quant,

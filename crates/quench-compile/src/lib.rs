@@ -427,6 +427,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     cal,
                     opts.consumer_ranges,
                     opts.entropy_guard,
+                    opts.float_outliers,
                 ) {
                     Ok((r, rep)) => {
                         if rep.kept {
@@ -443,6 +444,18 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             out.note(format!(
                                 "method auto: min/max ranges kept ({} range(s) searched, {} runs; output SQNR on {} calibration samples {:.2} dB, with the best candidates {:.2} dB)",
                                 rep.searched, rep.runs, rep.samples, rep.policy_db, rep.auto_db
+                            ));
+                        }
+                        if !rep.float.is_empty() {
+                            out.note(format!(
+                                "method auto: {} outlier tensor(s) left float, each behind at least half of the output error (output SQNR on calibration samples -> {:.2} dB): {}",
+                                rep.float.len(),
+                                rep.final_db,
+                                rep.float
+                                    .iter()
+                                    .map(|f| format!("`{}` ({:+.2} dB alone)", f.tensor, f.gain_db))
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             ));
                         }
                         for c in &rep.changed {
@@ -556,23 +569,30 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     let float_model = explain.then(|| model.clone());
     // Names of tensors sharing a root's parameters (for the report's
     // reasons when --target-sqnr left roots float).
-    let target_members = mixed_precision
-        .as_ref()
-        .map(|_| mixed::shared_members(&model, &plan));
+    // Tensors left float on purpose (by --target-sqnr or as --method auto
+    // outliers), and who did it, for the summary's reasons.
+    let mut left_float: Vec<(&mixed::FloatTensor, &str)> = Vec::new();
+    if let Some(m) = &mixed_precision {
+        left_float.extend(m.float.iter().map(|f| (f, "--target-sqnr")));
+    }
+    if let Some(a) = &auto_ranges {
+        left_float.extend(a.float.iter().map(|f| (f, "--method auto (an outlier)")));
+    }
+    let members = (!left_float.is_empty()).then(|| mixed::shared_members(&model, &plan));
     let mut summary = quantize_phase(&mut model, &plan, &ranges, &cfg, opset, &mut cx)?;
-    // Tensors --target-sqnr left float say so (not "no calibration range").
-    if let (Some(m), Some(members)) = (&mixed_precision, &target_members) {
+    // They say so (not "no calibration range").
+    if let Some(members) = &members {
         for (t, why) in &mut summary.activations_float {
-            if let Some((root, _)) = members
-                .iter()
-                .find(|(r, ms)| ms.contains(t) && m.float.iter().any(|f| &f.tensor == *r))
-            {
-                *why = format!("shares `{root}`, left float by --target-sqnr");
+            if let Some((root, by)) = members.iter().find_map(|(r, ms)| {
+                let by = left_float.iter().find(|(f, _)| &f.tensor == r)?.1;
+                ms.contains(t).then_some((r, by))
+            }) {
+                *why = format!("shares `{root}`, left float by {by}");
                 continue;
             }
-            if let Some(f) = m.float.iter().find(|f| &f.tensor == t) {
+            if let Some((f, by)) = left_float.iter().find(|(f, _)| &f.tensor == t) {
                 *why = format!(
-                    "left float by --target-sqnr (alone {:+.2} dB at the output)",
+                    "left float by {by} (alone {:+.2} dB at the output)",
                     f.gain_db
                 );
             }

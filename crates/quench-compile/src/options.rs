@@ -102,6 +102,9 @@ pub struct Options {
     /// (Relu, Clip, HardSwish, HardSigmoid, Tanh, Sigmoid saturation):
     /// exact, on by default.
     pub consumer_ranges: bool,
+    /// [`Method::Auto`]: leave float each activation that alone causes at
+    /// least half of the output error ([`crate::search::OUTLIER_DB`]).
+    pub float_outliers: bool,
     /// Cross-layer equalization of Conv -> (Relu) -> Conv weight ranges
     /// before calibration (the `equalize` pass).
     pub equalize: bool,
@@ -156,6 +159,7 @@ impl Default for Options {
             exclude_op_types: Vec::new(),
             quantize_softmax_inputs: !q.keep_softmax_inputs_float,
             consumer_ranges: true,
+            float_outliers: true,
             equalize: false,
             bias_correction: true,
             smooth_quant: false,

@@ -20,6 +20,10 @@
 //!    A tensor with one candidate is switched on without a run.
 //! 4. The whole choice is kept only if the twin with every activation on
 //!    scores higher than with the policy's ranges; the report states both.
+//! 5. Outliers: each activation is left float alone; one behind at least
+//!    half of the output error power ([`OUTLIER_DB`]) stays float,
+//!    largest first, each re-measured with the earlier ones float
+//!    (`float_outliers`; off with `--no-float-outliers`).
 //!
 //! Score: `-10 log10(mean over outputs of error power / signal power)`,
 //! pooled over the samples: the output SQNR, averaged in the linear domain
@@ -50,6 +54,12 @@ pub const SAMPLES: usize = 16;
 /// sample choice, not a better range.
 pub const MIN_GAIN_DB: f64 = 0.02;
 
+/// A tensor whose quantization alone causes at least half of the output
+/// error power (leaving it float gains `10 log10(2)` dB or more) is an
+/// outlier and stays float: the rule follows from the measurement, not
+/// from a tuned threshold.
+pub const OUTLIER_DB: f64 = 3.0103;
+
 /// One range the search changed.
 #[derive(Debug, Clone, Serialize)]
 pub struct AutoChoice {
@@ -76,6 +86,12 @@ pub struct AutoReport {
     /// Whether the chosen ranges were kept (they must score higher).
     pub kept: bool,
     pub changed: Vec<AutoChoice>,
+    /// Outlier tensors left float: each was behind at least half of the
+    /// output error when it was chosen (leaving it float gained
+    /// [`OUTLIER_DB`] or more).
+    pub float: Vec<crate::mixed::FloatTensor>,
+    /// Output score (dB) with the chosen ranges and the outliers float.
+    pub final_db: f64,
 }
 
 /// A candidate range and its name.
@@ -368,6 +384,7 @@ pub fn search(
     data: &Bound,
     consumer_clamp: bool,
     entropy_guard: f64,
+    float_outliers: bool,
 ) -> Result<(Ranges, AutoReport)> {
     let g = &float.graph;
     let rows = spread(data.data.samples(), SAMPLES);
@@ -441,6 +458,45 @@ pub fn search(
         bench.score(&initial)?.mean_db
     };
     let kept = !changed.is_empty() && auto_db > policy_db;
+    let mut cur = if kept { set } else { bench.initial(true) };
+    let mut float_tensors = Vec::new();
+    let mut final_db = auto_db.max(policy_db);
+    if float_outliers {
+        // Each root alone left float; a tensor behind at least half of
+        // the output error (its removal gains OUTLIER_DB) is an outlier.
+        let mut cands: Vec<(String, Vec<usize>, f64)> = Vec::new();
+        for (root, ixs) in &roots {
+            let mut alone = cur.clone();
+            for &i in ixs {
+                alone[i].2 = false;
+            }
+            let gain = bench.score(&alone)?.mean_db - final_db;
+            if gain >= OUTLIER_DB {
+                cands.push((root.clone(), ixs.clone(), gain));
+            }
+        }
+        cands.sort_by(|a, b| b.2.total_cmp(&a.2));
+        // Re-measured one by one with the earlier ones float: each must
+        // still be behind half of what error is left.
+        for (root, ixs, gain) in cands {
+            for &i in &ixs {
+                cur[i].2 = false;
+            }
+            let now = bench.score(&cur)?.mean_db;
+            if now - final_db >= OUTLIER_DB {
+                float_tensors.push(crate::mixed::FloatTensor {
+                    tensor: root,
+                    gain_db: gain,
+                    sqnr_after_db: now,
+                });
+                final_db = now;
+            } else {
+                for &i in &ixs {
+                    cur[i].2 = true;
+                }
+            }
+        }
+    }
     let report = AutoReport {
         samples: bench.samples(),
         searched,
@@ -449,8 +505,14 @@ pub fn search(
         auto_db,
         kept,
         changed,
+        float: float_tensors,
+        final_db,
     };
-    Ok((if kept { chosen } else { policy.clone() }, report))
+    let mut out = if kept { chosen } else { policy.clone() };
+    for f in &report.float {
+        out.remove(&f.tensor);
+    }
+    Ok((out, report))
 }
 
 #[cfg(test)]
