@@ -127,6 +127,14 @@ pub struct CompileArgs {
     /// such outliers stay float, and the report names them).
     #[arg(long)]
     pub no_float_outliers: bool,
+    /// Round each layer's weights one input column at a time, pushing each
+    /// column's rounding error onto the columns not yet rounded, weighted
+    /// by the layer's calibration inputs (GPTQ's method): lower layer
+    /// output error than nearest rounding. Conv (group 1), Gemm, MatMul
+    /// with symmetric integer weights; kept only if the output SQNR on
+    /// held-out calibration samples rises.
+    #[arg(long)]
+    pub error_compensated_rounding: bool,
     /// Cross-layer equalization before calibration: in every Conv ->
     /// (Relu) -> Conv chain, rescale each channel so both weights have the
     /// same range (exact in FP32; helps per-tensor weights and activations
@@ -288,6 +296,7 @@ impl CompileArgs {
             quantize_softmax_inputs: self.quantize_softmax_inputs,
             consumer_ranges: !self.no_consumer_ranges,
             float_outliers: !self.no_float_outliers,
+            error_compensated_rounding: self.error_compensated_rounding,
             equalize: self.equalize,
             bias_correction: !self.no_bias_correction,
             smooth_quant: self.smooth_quant,

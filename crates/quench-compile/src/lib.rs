@@ -41,6 +41,7 @@ pub mod prequantized;
 pub mod progress;
 pub mod prune;
 pub mod report;
+pub mod rounding;
 pub mod search;
 pub mod smooth;
 pub mod verify;
@@ -524,6 +525,43 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         phases.lap("mixed precision");
     }
 
+    // 5b. Error-compensated rounding: weights moved onto their grid so
+    // that each layer's output error on calibration inputs is smallest
+    // (before bias correction, which measures the rounded weights).
+    let mut rounding = None;
+    if opts.error_compensated_rounding {
+        match (&data.calibration, cfg.mode) {
+            (Some(cal), Mode::Static | Mode::WeightOnly) if !opts.no_quantize => {
+                match rounding::round_weights(&mut model, &plan, &ranges, &cfg, opset, cal) {
+                    Ok(Some(r)) => {
+                        out.note(format!(
+                            "error-compensated rounding: {} layer(s), layer output error {:.3e} -> {:.3e} (relative, on calibration inputs); output SQNR on held-out calibration samples {:.2} -> {:.2} dB{}",
+                            r.layers,
+                            r.layer_error_nearest,
+                            r.layer_error_compensated,
+                            r.sqnr_nearest_db,
+                            r.sqnr_compensated_db,
+                            if r.kept { "" } else { ": discarded (no gain)" }
+                        ));
+                        for (l, why) in &r.skipped {
+                            out.log.push(format!("error-compensated rounding: `{l}` left to nearest rounding: {why}"));
+                        }
+                        rounding = Some(r);
+                    }
+                    Ok(None) => out.note(
+                        "error-compensated rounding: no layer it applies to (Conv with group 1, Gemm, MatMul with symmetric integer weights)".into(),
+                    ),
+                    Err(e) => out.warn(format!("error-compensated rounding skipped: {e:#}")),
+                }
+            }
+            _ => out.warn(
+                "--error-compensated-rounding needs calibration samples (--calibration) and quantized weights; not applied"
+                    .into(),
+            ),
+        }
+        phases.lap("error-compensated rounding");
+    }
+
     // 5b. Bias correction: subtract each layer's measured output shift
     // (after mixed precision, so it corrects the model that is written).
     let mut bias_correction = None;
@@ -689,6 +727,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         pruning,
         mixed_precision,
         auto_ranges,
+        rounding,
         bias_correction,
         smooth_quant,
         notes: out.notes,

@@ -105,6 +105,10 @@ pub struct Options {
     /// [`Method::Auto`]: leave float each activation that alone causes at
     /// least half of the output error ([`crate::search::OUTLIER_DB`]).
     pub float_outliers: bool,
+    /// Round weights with their rounding error compensated on the later
+    /// input columns, weighted by the calibration inputs' Hessian (GPTQ's
+    /// method; [`crate::rounding`]).
+    pub error_compensated_rounding: bool,
     /// Cross-layer equalization of Conv -> (Relu) -> Conv weight ranges
     /// before calibration (the `equalize` pass).
     pub equalize: bool,
@@ -160,6 +164,7 @@ impl Default for Options {
             quantize_softmax_inputs: !q.keep_softmax_inputs_float,
             consumer_ranges: true,
             float_outliers: true,
+            error_compensated_rounding: false,
             equalize: false,
             bias_correction: true,
             smooth_quant: false,
