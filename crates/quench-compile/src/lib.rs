@@ -678,13 +678,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             match attribution::attribute(fp, &model.graph, pairs, &eval) {
                                 Ok(mut t) => {
                                     if let Err(e) = attribution::output_gains(
-                                        fp,
-                                        &model.graph,
-                                        &twin,
-                                        &twin_pairs,
-                                        &mixed::shared_members(fp, &plan),
-                                        ev,
-                                        &mut t,
+                                        fp, original, &plan, &ranges, &cfg, opset, ev, &mut t,
                                     ) {
                                         out.note(format!(
                                             "output gains of leaving tensors float not measured: {e:#}"
