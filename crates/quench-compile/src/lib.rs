@@ -431,32 +431,46 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     opts.float_outliers,
                 ) {
                     Ok((r, rep)) => {
+                        let scores = rep
+                            .methods
+                            .iter()
+                            .map(|(m, db)| format!("{m} {db:.2}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
                         if rep.kept {
                             out.note(format!(
-                                "method auto: {} of {} searched range(s) changed, output SQNR on {} calibration samples {:.2} -> {:.2} dB ({} runs)",
+                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {} of {} most sensitive range(s) changed, {} outlier(s) left float{}; judged on {} other samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
+                                rep.method,
+                                rep.fit_samples,
                                 rep.changed.len(),
                                 rep.searched,
-                                rep.samples,
-                                rep.policy_db,
+                                rep.float.len(),
+                                if rep.float.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        " ({})",
+                                        rep.float
+                                            .iter()
+                                            .map(|f| format!("`{}` {:+.2} dB alone", f.tensor, f.gain_db))
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    )
+                                },
+                                rep.judge_samples,
                                 rep.auto_db,
-                                rep.runs
+                                rep.minmax_db,
+                                rep.runs,
+                                rep.setup_seconds + rep.run_seconds
                             ));
                         } else {
                             out.note(format!(
-                                "method auto: min/max ranges kept ({} range(s) searched, {} runs; output SQNR on {} calibration samples {:.2} dB, with the best candidates {:.2} dB)",
-                                rep.searched, rep.runs, rep.samples, rep.policy_db, rep.auto_db
-                            ));
-                        }
-                        if !rep.float.is_empty() {
-                            out.note(format!(
-                                "method auto: {} outlier tensor(s) left float, each behind at least half of the output error (output SQNR on calibration samples -> {:.2} dB): {}",
-                                rep.float.len(),
-                                rep.final_db,
-                                rep.float
-                                    .iter()
-                                    .map(|f| format!("`{}` ({:+.2} dB alone)", f.tensor, f.gain_db))
-                                    .collect::<Vec<_>>()
-                                    .join(", ")
+                                "method auto: the searched ranges did not beat min/max on {} judging samples ({:.2} vs {:.2} dB); {} (output SQNR on {} fitting samples: {scores} dB)",
+                                rep.judge_samples,
+                                rep.auto_db,
+                                rep.minmax_db,
+                                if rep.method == "minmax" { "min/max kept".to_string() } else { format!("{} ranges for all (they beat min/max there)", rep.method) },
+                                rep.fit_samples
                             ));
                         }
                         for c in &rep.changed {

@@ -1,36 +1,44 @@
-//! `--method auto`: per activation, the range whose quantization costs the
-//! least **at the model output**, chosen in topological order with the
-//! earlier choices in place (sequential, in the spirit of AdaQuant and
-//! SeqMSE, but over a small set of ranges rather than by gradient).
+//! `--method auto`: activation ranges chosen by what they cost **at the
+//! model output**, measured against FP32 on calibration samples, with a
+//! bounded number of runs and every choice confirmed on samples it was not
+//! made on.
 //!
-//! 1. Candidates per activation: the observed range and the percentile
-//!    (99.999, 99.99, 99.9), MSE and entropy ranges on the tensor's own
-//!    grid, each clamped where its consumers are flat (exact), with
-//!    near-duplicates (within 1% of the range's width) dropped. Outputs of
-//!    Softmax/Sigmoid keep the observed range.
-//! 2. The model is quantized once and turned into a **parametric twin**
-//!    ([`parametric_twin`]): every activation's scale, zero point and an
-//!    on/off switch are graph inputs, so tract compiles one model and each
-//!    candidate is one run of it, not one compile.
-//! 3. Every activation starts off (float). In topological order each is
-//!    switched on with each of its candidates in turn, the output error
-//!    against FP32 is measured on up to [`SAMPLES`] calibration samples
-//!    spread over the calibration set, and the best candidate stays (the
-//!    policy's range unless another is better by more than [`MIN_GAIN_DB`]).
-//!    A tensor with one candidate is switched on without a run.
-//! 4. The whole choice is kept only if the twin with every activation on
-//!    scores higher than with the policy's ranges; the report states both.
-//! 5. Outliers: each activation is left float alone; one behind at least
-//!    half of the output error power ([`OUTLIER_DB`]) stays float,
-//!    largest first, each re-measured with the earlier ones float
-//!    (`float_outliers`; off with `--no-float-outliers`).
+//! Everything runs on a **parametric twin** ([`ParamBench`]): the model is
+//! quantized once, and every activation's scale, zero point and an on/off
+//! switch become graph inputs, so tract compiles one model and each choice
+//! is one run of it. Up to [`SAMPLES`] calibration samples spread over the
+//! set are used, alternately for fitting and for judging (both all of them
+//! when there are fewer than 16).
 //!
-//! Score: `-10 log10(mean over outputs of error power / signal power)`,
-//! pooled over the samples: the output SQNR, averaged in the linear domain
-//! so no single output or sample decides alone.
+//! 1. **One method for all**: min/max, percentiles 99.999 and 99.99, MSE
+//!    and entropy, each giving every activation its range on its own grid
+//!    (clamped where its consumers are flat; Softmax/Sigmoid outputs keep
+//!    the observed range), scored on the fitting samples. The best stays.
+//! 2. **Sensitivity**: blocks of [`GROUP`] consecutive activations are
+//!    left float together; in blocks that gain at least [`MIN_GAIN_DB`],
+//!    each activation is left float alone; its gain at the output ranks
+//!    it (group testing: error powers add, so a block that gains little
+//!    holds no sensitive activation).
+//! 3. **Per tensor**, for the [`REFINE`] most sensitive activations whose
+//!    gain is at least [`MIN_GAIN_DB`]: each of the candidate ranges above
+//!    in turn, the best kept (the current one unless another is better by
+//!    more than [`MIN_GAIN_DB`]), most sensitive first.
+//! 4. **Outliers** (`float_outliers`): an activation whose quantization
+//!    alone causes at least half of the output error power (leaving it
+//!    float gains [`OUTLIER_DB`] or more) stays float, largest first, each
+//!    re-measured with the earlier ones float.
+//! 5. **Judged**: the result must score higher than min/max ranges on the
+//!    judging samples, or the best of steps 1 is kept if it does, or
+//!    min/max.
 //!
-//! Invariant: only `Ranges` entries change; every figure is measured on
-//! calibration samples, never on the held-back evaluation split.
+//! Score: per sample, `-10 log10(mean over outputs of error power / signal
+//! power)`, averaged over the samples ([`Score::sample_db`]): a pooled
+//! figure is decided by the few samples with the largest errors, and
+//! choices fitted to those do not carry over to other samples.
+//!
+//! Invariant: only `Ranges` entries change (or are removed: outliers left
+//! float); every figure is measured on calibration samples, never on the
+//! held-back evaluation split.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -47,12 +55,17 @@ use serde::Serialize;
 
 use crate::data::Bound;
 
-/// Calibration samples each candidate is measured on.
-pub const SAMPLES: usize = 16;
-/// A candidate replaces the policy's range only when it raises the output
-/// score by more than this (dB): smaller differences are noise of the
-/// sample choice, not a better range.
-pub const MIN_GAIN_DB: f64 = 0.02;
+/// Calibration samples the search uses (half to fit, half to judge).
+pub const SAMPLES: usize = 32;
+/// Most activations searched one by one (step 3).
+pub const REFINE: usize = 8;
+/// Consecutive activations left float together when screening for
+/// sensitive ones (step 2).
+pub const GROUP: usize = 8;
+/// A choice replaces the current one only when it raises the output score
+/// by more than this (dB): smaller differences are noise of the sample
+/// choice, not a better range.
+pub const MIN_GAIN_DB: f64 = 0.05;
 
 /// A tensor whose quantization alone causes at least half of the output
 /// error power (leaving it float gains `10 log10(2)` dB or more) is an
@@ -75,27 +88,36 @@ pub struct AutoChoice {
 /// What `--method auto` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct AutoReport {
-    /// Calibration samples the candidates were measured on.
-    pub samples: usize,
-    /// Activations with more than one candidate, and the runs made.
+    /// Calibration samples the choices were fitted on, and judged on.
+    pub fit_samples: usize,
+    pub judge_samples: usize,
+    /// Output score (dB, fitting samples) of each method for all.
+    pub methods: Vec<(String, f64)>,
+    /// The method for all (step 1; when the result was not kept, the
+    /// ranges used instead: that method's if it beat min/max on the
+    /// judging samples, else min/max).
+    pub method: String,
+    /// Activations searched one by one, and the runs made in all.
     pub searched: usize,
     pub runs: usize,
-    /// Output score (dB) with the policy's ranges and with the chosen ones.
-    pub policy_db: f64,
+    /// Seconds spent building the parametric twins and FP32 references,
+    /// and in the runs.
+    pub setup_seconds: f64,
+    pub run_seconds: f64,
+    /// Output score (dB) on the judging samples with min/max ranges and
+    /// with the result.
+    pub minmax_db: f64,
     pub auto_db: f64,
-    /// Whether the chosen ranges were kept (they must score higher).
+    /// Whether the result was kept (it must score higher than min/max on
+    /// the judging samples).
     pub kept: bool,
+    /// Ranges changed one by one (step 3).
     pub changed: Vec<AutoChoice>,
     /// Outlier tensors left float: each was behind at least half of the
     /// output error when it was chosen (leaving it float gained
-    /// [`OUTLIER_DB`] or more).
+    /// [`OUTLIER_DB`] or more on the fitting samples).
     pub float: Vec<crate::mixed::FloatTensor>,
-    /// Output score (dB) with the chosen ranges and the outliers float.
-    pub final_db: f64,
 }
-
-/// A candidate range and its name.
-type Candidate = (String, (f32, f32));
 
 fn method_name(m: RangeMethod) -> String {
     match m {
@@ -106,54 +128,51 @@ fn method_name(m: RangeMethod) -> String {
     }
 }
 
-/// The candidate ranges of one tensor, the policy's range first.
-fn candidates(
+/// The methods tried for all activations (step 1) and per activation
+/// (step 3).
+const METHODS: [RangeMethod; 6] = [
+    RangeMethod::MinMax,
+    RangeMethod::Percentile(99.999),
+    RangeMethod::Percentile(99.99),
+    RangeMethod::Percentile(99.9),
+    RangeMethod::Mse,
+    RangeMethod::Entropy,
+];
+
+/// The range `method` gives tensor `name`, clamped where its consumers are
+/// flat; min/max for outputs of bounded ops (Softmax, Sigmoid).
+fn range_of(
     g: &quench_ir::Graph,
     name: &str,
     stats: &TensorStats,
     format: &QuantFormat,
-    policy: (f32, f32),
+    method: RangeMethod,
     consumer_clamp: bool,
     entropy_guard: f64,
-) -> Vec<Candidate> {
-    let mut out: Vec<Candidate> = vec![("policy".into(), policy)];
-    if crate::calibrate::produced_by_bounded_op(g, name) {
-        return out;
+) -> Option<(f32, f32)> {
+    let method = if crate::calibrate::produced_by_bounded_op(g, name) {
+        RangeMethod::MinMax
+    } else {
+        method
+    };
+    let r = if method == RangeMethod::Entropy {
+        quench_calib::entropy_range_guarded_for(stats, format, entropy_guard).map(|(r, _)| r)
+    } else {
+        quench_calib::choose_range_for(stats, method, format)
     }
-    for m in [
-        RangeMethod::MinMax,
-        RangeMethod::Percentile(99.999),
-        RangeMethod::Percentile(99.99),
-        RangeMethod::Percentile(99.9),
-        RangeMethod::Mse,
-        RangeMethod::Entropy,
-    ] {
-        let r = if m == RangeMethod::Entropy {
-            quench_calib::entropy_range_guarded_for(stats, format, entropy_guard).map(|(r, _)| r)
-        } else {
-            quench_calib::choose_range_for(stats, m, format)
-        };
-        let Ok(r) = r else { continue };
-        let r = if consumer_clamp {
-            crate::calibrate::clamp_to_consumers(g, name, r)
-        } else {
-            r
-        };
-        if !(r.0.is_finite() && r.1.is_finite() && r.0 <= r.1) {
-            continue;
-        }
-        let near = |a: (f32, f32), b: (f32, f32)| {
-            let w = (a.1 - a.0)
-                .abs()
-                .max((b.1 - b.0).abs())
-                .max(f32::MIN_POSITIVE);
-            (a.0 - b.0).abs() <= 0.01 * w && (a.1 - b.1).abs() <= 0.01 * w
-        };
-        if out.iter().all(|(_, c)| !near(*c, r)) {
-            out.push((method_name(m), r));
-        }
-    }
-    out
+    .ok()?;
+    let r = if consumer_clamp {
+        crate::calibrate::clamp_to_consumers(g, name, r)
+    } else {
+        r
+    };
+    (r.0.is_finite() && r.1.is_finite() && r.0 <= r.1).then_some(r)
+}
+
+/// Whether two ranges are within 1% of the wider one's width.
+fn near(a: (f32, f32), b: (f32, f32)) -> bool {
+    let w = (a.1 - a.0).abs().max((b.1 - b.0).abs()).max(f32::MIN_POSITIVE);
+    (a.0 - b.0).abs() <= 0.01 * w && (a.1 - b.1).abs() <= 0.01 * w
 }
 
 /// The parametric twin of a quantized model with its data: runs a choice
@@ -163,6 +182,8 @@ pub(crate) struct ParamBench {
     runners: Runners,
     names: Vec<String>,
     batches: Vec<Vec<ArrayData>>,
+    /// Samples in each batch (1 when fed one per run).
+    rows: Vec<usize>,
     reference: Vec<Vec<ArrayData>>,
     pub pairs: Vec<ParamPair>,
     /// Root tensor (a tensor with a range of its own) -> its pairs and
@@ -181,11 +202,16 @@ pub(crate) type Setting = (f32, f32, bool);
 /// Output figures of one run of a [`ParamBench`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Score {
-    /// `-10 log10(mean over outputs of error power / signal power)`.
-    pub mean_db: f64,
     /// The lowest per-output SQNR (what thresholds and reports use).
     pub min_db: f64,
+    /// Mean over samples of each sample's SQNR (its outputs' error ratios
+    /// averaged): a few samples with large errors do not decide alone,
+    /// which makes choices carry over to other samples.
+    pub sample_db: f64,
 }
+
+/// Per-sample SQNRs above this count as this (dB) in [`Score::sample_db`].
+pub const ROBUST_CAP_DB: f64 = 100.0;
 
 impl ParamBench {
     /// Quantizes `float` with `ranges`, builds the parametric twin and runs
@@ -217,7 +243,17 @@ impl ParamBench {
         let sub = data.data.pick(rows);
         let data_names = quench_verify::input_names(original);
         let mut batches = Vec::new();
-        for r in data.feed.ranges(sub.samples(), MAX_BATCH) {
+        let mut batch_rows = Vec::new();
+        // At least one batch per thread: every run uses every core.
+        let per = sub
+            .samples()
+            .div_ceil(rayon::current_num_threads().max(1))
+            .clamp(1, MAX_BATCH);
+        for r in data.feed.ranges(sub.samples(), per) {
+            batch_rows.push(match data.feed {
+                quench_verify::Feed::Sample => 1,
+                quench_verify::Feed::Batch { .. } => r.len(),
+            });
             batches.push(sub.feed(data.feed, r)?);
         }
         let fp = Runners::new(original, vec![]);
@@ -260,6 +296,7 @@ impl ParamBench {
             runners: Runners::new(&twin.to_onnx(), vec![]),
             names,
             batches,
+            rows: batch_rows,
             reference,
             pairs,
             roots,
@@ -312,50 +349,72 @@ impl ParamBench {
             params.push(ArrayData::F32(ndarray::arr0(z).into_dyn()));
             params.push(ArrayData::Bool(ndarray::arr0(on).into_dyn()));
         }
-        let sums: Vec<Vec<(f64, f64)>> = self
+        // Per batch, per sample (a row of the batch axis where outputs
+        // have one), per output: (error power, signal power).
+        let sums: Vec<Vec<Vec<(f64, f64)>>> = self
             .batches
             .par_iter()
             .zip(&self.reference)
-            .map(|(b, r)| -> Result<Vec<(f64, f64)>> {
+            .zip(&self.rows)
+            .map(|((b, r), &rows)| -> Result<Vec<Vec<(f64, f64)>>> {
                 let mut inputs = b.clone();
                 inputs.extend(params.iter().cloned());
                 let out = self.runners.run(&self.names, &inputs)?;
-                Ok(r.iter()
-                    .zip(&out)
-                    .map(|(r, o)| {
-                        let (r, o) = (r.to_f32(), o.to_f32());
-                        if r.shape() != o.shape() {
-                            return (f64::INFINITY, 1.0);
+                let per_row = r
+                    .iter()
+                    .all(|a| rows > 1 && a.shape().first() == Some(&rows));
+                let units = if per_row { rows } else { 1 };
+                let mut acc = vec![vec![(0.0, 0.0); r.len()]; units];
+                for (o, (r, q)) in r.iter().zip(&out).enumerate() {
+                    let (r, q) = (r.to_f32(), q.to_f32());
+                    if r.shape() != q.shape() {
+                        for u in acc.iter_mut() {
+                            u[o] = (f64::INFINITY, 1.0);
                         }
-                        r.iter().zip(o.iter()).fold((0.0, 0.0), |(n, s), (a, b)| {
-                            let d = f64::from(*a) - f64::from(*b);
-                            (n + d * d, s + f64::from(*a) * f64::from(*a))
-                        })
-                    })
-                    .collect())
+                        continue;
+                    }
+                    let per = r.len() / units.max(1);
+                    for (i, (a, b)) in r.iter().zip(q.iter()).enumerate() {
+                        let d = f64::from(*a) - f64::from(*b);
+                        let u = &mut acc[(i / per.max(1)).min(units - 1)][o];
+                        u.0 += d * d;
+                        u.1 += f64::from(*a) * f64::from(*a);
+                    }
+                }
+                Ok(acc)
             })
             .collect::<Result<_>>()?;
+        let units: Vec<&Vec<(f64, f64)>> = sums.iter().flatten().collect();
         let outputs = self.reference.first().map_or(0, Vec::len);
         let db = |ratio: f64| {
             if ratio.is_nan() {
                 f64::NEG_INFINITY
             } else {
-                -10.0 * ratio.log10()
+                -10.0 * ratio.max(1e-30).log10()
             }
         };
-        let mut mean = 0.0;
+        let ratio = |n: f64, s: f64| if n == 0.0 { 0.0 } else { n / s.max(1e-30) };
         let mut min_db = f64::INFINITY;
         for o in 0..outputs {
-            let (n, s) = sums
+            let (n, s) = units
                 .iter()
-                .fold((0.0, 0.0), |(n, s), b| (n + b[o].0, s + b[o].1));
-            let ratio = if n == 0.0 { 0.0 } else { n / s.max(1e-30) };
-            mean += ratio;
-            min_db = min_db.min(db(ratio));
+                .fold((0.0, 0.0), |(n, s), u| (n + u[o].0, s + u[o].1));
+            min_db = min_db.min(db(ratio(n, s)));
         }
+        // Per sample: the mean over outputs of the error ratio, in dB
+        // (at most ROBUST_CAP_DB: a sample without error must not outweigh
+        // the others), averaged over samples.
+        let per_sample: f64 = units
+            .iter()
+            .map(|u| {
+                let r = u.iter().map(|(n, s)| ratio(*n, *s)).sum::<f64>() / outputs.max(1) as f64;
+                db(r).min(ROBUST_CAP_DB)
+            })
+            .sum::<f64>()
+            / units.len().max(1) as f64;
         Ok(Score {
-            mean_db: db((mean / outputs.max(1) as f64).max(1e-30)),
             min_db,
+            sample_db: per_sample,
         })
     }
 }
@@ -368,10 +427,10 @@ fn spread(n: usize, k: usize) -> Vec<usize> {
     (0..k).map(|i| i * n / k).collect()
 }
 
-/// Chooses a range per activation by its cost at the model output (see the
-/// module docs). `float` is the graph right before quantization, `original`
-/// the FP32 input (the reference), `policy` the ranges the range policy
-/// chose (the starting point and the fallback).
+/// Chooses activation ranges by their cost at the model output (see the
+/// module docs). `float` is the graph right before quantization,
+/// `original` the FP32 input (the reference), `policy` the min/max ranges
+/// of the range policy (the fallback).
 #[allow(clippy::too_many_arguments)]
 pub fn search(
     float: &Model,
@@ -387,131 +446,211 @@ pub fn search(
     float_outliers: bool,
 ) -> Result<(Ranges, AutoReport)> {
     let g = &float.graph;
+    let t0 = std::time::Instant::now();
     let rows = spread(data.data.samples(), SAMPLES);
-    let mut bench = ParamBench::new(float, original, plan, policy, cfg, opset, data, &rows)?;
+    let (fit_rows, judge_rows): (Vec<usize>, Vec<usize>) = if rows.len() >= 16 {
+        (rows.iter().copied().step_by(2).collect(), rows.iter().copied().skip(1).step_by(2).collect())
+    } else {
+        (rows.clone(), rows.clone())
+    };
+    let mut fit = ParamBench::new(float, original, plan, policy, cfg, opset, data, &fit_rows)?;
+    let mut judge = ParamBench::new(float, original, plan, policy, cfg, opset, data, &judge_rows)?;
+    let setup_seconds = t0.elapsed().as_secs_f64();
     let default = cfg.default_activation_format();
-    let mut set = bench.initial(false);
-    let mut chosen = policy.clone();
-    let mut changed = Vec::new();
-    let mut searched = 0;
-    let roots = bench.roots.clone();
-    for (root, ixs) in &roots {
-        let Some(v) = g.value_by_name(root) else {
-            continue;
-        };
-        let format = plan.format_of(v, default);
-        let cands = match stats.get(root.as_str()) {
-            Some(s) => candidates(
-                g,
-                root,
-                s,
-                &format,
-                policy[root.as_str()],
-                consumer_clamp,
-                entropy_guard,
-            ),
-            None => vec![("policy".into(), policy[root.as_str()])],
-        };
-        let apply = |set: &mut Vec<Setting>, (s, z): (f32, f32)| {
+    let roots = fit.roots.clone();
+    let format = |root: &str| {
+        g.value_by_name(root)
+            .map_or(default, |v| plan.format_of(v, default))
+    };
+    // Per root: the range of every method (None: the method failed there;
+    // the policy's range is used).
+    let ranges_of: Vec<Vec<(f32, f32)>> = roots
+        .par_iter()
+        .map(|(root, _)| {
+            let f = format(root);
+            METHODS
+                .iter()
+                .map(|&m| {
+                    stats
+                        .get(root.as_str())
+                        .and_then(|s| range_of(g, root, s, &f, m, consumer_clamp, entropy_guard))
+                        .unwrap_or(policy[root.as_str()])
+                })
+                .collect()
+        })
+        .collect();
+    let mut set = fit.initial(true);
+    let put = |bench: &ParamBench, set: &mut Vec<Setting>, k: usize, r: (f32, f32)| {
+        let (root, ixs) = &roots[k];
+        if let Some((s, z)) = bench.params(root, &format(root), r) {
             for &i in ixs {
                 set[i] = (s, z, true);
             }
-        };
-        let first = (set[ixs[0]].0, set[ixs[0]].1);
-        apply(&mut set, first);
-        if cands.len() < 2 {
-            continue;
         }
-        searched += 1;
-        let base = bench.score(&set)?.mean_db;
-        let mut best: Option<(f64, usize, (f32, f32))> = None;
-        for (k, (_, r)) in cands.iter().enumerate().skip(1) {
-            let Some(p) = bench.params(root, &format, *r) else {
-                continue;
-            };
-            apply(&mut set, p);
-            let s = bench.score(&set)?.mean_db;
-            if s > base + MIN_GAIN_DB && best.is_none_or(|b| s > b.0) {
-                best = Some((s, k, p));
-            }
+    };
+    // Step 1: one method for all.
+    let mut methods = Vec::new();
+    let mut best = (f64::NEG_INFINITY, 0usize);
+    for (mi, m) in METHODS.iter().enumerate() {
+        let mut s = fit.initial(true);
+        for (k, rs) in ranges_of.iter().enumerate() {
+            put(&fit, &mut s, k, rs[mi]);
         }
-        match best {
-            Some((s, k, p)) => {
-                apply(&mut set, p);
-                changed.push(AutoChoice {
-                    tensor: root.clone(),
-                    method: cands[k].0.clone(),
-                    from: policy[root.as_str()],
-                    to: cands[k].1,
-                    gain_db: s - base,
-                });
-                chosen.insert(root.clone(), cands[k].1);
-            }
-            None => apply(&mut set, first),
+        let db = fit.score(&s)?.sample_db;
+        methods.push((method_name(*m), db));
+        if db > best.0 + if mi == 0 { 0.0 } else { MIN_GAIN_DB } {
+            best = (db, mi);
+            set = s;
         }
     }
-    let auto_db = bench.score(&set)?.mean_db;
-    let policy_db = if changed.is_empty() {
-        auto_db
-    } else {
-        let initial = bench.initial(true);
-        bench.score(&initial)?.mean_db
-    };
-    let kept = !changed.is_empty() && auto_db > policy_db;
-    let mut cur = if kept { set } else { bench.initial(true) };
-    let mut float_tensors = Vec::new();
-    let mut final_db = auto_db.max(policy_db);
-    if float_outliers {
-        // Each root alone left float; a tensor behind at least half of
-        // the output error (its removal gains OUTLIER_DB) is an outlier.
-        let mut cands: Vec<(String, Vec<usize>, f64)> = Vec::new();
-        for (root, ixs) in &roots {
-            let mut alone = cur.clone();
-            for &i in ixs {
-                alone[i].2 = false;
+    let method = best.1;
+    let mut chosen: Vec<(f32, f32)> = ranges_of.iter().map(|rs| rs[method]).collect();
+    let mut current = best.0;
+    // Step 2: sensitivity of each root, by group testing: a block of
+    // consecutive roots left float together gains at least what any of
+    // them gains alone (error powers add), so only the roots of blocks
+    // gaining MIN_GAIN_DB or more are measured one by one.
+    let mut gains: Vec<(usize, f64)> = Vec::new();
+    let all: Vec<usize> = (0..roots.len()).collect();
+    for block in all.chunks(GROUP) {
+        let off_gain = |fit: &mut ParamBench, ks: &[usize]| -> Result<f64> {
+            let mut s = set.clone();
+            for &k in ks {
+                for &i in &roots[k].1 {
+                    s[i].2 = false;
+                }
             }
-            let gain = bench.score(&alone)?.mean_db - final_db;
-            if gain >= OUTLIER_DB {
-                cands.push((root.clone(), ixs.clone(), gain));
+            Ok(fit.score(&s)?.sample_db - current)
+        };
+        let g = if block.len() > 1 {
+            off_gain(&mut fit, block)?
+        } else {
+            f64::INFINITY
+        };
+        if g >= MIN_GAIN_DB {
+            for &k in block {
+                gains.push((k, off_gain(&mut fit, &[k])?));
             }
         }
-        cands.sort_by(|a, b| b.2.total_cmp(&a.2));
-        // Re-measured one by one with the earlier ones float: each must
-        // still be behind half of what error is left.
-        for (root, ixs, gain) in cands {
-            for &i in &ixs {
-                cur[i].2 = false;
+    }
+    gains.sort_by(|a, b| b.1.total_cmp(&a.1));
+    // Step 3: the most sensitive roots one by one.
+    let mut changed = Vec::new();
+    let mut searched = 0;
+    for &(k, gain) in gains.iter().take(REFINE) {
+        if !(gain >= MIN_GAIN_DB) {
+            break;
+        }
+        searched += 1;
+        let before = chosen[k];
+        let mut tried: Vec<(f32, f32)> = vec![before];
+        let mut pick: Option<(f64, usize)> = None;
+        for (mi, &r) in ranges_of[k].iter().enumerate() {
+            if tried.iter().any(|t| near(*t, r)) {
+                continue;
             }
-            let now = bench.score(&cur)?.mean_db;
-            if now - final_db >= OUTLIER_DB {
-                float_tensors.push(crate::mixed::FloatTensor {
-                    tensor: root,
-                    gain_db: gain,
-                    sqnr_after_db: now,
+            tried.push(r);
+            put(&fit, &mut set, k, r);
+            let db = fit.score(&set)?.sample_db;
+            if db > current + MIN_GAIN_DB && pick.is_none_or(|p| db > p.0) {
+                pick = Some((db, mi));
+            }
+        }
+        match pick {
+            Some((db, mi)) => {
+                let r = ranges_of[k][mi];
+                put(&fit, &mut set, k, r);
+                changed.push(AutoChoice {
+                    tensor: roots[k].0.clone(),
+                    method: method_name(METHODS[mi]),
+                    from: before,
+                    to: r,
+                    gain_db: db - current,
                 });
-                final_db = now;
+                chosen[k] = r;
+                current = db;
+            }
+            None => put(&fit, &mut set, k, before),
+        }
+    }
+    // Step 4: outliers, screened by their step-2 gain.
+    let mut float_tensors = Vec::new();
+    let mut off = vec![false; roots.len()];
+    if float_outliers {
+        for &(k, gain) in &gains {
+            if !(gain >= OUTLIER_DB) {
+                break;
+            }
+            for &i in &roots[k].1 {
+                set[i].2 = false;
+            }
+            let db = fit.score(&set)?.sample_db;
+            if db - current >= OUTLIER_DB {
+                float_tensors.push(crate::mixed::FloatTensor {
+                    tensor: roots[k].0.clone(),
+                    gain_db: gain,
+                    sqnr_after_db: db,
+                });
+                off[k] = true;
+                current = db;
             } else {
-                for &i in &ixs {
-                    cur[i].2 = true;
+                for &i in &roots[k].1 {
+                    set[i].2 = true;
                 }
             }
         }
     }
+    // Step 5: judged on the other samples against min/max and against the
+    // method for all alone.
+    let judged = |bench: &mut ParamBench, rs: &dyn Fn(usize) -> Option<(f32, f32)>| {
+        let mut s = bench.initial(true);
+        for k in 0..roots.len() {
+            match rs(k) {
+                Some(r) => put(bench, &mut s, k, r),
+                None => {
+                    for &i in &roots[k].1 {
+                        s[i].2 = false;
+                    }
+                }
+            }
+        }
+        bench.score(&s).map(|s| s.sample_db)
+    };
+    let minmax_db = judged(&mut judge, &|k| Some(ranges_of[k][0]))?;
+    let auto_db = judged(&mut judge, &|k| (!off[k]).then_some(chosen[k]))?;
+    let (kept, used, result): (bool, usize, Vec<Option<(f32, f32)>>) = if auto_db > minmax_db {
+        (true, method, (0..roots.len()).map(|k| (!off[k]).then_some(chosen[k])).collect())
+    } else {
+        let all_db = judged(&mut judge, &|k| Some(ranges_of[k][method]))?;
+        let m = if all_db > minmax_db { method } else { 0 };
+        (false, m, ranges_of.iter().map(|rs| Some(rs[m])).collect())
+    };
+    let mut out = policy.clone();
+    for ((root, _), r) in roots.iter().zip(&result) {
+        match r {
+            Some(r) => {
+                out.insert(root.clone(), *r);
+            }
+            None => {
+                out.remove(root);
+            }
+        }
+    }
     let report = AutoReport {
-        samples: bench.samples(),
+        fit_samples: fit.samples(),
+        judge_samples: judge.samples(),
+        methods,
+        method: method_name(METHODS[used]),
         searched,
-        runs: bench.runs,
-        policy_db,
+        runs: fit.runs + judge.runs,
+        setup_seconds,
+        run_seconds: t0.elapsed().as_secs_f64() - setup_seconds,
+        minmax_db,
         auto_db,
         kept,
-        changed,
-        float: float_tensors,
-        final_db,
+        changed: if kept { changed } else { Vec::new() },
+        float: if kept { float_tensors } else { Vec::new() },
     };
-    let mut out = if kept { chosen } else { policy.clone() };
-    for f in &report.float {
-        out.remove(&f.tensor);
-    }
     Ok((out, report))
 }
 
