@@ -254,20 +254,22 @@ fn smooth_quant_moves_normalization_outliers_into_weights() {
 
 #[test]
 fn method_auto_chooses_ranges_by_their_cost_at_the_output() {
-    // Each activation's range among min/max, percentiles, MSE and entropy,
-    // by the output SQNR on calibration samples (the held-back digits are
-    // never seen). Measured: HardSwish stem 41.2 -> 43.7 dB, digits CNN
-    // 49.5 -> 50.0 dB.
+    // One method for all, chosen by the output SQNR on calibration samples
+    // and confirmed on others (the held-back digits are never seen), and
+    // outliers left float. Measured: HardSwish stem 41.23 -> 42.48 dB,
+    // digits CNN 49.47 -> 50.05 dB, depthwise fixture 5.32 -> 15.49 dB
+    // (one outlier float, +9.9 dB alone).
     let (auto, r) = output_sqnr("accuracy/hardswish_stem.onnx", &["--method", "auto"]);
     let (minmax, _) = output_sqnr("accuracy/hardswish_stem.onnx", &["--method", "minmax"]);
     assert!(
-        auto >= minmax + 1.5,
+        auto >= minmax + 0.8,
         "auto {auto:.2} dB vs minmax {minmax:.2} dB"
     );
     let a = &r["auto_ranges"];
     assert_eq!(a["kept"], true, "{a}");
-    assert!(a["auto_db"].as_f64().unwrap() > a["policy_db"].as_f64().unwrap());
-    assert!(!a["changed"].as_array().unwrap().is_empty(), "{a}");
+    assert_eq!(a["methods"].as_array().unwrap().len(), 6, "{a}");
+    assert!(a["auto_db"].as_f64().unwrap() > a["minmax_db"].as_f64().unwrap());
+    assert_ne!(a["method"], "minmax", "{a}");
     // Never worse on the trained model, where min/max is already good.
     let (auto, _) = output_sqnr("digits_cnn.onnx", &["--method", "auto"]);
     let (minmax, _) = output_sqnr("digits_cnn.onnx", &["--method", "minmax"]);
@@ -275,4 +277,22 @@ fn method_auto_chooses_ranges_by_their_cost_at_the_output() {
         auto >= minmax - 0.3,
         "auto {auto:.2} dB vs minmax {minmax:.2} dB"
     );
+    // An activation behind most of the output error stays float.
+    let (auto, r) = output_sqnr("accuracy/cle_depthwise.onnx", &["--method", "auto"]);
+    let (minmax, _) = output_sqnr("accuracy/cle_depthwise.onnx", &["--method", "minmax"]);
+    assert!(
+        auto >= minmax + 6.0,
+        "auto {auto:.2} dB vs minmax {minmax:.2} dB"
+    );
+    let float = r["auto_ranges"]["float"].as_array().unwrap();
+    assert_eq!(float.len(), 1, "{float:?}");
+    assert!(float[0]["gain_db"].as_f64().unwrap() >= 3.0103);
+    let why = r["quantization"]["activations_float"].to_string();
+    assert!(why.contains("left float by --method auto"), "{why}");
+    // Without outliers, nothing stays float.
+    let (_, r) = output_sqnr(
+        "accuracy/cle_depthwise.onnx",
+        &["--method", "auto", "--no-float-outliers"],
+    );
+    assert!(r["auto_ranges"]["float"].as_array().unwrap().is_empty());
 }

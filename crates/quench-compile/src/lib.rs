@@ -439,11 +439,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             .join(", ");
                         if rep.kept {
                             out.note(format!(
-                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {} of {} most sensitive range(s) changed, {} outlier(s) left float{}; judged on {} other samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
+                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {} outlier(s) left float{}; judged on {} other samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
                                 rep.method,
                                 rep.fit_samples,
-                                rep.changed.len(),
-                                rep.searched,
                                 rep.float.len(),
                                 if rep.float.is_empty() {
                                     String::new()
@@ -471,12 +469,6 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 rep.minmax_db,
                                 if rep.method == "minmax" { "min/max kept".to_string() } else { format!("{} ranges for all (they beat min/max there)", rep.method) },
                                 rep.fit_samples
-                            ));
-                        }
-                        for c in &rep.changed {
-                            out.log.push(format!(
-                                "method auto: `{}` {} [{}, {}] -> [{}, {}] ({:+.2} dB)",
-                                c.tensor, c.method, c.from.0, c.from.1, c.to.0, c.to.1, c.gain_db
                             ));
                         }
                         ranges = r;

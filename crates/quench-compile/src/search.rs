@@ -14,22 +14,21 @@
 //!    and entropy, each giving every activation its range on its own grid
 //!    (clamped where its consumers are flat; Softmax/Sigmoid outputs keep
 //!    the observed range), scored on the fitting samples. The best stays.
-//! 2. **Sensitivity**: blocks of [`GROUP`] consecutive activations are
-//!    left float together; in blocks that gain at least [`MIN_GAIN_DB`],
-//!    each activation is left float alone; its gain at the output ranks
-//!    it (group testing: error powers add, so a block that gains little
-//!    holds no sensitive activation).
-//! 3. **Per tensor**, for the [`REFINE`] most sensitive activations whose
-//!    gain is at least [`MIN_GAIN_DB`]: each of the candidate ranges above
-//!    in turn, the best kept (the current one unless another is better by
-//!    more than [`MIN_GAIN_DB`]), most sensitive first.
-//! 4. **Outliers** (`float_outliers`): an activation whose quantization
+//! 2. **Outliers** (`float_outliers`): an activation whose quantization
 //!    alone causes at least half of the output error power (leaving it
-//!    float gains [`OUTLIER_DB`] or more) stays float, largest first, each
-//!    re-measured with the earlier ones float.
-//! 5. **Judged**: the result must score higher than min/max ranges on the
-//!    judging samples, or the best of steps 1 is kept if it does, or
-//!    min/max.
+//!    float gains [`OUTLIER_DB`] or more) stays float. Found by group
+//!    testing: blocks of [`GROUP`] consecutive activations are left float
+//!    together; error powers add, so a block gaining less than
+//!    [`OUTLIER_DB`] holds no outlier, and one gaining more is halved
+//!    until single activations remain; those are re-measured largest
+//!    first, each with the earlier ones float.
+//! 3. **Judged**: the result must score higher than min/max ranges on the
+//!    judging samples; if it does not, the method for all alone is kept if
+//!    it does, else min/max.
+//!
+//! Per-activation range choice was tried and dropped: on real models it
+//! gained a few hundredths of a dB on judging samples (PP-OCRv4 rec) or
+//! lost (mobile cls) for many more runs.
 //!
 //! Score: per sample, `-10 log10(mean over outputs of error power / signal
 //! power)`, averaged over the samples ([`Score::sample_db`]): a pooled
@@ -57,10 +56,8 @@ use crate::data::Bound;
 
 /// Calibration samples the search uses (half to fit, half to judge).
 pub const SAMPLES: usize = 32;
-/// Most activations searched one by one (step 3).
-pub const REFINE: usize = 8;
-/// Consecutive activations left float together when screening for
-/// sensitive ones (step 2).
+/// Consecutive activations left float together when looking for outliers
+/// (step 2).
 pub const GROUP: usize = 8;
 /// A choice replaces the current one only when it raises the output score
 /// by more than this (dB): smaller differences are noise of the sample
@@ -72,18 +69,6 @@ pub const MIN_GAIN_DB: f64 = 0.05;
 /// outlier and stays float: the rule follows from the measurement, not
 /// from a tuned threshold.
 pub const OUTLIER_DB: f64 = 3.0103;
-
-/// One range the search changed.
-#[derive(Debug, Clone, Serialize)]
-pub struct AutoChoice {
-    pub tensor: String,
-    /// The candidate chosen (`minmax`, `percentile 99.99`, `mse`, ...).
-    pub method: String,
-    pub from: (f32, f32),
-    pub to: (f32, f32),
-    /// Output score gain over the policy's range when chosen (dB).
-    pub gain_db: f64,
-}
 
 /// What `--method auto` did.
 #[derive(Debug, Clone, Serialize)]
@@ -97,7 +82,8 @@ pub struct AutoReport {
     /// ranges used instead: that method's if it beat min/max on the
     /// judging samples, else min/max).
     pub method: String,
-    /// Activations searched one by one, and the runs made in all.
+    /// Groups of activations left float while looking for outliers, and
+    /// the runs made in all.
     pub searched: usize,
     pub runs: usize,
     /// Seconds spent building the parametric twins and FP32 references,
@@ -111,8 +97,6 @@ pub struct AutoReport {
     /// Whether the result was kept (it must score higher than min/max on
     /// the judging samples).
     pub kept: bool,
-    /// Ranges changed one by one (step 3).
-    pub changed: Vec<AutoChoice>,
     /// Outlier tensors left float: each was behind at least half of the
     /// output error when it was chosen (leaving it float gained
     /// [`OUTLIER_DB`] or more on the fitting samples).
@@ -167,12 +151,6 @@ fn range_of(
         r
     };
     (r.0.is_finite() && r.1.is_finite() && r.0 <= r.1).then_some(r)
-}
-
-/// Whether two ranges are within 1% of the wider one's width.
-fn near(a: (f32, f32), b: (f32, f32)) -> bool {
-    let w = (a.1 - a.0).abs().max((b.1 - b.0).abs()).max(f32::MIN_POSITIVE);
-    (a.0 - b.0).abs() <= 0.01 * w && (a.1 - b.1).abs() <= 0.01 * w
 }
 
 /// The parametric twin of a quantized model with its data: runs a choice
@@ -264,7 +242,7 @@ impl ParamBench {
             .context("running the FP32 model")?;
         let mut names = data_names;
         for p in &pairs {
-            names.extend([p.scale.clone(), p.zero_point.clone(), p.on.clone()]);
+            names.extend([p.scale.clone(), p.low.clone(), p.high.clone(), p.on.clone()]);
         }
         // Roots and their pairs; members (data movement after a root)
         // share the root's setting.
@@ -343,10 +321,11 @@ impl ParamBench {
 
     pub fn score(&mut self, set: &[Setting]) -> Result<Score> {
         self.runs += 1;
-        let mut params = Vec::with_capacity(3 * set.len());
-        for &(s, z, on) in set {
+        let mut params = Vec::with_capacity(4 * set.len());
+        for (p, &(s, z, on)) in self.pairs.iter().zip(set) {
             params.push(ArrayData::F32(ndarray::arr0(s).into_dyn()));
-            params.push(ArrayData::F32(ndarray::arr0(z).into_dyn()));
+            params.push(ArrayData::F32(ndarray::arr0(p.qmin - z).into_dyn()));
+            params.push(ArrayData::F32(ndarray::arr0(p.qmax - z).into_dyn()));
             params.push(ArrayData::Bool(ndarray::arr0(on).into_dyn()));
         }
         // Per batch, per sample (a row of the batch axis where outputs
@@ -449,7 +428,10 @@ pub fn search(
     let t0 = std::time::Instant::now();
     let rows = spread(data.data.samples(), SAMPLES);
     let (fit_rows, judge_rows): (Vec<usize>, Vec<usize>) = if rows.len() >= 16 {
-        (rows.iter().copied().step_by(2).collect(), rows.iter().copied().skip(1).step_by(2).collect())
+        (
+            rows.iter().copied().step_by(2).collect(),
+            rows.iter().copied().skip(1).step_by(2).collect(),
+        )
     } else {
         (rows.clone(), rows.clone())
     };
@@ -504,83 +486,45 @@ pub fn search(
         }
     }
     let method = best.1;
-    let mut chosen: Vec<(f32, f32)> = ranges_of.iter().map(|rs| rs[method]).collect();
+    // Step 2: outliers, found by group testing. Leaving a group float
+    // gains at least what any one member gains alone (their error powers
+    // add), so a group gaining less than OUTLIER_DB holds no outlier; a
+    // group gaining more is halved until single activations remain, each
+    // then re-measured with the outliers so far float.
+    let chosen: Vec<(f32, f32)> = ranges_of.iter().map(|rs| rs[method]).collect();
     let mut current = best.0;
-    // Step 2: sensitivity of each root, by group testing: a block of
-    // consecutive roots left float together gains at least what any of
-    // them gains alone (error powers add), so only the roots of blocks
-    // gaining MIN_GAIN_DB or more are measured one by one.
-    let mut gains: Vec<(usize, f64)> = Vec::new();
-    let all: Vec<usize> = (0..roots.len()).collect();
-    for block in all.chunks(GROUP) {
-        let off_gain = |fit: &mut ParamBench, ks: &[usize]| -> Result<f64> {
-            let mut s = set.clone();
+    let mut float_tensors = Vec::new();
+    let mut off = vec![false; roots.len()];
+    let mut searched = 0;
+    if float_outliers {
+        let gain_off = |fit: &mut ParamBench, set: &[Setting], ks: &[usize], current: f64| {
+            let mut s = set.to_vec();
             for &k in ks {
                 for &i in &roots[k].1 {
                     s[i].2 = false;
                 }
             }
-            Ok(fit.score(&s)?.sample_db - current)
+            fit.score(&s).map(|sc| sc.sample_db - current)
         };
-        let g = if block.len() > 1 {
-            off_gain(&mut fit, block)?
-        } else {
-            f64::INFINITY
-        };
-        if g >= MIN_GAIN_DB {
-            for &k in block {
-                gains.push((k, off_gain(&mut fit, &[k])?));
-            }
-        }
-    }
-    gains.sort_by(|a, b| b.1.total_cmp(&a.1));
-    // Step 3: the most sensitive roots one by one.
-    let mut changed = Vec::new();
-    let mut searched = 0;
-    for &(k, gain) in gains.iter().take(REFINE) {
-        if !(gain >= MIN_GAIN_DB) {
-            break;
-        }
-        searched += 1;
-        let before = chosen[k];
-        let mut tried: Vec<(f32, f32)> = vec![before];
-        let mut pick: Option<(f64, usize)> = None;
-        for (mi, &r) in ranges_of[k].iter().enumerate() {
-            if tried.iter().any(|t| near(*t, r)) {
+        let all: Vec<usize> = (0..roots.len()).collect();
+        let mut stack: Vec<Vec<usize>> = all.chunks(GROUP).rev().map(<[usize]>::to_vec).collect();
+        let mut singles: Vec<(usize, f64)> = Vec::new();
+        while let Some(group) = stack.pop() {
+            let gain = gain_off(&mut fit, &set, &group, current)?;
+            searched += 1;
+            if !(gain >= OUTLIER_DB) {
                 continue;
             }
-            tried.push(r);
-            put(&fit, &mut set, k, r);
-            let db = fit.score(&set)?.sample_db;
-            if db > current + MIN_GAIN_DB && pick.is_none_or(|p| db > p.0) {
-                pick = Some((db, mi));
+            if group.len() == 1 {
+                singles.push((group[0], gain));
+            } else {
+                let (a, b) = group.split_at(group.len() / 2);
+                stack.push(b.to_vec());
+                stack.push(a.to_vec());
             }
         }
-        match pick {
-            Some((db, mi)) => {
-                let r = ranges_of[k][mi];
-                put(&fit, &mut set, k, r);
-                changed.push(AutoChoice {
-                    tensor: roots[k].0.clone(),
-                    method: method_name(METHODS[mi]),
-                    from: before,
-                    to: r,
-                    gain_db: db - current,
-                });
-                chosen[k] = r;
-                current = db;
-            }
-            None => put(&fit, &mut set, k, before),
-        }
-    }
-    // Step 4: outliers, screened by their step-2 gain.
-    let mut float_tensors = Vec::new();
-    let mut off = vec![false; roots.len()];
-    if float_outliers {
-        for &(k, gain) in &gains {
-            if !(gain >= OUTLIER_DB) {
-                break;
-            }
+        singles.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (k, gain) in singles {
             for &i in &roots[k].1 {
                 set[i].2 = false;
             }
@@ -619,7 +563,13 @@ pub fn search(
     let minmax_db = judged(&mut judge, &|k| Some(ranges_of[k][0]))?;
     let auto_db = judged(&mut judge, &|k| (!off[k]).then_some(chosen[k]))?;
     let (kept, used, result): (bool, usize, Vec<Option<(f32, f32)>>) = if auto_db > minmax_db {
-        (true, method, (0..roots.len()).map(|k| (!off[k]).then_some(chosen[k])).collect())
+        (
+            true,
+            method,
+            (0..roots.len())
+                .map(|k| (!off[k]).then_some(chosen[k]))
+                .collect(),
+        )
     } else {
         let all_db = judged(&mut judge, &|k| Some(ranges_of[k][method]))?;
         let m = if all_db > minmax_db { method } else { 0 };
@@ -648,7 +598,6 @@ pub fn search(
         minmax_db,
         auto_db,
         kept,
-        changed: if kept { changed } else { Vec::new() },
         float: if kept { float_tensors } else { Vec::new() },
     };
     Ok((out, report))

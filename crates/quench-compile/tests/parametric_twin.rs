@@ -56,9 +56,10 @@ fn run_param(
     let mut names = names.to_vec();
     let mut inputs = inputs.to_vec();
     for (p, &(s, z, on)) in pairs.iter().zip(set) {
-        names.extend([p.scale.clone(), p.zero_point.clone(), p.on.clone()]);
+        names.extend([p.scale.clone(), p.low.clone(), p.high.clone(), p.on.clone()]);
         inputs.push(ArrayData::F32(ndarray::arr0(s).into_dyn()));
-        inputs.push(ArrayData::F32(ndarray::arr0(z).into_dyn()));
+        inputs.push(ArrayData::F32(ndarray::arr0(p.qmin - z).into_dyn()));
+        inputs.push(ArrayData::F32(ndarray::arr0(p.qmax - z).into_dyn()));
         inputs.push(ArrayData::Bool(ndarray::arr0(on).into_dyn()));
     }
     run(m, &names, &inputs)

@@ -204,12 +204,13 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
 pub struct ParamPair {
     /// The quantized tensor (the QuantizeLinear's input).
     pub tensor: String,
-    /// Names of the scalar inputs: `scale` and `zero_point` (f32; the zero
-    /// point as the float value of its integer code) and `on` (bool: true
-    /// quantizes, false passes the tensor through, clamped by the bypass
-    /// bounds given to [`parametric_twin`]).
+    /// Names of the scalar inputs: `scale`, `low` and `high` (f32: the
+    /// code range relative to the zero point, `qmin - zp` and `qmax - zp`)
+    /// and `on` (bool: true quantizes, false passes the tensor through,
+    /// clamped by the bypass bounds given to [`parametric_twin`]).
     pub scale: String,
-    pub zero_point: String,
+    pub low: String,
+    pub high: String,
     pub on: String,
     /// Integer code range of the pair's type.
     pub qmin: f32,
@@ -323,60 +324,82 @@ fn replace_pair_with(
     }
     let base = g.value(x).name.clone();
     let scalar = |elem: DataType| Some(tensor::tensor_type_of(elem as i32, &[]));
-    let (sv, zv, on) = match parametric {
-        Some(_) => {
-            let names: Vec<String> = ["scale", "zero_point", "on"]
-                .iter()
-                .map(|k| g.unique_name(&format!("{base}__param_{k}")))
-                .collect();
-            let sv = g.add_input(&names[0], scalar(DataType::Float));
-            let zv = g.add_input(&names[1], scalar(DataType::Float));
-            let on = g.add_input(&names[2], scalar(DataType::Bool));
-            (sv, zv, Some(on))
-        }
-        None => (
-            g.add_const(
-                &format!("{base}_sim_scale"),
-                tensor::from_f32("", &[], &[scale]),
-            ),
-            g.add_const(
-                &format!("{base}_sim_zero_point"),
-                tensor::from_f32("", &[], &[zp]),
-            ),
-            None,
-        ),
-    };
-    let lo = g.add_const(
-        &format!("{base}_sim_qmin"),
-        tensor::from_f32("", &[], &[qmin]),
-    );
-    let hi = g.add_const(
-        &format!("{base}_sim_qmax"),
-        tensor::from_f32("", &[], &[qmax]),
-    );
     let mk = |g: &mut Graph, op: &str| Node::new(op, &g.unique_name(&format!("{base}_sim_{op}")));
-    let d = mk(g, "Div");
-    let (_, a) = g.add_op(d, &[x, sv], &[&format!("{base}_sim_div")]);
-    let r = mk(g, "Round");
-    let (_, b) = g.add_op(r, &[a[0]], &[&format!("{base}_sim_round")]);
-    let ad = mk(g, "Add");
-    let (_, c) = g.add_op(ad, &[b[0], zv], &[&format!("{base}_sim_add")]);
-    let clipped = if opset >= 11 {
-        let cl = mk(g, "Clip");
-        g.add_op(cl, &[c[0], lo, hi], &[&format!("{base}_sim_clip")])
+    // Parametric: scale, code bounds relative to the zero point and the
+    // switch are inputs; `(clip(round(x/s) + zp, qmin, qmax) - zp) * s`
+    // is computed as `clip(round(x/s), qmin - zp, qmax - zp) * s`, which
+    // is the same value for every input (round(x/s) and the bounds are
+    // integers, exact in f32 below 2^24, and beyond that both clip), in
+    // three element-wise passes instead of five.
+    let mut inputs = None;
+    let f = if parametric.is_some() {
+        let names: Vec<String> = ["scale", "low", "high", "on"]
+            .iter()
+            .map(|k| g.unique_name(&format!("{base}__param_{k}")))
+            .collect();
+        let sv = g.add_input(&names[0], scalar(DataType::Float));
+        let lo = g.add_input(&names[1], scalar(DataType::Float));
+        let hi = g.add_input(&names[2], scalar(DataType::Float));
+        let on = g.add_input(&names[3], scalar(DataType::Bool));
+        inputs = Some((names, on));
+        let d = mk(g, "Div");
+        let (_, a) = g.add_op(d, &[x, sv], &[&format!("{base}_sim_div")]);
+        let r = mk(g, "Round");
+        let (_, b) = g.add_op(r, &[a[0]], &[&format!("{base}_sim_round")]);
+        let clipped = if opset >= 11 {
+            let cl = mk(g, "Clip");
+            g.add_op(cl, &[b[0], lo, hi], &[&format!("{base}_sim_clip")])
+                .1
+        } else {
+            let m = mk(g, "Max");
+            let (_, c) = g.add_op(m, &[b[0], lo], &[&format!("{base}_sim_max")]);
+            let m = mk(g, "Min");
+            g.add_op(m, &[c[0], hi], &[&format!("{base}_sim_min")]).1
+        };
+        let mu = mk(g, "Mul");
+        g.add_op(mu, &[clipped[0], sv], &[&format!("{base}_sim_out")])
             .1
     } else {
-        let mut cl = mk(g, "Clip");
-        cl.set_attr(quench_ir::attr::float("min", qmin));
-        cl.set_attr(quench_ir::attr::float("max", qmax));
-        g.add_op(cl, &[c[0]], &[&format!("{base}_sim_clip")]).1
+        let sv = g.add_const(
+            &format!("{base}_sim_scale"),
+            tensor::from_f32("", &[], &[scale]),
+        );
+        let zv = g.add_const(
+            &format!("{base}_sim_zero_point"),
+            tensor::from_f32("", &[], &[zp]),
+        );
+        let lo = g.add_const(
+            &format!("{base}_sim_qmin"),
+            tensor::from_f32("", &[], &[qmin]),
+        );
+        let hi = g.add_const(
+            &format!("{base}_sim_qmax"),
+            tensor::from_f32("", &[], &[qmax]),
+        );
+        let d = mk(g, "Div");
+        let (_, a) = g.add_op(d, &[x, sv], &[&format!("{base}_sim_div")]);
+        let r = mk(g, "Round");
+        let (_, b) = g.add_op(r, &[a[0]], &[&format!("{base}_sim_round")]);
+        let ad = mk(g, "Add");
+        let (_, c) = g.add_op(ad, &[b[0], zv], &[&format!("{base}_sim_add")]);
+        let clipped = if opset >= 11 {
+            let cl = mk(g, "Clip");
+            g.add_op(cl, &[c[0], lo, hi], &[&format!("{base}_sim_clip")])
+                .1
+        } else {
+            let mut cl = mk(g, "Clip");
+            cl.set_attr(quench_ir::attr::float("min", qmin));
+            cl.set_attr(quench_ir::attr::float("max", qmax));
+            g.add_op(cl, &[c[0]], &[&format!("{base}_sim_clip")]).1
+        };
+        let su = mk(g, "Sub");
+        let (_, e) = g.add_op(su, &[clipped[0], zv], &[&format!("{base}_sim_sub")]);
+        let mu = mk(g, "Mul");
+        g.add_op(mu, &[e[0], sv], &[&format!("{base}_sim_out")]).1
     };
-    let su = mk(g, "Sub");
-    let (_, e) = g.add_op(su, &[clipped[0], zv], &[&format!("{base}_sim_sub")]);
-    let mu = mk(g, "Mul");
-    let (_, mut f) = g.add_op(mu, &[e[0], sv], &[&format!("{base}_sim_out")]);
+    let mut f = f;
     let mut param = None;
-    if let (Some(on), Some(clamp)) = (on, parametric) {
+    if let (Some((names, on)), Some(clamp)) = (inputs, parametric) {
         // Off: the tensor itself, with the absorbed Relu/Clip re-applied.
         let mut keep = x;
         if let Some((lo, hi)) = clamp(&base) {
@@ -398,12 +421,14 @@ fn replace_pair_with(
         f = g
             .add_op(w, &[on, f[0], keep], &[&format!("{base}_sim_switch")])
             .1;
-        let name = |v: ValueId| g.value(v).name.clone();
+        let [scale_in, low, high, on_in]: [String; 4] =
+            names.try_into().map_err(|_| "parameter names")?;
         param = Some(ParamPair {
             tensor: base.clone(),
-            scale: name(sv),
-            zero_point: name(zv),
-            on: name(on),
+            scale: scale_in,
+            low,
+            high,
+            on: on_in,
             qmin,
             qmax,
             initial_scale: scale,
