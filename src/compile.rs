@@ -25,8 +25,10 @@ pub enum MethodArg {
     Percentile,
     Entropy,
     Mse,
-    /// Per activation, the range (min/max, percentiles, MSE, entropy) that
-    /// costs the least at the model output, measured on calibration samples.
+    /// The ranges that cost the least at the model output: one method for
+    /// all (min/max, percentiles, MSE, entropy) chosen and confirmed on
+    /// calibration samples, activations behind half of the output error
+    /// left float (default).
     Auto,
 }
 
@@ -81,7 +83,7 @@ pub struct CompileArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Static)]
     pub mode: ModeArg,
     /// How activation ranges are chosen from calibration statistics.
-    #[arg(long, value_enum, default_value_t = MethodArg::Minmax)]
+    #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
     pub method: MethodArg,
     /// Percentile for `--method percentile`.
     #[arg(long, default_value_t = 99.999)]

@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Observed min/max (only a running min/max is kept).
-    #[default]
     Minmax,
     /// A percentile of the values (see [`Options::percentile`]).
     Percentile,
@@ -25,9 +24,11 @@ pub enum Method {
     Entropy,
     /// Minimum expected squared rounding plus clipping error.
     Mse,
-    /// Per activation, the candidate range (min/max, percentiles, MSE,
-    /// entropy) that costs the least at the model output, measured on
-    /// calibration samples ([`crate::search`]); min/max without samples.
+    /// The ranges that cost the least at the model output: one method for
+    /// all (min/max, percentiles, MSE, entropy) and outliers left float,
+    /// measured on calibration samples ([`crate::search`]); min/max
+    /// without samples. The default.
+    #[default]
     Auto,
 }
 
@@ -150,7 +151,7 @@ impl Default for Options {
             calibration_table: None,
             eval: None,
             mode: q.mode,
-            method: Method::Minmax,
+            method: Method::Auto,
             percentile: 99.999,
             entropy_guard: quench_calib::ENTROPY_GUARD_RATIO,
             activations: q.activations,

@@ -16,12 +16,12 @@
 //!    the observed range), scored on the fitting samples. The best stays.
 //! 2. **Outliers** (`float_outliers`): an activation whose quantization
 //!    alone causes at least half of the output error power (leaving it
-//!    float gains [`OUTLIER_DB`] or more) stays float. Found by group
-//!    testing: blocks of [`GROUP`] consecutive activations are left float
-//!    together; error powers add, so a block gaining less than
-//!    [`OUTLIER_DB`] holds no outlier, and one gaining more is halved
-//!    until single activations remain; those are re-measured largest
-//!    first, each with the earlier ones float.
+//!    float gains [`OUTLIER_DB`] or more) stays float. At most one
+//!    activation can be behind half of the error, and error powers add, so
+//!    it is found by bisection: the candidates are halved, each half left
+//!    float, and the search goes on in the half that gains [`OUTLIER_DB`]
+//!    (none: no outlier); about `2 log2(n)` runs per outlier. Once one is
+//!    float, the search repeats among the rest against the new error.
 //! 3. **Judged**: the result must score higher than min/max ranges on the
 //!    judging samples; if it does not, the method for all alone is kept if
 //!    it does, else min/max.
@@ -56,9 +56,6 @@ use crate::data::Bound;
 
 /// Calibration samples the search uses (half to fit, half to judge).
 pub const SAMPLES: usize = 32;
-/// Consecutive activations left float together when looking for outliers
-/// (step 2).
-pub const GROUP: usize = 8;
 /// A choice replaces the current one only when it raises the output score
 /// by more than this (dB): smaller differences are noise of the sample
 /// choice, not a better range.
@@ -82,8 +79,8 @@ pub struct AutoReport {
     /// ranges used instead: that method's if it beat min/max on the
     /// judging samples, else min/max).
     pub method: String,
-    /// Groups of activations left float while looking for outliers, and
-    /// the runs made in all.
+    /// Groups of activations left float while looking for outliers
+    /// (bisection halves), and the runs made in all.
     pub searched: usize,
     pub runs: usize,
     /// Seconds spent building the parametric twins and FP32 references,
@@ -506,42 +503,46 @@ pub fn search(
             }
             fit.score(&s).map(|sc| sc.sample_db - current)
         };
-        let all: Vec<usize> = (0..roots.len()).collect();
-        let mut stack: Vec<Vec<usize>> = all.chunks(GROUP).rev().map(<[usize]>::to_vec).collect();
-        let mut singles: Vec<(usize, f64)> = Vec::new();
-        while let Some(group) = stack.pop() {
-            let gain = gain_off(&mut fit, &set, &group, current)?;
-            searched += 1;
-            if !(gain >= OUTLIER_DB) {
-                continue;
-            }
-            if group.len() == 1 {
-                singles.push((group[0], gain));
-            } else {
-                let (a, b) = group.split_at(group.len() / 2);
-                stack.push(b.to_vec());
-                stack.push(a.to_vec());
-            }
-        }
-        singles.sort_by(|a, b| b.1.total_cmp(&a.1));
-        for (k, gain) in singles {
+        // At most one activation can be behind half of the error: descend
+        // into the half of the candidates that gains OUTLIER_DB when left
+        // float (the larger if both do) until one remains; leave it float
+        // if it does, and look again among the rest.
+        let mut left: Vec<usize> = (0..roots.len()).collect();
+        while left.len() > 1 {
+            let mut cands = left.clone();
+            let found = loop {
+                if cands.len() == 1 {
+                    break Some(cands[0]);
+                }
+                let (a, b) = cands.split_at(cands.len() / 2);
+                let ga = gain_off(&mut fit, &set, a, current)?;
+                let gb = gain_off(&mut fit, &set, b, current)?;
+                searched += 2;
+                let (pick, g) = if ga >= gb { (a, ga) } else { (b, gb) };
+                if !(g >= OUTLIER_DB) {
+                    break None;
+                }
+                cands = pick.to_vec();
+            };
+            let Some(k) = found else { break };
             for &i in &roots[k].1 {
                 set[i].2 = false;
             }
             let db = fit.score(&set)?.sample_db;
-            if db - current >= OUTLIER_DB {
-                float_tensors.push(crate::mixed::FloatTensor {
-                    tensor: roots[k].0.clone(),
-                    gain_db: gain,
-                    sqnr_after_db: db,
-                });
-                off[k] = true;
-                current = db;
-            } else {
+            if !(db - current >= OUTLIER_DB) {
                 for &i in &roots[k].1 {
                     set[i].2 = true;
                 }
+                break;
             }
+            float_tensors.push(crate::mixed::FloatTensor {
+                tensor: roots[k].0.clone(),
+                gain_db: db - current,
+                sqnr_after_db: db,
+            });
+            off[k] = true;
+            current = db;
+            left.retain(|&j| j != k);
         }
     }
     // Step 5: judged on the other samples against min/max and against the
