@@ -539,6 +539,8 @@ fn minmax_without_histograms_equals_the_calibration_table_path() {
         d,
         "--no-verify",
         "--no-bias-correction",
+        "--method",
+        "minmax",
         "-o",
         direct.to_str().unwrap(),
     ]);
@@ -548,6 +550,8 @@ fn minmax_without_histograms_equals_the_calibration_table_path() {
         "--calibration-table",
         t,
         "--no-verify",
+        "--method",
+        "minmax",
         "-o",
         via_table.to_str().unwrap(),
     ]);

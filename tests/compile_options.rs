@@ -272,7 +272,8 @@ fn per_tensor_weights() {
 /// used, and chooses at least one activation range different from MinMax.
 #[test]
 fn methods_percentile_entropy_mse() {
-    let base = activation_scales(&compile("digits_cnn.onnx", "minmax", &[]).model);
+    let base =
+        activation_scales(&compile("digits_cnn.onnx", "minmax", &["--method", "minmax"]).model);
     for m in ["percentile", "entropy", "mse"] {
         let c = compile("digits_cnn.onnx", &format!("method_{m}"), &["--method", m]);
         check_figures(&c, 25.0, 0.97, 0.02);
