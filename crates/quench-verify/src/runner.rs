@@ -373,7 +373,11 @@ impl Runner {
                     ),
                 });
             }
-            values.push(a.to_tensor().into_tvalue());
+            let t = a.to_tensor().map_err(|reason| RunError::Input {
+                name: name.clone(),
+                reason,
+            })?;
+            values.push(t.into_tvalue());
         }
         // The node being evaluated is recorded (an id in a Cell, no
         // allocation) so that a panic inside an op can name it.
@@ -431,9 +435,14 @@ fn datum_type(code: i32) -> Option<DatumType> {
     Some(match DataType::try_from(code).ok()? {
         DataType::Float => DatumType::F32,
         DataType::Double => DatumType::F64,
+        DataType::Float16 => DatumType::F16,
         DataType::Int64 => DatumType::I64,
         DataType::Int32 => DatumType::I32,
+        DataType::Int16 => DatumType::I16,
         DataType::Int8 => DatumType::I8,
+        DataType::Uint64 => DatumType::U64,
+        DataType::Uint32 => DatumType::U32,
+        DataType::Uint16 => DatumType::U16,
         DataType::Uint8 => DatumType::U8,
         DataType::Bool => DatumType::Bool,
         _ => return None,

@@ -1246,4 +1246,43 @@ mod tests {
             "{e}"
         );
     }
+
+    /// f16 and u16 test-data files load as those types, bound to model
+    /// inputs of those types; a file whose raw_data does not fit its dims
+    /// is an error naming the file.
+    #[test]
+    fn test_data_of_new_element_types() {
+        use tract_onnx::prelude::tract_data::half::f16;
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("test_data_set_0");
+        fs::create_dir(&set).unwrap();
+        let h = ArrayData::F16(
+            ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![f16::from_f32(0.5), f16::MAX, f16::MIN])
+                .unwrap(),
+        );
+        let u = ArrayData::U16(ArrayD::from_shape_vec(IxDyn(&[2]), vec![1, u16::MAX]).unwrap());
+        write_pb(&set.join("input_0.pb"), "x", &h);
+        write_pb(&set.join("input_1.pb"), "n", &u);
+        let mut ds = Dataset::load(dir.path()).unwrap();
+        ds.check_against(&[
+            model_input("x", DataType::Float16, &[Some(1), Some(3)]),
+            model_input("n", DataType::Uint16, &[Some(2)]),
+        ])
+        .unwrap();
+        let sample = ds.sample(0).unwrap();
+        assert_eq!(
+            sample,
+            vec![("x".to_string(), h.clone()), ("n".to_string(), u)]
+        );
+        let bad = set.join("input_0.pb");
+        let mut p = h.to_tensor_proto("x");
+        p.dims = vec![1, 4];
+        fs::write(&bad, p.encode_to_vec()).unwrap();
+        let e = Dataset::load(dir.path()).unwrap_err();
+        assert!(
+            e.to_string().contains(&*bad.to_string_lossy())
+                && e.to_string().contains("raw_data has 6 bytes"),
+            "{e}"
+        );
+    }
 }
