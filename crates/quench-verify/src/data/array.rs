@@ -9,15 +9,18 @@ use quench_onnx::proto::TensorProto;
 use tract_onnx::prelude::tract_data::half::{bf16, f16};
 use tract_onnx::prelude::{DatumType, Tensor};
 
-use super::DataError;
+use super::{DataError, NarrowType};
 
 /// The element types an [`ArrayData`] can hold, for messages.
 pub(crate) const SUPPORTED: &str =
-    "f32, f64, f16, bf16, i64, i32, i16, i8, u64, u32, u16, u8, bool";
+    "f32, f64, f16, bf16, i64, i32, i16, i8, u64, u32, u16, u8, bool, float8, float4, int4, uint4, int2, uint2";
 
-/// An owned n-dimensional array; the variant is the element type. `F16` is
-/// tract's (the `half` crate's) IEEE half; `BF16` is `half::bf16`, which
-/// tract cannot run (see [`ArrayData::to_tensor`]).
+/// An owned n-dimensional array; the variant is the element type (for
+/// `Narrow`, the variant and its [`NarrowType`]). `F16` is tract's (the
+/// `half` crate's) IEEE half; `BF16` is `half::bf16`; `Narrow` holds float8,
+/// float4, int4/uint4 and int2/uint2 values one per byte (bit patterns, or
+/// the low bits of the integer). tract runs neither bf16 nor the narrow
+/// types (see [`ArrayData::to_tensor`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ArrayData {
     F32(ArrayD<f32>),
@@ -33,6 +36,7 @@ pub enum ArrayData {
     U16(ArrayD<u16>),
     U8(ArrayD<u8>),
     Bool(ArrayD<bool>),
+    Narrow(NarrowType, ArrayD<u8>),
 }
 
 /// Applies `$e` to the array inside any variant.
@@ -52,6 +56,7 @@ macro_rules! each {
             ArrayData::U16($a) => $e,
             ArrayData::U8($a) => $e,
             ArrayData::Bool($a) => $e,
+            ArrayData::Narrow(_, $a) => $e,
         }
     };
 }
@@ -74,6 +79,7 @@ macro_rules! map_each {
             ArrayData::U16($a) => ArrayData::U16($e),
             ArrayData::U8($a) => ArrayData::U8($e),
             ArrayData::Bool($a) => ArrayData::Bool($e),
+            ArrayData::Narrow(t, $a) => ArrayData::Narrow(*t, $e),
         }
     };
 }
@@ -144,6 +150,7 @@ impl ArrayData {
             ArrayData::U16(_) => DataType::Uint16,
             ArrayData::U8(_) => DataType::Uint8,
             ArrayData::Bool(_) => DataType::Bool,
+            ArrayData::Narrow(t, _) => return t.code(),
         };
         dt as i32
     }
@@ -165,6 +172,7 @@ impl ArrayData {
             ArrayData::U16(_) => "u16",
             ArrayData::U8(_) => "u8",
             ArrayData::Bool(_) => "bool",
+            ArrayData::Narrow(t, _) => t.name(),
         }
     }
 
@@ -215,6 +223,10 @@ impl ArrayData {
             | ArrayData::U16(_)
             | ArrayData::U8(_)
             | ArrayData::Bool(_) => None,
+            ArrayData::Narrow(t, a) => a
+                .iter()
+                .position(|b| !t.decode(*b).is_finite())
+                .map(|i| row(i, a.shape())),
         }
     }
 
@@ -234,6 +246,7 @@ impl ArrayData {
             ArrayData::U16(a) => a.mapv(f32::from),
             ArrayData::U8(a) => a.mapv(f32::from),
             ArrayData::Bool(a) => a.mapv(|v| f32::from(u8::from(v))),
+            ArrayData::Narrow(t, a) => a.mapv(|b| t.decode(b)),
         }
     }
 
@@ -307,6 +320,18 @@ impl ArrayData {
             ArrayData::U16(_) => stack_as!(U16),
             ArrayData::U8(_) => stack_as!(U8),
             ArrayData::Bool(_) => stack_as!(Bool),
+            ArrayData::Narrow(t, _) => {
+                let views: Vec<_> = parts
+                    .iter()
+                    .filter_map(|p| match p {
+                        ArrayData::Narrow(_, a) => Some(a.view()),
+                        _ => None,
+                    })
+                    .collect();
+                ndarray::stack(Axis(0), &views)
+                    .map(|a| ArrayData::Narrow(*t, a))
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -375,6 +400,31 @@ impl ArrayData {
                     .map_err(|e| err(e.to_string()))
             }};
         }
+        if let Some(nt) = NarrowType::of(code) {
+            // Packed in raw_data (2 or 4 per byte below 8 bits); in
+            // int32_data one packed byte per value.
+            let packed: Vec<u8> = match raw {
+                Some(r) => r.to_vec(),
+                None => t.int32_data.iter().map(|v| *v as u8).collect(),
+            };
+            let what = if raw.is_some() {
+                "raw_data"
+            } else {
+                "int32_data"
+            };
+            let per = 8 / nt.bits();
+            let v = nt.unpack(&packed, numel).ok_or_else(|| {
+                err(format!(
+                    "{what} has {} bytes, {numel} {} elements need {}",
+                    packed.len(),
+                    nt.name(),
+                    numel.div_ceil(per)
+                ))
+            })?;
+            return ArrayD::from_shape_vec(shape, v)
+                .map(|a| ArrayData::Narrow(nt, a))
+                .map_err(|e| err(e.to_string()));
+        }
         match DataType::try_from(code) {
             Ok(DataType::Float) => build!(F32, f32, float_data, |v| v),
             Ok(DataType::Double) => build!(F64, f64, double_data, |v| v),
@@ -403,12 +453,15 @@ impl ArrayData {
     /// Writes a `TensorProto` named `name` with little-endian `raw_data`.
     pub fn to_tensor_proto(&self, name: &str) -> TensorProto {
         let mut raw = Vec::new();
-        each!(self, a => {
-            raw.reserve(a.len() * 8);
-            for &v in a.iter() {
-                v.write_le(&mut raw);
-            }
-        });
+        match self {
+            ArrayData::Narrow(t, a) => raw = t.pack(&a.iter().copied().collect::<Vec<_>>()),
+            _ => each!(self, a => {
+                raw.reserve(a.len() * 8);
+                for &v in a.iter() {
+                    v.write_le(&mut raw);
+                }
+            }),
+        }
         TensorProto {
             dims: self.shape().iter().map(|&d| d as i64).collect(),
             data_type: Some(self.elem_type()),
@@ -438,6 +491,10 @@ impl ArrayData {
             ArrayData::U16(a) => Ok(Tensor::from(a.clone())),
             ArrayData::U8(a) => Ok(Tensor::from(a.clone())),
             ArrayData::Bool(a) => Ok(Tensor::from(a.clone())),
+            ArrayData::Narrow(t, _) => Err(format!(
+                "tract (the runtime quench measures with) has no {} element type",
+                t.name()
+            )),
         }
     }
 
@@ -535,8 +592,12 @@ mod tests {
                     assert_same_bits(&ArrayData::from_tensor("t", &t).unwrap(), &a);
                 }
                 Err(e) => {
-                    assert_eq!(a.dtype_name(), "bf16");
-                    assert!(e.contains("bf16"), "{e}");
+                    assert!(
+                        matches!(a, ArrayData::BF16(_) | ArrayData::Narrow(..)),
+                        "{}",
+                        a.dtype_name()
+                    );
+                    assert!(e.contains(a.dtype_name()), "{e}");
                 }
             }
         }
@@ -574,6 +635,31 @@ mod tests {
             ArrayData::U32(ArrayD::from_shape_vec(IxDyn(&[1, 2]), vec![7, u32::MAX]).unwrap()),
             ArrayData::U64(ArrayD::from_shape_vec(IxDyn(&[2]), vec![1 << 63, u64::MAX]).unwrap()),
         ]
+        .into_iter()
+        .chain(
+            [
+                NarrowType::F8E4M3FN,
+                NarrowType::F8E4M3FNUZ,
+                NarrowType::F8E5M2,
+                NarrowType::F8E5M2FNUZ,
+                NarrowType::F8E8M0,
+                NarrowType::F4E2M1,
+                NarrowType::I4,
+                NarrowType::U4,
+                NarrowType::I2,
+                NarrowType::U2,
+            ]
+            .into_iter()
+            .map(|t| {
+                // Odd counts: the last packed byte is half used.
+                let mask = ((1u16 << t.bits()) - 1) as u8;
+                let v: Vec<u8> = (0..7u8)
+                    .map(|i| i.wrapping_mul(73).wrapping_add(5) & mask)
+                    .collect();
+                ArrayData::Narrow(t, ArrayD::from_shape_vec(IxDyn(&[7]), v).unwrap())
+            }),
+        )
+        .collect()
     }
 
     /// `p` with its values in the typed field ONNX uses for its element
@@ -600,6 +686,13 @@ mod tests {
             ArrayData::U16(a) => t.int32_data = a.iter().map(|v| i32::from(*v)).collect(),
             ArrayData::U8(a) => t.int32_data = a.iter().map(|v| i32::from(*v)).collect(),
             ArrayData::Bool(a) => t.int32_data = a.iter().map(|v| i32::from(*v)).collect(),
+            ArrayData::Narrow(nt, a) => {
+                t.int32_data = nt
+                    .pack(&a.iter().copied().collect::<Vec<_>>())
+                    .iter()
+                    .map(|b| i32::from(*b))
+                    .collect()
+            }
         }
         t
     }
@@ -634,7 +727,8 @@ mod tests {
             t.dims.push(2);
             let e = ArrayData::from_tensor_proto(&t).unwrap_err().to_string();
             assert!(
-                e.contains("short") && e.contains("values, the dims need"),
+                e.contains("short")
+                    && (e.contains("values, the dims need") || e.contains("int32_data has")),
                 "{e}"
             );
         }
