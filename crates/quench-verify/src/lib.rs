@@ -25,6 +25,7 @@ pub mod data;
 pub mod evaluate;
 pub mod metrics;
 pub mod runner;
+mod segment;
 
 pub use data::{ArrayData, DataError, Dataset, Feed, ModelInput, NarrowType};
 pub use evaluate::{
