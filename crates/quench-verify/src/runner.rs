@@ -173,7 +173,11 @@ impl Runner {
         max_nodes: usize,
     ) -> Result<Runner, RunError> {
         if let Some(plan) = crate::segment::plan(model, config, max_nodes) {
-            return crate::segment::build(model, config, plan);
+            // A segment tract refuses (it may need what the whole graph
+            // tells it) leaves the whole graph to decide.
+            if let Ok(r) = crate::segment::build(model, config, plan) {
+                return Ok(r);
+            }
         }
         Runner::from_bytes(&model.encode_to_vec(), config)
     }
