@@ -12,7 +12,13 @@
 //! An f16/bf16 activation pair (opset 19+, its scale of the activation's
 //! type) is computed in f32 between `Cast`s, as ONNX Runtime does: x and the
 //! scale widened, the dequantized value rounded back to the scale's type.
-//! A constant DQ with an f16/bf16 scale folds to a constant of that type.
+//! (Measured with ONNX Runtime 1.32 on 200,000 random f16 values: its
+//! QuantizeLinear equals the f32 division everywhere. ONNX's Python
+//! reference evaluator divides in f16 instead, the opset-25 text's "the type
+//! of y_scale determines the precision of the division", and differs from
+//! it by one code on 0.9% of those values; DequantizeLinear agrees in all
+//! three.) A constant DQ with an f16/bf16 scale folds to a constant of that
+//! type.
 //!
 //! Constant DequantizeLinear nodes are folded (and their then unused
 //! inputs removed) for every stored type of
