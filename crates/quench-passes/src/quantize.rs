@@ -304,8 +304,9 @@ fn scale_min_opset(elem: i32) -> i64 {
 
 /// `scale` rounded to the element type `elem` of a Q/DQ scale (f32, f16
 /// or bf16); `None` when the rounded value is not a positive normal number
-/// of that type (a scale must be positive, and a subnormal f16 scale would
-/// move the grid by more than half a step).
+/// of that type (a scale must be positive; a subnormal f16 scale keeps
+/// too few significant bits: rounding could shrink the range enough to
+/// clip, where a normal one moves it by at most 2^-11, bf16 2^-8).
 fn round_scale(elem: i32, scale: f32) -> Option<f32> {
     let kind = if elem == DataType::Float16 as i32 {
         FloatKind::F16
