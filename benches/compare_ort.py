@@ -1142,6 +1142,13 @@ def bench_model(spec, args):
 
     q, qs = run_quench("quench", [], spec, dirs, wdir, args, ev, add_batch, labels, ref_outs, n_eval)
     res["quench"] = q
+    # extra quench rows (--quench-variant LABEL="ARGS")
+    res["quench_variants"] = {}
+    for v in args.quench_variant or []:
+        label, _, extra = v.partition("=")
+        qv, _ = run_quench(f"quench_{label}", extra.split(), spec, dirs, wdir, args, ev, add_batch, labels,
+                           ref_outs, n_eval)
+        res["quench_variants"][label] = qv
     if qs is not None:
         sessions["quench"] = qs
 
@@ -1299,6 +1306,8 @@ def main_table(results):
             rows.append(("quench (default)", r["quench"]))
         if "quench_target" in r:
             rows.append((f"quench --target-sqnr {r['target_db']}", r["quench_target"]))
+        for label, d in (r.get("quench_variants") or {}).items():
+            rows.append((f"quench {label}", d))
         for cfg, o in (r.get("ort") or {}).items():
             tag = (" **best**" if cfg == r.get("ort_best") else "") + (" (ORT default)" if cfg == ORT_API_DEFAULT else "")
             rows.append((f"ORT {cfg}{tag}", o))
@@ -1384,6 +1393,8 @@ def main():
                     help="fixed target for the quench --target-sqnr row (default: ORT's best + --target-margin)")
     ap.add_argument("--target-margin", type=float, default=2.0)
     ap.add_argument("--no-target", action="store_true", help="skip the quench --target-sqnr row")
+    ap.add_argument("--quench-variant", action="append", metavar="LABEL=ARGS",
+                    help="an extra quench row with these compile arguments, e.g. auto='--method auto' (repeatable)")
     ap.add_argument("--nudges", type=int, default=3, help="nudged copies for the robust score (0: off)")
     ap.add_argument("--nudge-rel", type=float, default=0.02)
     ap.add_argument("--pydeps", default=os.path.join(ROOT, "scratch", "compare_ort_pydeps"),

@@ -25,6 +25,11 @@ pub enum MethodArg {
     Percentile,
     Entropy,
     Mse,
+    /// The ranges that cost the least at the model output: one method for
+    /// all (min/max, percentiles, MSE, entropy) chosen and confirmed on
+    /// calibration samples, activations behind half of the output error
+    /// left float (default).
+    Auto,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -78,7 +83,7 @@ pub struct CompileArgs {
     #[arg(long, value_enum, default_value_t = ModeArg::Static)]
     pub mode: ModeArg,
     /// How activation ranges are chosen from calibration statistics.
-    #[arg(long, value_enum, default_value_t = MethodArg::Minmax)]
+    #[arg(long, value_enum, default_value_t = MethodArg::Auto)]
     pub method: MethodArg,
     /// Percentile for `--method percentile`.
     #[arg(long, default_value_t = 99.999)]
@@ -119,6 +124,19 @@ pub struct CompileArgs {
     /// exact, since no consumer output changes, and tighter.
     #[arg(long)]
     pub no_consumer_ranges: bool,
+    /// With `--method auto`: quantize every planned activation, even one
+    /// that alone causes at least half of the output error (by default
+    /// such outliers stay float, and the report names them).
+    #[arg(long)]
+    pub no_float_outliers: bool,
+    /// Round each layer's weights one input column at a time, pushing each
+    /// column's rounding error onto the columns not yet rounded, weighted
+    /// by the layer's calibration inputs (GPTQ's method): lower layer
+    /// output error than nearest rounding. Conv (group 1), Gemm, MatMul
+    /// with symmetric integer weights; kept only if the output SQNR on
+    /// held-out calibration samples rises.
+    #[arg(long)]
+    pub error_compensated_rounding: bool,
     /// Cross-layer equalization before calibration: in every Conv ->
     /// (Relu) -> Conv chain, rescale each channel so both weights have the
     /// same range (exact in FP32; helps per-tensor weights and activations
@@ -257,6 +275,7 @@ impl CompileArgs {
                 MethodArg::Percentile => Method::Percentile,
                 MethodArg::Entropy => Method::Entropy,
                 MethodArg::Mse => Method::Mse,
+                MethodArg::Auto => Method::Auto,
             },
             percentile: self.percentile,
             entropy_guard: self.entropy_guard,
@@ -278,6 +297,8 @@ impl CompileArgs {
             exclude_op_types: self.exclude_op_types.clone(),
             quantize_softmax_inputs: self.quantize_softmax_inputs,
             consumer_ranges: !self.no_consumer_ranges,
+            float_outliers: !self.no_float_outliers,
+            error_compensated_rounding: self.error_compensated_rounding,
             equalize: self.equalize,
             bias_correction: !self.no_bias_correction,
             smooth_quant: self.smooth_quant,

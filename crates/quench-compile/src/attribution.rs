@@ -66,7 +66,7 @@ pub fn added_db(inp: f64, out: f64) -> f64 {
 
 /// The clamp of the Relu or Clip producing `x` in `float` when `quantized`
 /// no longer has it (absorbed into the Q range): `(lo, hi)`.
-fn absorbed_clamp(float: &Graph, quantized: &Graph, x: &str) -> Option<(f32, f32)> {
+pub(crate) fn absorbed_clamp(float: &Graph, quantized: &Graph, x: &str) -> Option<(f32, f32)> {
     let n = float.node(float.producer(float.value_by_name(x)?)?);
     let bound = |i: usize, attr: &str, default: f32| -> Option<f32> {
         match n.input(i) {
@@ -170,118 +170,50 @@ pub fn attribute(
 /// once and run on these, against cached FP32 outputs.
 pub const GAIN_SAMPLES: usize = 32;
 
-/// The lowest output SQNR of `figures` (NaN wins: it is never a gain).
-fn min_sqnr(m: &[quench_verify::Metrics]) -> f64 {
-    m.iter().map(|m| m.sqnr_db).fold(f64::INFINITY, |a, b| {
-        if a.is_nan() || b.is_nan() {
-            f64::NAN
-        } else {
-            a.min(b)
-        }
-    })
-}
-
-/// Fills `float_gain_db` of every entry of `tensors`: the output SQNR (vs
-/// FP32, on up to [`GAIN_SAMPLES`] samples) of `twin` with only that
-/// tensor's Q/DQ bypassed (and those of the tensors in `members[tensor]`,
-/// which share its parameters), minus the output SQNR of `twin` itself.
-/// `pairs` are the twin's (quantized tensor, tensor after Q/DQ) names.
-/// Candidates compile and run in parallel.
+/// Fills `float_gain_db` of every entry of `tensors`: the output SQNR
+/// (lowest over outputs, vs FP32, on up to [`GAIN_SAMPLES`] samples of
+/// `data`) with only that tensor's Q/DQ bypassed (an absorbed Relu/Clip
+/// kept; for a tensor with a range of its own, also the tensors sharing
+/// its parameters), minus the output SQNR with every activation quantized.
+/// Measured on the parametric twin ([`crate::search::ParamBench`]): one
+/// tract compile, one run per tensor. `float` is the graph right before
+/// quantization, quantized with `plan` and `ranges`.
+#[allow(clippy::too_many_arguments)]
 pub fn output_gains(
-    float_model: &Model,
-    quantized: &Graph,
-    twin: &Model,
-    pairs: &[(String, String)],
-    members: &std::collections::BTreeMap<String, Vec<String>>,
+    float: &Model,
+    original: &quench_onnx::proto::ModelProto,
+    plan: &quench_passes::quantize::Plan,
+    ranges: &quench_passes::quantize::Ranges,
+    cfg: &quench_passes::quantize::QuantizeConfig,
+    opset: i64,
     data: &crate::data::Bound,
     tensors: &mut [TensorError],
 ) -> Result<()> {
-    use quench_verify::Subject;
-    use rayon::prelude::*;
-    let float = &float_model.to_onnx();
-    let n = data.data.samples().min(GAIN_SAMPLES);
-    let rows: Vec<usize> = (0..n).collect();
-    let sub = data.data.pick(&rows);
-    let eval = Evaluator::new(&sub, data.feed, quench_verify::input_names(float));
-    let outputs = quench_verify::output_names(float).len();
-    let fp = Runners::new(float, vec![]);
-    let reference = eval.outputs(&fp, "the FP32 model")?;
-    let score = |m: &ModelProto, what: &str| -> Result<f64> {
-        let r = Runners::new(m, vec![]);
-        let f = eval
-            .compare(
-                &[
-                    Subject::Cached(&reference),
-                    Subject::Required(&r, "a candidate"),
-                ],
-                &[(0, 1)],
-                outputs,
-            )?
-            .remove(0);
-        let m = f
-            .outputs
-            .map_err(anyhow::Error::msg)
-            .with_context(|| what.to_string())?;
-        Ok(min_sqnr(&m))
-    };
-    let base = score(&twin.to_onnx(), "the float twin")?;
-    let after: std::collections::HashMap<&str, &str> = pairs
+    let rows: Vec<usize> = (0..data.data.samples().min(GAIN_SAMPLES)).collect();
+    let mut bench =
+        crate::search::ParamBench::new(float, original, plan, ranges, cfg, opset, data, &rows)?;
+    let all = bench.initial(true);
+    let base = bench.score(&all)?.min_db;
+    let roots: std::collections::HashMap<String, Vec<usize>> =
+        bench.roots.iter().cloned().collect();
+    let own: std::collections::HashMap<String, usize> = bench
+        .pairs
         .iter()
-        .map(|(x, y)| (x.as_str(), y.as_str()))
+        .enumerate()
+        .map(|(i, p)| (p.tensor.clone(), i))
         .collect();
-    let gains: Vec<Option<f64>> = tensors
-        .par_iter()
-        .map(|t| -> Option<f64> {
-            let y = after.get(t.tensor.as_str())?;
-            let mut m = twin.clone();
-            let (xv, yv) = (m.graph.value_by_name(&t.tensor)?, m.graph.value_by_name(y)?);
-            if m.graph.is_graph_output(yv) {
-                return None;
-            }
-            // A Relu/Clip absorbed into the tensor's range is only in its
-            // Q/DQ: leaving the tensor float must keep that clamp.
-            let mut keep = xv;
-            if let Some((lo, hi)) = absorbed_clamp(&float_model.graph, quantized, &t.tensor) {
-                for (op, bound) in [("Max", lo), ("Min", hi)] {
-                    if !bound.is_finite() {
-                        continue;
-                    }
-                    let name = m.graph.unique_name(&format!("{}_float_{op}", t.tensor));
-                    let c = m.graph.add_const(
-                        &format!("{name}_bound"),
-                        tensor::from_f32(&format!("{name}_bound"), &[], &[bound]),
-                    );
-                    let (_, outs) =
-                        m.graph
-                            .add_op(quench_ir::Node::new(op, &name), &[keep, c], &[&name]);
-                    keep = outs[0];
-                }
-            }
-            m.graph.replace_all_uses(yv, keep);
-            // Tensors sharing this one's parameters (data movement after
-            // it) re-apply the same Q/DQ: they go float with it.
-            for member in members.get(&t.tensor).into_iter().flatten() {
-                let (Some(my), Some(mx)) = (
-                    after
-                        .get(member.as_str())
-                        .and_then(|y| m.graph.value_by_name(y)),
-                    m.graph.value_by_name(member),
-                ) else {
-                    continue;
-                };
-                if !m.graph.is_graph_output(my) {
-                    m.graph.replace_all_uses(my, mx);
-                }
-            }
-            let mut cx = quench_passes::PassCx::default();
-            quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut m.graph, &mut cx)
-                .ok()?;
-            let s = score(&m.to_onnx(), &t.tensor).ok()?;
-            Some(s - base)
-        })
-        .collect();
-    for (t, g) in tensors.iter_mut().zip(gains) {
-        t.float_gain_db = g;
+    for t in tensors.iter_mut() {
+        let ixs = match (roots.get(&t.tensor), own.get(&t.tensor)) {
+            (Some(ixs), _) => ixs.clone(),
+            (None, Some(&i)) => vec![i],
+            (None, None) => continue,
+        };
+        let mut set = all.clone();
+        for i in ixs {
+            set[i].2 = false;
+        }
+        let s = bench.score(&set)?.min_db;
+        t.float_gain_db = Some(s - base).filter(|g| g.is_finite());
     }
     Ok(())
 }

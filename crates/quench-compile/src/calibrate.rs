@@ -311,7 +311,7 @@ pub fn choose_ranges(
 /// Whether tensor `name` is the output of a Softmax, Sigmoid or
 /// HardSigmoid (bounded to [0, 1]). Data movement (Reshape, Transpose, ...)
 /// in between does not count.
-fn produced_by_bounded_op(g: &Graph, name: &str) -> bool {
+pub(crate) fn produced_by_bounded_op(g: &Graph, name: &str) -> bool {
     use quench_passes::rules::{rule, OpRule};
     let mut v = g.value_by_name(name);
     for _ in 0..16 {

@@ -41,6 +41,8 @@ pub mod prequantized;
 pub mod progress;
 pub mod prune;
 pub mod report;
+pub mod rounding;
+pub mod search;
 pub mod smooth;
 pub mod verify;
 
@@ -49,7 +51,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use quench_calib::{RangeMethod, TensorStats};
+use quench_calib::TensorStats;
 use quench_ir::Model;
 use quench_onnx::proto::ModelProto;
 use quench_onnx::{LoadedModel, SaveOptions, SaveReport};
@@ -336,6 +338,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     }
     let mut calib_samples = 0;
     let mut ranges = quantize::Ranges::new();
+    let mut calib_stats = None;
     if cfg.mode == Mode::Static {
         let stats = calibrate_phase(
             opts,
@@ -349,6 +352,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         match stats {
             Some(stats) => {
                 ranges = range_policy(opts, &model, &plan, &cfg, &stats, &mut out);
+                calib_stats = Some(stats);
             }
             None => cfg.mode = Mode::WeightOnly,
         }
@@ -408,6 +412,81 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         phases.lap("smooth-quant");
     }
 
+    // 5a. `--method auto`: each activation's range by its cost at the
+    // output (after SmoothQuant, which rescales the ranges it touches).
+    let mut auto_ranges = None;
+    if opts.method == Method::Auto && cfg.mode == Mode::Static {
+        match (&data.calibration, &calib_stats) {
+            (Some(cal), Some(stats)) if !ranges.is_empty() => {
+                match search::search(
+                    &model,
+                    original,
+                    &plan,
+                    stats,
+                    &ranges,
+                    &cfg,
+                    opset,
+                    cal,
+                    opts.consumer_ranges,
+                    opts.entropy_guard,
+                    opts.float_outliers,
+                ) {
+                    Ok((r, rep)) => {
+                        let scores = rep
+                            .methods
+                            .iter()
+                            .map(|(m, db)| format!("{m} {db:.2}"))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        if rep.kept {
+                            out.note(format!(
+                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {} outlier(s) left float{}; judged on {} other samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
+                                rep.method,
+                                rep.fit_samples,
+                                rep.float.len(),
+                                if rep.float.is_empty() {
+                                    String::new()
+                                } else {
+                                    format!(
+                                        " ({})",
+                                        rep.float
+                                            .iter()
+                                            .map(|f| format!("`{}` {:+.2} dB alone", f.tensor, f.gain_db))
+                                            .collect::<Vec<_>>()
+                                            .join(", ")
+                                    )
+                                },
+                                rep.judge_samples,
+                                rep.auto_db,
+                                rep.minmax_db,
+                                rep.runs,
+                                rep.setup_seconds + rep.run_seconds
+                            ));
+                        } else {
+                            out.note(format!(
+                                "method auto: the searched ranges did not beat min/max on {} judging samples ({:.2} vs {:.2} dB); {} (output SQNR on {} fitting samples: {scores} dB)",
+                                rep.judge_samples,
+                                rep.auto_db,
+                                rep.minmax_db,
+                                if rep.method == "minmax" { "min/max kept".to_string() } else { format!("{} ranges for all (they beat min/max there)", rep.method) },
+                                rep.fit_samples
+                            ));
+                        }
+                        ranges = r;
+                        auto_ranges = Some(rep);
+                    }
+                    Err(e) => out.warn(format!(
+                        "method auto: range search skipped, min/max ranges kept: {e:#}"
+                    )),
+                }
+            }
+            (None, _) if opts.calibration_table.is_some() => out
+                .note("method auto needs calibration samples; a table gives min/max ranges".into()),
+            _ => {}
+        }
+        phases.lap("range search");
+    }
+
     // 5a. Mixed precision to a target: leave the costliest tensors float.
     let mut mixed_precision = None;
     if opts.target_sqnr.is_some() && cfg.mode != Mode::Static {
@@ -451,6 +530,43 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
             ),
         }
         phases.lap("mixed precision");
+    }
+
+    // 5b. Error-compensated rounding: weights moved onto their grid so
+    // that each layer's output error on calibration inputs is smallest
+    // (before bias correction, which measures the rounded weights).
+    let mut rounding = None;
+    if opts.error_compensated_rounding {
+        match (&data.calibration, cfg.mode) {
+            (Some(cal), Mode::Static | Mode::WeightOnly) if !opts.no_quantize => {
+                match rounding::round_weights(&mut model, &plan, &ranges, &cfg, opset, cal) {
+                    Ok(Some(r)) => {
+                        out.note(format!(
+                            "error-compensated rounding: {} layer(s), layer output error {:.3e} -> {:.3e} (relative, on calibration inputs); output SQNR on held-out calibration samples {:.2} -> {:.2} dB{}",
+                            r.layers,
+                            r.layer_error_nearest,
+                            r.layer_error_compensated,
+                            r.sqnr_nearest_db,
+                            r.sqnr_compensated_db,
+                            if r.kept { "" } else { ": discarded (no gain)" }
+                        ));
+                        for (l, why) in &r.skipped {
+                            out.log.push(format!("error-compensated rounding: `{l}` left to nearest rounding: {why}"));
+                        }
+                        rounding = Some(r);
+                    }
+                    Ok(None) => out.note(
+                        "error-compensated rounding: no layer it applies to (Conv with group 1, Gemm, MatMul with symmetric integer weights)".into(),
+                    ),
+                    Err(e) => out.warn(format!("error-compensated rounding skipped: {e:#}")),
+                }
+            }
+            _ => out.warn(
+                "--error-compensated-rounding needs calibration samples (--calibration) and quantized weights; not applied"
+                    .into(),
+            ),
+        }
+        phases.lap("error-compensated rounding");
     }
 
     // 5b. Bias correction: subtract each layer's measured output shift
@@ -498,23 +614,30 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     let float_model = explain.then(|| model.clone());
     // Names of tensors sharing a root's parameters (for the report's
     // reasons when --target-sqnr left roots float).
-    let target_members = mixed_precision
-        .as_ref()
-        .map(|_| mixed::shared_members(&model, &plan));
+    // Tensors left float on purpose (by --target-sqnr or as --method auto
+    // outliers), and who did it, for the summary's reasons.
+    let mut left_float: Vec<(&mixed::FloatTensor, &str)> = Vec::new();
+    if let Some(m) = &mixed_precision {
+        left_float.extend(m.float.iter().map(|f| (f, "--target-sqnr")));
+    }
+    if let Some(a) = &auto_ranges {
+        left_float.extend(a.float.iter().map(|f| (f, "--method auto (an outlier)")));
+    }
+    let members = (!left_float.is_empty()).then(|| mixed::shared_members(&model, &plan));
     let mut summary = quantize_phase(&mut model, &plan, &ranges, &cfg, opset, &mut cx)?;
-    // Tensors --target-sqnr left float say so (not "no calibration range").
-    if let (Some(m), Some(members)) = (&mixed_precision, &target_members) {
+    // They say so (not "no calibration range").
+    if let Some(members) = &members {
         for (t, why) in &mut summary.activations_float {
-            if let Some((root, _)) = members
-                .iter()
-                .find(|(r, ms)| ms.contains(t) && m.float.iter().any(|f| &f.tensor == *r))
-            {
-                *why = format!("shares `{root}`, left float by --target-sqnr");
+            if let Some((root, by)) = members.iter().find_map(|(r, ms)| {
+                let by = left_float.iter().find(|(f, _)| &f.tensor == r)?.1;
+                ms.contains(t).then_some((r, by))
+            }) {
+                *why = format!("shares `{root}`, left float by {by}");
                 continue;
             }
-            if let Some(f) = m.float.iter().find(|f| &f.tensor == t) {
+            if let Some((f, by)) = left_float.iter().find(|(f, _)| &f.tensor == t) {
                 *why = format!(
-                    "left float by --target-sqnr (alone {:+.2} dB at the output)",
+                    "left float by {by} (alone {:+.2} dB at the output)",
                     f.gain_db
                 );
             }
@@ -562,13 +685,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             match attribution::attribute(fp, &model.graph, pairs, &eval) {
                                 Ok(mut t) => {
                                     if let Err(e) = attribution::output_gains(
-                                        fp,
-                                        &model.graph,
-                                        &twin,
-                                        &twin_pairs,
-                                        &mixed::shared_members(fp, &plan),
-                                        ev,
-                                        &mut t,
+                                        fp, original, &plan, &ranges, &cfg, opset, ev, &mut t,
                                     ) {
                                         out.note(format!(
                                             "output gains of leaving tensors float not measured: {e:#}"
@@ -610,6 +727,8 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         verification,
         pruning,
         mixed_precision,
+        auto_ranges,
+        rounding,
         bias_correction,
         smooth_quant,
         notes: out.notes,
@@ -661,7 +780,7 @@ fn calibrate_phase(
     let t0 = Instant::now();
     let proto = model.to_onnx();
     // `--method minmax` needs no histograms.
-    let histograms = opts.range_method() != RangeMethod::MinMax;
+    let histograms = opts.method != Method::Minmax;
     match calibrate::collect(&proto, &cal.data, cal.feed, tensors, histograms, progress) {
         Ok((stats, tract_notes)) => {
             out.log.extend(

@@ -5,12 +5,14 @@
 //! 1. The plan is quantized with every calibrated range and its float twin
 //!    measured against FP32 on the evaluation samples. At or above the
 //!    target: nothing changes.
-//! 2. Otherwise every quantized activation's output gain is measured
-//!    ([`attribution::output_gains`]: the twin with only that tensor left
-//!    float), and tensors are left float in order of gain, largest first,
+//! 2. Otherwise every quantized activation's output gain is measured (the
+//!    twin with only that tensor left float), and tensors are left float in order of gain, largest first,
 //!    re-measuring the whole model after each (a change that does not raise
 //!    it is undone), until the target holds or [`MAX_CHANGES`] tensors are
 //!    float.
+//!
+//! All of it runs on one parametric twin ([`crate::search::ParamBench`]):
+//! tract compiles one model, and every choice is a run of it.
 //!
 //! Invariant: every figure is measured on the evaluation split of the
 //! [`DataPlan`](crate::DataPlan), never on calibration samples; the report
@@ -20,11 +22,8 @@ use anyhow::Result;
 use quench_ir::Model;
 use quench_onnx::proto::ModelProto;
 use quench_passes::quantize::{Plan, QuantizeConfig, Ranges};
-use quench_passes::PassCx;
-use quench_verify::{Evaluator, Runners, Subject};
 use serde::Serialize;
 
-use crate::attribution::{self, TensorError};
 use crate::data::Bound;
 
 /// Most tensors left float on the way to a target.
@@ -54,59 +53,6 @@ pub struct MixedReport {
     pub data: String,
 }
 
-/// Lowest output SQNR of the float twin of `float` quantized with `ranges`,
-/// against `reference` outputs on `eval`; also the quantized graph and its
-/// twin with its (quantized, after-Q/DQ) tensor pairs.
-struct Measured {
-    sqnr: f64,
-    quantized: Model,
-    twin: Model,
-    pairs: Vec<(String, String)>,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn measure(
-    float: &Model,
-    plan: &Plan,
-    ranges: &Ranges,
-    cfg: &QuantizeConfig,
-    opset: i64,
-    eval: &Evaluator<'_>,
-    reference: &quench_verify::Cached,
-    outputs: usize,
-) -> Result<Measured> {
-    let mut q = float.clone();
-    let mut cx = PassCx::new(opset);
-    crate::phases::quantize_phase(&mut q, plan, ranges, cfg, opset, &mut cx)?;
-    let mut twin = q.clone();
-    let (pairs, _) = quench_passes::simulate::float_twin_pairs(&mut twin.graph, opset);
-    let r = Runners::new(&twin.to_onnx(), vec![]);
-    let f = eval
-        .compare(
-            &[
-                Subject::Cached(reference),
-                Subject::Required(&r, "the float twin"),
-            ],
-            &[(0, 1)],
-            outputs,
-        )?
-        .remove(0);
-    let m = f.outputs.map_err(anyhow::Error::msg)?;
-    let sqnr = m.iter().map(|m| m.sqnr_db).fold(f64::INFINITY, |a, b| {
-        if a.is_nan() || b.is_nan() {
-            f64::NAN
-        } else {
-            a.min(b)
-        }
-    });
-    Ok(Measured {
-        sqnr,
-        quantized: q,
-        twin,
-        pairs,
-    })
-}
-
 /// Root tensor name -> the names of the tensors sharing its quantization
 /// parameters (data movement after it).
 pub fn shared_members(
@@ -128,7 +74,10 @@ pub fn shared_members(
 
 /// The tensors to leave float so that the output SQNR reaches `target`
 /// (see the module docs). `float` is the graph right before quantization,
-/// `original` the FP32 input model (the reference).
+/// `original` the FP32 input model (the reference). Every figure comes from
+/// one parametric twin ([`crate::search::ParamBench`]: one tract compile,
+/// each choice a run), which computes bit for bit what the written
+/// model's float twin computes.
 #[allow(clippy::too_many_arguments)]
 pub fn to_target(
     float: &Model,
@@ -140,75 +89,62 @@ pub fn to_target(
     data: &Bound,
     target: f64,
 ) -> Result<MixedReport> {
-    let eval = Evaluator::new(&data.data, data.feed, quench_verify::input_names(original));
-    let outputs = quench_verify::output_names(original).len();
-    let reference = eval.outputs(&Runners::new(original, vec![]), "the FP32 model")?;
-    let first = measure(float, plan, ranges, cfg, opset, &eval, &reference, outputs)?;
+    let rows: Vec<usize> = (0..data.data.samples()).collect();
+    let mut bench =
+        crate::search::ParamBench::new(float, original, plan, ranges, cfg, opset, data, &rows)?;
+    let mut set = bench.initial(true);
+    let first = bench.score(&set)?.min_db;
     let mut report = MixedReport {
         target_db: target,
-        initial_db: first.sqnr,
-        final_db: first.sqnr,
-        reached: first.sqnr >= target,
+        initial_db: first,
+        final_db: first,
+        reached: first >= target,
         float: Vec::new(),
         data: data.label.clone(),
     };
     if report.reached {
         return Ok(report);
     }
-    // Candidates: tensors with a range of their own (shared tensors follow
-    // their root).
-    let mut cands: Vec<TensorError> = first
-        .pairs
-        .iter()
-        .filter(|(x, _)| ranges.contains_key(x))
-        .map(|(x, _)| TensorError {
-            tensor: x.clone(),
-            node: String::new(),
-            op: String::new(),
-            sqnr_in_db: f64::NAN,
-            sqnr_out_db: f64::NAN,
-            added_db: f64::NAN,
-            float_gain_db: None,
-        })
-        .collect();
-    attribution::output_gains(
-        float,
-        &first.quantized.graph,
-        &first.twin,
-        &first.pairs,
-        &shared_members(float, plan),
-        data,
-        &mut cands,
-    )?;
-    let mut order: Vec<(String, f64)> = cands
-        .into_iter()
-        .filter_map(|t| Some((t.tensor, t.float_gain_db.filter(|g| g.is_finite())?)))
-        .collect();
-    order.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let mut cur = ranges.clone();
+    // Each root alone left float (with the tensors sharing its
+    // parameters), measured against every activation quantized.
+    let roots = bench.roots.clone();
+    let mut order: Vec<(&String, &Vec<usize>, f64)> = Vec::new();
+    for (root, ixs) in &roots {
+        let mut alone = set.clone();
+        for &i in ixs {
+            alone[i].2 = false;
+        }
+        let gain = bench.score(&alone)?.min_db - first;
+        if gain.is_finite() {
+            order.push((root, ixs, gain));
+        }
+    }
+    order.sort_by(|a, b| b.2.total_cmp(&a.2));
     let mut tried = 0;
-    for (tensor, gain) in order {
-        if report.float.len() >= MAX_CHANGES || tried >= 2 * MAX_CHANGES {
+    for (root, ixs, gain) in order {
+        if report.float.len() >= MAX_CHANGES || tried >= 4 * MAX_CHANGES {
             break;
         }
         tried += 1;
-        let Some(range) = cur.remove(&tensor) else {
-            continue;
-        };
-        let m = measure(float, plan, &cur, cfg, opset, &eval, &reference, outputs)?;
+        for &i in ixs {
+            set[i].2 = false;
+        }
+        let s = bench.score(&set)?.min_db;
         // A change that does not raise the whole model's SQNR is undone:
         // fewest changes, each one measured to help.
-        if !(m.sqnr > report.final_db) {
-            cur.insert(tensor, range);
+        if !(s > report.final_db) {
+            for &i in ixs {
+                set[i].2 = true;
+            }
             continue;
         }
         report.float.push(FloatTensor {
-            tensor,
+            tensor: root.clone(),
             gain_db: gain,
-            sqnr_after_db: m.sqnr,
+            sqnr_after_db: s,
         });
-        report.final_db = m.sqnr;
-        if m.sqnr >= target {
+        report.final_db = s;
+        if s >= target {
             report.reached = true;
             break;
         }

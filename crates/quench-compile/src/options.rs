@@ -17,7 +17,6 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// Observed min/max (only a running min/max is kept).
-    #[default]
     Minmax,
     /// A percentile of the values (see [`Options::percentile`]).
     Percentile,
@@ -25,6 +24,12 @@ pub enum Method {
     Entropy,
     /// Minimum expected squared rounding plus clipping error.
     Mse,
+    /// The ranges that cost the least at the model output: one method for
+    /// all (min/max, percentiles, MSE, entropy) and outliers left float,
+    /// measured on calibration samples ([`crate::search`]); min/max
+    /// without samples. The default.
+    #[default]
+    Auto,
 }
 
 /// How `--prune` spreads a sparsity fraction over layers.
@@ -98,6 +103,13 @@ pub struct Options {
     /// (Relu, Clip, HardSwish, HardSigmoid, Tanh, Sigmoid saturation):
     /// exact, on by default.
     pub consumer_ranges: bool,
+    /// [`Method::Auto`]: leave float each activation that alone causes at
+    /// least half of the output error ([`crate::search::OUTLIER_DB`]).
+    pub float_outliers: bool,
+    /// Round weights with their rounding error compensated on the later
+    /// input columns, weighted by the calibration inputs' Hessian (GPTQ's
+    /// method; [`crate::rounding`]).
+    pub error_compensated_rounding: bool,
     /// Cross-layer equalization of Conv -> (Relu) -> Conv weight ranges
     /// before calibration (the `equalize` pass).
     pub equalize: bool,
@@ -139,7 +151,7 @@ impl Default for Options {
             calibration_table: None,
             eval: None,
             mode: q.mode,
-            method: Method::Minmax,
+            method: Method::Auto,
             percentile: 99.999,
             entropy_guard: quench_calib::ENTROPY_GUARD_RATIO,
             activations: q.activations,
@@ -152,6 +164,8 @@ impl Default for Options {
             exclude_op_types: Vec::new(),
             quantize_softmax_inputs: !q.keep_softmax_inputs_float,
             consumer_ranges: true,
+            float_outliers: true,
+            error_compensated_rounding: false,
             equalize: false,
             bias_correction: true,
             smooth_quant: false,
@@ -223,6 +237,8 @@ impl Options {
             Method::Percentile => RangeMethod::Percentile(self.percentile),
             Method::Entropy => RangeMethod::Entropy,
             Method::Mse => RangeMethod::Mse,
+            // The starting point of the search (and its fallback).
+            Method::Auto => RangeMethod::MinMax,
         }
     }
 

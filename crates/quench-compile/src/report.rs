@@ -88,6 +88,11 @@ pub struct Report {
     /// What `--target-sqnr` did: tensors left float and the SQNR before
     /// and after.
     pub mixed_precision: Option<crate::mixed::MixedReport>,
+    /// What `--method auto` did: ranges changed and the output SQNR on
+    /// calibration samples before and after.
+    pub auto_ranges: Option<crate::search::AutoReport>,
+    /// What `--error-compensated-rounding` did.
+    pub rounding: Option<crate::rounding::RoundingReport>,
     /// What `--bias-correction` did.
     pub bias_correction: Option<crate::bias::BiasReport>,
     /// What `--smooth-quant` did.

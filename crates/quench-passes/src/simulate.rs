@@ -228,7 +228,78 @@ fn float_const(elem: i32, dims: &[i64], values: &[f32]) -> quench_onnx::proto::T
     tensor::from_raw("", kind.1, dims, raw)
 }
 
+/// One activation Q/DQ pair of a [`parametric_twin`]: its scale, zero
+/// point and switch are graph inputs, so one compiled model runs every
+/// choice of parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamPair {
+    /// The quantized tensor (the QuantizeLinear's input).
+    pub tensor: String,
+    /// Names of the scalar inputs: `scale`, `low` and `high` (f32: the
+    /// code range relative to the zero point, `qmin - zp` and `qmax - zp`)
+    /// and `on` (bool: true quantizes, false passes the tensor through,
+    /// clamped by the bypass bounds given to [`parametric_twin`]).
+    pub scale: String,
+    pub low: String,
+    pub high: String,
+    pub on: String,
+    /// Integer code range of the pair's type.
+    pub qmin: f32,
+    pub qmax: f32,
+    /// The parameters the quantized model had.
+    pub initial_scale: f32,
+    pub initial_zero_point: f32,
+}
+
+/// The float twin of `g` (see the module docs), except that every
+/// activation Q/DQ pair reads its scale and zero point from new graph
+/// inputs and ends in `Where(on, quantized, bypass)`, where `bypass` is
+/// the tensor itself clamped to `bypass_clamp(tensor)` (for a Relu or Clip
+/// the quantized range had absorbed). With every `on` true and the
+/// initial parameters fed, it computes what [`float_twin`] computes.
+/// Declined Q/DQ nodes are listed as in [`float_twin_report`].
+pub fn parametric_twin(
+    g: &mut Graph,
+    opset: i64,
+    bypass_clamp: &dyn Fn(&str) -> Option<(f32, f32)>,
+) -> (Vec<ParamPair>, TwinReport) {
+    let mut r = TwinReport::default();
+    let mut params = Vec::new();
+    for n in g.node_ids() {
+        if g.contains_node(n) && g.node(n).kind() == OpKind::DequantizeLinear && fold_const_dq(g, n)
+        {
+            r.folded += 1;
+        }
+    }
+    for n in g.node_ids() {
+        if !g.contains_node(n) || g.node(n).kind() != OpKind::QuantizeLinear {
+            continue;
+        }
+        match replace_pair_with(g, n, opset, Some(bypass_clamp)) {
+            Ok((p, pp)) => {
+                r.pairs.push(p);
+                params.extend(pp);
+            }
+            Err(why) => r
+                .declined
+                .push((g.node(n).name().to_string(), why.to_string())),
+        }
+    }
+    (params, r)
+}
+
 fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Result<(String, String), &'static str> {
+    replace_pair_with(g, qn, opset, None).map(|(p, _)| p)
+}
+
+type PairNames = (String, String);
+
+fn replace_pair_with(
+    g: &mut Graph,
+    qn: NodeId,
+    opset: i64,
+    parametric: Option<&dyn Fn(&str) -> Option<(f32, f32)>>,
+) -> Result<(PairNames, Option<ParamPair>), &'static str> {
     let node = g.node(qn).clone();
     let (Some(x), Some(qo)) = (node.input(0), node.output(0)) else {
         return Err("missing input or output");
@@ -292,7 +363,9 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Result<(String, String
         }
     }
     let base = g.value(x).name.clone();
+    let scalar = |elem: DataType| Some(tensor::tensor_type_of(elem as i32, &[]));
     let mk = |g: &mut Graph, op: &str| Node::new(op, &g.unique_name(&format!("{base}_sim_{op}")));
+    // f16/bf16: computed in f32 (a Cast in here, a Cast back at the end).
     let x = if narrow {
         let mut c = mk(g, "Cast");
         c.set_attr(quench_ir::attr::int("to", DataType::Float as i64));
@@ -300,49 +373,122 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Result<(String, String
     } else {
         x
     };
-    let sv = g.add_const(
-        &format!("{base}_sim_scale"),
-        tensor::from_f32("", &[], &[scale]),
-    );
-    let zv = g.add_const(
-        &format!("{base}_sim_zero_point"),
-        tensor::from_f32("", &[], &[zp]),
-    );
-    let lo = g.add_const(
-        &format!("{base}_sim_qmin"),
-        tensor::from_f32("", &[], &[qmin]),
-    );
-    let hi = g.add_const(
-        &format!("{base}_sim_qmax"),
-        tensor::from_f32("", &[], &[qmax]),
-    );
-    let d = mk(g, "Div");
-    let (_, a) = g.add_op(d, &[x, sv], &[&format!("{base}_sim_div")]);
-    let r = mk(g, "Round");
-    let (_, b) = g.add_op(r, &[a[0]], &[&format!("{base}_sim_round")]);
-    let ad = mk(g, "Add");
-    let (_, c) = g.add_op(ad, &[b[0], zv], &[&format!("{base}_sim_add")]);
-    let clipped = if opset >= 11 {
-        let cl = mk(g, "Clip");
-        g.add_op(cl, &[c[0], lo, hi], &[&format!("{base}_sim_clip")])
+    // Parametric: scale, code bounds relative to the zero point and the
+    // switch are inputs; `(clip(round(x/s) + zp, qmin, qmax) - zp) * s`
+    // is computed as `clip(round(x/s), qmin - zp, qmax - zp) * s`, which
+    // is the same value for every input (round(x/s) and the bounds are
+    // integers, exact in f32 below 2^24, and beyond that both clip), in
+    // three element-wise passes instead of five.
+    let mut inputs = None;
+    let f = if parametric.is_some() {
+        let names: Vec<String> = ["scale", "low", "high", "on"]
+            .iter()
+            .map(|k| g.unique_name(&format!("{base}__param_{k}")))
+            .collect();
+        let sv = g.add_input(&names[0], scalar(DataType::Float));
+        let lo = g.add_input(&names[1], scalar(DataType::Float));
+        let hi = g.add_input(&names[2], scalar(DataType::Float));
+        let on = g.add_input(&names[3], scalar(DataType::Bool));
+        inputs = Some((names, on));
+        let d = mk(g, "Div");
+        let (_, a) = g.add_op(d, &[x, sv], &[&format!("{base}_sim_div")]);
+        let r = mk(g, "Round");
+        let (_, b) = g.add_op(r, &[a[0]], &[&format!("{base}_sim_round")]);
+        let clipped = if opset >= 11 {
+            let cl = mk(g, "Clip");
+            g.add_op(cl, &[b[0], lo, hi], &[&format!("{base}_sim_clip")])
+                .1
+        } else {
+            let m = mk(g, "Max");
+            let (_, c) = g.add_op(m, &[b[0], lo], &[&format!("{base}_sim_max")]);
+            let m = mk(g, "Min");
+            g.add_op(m, &[c[0], hi], &[&format!("{base}_sim_min")]).1
+        };
+        let mu = mk(g, "Mul");
+        g.add_op(mu, &[clipped[0], sv], &[&format!("{base}_sim_out")])
             .1
     } else {
-        let mut cl = mk(g, "Clip");
-        cl.set_attr(quench_ir::attr::float("min", qmin));
-        cl.set_attr(quench_ir::attr::float("max", qmax));
-        g.add_op(cl, &[c[0]], &[&format!("{base}_sim_clip")]).1
+        let sv = g.add_const(
+            &format!("{base}_sim_scale"),
+            tensor::from_f32("", &[], &[scale]),
+        );
+        let zv = g.add_const(
+            &format!("{base}_sim_zero_point"),
+            tensor::from_f32("", &[], &[zp]),
+        );
+        let lo = g.add_const(
+            &format!("{base}_sim_qmin"),
+            tensor::from_f32("", &[], &[qmin]),
+        );
+        let hi = g.add_const(
+            &format!("{base}_sim_qmax"),
+            tensor::from_f32("", &[], &[qmax]),
+        );
+        let d = mk(g, "Div");
+        let (_, a) = g.add_op(d, &[x, sv], &[&format!("{base}_sim_div")]);
+        let r = mk(g, "Round");
+        let (_, b) = g.add_op(r, &[a[0]], &[&format!("{base}_sim_round")]);
+        let ad = mk(g, "Add");
+        let (_, c) = g.add_op(ad, &[b[0], zv], &[&format!("{base}_sim_add")]);
+        let clipped = if opset >= 11 {
+            let cl = mk(g, "Clip");
+            g.add_op(cl, &[c[0], lo, hi], &[&format!("{base}_sim_clip")])
+                .1
+        } else {
+            let mut cl = mk(g, "Clip");
+            cl.set_attr(quench_ir::attr::float("min", qmin));
+            cl.set_attr(quench_ir::attr::float("max", qmax));
+            g.add_op(cl, &[c[0]], &[&format!("{base}_sim_clip")]).1
+        };
+        let su = mk(g, "Sub");
+        let (_, e) = g.add_op(su, &[clipped[0], zv], &[&format!("{base}_sim_sub")]);
+        let mu = mk(g, "Mul");
+        g.add_op(mu, &[e[0], sv], &[&format!("{base}_sim_out")]).1
     };
-    let su = mk(g, "Sub");
-    let (_, e) = g.add_op(su, &[clipped[0], zv], &[&format!("{base}_sim_sub")]);
-    let mu = mk(g, "Mul");
-    let (_, f) = if narrow {
-        let (_, m) = g.add_op(mu, &[e[0], sv], &[&format!("{base}_sim_mul")]);
+    let mut f = f;
+    let mut param = None;
+    if let (Some((names, on)), Some(clamp)) = (inputs, parametric) {
+        // Off: the tensor itself, with the absorbed Relu/Clip re-applied.
+        let mut keep = x;
+        if let Some((lo, hi)) = clamp(&base) {
+            for (op, bound) in [("Max", lo), ("Min", hi)] {
+                if !bound.is_finite() {
+                    continue;
+                }
+                let c = g.add_const(
+                    &format!("{base}_sim_bypass_{op}_bound"),
+                    tensor::from_f32("", &[], &[bound]),
+                );
+                let m = mk(g, op);
+                keep = g
+                    .add_op(m, &[keep, c], &[&format!("{base}_sim_bypass_{op}")])
+                    .1[0];
+            }
+        }
+        let w = mk(g, "Where");
+        f = g
+            .add_op(w, &[on, f[0], keep], &[&format!("{base}_sim_switch")])
+            .1;
+        let [scale_in, low, high, on_in]: [String; 4] =
+            names.try_into().map_err(|_| "parameter names")?;
+        param = Some(ParamPair {
+            tensor: base.clone(),
+            scale: scale_in,
+            low,
+            high,
+            on: on_in,
+            qmin,
+            qmax,
+            initial_scale: scale,
+            initial_zero_point: zp,
+        });
+    }
+    if narrow {
         let mut c = mk(g, "Cast");
         c.set_attr(quench_ir::attr::int("to", i64::from(x_elem)));
-        g.add_op(c, &[m[0]], &[&format!("{base}_sim_out")])
-    } else {
-        g.add_op(mu, &[e[0], sv], &[&format!("{base}_sim_out")])
-    };
+        let name = g.unique_name(&format!("{base}_sim_out_cast"));
+        f = g.add_op(c, &[f[0]], &[&name]).1;
+    }
     for c in consumers {
         let Some(out) = g.node(c).output(0) else {
             continue;
@@ -358,7 +504,7 @@ fn replace_pair(g: &mut Graph, qn: NodeId, opset: i64) -> Result<(String, String
         }
     }
     g.remove_node(qn);
-    Ok((base, g.value(f[0]).name.clone()))
+    Ok(((base, g.value(f[0]).name.clone()), param))
 }
 
 #[cfg(test)]

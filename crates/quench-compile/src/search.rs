@@ -1,0 +1,617 @@
+//! `--method auto`: activation ranges chosen by what they cost **at the
+//! model output**, measured against FP32 on calibration samples, with a
+//! bounded number of runs and every choice confirmed on samples it was not
+//! made on.
+//!
+//! Everything runs on a **parametric twin** ([`ParamBench`]): the model is
+//! quantized once, and every activation's scale, zero point and an on/off
+//! switch become graph inputs, so tract compiles one model and each choice
+//! is one run of it. Up to [`SAMPLES`] calibration samples spread over the
+//! set are used, alternately for fitting and for judging (both all of them
+//! when there are fewer than 16).
+//!
+//! 1. **One method for all**: min/max, percentiles 99.999 and 99.99, MSE
+//!    and entropy, each giving every activation its range on its own grid
+//!    (clamped where its consumers are flat; Softmax/Sigmoid outputs keep
+//!    the observed range), scored on the fitting samples. The best stays.
+//! 2. **Outliers** (`float_outliers`): an activation whose quantization
+//!    alone causes at least half of the output error power (leaving it
+//!    float gains [`OUTLIER_DB`] or more) stays float. At most one
+//!    activation can be behind half of the error, and error powers add, so
+//!    it is found by bisection: the candidates are halved, each half left
+//!    float, and the search goes on in the half that gains [`OUTLIER_DB`]
+//!    (none: no outlier); about `2 log2(n)` runs per outlier. Once one is
+//!    float, the search repeats among the rest against the new error.
+//! 3. **Judged**: the result must score higher than min/max ranges on the
+//!    judging samples; if it does not, the method for all alone is kept if
+//!    it does, else min/max.
+//!
+//! Per-activation range choice was tried and dropped: on real models it
+//! gained a few hundredths of a dB on judging samples (PP-OCRv4 rec) or
+//! lost (mobile cls) for many more runs.
+//!
+//! Score: per sample, `-10 log10(mean over outputs of error power / signal
+//! power)`, averaged over the samples ([`Score::sample_db`]): a pooled
+//! figure is decided by the few samples with the largest errors, and
+//! choices fitted to those do not carry over to other samples.
+//!
+//! Invariant: only `Ranges` entries change (or are removed: outliers left
+//! float); every figure is measured on calibration samples, never on the
+//! held-back evaluation split.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{anyhow, Context, Result};
+use quench_calib::{QuantFormat, RangeMethod, TensorStats};
+use quench_ir::Model;
+use quench_onnx::proto::ModelProto;
+use quench_passes::quantize::{Plan, QuantizeConfig, Ranges};
+use quench_passes::simulate::{parametric_twin, ParamPair};
+use quench_passes::PassCx;
+use quench_verify::{ArrayData, Runners, MAX_BATCH};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::data::Bound;
+
+/// Calibration samples the search uses (half to fit, half to judge).
+pub const SAMPLES: usize = 32;
+/// A choice replaces the current one only when it raises the output score
+/// by more than this (dB): smaller differences are noise of the sample
+/// choice, not a better range.
+pub const MIN_GAIN_DB: f64 = 0.05;
+
+/// A tensor whose quantization alone causes at least half of the output
+/// error power (leaving it float gains `10 log10(2)` dB or more) is an
+/// outlier and stays float: the rule follows from the measurement, not
+/// from a tuned threshold.
+pub const OUTLIER_DB: f64 = 3.0103;
+
+/// What `--method auto` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AutoReport {
+    /// Calibration samples the choices were fitted on, and judged on.
+    pub fit_samples: usize,
+    pub judge_samples: usize,
+    /// Output score (dB, fitting samples) of each method for all.
+    pub methods: Vec<(String, f64)>,
+    /// The method for all (step 1; when the result was not kept, the
+    /// ranges used instead: that method's if it beat min/max on the
+    /// judging samples, else min/max).
+    pub method: String,
+    /// Groups of activations left float while looking for outliers
+    /// (bisection halves), and the runs made in all.
+    pub searched: usize,
+    pub runs: usize,
+    /// Seconds spent building the parametric twins and FP32 references,
+    /// and in the runs.
+    pub setup_seconds: f64,
+    pub run_seconds: f64,
+    /// Output score (dB) on the judging samples with min/max ranges and
+    /// with the result.
+    pub minmax_db: f64,
+    pub auto_db: f64,
+    /// Whether the result was kept (it must score higher than min/max on
+    /// the judging samples).
+    pub kept: bool,
+    /// Outlier tensors left float: each was behind at least half of the
+    /// output error when it was chosen (leaving it float gained
+    /// [`OUTLIER_DB`] or more on the fitting samples).
+    pub float: Vec<crate::mixed::FloatTensor>,
+}
+
+fn method_name(m: RangeMethod) -> String {
+    match m {
+        RangeMethod::MinMax => "minmax".into(),
+        RangeMethod::Percentile(p) => format!("percentile {p}"),
+        RangeMethod::Entropy => "entropy".into(),
+        RangeMethod::Mse => "mse".into(),
+    }
+}
+
+/// The methods tried for all activations (step 1) and per activation
+/// (step 3).
+const METHODS: [RangeMethod; 6] = [
+    RangeMethod::MinMax,
+    RangeMethod::Percentile(99.999),
+    RangeMethod::Percentile(99.99),
+    RangeMethod::Percentile(99.9),
+    RangeMethod::Mse,
+    RangeMethod::Entropy,
+];
+
+/// The range `method` gives tensor `name`, clamped where its consumers are
+/// flat; min/max for outputs of bounded ops (Softmax, Sigmoid).
+fn range_of(
+    g: &quench_ir::Graph,
+    name: &str,
+    stats: &TensorStats,
+    format: &QuantFormat,
+    method: RangeMethod,
+    consumer_clamp: bool,
+    entropy_guard: f64,
+) -> Option<(f32, f32)> {
+    let method = if crate::calibrate::produced_by_bounded_op(g, name) {
+        RangeMethod::MinMax
+    } else {
+        method
+    };
+    let r = if method == RangeMethod::Entropy {
+        quench_calib::entropy_range_guarded_for(stats, format, entropy_guard).map(|(r, _)| r)
+    } else {
+        quench_calib::choose_range_for(stats, method, format)
+    }
+    .ok()?;
+    let r = if consumer_clamp {
+        crate::calibrate::clamp_to_consumers(g, name, r)
+    } else {
+        r
+    };
+    (r.0.is_finite() && r.1.is_finite() && r.0 <= r.1).then_some(r)
+}
+
+/// The parametric twin of a quantized model with its data: runs a choice
+/// of parameters on fixed samples and scores it against FP32 (one tract
+/// compile per batch shape, then one run per choice).
+pub(crate) struct ParamBench {
+    runners: Runners,
+    names: Vec<String>,
+    batches: Vec<Vec<ArrayData>>,
+    /// Samples in each batch (1 when fed one per run).
+    rows: Vec<usize>,
+    reference: Vec<Vec<ArrayData>>,
+    pub pairs: Vec<ParamPair>,
+    /// Root tensor (a tensor with a range of its own) -> its pairs and
+    /// those of the tensors sharing its parameters, roots in topological
+    /// order of their producers.
+    pub roots: Vec<(String, Vec<usize>)>,
+    pub runs: usize,
+    /// The absorbed Relu/Clip bounds of every root (see
+    /// [`crate::attribution::absorbed_clamp`]).
+    clamps: HashMap<String, (f32, f32)>,
+}
+
+/// One pair's parameters: scale, zero point, on.
+pub(crate) type Setting = (f32, f32, bool);
+
+/// Output figures of one run of a [`ParamBench`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Score {
+    /// The lowest per-output SQNR (what thresholds and reports use).
+    pub min_db: f64,
+    /// Mean over samples of each sample's SQNR (its outputs' error ratios
+    /// averaged): a few samples with large errors do not decide alone,
+    /// which makes choices carry over to other samples.
+    pub sample_db: f64,
+}
+
+/// Per-sample SQNRs above this count as this (dB) in [`Score::sample_db`].
+pub const ROBUST_CAP_DB: f64 = 100.0;
+
+impl ParamBench {
+    /// Quantizes `float` with `ranges`, builds the parametric twin and runs
+    /// FP32 (`original`) on `rows` of `data` once for reference.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        float: &Model,
+        original: &ModelProto,
+        plan: &Plan,
+        ranges: &Ranges,
+        cfg: &QuantizeConfig,
+        opset: i64,
+        data: &Bound,
+        rows: &[usize],
+    ) -> Result<ParamBench> {
+        let g = &float.graph;
+        let mut q = float.clone();
+        let mut cx = PassCx::new(opset);
+        crate::phases::quantize_phase(&mut q, plan, ranges, cfg, opset, &mut cx)?;
+        let mut twin = q.clone();
+        let mut clamps = HashMap::new();
+        for name in ranges.keys() {
+            if let Some(c) = crate::attribution::absorbed_clamp(g, &q.graph, name) {
+                clamps.insert(name.clone(), c);
+            }
+        }
+        let clamp = |x: &str| crate::attribution::absorbed_clamp(g, &q.graph, x);
+        let (pairs, _) = parametric_twin(&mut twin.graph, opset, &clamp);
+        let sub = data.data.pick(rows);
+        let data_names = quench_verify::input_names(original);
+        let mut batches = Vec::new();
+        let mut batch_rows = Vec::new();
+        // At least one batch per thread: every run uses every core.
+        let per = sub
+            .samples()
+            .div_ceil(rayon::current_num_threads().max(1))
+            .clamp(1, MAX_BATCH);
+        for r in data.feed.ranges(sub.samples(), per) {
+            batch_rows.push(match data.feed {
+                quench_verify::Feed::Sample => 1,
+                quench_verify::Feed::Batch { .. } => r.len(),
+            });
+            batches.push(sub.feed(data.feed, r)?);
+        }
+        let fp = Runners::new(original, vec![]);
+        let reference: Vec<Vec<ArrayData>> = batches
+            .par_iter()
+            .map(|b| fp.run(&data_names, b))
+            .collect::<Result<_>>()
+            .context("running the FP32 model")?;
+        let mut names = data_names;
+        for p in &pairs {
+            names.extend([p.scale.clone(), p.low.clone(), p.high.clone(), p.on.clone()]);
+        }
+        // Roots and their pairs; members (data movement after a root)
+        // share the root's setting.
+        let members = crate::mixed::shared_members(float, plan);
+        let mut root_of: HashMap<&str, &str> = HashMap::new();
+        for (root, ms) in &members {
+            for m in ms {
+                root_of.insert(m.as_str(), root.as_str());
+            }
+        }
+        let mut pairs_of: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (i, p) in pairs.iter().enumerate() {
+            let root = root_of.get(p.tensor.as_str()).copied().unwrap_or(&p.tensor);
+            if ranges.contains_key(root) {
+                pairs_of.entry(root.to_string()).or_default().push(i);
+            }
+        }
+        let order = g.topo_order().map_err(|e| anyhow!("{e}"))?;
+        let pos: HashMap<quench_ir::NodeId, usize> =
+            order.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let mut roots: Vec<(String, Vec<usize>)> = pairs_of.into_iter().collect();
+        roots.sort_by_key(|(r, _)| {
+            g.value_by_name(r)
+                .and_then(|v| g.producer(v))
+                .and_then(|n| pos.get(&n).copied())
+                .map_or(0, |p| p + 1)
+        });
+        Ok(ParamBench {
+            runners: Runners::new(&twin.to_onnx(), vec![]),
+            names,
+            batches,
+            rows: batch_rows,
+            reference,
+            pairs,
+            roots,
+            runs: 0,
+            clamps,
+        })
+    }
+
+    /// Samples the bench runs on.
+    pub fn samples(&self) -> usize {
+        self.batches
+            .iter()
+            .map(|b| {
+                b.first()
+                    .map_or(0, |a| a.shape().first().copied().unwrap_or(1))
+            })
+            .sum()
+    }
+
+    /// Every pair with the parameters it was built with, on or off.
+    pub fn initial(&self, on: bool) -> Vec<Setting> {
+        self.pairs
+            .iter()
+            .map(|p| (p.initial_scale, p.initial_zero_point, on))
+            .collect()
+    }
+
+    /// Scale and zero point of `root` quantized with `range` on `format`
+    /// (with its absorbed Relu/Clip bounds, as quantization applies them).
+    pub fn params(
+        &self,
+        root: &str,
+        format: &QuantFormat,
+        range: (f32, f32),
+    ) -> Option<(f32, f32)> {
+        let (mut lo, mut hi) = range;
+        if let Some((clo, chi)) = self.clamps.get(root) {
+            lo = lo.max(*clo);
+            hi = hi.min(*chi);
+        }
+        let p = format.params(lo, hi.max(lo)).ok()?;
+        Some((p.scale, p.zero_point as f32))
+    }
+
+    pub fn score(&mut self, set: &[Setting]) -> Result<Score> {
+        self.runs += 1;
+        let mut params = Vec::with_capacity(4 * set.len());
+        for (p, &(s, z, on)) in self.pairs.iter().zip(set) {
+            params.push(ArrayData::F32(ndarray::arr0(s).into_dyn()));
+            params.push(ArrayData::F32(ndarray::arr0(p.qmin - z).into_dyn()));
+            params.push(ArrayData::F32(ndarray::arr0(p.qmax - z).into_dyn()));
+            params.push(ArrayData::Bool(ndarray::arr0(on).into_dyn()));
+        }
+        // Per batch, per sample (a row of the batch axis where outputs
+        // have one), per output: (error power, signal power).
+        let sums: Vec<Vec<Vec<(f64, f64)>>> = self
+            .batches
+            .par_iter()
+            .zip(&self.reference)
+            .zip(&self.rows)
+            .map(|((b, r), &rows)| -> Result<Vec<Vec<(f64, f64)>>> {
+                let mut inputs = b.clone();
+                inputs.extend(params.iter().cloned());
+                let out = self.runners.run(&self.names, &inputs)?;
+                let per_row = r
+                    .iter()
+                    .all(|a| rows > 1 && a.shape().first() == Some(&rows));
+                let units = if per_row { rows } else { 1 };
+                let mut acc = vec![vec![(0.0, 0.0); r.len()]; units];
+                for (o, (r, q)) in r.iter().zip(&out).enumerate() {
+                    let (r, q) = (r.to_f32(), q.to_f32());
+                    if r.shape() != q.shape() {
+                        for u in acc.iter_mut() {
+                            u[o] = (f64::INFINITY, 1.0);
+                        }
+                        continue;
+                    }
+                    let per = r.len() / units.max(1);
+                    for (i, (a, b)) in r.iter().zip(q.iter()).enumerate() {
+                        let d = f64::from(*a) - f64::from(*b);
+                        let u = &mut acc[(i / per.max(1)).min(units - 1)][o];
+                        u.0 += d * d;
+                        u.1 += f64::from(*a) * f64::from(*a);
+                    }
+                }
+                Ok(acc)
+            })
+            .collect::<Result<_>>()?;
+        let units: Vec<&Vec<(f64, f64)>> = sums.iter().flatten().collect();
+        let outputs = self.reference.first().map_or(0, Vec::len);
+        let db = |ratio: f64| {
+            if ratio.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                -10.0 * ratio.max(1e-30).log10()
+            }
+        };
+        let ratio = |n: f64, s: f64| if n == 0.0 { 0.0 } else { n / s.max(1e-30) };
+        let mut min_db = f64::INFINITY;
+        for o in 0..outputs {
+            let (n, s) = units
+                .iter()
+                .fold((0.0, 0.0), |(n, s), u| (n + u[o].0, s + u[o].1));
+            min_db = min_db.min(db(ratio(n, s)));
+        }
+        // Per sample: the mean over outputs of the error ratio, in dB
+        // (at most ROBUST_CAP_DB: a sample without error must not outweigh
+        // the others), averaged over samples.
+        let per_sample: f64 = units
+            .iter()
+            .map(|u| {
+                let r = u.iter().map(|(n, s)| ratio(*n, *s)).sum::<f64>() / outputs.max(1) as f64;
+                db(r).min(ROBUST_CAP_DB)
+            })
+            .sum::<f64>()
+            / units.len().max(1) as f64;
+        Ok(Score {
+            min_db,
+            sample_db: per_sample,
+        })
+    }
+}
+
+/// Rows spread evenly over `0..n`, at most `k` of them.
+fn spread(n: usize, k: usize) -> Vec<usize> {
+    if n <= k {
+        return (0..n).collect();
+    }
+    (0..k).map(|i| i * n / k).collect()
+}
+
+/// Chooses activation ranges by their cost at the model output (see the
+/// module docs). `float` is the graph right before quantization,
+/// `original` the FP32 input (the reference), `policy` the min/max ranges
+/// of the range policy (the fallback).
+#[allow(clippy::too_many_arguments)]
+pub fn search(
+    float: &Model,
+    original: &ModelProto,
+    plan: &Plan,
+    stats: &BTreeMap<String, TensorStats>,
+    policy: &Ranges,
+    cfg: &QuantizeConfig,
+    opset: i64,
+    data: &Bound,
+    consumer_clamp: bool,
+    entropy_guard: f64,
+    float_outliers: bool,
+) -> Result<(Ranges, AutoReport)> {
+    let g = &float.graph;
+    let t0 = std::time::Instant::now();
+    let rows = spread(data.data.samples(), SAMPLES);
+    let (fit_rows, judge_rows): (Vec<usize>, Vec<usize>) = if rows.len() >= 16 {
+        (
+            rows.iter().copied().step_by(2).collect(),
+            rows.iter().copied().skip(1).step_by(2).collect(),
+        )
+    } else {
+        (rows.clone(), rows.clone())
+    };
+    let mut fit = ParamBench::new(float, original, plan, policy, cfg, opset, data, &fit_rows)?;
+    let mut judge = ParamBench::new(float, original, plan, policy, cfg, opset, data, &judge_rows)?;
+    let setup_seconds = t0.elapsed().as_secs_f64();
+    let default = cfg.default_activation_format();
+    let roots = fit.roots.clone();
+    let format = |root: &str| {
+        g.value_by_name(root)
+            .map_or(default, |v| plan.format_of(v, default))
+    };
+    // Per root: the range of every method (None: the method failed there;
+    // the policy's range is used).
+    let ranges_of: Vec<Vec<(f32, f32)>> = roots
+        .par_iter()
+        .map(|(root, _)| {
+            let f = format(root);
+            METHODS
+                .iter()
+                .map(|&m| {
+                    stats
+                        .get(root.as_str())
+                        .and_then(|s| range_of(g, root, s, &f, m, consumer_clamp, entropy_guard))
+                        .unwrap_or(policy[root.as_str()])
+                })
+                .collect()
+        })
+        .collect();
+    let mut set = fit.initial(true);
+    let put = |bench: &ParamBench, set: &mut Vec<Setting>, k: usize, r: (f32, f32)| {
+        let (root, ixs) = &roots[k];
+        if let Some((s, z)) = bench.params(root, &format(root), r) {
+            for &i in ixs {
+                set[i] = (s, z, true);
+            }
+        }
+    };
+    // Step 1: one method for all.
+    let mut methods = Vec::new();
+    let mut best = (f64::NEG_INFINITY, 0usize);
+    for (mi, m) in METHODS.iter().enumerate() {
+        let mut s = fit.initial(true);
+        for (k, rs) in ranges_of.iter().enumerate() {
+            put(&fit, &mut s, k, rs[mi]);
+        }
+        let db = fit.score(&s)?.sample_db;
+        methods.push((method_name(*m), db));
+        if db > best.0 + if mi == 0 { 0.0 } else { MIN_GAIN_DB } {
+            best = (db, mi);
+            set = s;
+        }
+    }
+    let method = best.1;
+    // Step 2: outliers, found by group testing. Leaving a group float
+    // gains at least what any one member gains alone (their error powers
+    // add), so a group gaining less than OUTLIER_DB holds no outlier; a
+    // group gaining more is halved until single activations remain, each
+    // then re-measured with the outliers so far float.
+    let chosen: Vec<(f32, f32)> = ranges_of.iter().map(|rs| rs[method]).collect();
+    let mut current = best.0;
+    let mut float_tensors = Vec::new();
+    let mut off = vec![false; roots.len()];
+    let mut searched = 0;
+    if float_outliers {
+        let gain_off = |fit: &mut ParamBench, set: &[Setting], ks: &[usize], current: f64| {
+            let mut s = set.to_vec();
+            for &k in ks {
+                for &i in &roots[k].1 {
+                    s[i].2 = false;
+                }
+            }
+            fit.score(&s).map(|sc| sc.sample_db - current)
+        };
+        // At most one activation can be behind half of the error: descend
+        // into the half of the candidates that gains OUTLIER_DB when left
+        // float (the larger if both do) until one remains; leave it float
+        // if it does, and look again among the rest.
+        let mut left: Vec<usize> = (0..roots.len()).collect();
+        while left.len() > 1 {
+            let mut cands = left.clone();
+            let found = loop {
+                if cands.len() == 1 {
+                    break Some(cands[0]);
+                }
+                let (a, b) = cands.split_at(cands.len() / 2);
+                let ga = gain_off(&mut fit, &set, a, current)?;
+                let gb = gain_off(&mut fit, &set, b, current)?;
+                searched += 2;
+                let (pick, g) = if ga >= gb { (a, ga) } else { (b, gb) };
+                if !(g >= OUTLIER_DB) {
+                    break None;
+                }
+                cands = pick.to_vec();
+            };
+            let Some(k) = found else { break };
+            for &i in &roots[k].1 {
+                set[i].2 = false;
+            }
+            let db = fit.score(&set)?.sample_db;
+            if !(db - current >= OUTLIER_DB) {
+                for &i in &roots[k].1 {
+                    set[i].2 = true;
+                }
+                break;
+            }
+            float_tensors.push(crate::mixed::FloatTensor {
+                tensor: roots[k].0.clone(),
+                gain_db: db - current,
+                sqnr_after_db: db,
+            });
+            off[k] = true;
+            current = db;
+            left.retain(|&j| j != k);
+        }
+    }
+    // Step 5: judged on the other samples against min/max and against the
+    // method for all alone.
+    let judged = |bench: &mut ParamBench, rs: &dyn Fn(usize) -> Option<(f32, f32)>| {
+        let mut s = bench.initial(true);
+        for k in 0..roots.len() {
+            match rs(k) {
+                Some(r) => put(bench, &mut s, k, r),
+                None => {
+                    for &i in &roots[k].1 {
+                        s[i].2 = false;
+                    }
+                }
+            }
+        }
+        bench.score(&s).map(|s| s.sample_db)
+    };
+    let minmax_db = judged(&mut judge, &|k| Some(ranges_of[k][0]))?;
+    let auto_db = judged(&mut judge, &|k| (!off[k]).then_some(chosen[k]))?;
+    let (kept, used, result): (bool, usize, Vec<Option<(f32, f32)>>) = if auto_db > minmax_db {
+        (
+            true,
+            method,
+            (0..roots.len())
+                .map(|k| (!off[k]).then_some(chosen[k]))
+                .collect(),
+        )
+    } else {
+        let all_db = judged(&mut judge, &|k| Some(ranges_of[k][method]))?;
+        let m = if all_db > minmax_db { method } else { 0 };
+        (false, m, ranges_of.iter().map(|rs| Some(rs[m])).collect())
+    };
+    let mut out = policy.clone();
+    for ((root, _), r) in roots.iter().zip(&result) {
+        match r {
+            Some(r) => {
+                out.insert(root.clone(), *r);
+            }
+            None => {
+                out.remove(root);
+            }
+        }
+    }
+    let report = AutoReport {
+        fit_samples: fit.samples(),
+        judge_samples: judge.samples(),
+        methods,
+        method: method_name(METHODS[used]),
+        searched,
+        runs: fit.runs + judge.runs,
+        setup_seconds,
+        run_seconds: t0.elapsed().as_secs_f64() - setup_seconds,
+        minmax_db,
+        auto_db,
+        kept,
+        float: if kept { float_tensors } else { Vec::new() },
+    };
+    Ok((out, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread;
+
+    #[test]
+    fn spread_rows_cover_the_set_evenly() {
+        assert_eq!(spread(5, 16), vec![0, 1, 2, 3, 4]);
+        assert_eq!(spread(64, 4), vec![0, 16, 32, 48]);
+        assert_eq!(spread(10, 3), vec![0, 3, 6]);
+    }
+}
