@@ -10,7 +10,7 @@
 # Builds target/release/quench unless QUENCH is set; models and calibration
 # data are written by scripts/make_chain.py into scratch/chains/. Prints one
 # row per size: the phase times `compile -v` reports (load, passes,
-# calibration, quantize, verification, write, total) and the wall time; a
+# calibration, bias correction, quantize, verification, total) and the wall time; a
 # run over TIMEOUT seconds (default 400) prints "timeout". Doubling the size
 # should about double every phase; a phase that grows 4x per doubling is
 # quadratic.
@@ -35,7 +35,7 @@ PY="$(scripts/setup_venv.sh | tail -1)"
 OUT="$ROOT/scratch/chains"
 mkdir -p "$OUT"
 
-printf '%-8s %8s %8s %8s %8s %8s %8s %8s %8s\n' kind nodes load passes calib quant verify total wall
+printf '%-8s %8s %8s %8s %8s %8s %8s %8s %8s %8s\n' kind nodes load passes calib bias quant verify total wall
 for n in "${SIZES[@]}"; do
     d="$OUT/$KIND$n"
     [ -f "$d/chain.onnx" ] || "$PY" scripts/make_chain.py --kind "$KIND" --nodes "$n" --out "$d" >&2
@@ -44,8 +44,8 @@ for n in "${SIZES[@]}"; do
         end=$(date +%s.%N)
         line=$(printf '%s\n' "$log" | grep '^time:' || true)
         field() { printf '%s\n' "$line" | sed -n "s/.*$1 \([0-9.]*\) s.*/\1/p"; }
-        printf '%-8s %8s %8s %8s %8s %8s %8s %8s %8.1f\n' "$KIND" "$n" \
-            "$(field load)" "$(field passes)" "$(field calibration)" "$(field quantize)" \
+        printf '%-8s %8s %8s %8s %8s %8s %8s %8s %8s %8.1f\n' "$KIND" "$n" \
+            "$(field load)" "$(field passes)" "$(field calibration)" "$(field 'bias correction')" "$(field quantize)" \
             "$(field verification)" "$(printf '%s\n' "$line" | sed -n 's/.*total \([0-9.]*\) s.*/\1/p')" \
             "$(echo "$end - $start" | bc)"
     else

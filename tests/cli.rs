@@ -1198,6 +1198,26 @@ fn already_quantized_models_are_refused_and_inspect_says_so() {
     }
     ok(&["compile", s(&q), "--no-quantize", "-o", s(&again)]);
     assert!(again.exists());
+    // `calibrate` refuses it with the same message (it used to write a
+    // table of the quantized model's ranges, exit 0).
+    let table = dir.path().join("table.json");
+    let r = fails(
+        &[
+            "calibrate",
+            s(&q),
+            "-c",
+            s(&testdata("digits/calib")),
+            "-o",
+            s(&table),
+        ],
+        &[
+            "model is already quantized (QDQ: ",
+            "QuantizeLinear and ",
+            "DequantizeLinear nodes, e.g. node `",
+            "quench quantizes FP32 models",
+        ],
+    );
+    assert!(!table.exists(), "{}", r.context());
 
     let r = ok(&["inspect", s(&q)]);
     assert!(

@@ -273,10 +273,11 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     // of its own Q/DQ or integer ops: refused, unless only the passes run.
     if !opts.no_quantize {
         if let Some(q) = original.graph.as_ref().and_then(prequantized::detect) {
-            anyhow::bail!(
-                "{}: model is already quantized ({q}); quench quantizes FP32 models; use --no-quantize to run only the passes",
-                input.path.display()
-            );
+            anyhow::bail!(prequantized::refusal(
+                &input.path,
+                &q,
+                "use --no-quantize to run only the passes"
+            ));
         }
     }
     let mut model =
@@ -903,6 +904,11 @@ pub fn calibrate_table(
     progress: &dyn Progress,
 ) -> Result<CalibrateOutcome> {
     let mut phases = Phases::new();
+    // The ranges of an already-quantized model's tensors are no table for
+    // quantizing it: refused as `compile` refuses it.
+    if let Some(q) = input.model.graph.as_ref().and_then(prequantized::detect) {
+        anyhow::bail!(prequantized::refusal(&input.path, &q, ""));
+    }
     let mut model = Model::from_onnx(input.model.clone())
         .with_context(|| format!("{}", input.path.display()))?;
     run_pipeline(&mut model, &opts.passes, &[])?;

@@ -138,6 +138,21 @@ fn classify(n: &NodeProto, c: &mut Counts) {
     }
 }
 
+/// The refusal of an already-quantized model at `path`, shared by
+/// `compile` and `calibrate_table` so that both say the same thing;
+/// `hint` is appended after `; ` when not empty.
+pub fn refusal(path: &std::path::Path, q: &Quantized, hint: &str) -> String {
+    let mut m = format!(
+        "{}: model is already quantized ({q}); quench quantizes FP32 models",
+        path.display()
+    );
+    if !hint.is_empty() {
+        m.push_str("; ");
+        m.push_str(hint);
+    }
+    m
+}
+
 /// Whether `g` (and its subgraphs) is already quantized, and how.
 pub fn detect(g: &GraphProto) -> Option<Quantized> {
     let mut c = Counts::default();

@@ -31,9 +31,10 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use quench_calib::{Granularity, QuantFormat, QuantParams, QuantTarget, Scheme};
+use quench_calib::{FloatKind, Granularity, QuantFormat, QuantParams, QuantTarget, Scheme};
 use quench_ir::{tensor, Graph, Node, NodeId, OpKind, ValueDef, ValueId};
 use quench_onnx::proto::tensor_proto::DataType;
+use quench_onnx::proto::TensorProto;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::{rule, OpRule};
@@ -282,10 +283,75 @@ impl Plan {
     }
 }
 
-/// A non-constant f32 tensor. Types come from [`util::infer_elem_types`];
-/// a tensor whose type cannot be told is not quantized.
+/// The float element types quench quantizes: f32, and f16/bf16, whose
+/// Q/DQ take a scale of their own type from opset 19 ([`apply`] leaves
+/// them float below it, with a note).
+fn is_quantizable_float(elem: i32) -> bool {
+    elem == DataType::Float as i32
+        || elem == DataType::Float16 as i32
+        || elem == DataType::Bfloat16 as i32
+}
+
+/// The opset from which QuantizeLinear/DequantizeLinear take a scale of
+/// element type `elem` (f32: 10; f16/bf16: 19).
+fn scale_min_opset(elem: i32) -> i64 {
+    if elem == DataType::Float as i32 {
+        10
+    } else {
+        19
+    }
+}
+
+/// `scale` rounded to the element type `elem` of a Q/DQ scale (f32, f16
+/// or bf16); `None` when the rounded value is not a positive normal number
+/// of that type (a scale must be positive; a subnormal f16 scale keeps
+/// too few significant bits: rounding could shrink the range enough to
+/// clip, where a normal one moves it by at most 2^-11, bf16 2^-8).
+fn round_scale(elem: i32, scale: f32) -> Option<f32> {
+    let kind = if elem == DataType::Float16 as i32 {
+        FloatKind::F16
+    } else if elem == DataType::Bfloat16 as i32 {
+        FloatKind::BF16
+    } else {
+        return (scale.is_finite() && scale > 0.0).then_some(scale);
+    };
+    let r = kind.decode(kind.encode(scale));
+    let min_normal = if kind == FloatKind::F16 {
+        6.103_515_6e-5
+    } else {
+        f32::MIN_POSITIVE
+    };
+    (r.is_finite() && r >= min_normal).then_some(r)
+}
+
+/// A constant of element type `elem` (f32, f16 or bf16) holding `values`,
+/// each exactly representable in that type (see [`round_scale`]).
+fn float_const(elem: i32, dims: &[i64], values: &[f32]) -> TensorProto {
+    let kind = if elem == DataType::Float16 as i32 {
+        (FloatKind::F16, DataType::Float16)
+    } else if elem == DataType::Bfloat16 as i32 {
+        (FloatKind::BF16, DataType::Bfloat16)
+    } else {
+        return tensor::from_f32("", dims, values);
+    };
+    let raw: Vec<u8> = values
+        .iter()
+        .flat_map(|v| (kind.0.encode(*v) as u16).to_le_bytes())
+        .collect();
+    tensor::from_raw("", kind.1, dims, raw)
+}
+
+/// A non-constant f32, f16 or bf16 tensor. Types come from
+/// [`util::infer_elem_types`]; a tensor whose type cannot be told is not
+/// quantized.
 fn is_float_activation(g: &Graph, types: &HashMap<ValueId, i32>, v: ValueId) -> bool {
-    g.const_tensor(v).is_none() && types.get(&v) == Some(&(DataType::Float as i32))
+    g.const_tensor(v).is_none() && types.get(&v).is_some_and(|e| is_quantizable_float(*e))
+}
+
+/// A constant f32, f16 or bf16 tensor.
+fn is_float_const(g: &Graph, v: ValueId) -> bool {
+    g.const_tensor(v)
+        .is_some_and(|t| is_quantizable_float(t.data_type()))
 }
 
 fn is_f32_const(g: &Graph, v: ValueId) -> bool {
@@ -337,11 +403,16 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                     p.decisions.push(decide(false, "missing inputs"));
                     continue;
                 };
-                let w_const = is_f32_const(g, w);
+                let w_const = is_float_const(g, w);
                 let act_b = node.kind() == OpKind::MatMul && !w_const && is_float_activation(g, w);
                 if !w_const && !act_b {
                     p.decisions
-                        .push(decide(false, "weights are not a constant f32 tensor"));
+                        .push(decide(false, "weights are not a constant float tensor"));
+                    continue;
+                }
+                if cfg.mode == Mode::Dynamic && w_const && !is_f32_const(g, w) {
+                    p.decisions
+                        .push(decide(false, "dynamic mode quantizes f32 MatMul only"));
                     continue;
                 }
                 if !is_float_activation(g, x) {
@@ -609,8 +680,12 @@ struct QWeight {
 /// block) and inserts its DequantizeLinear (with `axis` / `block_size` as
 /// the granularity needs). `min_scales` (one, or one per channel) widens
 /// the scales of symmetric integer formats so that an int32 bias stays in
-/// range. Returns the DQ output and the scales; `None` if the weight is not
-/// a finite f32 tensor or the granularity does not fit its shape.
+/// range. The scales have the weight's element type (f32, or f16/bf16,
+/// rounded to it before the codes are computed, so the stored scale is the
+/// one the codes were made with) and so has the DQ output. Returns the DQ
+/// output and the scales; `None` if the weight is not a finite float
+/// tensor, a scale is not a normal number of its type, or the granularity
+/// does not fit its shape.
 fn quantize_weight(
     g: &mut Graph,
     w: ValueId,
@@ -619,6 +694,7 @@ fn quantize_weight(
 ) -> Option<QWeight> {
     let t = g.const_tensor(w)?;
     let dims = t.dims.clone();
+    let w_elem = t.data_type();
     let data = tensor::to_f32(t).ok()?;
     if data.iter().any(|x| !x.is_finite()) {
         return None;
@@ -642,6 +718,7 @@ fn quantize_weight(
                 p.scale = p.scale.max(*m);
             }
         }
+        p.scale = round_scale(w_elem, p.scale)?;
         params.push(p);
     }
     let q: Vec<i32> = data
@@ -656,7 +733,7 @@ fn quantize_weight(
     let zps: Vec<i32> = params.iter().map(|p| p.zero_point).collect();
     let sv = g.add_const(
         &format!("{base}_scale"),
-        tensor::from_f32("", &layout.scale_dims, &scales),
+        float_const(w_elem, &layout.scale_dims, &scales),
     );
     let zv = g.add_const(
         &format!("{base}_zero_point"),
@@ -664,7 +741,7 @@ fn quantize_weight(
     );
     let out = g.add_value(
         &format!("{base}_dequantized"),
-        Some(tensor::tensor_type_of(DataType::Float as i32, &dims)),
+        Some(tensor::tensor_type_of(w_elem, &dims)),
     );
     let mut dq = Node::new(
         "DequantizeLinear",
@@ -707,13 +784,21 @@ fn weight_axis(g: &Graph, n: NodeId, wdims: usize) -> Option<usize> {
 }
 
 /// Inserts `x → Q → DQ` and points every node use of `x` (except the new Q)
-/// at the DQ output. Graph outputs keep `x`.
-fn insert_qdq(g: &mut Graph, x: ValueId, qp: QuantParams, fmt: QuantFormat) -> ValueId {
+/// at the DQ output. Graph outputs keep `x`. `x_elem` is `x`'s element
+/// type (f32, f16 or bf16): the scale and the DQ output have it, and
+/// `qp.scale` must be representable in it ([`round_scale`]).
+fn insert_qdq(
+    g: &mut Graph,
+    x: ValueId,
+    qp: QuantParams,
+    fmt: QuantFormat,
+    x_elem: i32,
+) -> ValueId {
     let base = g.value(x).name.clone();
     let elem = codes::data_type(fmt.elem());
     let sv = g.add_const(
         &format!("{base}_scale"),
-        tensor::from_f32("", &[], &[qp.scale]),
+        float_const(x_elem, &[], &[qp.scale]),
     );
     let zv = g.add_const(
         &format!("{base}_zero_point"),
@@ -723,15 +808,15 @@ fn insert_qdq(g: &mut Graph, x: ValueId, qp: QuantParams, fmt: QuantFormat) -> V
     let qo = g.add_value(&format!("{base}_quantized"), None);
     let dqo = g.add_value(&format!("{base}_dequantized"), None);
     if let Some(t) = shape {
-        let with_elem = |e: DataType| {
+        let with_elem = |e: i32| {
             let mut t = t.clone();
             if let Some(quench_onnx::proto::type_proto::Value::TensorType(tt)) = t.value.as_mut() {
-                tt.elem_type = Some(e as i32);
+                tt.elem_type = Some(e);
             }
             t
         };
-        g.value_mut(qo).ty = Some(with_elem(elem));
-        g.value_mut(dqo).ty = Some(with_elem(DataType::Float));
+        g.value_mut(qo).ty = Some(with_elem(elem as i32));
+        g.value_mut(dqo).ty = Some(with_elem(x_elem));
     }
     g.replace_node_uses(x, dqo);
     let q = Node::new(
@@ -804,6 +889,10 @@ pub fn apply(
             }
         }
     }
+    // Element types before any rewrite: f16/bf16 tensors get scales of
+    // their own type (opset 19 and later).
+    let types = util::infer_elem_types(g);
+    let elem_of = |v: ValueId| types.get(&v).copied().unwrap_or(DataType::Float as i32);
     let per_channel = cfg.per_channel && opset >= 13;
     if cfg.per_channel && !per_channel {
         s.notes.push(format!(
@@ -851,9 +940,36 @@ pub fn apply(
                     hi = hi.min(chi);
                 }
             }
-            let qp = format
+            let elem = elem_of(v);
+            let need = scale_min_opset(elem);
+            if opset < need {
+                s.activations_float.push((
+                    g.value(v).name.clone(),
+                    format!(
+                        "{} tensor: QuantizeLinear takes {} input from opset {need}; the model has opset {opset}",
+                        quench_onnx::dtype::elem_name(elem),
+                        quench_onnx::dtype::elem_name(elem)
+                    ),
+                ));
+                float_acts.insert(v);
+                continue;
+            }
+            let mut qp = format
                 .params(lo, hi.max(lo))
                 .map_err(|e| fail(format!("tensor `{name}`: {e}")))?;
+            let Some(scale) = round_scale(elem, qp.scale) else {
+                s.activations_float.push((
+                    g.value(v).name.clone(),
+                    format!(
+                        "scale {:e} is not a normal {} number",
+                        qp.scale,
+                        quench_onnx::dtype::elem_name(elem)
+                    ),
+                ));
+                float_acts.insert(v);
+                continue;
+            };
+            qp.scale = scale;
             params.insert(v, qp);
         }
         // Shared tensors whose root is float stay float too.
@@ -904,10 +1020,24 @@ pub fn apply(
             continue;
         }
         let wf = weight_format_at(plan, cfg, g, n, w, opset).map_err(fail)?;
+        let w_elem = g.const_tensor(w).map_or(0, |t| t.data_type());
+        let need = scale_min_opset(w_elem);
         // The decision names the format actually used (the plan may have
         // been edited after `plan` wrote it).
         if let Some(d) = s.nodes.iter_mut().find(|d| d.node == node.name()) {
-            d.reason = weight_reason(&wf);
+            if opset < need {
+                d.quantized = false;
+                d.reason = format!(
+                    "{} weights: DequantizeLinear has a {} scale from opset {need}; the model has opset {opset}",
+                    quench_onnx::dtype::elem_name(w_elem),
+                    quench_onnx::dtype::elem_name(w_elem)
+                );
+            } else {
+                d.reason = weight_reason(&wf);
+            }
+        }
+        if opset < need {
+            continue;
         }
         let w_axis = match wf.granularity {
             Granularity::PerAxis { axis } => Some(axis),
@@ -943,7 +1073,7 @@ pub fn apply(
                 let min_scales = min_scales.filter(|_| bias_ok);
                 let Some(q) = quantize_weight(g, w, wf, min_scales.as_deref()) else {
                     s.notes.push(format!(
-                        "node `{}`: weights not finite; left float",
+                        "node `{}`: weights not finite (or a scale not a normal number of their type); left float",
                         node.name()
                     ));
                     continue;
@@ -1059,7 +1189,14 @@ pub fn apply(
         if g.value(v).def == ValueDef::Undefined {
             continue;
         }
-        insert_qdq(g, v, qp, plan.format_of(v, cfg.default_activation_format()));
+        let elem = elem_of(v);
+        insert_qdq(
+            g,
+            v,
+            qp,
+            plan.format_of(v, cfg.default_activation_format()),
+            elem,
+        );
         s.activations_quantized += 1;
     }
 

@@ -25,8 +25,9 @@ pub mod data;
 pub mod evaluate;
 pub mod metrics;
 pub mod runner;
+mod segment;
 
-pub use data::{ArrayData, DataError, Dataset, Feed, ModelInput};
+pub use data::{ArrayData, DataError, Dataset, Feed, ModelInput, NarrowType};
 pub use evaluate::{
     input_names, output_names, Cached, Evaluator, LabelHits, PairFigures, Runners, Subject,
     MAX_BATCH,

@@ -27,6 +27,10 @@
 //! (Aborts, such as a failed huge allocation, cannot be caught: callers cap
 //! sizes before handing tract a model.)
 //!
+//! A main graph of more than [`crate::segment::SEGMENT_NODES`] nodes is
+//! compiled as consecutive segments (see [`crate::segment`]), run one after
+//! the other with the same outputs as the whole graph.
+//!
 //! Invariant: [`Runner::run`] returns the graph outputs in graph order
 //! followed by the extra outputs in the order they were asked for, as named
 //! by [`Runner::output_names`].
@@ -128,11 +132,21 @@ pub enum RunError {
 /// A model compiled by tract, ready to run. Cheap to share between threads.
 #[derive(Debug, Clone)]
 pub struct Runner {
-    plan: Arc<TypedRunnableModel>,
+    exec: Exec,
     /// Input names and the facts tract settled on.
     inputs: Vec<(String, TypedFact)>,
     outputs: Vec<String>,
+    /// The facts of `outputs`, in order.
+    output_facts: Vec<TypedFact>,
     output_bytes: Option<u64>,
+}
+
+/// How a [`Runner`] executes: one tract plan, or consecutive segments of a
+/// long graph (see [`crate::segment`]).
+#[derive(Debug, Clone)]
+enum Exec {
+    Whole(Arc<TypedRunnableModel>),
+    Segments(Arc<crate::segment::Segments>),
 }
 
 impl Runner {
@@ -142,9 +156,63 @@ impl Runner {
         self.output_bytes
     }
 
-    /// Compiles `model` (encoded to bytes for tract).
+    /// Compiles `model` (encoded to bytes for tract). A main graph of more
+    /// than [`crate::segment::SEGMENT_NODES`] nodes is compiled as
+    /// consecutive segments when it can be cut (see [`crate::segment`]):
+    /// tract's model building is quadratic in the node count, segments keep
+    /// it linear, and the outputs are the same.
     pub fn new(model: &ModelProto, config: &RunnerConfig) -> Result<Runner, RunError> {
+        Runner::with_segments(model, config, crate::segment::SEGMENT_NODES)
+    }
+
+    /// [`Runner::new`] with segments of at most `max_nodes` nodes (graphs
+    /// of at most `max_nodes` nodes, or that cannot be cut, run whole).
+    pub fn with_segments(
+        model: &ModelProto,
+        config: &RunnerConfig,
+        max_nodes: usize,
+    ) -> Result<Runner, RunError> {
+        if let Some(plan) = crate::segment::plan(model, config, max_nodes) {
+            // A segment tract refuses (it may need what the whole graph
+            // tells it) leaves the whole graph to decide.
+            if let Ok(r) = crate::segment::build(model, config, plan) {
+                return Ok(r);
+            }
+        }
         Runner::from_bytes(&model.encode_to_vec(), config)
+    }
+
+    /// Assembles a segmented runner (for [`crate::segment::build`]).
+    pub(crate) fn segmented(
+        segments: crate::segment::Segments,
+        inputs: Vec<(String, TypedFact)>,
+        outputs: Vec<String>,
+        output_facts: Vec<TypedFact>,
+    ) -> Runner {
+        let output_bytes = output_facts.iter().try_fold(0u64, |acc, fact| {
+            let elems: usize = fact.shape.as_concrete()?.iter().product();
+            Some(acc + (elems * fact.datum_type.size_of()) as u64)
+        });
+        Runner {
+            exec: Exec::Segments(Arc::new(segments)),
+            inputs,
+            outputs,
+            output_facts,
+            output_bytes,
+        }
+    }
+
+    /// The facts of [`output_names`](Self::output_names), in order.
+    pub(crate) fn output_facts(&self) -> &[TypedFact] {
+        &self.output_facts
+    }
+
+    /// Whether this runner runs its graph as several segments.
+    pub fn segment_count(&self) -> usize {
+        match &self.exec {
+            Exec::Whole(_) => 1,
+            Exec::Segments(s) => s.len(),
+        }
     }
 
     /// Compiles a model from the bytes of an ONNX file. A panic in tract is
@@ -273,19 +341,26 @@ impl Runner {
             })
             .map_err(tract("optimizing the model"))?;
         let inputs = input_names.into_iter().zip(inputs).collect();
-        let output_bytes = typed.output_outlets().ok().and_then(|outlets| {
-            outlets.iter().try_fold(0u64, |acc, o| {
-                let fact = typed.outlet_fact(*o).ok()?;
-                let elems: usize = fact.shape.as_concrete()?.iter().product();
-                Some(acc + (elems * fact.datum_type.size_of()) as u64)
+        let output_facts = typed
+            .output_outlets()
+            .and_then(|outlets| {
+                outlets
+                    .iter()
+                    .map(|o| typed.outlet_fact(*o).cloned())
+                    .collect::<TractResult<Vec<_>>>()
             })
+            .map_err(tract("optimizing the model"))?;
+        let output_bytes = output_facts.iter().try_fold(0u64, |acc, fact| {
+            let elems: usize = fact.shape.as_concrete()?.iter().product();
+            Some(acc + (elems * fact.datum_type.size_of()) as u64)
         });
         let plan = contain("planning the model", || typed.into_runnable())?
             .map_err(tract("planning the model"))?;
         Ok(Runner {
-            plan,
+            exec: Exec::Whole(plan),
             inputs,
             outputs,
+            output_facts,
             output_bytes,
         })
     }
@@ -373,13 +448,29 @@ impl Runner {
                     ),
                 });
             }
-            values.push(a.to_tensor().into_tvalue());
+            let t = a.to_tensor().map_err(|reason| RunError::Input {
+                name: name.clone(),
+                reason,
+            })?;
+            values.push(t.into_tvalue());
         }
+        self.run_values(values)
+    }
+
+    /// Runs on inputs already checked against the input facts.
+    pub(crate) fn run_values(&self, values: TVec<TValue>) -> Result<TVec<TValue>, RunError> {
+        let plan = match &self.exec {
+            Exec::Whole(plan) => plan,
+            Exec::Segments(segments) => {
+                let names: Vec<&str> = self.inputs.iter().map(|(n, _)| n.as_str()).collect();
+                return segments.run(&names, values, &self.outputs);
+            }
+        };
         // The node being evaluated is recorded (an id in a Cell, no
         // allocation) so that a panic inside an op can name it.
         let current: std::cell::Cell<Option<usize>> = std::cell::Cell::new(None);
         let run = || -> TractResult<TVec<TValue>> {
-            let mut state = self.plan.spawn()?;
+            let mut state = plan.spawn()?;
             state.run_plan_with_eval(values, |ctx, op_state, node, input| {
                 current.set(Some(node.id));
                 tract_onnx::tract_core::plan::eval(ctx, op_state, node, input)
@@ -389,7 +480,7 @@ impl Runner {
             .map_err(|payload| {
                 let node = current
                     .get()
-                    .and_then(|id| self.plan.model().nodes().get(id))
+                    .and_then(|id| plan.model().nodes().get(id))
                     .map(|n| n.name.clone());
                 panic_error("running the model", payload, node)
             })?
@@ -426,14 +517,19 @@ fn contain<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T, RunError>
 }
 
 /// The tract element type for an ONNX element type code.
-fn datum_type(code: i32) -> Option<DatumType> {
+pub(crate) fn datum_type(code: i32) -> Option<DatumType> {
     use quench_onnx::proto::tensor_proto::DataType;
     Some(match DataType::try_from(code).ok()? {
         DataType::Float => DatumType::F32,
         DataType::Double => DatumType::F64,
+        DataType::Float16 => DatumType::F16,
         DataType::Int64 => DatumType::I64,
         DataType::Int32 => DatumType::I32,
+        DataType::Int16 => DatumType::I16,
         DataType::Int8 => DatumType::I8,
+        DataType::Uint64 => DatumType::U64,
+        DataType::Uint32 => DatumType::U32,
+        DataType::Uint16 => DatumType::U16,
         DataType::Uint8 => DatumType::U8,
         DataType::Bool => DatumType::Bool,
         _ => return None,

@@ -11,7 +11,9 @@
 //! - the ONNX test-data layout: a directory of `test_data_set_*/input_*.pb`
 //!   (or one such set directory). Each set is one sample whose tensors keep
 //!   the shapes they were stored with; `output_*.pb` files are read as
-//!   expected outputs. A tensor without a name is matched to the model input
+//!   expected outputs when quench can read every one of them (otherwise the
+//!   dataset has none: calibration does not need them). A `SequenceProto`
+//!   input file is an error that says so. A tensor without a name is matched to the model input
 //!   at its index.
 //!
 //! A *sample* of an input is its stored array with the sample axis removed
@@ -447,6 +449,10 @@ impl Dataset {
     fn load_sets(&mut self, dirs: &[PathBuf]) -> Result<(), DataError> {
         let mut inputs: Vec<Column> = Vec::new();
         let mut outputs: Vec<Column> = Vec::new();
+        // Expected outputs are optional (calibration does not use them): a
+        // dataset with an output file quench cannot read (a type it does
+        // not hold, a sequence) has none, and its inputs still load.
+        let mut outputs_readable = true;
         for (set_ix, dir) in dirs.iter().enumerate() {
             let io = |source| DataError::Io {
                 path: dir.clone(),
@@ -468,6 +474,14 @@ impl Dataset {
             for (files, columns, prefix) in
                 [(ins, &mut inputs, "input"), (outs, &mut outputs, "output")]
             {
+                if prefix == "output" && !outputs_readable {
+                    continue;
+                }
+                if prefix == "output" && set_ix > 0 && files.len() != columns.len() {
+                    outputs_readable = false;
+                    columns.clear();
+                    continue;
+                }
                 if set_ix > 0 && files.len() != columns.len() {
                     return Err(DataError::Layout {
                         path: dir.clone(),
@@ -481,7 +495,15 @@ impl Dataset {
                 for (pos, (k, file)) in files.into_iter().enumerate() {
                     // Inputs keep only the file (and what it holds) and are
                     // read again per batch; expected outputs stay loaded.
-                    let (name, a) = read_pb(&file)?;
+                    let (name, a) = match read_pb(&file) {
+                        Ok(r) => r,
+                        Err(_) if prefix == "output" => {
+                            outputs_readable = false;
+                            columns.clear();
+                            break;
+                        }
+                        Err(e) => return Err(e),
+                    };
                     if set_ix == 0 {
                         let (name, index) = match name {
                             Some(n) => (n, None),
@@ -1027,13 +1049,40 @@ fn pb_index(fname: &str, prefix: &str) -> Option<usize> {
         .ok()
 }
 
+/// The fields of ONNX's `SequenceProto` (onnx-data.proto) that tell it from
+/// a `TensorProto`: `elem_type` (1 tensor .. 5 optional) and the tensors.
+#[derive(Clone, PartialEq, prost::Message)]
+struct SequenceProbe {
+    #[prost(string, optional, tag = "1")]
+    name: Option<String>,
+    #[prost(int32, optional, tag = "2")]
+    elem_type: Option<i32>,
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    tensor_values: Vec<Vec<u8>>,
+}
+
 /// Reads a TensorProto file: its name (if any) and value.
 fn read_pb(path: &Path) -> Result<(Option<String>, ArrayData), DataError> {
     let bytes = fs::read(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let t = TensorProto::decode(Bytes::from(bytes)).map_err(|source| DataError::Decode {
+    let bytes = Bytes::from(bytes);
+    let decoded = TensorProto::decode(bytes.clone());
+    // A SequenceProto (name 1, elem_type 2, tensor_values 3) also decodes
+    // as a TensorProto (name as packed dims, elem_type as data_type, its
+    // tensors as `segment`): tell them apart before reading values.
+    if decoded.as_ref().map_or(true, |t| t.segment.is_some()) {
+        if let Ok(seq) = SequenceProbe::decode(bytes.clone()) {
+            if matches!(seq.elem_type, Some(1..=5)) && !seq.tensor_values.is_empty() {
+                return Err(DataError::Layout {
+                    path: path.to_path_buf(),
+                    reason: "holds a SequenceProto: sequence inputs are not supported".into(),
+                });
+            }
+        }
+    }
+    let t = decoded.map_err(|source| DataError::Decode {
         path: path.to_path_buf(),
         source,
     })?;
@@ -1245,5 +1294,80 @@ mod tests {
             matches!(&e, DataError::Io { path, .. } if *path == changed),
             "{e}"
         );
+    }
+
+    /// f16 and u16 test-data files load as those types, bound to model
+    /// inputs of those types; a file whose raw_data does not fit its dims
+    /// is an error naming the file.
+    #[test]
+    fn test_data_of_new_element_types() {
+        use tract_onnx::prelude::tract_data::half::f16;
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("test_data_set_0");
+        fs::create_dir(&set).unwrap();
+        let h = ArrayData::F16(
+            ArrayD::from_shape_vec(IxDyn(&[1, 3]), vec![f16::from_f32(0.5), f16::MAX, f16::MIN])
+                .unwrap(),
+        );
+        let u = ArrayData::U16(ArrayD::from_shape_vec(IxDyn(&[2]), vec![1, u16::MAX]).unwrap());
+        write_pb(&set.join("input_0.pb"), "x", &h);
+        write_pb(&set.join("input_1.pb"), "n", &u);
+        let mut ds = Dataset::load(dir.path()).unwrap();
+        ds.check_against(&[
+            model_input("x", DataType::Float16, &[Some(1), Some(3)]),
+            model_input("n", DataType::Uint16, &[Some(2)]),
+        ])
+        .unwrap();
+        let sample = ds.sample(0).unwrap();
+        assert_eq!(
+            sample,
+            vec![("x".to_string(), h.clone()), ("n".to_string(), u)]
+        );
+        let bad = set.join("input_0.pb");
+        let mut p = h.to_tensor_proto("x");
+        p.dims = vec![1, 4];
+        fs::write(&bad, p.encode_to_vec()).unwrap();
+        let e = Dataset::load(dir.path()).unwrap_err();
+        assert!(
+            e.to_string().contains(&*bad.to_string_lossy())
+                && e.to_string().contains("raw_data has 6 bytes"),
+            "{e}"
+        );
+    }
+
+    /// A SequenceProto input is reported as a sequence (it also decodes as
+    /// a TensorProto, which was misread as "float_data has N values"); an
+    /// output file quench cannot read drops the expected outputs instead of
+    /// failing the load.
+    #[test]
+    fn sequence_inputs_and_unreadable_outputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let set = dir.path().join("test_data_set_0");
+        fs::create_dir(&set).unwrap();
+        let x = ArrayData::F32(f32_array(&[2, 3]));
+        let seq = SequenceProbe {
+            name: Some("seq".into()),
+            elem_type: Some(1),
+            tensor_values: vec![x.to_tensor_proto("").encode_to_vec(); 2],
+        };
+        let seq_file = set.join("input_0.pb");
+        fs::write(&seq_file, seq.encode_to_vec()).unwrap();
+        let e = Dataset::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("sequence inputs are not supported")
+                && e.contains(&*seq_file.to_string_lossy()),
+            "{e}"
+        );
+
+        write_pb(&seq_file, "x", &x);
+        let mut c = x.to_tensor_proto("y");
+        c.data_type = Some(DataType::Complex64 as i32);
+        fs::write(set.join("output_0.pb"), c.encode_to_vec()).unwrap();
+        let ds = Dataset::load(dir.path()).unwrap();
+        assert_eq!(ds.input_names(), vec!["x"]);
+        assert!(ds.expected_outputs(0).is_none());
+        write_pb(&set.join("output_0.pb"), "y", &x);
+        let ds = Dataset::load(dir.path()).unwrap();
+        assert_eq!(ds.expected_outputs(0).unwrap()[0].0, "y");
     }
 }

@@ -1,8 +1,9 @@
 //! Tensor values and datasets, independent of tract.
 //!
 //! [`ArrayData`] is an owned n-dimensional array of one of the element types
-//! quench feeds to or reads back from a model (f32, f64, i64, i32, i8, u8,
-//! bool). It converts to and from ONNX `TensorProto`s (little-endian
+//! quench feeds to or reads back from a model (f32, f64, f16, bf16, i64,
+//! i32, i16, i8, u64, u32, u16, u8, bool, and the narrow types: float8,
+//! float4, int4/uint4, int2/uint2, read from TensorProtos only). It converts to and from ONNX `TensorProto`s (little-endian
 //! `raw_data`, or the typed `*_data` fields) and tract tensors.
 //!
 //! [`Dataset`] holds named model inputs for many samples, read from disk
@@ -17,10 +18,12 @@
 
 mod array;
 mod dataset;
+mod narrow;
 mod npy;
 
 pub use array::ArrayData;
 pub use dataset::{Dataset, Feed, ModelInput};
+pub use narrow::NarrowType;
 
 use std::path::PathBuf;
 
@@ -43,7 +46,7 @@ pub enum DataError {
         path: PathBuf,
         source: ndarray_npy::ReadNpzError,
     },
-    #[error("{}: array `{name}` has element type {dtype}; supported: f32, f64, i64, i32, i8, u8, bool", path.display())]
+    #[error("{}: array `{name}` has element type {dtype}; supported: f32, f64, f16 ('<f2'), bf16 ('<V2', as ml_dtypes writes it), i64, i32, i16, i8, u64, u32, u16, u8, bool", path.display())]
     UnsupportedNpyType {
         path: PathBuf,
         name: String,

@@ -21,99 +21,191 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use ndarray::{ArrayD, IxDyn};
+use ndarray::{ArrayD, IxDyn, ShapeBuilder};
 use ndarray_npy::npy::header::{Header, ReadHeaderError};
-use ndarray_npy::{
-    NpzReader, ReadDataError, ReadNpyError, ReadNpyExt, ReadNpzError, ReadableElement,
-};
+use ndarray_npy::{ReadNpyError, ReadNpzError};
 use quench_onnx::proto::tensor_proto::DataType;
+use tract_onnx::prelude::tract_data::half::{bf16, f16};
 use zip::result::ZipError;
 use zip::{CompressionMethod, ZipArchive};
 
 use super::{ArrayData, DataError};
 
-/// Element types an `.npy` file may hold, tried in this order.
+/// Element types an `.npy` file may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NpyKind {
     F32,
     F64,
+    F16,
+    /// numpy has no bfloat16; ml_dtypes' `bfloat16` arrays are saved with
+    /// the descriptor `'<V2'` (2-byte void), which is read as bf16. (Its
+    /// 1-byte types, float8 and int4, share `'|V1'` and are not told apart.)
+    BF16,
     I64,
     I32,
+    I16,
     I8,
+    U64,
+    U32,
+    U16,
     U8,
     Bool,
 }
 
-const NPY_KINDS: [NpyKind; 7] = [
-    NpyKind::F32,
-    NpyKind::F64,
-    NpyKind::I64,
-    NpyKind::I32,
-    NpyKind::I8,
-    NpyKind::U8,
-    NpyKind::Bool,
-];
+/// A parsed `.npy` type descriptor: the element type and its byte order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct NpyType {
+    kind: NpyKind,
+    big_endian: bool,
+}
 
-/// Runs `$read` with `$t` bound to the Rust element type of `$kind` and
-/// converts the array it returns to [`ArrayData`].
-macro_rules! read_as {
-    ($kind:expr, $t:ident => $read:expr) => {
-        match $kind {
-            NpyKind::F32 => {
-                type $t = f32;
-                $read.map(ArrayData::from)
+impl NpyType {
+    /// Parses the header's descriptor (numpy's `dtype.str`: an optional
+    /// byte order `<`, `>`, `=` or `|`, a kind letter and a size in bytes);
+    /// `None` for anything else (structured dtypes, strings, complex, ...).
+    fn of(header: &Header) -> Option<NpyType> {
+        let d = header.type_descriptor.to_string();
+        let d = d
+            .strip_prefix('\'')
+            .and_then(|d| d.strip_suffix('\''))
+            .or_else(|| d.strip_prefix('"').and_then(|d| d.strip_suffix('"')))?;
+        let (order, code) = match d.chars().next()? {
+            c @ ('<' | '>' | '=' | '|') => (Some(c), &d[1..]),
+            _ => (None, d),
+        };
+        let kind = match code {
+            "f2" => NpyKind::F16,
+            "f4" => NpyKind::F32,
+            "f8" => NpyKind::F64,
+            "V2" => NpyKind::BF16,
+            "i1" => NpyKind::I8,
+            "i2" => NpyKind::I16,
+            "i4" => NpyKind::I32,
+            "i8" => NpyKind::I64,
+            "u1" => NpyKind::U8,
+            "u2" => NpyKind::U16,
+            "u4" => NpyKind::U32,
+            "u8" => NpyKind::U64,
+            "b1" | "?" => NpyKind::Bool,
+            _ => return None,
+        };
+        // `|` (byte order not applicable) only for one-byte types.
+        if order == Some('|') && kind.size() != 1 {
+            return None;
+        }
+        let big_endian = match order {
+            Some('>') => true,
+            Some('<') => false,
+            _ => cfg!(target_endian = "big"),
+        };
+        Some(NpyType { kind, big_endian })
+    }
+
+    /// Decodes `bytes` (exactly `numel` elements) into an array of `shape`
+    /// (C order, or Fortran order when `fortran`), returned in standard
+    /// layout. A bool byte other than 0 or 1 is an error, as numpy's own
+    /// check would make it.
+    fn decode(
+        self,
+        bytes: &[u8],
+        shape: &[usize],
+        fortran: bool,
+    ) -> Result<ArrayData, ReadNpyError> {
+        let size = self.kind.size() as usize;
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or(ReadNpyError::LengthOverflow)?;
+        match numel.checked_mul(size) {
+            Some(n) if n == bytes.len() => {}
+            Some(n) if n > bytes.len() => return Err(ReadNpyError::MissingData),
+            Some(n) => return Err(ReadNpyError::ExtraBytes(bytes.len() - n)),
+            None => return Err(ReadNpyError::LengthOverflow),
+        }
+        let be = self.big_endian;
+        fn arr<T: Clone>(
+            v: Vec<T>,
+            shape: &[usize],
+            fortran: bool,
+        ) -> Result<ArrayD<T>, ReadNpyError> {
+            let shape = IxDyn(shape);
+            let a = if fortran {
+                ArrayD::from_shape_vec(shape.f(), v)
+            } else {
+                ArrayD::from_shape_vec(shape, v)
             }
-            NpyKind::F64 => {
-                type $t = f64;
-                $read.map(ArrayData::from)
-            }
-            NpyKind::I64 => {
-                type $t = i64;
-                $read.map(ArrayData::from)
-            }
-            NpyKind::I32 => {
-                type $t = i32;
-                $read.map(ArrayData::from)
-            }
-            NpyKind::I8 => {
-                type $t = i8;
-                $read.map(ArrayData::from)
-            }
-            NpyKind::U8 => {
-                type $t = u8;
-                $read.map(ArrayData::from)
-            }
+            .map_err(|e| ReadNpyError::ParseData(Box::new(e)))?;
+            Ok(if a.is_standard_layout() {
+                a
+            } else {
+                a.as_standard_layout().into_owned()
+            })
+        }
+        macro_rules! num {
+            ($t:ty, $n:expr, $variant:ident) => {{
+                let v: Vec<$t> = bytes
+                    .chunks_exact($n)
+                    .map(|c| {
+                        let mut b = [0u8; $n];
+                        b.copy_from_slice(c);
+                        if be {
+                            <$t>::from_be_bytes(b)
+                        } else {
+                            <$t>::from_le_bytes(b)
+                        }
+                    })
+                    .collect();
+                arr(v, shape, fortran).map(ArrayData::$variant)
+            }};
+        }
+        macro_rules! half {
+            ($t:ty, $variant:ident) => {{
+                let v: Vec<$t> = bytes
+                    .chunks_exact(2)
+                    .map(|c| {
+                        let b = [c[0], c[1]];
+                        <$t>::from_bits(if be {
+                            u16::from_be_bytes(b)
+                        } else {
+                            u16::from_le_bytes(b)
+                        })
+                    })
+                    .collect();
+                arr(v, shape, fortran).map(ArrayData::$variant)
+            }};
+        }
+        match self.kind {
+            NpyKind::F32 => num!(f32, 4, F32),
+            NpyKind::F64 => num!(f64, 8, F64),
+            NpyKind::F16 => half!(f16, F16),
+            NpyKind::BF16 => half!(bf16, BF16),
+            NpyKind::I64 => num!(i64, 8, I64),
+            NpyKind::I32 => num!(i32, 4, I32),
+            NpyKind::I16 => num!(i16, 2, I16),
+            NpyKind::I8 => num!(i8, 1, I8),
+            NpyKind::U64 => num!(u64, 8, U64),
+            NpyKind::U32 => num!(u32, 4, U32),
+            NpyKind::U16 => num!(u16, 2, U16),
+            NpyKind::U8 => num!(u8, 1, U8),
             NpyKind::Bool => {
-                type $t = bool;
-                $read.map(ArrayData::from)
+                if let Some(b) = bytes.iter().find(|b| **b > 1) {
+                    return Err(ReadNpyError::ParseData(
+                        format!("bool byte {b} is neither 0 nor 1").into(),
+                    ));
+                }
+                arr(bytes.iter().map(|b| *b == 1).collect(), shape, fortran).map(ArrayData::Bool)
             }
         }
-    };
+    }
 }
 
 impl NpyKind {
-    /// The kind whose element reader accepts the header's descriptor, if
-    /// any: the first one that reads zero elements without complaint.
-    fn of(header: &Header) -> Option<NpyKind> {
-        fn accepts<T: ReadableElement>(header: &Header) -> bool {
-            T::read_to_end_exact_vec(io::empty(), &header.type_descriptor, 0).is_ok()
-        }
-        NPY_KINDS.into_iter().find(|kind| match kind {
-            NpyKind::F32 => accepts::<f32>(header),
-            NpyKind::F64 => accepts::<f64>(header),
-            NpyKind::I64 => accepts::<i64>(header),
-            NpyKind::I32 => accepts::<i32>(header),
-            NpyKind::I8 => accepts::<i8>(header),
-            NpyKind::U8 => accepts::<u8>(header),
-            NpyKind::Bool => accepts::<bool>(header),
-        })
-    }
-
     /// Bytes per element on disk.
     fn size(self) -> u64 {
         match self {
-            NpyKind::F64 | NpyKind::I64 => 8,
-            NpyKind::F32 | NpyKind::I32 => 4,
+            NpyKind::F64 | NpyKind::I64 | NpyKind::U64 => 8,
+            NpyKind::F32 | NpyKind::I32 | NpyKind::U32 => 4,
+            NpyKind::F16 | NpyKind::BF16 | NpyKind::I16 | NpyKind::U16 => 2,
             NpyKind::I8 | NpyKind::U8 | NpyKind::Bool => 1,
         }
     }
@@ -123,9 +215,15 @@ impl NpyKind {
         let dt = match self {
             NpyKind::F32 => DataType::Float,
             NpyKind::F64 => DataType::Double,
+            NpyKind::F16 => DataType::Float16,
+            NpyKind::BF16 => DataType::Bfloat16,
             NpyKind::I64 => DataType::Int64,
             NpyKind::I32 => DataType::Int32,
+            NpyKind::I16 => DataType::Int16,
             NpyKind::I8 => DataType::Int8,
+            NpyKind::U64 => DataType::Uint64,
+            NpyKind::U32 => DataType::Uint32,
+            NpyKind::U16 => DataType::Uint16,
             NpyKind::U8 => DataType::Uint8,
             NpyKind::Bool => DataType::Bool,
         };
@@ -137,9 +235,15 @@ impl NpyKind {
         match self {
             NpyKind::F32 => "f32",
             NpyKind::F64 => "f64",
+            NpyKind::F16 => "f16",
+            NpyKind::BF16 => "bf16",
             NpyKind::I64 => "i64",
             NpyKind::I32 => "i32",
+            NpyKind::I16 => "i16",
             NpyKind::I8 => "i8",
+            NpyKind::U64 => "u64",
+            NpyKind::U32 => "u32",
+            NpyKind::U16 => "u16",
             NpyKind::U8 => "u8",
             NpyKind::Bool => "bool",
         }
@@ -166,7 +270,7 @@ pub(super) struct NpyRows {
     /// The descriptor and layout read from the file; `shape` is the
     /// window's.
     header: Header,
-    kind: NpyKind,
+    ty: NpyType,
     /// Byte offset of the window's first row (of the value, for rank 0).
     offset: u64,
     /// Bytes per row (per value, for rank 0).
@@ -180,14 +284,14 @@ impl NpyRows {
         path: &Path,
         in_npz: bool,
         header: Header,
-        kind: NpyKind,
+        ty: NpyType,
         offset: u64,
         available: u64,
     ) -> Result<NpyRows, ReadNpyError> {
         let row_dims = header.shape.get(1..).unwrap_or(&[]);
         let row_bytes = row_dims
             .iter()
-            .try_fold(kind.size(), |acc, &d| acc.checked_mul(d as u64))
+            .try_fold(ty.kind.size(), |acc, &d| acc.checked_mul(d as u64))
             .ok_or(ReadNpyError::LengthOverflow)?;
         let total = match header.shape.first() {
             Some(&n) => row_bytes.checked_mul(n as u64),
@@ -206,7 +310,7 @@ impl NpyRows {
             path: path.to_path_buf(),
             in_npz,
             header,
-            kind,
+            ty,
             offset,
             row_bytes,
         })
@@ -223,11 +327,11 @@ impl NpyRows {
     }
 
     pub(super) fn elem_type(&self) -> i32 {
-        self.kind.elem_type()
+        self.ty.kind.elem_type()
     }
 
     pub(super) fn dtype_name(&self) -> &'static str {
-        self.kind.dtype_name()
+        self.ty.kind.dtype_name()
     }
 
     /// Rows `range`, the row axis kept; the caller checks that the range
@@ -273,13 +377,13 @@ impl NpyRows {
         let mut file = File::open(&self.path).map_err(|e| self.io_error(e))?;
         file.seek(SeekFrom::Start(start))
             .map_err(|e| self.io_error(e))?;
-        let data = file.take(numel as u64 * self.kind.size());
-        read_as!(self.kind, T => read_array::<T>(data, &self.header, shape, numel)).map_err(|e| {
-            match e {
-                ReadDataError::Io(e) => self.io_error(e),
-                other => self.format_error(other.into()),
-            }
-        })
+        // `numel` elements of this window were checked to fit in memory
+        // when the file was opened.
+        let mut bytes = vec![0u8; numel * self.ty.kind.size() as usize];
+        file.read_exact(&mut bytes).map_err(|e| self.io_error(e))?;
+        self.ty
+            .decode(&bytes, shape, false)
+            .map_err(|e| self.format_error(e))
     }
 
     /// A read error; running out of data means the file has shrunk since it
@@ -305,17 +409,6 @@ impl NpyRows {
             DataError::Npy { path, source }
         }
     }
-}
-
-/// Reads exactly `numel` elements of `header`'s type from `data`.
-fn read_array<T: ReadableElement>(
-    data: impl Read,
-    header: &Header,
-    shape: &[usize],
-    numel: usize,
-) -> Result<ArrayD<T>, ReadDataError> {
-    let values = T::read_to_end_exact_vec(data, &header.type_descriptor, numel)?;
-    ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|e| ReadDataError::ParseData(Box::new(e)))
 }
 
 /// Reads an `.npy` header from `reader`, which holds `len` bytes; returns
@@ -346,17 +439,17 @@ pub(super) fn open_npy(path: &Path, name: &str) -> Result<Opened, DataError> {
         .len();
     let (header, header_len) =
         read_header(&mut file, len).map_err(|e| npy_err(ReadNpyError::from(e)))?;
-    if header.layout.is_fortran() {
-        return read_npy_file(path, name).map(Opened::Whole);
-    }
-    let Some(kind) = NpyKind::of(&header) else {
+    let Some(ty) = NpyType::of(&header) else {
         return Err(DataError::UnsupportedNpyType {
             path: path.to_path_buf(),
             name: name.to_string(),
             dtype: header.type_descriptor.to_string(),
         });
     };
-    NpyRows::new(path, false, header, kind, header_len, len - header_len)
+    if header.layout.is_fortran() {
+        return read_npy_file(path, name).map(Opened::Whole);
+    }
+    NpyRows::new(path, false, header, ty, header_len, len - header_len)
         .map(Opened::Rows)
         .map_err(npy_err)
 }
@@ -395,22 +488,22 @@ pub(super) fn open_npz(path: &Path) -> Result<Vec<(String, Opened)>, DataError> 
         let data_start = entry.data_start();
         let (header, header_len) =
             read_header(&mut entry, len).map_err(|e| npy_err(ReadNpyError::from(e)))?;
-        if header.layout.is_fortran() {
-            whole.push(name);
-            continue;
-        }
-        let Some(kind) = NpyKind::of(&header) else {
+        let Some(ty) = NpyType::of(&header) else {
             return Err(DataError::UnsupportedNpyType {
                 path: path.to_path_buf(),
                 name,
                 dtype: header.type_descriptor.to_string(),
             });
         };
+        if header.layout.is_fortran() {
+            whole.push(name);
+            continue;
+        }
         let rows = NpyRows::new(
             path,
             true,
             header,
-            kind,
+            ty,
             data_start + header_len,
             len - header_len,
         )
@@ -426,24 +519,22 @@ pub(super) fn open_npz(path: &Path) -> Result<Vec<(String, Opened)>, DataError> 
     Ok(out)
 }
 
-/// Reads an array of whichever supported element type it holds: `read` is
-/// called per type until the descriptor matches. The inner error is the
-/// descriptor of an unsupported type.
-fn read_any<E>(
-    mut read: impl FnMut(NpyKind) -> Result<ArrayData, E>,
-    wrong_descriptor: impl Fn(&E) -> Option<String>,
-) -> Result<Result<ArrayData, String>, E> {
-    let mut descriptor = String::new();
-    for kind in NPY_KINDS {
-        match read(kind) {
-            Ok(a) => return Ok(Ok(a.into_standard_layout())),
-            Err(e) => match wrong_descriptor(&e) {
-                Some(d) => descriptor = d,
-                None => return Err(e),
-            },
-        }
-    }
-    Ok(Err(descriptor))
+/// Why a whole `.npy` image could not be read.
+enum WholeError {
+    Npy(ReadNpyError),
+    /// The descriptor of an unsupported element type.
+    Unsupported(String),
+}
+
+/// Reads a whole `.npy` image (header and data, either memory order).
+fn parse_npy(bytes: &[u8]) -> Result<ArrayData, WholeError> {
+    let mut reader = bytes;
+    let header =
+        Header::from_reader(&mut reader).map_err(|e| WholeError::Npy(ReadNpyError::from(e)))?;
+    let ty = NpyType::of(&header)
+        .ok_or_else(|| WholeError::Unsupported(header.type_descriptor.to_string()))?;
+    ty.decode(reader, &header.shape, header.layout.is_fortran())
+        .map_err(WholeError::Npy)
 }
 
 /// Reads the whole `.npy` file `path` (array `name`, for messages).
@@ -455,53 +546,56 @@ pub(super) fn read_npy_file(path: &Path, name: &str) -> Result<ArrayData, DataEr
             path: path.to_path_buf(),
             source,
         })?;
-    let b = bytes.as_slice();
-    read_any(
-        |kind| read_as!(kind, T => ArrayD::<T>::read_npy(b)),
-        |e| match e {
-            ReadNpyError::WrongDescriptor(d) => Some(d.to_string()),
-            _ => None,
+    parse_npy(&bytes).map_err(|e| match e {
+        WholeError::Npy(source) => DataError::Npy {
+            path: path.to_path_buf(),
+            source,
         },
-    )
-    .map_err(|source| DataError::Npy {
-        path: path.to_path_buf(),
-        source,
-    })?
-    .map_err(|dtype| DataError::UnsupportedNpyType {
-        path: path.to_path_buf(),
-        name: name.to_string(),
-        dtype,
+        WholeError::Unsupported(dtype) => DataError::UnsupportedNpyType {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            dtype,
+        },
     })
 }
 
-/// Reads the arrays `names` of the `.npz` file `path` whole.
+/// Reads the arrays `names` of the `.npz` file `path` whole (entries named
+/// `<name>.npy` or `<name>`).
 fn read_npz_entries(
     path: &Path,
     names: Vec<String>,
 ) -> Result<Vec<(String, ArrayData)>, DataError> {
-    let npz_err = |source| DataError::Npz {
+    let zip_err = |e: ZipError| DataError::Npz {
         path: path.to_path_buf(),
-        source,
+        source: ReadNpzError::Zip(e),
     };
     let file = File::open(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut npz = NpzReader::new(BufReader::new(file)).map_err(npz_err)?;
+    let mut zip = ZipArchive::new(BufReader::new(file)).map_err(zip_err)?;
     let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let a = read_any(
-            |kind| read_as!(kind, T => npz.by_name::<ndarray::OwnedRepr<T>, IxDyn>(&name)),
-            |e| match e {
-                ReadNpzError::Npy(ReadNpyError::WrongDescriptor(d)) => Some(d.to_string()),
-                _ => None,
+        let with_suffix = format!("{name}.npy");
+        let mut entry = match zip.index_for_name(&with_suffix) {
+            Some(i) => zip.by_index(i),
+            None => zip.by_name(&name),
+        }
+        .map_err(zip_err)?;
+        let mut bytes = Vec::new();
+        entry
+            .read_to_end(&mut bytes)
+            .map_err(|e| zip_err(ZipError::Io(e)))?;
+        let a = parse_npy(&bytes).map_err(|e| match e {
+            WholeError::Npy(source) => DataError::Npz {
+                path: path.to_path_buf(),
+                source: ReadNpzError::Npy(source),
             },
-        )
-        .map_err(npz_err)?
-        .map_err(|dtype| DataError::UnsupportedNpyType {
-            path: path.to_path_buf(),
-            name: name.clone(),
-            dtype,
+            WholeError::Unsupported(dtype) => DataError::UnsupportedNpyType {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                dtype,
+            },
         })?;
         out.push((name, a));
     }
@@ -712,13 +806,14 @@ mod tests {
             "{e:?}"
         );
 
-        let path = dir.path().join("u2.npy");
-        std::fs::write(&path, npy_bytes(1, "<u2", &[2], &[0; 4])).unwrap();
-        let e = open_npy(&path, "u2").unwrap_err();
+        let path = dir.path().join("c8.npy");
+        std::fs::write(&path, npy_bytes(1, "<c8", &[2], &[0; 16])).unwrap();
+        let e = open_npy(&path, "c8").unwrap_err();
         assert!(
-            matches!(&e, DataError::UnsupportedNpyType { dtype, .. } if dtype == "'<u2'"),
+            matches!(&e, DataError::UnsupportedNpyType { dtype, .. } if dtype == "'<c8'"),
             "{e:?}"
         );
+        assert!(e.to_string().contains("c8.npy"), "{e}");
 
         // A bool byte other than 0/1 shows when its row is read.
         let path = dir.path().join("bool.npy");
@@ -750,6 +845,155 @@ mod tests {
             matches!(&e, DataError::Io { path: p, .. } if *p == path),
             "{e:?}"
         );
+    }
+
+    /// Every element type numpy (and ml_dtypes, for bf16) writes, in both
+    /// byte orders: the values come back bit for bit, lazily by rows and
+    /// whole; one byte too few or too many is an error naming the file.
+    #[test]
+    fn every_element_type_in_both_byte_orders() {
+        let dir = tempfile::tempdir().unwrap();
+        let h16 = [
+            0x0000u16, 0x8000, 0x0001, 0x3c00, 0x7bff, 0xfbff, 0x7c00, 0x7e01,
+        ];
+        let cases: Vec<(&str, usize, ArrayData)> = vec![
+            (
+                "f2",
+                2,
+                ArrayData::F16(arr(h16.iter().map(|b| f16::from_bits(*b)).collect())),
+            ),
+            (
+                "V2",
+                2,
+                ArrayData::BF16(arr(h16.iter().map(|b| bf16::from_bits(*b)).collect())),
+            ),
+            (
+                "f4",
+                4,
+                ArrayData::F32(arr(vec![
+                    0.0,
+                    -0.0,
+                    1.5,
+                    f32::MIN_POSITIVE / 2.0,
+                    f32::MAX,
+                    f32::NEG_INFINITY,
+                    f32::NAN,
+                    -7.25,
+                ])),
+            ),
+            (
+                "f8",
+                8,
+                ArrayData::F64(arr(vec![
+                    0.0,
+                    -0.0,
+                    1e-310,
+                    1e300,
+                    -1.5,
+                    f64::INFINITY,
+                    f64::NAN,
+                    3.0,
+                ])),
+            ),
+            (
+                "i1",
+                1,
+                ArrayData::I8(arr(vec![i8::MIN, -1, 0, 1, 2, 3, 4, i8::MAX])),
+            ),
+            (
+                "i2",
+                2,
+                ArrayData::I16(arr(vec![i16::MIN, -1, 0, 1, 2, 3, 4, i16::MAX])),
+            ),
+            (
+                "i4",
+                4,
+                ArrayData::I32(arr(vec![i32::MIN, -1, 0, 1, 2, 3, 4, i32::MAX])),
+            ),
+            (
+                "i8",
+                8,
+                ArrayData::I64(arr(vec![i64::MIN, -1, 0, 1, 2, 3, 4, i64::MAX])),
+            ),
+            (
+                "u1",
+                1,
+                ArrayData::U8(arr(vec![0, 1, 2, 3, 4, 5, 6, u8::MAX])),
+            ),
+            (
+                "u2",
+                2,
+                ArrayData::U16(arr(vec![0, 1, 2, 3, 4, 5, 6, u16::MAX])),
+            ),
+            (
+                "u4",
+                4,
+                ArrayData::U32(arr(vec![0, 1, 2, 3, 4, 5, 6, u32::MAX])),
+            ),
+            (
+                "u8",
+                8,
+                ArrayData::U64(arr(vec![0, 1, 2, 3, 4, 5, 1 << 63, u64::MAX])),
+            ),
+            (
+                "b1",
+                1,
+                ArrayData::Bool(arr(vec![
+                    true, false, true, true, false, false, true, false,
+                ])),
+            ),
+        ];
+        for (code, size, expected) in cases {
+            let le = expected.to_tensor_proto("").raw_data.unwrap().to_vec();
+            let be: Vec<u8> = le
+                .chunks(size)
+                .flat_map(|c| c.iter().rev().copied())
+                .collect();
+            let orders: &[(&str, &Vec<u8>)] = if size == 1 {
+                &[("|", &le), ("", &le)]
+            } else {
+                &[("<", &le), (">", &be)]
+            };
+            for (order, data) in orders {
+                let descr = format!("{order}{code}");
+                let path = dir.path().join(format!(
+                    "{code}{}.npy",
+                    if *order == ">" { "be" } else { "" }
+                ));
+                std::fs::write(&path, npy_bytes(1, &descr, &[4, 2], data)).unwrap();
+                let (rows, eager) = lazy_and_eager(&path);
+                assert_same_bits(&eager, &expected);
+                check_rows(&rows, &expected);
+                // A file one byte short or long names itself.
+                for bad in [&data[..data.len() - 1], &[data.as_slice(), &[0]].concat()] {
+                    std::fs::write(&path, npy_bytes(1, &descr, &[4, 2], bad)).unwrap();
+                    let e = open_npy(&path, "x").unwrap_err();
+                    assert!(
+                        e.to_string().contains(&*path.to_string_lossy()),
+                        "{descr}: {e}"
+                    );
+                    assert!(
+                        matches!(
+                            &e,
+                            DataError::Npy {
+                                source: ReadNpyError::MissingData | ReadNpyError::ExtraBytes(1),
+                                ..
+                            }
+                        ),
+                        "{descr}: {e:?}"
+                    );
+                    let e = read_npy_file(&path, "x").unwrap_err();
+                    assert!(
+                        e.to_string().contains(&*path.to_string_lossy()),
+                        "{descr}: {e}"
+                    );
+                }
+            }
+        }
+
+        fn arr<T>(v: Vec<T>) -> ArrayD<T> {
+            ArrayD::from_shape_vec(IxDyn(&[4, 2]), v).unwrap()
+        }
     }
 
     #[test]
