@@ -30,7 +30,9 @@ Rows per model:
   or quantizing its output fails) then `quantize_static(QDQ,
   reduce_range=False)` in every configuration of --ort-configs: per-channel
   on/off x activations QUInt8/QInt8 x MinMax/Percentile (8; weights QInt8;
-  pt_s8_minmax is quantize_static's own default), Entropy on request. The
+  pt_s8_minmax is quantize_static's own default), Entropy on request; for the
+  sentence encoder also 4 MatMul-only configurations (op_types_to_quantize
+  ["MatMul"], per-channel, u8/s8 x MinMax/Percentile). The
   best is chosen by SQNR on eval itself (an upper bound for ORT).
 
 Per row: wall time and peak RSS of the child process (GNU time %M), output
@@ -84,8 +86,18 @@ ORT_CONFIGS = {
     # not in the default list (slow, memory-hungry on large maps); --ort-configs to add
     "pc_u8_entropy": (True, "QUInt8", "QInt8", "Entropy"),
     "pt_s8_entropy": (False, "QInt8", "QInt8", "Entropy"),
+    # op_types_to_quantize=["MatMul"] (a 5th field: the op types), the usual
+    # static setting for transformers: only the MatMuls' inputs get Q/DQ, the
+    # residual stream, LayerNorm, Softmax and the mask stay float. Run in
+    # addition for models whose spec lists them in ort_extra (the sentence
+    # encoder), or by name with --ort-configs.
+    "pc_u8_minmax_matmul": (True, "QUInt8", "QInt8", "MinMax", ["MatMul"]),
+    "pc_s8_minmax_matmul": (True, "QInt8", "QInt8", "MinMax", ["MatMul"]),
+    "pc_u8_percentile_matmul": (True, "QUInt8", "QInt8", "Percentile", ["MatMul"]),
+    "pc_s8_percentile_matmul": (True, "QInt8", "QInt8", "Percentile", ["MatMul"]),
 }
-ORT_DEFAULT_CONFIGS = [k for k in ORT_CONFIGS if not k.endswith("entropy")]
+ORT_DEFAULT_CONFIGS = [k for k in ORT_CONFIGS if not k.endswith(("entropy", "_matmul"))]
+ORT_MATMUL_CONFIGS = [k for k in ORT_CONFIGS if k.endswith("_matmul")]
 ORT_API_DEFAULT = "pt_s8_minmax"
 
 
@@ -128,7 +140,8 @@ def ort_worker(spec_path: str) -> int:
         def rewind(self):
             self.i = 0
 
-    per_channel, act, wt, method = spec["config"]
+    per_channel, act, wt, method = spec["config"][:4]
+    op_types = spec["config"][4] if len(spec["config"]) > 4 else None
     candidates = []
     if spec.get("preprocess", True):
         # quant_pre_process once per model: later configurations reuse its output
@@ -177,7 +190,8 @@ def ort_worker(spec_path: str) -> int:
                             per_channel=per_channel, reduce_range=False,
                             activation_type=getattr(QuantType, act),
                             weight_type=getattr(QuantType, wt),
-                            calibrate_method=getattr(CalibrationMethod, method))
+                            calibrate_method=getattr(CalibrationMethod, method),
+                            op_types_to_quantize=op_types)
             res["t_quantize"] = time.perf_counter() - t0
             res["used_preprocessed"] = cand == candidates[0] and res["preprocess"] not in (None, "failed") and \
                 res["preprocess"] not in (None, "failed")
@@ -668,7 +682,7 @@ def model_specs(real_dir):
              kind="classifier", gen=gen_ocr_cls),
         dict(name="nudenet 320n", path=f"{r}/nudenet__320n.onnx", kind="yolo", gen=gen_nudenet),
         dict(name="minilm (all-MiniLM-L6-v2)", path=f"{r}/minilm__all-MiniLM-L6-v2.onnx", kind="embedding",
-             gen=gen_minilm),
+             gen=gen_minilm, ort_extra=ORT_MATMUL_CONFIGS),
         dict(name="silero_vad", path=f"{r}/silero__silero_vad.onnx", kind="vad",
              gen=gen_silero(f"{r}/silero__silero_vad.onnx")),
         dict(name="silero_vad_16k_op15", path=f"{r}/silero__silero_vad_16k_op15.onnx", kind="vad",
@@ -1206,7 +1220,10 @@ def bench_model(spec, args):
     # ORT configurations
     ort_runs = {}
     pre_cache = os.path.join(wdir, "ort_preprocessed.onnx")
-    for cfg in args.ort_configs:
+    cfgs = list(args.ort_configs)
+    if not args.ort_configs_given:
+        cfgs += [c for c in spec.get("ort_extra", []) if c not in cfgs]
+    for cfg in cfgs:
         cdir_tmp = tempfile.mkdtemp(prefix="cmp_ort_cwd_")
         out = os.path.join(wdir, f"ort_{cfg}.onnx")
         spec_json = os.path.join(wdir, f"ort_{cfg}.spec.json")
@@ -1439,7 +1456,9 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--only", default="", help="comma-separated substrings of model names")
-    ap.add_argument("--ort-configs", default=",".join(ORT_DEFAULT_CONFIGS))
+    ap.add_argument("--ort-configs", default=None,
+                    help="comma-separated ORT configurations (default: the 8 MinMax/Percentile ones, plus the "
+                         "MatMul-only ones for the sentence encoder)")
     ap.add_argument("--target-sqnr", type=float, default=None,
                     help="fixed target for the quench --target-sqnr row (default: ORT's best + --target-margin)")
     ap.add_argument("--target-margin", type=float, default=2.0)
@@ -1459,7 +1478,8 @@ def main():
         sys.path.append(os.path.abspath(args.pydeps))
     if args.ort_worker:
         return ort_worker(args.ort_worker)
-    args.ort_configs = [c for c in args.ort_configs.split(",") if c]
+    args.ort_configs_given = args.ort_configs is not None
+    args.ort_configs = [c for c in (args.ort_configs or ",".join(ORT_DEFAULT_CONFIGS)).split(",") if c]
     for c in args.ort_configs:
         if c not in ORT_CONFIGS:
             ap.error(f"unknown ORT config {c}; known: {', '.join(ORT_CONFIGS)}")
@@ -1501,7 +1521,8 @@ def main():
           "or bands (see compare_ort.py). SQNR: ORT CPU vs FP32 on eval, mean over outputs; halves: the same on "
           f"each half of eval; nudged: mean over {args.nudges} copies with every activation scale times a seeded "
           f"factor in [{1 - args.nudge_rel:g}, {1 + args.nudge_rel:g}]. ORT best = best mean SQNR on eval among "
-          f"{len(args.ort_configs)} configurations (chosen on the scored data: an upper bound for ORT). "
+          f"{len(args.ort_configs)} configurations (+{len(ORT_MATMUL_CONFIGS)} MatMul-only ones for the sentence "
+          f"encoder unless --ort-configs is given; chosen on the scored data: an upper bound for ORT). "
           f"--target-sqnr T = ORT best + {args.target_margin:g} dB rounded to 0.1 unless fixed. Latency: median "
           f"of {args.runs} runs, ORT CPU, 1 thread, FP32/quench/ORT best interleaved.", "",
           "### summary", "", summary_table(results), "",
