@@ -683,6 +683,10 @@ def model_specs(real_dir):
         dict(name="nudenet 320n", path=f"{r}/nudenet__320n.onnx", kind="yolo", gen=gen_nudenet),
         dict(name="minilm (all-MiniLM-L6-v2)", path=f"{r}/minilm__all-MiniLM-L6-v2.onnx", kind="embedding",
              gen=gen_minilm, ort_extra=ORT_MATMUL_CONFIGS),
+        # the same weights and text, exported the way newer transformers + torch's SDPA symbolic write
+        # it: bool mask from ConstantOfShape(bool)/And, Where(0, -inf), sqrt(scale) Muls on q and k
+        dict(name="minilm_sdpa (all-MiniLM-L6-v2, SDPA export)", path=f"{r}/minilm__all-MiniLM-L6-v2_sdpa.onnx",
+             kind="embedding", gen=gen_minilm, ort_extra=ORT_MATMUL_CONFIGS),
         dict(name="silero_vad", path=f"{r}/silero__silero_vad.onnx", kind="vad",
              gen=gen_silero(f"{r}/silero__silero_vad.onnx")),
         dict(name="silero_vad_16k_op15", path=f"{r}/silero__silero_vad_16k_op15.onnx", kind="vad",

