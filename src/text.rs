@@ -148,7 +148,8 @@ pub fn print_report(r: &Report, verbose: bool) {
         q.weights_quantized, q.biases_quantized
     );
     if r.config.mode == Mode::Static {
-        println!("  activations    {} tensors quantized ({} calibration samples, method {:?}), {} Relu/Clip absorbed", q.activations_quantized, r.calibration_samples, r.method, q.absorbed_activations);
+        let method = format!("{:?}", r.method).to_lowercase();
+        println!("  activations    {} tensors quantized ({} calibration samples, method {method}), {} Relu/Clip absorbed", q.activations_quantized, r.calibration_samples, q.absorbed_activations);
         for (t, why) in &q.activations_float {
             println!("    float: `{t}`: {why}");
         }
