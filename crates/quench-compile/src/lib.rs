@@ -440,9 +440,13 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             .join(", ");
                         if rep.kept {
                             out.note(format!(
-                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {} outlier(s) left float{}; judged on {} other samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
+                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {}{} outlier(s) left float{}; judged on {} other samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
                                 rep.method,
                                 rep.fit_samples,
+                                rep.float_op_types
+                                    .iter()
+                                    .map(|grp| format!("outputs of {} {} node(s) left float together ({:+.2} dB), ", grp.tensors.len(), grp.op_type, grp.gain_db))
+                                    .collect::<String>(),
                                 rep.float.len(),
                                 if rep.float.is_empty() {
                                     String::new()
@@ -616,12 +620,29 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     // reasons when --target-sqnr left roots float).
     // Tensors left float on purpose (by --target-sqnr or as --method auto
     // outliers), and who did it, for the summary's reasons.
+    let group_members: Vec<mixed::FloatTensor> = auto_ranges
+        .iter()
+        .flat_map(|a| &a.float_op_types)
+        .flat_map(|grp| {
+            grp.tensors.iter().map(|t| mixed::FloatTensor {
+                tensor: t.clone(),
+                gain_db: grp.gain_db,
+                sqnr_after_db: grp.sqnr_after_db,
+            })
+        })
+        .collect();
     let mut left_float: Vec<(&mixed::FloatTensor, &str)> = Vec::new();
     if let Some(m) = &mixed_precision {
         left_float.extend(m.float.iter().map(|f| (f, "--target-sqnr")));
     }
     if let Some(a) = &auto_ranges {
         left_float.extend(a.float.iter().map(|f| (f, "--method auto (an outlier)")));
+        left_float.extend(group_members.iter().map(|f| {
+            (
+                f,
+                "--method auto (its op type's outputs together are an outlier)",
+            )
+        }));
     }
     let members = (!left_float.is_empty()).then(|| mixed::shared_members(&model, &plan));
     let mut summary = quantize_phase(&mut model, &plan, &ranges, &cfg, opset, &mut cx)?;

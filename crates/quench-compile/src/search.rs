@@ -15,13 +15,17 @@
 //!    (clamped where its consumers are flat; Softmax/Sigmoid outputs keep
 //!    the observed range), scored on the fitting samples. The best stays.
 //! 2. **Outliers** (`float_outliers`): an activation whose quantization
-//!    alone causes at least half of the output error power (leaving it
-//!    float gains [`OUTLIER_DB`] or more) stays float. At most one
-//!    activation can be behind half of the error, and error powers add, so
-//!    it is found by bisection: the candidates are halved, each half left
-//!    float, and the search goes on in the half that gains [`OUTLIER_DB`]
-//!    (none: no outlier); about `2 log2(n)` runs per outlier. Once one is
-//!    float, the search repeats among the rest against the new error.
+//!    alone is behind at least half of the output error power of the
+//!    fully quantized model (leaving only it float gains [`OUTLIER_DB`] or
+//!    more) stays float. Error powers add, so a set of activations holding
+//!    one gains at least as much: outliers are found by bisection (halves
+//!    left float, the search going on in the half that gains
+//!    [`OUTLIER_DB`]; about `2 log2(n)` runs each), every gain measured
+//!    against the fully quantized model, never against what is left once
+//!    others are float (which would leave half after half float). The same
+//!    rule holds per op type: the outputs of all nodes of one non-compute
+//!    type (a transformer's residual Adds, its GELU Muls) may together be
+//!    behind half of the error though none is alone.
 //! 3. **Judged**: the result must score higher than min/max ranges on the
 //!    judging samples; if it does not, the method for all alone is kept if
 //!    it does, else min/max.
@@ -67,6 +71,16 @@ pub const MIN_GAIN_DB: f64 = 0.05;
 /// from a tuned threshold.
 pub const OUTLIER_DB: f64 = 3.0103;
 
+/// The outputs of one op type left float together.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloatGroup {
+    pub op_type: String,
+    pub tensors: Vec<String>,
+    /// Output SQNR gain (dB) of leaving them float, and the SQNR after.
+    pub gain_db: f64,
+    pub sqnr_after_db: f64,
+}
+
 /// What `--method auto` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct AutoReport {
@@ -98,6 +112,9 @@ pub struct AutoReport {
     /// output error when it was chosen (leaving it float gained
     /// [`OUTLIER_DB`] or more on the fitting samples).
     pub float: Vec<crate::mixed::FloatTensor>,
+    /// Op types whose outputs were left float together: the outputs of
+    /// all their nodes were behind at least half of the output error.
+    pub float_op_types: Vec<FloatGroup>,
 }
 
 fn method_name(m: RangeMethod) -> String {
@@ -491,6 +508,7 @@ pub fn search(
     let chosen: Vec<(f32, f32)> = ranges_of.iter().map(|rs| rs[method]).collect();
     let mut current = best.0;
     let mut float_tensors = Vec::new();
+    let mut float_groups = Vec::new();
     let mut off = vec![false; roots.len()];
     let mut searched = 0;
     if float_outliers {
@@ -503,46 +521,94 @@ pub fn search(
             }
             fit.score(&s).map(|sc| sc.sample_db - current)
         };
-        // At most one activation can be behind half of the error: descend
-        // into the half of the candidates that gains OUTLIER_DB when left
-        // float (the larger if both do) until one remains; leave it float
-        // if it does, and look again among the rest.
-        let mut left: Vec<usize> = (0..roots.len()).collect();
+        // Every gain below is measured against the model with every
+        // activation quantized (`base`): an outlier is one whose
+        // quantization alone is behind at least half of that error, not
+        // of what error is left once others are float (which would leave
+        // one half after another float, down to nothing quantized).
+        let base = set.clone();
+        // Op types: the outputs of every node of one non-compute type (a
+        // transformer's residual Adds, its GELU Muls) may be behind half of
+        // the error together though none is alone. Compute outputs (Conv,
+        // MatMul, ...) head the integer chains and are never grouped.
+        let mut by_type: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (k, (root, _)) in roots.iter().enumerate() {
+            if let Some(n) = g.value_by_name(root).and_then(|v| g.producer(v)) {
+                let node = g.node(n);
+                if !quench_passes::facts::is_compute(node.kind()) {
+                    by_type
+                        .entry(node.op_type().to_string())
+                        .or_default()
+                        .push(k);
+                }
+            }
+        }
+        if by_type.len() > 1 {
+            for (t, ks) in &by_type {
+                let gain = gain_off(&mut fit, &base, ks, current)?;
+                searched += 1;
+                if gain >= OUTLIER_DB {
+                    for &k in ks {
+                        off[k] = true;
+                    }
+                    float_groups.push(FloatGroup {
+                        op_type: t.clone(),
+                        tensors: ks.iter().map(|&k| roots[k].0.clone()).collect(),
+                        gain_db: gain,
+                        sqnr_after_db: f64::NAN,
+                    });
+                }
+            }
+        }
+        // Single activations, by bisection: the candidates are halved and
+        // each half left float; the search goes on in the half gaining
+        // OUTLIER_DB (the larger if both do) until one remains. A found
+        // outlier leaves the candidates (it stays quantized while looking
+        // for the next, so gains stay measured against `base`).
+        let mut left: Vec<usize> = (0..roots.len()).filter(|&k| !off[k]).collect();
         while left.len() > 1 {
             let mut cands = left.clone();
             let found = loop {
                 if cands.len() == 1 {
-                    break Some(cands[0]);
+                    break None;
                 }
                 let (a, b) = cands.split_at(cands.len() / 2);
-                let ga = gain_off(&mut fit, &set, a, current)?;
-                let gb = gain_off(&mut fit, &set, b, current)?;
+                let ga = gain_off(&mut fit, &base, a, current)?;
+                let gb = gain_off(&mut fit, &base, b, current)?;
                 searched += 2;
-                let (pick, g) = if ga >= gb { (a, ga) } else { (b, gb) };
-                if !(g >= OUTLIER_DB) {
+                let (pick, gain) = if ga >= gb { (a, ga) } else { (b, gb) };
+                if !(gain >= OUTLIER_DB) {
                     break None;
+                }
+                if pick.len() == 1 {
+                    break Some((pick[0], gain));
                 }
                 cands = pick.to_vec();
             };
-            let Some(k) = found else { break };
-            for &i in &roots[k].1 {
-                set[i].2 = false;
-            }
-            let db = fit.score(&set)?.sample_db;
-            if !(db - current >= OUTLIER_DB) {
-                for &i in &roots[k].1 {
-                    set[i].2 = true;
-                }
-                break;
-            }
+            let Some((k, gain)) = found else { break };
+            off[k] = true;
             float_tensors.push(crate::mixed::FloatTensor {
                 tensor: roots[k].0.clone(),
-                gain_db: db - current,
-                sqnr_after_db: db,
+                gain_db: gain,
+                sqnr_after_db: f64::NAN,
             });
-            off[k] = true;
-            current = db;
             left.retain(|&j| j != k);
+        }
+        if off.iter().any(|o| *o) {
+            for (k, (_, ixs)) in roots.iter().enumerate() {
+                if off[k] {
+                    for &i in ixs {
+                        set[i].2 = false;
+                    }
+                }
+            }
+            current = fit.score(&set)?.sample_db;
+            for f in &mut float_tensors {
+                f.sqnr_after_db = current;
+            }
+            for grp in &mut float_groups {
+                grp.sqnr_after_db = current;
+            }
         }
     }
     // Step 5: judged on the other samples against min/max and against the
@@ -600,6 +666,7 @@ pub fn search(
         auto_db,
         kept,
         float: if kept { float_tensors } else { Vec::new() },
+        float_op_types: if kept { float_groups } else { Vec::new() },
     };
     Ok((out, report))
 }
