@@ -153,13 +153,7 @@ pub fn correct(
     if ls.is_empty() {
         return Ok(None);
     }
-    let n = data.data.samples();
-    let (fit_rows, val_rows): (Vec<usize>, Vec<usize>) = if n >= 16 {
-        let k = (n / 2).min(SAMPLES);
-        ((0..k).collect(), (k..n.min(k + SAMPLES)).collect())
-    } else {
-        ((0..n).collect(), (0..n).collect())
-    };
+    let (fit_rows, val_rows) = crate::data::fit_and_judge(data.data.samples(), SAMPLES);
     let in_sample = fit_rows == val_rows;
     let sub = data.data.pick(&fit_rows);
     let val = data.data.pick(&val_rows);

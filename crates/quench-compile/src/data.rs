@@ -71,6 +71,18 @@ pub fn load_data(path: &Path, model: &ModelProto) -> Result<(Dataset, Feed)> {
 /// Seed of the held-back split: the same data always splits the same way.
 pub const SPLIT_SEED: u64 = 20_261_127;
 
+/// Calibration rows to fit a correction on and rows to judge it on:
+/// disjoint halves of up to `max` samples each; with fewer than 16 samples
+/// both are all of them (too few to keep apart; reports say so).
+pub fn fit_and_judge(n: usize, max: usize) -> (Vec<usize>, Vec<usize>) {
+    if n >= 16 {
+        let k = (n / 2).min(max);
+        ((0..k).collect(), (k..n.min(k + max)).collect())
+    } else {
+        ((0..n).collect(), (0..n).collect())
+    }
+}
+
 /// The held-back split of `n` samples: 20% (at least one) chosen at random
 /// with [`SPLIT_SEED`], never simply the last files (a folder sorted by
 /// name often ends with one kind of sample). Returns (calibration rows,

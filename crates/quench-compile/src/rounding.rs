@@ -436,13 +436,7 @@ pub fn round_weights(
     if ls.is_empty() {
         return Ok(None);
     }
-    let n = data.data.samples();
-    let (fit_rows, val_rows): (Vec<usize>, Vec<usize>) = if n >= 16 {
-        let k = (n / 2).min(SAMPLES);
-        ((0..k).collect(), (k..n.min(k + SAMPLES)).collect())
-    } else {
-        ((0..n).collect(), (0..n).collect())
-    };
+    let (fit_rows, val_rows) = crate::data::fit_and_judge(data.data.samples(), SAMPLES);
     let sub = data.data.pick(&fit_rows);
     let proto = float.to_onnx();
     let names = quench_verify::input_names(&proto);
