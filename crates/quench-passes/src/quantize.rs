@@ -247,7 +247,7 @@ pub struct Plan {
     pub activations: Vec<ValueId>,
     /// Tensor → the tensor whose parameters it shares (data movement).
     pub shared: HashMap<ValueId, ValueId>,
-    /// Embedding tables (`Gather` data) to quantize in weight-only mode.
+    /// Embedding tables (`Gather` data) to quantize (weight-only and static modes).
     pub embeddings: Vec<NodeId>,
     pub decisions: Vec<NodeDecision>,
     /// Format of every planned activation (keys: `activations`). A shared
@@ -541,7 +541,9 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
             }
             OpRule::Float(reason) => p.decisions.push(decide(false, reason)),
             OpRule::Shared => {
-                if cfg.mode == Mode::WeightOnly
+                // Embedding tables are weights in static mode too: a
+                // 30522x384 word table is most of a BERT's bytes.
+                if matches!(cfg.mode, Mode::WeightOnly | Mode::Static)
                     && node.kind() == OpKind::Gather
                     && node.input(0).is_some_and(|d| {
                         is_f32_const(g, d) && g.const_tensor(d).is_some_and(|t| t.dims.len() == 2)
@@ -1169,7 +1171,7 @@ pub fn apply(
         s.biases_quantized += 1;
     }
 
-    // 4. Embedding tables (weight-only).
+    // 4. Embedding tables (weight-only and static).
     for &n in &plan.embeddings {
         let Some(d) = g.node(n).input(0) else {
             continue;
