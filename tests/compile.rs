@@ -632,3 +632,81 @@ fn explain_names_the_tensor_with_a_stretched_range() {
         .unwrap_or_default();
     assert!(first.contains("`relu1_out`"), "{stdout}");
 }
+
+/// Static mode quantizes an embedding table (`Gather` of a constant 2-D
+/// table) as a weight, like weight-only mode: tokens are the real digits'
+/// pixel values (0..16), each row of 64 a sample.
+#[test]
+fn static_mode_quantizes_embedding_tables() {
+    use quench_ir::{tensor, Graph, Model, Node};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut g = Graph::new("embed");
+    let ids = g.add_input("ids", Some(tensor::tensor_type_of(7, &[-1, 64])));
+    let mut rng = Lcg(7);
+    let table: Vec<f32> = (0..17 * 16).map(|_| rng.normal()).collect();
+    let w: Vec<f32> = (0..16 * 4).map(|_| rng.normal() * 0.25).collect();
+    let t = g.add_const("table", tensor::from_f32("table", &[17, 16], &table));
+    let wv = g.add_const("w", tensor::from_f32("w", &[16, 4], &w));
+    let (_, e) = g.add_op(Node::new("Gather", "embed"), &[t, ids], &["e"]);
+    let (_, y) = g.add_op(Node::new("MatMul", "proj"), &[e[0], wv], &["y"]);
+    g.value_mut(y[0]).ty = Some(tensor::tensor_type_of(1, &[-1, 64, 4]));
+    g.add_output(y[0]);
+    let header = quench_onnx::proto::ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![quench_onnx::proto::OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        ..Default::default()
+    };
+    let model = tmp.path().join("embed.onnx");
+    quench_onnx::save_model(
+        &Model { header, graph: g }.to_onnx(),
+        &model,
+        &Default::default(),
+    )
+    .unwrap();
+    let digits: ArrayD<f32> = ndarray_npy::read_npy(testdata("digits/calib/input.npy")).unwrap();
+    let n = digits.shape()[0];
+    let data = tmp.path().join("calib");
+    std::fs::create_dir(&data).unwrap();
+    digits
+        .mapv(|v| v.round() as i64)
+        .into_shape_with_order((n, 64))
+        .unwrap()
+        .write_npy(std::fs::File::create(data.join("ids.npy")).unwrap())
+        .unwrap();
+    let out = tmp.path().join("q.onnx");
+    let rep = tmp.path().join("r.json");
+    let (code, _, stderr) = quench(&[
+        "compile",
+        model.to_str().unwrap(),
+        "-c",
+        data.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["mode"], "static", "{r}");
+    // Both the table and the projection weight are int8.
+    assert_eq!(
+        r["quantization"]["weights_quantized"], 2,
+        "{}",
+        r["quantization"]
+    );
+    let q = load(&out);
+    let gq = q.graph.as_ref().unwrap();
+    let gather = gq.node.iter().find(|n| n.op_type() == "Gather").unwrap();
+    let dq = gq
+        .node
+        .iter()
+        .find(|n| n.output.first() == gather.input.first())
+        .expect("the Gather reads a DequantizeLinear");
+    assert_eq!(dq.op_type(), "DequantizeLinear");
+    // Per-row int8 of a normal table: the output stays within 30 dB.
+    let sqnr = sqnr_of(&r["verification"]["outputs"][0]["reference"]).unwrap();
+    assert!(sqnr > 30.0, "{sqnr}");
+}
