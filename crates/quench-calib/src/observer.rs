@@ -440,6 +440,20 @@ mod tests {
         let s = mm.stats();
         assert!(s.has_nonfinite());
         assert_eq!((s.min, s.max, s.count), (-2.0, 1.0, 3));
+        // A run resumed from the record keeps the non-finite counts and
+        // adds to them: 2 + 1 NaN, 1 + 0 +inf, 1 + 1 -inf.
+        let mut resumed = MinMax::from_stats(&s).unwrap_or_default();
+        assert_eq!(resumed.stats(), s);
+        resumed.observe(&[f32::NAN, f32::NEG_INFINITY, 3.0]);
+        assert_eq!(
+            resumed.nonfinite(),
+            NonFiniteCounts {
+                nan: 3,
+                pos_inf: 1,
+                neg_inf: 2
+            }
+        );
+        assert_eq!((resumed.count(), resumed.range()), (4, Some((-2.0, 3.0))));
     }
 
     #[test]
