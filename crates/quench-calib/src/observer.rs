@@ -496,6 +496,11 @@ mod tests {
     fn moving_average_depends_on_batch_order() -> Result<(), CalibError> {
         let (small, large) = ([-1.0, 1.0], [-3.0, 5.0]);
         let mut a = MovingAverageMinMax::new(0.5)?;
+        // No range before a finite value, also after a NaN-only batch.
+        assert_eq!((a.range(), a.batches()), (None, 0));
+        let mut only_nan = MovingAverageMinMax::new(0.5)?;
+        only_nan.observe(&[f32::NAN, f32::INFINITY]);
+        assert_eq!((only_nan.range(), only_nan.batches()), (None, 0));
         for batch in [small, small, large] {
             a.observe(&batch);
         }
