@@ -715,3 +715,19 @@ fn expected_error_sums_rounding_and_clipping_by_hand() -> TestResult {
     assert_eq!(expected_sq_error(&empty, (-1.0, 1.0), U8), None);
     Ok(())
 }
+
+/// `coarsen` sums runs of a power of two of bins until at most `max_len`
+/// (at least 2) remain, keeping the total.
+#[test]
+fn coarsen_sums_power_of_two_runs() {
+    let bins: Vec<u64> = (1..=16).collect();
+    assert_eq!(coarsen(&bins, 4), (vec![10, 26, 42, 58], 4));
+    assert_eq!(coarsen(&bins, 5), (vec![10, 26, 42, 58], 4));
+    assert_eq!(coarsen(&bins, 8), ((1..=8).map(|i| 4 * i - 1).collect(), 2));
+    assert_eq!(coarsen(&bins, 16), (bins.clone(), 1));
+    assert_eq!(coarsen(&bins, 0), (vec![36, 100], 8));
+    let fine = vec![3u64; 1 << 16];
+    let (c, f) = coarsen(&fine, ENTROPY_MAX_BINS);
+    assert!(c.len() <= ENTROPY_MAX_BINS && c.len() * 2 > ENTROPY_MAX_BINS);
+    assert_eq!((c.len() * f, c.iter().sum::<u64>()), (1 << 16, 3 << 16));
+}
