@@ -731,3 +731,24 @@ fn coarsen_sums_power_of_two_runs() {
     assert!(c.len() <= ENTROPY_MAX_BINS && c.len() * 2 > ENTROPY_MAX_BINS);
     assert_eq!((c.len() * f, c.iter().sum::<u64>()), (1 << 16, 3 << 16));
 }
+
+/// Negative-only data (-|Z|) mirrors the positive case (|Z|): the MSE
+/// search may end its range at 0 from below, and the range is the
+/// positive one negated, to a bin (w = 8 / 1024 here). (Exact zeros are
+/// avoided: the histogram puts them in the bin above 0 on either side.)
+#[test]
+fn negative_only_data_mirrors_the_positive_range() -> TestResult {
+    let pos: Vec<f32> = gaussian(6).into_iter().map(f32::abs).collect();
+    let neg: Vec<f32> = pos.iter().map(|x| -x).collect();
+    let (plo, phi) = choose_range(&hist_stats(&pos), RangeMethod::Mse, U8)?;
+    let (nlo, nhi) = choose_range(&hist_stats(&neg), RangeMethod::Mse, U8)?;
+    assert!((0.0..1e-3).contains(&plo) && phi > 2.0, "{plo} {phi}");
+    assert!(nhi <= 0.0 && nhi > -1e-3, "{nlo} {nhi}");
+    close(
+        f64::from(nlo),
+        -f64::from(phi),
+        8.0 / 1024.0,
+        "mirrored mse range",
+    );
+    Ok(())
+}
