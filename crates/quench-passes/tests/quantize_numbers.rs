@@ -45,6 +45,24 @@ fn data(m: &Model, name: &str) -> Vec<f64> {
         .unwrap_or_default()
 }
 
+/// Names of the first Conv's inputs.
+fn conv_inputs(m: &Model) -> Vec<String> {
+    m.graph
+        .node_ids()
+        .into_iter()
+        .find(|n| m.graph.node(*n).op_type() == "Conv")
+        .map(|n| {
+            m.graph
+                .node(n)
+                .inputs()
+                .iter()
+                .flatten()
+                .map(|v| m.graph.value(*v).name.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-6 * b.abs()
 }
@@ -108,22 +126,10 @@ fn conv_weights_bias_and_activations_follow_the_formulas() -> Result<(), String>
     assert_eq!(qb, vec![324.0, -10795.0]);
     assert_eq!(data(&m, "b_zero_point"), vec![0.0, 0.0]);
     // The Conv reads the dequantized input, weight and bias.
-    let conv = m
-        .graph
-        .node_ids()
-        .into_iter()
-        .find(|n| m.graph.node(*n).op_type() == "Conv")
-        .map(|n| m.graph.node(n).clone());
-    let ins: Vec<String> = conv
-        .map(|c| {
-            c.inputs()
-                .iter()
-                .flatten()
-                .map(|v| m.graph.value(*v).name.clone())
-                .collect()
-        })
-        .unwrap_or_default();
-    assert_eq!(ins, vec!["x_dequantized", "w_dequantized", "b_dequantized"]);
+    assert_eq!(
+        conv_inputs(&m),
+        vec!["x_dequantized", "w_dequantized", "b_dequantized"]
+    );
     Ok(())
 }
 
@@ -154,7 +160,7 @@ fn a_huge_bias_widens_its_channel_scale() -> Result<(), String> {
 }
 
 /// Below opset 13 DequantizeLinear has no axis: one weight scale for the
-/// tensor (max |w| / 127 = 0.5 / 127), one bias scale, and a note.
+/// tensor (max |w| / 127 = 0.5 / 127) and a note.
 #[test]
 fn per_tensor_weights_below_opset_13() -> Result<(), String> {
     let text = CONV.replace("ai.onnx 17", "ai.onnx 12");
@@ -173,9 +179,10 @@ fn per_tensor_weights_below_opset_13() -> Result<(), String> {
     assert_eq!(sw.len(), 1);
     assert!(close(sw[0], 0.5 / 127.0));
     assert_eq!(data(&m, "w_quantized"), vec![127.0, -64.0, 25.0, -76.0]);
-    let sb = data(&m, "b_scale");
-    assert_eq!(sb.len(), 1);
-    assert!(close(sb[0], data(&m, "x_scale")[0] * sw[0]));
+    // With one weight scale for several output channels the bias stays
+    // float: the Conv still reads `b`.
+    assert_eq!(s.biases_quantized, 0);
+    assert_eq!(conv_inputs(&m), vec!["x_dequantized", "w_dequantized", "b"]);
     Ok(())
 }
 
@@ -230,4 +237,145 @@ fn activations_without_usable_ranges_stay_float() -> Result<(), String> {
     assert_eq!(s.weights_quantized, 0);
     assert_eq!(s.notes, vec!["node `conv`: weights not finite; left float"]);
     Ok(())
+}
+
+/// The boundary of `max_abs_range` is inclusive: a range reaching exactly
+/// the limit is quantized, one beyond it stays float.
+#[test]
+fn max_abs_range_is_inclusive() -> Result<(), String> {
+    let cfg = QuantizeConfig {
+        max_abs_range: 2.0,
+        ..QuantizeConfig::default()
+    };
+    let (_, s) = quantized(CONV, &[("x", (-2.0, 1.0)), ("c", (-1.0, 2.0))], &cfg, 17)?;
+    assert_eq!((s.activations_quantized, s.activations_float.len()), (2, 0));
+    let (_, s) = quantized(CONV, &[("x", (-2.001, 1.0)), ("c", (-1.0, 2.0))], &cfg, 17)?;
+    assert_eq!((s.activations_quantized, s.activations_float.len()), (1, 1));
+    Ok(())
+}
+
+/// Gemm with a 2-D bias `[1, N]`: only a 1-D bias gets the int32 form.
+#[test]
+fn two_dimensional_bias_stays_float() -> Result<(), String> {
+    let text = "# ir_version 8; opset ai.onnx 17
+graph main(%x: f32[1,2]) -> (%0)
+  %w = const f32[3,2] [1.0,2.0,3.0,4.0,5.0,6.0]  # w
+  %b = const f32[1,3] [0.5,0.0,-1.0]  # b
+  %0 = Gemm(%x, %w, %b) {transB=1} : f32[1,3]  # gemm: y
+";
+    let (_, s) = quantized(
+        text,
+        &[("x", (-1.0, 1.0)), ("y", (-10.0, 10.0))],
+        &QuantizeConfig::default(),
+        17,
+    )?;
+    assert_eq!((s.weights_quantized, s.biases_quantized), (1, 0));
+    let one_d = text.replace("f32[1,3] [0.5", "f32[3] [0.5");
+    let (_, s) = quantized(
+        &one_d,
+        &[("x", (-1.0, 1.0)), ("y", (-10.0, 10.0))],
+        &QuantizeConfig::default(),
+        17,
+    )?;
+    assert_eq!((s.weights_quantized, s.biases_quantized), (1, 1));
+    Ok(())
+}
+
+/// Block-wise weights (opset 21) run along each op's reduction axis: Conv
+/// `[O, I, kh, kw]` along I (axis 1): a `[2, 4, 1, 1]` weight in blocks of
+/// 2 has scales `[2, 2, 1, 1]`, each max|w| / 127 over its block.
+#[test]
+fn conv_blocks_run_along_input_channels() -> Result<(), String> {
+    let text = "# ir_version 10; opset ai.onnx 21
+graph main(%x: f32[1,4,2,2]) -> (%0)
+  %w = const f32[2,4,1,1] [1.0,-2.0,0.5,0.25,8.0,1.0,-1.0,4.0]  # w
+  %0 = Conv(%x, %w) {kernel_shape=[1,1]} : f32[1,2,2,2]  # conv: y
+";
+    let cfg = QuantizeConfig {
+        weight_block_size: Some(2),
+        ..QuantizeConfig::default()
+    };
+    let (m, s) = quantized(text, &[("x", (-1.0, 1.0)), ("y", (-9.0, 9.0))], &cfg, 21)?;
+    assert_eq!(s.weights_quantized, 1);
+    let dq = m
+        .graph
+        .node_ids()
+        .into_iter()
+        .map(|n| m.graph.node(n).clone())
+        .find(|n| n.name() == "w_DequantizeLinear")
+        .ok_or("no weight DequantizeLinear")?;
+    assert_eq!(
+        (dq.attr_int("axis"), dq.attr_int("block_size")),
+        (Some(1), Some(2))
+    );
+    let scale = m
+        .graph
+        .value_by_name("w_scale")
+        .and_then(|v| m.graph.const_tensor(v))
+        .ok_or("no scale")?;
+    assert_eq!(scale.dims, vec![2, 2, 1, 1]);
+    let want = [2.0 / 127.0, 0.5 / 127.0, 8.0 / 127.0, 4.0 / 127.0];
+    let got = data(&m, "w_scale");
+    assert!(got.iter().zip(want).all(|(g, w)| close(*g, w)), "{got:?}");
+    Ok(())
+}
+
+/// Conv -> Clip(0, 6) -> Conv: the Clip is absorbed into the first Conv's
+/// output range (its Q/DQ sits on the Conv output, clamped to [0, 6]);
+/// Clip(-1, 6) or Clip(0, 0) is not absorbable.
+#[test]
+fn clip_from_zero_is_absorbed() -> Result<(), String> {
+    let text = |lo: &str, hi: &str| {
+        format!(
+            "# ir_version 8; opset ai.onnx 17
+graph main(%x: f32[1,2,2,2]) -> (%2)
+  %w = const f32[2,2,1,1] [1.0,-2.0,0.5,0.25]  # w
+  %v = const f32[2,2,1,1] [1.0,2.0,-0.5,0.25]  # v
+  %lo = const f32[] [{lo}]  # lo
+  %hi = const f32[] [{hi}]  # hi
+  %0 = Conv(%x, %w) {{kernel_shape=[1,1]}} : f32[1,2,2,2]  # a: c
+  %1 = Clip(%0, %lo, %hi) : f32[1,2,2,2]  # clip: r
+  %2 = Conv(%1, %v) {{kernel_shape=[1,1]}} : f32[1,2,2,2]  # b: y
+"
+        )
+    };
+    let ranges = [
+        ("x", (-1.0, 1.0)),
+        ("c", (-3.0, 8.0)),
+        ("r", (0.0, 6.0)),
+        ("y", (-5.0, 5.0)),
+    ];
+    let (m, s) = quantized(&text("0.0", "6.0"), &ranges, &QuantizeConfig::default(), 17)?;
+    assert_eq!(s.absorbed_activations, 1);
+    assert!(m
+        .graph
+        .node_ids()
+        .iter()
+        .all(|n| m.graph.node(*n).op_type() != "Clip"));
+    // r's parameters: [0, 6] over 255 steps, zero point 0.
+    let sr = data(&m, "r_scale");
+    assert!(close(sr[0], 6.0 / 255.0), "{sr:?}");
+    assert_eq!(data(&m, "r_zero_point"), vec![0.0]);
+    for (lo, hi) in [("-1.0", "6.0"), ("0.0", "0.0")] {
+        let (m, s) = quantized(&text(lo, hi), &ranges, &QuantizeConfig::default(), 17)?;
+        assert_eq!(s.absorbed_activations, 0, "Clip({lo}, {hi})");
+        assert!(m
+            .graph
+            .node_ids()
+            .iter()
+            .any(|n| m.graph.node(*n).op_type() == "Clip"));
+    }
+    Ok(())
+}
+
+#[test]
+fn activation_types_and_their_opsets() {
+    use quench_passes::quantize::ActType;
+    let got: Vec<(i64, i32)> = [ActType::U8, ActType::I8, ActType::U16, ActType::I16]
+        .iter()
+        .map(|a| (a.min_opset(), a.elem() as i32))
+        .collect();
+    // u8 = 2, i8 = 3, u16 = 4, i16 = 5; QuantizeLinear has 8 bits from
+    // opset 10, 16 bits from 21.
+    assert_eq!(got, vec![(10, 2), (10, 3), (21, 4), (21, 5)]);
 }
