@@ -387,6 +387,15 @@ fn sensitivity_plan_by_hand() {
     assert!(near(p.sparsity, 50.0 / 1100.0), "{p:?}");
     assert!(near(p.estimated_sqnr_db, 30.0), "{p:?}");
 
+    // A move cut short from a measured point: A at 0.5 (1e-4) first, then
+    // 20 of the 40 weights of its move to 0.9 (1e-3): noise halfway,
+    // 1e-4 + (1e-3 - 1e-4) / 2 = 5.5e-4.
+    let rows = [layer("A", 100, &[(0.5, 40.0), (0.9, 30.0)])];
+    let p = plan_sensitivity(&rows, 0.7, None);
+    assert_eq!(p.steps.len(), 2, "{p:?}");
+    assert!(near(p.steps[1].1, 0.7) && near(p.sparsity, 0.7), "{p:?}");
+    assert!(near(p.estimated_sqnr_db, sqnr(5.5e-4)), "{p:?}");
+
     // Sparsity of targets: N:M keeps n of m.
     assert_eq!(PruneTarget::NM { n: 2, m: 4 }.sparsity(), 0.5);
     assert_eq!(PruneTarget::NM { n: 1, m: 4 }.sparsity(), 0.75);
