@@ -200,3 +200,54 @@ fn twin_declines_pairs_it_cannot_express() {
     let mut g = build(&[], 0.5, false, false);
     assert_eq!(float_twin_report(&mut g, 21).pairs.len(), 1);
 }
+
+/// A constant per-axis DequantizeLinear with a negative axis (-1 on a
+/// `[2, 3]` tensor: one scale and zero point per column) folds to
+/// `(q - zp[c]) * s[c]`, worked out here; `float_twin` and
+/// `float_twin_pairs` report the same counts and names as the report.
+#[test]
+fn per_axis_fold_with_negative_axis_and_entry_points() -> Result<(), String> {
+    use quench_passes::simulate::{float_twin, float_twin_pairs};
+    let build = || {
+        let mut g = Graph::new("t");
+        let q = [-128, 0, 127, 5, -5, 1];
+        let qv = g.add_const("q", codes::encode(ElemType::Int8, &[2, 3], &q));
+        let sv = g.add_const("s", tensor::from_f32("", &[3], &[0.5, 2.0, 0.25]));
+        let zv = g.add_const("z", codes::encode(ElemType::Int8, &[3], &[0, 1, -4]));
+        let mut dq = Node::new("DequantizeLinear", "dq");
+        dq.set_attr(quench_ir::attr::int("axis", -1));
+        let (_, y) = g.add_op(dq, &[qv, sv, zv], &["y"]);
+        g.add_output(y[0]);
+        (g, y[0])
+    };
+    let (mut g, y) = build();
+    assert_eq!(float_twin(&mut g, 21), (0, 1));
+    let got = g
+        .const_tensor(y)
+        .and_then(|t| tensor::to_f32(t).ok())
+        .ok_or("not folded")?;
+    // Row 0: (-128 - 0) * 0.5, (0 - 1) * 2, (127 + 4) * 0.25;
+    // row 1: (5 - 0) * 0.5, (-5 - 1) * 2, (1 + 4) * 0.25.
+    assert_eq!(got, vec![-64.0, -2.0, 32.75, 2.5, -12.0, 1.25]);
+
+    // A Q/DQ pair: the pair list names the quantized tensor and the twin's
+    // output, which took over the graph output's name.
+    let mut g = Graph::new("t");
+    let x = g.add_input("x", None);
+    let sv = g.add_const("s", tensor::from_f32("", &[], &[0.5]));
+    let zv = g.add_const("z", codes::encode(ElemType::Uint8, &[], &[128]));
+    let (_, q) = g.add_op(Node::new("QuantizeLinear", "q"), &[x, sv, zv], &["xq"]);
+    let (_, d) = g.add_op(
+        Node::new("DequantizeLinear", "dq"),
+        &[q[0], sv, zv],
+        &["xd"],
+    );
+    g.add_output(d[0]);
+    let mut g2 = g.clone();
+    assert_eq!(
+        float_twin_pairs(&mut g, 21),
+        (vec![("x".to_string(), "xd".to_string())], 0)
+    );
+    assert_eq!(float_twin(&mut g2, 21), (1, 0));
+    Ok(())
+}
