@@ -379,3 +379,50 @@ fn activation_types_and_their_opsets() {
     // opset 10, 16 bits from 21.
     assert_eq!(got, vec![(10, 2), (10, 3), (21, 4), (21, 5)]);
 }
+
+/// Dynamic mode: a MatMul's `[K, N]` weight gets int8 codes with one scale
+/// per output column, max|w[:, c]| / 127 (per tensor: one over all), and
+/// its input a DynamicQuantizeLinear.
+#[test]
+fn dynamic_matmul_scales_per_column() -> Result<(), String> {
+    use quench_passes::quantize::Mode;
+    let text = "# ir_version 8; opset ai.onnx 17
+graph main(%x: f32[2,3]) -> (%0)
+  %w = const f32[3,2] [1.0,-4.0,2.0,2.0,-3.0,1.0]  # w
+  %0 = MatMul(%x, %w) : f32[2,2]  # mm: y
+";
+    let w = [[1.0f64, -4.0], [2.0, 2.0], [-3.0, 1.0]];
+    for per_channel in [true, false] {
+        let cfg = QuantizeConfig {
+            mode: Mode::Dynamic,
+            per_channel,
+            ..QuantizeConfig::default()
+        };
+        let (m, s) = quantized(text, &[], &cfg, 17)?;
+        assert_eq!(s.weights_quantized, 1, "{s:?}");
+        let scales: Vec<f64> = if per_channel {
+            vec![3.0 / 127.0, 4.0 / 127.0]
+        } else {
+            vec![4.0 / 127.0]
+        };
+        let got = data(&m, "w_scale");
+        assert_eq!(got.len(), scales.len());
+        assert!(
+            got.iter().zip(&scales).all(|(g, w)| close(*g, *w)),
+            "{got:?}"
+        );
+        let codes: Vec<f64> = (0..6)
+            .map(|i| {
+                let c = if per_channel { i % 2 } else { 0 };
+                (w[i / 2][i % 2] / got[c]).round_ties_even()
+            })
+            .collect();
+        assert_eq!(data(&m, "w_quantized"), codes, "per_channel {per_channel}");
+        assert!(m
+            .graph
+            .node_ids()
+            .iter()
+            .any(|n| m.graph.node(*n).op_type() == "DynamicQuantizeLinear"));
+    }
+    Ok(())
+}
