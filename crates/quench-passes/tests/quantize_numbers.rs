@@ -426,3 +426,47 @@ graph main(%x: f32[2,3]) -> (%0)
     }
     Ok(())
 }
+
+/// Only MatMul may take an activation as its second operand: a Conv whose
+/// weight is a graph input stays float, an activation × activation MatMul
+/// is quantized in static mode (both inputs get Q/DQ) and refused in
+/// dynamic mode.
+#[test]
+fn activation_weights_only_for_matmul() -> Result<(), String> {
+    let conv = "# ir_version 8; opset ai.onnx 17
+graph main(%x: f32[1,2,2,2], %w: f32[2,2,1,1]) -> (%0)
+  %0 = Conv(%x, %w) {kernel_shape=[1,1]} : f32[1,2,2,2]  # conv: y
+";
+    let m = parse_model(conv).map_err(|e| e.to_string())?;
+    let pl = plan(&m.graph, &QuantizeConfig::default()).map_err(|e| e.to_string())?;
+    assert!(pl.compute.is_empty());
+    let d: Vec<(bool, String)> = pl
+        .decisions
+        .iter()
+        .map(|d| (d.quantized, d.reason.clone()))
+        .collect();
+    assert_eq!(
+        d,
+        vec![(false, "weights are not a constant f32 tensor".to_string())]
+    );
+    let mm = "# ir_version 8; opset ai.onnx 17
+graph main(%a: f32[2,3], %b: f32[3,2]) -> (%0)
+  %0 = MatMul(%a, %b) : f32[2,2]  # mm: y
+";
+    let m = parse_model(mm).map_err(|e| e.to_string())?;
+    let pl = plan(&m.graph, &QuantizeConfig::default()).map_err(|e| e.to_string())?;
+    assert_eq!(pl.compute.len(), 1);
+    assert_eq!(pl.decisions[0].reason, "activation × activation");
+    assert_eq!(pl.tensors_to_observe(&m.graph), vec!["a", "b"]);
+    let dynamic = QuantizeConfig {
+        mode: quench_passes::quantize::Mode::Dynamic,
+        ..QuantizeConfig::default()
+    };
+    let pl = plan(&m.graph, &dynamic).map_err(|e| e.to_string())?;
+    assert!(pl.compute.is_empty());
+    assert_eq!(
+        pl.decisions[0].reason,
+        "activation × activation MatMul needs static mode"
+    );
+    Ok(())
+}
