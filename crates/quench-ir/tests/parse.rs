@@ -215,3 +215,23 @@ fn syntax_errors_name_line_column_and_problem() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Special float values and string escapes as the module docs write them.
+#[test]
+fn special_values_and_escapes() {
+    let t = raw("f32[3] [nan,inf,-inf]");
+    let v: Vec<f32> = t
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    assert!(v[0].is_nan());
+    assert_eq!(&v[1..], &[f32::INFINITY, f32::NEG_INFINITY]);
+
+    let text = "graph g(%x: f32[2]) -> (%0)\n  %0 = custom.Op(%x) {s=\"a\\nb\\tc\\rd\\0e\\\\f\\\"g\\'h\\u{41}\"} : ?  # op: y\n";
+    let m = parse_model(text).map_err(|e| e.to_string());
+    let s = m.ok().and_then(|m| {
+        let n = m.graph.node_ids()[0];
+        m.graph.node(n).attr_string("s")
+    });
+    assert_eq!(s.as_deref(), Some("a\nb\tc\rd\0e\\f\"g'hA"));
+}
