@@ -315,3 +315,49 @@ fn names_constants_and_outputs() {
     assert_eq!(g.outputs(), &[y[0], x]);
     assert_consistent(&g, "names_constants_and_outputs");
 }
+
+/// Node attribute accessors and the model's operator-set table.
+#[test]
+fn attributes_and_opsets() -> Result<(), String> {
+    let mut n = Node::new("LeakyRelu", "l");
+    n.set_attr(quench_ir::attr::float("alpha", 0.25));
+    n.set_attr(quench_ir::attr::int("k", 3));
+    assert_eq!(n.attr_float("alpha"), Some(0.25));
+    assert_eq!(n.attr_float("beta"), None);
+    assert_eq!(n.attr_int("k"), Some(3));
+    // set_attr replaces by name; remove_attr drops it.
+    n.set_attr(quench_ir::attr::int("k", 4));
+    assert_eq!((n.attr_int("k"), n.proto.attribute.len()), (Some(4), 2));
+    n.remove_attr("k");
+    assert_eq!(n.attr_int("k"), None);
+    assert!(!n.has_subgraphs());
+    let mut with_graph = Node::new("If", "if");
+    with_graph
+        .proto
+        .attribute
+        .push(quench_onnx::proto::AttributeProto {
+            name: Some("then_branch".into()),
+            g: Some(Default::default()),
+            ..Default::default()
+        });
+    assert!(with_graph.has_subgraphs());
+
+    let text = "# ir_version 8; opset ai.onnx 17, com.microsoft 1\ngraph g(%x: f32[1]) -> (%x)\n";
+    let mut m = quench_ir::parse_model(text).map_err(|e| e.to_string())?;
+    assert_eq!(m.default_opset(), Some(17));
+    assert_eq!(m.opset("ai.onnx"), Some(17));
+    assert_eq!(m.opset("com.microsoft"), Some(1));
+    assert_eq!(m.opset("ai.onnx.ml"), None);
+    m.set_opset("ai.onnx", 21);
+    m.set_opset("ai.onnx.ml", 3);
+    assert_eq!(
+        m.opsets(),
+        vec![
+            ("ai.onnx".to_string(), 21),
+            ("ai.onnx.ml".to_string(), 3),
+            ("com.microsoft".to_string(), 1)
+        ]
+    );
+    assert_eq!(m.header.opset_import.len(), 3);
+    Ok(())
+}
