@@ -149,6 +149,22 @@ fn syntax_errors_name_line_column_and_problem() {
             format!("{h}  %0 = const f32[2] [1.0]\n"),
             (2, 21, "the data has 1 elements, the shape needs 2"),
         ),
+        // A comment naming more outputs than the node has: the column
+        // after the code.
+        (
+            format!("{h}  %0 = Relu(%x) : f32[2]  # r: a, b\n"),
+            (2, 25, "the comment names 2 outputs, the node has 1"),
+        ),
+        // Subgraph bodies under a label no graph attribute waits for, or
+        // a malformed label (column of the label, indent + 3).
+        (
+            "graph g(%c: bool[]) -> (%0)\n  %0 = If(%c) {then_branch=graph(1 nodes)} : ?  # if: y\n    bogus:\n      graph t() -> (%0)\n        %0 = Constant() {value_float=1.0} : ?  # k: o\n".into(),
+            (3, 5, "no graph attribute `bogus` waits for a body"),
+        ),
+        (
+            "graph g(%c: bool[]) -> (%0)\n  %0 = If(%c) {then_branch=graph(1 nodes)} : ?  # if: y\n    then_branch[x]:\n      graph t() -> (%0)\n        %0 = Constant() {value_float=1.0} : ?  # k: o\n".into(),
+            (3, 5, "bad subgraph label `then_branch[x]`"),
+        ),
         // Nodes, values and attributes.
         (
             format!("{h}  %0 = 5\n"),

@@ -408,3 +408,32 @@ graph main(%x: f32[4]) -> (%y)
     );
     assert_eq!(check_text(scan, 9, 13), Ok(()));
 }
+
+/// Subgraphs are not rewritten: a subgraph using an op that changes in
+/// `(from, to]` makes `check` decline (Slice changes at 10, 11 and 13).
+#[test]
+fn subgraphs_with_changing_ops_are_declined() {
+    let text = |opset: i64| {
+        format!(
+            "# ir_version 8; opset ai.onnx {opset}
+graph g(%c: bool[], %x: f32[4]) -> (%0)
+  %0 = If(%c) {{else_branch=graph(1 nodes), then_branch=graph(1 nodes)}} captures(%x) : ?  # if: y
+    else_branch:
+      graph e() -> (%0)
+        %0 = Relu(^x) : ?  # r: eo
+    then_branch:
+      graph t() -> (%0)
+        %0 = Slice(^x) {{ends=[2], starts=[0]}} : ?  # s: to
+"
+        )
+    };
+    let check_text = |opset: i64, to: i64| -> Result<(), String> {
+        let m = parse_model(&text(opset)).map_err(|e| e.to_string())?;
+        check(&m.graph, opset, to)
+    };
+    let declined = Err("a subgraph of node `if` uses Slice".to_string());
+    assert_eq!(check_text(9, 10), declined);
+    assert_eq!(check_text(10, 11), declined);
+    assert_eq!(check_text(12, 13), declined);
+    assert_eq!(check_text(13, 21), Ok(()));
+}
