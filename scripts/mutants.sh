@@ -7,12 +7,12 @@
 #   --shard K/N  test only mutants i with i % N == K (an even sample over
 #                the crate's files; .cargo/mutants.toml sets round-robin).
 #   --out DIR    results go to DIR/CRATE/mutants.out (default: mutants.out.d).
-#   --retest     test again only the mutants the previous run in DIR/CRATE
+#   --retest     test again only the mutants the runs so far in DIR/CRATE
 #                left missed or timed out (after adding tests), and print the
-#                merged figures: the previous run's caught and unviable
-#                mutants plus this run's outcomes. Mutant names carry line
-#                numbers, so edits above a survivor make it unmatchable (the
-#                script says how many names were not found).
+#                cumulative figures over the first run's mutants (repeatable).
+#                Mutant names carry line numbers, so edits above a survivor
+#                make it unmatchable (the script says how many names were not
+#                found).
 #   --in-place   mutate this tree instead of a copy (use a scratch copy of
 #                the repository: files are rewritten while it runs).
 #   -- ARGS      passed to cargo mutants as is (e.g. --file, -j 2).
@@ -71,35 +71,29 @@ for crate in "${crates[@]}"; do
     mkdir -p "$dir"
     args=(-p "$crate" -o "$dir" "${inplace[@]}")
     [ -n "$shard" ] && args+=(--shard "$shard")
-    prev_caught=0
-    prev_unviable=0
+    # State kept in DIR/CRATE across runs: sample.txt (every mutant of the
+    # full run), caught_all.txt and unviable_all.txt (cumulative), left.txt
+    # (missed or timed out in the latest run).
     if [ "$retest" -eq 1 ]; then
-        prev="$dir/mutants.out"
-        if [ ! -d "$prev" ]; then
-            echo "$crate: no previous run in $prev to retest" >&2
+        if [ ! -f "$dir/left.txt" ]; then
+            echo "$crate: no previous run in $dir to retest" >&2
             exit 1
         fi
-        # Keep the run being retested; cargo-mutants would overwrite
-        # mutants.out.old on the next run.
-        rm -rf "$dir/retested.out"
-        cp -a "$prev" "$dir/retested.out"
-        prev_caught=$(count "$prev/caught.txt")
-        prev_unviable=$(count "$prev/unviable.txt")
-        names=$(cat "$prev/missed.txt" "$prev/timeout.txt" 2>/dev/null || true)
-        if [ -z "$names" ]; then
+        if [ ! -s "$dir/left.txt" ]; then
             echo "$crate: nothing left to retest"
-            summary+=("$(row "$crate" $((prev_caught + prev_unviable)) "$prev_caught" 0 0 "$prev_unviable")")
+            k=$(count "$dir/caught_all.txt")
+            u=$(count "$dir/unviable_all.txt")
+            summary+=("$(row "$crate" $((k + u)) "$k" 0 0 "$u")")
             continue
         fi
-        printf '%s\n' "$names" | grep . >"$dir/retest_names.txt"
         # One anchored, escaped regex per surviving mutant.
         while IFS= read -r name; do
             [ -z "$name" ] && continue
             esc=$(printf '%s' "$name" | sed -e 's/[][\\.+*?(){}|^$]/\\&/g')
             args+=(--re "^${esc}\$")
-        done <<<"$names"
-        wanted=$(printf '%s\n' "$names" | grep -c .)
-        found=$(cargo mutants "${args[@]}" --list "${extra[@]}" 2>/dev/null | grep -Fxc -f "$dir/retest_names.txt" || true)
+        done <"$dir/left.txt"
+        wanted=$(count "$dir/left.txt")
+        found=$(cargo mutants "${args[@]}" --list "${extra[@]}" 2>/dev/null | grep -Fxc -f "$dir/left.txt" || true)
         echo "$crate: retesting $found of $wanted surviving mutants (names not found: $((wanted - found)))"
     fi
     set +e
@@ -113,23 +107,27 @@ for crate in "${crates[@]}"; do
         exit 1
     fi
     o="$dir/mutants.out"
+    touch "$o/caught.txt" "$o/missed.txt" "$o/timeout.txt" "$o/unviable.txt"
     if [ "$retest" -eq 1 ]; then
-        # cargo-mutants 27 does not apply --re to struct-field deletions, so
-        # the run may include mutants outside the retested set: count only
-        # the retested names.
-        only() { if [ -f "$1" ]; then grep -Fxc -f "$dir/retest_names.txt" "$1" || true; else echo 0; fi; }
-        k=$(only "$o/caught.txt")
-        m=$(only "$o/missed.txt")
-        t=$(only "$o/timeout.txt")
-        u=$(only "$o/unviable.txt")
+        # Only the retested names count: cargo-mutants 27 does not apply --re
+        # to struct-field deletions, so a retest also runs unrelated ones.
+        keep="$dir/left.txt"
+        grep -Fx -f "$keep" "$o/caught.txt" >>"$dir/caught_all.txt" || true
+        grep -Fx -f "$keep" "$o/unviable.txt" >>"$dir/unviable_all.txt" || true
+        grep -Fx -f "$keep" "$o/missed.txt" >"$dir/missed_now.txt" || true
+        grep -Fx -f "$keep" "$o/timeout.txt" >"$dir/timeout_now.txt" || true
     else
-        k=$(count "$o/caught.txt")
-        m=$(count "$o/missed.txt")
-        t=$(count "$o/timeout.txt")
-        u=$(count "$o/unviable.txt")
+        cat "$o/caught.txt" "$o/missed.txt" "$o/timeout.txt" "$o/unviable.txt" >"$dir/sample.txt"
+        cp "$o/caught.txt" "$dir/caught_all.txt"
+        cp "$o/unviable.txt" "$dir/unviable_all.txt"
+        cp "$o/missed.txt" "$dir/missed_now.txt"
+        cp "$o/timeout.txt" "$dir/timeout_now.txt"
     fi
-    k=$((k + prev_caught))
-    u=$((u + prev_unviable))
+    cat "$dir/missed_now.txt" "$dir/timeout_now.txt" >"$dir/left.txt"
+    k=$(count "$dir/caught_all.txt")
+    m=$(count "$dir/missed_now.txt")
+    t=$(count "$dir/timeout_now.txt")
+    u=$(count "$dir/unviable_all.txt")
     summary+=("$(row "$crate" $((k + m + t + u)) "$k" "$m" "$t" "$u")")
 done
 
