@@ -251,3 +251,26 @@ fn special_values_and_escapes() {
     });
     assert_eq!(s.as_deref(), Some("a\nb\tc\rd\0e\\f\"g'hA"));
 }
+
+/// Printing: infinities and signed zeros by name, int64 data exactly
+/// (2^53 + 1 is not an f64).
+#[test]
+fn special_floats_and_large_integers_print_exactly() {
+    use quench_ir::{format_float, TextOptions};
+    assert_eq!(format_float(f64::INFINITY), "inf");
+    assert_eq!(format_float(f64::NEG_INFINITY), "-inf");
+    assert_eq!(format_float(-0.0), "-0.0");
+    assert_eq!(format_float(0.0), "0.0");
+    let text = "graph g(%x: f32[1]) -> (%c)\n  %c = const i64[2] [9007199254740993,-9007199254740993]  # c\n";
+    let printed = parse_model(text)
+        .map(|m| {
+            m.to_text_with(&TextOptions {
+                max_data_elements: 4,
+            })
+        })
+        .unwrap_or_default();
+    assert!(
+        printed.contains("[9007199254740993,-9007199254740993]"),
+        "{printed}"
+    );
+}
