@@ -470,3 +470,44 @@ graph main(%a: f32[2,3], %b: f32[3,2]) -> (%0)
     );
     Ok(())
 }
+
+/// Inside an integer chain (Conv -> Mul -> Conv), a Mul of a tensor with
+/// itself is a square (a written-out variance): it stays float, while a
+/// product of two different quantized tensors is fused.
+#[test]
+fn squares_in_a_chain_stay_float() -> Result<(), String> {
+    let text = |b: &str| {
+        format!(
+            "# ir_version 8; opset ai.onnx 17
+graph main(%x: f32[1,2,2,2]) -> (%3)
+  %w = const f32[2,2,1,1] [1.0,-2.0,0.5,0.25]  # w
+  %v = const f32[2,2,1,1] [1.0,2.0,-0.5,0.25]  # v
+  %0 = Conv(%x, %w) {{kernel_shape=[1,1]}} : f32[1,2,2,2]  # a: c
+  %1 = Conv(%x, %v) {{kernel_shape=[1,1]}} : f32[1,2,2,2]  # a2: d
+  %2 = Mul(%0, {b}) : f32[1,2,2,2]  # mul: m
+  %3 = Conv(%2, %w) {{kernel_shape=[1,1]}} : f32[1,2,2,2]  # b: y
+"
+        )
+    };
+    let mul_decision = |b: &str| -> Result<(bool, String), String> {
+        let m = parse_model(&text(b)).map_err(|e| e.to_string())?;
+        let pl = plan(&m.graph, &QuantizeConfig::default()).map_err(|e| e.to_string())?;
+        pl.decisions
+            .iter()
+            .find(|d| d.node == "mul")
+            .map(|d| (d.quantized, d.reason.clone()))
+            .ok_or_else(|| "no decision for mul".to_string())
+    };
+    assert_eq!(
+        mul_decision("%0")?,
+        (
+            false,
+            "square or reduced product (a written-out normalization); stays float".to_string()
+        )
+    );
+    assert_eq!(
+        mul_decision("%1")?,
+        (true, "integer element-wise/pooling".to_string())
+    );
+    Ok(())
+}
