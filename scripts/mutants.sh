@@ -92,6 +92,12 @@ for crate in "${crates[@]}"; do
             esc=$(printf '%s' "$name" | sed -e 's/[][\\.+*?(){}|^$]/\\&/g')
             args+=(--re "^${esc}\$")
         done <"$dir/left.txt"
+        # Only their files: cargo-mutants 27 pushes struct-field deletions
+        # without applying --re (visit.rs, visit_expr_struct), so they are
+        # limited by file instead.
+        while IFS= read -r file; do
+            args+=(--file "$file")
+        done < <(cut -d: -f1 "$dir/left.txt" | sort -u)
         wanted=$(count "$dir/left.txt")
         found=$(cargo mutants "${args[@]}" --list "${extra[@]}" 2>/dev/null | grep -Fxc -f "$dir/left.txt" || true)
         echo "$crate: retesting $found of $wanted surviving mutants (names not found: $((wanted - found)))"
