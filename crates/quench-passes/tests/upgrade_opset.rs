@@ -437,3 +437,27 @@ graph g(%c: bool[], %x: f32[4]) -> (%0)
     assert_eq!(check_text(12, 13), declined);
     assert_eq!(check_text(13, 21), Ok(()));
 }
+
+/// `check` knows a comparison gives bool: a Clip (below 11) of a Greater
+/// is declined, a Clip of the f32 input accepted.
+#[test]
+fn clip_of_a_comparison_is_not_f32() {
+    let text = |x: &str| {
+        format!(
+            "# ir_version 5; opset ai.onnx 10
+graph g(%x: f32[4], %y: f32[4]) -> (%c)
+  %g = Greater(%x, %y) : ?  # gt: g
+  %c = Clip({x}) {{max=1.0, min=0.0}} : ?  # clip: c
+"
+        )
+    };
+    let run = |x: &str| -> Result<(), String> {
+        let m = parse_model(&text(x)).map_err(|e| e.to_string())?;
+        check(&m.graph, 10, 13)
+    };
+    assert_eq!(
+        run("%g"),
+        Err("node `clip` (Clip) has an input whose type is not known to be f32".to_string())
+    );
+    assert_eq!(run("%x"), Ok(()));
+}
