@@ -461,3 +461,28 @@ graph g(%x: f32[4], %y: f32[4]) -> (%c)
     );
     assert_eq!(run("%x"), Ok(()));
 }
+
+/// The rank of a Conv output whose weight is not a constant comes from
+/// `kernel_shape`: 1-D (rank 3) and 3-D (rank 5) convolutions put a
+/// Softmax's axis -2 at 1 and 3 when it is flattened for opset 13.
+#[test]
+fn conv_rank_from_kernel_shape() {
+    let text = |x: &str, k: &str| {
+        format!(
+            "# ir_version 6; opset ai.onnx 11
+graph g(%x: {x}, %w: f32[*]) -> (%s)
+  %c = Conv(%x, %w) {{kernel_shape={k}}} : ?  # conv: c
+  %s = Softmax(%c) {{axis=-2}} : ?  # sm: s
+"
+        )
+    };
+    for (x, k, axis) in [("f32[*]", "[3]", "axis=1"), ("f32[*]", "[3,3,3]", "axis=3")] {
+        let got = upgrade(&text(x, k), 11, 13).unwrap_or_else(|e| e);
+        let flatten = got
+            .lines()
+            .find(|l| l.contains("Flatten("))
+            .unwrap_or_default()
+            .to_string();
+        assert!(flatten.contains(axis), "{k}: {got}");
+    }
+}
