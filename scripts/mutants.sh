@@ -14,7 +14,9 @@
 #                make it unmatchable (the script says how many names were not
 #                found).
 #   --in-place   mutate this tree instead of a copy (use a scratch copy of
-#                the repository: files are rewritten while it runs).
+#                the repository: files are rewritten while it runs). Without
+#                it cargo-mutants copies the tree (not target/) for every
+#                crate and builds it from scratch first.
 #   -- ARGS      passed to cargo mutants as is (e.g. --file, -j 2).
 #
 # Prints, per crate: mutants, caught, missed, timeout, unviable and the
@@ -39,7 +41,7 @@ while [ $# -gt 0 ]; do
     --retest) retest=1; shift ;;
     --in-place) inplace=(--in-place); shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) crates+=("$1"); shift ;;
     esac
