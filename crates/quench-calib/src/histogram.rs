@@ -625,6 +625,37 @@ mod tests {
         Ok(())
     }
 
+    /// Same range, different bin counts: the finer side is moved onto the
+    /// coarser grid even though the range does not change (each coarse bin
+    /// is the sum of 16 fine ones, counted here by hand).
+    #[test]
+    fn merge_with_equal_ranges_regrids_the_finer_side() -> Result<(), CalibError> {
+        let mut rng = Lcg::new(9);
+        let a: Vec<f32> = (0..2000)
+            .map(|_| (rng.uniform() * 1.98 - 0.99) as f32)
+            .collect();
+        let b: Vec<f32> = (0..2000)
+            .map(|_| (rng.uniform() * 1.98 - 0.99) as f32)
+            .collect();
+        let mut fine = Histogram::with_bins(1024)?;
+        fine.observe(&a);
+        let mut coarse = Histogram::with_bins(64)?;
+        coarse.observe(&b);
+        assert_eq!(fine.range_log2(), coarse.range_log2());
+        let by_hand: Vec<u64> = coarse
+            .bins()
+            .iter()
+            .zip(fine.bins().chunks(16))
+            .map(|(c, f)| c + f.iter().sum::<u64>())
+            .collect();
+        let mut x = fine.clone();
+        x.merge(&coarse);
+        assert_eq!(x.num_bins(), 64);
+        assert_eq!(x.bins(), by_hand.as_slice());
+        assert_eq!(x.count(), 4000);
+        Ok(())
+    }
+
     /// Tables store only the non-empty span; full arrays (older tables)
     /// read too; a span beyond the bin count is rejected.
     #[test]

@@ -440,6 +440,20 @@ mod tests {
         let s = mm.stats();
         assert!(s.has_nonfinite());
         assert_eq!((s.min, s.max, s.count), (-2.0, 1.0, 3));
+        // A run resumed from the record keeps the non-finite counts and
+        // adds to them: 2 + 1 NaN, 1 + 0 +inf, 1 + 1 -inf.
+        let mut resumed = MinMax::from_stats(&s).unwrap_or_default();
+        assert_eq!(resumed.stats(), s);
+        resumed.observe(&[f32::NAN, f32::NEG_INFINITY, 3.0]);
+        assert_eq!(
+            resumed.nonfinite(),
+            NonFiniteCounts {
+                nan: 3,
+                pos_inf: 1,
+                neg_inf: 2
+            }
+        );
+        assert_eq!((resumed.count(), resumed.range()), (4, Some((-2.0, 3.0))));
     }
 
     #[test]
@@ -482,6 +496,11 @@ mod tests {
     fn moving_average_depends_on_batch_order() -> Result<(), CalibError> {
         let (small, large) = ([-1.0, 1.0], [-3.0, 5.0]);
         let mut a = MovingAverageMinMax::new(0.5)?;
+        // No range before a finite value, also after a NaN-only batch.
+        assert_eq!((a.range(), a.batches()), (None, 0));
+        let mut only_nan = MovingAverageMinMax::new(0.5)?;
+        only_nan.observe(&[f32::NAN, f32::INFINITY]);
+        assert_eq!((only_nan.range(), only_nan.batches()), (None, 0));
         for batch in [small, small, large] {
             a.observe(&batch);
         }

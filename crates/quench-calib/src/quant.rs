@@ -313,6 +313,13 @@ mod tests {
         );
         assert_eq!(QuantTarget::U8.symmetric_zero_point(), 128);
         assert_eq!(QuantTarget::I8.symmetric_zero_point(), 0);
+        // Steps across the range: 2^bits - 1 whatever the sign.
+        assert_eq!(
+            (QuantTarget::U8.steps(), QuantTarget::I8.steps()),
+            (255, 255)
+        );
+        assert_eq!(QuantTarget::new(4, true, true)?.steps(), 15);
+        assert_eq!(QuantTarget::I16_SYMMETRIC.steps(), 65535);
         assert_eq!(
             QuantTarget::new(3, true, true),
             Err(CalibError::InvalidBits(3))

@@ -330,3 +330,74 @@ fn zeros_survive_weight_quantization() {
         assert_eq!(checked, s.layers.len(), "{file}: every weight quantized");
     }
 }
+
+/// `plan_sensitivity`'s greedy choice worked out by hand. Noise power of a
+/// point is 10^(-SQNR/10); a move's cost is added noise per pruned weight.
+#[test]
+fn sensitivity_plan_by_hand() {
+    use quench_passes::prune::{plan_sensitivity, LayerSensitivity, PruneTarget};
+    let layer = |name: &str, weights: usize, points: &[(f64, f64)]| LayerSensitivity {
+        node: name.to_string(),
+        weight: name.to_string(),
+        weights,
+        points: points.to_vec(),
+    };
+    let noise = |db: f64| 10f64.powf(-db / 10.0);
+    let sqnr = |n: f64| -10.0 * n.log10();
+    let near = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+
+    // A: 100 weights, 0.5 -> 40 dB, 0.9 -> 20 dB; B: 300 weights, 0.5 -> 30 dB.
+    // Target 0.5 = 200 weights. Costs from dense: A 0.5: 1e-4 / 50 = 2e-6,
+    // A 0.9: 1e-2 / 90, B 0.5: 1e-3 / 150 = 6.7e-6. A to 0.5 first; then
+    // B 0.5 (6.7e-6) beats A 0.9 (9.9e-3 / 40) and meets the target exactly.
+    let rows = [
+        layer("A", 100, &[(0.5, 40.0), (0.9, 20.0)]),
+        layer("B", 300, &[(0.5, 30.0)]),
+    ];
+    let p = plan_sensitivity(&rows, 0.5, None);
+    assert_eq!(
+        p.steps,
+        vec![("A".to_string(), 0.5), ("B".to_string(), 0.5)]
+    );
+    assert!(near(p.sparsity, 0.5), "{p:?}");
+    assert!(
+        near(p.estimated_sqnr_db, sqnr(noise(40.0) + noise(30.0))),
+        "{p:?}"
+    );
+
+    // Sizes decide: A (100 weights, 0.5 -> 30 dB) costs 1e-3 / 50 = 2e-5,
+    // B (1000 weights, 0.5 -> 25 dB) 3.16e-3 / 500 = 6.3e-6: B first. Target
+    // 0.25 = 275 of 1100 weights is 55% of B's move: B at 0.275 with 55% of
+    // its noise.
+    let rows = [
+        layer("A", 100, &[(0.5, 30.0)]),
+        layer("B", 1000, &[(0.5, 25.0)]),
+    ];
+    let p = plan_sensitivity(&rows, 0.25, None);
+    assert_eq!(p.steps.len(), 1, "{p:?}");
+    assert_eq!(p.steps[0].0, "B");
+    assert!(near(p.steps[0].1, 0.275), "{p:?}");
+    assert!(near(p.sparsity, 0.25), "{p:?}");
+    assert!(near(p.estimated_sqnr_db, sqnr(0.55 * noise(25.0))), "{p:?}");
+
+    // A floor of 28 dB (noise 1.58e-3): B's move (3.16e-3) is never
+    // allowed; A's (1e-3) is, and planning stops short: 50 / 1100.
+    let p = plan_sensitivity(&rows, 0.25, Some(28.0));
+    assert_eq!(p.steps, vec![("A".to_string(), 0.5)]);
+    assert!(near(p.sparsity, 50.0 / 1100.0), "{p:?}");
+    assert!(near(p.estimated_sqnr_db, 30.0), "{p:?}");
+
+    // A move cut short from a measured point: A at 0.5 (1e-4) first, then
+    // 20 of the 40 weights of its move to 0.9 (1e-3): noise halfway,
+    // 1e-4 + (1e-3 - 1e-4) / 2 = 5.5e-4.
+    let rows = [layer("A", 100, &[(0.5, 40.0), (0.9, 30.0)])];
+    let p = plan_sensitivity(&rows, 0.7, None);
+    assert_eq!(p.steps.len(), 2, "{p:?}");
+    assert!(near(p.steps[1].1, 0.7) && near(p.sparsity, 0.7), "{p:?}");
+    assert!(near(p.estimated_sqnr_db, sqnr(5.5e-4)), "{p:?}");
+
+    // Sparsity of targets: N:M keeps n of m.
+    assert_eq!(PruneTarget::NM { n: 2, m: 4 }.sparsity(), 0.5);
+    assert_eq!(PruneTarget::NM { n: 1, m: 4 }.sparsity(), 0.75);
+    assert_eq!(PruneTarget::Unstructured { sparsity: 0.3 }.sparsity(), 0.3);
+}

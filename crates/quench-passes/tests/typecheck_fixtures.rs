@@ -34,3 +34,29 @@ fn fixtures_pass_the_type_check() {
     }
     assert!(checked >= 20, "only {checked} fixtures");
 }
+
+/// DequantizeLinear's input types by opset (the ONNX schemas): int32 (the
+/// bias form) from opset 10 on, int16 only from 21; a float input never.
+#[test]
+fn dequantize_input_types_follow_the_opset() {
+    let check = |elem: &str, opset: i64| {
+        let text = format!(
+            "# ir_version 8; opset ai.onnx {opset}\ngraph main(%x: {elem}[4], %s: f32[], %z: {elem}[]) -> (%0)\n  %0 = DequantizeLinear(%x, %s, %z) : f32[4]  # dq: y\n"
+        );
+        let m = quench_ir::parse_model(&text).expect("parses");
+        typecheck::check(&m.graph, opset).is_ok()
+    };
+    let got: Vec<bool> = [
+        ("i32", 13),
+        ("i32", 19),
+        ("i32", 21),
+        ("u8", 13),
+        ("i16", 13),
+        ("i16", 21),
+        ("f32", 13),
+    ]
+    .iter()
+    .map(|(e, o)| check(e, *o))
+    .collect();
+    assert_eq!(got, vec![true, true, true, true, false, true, false]);
+}

@@ -648,3 +648,107 @@ fn integer_formats_search_like_targets() -> TestResult {
     close(narrow, full, full * 0.01, "narrow int8 mse");
     Ok(())
 }
+
+/// `expected_sq_error` on a coarse histogram summed by hand: 256 bins of
+/// width w = 1/64 over [-2, 2); 100 values in the bin centred at
+/// 0.3046875, 10 in the last bin (centre 1.9921875), 5 in the bin centred
+/// at -1.4921875. A value inside the representable range costs
+/// `scale^2 / 12`; beyond an end, the squared distance of its bin centre to
+/// that end plus `w^2 / 12` (uniform within the bin).
+#[test]
+fn expected_error_sums_rounding_and_clipping_by_hand() -> TestResult {
+    let mut data = vec![0.3f32; 100];
+    data.extend([1.99f32; 10]);
+    data.extend([-1.5f32; 5]);
+    let mut h = Histogram::with_bins(256)?;
+    h.observe(&data);
+    let s = h.stats();
+    let w = 1.0 / 64.0;
+    let (c_mid, c_top, c_neg) = (0.3046875f64, 1.9921875f64, -1.4921875f64);
+    let hd = s.histogram.as_ref().ok_or("no histogram")?;
+    assert_eq!((hd.range(), hd.bin_width()), (2.0, w));
+
+    // [0, 255/128]: scale 1/128 exactly, zero point 0, so the ends are 0
+    // and 255/128 = c_top. The top bin is inside (its centre is the end),
+    // the negative bin is clipped at 0.
+    let scale = 1.0 / 128.0;
+    let want = (110.0 * scale * scale / 12.0 + 5.0 * (c_neg.powi(2) + w * w / 12.0)) / 115.0;
+    let got = expected_sq_error(&s, (0.0, 255.0 / 128.0), U8).ok_or("no estimate")?;
+    close(got, want, want * 1e-12, "u8 [0, 255/128]");
+
+    // [-1, 1]: scale (2/255 in f32), zero point round(1 / scale) = 127,
+    // ends -127 * scale and 128 * scale; the top and negative bins are
+    // clipped.
+    let scale = f64::from((2.0f64 / 255.0) as f32);
+    let (lo, hi) = (-127.0 * scale, 128.0 * scale);
+    let want = (100.0 * scale * scale / 12.0
+        + 10.0 * ((c_top - hi).powi(2) + w * w / 12.0)
+        + 5.0 * ((c_neg - lo).powi(2) + w * w / 12.0))
+        / 115.0;
+    let got = expected_sq_error(&s, (-1.0, 1.0), U8).ok_or("no estimate")?;
+    close(got, want, want * 1e-9, "u8 [-1, 1]");
+    let _ = c_mid;
+
+    // E4M3 over [-1, 1]: scale 1 / 448, ends +-448 * scale = +-1; inside,
+    // the squared spacing of E4M3 at the bin centre over 12.
+    let f = QuantFormat::F8E4M3FN;
+    let k = FloatKind::F8E4M3FN;
+    let fs = f64::from(f.params(-1.0, 1.0)?.scale);
+    assert!((fs - 1.0 / 448.0).abs() < 1e-9, "{fs}");
+    let step = |x: f64| k.spec().spacing(x / fs) * fs;
+    // 0.3046875 / scale = 136.5 lies in the binade [128, 256), where 3
+    // mantissa bits space codes 16 apart: a step of 16 * scale.
+    assert!((step(c_mid) - 16.0 * fs).abs() < 1e-12);
+    let (lo, hi) = (-448.0 * fs, 448.0 * fs);
+    let want = (100.0 * step(c_mid).powi(2) / 12.0
+        + 10.0 * ((c_top - hi).powi(2) + w * w / 12.0)
+        + 5.0 * ((c_neg - lo).powi(2) + w * w / 12.0))
+        / 115.0;
+    let got = expected_sq_error_for(&s, (-1.0, 1.0), &f).ok_or("no estimate")?;
+    close(got, want, want * 1e-9, "e4m3 [-1, 1]");
+
+    // Without a histogram or without values there is no estimate.
+    let mut mm = MinMax::new();
+    mm.observe(&data);
+    assert_eq!(expected_sq_error(&mm.stats(), (-1.0, 1.0), U8), None);
+    let empty = Histogram::with_bins(256)?.stats();
+    assert_eq!(expected_sq_error(&empty, (-1.0, 1.0), U8), None);
+    Ok(())
+}
+
+/// `coarsen` sums runs of a power of two of bins until at most `max_len`
+/// (at least 2) remain, keeping the total.
+#[test]
+fn coarsen_sums_power_of_two_runs() {
+    let bins: Vec<u64> = (1..=16).collect();
+    assert_eq!(coarsen(&bins, 4), (vec![10, 26, 42, 58], 4));
+    assert_eq!(coarsen(&bins, 5), (vec![10, 26, 42, 58], 4));
+    assert_eq!(coarsen(&bins, 8), ((1..=8).map(|i| 4 * i - 1).collect(), 2));
+    assert_eq!(coarsen(&bins, 16), (bins.clone(), 1));
+    assert_eq!(coarsen(&bins, 0), (vec![36, 100], 8));
+    let fine = vec![3u64; 1 << 16];
+    let (c, f) = coarsen(&fine, ENTROPY_MAX_BINS);
+    assert!(c.len() <= ENTROPY_MAX_BINS && c.len() * 2 > ENTROPY_MAX_BINS);
+    assert_eq!((c.len() * f, c.iter().sum::<u64>()), (1 << 16, 3 << 16));
+}
+
+/// Negative-only data (-|Z|) mirrors the positive case (|Z|): the MSE
+/// search may end its range at 0 from below, and the range is the
+/// positive one negated, to a bin (w = 8 / 1024 here). (Exact zeros are
+/// avoided: the histogram puts them in the bin above 0 on either side.)
+#[test]
+fn negative_only_data_mirrors_the_positive_range() -> TestResult {
+    let pos: Vec<f32> = gaussian(6).into_iter().map(f32::abs).collect();
+    let neg: Vec<f32> = pos.iter().map(|x| -x).collect();
+    let (plo, phi) = choose_range(&hist_stats(&pos), RangeMethod::Mse, U8)?;
+    let (nlo, nhi) = choose_range(&hist_stats(&neg), RangeMethod::Mse, U8)?;
+    assert!((0.0..1e-3).contains(&plo) && phi > 2.0, "{plo} {phi}");
+    assert!(nhi <= 0.0 && nhi > -1e-3, "{nlo} {nhi}");
+    close(
+        f64::from(nlo),
+        -f64::from(phi),
+        8.0 / 1024.0,
+        "mirrored mse range",
+    );
+    Ok(())
+}
