@@ -389,3 +389,53 @@ fn contained_tract_panics_print_no_panic_message() {
     assert!(!text.contains("panicked at"), "{text}");
     assert!(!text.contains("RUST_BACKTRACE"), "{text}");
 }
+
+/// `--method auto` counts samples, not rows of a fixed first input
+/// dimension, and says when the judging samples are the fitting ones
+/// (fewer than 16). Found by the adversarial pass: 8 samples of an [8, 3]
+/// input were reported as "64 calibration samples ... judged on 64 other
+/// samples".
+#[test]
+fn auto_reports_samples_not_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w: Vec<f32> = (0..12).map(|i| (i % 5) as f32 * 0.3 - 0.6).collect();
+    let w2: Vec<f32> = (0..8).map(|i| (i % 3) as f32 * 0.5 - 0.4).collect();
+    let m = model(
+        vec![
+            node("MatMul", "mm", &["x", "w"], "m", vec![]),
+            node("Relu", "relu", &["m"], "r", vec![]),
+            node("MatMul", "mm2", &["r", "w2"], "y", vec![]),
+        ],
+        vec![vi("x", DataType::Float, &[8, 3])],
+        vec![f32s("w", &[3, 4], &w), f32s("w2", &[4, 2], &w2)],
+        vec![vi("y", DataType::Float, &[8, 2])],
+    );
+    let input = write(dir.path(), "fixed.onnx", &m);
+    let cal = dir.path().join("cal");
+    std::fs::create_dir(&cal).expect("mkdir");
+    let x = ndarray::Array3::<f32>::from_shape_fn((10, 8, 3), |(s, i, k)| {
+        ((s * 31 + i * 7 + k * 3) % 17) as f32 / 8.0 - 1.0
+    });
+    ndarray_npy::write_npy(cal.join("x.npy"), &x).expect("npy");
+    let out = dir.path().join("out.onnx");
+    let report = dir.path().join("r.json");
+    let (code, text) = quench(&[
+        "compile",
+        &input,
+        "-c",
+        cal.to_str().expect("path"),
+        "-o",
+        out.to_str().expect("path"),
+        "--report",
+        report.to_str().expect("path"),
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("report")).expect("json");
+    let auto = &r["auto_ranges"];
+    // 10 samples, 2 held back for evaluation: 8 calibrate.
+    assert_eq!(auto["fit_samples"], 8, "{auto}");
+    assert_eq!(auto["judge_samples"], 8, "{auto}");
+    assert_eq!(auto["judged_apart"], false, "{auto}");
+    assert!(!text.contains("other samples"), "{text}");
+}

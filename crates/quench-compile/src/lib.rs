@@ -440,7 +440,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             .join(", ");
                         if rep.kept {
                             out.note(format!(
-                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {} outlier(s) left float{}; judged on {} other samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
+                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {} outlier(s) left float{}; judged on {} {} samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
                                 rep.method,
                                 rep.fit_samples,
                                 rep.float.len(),
@@ -457,6 +457,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                     )
                                 },
                                 rep.judge_samples,
+                                if rep.judged_apart { "other" } else { "of the same" },
                                 rep.auto_db,
                                 rep.minmax_db,
                                 rep.runs,
