@@ -484,3 +484,59 @@ fn nan_in_any_calibration_sample_is_named_by_its_file_index() {
         assert!(!out.exists(), "NaN in sample {bad}: a model was written");
     }
 }
+
+/// A FIFO (or other special file) in a data directory is refused at once:
+/// opening one blocks until a writer appears, so `compile -c dir` with a
+/// FIFO named `x.npy` hung (issue 12, defect 7; still there in the
+/// adversarial pass).
+#[test]
+fn a_fifo_in_the_data_directory_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w: Vec<f32> = (0..32).map(|i| (i % 5) as f32 * 0.3 - 0.6).collect();
+    let m = model(
+        vec![node("MatMul", "mm", &["x", "w"], "y", vec![])],
+        vec![vi("x", DataType::Float, &[1, 8])],
+        vec![f32s("w", &[8, 4], &w)],
+        vec![vi("y", DataType::Float, &[1, 4])],
+    );
+    let input = write(dir.path(), "mm.onnx", &m);
+    let cal = dir.path().join("cal");
+    let pb = dir.path().join("pb").join("test_data_set_0");
+    std::fs::create_dir(&cal).expect("mkdir");
+    std::fs::create_dir_all(&pb).expect("mkdir");
+    for f in [cal.join("x.npy"), pb.join("input_0.pb")] {
+        let st = Command::new("mkfifo").arg(&f).status().expect("mkfifo");
+        assert!(st.success());
+    }
+    let out = dir.path().join("out.onnx");
+    for data in [cal, dir.path().join("pb")] {
+        let t0 = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quench"))
+            .args(["compile", &input, "-c"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run quench");
+        let status = loop {
+            if let Some(s) = child.try_wait().expect("wait") {
+                break Some(s);
+            }
+            if t0.elapsed().as_secs() > 30 {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let status =
+            status.unwrap_or_else(|| panic!("{}: still waiting after 30 s", data.display()));
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err)
+            .expect("stderr");
+        assert_eq!(status.code(), Some(1), "{}: {err}", data.display());
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+}
