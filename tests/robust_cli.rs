@@ -540,3 +540,36 @@ fn a_fifo_in_the_data_directory_is_refused_not_waited_on() {
         assert!(err.contains("not a regular file"), "{err}");
     }
 }
+
+/// An unknown `--exclude-nodes` name on a model whose nodes have no names
+/// suggests no empty names (it printed "nearest: ``, ``, ``").
+#[test]
+fn exclude_nodes_suggests_no_empty_names() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w: Vec<f32> = (0..32).map(|i| (i % 5) as f32 * 0.3 - 0.6).collect();
+    let m = model(
+        vec![
+            node("MatMul", "", &["x", "w"], "m", vec![]),
+            node("Relu", "", &["m"], "y", vec![]),
+        ],
+        vec![vi("x", DataType::Float, &[1, 8])],
+        vec![f32s("w", &[8, 4], &w)],
+        vec![vi("y", DataType::Float, &[1, 4])],
+    );
+    let input = write(dir.path(), "unnamed.onnx", &m);
+    let out = dir.path().join("out.onnx");
+    let (code, text) = quench(&[
+        "compile",
+        &input,
+        "-o",
+        out.to_str().expect("path"),
+        "--mode",
+        "weight-only",
+        "--exclude-nodes",
+        "nope",
+    ]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("--exclude-nodes `nope`"), "{text}");
+    assert!(!text.contains("``"), "{text}");
+    assert!(text.contains("its nodes have no names"), "{text}");
+}

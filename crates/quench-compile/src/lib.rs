@@ -204,14 +204,19 @@ fn check_node_names(names: &[String], model: &Model) -> Result<()> {
         if all.iter().any(|a| a == n) {
             continue;
         }
-        let mut near: Vec<(usize, &String)> =
-            all.iter().map(|a| (edit_distance(a, n), a)).collect();
+        // Unnamed nodes are no suggestion (they printed as "``").
+        let mut near: Vec<(usize, &String)> = all
+            .iter()
+            .filter(|a| !a.is_empty())
+            .map(|a| (edit_distance(a, n), a))
+            .collect();
         near.sort();
+        near.dedup();
         let hint: Vec<String> = near.iter().take(3).map(|(_, a)| format!("`{a}`")).collect();
         anyhow::bail!(
             "--exclude-nodes `{n}`: the model has no node of that name{}",
             if hint.is_empty() {
-                String::new()
+                " (its nodes have no names; --exclude-op-types selects by op type)".to_string()
             } else {
                 format!(" (nearest: {})", hint.join(", "))
             }
