@@ -573,3 +573,51 @@ fn exclude_nodes_suggests_no_empty_names() {
     assert!(!text.contains("``"), "{text}");
     assert!(text.contains("its nodes have no names"), "{text}");
 }
+
+/// A calibration table that holds none of the model's activation tensors
+/// was made for another model: an error, nothing written (it was accepted
+/// with a note, every activation left float, exit 0).
+#[test]
+fn a_table_from_another_model_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w: Vec<f32> = (0..32).map(|i| (i % 5) as f32 * 0.3 - 0.6).collect();
+    let mlp = |x: &str, m: &str, y: &str| {
+        model(
+            vec![
+                node("MatMul", "mm", &[x, "w"], m, vec![]),
+                node("Relu", "relu", &[m], y, vec![]),
+            ],
+            vec![vi(x, DataType::Float, &[1, 8])],
+            vec![f32s("w", &[8, 4], &w)],
+            vec![vi(y, DataType::Float, &[1, 4])],
+        )
+    };
+    let a = write(dir.path(), "a.onnx", &mlp("x", "m", "y"));
+    let b = write(dir.path(), "b.onnx", &mlp("input", "hidden", "output"));
+    let cal = dir.path().join("cal");
+    std::fs::create_dir(&cal).expect("mkdir");
+    let x = ndarray::Array3::<f32>::from_shape_fn((6, 1, 8), |(s, _, k)| {
+        ((s * 13 + k * 5) % 11) as f32 / 5.0 - 1.0
+    });
+    ndarray_npy::write_npy(cal.join("x.npy"), &x).expect("npy");
+    let table = dir.path().join("a.json");
+    let table = table.to_str().expect("path");
+    let (code, text) = quench(&[
+        "calibrate",
+        &a,
+        "-c",
+        cal.to_str().expect("path"),
+        "-o",
+        table,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    let out = dir.path().join("out.onnx");
+    let out_s = out.to_str().expect("path");
+    let (code, text) = quench(&["compile", &a, "--calibration-table", table, "-o", out_s]);
+    assert_eq!(code, 0, "its own table: {text}");
+    std::fs::remove_file(&out).expect("rm");
+    let (code, text) = quench(&["compile", &b, "--calibration-table", table, "-o", out_s]);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("none of this model's"), "{text}");
+    assert!(!out.exists(), "a model was written");
+}

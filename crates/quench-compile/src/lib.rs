@@ -770,6 +770,18 @@ fn calibrate_phase(
             .iter()
             .filter(|n| !table.tensors.contains_key(*n))
             .collect();
+        // Not one planned tensor in the table: it was made for another
+        // model (it was accepted with a note and every activation left
+        // float, exit 0).
+        if !tensors.is_empty() && missing.len() == tensors.len() && !table.tensors.is_empty() {
+            anyhow::bail!(
+                "{}: the calibration table has none of this model's {} activation tensors (e.g. `{}`); it was made for `{}`, another model or another version of it: run `quench calibrate` on this model",
+                t.display(),
+                tensors.len(),
+                tensors[0],
+                table.model
+            );
+        }
         if !missing.is_empty() {
             out.note(format!(
                 "calibration table lacks {} tensors (they stay float), e.g. `{}`",
