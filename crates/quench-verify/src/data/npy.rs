@@ -602,6 +602,21 @@ fn read_npz_entries(
     Ok(out)
 }
 
+/// Opens `path` for reading if it is a regular file (after symlinks), and
+/// refuses anything else first: opening a FIFO blocks until a writer
+/// appears (a FIFO named `input.npy` hung the loader), and a device can
+/// stream without end.
+pub(super) fn open_regular(path: &Path) -> std::io::Result<File> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO or device)",
+        ));
+    }
+    File::open(path)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -1097,19 +1112,4 @@ mod tests {
         }
         assert!(opened.next().is_none());
     }
-}
-
-/// Opens `path` for reading if it is a regular file (after symlinks), and
-/// refuses anything else first: opening a FIFO blocks until a writer
-/// appears (a FIFO named `input.npy` hung the loader), and a device can
-/// stream without end.
-pub(super) fn open_regular(path: &Path) -> std::io::Result<File> {
-    let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a regular file (a directory, FIFO or device)",
-        ));
-    }
-    File::open(path)
 }
