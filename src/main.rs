@@ -44,6 +44,9 @@ enum Command {
 
 fn main() -> ExitCode {
     quench::alloc::tune();
+    // tract panics are contained and reported as errors naming the phase
+    // and node; the default hook would also print them as "panicked".
+    quench_verify::quiet_contained_panics();
     // An interrupted save must not leave its (possibly full-size) temporary
     // files behind: remove them, then exit as the signal would (128 + 2).
     // If the handler cannot be installed, saves still work; only the

@@ -68,6 +68,32 @@ pub fn load_data(path: &Path, model: &ModelProto) -> Result<(Dataset, Feed)> {
     Ok((d, feed))
 }
 
+/// Refuses calibration data holding NaN or infinity, before the held-back
+/// split: a held-back sample would otherwise only show as a NaN SQNR
+/// (exit 0), and a calibration sample would be named by its index after
+/// the split rather than in the file. The error names the input and the
+/// sample's index in the data as stored.
+fn check_finite(data: &Dataset, feed: Feed) -> Result<()> {
+    const CHUNK: usize = 64;
+    let names = data.input_names();
+    for r in feed.ranges(data.samples(), CHUNK) {
+        let inputs = data.feed(feed, r.clone())?;
+        for (a, name) in inputs.iter().zip(&names) {
+            if let Some(row) = a.first_non_finite_row() {
+                let sample = match feed {
+                    Feed::Sample => r.start,
+                    Feed::Batch { .. } => r.start + row,
+                };
+                return Err(crate::calibrate::BadData(format!(
+                    "calibration input `{name}`, sample {sample}: holds NaN or infinity; calibration needs finite data"
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Seed of the held-back split: the same data always splits the same way.
 pub const SPLIT_SEED: u64 = 20_261_127;
 
@@ -144,6 +170,7 @@ impl DataPlan {
         let n = data.samples();
         let shown = path.display();
         if opts.calibrates_on_data() {
+            check_finite(&data, feed)?;
             if plan.eval.is_none() && opts.verify && n >= 5 {
                 let (cal_rows, eval_rows) = held_back(n);
                 plan.eval = Some(Bound {

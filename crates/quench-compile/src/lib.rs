@@ -204,14 +204,19 @@ fn check_node_names(names: &[String], model: &Model) -> Result<()> {
         if all.iter().any(|a| a == n) {
             continue;
         }
-        let mut near: Vec<(usize, &String)> =
-            all.iter().map(|a| (edit_distance(a, n), a)).collect();
+        // Unnamed nodes are no suggestion (they printed as "``").
+        let mut near: Vec<(usize, &String)> = all
+            .iter()
+            .filter(|a| !a.is_empty())
+            .map(|a| (edit_distance(a, n), a))
+            .collect();
         near.sort();
+        near.dedup();
         let hint: Vec<String> = near.iter().take(3).map(|(_, a)| format!("`{a}`")).collect();
         anyhow::bail!(
             "--exclude-nodes `{n}`: the model has no node of that name{}",
             if hint.is_empty() {
-                String::new()
+                " (its nodes have no names; --exclude-op-types selects by op type)".to_string()
             } else {
                 format!(" (nearest: {})", hint.join(", "))
             }
@@ -440,7 +445,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             .join(", ");
                         if rep.kept {
                             out.note(format!(
-                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {}{} outlier(s) left float{}; judged on {} other samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
+                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {}{} outlier(s) left float{}; judged on {} {} samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
                                 rep.method,
                                 rep.fit_samples,
                                 rep.float_op_types
@@ -461,6 +466,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                     )
                                 },
                                 rep.judge_samples,
+                                if rep.judged_apart { "other" } else { "of the same" },
                                 rep.auto_db,
                                 rep.minmax_db,
                                 rep.runs,
@@ -785,6 +791,18 @@ fn calibrate_phase(
             .iter()
             .filter(|n| !table.tensors.contains_key(*n))
             .collect();
+        // Not one planned tensor in the table: it was made for another
+        // model (it was accepted with a note and every activation left
+        // float, exit 0).
+        if !tensors.is_empty() && missing.len() == tensors.len() && !table.tensors.is_empty() {
+            anyhow::bail!(
+                "{}: the calibration table has none of this model's {} activation tensors (e.g. `{}`); it was made for `{}`, another model or another version of it: run `quench calibrate` on this model",
+                t.display(),
+                tensors.len(),
+                tensors[0],
+                table.model
+            );
+        }
         if !missing.is_empty() {
             out.note(format!(
                 "calibration table lacks {} tensors (they stay float), e.g. `{}`",

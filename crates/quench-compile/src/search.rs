@@ -87,6 +87,9 @@ pub struct AutoReport {
     /// Calibration samples the choices were fitted on, and judged on.
     pub fit_samples: usize,
     pub judge_samples: usize,
+    /// Whether the judging samples are other samples than the fitting ones
+    /// (false below 16 samples: both are all of them).
+    pub judged_apart: bool,
     /// Output score (dB, fitting samples) of each method for all.
     pub methods: Vec<(String, f64)>,
     /// The method for all (step 1; when the result was not kept, the
@@ -299,13 +302,11 @@ impl ParamBench {
 
     /// Samples the bench runs on.
     pub fn samples(&self) -> usize {
-        self.batches
-            .iter()
-            .map(|b| {
-                b.first()
-                    .map_or(0, |a| a.shape().first().copied().unwrap_or(1))
-            })
-            .sum()
+        // Counted per batch as fed (one per run for inputs without a batch
+        // axis): the first array's leading axis would count a fixed first
+        // dimension of the model's input as samples (8 samples of an
+        // [8, 3] input were reported as 64).
+        self.rows.iter().sum()
     }
 
     /// Every pair with the parameters it was built with, on or off.
@@ -655,6 +656,7 @@ pub fn search(
     }
     let report = AutoReport {
         fit_samples: fit.samples(),
+        judged_apart: fit_rows != judge_rows,
         judge_samples: judge.samples(),
         methods,
         method: method_name(METHODS[used]),

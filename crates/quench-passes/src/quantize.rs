@@ -630,11 +630,27 @@ fn output_to_quantize(
     let relu = util::sole_consumer(g, y)
         .filter(|r| asymmetric && !excluded(g.node(*r)) && absorbable(g, *r));
     if let Some(r) = relu {
-        if let Some(ro) = g.node(r).output(0).filter(|o| !g.is_graph_output(*o)) {
+        // Absorbing removes the Relu and renames `y` to its output: a
+        // subgraph capturing that output (If/Loop/Scan bodies read it by
+        // name, not through the Q/DQ pair) would then read the value before
+        // the Relu, so such a Relu stays.
+        if let Some(ro) = g
+            .node(r)
+            .output(0)
+            .filter(|o| !g.is_graph_output(*o) && !captured_by_subgraph(g, *o))
+        {
             return Some((ro, Some(r)));
         }
     }
     (!g.is_graph_output(y)).then_some((y, None))
+}
+
+/// Whether a node's subgraph captures `v` (a use past the node's explicit
+/// inputs: see [`quench_ir::Use`]).
+fn captured_by_subgraph(g: &Graph, v: ValueId) -> bool {
+    g.uses(v)
+        .iter()
+        .any(|u| u.index >= g.node(u.node).inputs().len())
 }
 
 /// Relu, or Clip with a constant lower bound of 0, can be absorbed into an

@@ -33,4 +33,7 @@ pub use evaluate::{
     MAX_BATCH,
 };
 pub use metrics::{Accumulator, Metrics, MetricsError, Top1};
-pub use runner::{prepare_for_tract, InputFact, RunError, Runner, RunnerConfig, UnsupportedOp};
+pub use runner::{
+    panic_is_contained, prepare_for_tract, quiet_contained_panics, InputFact, RunError, Runner,
+    RunnerConfig, UnsupportedOp,
+};

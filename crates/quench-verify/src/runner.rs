@@ -476,7 +476,7 @@ impl Runner {
                 tract_onnx::tract_core::plan::eval(ctx, op_state, node, input)
             })
         };
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        catch(run)
             .map_err(|payload| {
                 let node = current
                     .get()
@@ -512,8 +512,42 @@ fn panic_error(
 /// the error, so asserting unwind safety is sound: the partly built model
 /// or plan is dropped.
 fn contain<T>(stage: &'static str, f: impl FnOnce() -> T) -> Result<T, RunError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .map_err(|payload| panic_error(stage, payload, None))
+    catch(f).map_err(|payload| panic_error(stage, payload, None))
+}
+
+thread_local! {
+    /// How many [`catch`] calls are active on this thread.
+    static CONTAINED: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// `catch_unwind` on a call into tract, marking the thread so that
+/// [`panic_is_contained`] is true while it runs.
+fn catch<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    CONTAINED.with(|c| c.set(c.get() + 1));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(c.get().saturating_sub(1)));
+    r
+}
+
+/// True on a thread inside a call into tract whose panic becomes a
+/// [`RunError::Panic`] (the message is carried by the error). A panic hook
+/// uses it to stay quiet about such panics: see
+/// [`quiet_contained_panics`].
+pub fn panic_is_contained() -> bool {
+    CONTAINED.with(|c| c.get() > 0)
+}
+
+/// Installs a panic hook that prints nothing for panics this crate
+/// contains (they reach the user as errors naming the phase and node) and
+/// defers to the previous hook for every other panic. For programs (the
+/// CLI); a library user keeps whatever hook it has unless it calls this.
+pub fn quiet_contained_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !panic_is_contained() {
+            previous(info);
+        }
+    }));
 }
 
 /// The tract element type for an ONNX element type code.

@@ -1063,10 +1063,13 @@ struct SequenceProbe {
 
 /// Reads a TensorProto file: its name (if any) and value.
 fn read_pb(path: &Path) -> Result<(Option<String>, ArrayData), DataError> {
-    let bytes = fs::read(path).map_err(|source| DataError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let mut bytes = Vec::new();
+    super::npy::open_regular(path)
+        .and_then(|mut f| std::io::Read::read_to_end(&mut f, &mut bytes))
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
     let bytes = Bytes::from(bytes);
     let decoded = TensorProto::decode(bytes.clone());
     // A SequenceProto (name 1, elem_type 2, tensor_values 3) also decodes

@@ -426,7 +426,7 @@ pub(super) fn open_npy(path: &Path, name: &str) -> Result<Opened, DataError> {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(|source| DataError::Io {
+    let mut file = open_regular(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
@@ -466,7 +466,7 @@ pub(super) fn open_npz(path: &Path) -> Result<Vec<(String, Opened)>, DataError> 
         path: path.to_path_buf(),
         source: ReadNpzError::Npy(e),
     };
-    let file = File::open(path).map_err(|source| DataError::Io {
+    let file = open_regular(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
@@ -540,7 +540,7 @@ fn parse_npy(bytes: &[u8]) -> Result<ArrayData, WholeError> {
 /// Reads the whole `.npy` file `path` (array `name`, for messages).
 pub(super) fn read_npy_file(path: &Path, name: &str) -> Result<ArrayData, DataError> {
     let mut bytes = Vec::new();
-    File::open(path)
+    open_regular(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|source| DataError::Io {
             path: path.to_path_buf(),
@@ -569,7 +569,7 @@ fn read_npz_entries(
         path: path.to_path_buf(),
         source: ReadNpzError::Zip(e),
     };
-    let file = File::open(path).map_err(|source| DataError::Io {
+    let file = open_regular(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
         source,
     })?;
@@ -600,6 +600,21 @@ fn read_npz_entries(
         out.push((name, a));
     }
     Ok(out)
+}
+
+/// Opens `path` for reading if it is a regular file (after symlinks), and
+/// refuses anything else first: opening a FIFO blocks until a writer
+/// appears (a FIFO named `input.npy` hung the loader), and a device can
+/// stream without end.
+pub(super) fn open_regular(path: &Path) -> std::io::Result<File> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, FIFO or device)",
+        ));
+    }
+    File::open(path)
 }
 
 #[cfg(test)]
