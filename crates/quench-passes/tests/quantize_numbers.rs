@@ -235,7 +235,7 @@ fn activations_without_usable_ranges_stay_float() -> Result<(), String> {
     let s = apply(&mut m.graph, &pl, &ranges, &cfg, 17, &mut PassCx::new(17))
         .map_err(|e| e.to_string())?;
     assert_eq!(s.weights_quantized, 0);
-    assert_eq!(s.notes, vec!["node `conv`: weights not finite; left float"]);
+    assert_eq!(s.notes, vec!["node `conv`: weights not finite (or a scale not a normal number of their type); left float"]);
     Ok(())
 }
 
@@ -447,7 +447,7 @@ graph main(%x: f32[1,2,2,2], %w: f32[2,2,1,1]) -> (%0)
         .collect();
     assert_eq!(
         d,
-        vec![(false, "weights are not a constant f32 tensor".to_string())]
+        vec![(false, "weights are not a constant float tensor".to_string())]
     );
     let mm = "# ir_version 8; opset ai.onnx 17
 graph main(%a: f32[2,3], %b: f32[3,2]) -> (%0)
