@@ -220,6 +220,29 @@ fn nibble(b: u8, k: usize, signed: bool) -> i32 {
     }
 }
 
+/// A constant of element type `elem` (f32, f16 or bf16) holding `values`,
+/// f16 and bf16 rounded to nearest even.
+pub fn float_const(elem: i32, dims: &[i64], values: &[f32]) -> quench_onnx::proto::TensorProto {
+    let kind = if elem == quench_onnx::proto::tensor_proto::DataType::Float16 as i32 {
+        (
+            quench_calib::FloatKind::F16,
+            quench_onnx::proto::tensor_proto::DataType::Float16,
+        )
+    } else if elem == quench_onnx::proto::tensor_proto::DataType::Bfloat16 as i32 {
+        (
+            quench_calib::FloatKind::BF16,
+            quench_onnx::proto::tensor_proto::DataType::Bfloat16,
+        )
+    } else {
+        return quench_ir::tensor::from_f32("", dims, values);
+    };
+    let raw: Vec<u8> = values
+        .iter()
+        .flat_map(|v| (kind.0.encode(*v) as u16).to_le_bytes())
+        .collect();
+    quench_ir::tensor::from_raw("", kind.1, dims, raw)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

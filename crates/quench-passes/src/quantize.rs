@@ -34,7 +34,6 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use quench_calib::{FloatKind, Granularity, QuantFormat, QuantParams, QuantTarget, Scheme};
 use quench_ir::{tensor, Graph, Node, NodeId, OpKind, ValueDef, ValueId};
 use quench_onnx::proto::tensor_proto::DataType;
-use quench_onnx::proto::TensorProto;
 use serde::{Deserialize, Serialize};
 
 use crate::rules::{rule, OpRule};
@@ -322,23 +321,6 @@ fn round_scale(elem: i32, scale: f32) -> Option<f32> {
         f32::MIN_POSITIVE
     };
     (r.is_finite() && r >= min_normal).then_some(r)
-}
-
-/// A constant of element type `elem` (f32, f16 or bf16) holding `values`,
-/// each exactly representable in that type (see [`round_scale`]).
-fn float_const(elem: i32, dims: &[i64], values: &[f32]) -> TensorProto {
-    let kind = if elem == DataType::Float16 as i32 {
-        (FloatKind::F16, DataType::Float16)
-    } else if elem == DataType::Bfloat16 as i32 {
-        (FloatKind::BF16, DataType::Bfloat16)
-    } else {
-        return tensor::from_f32("", dims, values);
-    };
-    let raw: Vec<u8> = values
-        .iter()
-        .flat_map(|v| (kind.0.encode(*v) as u16).to_le_bytes())
-        .collect();
-    tensor::from_raw("", kind.1, dims, raw)
 }
 
 /// A non-constant f32, f16 or bf16 tensor. Types come from
@@ -751,7 +733,7 @@ fn quantize_weight(
     let zps: Vec<i32> = params.iter().map(|p| p.zero_point).collect();
     let sv = g.add_const(
         &format!("{base}_scale"),
-        float_const(w_elem, &layout.scale_dims, &scales),
+        codes::float_const(w_elem, &layout.scale_dims, &scales),
     );
     let zv = g.add_const(
         &format!("{base}_zero_point"),
@@ -816,7 +798,7 @@ fn insert_qdq(
     let elem = codes::data_type(fmt.elem());
     let sv = g.add_const(
         &format!("{base}_scale"),
-        float_const(x_elem, &[], &[qp.scale]),
+        codes::float_const(x_elem, &[], &[qp.scale]),
     );
     let zv = g.add_const(
         &format!("{base}_zero_point"),

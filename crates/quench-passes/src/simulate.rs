@@ -200,7 +200,7 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
     g.remove_node(n);
     // The output has the scale's type (f16/bf16 from opset 19): the f32
     // product rounded to it, as ONNX's reference computes it.
-    g.define_const(out, float_const(out_elem, &dims, &out_f));
+    g.define_const(out, codes::float_const(out_elem, &dims, &out_f));
     // The stored codes are dropped once unused: runtimes the twin is for
     // may not even load their type (int4, float8).
     for v in node.inputs().iter().flatten() {
@@ -209,23 +209,6 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
         }
     }
     true
-}
-
-/// `values` as a constant of element type `elem`: f16 and bf16 rounded to
-/// nearest even, anything else f32.
-fn float_const(elem: i32, dims: &[i64], values: &[f32]) -> quench_onnx::proto::TensorProto {
-    let kind = if elem == DataType::Float16 as i32 {
-        (quench_calib::FloatKind::F16, DataType::Float16)
-    } else if elem == DataType::Bfloat16 as i32 {
-        (quench_calib::FloatKind::BF16, DataType::Bfloat16)
-    } else {
-        return tensor::from_f32("", dims, values);
-    };
-    let raw: Vec<u8> = values
-        .iter()
-        .flat_map(|v| (kind.0.encode(*v) as u16).to_le_bytes())
-        .collect();
-    tensor::from_raw("", kind.1, dims, raw)
 }
 
 /// One activation Q/DQ pair of a [`parametric_twin`]: its scale, zero
