@@ -178,7 +178,7 @@ fn every_fixture_compiles_in_every_mode() {
             // auto ranges on 10 random samples, ONNX Runtime's x86 u8s8
             // kernel ran mobilenet_tiny 4 quantization steps away from the
             // twin at one depthwise output, the interop check's limit being
-            // 1: a known ORT int16 saturation on AVX2, not yet handled.)
+            // 1; suspected, not verified: int16 saturation in that kernel.)
             let (code, stdout, stderr) = quench(&[
                 "compile",
                 model.to_str().unwrap(),
