@@ -166,8 +166,8 @@ pub fn attribute(
         .collect())
 }
 
-/// Samples the output-gain scan runs on: every candidate model is compiled
-/// once and run on these, against cached FP32 outputs.
+/// Samples the output-gain scan runs on (one parametric twin, one run per
+/// tensor, against FP32 outputs computed once).
 pub const GAIN_SAMPLES: usize = 32;
 
 /// Fills `float_gain_db` of every entry of `tensors`: the output SQNR

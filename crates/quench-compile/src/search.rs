@@ -233,7 +233,9 @@ impl ParamBench {
                 clamps.insert(name.clone(), c);
             }
         }
-        let clamp = |x: &str| crate::attribution::absorbed_clamp(g, &q.graph, x);
+        // Pairs of tensors sharing a root's parameters follow data
+        // movement, never an absorbed Relu/Clip: only roots have bounds.
+        let clamp = |x: &str| clamps.get(x).copied();
         let (pairs, _) = parametric_twin(&mut twin.graph, opset, &clamp);
         let sub = data.data.pick(rows);
         let data_names = quench_verify::input_names(original);
