@@ -114,7 +114,7 @@ pub struct Options {
     /// before calibration (the `equalize` pass).
     pub equalize: bool,
     /// Empirical bias correction of quantized compute layers (see
-    /// [`crate::bias`]); on by default, applied when calibration data is
+    /// [`crate::bias`]); off by default, applied when calibration data is
     /// given.
     pub bias_correction: bool,
     /// SmoothQuant for MatMuls fed by a LayerNormalization (see
@@ -167,7 +167,7 @@ impl Default for Options {
             float_outliers: true,
             error_compensated_rounding: false,
             equalize: false,
-            bias_correction: true,
+            bias_correction: false,
             smooth_quant: false,
             passes: None,
             dump_after: Vec::new(),
