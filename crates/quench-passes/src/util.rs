@@ -187,8 +187,15 @@ pub fn infer_elem_types(g: &Graph) -> std::collections::HashMap<ValueId, i32> {
                 .flatten()
                 .find_map(|v| t.get(v).copied()),
         };
+        // Ops whose every output has the type of output 0 (recurrent ops'
+        // sequences and final states, Split's parts); others type output 0.
+        let all = matches!(
+            node.kind(),
+            OpKind::LSTM | OpKind::GRU | OpKind::RNN | OpKind::Split
+        );
         if let Some(e) = out {
-            for o in node.outputs().iter().take(1).flatten() {
+            let n = if all { node.outputs().len() } else { 1 };
+            for o in node.outputs().iter().take(n).flatten() {
                 t.entry(*o).or_insert(e);
             }
         }
