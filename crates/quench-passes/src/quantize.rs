@@ -27,7 +27,11 @@
 //! Invariant: graph inputs and outputs stay float with their names; zero
 //! points are always explicit; a tensor whose calibrated range is not finite
 //! or is extreme (attention masks of -3.4e38) is left float and reported;
-//! unknown ops, custom domains and subgraph bodies are never touched.
+//! unknown ops and custom domains are never touched; subgraph bodies are
+//! not touched here ([`crate::subgraphs`] quantizes their weights after
+//! [`apply`], with [`quantize_in_place`] for the constants they capture).
+//! Constants that feed only recurrent ops' weights ([`Plan::stored`]) are
+//! quantized under their own name, so a body capturing one is unaffected.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
