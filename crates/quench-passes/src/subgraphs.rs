@@ -148,6 +148,8 @@ fn process(
         }
         let mut attrs = g.node(n).proto.attribute.clone();
         let mut caps: Option<Captures> = Some(HashMap::new());
+        // What this node's bodies did; counted only if they are written back.
+        let mut local = BodySummary::default();
         'attrs: for a in &mut attrs {
             let attr_name = a.name().to_string();
             for gp in a.g.iter_mut().chain(a.graphs.iter_mut()) {
@@ -164,7 +166,7 @@ fn process(
                     }
                 };
                 crate::constants_to_initializers::ConstantsToInitializers.run(&mut b, cx)?;
-                let inner = process(&mut b, cfg, opset, &inner_scope, depth + 1, s, cx)?;
+                let inner = process(&mut b, cfg, opset, &inner_scope, depth + 1, &mut local, cx)?;
                 crate::dead_code::DeadCode.run(&mut b, cx)?;
                 b.verify().map_err(|e| {
                     fail(format!(
@@ -174,7 +176,7 @@ fn process(
                     ))
                 })?;
                 *gp = quench_ir::export_graph(&b);
-                s.bodies += 1;
+                local.bodies += 1;
                 if let Some(c) = caps.as_mut() {
                     for (name, h) in inner {
                         let e = c.entry(name).or_insert_with(|| Some(Vec::new()));
@@ -188,7 +190,11 @@ fn process(
         }
         if caps.is_some() {
             g.node_proto_mut(n).proto.attribute = attrs;
+            s.bodies += local.bodies;
+            s.weights_quantized += local.weights_quantized;
+            s.decisions.extend(local.decisions);
         }
+        s.notes.extend(local.notes);
         nested.insert(n, caps);
     }
     let names: Vec<String> = g.value_ids().map(|v| g.value(v).name.clone()).collect();

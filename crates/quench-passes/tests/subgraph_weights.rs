@@ -145,3 +145,68 @@ fn opset_below_13_quantizes_captured_weights_per_tensor() {
     let scale = g.node(dq).input(1).unwrap();
     assert!(g.const_tensor(scale).unwrap().dims.is_empty());
 }
+
+// LSTM weights in the main graph: `w` sliced per gate and concatenated (as
+// PyTorch exports an LSTM cell), `r` directly; `r2` also feeds an Add.
+const LSTM: &str = "\
+# ir_version 8; opset ai.onnx 17
+graph g(%x: f32[1,1,4]) -> (%5, %6, %7)
+  %w = const f32[16,4]
+  %r = const f32[1,16,4]
+  %r2 = const f32[1,16,4]
+  %lo = const i64[1] [0]
+  %mid = const i64[1] [8]
+  %hi = const i64[1] [16]
+  %ax = const i64[1] [0]
+  %0 = Slice(%w, %lo, %mid, %ax) : f32[8,4]                   # s0: w0
+  %1 = Slice(%w, %mid, %hi, %ax) : f32[8,4]                   # s1: w1
+  %2 = Concat(%0, %1) {axis=0} : f32[16,4]                    # cat: wc
+  %3 = Unsqueeze(%2, %ax) : f32[1,16,4]                       # unsq: w3
+  %4 = LSTM(%x, %3, %r) {hidden_size=4} : f32[1,1,1,4]         # lstm: y
+  %5 = Squeeze(%4, %ax) : f32[1,1,4]                          # sq: out
+  %6 = LSTM(%x, %3, %r2) {hidden_size=4} : f32[1,1,1,4]        # lstm2: y2
+  %7 = Add(%r2, %r2) : f32[1,16,4]                            # add: z
+";
+
+#[test]
+fn recurrent_weights_are_stored_int8_under_their_own_name() {
+    use quench_passes::quantize::{apply, plan, Ranges};
+    let mut m = parse_model(LSTM).unwrap();
+    let cfg = QuantizeConfig {
+        mode: Mode::WeightOnly,
+        ..QuantizeConfig::default()
+    };
+    let p = plan(&m.graph, &cfg).unwrap();
+    let stored: Vec<String> = p
+        .stored
+        .iter()
+        .map(|(v, _)| m.graph.value(*v).name.clone())
+        .collect();
+    assert_eq!(stored, ["w", "r"]);
+    let s = apply(
+        &mut m.graph,
+        &p,
+        &Ranges::new(),
+        &cfg,
+        17,
+        &mut PassCx::new(17),
+    )
+    .unwrap();
+    assert_eq!(s.weights_quantized, 2);
+    let g = &m.graph;
+    g.verify().unwrap();
+    for name in ["w", "r"] {
+        let v = g.value_by_name(name).unwrap();
+        let dq = g.producer(v).unwrap();
+        assert_eq!(g.node(dq).kind(), OpKind::DequantizeLinear, "{name}");
+        // One scale per row of the gate axis: the axis with the least
+        // rounding error on these weights.
+        assert!(g.node(dq).attr_int("axis").is_some(), "{name}");
+        assert_eq!(
+            const_type(g, &format!("{name}_quantized")),
+            Some(DataType::Int8 as i32)
+        );
+    }
+    // `r2` also feeds an Add: not only a weight, left float.
+    assert_eq!(const_type(g, "r2"), Some(DataType::Float as i32));
+}
