@@ -23,8 +23,15 @@ fixture has all of it, small:
   captured and unsqueezed (a bias: stays float), the output MatMul weight an
   initializer of the branch.
 
+Also testdata/control_flow/loop_scan.onnx: a `Loop` of 3 steps whose body
+multiplies the carried state by a MatMul weight captured from the main
+graph and adds a body initializer, then a `Scan` over the rows of the input
+whose body applies a Gemm with a weight of its own (`transB=1`); inputs
+`input` f32[4,16], `h` f32[1,16]; outputs `output` f32[1,16] (the loop's
+final state) and `rows` f32[4,8] (the scan's outputs).
+
 Fixed seed; checked with onnx.checker (full_check) and run once in
-onnxruntime CPU for both branches.
+onnxruntime CPU (vad_if.onnx for both branches).
 """
 
 from __future__ import annotations
@@ -129,6 +136,50 @@ def build():
     return m
 
 
+def build_loop_scan():
+    rng = np.random.default_rng(7)
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["h_in", "loop_w"], ["hw"], name="loop_mm"),
+         helper.make_node("Add", ["hw", "loop_b"], ["hb"], name="loop_add"),
+         helper.make_node("Tanh", ["hb"], ["h_out"], name="loop_tanh"),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"], name="loop_cond")],
+        "loop_body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, [1, 16])],
+        initializer=[numpy_helper.from_array(rnd(rng, [1, 16], 4.0), "loop_b")])
+    scan_body = helper.make_graph(
+        [helper.make_node("Unsqueeze", ["row", "scan_ax"], ["row2"], name="scan_unsq"),
+         helper.make_node("Gemm", ["row2", "scan_w"], ["y2"], name="scan_gemm", transB=1),
+         helper.make_node("Squeeze", ["y2", "scan_ax"], ["y"], name="scan_sq"),
+         helper.make_node("Identity", ["acc_in"], ["acc_out"], name="scan_acc")],
+        "scan_body",
+        [helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("row", TensorProto.FLOAT, [16])],
+        [helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1]),
+         helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])],
+        initializer=[numpy_helper.from_array(rnd(rng, [8, 16], 16), "scan_w"),
+                     const_i64("scan_ax", [0])])
+    g = helper.make_graph(
+        [helper.make_node("Loop", ["trip", "cond", "h"], ["output"], name="steps", body=body),
+         helper.make_node("Scan", ["acc0", "input"], ["acc", "rows"], name="per_row",
+                          body=scan_body, num_scan_inputs=1)],
+        "loop_scan",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [4, 16]),
+         helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 16]),
+         helper.make_tensor_value_info("rows", TensorProto.FLOAT, [4, 8])],
+        initializer=[numpy_helper.from_array(rnd(rng, [16, 16], 16), "loop_w"),
+                     numpy_helper.from_array(np.array(3, np.int64), "trip"),
+                     numpy_helper.from_array(np.array(True), "cond"),
+                     numpy_helper.from_array(np.zeros([1], np.float32), "acc0")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="quench-fixtures")
+    m.ir_version = 8
+    return m
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     path = os.path.join(OUT, "vad_if.onnx")
@@ -141,6 +192,14 @@ def main():
         out = s.run(None, {"input": rng.standard_normal((1, 64)).astype(np.float32),
                            "state": np.zeros((2, 1, H), np.float32), "sr": np.array(sr, np.int64)})
         assert out[0].shape == (1, 1) and out[1].shape == (2, 1, H), [o.shape for o in out]
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+    path = os.path.join(OUT, "loop_scan.onnx")
+    onnx.save(build_loop_scan(), path)
+    onnx.checker.check_model(path, full_check=True)
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    out = s.run(None, {"input": rng.standard_normal((4, 16)).astype(np.float32),
+                       "h": rng.standard_normal((1, 16)).astype(np.float32)})
+    assert out[0].shape == (1, 16) and out[1].shape == (4, 8), [o.shape for o in out]
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 
 

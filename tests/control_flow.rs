@@ -157,3 +157,56 @@ fn weights_inside_if_branches_and_captured_by_them_are_int8() {
         );
     }
 }
+
+/// A `Loop` whose body multiplies by a captured MatMul weight and a `Scan`
+/// whose body holds its own Gemm weight (`testdata/control_flow/
+/// loop_scan.onnx`): both weights int8, the file checked with onnx.checker
+/// and compared with FP32 in ONNX Runtime.
+#[test]
+fn weights_inside_loop_and_scan_bodies_are_int8() {
+    let model = testdata("control_flow/loop_scan.onnx");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = Lcg(3);
+    let n = 12;
+    ArrayD::from_shape_vec(vec![n, 4, 16], (0..n * 64).map(|_| r.normal()).collect())
+        .unwrap()
+        .write_npy(std::fs::File::create(tmp.path().join("input.npy")).unwrap())
+        .unwrap();
+    ArrayD::from_shape_vec(vec![n, 1, 16], (0..n * 16).map(|_| r.normal()).collect())
+        .unwrap()
+        .write_npy(std::fs::File::create(tmp.path().join("h.npy")).unwrap())
+        .unwrap();
+    let out_dir = interop_dir("control_flow");
+    for mode in ["weight-only", "static"] {
+        let out = out_dir.join(format!("loop_scan.{mode}.onnx"));
+        let rep = tmp.path().join(format!("{mode}.json"));
+        let (code, stdout, stderr) = quench(&[
+            "compile",
+            model.to_str().unwrap(),
+            "--calibration",
+            tmp.path().to_str().unwrap(),
+            "--mode",
+            mode,
+            "-o",
+            out.to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{mode}:\n{stdout}\n{stderr}");
+        // `loop_w` (captured by the Loop body) and `scan_w` (the Scan's own).
+        assert_eq!(
+            report(&rep)["quantization"]["weights_quantized"],
+            2,
+            "{mode}\n{stdout}"
+        );
+        write_interop_pair(
+            &out,
+            &load(&model),
+            None,
+            &InteropCheck::Quantized {
+                min_sqnr_fp32_db: 30.0,
+                min_sqnr_twin_db: 40.0,
+            },
+        );
+    }
+}
