@@ -30,6 +30,12 @@ whose body applies a Gemm with a weight of its own (`transB=1`); inputs
 `input` f32[4,16], `h` f32[1,16]; outputs `output` f32[1,16] (the loop's
 final state) and `rows` f32[4,8] (the scan's outputs).
 
+And testdata/control_flow/if_shape.onnx: an `If` on a shape, as silero's
+decoder has (`Equal(Gather(Shape(x), 0), 1)`), whose then branch squeezes
+the batch axis away and whose else branch is the identity, so the branches'
+outputs differ in rank and tract cannot type the If; then Reshape to [1,16]
+and a MatMul weight [16,8]. Input `input` f32[1,16], output f32[1,8].
+
 Fixed seed; checked with onnx.checker (full_check) and run once in
 onnxruntime CPU (vad_if.onnx for both branches).
 """
@@ -180,6 +186,34 @@ def build_loop_scan():
     return m
 
 
+def build_if_shape():
+    rng = np.random.default_rng(9)
+    then_g = helper.make_graph(
+        [helper.make_node("Squeeze", ["input", "ax0"], ["sq"], name="then_squeeze")],
+        "then_branch", [], [helper.make_tensor_value_info("sq", TensorProto.FLOAT, None)])
+    else_g = helper.make_graph(
+        [helper.make_node("Identity", ["input"], ["same"], name="else_identity")],
+        "else_branch", [], [helper.make_tensor_value_info("same", TensorProto.FLOAT, None)])
+    g = helper.make_graph(
+        [helper.make_node("Shape", ["input"], ["shape"], name="shape"),
+         helper.make_node("Gather", ["shape", "zero"], ["batch"], name="batch", axis=0),
+         helper.make_node("Equal", ["batch", "one"], ["single"], name="single"),
+         helper.make_node("If", ["single"], ["y"], name="drop_batch",
+                          then_branch=then_g, else_branch=else_g),
+         helper.make_node("Reshape", ["y", "shape_1x16"], ["y2"], name="reshape"),
+         helper.make_node("MatMul", ["y2", "w"], ["output"], name="head")],
+        "if_shape",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 8])],
+        initializer=[numpy_helper.from_array(np.array(0, np.int64), "zero"),
+                     numpy_helper.from_array(np.array(1, np.int64), "one"),
+                     const_i64("ax0", [0]), const_i64("shape_1x16", [1, 16]),
+                     numpy_helper.from_array(rnd(rng, [16, 8], 16), "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="quench-fixtures")
+    m.ir_version = 8
+    return m
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     path = os.path.join(OUT, "vad_if.onnx")
@@ -200,6 +234,13 @@ def main():
     out = s.run(None, {"input": rng.standard_normal((4, 16)).astype(np.float32),
                        "h": rng.standard_normal((1, 16)).astype(np.float32)})
     assert out[0].shape == (1, 16) and out[1].shape == (4, 8), [o.shape for o in out]
+    print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+    path = os.path.join(OUT, "if_shape.onnx")
+    onnx.save(build_if_shape(), path)
+    onnx.checker.check_model(path, full_check=True)
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    out = s.run(None, {"input": rng.standard_normal((1, 16)).astype(np.float32)})
+    assert out[0].shape == (1, 8), out[0].shape
     print(f"wrote {path} ({os.path.getsize(path)} bytes)")
 
 

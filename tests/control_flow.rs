@@ -210,3 +210,54 @@ fn weights_inside_loop_and_scan_bodies_are_int8() {
         );
     }
 }
+
+/// An `If` on a shape whose branches' outputs differ in rank (silero's
+/// decoder has one): tract cannot type it, so verification observes the
+/// condition on the evaluation samples and runs the taken branch in its
+/// place, and says so; without that the report had no verification.
+#[test]
+fn verification_runs_the_observed_branch_of_an_if_tract_cannot_type() {
+    let model = testdata("control_flow/if_shape.onnx");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = Lcg(21);
+    ArrayD::from_shape_vec(vec![8, 1, 16], (0..128).map(|_| r.normal()).collect())
+        .unwrap()
+        .write_npy(std::fs::File::create(tmp.path().join("input.npy")).unwrap())
+        .unwrap();
+    let out = tmp.path().join("if_shape.wo.onnx");
+    let rep = tmp.path().join("if_shape.json");
+    let (code, stdout, stderr) = quench(&[
+        "compile",
+        model.to_str().unwrap(),
+        "--mode",
+        "weight-only",
+        "--eval",
+        tmp.path().to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let r = report(&rep);
+    let v = &r["verification"];
+    assert!(!v.is_null(), "no verification:\n{stdout}");
+    let why = v["specialised"].to_string();
+    assert!(
+        why.contains("`drop_batch` takes its then_branch on every one of 8 samples"),
+        "{why}"
+    );
+    // The head MatMul's int8 weights (its input's type comes from the
+    // branches' declared outputs): finite SQNR, 47.2 dB measured on other
+    // random inputs.
+    assert_eq!(r["quantization"]["weights_quantized"], 1, "{stdout}");
+    let sqnr = sqnr_of(&v["outputs"][0]["file"]).unwrap();
+    assert!(sqnr > 30.0 && sqnr.is_finite(), "SQNR {sqnr}\n{stdout}");
+    // The written model keeps its If.
+    assert!(load(&out)
+        .graph
+        .unwrap()
+        .node
+        .iter()
+        .any(|n| n.op_type() == "If"));
+}

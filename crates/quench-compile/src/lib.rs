@@ -32,6 +32,7 @@
 pub mod attribution;
 pub mod bias;
 pub mod calibrate;
+pub mod control_flow;
 pub mod data;
 pub mod inspect;
 pub mod mixed;
@@ -702,6 +703,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 let twin_proto = twin.to_onnx();
                 match verify::verify(original, &out_proto, &twin_proto, ev) {
                     Ok(mut v) => {
+                        for t in &v.specialised {
+                            out.note(format!("verification: {t}"));
+                        }
                         if let Some(fp) = &float_model {
                             let eval = quench_verify::Evaluator::new(
                                 &ev.data,

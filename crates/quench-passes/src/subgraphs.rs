@@ -260,3 +260,85 @@ fn process(
     }
     Ok(out)
 }
+
+/// Replaces `If` node `n` by the nodes of its `branch` (`"then_branch"` or
+/// `"else_branch"`), for a copy of the model that a runtime runs when the
+/// condition's value is known (the written model keeps its Ifs). The
+/// branch's initializers become constants of `g` and its values and nodes
+/// keep their names where `g` has them free (a suffix otherwise); the Ifs
+/// outputs become Identity outputs of the branch's outputs, so every name
+/// the rest of the graph reads stays. Nested subgraphs come along as they
+/// are (their captures resolve to the inlined values by name, which are
+/// kept for every name a nested body can capture unless `g` already has
+/// it). Errors when `n` is not an If with that branch, or the branch does
+/// not import.
+pub fn inline_if(g: &mut Graph, n: NodeId, branch: &str) -> Result<(), PassError> {
+    use quench_ir::{Node, OpKind};
+    let node = g.node(n).clone();
+    if node.kind() != OpKind::If {
+        return Err(fail(format!("node `{}` is not an If", node.name())));
+    }
+    let Some(gp) = node.attr(branch).and_then(|a| a.g.clone()) else {
+        return Err(fail(format!(
+            "If `{}` has no `{branch}` graph",
+            node.name()
+        )));
+    };
+    let b = import_subgraph(gp).map_err(|e| {
+        fail(format!(
+            "If `{}`: `{branch}` does not import: {e}",
+            node.name()
+        ))
+    })?;
+    let mut map: HashMap<ValueId, ValueId> = HashMap::new();
+    for v in b.value_ids() {
+        let val = b.value(v);
+        let mapped = match val.def {
+            ValueDef::Outer => g.value_by_name(&val.name).ok_or_else(|| {
+                fail(format!(
+                    "If `{}`: `{branch}` reads `{}`, which the enclosing graph does not define",
+                    node.name(),
+                    val.name
+                ))
+            })?,
+            ValueDef::Const => match b.const_tensor(v) {
+                Some(t) => g.add_const(&val.name, t.clone()),
+                None => continue,
+            },
+            ValueDef::Node { .. } => g.add_value(&val.name, val.ty.clone()),
+            ValueDef::Input | ValueDef::Undefined => continue,
+        };
+        map.insert(v, mapped);
+    }
+    let m = |v: &Option<ValueId>| v.and_then(|v| map.get(&v).copied());
+    let order = b.topo_order().map_err(|e| fail(e.to_string()))?;
+    for bn in order {
+        let bnode = b.node(bn);
+        let mut copy = Node::new(bnode.op_type(), &g.unique_name(bnode.name()));
+        let name = copy.proto.name.clone();
+        copy.proto = bnode.proto.clone();
+        copy.proto.name = name;
+        let ins: Vec<Option<ValueId>> = bnode.inputs().iter().map(m).collect();
+        let outs: Vec<Option<ValueId>> = bnode.outputs().iter().map(m).collect();
+        let implicit: Vec<ValueId> = bnode
+            .implicit_inputs()
+            .iter()
+            .filter_map(|v| map.get(v).copied())
+            .collect();
+        let id = g.add_node(copy, &ins, &outs);
+        g.set_implicit_inputs(id, implicit);
+    }
+    let outs: Vec<Option<ValueId>> = b.outputs().iter().map(|v| map.get(v).copied()).collect();
+    g.remove_node(n);
+    for (slot, o) in node.outputs().iter().enumerate() {
+        let (Some(o), Some(Some(src))) = (o, outs.get(slot)) else {
+            continue;
+        };
+        let id = Node::new(
+            "Identity",
+            &g.unique_name(&format!("{}_{branch}_out", node.name())),
+        );
+        g.add_node(id, &[Some(*src)], &[Some(*o)]);
+    }
+    Ok(())
+}
