@@ -88,11 +88,16 @@ fn finish(irs: Vec<Model>, taken: Vec<String>) -> Option<Specialised> {
     })
 }
 
+/// The If named `name`; `None` when the name is empty or not unique (the
+/// same If must be found in every model).
 fn find_if(m: &Model, name: &str) -> Option<quench_ir::NodeId> {
-    m.graph
+    let mut found = m
+        .graph
         .node_ids()
         .into_iter()
-        .find(|n| m.graph.node(*n).kind() == OpKind::If && m.graph.node(*n).name() == name)
+        .filter(|n| m.graph.node(*n).kind() == OpKind::If && m.graph.node(*n).name() == name);
+    let n = found.next()?;
+    (!name.is_empty() && found.next().is_none()).then_some(n)
 }
 
 /// The value of If `name`'s condition when it is the same on every sample
