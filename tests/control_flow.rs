@@ -137,6 +137,26 @@ fn weights_inside_if_branches_and_captured_by_them_are_int8() {
                 "{mode} sr {sr}: output {p:.2} dB, state {st:.2} dB"
             );
         }
+        if mode == "weight-only" {
+            // A node inside a branch can be excluded by name: its weight
+            // stays float.
+            let out_x = tmp.path().join("excluded.onnx");
+            let rep_x = tmp.path().join("excluded.json");
+            let (code, stdout, stderr) = quench(&[
+                "compile",
+                model.to_str().unwrap(),
+                "--mode",
+                mode,
+                "--exclude-nodes",
+                "k8_conv2",
+                "-o",
+                out_x.to_str().unwrap(),
+                "--report",
+                rep_x.to_str().unwrap(),
+            ]);
+            assert_eq!(code, 0, "{stdout}\n{stderr}");
+            assert_eq!(report(&rep_x)["quantization"]["weights_quantized"], 7);
+        }
         if mode == "static" {
             let notes = r["quantization"]["notes"].to_string();
             assert!(

@@ -195,12 +195,14 @@ fn check_removed_ops(model: &Model, opset: i64) -> Result<()> {
 /// Every `--exclude-nodes` name must name a node of the input model; the
 /// error suggests the nearest names.
 fn check_node_names(names: &[String], model: &Model) -> Result<()> {
-    let all: Vec<String> = model
+    let mut all: Vec<String> = model
         .graph
         .node_ids()
         .into_iter()
         .map(|n| model.graph.node(n).name().to_string())
         .collect();
+    // Nodes inside If/Loop/Scan bodies can be excluded too.
+    all.extend(quench_passes::subgraphs::body_node_names(&model.graph));
     for n in names {
         if all.iter().any(|a| a == n) {
             continue;

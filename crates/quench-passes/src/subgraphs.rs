@@ -342,3 +342,27 @@ pub fn inline_if(g: &mut Graph, n: NodeId, branch: &str) -> Result<(), PassError
     }
     Ok(())
 }
+
+/// Names of the nodes inside the subgraph bodies of `g`'s nodes, nested
+/// bodies included (what `--exclude-nodes` may name besides `g`'s own).
+pub fn body_node_names(g: &Graph) -> Vec<String> {
+    fn walk(gp: &quench_onnx::proto::GraphProto, out: &mut Vec<String>) {
+        for n in &gp.node {
+            out.push(n.name().to_string());
+            for a in &n.attribute {
+                for b in a.g.iter().chain(a.graphs.iter()) {
+                    walk(b, out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for n in g.node_ids() {
+        for a in &g.node(n).proto.attribute {
+            for b in a.g.iter().chain(a.graphs.iter()) {
+                walk(b, &mut out);
+            }
+        }
+    }
+    out
+}
