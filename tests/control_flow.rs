@@ -281,3 +281,20 @@ fn verification_runs_the_observed_branch_of_an_if_tract_cannot_type() {
         .iter()
         .any(|n| n.op_type() == "If"));
 }
+
+/// `quench inspect` counts what the compile quantizes inside the branches.
+#[test]
+fn inspect_counts_quantizable_nodes_inside_branches() {
+    let model = testdata("control_flow/vad_if.onnx");
+    let (code, stdout, stderr) = quench(&["inspect", "--json", model.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let j: Value = serde_json::from_str(&stdout).unwrap();
+    // Two Convs and the head MatMul per branch, less the then branch's
+    // second Conv, whose weight is captured (quantized in the main graph,
+    // not a decision of the branch).
+    assert_eq!(
+        j["quantizable"],
+        serde_json::json!({"Conv": 3, "MatMul": 2}),
+        "{stdout}"
+    );
+}
