@@ -452,6 +452,23 @@ const EXPECT: &[Expect] = &[
         parameter_count: 145,
         external: (0, 0),
     },
+    // Parameters inside the If's branches (initializers and a Constant
+    // node) count too: 10281 in all (onnx, walked in Python).
+    Expect {
+        file: "control_flow/vad_if.onnx",
+        ir_version: 8,
+        opsets: &[("ai.onnx", 17)],
+        inputs: &[
+            ("input", "f32[1,64]"),
+            ("state", "f32[2,1,32]"),
+            ("sr", "i64[]"),
+        ],
+        outputs: &[("output", "f32[1,1]"), ("stateN", "f32[2,1,32]")],
+        ops: &[("If", 1), ("Equal", 1)],
+        nodes: 2,
+        parameter_count: 10281,
+        external: (0, 0),
+    },
 ];
 
 #[test]

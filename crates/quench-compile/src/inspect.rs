@@ -73,6 +73,33 @@ fn count_subgraph_nodes(g: &GraphProto) -> usize {
         .sum()
 }
 
+/// The parameters held inside a subgraph body (its initializers and
+/// Constant node values, nested bodies included).
+fn add_subgraph_params(params: &mut BTreeMap<String, ParamStats>, g: &GraphProto) {
+    for t in &g.initializer {
+        add_param(params, t);
+    }
+    for n in &g.node {
+        if n.op_type() == "Constant" && n.domain().is_empty() {
+            if let Some(t) = n
+                .attribute
+                .iter()
+                .find(|a| a.name() == "value")
+                .and_then(|a| a.t.as_ref())
+            {
+                add_param(params, t);
+            }
+        }
+        for b in n
+            .attribute
+            .iter()
+            .flat_map(|a| a.g.iter().chain(a.graphs.iter()))
+        {
+            add_subgraph_params(params, b);
+        }
+    }
+}
+
 fn add_param(params: &mut BTreeMap<String, ParamStats>, t: &TensorProto) {
     let n: u64 = t.dims.iter().map(|d| (*d).max(0) as u64).product();
     let e = params.entry(elem_name(t.data_type())).or_default();
@@ -103,6 +130,7 @@ pub fn summarize(path: &Path, loaded: &quench_onnx::LoadedModel, model: &Model) 
         for a in &node.proto.attribute {
             for sg in a.g.iter().chain(a.graphs.iter()) {
                 subgraph_nodes += count_subgraph_nodes(sg);
+                add_subgraph_params(&mut params, sg);
             }
         }
         if node.kind() == OpKind::Constant {
@@ -119,6 +147,18 @@ pub fn summarize(path: &Path, loaded: &quench_onnx::LoadedModel, model: &Model) 
     if quench_passes::run_passes(&mut after.graph, &passes, &mut cx, &Default::default()).is_ok() {
         if let Ok(plan) = quench_passes::quantize::plan(&after.graph, &Default::default()) {
             for d in plan.decisions.iter().filter(|d| d.quantized) {
+                *quantizable.entry(d.op.clone()).or_insert(0) += 1;
+            }
+        }
+        // Weights inside If/Loop/Scan bodies, as the compile quantizes them.
+        let opset = after.default_opset().unwrap_or(0);
+        if let Ok(b) = quench_passes::subgraphs::quantize_bodies(
+            &mut after.graph,
+            &Default::default(),
+            opset,
+            &mut cx,
+        ) {
+            for d in b.decisions.iter().filter(|d| d.quantized) {
                 *quantizable.entry(d.op.clone()).or_insert(0) += 1;
             }
         }

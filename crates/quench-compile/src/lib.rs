@@ -32,6 +32,7 @@
 pub mod attribution;
 pub mod bias;
 pub mod calibrate;
+pub mod control_flow;
 pub mod data;
 pub mod inspect;
 pub mod mixed;
@@ -194,12 +195,14 @@ fn check_removed_ops(model: &Model, opset: i64) -> Result<()> {
 /// Every `--exclude-nodes` name must name a node of the input model; the
 /// error suggests the nearest names.
 fn check_node_names(names: &[String], model: &Model) -> Result<()> {
-    let all: Vec<String> = model
+    let mut all: Vec<String> = model
         .graph
         .node_ids()
         .into_iter()
         .map(|n| model.graph.node(n).name().to_string())
         .collect();
+    // Nodes inside If/Loop/Scan bodies can be excluded too.
+    all.extend(quench_passes::subgraphs::body_node_names(&model.graph));
     for n in names {
         if all.iter().any(|a| a == n) {
             continue;
@@ -702,6 +705,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 let twin_proto = twin.to_onnx();
                 match verify::verify(original, &out_proto, &twin_proto, ev) {
                     Ok(mut v) => {
+                        for t in &v.specialised {
+                            out.note(format!("verification: {t}"));
+                        }
                         if let Some(fp) = &float_model {
                             let eval = quench_verify::Evaluator::new(
                                 &ev.data,

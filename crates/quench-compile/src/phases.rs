@@ -58,8 +58,9 @@ pub fn run_pipeline_with(
 }
 
 /// The quantize phase: applies `plan` with `ranges` (activation tensor
-/// name → range), removes the float weights it replaced, and verifies the
-/// graph.
+/// name → range), quantizes the weights inside subgraph bodies when the
+/// plan says so ([`quantize::Plan::bodies`]), removes the float weights it
+/// replaced, and verifies the graph.
 pub fn quantize_phase(
     model: &mut Model,
     plan: &quantize::Plan,
@@ -68,7 +69,16 @@ pub fn quantize_phase(
     opset: i64,
     cx: &mut PassCx,
 ) -> Result<quantize::QuantSummary> {
-    let summary = quantize::apply(&mut model.graph, plan, ranges, cfg, opset, cx)?;
+    let mut summary = quantize::apply(&mut model.graph, plan, ranges, cfg, opset, cx)?;
+    // Weights inside If/Loop/Scan bodies, and captured ones where they are
+    // defined.
+    if plan.bodies {
+        let b = quench_passes::subgraphs::quantize_bodies(&mut model.graph, cfg, opset, cx)?;
+        summary.weights_quantized += b.weights_quantized;
+        summary.per_channel |= b.weights_quantized > 0 && cfg.per_channel && opset >= 13;
+        summary.nodes.extend(b.decisions);
+        summary.notes.extend(b.notes);
+    }
     // The float weights replaced by integer ones are now unused.
     quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut model.graph, cx)?;
     model

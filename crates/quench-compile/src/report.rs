@@ -45,6 +45,10 @@ pub struct Verification {
     /// Every quantized activation's error against FP32 (static mode), in
     /// graph order: where the output error comes from.
     pub tensors: Vec<TensorError>,
+    /// The `If`s tract ran as their taken branch, each with why (see
+    /// `control_flow`): empty when tract ran the model as it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub specialised: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

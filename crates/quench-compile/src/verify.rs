@@ -31,6 +31,21 @@ pub fn verify(
     twin: &ModelProto,
     data: &Bound,
 ) -> Result<Verification> {
+    // Ifs tract cannot type are specialised on the data (see
+    // `control_flow`); every model compared gets the same branches.
+    let has_if = original
+        .graph
+        .as_ref()
+        .is_some_and(|g| g.node.iter().any(|n| n.op_type() == "If"));
+    let spec = if has_if {
+        crate::control_flow::specialise(&[original, quantized, twin], data)
+    } else {
+        None
+    };
+    let (original, quantized, twin) = match &spec {
+        Some(s) => (&s.models[0], &s.models[1], &s.models[2]),
+        None => (original, quantized, twin),
+    };
     let eval = Evaluator::new(&data.data, data.feed, quench_verify::input_names(original));
     let fp = Runners::new(original, vec![]);
     let qr = Runners::new(quantized, vec![]);
@@ -97,5 +112,6 @@ pub fn verify(
         outputs,
         accuracy,
         tensors: Vec::new(),
+        specialised: spec.map(|s| s.taken).unwrap_or_default(),
     })
 }

@@ -63,3 +63,17 @@ fn weight_only_and_dynamic_snapshots() {
         );
     }
 }
+
+/// Control flow (`testdata/control_flow/`): int8 weights inside If, Loop
+/// and Scan bodies, captured constants quantized where they are defined
+/// under their own name, LSTM tables stored int8 (weight-only mode; static
+/// mode adds nothing inside bodies).
+#[test]
+fn control_flow_weight_snapshots() {
+    for f in ["vad_if", "loop_scan", "if_shape"] {
+        insta::assert_snapshot!(
+            format!("weight_only_control_flow_{f}"),
+            quantized_text(&format!("control_flow/{f}.onnx"), Mode::WeightOnly)
+        );
+    }
+}

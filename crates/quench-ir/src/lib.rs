@@ -34,6 +34,7 @@ pub mod tensor;
 mod text;
 
 pub use error::{IrError, Problem};
+pub use export::export_graph;
 pub use graph::{Dim, Graph, Node, NodeId, Use, Value, ValueDef, ValueId};
 pub use import::import_subgraph;
 pub use op::OpKind;

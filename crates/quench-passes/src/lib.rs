@@ -26,6 +26,7 @@ pub mod quantize;
 pub mod remove_identity;
 pub mod rules;
 pub mod simulate;
+pub mod subgraphs;
 pub mod typecheck;
 pub mod upgrade_opset;
 mod util;

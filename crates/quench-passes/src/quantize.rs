@@ -27,7 +27,11 @@
 //! Invariant: graph inputs and outputs stay float with their names; zero
 //! points are always explicit; a tensor whose calibrated range is not finite
 //! or is extreme (attention masks of -3.4e38) is left float and reported;
-//! unknown ops, custom domains and subgraph bodies are never touched.
+//! unknown ops and custom domains are never touched; subgraph bodies are
+//! not touched here ([`crate::subgraphs`] quantizes their weights after
+//! [`apply`], with [`quantize_in_place`] for the constants they capture).
+//! Constants that feed only recurrent ops' weights ([`Plan::stored`]) are
+//! quantized under their own name, so a body capturing one is unaffected.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -259,6 +263,16 @@ pub struct Plan {
     /// every table in `embeddings`), with a concrete granularity (axis in
     /// the weight's own dimensions).
     pub weight_formats: HashMap<NodeId, QuantFormat>,
+    /// Constant tensors that feed only weight inputs of recurrent ops
+    /// ([`OpRule::Recurrent`], directly or through data movement), with
+    /// their format: stored in it behind a DequantizeLinear that keeps the
+    /// constant's name, computed on in float.
+    pub stored: Vec<(ValueId, QuantFormat)>,
+    /// Quantize the weights inside If/Loop/Scan bodies too
+    /// ([`crate::subgraphs::quantize_bodies`], run by the driver after
+    /// [`apply`]): set by [`plan`] in weight-only and static mode; an empty
+    /// plan (`Plan::default()`, `--no-quantize`) leaves bodies alone.
+    pub bodies: bool,
 }
 
 impl Plan {
@@ -293,7 +307,7 @@ fn is_quantizable_float(elem: i32) -> bool {
 
 /// The opset from which QuantizeLinear/DequantizeLinear take a scale of
 /// element type `elem` (f32: 10; f16/bf16: 19).
-fn scale_min_opset(elem: i32) -> i64 {
+pub(crate) fn scale_min_opset(elem: i32) -> i64 {
     if elem == DataType::Float as i32 {
         10
     } else {
@@ -331,7 +345,7 @@ fn is_float_activation(g: &Graph, types: &HashMap<ValueId, i32>, v: ValueId) -> 
 }
 
 /// A constant f32, f16 or bf16 tensor.
-fn is_float_const(g: &Graph, v: ValueId) -> bool {
+pub(crate) fn is_float_const(g: &Graph, v: ValueId) -> bool {
     g.const_tensor(v)
         .is_some_and(|t| is_quantizable_float(t.data_type()))
 }
@@ -385,6 +399,13 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                     p.decisions.push(decide(false, "missing inputs"));
                     continue;
                 };
+                if g.value(w).def == ValueDef::Outer {
+                    p.decisions.push(decide(
+                        false,
+                        "weights captured from an enclosing graph: stored int8 there when every use of them is a weight",
+                    ));
+                    continue;
+                }
                 let w_const = is_float_const(g, w);
                 let act_b = node.kind() == OpKind::MatMul && !w_const && is_float_activation(g, w);
                 if !w_const && !act_b {
@@ -521,6 +542,55 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                 p.decisions
                     .push(decide(true, "absorbed into the previous op's output range"));
             }
+            OpRule::Recurrent { weights } => {
+                if !matches!(cfg.mode, Mode::WeightOnly | Mode::Static) {
+                    p.decisions.push(decide(
+                        false,
+                        "recurrent weights: dynamic mode quantizes MatMul only",
+                    ));
+                    continue;
+                }
+                let mut found = 0;
+                let mut captured = false;
+                for &slot in weights {
+                    let Some(w) = node.input(slot) else { continue };
+                    let Some(sources) = weight_sources(g, w) else {
+                        continue;
+                    };
+                    for c in sources {
+                        captured |= g.value(c).def == ValueDef::Outer;
+                        if p.stored.iter().any(|(s, _)| *s == c)
+                            || !is_float_const(g, c)
+                            || !weight_hints(g, c, cfg, &|_, _| None)
+                                .is_some_and(|h| h.iter().all(|x| matches!(x, WeightHint::Traced)))
+                        {
+                            continue;
+                        }
+                        let rank = g.const_tensor(c).map_or(0, |t| t.dims.len());
+                        let hints = vec![WeightHint::Traced; 1];
+                        if let Some(f) = stored_format(cfg, g, c, &hints, rank) {
+                            p.stored.push((c, f));
+                            found += 1;
+                        }
+                    }
+                }
+                if found > 0 {
+                    p.decisions.push(decide(
+                        true,
+                        "int8 stored weights; the recurrence computes in float",
+                    ));
+                } else if captured {
+                    p.decisions.push(decide(
+                        false,
+                        "recurrent op: its weights are captured from an enclosing graph and stored int8 there when every use is a weight",
+                    ));
+                } else {
+                    p.decisions.push(decide(
+                        false,
+                        "recurrent op whose weights are not constant float tensors; stays float",
+                    ));
+                }
+            }
             OpRule::Float(reason) => p.decisions.push(decide(false, reason)),
             OpRule::Shared => {
                 // Embedding tables are weights in static mode too: a
@@ -571,6 +641,7 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
                 .any(|c| g.node(*c).kind() == OpKind::Softmax)
         });
     }
+    p.bodies = matches!(cfg.mode, Mode::WeightOnly | Mode::Static);
     let act_format = cfg.default_activation_format();
     p.formats = act.iter().map(|v| (*v, act_format)).collect();
     p.activations = act;
@@ -762,6 +833,227 @@ fn quantize_weight(
     })
 }
 
+/// Quantizes constant `w` to `fmt` behind a DequantizeLinear whose output
+/// takes `w`'s name, so that every use, including subgraphs that capture
+/// it by name, reads the dequantized tensor unchanged. `false` (graph
+/// unchanged) when [`quantize_weight`] declines.
+pub(crate) fn quantize_in_place(g: &mut Graph, w: ValueId, fmt: QuantFormat) -> bool {
+    let name = g.value(w).name.clone();
+    let ty = g.value(w).ty.clone();
+    let Some(q) = quantize_weight(g, w, fmt, None) else {
+        return false;
+    };
+    g.replace_all_uses(w, q.dq_out);
+    g.remove_const(w);
+    let old = g.unique_name(&format!("{name}_float"));
+    if g.rename_value(w, &old) {
+        let _ = g.rename_value(q.dq_out, &name);
+    }
+    g.value_mut(q.dq_out).ty = ty;
+    true
+}
+
+/// How a constant weight is consumed, for its per-channel axis: by a
+/// compute op directly (its [`facts::weight_axis`](crate::facts::weight_axis)
+/// applies) or through data movement (slices, concatenations, reshapes),
+/// where no consumer axis is known.
+#[derive(Debug, Clone)]
+pub(crate) enum WeightHint {
+    Direct(Box<Node>),
+    Traced,
+}
+
+/// The format of a stored weight (a constant reached through data movement
+/// or captured by subgraphs): the configuration's weight scheme, per tensor
+/// without per-channel; with it, the consumers' common output-channel axis
+/// when every consumer is a direct compute op agreeing on one, else the
+/// axis whose per-axis grid has the least squared rounding error (any axis
+/// is exact for DequantizeLinear; the choice only decides which elements
+/// share a scale). `None` when the tensor is not a finite float tensor.
+pub(crate) fn stored_format(
+    cfg: &QuantizeConfig,
+    g: &Graph,
+    w: ValueId,
+    hints: &[WeightHint],
+    rank: usize,
+) -> Option<QuantFormat> {
+    let scheme = cfg.default_weight_scheme();
+    if !cfg.per_channel || rank == 0 {
+        return Some(scheme);
+    }
+    let axes: Vec<Option<usize>> = hints
+        .iter()
+        .map(|h| match h {
+            WeightHint::Direct(n) => crate::facts::weight_axis(n, rank),
+            WeightHint::Traced => None,
+        })
+        .collect();
+    if let Some(Some(a)) = axes.first() {
+        if axes.iter().all(|x| *x == Some(*a)) {
+            return Some(QuantFormat {
+                granularity: Granularity::PerAxis { axis: *a },
+                ..scheme
+            });
+        }
+    }
+    let t = g.const_tensor(w)?;
+    let data = tensor::to_f32(t).ok()?;
+    if data.iter().any(|x| !x.is_finite()) {
+        return None;
+    }
+    let mut best: Option<(f64, QuantFormat)> = None;
+    for axis in 0..rank {
+        let f = QuantFormat {
+            granularity: Granularity::PerAxis { axis },
+            ..scheme
+        };
+        let Some(err) = rounding_error(&t.dims, &data, f) else {
+            continue;
+        };
+        if best.as_ref().is_none_or(|(e, _)| err < *e) {
+            best = Some((err, f));
+        }
+    }
+    Some(best.map_or(scheme, |(_, f)| f))
+}
+
+/// Sum of squared rounding errors of `data` (shape `dims`) in format `f`.
+fn rounding_error(dims: &[i64], data: &[f32], f: QuantFormat) -> Option<f64> {
+    let layout = codes::Layout::new(dims, f.granularity)?;
+    let mut lo = vec![0f32; layout.groups];
+    let mut hi = vec![0f32; layout.groups];
+    for (i, x) in data.iter().enumerate() {
+        let c = layout.group(i);
+        lo[c] = lo[c].min(*x);
+        hi[c] = hi[c].max(*x);
+    }
+    let params: Vec<QuantParams> = (0..layout.groups)
+        .map(|c| f.params(lo[c], hi[c]).ok())
+        .collect::<Option<_>>()?;
+    Some(
+        data.iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let d = (f.fake_quantize(*x, &params[layout.group(i)]) - x) as f64;
+                d * d
+            })
+            .sum(),
+    )
+}
+
+/// Whether every output element of the op is a copy of an element of its
+/// data inputs ([`crate::facts::moves_data`], plus Concat): a weight can be
+/// quantized before such an op as well as after it.
+fn copies_elements(k: OpKind) -> bool {
+    crate::facts::moves_data(k) || k == OpKind::Concat
+}
+
+/// The inputs an element-copying op ([`copies_elements`]) reads its data
+/// from: every input of a Concat, input 0 of the others (shapes, indices
+/// and axes are not data).
+fn is_data_input(node: &Node, index: usize) -> bool {
+    node.kind() == OpKind::Concat || index == 0
+}
+
+/// The constants (or, in a subgraph, the captured outer values) that `v`
+/// is made of through element-copying ops ([`copies_elements`]) only; `None`
+/// when some part of it comes from anything else (a graph input, a
+/// computation).
+pub(crate) fn weight_sources(g: &Graph, v: ValueId) -> Option<Vec<ValueId>> {
+    let mut out = Vec::new();
+    let mut stack = vec![v];
+    let mut seen = HashSet::new();
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        match g.value(v).def {
+            ValueDef::Const | ValueDef::Outer => out.push(v),
+            ValueDef::Node { node, .. } => {
+                let n = g.node(node);
+                if !copies_elements(n.kind()) || !n.domain().is_empty() {
+                    return None;
+                }
+                for (i, x) in n.inputs().iter().enumerate() {
+                    if let Some(x) = x.filter(|_| is_data_input(n, i)) {
+                        stack.push(x);
+                    }
+                }
+            }
+            ValueDef::Input | ValueDef::Undefined => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The uses of `v` as [`WeightHint`]s when every use is a weight: a
+/// compute op's weight input, a recurrent op's weight input (directly or
+/// through data movement), or a subgraph capture for which
+/// `captured(node, value)` returns the hints of the uses inside the
+/// bodies. `None` when some use is not a weight: a graph output, a node
+/// the user excluded, any other input, or a capture `captured` refuses.
+pub(crate) fn weight_hints(
+    g: &Graph,
+    v: ValueId,
+    cfg: &QuantizeConfig,
+    captured: &dyn Fn(NodeId, ValueId) -> Option<Vec<WeightHint>>,
+) -> Option<Vec<WeightHint>> {
+    let mut hints = Vec::new();
+    let mut stack = vec![(v, false)];
+    let mut seen = HashSet::new();
+    while let Some((v, traced)) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        if g.is_graph_output(v) {
+            return None;
+        }
+        for u in g.uses(v) {
+            let n = g.node(u.node);
+            if cfg.exclude_nodes.iter().any(|e| e == n.name())
+                || cfg.exclude_op_types.iter().any(|e| e == n.op_type())
+            {
+                return None;
+            }
+            if u.index >= n.inputs().len() {
+                let inner = captured(u.node, v)?;
+                hints.extend(
+                    inner
+                        .into_iter()
+                        .map(|h| if traced { WeightHint::Traced } else { h }),
+                );
+                continue;
+            }
+            if !n.domain().is_empty() {
+                return None;
+            }
+            if copies_elements(n.kind()) && is_data_input(n, u.index) {
+                for o in n.outputs().iter().flatten() {
+                    stack.push((*o, true));
+                }
+                continue;
+            }
+            match rule(n.kind()) {
+                OpRule::Compute { weight, .. } if weight == u.index => hints.push(if traced {
+                    WeightHint::Traced
+                } else {
+                    WeightHint::Direct(Box::new(n.clone()))
+                }),
+                OpRule::Recurrent { weights } if weights.contains(&u.index) => {
+                    hints.push(WeightHint::Traced)
+                }
+                OpRule::Compute { .. }
+                | OpRule::Recurrent { .. }
+                | OpRule::Shared
+                | OpRule::Fused
+                | OpRule::Activation
+                | OpRule::Float(_) => return None,
+            }
+        }
+    }
+    Some(hints)
+}
+
 /// Axis of a compute op's weight that its product sums over (the axis
 /// blocks run along): Conv `[O, I, ...]` 1, ConvTranspose `[I, O, ...]` 0,
 /// Gemm `K` (0, or 1 with `transB`), MatMul the second-to-last, Gather
@@ -851,6 +1143,7 @@ pub fn apply(
         ..Default::default()
     };
     let nothing = plan.compute.is_empty()
+        && plan.stored.is_empty()
         && plan.activations.is_empty()
         && plan.embeddings.is_empty()
         && plan.fused.is_empty();
@@ -1177,6 +1470,28 @@ pub fn apply(
         let wf = weight_format_at(plan, cfg, g, n, d, opset).map_err(fail)?;
         if let Some(q) = quantize_weight(g, d, wf, None) {
             g.set_input(n, 0, Some(q.dq_out));
+            s.weights_quantized += 1;
+        }
+    }
+
+    // 4b. Stored weights of recurrent ops (weight-only and static).
+    for &(c, f) in &plan.stored {
+        let f = if opset < 13 && matches!(f.granularity, Granularity::PerAxis { .. }) {
+            f.per_tensor()
+        } else {
+            f
+        };
+        if f.min_opset().is_none_or(|m| m > opset)
+            || g.const_tensor(c)
+                .is_none_or(|t| opset < scale_min_opset(t.data_type()))
+        {
+            s.notes.push(format!(
+                "tensor `{}`: its format needs a newer opset than {opset}; left float",
+                g.value(c).name
+            ));
+            continue;
+        }
+        if quantize_in_place(g, c, f) {
             s.weights_quantized += 1;
         }
     }

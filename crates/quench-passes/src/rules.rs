@@ -26,6 +26,12 @@ pub enum OpRule {
     /// Absorbed into the preceding compute or fused op's output range
     /// (`Relu`, `Clip(0, max)`) when activations are asymmetric.
     Activation,
+    /// Recurrent op (LSTM, GRU, RNN): the constant tensors feeding its
+    /// weight inputs `weights` (W and R), directly or through data movement
+    /// (PyTorch exports slice and concatenate the gates of one `[4H, I]`
+    /// table), are stored int8 with a DequantizeLinear; the recurrence
+    /// itself runs in float (no runtime has an integer kernel for it).
+    Recurrent { weights: &'static [usize] },
     /// Stays float.
     Float(&'static str),
 }
@@ -65,8 +71,10 @@ pub fn rule(k: OpKind) -> OpRule {
         Tanh | Erf | Gelu | Exp | Log | Elu | HardSigmoid | HardSwish | Mish | Softplus
         | Softsign | Selu | Celu | ThresholdedRelu | PRelu | Swish | Sin | Cos | Abs | Neg
         | Sign | Floor | Ceil | Round => OpRule::Float("non-linear element-wise op stays float"),
-        If | Loop | Scan => OpRule::Float("control flow bodies stay float"),
-        LSTM | GRU | RNN => OpRule::Float("recurrent ops stay float"),
+        If | Loop | Scan => {
+            OpRule::Float("control flow: runs in float; its bodies are quantized on their own")
+        }
+        LSTM | GRU | RNN => OpRule::Recurrent { weights: &[1, 2] },
         QuantizeLinear
         | DequantizeLinear
         | DynamicQuantizeLinear

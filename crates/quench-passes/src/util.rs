@@ -187,8 +187,47 @@ pub fn infer_elem_types(g: &Graph) -> std::collections::HashMap<ValueId, i32> {
                 .flatten()
                 .find_map(|v| t.get(v).copied()),
         };
+        // If/Loop/Scan: each output has the element type its body declares
+        // for it (If: either branch; Loop: the body output after the
+        // condition; Scan: the body output in the same place).
+        if matches!(node.kind(), OpKind::If | OpKind::Loop | OpKind::Scan) {
+            let (attr, skip) = match node.kind() {
+                OpKind::Loop => ("body", 1),
+                OpKind::Scan => ("body", 0),
+                _ => ("then_branch", 0),
+            };
+            let declared: Vec<Option<i32>> = node
+                .attr(attr)
+                .and_then(|a| a.g.as_ref())
+                .map(|b| {
+                    b.output
+                        .iter()
+                        .skip(skip)
+                        .map(|o| match o.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                            Some(quench_onnx::proto::type_proto::Value::TensorType(tt)) => {
+                                tt.elem_type.filter(|e| *e != 0)
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (o, e) in node.outputs().iter().zip(declared) {
+                if let (Some(o), Some(e)) = (o, e) {
+                    t.entry(*o).or_insert(e);
+                }
+            }
+            continue;
+        }
+        // Ops whose every output has the type of output 0 (recurrent ops'
+        // sequences and final states, Split's parts); others type output 0.
+        let all = matches!(
+            node.kind(),
+            OpKind::LSTM | OpKind::GRU | OpKind::RNN | OpKind::Split
+        );
         if let Some(e) = out {
-            for o in node.outputs().iter().take(1).flatten() {
+            let n = if all { node.outputs().len() } else { 1 };
+            for o in node.outputs().iter().take(n).flatten() {
                 t.entry(*o).or_insert(e);
             }
         }
