@@ -1,35 +1,64 @@
-//! Mixed precision to a target (`--target-sqnr DB`): leave the tensors that
-//! cost the most at the model output float, fewest changes first, until the
-//! output SQNR on held-back data reaches the target.
+//! Mixed precision to a target (`--target-sqnr DB`, `--max-top1-drop PCT`,
+//! `--max-accuracy-drop POINTS`): raise the tensors that cost the most at
+//! the model output to 16-bit activations or float, fewest changes first,
+//! until every target holds on held-back data.
 //!
 //! 1. The plan is quantized with every calibrated range and its float twin
-//!    measured against FP32 on the evaluation samples. At or above the
-//!    target: nothing changes.
-//! 2. Otherwise every quantized activation's output gain is measured (the
-//!    twin with only that tensor left float), and tensors are left float in order of gain, largest first,
-//!    re-measuring the whole model after each (a change that does not raise
-//!    it is undone), until the target holds or [`MAX_CHANGES`] tensors are
-//!    float.
+//!    measured against FP32 on the evaluation samples ([`Figures`]: the
+//!    lowest output SQNR, the top-1 agreement with FP32 lost on
+//!    class-score outputs, the accuracy on the data's `labels` lost). When
+//!    every target holds: nothing changes.
+//! 2. Otherwise activations are taken in order of their **output gain**
+//!    (the SQNR gained by leaving only that tensor, with the tensors
+//!    sharing its parameters, float), largest first, and each is left
+//!    float with the whole model re-measured; a change that does not
+//!    bring the model closer to the targets is undone ([`closer`]), until
+//!    they hold, [`MAX_CHANGES`] tensors are raised, `4 x MAX_CHANGES`
+//!    were tried or no tensor left gains [`MIN_GAIN_DB`] alone.
+//! 3. Once the targets hold, each tensor left float is tried at 16 bits
+//!    (the default activation format widened to 16 bits, when the model's
+//!    opset is or can be made 21): kept there when the targets still
+//!    hold, since a 16-bit tensor keeps its op on integer hardware (NPUs)
+//!    where a float one does not.
+//!
+//! **The order is found lazily** (best-first group testing): leaving a
+//! group of tensors float gains at least what any member gains alone
+//! (their error powers add), so the groups are kept in a queue by measured
+//! gain; the best group is halved and both halves measured, until the best
+//! is one tensor, which is the next to try. Finding the first tensors
+//! costs about `2 log2(n)` runs each instead of one run per activation
+//! before any is tried; the whole order costs at most `2n` runs.
 //!
 //! All of it runs on one parametric twin ([`crate::search::ParamBench`]):
-//! tract compiles one model, and every choice is a run of it.
+//! tract compiles one model, and every choice (float, 8 or 16 bits) is a
+//! run of it, computing bit for bit what the written model's float twin
+//! computes.
 //!
 //! Invariant: every figure is measured on the evaluation split of the
 //! [`DataPlan`](crate::DataPlan), never on calibration samples; the report
-//! states the SQNR before and after and each tensor's measured gain.
+//! states the figures before and after and, for each tensor raised, why.
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
+use quench_calib::QuantFormat;
 use quench_ir::Model;
 use quench_onnx::proto::ModelProto;
 use quench_passes::quantize::{Plan, QuantizeConfig, Ranges};
+use quench_verify::{Accumulator, ArrayData};
 use serde::Serialize;
 
 use crate::data::Bound;
+use crate::search::{ParamBench, Setting};
 
-/// Most tensors left float on the way to a target.
+/// Most tensors raised on the way to a target.
 pub const MAX_CHANGES: usize = 32;
 
-/// One tensor left float, and what leaving it float alone measured.
+/// A tensor whose leaving float alone gains less than this (dB) is not
+/// tried: its effect is below the noise of the measurement, and every
+/// tensor after it in the order gains less.
+pub const MIN_GAIN_DB: f64 = 0.01;
+
+/// One tensor left float by `--method auto` (an outlier), and what leaving
+/// it float alone measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct FloatTensor {
     pub tensor: String,
@@ -39,18 +68,150 @@ pub struct FloatTensor {
     pub sqnr_after_db: f64,
 }
 
-/// What `--target-sqnr` did.
+/// What a mixed-precision search must reach on the evaluation data (each
+/// `None`: not asked).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Targets {
+    /// Lowest output SQNR against FP32 (dB), `--target-sqnr`.
+    pub sqnr_db: Option<f64>,
+    /// Most top-1 agreement with FP32 that may be lost, in percentage
+    /// points, on every class-score output, `--max-top1-drop`.
+    pub max_top1_drop: Option<f64>,
+    /// Most accuracy against the data's `labels` that may be lost next to
+    /// FP32's, in percentage points, `--max-accuracy-drop`.
+    pub max_accuracy_drop: Option<f64>,
+}
+
+impl Targets {
+    /// Whether any target is asked.
+    pub fn any(&self) -> bool {
+        self.sqnr_db.is_some() || self.max_top1_drop.is_some() || self.max_accuracy_drop.is_some()
+    }
+
+    /// The targets as the command line spells them.
+    pub fn flags(&self) -> String {
+        let mut v = Vec::new();
+        if let Some(t) = self.sqnr_db {
+            v.push(format!("--target-sqnr {t}"));
+        }
+        if let Some(t) = self.max_top1_drop {
+            v.push(format!("--max-top1-drop {t}"));
+        }
+        if let Some(t) = self.max_accuracy_drop {
+            v.push(format!("--max-accuracy-drop {t}"));
+        }
+        v.join(" ")
+    }
+
+    /// How far `f` is from each target (0 where it holds; +inf where the
+    /// figure is missing or NaN), in the target's own unit.
+    fn shortfalls(&self, f: &Figures) -> [f64; 3] {
+        let gap = |x: f64| {
+            if x.is_nan() {
+                f64::INFINITY
+            } else {
+                x.max(0.0)
+            }
+        };
+        [
+            self.sqnr_db.map_or(0.0, |t| gap(t - f.sqnr_db)),
+            self.max_top1_drop
+                .map_or(0.0, |t| f.top1_drop.map_or(f64::INFINITY, |d| gap(d - t))),
+            self.max_accuracy_drop.map_or(0.0, |t| {
+                f.accuracy_drop.map_or(f64::INFINITY, |d| gap(d - t))
+            }),
+        ]
+    }
+
+    /// Whether every target holds for `f`.
+    pub fn met(&self, f: &Figures) -> bool {
+        self.shortfalls(f).iter().all(|s| *s == 0.0)
+    }
+}
+
+/// Whether `new` is closer to the targets than `cur`: no target's
+/// shortfall grows and one shrinks, or none changes and the output SQNR
+/// rises (progress on the continuous figure where the counted ones, top-1
+/// and accuracy, have not moved yet).
+pub fn closer(t: &Targets, new: &Figures, cur: &Figures) -> bool {
+    let (a, b) = (t.shortfalls(new), t.shortfalls(cur));
+    if a.iter().zip(&b).any(|(a, b)| a > b) {
+        return false;
+    }
+    a.iter().zip(&b).any(|(a, b)| a < b) || new.sqnr_db > cur.sqnr_db
+}
+
+/// The model's figures on the evaluation data (reference semantics).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Figures {
+    /// Lowest SQNR over the outputs (dB).
+    pub sqnr_db: f64,
+    /// Top-1 agreement with FP32 lost, in percentage points: 100 minus
+    /// the lowest agreement over the class-score outputs (the last axis
+    /// holds 2 to 10000 classes); `None` when no output has class scores.
+    pub top1_drop: Option<f64>,
+    /// FP32's accuracy on the data's integer `labels` minus the model's
+    /// (percentage points, first output `[N, C]`); `None` without labels.
+    pub accuracy_drop: Option<f64>,
+}
+
+/// Where a tensor went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Quantized on the 16-bit grid (opset 21 Q/DQ).
+    Int16,
+    /// Left float (no Q/DQ).
+    Float,
+}
+
+/// One tensor raised on the way to the targets.
+#[derive(Debug, Clone, Serialize)]
+pub struct RaisedTensor {
+    pub tensor: String,
+    pub to: Precision,
+    /// Output SQNR gain (dB) of leaving only this tensor float (the order
+    /// the search tried tensors in).
+    pub gain_db: f64,
+    /// The figures once it and every tensor before it were raised (float
+    /// during the search; for a 16-bit tensor, once it was moved to 16
+    /// bits with the choices before it in place).
+    pub after: Figures,
+    /// Why, in words.
+    pub why: String,
+}
+
+/// What a mixed-precision search did.
 #[derive(Debug, Clone, Serialize)]
 pub struct MixedReport {
-    pub target_db: f64,
-    /// Output SQNR (lowest over outputs, reference semantics) with every
-    /// activation quantized.
-    pub initial_db: f64,
-    pub final_db: f64,
+    pub targets: Targets,
+    /// Figures with every activation quantized, and at the end.
+    pub initial: Figures,
+    pub result: Figures,
     pub reached: bool,
-    pub float: Vec<FloatTensor>,
+    /// Tensors raised, in the order they were chosen.
+    pub raised: Vec<RaisedTensor>,
+    /// The 16-bit format tried for tensors left float, or (`wide_declined`)
+    /// why none was.
+    pub wide_format: Option<QuantFormat>,
+    pub wide_declined: Option<String>,
+    /// Runs of the parametric twin, and the seconds they took.
+    pub runs: usize,
+    pub seconds: f64,
     /// Evaluation data the figures are measured on.
     pub data: String,
+}
+
+impl MixedReport {
+    /// The tensors left float.
+    pub fn float(&self) -> impl Iterator<Item = &RaisedTensor> {
+        self.raised.iter().filter(|r| r.to == Precision::Float)
+    }
+
+    /// The tensors raised to 16 bits.
+    pub fn int16(&self) -> impl Iterator<Item = &RaisedTensor> {
+        self.raised.iter().filter(|r| r.to == Precision::Int16)
+    }
 }
 
 /// Root tensor name -> the names of the tensors sharing its quantization
@@ -72,12 +233,99 @@ pub fn shared_members(
     m
 }
 
-/// The tensors to leave float so that the output SQNR reaches `target`
-/// (see the module docs). `float` is the graph right before quantization,
-/// `original` the FP32 input model (the reference). Every figure comes from
-/// one parametric twin ([`crate::search::ParamBench`]: one tract compile,
-/// each choice a run), which computes bit for bit what the written
-/// model's float twin computes.
+/// The 16-bit format a tensor of `narrow` format is raised to: same
+/// signedness and symmetry, per tensor; `None` for formats that are not
+/// 8-bit integers.
+pub fn widened(narrow: QuantFormat) -> Option<QuantFormat> {
+    let f = narrow.int_format()?;
+    if f.bits() != 8 {
+        return None;
+    }
+    quench_calib::IntFormat::new(16, f.signed(), f.symmetric(), false)
+        .ok()
+        .map(|w| QuantFormat::int(w).per_tensor())
+}
+
+/// Measures [`Figures`] of one choice on a bench.
+struct Meter<'a> {
+    bench: ParamBench,
+    /// First sample of each batch.
+    starts: Vec<usize>,
+    labels: Option<&'a ArrayData>,
+}
+
+impl Meter<'_> {
+    fn figures(&mut self, set: &[Setting], grid: &[Option<(f32, f32)>]) -> Result<Figures> {
+        let starts = self.starts.clone();
+        let labels = self.labels;
+        let per_batch = self.bench.run_each(set, grid, |b, r, q| {
+            let mut acc: Vec<Accumulator> = Vec::with_capacity(r.len());
+            for (r, q) in r.iter().zip(q) {
+                let mut a = Accumulator::new();
+                let (r, q) = (r.to_f32(), q.to_f32());
+                if a.update(r.view(), q.view()).is_err() {
+                    // A shape the twin should never change: no figure.
+                    acc.push(Accumulator::new());
+                    continue;
+                }
+                acc.push(a);
+            }
+            let hits = match (r.first(), q.first()) {
+                (Some(r), Some(q)) => quench_verify::evaluate::label_hits(
+                    &r.to_f32(),
+                    &q.to_f32(),
+                    labels,
+                    starts.get(b).copied().unwrap_or(0),
+                ),
+                _ => (0, 0, 0),
+            };
+            (acc, hits)
+        })?;
+        let outputs = per_batch.first().map_or(0, |(a, _)| a.len());
+        let mut sqnr = f64::INFINITY;
+        let mut top1: Option<f64> = None;
+        for o in 0..outputs {
+            let mut a = Accumulator::new();
+            for (accs, _) in &per_batch {
+                if let Some(x) = accs.get(o) {
+                    a.merge(x);
+                }
+            }
+            let m = a.finish();
+            let db = if m.sqnr_db.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                m.sqnr_db
+            };
+            sqnr = sqnr.min(db);
+            if let Some(t) = m.top1.filter(|t| t.rows > 0) {
+                let f = if t.fraction.is_nan() { 0.0 } else { t.fraction };
+                top1 = Some(top1.map_or(f, |b: f64| b.min(f)));
+            }
+        }
+        let (rows, fp, q) = per_batch
+            .iter()
+            .fold((0, 0, 0), |(n, a, b), (_, h)| (n + h.0, a + h.1, b + h.2));
+        let accuracy_drop = (rows > 0).then(|| 100.0 * (fp as f64 - q as f64) / rows as f64);
+        Ok(Figures {
+            sqnr_db: sqnr,
+            top1_drop: top1.map(|f| 100.0 * (1.0 - f)),
+            accuracy_drop,
+        })
+    }
+}
+
+/// A group of roots and what leaving them all float gains (dB).
+struct Group {
+    gain: f64,
+    members: Vec<usize>,
+}
+
+/// Raises tensors until `targets` hold (see the module docs). `float` is
+/// the graph right before quantization, `original` the FP32 input model
+/// (the reference), `wide` the 16-bit format tried for tensors left float
+/// (or why none is). Errors when a target cannot be measured on this
+/// model and data (no class-score output, no labels).
 #[allow(clippy::too_many_arguments)]
 pub fn to_target(
     float: &Model,
@@ -87,67 +335,248 @@ pub fn to_target(
     cfg: &QuantizeConfig,
     opset: i64,
     data: &Bound,
-    target: f64,
+    targets: Targets,
+    wide: Result<QuantFormat, String>,
 ) -> Result<MixedReport> {
+    let t0 = std::time::Instant::now();
+    let labels = data.data.extra("labels");
+    if targets.max_accuracy_drop.is_some() {
+        match labels {
+            Some(ArrayData::I64(l)) if l.ndim() == 1 && l.len() == data.data.samples() => {}
+            _ => {
+                return Err(anyhow!(
+                    "--max-accuracy-drop needs integer class labels with the evaluation data: a `labels.npy` (int64, one class id per sample) beside its inputs, or a `labels` array in its .npz ({})",
+                    data.label
+                ))
+            }
+        }
+    }
     let rows: Vec<usize> = (0..data.data.samples()).collect();
-    let mut bench =
-        crate::search::ParamBench::new(float, original, plan, ranges, cfg, opset, data, &rows)?;
-    let mut set = bench.initial(true);
-    let first = bench.score(&set)?.min_db;
+    let bench = ParamBench::new(float, original, plan, ranges, cfg, opset, data, &rows)?;
+    let starts: Vec<usize> = bench
+        .batch_rows()
+        .iter()
+        .scan(0, |s, &n| {
+            let at = *s;
+            *s += n;
+            Some(at)
+        })
+        .collect();
+    let mut m = Meter {
+        bench,
+        starts,
+        labels,
+    };
+    let none = vec![None; m.bench.pairs.len()];
+    let mut set = m.bench.initial(true);
+    let first = m.figures(&set, &none)?;
+    if targets.max_top1_drop.is_some() && first.top1_drop.is_none() {
+        return Err(anyhow!(
+            "--max-top1-drop needs an output with class scores (its last axis 2 to 10000 classes); this model has none"
+        ));
+    }
+    if targets.max_accuracy_drop.is_some() && first.accuracy_drop.is_none() {
+        return Err(anyhow!(
+            "--max-accuracy-drop needs a first output of shape [N, classes] to compare with the labels"
+        ));
+    }
     let mut report = MixedReport {
-        target_db: target,
-        initial_db: first,
-        final_db: first,
-        reached: first >= target,
-        float: Vec::new(),
+        targets,
+        initial: first,
+        result: first,
+        reached: targets.met(&first),
+        raised: Vec::new(),
+        wide_format: wide.as_ref().ok().copied(),
+        wide_declined: wide.as_ref().err().cloned(),
+        runs: 0,
+        seconds: 0.0,
         data: data.label.clone(),
     };
-    if report.reached {
-        return Ok(report);
-    }
-    // Each root alone left float (with the tensors sharing its
-    // parameters), measured against every activation quantized.
-    let roots = bench.roots.clone();
-    let mut order: Vec<(&String, &Vec<usize>, f64)> = Vec::new();
-    for (root, ixs) in &roots {
-        let mut alone = set.clone();
-        for &i in ixs {
-            alone[i].2 = false;
-        }
-        let gain = bench.score(&alone)?.min_db - first;
-        if gain.is_finite() {
-            order.push((root, ixs, gain));
-        }
-    }
-    order.sort_by(|a, b| b.2.total_cmp(&a.2));
-    let mut tried = 0;
-    for (root, ixs, gain) in order {
-        if report.float.len() >= MAX_CHANGES || tried >= 4 * MAX_CHANGES {
-            break;
-        }
-        tried += 1;
-        for &i in ixs {
-            set[i].2 = false;
-        }
-        let s = bench.score(&set)?.min_db;
-        // A change that does not raise the whole model's SQNR is undone:
-        // fewest changes, each one measured to help.
-        if !(s > report.final_db) {
-            for &i in ixs {
-                set[i].2 = true;
+    let roots = m.bench.roots.clone();
+    if !report.reached && !roots.is_empty() {
+        // The order, lazily: the best group is halved until one root is
+        // left; each group's gain is measured against every activation
+        // quantized (`base`).
+        let base = set.clone();
+        let gain_of = |m: &mut Meter, ks: &[usize]| -> Result<f64> {
+            let mut s = base.clone();
+            for &k in ks {
+                for &i in &roots[k].1 {
+                    s[i].2 = false;
+                }
             }
-            continue;
+            Ok(m.figures(&s, &none)?.sqnr_db - first.sqnr_db)
+        };
+        let all: Vec<usize> = (0..roots.len()).collect();
+        let mut queue = vec![Group {
+            gain: if all.len() == 1 {
+                f64::INFINITY
+            } else {
+                gain_of(&mut m, &all)?
+            },
+            members: all,
+        }];
+        let mut tried = 0;
+        let mut cur = first;
+        loop {
+            if report.raised.len() >= MAX_CHANGES || tried >= 4 * MAX_CHANGES {
+                break;
+            }
+            // The best group (NaN gains last).
+            let Some(best) = (0..queue.len()).max_by(|&a, &b| {
+                let (x, y) = (queue[a].gain, queue[b].gain);
+                x.is_nan().cmp(&y.is_nan()).reverse().then(x.total_cmp(&y))
+            }) else {
+                break;
+            };
+            let grp = queue.swap_remove(best);
+            if !(grp.gain >= MIN_GAIN_DB) {
+                break;
+            }
+            if grp.members.len() > 1 {
+                let (a, b) = grp.members.split_at(grp.members.len() / 2);
+                for half in [a, b] {
+                    let gain = gain_of(&mut m, half)?;
+                    queue.push(Group {
+                        gain,
+                        members: half.to_vec(),
+                    });
+                }
+                continue;
+            }
+            let k = grp.members[0];
+            let gain = if grp.gain.is_finite() {
+                grp.gain
+            } else {
+                gain_of(&mut m, &[k])?
+            };
+            tried += 1;
+            let (root, ixs) = &roots[k];
+            for &i in ixs {
+                set[i].2 = false;
+            }
+            let f = m.figures(&set, &none)?;
+            if !closer(&targets, &f, &cur) {
+                for &i in ixs {
+                    set[i].2 = true;
+                }
+                continue;
+            }
+            report.raised.push(RaisedTensor {
+                tensor: root.clone(),
+                to: Precision::Float,
+                gain_db: gain,
+                after: f,
+                why: format!(
+                    "alone float {gain:+.2} dB at the output; it and the tensors chosen before it float: {}",
+                    describe(&f)
+                ),
+            });
+            cur = f;
+            if targets.met(&f) {
+                report.reached = true;
+                break;
+            }
         }
-        report.float.push(FloatTensor {
-            tensor: root.clone(),
-            gain_db: gain,
-            sqnr_after_db: s,
-        });
-        report.final_db = s;
-        if s >= target {
-            report.reached = true;
-            break;
+        report.result = cur;
+        // 16 bits where it keeps the targets.
+        if let (true, Ok(w)) = (report.reached, &wide) {
+            let mut grid = none.clone();
+            let (qmin, qmax) = match w.int_format() {
+                Some(f) => (f.qmin() as f32, f.qmax() as f32),
+                None => (0.0, 0.0),
+            };
+            for r in 0..report.raised.len() {
+                let name = report.raised[r].tensor.clone();
+                let Some(k) = roots.iter().position(|(n, _)| *n == name) else {
+                    continue;
+                };
+                let Some(range) = ranges.get(&name).copied() else {
+                    continue;
+                };
+                let Some((s, z)) = m.bench.params(&name, w, range) else {
+                    continue;
+                };
+                let (mut s2, mut g2) = (set.clone(), grid.clone());
+                for &i in &roots[k].1 {
+                    s2[i] = (s, z, true);
+                    g2[i] = Some((qmin, qmax));
+                }
+                let f = m.figures(&s2, &g2)?;
+                if targets.met(&f) {
+                    set = s2;
+                    grid = g2;
+                    let x = &mut report.raised[r];
+                    x.to = Precision::Int16;
+                    x.after = f;
+                    x.why = format!(
+                        "{}; at 16 bits the targets still hold ({})",
+                        x.why,
+                        describe(&f)
+                    );
+                    report.result = f;
+                }
+            }
         }
     }
+    report.runs = m.bench.runs;
+    report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The figures in words.
+pub fn describe(f: &Figures) -> String {
+    let mut s = format!("SQNR {:.2} dB", f.sqnr_db);
+    if let Some(d) = f.top1_drop {
+        s.push_str(&format!(", top-1 agreement {:.2}%", 100.0 - d));
+    }
+    if let Some(d) = f.accuracy_drop {
+        s.push_str(&format!(", accuracy {:+.2} points vs FP32", -d));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fig(sqnr: f64, top1: Option<f64>) -> Figures {
+        Figures {
+            sqnr_db: sqnr,
+            top1_drop: top1,
+            accuracy_drop: None,
+        }
+    }
+
+    #[test]
+    fn a_change_is_closer_when_no_shortfall_grows() {
+        let t = Targets {
+            sqnr_db: None,
+            max_top1_drop: Some(1.0),
+            max_accuracy_drop: None,
+        };
+        // Top-1 unchanged, SQNR up: progress on the continuous figure.
+        assert!(closer(&t, &fig(20.0, Some(3.0)), &fig(19.0, Some(3.0))));
+        // Top-1 worse: undone even though the SQNR rose.
+        assert!(!closer(&t, &fig(25.0, Some(4.0)), &fig(19.0, Some(3.0))));
+        // Top-1 better with a lower SQNR: the target comes first.
+        assert!(closer(&t, &fig(18.0, Some(2.0)), &fig(19.0, Some(3.0))));
+        assert!(t.met(&fig(10.0, Some(1.0))));
+        assert!(!t.met(&fig(60.0, Some(1.01))));
+        // A figure that cannot be measured never meets its target.
+        assert!(!t.met(&fig(60.0, None)));
+    }
+
+    #[test]
+    fn the_wide_format_keeps_signedness_and_symmetry() {
+        use quench_calib::IntFormat;
+        let u8a = QuantFormat::int(IntFormat::new(8, false, false, false).unwrap());
+        let w = widened(u8a).unwrap().int_format().unwrap();
+        assert_eq!((w.bits(), w.signed(), w.symmetric()), (16, false, false));
+        assert_eq!((w.qmin(), w.qmax()), (0, 65535));
+        let s8s = QuantFormat::int(IntFormat::new(8, true, true, false).unwrap());
+        let w = widened(s8s).unwrap().int_format().unwrap();
+        assert_eq!((w.bits(), w.signed(), w.symmetric()), (16, true, true));
+        assert!(widened(QuantFormat::float(quench_calib::FloatKind::F8E4M3FN)).is_none());
+    }
 }

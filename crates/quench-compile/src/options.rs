@@ -131,6 +131,18 @@ pub struct Options {
     /// Leave the activations that cost the most at the output float, fewest
     /// first, until the output SQNR on evaluation data reaches this (dB).
     pub target_sqnr: Option<f64>,
+    /// Raise the costliest activations (as for `target_sqnr`) until top-1
+    /// agreement with FP32 on the class-score outputs of the evaluation
+    /// data has dropped by at most this many percentage points.
+    pub max_top1_drop: Option<f64>,
+    /// Raise the costliest activations until accuracy against the
+    /// evaluation data's integer `labels` is at most this many percentage
+    /// points below FP32's.
+    pub max_accuracy_drop: Option<f64>,
+    /// With a target: a tensor left float is tried at 16 bits (the default
+    /// activation format widened, opset 21) and kept there when the
+    /// targets still hold.
+    pub mixed_int16: bool,
     /// Run verification in tract.
     pub verify: bool,
     /// Measure every quantized activation's own error (static mode).
@@ -174,6 +186,9 @@ impl Default for Options {
             min_sqnr: None,
             min_top1: None,
             target_sqnr: None,
+            max_top1_drop: None,
+            max_accuracy_drop: None,
+            mixed_int16: true,
             verify: true,
             explain: false,
             no_fallback: false,
@@ -205,6 +220,16 @@ impl Options {
         finite("--min-sqnr", self.min_sqnr)?;
         finite("--min-top1", self.min_top1)?;
         finite("--target-sqnr", self.target_sqnr)?;
+        for (name, v) in [
+            ("--max-top1-drop", self.max_top1_drop),
+            ("--max-accuracy-drop", self.max_accuracy_drop),
+        ] {
+            if let Some(x) = v {
+                if !(x.is_finite() && (0.0..=100.0).contains(&x)) {
+                    return Err(format!("{name} {x}: percentage points in [0, 100]"));
+                }
+            }
+        }
         if let Some(t) = self.min_top1 {
             if !(0.0..=1.0).contains(&t) {
                 return Err(format!("--min-top1 {t}: a fraction in [0, 1]"));
@@ -227,6 +252,16 @@ impl Options {
             weight_format: self.weight_format,
             weight_block_size: self.weight_block_size,
             ..QuantizeConfig::default()
+        }
+    }
+
+    /// The mixed-precision targets asked (`target_sqnr`, `max_top1_drop`,
+    /// `max_accuracy_drop`).
+    pub fn targets(&self) -> crate::mixed::Targets {
+        crate::mixed::Targets {
+            sqnr_db: self.target_sqnr,
+            max_top1_drop: self.max_top1_drop,
+            max_accuracy_drop: self.max_accuracy_drop,
         }
     }
 
