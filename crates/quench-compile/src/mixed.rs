@@ -185,7 +185,9 @@ pub struct RaisedTensor {
 #[derive(Debug, Clone, Serialize)]
 pub struct MixedReport {
     pub targets: Targets,
-    /// Figures with every activation quantized, and at the end.
+    /// Figures with every activation quantized, and of the result: the
+    /// model as written (before bias correction), measured on a twin built
+    /// from the edited plan ([`measure_plan`]) when anything was raised.
     pub initial: Figures,
     pub result: Figures,
     pub reached: bool,
@@ -353,15 +355,7 @@ pub fn to_target(
     }
     let rows: Vec<usize> = (0..data.data.samples()).collect();
     let bench = ParamBench::new(float, original, plan, ranges, cfg, opset, data, &rows)?;
-    let starts: Vec<usize> = bench
-        .batch_rows()
-        .iter()
-        .scan(0, |s, &n| {
-            let at = *s;
-            *s += n;
-            Some(at)
-        })
-        .collect();
+    let starts = starts_of(&bench);
     let mut m = Meter {
         bench,
         starts,
@@ -430,7 +424,7 @@ pub fn to_target(
                 break;
             };
             let grp = queue.swap_remove(best);
-            if !(grp.gain >= MIN_GAIN_DB) {
+            if grp.gain.is_nan() || grp.gain < MIN_GAIN_DB {
                 break;
             }
             if grp.members.len() > 1 {
@@ -524,6 +518,48 @@ pub fn to_target(
     Ok(report)
 }
 
+/// The [`Figures`] of the model `plan` and `ranges` describe (as written,
+/// before bias correction) on `data`: one more tract compile and one run.
+/// The search's figures come from a twin built once with 8-bit
+/// parameters, where the int32 bias of a compute op fed by a raised
+/// tensor keeps its 8-bit rounding (`input scale x weight scale`); this is
+/// the exact figure of the plan once edited.
+#[allow(clippy::too_many_arguments)]
+pub fn measure_plan(
+    float: &Model,
+    original: &ModelProto,
+    plan: &Plan,
+    ranges: &Ranges,
+    cfg: &QuantizeConfig,
+    opset: i64,
+    data: &Bound,
+) -> Result<Figures> {
+    let rows: Vec<usize> = (0..data.data.samples()).collect();
+    let bench = ParamBench::new(float, original, plan, ranges, cfg, opset, data, &rows)?;
+    let starts = starts_of(&bench);
+    let mut m = Meter {
+        bench,
+        starts,
+        labels: data.data.extra("labels"),
+    };
+    let set = m.bench.initial(true);
+    let none = vec![None; set.len()];
+    m.figures(&set, &none)
+}
+
+/// First sample of each batch of a bench.
+fn starts_of(bench: &ParamBench) -> Vec<usize> {
+    bench
+        .batch_rows()
+        .iter()
+        .scan(0, |s, &n| {
+            let at = *s;
+            *s += n;
+            Some(at)
+        })
+        .collect()
+}
+
 /// The figures in words.
 pub fn describe(f: &Figures) -> String {
     let mut s = format!("SQNR {:.2} dB", f.sqnr_db);
@@ -537,6 +573,7 @@ pub fn describe(f: &Figures) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
