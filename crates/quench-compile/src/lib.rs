@@ -534,20 +534,17 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         };
         let flags = targets.flags();
         let mixed = data.eval.as_ref().map(|ev| {
-            (
-                ev,
-                mixed::to_target(
-                    &model, original, &plan, &ranges, &cfg, opset, ev, targets, wide,
-                ),
+            mixed::to_target(
+                &model, original, &plan, &ranges, &cfg, opset, ev, targets, wide,
             )
         });
         match mixed {
-            Some((_, Err(e))) => {
+            Some(Err(e)) => {
                 let why = format!("{flags} not applied: {e:#}");
                 out.warn(why.clone());
                 target_missed = Some(why);
             }
-            Some((ev, Ok(mut r))) => {
+            Some(Ok(mut r)) => {
                 for f in r.float() {
                     ranges.remove(&f.tensor);
                 }
@@ -577,46 +574,6 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                     );
                                 }
                             }
-                        }
-                    }
-                }
-                // The written model's own figures: the search's twin kept
-                // the 8-bit rounding of biases fed by raised tensors.
-                if !r.raised.is_empty() {
-                    let searched = r.reached;
-                    for attempt in 0..2 {
-                        match mixed::measure_plan(&model, original, &plan, &ranges, &cfg, opset, ev)
-                        {
-                            Ok(f) => {
-                                r.result = f;
-                                r.reached = targets.met(&f);
-                            }
-                            Err(e) => {
-                                out.note(format!(
-                                    "mixed precision: the edited plan could not be measured: {e:#}"
-                                ));
-                                break;
-                            }
-                        }
-                        // 16 bits that held in the search but not in the
-                        // written model: left float instead, measured again.
-                        if r.reached || !searched || attempt == 1 || r.int16().count() == 0 {
-                            break;
-                        }
-                        let default = cfg.default_activation_format();
-                        for x in r
-                            .raised
-                            .iter_mut()
-                            .filter(|x| x.to == mixed::Precision::Int16)
-                        {
-                            if let Some(v) = model.graph.value_by_name(&x.tensor) {
-                                plan.formats.insert(v, default);
-                            }
-                            ranges.remove(&x.tensor);
-                            x.to = mixed::Precision::Float;
-                            x.why.push_str(
-                                "; left float: at 16 bits the written model missed the targets",
-                            );
                         }
                     }
                 }
