@@ -513,25 +513,12 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     if let (true, Mode::Static) = (targets.any(), cfg.mode) {
         // The 16-bit format a tensor left float is tried at, if the
         // model's opset is or can be made 21.
-        let wide = if !opts.mixed_int16 {
-            Err("--no-mixed-int16".to_string())
-        } else {
-            match mixed::widened(cfg.default_activation_format()) {
-                None => Err("the activation format is not an 8-bit integer".to_string()),
-                Some(w) => {
-                    let need = w.min_opset().unwrap_or(21);
-                    if opset >= need {
-                        Ok(w)
-                    } else {
-                        quench_passes::upgrade_opset::check(&model.graph, opset, need)
-                            .map(|()| w)
-                            .map_err(|why| {
-                                format!("opset {opset} cannot be upgraded to {need}: {why}")
-                            })
-                    }
-                }
-            }
-        };
+        let wide = mixed::wide_choice(
+            &model.graph,
+            opset,
+            cfg.default_activation_format(),
+            opts.mixed_int16,
+        );
         let flags = targets.flags();
         let mixed = data.eval.as_ref().map(|ev| {
             mixed::to_target(

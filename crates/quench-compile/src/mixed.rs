@@ -292,6 +292,32 @@ pub fn widened(narrow: QuantFormat) -> Option<QuantFormat> {
         .map(|w| QuantFormat::int(w).per_tensor())
 }
 
+/// The 16-bit format tensors raised may take, or why there is none:
+/// `enabled` (`--no-mixed-int16` turns it off), an 8-bit integer default
+/// activation format ([`widened`]), and an opset that has 16-bit Q/DQ
+/// (21) or a graph [`upgrade_opset`](quench_passes::upgrade_opset) can
+/// take there (it declines, e.g., `GroupNormalization`, whose scale and
+/// bias changed shape at 21): a model that cannot be upgraded leaves its
+/// raised tensors float.
+pub fn wide_choice(
+    g: &quench_ir::Graph,
+    opset: i64,
+    default: QuantFormat,
+    enabled: bool,
+) -> Result<QuantFormat, String> {
+    if !enabled {
+        return Err("--no-mixed-int16".into());
+    }
+    let w = widened(default).ok_or("the activation format is not an 8-bit integer")?;
+    let need = w.min_opset().unwrap_or(21);
+    if opset >= need {
+        return Ok(w);
+    }
+    quench_passes::upgrade_opset::check(g, opset, need)
+        .map(|()| w)
+        .map_err(|why| format!("opset {opset} cannot be upgraded to {need}: {why}"))
+}
+
 /// Measures [`Figures`] of one choice on a bench.
 struct Meter<'a> {
     bench: ParamBench,
@@ -696,6 +722,37 @@ mod tests {
         assert!(!t.met(&fig(60.0, Some(1.01))));
         // A figure that cannot be measured never meets its target.
         assert!(!t.met(&fig(60.0, None)));
+    }
+
+    #[test]
+    fn sixteen_bits_need_an_opset_that_has_them() {
+        use quench_calib::IntFormat;
+        let u8a = QuantFormat::int(IntFormat::new(8, false, false, false).unwrap());
+        let g = |op: &str, opset: i64| {
+            quench_ir::parse_model(&format!(
+                "# ir_version 8; opset ai.onnx {opset}\n\
+                 graph main(%x: f32[1,4,2,2]) -> (%0)\n\
+                 \x20 %w0 = const f32[2] [1.0,1.0]\n\
+                 \x20 %w1 = const f32[2] [0.0,0.0]\n\
+                 \x20 %0 = {op}(%x, %w0, %w1) {{num_groups=2}} : f32[1,4,2,2]\n"
+            ))
+            .unwrap()
+        };
+        // Opset 17 with a plain op: upgraded when chosen.
+        let m = g("InstanceNormalization", 17);
+        assert!(wide_choice(&m.graph, 17, u8a, true).is_ok());
+        assert!(wide_choice(&m.graph, 21, u8a, true).is_ok());
+        // GroupNormalization changed at 21: no 16-bit choice, float it is.
+        let m = g("GroupNormalization", 18);
+        let why = wide_choice(&m.graph, 18, u8a, true).unwrap_err();
+        assert!(why.contains("cannot be upgraded to 21"), "{why}");
+        // Turned off, or a format that is not 8 bits.
+        assert_eq!(
+            wide_choice(&m.graph, 21, u8a, false).unwrap_err(),
+            "--no-mixed-int16"
+        );
+        let f8 = QuantFormat::float(quench_calib::FloatKind::F8E4M3FN);
+        assert!(wide_choice(&m.graph, 21, f8, true).is_err());
     }
 
     #[test]
