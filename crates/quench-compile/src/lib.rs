@@ -577,12 +577,13 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     ));
                 } else {
                     let why = format!(
-                        "{flags} not reached: {} with {n_float} tensor(s) left float (at most {}; {} -> {} on {})",
-                        mixed::describe(&r.result),
-                        mixed::MAX_CHANGES,
+                        "{flags} not reached on {} ({} runs, {:.1} s): {} -> {} with {n_int16} tensor(s) raised to 16 bits and {n_float} left float (at most {} changes); the best model found is written",
+                        r.data,
+                        r.runs,
+                        r.seconds,
                         mixed::describe(&r.initial),
                         mixed::describe(&r.result),
-                        r.data
+                        mixed::MAX_CHANGES,
                     );
                     out.warn(why.clone());
                     target_missed = Some(why);
