@@ -133,10 +133,11 @@ fn target_sqnr_raises_the_fewest_costly_tensors_until_it_holds() {
     assert_eq!(raised[0]["tensor"], "stem");
     assert_eq!(raised[0]["to"], "int16", "{m}");
     assert!(m["initial"]["sqnr_db"].as_f64().unwrap() < 30.0, "{m}");
-    // The verification of the written model agrees with the scan.
+    // The verification of the written model is the search's final figure
+    // (both the written model's float twin on the same samples).
     assert!(sqnr >= 35.0, "{sqnr}");
     assert!(
-        (sqnr - m["result"]["sqnr_db"].as_f64().unwrap()).abs() < 0.5,
+        (sqnr - m["result"]["sqnr_db"].as_f64().unwrap()).abs() < 1e-6,
         "{sqnr} vs {m}"
     );
     // Without the 16-bit choice the stem is left float.
