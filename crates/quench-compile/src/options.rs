@@ -285,3 +285,39 @@ impl Options {
             && self.calibration_table.is_none()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_precision_targets_fill_from_a_recipe_and_are_checked() {
+        let o: Options = serde_json::from_str(
+            r#"{"max_top1_drop": 1.5, "max_accuracy_drop": 0.5, "mixed_int16": false}"#,
+        )
+        .unwrap();
+        let t = o.targets();
+        assert_eq!(
+            (t.sqnr_db, t.max_top1_drop, t.max_accuracy_drop),
+            (None, Some(1.5), Some(0.5))
+        );
+        assert!(t.any() && !o.mixed_int16);
+        assert_eq!(t.flags(), "--max-top1-drop 1.5 --max-accuracy-drop 0.5");
+        // The command line's defaults: no target, 16 bits tried.
+        let d = Options::default();
+        assert!(!d.targets().any() && d.mixed_int16);
+        for bad in [-1.0, 101.0, f64::NAN] {
+            let o = Options {
+                max_top1_drop: Some(bad),
+                ..Options::default()
+            };
+            assert!(o.validate().unwrap_err().contains("--max-top1-drop"));
+            let o = Options {
+                max_accuracy_drop: Some(bad),
+                ..Options::default()
+            };
+            assert!(o.validate().unwrap_err().contains("--max-accuracy-drop"));
+        }
+    }
+}
