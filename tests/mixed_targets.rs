@@ -6,6 +6,7 @@
 //! of top-1 agreement with FP32 (6 of accuracy on the labels); one tensor
 //! raised to 16 bits gets them back. Every figure asserted is measured on
 //! `testdata/digits/eval` (341 samples, never used for calibration).
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

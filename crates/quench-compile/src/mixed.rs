@@ -526,16 +526,14 @@ pub fn to_target(
             }
             measure_plan(float, original, &p, &r, cfg, op, data)
         };
-        let mut tried = 0;
         let mut cur = first;
-        for (k, gain) in order {
+        for (tried, (k, gain)) in order.into_iter().enumerate() {
             if report.raised.len() >= MAX_CHANGES
                 || tried >= 4 * MAX_CHANGES
                 || report.confirmations >= MAX_CONFIRMATIONS
             {
                 break;
             }
-            tried += 1;
             let (root, ixs) = &roots[k];
             for &i in ixs {
                 set[i].2 = false;

@@ -7,6 +7,7 @@
 //! normalization output's range before and after, and the strength
 //! chosen. The measured gain is asserted by the workspace's
 //! `tests/accuracy.rs` (`smooth_quant_moves_normalization_outliers_into_weights`).
+#![allow(clippy::unwrap_used)]
 
 use std::fmt::Write;
 use std::path::PathBuf;
