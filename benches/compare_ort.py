@@ -1167,9 +1167,13 @@ def run_quench(label, extra, spec, dirs, wdir, args, ev, add_batch, labels, ref_
             q["stderr"] = pr["stderr"][-3000:]
     mp = (rep or {}).get("mixed_precision")
     if mp:
-        q["mixed"] = {"target_db": mp.get("target_db"), "initial_db": mp.get("initial_db"),
-                      "final_db": mp.get("final_db"), "reached": mp.get("reached"),
-                      "float": [f.get("tensor") for f in (mp.get("float") or [])]}
+        raised = mp.get("raised") or []
+        q["mixed"] = {"target_db": (mp.get("targets") or {}).get("sqnr_db"),
+                      "initial_db": (mp.get("initial") or {}).get("sqnr_db"),
+                      "final_db": (mp.get("result") or {}).get("sqnr_db"), "reached": mp.get("reached"),
+                      "float": [f.get("tensor") for f in raised if f.get("to") == "float"],
+                      "int16": [f.get("tensor") for f in raised if f.get("to") == "int16"],
+                      "runs": mp.get("runs"), "seconds": mp.get("seconds")}
     print(f"  {label}: {q['status']} ({q['wall']:.1f}s) SQNR {fmt_db(q.get('sqnr_mean'))}", flush=True)
     return q, sess
 
@@ -1343,8 +1347,9 @@ def summary_table(results):
         if qt:
             mx = qt.get("mixed") or {}
             n_float = len(mx.get("float") or [])
+            n16 = len(mx.get("int16") or [])
             reached = "" if mx.get("reached", True) else ", target not reached on val"
-            tcell = f"T={r['target_db']}: {cell(qt)}, {n_float} float{reached}" if mx else \
+            tcell = f"T={r['target_db']}: {cell(qt)}, {n16} int16, {n_float} float{reached}" if mx else \
                 f"T={r['target_db']}: {cell(qt)} (no mixed-precision report)"
         b = r.get("ort_best")
         bo = r["ort"].get(b) if b else None

@@ -179,11 +179,31 @@ pub struct CompileArgs {
     #[arg(long)]
     pub min_top1: Option<f64>,
     /// Mixed precision to a target: leave the activations that cost the
-    /// most at the output float (each measured by leaving it alone float),
-    /// fewest changes first, until the output SQNR on the evaluation data
-    /// reaches DB (static mode; at most 32 tensors). The report lists them.
+    /// most at the output float (ordered by what leaving each alone float
+    /// gains), fewest changes first, until the lowest output SQNR on the
+    /// evaluation data reaches DB (static mode; at most 32 tensors); then
+    /// each is tried at 16 bits and kept there if the target still holds
+    /// (see --no-mixed-int16). The report says which and why. Not reached:
+    /// the best model found is written and the exit status is 3.
     #[arg(long, value_name = "DB")]
     pub target_sqnr: Option<f64>,
+    /// Mixed precision (as --target-sqnr) until top-1 agreement with FP32
+    /// on the evaluation data has dropped by at most PCT percentage points,
+    /// on every output with class scores (last axis of 2-10000 classes).
+    /// Needs no labels. Not reached: exit status 3.
+    #[arg(long, value_name = "PCT")]
+    pub max_top1_drop: Option<f64>,
+    /// Mixed precision (as --target-sqnr) until accuracy against the
+    /// evaluation data's labels is at most POINTS percentage points below
+    /// FP32's. Labels: a `labels.npy` (int64, one class id per sample)
+    /// beside the evaluation inputs, or `labels` in its .npz; scored on the
+    /// first output, [N, classes]. Not reached: exit status 3.
+    #[arg(long, value_name = "POINTS")]
+    pub max_accuracy_drop: Option<f64>,
+    /// With a target: never try 16-bit activations (opset 21) for the
+    /// tensors raised; leave them float.
+    #[arg(long)]
+    pub no_mixed_int16: bool,
     /// Where to write a model that failed `--min-sqnr`/`--min-top1` (by
     /// default it is not written at all).
     #[arg(long, value_name = "PATH")]
@@ -312,6 +332,9 @@ impl CompileArgs {
             min_sqnr: self.min_sqnr,
             min_top1: self.min_top1,
             target_sqnr: self.target_sqnr,
+            max_top1_drop: self.max_top1_drop,
+            max_accuracy_drop: self.max_accuracy_drop,
+            mixed_int16: !self.no_mixed_int16,
             verify: !self.no_verify,
             explain: self.explain,
             no_fallback: self.no_fallback,
@@ -443,6 +466,8 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
         limit: None,
     };
     let failed = outcome.report.threshold_failure.clone();
+    // A target not reached still writes the best model found (exit 3).
+    let missed = outcome.report.target_missed.clone();
     let target = match (&failed, &a.keep_rejected) {
         (None, _) => Some(a.output.as_path()),
         (Some(_), Some(k)) => Some(k.as_path()),
@@ -472,5 +497,5 @@ pub fn compile(a: CompileArgs) -> Result<Option<ThresholdFailed>> {
     if let Some(p) = &a.report {
         crate::files::write_json(p, &outcome.report, true)?;
     }
-    Ok(failed.map(ThresholdFailed))
+    Ok(failed.or(missed).map(ThresholdFailed))
 }

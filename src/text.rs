@@ -162,19 +162,21 @@ pub fn print_report(r: &Report, verbose: bool) {
     );
     if let Some(m) = &r.mixed_precision {
         println!(
-            "  mixed          --target-sqnr {}: {} ({} tensor(s) left float; SQNR {:.2} -> {:.2} dB on {})",
-            m.target_db,
+            "  mixed          {}: {} ({} tensor(s) raised to 16 bits, {} left float; {} -> {} on {})",
+            m.targets.flags(),
             if m.reached { "reached" } else { "NOT reached" },
-            m.float.len(),
-            m.initial_db,
-            m.final_db,
+            m.int16().count(),
+            m.float().count(),
+            quench_compile::mixed::describe(&m.initial),
+            quench_compile::mixed::describe(&m.result),
             m.data
         );
-        for f in &m.float {
-            println!(
-                "    float: `{}` (alone {:+.2} dB; {:.2} dB once float)",
-                f.tensor, f.gain_db, f.sqnr_after_db
-            );
+        for t in &m.raised {
+            let to = match t.to {
+                quench_compile::mixed::Precision::Int16 => "16-bit",
+                quench_compile::mixed::Precision::Float => "float",
+            };
+            println!("    {to}: `{}` ({})", t.tensor, t.why);
         }
     }
     if let Some(p) = &r.pruning {

@@ -24,6 +24,13 @@ set by hand so that each model has the property its test needs.
   normalization's output shares one scale over channels 40x apart;
   SmoothQuant (`--smooth-quant`) moves the outliers into the weights.
 
+- `outlier_classifier.onnx`: the trained `../digits_cnn.onnx` with a 17th
+  conv2 channel (1000x relu1's channel 0) that fc ignores: the same logits,
+  but relu2_out's range is about 1000x its useful channels', so 8-bit
+  activations there lose about 8 points of top-1 agreement (6 of
+  accuracy) and a 16-bit grid or float gets them back (mixed precision
+  to a target).
+
 Run with the venv of scripts/setup_venv.sh:
     .venv/bin/python testdata/make_accuracy_fixtures.py
 """
@@ -137,8 +144,40 @@ def make_smooth_block():
     print("  smooth_block: LayerNormalization scale outliers x40 in channels 3, 11")
 
 
+def make_outlier_classifier(gain=1000.0):
+    """The trained digits CNN with one more conv2 channel, `gain` times
+    relu1's channel 0 at each position, that the classifier ignores (zero
+    columns in fc): the logits are unchanged, but relu2_out's range (and
+    the flattened Gemm input sharing it) reaches about 1000x the useful
+    channels', so an 8-bit grid over it loses the classifier's features."""
+    src = onnx.load(os.path.join(HERE, "digits_cnn.onnx"))
+    w = {i.name: numpy_helper.to_array(i) for i in src.graph.initializer}
+    conv2 = np.zeros((17, 8, 3, 3), dtype=np.float32)
+    conv2[:16] = w["conv2.weight"]
+    conv2[16, 0, 1, 1] = gain
+    ext = {
+        "conv2.weight": conv2,
+        "conv2.bias": np.append(w["conv2.bias"], 0.0),
+        "bn2.weight": np.append(w["bn2.weight"], 1.0),
+        "bn2.bias": np.append(w["bn2.bias"], 0.0),
+        "bn2.running_mean": np.append(w["bn2.running_mean"], 0.0),
+        "bn2.running_var": np.append(w["bn2.running_var"], 1.0),
+        # Flatten is channel-major: the new channel's 16 positions come last.
+        "fc.weight": np.concatenate([w["fc.weight"], np.zeros((10, 16), dtype=np.float32)], axis=1),
+    }
+    for i in src.graph.initializer:
+        if i.name in ext:
+            i.CopyFrom(init(i.name, ext[i.name]))
+    src.graph.name = "outlier_classifier"
+    del src.graph.value_info[:]
+    onnx.checker.check_model(src, full_check=True)
+    onnx.save(src, os.path.join(OUT, "outlier_classifier.onnx"))
+    print(f"  outlier_classifier: conv2 channel 16 = {gain} x relu1 channel 0 (centre), ignored by fc")
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     make_hardswish_stem()
     make_cle_depthwise()
     make_smooth_block()
+    make_outlier_classifier()

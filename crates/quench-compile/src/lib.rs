@@ -320,7 +320,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     let pruning = prune::run(opts, &data, &mut model, original, &mut out.log)?;
 
     // 4. Opset.
-    let opset = upgrade_opset(&mut model, needed_opset(opts, &cfg), &mut out.notes);
+    let mut opset = upgrade_opset(&mut model, needed_opset(opts, &cfg), &mut out.notes);
     model
         .graph
         .verify()
@@ -500,47 +500,110 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         phases.lap("range search");
     }
 
-    // 5a. Mixed precision to a target: leave the costliest tensors float.
+    // 5a. Mixed precision to targets: raise the costliest tensors to 16
+    // bits or float until the targets hold on held-back data.
     let mut mixed_precision = None;
-    if opts.target_sqnr.is_some() && cfg.mode != Mode::Static {
-        out.warn("--target-sqnr applies to static quantization only; not applied".into());
+    let mut target_missed = None;
+    let targets = opts.targets();
+    if targets.any() && cfg.mode != Mode::Static {
+        let why = format!(
+            "{} applies to static quantization only; not applied",
+            targets.flags()
+        );
+        out.warn(why.clone());
+        target_missed = Some(why);
     }
-    if let (Some(target), Mode::Static) = (opts.target_sqnr, cfg.mode) {
-        let mixed = match &data.eval {
-            Some(ev) => Some((
-                ev,
-                mixed::to_target(&model, original, &plan, &ranges, &cfg, opset, ev, target),
-            )),
-            None => None,
-        };
+    if let (true, Mode::Static) = (targets.any(), cfg.mode) {
+        // The 16-bit format a tensor left float is tried at, if the
+        // model's opset is or can be made 21.
+        let wide = mixed::wide_choice(
+            &model.graph,
+            opset,
+            cfg.default_activation_format(),
+            opts.mixed_int16,
+        );
+        let flags = targets.flags();
+        let mixed = data.eval.as_ref().map(|ev| {
+            mixed::to_target(
+                &model, original, &plan, &ranges, &cfg, opset, ev, targets, wide,
+            )
+        });
         match mixed {
-            Some((_, Err(e))) => out.warn(format!("--target-sqnr skipped: {e:#}")),
-            Some((_ev, Ok(r))) => {
-                for f in &r.float {
+            Some(Err(e)) => {
+                let why = format!("{flags} not applied: {e:#}");
+                out.warn(why.clone());
+                target_missed = Some(why);
+            }
+            Some(Ok(mut r)) => {
+                for f in r.float() {
                     ranges.remove(&f.tensor);
                 }
+                // 16-bit tensors: the opset that has them (upgraded now
+                // that one is chosen, re-planned since an upgrade may
+                // rewrite nodes), then the plan edit.
+                let int16: Vec<String> = r.int16().map(|t| t.tensor.clone()).collect();
+                if let (false, Some(w)) = (int16.is_empty(), r.wide_format) {
+                    let need = w.min_opset().unwrap_or(21);
+                    if opset < need {
+                        opset = upgrade_opset(&mut model, need, &mut out.notes);
+                        plan = quantize::plan(&model.graph, &cfg)?;
+                    }
+                    for t in &int16 {
+                        match model.graph.value_by_name(t) {
+                            Some(v) if opset >= need => {
+                                plan.formats.insert(v, w);
+                            }
+                            _ => {
+                                // Cannot happen after a successful check;
+                                // float is the safe fallback.
+                                ranges.remove(t);
+                                if let Some(x) = r.raised.iter_mut().find(|x| &x.tensor == t) {
+                                    x.to = mixed::Precision::Float;
+                                    x.why.push_str(
+                                        "; left float: the opset could not be upgraded for 16 bits",
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+                let n_float = r.float().count();
+                let n_int16 = r.int16().count();
                 if r.reached {
                     out.note(format!(
-                        "--target-sqnr {target}: {} tensor(s) left float, output SQNR {:.2} -> {:.2} dB on {}",
-                        r.float.len(),
-                        r.initial_db,
-                        r.final_db,
-                        r.data
+                        "{flags}: {n_int16} tensor(s) raised to 16 bits, {n_float} left float; {} -> {} on {} ({} runs, {:.1} s)",
+                        mixed::describe(&r.initial),
+                        mixed::describe(&r.result),
+                        r.data,
+                        r.runs,
+                        r.seconds
                     ));
                 } else {
-                    out.warn(format!(
-                        "--target-sqnr {target} not reached: {:.2} dB with {} tensor(s) left float (at most {})",
-                        r.final_db,
-                        r.float.len(),
-                        mixed::MAX_CHANGES
-                    ));
+                    let why = format!(
+                        "{flags} not reached on {} ({} runs, {:.1} s): {} -> {} with {n_int16} tensor(s) raised to 16 bits and {n_float} left float (at most {} changes); the best model found is written",
+                        r.data,
+                        r.runs,
+                        r.seconds,
+                        mixed::describe(&r.initial),
+                        mixed::describe(&r.result),
+                        mixed::MAX_CHANGES,
+                    );
+                    out.warn(why.clone());
+                    target_missed = Some(why);
+                }
+                if let Some(why) = &r.wide_declined {
+                    out.log
+                        .push(format!("mixed precision: no 16-bit choice ({why})"));
                 }
                 mixed_precision = Some(r);
             }
-            None => out.warn(
-                "--target-sqnr needs evaluation data and verification (--eval, or --calibration to hold some back; not with --no-verify); not applied"
-                    .into(),
-            ),
+            None => {
+                let why = format!(
+                    "{flags} needs evaluation data and verification (--eval, or --calibration to hold some back; not with --no-verify); not applied"
+                );
+                out.warn(why.clone());
+                target_missed = Some(why);
+            }
         }
         phases.lap("mixed precision");
     }
@@ -640,10 +703,18 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
             })
         })
         .collect();
+    let mixed_float: Vec<mixed::FloatTensor> = mixed_precision
+        .iter()
+        .flat_map(|m| m.float())
+        .map(|f| mixed::FloatTensor {
+            tensor: f.tensor.clone(),
+            gain_db: f.gain_db,
+            sqnr_after_db: f.after.sqnr_db,
+        })
+        .collect();
+    let target_flags = opts.targets().flags();
     let mut left_float: Vec<(&mixed::FloatTensor, &str)> = Vec::new();
-    if let Some(m) = &mixed_precision {
-        left_float.extend(m.float.iter().map(|f| (f, "--target-sqnr")));
-    }
+    left_float.extend(mixed_float.iter().map(|f| (f, target_flags.as_str())));
     if let Some(a) = &auto_ranges {
         left_float.extend(a.float.iter().map(|f| (f, "--method auto (an outlier)")));
         left_float.extend(group_members.iter().map(|f| {
@@ -769,6 +840,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         log: out.log,
         timings: phases.done,
         threshold_failure: None,
+        target_missed,
     };
     report.threshold_failure = report.check_thresholds(opts.min_sqnr, opts.min_top1);
     Ok(Outcome {

@@ -131,6 +131,18 @@ pub struct Options {
     /// Leave the activations that cost the most at the output float, fewest
     /// first, until the output SQNR on evaluation data reaches this (dB).
     pub target_sqnr: Option<f64>,
+    /// Raise the costliest activations (as for `target_sqnr`) until top-1
+    /// agreement with FP32 on the class-score outputs of the evaluation
+    /// data has dropped by at most this many percentage points.
+    pub max_top1_drop: Option<f64>,
+    /// Raise the costliest activations until accuracy against the
+    /// evaluation data's integer `labels` is at most this many percentage
+    /// points below FP32's.
+    pub max_accuracy_drop: Option<f64>,
+    /// With a target: a tensor left float is tried at 16 bits (the default
+    /// activation format widened, opset 21) and kept there when the
+    /// targets still hold.
+    pub mixed_int16: bool,
     /// Run verification in tract.
     pub verify: bool,
     /// Measure every quantized activation's own error (static mode).
@@ -174,6 +186,9 @@ impl Default for Options {
             min_sqnr: None,
             min_top1: None,
             target_sqnr: None,
+            max_top1_drop: None,
+            max_accuracy_drop: None,
+            mixed_int16: true,
             verify: true,
             explain: false,
             no_fallback: false,
@@ -205,6 +220,16 @@ impl Options {
         finite("--min-sqnr", self.min_sqnr)?;
         finite("--min-top1", self.min_top1)?;
         finite("--target-sqnr", self.target_sqnr)?;
+        for (name, v) in [
+            ("--max-top1-drop", self.max_top1_drop),
+            ("--max-accuracy-drop", self.max_accuracy_drop),
+        ] {
+            if let Some(x) = v {
+                if !(x.is_finite() && (0.0..=100.0).contains(&x)) {
+                    return Err(format!("{name} {x}: percentage points in [0, 100]"));
+                }
+            }
+        }
         if let Some(t) = self.min_top1 {
             if !(0.0..=1.0).contains(&t) {
                 return Err(format!("--min-top1 {t}: a fraction in [0, 1]"));
@@ -230,6 +255,16 @@ impl Options {
         }
     }
 
+    /// The mixed-precision targets asked (`target_sqnr`, `max_top1_drop`,
+    /// `max_accuracy_drop`).
+    pub fn targets(&self) -> crate::mixed::Targets {
+        crate::mixed::Targets {
+            sqnr_db: self.target_sqnr,
+            max_top1_drop: self.max_top1_drop,
+            max_accuracy_drop: self.max_accuracy_drop,
+        }
+    }
+
     /// The range method with its parameter.
     pub fn range_method(&self) -> RangeMethod {
         match self.method {
@@ -248,5 +283,41 @@ impl Options {
             && self.mode == Mode::Static
             && self.calibration.is_some()
             && self.calibration_table.is_none()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_precision_targets_fill_from_a_recipe_and_are_checked() {
+        let o: Options = serde_json::from_str(
+            r#"{"max_top1_drop": 1.5, "max_accuracy_drop": 0.5, "mixed_int16": false}"#,
+        )
+        .unwrap();
+        let t = o.targets();
+        assert_eq!(
+            (t.sqnr_db, t.max_top1_drop, t.max_accuracy_drop),
+            (None, Some(1.5), Some(0.5))
+        );
+        assert!(t.any() && !o.mixed_int16);
+        assert_eq!(t.flags(), "--max-top1-drop 1.5 --max-accuracy-drop 0.5");
+        // The command line's defaults: no target, 16 bits tried.
+        let d = Options::default();
+        assert!(!d.targets().any() && d.mixed_int16);
+        for bad in [-1.0, 101.0, f64::NAN] {
+            let o = Options {
+                max_top1_drop: Some(bad),
+                ..Options::default()
+            };
+            assert!(o.validate().unwrap_err().contains("--max-top1-drop"));
+            let o = Options {
+                max_accuracy_drop: Some(bad),
+                ..Options::default()
+            };
+            assert!(o.validate().unwrap_err().contains("--max-accuracy-drop"));
+        }
     }
 }

@@ -89,8 +89,9 @@ pub struct Report {
     /// What `--prune` did: sparsity per layer, fidelity after pruning
     /// alone, compressed sizes.
     pub pruning: Option<PruneReport>,
-    /// What `--target-sqnr` did: tensors left float and the SQNR before
-    /// and after.
+    /// What `--target-sqnr` / `--max-top1-drop` / `--max-accuracy-drop`
+    /// did: tensors raised to 16 bits or left float, why, and the figures
+    /// before and after.
     pub mixed_precision: Option<crate::mixed::MixedReport>,
     /// What `--method auto` did: ranges changed and the output SQNR on
     /// calibration samples before and after.
@@ -111,6 +112,11 @@ pub struct Report {
     pub timings: Vec<Timing>,
     /// Why a requested threshold (`min_sqnr`, `min_top1`) was not met.
     pub threshold_failure: Option<String>,
+    /// Why a mixed-precision target (`target_sqnr`, `max_top1_drop`,
+    /// `max_accuracy_drop`) was not reached or could not be searched for.
+    /// Unlike a failed threshold, the model is still the best found (the
+    /// command line writes it and exits with status 3).
+    pub target_missed: Option<String>,
 }
 
 impl Report {

@@ -336,6 +336,49 @@ impl ParamBench {
         Some((p.scale, p.zero_point as f32))
     }
 
+    /// Samples in each batch the bench runs, in order: batch `b` starts
+    /// at the sum of the counts before it (for rows of extra data such as
+    /// labels).
+    pub fn batch_rows(&self) -> &[usize] {
+        &self.rows
+    }
+
+    /// Runs the twin with `set` and applies `f` to each batch: its index,
+    /// FP32's outputs and the twin's. Where `grid` has an entry for a
+    /// pair, that integer code range `(qmin, qmax)` replaces the one of
+    /// the pair's own type, so a pair built as 8-bit computes a 16-bit
+    /// grid (with scale and zero point from [`params`](Self::params) on
+    /// the 16-bit format): the same model, other parameters. For figures
+    /// other than [`score`](Self::score)'s (top-1 agreement, accuracy on
+    /// labels); counts as one run.
+    pub fn run_each<T: Send>(
+        &mut self,
+        set: &[Setting],
+        grid: &[Option<(f32, f32)>],
+        f: impl Fn(usize, &[ArrayData], &[ArrayData]) -> T + Sync,
+    ) -> Result<Vec<T>> {
+        self.runs += 1;
+        let mut params = Vec::with_capacity(4 * set.len());
+        for (i, (p, &(s, z, on))) in self.pairs.iter().zip(set).enumerate() {
+            let (qmin, qmax) = grid.get(i).copied().flatten().unwrap_or((p.qmin, p.qmax));
+            params.push(ArrayData::F32(ndarray::arr0(s).into_dyn()));
+            params.push(ArrayData::F32(ndarray::arr0(qmin - z).into_dyn()));
+            params.push(ArrayData::F32(ndarray::arr0(qmax - z).into_dyn()));
+            params.push(ArrayData::Bool(ndarray::arr0(on).into_dyn()));
+        }
+        self.batches
+            .par_iter()
+            .zip(&self.reference)
+            .enumerate()
+            .map(|(i, (b, r))| -> Result<T> {
+                let mut inputs = b.clone();
+                inputs.extend(params.iter().cloned());
+                let out = self.runners.run(&self.names, &inputs)?;
+                Ok(f(i, r, &out))
+            })
+            .collect()
+    }
+
     pub fn score(&mut self, set: &[Setting]) -> Result<Score> {
         self.runs += 1;
         let mut params = Vec::with_capacity(4 * set.len());
