@@ -14,7 +14,10 @@
 //!    float with the whole model re-measured; a change that does not
 //!    bring the model closer to the targets is undone ([`closer`]), until
 //!    they hold, [`MAX_CHANGES`] tensors are raised, `4 x MAX_CHANGES`
-//!    were tried or no tensor left gains [`MIN_GAIN_DB`] alone.
+//!    were tried or no tensor left gains [`MIN_GAIN_DB`] alone. Before
+//!    that, all the candidates (at most `4 x MAX_CHANGES`) are left float
+//!    at once: when even that misses the targets, nothing is tried and the
+//!    target is reported unreachable (one run instead of up to 128).
 //! 3. When the search's twin says the targets hold, the choice is measured
 //!    on the written model's own twin ([`measure_plan`]): the search's twin
 //!    was built once with every tensor at 8 bits, so the int32 bias of a
@@ -214,6 +217,10 @@ pub struct MixedReport {
     pub wide_declined: Option<String>,
     /// Runs the order took (each tensor's gain alone).
     pub order_runs: usize,
+    /// The figures with every candidate of the search (each gaining
+    /// alone, at most `4 x MAX_CHANGES`) float at once: when these miss
+    /// the targets, nothing is tried (no subset of them reaches them).
+    pub bound: Option<Figures>,
     /// Choices measured on the written model's own twin
     /// ([`measure_plan`]).
     pub confirmations: usize,
@@ -423,6 +430,7 @@ pub fn to_target(
         wide_format: wide.as_ref().ok().copied(),
         wide_declined: wide.as_ref().err().cloned(),
         order_runs: 0,
+        bound: None,
         confirmations: 0,
         runs: 0,
         seconds: 0.0,
@@ -468,6 +476,26 @@ pub fn to_target(
             }
             measure_plan(float, original, &p, &r, cfg, op, data)
         };
+        // Stop rule: every candidate the search may try, left float at
+        // once. Leaving a tensor float removes its rounding error (each
+        // candidate was measured to gain alone); only errors cancelling
+        // each other could make a subset better than all of them, so when
+        // even all of them miss the targets the search is not tried: one
+        // run instead of up to 4 x MAX_CHANGES.
+        order.truncate(4 * MAX_CHANGES);
+        if order.len() > 1 {
+            let mut all = set.clone();
+            for (k, _) in &order {
+                for &i in &roots[*k].1 {
+                    all[i].2 = false;
+                }
+            }
+            let f = m.figures(&all, &none)?;
+            report.bound = Some(f);
+            if !targets.met(&f) {
+                order.clear();
+            }
+        }
         let mut cur = first;
         for (tried, (k, gain)) in order.into_iter().enumerate() {
             if report.raised.len() >= MAX_CHANGES
