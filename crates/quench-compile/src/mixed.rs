@@ -17,7 +17,9 @@
 //!    were tried or no tensor left gains [`MIN_GAIN_DB`] alone. Before
 //!    that, all the candidates (at most `4 x MAX_CHANGES`) are left float
 //!    at once: when even that misses the targets, nothing is tried and the
-//!    target is reported unreachable (one run instead of up to 128).
+//!    target is reported unreachable (one run instead of up to 128; PP-OCR
+//!    mobile classifier, `--target-sqnr 40`: all 100 candidates float give
+//!    30.6 dB, the phase took 32 s instead of 61 s, debug build).
 //! 3. When the search's twin says the targets hold, the choice is measured
 //!    on the written model's own twin ([`measure_plan`]): the search's twin
 //!    was built once with every tensor at 8 bits, so the int32 bias of a
