@@ -189,7 +189,13 @@ fn targets_not_met_exit_3_and_say_why() {
     let (code, r, err) = compile_to("digits_cnn.onnx", &out, true, &["--target-sqnr", "200"]);
     assert_eq!(code, 3, "{err}");
     assert!(out.exists());
-    assert_eq!(r["mixed_precision"]["reached"], false);
+    let m = &r["mixed_precision"];
+    assert_eq!(m["reached"], false);
+    // Every candidate float at once stays far below 200 dB: nothing is
+    // tried (one run instead of one per candidate), nothing raised.
+    assert!(f(&m["bound"]["sqnr_db"]) < 100.0, "{m}");
+    assert_eq!(m["raised"].as_array().unwrap().len(), 0, "{m}");
+    assert!(m["runs"].as_u64().unwrap() <= 2 + m["order_runs"].as_u64().unwrap(), "{m}");
     assert!(err.contains("--target-sqnr 200 not reached"), "{err}");
     let missed = r["target_missed"].as_str().unwrap();
     assert!(missed.contains("not reached"), "{missed}");

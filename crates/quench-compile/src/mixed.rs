@@ -14,7 +14,12 @@
 //!    float with the whole model re-measured; a change that does not
 //!    bring the model closer to the targets is undone ([`closer`]), until
 //!    they hold, [`MAX_CHANGES`] tensors are raised, `4 x MAX_CHANGES`
-//!    were tried or no tensor left gains [`MIN_GAIN_DB`] alone.
+//!    were tried or no tensor left gains [`MIN_GAIN_DB`] alone. Before
+//!    that, all the candidates (at most `4 x MAX_CHANGES`) are left float
+//!    at once: when even that misses the targets, nothing is tried and the
+//!    target is reported unreachable (one run instead of up to 128; PP-OCR
+//!    mobile classifier, `--target-sqnr 40`: all 100 candidates float give
+//!    30.6 dB, the phase took 32 s instead of 61 s, debug build).
 //! 3. When the search's twin says the targets hold, the choice is measured
 //!    on the written model's own twin ([`measure_plan`]): the search's twin
 //!    was built once with every tensor at 8 bits, so the int32 bias of a
@@ -29,15 +34,16 @@
 //!    (else all stay float): a 16-bit tensor keeps its op on integer
 //!    hardware (NPUs) where a float one does not.
 //!
-//! **The order's cost**: one run per activation. With at least twice
-//! [`ORDER_SAMPLES`] evaluation samples and more than [`SHORTLIST`]
-//! activations, every gain is screened on [`ORDER_SAMPLES`] samples spread
-//! over the set, and the [`SHORTLIST`] best measured again on all of them
-//! (their order is the search's; the rest follow as screened). Best-first
-//! group testing (halves left float, the better half halved again) was
-//! tried and dropped: error powers do not add on real models, and on the
-//! PP-OCR classifier it ordered two tensors ahead of the one that reaches
-//! the target alone. A screen on 4 samples alone did the same with six.
+//! **The order's cost** is one run per activation on every evaluation
+//! sample, and it is what keeps the changes few. Two cheaper orders were
+//! tried and dropped, both measured on real models: best-first group
+//! testing (halves left float, the better half halved again: error
+//! powers do not add, and on the PP-OCR mobile classifier it needed two
+//! changes where one suffices), and a screen of every gain on 4 of the 16
+//! samples with the best 24 re-measured on all (the classifier: same
+//! result; the nudenet 320n detector: the tensor that matters most ranked
+//! below 24 on the 4 samples, and 32 changes missed a target that 2
+//! reach, in 760 s against 962 s for the full order, debug build).
 //!
 //! All of it runs on parametric twins ([`crate::search::ParamBench`]):
 //! tract compiles one model, and every choice (float, 8 or 16 bits) is a
@@ -65,27 +71,6 @@ pub const MAX_CHANGES: usize = 32;
 /// measured on the written model's own twin ([`measure_plan`]; one tract
 /// compile each).
 pub const MAX_CONFIRMATIONS: usize = 4;
-
-/// Evaluation samples (spread over the set) every activation's gain is
-/// screened on when there are at least twice as many and more than
-/// [`SHORTLIST`] activations: one run per activation, so this bounds most
-/// of the cost.
-pub const ORDER_SAMPLES: usize = 4;
-
-/// Activations whose gain is measured again on every evaluation sample
-/// after the screen, the order of the search (the rest follow as
-/// screened). On the PP-OCR mobile classifier (16 samples) a 4-sample
-/// screen alone ordered six tensors ahead of the one that reaches the
-/// target; re-measured, it is first.
-pub const SHORTLIST: usize = 24;
-
-/// Rows spread evenly over `0..n`, at most `k` of them.
-fn spread(n: usize, k: usize) -> Vec<usize> {
-    if n <= k {
-        return (0..n).collect();
-    }
-    (0..k).map(|i| i * n / k).collect()
-}
 
 /// A tensor whose leaving float alone gains less than this (dB) is not
 /// tried: its effect is below the noise of the measurement, and every
@@ -232,12 +217,12 @@ pub struct MixedReport {
     /// why none was.
     pub wide_format: Option<QuantFormat>,
     pub wide_declined: Option<String>,
-    /// Evaluation samples every tensor's gain alone was screened on (0:
-    /// not screened, all measured on every sample), how many of the best
-    /// were measured again on every sample, and the runs the order took.
-    pub order_samples: usize,
-    pub shortlist: Option<usize>,
+    /// Runs the order took (each tensor's gain alone).
     pub order_runs: usize,
+    /// The figures with every candidate of the search (each gaining
+    /// alone, at most `4 x MAX_CHANGES`) float at once: when these miss
+    /// the targets, nothing is tried (no subset of them reaches them).
+    pub bound: Option<Figures>,
     /// Choices measured on the written model's own twin
     /// ([`measure_plan`]).
     pub confirmations: usize,
@@ -446,67 +431,34 @@ pub fn to_target(
         raised: Vec::new(),
         wide_format: wide.as_ref().ok().copied(),
         wide_declined: wide.as_ref().err().cloned(),
-        order_samples: 0,
-        shortlist: None,
         order_runs: 0,
+        bound: None,
         confirmations: 0,
         runs: 0,
         seconds: 0.0,
         data: data.label.clone(),
     };
     let roots = m.bench.roots.clone();
-    // Runs of a second twin (the order's, on fewer samples).
-    let mut extra_runs = 0;
     if !report.reached && !roots.is_empty() {
         // The order: each root alone left float, measured against every
-        // activation quantized. With many samples, every root is screened
-        // on a spread subset of them (a second twin on those rows), and
-        // the SHORTLIST best are measured again on all of them.
-        let n = data.data.samples();
-        let sub = spread(n, ORDER_SAMPLES);
-        let alone = |set: &[Setting], k: usize| {
-            let mut s = set.to_vec();
-            for &i in &roots[k].1 {
-                s[i].2 = false;
-            }
-            s
-        };
-        let mut order: Vec<(usize, f64)> = Vec::new();
-        if 2 * sub.len() <= n && roots.len() > SHORTLIST {
-            let mut screen =
-                ParamBench::new(float, original, plan, ranges, cfg, opset, data, &sub)?;
-            let base = screen.score(&set)?.min_db;
-            for k in 0..roots.len() {
-                let g = screen.score(&alone(&set, k))?.min_db - base;
-                order.push((k, if g.is_nan() { f64::NEG_INFINITY } else { g }));
-            }
-            order.sort_by(|a, b| b.1.total_cmp(&a.1));
-            report.order_samples = screen.samples();
-            report.order_runs = screen.runs;
-            extra_runs = screen.runs;
-        }
+        // activation quantized, on every evaluation sample (see the module
+        // docs for the cheaper orders that were tried).
         let runs_before = m.bench.runs;
         let base = m.bench.score(&set)?.min_db;
-        let full: Vec<usize> = if order.is_empty() {
-            (0..roots.len()).collect()
-        } else {
-            order.iter().take(SHORTLIST).map(|(k, _)| *k).collect()
-        };
-        let mut measured: Vec<(usize, f64)> = Vec::new();
-        for &k in &full {
-            measured.push((k, m.bench.score(&alone(&set, k))?.min_db - base));
+        let mut order: Vec<(usize, f64)> = Vec::new();
+        for (k, (_, ixs)) in roots.iter().enumerate() {
+            let mut alone = set.clone();
+            for &i in ixs {
+                alone[i].2 = false;
+            }
+            let gain = m.bench.score(&alone)?.min_db - base;
+            // Below MIN_GAIN_DB: no measurable effect (NaN fails too).
+            if gain >= MIN_GAIN_DB {
+                order.push((k, gain));
+            }
         }
-        report.order_runs += m.bench.runs - runs_before;
-        report.shortlist = (!order.is_empty()).then_some(full.len());
-        measured.sort_by(|a, b| b.1.total_cmp(&a.1));
-        // The shortlist in its measured order, then the rest as screened;
-        // below MIN_GAIN_DB a tensor has no measurable effect (NaN fails
-        // too).
-        let order: Vec<(usize, f64)> = measured
-            .into_iter()
-            .chain(order.into_iter().skip(full.len()))
-            .filter(|(_, g)| *g >= MIN_GAIN_DB)
-            .collect();
+        report.order_runs = m.bench.runs - runs_before;
+        order.sort_by(|a, b| b.1.total_cmp(&a.1));
         // The written model's figures for a choice (see `measure_plan`).
         let exact = |raised: &[RaisedTensor]| -> Result<Figures> {
             let (mut p, mut r, mut op) = (plan.clone(), ranges.clone(), opset);
@@ -526,6 +478,26 @@ pub fn to_target(
             }
             measure_plan(float, original, &p, &r, cfg, op, data)
         };
+        // Stop rule: every candidate the search may try, left float at
+        // once. Leaving a tensor float removes its rounding error (each
+        // candidate was measured to gain alone); only errors cancelling
+        // each other could make a subset better than all of them, so when
+        // even all of them miss the targets the search is not tried: one
+        // run instead of up to 4 x MAX_CHANGES.
+        order.truncate(4 * MAX_CHANGES);
+        if order.len() > 1 {
+            let mut all = set.clone();
+            for (k, _) in &order {
+                for &i in &roots[*k].1 {
+                    all[i].2 = false;
+                }
+            }
+            let f = m.figures(&all, &none)?;
+            report.bound = Some(f);
+            if !targets.met(&f) {
+                order.clear();
+            }
+        }
         let mut cur = first;
         for (tried, (k, gain)) in order.into_iter().enumerate() {
             if report.raised.len() >= MAX_CHANGES
@@ -631,7 +603,7 @@ pub fn to_target(
             }
         }
     }
-    report.runs = m.bench.runs + extra_runs;
+    report.runs = m.bench.runs;
     report.seconds = t0.elapsed().as_secs_f64();
     Ok(report)
 }
