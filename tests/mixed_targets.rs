@@ -195,7 +195,10 @@ fn targets_not_met_exit_3_and_say_why() {
     // tried (one run instead of one per candidate), nothing raised.
     assert!(f(&m["bound"]["sqnr_db"]) < 100.0, "{m}");
     assert_eq!(m["raised"].as_array().unwrap().len(), 0, "{m}");
-    assert!(m["runs"].as_u64().unwrap() <= 2 + m["order_runs"].as_u64().unwrap(), "{m}");
+    assert!(
+        m["runs"].as_u64().unwrap() <= 2 + m["order_runs"].as_u64().unwrap(),
+        "{m}"
+    );
     assert!(err.contains("--target-sqnr 200 not reached"), "{err}");
     let missed = r["target_missed"].as_str().unwrap();
     assert!(missed.contains("not reached"), "{missed}");
