@@ -184,7 +184,9 @@ pub struct CompileArgs {
     /// evaluation data reaches DB (static mode; at most 32 tensors); then
     /// each is tried at 16 bits and kept there if the target still holds
     /// (see --no-mixed-int16). The report says which and why. Not reached:
-    /// the best model found is written and the exit status is 3.
+    /// the best model found is written and the exit status is 3 (nothing
+    /// raised when even every candidate float at once misses; the message
+    /// gives that bound).
     #[arg(long, value_name = "DB")]
     pub target_sqnr: Option<f64>,
     /// Mixed precision (as --target-sqnr) until top-1 agreement with FP32

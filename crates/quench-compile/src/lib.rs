@@ -579,8 +579,15 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                         r.seconds
                     ));
                 } else {
+                    let written = match &r.bound {
+                        Some(b) if n_float + n_int16 == 0 && !r.targets.met(b) => format!(
+                            "not reachable by leaving tensors float: with every candidate float at once the model reaches {}, so nothing was raised and the model is written as quantized",
+                            mixed::describe(b)
+                        ),
+                        _ => "the best model found is written".to_string(),
+                    };
                     let why = format!(
-                        "{flags} not reached on {} ({} runs, {:.1} s): {} -> {} with {n_int16} tensor(s) raised to 16 bits and {n_float} left float (at most {} changes); the best model found is written",
+                        "{flags} not reached on {} ({} runs, {:.1} s): {} -> {} with {n_int16} tensor(s) raised to 16 bits and {n_float} left float (at most {} changes); {written}",
                         r.data,
                         r.runs,
                         r.seconds,
@@ -654,6 +661,13 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 // Bias correction is an improvement, never a requirement:
                 // a model tract cannot run for it keeps its biases.
                 let r = match bias::correct(&mut model, &plan, &ranges, &cfg, opset, cal) {
+                    Ok(None) => {
+                        out.note(
+                            "--bias-correction: nothing corrected (no quantized Conv/ConvTranspose/Gemm with a constant bias of its own and a unique, non-empty node name)"
+                                .to_string(),
+                        );
+                        None
+                    }
                     Ok(r) => r,
                     Err(e) => {
                         out.note(format!("bias correction skipped: {e:#}"));
@@ -674,10 +688,18 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 bias_correction = r;
             }
             // Without calibration samples (a table, weight-only without
-            // data) there is nothing to measure: the default stays quiet.
-            None => {}
+            // data) there is nothing to measure.
+            None => out.note(
+                "--bias-correction: not applied (it measures on calibration samples; none were given)"
+                    .to_string(),
+            ),
         }
         phases.lap("bias correction");
+    } else if opts.bias_correction && cfg.mode == Mode::Dynamic && !opts.no_quantize {
+        out.note(
+            "--bias-correction: not applied in dynamic mode (activation scales are computed at run time)"
+                .to_string(),
+        );
     }
 
     // 6. Quantize. The float graph is kept for the per-tensor attribution.

@@ -314,6 +314,7 @@ struct Meter<'a> {
 impl Meter<'_> {
     fn figures(&mut self, set: &[Setting], grid: &[Option<(f32, f32)>]) -> Result<Figures> {
         let starts = self.starts.clone();
+        let rows = self.bench.batch_rows().to_vec();
         let labels = self.labels;
         let per_batch = self.bench.run_each(set, grid, |b, r, q| {
             let mut acc: Vec<Accumulator> = Vec::with_capacity(r.len());
@@ -333,11 +334,17 @@ impl Meter<'_> {
                     &q.to_f32(),
                     labels,
                     starts.get(b).copied().unwrap_or(0),
+                    rows.get(b).copied().unwrap_or(0),
                 ),
-                _ => (0, 0, 0),
+                _ => Ok((0, 0, 0)),
             };
             (acc, hits)
         })?;
+        let per_batch = per_batch
+            .into_iter()
+            .map(|(a, h)| h.map(|h| (a, h)))
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map_err(|e| anyhow!("{e} (labels of the evaluation data)"))?;
         let outputs = per_batch.first().map_or(0, |(a, _)| a.len());
         let mut sqnr = f64::INFINITY;
         let mut top1: Option<f64> = None;
@@ -392,14 +399,18 @@ pub fn to_target(
     let t0 = std::time::Instant::now();
     let labels = data.data.extra("labels");
     if targets.max_accuracy_drop.is_some() {
-        match labels {
-            Some(ArrayData::I64(l)) if l.ndim() == 1 && l.len() == data.data.samples() => {}
-            _ => {
-                return Err(anyhow!(
-                    "--max-accuracy-drop needs integer class labels with the evaluation data: a `labels.npy` (int64, one class id per sample) beside its inputs, or a `labels` array in its .npz ({})",
-                    data.label
-                ))
-            }
+        let found = match labels {
+            None => "none".to_string(),
+            Some(l) => match quench_verify::evaluate::class_labels(l) {
+                Some(v) if v.len() == data.data.samples() => String::new(),
+                _ => format!("`labels` is {} {:?}", l.dtype_name(), l.shape()),
+            },
+        };
+        if !found.is_empty() {
+            return Err(anyhow!(
+                "--max-accuracy-drop needs integer class labels with the evaluation data: a `labels.npy` (int64 or int32, shape [N] or [N, 1], one class id per sample) beside its inputs, or a `labels` array in its .npz ({}; found: {found})",
+                data.label
+            ));
         }
     }
     let rows: Vec<usize> = (0..data.data.samples()).collect();
@@ -420,7 +431,7 @@ pub fn to_target(
     }
     if targets.max_accuracy_drop.is_some() && first.accuracy_drop.is_none() {
         return Err(anyhow!(
-            "--max-accuracy-drop needs a first output of shape [N, classes] to compare with the labels"
+            "--max-accuracy-drop needs a first output of shape [N, classes] (one row of 2 or more class scores per sample) to compare with the labels"
         ));
     }
     let mut report = MixedReport {

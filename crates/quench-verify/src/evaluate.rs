@@ -144,23 +144,42 @@ impl Runners {
     }
 }
 
-/// Top-1 hits against integer `labels` (rows `offset..` of them) for a
-/// reference and a test output of shape `[N, C]`: `(rows, reference hits,
-/// test hits)`. Anything else counts nothing.
+/// The data's class labels as one i64 per sample: int64 or int32, shape
+/// `[N]` or `[N, 1]`; `None` for anything else.
+pub fn class_labels(labels: &ArrayData) -> Option<Vec<i64>> {
+    let flat = |shape: &[usize]| shape.len() == 1 || (shape.len() == 2 && shape[1] == 1);
+    match labels {
+        ArrayData::I64(l) if flat(l.shape()) => Some(l.iter().copied().collect()),
+        ArrayData::I32(l) if flat(l.shape()) => Some(l.iter().map(|&v| i64::from(v)).collect()),
+        _ => None,
+    }
+}
+
+/// Top-1 hits against integer `labels` (see [`class_labels`]; rows
+/// `offset..offset + samples` of them) for a reference and a test output
+/// of shape `[samples, C]` with `C >= 2`: `(rows, reference hits, test
+/// hits)`. Any other output shape counts nothing (one row per sample is
+/// what a label describes). A label outside `0..C` is an error naming it.
 pub fn label_hits(
     reference: &ArrayD<f32>,
     test: &ArrayD<f32>,
     labels: Option<&ArrayData>,
     offset: usize,
-) -> (usize, usize, usize) {
-    let Some(ArrayData::I64(l)) = labels else {
-        return (0, 0, 0);
+    samples: usize,
+) -> Result<(usize, usize, usize), String> {
+    let Some(l) = labels.and_then(class_labels) else {
+        return Ok((0, 0, 0));
     };
-    if reference.ndim() != 2 || l.ndim() != 1 || test.shape() != reference.shape() {
-        return (0, 0, 0);
+    if reference.ndim() != 2
+        || reference.shape()[0] != samples
+        || reference.shape()[1] < 2
+        || test.shape() != reference.shape()
+    {
+        return Ok((0, 0, 0));
     }
+    let classes = reference.shape()[1];
     let argmax = |m: &ArrayD<f32>, row: usize| {
-        (0..m.shape()[1]).fold(0, |best, k| {
+        (0..classes).fold(0, |best, k| {
             if m[[row, k]] > m[[row, best]] {
                 k
             } else {
@@ -169,15 +188,22 @@ pub fn label_hits(
         }) as i64
     };
     let mut hits = (0, 0, 0);
-    for row in 0..reference.shape()[0] {
+    for row in 0..samples {
         let Some(&lab) = l.get(offset + row) else {
             continue;
         };
+        if lab < 0 || lab >= classes as i64 {
+            return Err(format!(
+                "label {lab} of sample {} is not a class of the first output (it has {classes}: 0 to {})",
+                offset + row,
+                classes - 1
+            ));
+        }
         hits.0 += 1;
         hits.1 += (argmax(reference, row) == lab) as usize;
         hits.2 += (argmax(test, row) == lab) as usize;
     }
-    hits
+    Ok(hits)
 }
 
 /// Accuracy of two models against the data's integer `labels`.
@@ -362,7 +388,11 @@ impl<'d> Evaluator<'d> {
                         acc[p][k].update(x[k].view(), y[k].view())?;
                     }
                     if outputs > 0 {
-                        hits[p] = label_hits(&x[0], &y[0], labels.as_ref(), r.start);
+                        // Labels that are no classes of this output give no
+                        // accuracy (the figures stand without it);
+                        // --max-accuracy-drop names the bad label.
+                        hits[p] = label_hits(&x[0], &y[0], labels.as_ref(), r.start, r.len())
+                            .unwrap_or((0, 0, 0));
                     }
                 }
                 Ok(Batch {
@@ -440,5 +470,47 @@ impl<'d> Evaluator<'d> {
             }
         }
         Ok(acc.iter().map(Accumulator::finish).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{arr1, arr2, Array2};
+
+    fn scores(rows: &[[f32; 3]]) -> ArrayD<f32> {
+        Array2::from_shape_vec((rows.len(), 3), rows.iter().flatten().copied().collect())
+            .unwrap()
+            .into_dyn()
+    }
+
+    #[test]
+    fn labels_count_one_row_per_sample_and_refuse_out_of_range_classes() {
+        let r = scores(&[[0.9, 0.0, 0.1], [0.0, 0.2, 0.8]]);
+        let t = scores(&[[0.9, 0.0, 0.1], [0.0, 0.9, 0.1]]);
+        // Samples 3 and 4 of the labels: classes 0 and 2.
+        let l = ArrayData::I64(arr1(&[1, 1, 1, 0, 2]).into_dyn());
+        assert_eq!(label_hits(&r, &t, Some(&l), 3, 2), Ok((2, 2, 1)));
+        // int32 and [N, 1] labels are the same labels.
+        let l32 = ArrayData::I32(arr2(&[[1], [1], [1], [0], [2]]).into_dyn());
+        assert_eq!(label_hits(&r, &t, Some(&l32), 3, 2), Ok((2, 2, 1)));
+        // An output with more rows than the batch has samples (or a
+        // single class) is not one row per sample: nothing is counted.
+        assert_eq!(label_hits(&r, &t, Some(&l), 3, 1), Ok((0, 0, 0)));
+        let one = Array2::<f32>::zeros((2, 1)).into_dyn();
+        assert_eq!(label_hits(&one, &one, Some(&l), 0, 2), Ok((0, 0, 0)));
+        // A label that is no class of the output is an error naming it.
+        let bad = ArrayData::I64(arr1(&[0, 3]).into_dyn());
+        let e = label_hits(&r, &t, Some(&bad), 0, 2).unwrap_err();
+        assert!(
+            e.contains("label 3 of sample 1") && e.contains("has 3"),
+            "{e}"
+        );
+        let neg = ArrayData::I64(arr1(&[-1, 0]).into_dyn());
+        assert!(label_hits(&r, &t, Some(&neg), 0, 2).is_err());
+        // Float labels are no class labels.
+        let f = ArrayData::F32(arr1(&[0.0f32, 2.0]).into_dyn());
+        assert_eq!(class_labels(&f), None);
+        assert_eq!(label_hits(&r, &t, Some(&f), 0, 2), Ok((0, 0, 0)));
     }
 }
