@@ -298,3 +298,68 @@ fn inspect_counts_quantizable_nodes_inside_branches() {
         "{stdout}"
     );
 }
+
+#[test]
+fn an_invalid_body_is_refused_and_nothing_is_written() {
+    // vad_if.onnx with one name defined twice inside the If's then-branch:
+    // the model is invalid ONNX, as a cycle or a duplicate in the main
+    // graph is, so the compile refuses it (exit 1, naming the body and the
+    // node) instead of passing the body on into a file `onnx.checker`
+    // rejects.
+    use prost::Message;
+    let src = testdata("control_flow/vad_if.onnx");
+    let mut m = ModelProtoAlias::decode(std::fs::read(&src).unwrap().as_slice()).unwrap();
+    let node = m
+        .graph
+        .as_mut()
+        .unwrap()
+        .node
+        .iter_mut()
+        .find(|n| n.op_type.as_deref() == Some("If"))
+        .expect("an If");
+    let body = node
+        .attribute
+        .iter_mut()
+        .find(|a| a.name.as_deref() == Some("then_branch"))
+        .and_then(|a| a.g.as_mut())
+        .expect("a then-branch");
+    // An Identity defining a node's output a second time.
+    let first_node = body
+        .node
+        .iter()
+        .find(|n| !n.input.is_empty())
+        .expect("a node with inputs")
+        .clone();
+    let first = first_node.output[0].clone();
+    let mut dup = first_node.clone();
+    dup.op_type = Some("Identity".into());
+    dup.name = Some("dup".into());
+    dup.input = vec![first_node.input[0].clone()];
+    dup.attribute.clear();
+    dup.domain = None;
+    body.node.push(dup);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("dup_in_body.onnx");
+    std::fs::write(&bad, m.encode_to_vec()).unwrap();
+    let out = dir.path().join("q.onnx");
+    let (code, stdout, stderr) = quench(&[
+        "compile",
+        bad.to_str().unwrap(),
+        "--mode",
+        "weight-only",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("then_branch") && stderr.contains("not a valid graph"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("`{first}` is defined twice")),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
+
+type ModelProtoAlias = quench_onnx::proto::ModelProto;

@@ -150,21 +150,19 @@ fn process(
         let mut caps: Option<Captures> = Some(HashMap::new());
         // What this node's bodies did; counted only if they are written back.
         let mut local = BodySummary::default();
-        'attrs: for a in &mut attrs {
+        for a in &mut attrs {
             let attr_name = a.name().to_string();
             for gp in a.g.iter_mut().chain(a.graphs.iter_mut()) {
-                let mut b = match import_subgraph(gp.clone()) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        s.notes.push(format!(
-                            "node `{}`: body `{}` not imported ({e}); its weights stay float",
-                            g.node(n).name(),
-                            attr_name
-                        ));
-                        caps = None;
-                        break 'attrs;
-                    }
-                };
+                // An invalid body (a cycle, a name defined twice) is
+                // refused as an invalid main graph is, never passed on.
+                let mut b = import_subgraph(gp.clone()).map_err(|e| {
+                    fail(format!(
+                        "body `{}` of node `{}` ({}) is not a valid graph: {e}",
+                        attr_name,
+                        g.node(n).name(),
+                        g.node(n).op_type()
+                    ))
+                })?;
                 crate::constants_to_initializers::ConstantsToInitializers.run(&mut b, cx)?;
                 let inner = process(&mut b, cfg, opset, &inner_scope, depth + 1, &mut local, cx)?;
                 crate::dead_code::DeadCode.run(&mut b, cx)?;
