@@ -837,6 +837,69 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         }
         phases.lap("verification");
     }
+    // Error-compensated rounding and bias correction run after the
+    // mixed-precision search and change the written model (they measure
+    // the final plan): its targets are judged again on the verification
+    // of the written model, the figures the report gives.
+    let changed_after = bias_correction.as_ref().is_some_and(|b| b.kept)
+        || rounding.as_ref().is_some_and(|r| r.kept);
+    if let (true, Some(mp), Some(v)) = (
+        changed_after,
+        mixed_precision.as_mut(),
+        verification.as_ref(),
+    ) {
+        let best: Vec<&quench_verify::Metrics> =
+            v.outputs.iter().filter_map(|o| o.best()).collect();
+        let f = mixed::Figures {
+            sqnr_db: best
+                .iter()
+                .map(|m| {
+                    if m.sqnr_db.is_nan() {
+                        f64::NEG_INFINITY
+                    } else {
+                        m.sqnr_db
+                    }
+                })
+                .fold(f64::INFINITY, f64::min),
+            top1_drop: best
+                .iter()
+                .filter_map(|m| m.top1.as_ref().filter(|t| t.rows > 0))
+                .map(|t| if t.fraction.is_nan() { 0.0 } else { t.fraction })
+                .fold(None, |a: Option<f64>, f| Some(a.map_or(f, |a| a.min(f))))
+                .map(|f| 100.0 * (1.0 - f)),
+            accuracy_drop: v.accuracy.as_ref().map(|a| 100.0 * (a.fp32 - a.quantized)),
+        };
+        if best.len() == v.outputs.len() && !best.is_empty() {
+            let met = mp.targets.met(&f);
+            out.notes.push(format!(
+                "{}: judged again on the written model after {}: {} ({})",
+                mp.targets.flags(),
+                if bias_correction.as_ref().is_some_and(|b| b.kept) {
+                    "bias correction"
+                } else {
+                    "error-compensated rounding"
+                },
+                mixed::describe(&f),
+                if met { "reached" } else { "not reached" }
+            ));
+            mp.result = f;
+            mp.reached = met;
+            // The search's verdict is superseded: its warning goes.
+            if let Some(w) = target_missed.take() {
+                out.warnings.retain(|x| *x != w);
+                out.notes.retain(|x| *x != w);
+            }
+            target_missed = if met {
+                None
+            } else {
+                Some(format!(
+                    "{} not reached on the written model: {}",
+                    mp.targets.flags(),
+                    mixed::describe(&f)
+                ))
+            };
+        }
+    }
     let mut report = Report {
         no_quantize: opts.no_quantize,
         input: input.path.display().to_string(),
