@@ -850,25 +850,10 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     ) {
         let best: Vec<&quench_verify::Metrics> =
             v.outputs.iter().filter_map(|o| o.best()).collect();
-        let f = mixed::Figures {
-            sqnr_db: best
-                .iter()
-                .map(|m| {
-                    if m.sqnr_db.is_nan() {
-                        f64::NEG_INFINITY
-                    } else {
-                        m.sqnr_db
-                    }
-                })
-                .fold(f64::INFINITY, f64::min),
-            top1_drop: best
-                .iter()
-                .filter_map(|m| m.top1.as_ref().filter(|t| t.rows > 0))
-                .map(|t| if t.fraction.is_nan() { 0.0 } else { t.fraction })
-                .fold(None, |a: Option<f64>, f| Some(a.map_or(f, |a| a.min(f))))
-                .map(|f| 100.0 * (1.0 - f)),
-            accuracy_drop: v.accuracy.as_ref().map(|a| 100.0 * (a.fp32 - a.quantized)),
-        };
+        let f = mixed::Figures::from_metrics(
+            best.iter().copied(),
+            v.accuracy.as_ref().map(|a| 100.0 * (a.fp32 - a.quantized)),
+        );
         if best.len() == v.outputs.len() && !best.is_empty() {
             let met = mp.targets.met(&f);
             out.notes.push(format!(

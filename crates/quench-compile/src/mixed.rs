@@ -58,7 +58,7 @@ use quench_calib::QuantFormat;
 use quench_ir::Model;
 use quench_onnx::proto::ModelProto;
 use quench_passes::quantize::{Plan, QuantizeConfig, Ranges};
-use quench_verify::{Accumulator, ArrayData};
+use quench_verify::Accumulator;
 use serde::Serialize;
 
 use crate::data::Bound;
@@ -173,6 +173,36 @@ pub struct Figures {
     /// FP32's accuracy on the data's integer `labels` minus the model's
     /// (percentage points, first output `[N, C]`); `None` without labels.
     pub accuracy_drop: Option<f64>,
+}
+
+impl Figures {
+    /// The figures from each output's metrics against FP32 (lowest SQNR,
+    /// NaN counting as -inf; lowest top-1 agreement over the class-score
+    /// outputs) and the accuracy drop on labels: the one rule both the
+    /// search and the check of the written model use.
+    pub fn from_metrics<'m>(
+        outputs: impl IntoIterator<Item = &'m quench_verify::Metrics>,
+        accuracy_drop: Option<f64>,
+    ) -> Figures {
+        let mut sqnr = f64::INFINITY;
+        let mut top1: Option<f64> = None;
+        for m in outputs {
+            sqnr = sqnr.min(if m.sqnr_db.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                m.sqnr_db
+            });
+            if let Some(t) = m.top1.as_ref().filter(|t| t.rows > 0) {
+                let f = if t.fraction.is_nan() { 0.0 } else { t.fraction };
+                top1 = Some(top1.map_or(f, |b: f64| b.min(f)));
+            }
+        }
+        Figures {
+            sqnr_db: sqnr,
+            top1_drop: top1.map(|f| 100.0 * (1.0 - f)),
+            accuracy_drop,
+        }
+    }
 }
 
 /// Where a tensor went.
@@ -308,7 +338,8 @@ struct Meter<'a> {
     bench: ParamBench,
     /// First sample of each batch.
     starts: Vec<usize>,
-    labels: Option<&'a ArrayData>,
+    /// The data's class labels, one per sample (see `class_labels`).
+    labels: Option<&'a [i64]>,
 }
 
 impl Meter<'_> {
@@ -346,36 +377,22 @@ impl Meter<'_> {
             .collect::<std::result::Result<Vec<_>, String>>()
             .map_err(|e| anyhow!("{e} (labels of the evaluation data)"))?;
         let outputs = per_batch.first().map_or(0, |(a, _)| a.len());
-        let mut sqnr = f64::INFINITY;
-        let mut top1: Option<f64> = None;
-        for o in 0..outputs {
-            let mut a = Accumulator::new();
-            for (accs, _) in &per_batch {
-                if let Some(x) = accs.get(o) {
-                    a.merge(x);
+        let metrics: Vec<quench_verify::Metrics> = (0..outputs)
+            .map(|o| {
+                let mut a = Accumulator::new();
+                for (accs, _) in &per_batch {
+                    if let Some(x) = accs.get(o) {
+                        a.merge(x);
+                    }
                 }
-            }
-            let m = a.finish();
-            let db = if m.sqnr_db.is_nan() {
-                f64::NEG_INFINITY
-            } else {
-                m.sqnr_db
-            };
-            sqnr = sqnr.min(db);
-            if let Some(t) = m.top1.filter(|t| t.rows > 0) {
-                let f = if t.fraction.is_nan() { 0.0 } else { t.fraction };
-                top1 = Some(top1.map_or(f, |b: f64| b.min(f)));
-            }
-        }
+                a.finish()
+            })
+            .collect();
         let (rows, fp, q) = per_batch
             .iter()
             .fold((0, 0, 0), |(n, a, b), (_, h)| (n + h.0, a + h.1, b + h.2));
         let accuracy_drop = (rows > 0).then(|| 100.0 * (fp as f64 - q as f64) / rows as f64);
-        Ok(Figures {
-            sqnr_db: sqnr,
-            top1_drop: top1.map(|f| 100.0 * (1.0 - f)),
-            accuracy_drop,
-        })
+        Ok(Figures::from_metrics(&metrics, accuracy_drop))
     }
 }
 
@@ -398,13 +415,12 @@ pub fn to_target(
 ) -> Result<MixedReport> {
     let t0 = std::time::Instant::now();
     let labels = data.data.extra("labels");
+    let class_labels = labels.and_then(quench_verify::evaluate::class_labels);
     if targets.max_accuracy_drop.is_some() {
-        let found = match labels {
-            None => "none".to_string(),
-            Some(l) => match quench_verify::evaluate::class_labels(l) {
-                Some(v) if v.len() == data.data.samples() => String::new(),
-                _ => format!("`labels` is {} {:?}", l.dtype_name(), l.shape()),
-            },
+        let found = match (labels, &class_labels) {
+            (None, _) => "none".to_string(),
+            (Some(_), Some(v)) if v.len() == data.data.samples() => String::new(),
+            (Some(l), _) => format!("`labels` is {} {:?}", l.dtype_name(), l.shape()),
         };
         if !found.is_empty() {
             return Err(anyhow!(
@@ -419,7 +435,7 @@ pub fn to_target(
     let mut m = Meter {
         bench,
         starts,
-        labels,
+        labels: class_labels.as_deref(),
     };
     let none = vec![None; m.bench.pairs.len()];
     let mut set = m.bench.initial(true);
@@ -638,10 +654,14 @@ pub fn measure_plan(
     let rows: Vec<usize> = (0..data.data.samples()).collect();
     let bench = ParamBench::new(float, original, plan, ranges, cfg, opset, data, &rows)?;
     let starts = starts_of(&bench);
+    let class_labels = data
+        .data
+        .extra("labels")
+        .and_then(quench_verify::evaluate::class_labels);
     let mut m = Meter {
         bench,
         starts,
-        labels: data.data.extra("labels"),
+        labels: class_labels.as_deref(),
     };
     let set = m.bench.initial(true);
     let none = vec![None; set.len()];

@@ -155,19 +155,19 @@ pub fn class_labels(labels: &ArrayData) -> Option<Vec<i64>> {
     }
 }
 
-/// Top-1 hits against integer `labels` (see [`class_labels`]; rows
-/// `offset..offset + samples` of them) for a reference and a test output
+/// Top-1 hits against class `labels` (one per sample, from
+/// [`class_labels`]; rows `offset..offset + samples` of them) for a reference and a test output
 /// of shape `[samples, C]` with `C >= 2`: `(rows, reference hits, test
 /// hits)`. Any other output shape counts nothing (one row per sample is
 /// what a label describes). A label outside `0..C` is an error naming it.
 pub fn label_hits(
     reference: &ArrayD<f32>,
     test: &ArrayD<f32>,
-    labels: Option<&ArrayData>,
+    labels: Option<&[i64]>,
     offset: usize,
     samples: usize,
 ) -> Result<(usize, usize, usize), String> {
-    let Some(l) = labels.and_then(class_labels) else {
+    let Some(l) = labels else {
         return Ok((0, 0, 0));
     };
     if reference.ndim() != 2
@@ -333,7 +333,7 @@ impl<'d> Evaluator<'d> {
         pairs: &[(usize, usize)],
         outputs: usize,
     ) -> Result<Vec<PairFigures>> {
-        let labels = self.data.extra("labels").cloned();
+        let labels = self.data.extra("labels").and_then(class_labels);
         struct Batch {
             acc: Vec<Vec<Accumulator>>,
             errors: Vec<Option<String>>,
@@ -391,7 +391,7 @@ impl<'d> Evaluator<'d> {
                         // Labels that are no classes of this output give no
                         // accuracy (the figures stand without it);
                         // --max-accuracy-drop names the bad label.
-                        hits[p] = label_hits(&x[0], &y[0], labels.as_ref(), r.start, r.len())
+                        hits[p] = label_hits(&x[0], &y[0], labels.as_deref(), r.start, r.len())
                             .unwrap_or((0, 0, 0));
                     }
                 }
@@ -489,28 +489,26 @@ mod tests {
         let r = scores(&[[0.9, 0.0, 0.1], [0.0, 0.2, 0.8]]);
         let t = scores(&[[0.9, 0.0, 0.1], [0.0, 0.9, 0.1]]);
         // Samples 3 and 4 of the labels: classes 0 and 2.
-        let l = ArrayData::I64(arr1(&[1, 1, 1, 0, 2]).into_dyn());
+        let l = class_labels(&ArrayData::I64(arr1(&[1, 1, 1, 0, 2]).into_dyn())).unwrap();
         assert_eq!(label_hits(&r, &t, Some(&l), 3, 2), Ok((2, 2, 1)));
         // int32 and [N, 1] labels are the same labels.
         let l32 = ArrayData::I32(arr2(&[[1], [1], [1], [0], [2]]).into_dyn());
-        assert_eq!(label_hits(&r, &t, Some(&l32), 3, 2), Ok((2, 2, 1)));
+        assert_eq!(class_labels(&l32).unwrap(), l);
         // An output with more rows than the batch has samples (or a
         // single class) is not one row per sample: nothing is counted.
         assert_eq!(label_hits(&r, &t, Some(&l), 3, 1), Ok((0, 0, 0)));
         let one = Array2::<f32>::zeros((2, 1)).into_dyn();
         assert_eq!(label_hits(&one, &one, Some(&l), 0, 2), Ok((0, 0, 0)));
         // A label that is no class of the output is an error naming it.
-        let bad = ArrayData::I64(arr1(&[0, 3]).into_dyn());
-        let e = label_hits(&r, &t, Some(&bad), 0, 2).unwrap_err();
+        let e = label_hits(&r, &t, Some(&[0, 3]), 0, 2).unwrap_err();
         assert!(
             e.contains("label 3 of sample 1") && e.contains("has 3"),
             "{e}"
         );
-        let neg = ArrayData::I64(arr1(&[-1, 0]).into_dyn());
-        assert!(label_hits(&r, &t, Some(&neg), 0, 2).is_err());
-        // Float labels are no class labels.
+        assert!(label_hits(&r, &t, Some(&[-1, 0]), 0, 2).is_err());
+        // Float labels are no class labels; no labels count nothing.
         let f = ArrayData::F32(arr1(&[0.0f32, 2.0]).into_dyn());
         assert_eq!(class_labels(&f), None);
-        assert_eq!(label_hits(&r, &t, Some(&f), 0, 2), Ok((0, 0, 0)));
+        assert_eq!(label_hits(&r, &t, None, 0, 2), Ok((0, 0, 0)));
     }
 }
