@@ -97,26 +97,34 @@ fn check_finite(data: &Dataset, feed: Feed) -> Result<()> {
 /// Seed of the held-back split: the same data always splits the same way.
 pub const SPLIT_SEED: u64 = 20_261_127;
 
+/// Seed of the fit/judge halves of the calibration samples.
+pub const FIT_SEED: u64 = 20_261_128;
+
 /// Calibration rows to fit a correction on and rows to judge it on:
-/// disjoint halves of up to `max` samples each; with fewer than 16 samples
-/// both are all of them (too few to keep apart; reports say so).
+/// disjoint halves of up to `max` samples each, chosen at random with
+/// [`FIT_SEED`] (never alternate or consecutive rows: a set that
+/// alternates two kinds of sample, or is sorted by kind, would be fitted
+/// on one kind and judged on the other); with fewer than 16 samples both
+/// are all of them (too few to keep apart; reports say so). Each is
+/// ascending.
 pub fn fit_and_judge(n: usize, max: usize) -> (Vec<usize>, Vec<usize>) {
     if n >= 16 {
         let k = (n / 2).min(max);
-        ((0..k).collect(), (k..n.min(k + max)).collect())
+        let idx = shuffled(n, FIT_SEED);
+        let mut fit = idx[..k].to_vec();
+        let mut judge = idx[k..n.min(k + max)].to_vec();
+        fit.sort_unstable();
+        judge.sort_unstable();
+        (fit, judge)
     } else {
         ((0..n).collect(), (0..n).collect())
     }
 }
 
-/// The held-back split of `n` samples: 20% (at least one) chosen at random
-/// with [`SPLIT_SEED`], never simply the last files (a folder sorted by
-/// name often ends with one kind of sample). Returns (calibration rows,
-/// evaluation rows), each ascending.
-pub fn held_back(n: usize) -> (Vec<usize>, Vec<usize>) {
-    let k = (n / 5).max(1).min(n);
-    // Fisher-Yates over splitmix64: deterministic, no dependency.
-    let mut state = SPLIT_SEED;
+/// `0..n` in a random order fixed by `seed` (Fisher-Yates over
+/// splitmix64: deterministic, no dependency).
+pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
     let mut next = || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
@@ -129,6 +137,16 @@ pub fn held_back(n: usize) -> (Vec<usize>, Vec<usize>) {
         let j = (next() % (i as u64 + 1)) as usize;
         idx.swap(i, j);
     }
+    idx
+}
+
+/// The held-back split of `n` samples: 20% (at least one) chosen at random
+/// with [`SPLIT_SEED`], never simply the last files (a folder sorted by
+/// name often ends with one kind of sample). Returns (calibration rows,
+/// evaluation rows), each ascending.
+pub fn held_back(n: usize) -> (Vec<usize>, Vec<usize>) {
+    let k = (n / 5).max(1).min(n);
+    let idx = shuffled(n, SPLIT_SEED);
     let mut eval: Vec<usize> = idx[..k].to_vec();
     let mut cal: Vec<usize> = idx[k..].to_vec();
     eval.sort_unstable();
@@ -225,9 +243,54 @@ impl DataPlan {
         if let Some(s) = &mut self.sensitivity {
             let n = s.data.samples();
             if n > SENSITIVITY_SAMPLES {
-                s.data = s.data.clone().split(SENSITIVITY_SAMPLES).0;
-                s.label = format!("{} (first {SENSITIVITY_SAMPLES} of {n} samples)", s.label);
+                let mut rows = shuffled(n, SPLIT_SEED);
+                rows.truncate(SENSITIVITY_SAMPLES);
+                rows.sort_unstable();
+                s.data = s.data.pick(&rows);
+                s.label = format!(
+                    "{} ({SENSITIVITY_SAMPLES} of {n} samples chosen at random (seed {SPLIT_SEED}))",
+                    s.label
+                );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{fit_and_judge, held_back, shuffled};
+
+    #[test]
+    fn fit_and_judge_halves_are_disjoint_random_and_bounded() {
+        let (fit, judge) = fit_and_judge(32, 16);
+        assert_eq!((fit.len(), judge.len()), (16, 16));
+        assert!(fit.iter().all(|r| !judge.contains(r)));
+        assert!(fit.windows(2).all(|w| w[0] < w[1]) && judge.windows(2).all(|w| w[0] < w[1]));
+        // Neither the alternate rows nor the first half: a set that
+        // alternates two kinds of sample, or is sorted by kind, gets both
+        // kinds in each half.
+        let evens = fit.iter().filter(|r| *r % 2 == 0).count();
+        assert!((4..=12).contains(&evens), "{fit:?}");
+        assert!(
+            fit.iter().any(|r| *r >= 16) && fit.iter().any(|r| *r < 16),
+            "{fit:?}"
+        );
+        // Bounded halves out of a large set, and the same every time.
+        let (f, j) = fit_and_judge(1000, 16);
+        assert_eq!((f.len(), j.len()), (16, 16));
+        assert_eq!(fit_and_judge(1000, 16), (f, j));
+        // Below 16 samples both are all of them.
+        assert_eq!(fit_and_judge(5, 16), ((0..5).collect(), (0..5).collect()));
+    }
+
+    #[test]
+    fn shuffled_is_a_permutation_and_held_back_uses_it() {
+        let mut p = shuffled(50, 7);
+        assert_ne!(p, (0..50).collect::<Vec<_>>());
+        p.sort_unstable();
+        assert_eq!(p, (0..50).collect::<Vec<_>>());
+        let (cal, eval) = held_back(50);
+        assert_eq!((cal.len(), eval.len()), (40, 10));
+        assert!(eval.iter().all(|r| !cal.contains(r)));
     }
 }

@@ -6,9 +6,12 @@
 //! Everything runs on a **parametric twin** ([`ParamBench`]): the model is
 //! quantized once, and every activation's scale, zero point and an on/off
 //! switch become graph inputs, so tract compiles one model and each choice
-//! is one run of it. Up to [`SAMPLES`] calibration samples spread over the
-//! set are used, alternately for fitting and for judging (both all of them
-//! when there are fewer than 16).
+//! is one run of it. Up to [`SAMPLES`] calibration samples are used, half
+//! for fitting and half for judging, chosen at random with a fixed seed
+//! ([`crate::data::fit_and_judge`]; both all of them when there are fewer
+//! than 16). Alternate rows were used before: on a set that alternates two
+//! kinds of sample (PP-OCR cls's upright and rotated lines) every choice
+//! was fitted on one kind and judged on the other.
 //!
 //! 1. **One method for all**: min/max, percentiles 99.999 and 99.99, MSE
 //!    and entropy, each giving every activation its range on its own grid
@@ -458,14 +461,6 @@ impl ParamBench {
     }
 }
 
-/// Rows spread evenly over `0..n`, at most `k` of them.
-fn spread(n: usize, k: usize) -> Vec<usize> {
-    if n <= k {
-        return (0..n).collect();
-    }
-    (0..k).map(|i| i * n / k).collect()
-}
-
 /// Chooses activation ranges by their cost at the model output (see the
 /// module docs). `float` is the graph right before quantization,
 /// `original` the FP32 input (the reference), `policy` the min/max ranges
@@ -486,15 +481,7 @@ pub fn search(
 ) -> Result<(Ranges, AutoReport)> {
     let g = &float.graph;
     let t0 = std::time::Instant::now();
-    let rows = spread(data.data.samples(), SAMPLES);
-    let (fit_rows, judge_rows): (Vec<usize>, Vec<usize>) = if rows.len() >= 16 {
-        (
-            rows.iter().copied().step_by(2).collect(),
-            rows.iter().copied().skip(1).step_by(2).collect(),
-        )
-    } else {
-        (rows.clone(), rows.clone())
-    };
+    let (fit_rows, judge_rows) = crate::data::fit_and_judge(data.data.samples(), SAMPLES / 2);
     let mut fit = ParamBench::new(float, original, plan, policy, cfg, opset, data, &fit_rows)?;
     let mut judge = ParamBench::new(float, original, plan, policy, cfg, opset, data, &judge_rows)?;
     let setup_seconds = t0.elapsed().as_secs_f64();
@@ -724,16 +711,4 @@ pub fn search(
         float_op_types: if kept { float_groups } else { Vec::new() },
     };
     Ok((out, report))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::spread;
-
-    #[test]
-    fn spread_rows_cover_the_set_evenly() {
-        assert_eq!(spread(5, 16), vec![0, 1, 2, 3, 4]);
-        assert_eq!(spread(64, 4), vec![0, 16, 32, 48]);
-        assert_eq!(spread(10, 3), vec![0, 3, 6]);
-    }
 }
