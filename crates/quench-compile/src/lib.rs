@@ -475,6 +475,13 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 rep.runs,
                                 rep.setup_seconds + rep.run_seconds
                             ));
+                            if !rep.float_fed_compute.is_empty() {
+                                out.note(format!(
+                                    "method auto: {} compute node(s) take an activation left float and run in float (in ONNX Runtime their weights are then dequantized on every run, which can be slower than FP32; `--no-float-outliers` keeps them integer, at a lower accuracy): {}",
+                                    rep.float_fed_compute.len(),
+                                    crate::report::short_list(&rep.float_fed_compute, 6)
+                                ));
+                            }
                         } else {
                             out.note(format!(
                                 "method auto: the searched ranges did not beat min/max on {} judging samples ({:.2} vs {:.2} dB); {} (output SQNR on {} fitting samples: {scores} dB)",

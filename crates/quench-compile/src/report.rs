@@ -165,3 +165,13 @@ impl Report {
         None
     }
 }
+
+/// Up to `max` names quoted and joined, then how many more.
+pub fn short_list(names: &[String], max: usize) -> String {
+    let shown: Vec<String> = names.iter().take(max).map(|n| format!("`{n}`")).collect();
+    if names.len() > max {
+        format!("{} and {} more", shown.join(", "), names.len() - max)
+    } else {
+        shown.join(", ")
+    }
+}

@@ -4,8 +4,8 @@
 //! made on.
 //!
 //! Everything runs on a **parametric twin** ([`ParamBench`]): the model is
-//! quantized once, and every activation's scale, zero point and an on/off
-//! switch become graph inputs, so tract compiles one model and each choice
+//! quantized once, and every activation's scale and code bounds (off: a scale of 2^-40)
+//! become graph inputs, so tract compiles one model and each choice
 //! is one run of it. Up to [`SAMPLES`] calibration samples are used, half
 //! for fitting and half for judging, chosen at random with a fixed seed
 //! ([`crate::data::fit_and_judge`]; both all of them when there are fewer
@@ -26,9 +26,11 @@
 //!    [`OUTLIER_DB`]; about `2 log2(n)` runs each), every gain measured
 //!    against the fully quantized model, never against what is left once
 //!    others are float (which would leave half after half float). The same
-//!    rule holds per op type: the outputs of all nodes of one non-compute
-//!    type (a transformer's residual Adds, its GELU Muls) may together be
-//!    behind half of the error though none is alone.
+//!    rule holds for op types, which interact: the outputs of every
+//!    non-compute type are left float together, then each type (largest
+//!    first) is quantized again unless that costs [`OUTLIER_DB`] with the
+//!    types still float. Compute nodes fed by a float tensor are reported
+//!    ([`AutoReport::float_fed_compute`]): they lose their integer kernel.
 //! 3. **Judged**: the result must score higher than min/max ranges on the
 //!    judging samples; if it does not, the method for all alone is kept if
 //!    it does, else min/max.
@@ -79,7 +81,9 @@ pub const OUTLIER_DB: f64 = 3.0103;
 pub struct FloatGroup {
     pub op_type: String,
     pub tensors: Vec<String>,
-    /// Output SQNR gain (dB) of leaving them float, and the SQNR after.
+    /// Output SQNR gain (dB) of leaving them float, measured with the
+    /// other groups still float at the time (what quantizing them back
+    /// would have cost), and the SQNR after.
     pub gain_db: f64,
     pub sqnr_after_db: f64,
 }
@@ -121,6 +125,10 @@ pub struct AutoReport {
     /// Op types whose outputs were left float together: the outputs of
     /// all their nodes were behind at least half of the output error.
     pub float_op_types: Vec<FloatGroup>,
+    /// Compute nodes (Conv, MatMul, ...) that take an activation left
+    /// float above as input: they run in float, their int8 weights
+    /// dequantized on every run in ONNX Runtime (slower than FP32 there).
+    pub float_fed_compute: Vec<String>,
 }
 
 fn method_name(m: RangeMethod) -> String {
@@ -177,7 +185,11 @@ fn range_of(
 /// of parameters on fixed samples and scores it against FP32 (one tract
 /// compile per batch shape, then one run per choice).
 pub(crate) struct ParamBench {
-    runners: Runners,
+    /// The twin's runners and FP32's, shared by the benches of one twin
+    /// on other rows ([`with_rows`](Self::with_rows)): tract compiles each
+    /// once per batch shape.
+    runners: std::sync::Arc<Runners>,
+    fp: std::sync::Arc<Runners>,
     names: Vec<String>,
     batches: Vec<Vec<ArrayData>>,
     /// Samples in each batch (1 when fed one per run).
@@ -240,31 +252,10 @@ impl ParamBench {
         // movement, never an absorbed Relu/Clip: only roots have bounds.
         let clamp = |x: &str| clamps.get(x).copied();
         let (pairs, _) = parametric_twin(&mut twin.graph, opset, &clamp);
-        let sub = data.data.pick(rows);
         let data_names = quench_verify::input_names(original);
-        let mut batches = Vec::new();
-        let mut batch_rows = Vec::new();
-        // At least one batch per thread: every run uses every core.
-        let per = sub
-            .samples()
-            .div_ceil(rayon::current_num_threads().max(1))
-            .clamp(1, MAX_BATCH);
-        for r in data.feed.ranges(sub.samples(), per) {
-            batch_rows.push(match data.feed {
-                quench_verify::Feed::Sample => 1,
-                quench_verify::Feed::Batch { .. } => r.len(),
-            });
-            batches.push(sub.feed(data.feed, r)?);
-        }
-        let fp = Runners::new(original, vec![]);
-        let reference: Vec<Vec<ArrayData>> = batches
-            .par_iter()
-            .map(|b| fp.run(&data_names, b))
-            .collect::<Result<_>>()
-            .context("running the FP32 model")?;
         let mut names = data_names;
         for p in &pairs {
-            names.extend([p.scale.clone(), p.low.clone(), p.high.clone(), p.on.clone()]);
+            names.extend([p.scale.clone(), p.low.clone(), p.high.clone()]);
         }
         // Roots and their pairs; members (data movement after a root)
         // share the root's setting.
@@ -292,16 +283,62 @@ impl ParamBench {
                 .and_then(|n| pos.get(&n).copied())
                 .map_or(0, |p| p + 1)
         });
-        Ok(ParamBench {
-            runners: Runners::new(&twin.to_onnx(), vec![]),
+        let bench = ParamBench {
+            runners: std::sync::Arc::new(Runners::new(&twin.to_onnx(), vec![])),
+            fp: std::sync::Arc::new(Runners::new(original, vec![])),
             names,
-            batches,
-            rows: batch_rows,
-            reference,
+            batches: Vec::new(),
+            rows: Vec::new(),
+            reference: Vec::new(),
             pairs,
             roots,
             runs: 0,
             clamps,
+        };
+        bench.with_rows(original, data, rows)
+    }
+
+    /// The same twin on other `rows` of `data` (`original`: the FP32
+    /// model the bench was built from): no new quantization or tract
+    /// compile when the batch shapes are the same.
+    pub fn with_rows(
+        &self,
+        original: &ModelProto,
+        data: &Bound,
+        rows: &[usize],
+    ) -> Result<ParamBench> {
+        let sub = data.data.pick(rows);
+        let data_names = quench_verify::input_names(original);
+        let mut batches = Vec::new();
+        let mut batch_rows = Vec::new();
+        // At least one batch per thread: every run uses every core.
+        let per = sub
+            .samples()
+            .div_ceil(rayon::current_num_threads().max(1))
+            .clamp(1, MAX_BATCH);
+        for r in data.feed.ranges(sub.samples(), per) {
+            batch_rows.push(match data.feed {
+                quench_verify::Feed::Sample => 1,
+                quench_verify::Feed::Batch { .. } => r.len(),
+            });
+            batches.push(sub.feed(data.feed, r)?);
+        }
+        let reference: Vec<Vec<ArrayData>> = batches
+            .par_iter()
+            .map(|b| self.fp.run(&data_names, b))
+            .collect::<Result<_>>()
+            .context("running the FP32 model")?;
+        Ok(ParamBench {
+            runners: self.runners.clone(),
+            fp: self.fp.clone(),
+            names: self.names.clone(),
+            batches,
+            rows: batch_rows,
+            reference,
+            pairs: self.pairs.clone(),
+            roots: self.roots.clone(),
+            runs: 0,
+            clamps: self.clamps.clone(),
         })
     }
 
@@ -361,14 +398,7 @@ impl ParamBench {
         f: impl Fn(usize, &[ArrayData], &[ArrayData]) -> T + Sync,
     ) -> Result<Vec<T>> {
         self.runs += 1;
-        let mut params = Vec::with_capacity(4 * set.len());
-        for (i, (p, &(s, z, on))) in self.pairs.iter().zip(set).enumerate() {
-            let (qmin, qmax) = grid.get(i).copied().flatten().unwrap_or((p.qmin, p.qmax));
-            params.push(ArrayData::F32(ndarray::arr0(s).into_dyn()));
-            params.push(ArrayData::F32(ndarray::arr0(qmin - z).into_dyn()));
-            params.push(ArrayData::F32(ndarray::arr0(qmax - z).into_dyn()));
-            params.push(ArrayData::Bool(ndarray::arr0(on).into_dyn()));
-        }
+        let params = self.params_of(set, grid);
         self.batches
             .par_iter()
             .zip(&self.reference)
@@ -382,15 +412,24 @@ impl ParamBench {
             .collect()
     }
 
+    /// The twin's parameter inputs for `set` (see [`run_each`](Self::run_each)
+    /// for `grid`).
+    fn params_of(&self, set: &[Setting], grid: &[Option<(f32, f32)>]) -> Vec<ArrayData> {
+        let mut params = Vec::with_capacity(3 * set.len());
+        for (i, (p, &(s, z, on))) in self.pairs.iter().zip(set).enumerate() {
+            let v = if on {
+                p.on(s, z, grid.get(i).copied().flatten())
+            } else {
+                p.off()
+            };
+            params.extend(v.map(|x| ArrayData::F32(ndarray::arr0(x).into_dyn())));
+        }
+        params
+    }
+
     pub fn score(&mut self, set: &[Setting]) -> Result<Score> {
         self.runs += 1;
-        let mut params = Vec::with_capacity(4 * set.len());
-        for (p, &(s, z, on)) in self.pairs.iter().zip(set) {
-            params.push(ArrayData::F32(ndarray::arr0(s).into_dyn()));
-            params.push(ArrayData::F32(ndarray::arr0(p.qmin - z).into_dyn()));
-            params.push(ArrayData::F32(ndarray::arr0(p.qmax - z).into_dyn()));
-            params.push(ArrayData::Bool(ndarray::arr0(on).into_dyn()));
-        }
+        let params = self.params_of(set, &[]);
         // Per batch, per sample (a row of the batch axis where outputs
         // have one), per output: (error power, signal power).
         let sums: Vec<Vec<Vec<(f64, f64)>>> = self
@@ -483,7 +522,7 @@ pub fn search(
     let t0 = std::time::Instant::now();
     let (fit_rows, judge_rows) = crate::data::fit_and_judge(data.data.samples(), SAMPLES / 2);
     let mut fit = ParamBench::new(float, original, plan, policy, cfg, opset, data, &fit_rows)?;
-    let mut judge = ParamBench::new(float, original, plan, policy, cfg, opset, data, &judge_rows)?;
+    let mut judge = fit.with_rows(original, data, &judge_rows)?;
     let setup_seconds = t0.elapsed().as_secs_f64();
     let default = cfg.default_activation_format();
     let roots = fit.roots.clone();
@@ -576,37 +615,12 @@ pub fn search(
                 }
             }
         }
-        // One run first with every grouped output float: a type's group
-        // gains no more than all of them together, so when that falls
-        // short no type is tried one by one (nudenet: 1 run instead of 18).
-        let all_grouped: Vec<usize> = by_type.values().flatten().copied().collect();
-        let any_type = by_type.len() > 1 && {
-            searched += 1;
-            gain_off(&mut fit, &base, &all_grouped, current)? >= OUTLIER_DB
-        };
-        if any_type {
-            for (t, ks) in &by_type {
-                let gain = gain_off(&mut fit, &base, ks, current)?;
-                searched += 1;
-                if gain >= OUTLIER_DB {
-                    for &k in ks {
-                        off[k] = true;
-                    }
-                    float_groups.push(FloatGroup {
-                        op_type: t.clone(),
-                        tensors: ks.iter().map(|&k| roots[k].0.clone()).collect(),
-                        gain_db: gain,
-                        sqnr_after_db: f64::NAN,
-                    });
-                }
-            }
-        }
         // Single activations, by bisection: the candidates are halved and
         // each half left float; the search goes on in the half gaining
         // OUTLIER_DB (the larger if both do) until one remains. A found
         // outlier leaves the candidates (it stays quantized while looking
         // for the next, so gains stay measured against `base`).
-        let mut left: Vec<usize> = (0..roots.len()).filter(|&k| !off[k]).collect();
+        let mut left: Vec<usize> = (0..roots.len()).collect();
         while left.len() > 1 {
             let mut cands = left.clone();
             let found = loop {
@@ -634,6 +648,83 @@ pub fn search(
                 sqnr_after_db: f64::NAN,
             });
             left.retain(|&j| j != k);
+        }
+        // Then op types, measured with the single outliers float (groups
+        // are for the error they do not explain: the depthwise fixture's
+        // one outlier is a Relu output, not both Relu outputs). By
+        // elimination: first every grouped output float at
+        // once (when even that gains less than OUTLIER_DB, no set of types
+        // is an outlier: one run). Then each type in turn, the largest
+        // first, goes back to quantized unless that costs OUTLIER_DB or
+        // more with the types still float: what stays float is, type by
+        // type, behind at least half of the error left. Types interact (on
+        // MiniLM the residual Adds alone gain 0.8 dB, every grouped type
+        // together 10.2: a LayerNorm output carries the outlier channels
+        // of the Add before it), so types are never judged alone.
+        let all_grouped: Vec<usize> = by_type.values().flatten().copied().collect();
+        let mut types: Vec<(&String, &Vec<usize>)> = by_type.iter().collect();
+        types.sort_by_key(|(t, ks)| (std::cmp::Reverse(ks.len()), (*t).clone()));
+        let mut kept_float: Vec<bool> = vec![true; types.len()];
+        let mut marginal: Vec<f64> = vec![f64::NAN; types.len()];
+        let mut base_g = base.clone();
+        let mut current_g = current;
+        if off.iter().any(|o| *o) && !types.is_empty() {
+            for (k, (_, ixs)) in roots.iter().enumerate() {
+                if off[k] {
+                    for &i in ixs {
+                        base_g[i].2 = false;
+                    }
+                }
+            }
+            current_g = fit.score(&base_g)?.sample_db;
+        }
+        let all_grouped: Vec<usize> = all_grouped.into_iter().filter(|&k| !off[k]).collect();
+        if !types.is_empty() && !all_grouped.is_empty() {
+            searched += 1;
+            let mut gain_now = gain_off(&mut fit, &base_g, &all_grouped, current_g)?;
+            if gain_now >= OUTLIER_DB {
+                for i in 0..types.len() {
+                    let rest: Vec<usize> = types
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i && kept_float[*j])
+                        .flat_map(|(_, (_, ks))| ks.iter().copied())
+                        .filter(|&k| !off[k])
+                        .collect();
+                    let gain_rest = if rest.is_empty() {
+                        0.0
+                    } else {
+                        searched += 1;
+                        gain_off(&mut fit, &base_g, &rest, current_g)?
+                    };
+                    marginal[i] = gain_now - gain_rest;
+                    if !(marginal[i] >= OUTLIER_DB) {
+                        kept_float[i] = false;
+                        gain_now = gain_rest;
+                    }
+                }
+                if !(gain_now >= OUTLIER_DB) {
+                    kept_float.iter_mut().for_each(|k| *k = false);
+                }
+            } else {
+                kept_float.iter_mut().for_each(|k| *k = false);
+            }
+        } else {
+            kept_float.iter_mut().for_each(|k| *k = false);
+        }
+        for (i, (t, ks)) in types.iter().enumerate() {
+            let ks: Vec<usize> = ks.iter().copied().filter(|&k| !off[k]).collect();
+            if kept_float[i] && !ks.is_empty() {
+                for &k in &ks {
+                    off[k] = true;
+                }
+                float_groups.push(FloatGroup {
+                    op_type: (*t).clone(),
+                    tensors: ks.iter().map(|&k| roots[k].0.clone()).collect(),
+                    gain_db: marginal[i],
+                    sqnr_after_db: f64::NAN,
+                });
+            }
         }
         if off.iter().any(|o| *o) {
             for (k, (_, ixs)) in roots.iter().enumerate() {
@@ -694,6 +785,27 @@ pub fn search(
             }
         }
     }
+    let members = crate::mixed::shared_members(float, plan);
+    let mut float_fed_compute: Vec<String> = Vec::new();
+    if kept {
+        for (k, (root, _)) in roots.iter().enumerate() {
+            if !off[k] {
+                continue;
+            }
+            let tensors = std::iter::once(root.as_str())
+                .chain(members.get(root).into_iter().flatten().map(String::as_str));
+            for v in tensors.filter_map(|t| g.value_by_name(t)) {
+                for c in g.consumers(v) {
+                    let node = g.node(c);
+                    if quench_passes::facts::is_compute(node.kind()) {
+                        float_fed_compute.push(node.name().to_string());
+                    }
+                }
+            }
+        }
+        float_fed_compute.sort();
+        float_fed_compute.dedup();
+    }
     let report = AutoReport {
         fit_samples: fit.samples(),
         judged_apart: fit_rows != judge_rows,
@@ -709,6 +821,7 @@ pub fn search(
         kept,
         float: if kept { float_tensors } else { Vec::new() },
         float_op_types: if kept { float_groups } else { Vec::new() },
+        float_fed_compute,
     };
     Ok((out, report))
 }
