@@ -156,13 +156,20 @@ pub struct CompileArgs {
     /// scripts keep working
     #[arg(long, hide = true)]
     pub no_bias_correction: bool,
-    /// SmoothQuant: for a LayerNormalization feeding only MatMuls with
-    /// constant weights, divide its output channels by s_j (folded into its
-    /// scale and bias) and multiply the weight rows by s_j, s_j =
-    /// max|x_j|^a / max|w_j|^(1-a), with a in {0.25, 0.5, 0.75} or none
-    /// chosen by output SQNR on 32 calibration samples. Exact in FP32.
-    #[arg(long)]
+    /// SmoothQuant (the default with static quantization; this flag is
+    /// accepted for older scripts): for a LayerNormalization feeding
+    /// MatMuls with constant weights, divide its output channels by s_j and
+    /// multiply the weight rows by s_j, s_j = max|x_j|^a / max|w_j|^(1-a),
+    /// with a in {0.25, 0.5, 0.75} or none chosen by output SQNR on 16
+    /// calibration samples. When it feeds only those MatMuls, s is folded
+    /// into its scale and bias; when it also feeds other nodes (a
+    /// transformer's residual Add), a Mul by 1/s is inserted before the
+    /// MatMuls and the normalization's output stays float. Exact in FP32
+    #[arg(long, conflicts_with = "no_smooth_quant")]
     pub smooth_quant: bool,
+    /// Turn SmoothQuant off
+    #[arg(long)]
+    pub no_smooth_quant: bool,
     /// Graph passes to run before quantization, comma separated, or `none`
     /// (default: the whole pipeline; see `quench passes`).
     #[arg(long, value_delimiter = ',')]
@@ -328,7 +335,7 @@ impl CompileArgs {
             error_compensated_rounding: self.error_compensated_rounding,
             equalize: self.equalize,
             bias_correction: self.bias_correction,
-            smooth_quant: self.smooth_quant,
+            smooth_quant: !self.no_smooth_quant,
             passes: self.passes.clone(),
             dump_after: self.dump_after.clone(),
             min_sqnr: self.min_sqnr,

@@ -23,6 +23,9 @@ set by hand so that each model has the property its test needs.
   has two outlier channels (x40), then MatMul -> Relu -> MatMul. The
   normalization's output shares one scale over channels 40x apart;
   SmoothQuant (`--smooth-quant`) moves the outliers into the weights.
+- `residual_block.onnx`: the same with the normalization also feeding a
+  residual Add (post-norm transformer): SmoothQuant inserts a Mul by 1/s
+  before the MatMul and keeps the normalization's output float.
 
 - `outlier_classifier.onnx`: the trained `../digits_cnn.onnx` with a 17th
   conv2 channel (1000x relu1's channel 0) that fc ignores: the same logits,
@@ -144,6 +147,54 @@ def make_smooth_block():
     print("  smooth_block: LayerNormalization scale outliers x40 in channels 3, 11")
 
 
+def make_residual_block():
+    """A post-norm transformer block's shape: the normalization's output
+    (scale outliers x40 in channels 3 and 11) feeds a MatMul and the
+    residual Add, whose sum a second normalization reads. SmoothQuant
+    inserts a Mul by 1/s before the MatMul there (the residual path keeps
+    the unscaled values) and folds s into the second normalization, which
+    feeds only a MatMul."""
+    rng = np.random.default_rng(20261130)
+    we = rng.normal(0.0, 0.5, size=(8, 16))
+    gamma = np.abs(rng.normal(1.0, 0.2, size=(16,)))
+    gamma[[3, 11]] *= 40.0
+    beta = rng.normal(0.0, 0.1, size=(16,))
+    w1 = rng.normal(0.0, 0.3, size=(16, 16))
+    w1[[3, 11], :] /= 40.0
+    w2 = rng.normal(0.0, 0.3, size=(16, 16))
+    gamma2 = np.abs(rng.normal(1.0, 0.2, size=(16,)))
+    gamma2[[5]] *= 30.0
+    beta2 = rng.normal(0.0, 0.1, size=(16,))
+    w3 = rng.normal(0.0, 0.3, size=(16, 4))
+    w3[[5], :] /= 30.0
+    shape = np.array([-1, 8, 8], dtype=np.int64)
+    nodes = [
+        helper.make_node("Reshape", ["input", "shape"], ["tokens"], name="tokens"),
+        helper.make_node("MatMul", ["tokens", "we"], ["emb"], name="embed"),
+        helper.make_node("LayerNormalization", ["emb", "gamma", "beta"], ["ln"], name="norm", axis=-1),
+        helper.make_node("MatMul", ["ln", "w1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["hr"], name="act"),
+        helper.make_node("MatMul", ["hr", "w2"], ["f"], name="fc2"),
+        helper.make_node("Add", ["ln", "f"], ["res"], name="residual"),
+        helper.make_node("LayerNormalization", ["res", "gamma2", "beta2"], ["ln2"], name="norm2", axis=-1),
+        helper.make_node("MatMul", ["ln2", "w3"], ["output"], name="head"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "residual_block",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 8, 4])],
+        [numpy_helper.from_array(shape, "shape"), init("we", we), init("gamma", gamma),
+         init("beta", beta), init("w1", w1), init("w2", w2), init("gamma2", gamma2),
+         init("beta2", beta2), init("w3", w3)],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="quench-testdata")
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, "residual_block.onnx"))
+    print("  residual_block: norm (outliers x40, channels 3, 11) feeds fc1 and the residual Add")
+
+
 def make_outlier_classifier(gain=1000.0):
     """The trained digits CNN with one more conv2 channel, `gain` times
     relu1's channel 0 at each position, that the classifier ignores (zero
@@ -180,4 +231,5 @@ if __name__ == "__main__":
     make_hardswish_stem()
     make_cle_depthwise()
     make_smooth_block()
+    make_residual_block()
     make_outlier_classifier()

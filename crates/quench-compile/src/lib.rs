@@ -371,19 +371,18 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     phases.lap("calibration");
 
     // 5a. SmoothQuant: outlier channels after normalizations into weights.
+    // On by default; only static quantization has activation ranges to
+    // smooth (nothing to say otherwise).
     let mut smooth_quant = None;
-    if opts.smooth_quant && cfg.mode != Mode::Static {
-        out.warn("--smooth-quant applies to static quantization only; not applied".into());
-    }
     if opts.smooth_quant && cfg.mode == Mode::Static {
         match &data.calibration {
             Some(cal) => {
                 let r = match smooth::smooth(
                     &mut model,
                     original,
-                    &plan,
+                    &mut plan,
                     &mut ranges,
-                    &cfg,
+                    &mut cfg,
                     opset,
                     cal,
                 ) {
@@ -404,10 +403,16 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             .collect::<Vec<_>>()
                             .join(", ")
                     )),
-                    None => out.note(
-                        "--smooth-quant: nothing changed (no LayerNormalization with per-channel scale and bias feeding only MatMuls with constant weights, or it could not run)"
-                            .into(),
-                    ),
+                    // No site (no LayerNormalization feeding MatMuls with
+                    // constant weights): nothing to say for most models.
+                    None => {}
+                }
+                // Statistics taken before smoothing describe other values:
+                // the searches use the exact smoothed ranges instead.
+                if let (Some(sq), Some(st)) = (&r, calib_stats.as_mut()) {
+                    for t in &sq.tensors {
+                        st.remove(t);
+                    }
                 }
                 smooth_quant = r;
                 model
@@ -415,7 +420,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     .verify()
                     .context("graph invalid after smooth-quant (a quench bug)")?;
             }
-            None => out.warn("--smooth-quant needs calibration data; not applied".into()),
+            None => {}
         }
         phases.lap("smooth-quant");
     }
@@ -475,6 +480,13 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 rep.runs,
                                 rep.setup_seconds + rep.run_seconds
                             ));
+                            if !rep.float_unread.is_empty() {
+                                out.note(format!(
+                                    "method auto: {} activation(s) left float that only nodes running in float read (quantized, they would only lose precision): {}",
+                                    rep.float_unread.len(),
+                                    crate::report::short_list(&rep.float_unread, 6)
+                                ));
+                            }
                             if !rep.float_fed_compute.is_empty() {
                                 out.note(format!(
                                     "method auto: {} compute node(s) take an activation left float and run in float (in ONNX Runtime their weights are then dequantized on every run, which can be slower than FP32; `--no-float-outliers` keeps them integer, at a lower accuracy): {}",

@@ -118,7 +118,7 @@ pub struct Options {
     /// given.
     pub bias_correction: bool,
     /// SmoothQuant for MatMuls fed by a LayerNormalization (see
-    /// [`crate::smooth`]).
+    /// [`crate::smooth`]); on by default.
     pub smooth_quant: bool,
     /// Graph passes by name (`None`: the default pipeline; empty: none).
     pub passes: Option<Vec<String>>,
@@ -180,7 +180,7 @@ impl Default for Options {
             error_compensated_rounding: false,
             equalize: false,
             bias_correction: false,
-            smooth_quant: false,
+            smooth_quant: true,
             passes: None,
             dump_after: Vec::new(),
             min_sqnr: None,

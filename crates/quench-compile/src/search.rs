@@ -129,6 +129,9 @@ pub struct AutoReport {
     /// float above as input: they run in float, their int8 weights
     /// dequantized on every run in ONNX Runtime (slower than FP32 there).
     pub float_fed_compute: Vec<String>,
+    /// Activations left float because nothing reads them in integer once
+    /// the tensors above are float (every consumer runs in float).
+    pub float_unread: Vec<String>,
 }
 
 fn method_name(m: RangeMethod) -> String {
@@ -581,6 +584,7 @@ pub fn search(
     let mut current = best.0;
     let mut float_tensors = Vec::new();
     let mut float_groups = Vec::new();
+    let mut float_unread: Vec<String> = Vec::new();
     let mut off = vec![false; roots.len()];
     let mut searched = 0;
     if float_outliers {
@@ -684,6 +688,16 @@ pub fn search(
                 });
             }
         }
+        // Then what no integer kernel reads: a tensor whose every consumer
+        // runs in float (not a compute node, its outputs float) only loses
+        // precision by being quantized (the embedding Gathers feeding Adds
+        // left float above). Exact, no run.
+        if off.iter().any(|o| *o) {
+            let members = crate::mixed::shared_members(float, plan);
+            for k in unread_roots(g, &roots, &members, &mut off) {
+                float_unread.push(roots[k].0.clone());
+            }
+        }
         if off.iter().any(|o| *o) {
             for (k, (_, ixs)) in roots.iter().enumerate() {
                 if off[k] {
@@ -780,6 +794,7 @@ pub fn search(
         float: if kept { float_tensors } else { Vec::new() },
         float_op_types: if kept { float_groups } else { Vec::new() },
         float_fed_compute,
+        float_unread: if kept { float_unread } else { Vec::new() },
     };
     Ok((out, report))
 }
@@ -882,6 +897,76 @@ pub(crate) fn eliminate_types(
         kept.iter_mut().for_each(|k| *k = false);
     }
     Ok((kept, marginal))
+}
+
+/// Roots (with the data movement sharing their parameters, `members`)
+/// whose every consumer runs in float once `off` roots are float: not a
+/// compute node, and every output either not quantized or off. Marks them
+/// off, to a fixed point, and returns them in the order found.
+pub(crate) fn unread_roots(
+    g: &quench_ir::Graph,
+    roots: &[(String, Vec<usize>)],
+    members: &BTreeMap<String, Vec<String>>,
+    off: &mut [bool],
+) -> Vec<usize> {
+    let mut root_of: HashMap<&str, usize> = HashMap::new();
+    for (k, (root, _)) in roots.iter().enumerate() {
+        root_of.insert(root.as_str(), k);
+        for m in members.get(root).into_iter().flatten() {
+            root_of.insert(m.as_str(), k);
+        }
+    }
+    let mut found = Vec::new();
+    loop {
+        let mut changed = false;
+        for (k, (root, _)) in roots.iter().enumerate() {
+            if off[k] {
+                continue;
+            }
+            let tensors = std::iter::once(root.as_str())
+                .chain(members.get(root).into_iter().flatten().map(String::as_str));
+            let mut read = false;
+            let mut any = false;
+            'tensors: for t in tensors {
+                let Some(v) = g.value_by_name(t) else {
+                    read = true;
+                    break;
+                };
+                if g.is_graph_output(v) || g.is_captured(v) {
+                    read = true;
+                    break;
+                }
+                for c in g.consumers(v) {
+                    any = true;
+                    let node = g.node(c);
+                    if quench_passes::facts::is_compute(node.kind()) {
+                        read = true;
+                        break 'tensors;
+                    }
+                    for y in node.outputs().iter().flatten() {
+                        match root_of.get(g.value(*y).name.as_str()) {
+                            // Data movement sharing this root's grid: its
+                            // own consumers are looked at as members.
+                            Some(&j) if j == k => {}
+                            Some(&j) if !off[j] => {
+                                read = true;
+                                break 'tensors;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            if any && !read {
+                off[k] = true;
+                found.push(k);
+                changed = true;
+            }
+        }
+        if !changed {
+            return found;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::data::Bound;
 
 /// Samples each candidate is measured on.
-pub const SAMPLES: usize = 32;
+pub const SAMPLES: usize = 16;
 /// Migration strengths tried (0 = unchanged is always a candidate).
 pub const ALPHAS: [f64; 3] = [0.25, 0.5, 0.75];
 
@@ -38,21 +38,47 @@ pub const ALPHAS: [f64; 3] = [0.25, 0.5, 0.75];
 pub struct SmoothReport {
     /// Normalizations whose outputs were smoothed.
     pub sites: Vec<String>,
+    /// The tensors the MatMuls read once smoothed (each normalization's
+    /// output, or the inserted rescale's): their ranges are the exact
+    /// smoothed ones, and calibration statistics of them (taken before)
+    /// no longer apply.
+    pub tensors: Vec<String>,
     /// The chosen strength (0: nothing changed).
     pub alpha: f64,
     /// Output SQNR (dB) on the search samples per candidate `(alpha, dB)`.
     pub candidates: Vec<(f64, f64)>,
 }
 
-/// A LayerNormalization whose output feeds only MatMuls with own 2-D
-/// constant weights.
+/// A LayerNormalization whose output feeds MatMuls with own 2-D constant
+/// weights: only them (its scale and bias are divided), or also other
+/// nodes, such as a transformer's residual Add (a `Mul` by `1/s` is
+/// inserted before the MatMuls; the normalization and its other
+/// consumers are unchanged).
 pub struct Site {
     pub norm: String,
     scale: ValueId,
     bias: Option<ValueId>,
     x: String,
     weights: Vec<ValueId>,
+    /// The MatMuls reading X (input 0), when X has other consumers: they
+    /// read the inserted rescale instead.
+    insert: Option<Vec<quench_ir::NodeId>>,
 }
+
+impl Site {
+    /// The tensor the MatMuls read once `s` is applied (X, or the inserted
+    /// rescale's output).
+    pub fn smoothed(&self) -> String {
+        match self.insert {
+            Some(_) => format!("{}_smoothed", self.x),
+            None => self.x.clone(),
+        }
+    }
+}
+
+/// Why a normalization rescaled through an inserted `Mul` stays float.
+pub const KEEP_FLOAT_REASON: &str =
+    "SmoothQuant rescales its output before the MatMuls (quantizing it would undo that)";
 
 /// The places SmoothQuant can act on (normalization outputs with a
 /// calibrated range).
@@ -69,53 +95,77 @@ pub fn sites(m: &Model, ranges: &Ranges) -> Vec<Site> {
             }
             let axis = node.attr_int("axis").unwrap_or(-1);
             let x = node.output(0)?;
-            if axis != -1
-                || g.is_graph_output(x)
-                || g.is_captured(x)
-                || !ranges.contains_key(&g.value(x).name)
-            {
+            if axis != -1 || g.is_captured(x) || !ranges.contains_key(&g.value(x).name) {
                 return None;
             }
             let own = |v: ValueId| g.const_tensor(v).is_some() && g.use_count(v) == 1;
-            let scale = node.input(1).filter(|v| own(*v))?;
-            let bias = match node.input(2) {
-                Some(b) if own(b) => Some(b),
-                Some(_) => return None,
-                None => None,
-            };
-            let k = g.const_tensor(scale)?.dims.iter().product::<i64>();
-            // Both parameters are rescaled per channel: each must hold one
-            // value per channel (a broadcast [1] bias would be left as it
-            // is, changing the function).
-            if let Some(b) = bias {
-                if g.const_tensor(b)?.dims.iter().product::<i64>() != k {
-                    return None;
-                }
-            }
-            if g.const_tensor(scale)?.dims.len() != 1 {
+            // f32 only: the rescaled constants are written as f32 (an f16
+            // model keeps its normalizations as they are).
+            let f32_type = quench_onnx::proto::tensor_proto::DataType::Float as i32;
+            if g.value(x).elem_type().is_some_and(|t| t != f32_type) {
                 return None;
             }
-            let mut weights = Vec::new();
-            for u in g.uses(x) {
-                let c = g.node(u.node);
-                let w = c.input(1)?;
-                let t = g.const_tensor(w)?;
-                if c.kind() != OpKind::MatMul
-                    || u.index != 0
-                    || t.dims.len() != 2
-                    || t.dims[0] != k
-                    || !own(w)
-                {
+            let scale = node.input(1)?;
+            let bias = node.input(2);
+            // Channels: X's last axis, as the MatMul weights' rows count
+            // them (the first decides; the others must agree).
+            let k = g
+                .uses(x)
+                .iter()
+                .filter(|u| u.index == 0 && g.node(u.node).kind() == OpKind::MatMul)
+                .find_map(|u| {
+                    let t = g.const_tensor(g.node(u.node).input(1)?)?;
+                    (t.dims.len() == 2).then_some(t.dims[0])
+                })?;
+            if let Some(quench_ir::Dim::Known(last)) =
+                g.value(x).shape().and_then(|s| s.last().cloned())
+            {
+                if last != k {
                     return None;
                 }
-                weights.push(w);
             }
+            let mut weights = Vec::new();
+            let mut readers = Vec::new();
+            let mut others = g.is_graph_output(x);
+            for u in g.uses(x) {
+                let c = g.node(u.node);
+                let w = c.input(1).filter(|w| own(*w));
+                let t = w.and_then(|w| g.const_tensor(w));
+                match (w, t) {
+                    (Some(w), Some(t))
+                        if c.kind() == OpKind::MatMul
+                            && u.index == 0
+                            && t.dims.len() == 2
+                            && t.dims[0] == k
+                            && t.data_type() == f32_type =>
+                    {
+                        weights.push(w);
+                        readers.push(u.node);
+                    }
+                    _ => others = true,
+                }
+            }
+            // Folding into the scale and bias needs both to be the
+            // normalization's own, one value per channel (a broadcast [1]
+            // bias would be left as it is, changing the function).
+            let per_channel = |v: ValueId| {
+                g.const_tensor(v)
+                    .is_some_and(|t| t.dims == [k] && t.data_type() == f32_type)
+            };
+            let foldable =
+                own(scale) && per_channel(scale) && bias.is_none_or(|b| own(b) && per_channel(b));
+            let insert = if others || !foldable {
+                Some(readers)
+            } else {
+                None
+            };
             (!weights.is_empty()).then(|| Site {
                 norm: node.name().to_string(),
                 scale,
                 bias,
                 x: g.value(x).name.clone(),
                 weights,
+                insert,
             })
         })
         .collect()
@@ -162,10 +212,25 @@ fn channel_ranges(
     Ok(acc)
 }
 
-/// `float` with `s` applied at `site` (scale, bias divided; weight rows
-/// multiplied).
+/// `float` with `s` applied at `site` (scale and bias divided, or a `Mul`
+/// by `1/s` inserted before the MatMuls; weight rows multiplied).
 pub fn apply(float: &mut Model, site: &Site, s: &[f64]) {
     let g = &mut float.graph;
+    if let Some(readers) = &site.insert {
+        if let Some(x) = g.value_by_name(&site.x) {
+            let inv: Vec<f32> = s.iter().map(|k| (1.0 / k) as f32).collect();
+            let c = g.add_const(
+                &g.unique_name(&format!("{}_smooth_inv", site.x)),
+                tensor::from_f32("", &[inv.len() as i64], &inv),
+            );
+            let name = site.smoothed();
+            let node = quench_ir::Node::new("Mul", &g.unique_name(&format!("{}_smooth", site.x)));
+            let (_, out) = g.add_op(node, &[x, c], &[&name]);
+            for &r in readers {
+                g.set_input(r, 0, Some(out[0]));
+            }
+        }
+    }
     let div = |g: &mut quench_ir::Graph, v: ValueId| {
         let Some(t) = g.const_tensor(v) else { return };
         let Ok(mut d) = tensor::to_f32(t) else { return };
@@ -178,9 +243,11 @@ pub fn apply(float: &mut Model, site: &Site, s: &[f64]) {
         let (name, dims) = (g.value(v).name.clone(), t.dims.clone());
         g.replace_const(v, tensor::from_f32(&name, &dims, &d));
     };
-    div(g, site.scale);
-    if let Some(b) = site.bias {
-        div(g, b);
+    if site.insert.is_none() {
+        div(g, site.scale);
+        if let Some(b) = site.bias {
+            div(g, b);
+        }
     }
     for &w in &site.weights {
         let Some(t) = g.const_tensor(w) else { continue };
@@ -204,9 +271,9 @@ pub fn apply(float: &mut Model, site: &Site, s: &[f64]) {
 pub fn smooth(
     float: &mut Model,
     original: &quench_onnx::proto::ModelProto,
-    plan: &Plan,
+    plan: &mut Plan,
     ranges: &mut Ranges,
-    cfg: &QuantizeConfig,
+    cfg: &mut QuantizeConfig,
     opset: i64,
     data: &Bound,
 ) -> Result<Option<SmoothReport>> {
@@ -224,10 +291,29 @@ pub fn smooth(
     let eval = Evaluator::new(&sub, data.feed, quench_verify::input_names(original));
     let outputs = quench_verify::output_names(original).len();
     let reference = eval.outputs(&Runners::new(original, vec![]), "the FP32 model")?;
-    let score = |m: &Model, r: &Ranges| -> Result<f64> {
+    // With a rescale inserted, the normalization's output stays float and
+    // the plan is made again for the new graph.
+    let mut smoothed_cfg = cfg.clone();
+    for site in &ss {
+        if site.insert.is_some() {
+            smoothed_cfg
+                .keep_float
+                .push((site.norm.clone(), KEEP_FLOAT_REASON.to_string()));
+        }
+    }
+    let inserts = ss.iter().any(|s| s.insert.is_some());
+    let score = |m: &Model, r: &Ranges, smoothed: bool| -> Result<f64> {
         let mut q = m.clone();
         let mut cx = PassCx::new(opset);
-        crate::phases::quantize_phase(&mut q, plan, r, cfg, opset, &mut cx)?;
+        let (p, c) = if smoothed && inserts {
+            (
+                quench_passes::quantize::plan(&m.graph, &smoothed_cfg)?,
+                &smoothed_cfg,
+            )
+        } else {
+            (plan.clone(), &*cfg)
+        };
+        crate::phases::quantize_phase(&mut q, &p, r, c, opset, &mut cx)?;
         quench_passes::simulate::float_twin_pairs(&mut q.graph, opset);
         let tw = Runners::new(&q.to_onnx(), vec![]);
         let f = eval
@@ -288,16 +374,22 @@ pub fn smooth(
                 .map(|(v, k)| (f64::from(*v) / k) as f32)
                 .fold(f32::NEG_INFINITY, f32::max);
             if nlo.is_finite() && nhi.is_finite() {
-                r.insert(site.x.clone(), (nlo.min(0.0), nhi.max(0.0)));
+                r.insert(site.smoothed(), (nlo.min(0.0), nhi.max(0.0)));
+            }
+            if site.insert.is_some() {
+                // X itself stays float: its consumers other than the
+                // MatMuls (a residual Add) would quantize it, outliers and
+                // all, and the rescale would read the rounded values.
+                r.remove(&site.x);
             }
         }
         (m, r)
     };
-    let mut candidates = vec![(0.0, score(float, ranges)?)];
+    let mut candidates = vec![(0.0, score(float, ranges, false)?)];
     let mut best: Option<(f64, f64, Model, Ranges)> = None;
     for &a in &ALPHAS {
         let (m, r) = candidate(a);
-        let db = score(&m, &r)?;
+        let db = score(&m, &r, true)?;
         candidates.push((a, db));
         if db > candidates[0].1 && best.as_ref().is_none_or(|b| db > b.1) {
             best = Some((a, db, m, r));
@@ -307,12 +399,21 @@ pub fn smooth(
         Some((a, _, m, r)) => {
             *float = m;
             *ranges = r;
+            if inserts {
+                *cfg = smoothed_cfg;
+                *plan = quench_passes::quantize::plan(&float.graph, cfg)?;
+            }
             a
         }
         None => 0.0,
     };
     Ok(Some(SmoothReport {
         sites: ss.iter().map(|s| s.norm.clone()).collect(),
+        tensors: if alpha > 0.0 {
+            ss.iter().map(Site::smoothed).collect()
+        } else {
+            Vec::new()
+        },
         alpha,
         candidates,
     }))

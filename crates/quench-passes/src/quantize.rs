@@ -139,6 +139,11 @@ pub struct QuantizeConfig {
     pub per_channel: bool,
     pub exclude_nodes: Vec<String>,
     pub exclude_op_types: Vec<String>,
+    /// Nodes a pass keeps float, and why (SmoothQuant's normalizations
+    /// whose output is rescaled before it is quantized): like
+    /// `exclude_nodes`, with the pass's reason in the report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keep_float: Vec<(String, String)>,
     /// Activations whose calibrated |range| exceeds this stay float.
     pub max_abs_range: f32,
     /// Leave the inputs of Softmax float (recommended).
@@ -219,6 +224,7 @@ impl Default for QuantizeConfig {
             per_channel: true,
             exclude_nodes: Vec::new(),
             exclude_op_types: Vec::new(),
+            keep_float: Vec::new(),
             max_abs_range: 1.0e5,
             keep_softmax_inputs_float: true,
             activation_format: None,
@@ -374,6 +380,7 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
     let excluded = |n: &Node| {
         cfg.exclude_nodes.iter().any(|e| e == n.name())
             || cfg.exclude_op_types.iter().any(|e| e == n.op_type())
+            || cfg.keep_float.iter().any(|(e, _)| e == n.name())
     };
     let mut absorbed_relus: HashSet<NodeId> = HashSet::new();
 
@@ -385,6 +392,10 @@ pub fn plan(g: &Graph, cfg: &QuantizeConfig) -> Result<Plan, PassError> {
             quantized: q,
             reason: reason.to_string(),
         };
+        if let Some((_, why)) = cfg.keep_float.iter().find(|(e, _)| e == node.name()) {
+            p.decisions.push(decide(false, why));
+            continue;
+        }
         if excluded(node) {
             p.decisions.push(decide(false, "excluded by user"));
             continue;
@@ -1012,6 +1023,7 @@ pub(crate) fn weight_hints(
             let n = g.node(u.node);
             if cfg.exclude_nodes.iter().any(|e| e == n.name())
                 || cfg.exclude_op_types.iter().any(|e| e == n.op_type())
+                || cfg.keep_float.iter().any(|(e, _)| e == n.name())
             {
                 return None;
             }
