@@ -156,12 +156,13 @@ pub struct CompileArgs {
     /// scripts keep working
     #[arg(long, hide = true)]
     pub no_bias_correction: bool,
-    /// SmoothQuant (the default with static quantization; this flag is
-    /// accepted for older scripts): for a LayerNormalization feeding
+    /// SmoothQuant with its strength searched (SmoothQuant itself is the
+    /// default with static quantization, at a = 0.5): for a
+    /// LayerNormalization feeding
     /// MatMuls with constant weights, divide its output channels by s_j and
     /// multiply the weight rows by s_j, s_j = max|x_j|^a / max|w_j|^(1-a),
-    /// with a in {0.25, 0.5, 0.75} or none chosen by output SQNR on 16
-    /// calibration samples. When it feeds only those MatMuls, s is folded
+    /// with a in {0.25, 0.5, 0.75} (default: 0.5) or none chosen by output
+    /// SQNR on 16 calibration samples. When it feeds only those MatMuls, s is folded
     /// into its scale and bias; when it also feeds other nodes (a
     /// transformer's residual Add), a Mul by 1/s is inserted before the
     /// MatMuls and the normalization's output stays float. Exact in FP32
@@ -336,6 +337,7 @@ impl CompileArgs {
             equalize: self.equalize,
             bias_correction: self.bias_correction,
             smooth_quant: !self.no_smooth_quant,
+            smooth_quant_search: self.smooth_quant,
             passes: self.passes.clone(),
             dump_after: self.dump_after.clone(),
             min_sqnr: self.min_sqnr,

@@ -385,6 +385,11 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     &mut cfg,
                     opset,
                     cal,
+                    if opts.smooth_quant_search {
+                        &smooth::ALPHAS[..]
+                    } else {
+                        &smooth::DEFAULT_ALPHAS[..]
+                    },
                 ) {
                     Ok(r) => r,
                     Err(e) => {

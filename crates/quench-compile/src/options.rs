@@ -120,6 +120,10 @@ pub struct Options {
     /// SmoothQuant for MatMuls fed by a LayerNormalization (see
     /// [`crate::smooth`]); on by default.
     pub smooth_quant: bool,
+    /// Search SmoothQuant's strength among 0.25, 0.5 and 0.75 (instead of
+    /// 0.5 alone).
+    #[serde(default)]
+    pub smooth_quant_search: bool,
     /// Graph passes by name (`None`: the default pipeline; empty: none).
     pub passes: Option<Vec<String>>,
     /// Record the IR text after these passes (in [`crate::Outcome::dumps`]).
@@ -181,6 +185,7 @@ impl Default for Options {
             equalize: false,
             bias_correction: false,
             smooth_quant: true,
+            smooth_quant_search: false,
             passes: None,
             dump_after: Vec::new(),
             min_sqnr: None,

@@ -89,6 +89,7 @@ fn smooth_changes(model: &str) -> String {
         &mut cfg,
         opset,
         &cal,
+        &smooth::ALPHAS,
     )
     .unwrap()
     .expect("a site");
