@@ -408,3 +408,43 @@ fn smooth_quant_through_a_residual_add_keeps_the_matmuls_integer() {
     let unread = r["auto_ranges"]["float_unread"].to_string();
     assert!(unread.contains("\"emb\""), "{unread}");
 }
+
+#[test]
+fn smooth_quant_does_not_depend_on_node_or_tensor_names() {
+    // residual_block with every node name cleared, and with fc2's output
+    // renamed `ln_smoothed` (the name of the rescale SmoothQuant inserts
+    // for `ln`). The normalization kept float is kept by name: an empty
+    // name matched every unnamed node, and the whole model stayed float
+    // (141.67 dB, 0 nodes quantized); the clashing tensor took the
+    // rescale's range (33.34 instead of 33.90 dB with min/max). Both must
+    // quantize exactly as residual_block does.
+    let quantized = |r: &Value| {
+        r["quantization"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["quantized"] == true)
+            .count()
+    };
+    for method in ["minmax", "auto"] {
+        let args = ["--method", method];
+        let (named, rn) = output_sqnr("accuracy/residual_block.onnx", &args);
+        for variant in ["residual_unnamed", "residual_name_clash"] {
+            let (v, r) = output_sqnr(&format!("accuracy/{variant}.onnx"), &args);
+            assert!(
+                (v - named).abs() < 1e-6,
+                "{variant} {method}: {v:.4} dB vs {named:.4} dB"
+            );
+            assert_eq!(quantized(&r), quantized(&rn), "{variant} {method}");
+            assert_eq!(quantized(&r), 6, "{variant} {method}");
+            let t = &r["smooth_quant"]["tensors"];
+            assert_eq!(t.as_array().unwrap().len(), 2, "{t}");
+            // The rescale's output is a tensor of its own.
+            assert_ne!(
+                (variant, t[0].as_str().unwrap()),
+                ("residual_name_clash", "ln_smoothed"),
+                "{t}"
+            );
+        }
+    }
+}
