@@ -407,6 +407,22 @@ fn smooth_quant_through_a_residual_add_keeps_the_matmuls_integer() {
     assert!(fed(&rb) >= 1, "{}", rb["auto_ranges"]);
     let unread = r["auto_ranges"]["float_unread"].to_string();
     assert!(unread.contains("\"emb\""), "{unread}");
+    // Each float activation says why (they read "no calibration range").
+    let why = |t: &str| {
+        r["quantization"]["activations_float"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a[0] == t)
+            .map(|a| a[1].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert!(why("ln").contains("SmoothQuant"), "{}", why("ln"));
+    assert!(
+        why("emb").contains("only nodes running in float"),
+        "{}",
+        why("emb")
+    );
 }
 
 #[test]

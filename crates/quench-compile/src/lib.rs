@@ -785,6 +785,20 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
             }
         }
     }
+    for (t, why) in &mut summary.activations_float {
+        if smooth_quant
+            .as_ref()
+            .is_some_and(|sq| sq.kept_float.contains(t))
+        {
+            *why = "kept float: SmoothQuant rescales it before the MatMuls (they read the rescale)"
+                .into();
+        } else if auto_ranges
+            .as_ref()
+            .is_some_and(|a| a.float_unread.contains(t))
+        {
+            *why = "left float by --method auto (only nodes running in float read it)".into();
+        }
+    }
     if cfg.mode == Mode::Static && opset < 13 {
         out.log.push(format!("opset {opset}: per-tensor weights"));
     }

@@ -43,6 +43,11 @@ pub struct SmoothReport {
     /// smoothed ones, and calibration statistics of them (taken before)
     /// no longer apply.
     pub tensors: Vec<String>,
+    /// The normalization outputs left float because a rescale was
+    /// inserted after them (their range removed; empty when nothing
+    /// changed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_float: Vec<String>,
     /// The chosen strength (0: nothing changed).
     pub alpha: f64,
     /// Output SQNR (dB) on the search samples per candidate `(alpha, dB)`.
@@ -447,6 +452,14 @@ pub fn smooth(
         sites: ss.iter().map(|s| s.norm.clone()).collect(),
         tensors: if alpha > 0.0 {
             ss.iter().map(Site::smoothed).collect()
+        } else {
+            Vec::new()
+        },
+        kept_float: if alpha > 0.0 {
+            ss.iter()
+                .filter(|s| s.insert.is_some())
+                .map(|s| s.x.clone())
+                .collect()
         } else {
             Vec::new()
         },
