@@ -420,7 +420,17 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     .verify()
                     .context("graph invalid after smooth-quant (a quench bug)")?;
             }
-            None => {}
+            // Ranges from a calibration table, no samples: the per-channel
+            // ranges and the strength search need samples. Said only where
+            // there is something to smooth.
+            None => {
+                let n = smooth::sites(&model, &ranges).len();
+                if n > 0 {
+                    out.note(format!(
+                        "smooth-quant not applied: {n} normalization(s) feed MatMuls with constant weights, but smoothing needs calibration samples (-c; a calibration table has ranges only)"
+                    ));
+                }
+            }
         }
         phases.lap("smooth-quant");
     }
