@@ -27,6 +27,12 @@ set by hand so that each model has the property its test needs.
   residual Add (post-norm transformer): SmoothQuant inserts a Mul by 1/s
   before the MatMul and keeps the normalization's output float.
 
+- `residual_unnamed.onnx`, `residual_name_clash.onnx`: `residual_block.onnx`
+  with every node name cleared (valid ONNX; many exporters write unnamed
+  nodes), and with the tensor `f` (fc2's output, into the residual Add)
+  renamed `ln_smoothed`, the name SmoothQuant's rescale of `ln` would take.
+  Both must quantize exactly as `residual_block.onnx` does.
+
 - `outlier_classifier.onnx`: the trained `../digits_cnn.onnx` with a 17th
   conv2 channel (1000x relu1's channel 0) that fc ignores: the same logits,
   but relu2_out's range is about 1000x its useful channels', so 8-bit
@@ -195,6 +201,29 @@ def make_residual_block():
     print("  residual_block: norm (outliers x40, channels 3, 11) feeds fc1 and the residual Add")
 
 
+def make_residual_variants():
+    """`residual_block.onnx` (already written) with names that SmoothQuant's
+    rescale must not trip over: no node names at all, and a tensor already
+    called `ln_smoothed`."""
+    src = onnx.load(os.path.join(OUT, "residual_block.onnx"))
+    unnamed = onnx.ModelProto()
+    unnamed.CopyFrom(src)
+    for n in unnamed.graph.node:
+        n.name = ""
+    unnamed.graph.name = "residual_unnamed"
+    onnx.checker.check_model(unnamed, full_check=True)
+    onnx.save(unnamed, os.path.join(OUT, "residual_unnamed.onnx"))
+    clash = onnx.ModelProto()
+    clash.CopyFrom(src)
+    for n in clash.graph.node:
+        n.input[:] = ["ln_smoothed" if i == "f" else i for i in n.input]
+        n.output[:] = ["ln_smoothed" if o == "f" else o for o in n.output]
+    clash.graph.name = "residual_name_clash"
+    onnx.checker.check_model(clash, full_check=True)
+    onnx.save(clash, os.path.join(OUT, "residual_name_clash.onnx"))
+    print("  residual_unnamed, residual_name_clash: residual_block without node names / with a tensor `ln_smoothed`")
+
+
 def make_outlier_classifier(gain=1000.0):
     """The trained digits CNN with one more conv2 channel, `gain` times
     relu1's channel 0 at each position, that the classifier ignores (zero
@@ -232,4 +261,5 @@ if __name__ == "__main__":
     make_cle_depthwise()
     make_smooth_block()
     make_residual_block()
+    make_residual_variants()
     make_outlier_classifier()

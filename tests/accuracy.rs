@@ -415,4 +415,129 @@ fn smooth_quant_through_a_residual_add_keeps_the_matmuls_integer() {
         unread.contains("\"emb\"") && unread.contains("\"res\""),
         "{unread}"
     );
+    // Each float activation says why (they read "no calibration range").
+    let why = |t: &str| {
+        r["quantization"]["activations_float"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a[0] == t)
+            .map(|a| a[1].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert!(why("ln").contains("SmoothQuant"), "{}", why("ln"));
+    assert!(
+        why("emb").contains("only nodes running in float"),
+        "{}",
+        why("emb")
+    );
+}
+
+#[test]
+fn smooth_quant_does_not_depend_on_node_or_tensor_names() {
+    // residual_block with every node name cleared, and with fc2's output
+    // renamed `ln_smoothed` (the name of the rescale SmoothQuant inserts
+    // for `ln`). The normalization kept float is kept by name: an empty
+    // name matched every unnamed node, and the whole model stayed float
+    // (141.67 dB, 0 nodes quantized); the clashing tensor took the
+    // rescale's range (33.34 instead of 33.90 dB with min/max). Both must
+    // quantize exactly as residual_block does.
+    let quantized = |r: &Value| {
+        r["quantization"]["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["quantized"] == true)
+            .count()
+    };
+    for method in ["minmax", "auto"] {
+        let args = ["--method", method];
+        let (named, rn) = output_sqnr("accuracy/residual_block.onnx", &args);
+        for variant in ["residual_unnamed", "residual_name_clash"] {
+            let (v, r) = output_sqnr(&format!("accuracy/{variant}.onnx"), &args);
+            assert!(
+                (v - named).abs() < 1e-6,
+                "{variant} {method}: {v:.4} dB vs {named:.4} dB"
+            );
+            assert_eq!(quantized(&r), quantized(&rn), "{variant} {method}");
+            assert_eq!(quantized(&r), 6, "{variant} {method}");
+            let t = &r["smooth_quant"]["tensors"];
+            assert_eq!(t.as_array().unwrap().len(), 2, "{t}");
+            // The rescale's output is a tensor of its own.
+            assert_ne!(
+                (variant, t[0].as_str().unwrap()),
+                ("residual_name_clash", "ln_smoothed"),
+                "{t}"
+            );
+        }
+    }
+}
+
+#[test]
+fn smooth_quant_says_when_a_calibration_table_leaves_it_out() {
+    // SmoothQuant (the default) needs samples: with ranges from a table
+    // residual_block's two normalizations stay unsmoothed (23.11 dB on
+    // the eval digits, min/max ranges either way, against 33.90 with
+    // samples), which the notes say.
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("t.json");
+    let (out, rep) = (dir.path().join("q.onnx"), dir.path().join("r.json"));
+    let model = testdata("accuracy/residual_block.onnx");
+    let o = Command::new(env!("CARGO_BIN_EXE_quench"))
+        .args(["calibrate", model.to_str().unwrap(), "-c"])
+        .arg(testdata("digits/calib"))
+        .arg("-o")
+        .arg(&table)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = Command::new(env!("CARGO_BIN_EXE_quench"))
+        .args(["compile", model.to_str().unwrap(), "--calibration-table"])
+        .arg(&table)
+        .arg("--eval")
+        .arg(testdata("digits/eval"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--report")
+        .arg(&rep)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert!(r["smooth_quant"].is_null(), "{}", r["smooth_quant"]);
+    let notes = r["notes"].to_string();
+    assert!(
+        notes.contains("smooth-quant not applied: 2 normalization(s)"),
+        "{notes}"
+    );
+    // Nothing to say for a model without a site.
+    let o = Command::new(env!("CARGO_BIN_EXE_quench"))
+        .args(["calibrate"])
+        .arg(testdata("digits_cnn.onnx"))
+        .arg("-c")
+        .arg(testdata("digits/calib"))
+        .arg("-o")
+        .arg(&table)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let o = Command::new(env!("CARGO_BIN_EXE_quench"))
+        .args(["compile"])
+        .arg(testdata("digits_cnn.onnx"))
+        .arg("--calibration-table")
+        .arg(&table)
+        .arg("--no-verify")
+        .arg("-o")
+        .arg(&out)
+        .arg("--report")
+        .arg(&rep)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert!(
+        !r["notes"].to_string().contains("smooth-quant"),
+        "{}",
+        r["notes"]
+    );
 }

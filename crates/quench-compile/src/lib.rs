@@ -425,7 +425,17 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     .verify()
                     .context("graph invalid after smooth-quant (a quench bug)")?;
             }
-            None => {}
+            // Ranges from a calibration table, no samples: the per-channel
+            // ranges and the strength search need samples. Said only where
+            // there is something to smooth.
+            None => {
+                let n = smooth::sites(&model, &ranges).len();
+                if n > 0 {
+                    out.note(format!(
+                        "smooth-quant not applied: {n} normalization(s) feed MatMuls with constant weights, but smoothing needs calibration samples (-c; a calibration table has ranges only)"
+                    ));
+                }
+            }
         }
         phases.lap("smooth-quant");
     }
@@ -788,6 +798,20 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     f.gain_db
                 );
             }
+        }
+    }
+    for (t, why) in &mut summary.activations_float {
+        if smooth_quant
+            .as_ref()
+            .is_some_and(|sq| sq.kept_float.contains(t))
+        {
+            *why = "kept float: SmoothQuant rescales it before the MatMuls (they read the rescale)"
+                .into();
+        } else if auto_ranges
+            .as_ref()
+            .is_some_and(|a| a.float_unread.contains(t))
+        {
+            *why = "left float by --method auto (only nodes running in float read it)".into();
         }
     }
     if cfg.mode == Mode::Static && opset < 13 {

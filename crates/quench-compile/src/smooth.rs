@@ -48,6 +48,11 @@ pub struct SmoothReport {
     /// smoothed ones, and calibration statistics of them (taken before)
     /// no longer apply.
     pub tensors: Vec<String>,
+    /// The normalization outputs left float because a rescale was
+    /// inserted after them (their range removed; empty when nothing
+    /// changed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_float: Vec<String>,
     /// The chosen strength (0: nothing changed).
     pub alpha: f64,
     /// Output SQNR (dB) on the search samples per candidate `(alpha, dB)`.
@@ -60,10 +65,18 @@ pub struct SmoothReport {
 /// inserted before the MatMuls; the normalization and its other
 /// consumers are unchanged).
 pub struct Site {
+    /// The normalization's name once smoothed: with a rescale inserted it
+    /// is kept float by name ([`QuantizeConfig::keep_float`]), so an
+    /// unnamed node, or one whose name another node shares, gets a new
+    /// unique name (an empty name would match every unnamed node).
     pub norm: String,
+    node: quench_ir::NodeId,
     scale: ValueId,
     bias: Option<ValueId>,
     x: String,
+    /// The tensor the MatMuls read once smoothed: X, or the inserted
+    /// rescale's output (a name no tensor of the graph has).
+    smoothed: String,
     weights: Vec<ValueId>,
     /// The MatMuls reading X (input 0), when X has other consumers: they
     /// read the inserted rescale instead.
@@ -74,10 +87,7 @@ impl Site {
     /// The tensor the MatMuls read once `s` is applied (X, or the inserted
     /// rescale's output).
     pub fn smoothed(&self) -> String {
-        match self.insert {
-            Some(_) => format!("{}_smoothed", self.x),
-            None => self.x.clone(),
-        }
+        self.smoothed.clone()
     }
 }
 
@@ -164,11 +174,35 @@ pub fn sites(m: &Model, ranges: &Ranges) -> Vec<Site> {
             } else {
                 None
             };
-            (!weights.is_empty()).then(|| Site {
-                norm: node.name().to_string(),
+            if weights.is_empty() {
+                return None;
+            }
+            let x_name = g.value(x).name.clone();
+            let (norm, smoothed) = match insert {
+                Some(_) => {
+                    let name = node.name();
+                    let shared = name.is_empty()
+                        || g.node_ids()
+                            .into_iter()
+                            .filter(|m| g.node(*m).name() == name)
+                            .count()
+                            > 1;
+                    let norm = if shared {
+                        g.unique_name(&format!("{x_name}_norm"))
+                    } else {
+                        name.to_string()
+                    };
+                    (norm, g.unique_name(&format!("{x_name}_smoothed")))
+                }
+                None => (node.name().to_string(), x_name.clone()),
+            };
+            Some(Site {
+                norm,
+                node: n,
                 scale,
                 bias,
-                x: g.value(x).name.clone(),
+                x: x_name,
+                smoothed,
                 weights,
                 insert,
             })
@@ -222,6 +256,13 @@ fn channel_ranges(
 pub fn apply(float: &mut Model, site: &Site, s: &[f64]) {
     let g = &mut float.graph;
     if let Some(readers) = &site.insert {
+        // The name it is kept float by (see [`Site::norm`]).
+        if g.contains_node(site.node) && g.node(site.node).name() != site.norm {
+            let mut node = g.remove_node(site.node);
+            let (ins, outs) = (node.inputs().to_vec(), node.outputs().to_vec());
+            node.proto.name = Some(site.norm.clone());
+            g.add_node(node, &ins, &outs);
+        }
         if let Some(x) = g.value_by_name(&site.x) {
             let inv: Vec<f32> = s.iter().map(|k| (1.0 / k) as f32).collect();
             let c = g.add_const(
@@ -417,6 +458,14 @@ pub fn smooth(
         sites: ss.iter().map(|s| s.norm.clone()).collect(),
         tensors: if alpha > 0.0 {
             ss.iter().map(Site::smoothed).collect()
+        } else {
+            Vec::new()
+        },
+        kept_float: if alpha > 0.0 {
+            ss.iter()
+                .filter(|s| s.insert.is_some())
+                .map(|s| s.x.clone())
+                .collect()
         } else {
             Vec::new()
         },

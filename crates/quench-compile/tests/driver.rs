@@ -131,6 +131,66 @@ fn the_held_back_split_is_stated_and_disjoint_from_calibration() {
 }
 
 #[test]
+fn an_inserted_rescale_keeps_the_fp32_function() {
+    // residual_block (named and with every node name cleared): `ln` feeds
+    // fc1 and the residual Add (a Mul by 1/s is inserted before fc1, the
+    // unnamed normalization renamed), `ln2` only `head` (folded). Any
+    // positive scales leave the outputs unchanged in tract on real digits.
+    for model in [
+        "accuracy/residual_block.onnx",
+        "accuracy/residual_unnamed.onnx",
+    ] {
+        let loaded = quench_onnx::load_model(&testdata(model)).unwrap();
+        let mut m = quench_ir::Model::from_onnx(loaded.model.clone()).unwrap();
+        let ranges: quench_passes::quantize::Ranges =
+            [("ln", (-1.0f32, 1.0f32)), ("ln2", (-1.0, 1.0))]
+                .into_iter()
+                .map(|(k, r)| (k.to_string(), r))
+                .collect();
+        let sites = quench_compile::smooth::sites(&m, &ranges);
+        assert_eq!(sites.len(), 2, "{model}");
+        // The rescaled one is kept float by name: never an empty one.
+        assert!(!sites[0].norm.is_empty(), "{model}");
+        assert_ne!(sites[0].norm, sites[1].norm, "{model}");
+        for site in &sites {
+            let s: Vec<f64> = (0..16)
+                .map(|j| 0.05 + 3.0 * (j as f64 * 0.37).sin().abs())
+                .collect();
+            quench_compile::smooth::apply(&mut m, site, &s);
+        }
+        m.graph.verify().unwrap();
+        let after = m.to_onnx();
+        let (data, feed) =
+            quench_compile::data::load_data(&testdata("digits/eval"), &loaded.model).unwrap();
+        let eval =
+            quench_verify::Evaluator::new(&data, feed, quench_verify::input_names(&loaded.model));
+        let (a, b) = (
+            quench_verify::Runners::new(&loaded.model, vec![]),
+            quench_verify::Runners::new(&after, vec![]),
+        );
+        let f = eval
+            .compare(
+                &[
+                    quench_verify::Subject::Required(&a, "original"),
+                    quench_verify::Subject::Required(&b, "smoothed"),
+                ],
+                &[(0, 1)],
+                1,
+            )
+            .unwrap()
+            .remove(0);
+        let o = f.outputs.unwrap();
+        assert!(o[0].sqnr_db > 100.0, "{model}: {}", o[0].sqnr_db);
+        // The rescale is there: one node more.
+        assert_eq!(
+            after.graph.as_ref().unwrap().node.len(),
+            loaded.model.graph.as_ref().unwrap().node.len() + 1,
+            "{model}"
+        );
+    }
+}
+
+#[test]
 fn smoothing_scales_keep_the_fp32_function() {
     // Any positive per-channel scales folded into the normalization and
     // the weight rows leave the outputs unchanged (in tract, real digits).
