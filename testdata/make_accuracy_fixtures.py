@@ -33,6 +33,9 @@ set by hand so that each model has the property its test needs.
   renamed `ln_smoothed`, the name SmoothQuant's rescale of `ln` would take.
   Both must quantize exactly as `residual_block.onnx` does.
 
+- `mini_bert.onnx`: a 2-layer post-norm transformer encoder (width 32,
+  normalization outliers x30) for mixed precision by elimination.
+
 - `outlier_classifier.onnx`: the trained `../digits_cnn.onnx` with a 17th
   conv2 channel (1000x relu1's channel 0) that fc ignores: the same logits,
   but relu2_out's range is about 1000x its useful channels', so 8-bit
@@ -224,6 +227,82 @@ def make_residual_variants():
     print("  residual_unnamed, residual_name_clash: residual_block without node names / with a tensor `ln_smoothed`")
 
 
+def make_mini_bert(layers=2):
+    """A 2-layer post-norm transformer encoder (BERT's shape: Q/K/V
+    projections with biases, 4 heads, Softmax attention, output projection
+    and residual Add, LayerNorm, Erf-GELU feed-forward, residual Add,
+    LayerNorm; mean pooling and a 10-class head) on the digits' rows as 8
+    tokens, width 32. Normalization scales carry outlier channels (x30 in
+    channels 3 and 17), as trained transformers' do. After SmoothQuant most
+    activations gain nothing alone when left float, a few together do:
+    `--target-sqnr` then chooses by elimination."""
+    rng = np.random.default_rng(7)
+    d, heads, ff, t = 32, 4, 64, 8
+    nodes, inits = [], []
+
+    def const(name, a, dt=np.float32):
+        inits.append(numpy_helper.from_array(np.asarray(a, dt), name))
+        return name
+
+    def node(op, ins, out, **kw):
+        nodes.append(helper.make_node(op, ins, [out], name=out + "_" + op, **kw))
+        return out
+
+    def gamma():
+        g = np.abs(rng.normal(1.0, 0.2, d))
+        g[[3, 17]] *= 30.0
+        return g
+
+    x = node("Reshape", ["input", const("shape", [-1, t, 8], np.int64)], "tokens")
+    e = node("MatMul", [x, const("we", rng.normal(0, 0.5, (8, d)))], "emb0")
+    e = node("Add", [e, const("pos", rng.normal(0, 0.3, (t, d)))], "emb1")
+    h = node("LayerNormalization", [e, const("g0", gamma()), const("b0", rng.normal(0, 0.1, d))], "ln0", axis=-1)
+    hs = const("hshape", [-1, t, heads, d // heads], np.int64)
+    ms = const("mshape", [-1, t, d], np.int64)
+    for layer in range(layers):
+        p = f"l{layer}_"
+
+        def linear(inp, k, n, name):
+            mm = node("MatMul", [inp, const(p + name + "_w", rng.normal(0, 1 / np.sqrt(k), (k, n)))], p + name + "_mm")
+            return node("Add", [mm, const(p + name + "_b", rng.normal(0, 0.05, n))], p + name)
+
+        q, k, v = linear(h, d, d, "q"), linear(h, d, d, "k"), linear(h, d, d, "v")
+
+        def split(tensor, perm):
+            return node("Transpose", [node("Reshape", [tensor, hs], tensor + "_r")], tensor + "_t", perm=perm)
+
+        qh, kh, vh = split(q, [0, 2, 1, 3]), split(k, [0, 2, 3, 1]), split(v, [0, 2, 1, 3])
+        s_ = node("MatMul", [qh, kh], p + "scores")
+        s_ = node("Div", [s_, const(p + "sc", np.float32(np.sqrt(d // heads)))], p + "scaled")
+        a = node("Softmax", [s_], p + "attn", axis=-1)
+        c = node("MatMul", [a, vh], p + "ctx")
+        c = node("Reshape", [node("Transpose", [c], p + "ctx_t", perm=[0, 2, 1, 3]), ms], p + "ctx_m")
+        o = linear(c, d, d, "o")
+        r = node("Add", [o, h], p + "res1")
+        h1 = node("LayerNormalization", [r, const(p + "g1", gamma()), const(p + "b1", rng.normal(0, 0.1, d))], p + "ln1", axis=-1)
+        f = linear(h1, d, ff, "f1")
+        erf = node("Erf", [node("Div", [f, const(p + "sq2", np.float32(1.4142135))], p + "gd")], p + "erf")
+        gelu = node("Mul", [node("Add", [erf, const(p + "one", np.float32(1))], p + "ga"), f], p + "gm")
+        gelu = node("Mul", [gelu, const(p + "half", np.float32(0.5))], p + "gelu")
+        f2 = linear(gelu, ff, d, "f2")
+        r2 = node("Add", [f2, h1], p + "res2")
+        h = node("LayerNormalization", [r2, const(p + "g2", gamma()), const(p + "b2", rng.normal(0, 0.1, d))], p + "ln2", axis=-1)
+    pool = node("ReduceMean", [h], "pool", keepdims=0, axes=[1])
+    node("MatMul", [pool, const("wc", rng.normal(0, 0.3, (d, 10)))], "logits")
+    g = helper.make_graph(
+        nodes,
+        "mini_bert",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="quench-testdata")
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, "mini_bert.onnx"))
+    print(f"  mini_bert: {layers} post-norm encoder layers, width {d}, normalization outliers x30")
+
+
 def make_outlier_classifier(gain=1000.0):
     """The trained digits CNN with one more conv2 channel, `gain` times
     relu1's channel 0 at each position, that the classifier ignores (zero
@@ -263,3 +342,4 @@ if __name__ == "__main__":
     make_residual_block()
     make_residual_variants()
     make_outlier_classifier()
+    make_mini_bert()

@@ -695,7 +695,13 @@ pub fn search(
         // Exact, no run.
         {
             let members = crate::mixed::shared_members(float, plan);
-            for k in unread_roots(g, &roots, &members, &mut off) {
+            for k in unread_roots(
+                g,
+                &roots,
+                &members,
+                &mut off,
+                !cfg.keep_softmax_inputs_float,
+            ) {
                 float_unread.push(roots[k].0.clone());
             }
         }
@@ -912,6 +918,7 @@ pub(crate) fn unread_roots(
     roots: &[(String, Vec<usize>)],
     members: &BTreeMap<String, Vec<String>>,
     off: &mut [bool],
+    softmax_integer: bool,
 ) -> Vec<usize> {
     let mut root_of: HashMap<&str, usize> = HashMap::new();
     for (k, (root, _)) in roots.iter().enumerate() {
@@ -958,6 +965,12 @@ pub(crate) fn unread_roots(
                     let node = g.node(c);
                     use quench_passes::rules::OpRule;
                     match quench_passes::rules::rule(node.kind()) {
+                        // `--quantize-softmax-inputs` asks for them (a
+                        // runtime with an integer Softmax).
+                        _ if softmax_integer && node.kind() == OpKind::Softmax => {
+                            read = true;
+                            break 'tensors;
+                        }
                         OpRule::Compute { .. } => {
                             read = true;
                             break 'tensors;
