@@ -523,6 +523,9 @@ pub fn search(
 ) -> Result<(Ranges, AutoReport)> {
     let g = &float.graph;
     let t0 = std::time::Instant::now();
+    // Data movement sharing each root's parameters (for the unread rule
+    // and the report of compute nodes fed by float tensors).
+    let members = crate::mixed::shared_members(float, plan);
     let (fit_rows, judge_rows) = crate::data::fit_and_judge(data.data.samples(), SAMPLES / 2);
     let mut fit = ParamBench::new(float, original, plan, policy, cfg, opset, data, &fit_rows)?;
     let mut judge = fit.with_rows(original, data, &judge_rows)?;
@@ -694,7 +697,6 @@ pub fn search(
         // left float above; a residual Add feeding only a LayerNorm).
         // Exact, no run.
         {
-            let members = crate::mixed::shared_members(float, plan);
             for k in unread_roots(
                 g,
                 &roots,
@@ -764,7 +766,6 @@ pub fn search(
             }
         }
     }
-    let members = crate::mixed::shared_members(float, plan);
     let mut float_fed_compute: Vec<String> = Vec::new();
     if kept {
         for (k, (root, _)) in roots.iter().enumerate() {
