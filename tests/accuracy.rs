@@ -49,7 +49,9 @@ fn ranges_clamped_where_consumers_are_flat_gain_at_the_output() {
     // A stem reaching -58 feeding only a HardSwish (flat below -3).
     let (clamped, r) = output_sqnr("accuracy/hardswish_stem.onnx", &[]);
     let (plain, _) = output_sqnr("accuracy/hardswish_stem.onnx", &["--no-consumer-ranges"]);
-    // Measured: 38.5 dB against 23.7 dB (the stem's step is 19x finer).
+    // Measured: 43.1 dB against 23.7 dB (the stem's step is 19x finer;
+    // 38.5 dB before the clamped end was widened so that the rounded zero
+    // point keeps -3 on the grid).
     assert!(
         clamped >= plain + 10.0,
         "clamped {clamped:.2} dB vs plain {plain:.2} dB"
@@ -278,10 +280,11 @@ fn equalization_keeps_the_fp32_function_and_gains_on_skewed_depthwise_channels()
 fn bias_correction_gains_on_held_back_data() {
     // Opt-in; measured on the held-back digits (the correction uses
     // calibration samples only): digits CNN 46.88 -> 49.83 dB, HardSwish
-    // stem 38.53 -> 41.24 dB, depthwise 3.99 -> 5.27 dB.
+    // stem 43.13 -> 43.57 dB (38.53 -> 41.24 before the exact clamp took
+    // most of what it corrected), depthwise 3.99 -> 5.27 dB.
     for (model, min_gain) in [
         ("digits_cnn.onnx", 1.5),
-        ("accuracy/hardswish_stem.onnx", 1.0),
+        ("accuracy/hardswish_stem.onnx", 0.3),
         ("accuracy/cle_depthwise.onnx", 0.5),
     ] {
         let (off, r_off) = output_sqnr(model, &[]);
@@ -325,13 +328,15 @@ fn smooth_quant_moves_normalization_outliers_into_weights() {
 fn method_auto_chooses_ranges_by_their_cost_at_the_output() {
     // One method for all, chosen by the output SQNR on calibration samples
     // and confirmed on others (the held-back digits are never seen), and
-    // outliers left float. Measured: HardSwish stem 38.53 -> 42.09 dB,
-    // digits CNN 46.88 -> 47.00 dB, depthwise fixture 3.99 -> 14.14 dB
-    // (one outlier float, +9.9 dB alone).
-    let (auto, r) = output_sqnr("accuracy/hardswish_stem.onnx", &["--method", "auto"]);
-    let (minmax, _) = output_sqnr("accuracy/hardswish_stem.onnx", &["--method", "minmax"]);
+    // outliers left float. Measured: SmoothQuant block 39.28 -> 41.43 dB
+    // (entropy for all), digits CNN and HardSwish stem equal (min/max is
+    // already good there; the stem's was 38.53 -> 42.09 before its clamp
+    // became exact), depthwise fixture 3.99 -> 14.14 dB (one outlier
+    // float, +10.2 dB alone).
+    let (auto, r) = output_sqnr("accuracy/smooth_block.onnx", &["--method", "auto"]);
+    let (minmax, _) = output_sqnr("accuracy/smooth_block.onnx", &["--method", "minmax"]);
     assert!(
-        auto >= minmax + 0.8,
+        auto >= minmax + 1.0,
         "auto {auto:.2} dB vs minmax {minmax:.2} dB"
     );
     let a = &r["auto_ranges"];
@@ -339,13 +344,15 @@ fn method_auto_chooses_ranges_by_their_cost_at_the_output() {
     assert_eq!(a["methods"].as_array().unwrap().len(), 6, "{a}");
     assert!(a["auto_db"].as_f64().unwrap() > a["minmax_db"].as_f64().unwrap());
     assert_ne!(a["method"], "minmax", "{a}");
-    // Never worse on the trained model, where min/max is already good.
-    let (auto, _) = output_sqnr("digits_cnn.onnx", &["--method", "auto"]);
-    let (minmax, _) = output_sqnr("digits_cnn.onnx", &["--method", "minmax"]);
-    assert!(
-        auto >= minmax - 0.3,
-        "auto {auto:.2} dB vs minmax {minmax:.2} dB"
-    );
+    // Never worse where min/max is already good.
+    for model in ["digits_cnn.onnx", "accuracy/hardswish_stem.onnx"] {
+        let (auto, _) = output_sqnr(model, &["--method", "auto"]);
+        let (minmax, _) = output_sqnr(model, &["--method", "minmax"]);
+        assert!(
+            auto >= minmax - 0.3,
+            "{model}: auto {auto:.2} dB vs minmax {minmax:.2} dB"
+        );
+    }
     // An activation behind most of the output error stays float.
     let (auto, r) = output_sqnr("accuracy/cle_depthwise.onnx", &["--method", "auto"]);
     let (minmax, _) = output_sqnr("accuracy/cle_depthwise.onnx", &["--method", "minmax"]);
@@ -544,25 +551,33 @@ fn smooth_quant_says_when_a_calibration_table_leaves_it_out() {
 
 #[test]
 fn target_sqnr_chooses_by_elimination_when_errors_only_add_up_together() {
-    // A post-norm transformer after SmoothQuant: the tensors that gain
-    // alone, all float, reach about 30 dB; every activation float reaches
-    // 33.0. Measured: --target-sqnr 33 reached at 33.36 dB on the held-back
-    // digits by elimination (14 tensors, 13 of them then at 16 bits);
-    // before, "unreachable" (exit 3) with nothing raised.
+    // A post-norm transformer after SmoothQuant, with min/max ranges: the
+    // tensors that gain alone, all float, do not reach 32 dB; every
+    // activation float reaches 33.0. Measured: --target-sqnr 32 reached at
+    // 32.12 dB on the held-back digits by elimination (27 tensors); before
+    // the elimination, "unreachable" (exit 3) with nothing raised.
     let model = "accuracy/mini_bert.onnx";
-    let (sqnr, r) = output_sqnr(model, &["--method", "auto", "--target-sqnr", "33"]);
+    let (sqnr, r) = output_sqnr(model, &["--method", "minmax", "--target-sqnr", "32"]);
     let m = &r["mixed_precision"];
     assert_eq!(m["reached"], true, "{m}");
-    assert!(m["result"]["sqnr_db"].as_f64().unwrap() >= 33.0, "{m}");
-    assert!(sqnr >= 33.0, "verification {sqnr:.2}");
+    assert!(m["result"]["sqnr_db"].as_f64().unwrap() >= 32.0, "{m}");
+    assert!(sqnr >= 32.0, "verification {sqnr:.2}");
     let raised = m["raised"].as_array().unwrap();
-    assert!(!raised.is_empty() && raised.len() <= 20, "{}", raised.len());
+    assert!(!raised.is_empty() && raised.len() <= 40, "{}", raised.len());
     assert!(
         raised
             .iter()
             .all(|x| x["why"].as_str().unwrap().contains("elimination")),
         "{m}"
     );
+    // The default ranges (auto: entropy, grouped types float) start at
+    // 29.3 dB: 33 is reached by raising two tensors to 16 bits, no
+    // elimination needed (measured 33.34 dB).
+    let (sqnr, r) = output_sqnr(model, &["--method", "auto", "--target-sqnr", "33"]);
+    let m = &r["mixed_precision"];
+    assert_eq!(m["reached"], true, "{m}");
+    assert!(sqnr >= 33.0, "verification {sqnr:.2}");
+    assert!(m["raised"].as_array().unwrap().len() <= 4, "{m}");
     // A target beyond every activation float is still refused.
     let dir = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_quench"))

@@ -286,7 +286,7 @@ pub fn choose_ranges(
             Ok((r, replaced)) => {
                 out.guarded += usize::from(replaced);
                 let c = if consumer_clamp {
-                    clamp_to_consumers(g, name, r)
+                    clamp_to_consumers(g, name, r, &format_of(name))
                 } else {
                     r
                 };
@@ -380,16 +380,105 @@ pub fn consumer_flat_bounds(g: &Graph, name: &str) -> (f32, f32) {
 }
 
 /// `range` clamped to where the consumers of `name` are not flat (see
-/// [`consumer_flat_bounds`]); exact: no consumer output changes.
-pub fn clamp_to_consumers(g: &Graph, name: &str, (lo, hi): (f32, f32)) -> (f32, f32) {
+/// [`consumer_flat_bounds`]), then widened where needed so that the grid
+/// `format` puts on it still reaches each nonzero bound it was clamped to
+/// ([`cover_flat_ends`]); exact: no consumer output changes.
+pub fn clamp_to_consumers(
+    g: &Graph,
+    name: &str,
+    (lo, hi): (f32, f32),
+    format: &QuantFormat,
+) -> (f32, f32) {
     let (flo, fhi) = consumer_flat_bounds(g, name);
     let l = lo.max(flo).min(fhi);
     let h = hi.min(fhi).max(l);
-    (l, h)
+    let low = (l == flo && flo != 0.0).then_some(flo);
+    let high = (h == fhi && fhi != 0.0).then_some(fhi);
+    cover_flat_ends(format, (l, h), low, high)
+}
+
+/// `(lo, hi)` widened by whole steps until the integer grid `format` puts
+/// on it reaches `low` (its lowest level at or below it) and `high` (its
+/// highest at or above it). The zero point is rounded to an integer, which
+/// shifts the grid by up to half a step: a range clamped at HardSigmoid's
+/// -2.5 got a u8 grid starting at -2.490, and every value below then read
+/// as a gate of 0.002 instead of 0. Float formats (grid symmetric about 0
+/// through the larger end) need nothing.
+pub fn cover_flat_ends(
+    format: &QuantFormat,
+    (mut lo, mut hi): (f32, f32),
+    low: Option<f32>,
+    high: Option<f32>,
+) -> (f32, f32) {
+    let quench_calib::Scheme::Int(i) = format.scheme else {
+        return (lo, hi);
+    };
+    let n = (i.qmax() - i.qmin()) as f32;
+    for _ in 0..8 {
+        let Ok(p) = format.params(lo, hi) else {
+            break;
+        };
+        let glo = (i.qmin() - p.zero_point) as f32 * p.scale;
+        let ghi = (i.qmax() - p.zero_point) as f32 * p.scale;
+        let step = (hi.max(0.0) - lo.min(0.0)) / n;
+        let short_lo = low.is_some_and(|b| glo > b);
+        let short_hi = high.is_some_and(|b| ghi < b);
+        if !(short_lo || short_hi) || !(step > 0.0 && step.is_finite()) {
+            break;
+        }
+        if short_lo {
+            lo -= step;
+        }
+        if short_hi {
+            hi += step;
+        }
+    }
+    (lo, hi)
 }
 
 #[cfg(test)]
 mod tests {
+    use quench_calib::{QuantFormat, Scheme};
+
+    /// After [`super::cover_flat_ends`], the lowest level of the grid is
+    /// at or below the flat bound the range was clamped to (and the
+    /// highest at or above), so every value clamped by the quantizer reads
+    /// as flat for the consumer; the widening stays within two steps.
+    /// Without it, the rounded zero point leaves some ranges short.
+    #[test]
+    fn clamped_ends_are_reached_by_the_grid() {
+        let hardsigmoid = |x: f32| (0.2 * x + 0.5).clamp(0.0, 1.0);
+        let mut short_before = 0;
+        for f in [QuantFormat::U8, QuantFormat::I8, QuantFormat::U16] {
+            let Scheme::Int(i) = f.scheme else { unreachable!() };
+            for k in 0..400 {
+                let (flo, fhi) = (-2.5f32, 2.5f32);
+                // Upper ends inside and at the flat bound.
+                let hi = (0.05 + k as f32 * 0.0123).min(fhi);
+                let high = (hi == fhi).then_some(fhi);
+                let ends = |(l, h): (f32, f32)| {
+                    let p = f.params(l, h).unwrap();
+                    (f.dequantize(i.qmin(), &p), f.dequantize(i.qmax(), &p))
+                };
+                let (glo, ghi) = ends((flo, hi));
+                short_before += usize::from(glo > flo || high.is_some_and(|b| ghi < b));
+                let (l, h) = super::cover_flat_ends(&f, (flo, hi), Some(flo), high);
+                let (glo, ghi) = ends((l, h));
+                assert!(glo <= flo, "{f:?} [{flo}, {hi}] -> [{l}, {h}]: lowest level {glo}");
+                if let Some(b) = high {
+                    assert!(ghi >= b, "{f:?} [{flo}, {hi}]: highest level {ghi}");
+                }
+                let step = (hi - flo) / (i.qmax() - i.qmin()) as f32;
+                assert!(flo - l <= 2.0 * step && h - hi <= 2.0 * step);
+                // What the consumer sees for a value far below the range.
+                let p = f.params(l, h).unwrap();
+                let x = f.dequantize(f.quantize(-40.0, &p), &p);
+                assert_eq!(hardsigmoid(x), 0.0, "{f:?} [{l}, {h}]");
+            }
+        }
+        assert!(short_before > 0, "no range was short: the test shows nothing");
+    }
+
     /// The flat regions `facts::saturation` claims, checked on the ops'
     /// ONNX definitions evaluated in f32: beyond each bound the output
     /// equals the output at the bound.

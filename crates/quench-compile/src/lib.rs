@@ -460,17 +460,19 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     opts.float_outliers,
                 ) {
                     Ok((r, rep)) => {
-                        let scores = rep
-                            .methods
-                            .iter()
-                            .map(|(m, db)| format!("{m} {db:.2}"))
-                            .collect::<Vec<_>>()
-                            .join(", ");
+                        let scores = format!(
+                            "output SQNR on {} calibration samples: {} dB",
+                            rep.fit_samples,
+                            rep.methods
+                                .iter()
+                                .map(|(m, db)| format!("{m} {db:.2}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        );
                         if rep.kept {
                             out.note(format!(
-                                "method auto: {} for all (output SQNR on {} calibration samples: {scores} dB), {}{} outlier(s) left float{}; judged on {} {} samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
+                                "method auto: {} for all ({scores}), {}{} outlier(s) left float{}; judged on {} {} samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
                                 rep.method,
-                                rep.fit_samples,
                                 rep.float_op_types
                                     .iter()
                                     .map(|grp| format!("outputs of {} {} node(s) left float together ({:+.2} dB), ", grp.tensors.len(), grp.op_type, grp.gain_db))
@@ -511,12 +513,11 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             }
                         } else {
                             out.note(format!(
-                                "method auto: the searched ranges did not beat min/max on {} judging samples ({:.2} vs {:.2} dB); {} (output SQNR on {} fitting samples: {scores} dB)",
+                                "method auto: the searched ranges did not beat min/max on {} judging samples ({:.2} vs {:.2} dB); {} ({scores})",
                                 rep.judge_samples,
                                 rep.auto_db,
                                 rep.minmax_db,
                                 if rep.method == "minmax" { "min/max kept".to_string() } else { format!("{} ranges for all (they beat min/max there)", rep.method) },
-                                rep.fit_samples
                             ));
                         }
                         ranges = r;
