@@ -450,7 +450,9 @@ mod tests {
         let hardsigmoid = |x: f32| (0.2 * x + 0.5).clamp(0.0, 1.0);
         let mut short_before = 0;
         for f in [QuantFormat::U8, QuantFormat::I8, QuantFormat::U16] {
-            let Scheme::Int(i) = f.scheme else { unreachable!() };
+            let Scheme::Int(i) = f.scheme else {
+                unreachable!()
+            };
             for k in 0..400 {
                 let (flo, fhi) = (-2.5f32, 2.5f32);
                 // Upper ends inside and at the flat bound.
@@ -464,7 +466,10 @@ mod tests {
                 short_before += usize::from(glo > flo || high.is_some_and(|b| ghi < b));
                 let (l, h) = super::cover_flat_ends(&f, (flo, hi), Some(flo), high);
                 let (glo, ghi) = ends((l, h));
-                assert!(glo <= flo, "{f:?} [{flo}, {hi}] -> [{l}, {h}]: lowest level {glo}");
+                assert!(
+                    glo <= flo,
+                    "{f:?} [{flo}, {hi}] -> [{l}, {h}]: lowest level {glo}"
+                );
                 if let Some(b) = high {
                     assert!(ghi >= b, "{f:?} [{flo}, {hi}]: highest level {ghi}");
                 }
@@ -476,7 +481,10 @@ mod tests {
                 assert_eq!(hardsigmoid(x), 0.0, "{f:?} [{l}, {h}]");
             }
         }
-        assert!(short_before > 0, "no range was short: the test shows nothing");
+        assert!(
+            short_before > 0,
+            "no range was short: the test shows nothing"
+        );
     }
 
     /// The flat regions `facts::saturation` claims, checked on the ops'
