@@ -139,6 +139,7 @@ pub struct AutoReport {
     /// Compute nodes (Conv, MatMul, ...) that take an activation left
     /// float above as input: they run in float, their int8 weights
     /// dequantized on every run in ONNX Runtime (slower than FP32 there).
+    /// By node name; an unnamed node by its first output.
     pub float_fed_compute: Vec<String>,
     /// Activations left float because nothing reads them in integer once
     /// the tensors above are float (every consumer runs in float).
@@ -820,7 +821,12 @@ pub fn search(
                 for c in g.consumers(v) {
                     let node = g.node(c);
                     if quench_passes::facts::is_compute(node.kind()) {
-                        float_fed_compute.push(node.name().to_string());
+                        // Unnamed nodes by their first output.
+                        let label = match (node.name(), node.output(0)) {
+                            ("", Some(o)) => g.value(o).name.clone(),
+                            (name, _) => name.to_string(),
+                        };
+                        float_fed_compute.push(label);
                     }
                 }
             }
