@@ -481,6 +481,29 @@ fn smooth_quant_does_not_depend_on_node_or_tensor_names() {
 }
 
 #[test]
+fn float_fed_compute_nodes_are_named_when_the_model_names_none() {
+    // residual_block without SmoothQuant: auto leaves activations float
+    // that fc1 and head read. With every node name cleared the report
+    // listed one node, `` (the two empty names deduplicated); unnamed
+    // nodes are listed by their first output, as elsewhere.
+    let args = ["--method", "auto", "--no-smooth-quant"];
+    let fed = |r: &Value| -> Vec<String> {
+        r["auto_ranges"]["float_fed_compute"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect()
+    };
+    let (_, named) = output_sqnr("accuracy/residual_block.onnx", &args);
+    let (_, unnamed) = output_sqnr("accuracy/residual_unnamed.onnx", &args);
+    let (named, unnamed) = (fed(&named), fed(&unnamed));
+    assert!(!named.is_empty(), "{named:?}");
+    assert_eq!(unnamed.len(), named.len(), "{unnamed:?} vs {named:?}");
+    assert!(unnamed.iter().all(|n| !n.is_empty()), "{unnamed:?}");
+}
+
+#[test]
 fn smooth_quant_says_when_a_calibration_table_leaves_it_out() {
     // SmoothQuant (the default) needs samples: with ranges from a table
     // residual_block's two normalizations stay unsmoothed (23.11 dB on

@@ -436,9 +436,78 @@ pub fn cover_flat_ends(
     (lo, hi)
 }
 
+/// `range` of tensor `name`, chosen (and clamped by
+/// [`clamp_to_consumers`]) for another format, covered again for `format`:
+/// a tensor raised to 16 bits by `--target-sqnr` keeps the range its 8-bit
+/// grid was fitted to, and the finer grid's rounded zero point can leave
+/// it up to half a 16-bit step short of the flat bound. See
+/// [`cover_within`].
+pub fn cover_consumer_bounds(
+    g: &Graph,
+    name: &str,
+    range: (f32, f32),
+    format: &QuantFormat,
+) -> (f32, f32) {
+    cover_within(format, range, consumer_flat_bounds(g, name))
+}
+
+/// `(lo, hi)` with each end at or beyond a finite nonzero flat bound
+/// (`flo`, `fhi`) widened until the grid of `format` reaches that bound
+/// ([`cover_flat_ends`]); ends inside the bounds stay as they are.
+pub fn cover_within(
+    format: &QuantFormat,
+    (lo, hi): (f32, f32),
+    (flo, fhi): (f32, f32),
+) -> (f32, f32) {
+    let low = (lo <= flo && flo != 0.0 && flo.is_finite()).then_some(flo);
+    let high = (hi >= fhi && fhi != 0.0 && fhi.is_finite()).then_some(fhi);
+    cover_flat_ends(format, (lo, hi), low, high)
+}
+
 #[cfg(test)]
 mod tests {
     use quench_calib::{QuantFormat, Scheme};
+
+    /// A range covered for u8 and then given a 16-bit grid (a tensor
+    /// raised by `--target-sqnr`) is covered again by
+    /// [`super::cover_within`]: the u16 grid reaches the flat bound. Without
+    /// it about half of the ranges u8 left as they were came up short (by
+    /// up to half a u16 step); ranges u8 widened, and ranges inside the
+    /// bounds, are not changed.
+    #[test]
+    fn a_range_raised_to_16_bits_still_reaches_the_flat_bound() {
+        let (u8f, u16f) = (QuantFormat::U8, QuantFormat::U16);
+        let Scheme::Int(i) = u16f.scheme else {
+            unreachable!()
+        };
+        let lowest = |r: (f32, f32)| {
+            let p = u16f.params(r.0, r.1).unwrap();
+            u16f.dequantize(i.qmin(), &p)
+        };
+        let (mut kept, mut short_before) = (0, 0);
+        for k in 0..2000 {
+            let flo = -0.1 - k as f32 * 0.00731;
+            for hi in [0.3f32, 1.0, 2.7, 7.3] {
+                let r = super::cover_flat_ends(&u8f, (flo, hi), Some(flo), None);
+                let covered = super::cover_within(&u16f, r, (flo, f32::INFINITY));
+                assert!(lowest(covered) <= flo, "{r:?} -> {covered:?}");
+                if r.0 < flo {
+                    assert_eq!(covered, r, "widened for u8 already");
+                    continue;
+                }
+                kept += 1;
+                short_before += usize::from(lowest(r) > flo);
+                let step = (hi - flo) / 65535.0;
+                assert!(flo - covered.0 <= 2.0 * step, "{r:?} -> {covered:?}");
+            }
+        }
+        assert!(kept > 1000 && short_before > 500, "{kept} {short_before}");
+        // Inside the bounds, or no bound: unchanged.
+        let r = (-1.0, 1.0);
+        assert_eq!(super::cover_within(&u16f, r, (-2.5, 2.5)), r);
+        let open = (f32::NEG_INFINITY, f32::INFINITY);
+        assert_eq!(super::cover_within(&u16f, r, open), r);
+    }
 
     /// After [`super::cover_flat_ends`], the lowest level of the grid is
     /// at or below the flat bound the range was clamped to (and the

@@ -587,6 +587,12 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                         match model.graph.value_by_name(t) {
                             Some(v) if opset >= need => {
                                 plan.formats.insert(v, w);
+                                // The range was fitted to the 8-bit grid:
+                                // the 16-bit one must still reach the
+                                // consumers' flat bounds.
+                                if let Some(r) = ranges.get_mut(t) {
+                                    *r = calibrate::cover_consumer_bounds(&model.graph, t, *r, &w);
+                                }
                             }
                             _ => {
                                 // Cannot happen after a successful check;

@@ -504,6 +504,15 @@ pub fn to_target(
                     }
                     (Precision::Int16, Ok(w), Some(v)) => {
                         p.formats.insert(v, *w);
+                        // As the compile does when it writes the choice.
+                        if let Some(rg) = r.get_mut(&x.tensor) {
+                            *rg = crate::calibrate::cover_consumer_bounds(
+                                &float.graph,
+                                &x.tensor,
+                                *rg,
+                                w,
+                            );
+                        }
                         op = op.max(w.min_opset().unwrap_or(21));
                     }
                     (Precision::Int16, _, _) => {

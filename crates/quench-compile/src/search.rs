@@ -139,6 +139,7 @@ pub struct AutoReport {
     /// Compute nodes (Conv, MatMul, ...) that take an activation left
     /// float above as input: they run in float, their int8 weights
     /// dequantized on every run in ONNX Runtime (slower than FP32 there).
+    /// By node name; an unnamed node by its first output.
     pub float_fed_compute: Vec<String>,
     /// Activations left float because nothing reads them in integer once
     /// the tensors above are float (every consumer runs in float).
@@ -498,7 +499,10 @@ impl ParamBench {
 /// sums: per sample, the error over the signal power averaged over the
 /// outputs; these ratios averaged over the samples, in dB (`sample_db`);
 /// and the lowest output's SQNR with powers summed over the samples
-/// (`min_db`).
+/// (`min_db`). A sample whose signal power on an output is zero (FP32 all
+/// zeros there) has its error on it taken relative to that output's mean
+/// signal power per sample, so it weighs like the others instead of
+/// deciding alone.
 pub(crate) fn score_of(units: &[Vec<(f64, f64)>], outputs: usize) -> Score {
     let db = |ratio: f64| {
         if ratio.is_nan() {
@@ -515,9 +519,18 @@ pub(crate) fn score_of(units: &[Vec<(f64, f64)>], outputs: usize) -> Score {
             .fold((0.0, 0.0), |(n, s), u| (n + u[o].0, s + u[o].1));
         min_db = min_db.min(db(ratio(n, s)));
     }
+    let mean_signal: Vec<f64> = (0..outputs)
+        .map(|o| units.iter().map(|u| u[o].1).sum::<f64>() / units.len().max(1) as f64)
+        .collect();
     let mean_ratio = units
         .iter()
-        .map(|u| u.iter().map(|(n, s)| ratio(*n, *s)).sum::<f64>() / outputs.max(1) as f64)
+        .map(|u| {
+            u.iter()
+                .zip(&mean_signal)
+                .map(|(&(n, s), &m)| ratio(n, if s > 0.0 { s } else { m }))
+                .sum::<f64>()
+                / outputs.max(1) as f64
+        })
         .sum::<f64>()
         / units.len().max(1) as f64;
     Score {
@@ -808,7 +821,12 @@ pub fn search(
                 for c in g.consumers(v) {
                     let node = g.node(c);
                     if quench_passes::facts::is_compute(node.kind()) {
-                        float_fed_compute.push(node.name().to_string());
+                        // Unnamed nodes by their first output.
+                        let label = match (node.name(), node.output(0)) {
+                            ("", Some(o)) => g.value(o).name.clone(),
+                            (name, _) => name.to_string(),
+                        };
+                        float_fed_compute.push(label);
                     }
                 }
             }
@@ -1079,6 +1097,28 @@ mod tests {
         assert!((two.min_db - 20.0).abs() < 1e-9, "{}", two.min_db);
         // No error at all: the cap, not infinity or NaN.
         assert_eq!(db(&[vec![(0.0, 1.0)]], 1), 300.0);
+    }
+
+    /// A sample whose FP32 output is all zeros (a dead Relu, a masked
+    /// row, an argmax of class 0) has no relative error of its own: its
+    /// error counts against the output's mean signal power per sample, so
+    /// it weighs like any other sample instead of deciding alone (with
+    /// the signal floored at 1e-30 it read about -300 dB for every
+    /// candidate, and auto kept ranges 9 dB worse than min/max held-back).
+    #[test]
+    fn a_silent_sample_does_not_decide_alone() {
+        let db = |units: &[Vec<(f64, f64)>]| score_of(units, 1).sample_db;
+        // Good on the two live samples (40 dB), a little error on the
+        // silent one; against 20 dB on the live ones and half that error.
+        let good = db(&[vec![(1e-4, 1.0)], vec![(1e-4, 1.0)], vec![(1e-6, 0.0)]]);
+        let bad = db(&[vec![(1e-2, 1.0)], vec![(1e-2, 1.0)], vec![(5e-7, 0.0)]]);
+        assert!(good > bad + 15.0, "{good} vs {bad}");
+        // 1e-6 against the mean signal power 2/3: (1e-4 + 1e-4 + 1.5e-6) / 3.
+        assert!((good - 41.73).abs() < 0.01, "{good}");
+        // An output silent in every sample keeps the floor: any error is
+        // far below, none is the cap.
+        assert!(db(&[vec![(1e-6, 0.0)], vec![(0.0, 0.0)]]) < -200.0);
+        assert_eq!(db(&[vec![(0.0, 0.0)], vec![(0.0, 0.0)]]), 300.0);
     }
 
     /// Output gain of leaving `ks` float when tensor k carries error
