@@ -43,6 +43,11 @@ set by hand so that each model has the property its test needs.
   accuracy) and a 16-bit grid or float gets them back (mixed precision
   to a target).
 
+- `argmax_head.onnx`: `hardswish_stem.onnx` with a second graph output,
+  the ArgMax over channels of its output (int64 class indices). The
+  search must score the same as on `hardswish_stem.onnx`: an index has no
+  signal-to-noise meaning.
+
 Run with the venv of scripts/setup_venv.sh:
     .venv/bin/python testdata/make_accuracy_fixtures.py
 """
@@ -334,6 +339,16 @@ def make_outlier_classifier(gain=1000.0):
     print(f"  outlier_classifier: conv2 channel 16 = {gain} x relu1 channel 0 (centre), ignored by fc")
 
 
+def make_argmax_head():
+    m = onnx.load(os.path.join(OUT, "hardswish_stem.onnx"))
+    m.graph.node.append(helper.make_node("ArgMax", ["output"], ["classes"], name="classes_argmax", axis=1, keepdims=1))
+    m.graph.output.append(helper.make_tensor_value_info("classes", TensorProto.INT64, ["N", 1, 8, 8]))
+    m.graph.name = "argmax_head"
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, "argmax_head.onnx"))
+    print("  argmax_head: hardswish_stem + ArgMax(output, axis=1) as a second output")
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
     make_hardswish_stem()
@@ -343,3 +358,4 @@ if __name__ == "__main__":
     make_residual_variants()
     make_outlier_classifier()
     make_mini_bert()
+    make_argmax_head()
