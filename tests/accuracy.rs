@@ -593,14 +593,14 @@ fn target_sqnr_chooses_by_elimination_when_errors_only_add_up_together() {
             .all(|x| x["why"].as_str().unwrap().contains("elimination")),
         "{m}"
     );
-    // The default ranges (auto: entropy, grouped types float) start at
-    // 29.3 dB: 33 is reached by raising two tensors to 16 bits, no
-    // elimination needed (measured 33.34 dB).
+    // The default ranges (auto: entropy for all) start at 24.3 dB: 33 is
+    // reached too (measured 33.36 dB, 14 tensors by elimination, 13 of
+    // them at 16 bits).
     let (sqnr, r) = output_sqnr(model, &["--method", "auto", "--target-sqnr", "33"]);
     let m = &r["mixed_precision"];
     assert_eq!(m["reached"], true, "{m}");
     assert!(sqnr >= 33.0, "verification {sqnr:.2}");
-    assert!(m["raised"].as_array().unwrap().len() <= 4, "{m}");
+    assert!(m["raised"].as_array().unwrap().len() <= 20, "{m}");
     // A target beyond every activation float is still refused.
     let dir = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_quench"))
