@@ -392,9 +392,7 @@ pub fn clamp_to_consumers(
     let (flo, fhi) = consumer_flat_bounds(g, name);
     let l = lo.max(flo).min(fhi);
     let h = hi.min(fhi).max(l);
-    let low = (l == flo && flo != 0.0).then_some(flo);
-    let high = (h == fhi && fhi != 0.0).then_some(fhi);
-    cover_flat_ends(format, (l, h), low, high)
+    cover_within(format, (l, h), (flo, fhi))
 }
 
 /// `(lo, hi)` widened by whole steps until the integer grid `format` puts

@@ -255,28 +255,19 @@ impl BiasParam {
     /// (f64, ties to even) dequantized in f32; the float bias when the
     /// input is float or a code does not fit in int32.
     pub fn values(&self, scale: Option<f32>) -> Vec<f32> {
-        let Some(xs) = scale else {
-            return self.float.clone();
-        };
-        let n = self.weight_scales.len();
-        let mut out = Vec::with_capacity(self.float.len());
-        for (i, b) in self.float.iter().enumerate() {
-            let s = xs * self.weight_scales[if n == 1 { 0 } else { i }];
-            let r = (f64::from(*b) / f64::from(s)).round_ties_even();
-            if !(r.abs() < i32::MAX as f64) {
-                return self.float.clone();
-            }
-            out.push(((r as i32) as f32) * s);
+        match scale.and_then(|xs| {
+            quench_passes::quantize::bias_codes(&self.float, xs, &self.weight_scales)
+        }) {
+            Some((scales, codes)) => codes
+                .iter()
+                .zip(&scales)
+                .map(|(q, s)| *q as f32 * s)
+                .collect(),
+            None => self.float.clone(),
         }
-        out
     }
 }
 
-/// The int32 biases (DequantizeLinear of int32 codes) of the compute ops
-/// of the quantized graph `g` whose input is an activation Q/DQ pair, by
-/// node and bias input index (see [`BiasParam`]; its `input` is set by
-/// [`bias_inputs`]); `float`: the graph before quantization (the float
-/// biases, by node name).
 /// Feeds each bias of `found` (in the twin `g`, its DequantizeLinear
 /// folded by then) from a new graph input, added after the pairs' inputs
 /// (inputs are fed in the model's order).
@@ -323,6 +314,11 @@ fn bias_inputs(
     out
 }
 
+/// The int32 biases (DequantizeLinear of int32 codes) of the compute ops
+/// of the quantized graph `g` whose input is an activation Q/DQ pair, by
+/// node and bias input index (see [`BiasParam`]; its `input` is set by
+/// [`bias_inputs`]); `float`: the graph before quantization (the float
+/// biases, by node name).
 fn parametric_biases(
     g: &quench_ir::Graph,
     float: &quench_ir::Graph,
@@ -435,8 +431,8 @@ pub(crate) type Setting = (f32, f32, bool);
 pub(crate) struct Score {
     /// The lowest per-output SQNR (what thresholds and reports use).
     pub min_db: f64,
-    /// The mean over samples of each sample's error ratio (its outputs'
-    /// error over signal power, averaged), in dB: what the search decides
+    /// Per output, the error over the signal power, both summed over the
+    /// samples; averaged over the outputs, in dB: what the search decides
     /// by (see the module docs).
     pub pooled_db: f64,
 }
@@ -668,24 +664,21 @@ impl ParamBench {
     }
 
     pub fn score(&mut self, set: &[Setting]) -> Result<Score> {
-        let units = self.units(set, 0..self.batches.len())?;
+        let units = self.units(set)?;
         Ok(self.aggregate(&units))
     }
 
-    /// Runs `set` on `batches` and returns, per sample (a row of the batch
-    /// axis where outputs have one), per output: (error power, signal
-    /// power).
-    pub fn units(
-        &mut self,
-        set: &[Setting],
-        batches: std::ops::Range<usize>,
-    ) -> Result<Vec<Vec<(f64, f64)>>> {
+    /// Runs `set` and returns, per sample (a row of the batch axis where
+    /// outputs have one), per scored output ([`scored_outputs`]): (error
+    /// power, signal power).
+    fn units(&mut self, set: &[Setting]) -> Result<Vec<Vec<(f64, f64)>>> {
         self.runs += 1;
         let params = self.params_of(set, &[]);
-        let sums: Vec<Vec<Vec<(f64, f64)>>> = self.batches[batches.clone()]
+        let sums: Vec<Vec<Vec<(f64, f64)>>> = self
+            .batches
             .par_iter()
-            .zip(&self.reference[batches.clone()])
-            .zip(&self.rows[batches])
+            .zip(&self.reference)
+            .zip(&self.rows)
             .map(|((b, r), &rows)| -> Result<Vec<Vec<(f64, f64)>>> {
                 let mut inputs = b.clone();
                 inputs.extend(params.iter().cloned());
@@ -725,7 +718,7 @@ impl ParamBench {
     }
 
     /// The [`Score`] of per-sample sums from [`units`](Self::units).
-    pub fn aggregate(&self, units: &[Vec<(f64, f64)>]) -> Score {
+    fn aggregate(&self, units: &[Vec<(f64, f64)>]) -> Score {
         score_of(
             units,
             self.reference

@@ -1410,18 +1410,7 @@ pub fn apply(
         if scales.len() != 1 && scales.len() != c {
             continue;
         }
-        let bs: Vec<f32> = (0..c)
-            .map(|i| xp.scale * scales[if scales.len() == 1 { 0 } else { i }])
-            .collect();
-        let q: Option<Vec<i32>> = b
-            .iter()
-            .zip(&bs)
-            .map(|(v, s)| {
-                let r = (*v as f64 / *s as f64).round_ties_even();
-                (r.abs() < i32::MAX as f64).then_some(r as i32)
-            })
-            .collect();
-        let Some(q) = q else {
+        let Some((bs, q)) = bias_codes(&b, xp.scale, &scales) else {
             s.notes.push(format!(
                 "node `{}`: bias too large for int32 at this scale; left float",
                 node.name()
@@ -1681,4 +1670,32 @@ fn dynamic_matmul(
     g.add_node(mul, &[Some(accf[0]), Some(sc[0])], &[Some(y)]);
     s.weights_quantized += 1;
     Ok(())
+}
+
+/// An int32 bias as `apply` writes it: per channel the scale `input_scale
+/// x weight scale` (`weight_scales`: one per channel, or one) and the code
+/// `round(bias / scale)` (in f64, ties to even). `None` when a code does
+/// not fit in int32 (the bias then stays float) or the scales do not
+/// match the bias.
+pub fn bias_codes(
+    bias: &[f32],
+    input_scale: f32,
+    weight_scales: &[f32],
+) -> Option<(Vec<f32>, Vec<i32>)> {
+    let n = weight_scales.len();
+    if n != 1 && n != bias.len() {
+        return None;
+    }
+    let scales: Vec<f32> = (0..bias.len())
+        .map(|i| input_scale * weight_scales[if n == 1 { 0 } else { i }])
+        .collect();
+    let codes = bias
+        .iter()
+        .zip(&scales)
+        .map(|(v, s)| {
+            let r = (f64::from(*v) / f64::from(*s)).round_ties_even();
+            (r.abs() < i32::MAX as f64).then_some(r as i32)
+        })
+        .collect::<Option<Vec<i32>>>()?;
+    Some((scales, codes))
 }
