@@ -465,13 +465,18 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             rep.fit_samples,
                             rep.methods
                                 .iter()
-                                .map(|(m, db)| format!("{m} {db:.2}"))
+                                .map(|(m, db, n)| if *n < rep.fit_samples {
+                                    // Stopped once certain to stay behind.
+                                    format!("{m} < {db:.2} (stopped after {n})")
+                                } else {
+                                    format!("{m} {db:.2}")
+                                })
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         );
                         if rep.kept {
                             out.note(format!(
-                                "method auto: {} for all ({scores}), {}{} outlier(s) left float{}; judged on {} {} samples: {:.2} dB against {:.2} with min/max ({} runs, {:.1} s)",
+                                "method auto: {} for all ({scores}), {}{} outlier(s) left float{}; judged on {} {} samples: {:.2} dB against {}{:.2} with min/max{} ({} runs, {:.1} s)",
                                 rep.method,
                                 rep.float_op_types
                                     .iter()
@@ -493,7 +498,13 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 rep.judge_samples,
                                 if rep.judged_apart { "other" } else { "of the same" },
                                 rep.auto_db,
+                                if rep.minmax_samples < rep.judge_samples { "< " } else { "" },
                                 rep.minmax_db,
+                                if rep.minmax_samples < rep.judge_samples {
+                                    format!(" (stopped after {} samples)", rep.minmax_samples)
+                                } else {
+                                    String::new()
+                                },
                                 rep.runs,
                                 rep.setup_seconds + rep.run_seconds
                             ));

@@ -82,6 +82,10 @@ pub const SAMPLES: usize = 32;
 /// choice, not a better range.
 pub const MIN_GAIN_DB: f64 = 0.05;
 
+/// Waves of batches a run of the search is split into at least (see
+/// [`ParamBench::score_above`]).
+const WAVES: usize = 4;
+
 /// A tensor whose quantization alone causes at least half of the output
 /// error power (leaving it float gains `10 log10(2)` dB or more) is an
 /// outlier and stays float: the rule follows from the measurement, not
@@ -109,8 +113,11 @@ pub struct AutoReport {
     /// Whether the judging samples are other samples than the fitting ones
     /// (false below 16 samples: both are all of them).
     pub judged_apart: bool,
-    /// Output score (dB, fitting samples) of each method for all.
-    pub methods: Vec<(String, f64)>,
+    /// Output score (dB, fitting samples) of each method for all, and the
+    /// samples it was run on: fewer than `fit_samples` when the method was
+    /// stopped once certain to stay behind the best so far (its figure is
+    /// then an upper bound).
+    pub methods: Vec<(String, f64, usize)>,
     /// The method for all (step 1; when the result was not kept, the
     /// ranges used instead: that method's if it beat min/max on the
     /// judging samples, else min/max).
@@ -124,8 +131,11 @@ pub struct AutoReport {
     pub setup_seconds: f64,
     pub run_seconds: f64,
     /// Output score (dB) on the judging samples with min/max ranges and
-    /// with the result.
+    /// with the result; min/max's is an upper bound when it was stopped
+    /// once certain to score below the result (`minmax_samples` below
+    /// `judge_samples`).
     pub minmax_db: f64,
+    pub minmax_samples: usize,
     pub auto_db: f64,
     /// Whether the result was kept (it must score higher than min/max on
     /// the judging samples).
@@ -211,6 +221,9 @@ pub(crate) struct ParamBench {
     /// Samples in each batch (1 when fed one per run).
     rows: Vec<usize>,
     reference: Vec<Vec<ArrayData>>,
+    /// FP32's signal power per scored output, summed over every sample
+    /// (for [`score_above`](Self::score_above)'s bound).
+    signal: Vec<f64>,
     pub pairs: Vec<ParamPair>,
     /// Root tensor (a tensor with a range of its own) -> its pairs and
     /// those of the tensors sharing its parameters, roots in topological
@@ -437,6 +450,34 @@ pub(crate) struct Score {
     pub pooled_db: f64,
 }
 
+/// A [`Score::pooled_db`] from [`ParamBench::score_above`]: the score
+/// when `complete`, else an upper bound of it (below the floor asked
+/// for), from the first `samples` samples.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounded {
+    pub db: f64,
+    pub samples: usize,
+    pub complete: bool,
+}
+
+/// An upper bound of the pooled score of a run from its first samples'
+/// `units`: their error powers against `signal`, every sample's signal
+/// power per scored output (the rest of the samples can only add error).
+pub(crate) fn bound_of(units: &[Vec<(f64, f64)>], signal: &[f64]) -> f64 {
+    let mut all = units.to_vec();
+    let seen: Vec<f64> = (0..signal.len())
+        .map(|o| units.iter().map(|u| u[o].1).sum())
+        .collect();
+    all.push(
+        signal
+            .iter()
+            .zip(&seen)
+            .map(|(s, v)| (0.0, (s - v).max(0.0)))
+            .collect(),
+    );
+    score_of(&all, signal.len()).pooled_db
+}
+
 impl ParamBench {
     /// Quantizes `float` with `ranges`, builds the parametric twin and runs
     /// FP32 (`original`) on `rows` of `data` once for reference.
@@ -509,6 +550,7 @@ impl ParamBench {
             batches: Vec::new(),
             rows: Vec::new(),
             reference: Vec::new(),
+            signal: Vec::new(),
             pairs,
             roots,
             runs: 0,
@@ -531,10 +573,12 @@ impl ParamBench {
         let data_names = quench_verify::input_names(original);
         let mut batches = Vec::new();
         let mut batch_rows = Vec::new();
-        // At least one batch per thread: every run uses every core.
+        // At least one batch per thread (every run uses every core), and
+        // at least WAVES waves of them: the points where
+        // `score_above` may stop a run.
         let per = sub
             .samples()
-            .div_ceil(rayon::current_num_threads().max(1))
+            .div_ceil(rayon::current_num_threads().max(1) * WAVES)
             .clamp(1, MAX_BATCH);
         for r in data.feed.ranges(sub.samples(), per) {
             batch_rows.push(match data.feed {
@@ -548,6 +592,19 @@ impl ParamBench {
             .map(|b| self.fp.run(&data_names, b))
             .collect::<Result<_>>()
             .context("running the FP32 model")?;
+        let signal = match reference.first() {
+            Some(first) => scored_outputs(first)
+                .into_iter()
+                .map(|k| {
+                    reference
+                        .iter()
+                        .filter_map(|r| r.get(k))
+                        .map(|a| a.to_f32().iter().map(|x| f64::from(*x).powi(2)).sum::<f64>())
+                        .sum()
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(ParamBench {
             runners: self.runners.clone(),
             fp: self.fp.clone(),
@@ -555,6 +612,7 @@ impl ParamBench {
             batches,
             rows: batch_rows,
             reference,
+            signal,
             pairs: self.pairs.clone(),
             roots: self.roots.clone(),
             runs: 0,
@@ -679,42 +737,96 @@ impl ParamBench {
             .par_iter()
             .zip(&self.reference)
             .zip(&self.rows)
-            .map(|((b, r), &rows)| -> Result<Vec<Vec<(f64, f64)>>> {
-                let mut inputs = b.clone();
-                inputs.extend(params.iter().cloned());
-                let out = self.runners.run(&self.names, &inputs)?;
-                let per_row = r
-                    .iter()
-                    .all(|a| rows > 1 && a.shape().first() == Some(&rows));
-                let units = if per_row { rows } else { 1 };
-                let scored = scored_outputs(r);
-                let mut acc = vec![vec![(0.0, 0.0); scored.len()]; units];
-                for (o, &k) in scored.iter().enumerate() {
-                    let Some(q) = out.get(k) else {
-                        for u in acc.iter_mut() {
-                            u[o] = (f64::INFINITY, 1.0);
-                        }
-                        continue;
-                    };
-                    let (r, q) = (r[k].to_f32(), q.to_f32());
-                    if r.shape() != q.shape() {
-                        for u in acc.iter_mut() {
-                            u[o] = (f64::INFINITY, 1.0);
-                        }
-                        continue;
-                    }
-                    let per = r.len() / units.max(1);
-                    for (i, (a, b)) in r.iter().zip(q.iter()).enumerate() {
-                        let d = f64::from(*a) - f64::from(*b);
-                        let u = &mut acc[(i / per.max(1)).min(units - 1)][o];
-                        u.0 += d * d;
-                        u.1 += f64::from(*a) * f64::from(*a);
-                    }
-                }
-                Ok(acc)
-            })
+            .map(|((b, r), &rows)| self.batch_units(b, r, rows, &params))
             .collect::<Result<_>>()?;
         Ok(sums.into_iter().flatten().collect())
+    }
+
+    /// Runs one batch `b` (FP32's outputs `r`, `rows` samples) with the
+    /// parameter inputs `params` and returns its [`units`](Self::units).
+    fn batch_units(
+        &self,
+        b: &[ArrayData],
+        r: &[ArrayData],
+        rows: usize,
+        params: &[ArrayData],
+    ) -> Result<Vec<Vec<(f64, f64)>>> {
+        let mut inputs = b.to_vec();
+        inputs.extend(params.iter().cloned());
+        let out = self.runners.run(&self.names, &inputs)?;
+        let per_row = r
+            .iter()
+            .all(|a| rows > 1 && a.shape().first() == Some(&rows));
+        let units = if per_row { rows } else { 1 };
+        let scored = scored_outputs(r);
+        let mut acc = vec![vec![(0.0, 0.0); scored.len()]; units];
+        for (o, &k) in scored.iter().enumerate() {
+            let Some(q) = out.get(k) else {
+                for u in acc.iter_mut() {
+                    u[o] = (f64::INFINITY, 1.0);
+                }
+                continue;
+            };
+            let (r, q) = (r[k].to_f32(), q.to_f32());
+            if r.shape() != q.shape() {
+                for u in acc.iter_mut() {
+                    u[o] = (f64::INFINITY, 1.0);
+                }
+                continue;
+            }
+            let per = r.len() / units.max(1);
+            for (i, (a, b)) in r.iter().zip(q.iter()).enumerate() {
+                let d = f64::from(*a) - f64::from(*b);
+                let u = &mut acc[(i / per.max(1)).min(units - 1)][o];
+                u.0 += d * d;
+                u.1 += f64::from(*a) * f64::from(*a);
+            }
+        }
+        Ok(acc)
+    }
+
+    /// The [`Score::pooled_db`] of `set`, or, once it is certain to stay
+    /// below `floor`, an upper bound of it: the batches run in waves (one
+    /// batch per thread), and after each wave the errors so far against
+    /// every sample's signal bound the score from above (error powers
+    /// only grow as samples are added, the signal is FP32's). A run
+    /// stopped early decides exactly what the full run would have (the
+    /// score is below `floor`) for a fraction of its cost: on PP-OCRv4
+    /// det most methods for all fall behind the best one within a few
+    /// samples. Waves in a fixed order: the same figures on every run.
+    pub fn score_above(&mut self, set: &[Setting], floor: f64) -> Result<Bounded> {
+        self.runs += 1;
+        let params = self.params_of(set, &[]);
+        let outputs = self.signal.len();
+        let wave = rayon::current_num_threads().max(1);
+        let jobs: Vec<usize> = (0..self.batches.len()).collect();
+        let mut units: Vec<Vec<(f64, f64)>> = Vec::new();
+        let mut samples = 0;
+        for w in jobs.chunks(wave) {
+            let sums: Vec<Vec<Vec<(f64, f64)>>> = w
+                .par_iter()
+                .map(|&i| {
+                    self.batch_units(&self.batches[i], &self.reference[i], self.rows[i], &params)
+                })
+                .collect::<Result<_>>()?;
+            units.extend(sums.into_iter().flatten());
+            samples += w.iter().map(|&i| self.rows[i]).sum::<usize>();
+            if samples < self.samples() {
+                let bound = bound_of(&units, &self.signal);
+                if bound < floor {
+                    return Ok(Bounded {
+                        db: bound,
+                        samples,
+                        complete: false,
+                    });
+                }
+            }
+        }
+        Ok(Bounded {
+            db: score_of(&units, outputs).pooled_db,
+            samples,
+            complete: true,
+        })
     }
 
     /// The [`Score`] of per-sample sums from [`units`](Self::units).
@@ -853,10 +965,13 @@ pub fn search(
         for (k, rs) in ranges_of.iter().enumerate() {
             put(&fit, &mut s, k, rs[mi]);
         }
-        let db = fit.score(&s)?.pooled_db;
-        methods.push((method_name(*m), db));
-        if db > best.0 + if mi == 0 { 0.0 } else { MIN_GAIN_DB } {
-            best = (db, mi);
+        // A method certain to stay below the best so far (plus the margin
+        // it must beat it by) is stopped: the same choice, fewer runs.
+        let floor = best.0 + if mi == 0 { 0.0 } else { MIN_GAIN_DB };
+        let r = fit.score_above(&s, floor)?;
+        methods.push((method_name(*m), r.db, r.samples));
+        if r.complete && r.db > floor {
+            best = (r.db, mi);
             set = s;
         }
     }
@@ -874,14 +989,23 @@ pub fn search(
     let mut off = vec![false; roots.len()];
     let mut searched = 0;
     if float_outliers {
-        let gain_off = |fit: &mut ParamBench, set: &[Setting], ks: &[usize], current: f64| {
+        // The gain of leaving `ks` float; with `floor`, a run certain to
+        // gain less is stopped and returns an upper bound (below it).
+        let gain_off = |fit: &mut ParamBench,
+                        set: &[Setting],
+                        ks: &[usize],
+                        current: f64,
+                        floor: Option<f64>| {
             let mut s = set.to_vec();
             for &k in ks {
                 for &i in &roots[k].1 {
                     s[i].2 = false;
                 }
             }
-            fit.score(&s).map(|sc| sc.pooled_db - current)
+            match floor {
+                Some(f) => fit.score_above(&s, current + f).map(|b| b.db - current),
+                None => fit.score(&s).map(|sc| sc.pooled_db - current),
+            }
         };
         // Every gain below is measured against the model with every
         // activation quantized (`base`): an outlier is one whose
@@ -913,9 +1037,9 @@ pub fn search(
         let mut left: Vec<usize> = (0..roots.len()).collect();
         while left.len() > 1 {
             let cands = left.clone();
-            let found = find_outlier(&cands, &mut |ks: &[usize]| {
+            let found = find_outlier(&cands, &mut |ks: &[usize], floor| {
                 searched += 1;
-                gain_off(&mut fit, &base, ks, current)
+                gain_off(&mut fit, &base, ks, current, floor)
             })?;
             let Some((k, gain)) = found else { break };
             off[k] = true;
@@ -956,9 +1080,9 @@ pub fn search(
             .iter()
             .map(|(_, ks)| ks.iter().copied().filter(|&k| !off[k]).collect())
             .collect();
-        let (kept_float, marginal) = eliminate_types(&type_members, &mut |ks: &[usize]| {
+        let (kept_float, marginal) = eliminate_types(&type_members, &mut |ks: &[usize], floor| {
             searched += 1;
-            gain_off(&mut fit, &base_g, ks, current_g)
+            gain_off(&mut fit, &base_g, ks, current_g, floor)
         })?;
         for (i, (t, ks)) in types.iter().enumerate() {
             let ks: Vec<usize> = ks.iter().copied().filter(|&k| !off[k]).collect();
@@ -998,6 +1122,10 @@ pub fn search(
                     }
                 }
             }
+        }
+        // The score after, for the report of outliers and groups (no run
+        // when there are none: unread tensors are reported without it).
+        if !float_tensors.is_empty() || !float_groups.is_empty() {
             current = fit.score(&set)?.pooled_db;
             for f in &mut float_tensors {
                 f.sqnr_after_db = current;
@@ -1009,7 +1137,9 @@ pub fn search(
     }
     // Step 5: judged on the other samples against min/max and against the
     // method for all alone.
-    let judged = |bench: &mut ParamBench, rs: &dyn Fn(usize) -> Option<(f32, f32)>| {
+    let judged = |bench: &mut ParamBench,
+                  rs: &dyn Fn(usize) -> Option<(f32, f32)>,
+                  floor: f64| {
         let mut s = bench.initial(true);
         for k in 0..roots.len() {
             match rs(k) {
@@ -1021,10 +1151,14 @@ pub fn search(
                 }
             }
         }
-        bench.score(&s).map(|s| s.pooled_db)
+        bench.score_above(&s, floor)
     };
-    let minmax_db = judged(&mut judge, &|k| Some(ranges_of[k][0]))?;
-    let auto_db = judged(&mut judge, &|k| (!off[k]).then_some(chosen[k]))?;
+    // The result first; min/max is stopped once certain to score below
+    // it (then its figure is an upper bound, `minmax_samples` short of
+    // all).
+    let auto_db = judged(&mut judge, &|k| (!off[k]).then_some(chosen[k]), f64::NEG_INFINITY)?.db;
+    let minmax = judged(&mut judge, &|k| Some(ranges_of[k][0]), auto_db)?;
+    let minmax_db = minmax.db;
     let (kept, used, result): (bool, usize, Vec<Option<(f32, f32)>>) = if auto_db > minmax_db {
         (
             true,
@@ -1035,7 +1169,15 @@ pub fn search(
         )
     } else {
         // The method for all alone (not measured again when it is min/max).
-        let m = if method != 0 && judged(&mut judge, &|k| Some(ranges_of[k][method]))? > minmax_db {
+        // (Nor when nothing was left float: the result is that method.)
+        let alone = |judge: &mut ParamBench| -> Result<bool> {
+            if !off.iter().any(|o| *o) {
+                return Ok(false);
+            }
+            let r = judged(judge, &|k| Some(ranges_of[k][method]), minmax_db)?;
+            Ok(r.complete && r.db > minmax_db)
+        };
+        let m = if method != 0 && alone(&mut judge)? {
             method
         } else {
             0
@@ -1089,6 +1231,7 @@ pub fn search(
         setup_seconds,
         run_seconds: t0.elapsed().as_secs_f64() - setup_seconds,
         minmax_db,
+        minmax_samples: minmax.samples,
         auto_db,
         kept,
         float: if kept { float_tensors } else { Vec::new() },
@@ -1110,7 +1253,7 @@ pub fn search(
 /// reached through an estimate is measured before it is taken.
 pub(crate) fn find_outlier(
     cands: &[usize],
-    gain: &mut dyn FnMut(&[usize]) -> Result<f64>,
+    gain: &mut dyn FnMut(&[usize], Option<f64>) -> Result<f64>,
 ) -> Result<Option<(usize, f64)>> {
     let frac = |g: f64| 1.0 - 10f64.powf(-g / 10.0);
     let mut cands = cands.to_vec();
@@ -1123,14 +1266,18 @@ pub(crate) fn find_outlier(
             };
             let g = match measured {
                 Some(g) => g,
-                None => gain(&cands)?,
+                None => gain(&cands, Some(OUTLIER_DB))?,
             };
             return Ok((g >= OUTLIER_DB).then_some((k, g)));
         }
         let (a, b) = cands.split_at(cands.len() / 2);
-        let ga = gain(a)?;
-        let (pick, g) = if parent.is_nan() {
-            let gb = gain(b)?;
+        // At the top both halves only matter if they gain OUTLIER_DB (a
+        // run may stop below it); below, the other half's share is
+        // inferred from this one's value, which must be whole.
+        let top = parent.is_nan();
+        let ga = gain(a, top.then_some(OUTLIER_DB))?;
+        let (pick, g) = if top {
+            let gb = gain(b, Some(OUTLIER_DB))?;
             if ga >= gb {
                 (a, Some(ga))
             } else {
@@ -1145,7 +1292,7 @@ pub(crate) fn find_outlier(
             Some(g) => frac(g),
             None => parent - frac(ga),
         };
-        if !(f >= 0.5) {
+        if !(f >= 0.5) || g.is_some_and(|g| g < OUTLIER_DB) {
             return Ok(None);
         }
         parent = f;
@@ -1163,7 +1310,7 @@ pub(crate) fn find_outlier(
 /// float.
 pub(crate) fn eliminate_types(
     groups: &[Vec<usize>],
-    gain: &mut dyn FnMut(&[usize]) -> Result<f64>,
+    gain: &mut dyn FnMut(&[usize], Option<f64>) -> Result<f64>,
 ) -> Result<(Vec<bool>, Vec<f64>)> {
     let mut kept = vec![true; groups.len()];
     let mut marginal = vec![f64::NAN; groups.len()];
@@ -1171,7 +1318,7 @@ pub(crate) fn eliminate_types(
     if all.is_empty() {
         return Ok((vec![false; groups.len()], marginal));
     }
-    let mut now = gain(&all)?;
+    let mut now = gain(&all, Some(OUTLIER_DB))?;
     if !(now >= OUTLIER_DB) {
         return Ok((vec![false; groups.len()], marginal));
     }
@@ -1186,11 +1333,22 @@ pub(crate) fn eliminate_types(
             .filter(|(j, _)| *j != i && kept[*j])
             .flat_map(|(_, ks)| ks.iter().copied())
             .collect();
-        let without = if rest.is_empty() { 0.0 } else { gain(&rest)? };
+        // Stopped below `now - OUTLIER_DB`: quantizing this group again
+        // costs at least OUTLIER_DB, it stays float (`marginal` is then a
+        // lower bound).
+        let without = if rest.is_empty() {
+            0.0
+        } else {
+            gain(&rest, Some(now - OUTLIER_DB))?
+        };
         marginal[i] = now - without;
         if !(marginal[i] >= OUTLIER_DB) {
             kept[i] = false;
             now = without;
+            // What is left float gains less than OUTLIER_DB: none stays.
+            if !(now >= OUTLIER_DB) {
+                break;
+            }
         }
     }
     if !(now >= OUTLIER_DB) {
