@@ -508,6 +508,7 @@ impl ParamBench {
         let clamp = |x: &str| clamps.get(x).copied();
         let found = parametric_biases(&twin.graph, g);
         let (pairs, _) = parametric_twin(&mut twin.graph, opset, &clamp);
+        twin.set_opset(quench_passes::simulate::TWIN_DOMAIN, 1);
         let biases = bias_inputs(&mut twin.graph, found, &pairs);
         let data_names = quench_verify::input_names(original);
         let mut names = data_names;
@@ -599,7 +600,12 @@ impl ParamBench {
                     reference
                         .iter()
                         .filter_map(|r| r.get(k))
-                        .map(|a| a.to_f32().iter().map(|x| f64::from(*x).powi(2)).sum::<f64>())
+                        .map(|a| {
+                            a.to_f32()
+                                .iter()
+                                .map(|x| f64::from(*x).powi(2))
+                                .sum::<f64>()
+                        })
                         .sum()
                 })
                 .collect(),
@@ -1137,9 +1143,7 @@ pub fn search(
     }
     // Step 5: judged on the other samples against min/max and against the
     // method for all alone.
-    let judged = |bench: &mut ParamBench,
-                  rs: &dyn Fn(usize) -> Option<(f32, f32)>,
-                  floor: f64| {
+    let judged = |bench: &mut ParamBench, rs: &dyn Fn(usize) -> Option<(f32, f32)>, floor: f64| {
         let mut s = bench.initial(true);
         for k in 0..roots.len() {
             match rs(k) {
@@ -1156,7 +1160,12 @@ pub fn search(
     // The result first; min/max is stopped once certain to score below
     // it (then its figure is an upper bound, `minmax_samples` short of
     // all).
-    let auto_db = judged(&mut judge, &|k| (!off[k]).then_some(chosen[k]), f64::NEG_INFINITY)?.db;
+    let auto_db = judged(
+        &mut judge,
+        &|k| (!off[k]).then_some(chosen[k]),
+        f64::NEG_INFINITY,
+    )?
+    .db;
     let minmax = judged(&mut judge, &|k| Some(ranges_of[k][0]), auto_db)?;
     let minmax_db = minmax.db;
     let (kept, used, result): (bool, usize, Vec<Option<(f32, f32)>>) = if auto_db > minmax_db {
@@ -1471,7 +1480,7 @@ pub(crate) fn unread_roots(
 
 #[cfg(test)]
 mod tests {
-    use super::{eliminate_types, find_outlier, score_of, OUTLIER_DB};
+    use super::{bound_of, eliminate_types, find_outlier, score_of, OUTLIER_DB};
     use anyhow::Result;
 
     /// The score pools each output's powers over the samples, averages
@@ -1518,6 +1527,37 @@ mod tests {
         }
     }
 
+    /// What a run asked to beat `floor` may return for a true gain `g`:
+    /// `g` when it beats it, else an upper bound below `floor` (not `g`
+    /// itself, so that no decision may read the value of a stopped run).
+    fn stopped(g: f64, floor: Option<f64>) -> f64 {
+        match floor {
+            Some(f) if g < f => (g + f) / 2.0,
+            _ => g,
+        }
+    }
+
+    /// The bound from the first samples is never below the score of all of
+    /// them, and equals it once every sample is in.
+    #[test]
+    fn the_bound_of_a_partial_run_is_above_its_score() {
+        let units = vec![
+            vec![(1e-3, 1.0), (1e-2, 4.0)],
+            vec![(5e-3, 2.0), (1e-4, 1.0)],
+            vec![(1e-6, 0.0), (3e-2, 2.0)],
+        ];
+        let signal: Vec<f64> = (0..2).map(|o| units.iter().map(|u| u[o].1).sum()).collect();
+        let full = score_of(&units, 2).pooled_db;
+        let mut last = f64::INFINITY;
+        for n in 0..=units.len() {
+            let b = bound_of(&units[..n], &signal);
+            assert!(b >= full - 1e-12, "{n}: {b} < {full}");
+            assert!(b <= last + 1e-12, "{n}: the bound only falls");
+            last = b;
+        }
+        assert!((last - full).abs() < 1e-9, "{last} vs {full}");
+    }
+
     /// Output gain of leaving `ks` float when tensor k carries error
     /// power `e[k]` (additive; the rest of the error is `rest`).
     fn additive(e: &[f64], rest: f64) -> impl Fn(&[usize]) -> f64 + '_ {
@@ -1535,13 +1575,12 @@ mod tests {
         e[41] = 0.6 * 63.0 / 0.4;
         let f = additive(&e, 0.0);
         let mut runs = 0;
-        let found = find_outlier(
-            &(0..64).collect::<Vec<_>>(),
-            &mut |ks: &[usize]| -> Result<f64> {
-                runs += 1;
-                Ok(f(ks))
-            },
-        )
+        let found = find_outlier(&(0..64).collect::<Vec<_>>(), &mut |ks: &[usize],
+                                                                     floor: Option<f64>|
+         -> Result<f64> {
+            runs += 1;
+            Ok(stopped(f(ks), floor))
+        })
         .unwrap();
         let (k, g) = found.unwrap();
         assert_eq!(k, 41);
@@ -1559,31 +1598,33 @@ mod tests {
         let e = vec![1.0; 64];
         let f = additive(&e, 1.0);
         let mut runs = 0;
-        let found = find_outlier(
-            &(0..64).collect::<Vec<_>>(),
-            &mut |ks: &[usize]| -> Result<f64> {
-                runs += 1;
-                Ok(f(ks))
-            },
-        )
+        let found = find_outlier(&(0..64).collect::<Vec<_>>(), &mut |ks: &[usize],
+                                                                     floor: Option<f64>|
+         -> Result<f64> {
+            runs += 1;
+            Ok(stopped(f(ks), floor))
+        })
         .unwrap();
         assert!(found.is_none());
         assert_eq!(runs, 2, "stops at the top");
         // A singleton whose estimate passes but whose measurement does not
         // is refused: gains that are not additive (interactions).
-        let found = find_outlier(&[0, 1], &mut |ks: &[usize]| -> Result<f64> {
-            Ok(if ks.len() == 2 {
+        let found = find_outlier(&[0, 1], &mut |ks: &[usize],
+                                                floor: Option<f64>|
+         -> Result<f64> {
+            let g = if ks.len() == 2 {
                 10.0
             } else if ks == [0] {
                 3.5
             } else {
                 0.1
-            })
+            };
+            Ok(stopped(g, floor))
         })
         .unwrap();
         assert_eq!(found.map(|(k, _)| k), Some(0));
         assert!(
-            find_outlier(&[], &mut |_: &[usize]| -> Result<f64> { Ok(99.0) })
+            find_outlier(&[], &mut |_: &[usize], _| -> Result<f64> { Ok(99.0) })
                 .unwrap()
                 .is_none()
         );
@@ -1604,9 +1645,11 @@ mod tests {
             }
         };
         let mut runs = 0;
-        let (kept, cost) = eliminate_types(&groups, &mut |ks: &[usize]| -> Result<f64> {
+        let (kept, cost) = eliminate_types(&groups, &mut |ks: &[usize],
+                                                          floor: Option<f64>|
+         -> Result<f64> {
             runs += 1;
-            Ok(gain(ks))
+            Ok(stopped(gain(ks), floor))
         })
         .unwrap();
         assert_eq!(kept, vec![true, true, false]);
@@ -1617,13 +1660,30 @@ mod tests {
         assert_eq!(runs, 4, "all float, then one run per group");
         // Nothing when even all of them together gain too little.
         let (kept, _) =
-            eliminate_types(&groups, &mut |_: &[usize]| -> Result<f64> { Ok(2.0) }).unwrap();
+            eliminate_types(&groups, &mut |_: &[usize], _| -> Result<f64> { Ok(2.0) }).unwrap();
         assert_eq!(kept, vec![false; 3]);
         // One type behind the error alone: only it stays float.
-        let (kept, _) = eliminate_types(&groups, &mut |ks: &[usize]| -> Result<f64> {
-            Ok(if ks.contains(&3) { 6.0 } else { 0.2 })
+        let (kept, _) = eliminate_types(&groups, &mut |ks: &[usize],
+                                                       floor: Option<f64>|
+         -> Result<f64> {
+            Ok(stopped(if ks.contains(&3) { 6.0 } else { 0.2 }, floor))
         })
         .unwrap();
         assert_eq!(kept, vec![false, true, false]);
+        // Once what is left float gains less than OUTLIER_DB, no group can
+        // stay: the groups after are not run.
+        let mut runs = 0;
+        let (kept, _) = eliminate_types(&groups, &mut |ks: &[usize], floor| -> Result<f64> {
+            runs += 1;
+            let g = match (ks.contains(&0), ks.contains(&3)) {
+                (true, true) => 3.5,
+                (false, true) => 1.0,
+                _ => 0.3,
+            };
+            Ok(stopped(g, floor))
+        })
+        .unwrap();
+        assert_eq!(kept, vec![false; 3]);
+        assert_eq!(runs, 2, "all float, then the first group back");
     }
 }

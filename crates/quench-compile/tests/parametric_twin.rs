@@ -70,6 +70,7 @@ fn fed_parameters_compute_what_the_constant_twin_computes() {
     let (twin_pairs, _) = float_twin_pairs(&mut twin.graph, 17);
     let mut param = q.clone();
     let (pairs, report) = parametric_twin(&mut param.graph, 17, &|_| None);
+    param.set_opset(quench_passes::simulate::TWIN_DOMAIN, 1);
     assert!(report.declined.is_empty(), "{:?}", report.declined);
     assert_eq!(pairs.len(), twin_pairs.len());
     assert!(pairs.len() >= 3, "{pairs:?}");

@@ -211,6 +211,15 @@ fn fold_const_dq(g: &mut Graph, n: NodeId) -> bool {
     true
 }
 
+/// Domain and op type of a [`parametric_twin`]'s fused pairs:
+/// `FakeQuant(x, scale, low, high) = clip(round(x / scale), low, high) *
+/// scale` (round half to even, the division as tract computes it: a
+/// product by the reciprocal). quench-verify's `fake_quant` runs it in
+/// tract; no other runtime knows it, and no written model contains it.
+/// Twins using it import the domain at version 1.
+pub const TWIN_DOMAIN: &str = "ai.quench.twin";
+pub const TWIN_OP_TYPE: &str = "FakeQuant";
+
 /// The scale fed to a [`parametric_twin`] pair to turn it off: a power of
 /// two so small that `clip(round(x / s), low, high) * s` is `x` itself
 /// (exactly for |x| >= 2^-17, within 2^-41 below; the division and the
@@ -267,9 +276,11 @@ impl ParamPair {
 
 /// The float twin of `g` (see the module docs), except that every
 /// activation Q/DQ pair reads its scale and code bounds from new graph
-/// inputs: `clip(round(x / scale), low, high) * scale`. Fed
-/// [`ParamPair::on`] with the initial parameters, it computes what
-/// [`float_twin`] computes, bit for bit; fed [`ParamPair::off`], the
+/// inputs: `clip(round(x / scale), low, high) * scale`, one
+/// [`TWIN_OP_TYPE`] node of [`TWIN_DOMAIN`] per pair (the caller imports
+/// the domain). Fed [`ParamPair::on`] with the initial parameters, it
+/// computes in tract what [`float_twin`] computes, bit for bit; fed
+/// [`ParamPair::off`], the
 /// tensor itself, clamped to `bypass_clamp(tensor)` (for a Relu or Clip
 /// the quantized range had absorbed). One switch fewer than a
 /// `Where(on, quantized, tensor)`: about 2 of every 12 element-wise passes
@@ -394,8 +405,8 @@ fn replace_pair_with(
     // switch are inputs; `(clip(round(x/s) + zp, qmin, qmax) - zp) * s`
     // is computed as `clip(round(x/s), qmin - zp, qmax - zp) * s`, which
     // is the same value for every input (round(x/s) and the bounds are
-    // integers, exact in f32 below 2^24, and beyond that both clip), in
-    // three element-wise passes instead of five.
+    // integers, exact in f32 below 2^24, and beyond that both clip): the
+    // parametric form in one fused node, the constant one in five ops.
     let mut inputs = None;
     let mut f = if parametric.is_some() {
         let names: Vec<String> = ["scale", "low", "high"]
@@ -406,22 +417,12 @@ fn replace_pair_with(
         let lo = g.add_input(&names[1], scalar(DataType::Float));
         let hi = g.add_input(&names[2], scalar(DataType::Float));
         inputs = Some(names);
-        let d = mk(g, "Div");
-        let (_, a) = g.add_op(d, &[x, sv], &[&format!("{base}_sim_div")]);
-        let r = mk(g, "Round");
-        let (_, b) = g.add_op(r, &[a[0]], &[&format!("{base}_sim_round")]);
-        let clipped = if opset >= 11 {
-            let cl = mk(g, "Clip");
-            g.add_op(cl, &[b[0], lo, hi], &[&format!("{base}_sim_clip")])
-                .1
-        } else {
-            let m = mk(g, "Max");
-            let (_, c) = g.add_op(m, &[b[0], lo], &[&format!("{base}_sim_max")]);
-            let m = mk(g, "Min");
-            g.add_op(m, &[c[0], hi], &[&format!("{base}_sim_min")]).1
-        };
-        let mu = mk(g, "Mul");
-        g.add_op(mu, &[clipped[0], sv], &[&format!("{base}_sim_out")])
+        // One node of quench's twin domain (run by quench-verify's
+        // `fake_quant` op): what `Div`, `Round`, `Clip` and `Mul` compute
+        // in tract, bit for bit, in one pass instead of four.
+        let mut fq = mk(g, TWIN_OP_TYPE);
+        fq.proto.domain = Some(TWIN_DOMAIN.to_string());
+        g.add_op(fq, &[x, sv, lo, hi], &[&format!("{base}_sim_out")])
             .1
     } else {
         let sv = g.add_const(

@@ -23,6 +23,7 @@
 
 pub mod data;
 pub mod evaluate;
+pub mod fake_quant;
 pub mod metrics;
 pub mod runner;
 mod segment;

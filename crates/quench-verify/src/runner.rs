@@ -228,7 +228,9 @@ impl Runner {
     fn from_bytes_inner(bytes: &[u8], config: &RunnerConfig) -> Result<Runner, RunError> {
         let mut reader = bytes;
         let mut model = contain("loading the model", || {
-            tract_onnx::onnx().model_for_read(&mut reader)
+            let mut onnx = tract_onnx::onnx();
+            crate::fake_quant::register(&mut onnx.op_register);
+            onnx.model_for_read(&mut reader)
         })?
         .map_err(|e| tract_error("loading the model", e, &[], bytes))?;
         let tract = |stage: &'static str| move |e: TractError| tract_error(stage, e, &[], bytes);
