@@ -204,6 +204,9 @@ pub fn print_report(r: &Report, verbose: bool) {
                         line(f)
                     );
                 }
+                if o.integer && v.outputs.iter().any(|x| !x.integer) {
+                    println!("    {}: integer output (class indices): its SQNR judges nothing, the other outputs' do", o.output);
+                }
                 if o.runtime_discrepancy {
                     println!("    {}: runtime discrepancy: tract's integer path differs from the ONNX reference semantics beyond quantization error; trust the reference figures", o.output);
                 }
@@ -224,6 +227,7 @@ pub fn print_report(r: &Report, verbose: bool) {
             let low = v
                 .outputs
                 .iter()
+                .filter(|o| !o.integer)
                 .filter_map(|o| o.reference.as_ref().or(o.file.as_ref()))
                 .any(|m| m.sqnr_db < 20.0);
             if v.tensors.is_empty() && low && r.mode == Mode::Static && !r.no_quantize {

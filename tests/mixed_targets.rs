@@ -259,3 +259,55 @@ fn targets_not_met_exit_3_and_say_why() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("--max-top1-drop"));
 }
+
+/// An integer output (an ArgMax's class indices) judges no SQNR target
+/// when the model has a float output: `argmax_head.onnx` has the stem's
+/// float scores and their ArgMax. At 8 bits the scores are at 43.1 dB on
+/// the held-back digits and the indices, one of which flips, at 29.3; the
+/// indices decided `--target-sqnr 45` before ("not reachable": every
+/// candidate float still flipped one, 32.6 dB) and failed `--min-sqnr
+/// 40`. Now both are judged on the scores; the indices' figure is still
+/// reported.
+#[test]
+fn integer_outputs_judge_no_sqnr_target() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = "accuracy/argmax_head.onnx";
+    let (code, r, err) = compile_to(
+        model,
+        &dir.path().join("a.onnx"),
+        true,
+        &["--min-sqnr", "40"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let outs = r["verification"]["outputs"].as_array().unwrap();
+    let (scores, classes) = (&outs[0], &outs[1]);
+    assert_eq!(scores["integer"], false, "{scores}");
+    assert_eq!(classes["integer"], true, "{classes}");
+    let sq = |o: &Value| f(&o["reference"]["sqnr_db"]);
+    assert!(sq(classes) < 40.0 && sq(scores) > 40.0, "{outs:?}");
+    // The scores still judge it: above their figure, the threshold fails.
+    let (code, _, err) = compile_to(
+        model,
+        &dir.path().join("b.onnx"),
+        true,
+        &["--min-sqnr", "44"],
+    );
+    assert_eq!(code, 3, "{err}");
+    // --target-sqnr 45 is judged on the scores, and reached.
+    let (code, r, err) = compile_to(
+        model,
+        &dir.path().join("c.onnx"),
+        true,
+        &["--target-sqnr", "45"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let m = &r["mixed_precision"];
+    assert_eq!(m["reached"], true, "{m}");
+    assert!(
+        (f(&m["initial"]["sqnr_db"]) - sq(scores)).abs() < 1e-6,
+        "{m}"
+    );
+    let after = &r["verification"]["outputs"];
+    assert!(f(&after[0]["reference"]["sqnr_db"]) >= 45.0, "{after}");
+    assert!(f(&m["result"]["sqnr_db"]) >= 45.0, "{m}");
+}

@@ -914,8 +914,11 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         mixed_precision.as_mut(),
         verification.as_ref(),
     ) {
-        let best: Vec<&quench_verify::Metrics> =
-            v.outputs.iter().filter_map(|o| o.best()).collect();
+        let best: Vec<(&quench_verify::Metrics, bool)> = v
+            .outputs
+            .iter()
+            .filter_map(|o| Some((o.best()?, o.integer)))
+            .collect();
         let f = mixed::Figures::from_metrics(
             best.iter().copied(),
             v.accuracy.as_ref().map(|a| 100.0 * (a.fp32 - a.quantized)),

@@ -23,6 +23,10 @@ pub struct OutputCheck {
     /// Twin vs file: how far tract's integer path is from the reference.
     pub runtime_vs_reference: Option<Metrics>,
     pub runtime_discrepancy: bool,
+    /// The output's element type is an integer one (an ArgMax's class
+    /// index): its SQNR is shown but judges nothing (`--min-sqnr`,
+    /// `--target-sqnr`) when the model has another output.
+    pub integer: bool,
 }
 
 impl OutputCheck {
@@ -131,7 +135,10 @@ impl Report {
                     .into(),
             );
         };
-        for o in &v.outputs {
+        // Integer outputs (class indices) are judged by the others when
+        // there are others: no SQNR, no class scores of their own.
+        let all_integer = v.outputs.iter().all(|o| o.integer);
+        for o in v.outputs.iter().filter(|o| !o.integer || all_integer) {
             let Some(m) = o.best() else {
                 return Some(format!(
                     "output `{}`: no figures (neither the file nor its twin ran)",

@@ -51,6 +51,7 @@ pub fn verify(
     let qr = Runners::new(quantized, vec![]);
     let tr = Runners::new(twin, vec![]);
     let out_names = quench_verify::output_names(original);
+    let integer = quench_verify::integer_outputs(original);
     // The three models compile side by side.
     eval.warm_up(&[&fp, &qr, &tr])?;
     let subjects = [
@@ -90,6 +91,7 @@ pub fn verify(
                 reference: reference_m,
                 runtime_vs_reference: rt,
                 runtime_discrepancy: discrepancy,
+                integer: integer.get(i).copied().unwrap_or(false),
             }
         })
         .collect();

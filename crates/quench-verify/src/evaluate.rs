@@ -55,6 +55,44 @@ pub fn output_names(m: &ModelProto) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Per graph output of a model, in order: whether its declared element
+/// type is an integer or boolean one (an ArgMax's class index, a count):
+/// such an output has no signal-to-noise meaning, its figures are top-1
+/// agreement and accuracy. An output without a declared type counts as
+/// not integer.
+pub fn integer_outputs(m: &ModelProto) -> Vec<bool> {
+    use quench_onnx::proto::tensor_proto::DataType;
+    use quench_onnx::proto::type_proto::Value;
+    m.graph
+        .as_ref()
+        .map(|g| {
+            g.output
+                .iter()
+                .map(|o| {
+                    let elem = match o.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+                        Some(Value::TensorType(t)) => t.elem_type(),
+                        _ => return false,
+                    };
+                    matches!(
+                        DataType::try_from(elem),
+                        Ok(DataType::Int8
+                            | DataType::Int16
+                            | DataType::Int32
+                            | DataType::Int64
+                            | DataType::Uint8
+                            | DataType::Uint16
+                            | DataType::Uint32
+                            | DataType::Uint64
+                            | DataType::Int4
+                            | DataType::Uint4
+                            | DataType::Bool)
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Runners of one model by input shapes, compiled on first use.
 pub struct Runners {
     model: ModelProto,

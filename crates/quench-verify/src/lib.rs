@@ -30,8 +30,8 @@ mod segment;
 
 pub use data::{ArrayData, DataError, Dataset, Feed, ModelInput, NarrowType};
 pub use evaluate::{
-    input_names, output_names, Cached, Evaluator, LabelHits, PairFigures, Runners, Subject,
-    MAX_BATCH,
+    input_names, integer_outputs, output_names, Cached, Evaluator, LabelHits, PairFigures, Runners,
+    Subject, MAX_BATCH,
 };
 pub use metrics::{Accumulator, Metrics, MetricsError, Top1};
 pub use runner::{
