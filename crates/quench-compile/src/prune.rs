@@ -59,6 +59,9 @@ pub struct Fidelity {
 pub struct OutputFidelity {
     pub output: String,
     pub metrics: Metrics,
+    /// An integer output (class indices): its SQNR judges nothing when the
+    /// model has another output (as in verification).
+    pub integer: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -69,10 +72,13 @@ pub struct PruneAccuracy {
 }
 
 impl Fidelity {
-    /// The lowest SQNR over the outputs.
+    /// The lowest SQNR over the outputs (the float ones, when there are
+    /// integer ones too).
     fn min_sqnr(&self) -> f64 {
+        let all_integer = self.outputs.iter().all(|o| o.integer);
         self.outputs
             .iter()
+            .filter(|o| !o.integer || all_integer)
             .map(|o| o.metrics.sqnr_db)
             .fold(
                 f64::INFINITY,
@@ -137,6 +143,7 @@ struct Comparison<'a> {
     eval: Evaluator<'a>,
     label: String,
     outputs: Vec<String>,
+    integer: Vec<bool>,
     reference: Runners,
     /// The reference outputs per batch, when kept for many comparisons.
     cached: Option<Cached>,
@@ -155,6 +162,7 @@ impl<'a> Comparison<'a> {
             eval,
             label: data.label.clone(),
             outputs: quench_verify::output_names(reference),
+            integer: quench_verify::integer_outputs(reference),
             reference: runners,
             cached,
         })
@@ -180,9 +188,11 @@ impl<'a> Comparison<'a> {
                 .outputs
                 .iter()
                 .zip(metrics)
-                .map(|(o, metrics)| OutputFidelity {
+                .enumerate()
+                .map(|(i, (o, metrics))| OutputFidelity {
                     output: o.clone(),
                     metrics,
+                    integer: self.integer.get(i).copied().unwrap_or(false),
                 })
                 .collect(),
             accuracy: (l.rows > 0).then(|| PruneAccuracy {
