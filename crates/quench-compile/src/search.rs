@@ -1588,6 +1588,59 @@ mod tests {
         assert!((last - full).abs() < 1e-9, "{last} vs {full}");
     }
 
+    /// The bound on random runs of 1 to 12 samples and 1 to 3 outputs,
+    /// with silent samples (no signal), outputs silent on every sample,
+    /// zero errors, a NaN or an infinite error: never below the full
+    /// score, so no run stopped below a floor would have reached it.
+    #[test]
+    fn the_bound_holds_for_silent_samples_and_broken_outputs() {
+        let mut k: u64 = 42;
+        let mut rnd = || {
+            k = k
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (k >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for case in 0..2000 {
+            let samples = 1 + (rnd() * 12.0) as usize;
+            let outputs = 1 + (rnd() * 3.0) as usize;
+            let silent_output = rnd() < 0.1;
+            let units: Vec<Vec<(f64, f64)>> = (0..samples)
+                .map(|_| {
+                    (0..outputs)
+                        .map(|o| {
+                            let s = if rnd() < 0.2 || (silent_output && o == 0) {
+                                0.0
+                            } else {
+                                rnd() * 10f64.powf(rnd() * 6.0 - 3.0)
+                            };
+                            let e = match rnd() {
+                                r if r < 0.2 => 0.0,
+                                r if r < 0.22 && case % 7 == 0 => f64::NAN,
+                                r if r < 0.24 && case % 5 == 0 => f64::INFINITY,
+                                _ => rnd() * 10f64.powf(rnd() * 4.0 - 6.0),
+                            };
+                            (e, s)
+                        })
+                        .collect()
+                })
+                .collect();
+            let signal: Vec<f64> = (0..outputs)
+                .map(|o| units.iter().map(|u| u[o].1).sum())
+                .collect();
+            let full = score_of(&units, outputs).pooled_db;
+            assert!(!full.is_nan(), "case {case}");
+            for n in 0..=samples {
+                let b = bound_of(&units[..n], &signal);
+                assert!(!b.is_nan(), "case {case}, {n}");
+                assert!(
+                    b >= full - 1e-9 || b == full,
+                    "case {case}, {n} samples: bound {b} below the score {full}"
+                );
+            }
+        }
+    }
+
     /// Output gain of leaving `ks` float when tensor k carries error
     /// power `e[k]` (additive; the rest of the error is `rest`).
     fn additive(e: &[f64], rest: f64) -> impl Fn(&[usize]) -> f64 + '_ {
