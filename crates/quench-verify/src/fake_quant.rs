@@ -101,7 +101,7 @@ pub fn fake_quant_in_place(xs: &mut [f32], scale: f32, low: f32, high: f32) {
         // Clip as tract's Max then Min (lower bound first). Its Max takes
         // the bound for a NaN (Rust's `max`): a NaN activation (or a NaN
         // product) becomes `low * scale`, as it did with the four nodes.
-        let q = if !(q >= low) { low } else { q };
+        let q = if q >= low { q } else { low };
         let q = if q > high { high } else { q };
         *x = q * scale;
     }
