@@ -311,6 +311,22 @@ mod against_tract {
             -f32::NAN,
             f32::from_bits(0x7fc0_1234),
         ];
+        // Values where a true division and the product by the reciprocal
+        // round to different codes (x / s a tie one way, not the other).
+        for &(s, _, _) in SETTINGS {
+            let inv = 1.0 / s;
+            let mut found = 0;
+            for code in -300i32..300 {
+                for ulps in -3i32..=3 {
+                    let mid = (code as f32 + 0.5) * s;
+                    let x = f32::from_bits((mid.to_bits() as i32 + ulps) as u32);
+                    if super::round_even(x / s) != super::round_even(x * inv) && found < 64 {
+                        xs.push(x);
+                        found += 1;
+                    }
+                }
+            }
+        }
         let mut k: u32 = 987_654_321;
         for i in 0..4000 {
             k = k.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
@@ -355,6 +371,91 @@ mod against_tract {
             .iter()
             .map(|a| a.to_f32().iter().copied().collect())
             .collect()
+    }
+
+    fn f32_init(name: &str, dims: &[usize], seed: u32) -> quench_onnx::proto::TensorProto {
+        let n: usize = dims.iter().product();
+        let mut k = seed;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                k = k.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (k >> 8) as f32 / 16_777_216.0 - 0.5
+            })
+            .collect();
+        ArrayData::F32(ArrayD::from_shape_vec(IxDyn(dims), v).unwrap()).to_tensor_proto(name)
+    }
+
+    /// The pair between two MatMuls (with a bias Add before it), as
+    /// compiled models have it: what tract fuses around the nodes.
+    fn in_context(n: i64, m: i64, fused: bool) -> ModelProto {
+        let mut inner = model(m, 17, fused);
+        let g = inner.graph.as_mut().unwrap();
+        // x is now computed: input -> MatMul(w1) -> Add(b1) -> x
+        g.input[0] = value_info("input", &[1, n]);
+        let mut pre = vec![
+            node("MatMul", &["input", "w1"], &["h"]),
+            node("Add", &["h", "b1"], &["x"]),
+        ];
+        pre.append(&mut g.node);
+        pre.push(node("MatMul", &["y", "w2"], &["out"]));
+        g.node = pre;
+        g.initializer = vec![
+            f32_init("w1", &[n as usize, m as usize], 1),
+            f32_init("b1", &[m as usize], 2),
+            f32_init("w2", &[m as usize, 16], 3),
+        ];
+        g.output = vec![value_info("out", &[1, 16]), value_info("y", &[1, m])];
+        inner
+    }
+
+    /// Between a MatMul + bias Add and a MatMul (what tract may fuse into
+    /// its kernels around the four nodes), on inputs of 4 magnitudes and
+    /// every setting: the same bits, the pair's output and the model's.
+    #[test]
+    fn fused_op_in_context() {
+        let (n, m) = (64i64, 4096i64);
+        let mut k: u32 = 5;
+        let mut bad = Vec::new();
+        for trial in 0..4 {
+            let x: Vec<f32> = (0..n)
+                .map(|_| {
+                    k = k.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    ((k >> 8) as f32 / 16_777_216.0 - 0.5) * (1 + trial) as f32
+                })
+                .collect();
+            for &set in SETTINGS {
+                let run = |fused: bool| -> Vec<Vec<f32>> {
+                    let runner =
+                        Runner::new(&in_context(n, m, fused), &RunnerConfig::default()).unwrap();
+                    let xa = ArrayData::F32(
+                        ArrayD::from_shape_vec(IxDyn(&[1, n as usize]), x.clone()).unwrap(),
+                    );
+                    runner
+                        .run(&[xa, scalar(set.0), scalar(set.1), scalar(set.2)])
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.to_f32().iter().copied().collect())
+                        .collect()
+                };
+                let (a, b) = (run(false), run(true));
+                for (o, (ya, yb)) in a.iter().zip(&b).enumerate() {
+                    let d = ya
+                        .iter()
+                        .zip(yb)
+                        .filter(|(u, v)| u.to_bits() != v.to_bits())
+                        .count();
+                    if d > 0 {
+                        bad.push(format!("trial {trial} {set:?} output {o}: {d} differ"));
+                    }
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{} differ: {:#?}",
+            bad.len(),
+            &bad[..bad.len().min(12)]
+        );
     }
 
     /// Bit for bit what tract computes for the four nodes (three with
