@@ -10,7 +10,7 @@
 //! value bit for bit, the way tract computes those four nodes: the
 //! division as a product by the reciprocal (tract's `Div` declutters to
 //! `Mul(x, Recip(s))`), rounding half to even, `max` then `min`, the
-//! product by `scale`.
+//! product by `scale`; a NaN is clipped to `low` as tract's `Max` does.
 //!
 //! Only the twins built for `--method auto`, `--explain` and mixed
 //! precision use it; no written model contains it. [`register`] adds it
@@ -98,8 +98,10 @@ pub fn fake_quant_in_place(xs: &mut [f32], scale: f32, low: f32, high: f32) {
     let inv = 1.0 / scale;
     for x in xs.iter_mut() {
         let q = round_even(*x * inv);
-        // Clip as tract's Max then Min (lower bound first).
-        let q = if q < low { low } else { q };
+        // Clip as tract's Max then Min (lower bound first). Its Max takes
+        // the bound for a NaN (Rust's `max`): a NaN activation (or a NaN
+        // product) becomes `low * scale`, as it did with the four nodes.
+        let q = if q >= low { q } else { low };
         let q = if q > high { high } else { q };
         *x = q * scale;
     }
@@ -179,5 +181,313 @@ mod tests {
                 "{x}: {a} vs {b}"
             );
         }
+    }
+}
+
+/// The op against the four ONNX nodes it replaces, both run in tract.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod against_tract {
+    use crate::data::ArrayData;
+    use crate::runner::{Runner, RunnerConfig};
+    use ndarray::{ArrayD, IxDyn};
+    use quench_onnx::proto::tensor_proto::DataType;
+    use quench_onnx::proto::tensor_shape_proto::{dimension, Dimension};
+    use quench_onnx::proto::type_proto::Value as TypeValue;
+    use quench_onnx::proto::{
+        type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
+        TypeProto, ValueInfoProto,
+    };
+
+    fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+        ValueInfoProto {
+            name: Some(name.into()),
+            r#type: Some(TypeProto {
+                value: Some(TypeValue::TensorType(type_proto::Tensor {
+                    elem_type: Some(DataType::Float as i32),
+                    shape: Some(TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| Dimension {
+                                value: Some(dimension::Value::DimValue(d)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
+        NodeProto {
+            op_type: Some(op.into()),
+            name: Some(format!("{op}_{}", outputs[0])),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outputs.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    /// `y = fq(x)`, also `z = Neg(x)` (so that `x` is shared) and `w =
+    /// Neg(y)` (so that `y` is read by a node and is an output), as
+    /// `Div/Round/Clip/Mul` (`opset` >= 11), `Div/Round/Max/Min/Mul`
+    /// (below) or the fused op.
+    fn model(n: i64, opset: i64, fused: bool) -> ModelProto {
+        let mut nodes = if fused {
+            let mut fq = node(super::OP_TYPE, &["x", "s", "lo", "hi"], &["y"]);
+            fq.domain = Some(super::DOMAIN.into());
+            vec![fq]
+        } else {
+            let mut v = vec![
+                node("Div", &["x", "s"], &["a"]),
+                node("Round", &["a"], &["b"]),
+            ];
+            if opset >= 11 {
+                v.push(node("Clip", &["b", "lo", "hi"], &["c"]));
+            } else {
+                v.push(node("Max", &["b", "lo"], &["m"]));
+                v.push(node("Min", &["m", "hi"], &["c"]));
+            }
+            v.push(node("Mul", &["c", "s"], &["y"]));
+            v
+        };
+        nodes.push(node("Neg", &["x"], &["z"]));
+        nodes.push(node("Neg", &["y"], &["w"]));
+        let mut opsets = vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(opset),
+        }];
+        if fused {
+            opsets.push(OperatorSetIdProto {
+                domain: Some(super::DOMAIN.into()),
+                version: Some(1),
+            });
+        }
+        ModelProto {
+            ir_version: Some(8),
+            opset_import: opsets,
+            graph: Some(GraphProto {
+                name: Some("g".into()),
+                node: nodes,
+                input: vec![
+                    value_info("x", &[n]),
+                    value_info("s", &[]),
+                    value_info("lo", &[]),
+                    value_info("hi", &[]),
+                ],
+                output: vec![
+                    value_info("y", &[n]),
+                    value_info("z", &[n]),
+                    value_info("w", &[n]),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn xs() -> Vec<f32> {
+        let mut xs: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            0.5,
+            1.5,
+            -2.5,
+            1e-45,
+            -1e-45,
+            1e-38,
+            3.0e38,
+            -3.0e38,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            8_388_607.5,
+            16_777_217.0,
+            f32::NAN,
+            -f32::NAN,
+            f32::from_bits(0x7fc0_1234),
+        ];
+        // Values where a true division and the product by the reciprocal
+        // round to different codes (x / s a tie one way, not the other).
+        for &(s, _, _) in SETTINGS {
+            let inv = 1.0 / s;
+            let mut found = 0;
+            for code in -300i32..300 {
+                for ulps in -3i32..=3 {
+                    let mid = (code as f32 + 0.5) * s;
+                    let x = f32::from_bits((mid.to_bits() as i32 + ulps) as u32);
+                    if super::round_even(x / s) != super::round_even(x * inv) && found < 64 {
+                        xs.push(x);
+                        found += 1;
+                    }
+                }
+            }
+        }
+        let mut k: u32 = 987_654_321;
+        for i in 0..4000 {
+            k = k.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let v = if i % 2 == 0 {
+                f32::from_bits(k)
+            } else {
+                // Values near the grids below, ties included.
+                ((k >> 8) as f32 / 65536.0 - 128.0) * 0.25
+            };
+            if v.is_finite() {
+                xs.push(v);
+            }
+        }
+        xs
+    }
+
+    fn scalar(v: f32) -> ArrayData {
+        ArrayData::F32(ArrayD::from_shape_vec(IxDyn(&[]), vec![v]).unwrap())
+    }
+
+    /// (scale, low, high) as pairs are fed: 8- and 16-bit grids, odd
+    /// scales, a subnormal one, and `off` (2^-40 with huge bounds).
+    const SETTINGS: &[(f32, f32, f32)] = &[
+        (0.0123, -128.0, 127.0),
+        (1.0 / 255.0, -3.0, 252.0),
+        (0.1, 0.0, 255.0),
+        (3.0517578e-5, -32768.0, 32767.0),
+        (0.00731, -12345.0, 53190.0),
+        (0.25, -128.0, 127.0),
+        (1e-39, -128.0, 127.0),
+        (7.5e37, -128.0, 127.0),
+        (1.0 / 1_099_511_627_776.0, f32::MIN, f32::MAX),
+        (1.0 / 1_099_511_627_776.0, 0.0, 6.0 * 1_099_511_627_776.0),
+    ];
+
+    fn run(m: &ModelProto, x: &[f32], set: (f32, f32, f32)) -> Vec<Vec<f32>> {
+        let runner = Runner::new(m, &RunnerConfig::default()).unwrap();
+        let xa = ArrayData::F32(ArrayD::from_shape_vec(IxDyn(&[x.len()]), x.to_vec()).unwrap());
+        runner
+            .run(&[xa, scalar(set.0), scalar(set.1), scalar(set.2)])
+            .unwrap()
+            .iter()
+            .map(|a| a.to_f32().iter().copied().collect())
+            .collect()
+    }
+
+    fn f32_init(name: &str, dims: &[usize], seed: u32) -> quench_onnx::proto::TensorProto {
+        let n: usize = dims.iter().product();
+        let mut k = seed;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                k = k.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (k >> 8) as f32 / 16_777_216.0 - 0.5
+            })
+            .collect();
+        ArrayData::F32(ArrayD::from_shape_vec(IxDyn(dims), v).unwrap()).to_tensor_proto(name)
+    }
+
+    /// The pair between two MatMuls (with a bias Add before it), as
+    /// compiled models have it: what tract fuses around the nodes.
+    fn in_context(n: i64, m: i64, fused: bool) -> ModelProto {
+        let mut inner = model(m, 17, fused);
+        let g = inner.graph.as_mut().unwrap();
+        // x is now computed: input -> MatMul(w1) -> Add(b1) -> x
+        g.input[0] = value_info("input", &[1, n]);
+        let mut pre = vec![
+            node("MatMul", &["input", "w1"], &["h"]),
+            node("Add", &["h", "b1"], &["x"]),
+        ];
+        pre.append(&mut g.node);
+        pre.push(node("MatMul", &["y", "w2"], &["out"]));
+        g.node = pre;
+        g.initializer = vec![
+            f32_init("w1", &[n as usize, m as usize], 1),
+            f32_init("b1", &[m as usize], 2),
+            f32_init("w2", &[m as usize, 16], 3),
+        ];
+        g.output = vec![value_info("out", &[1, 16]), value_info("y", &[1, m])];
+        inner
+    }
+
+    /// Between a MatMul + bias Add and a MatMul (what tract may fuse into
+    /// its kernels around the four nodes), on inputs of 4 magnitudes and
+    /// every setting: the same bits, the pair's output and the model's.
+    #[test]
+    fn fused_op_in_context() {
+        let (n, m) = (64i64, 4096i64);
+        let mut k: u32 = 5;
+        let mut bad = Vec::new();
+        for trial in 0..4 {
+            let x: Vec<f32> = (0..n)
+                .map(|_| {
+                    k = k.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                    ((k >> 8) as f32 / 16_777_216.0 - 0.5) * (1 + trial) as f32
+                })
+                .collect();
+            for &set in SETTINGS {
+                let run = |fused: bool| -> Vec<Vec<f32>> {
+                    let runner =
+                        Runner::new(&in_context(n, m, fused), &RunnerConfig::default()).unwrap();
+                    let xa = ArrayData::F32(
+                        ArrayD::from_shape_vec(IxDyn(&[1, n as usize]), x.clone()).unwrap(),
+                    );
+                    runner
+                        .run(&[xa, scalar(set.0), scalar(set.1), scalar(set.2)])
+                        .unwrap()
+                        .iter()
+                        .map(|a| a.to_f32().iter().copied().collect())
+                        .collect()
+                };
+                let (a, b) = (run(false), run(true));
+                for (o, (ya, yb)) in a.iter().zip(&b).enumerate() {
+                    let d = ya
+                        .iter()
+                        .zip(yb)
+                        .filter(|(u, v)| u.to_bits() != v.to_bits())
+                        .count();
+                    if d > 0 {
+                        bad.push(format!("trial {trial} {set:?} output {o}: {d} differ"));
+                    }
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{} differ: {:#?}",
+            bad.len(),
+            &bad[..bad.len().min(12)]
+        );
+    }
+
+    /// Bit for bit what tract computes for the four nodes (three with
+    /// `Clip` as `Max`/`Min` below opset 11), for finite and infinite
+    /// inputs, on every kind of setting; the shared input is left as it
+    /// was.
+    #[test]
+    fn fused_op_is_what_the_four_nodes_compute() {
+        let x = xs();
+        let n = x.len() as i64;
+        let mut bad = Vec::new();
+        for opset in [10, 17] {
+            let (nodes, fused) = (model(n, opset, false), model(n, opset, true));
+            for &set in SETTINGS {
+                let (a, b) = (run(&nodes, &x, set), run(&fused, &x, set));
+                for (o, (ya, yb)) in a.iter().zip(&b).enumerate() {
+                    for (i, (u, v)) in ya.iter().zip(yb).enumerate() {
+                        if u.to_bits() != v.to_bits() {
+                            bad.push(format!(
+                                "opset {opset} {set:?} output {o}: x = {:e}: {u:e} (nodes) vs {v:e} (fused)",
+                                x[i]
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        assert!(
+            bad.is_empty(),
+            "{} differ: {:#?}",
+            bad.len(),
+            &bad[..bad.len().min(12)]
+        );
     }
 }
