@@ -25,8 +25,9 @@ use tract_onnx::tract_hir::internal::*;
 pub const DOMAIN: &str = "ai.quench.twin";
 pub const OP_TYPE: &str = "FakeQuant";
 
-/// Adds [`OP_TYPE`] to `reg` (nodes of that type in another domain are
-/// refused with an error naming the domain).
+/// Adds [`OP_TYPE`] to `reg`. A node of that type in another domain (a
+/// user model's own `FakeQuant`) is what tract makes of any op it does not
+/// know, an unimplemented op, reported as such.
 pub fn register(reg: &mut OnnxOpRegister) {
     reg.insert(OP_TYPE, build);
 }
@@ -35,11 +36,14 @@ fn build(
     _ctx: &ParsingContext,
     node: &NodeProto,
 ) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    ensure!(
-        node.domain == DOMAIN,
-        "{OP_TYPE} of domain `{}` is not quench's twin op (domain `{DOMAIN}`)",
-        node.domain
-    );
+    if node.domain != DOMAIN {
+        let op = tract_onnx::tract_hir::ops::unimpl::UnimplementedOp::new(
+            node.output.len(),
+            &*node.op_type,
+            format!("{node:?}"),
+        );
+        return Ok((op.into(), vec![]));
+    }
     Ok((
         tract_onnx::tract_hir::ops::expandable::expand(FakeQuantExpansion),
         vec![],
@@ -619,6 +623,36 @@ mod against_tract {
             "{} differ: {:#?}",
             bad.len(),
             &bad[..bad.len().min(12)]
+        );
+    }
+
+    /// A user model's own `FakeQuant` (another domain) is an op tract does
+    /// not know, reported as one, like any other unknown op: registering
+    /// quench's twin op changes nothing for it.
+    #[test]
+    fn a_fake_quant_of_another_domain_is_an_unknown_op() {
+        let unknown = |op: &str| {
+            let mut m = model(4, 17, true);
+            let g = m.graph.as_mut().unwrap();
+            g.node[0].op_type = Some(op.into());
+            g.node[0].domain = Some("com.example".into());
+            m.opset_import[1].domain = Some("com.example".into());
+            match Runner::new(&m, &RunnerConfig::default()) {
+                Err(crate::runner::RunError::Unsupported { ops, .. }) => ops
+                    .iter()
+                    .map(|o| (o.op.clone(), o.domain.clone()))
+                    .collect::<Vec<_>>(),
+                Err(e) => panic!("{op}: not reported as unsupported: {e}"),
+                Ok(_) => panic!("{op}: ran"),
+            }
+        };
+        assert_eq!(
+            unknown(super::OP_TYPE),
+            vec![(super::OP_TYPE.to_string(), "com.example".to_string())]
+        );
+        assert_eq!(
+            unknown("NoSuchOp"),
+            vec![("NoSuchOp".to_string(), "com.example".to_string())]
         );
     }
 }
