@@ -253,37 +253,10 @@ mod tests {
 #[allow(clippy::unwrap_used)]
 mod against_tract {
     use crate::data::ArrayData;
+    use crate::runner::tests::value_info;
     use crate::runner::{Runner, RunnerConfig};
     use ndarray::{ArrayD, IxDyn};
-    use quench_onnx::proto::tensor_proto::DataType;
-    use quench_onnx::proto::tensor_shape_proto::{dimension, Dimension};
-    use quench_onnx::proto::type_proto::Value as TypeValue;
-    use quench_onnx::proto::{
-        type_proto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorShapeProto,
-        TypeProto, ValueInfoProto,
-    };
-
-    fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
-        ValueInfoProto {
-            name: Some(name.into()),
-            r#type: Some(TypeProto {
-                value: Some(TypeValue::TensorType(type_proto::Tensor {
-                    elem_type: Some(DataType::Float as i32),
-                    shape: Some(TensorShapeProto {
-                        dim: dims
-                            .iter()
-                            .map(|&d| Dimension {
-                                value: Some(dimension::Value::DimValue(d)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
+    use quench_onnx::proto::{GraphProto, ModelProto, NodeProto, OperatorSetIdProto};
 
     fn node(op: &str, inputs: &[&str], outputs: &[&str]) -> NodeProto {
         NodeProto {

@@ -1020,13 +1020,14 @@ fn inline_if(graph: &mut GraphProto, pos: usize, taken: bool) -> Result<String, 
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ndarray::{ArrayD, IxDyn};
     use quench_onnx::proto::tensor_proto::DataType;
     use quench_onnx::proto::{type_proto, OperatorSetIdProto, TypeProto, ValueInfoProto};
 
-    fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
+    /// A float tensor's value info (also used by `fake_quant`'s tests).
+    pub(crate) fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
         ValueInfoProto {
             name: Some(name.into()),
             r#type: Some(TypeProto {
