@@ -90,11 +90,47 @@ pub fn collect(
     histograms: bool,
     progress: &dyn Progress,
 ) -> Result<(BTreeMap<String, TensorStats>, Vec<String>)> {
+    let c = collect_keeping(model, data, feed, tensors, histograms, &[], progress)?;
+    Ok((c.stats, c.notes))
+}
+
+/// What [`collect_keeping`] returns.
+#[derive(Debug)]
+pub struct Collected {
+    /// Tensor name → observed statistics.
+    pub stats: BTreeMap<String, TensorStats>,
+    /// What was changed in tract's copy of the model.
+    pub notes: Vec<String>,
+    /// Per group of `keep`, the model's graph outputs on that batch.
+    pub kept: Vec<Vec<ArrayData>>,
+}
+
+/// [`collect`], with the samples of each group of `keep` (row indices,
+/// each a batch `feed` allows) run together as one batch, whose graph
+/// outputs are returned: the FP32 outputs a later phase would otherwise
+/// run the model again for (the `--method auto` search's references).
+/// The other samples run as `collect` runs them. The statistics do not
+/// depend on the grouping (observers merge exactly).
+pub fn collect_keeping(
+    model: &ModelProto,
+    data: &Dataset,
+    feed: Feed,
+    tensors: &[String],
+    histograms: bool,
+    keep: &[Vec<usize>],
+    progress: &dyn Progress,
+) -> Result<Collected> {
     if histograms {
-        collect_with(model, data, feed, tensors, Histogram::new, progress)
+        collect_with(model, data, feed, tensors, Histogram::new, keep, progress)
     } else {
-        collect_with(model, data, feed, tensors, MinMax::new, progress)
+        collect_with(model, data, feed, tensors, MinMax::new, keep, progress)
     }
+}
+
+/// One calibration run: its sample rows, and the group of `keep` it is.
+struct Job {
+    rows: Vec<usize>,
+    keep: Option<usize>,
 }
 
 fn collect_with<O: Observer + Send>(
@@ -103,32 +139,80 @@ fn collect_with<O: Observer + Send>(
     feed: Feed,
     tensors: &[String],
     make: fn() -> O,
+    keep: &[Vec<usize>],
     progress: &dyn Progress,
-) -> Result<(BTreeMap<String, TensorStats>, Vec<String>)> {
+) -> Result<Collected> {
     let input_names = quench_verify::input_names(model);
     let n_out = model.graph.as_ref().map_or(0, |g| g.output.len());
     let runners = Runners::new(model, tensors.to_vec());
-    let ranges = batch_ranges(&runners, data, feed, &input_names)?;
-    progress.samples_start("calibrating", data.samples() as u64);
+    let n = data.samples();
+    let mut jobs: Vec<Job> = keep
+        .iter()
+        .enumerate()
+        .map(|(i, rows)| Job {
+            rows: rows.clone(),
+            keep: Some(i),
+        })
+        .collect();
+    let mut taken = vec![false; n];
+    for r in keep.iter().flatten() {
+        if let Some(t) = taken.get_mut(*r) {
+            *t = true;
+        }
+    }
+    let rest: Vec<usize> = (0..n).filter(|&r| !taken[r]).collect();
+    if rest.len() == n {
+        for r in batch_ranges(&runners, data, feed, &input_names)? {
+            jobs.push(Job {
+                rows: r.collect(),
+                keep: None,
+            });
+        }
+    } else if !rest.is_empty() {
+        let sub = data.pick(&rest);
+        for r in batch_ranges(&runners, &sub, feed, &input_names)? {
+            jobs.push(Job {
+                rows: rest[r].to_vec(),
+                keep: None,
+            });
+        }
+    }
+    progress.samples_start("calibrating", n as u64);
     let empty = || -> Vec<O> { (0..tensors.len()).map(|_| make()).collect() };
+    let kept: std::sync::Mutex<Vec<Option<Vec<ArrayData>>>> =
+        std::sync::Mutex::new(vec![None; keep.len()]);
     // Memory is bounded by the thread count, not the batch count:
     // one worker per thread pulls the next batch and keeps one set of
     // observers; the sets are merged at the end. (A rayon `fold` would
     // keep one set per split of the work, more of them the more batches.)
     let next = AtomicUsize::new(0);
-    let workers = rayon::current_num_threads().clamp(1, ranges.len().max(1));
+    let workers = rayon::current_num_threads().clamp(1, jobs.len().max(1));
     let merged = (0..workers)
         .into_par_iter()
         .map(|_| -> Result<Vec<O>> {
             let mut hs = empty();
-            while let Some(r) = ranges.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let inputs = data.feed(feed, r.clone())?;
-                check_finite(&inputs, &input_names, r.start, feed)?;
-                runners
+            while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let rows = &job.rows;
+                let Some(&first) = rows.first() else {
+                    continue;
+                };
+                let contiguous = rows.iter().enumerate().all(|(i, &r)| r == first + i);
+                let inputs = if contiguous {
+                    data.feed(feed, first..first + rows.len())?
+                } else {
+                    data.pick(rows).feed(feed, 0..rows.len())?
+                };
+                check_finite(&inputs, &input_names, rows, feed)?;
+                let outputs = runners
                     .runner(&input_names, &inputs)?
                     .run_visit(&inputs, n_out, |i, values| hs[i - n_out].observe(values))
-                    .with_context(|| format!("running calibration samples {r:?}"))?;
-                progress.samples_done(r.len() as u64);
+                    .with_context(|| format!("running calibration samples {rows:?}"))?;
+                if let Some(k) = job.keep {
+                    if let Ok(mut kept) = kept.lock() {
+                        kept[k] = Some(outputs);
+                    }
+                }
+                progress.samples_done(rows.len() as u64);
             }
             Ok(hs)
         })
@@ -145,7 +229,17 @@ fn collect_with<O: Observer + Send>(
         .cloned()
         .zip(merged.iter().map(|h| h.stats()))
         .collect();
-    Ok((stats, runners.take_notes()))
+    let kept = kept
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("a calibration worker panicked"))?
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .collect();
+    Ok(Collected {
+        stats,
+        notes: runners.take_notes(),
+        kept,
+    })
 }
 
 /// Calibration data that cannot be used (an error of the data, not of
@@ -163,13 +257,14 @@ impl std::error::Error for BadData {}
 
 /// Refuses calibration samples holding NaN or infinity: they would poison
 /// every range downstream of them. The error names the input and sample.
-fn check_finite(inputs: &[ArrayData], names: &[String], start: usize, feed: Feed) -> Result<()> {
+fn check_finite(inputs: &[ArrayData], names: &[String], rows: &[usize], feed: Feed) -> Result<()> {
     for (a, name) in inputs.iter().zip(names) {
         if let Some(row) = a.first_non_finite_row() {
-            let sample = match feed {
-                Feed::Sample => start,
-                Feed::Batch { .. } => start + row,
+            let at = match feed {
+                Feed::Sample => 0,
+                Feed::Batch { .. } => row,
             };
+            let sample = rows.get(at).copied().unwrap_or(at);
             return Err(BadData(format!(
                 "calibration input `{name}`, sample {sample}: holds NaN or infinity; calibration needs finite data"
             ))

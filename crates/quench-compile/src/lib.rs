@@ -347,16 +347,62 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     let mut calib_samples = 0;
     let mut ranges = quantize::Ranges::new();
     let mut calib_stats = None;
+    // `--method auto`'s FP32 references come from the calibration run:
+    // its batches are run as the search will run them, and their graph
+    // outputs kept. Not after pruning, which changed what the model
+    // computes (the search measures against the input model), nor when
+    // the passes renamed an output.
+    let same_outputs = {
+        let before: Vec<&str> = original
+            .graph
+            .as_ref()
+            .map(|g| g.output.iter().map(|o| o.name()).collect())
+            .unwrap_or_default();
+        let g = &model.graph;
+        let after: Vec<&str> = g
+            .outputs()
+            .iter()
+            .map(|&v| g.value(v).name.as_str())
+            .collect();
+        before == after
+    };
+    let search_groups = match &data.calibration {
+        Some(cal)
+            if opts.method == Method::Auto
+                && cfg.mode == Mode::Static
+                && opts.calibration_table.is_none()
+                && pruning.is_none()
+                && same_outputs =>
+        {
+            Some(search::search_groups(cal))
+        }
+        _ => None,
+    };
+    let mut search_reference = None;
     if cfg.mode == Mode::Static {
-        let stats = calibrate_phase(
+        let keep: Vec<Vec<usize>> = match &search_groups {
+            Some((fit, judge)) => fit.iter().chain(judge.iter().flatten()).cloned().collect(),
+            None => Vec::new(),
+        };
+        let (stats, mut kept) = calibrate_phase(
             opts,
             &data,
             &model,
             &plan.tensors_to_observe(&model.graph),
+            &keep,
             &mut calib_samples,
             &mut out,
             progress,
         )?;
+        if let Some((fit, judge)) = &search_groups {
+            if kept.len() == keep.len() && !keep.is_empty() {
+                let judge_kept = kept.split_off(fit.len());
+                search_reference = Some(search::SearchReference {
+                    fit: kept,
+                    judge: judge.as_ref().map(|_| judge_kept),
+                });
+            }
+        }
         match stats {
             Some(stats) => {
                 ranges = range_policy(opts, &model, &plan, &cfg, &stats, &mut out);
@@ -458,6 +504,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     opts.consumer_ranges,
                     opts.entropy_guard,
                     opts.float_outliers,
+                    search_reference.take(),
                 ) {
                     Ok((r, rep)) => {
                         let scores = format!(
@@ -997,10 +1044,14 @@ fn calibrate_phase(
     data: &DataPlan,
     model: &Model,
     tensors: &[String],
+    keep: &[Vec<usize>],
     samples: &mut usize,
     out: &mut Notes,
     progress: &dyn Progress,
-) -> Result<Option<BTreeMap<String, TensorStats>>> {
+) -> Result<(
+    Option<BTreeMap<String, TensorStats>>,
+    Vec<Vec<quench_verify::ArrayData>>,
+)> {
     if let Some(t) = &opts.calibration_table {
         let table = read_table(t)?;
         *samples = table.samples;
@@ -1027,20 +1078,36 @@ fn calibrate_phase(
                 missing[0]
             ));
         }
-        return Ok(Some(table.tensors));
+        return Ok((Some(table.tensors), Vec::new()));
     }
     let Some(cal) = &data.calibration else {
-        return Ok(Some(BTreeMap::new()));
+        return Ok((Some(BTreeMap::new()), Vec::new()));
     };
     *samples = cal.data.samples();
     let t0 = Instant::now();
     let proto = model.to_onnx();
     // `--method minmax` needs no histograms.
     let histograms = opts.method != Method::Minmax;
-    match calibrate::collect(&proto, &cal.data, cal.feed, tensors, histograms, progress) {
-        Ok((stats, tract_notes)) => {
+    let run = |keep: &[Vec<usize>]| {
+        calibrate::collect_keeping(
+            &proto, &cal.data, cal.feed, tensors, histograms, keep, progress,
+        )
+    };
+    // The search's batches are a convenience: when tract fails on them
+    // (their batch size), calibration runs as it would without.
+    let collected = match run(keep) {
+        Err(e) if !keep.is_empty() && e.downcast_ref::<calibrate::BadData>().is_none() => {
+            out.log.push(format!(
+                "calibration with the search's batches failed ({e:#}); run again without"
+            ));
+            run(&[])
+        }
+        r => r,
+    };
+    match collected {
+        Ok(c) => {
             out.log.extend(
-                tract_notes
+                c.notes
                     .into_iter()
                     .map(|n| format!("tract copy for calibration: {n}")),
             );
@@ -1050,7 +1117,7 @@ fn calibrate_phase(
                 samples,
                 t0.elapsed()
             ));
-            Ok(Some(stats))
+            Ok((Some(c.stats), c.kept))
         }
         // tract cannot run the model: static quantization is out of
         // reach, weights can still be quantized.
@@ -1062,7 +1129,7 @@ fn calibrate_phase(
             out.warn(format!(
                 "calibration could not run the model in tract ({e:#}); fell back to weight-only quantization (int8 weights, float activations). `--no-fallback` makes this an error"
             ));
-            Ok(None)
+            Ok((None, Vec::new()))
         }
     }
 }

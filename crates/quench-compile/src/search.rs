@@ -480,6 +480,46 @@ pub(crate) fn bound_of(units: &[Vec<(f64, f64)>], signal: &[f64]) -> f64 {
     score_of(&all, signal.len()).pooled_db
 }
 
+/// The samples of each batch a bench on `rows` of `data` runs (row
+/// indices into `data`; rows out of range are skipped): at least one
+/// batch per thread, `waves` of them per thread where the samples allow
+/// (the points where [`ParamBench::score_above`] may stop a run), each a
+/// batch the feed allows.
+pub(crate) fn batch_groups(data: &Bound, rows: &[usize], waves: usize) -> Vec<Vec<usize>> {
+    let n = data.data.samples();
+    let rows: Vec<usize> = rows.iter().copied().filter(|&r| r < n).collect();
+    let per = rows
+        .len()
+        .div_ceil(rayon::current_num_threads().max(1) * waves.max(1))
+        .clamp(1, MAX_BATCH);
+    data.feed
+        .ranges(rows.len(), per)
+        .into_iter()
+        .map(|r| rows[r].to_vec())
+        .collect()
+}
+
+/// FP32's graph outputs on the search's batches, computed by the
+/// calibration run ([`search_groups`] tells it which): the search then
+/// runs FP32 on nothing.
+pub struct SearchReference {
+    /// On each batch of the fitting rows.
+    pub fit: Vec<Vec<ArrayData>>,
+    /// On each batch of the judging rows (`None` when they are the
+    /// fitting rows: fewer than 16 samples).
+    pub judge: Option<Vec<Vec<ArrayData>>>,
+}
+
+/// The batches [`search`] runs on `data`: those of the fitting rows, then
+/// those of the judging rows unless they are the same rows. No row is in
+/// two batches.
+pub fn search_groups(data: &Bound) -> (Vec<Vec<usize>>, Option<Vec<Vec<usize>>>) {
+    let (fit_rows, judge_rows) = crate::data::fit_and_judge(data.data.samples(), SAMPLES / 2);
+    let fit = batch_groups(data, &fit_rows, WAVES);
+    let judge = (judge_rows != fit_rows).then(|| batch_groups(data, &judge_rows, WAVES));
+    (fit, judge)
+}
+
 impl ParamBench {
     /// Quantizes `float` with `ranges`, builds the parametric twin and runs
     /// FP32 (`original`) on `rows` of `data` once for reference, in one
@@ -495,7 +535,9 @@ impl ParamBench {
         data: &Bound,
         rows: &[usize],
     ) -> Result<ParamBench> {
-        Self::new_in_waves(float, original, plan, ranges, cfg, opset, data, rows, 1)
+        Self::new_in_waves(
+            float, original, plan, ranges, cfg, opset, data, rows, 1, None,
+        )
     }
 
     /// [`new`](Self::new) with the samples split into at least `waves`
@@ -516,6 +558,7 @@ impl ParamBench {
         data: &Bound,
         rows: &[usize],
         waves: usize,
+        reference: Option<Vec<Vec<ArrayData>>>,
     ) -> Result<ParamBench> {
         let g = &float.graph;
         let mut q = float.clone();
@@ -584,41 +627,47 @@ impl ParamBench {
             clamps,
             biases,
         };
-        bench.with_rows(original, data, rows)
+        bench.with_rows(original, data, rows, reference)
     }
 
     /// The same twin on other `rows` of `data` (`original`: the FP32
     /// model the bench was built from): no new quantization or tract
-    /// compile when the batch shapes are the same.
+    /// compile when the batch shapes are the same. `reference`: FP32's
+    /// graph outputs on each batch of [`batch_groups`] (`rows`, this
+    /// bench's waves), when already computed (by the calibration run);
+    /// otherwise (or when they do not match the batches) FP32 runs here.
     pub fn with_rows(
         &self,
         original: &ModelProto,
         data: &Bound,
         rows: &[usize],
+        reference: Option<Vec<Vec<ArrayData>>>,
     ) -> Result<ParamBench> {
-        let sub = data.data.pick(rows);
+        let groups = batch_groups(data, rows, self.waves);
         let data_names = quench_verify::input_names(original);
         let mut batches = Vec::new();
         let mut batch_rows = Vec::new();
-        // At least one batch per thread (every run uses every core), and
-        // for the search at least WAVES waves of them: the points where
-        // `score_above` may stop a run.
-        let per = sub
-            .samples()
-            .div_ceil(rayon::current_num_threads().max(1) * self.waves)
-            .clamp(1, MAX_BATCH);
-        for r in data.feed.ranges(sub.samples(), per) {
+        for rs in &groups {
             batch_rows.push(match data.feed {
                 quench_verify::Feed::Sample => 1,
-                quench_verify::Feed::Batch { .. } => r.len(),
+                quench_verify::Feed::Batch { .. } => rs.len(),
             });
-            batches.push(sub.feed(data.feed, r)?);
+            batches.push(data.data.pick(rs).feed(data.feed, 0..rs.len())?);
         }
-        let reference: Vec<Vec<ArrayData>> = batches
-            .par_iter()
-            .map(|b| self.fp.run(&data_names, b))
-            .collect::<Result<_>>()
-            .context("running the FP32 model")?;
+        let n_out = original.graph.as_ref().map_or(0, |g| g.output.len());
+        let reference: Vec<Vec<ArrayData>> = match reference {
+            Some(r)
+                if r.len() == batches.len()
+                    && r.iter().all(|outs| outs.len() == n_out && n_out > 0) =>
+            {
+                r
+            }
+            _ => batches
+                .par_iter()
+                .map(|b| self.fp.run(&data_names, b))
+                .collect::<Result<_>>()
+                .context("running the FP32 model")?,
+        };
         let signal = match reference.first() {
             Some(first) => scored_outputs(first)
                 .into_iter()
@@ -945,6 +994,7 @@ pub fn search(
     consumer_clamp: bool,
     entropy_guard: f64,
     float_outliers: bool,
+    reference: Option<SearchReference>,
 ) -> Result<(Ranges, AutoReport)> {
     let g = &float.graph;
     let t0 = std::time::Instant::now();
@@ -952,10 +1002,18 @@ pub fn search(
     // and the report of compute nodes fed by float tensors).
     let members = crate::mixed::shared_members(float, plan);
     let (fit_rows, judge_rows) = crate::data::fit_and_judge(data.data.samples(), SAMPLES / 2);
+    let (fit_ref, judge_ref) = match reference {
+        Some(r) => (Some(r.fit), r.judge),
+        None => (None, None),
+    };
     let mut fit = ParamBench::new_in_waves(
-        float, original, plan, policy, cfg, opset, data, &fit_rows, WAVES,
+        float, original, plan, policy, cfg, opset, data, &fit_rows, WAVES, fit_ref,
     )?;
-    let mut judge = fit.with_rows(original, data, &judge_rows)?;
+    let mut judge = if fit_rows == judge_rows {
+        fit.with_rows(original, data, &judge_rows, Some(fit.reference.clone()))?
+    } else {
+        fit.with_rows(original, data, &judge_rows, judge_ref)?
+    };
     let setup_seconds = t0.elapsed().as_secs_f64();
     let default = cfg.default_activation_format();
     let roots = fit.roots.clone();

@@ -392,13 +392,21 @@ impl Runner {
     /// `visit(i, values)` as f32 values, in memory order. f32 outputs are
     /// borrowed from tract without a copy; other numeric types are
     /// converted. For observers, which need the values once and no shape.
+    /// Returns the outputs before `first` (the graph outputs, when `first`
+    /// is their count), copied as they are.
     pub fn run_visit(
         &self,
         inputs: &[ArrayData],
         first: usize,
         mut visit: impl FnMut(usize, &[f32]),
-    ) -> Result<(), RunError> {
+    ) -> Result<Vec<ArrayData>, RunError> {
         let out = self.run_tract(inputs)?;
+        let head = out
+            .iter()
+            .zip(&self.outputs)
+            .take(first)
+            .map(|(t, name)| ArrayData::from_tensor(name, t).map_err(RunError::Output))
+            .collect::<Result<Vec<_>, _>>()?;
         for (i, (t, name)) in out.iter().zip(&self.outputs).enumerate().skip(first) {
             let read_err = |e: TractError| {
                 RunError::Output(DataError::Tensor {
@@ -410,7 +418,7 @@ impl Runner {
             let view = cast.try_as_plain_ram().map_err(read_err)?;
             visit(i, view.as_slice::<f32>().map_err(read_err)?);
         }
-        Ok(())
+        Ok(head)
     }
 
     fn run_tract(&self, inputs: &[ArrayData]) -> Result<TVec<TValue>, RunError> {
