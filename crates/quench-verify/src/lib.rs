@@ -24,6 +24,7 @@
 pub mod data;
 pub mod evaluate;
 pub mod fake_quant;
+pub mod lane_softmax;
 pub mod metrics;
 pub mod runner;
 mod segment;

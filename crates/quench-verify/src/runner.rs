@@ -322,8 +322,14 @@ impl Runner {
                 Some((n.name.clone(), op))
             })
             .collect();
+        // After every optimization, the Softmaxes over a non-last axis
+        // take quench's lane loop: the same values, without tract's
+        // per-lane dynamic views (see `lane_softmax`).
         let typed = contain("analysing and optimizing the model", || {
-            model.into_optimized()
+            model.into_optimized().and_then(|mut t| {
+                crate::lane_softmax::install(&mut t)?;
+                Ok(t)
+            })
         })?
         .map_err(|e| {
             tract_error(
