@@ -110,7 +110,10 @@ pub struct Collected {
 /// outputs are returned: the FP32 outputs a later phase would otherwise
 /// run the model again for (the `--method auto` search's references).
 /// The other samples run as `collect` runs them. The statistics do not
-/// depend on the grouping (observers merge exactly).
+/// depend on the grouping (observers merge exactly). When a group of
+/// several samples would hold more observed outputs than
+/// [`OUTPUT_BUDGET`] (or their size is not known), nothing is kept
+/// (`kept` is empty) and every sample runs as `collect` runs it.
 pub fn collect_keeping(
     model: &ModelProto,
     data: &Dataset,
@@ -146,6 +149,21 @@ fn collect_with<O: Observer + Send>(
     let n_out = model.graph.as_ref().map_or(0, |g| g.output.len());
     let runners = Runners::new(model, tensors.to_vec());
     let n = data.samples();
+    // The kept batches hold several samples: when their observed outputs
+    // would pass OUTPUT_BUDGET (a large model, where batches shrink to
+    // one sample), nothing is kept and the search runs FP32 itself.
+    let keep = match keep.first() {
+        Some(first) if first.len() > 1 => {
+            let inputs = data.pick(first).feed(feed, 0..first.len())?;
+            let bytes = runners.runner(&input_names, &inputs)?.output_bytes();
+            if bytes.is_none_or(|b| b > OUTPUT_BUDGET) {
+                &[][..]
+            } else {
+                keep
+            }
+        }
+        _ => keep,
+    };
     let mut jobs: Vec<Job> = keep
         .iter()
         .enumerate()
