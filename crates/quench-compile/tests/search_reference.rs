@@ -247,3 +247,23 @@ fn kept_batches_do_not_let_calibration_skip_its_own_batch_size() {
     );
     assert_eq!(modes[0], modes[1], "auto against minmax");
 }
+
+/// An f16 model at opset 17 keeps every activation float (f16 Q/DQ needs
+/// opset 19), so the search's twin computes what FP32 computes: every
+/// method scores the 300 dB cap. With references from the calibration
+/// copy (which rounds the exposed activations to f16) they scored 65.7 dB.
+#[test]
+fn f16_models_take_their_references_from_the_fp32_plan() {
+    let loaded = quench_onnx::load_model(&testdata("fp16/mlp_fp16_opset17.onnx")).unwrap();
+    let opts = Options {
+        calibration: Some(testdata("fp16/calib")),
+        verify: false,
+        ..Options::default()
+    };
+    let out = quench_compile::compile(&loaded, &opts, &Silent).unwrap();
+    let auto = out.report.auto_ranges.expect("method auto ran");
+    assert!(!auto.methods.is_empty());
+    for (method, db, _) in &auto.methods {
+        assert!(*db >= 299.0, "{method}: {db} dB against FP32");
+    }
+}
