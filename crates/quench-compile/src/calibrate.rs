@@ -229,7 +229,9 @@ fn collect_with<O: Observer + Send>(
                 check_finite(&inputs, &input_names, rows, feed)?;
                 let outputs = runners
                     .runner(&input_names, &inputs)?
-                    .run_visit(&inputs, n_out, |i, values| hs[i - n_out].observe(values))
+                    .run_visit(&inputs, n_out, job.keep.is_some(), |i, values| {
+                        hs[i - n_out].observe(values)
+                    })
                     .with_context(|| format!("running calibration samples {rows:?}"))?;
                 if let Some(k) = job.keep {
                     if let Ok(mut kept) = kept.lock() {

@@ -302,3 +302,129 @@ fn an_upgraded_opset_takes_references_from_the_input_model() {
         auto.minmax_db
     );
 }
+
+/// `input` [N,16] -> MatMul, Relu, MatMul -> `logits` [N,3], and `label`
+/// [N]: the class name (a string) of the ArgMax, gathered from a string
+/// constant.
+fn string_output_model() -> quench_onnx::proto::ModelProto {
+    use quench_onnx::proto::tensor_proto::DataType;
+    use quench_onnx::proto::tensor_shape_proto::{dimension, Dimension};
+    use quench_onnx::proto::type_proto::{Tensor, Value};
+    use quench_onnx::proto::*;
+    let vi = |name: &str, elem: DataType, dims: &[Option<i64>]| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(Value::TensorType(Tensor {
+                elem_type: Some(elem as i32),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(match d {
+                                Some(v) => dimension::Value::DimValue(*v),
+                                None => dimension::Value::DimParam("N".into()),
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], out: &str, attribute: Vec<AttributeProto>| NodeProto {
+        op_type: Some(op.into()),
+        name: Some(out.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        attribute,
+        ..Default::default()
+    };
+    let int_attr = |name: &str, i: i64| AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_proto::AttributeType::Int as i32),
+        i: Some(i),
+        ..Default::default()
+    };
+    let labels = TensorProto {
+        name: Some("labels".into()),
+        data_type: Some(DataType::String as i32),
+        dims: vec![3],
+        string_data: vec![
+            b"cat".as_slice().into(),
+            b"dog".as_slice().into(),
+            b"fox".as_slice().into(),
+        ],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(GraphProto {
+            name: Some("g".into()),
+            node: vec![
+                node("MatMul", &["input", "w1"], "h", vec![]),
+                node("Relu", &["h"], "r", vec![]),
+                node("MatMul", &["r", "w2"], "logits", vec![]),
+                node(
+                    "ArgMax",
+                    &["logits"],
+                    "idx",
+                    vec![int_attr("axis", 1), int_attr("keepdims", 0)],
+                ),
+                node(
+                    "Gather",
+                    &["labels", "idx"],
+                    "label",
+                    vec![int_attr("axis", 0)],
+                ),
+            ],
+            input: vec![vi("input", DataType::Float, &[None, Some(16)])],
+            initializer: vec![
+                labels,
+                f32_tensor("w1", &[16, 24], 3),
+                f32_tensor("w2", &[24, 3], 4),
+            ],
+            output: vec![
+                vi("logits", DataType::Float, &[None, Some(3)]),
+                vi("label", DataType::String, &[None]),
+            ],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Calibration reads back the graph outputs of the search's batches only:
+/// a graph output `ArrayData` cannot hold (a string) must not make
+/// calibration fail. It did (every calibration batch copied the graph
+/// outputs), and the model fell back to weight-only with `--method auto`
+/// while `--method minmax` quantized it statically.
+#[test]
+fn a_string_graph_output_does_not_stop_calibration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("string_output.onnx");
+    quench_onnx::save_model(&string_output_model(), &path, &Default::default()).unwrap();
+    let data = dir.path().join("calib");
+    std::fs::create_dir(&data).unwrap();
+    write_npy(&data, "input", &[40, 16], 9);
+    let loaded = quench_onnx::load_model(&path).unwrap();
+    for method in [quench_compile::Method::Auto, quench_compile::Method::Minmax] {
+        let opts = Options {
+            calibration: Some(data.clone()),
+            verify: false,
+            method,
+            ..Options::default()
+        };
+        let out = quench_compile::compile(&loaded, &opts, &Silent).unwrap();
+        assert_eq!(
+            out.report.mode,
+            quench_passes::quantize::Mode::Static,
+            "{method:?}"
+        );
+    }
+}
