@@ -179,16 +179,22 @@ fn collect_with<O: Observer + Send>(
         }
     }
     let rest: Vec<usize> = (0..n).filter(|&r| !taken[r]).collect();
+    // The batch size (and tract's verdict on it) is the one `collect`
+    // finds on all the samples, whatever `keep` takes: when every row is
+    // in a kept group of one sample, a model tract cannot run at
+    // `collect`'s batch size must still fail here (and fall back as it
+    // does without the groups), not calibrate one sample at a time.
+    let full = batch_ranges(&runners, data, feed, &input_names)?;
     if rest.len() == n {
-        for r in batch_ranges(&runners, data, feed, &input_names)? {
+        for r in full {
             jobs.push(Job {
                 rows: r.collect(),
                 keep: None,
             });
         }
     } else if !rest.is_empty() {
-        let sub = data.pick(&rest);
-        for r in batch_ranges(&runners, &sub, feed, &input_names)? {
+        let batch = full.first().map_or(1, |r| r.len());
+        for r in feed.ranges(rest.len(), batch) {
             jobs.push(Job {
                 rows: rest[r].to_vec(),
                 keep: None,
@@ -223,7 +229,9 @@ fn collect_with<O: Observer + Send>(
                 check_finite(&inputs, &input_names, rows, feed)?;
                 let outputs = runners
                     .runner(&input_names, &inputs)?
-                    .run_visit(&inputs, n_out, |i, values| hs[i - n_out].observe(values))
+                    .run_visit(&inputs, n_out, job.keep.is_some(), |i, values| {
+                        hs[i - n_out].observe(values)
+                    })
                     .with_context(|| format!("running calibration samples {rows:?}"))?;
                 if let Some(k) = job.keep {
                     if let Ok(mut kept) = kept.lock() {

@@ -366,13 +366,44 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
             .collect();
         before == after
     };
+    // Nor when the model computes in f16 or bf16: the calibration copy
+    // exposes every observed activation as an output, which makes tract
+    // round it to f16 where the FP32 plan keeps fused intermediates wider
+    // (mlp_fp16: the references were 66 dB from FP32's own outputs, a
+    // floor on every score of the search).
+    let wide_floats = {
+        use quench_onnx::proto::tensor_proto::DataType;
+        const F16: i32 = DataType::Float16 as i32;
+        const BF16: i32 = DataType::Bfloat16 as i32;
+        let g = &model.graph;
+        g.value_ids().all(|v| {
+            !matches!(
+                g.value(v).elem_type(),
+                Some(t) if t == F16 || t == BF16
+            )
+        })
+    };
+    // Nor after an opset upgrade: tract may compute the upgraded form of
+    // an op differently from the original (opset 10 Resize: the written
+    // model is 6.7 dB from the input model in tract with every activation
+    // float, while the search, measuring against the upgraded model,
+    // judged it at 300 dB), or not run the original at all (Upsample).
+    let same_opset = {
+        let before = original
+            .opset_import
+            .iter()
+            .find_map(|o| matches!(o.domain(), "" | "ai.onnx").then(|| o.version()));
+        before == model.default_opset()
+    };
     let search_groups = match &data.calibration {
         Some(cal)
             if opts.method == Method::Auto
                 && cfg.mode == Mode::Static
                 && opts.calibration_table.is_none()
                 && pruning.is_none()
-                && same_outputs =>
+                && same_outputs
+                && wide_floats
+                && same_opset =>
         {
             Some(search::search_groups(cal))
         }

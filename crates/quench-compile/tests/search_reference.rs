@@ -104,3 +104,327 @@ fn kept_calibration_outputs_are_the_fp32_outputs_of_the_search_batches() {
         );
     }
 }
+
+/// An f32 tensor proto held in `float_data`.
+fn f32_tensor(name: &str, dims: &[i64], seed: u64) -> quench_onnx::proto::TensorProto {
+    let n: i64 = dims.iter().product();
+    let mut s = seed;
+    let float_data = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (((s >> 40) as f32) / (1u64 << 24) as f32 - 0.5) * 0.6
+        })
+        .collect();
+    quench_onnx::proto::TensorProto {
+        name: Some(name.into()),
+        data_type: Some(quench_onnx::proto::tensor_proto::DataType::Float as i32),
+        dims: dims.to_vec(),
+        float_data,
+        ..Default::default()
+    }
+}
+
+/// `input` [N,16] reshaped to the constant shape [1,16], MatMul, Relu,
+/// MatMul: tract runs it on batches of one sample only.
+fn batch_one_model() -> quench_onnx::proto::ModelProto {
+    use quench_onnx::proto::tensor_proto::DataType;
+    use quench_onnx::proto::tensor_shape_proto::{dimension, Dimension};
+    use quench_onnx::proto::type_proto::{Tensor, Value};
+    use quench_onnx::proto::*;
+    let vi = |name: &str, dims: &[Option<i64>]| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(Value::TensorType(Tensor {
+                elem_type: Some(DataType::Float as i32),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(match d {
+                                Some(v) => dimension::Value::DimValue(*v),
+                                None => dimension::Value::DimParam("N".into()),
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], out: &str| NodeProto {
+        op_type: Some(op.into()),
+        name: Some(out.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        ..Default::default()
+    };
+    let shape = TensorProto {
+        name: Some("shape".into()),
+        data_type: Some(DataType::Int64 as i32),
+        dims: vec![2],
+        int64_data: vec![1, 16],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(GraphProto {
+            name: Some("g".into()),
+            node: vec![
+                node("Reshape", &["input", "shape"], "flat"),
+                node("MatMul", &["flat", "w1"], "h"),
+                node("Relu", &["h"], "r"),
+                node("MatMul", &["r", "w2"], "output"),
+            ],
+            input: vec![vi("input", &[None, Some(16)])],
+            initializer: vec![
+                shape,
+                f32_tensor("w1", &[16, 24], 1),
+                f32_tensor("w2", &[24, 10], 2),
+            ],
+            output: vec![vi("output", &[Some(1), Some(10)])],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Writes pseudo-random f32 values of `shape` as `<dir>/<name>.npy`
+/// (format 1.0).
+fn write_npy(dir: &std::path::Path, name: &str, shape: &[usize], seed: u64) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    let t = f32_tensor("x", &[shape.iter().product::<usize>() as i64], seed);
+    for v in t.float_data {
+        bytes.extend_from_slice(&(v * 5.0).to_le_bytes());
+    }
+    std::fs::write(dir.join(format!("{name}.npy")), bytes).unwrap();
+}
+
+/// A model tract runs one sample at a time only, with fewer than 16
+/// calibration samples (every row in one of the search's batches of one
+/// sample): calibration must fail at its own batch size and fall back to
+/// weight-only, as it does with `--method minmax` (it used to calibrate
+/// one sample at a time with `--method auto` only, and the written model
+/// depended on the method and on the thread count).
+#[test]
+fn kept_batches_do_not_let_calibration_skip_its_own_batch_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("batch_one.onnx");
+    quench_onnx::save_model(&batch_one_model(), &path, &Default::default()).unwrap();
+    let data = dir.path().join("calib");
+    std::fs::create_dir(&data).unwrap();
+    write_npy(&data, "input", &[8, 16], 7);
+    let loaded = quench_onnx::load_model(&path).unwrap();
+    let mut modes = Vec::new();
+    for method in [quench_compile::Method::Auto, quench_compile::Method::Minmax] {
+        let opts = Options {
+            calibration: Some(data.clone()),
+            verify: false,
+            method,
+            ..Options::default()
+        };
+        let out = quench_compile::compile(&loaded, &opts, &Silent).unwrap();
+        modes.push((out.report.mode, out.report.calibration_samples));
+    }
+    assert_eq!(
+        modes[0].0,
+        quench_passes::quantize::Mode::WeightOnly,
+        "auto: {modes:?}"
+    );
+    assert_eq!(modes[0], modes[1], "auto against minmax");
+}
+
+/// An f16 model at opset 17 keeps every activation float (f16 Q/DQ needs
+/// opset 19), so the search's twin computes what FP32 computes: every
+/// method scores the 300 dB cap. With references from the calibration
+/// copy (which rounds the exposed activations to f16) they scored 65.7 dB.
+#[test]
+fn f16_models_take_their_references_from_the_fp32_plan() {
+    let loaded = quench_onnx::load_model(&testdata("fp16/mlp_fp16_opset17.onnx")).unwrap();
+    let opts = Options {
+        calibration: Some(testdata("fp16/calib")),
+        verify: false,
+        ..Options::default()
+    };
+    let out = quench_compile::compile(&loaded, &opts, &Silent).unwrap();
+    let auto = out.report.auto_ranges.expect("method auto ran");
+    assert!(!auto.methods.is_empty());
+    for (method, db, _) in &auto.methods {
+        assert!(*db >= 299.0, "{method}: {db} dB against FP32");
+    }
+}
+
+/// `opset/resize_opset10.onnx` is upgraded to opset 13 for quantization,
+/// and tract computes the upgraded Resize differently from the original
+/// one. The search must measure against what verification measures
+/// against (the input model): its score of the ranges it chose is then
+/// near the written model's verified SQNR. With references from the
+/// calibration run (the upgraded model) it judged 300 dB a model verified
+/// at 6.7 dB.
+#[test]
+fn an_upgraded_opset_takes_references_from_the_input_model() {
+    let dir = tempfile::tempdir().unwrap();
+    write_npy(dir.path(), "x", &[40, 2, 3, 5], 11);
+    let loaded = quench_onnx::load_model(&testdata("opset/resize_opset10.onnx")).unwrap();
+    let opts = Options {
+        calibration: Some(dir.path().to_path_buf()),
+        ..Options::default()
+    };
+    let out = quench_compile::compile(&loaded, &opts, &Silent).unwrap();
+    let auto = out.report.auto_ranges.expect("method auto ran");
+    let verified = out.report.verification.expect("verified").outputs[0]
+        .file
+        .as_ref()
+        .expect("the written model ran")
+        .sqnr_db;
+    assert!(
+        (auto.auto_db.min(auto.minmax_db) - verified).abs() <= 3.0,
+        "search {} dB (min/max {} dB), verified {verified} dB",
+        auto.auto_db,
+        auto.minmax_db
+    );
+}
+
+/// `input` [N,16] -> MatMul, Relu, MatMul -> `logits` [N,3], and `label`
+/// [N]: the class name (a string) of the ArgMax, gathered from a string
+/// constant.
+fn string_output_model() -> quench_onnx::proto::ModelProto {
+    use quench_onnx::proto::tensor_proto::DataType;
+    use quench_onnx::proto::tensor_shape_proto::{dimension, Dimension};
+    use quench_onnx::proto::type_proto::{Tensor, Value};
+    use quench_onnx::proto::*;
+    let vi = |name: &str, elem: DataType, dims: &[Option<i64>]| ValueInfoProto {
+        name: Some(name.into()),
+        r#type: Some(TypeProto {
+            value: Some(Value::TensorType(Tensor {
+                elem_type: Some(elem as i32),
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| Dimension {
+                            value: Some(match d {
+                                Some(v) => dimension::Value::DimValue(*v),
+                                None => dimension::Value::DimParam("N".into()),
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let node = |op: &str, inputs: &[&str], out: &str, attribute: Vec<AttributeProto>| NodeProto {
+        op_type: Some(op.into()),
+        name: Some(out.into()),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![out.into()],
+        attribute,
+        ..Default::default()
+    };
+    let int_attr = |name: &str, i: i64| AttributeProto {
+        name: Some(name.into()),
+        r#type: Some(attribute_proto::AttributeType::Int as i32),
+        i: Some(i),
+        ..Default::default()
+    };
+    let labels = TensorProto {
+        name: Some("labels".into()),
+        data_type: Some(DataType::String as i32),
+        dims: vec![3],
+        string_data: vec![
+            b"cat".as_slice().into(),
+            b"dog".as_slice().into(),
+            b"fox".as_slice().into(),
+        ],
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(GraphProto {
+            name: Some("g".into()),
+            node: vec![
+                node("MatMul", &["input", "w1"], "h", vec![]),
+                node("Relu", &["h"], "r", vec![]),
+                node("MatMul", &["r", "w2"], "logits", vec![]),
+                node(
+                    "ArgMax",
+                    &["logits"],
+                    "idx",
+                    vec![int_attr("axis", 1), int_attr("keepdims", 0)],
+                ),
+                node(
+                    "Gather",
+                    &["labels", "idx"],
+                    "label",
+                    vec![int_attr("axis", 0)],
+                ),
+            ],
+            input: vec![vi("input", DataType::Float, &[None, Some(16)])],
+            initializer: vec![
+                labels,
+                f32_tensor("w1", &[16, 24], 3),
+                f32_tensor("w2", &[24, 3], 4),
+            ],
+            output: vec![
+                vi("logits", DataType::Float, &[None, Some(3)]),
+                vi("label", DataType::String, &[None]),
+            ],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Calibration reads back the graph outputs of the search's batches only:
+/// a graph output `ArrayData` cannot hold (a string) must not make
+/// calibration fail. It did (every calibration batch copied the graph
+/// outputs), and the model fell back to weight-only with `--method auto`
+/// while `--method minmax` quantized it statically.
+#[test]
+fn a_string_graph_output_does_not_stop_calibration() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("string_output.onnx");
+    quench_onnx::save_model(&string_output_model(), &path, &Default::default()).unwrap();
+    let data = dir.path().join("calib");
+    std::fs::create_dir(&data).unwrap();
+    write_npy(&data, "input", &[40, 16], 9);
+    let loaded = quench_onnx::load_model(&path).unwrap();
+    for method in [quench_compile::Method::Auto, quench_compile::Method::Minmax] {
+        let opts = Options {
+            calibration: Some(data.clone()),
+            verify: false,
+            method,
+            ..Options::default()
+        };
+        let out = quench_compile::compile(&loaded, &opts, &Silent).unwrap();
+        assert_eq!(
+            out.report.mode,
+            quench_passes::quantize::Mode::Static,
+            "{method:?}"
+        );
+    }
+}

@@ -398,19 +398,22 @@ impl Runner {
     /// `visit(i, values)` as f32 values, in memory order. f32 outputs are
     /// borrowed from tract without a copy; other numeric types are
     /// converted. For observers, which need the values once and no shape.
-    /// Returns the outputs before `first` (the graph outputs, when `first`
-    /// is their count), copied as they are.
+    /// With `keep_head`, returns the outputs before `first` (the graph
+    /// outputs, when `first` is their count), copied as they are (an error
+    /// when one has a type [`ArrayData`] cannot hold, e.g. strings);
+    /// without, returns nothing and never reads them.
     pub fn run_visit(
         &self,
         inputs: &[ArrayData],
         first: usize,
+        keep_head: bool,
         mut visit: impl FnMut(usize, &[f32]),
     ) -> Result<Vec<ArrayData>, RunError> {
         let out = self.run_tract(inputs)?;
         let head = out
             .iter()
             .zip(&self.outputs)
-            .take(first)
+            .take(if keep_head { first } else { 0 })
             .map(|(t, name)| ArrayData::from_tensor(name, t).map_err(RunError::Output))
             .collect::<Result<Vec<_>, _>>()?;
         for (i, (t, name)) in out.iter().zip(&self.outputs).enumerate().skip(first) {
