@@ -383,18 +383,10 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
             )
         })
     };
-    // Nor after an opset upgrade: tract may compute the upgraded form of
-    // an op differently from the original (opset 10 Resize: the written
-    // model is 6.7 dB from the input model in tract with every activation
-    // float, while the search, measuring against the upgraded model,
-    // judged it at 300 dB), or not run the original at all (Upsample).
-    let same_opset = {
-        let before = original
-            .opset_import
-            .iter()
-            .find_map(|o| matches!(o.domain(), "" | "ai.onnx").then(|| o.version()));
-        before == model.default_opset()
-    };
+    // After an opset upgrade tract may compute the upgraded form of an op
+    // otherwise than the original (opset 10 Resize: 6.7 dB): the search
+    // checks the references on its first batch against the input model
+    // (`search::references_agree`) and runs FP32 itself when they differ.
     let search_groups = match &data.calibration {
         Some(cal)
             if opts.method == Method::Auto
@@ -402,8 +394,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 && opts.calibration_table.is_none()
                 && pruning.is_none()
                 && same_outputs
-                && wide_floats
-                && same_opset =>
+                && wide_floats =>
         {
             Some(search::search_groups(cal))
         }

@@ -515,6 +515,33 @@ pub struct SearchReference {
     pub judge: Option<Vec<Vec<ArrayData>>>,
 }
 
+/// How close (dB, per scored output: FP32's signal power over the
+/// squared difference) references computed by another tract plan must be
+/// to FP32's own on the first batch to be used (see
+/// [`ParamBench::with_rows`]): float rounding of another fusion order is
+/// 120 dB or more away; 80 keeps the references' own error 40 dB under
+/// the quantization error of any 8-bit result.
+pub const REFERENCE_CHECK_DB: f64 = 80.0;
+
+/// Whether `kept` (graph outputs of one batch from another plan) agrees
+/// with `fresh` (FP32's) within [`REFERENCE_CHECK_DB`] on every scored
+/// output, with the same shapes.
+pub(crate) fn references_agree(kept: &[ArrayData], fresh: &[ArrayData]) -> bool {
+    kept.len() == fresh.len()
+        && kept.iter().zip(fresh).all(|(a, b)| a.shape() == b.shape())
+        && scored_outputs(fresh).into_iter().all(|k| {
+            let (a, b) = (kept[k].to_f32(), fresh[k].to_f32());
+            let (mut signal, mut noise) = (0f64, 0f64);
+            for (x, y) in a.iter().zip(b.iter()) {
+                let (x, y) = (f64::from(*x), f64::from(*y));
+                signal += y * y;
+                noise += (x - y) * (x - y);
+            }
+            // NaN anywhere compares unequal, and is not agreement.
+            noise == 0.0 || 10.0 * (signal / noise).log10() >= REFERENCE_CHECK_DB
+        })
+}
+
 /// The batches [`search`] runs on `data`: those of the fitting rows, then
 /// those of the judging rows unless they are the same rows. No row is in
 /// two batches.
@@ -660,12 +687,40 @@ impl ParamBench {
             batches.push(data.data.pick(rs).feed(data.feed, 0..rs.len())?);
         }
         let n_out = original.graph.as_ref().map_or(0, |g| g.output.len());
-        let reference: Vec<Vec<ArrayData>> = match reference {
+        // Given references are checked on the first batch against FP32
+        // run here (the input model as verification runs it): another
+        // plan of the same function differs by float rounding only, far
+        // below REFERENCE_CHECK_DB; an upgraded op tract computes
+        // otherwise (opset 10 Resize: 6.7 dB) or a pass that changed the
+        // function does not.
+        let given = match reference {
             Some(r)
                 if r.len() == batches.len()
                     && r.iter().all(|outs| outs.len() == n_out && n_out > 0) =>
             {
-                r
+                Some(r)
+            }
+            _ => None,
+        };
+        let reference: Vec<Vec<ArrayData>> = match (given, batches.first()) {
+            (Some(r), Some(b0)) => {
+                let fresh = self
+                    .fp
+                    .run(&data_names, b0)
+                    .context("running the FP32 model")?;
+                if references_agree(&r[0], &fresh) {
+                    r
+                } else {
+                    let mut all = vec![fresh];
+                    all.extend(
+                        batches[1..]
+                            .par_iter()
+                            .map(|b| self.fp.run(&data_names, b))
+                            .collect::<Result<Vec<_>>>()
+                            .context("running the FP32 model")?,
+                    );
+                    all
+                }
             }
             _ => batches
                 .par_iter()
@@ -1581,7 +1636,7 @@ pub(crate) fn unread_roots(
 
 #[cfg(test)]
 mod tests {
-    use super::{bound_of, eliminate_types, find_outlier, score_of, OUTLIER_DB};
+    use super::{bound_of, eliminate_types, find_outlier, score_of};
     use anyhow::Result;
 
     /// The score pools each output's powers over the samples, averages
@@ -1614,6 +1669,38 @@ mod tests {
     /// (with a per-sample ratio, PP-OCRv4 det's min/max fit score read
     /// -75.9 dB, set by one page; a zero signal floored at 1e-30 made
     /// every candidate read about -300 dB).
+    /// References from another plan are used only within
+    /// REFERENCE_CHECK_DB of FP32's own (float rounding passes, a changed
+    /// function, NaN or another shape do not).
+    #[test]
+    fn references_agree_only_within_the_check() {
+        use ndarray::ArrayD;
+        let fresh: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.37).sin() * 5.0).collect();
+        let arr = |v: &[f32], shape: &[usize]| {
+            quench_verify::ArrayData::F32(
+                ArrayD::from_shape_vec(shape.to_vec(), v.to_vec()).unwrap(),
+            )
+        };
+        let scaled = |rel: f32| -> Vec<f32> { fresh.iter().map(|x| x * (1.0 + rel)).collect() };
+        let f = vec![arr(&fresh, &[10, 100])];
+        assert!(super::references_agree(&f, &f));
+        // 1e-6 relative: 120 dB.
+        assert!(super::references_agree(
+            &[arr(&scaled(1e-6), &[10, 100])],
+            &f
+        ));
+        // 1e-3 relative: 60 dB, below the check.
+        assert!(!super::references_agree(
+            &[arr(&scaled(1e-3), &[10, 100])],
+            &f
+        ));
+        let mut nan = fresh.clone();
+        nan[7] = f32::NAN;
+        assert!(!super::references_agree(&[arr(&nan, &[10, 100])], &f));
+        assert!(!super::references_agree(&[arr(&fresh, &[100, 10])], &f));
+        assert!(!super::references_agree(&[], &f));
+    }
+
     #[test]
     fn a_silent_sample_does_not_decide_alone() {
         let db = |units: &[Vec<(f64, f64)>]| score_of(units, 1).pooled_db;
