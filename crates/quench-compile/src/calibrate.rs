@@ -185,21 +185,12 @@ fn collect_with<O: Observer + Send>(
     // `collect`'s batch size must still fail here (and fall back as it
     // does without the groups), not calibrate one sample at a time.
     let full = batch_ranges(&runners, data, feed, &input_names)?;
-    if rest.len() == n {
-        for r in full {
-            jobs.push(Job {
-                rows: r.collect(),
-                keep: None,
-            });
-        }
-    } else if !rest.is_empty() {
-        let batch = full.first().map_or(1, |r| r.len());
-        for r in feed.ranges(rest.len(), batch) {
-            jobs.push(Job {
-                rows: rest[r].to_vec(),
-                keep: None,
-            });
-        }
+    let batch = full.first().map_or(1, |r| r.len());
+    for r in feed.ranges(rest.len(), batch) {
+        jobs.push(Job {
+            rows: rest[r].to_vec(),
+            keep: None,
+        });
     }
     progress.samples_start("calibrating", n as u64);
     let empty = || -> Vec<O> { (0..tensors.len()).map(|_| make()).collect() };

@@ -215,6 +215,7 @@ fn range_of(
 /// The parametric twin of a quantized model with its data: runs a choice
 /// of parameters on fixed samples and scores it against FP32 (one tract
 /// compile per batch shape, then one run per choice).
+#[derive(Clone)]
 pub(crate) struct ParamBench {
     /// The twin's runners and FP32's, shared by the benches of one twin
     /// on other rows ([`with_rows`](Self::with_rows)): tract compiles each
@@ -1069,8 +1070,10 @@ pub fn search(
     let mut fit = ParamBench::new_in_waves(
         float, original, plan, policy, cfg, opset, data, &fit_rows, WAVES, fit_ref,
     )?;
+    // Fewer than 16 samples: the judging rows are the fitting rows, the
+    // same bench.
     let mut judge = if fit_rows == judge_rows {
-        fit.with_rows(original, data, &judge_rows, Some(fit.reference.clone()))?
+        fit.clone()
     } else {
         fit.with_rows(original, data, &judge_rows, judge_ref)?
     };

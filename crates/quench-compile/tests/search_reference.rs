@@ -126,18 +126,20 @@ fn f32_tensor(name: &str, dims: &[i64], seed: u64) -> quench_onnx::proto::Tensor
     }
 }
 
-/// `input` [N,16] reshaped to the constant shape [1,16], MatMul, Relu,
-/// MatMul: tract runs it on batches of one sample only.
-fn batch_one_model() -> quench_onnx::proto::ModelProto {
-    use quench_onnx::proto::tensor_proto::DataType;
+/// A tensor value info of `elem` with `dims` (`None`: the symbolic `N`).
+fn vi(
+    name: &str,
+    elem: quench_onnx::proto::tensor_proto::DataType,
+    dims: &[Option<i64>],
+) -> quench_onnx::proto::ValueInfoProto {
     use quench_onnx::proto::tensor_shape_proto::{dimension, Dimension};
     use quench_onnx::proto::type_proto::{Tensor, Value};
     use quench_onnx::proto::*;
-    let vi = |name: &str, dims: &[Option<i64>]| ValueInfoProto {
+    ValueInfoProto {
         name: Some(name.into()),
         r#type: Some(TypeProto {
             value: Some(Value::TensorType(Tensor {
-                elem_type: Some(DataType::Float as i32),
+                elem_type: Some(elem as i32),
                 shape: Some(TensorShapeProto {
                     dim: dims
                         .iter()
@@ -154,14 +156,31 @@ fn batch_one_model() -> quench_onnx::proto::ModelProto {
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let node = |op: &str, inputs: &[&str], out: &str| NodeProto {
+    }
+}
+
+/// A default-domain node named after its one output.
+fn node(
+    op: &str,
+    inputs: &[&str],
+    out: &str,
+    attribute: Vec<quench_onnx::proto::AttributeProto>,
+) -> quench_onnx::proto::NodeProto {
+    quench_onnx::proto::NodeProto {
         op_type: Some(op.into()),
         name: Some(out.into()),
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: vec![out.into()],
+        attribute,
         ..Default::default()
-    };
+    }
+}
+
+/// `input` [N,16] reshaped to the constant shape [1,16], MatMul, Relu,
+/// MatMul: tract runs it on batches of one sample only.
+fn batch_one_model() -> quench_onnx::proto::ModelProto {
+    use quench_onnx::proto::tensor_proto::DataType;
+    use quench_onnx::proto::*;
     let shape = TensorProto {
         name: Some("shape".into()),
         data_type: Some(DataType::Int64 as i32),
@@ -178,18 +197,18 @@ fn batch_one_model() -> quench_onnx::proto::ModelProto {
         graph: Some(GraphProto {
             name: Some("g".into()),
             node: vec![
-                node("Reshape", &["input", "shape"], "flat"),
-                node("MatMul", &["flat", "w1"], "h"),
-                node("Relu", &["h"], "r"),
-                node("MatMul", &["r", "w2"], "output"),
+                node("Reshape", &["input", "shape"], "flat", vec![]),
+                node("MatMul", &["flat", "w1"], "h", vec![]),
+                node("Relu", &["h"], "r", vec![]),
+                node("MatMul", &["r", "w2"], "output", vec![]),
             ],
-            input: vec![vi("input", &[None, Some(16)])],
+            input: vec![vi("input", DataType::Float, &[None, Some(16)])],
             initializer: vec![
                 shape,
                 f32_tensor("w1", &[16, 24], 1),
                 f32_tensor("w2", &[24, 10], 2),
             ],
-            output: vec![vi("output", &[Some(1), Some(10)])],
+            output: vec![vi("output", DataType::Float, &[Some(1), Some(10)])],
             ..Default::default()
         }),
         ..Default::default()
@@ -308,39 +327,7 @@ fn an_upgraded_opset_takes_references_from_the_input_model() {
 /// constant.
 fn string_output_model() -> quench_onnx::proto::ModelProto {
     use quench_onnx::proto::tensor_proto::DataType;
-    use quench_onnx::proto::tensor_shape_proto::{dimension, Dimension};
-    use quench_onnx::proto::type_proto::{Tensor, Value};
     use quench_onnx::proto::*;
-    let vi = |name: &str, elem: DataType, dims: &[Option<i64>]| ValueInfoProto {
-        name: Some(name.into()),
-        r#type: Some(TypeProto {
-            value: Some(Value::TensorType(Tensor {
-                elem_type: Some(elem as i32),
-                shape: Some(TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|d| Dimension {
-                            value: Some(match d {
-                                Some(v) => dimension::Value::DimValue(*v),
-                                None => dimension::Value::DimParam("N".into()),
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let node = |op: &str, inputs: &[&str], out: &str, attribute: Vec<AttributeProto>| NodeProto {
-        op_type: Some(op.into()),
-        name: Some(out.into()),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![out.into()],
-        attribute,
-        ..Default::default()
-    };
     let int_attr = |name: &str, i: i64| AttributeProto {
         name: Some(name.into()),
         r#type: Some(attribute_proto::AttributeType::Int as i32),
