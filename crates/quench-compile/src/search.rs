@@ -23,7 +23,9 @@
 //!    more) stays float. Error powers add, so a set of activations holding
 //!    one gains at least as much: outliers are found by bisection (halves
 //!    left float, the search going on in the half that gains
-//!    [`OUTLIER_DB`]; about `log2(n) + 2` runs each, see [`find_outlier`]), every gain measured
+//!    [`OUTLIER_DB`]; about `log2(n) + 2` runs each, see [`find_outlier`];
+//!    a half gaining less than nothing shows errors that cancel, and its
+//!    sibling is then measured, not inferred), every gain measured
 //!    against the fully quantized model, never against what is left once
 //!    others are float (which would leave half after half float). The same
 //!    rule holds for op types, which interact: the outputs of every
@@ -1408,8 +1410,10 @@ pub fn search(
 /// removes the fraction `1 - 10^(-gain/10)` of the error, and an outlier's
 /// set removes at least half. Both halves are measured at the top; below
 /// it, one half, the other's fraction being the parent's minus the
-/// measured one (about log2(n) + 2 runs instead of 2 log2(n)); a singleton
-/// reached through an estimate is measured before it is taken.
+/// measured one (about log2(n) + 2 runs instead of 2 log2(n)), unless
+/// the measured half gained less than nothing (then the other half is
+/// measured too); a singleton reached through an estimate is measured
+/// before it is taken.
 pub(crate) fn find_outlier(
     cands: &[usize],
     gain: &mut dyn FnMut(&[usize], Option<f64>) -> Result<f64>,
@@ -1444,6 +1448,13 @@ pub(crate) fn find_outlier(
             }
         } else if ga >= OUTLIER_DB {
             (a, Some(ga))
+        } else if ga < 0.0 {
+            // Leaving `a` float made the output worse: its quantization
+            // errors cancel others, they do not add, and b's share
+            // inferred from a's would exceed the parent's (on ddddocr's
+            // YOLOX, -1.0 dB inferred b at 105% of the error, and the
+            // search went 6 levels down to nothing). Measured instead.
+            (b, Some(gain(b, Some(OUTLIER_DB))?))
         } else {
             (b, None)
         };
@@ -1872,6 +1883,34 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn bisection_measures_the_other_half_after_a_negative_gain() {
+        // 16 tensors: 9 and 10 gain 8 dB only together (1 dB each alone),
+        // and leaving 8 float costs 2 dB (its error cancels theirs).
+        // Inferred from [8, 9]'s -1 dB, [10, 11] would hold 101% of the
+        // error; measured, it gains 1 dB and the search stops there.
+        let g = |ks: &[usize]| {
+            let has = |k: usize| ks.contains(&k);
+            let pair = match (has(9), has(10)) {
+                (true, true) => 8.0,
+                (true, false) | (false, true) => 1.0,
+                _ => 0.0,
+            };
+            pair - if has(8) { 2.0 } else { 0.0 }
+        };
+        let mut calls: Vec<Vec<usize>> = Vec::new();
+        let found = find_outlier(&(0..16).collect::<Vec<_>>(), &mut |ks: &[usize],
+                                                                     floor: Option<f64>|
+         -> Result<f64> {
+            calls.push(ks.to_vec());
+            Ok(stopped(g(ks), floor))
+        })
+        .unwrap();
+        assert!(found.is_none());
+        assert_eq!(calls.last().unwrap(), &vec![10, 11], "{calls:?}");
+        assert_eq!(calls.len(), 5, "{calls:?}");
     }
 
     #[test]
