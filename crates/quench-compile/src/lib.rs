@@ -545,6 +545,16 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 rep.runs,
                                 rep.setup_seconds + rep.run_seconds
                             ));
+                            if let Some(c) = &rep.error_cluster {
+                                out.note(format!(
+                                    "method auto: no single activation is behind half of the output error, but {} consecutive ones of {} are: leaving `{}` .. `{}` float together gains {:+.2} dB on the calibration samples (they stay quantized; `--target-sqnr` leaves the costliest tensors float or at 16 bits until a target holds, `--explain` ranks them)",
+                                    c.tensors.len(),
+                                    c.of,
+                                    c.tensors.first().map_or("", String::as_str),
+                                    c.tensors.last().map_or("", String::as_str),
+                                    c.gain_db
+                                ));
+                            }
                             if !rep.float_unread.is_empty() {
                                 out.note(format!(
                                     "method auto: {} activation(s) left float that only nodes running in float read (quantized, they would only lose precision): {}",

@@ -25,7 +25,9 @@
 //!    left float, the search going on in the half that gains
 //!    [`OUTLIER_DB`]; about `log2(n) + 2` runs each, see [`find_outlier`];
 //!    a half gaining less than nothing shows errors that cancel, and its
-//!    sibling is then measured, not inferred), every gain measured
+//!    sibling is then measured, not inferred; with no outlier, the
+//!    smallest measured set of at most a quarter of the activations that
+//!    is behind half of the error is reported, [`ErrorCluster`]), every gain measured
 //!    against the fully quantized model, never against what is left once
 //!    others are float (which would leave half after half float). The same
 //!    rule holds for op types, which interact: the outputs of every
@@ -162,6 +164,23 @@ pub struct AutoReport {
     /// Activations left float because nothing reads them in integer once
     /// the tensors above are float (every consumer runs in float).
     pub float_unread: Vec<String>,
+    /// When no single outlier was found: consecutive activations (in
+    /// graph order) that together are behind at least half of the output
+    /// error, at most a quarter of them; they stay quantized.
+    pub error_cluster: Option<ErrorCluster>,
+}
+
+/// Where the output error concentrates without a single outlier: the
+/// smallest set of consecutive activations the outlier search measured
+/// that is behind at least half of it (leaving them float together gains
+/// [`OUTLIER_DB`] or more on the fitting samples), holding at most a
+/// quarter of the `of` activations searched. A clue for `--target-sqnr`
+/// and `--explain`, not a choice: they stay quantized.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorCluster {
+    pub tensors: Vec<String>,
+    pub gain_db: f64,
+    pub of: usize,
 }
 
 fn method_name(m: RangeMethod) -> String {
@@ -1146,6 +1165,7 @@ pub fn search(
     let mut float_unread: Vec<String> = Vec::new();
     let mut off = vec![false; roots.len()];
     let mut searched = 0;
+    let mut error_cluster = None;
     if float_outliers {
         // The gain of leaving `ks` float; with `floor`, a run certain to
         // gain less is stopped and returns an upper bound (below it).
@@ -1195,11 +1215,18 @@ pub fn search(
         let mut left: Vec<usize> = (0..roots.len()).collect();
         while left.len() > 1 {
             let cands = left.clone();
-            let found = find_outlier(&cands, &mut |ks: &[usize], floor| {
+            let (found, near) = find_outlier_or_cluster(&cands, &mut |ks: &[usize], floor| {
                 searched += 1;
                 gain_off(&mut fit, &base, ks, current, floor)
             })?;
-            let Some((k, gain)) = found else { break };
+            let Some((k, gain)) = found else {
+                error_cluster = near.map(|(ks, gain_db)| ErrorCluster {
+                    tensors: ks.iter().map(|&k| roots[k].0.clone()).collect(),
+                    gain_db,
+                    of: cands.len(),
+                });
+                break;
+            };
             off[k] = true;
             float_tensors.push(crate::mixed::FloatTensor {
                 tensor: roots[k].0.clone(),
@@ -1399,6 +1426,7 @@ pub fn search(
         float_op_types: if kept { float_groups } else { Vec::new() },
         float_fed_compute,
         float_unread: if kept { float_unread } else { Vec::new() },
+        error_cluster: if kept { error_cluster } else { None },
     };
     Ok((out, report))
 }
@@ -1414,7 +1442,45 @@ pub fn search(
 /// the measured half gained less than nothing (then the other half is
 /// measured too); a singleton reached through an estimate is measured
 /// before it is taken.
+#[cfg(test)]
 pub(crate) fn find_outlier(
+    cands: &[usize],
+    gain: &mut dyn FnMut(&[usize], Option<f64>) -> Result<f64>,
+) -> Result<Option<(usize, f64)>> {
+    Ok(find_outlier_or_cluster(cands, gain)?.0)
+}
+
+/// [`find_outlier`], and when it finds none, the smallest set it measured
+/// that is behind at least half of the output error (gains
+/// [`OUTLIER_DB`]) though it holds at most a quarter of `cands`: where
+/// the error concentrates without a single outlier.
+pub(crate) fn find_outlier_or_cluster(
+    cands: &[usize],
+    gain: &mut dyn FnMut(&[usize], Option<f64>) -> Result<f64>,
+) -> Result<(Option<(usize, f64)>, Option<(Vec<usize>, f64)>)> {
+    let n = cands.len();
+    let mut cluster: Option<(Vec<usize>, f64)> = None;
+    let mut gain = |ks: &[usize], floor: Option<f64>| -> Result<f64> {
+        let g = gain(ks, floor)?;
+        // A figure at or above the floor is whole (a run stops only
+        // below it).
+        if ks.len() > 1
+            && ks.len() * 4 <= n
+            && g >= OUTLIER_DB
+            && cluster.as_ref().is_none_or(|(c, _)| ks.len() < c.len())
+        {
+            cluster = Some((ks.to_vec(), g));
+        }
+        Ok(g)
+    };
+    let found = find_outlier_in(cands, &mut gain)?;
+    Ok(match found {
+        Some(f) => (Some(f), None),
+        None => (None, cluster),
+    })
+}
+
+fn find_outlier_in(
     cands: &[usize],
     gain: &mut dyn FnMut(&[usize], Option<f64>) -> Result<f64>,
 ) -> Result<Option<(usize, f64)>> {
@@ -1650,7 +1716,7 @@ pub(crate) fn unread_roots(
 
 #[cfg(test)]
 mod tests {
-    use super::{bound_of, eliminate_types, find_outlier, score_of};
+    use super::{bound_of, eliminate_types, find_outlier, find_outlier_or_cluster, score_of};
     use anyhow::Result;
 
     /// The score pools each output's powers over the samples, averages
@@ -1883,6 +1949,49 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_cluster_behind_half_of_the_error_is_named_when_no_outlier_is() {
+        // 64 tensors: 8..16 carry 10% of the error each (80% together),
+        // the other 56 share 20%. No one is behind half; the smallest
+        // measured set holding at least half, within a quarter of the
+        // tensors, is [0, 16).
+        let mut e = vec![0.2 / 56.0; 64];
+        for x in &mut e[8..16] {
+            *x = 0.1;
+        }
+        let f = additive(&e, 0.0);
+        let all: Vec<usize> = (0..64).collect();
+        let (found, cluster) =
+            find_outlier_or_cluster(&all, &mut |ks: &[usize], floor: Option<f64>| {
+                Ok(stopped(f(ks), floor))
+            })
+            .unwrap();
+        assert!(found.is_none());
+        let (ks, g) = cluster.expect("a cluster");
+        assert_eq!(ks, (0..16).collect::<Vec<_>>());
+        assert!((g - f(&ks)).abs() < 1e-12 && g >= super::OUTLIER_DB, "{g}");
+        // Spread error: halves hold half each, more than a quarter of the
+        // tensors: no cluster.
+        let f = additive(&[1.0; 64], 1.0);
+        let (found, cluster) =
+            find_outlier_or_cluster(&all, &mut |ks: &[usize], floor: Option<f64>| {
+                Ok(stopped(f(ks), floor))
+            })
+            .unwrap();
+        assert!(found.is_none() && cluster.is_none(), "{cluster:?}");
+        // An outlier found: no cluster (the sets holding it gain through it).
+        let mut e = vec![1.0; 64];
+        e[41] = 0.6 * 63.0 / 0.4;
+        let f = additive(&e, 0.0);
+        let (found, cluster) =
+            find_outlier_or_cluster(&all, &mut |ks: &[usize], floor: Option<f64>| {
+                Ok(stopped(f(ks), floor))
+            })
+            .unwrap();
+        assert_eq!(found.map(|(k, _)| k), Some(41));
+        assert!(cluster.is_none());
     }
 
     #[test]
