@@ -1431,6 +1431,12 @@ pub fn search(
     Ok((out, report))
 }
 
+/// `gain(ks, floor)`: the output SQNR gain (dB) of leaving `ks` float; with
+/// a floor, possibly only an upper bound below it.
+pub(crate) type GainOff<'a> = dyn FnMut(&[usize], Option<f64>) -> Result<f64> + 'a;
+/// An outlier and its gain, or else a cluster and its gain.
+pub(crate) type OutlierOrCluster = (Option<(usize, f64)>, Option<(Vec<usize>, f64)>);
+
 /// Looks for one activation whose quantization alone is behind at least
 /// half of the output error, among `cands`, by bisection; `gain(ks)` is
 /// the output SQNR gain (dB) of leaving `ks` float, against the model with
@@ -1445,7 +1451,7 @@ pub fn search(
 #[cfg(test)]
 pub(crate) fn find_outlier(
     cands: &[usize],
-    gain: &mut dyn FnMut(&[usize], Option<f64>) -> Result<f64>,
+    gain: &mut GainOff<'_>,
 ) -> Result<Option<(usize, f64)>> {
     Ok(find_outlier_or_cluster(cands, gain)?.0)
 }
@@ -1456,8 +1462,8 @@ pub(crate) fn find_outlier(
 /// the error concentrates without a single outlier.
 pub(crate) fn find_outlier_or_cluster(
     cands: &[usize],
-    gain: &mut dyn FnMut(&[usize], Option<f64>) -> Result<f64>,
-) -> Result<(Option<(usize, f64)>, Option<(Vec<usize>, f64)>)> {
+    gain: &mut GainOff<'_>,
+) -> Result<OutlierOrCluster> {
     let n = cands.len();
     let mut cluster: Option<(Vec<usize>, f64)> = None;
     let mut gain = |ks: &[usize], floor: Option<f64>| -> Result<f64> {
@@ -1482,7 +1488,7 @@ pub(crate) fn find_outlier_or_cluster(
 
 fn find_outlier_in(
     cands: &[usize],
-    gain: &mut dyn FnMut(&[usize], Option<f64>) -> Result<f64>,
+    gain: &mut GainOff<'_>,
 ) -> Result<Option<(usize, f64)>> {
     let frac = |g: f64| 1.0 - 10f64.powf(-g / 10.0);
     let mut cands = cands.to_vec();
@@ -1549,7 +1555,7 @@ fn find_outlier_in(
 /// reported, and read as a whole value).
 pub(crate) fn eliminate_types(
     groups: &[Vec<usize>],
-    gain: &mut dyn FnMut(&[usize], Option<f64>) -> Result<f64>,
+    gain: &mut GainOff<'_>,
 ) -> Result<(Vec<bool>, Vec<f64>)> {
     let mut kept = vec![true; groups.len()];
     let mut marginal = vec![f64::NAN; groups.len()];
