@@ -132,9 +132,27 @@ pub fn collect_keeping(
     progress: &dyn Progress,
 ) -> Result<Collected> {
     if histograms {
-        collect_with(model, data, feed, tensors, Histogram::new, keep, apart, progress)
+        collect_with(
+            model,
+            data,
+            feed,
+            tensors,
+            Histogram::new,
+            keep,
+            apart,
+            progress,
+        )
     } else {
-        collect_with(model, data, feed, tensors, MinMax::new, keep, apart, progress)
+        collect_with(
+            model,
+            data,
+            feed,
+            tensors,
+            MinMax::new,
+            keep,
+            apart,
+            progress,
+        )
     }
 }
 
@@ -188,7 +206,9 @@ fn collect_with<O: Observer + Send>(
         .map(|(i, rows)| Job {
             rows: rows.clone(),
             keep: Some(i),
-            apart: rows.iter().any(|&r| is_apart.get(r).copied().unwrap_or(false)),
+            apart: rows
+                .iter()
+                .any(|&r| is_apart.get(r).copied().unwrap_or(false)),
         })
         .collect();
     let mut taken = vec![false; n];
@@ -199,8 +219,7 @@ fn collect_with<O: Observer + Send>(
     }
     // The rows left, those apart in batches of their own.
     let rest: Vec<usize> = (0..n).filter(|&r| !taken[r]).collect();
-    let (rest_apart, rest): (Vec<usize>, Vec<usize>) =
-        rest.into_iter().partition(|&r| is_apart[r]);
+    let (rest_apart, rest): (Vec<usize>, Vec<usize>) = rest.into_iter().partition(|&r| is_apart[r]);
     // The batch size (and tract's verdict on it) is the one `collect`
     // finds on all the samples, whatever `keep` takes: when every row is
     // in a kept group of one sample, a model tract cannot run at
@@ -222,7 +241,11 @@ fn collect_with<O: Observer + Send>(
     // the first at the end: observers merge exactly, in any order).
     let any_apart = jobs.iter().any(|j| j.apart);
     let empty = || -> (Vec<O>, Vec<O>) {
-        let set = |on: bool| (0..if on { tensors.len() } else { 0 }).map(|_| make()).collect();
+        let set = |on: bool| {
+            (0..if on { tensors.len() } else { 0 })
+                .map(|_| make())
+                .collect()
+        };
         (set(true), set(any_apart))
     };
     let kept: std::sync::Mutex<Vec<Option<Vec<ArrayData>>>> =

@@ -1513,10 +1513,7 @@ pub(crate) fn find_outlier_or_cluster(
     })
 }
 
-fn find_outlier_in(
-    cands: &[usize],
-    gain: &mut GainOff<'_>,
-) -> Result<Option<(usize, f64)>> {
+fn find_outlier_in(cands: &[usize], gain: &mut GainOff<'_>) -> Result<Option<(usize, f64)>> {
     let frac = |g: f64| 1.0 - 10f64.powf(-g / 10.0);
     let mut cands = cands.to_vec();
     let mut measured: Option<f64> = None;

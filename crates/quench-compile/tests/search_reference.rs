@@ -57,9 +57,17 @@ fn kept_calibration_outputs_are_the_fp32_outputs_of_the_search_batches() {
     assert!(keep.len() >= 2, "at least one batch per thread");
 
     let proto = m.to_onnx();
-    let with =
-        calibrate::collect_keeping(&proto, &cal.data, cal.feed, &tensors, true, &keep, &[], &Silent)
-            .unwrap();
+    let with = calibrate::collect_keeping(
+        &proto,
+        &cal.data,
+        cal.feed,
+        &tensors,
+        true,
+        &keep,
+        &[],
+        &Silent,
+    )
+    .unwrap();
     assert_eq!(with.kept.len(), keep.len());
     assert!(with.held.is_none(), "no rows apart, no held statistics");
 
@@ -448,14 +456,23 @@ fn held_statistics_are_those_of_the_samples_not_apart() {
         .unwrap();
         let held = with.held.expect("rows apart: held statistics");
         let rest: Vec<usize> = (0..n).filter(|r| !apart.contains(r)).collect();
-        let (alone, _) =
-            calibrate::collect(&proto, &cal.data.pick(&rest), cal.feed, &tensors, true, &Silent)
-                .unwrap();
+        let (alone, _) = calibrate::collect(
+            &proto,
+            &cal.data.pick(&rest),
+            cal.feed,
+            &tensors,
+            true,
+            &Silent,
+        )
+        .unwrap();
         let (all, _) =
             calibrate::collect(&proto, &cal.data, cal.feed, &tensors, true, &Silent).unwrap();
         let mut narrower = 0;
         for (name, h) in &held {
-            for (a, b, what) in [(h, &alone[name], "held"), (&with.stats[name], &all[name], "all")] {
+            for (a, b, what) in [
+                (h, &alone[name], "held"),
+                (&with.stats[name], &all[name], "all"),
+            ] {
                 assert_eq!(a.count, b.count, "{what} {name}");
                 let tol = REL_TOL * a.min.abs().max(a.max.abs()).max(1e-6);
                 assert!(
@@ -468,7 +485,10 @@ fn held_statistics_are_those_of_the_samples_not_apart() {
                 );
             }
             let s = &with.stats[name];
-            assert!(h.count < s.count && h.min >= s.min && h.max <= s.max, "{name}");
+            assert!(
+                h.count < s.count && h.min >= s.min && h.max <= s.max,
+                "{name}"
+            );
             narrower += usize::from(h.min > s.min || h.max < s.max);
         }
         // Some range is set by a judging sample: otherwise the check
