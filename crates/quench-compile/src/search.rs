@@ -23,7 +23,7 @@
 //!    more) stays float. Error powers add, so a set of activations holding
 //!    one gains at least as much: outliers are found by bisection (halves
 //!    left float, the search going on in the half that gains
-//!    [`OUTLIER_DB`]; about `log2(n) + 2` runs each, see [`find_outlier`];
+//!    [`OUTLIER_DB`]; about `log2(n) + 1` runs each, see [`find_outlier`];
 //!    a half gaining less than nothing shows errors that cancel, and its
 //!    sibling is then measured, not inferred; with no outlier, the
 //!    smallest measured set of at most a quarter of the activations that
@@ -1469,9 +1469,11 @@ pub(crate) type OutlierOrCluster = (Option<(usize, f64)>, Option<(Vec<usize>, f6
 /// the output SQNR gain (dB) of leaving `ks` float, against the model with
 /// every activation quantized. Error powers add: leaving a set float
 /// removes the fraction `1 - 10^(-gain/10)` of the error, and an outlier's
-/// set removes at least half. Both halves are measured at the top; below
-/// it, one half, the other's fraction being the parent's minus the
-/// measured one (about log2(n) + 2 runs instead of 2 log2(n)), unless
+/// set removes at least half. At the top (whose share is unknown: the
+/// weights' error is the rest), the second half is measured only when the
+/// first is not behind half; below it, one half, the other's fraction
+/// being the parent's minus the measured one (about log2(n) + 1 runs
+/// instead of 2 log2(n)), unless
 /// the measured half gained less than nothing (then the other half is
 /// measured too); a singleton reached through an estimate is measured
 /// before it is taken.
@@ -1530,17 +1532,19 @@ fn find_outlier_in(cands: &[usize], gain: &mut GainOff<'_>) -> Result<Option<(us
             return Ok((g >= OUTLIER_DB).then_some((k, g)));
         }
         let (a, b) = cands.split_at(cands.len() / 2);
-        // At the top both halves only matter if they gain OUTLIER_DB (a
-        // run may stop below it); below, the other half's share is
-        // inferred from this one's value, which must be whole.
+        // At the top a half only matters if it gains OUTLIER_DB (a run
+        // may stop below it); below, the other half's share is inferred
+        // from this one's value, which must be whole.
         let top = parent.is_nan();
         let ga = gain(a, top.then_some(OUTLIER_DB))?;
         let (pick, g) = if top {
-            let gb = gain(b, Some(OUTLIER_DB))?;
-            if ga >= gb {
+            if ga >= OUTLIER_DB {
+                // `a` is behind half of the error: `b` is behind less
+                // (the weights' error is the rest), so it holds no
+                // outlier and is not run.
                 (a, Some(ga))
             } else {
-                (b, Some(gb))
+                (b, Some(gain(b, Some(OUTLIER_DB))?))
             }
         } else if ga >= OUTLIER_DB {
             (a, Some(ga))
@@ -2022,6 +2026,24 @@ mod tests {
             .unwrap();
         assert_eq!(found.map(|(k, _)| k), Some(41));
         assert!(cluster.is_none());
+    }
+
+    #[test]
+    fn the_top_half_after_one_behind_half_of_the_error_is_not_run() {
+        // The outlier in the first half: the second is never measured.
+        let mut e = vec![1.0; 64];
+        e[5] = 0.6 * 63.0 / 0.4;
+        let f = additive(&e, 0.0);
+        let mut calls: Vec<Vec<usize>> = Vec::new();
+        let found = find_outlier(&(0..64).collect::<Vec<_>>(), &mut |ks: &[usize],
+                                                                     floor: Option<f64>|
+         -> Result<f64> {
+            calls.push(ks.to_vec());
+            Ok(stopped(f(ks), floor))
+        })
+        .unwrap();
+        assert_eq!(found.map(|(k, _)| k), Some(5));
+        assert!(calls.iter().all(|c| !c.contains(&40)), "{calls:?}");
     }
 
     #[test]
