@@ -585,7 +585,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             out.note(format!(
                                 "method auto: the searched ranges did not beat min/max on {} judging samples{} ({:.2} vs {:.2} dB); {} ({scores})",
                                 rep.judge_samples,
-                                if rep.judged_out_of_sample { ", with ranges taken without them," } else { "" },
+                                if rep.judged_out_of_sample { ", with ranges taken without them" } else { "" },
                                 rep.auto_db,
                                 rep.minmax_db,
                                 if rep.method == "minmax" { "min/max kept".to_string() } else { format!("{} ranges for all (they beat min/max there)", rep.method) },
