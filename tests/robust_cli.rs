@@ -437,7 +437,6 @@ fn auto_reports_samples_not_rows() {
     assert_eq!(auto["fit_samples"], 8, "{auto}");
     assert_eq!(auto["judge_samples"], 8, "{auto}");
     assert_eq!(auto["judged_apart"], false, "{auto}");
-    assert_eq!(auto["judged_out_of_sample"], false, "{auto}");
     assert!(!text.contains("other samples"), "{text}");
 }
 

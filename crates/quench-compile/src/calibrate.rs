@@ -90,7 +90,7 @@ pub fn collect(
     histograms: bool,
     progress: &dyn Progress,
 ) -> Result<(BTreeMap<String, TensorStats>, Vec<String>)> {
-    let c = collect_keeping(model, data, feed, tensors, histograms, &[], &[], progress)?;
+    let c = collect_keeping(model, data, feed, tensors, histograms, &[], progress)?;
     Ok((c.stats, c.notes))
 }
 
@@ -103,10 +103,6 @@ pub struct Collected {
     pub notes: Vec<String>,
     /// Per group of `keep`, the model's graph outputs on that batch.
     pub kept: Vec<Vec<ArrayData>>,
-    /// The statistics of every sample but the `apart` rows (None when
-    /// there are none): ranges the `apart` samples have no part in, for
-    /// judging choices on them out of sample.
-    pub held: Option<BTreeMap<String, TensorStats>>,
 }
 
 /// [`collect`], with the samples of each group of `keep` (row indices,
@@ -118,9 +114,6 @@ pub struct Collected {
 /// several samples would hold more observed outputs than
 /// [`OUTPUT_BUDGET`] (or their size is not known), nothing is kept
 /// (`kept` is empty) and every sample runs as `collect` runs it.
-/// The `apart` rows (each group of `keep` lies inside them or outside)
-/// are also observed apart: `held` has the statistics without them.
-#[allow(clippy::too_many_arguments)]
 pub fn collect_keeping(
     model: &ModelProto,
     data: &Dataset,
@@ -128,43 +121,21 @@ pub fn collect_keeping(
     tensors: &[String],
     histograms: bool,
     keep: &[Vec<usize>],
-    apart: &[usize],
     progress: &dyn Progress,
 ) -> Result<Collected> {
     if histograms {
-        collect_with(
-            model,
-            data,
-            feed,
-            tensors,
-            Histogram::new,
-            keep,
-            apart,
-            progress,
-        )
+        collect_with(model, data, feed, tensors, Histogram::new, keep, progress)
     } else {
-        collect_with(
-            model,
-            data,
-            feed,
-            tensors,
-            MinMax::new,
-            keep,
-            apart,
-            progress,
-        )
+        collect_with(model, data, feed, tensors, MinMax::new, keep, progress)
     }
 }
 
-/// One calibration run: its sample rows, the group of `keep` it is, and
-/// whether its rows are `apart` rows.
+/// One calibration run: its sample rows, and the group of `keep` it is.
 struct Job {
     rows: Vec<usize>,
     keep: Option<usize>,
-    apart: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
 fn collect_with<O: Observer + Send>(
     model: &ModelProto,
     data: &Dataset,
@@ -172,7 +143,6 @@ fn collect_with<O: Observer + Send>(
     tensors: &[String],
     make: fn() -> O,
     keep: &[Vec<usize>],
-    apart: &[usize],
     progress: &dyn Progress,
 ) -> Result<Collected> {
     let input_names = quench_verify::input_names(model);
@@ -194,21 +164,12 @@ fn collect_with<O: Observer + Send>(
         }
         _ => keep,
     };
-    let mut is_apart = vec![false; n];
-    for r in apart {
-        if let Some(a) = is_apart.get_mut(*r) {
-            *a = true;
-        }
-    }
     let mut jobs: Vec<Job> = keep
         .iter()
         .enumerate()
         .map(|(i, rows)| Job {
             rows: rows.clone(),
             keep: Some(i),
-            apart: rows
-                .iter()
-                .any(|&r| is_apart.get(r).copied().unwrap_or(false)),
         })
         .collect();
     let mut taken = vec![false; n];
@@ -217,9 +178,7 @@ fn collect_with<O: Observer + Send>(
             *t = true;
         }
     }
-    // The rows left, those apart in batches of their own.
     let rest: Vec<usize> = (0..n).filter(|&r| !taken[r]).collect();
-    let (rest_apart, rest): (Vec<usize>, Vec<usize>) = rest.into_iter().partition(|&r| is_apart[r]);
     // The batch size (and tract's verdict on it) is the one `collect`
     // finds on all the samples, whatever `keep` takes: when every row is
     // in a kept group of one sample, a model tract cannot run at
@@ -227,27 +186,14 @@ fn collect_with<O: Observer + Send>(
     // does without the groups), not calibrate one sample at a time.
     let full = batch_ranges(&runners, data, feed, &input_names)?;
     let batch = full.first().map_or(1, |r| r.len());
-    for (rows, apart) in [(&rest, false), (&rest_apart, true)] {
-        for r in feed.ranges(rows.len(), batch) {
-            jobs.push(Job {
-                rows: rows[r].to_vec(),
-                keep: None,
-                apart,
-            });
-        }
+    for r in feed.ranges(rest.len(), batch) {
+        jobs.push(Job {
+            rows: rest[r].to_vec(),
+            keep: None,
+        });
     }
     progress.samples_start("calibrating", n as u64);
-    // Observers of the rows not apart, and of those apart (merged into
-    // the first at the end: observers merge exactly, in any order).
-    let any_apart = jobs.iter().any(|j| j.apart);
-    let empty = || -> (Vec<O>, Vec<O>) {
-        let set = |on: bool| {
-            (0..if on { tensors.len() } else { 0 })
-                .map(|_| make())
-                .collect()
-        };
-        (set(true), set(any_apart))
-    };
+    let empty = || -> Vec<O> { (0..tensors.len()).map(|_| make()).collect() };
     let kept: std::sync::Mutex<Vec<Option<Vec<ArrayData>>>> =
         std::sync::Mutex::new(vec![None; keep.len()]);
     // Memory is bounded by the thread count, not the batch count:
@@ -258,10 +204,9 @@ fn collect_with<O: Observer + Send>(
     let workers = rayon::current_num_threads().clamp(1, jobs.len().max(1));
     let merged = (0..workers)
         .into_par_iter()
-        .map(|_| -> Result<(Vec<O>, Vec<O>)> {
-            let (mut held, mut away) = empty();
+        .map(|_| -> Result<Vec<O>> {
+            let mut hs = empty();
             while let Some(job) = jobs.get(next.fetch_add(1, Ordering::Relaxed)) {
-                let hs = if job.apart { &mut away } else { &mut held };
                 let rows = &job.rows;
                 let Some(&first) = rows.first() else {
                     continue;
@@ -286,31 +231,21 @@ fn collect_with<O: Observer + Send>(
                 }
                 progress.samples_done(rows.len() as u64);
             }
-            Ok((held, away))
+            Ok(hs)
         })
         .try_reduce(empty, |mut a, b| {
-            for (x, y) in a.0.iter_mut().zip(&b.0) {
-                x.merge(y);
-            }
-            for (x, y) in a.1.iter_mut().zip(&b.1) {
+            for (x, y) in a.iter_mut().zip(&b) {
                 x.merge(y);
             }
             Ok(a)
         });
     progress.samples_end();
-    let (mut merged, away) = merged?;
-    let stats_of = |hs: &[O]| -> BTreeMap<String, TensorStats> {
-        tensors
-            .iter()
-            .cloned()
-            .zip(hs.iter().map(|h| h.stats()))
-            .collect()
-    };
-    let held = any_apart.then(|| stats_of(&merged));
-    for (x, y) in merged.iter_mut().zip(&away) {
-        x.merge(y);
-    }
-    let stats = stats_of(&merged);
+    let merged = merged?;
+    let stats = tensors
+        .iter()
+        .cloned()
+        .zip(merged.iter().map(|h| h.stats()))
+        .collect();
     let kept = kept
         .into_inner()
         .map_err(|_| anyhow::anyhow!("a calibration worker panicked"))?
@@ -321,7 +256,6 @@ fn collect_with<O: Observer + Send>(
         stats,
         notes: runners.take_notes(),
         kept,
-        held,
     })
 }
 

@@ -347,7 +347,6 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     let mut calib_samples = 0;
     let mut ranges = quantize::Ranges::new();
     let mut calib_stats = None;
-    let mut held_stats: Option<BTreeMap<String, TensorStats>> = None;
     // `--method auto`'s FP32 references come from the calibration run:
     // its batches are run as the search will run them, and their graph
     // outputs kept. Not after pruning, which changed what the model
@@ -375,19 +374,12 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
             Some((fit, judge)) => fit.iter().chain(judge.iter().flatten()).cloned().collect(),
             None => Vec::new(),
         };
-        // The judging rows are observed apart too: the search judges
-        // ranges they had no part in (out of sample).
-        let apart: Vec<usize> = match &search_groups {
-            Some((_, Some(judge))) => judge.iter().flatten().copied().collect(),
-            _ => Vec::new(),
-        };
-        let (stats, mut kept, held) = calibrate_phase(
+        let (stats, mut kept) = calibrate_phase(
             opts,
             &data,
             &model,
             &plan.tensors_to_observe(&model.graph),
             &keep,
-            &apart,
             &mut calib_samples,
             &mut out,
             progress,
@@ -401,7 +393,6 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 });
             }
         }
-        held_stats = held;
         match stats {
             Some(stats) => {
                 ranges = range_policy(opts, &model, &plan, &cfg, &stats, &mut out);
@@ -459,11 +450,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 }
                 // Statistics taken before smoothing describe other values:
                 // the searches use the exact smoothed ranges instead.
-                if let Some(sq) = &r {
-                    for st in calib_stats.iter_mut().chain(held_stats.iter_mut()) {
-                        for t in &sq.tensors {
-                            st.remove(t);
-                        }
+                if let (Some(sq), Some(st)) = (&r, calib_stats.as_mut()) {
+                    for t in &sq.tensors {
+                        st.remove(t);
                     }
                 }
                 smooth_quant = r;
@@ -506,7 +495,6 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     opts.entropy_guard,
                     opts.float_outliers,
                     search_reference.take(),
-                    held_stats.as_ref(),
                 ) {
                     Ok((r, rep)) => {
                         let scores = format!(
@@ -525,7 +513,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                         );
                         if rep.kept {
                             out.note(format!(
-                                "method auto: {} for all ({scores}), {}{} outlier(s) left float{}; judged on {} {}: {:.2} dB against {}{:.2} with min/max{} ({} runs, {:.1} s)",
+                                "method auto: {} for all ({scores}), {}{} outlier(s) left float{}; judged on {} {} samples: {:.2} dB against {}{:.2} with min/max{} ({} runs, {:.1} s)",
                                 rep.method,
                                 rep.float_op_types
                                     .iter()
@@ -545,7 +533,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                     )
                                 },
                                 rep.judge_samples,
-                                if rep.judged_out_of_sample { "other samples, with ranges taken without them" } else if rep.judged_apart { "other samples" } else { "of the same samples" },
+                                if rep.judged_apart { "other" } else { "of the same" },
                                 rep.auto_db,
                                 if rep.minmax_samples < rep.judge_samples { "< " } else { "" },
                                 rep.minmax_db,
@@ -583,9 +571,8 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             }
                         } else {
                             out.note(format!(
-                                "method auto: the searched ranges did not beat min/max on {} judging samples{} ({:.2} vs {:.2} dB); {} ({scores})",
+                                "method auto: the searched ranges did not beat min/max on {} judging samples ({:.2} vs {:.2} dB); {} ({scores})",
                                 rep.judge_samples,
-                                if rep.judged_out_of_sample { ", with ranges taken without them" } else { "" },
                                 rep.auto_db,
                                 rep.minmax_db,
                                 if rep.method == "minmax" { "min/max kept".to_string() } else { format!("{} ranges for all (they beat min/max there)", rep.method) },
@@ -1058,14 +1045,12 @@ fn calibrate_phase(
     model: &Model,
     tensors: &[String],
     keep: &[Vec<usize>],
-    apart: &[usize],
     samples: &mut usize,
     out: &mut Notes,
     progress: &dyn Progress,
 ) -> Result<(
     Option<BTreeMap<String, TensorStats>>,
     Vec<Vec<quench_verify::ArrayData>>,
-    Option<BTreeMap<String, TensorStats>>,
 )> {
     if let Some(t) = &opts.calibration_table {
         let table = read_table(t)?;
@@ -1093,10 +1078,10 @@ fn calibrate_phase(
                 missing[0]
             ));
         }
-        return Ok((Some(table.tensors), Vec::new(), None));
+        return Ok((Some(table.tensors), Vec::new()));
     }
     let Some(cal) = &data.calibration else {
-        return Ok((Some(BTreeMap::new()), Vec::new(), None));
+        return Ok((Some(BTreeMap::new()), Vec::new()));
     };
     *samples = cal.data.samples();
     let t0 = Instant::now();
@@ -1105,7 +1090,7 @@ fn calibrate_phase(
     let histograms = opts.method != Method::Minmax;
     let run = |keep: &[Vec<usize>]| {
         calibrate::collect_keeping(
-            &proto, &cal.data, cal.feed, tensors, histograms, keep, apart, progress,
+            &proto, &cal.data, cal.feed, tensors, histograms, keep, progress,
         )
     };
     // The search's batches are a convenience: when tract fails on them
@@ -1132,7 +1117,7 @@ fn calibrate_phase(
                 samples,
                 t0.elapsed()
             ));
-            Ok((Some(c.stats), c.kept, c.held))
+            Ok((Some(c.stats), c.kept))
         }
         // tract cannot run the model: static quantization is out of
         // reach, weights can still be quantized.
@@ -1144,7 +1129,7 @@ fn calibrate_phase(
             out.warn(format!(
                 "calibration could not run the model in tract ({e:#}); fell back to weight-only quantization (int8 weights, float activations). `--no-fallback` makes this an error"
             ));
-            Ok((None, Vec::new(), None))
+            Ok((None, Vec::new()))
         }
     }
 }

@@ -42,12 +42,7 @@
 //!    never takes a wrong one: a singleton is measured before it is taken.
 //! 3. **Judged**: the result must score higher than min/max ranges on the
 //!    judging samples; if it does not, the method for all alone is kept if
-//!    it does, else min/max. The ranges judged are taken without the
-//!    judging samples (the calibration statistics of the other samples,
-//!    observed apart: `calibrate::Collected::held`), so the judging
-//!    figures are out of sample, as on new data: min/max ranges never
-//!    clip the samples they come from, and judged on them they looked
-//!    better than they are. The ranges written are those of all samples.
+//!    it does, else min/max.
 //!
 //! Per-activation range choice was tried and dropped: on real models it
 //! gained a few hundredths of a dB on judging samples (PP-OCRv4 rec) or
@@ -127,10 +122,6 @@ pub struct AutoReport {
     /// Whether the judging samples are other samples than the fitting ones
     /// (false below 16 samples: both are all of them).
     pub judged_apart: bool,
-    /// Whether the judged ranges were taken without the judging samples
-    /// (the calibration statistics of the other samples): then the
-    /// judging figures are out of sample, as on new data.
-    pub judged_out_of_sample: bool,
     /// Output score (dB, fitting samples) of each method for all, and the
     /// samples it was run on: fewer than `fit_samples` when the method was
     /// stopped once certain to stay behind the best so far (its figure is
@@ -1086,7 +1077,6 @@ pub fn search(
     entropy_guard: f64,
     float_outliers: bool,
     reference: Option<SearchReference>,
-    held: Option<&BTreeMap<String, TensorStats>>,
 ) -> Result<(Ranges, AutoReport)> {
     let g = &float.graph;
     let t0 = std::time::Instant::now();
@@ -1117,37 +1107,21 @@ pub fn search(
     };
     // Per root: the range of every method (None: the method failed there;
     // the policy's range is used).
-    let ranges_from = |stats: &BTreeMap<String, TensorStats>| -> Vec<Vec<(f32, f32)>> {
-        roots
-            .par_iter()
-            .map(|(root, _)| {
-                let f = format(root);
-                METHODS
-                    .iter()
-                    .map(|&m| {
-                        stats
-                            .get(root.as_str())
-                            .and_then(|s| {
-                                range_of(g, root, s, &f, m, consumer_clamp, entropy_guard)
-                            })
-                            .unwrap_or(policy[root.as_str()])
-                    })
-                    .collect()
-            })
-            .collect()
-    };
-    let ranges_of = ranges_from(stats);
-    // The judging samples' own statistics are left out of the ranges they
-    // judge, when they are other samples than the fitting ones: min/max
-    // ranges never clip the samples they were taken from, and judged on
-    // those samples they looked better than they are (ddddocr's OCR: min/
-    // max 0.8 dB ahead of percentile on its calibration lines, 0.8-1.5 dB
-    // behind on other lines, two near-blank strips among the former).
-    let judged_out_of_sample = held.is_some() && fit_rows != judge_rows;
-    let judge_ranges = match held {
-        Some(h) if judged_out_of_sample => ranges_from(h),
-        _ => ranges_of.clone(),
-    };
+    let ranges_of: Vec<Vec<(f32, f32)>> = roots
+        .par_iter()
+        .map(|(root, _)| {
+            let f = format(root);
+            METHODS
+                .iter()
+                .map(|&m| {
+                    stats
+                        .get(root.as_str())
+                        .and_then(|s| range_of(g, root, s, &f, m, consumer_clamp, entropy_guard))
+                        .unwrap_or(policy[root.as_str()])
+                })
+                .collect()
+        })
+        .collect();
     let put = |bench: &ParamBench, set: &mut Vec<Setting>, k: usize, r: (f32, f32)| {
         let (root, ixs) = &roots[k];
         if let Some((s, z)) = bench.params(root, &format(root), r) {
@@ -1367,11 +1341,11 @@ pub fn search(
     // all).
     let auto_db = judged(
         &mut judge,
-        &|k| (!off[k]).then_some(judge_ranges[k][method]),
+        &|k| (!off[k]).then_some(chosen[k]),
         f64::NEG_INFINITY,
     )?
     .db;
-    let minmax = judged(&mut judge, &|k| Some(judge_ranges[k][0]), auto_db)?;
+    let minmax = judged(&mut judge, &|k| Some(ranges_of[k][0]), auto_db)?;
     let minmax_db = minmax.db;
     let (kept, used, result): (bool, usize, Vec<Option<(f32, f32)>>) = if auto_db > minmax_db {
         (
@@ -1388,7 +1362,7 @@ pub fn search(
             if !off.iter().any(|o| *o) {
                 return Ok(false);
             }
-            let r = judged(judge, &|k| Some(judge_ranges[k][method]), minmax_db)?;
+            let r = judged(judge, &|k| Some(ranges_of[k][method]), minmax_db)?;
             Ok(r.complete && r.db > minmax_db)
         };
         let m = if method != 0 && alone(&mut judge)? {
@@ -1437,7 +1411,6 @@ pub fn search(
     let report = AutoReport {
         fit_samples: fit.samples(),
         judged_apart: fit_rows != judge_rows,
-        judged_out_of_sample,
         judge_samples: judge.samples(),
         methods,
         method: method_name(METHODS[used]),

@@ -57,19 +57,10 @@ fn kept_calibration_outputs_are_the_fp32_outputs_of_the_search_batches() {
     assert!(keep.len() >= 2, "at least one batch per thread");
 
     let proto = m.to_onnx();
-    let with = calibrate::collect_keeping(
-        &proto,
-        &cal.data,
-        cal.feed,
-        &tensors,
-        true,
-        &keep,
-        &[],
-        &Silent,
-    )
-    .unwrap();
+    let with =
+        calibrate::collect_keeping(&proto, &cal.data, cal.feed, &tensors, true, &keep, &Silent)
+            .unwrap();
     assert_eq!(with.kept.len(), keep.len());
-    assert!(with.held.is_none(), "no rows apart, no held statistics");
 
     // The kept outputs against FP32 (the input model) on the same batches.
     let fp = Runners::new(&original, vec![]);
@@ -423,80 +414,4 @@ fn a_string_graph_output_does_not_stop_calibration() {
             "{method:?}"
         );
     }
-}
-
-/// The judging rows observed apart: `held` is the statistics of a
-/// calibration run on the other samples alone, and `stats` still those of
-/// every sample (the search judges ranges its judging samples had no part
-/// in, and writes ranges from all of them).
-#[test]
-fn held_statistics_are_those_of_the_samples_not_apart() {
-    let loaded = quench_onnx::load_model(&testdata("digits_cnn.onnx")).unwrap();
-    let original = loaded.model.clone();
-    let mut m = Model::from_onnx(original.clone()).unwrap();
-    quench_compile::run_pipeline(&mut m, &None, &[]).unwrap();
-    let pl = plan(&m.graph, &QuantizeConfig::default()).unwrap();
-    let tensors = pl.tensors_to_observe(&m.graph);
-    let opts = Options {
-        calibration: Some(testdata("digits/calib")),
-        verify: false,
-        ..Options::default()
-    };
-    let data = DataPlan::new(&opts, &original).unwrap();
-    let cal = data.calibration.unwrap();
-    let n = cal.data.samples();
-    let (fit, judge) = search::search_groups(&cal);
-    let judge = judge.unwrap();
-    let apart: Vec<usize> = judge.iter().flatten().copied().collect();
-    let proto = m.to_onnx();
-    let check = |keep: &[Vec<usize>]| {
-        let with = calibrate::collect_keeping(
-            &proto, &cal.data, cal.feed, &tensors, true, keep, &apart, &Silent,
-        )
-        .unwrap();
-        let held = with.held.expect("rows apart: held statistics");
-        let rest: Vec<usize> = (0..n).filter(|r| !apart.contains(r)).collect();
-        let (alone, _) = calibrate::collect(
-            &proto,
-            &cal.data.pick(&rest),
-            cal.feed,
-            &tensors,
-            true,
-            &Silent,
-        )
-        .unwrap();
-        let (all, _) =
-            calibrate::collect(&proto, &cal.data, cal.feed, &tensors, true, &Silent).unwrap();
-        let mut narrower = 0;
-        for (name, h) in &held {
-            for (a, b, what) in [
-                (h, &alone[name], "held"),
-                (&with.stats[name], &all[name], "all"),
-            ] {
-                assert_eq!(a.count, b.count, "{what} {name}");
-                let tol = REL_TOL * a.min.abs().max(a.max.abs()).max(1e-6);
-                assert!(
-                    (a.min - b.min).abs() <= tol && (a.max - b.max).abs() <= tol,
-                    "{what} {name}: [{}, {}] against [{}, {}]",
-                    a.min,
-                    a.max,
-                    b.min,
-                    b.max
-                );
-            }
-            let s = &with.stats[name];
-            assert!(
-                h.count < s.count && h.min >= s.min && h.max <= s.max,
-                "{name}"
-            );
-            narrower += usize::from(h.min > s.min || h.max < s.max);
-        }
-        // Some range is set by a judging sample: otherwise the check
-        // could not tell held from all.
-        assert!(narrower > 0, "no range differs without the judging rows");
-    };
-    // With the search's batches kept, and without (their outputs too
-    // large to keep: the rows apart then run in batches of their own).
-    check(&fit.iter().chain(&judge).cloned().collect::<Vec<_>>());
-    check(&[]);
 }
