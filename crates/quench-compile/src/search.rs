@@ -164,7 +164,7 @@ pub struct AutoReport {
     /// Activations left float because nothing reads them in integer once
     /// the tensors above are float (every consumer runs in float).
     pub float_unread: Vec<String>,
-    /// When no single outlier was found: consecutive activations (in
+    /// When no outlier was found: consecutive activations (in
     /// graph order) that together are behind at least half of the output
     /// error, at most a quarter of them; they stay quantized.
     pub error_cluster: Option<ErrorCluster>,
@@ -1220,11 +1220,16 @@ pub fn search(
                 gain_off(&mut fit, &base, ks, current, floor)
             })?;
             let Some((k, gain)) = found else {
-                error_cluster = near.map(|(ks, gain_db)| ErrorCluster {
-                    tensors: ks.iter().map(|&k| roots[k].0.clone()).collect(),
-                    gain_db,
-                    of: cands.len(),
-                });
+                // Only when no outlier was found at all: after one, the
+                // note ("no single activation is behind half") would
+                // contradict it.
+                error_cluster = near
+                    .filter(|_| float_tensors.is_empty())
+                    .map(|(ks, gain_db)| ErrorCluster {
+                        tensors: ks.iter().map(|&k| roots[k].0.clone()).collect(),
+                        gain_db,
+                        of: cands.len(),
+                    });
                 break;
             };
             off[k] = true;
