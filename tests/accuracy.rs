@@ -3,36 +3,47 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 
 use common::*;
 use serde_json::Value;
 
-/// Output SQNR (reference semantics) of `quench compile MODEL ARGS`.
+/// Output SQNR (reference semantics) of `quench compile MODEL ARGS` on the
+/// digits data.
 fn output_sqnr(model: &str, extra: &[&str]) -> (f64, Value) {
+    // Each mechanism is measured on min/max ranges unless a test asks for
+    // a method (the default, auto, is measured by its own test).
+    let mut args = extra.to_vec();
+    if !extra.contains(&"--method") {
+        args.extend(["--method", "minmax"]);
+    }
+    sqnr_on(
+        &testdata(model),
+        &testdata("digits/calib"),
+        &testdata("digits/eval"),
+        &args,
+    )
+}
+
+/// Output SQNR (reference semantics, on `eval`) and report of `quench
+/// compile MODEL -c CALIB --eval EVAL ARGS`.
+fn sqnr_on(model: &Path, calib: &Path, eval: &Path, extra: &[&str]) -> (f64, Value) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q.onnx");
     let rep = dir.path().join("r.json");
-    let mut args = vec![
-        "compile".to_string(),
-        testdata(model).to_str().unwrap().to_string(),
-        "-c".into(),
-        testdata("digits/calib").to_str().unwrap().to_string(),
-        "--eval".into(),
-        testdata("digits/eval").to_str().unwrap().to_string(),
-        "-o".into(),
-        out.to_str().unwrap().to_string(),
-        "--report".into(),
-        rep.to_str().unwrap().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    // Each mechanism is measured on min/max ranges unless a test asks for
-    // a method (the default, auto, is measured by its own test).
-    if !extra.contains(&"--method") {
-        args.extend(["--method".to_string(), "minmax".to_string()]);
-    }
     let o = Command::new(env!("CARGO_BIN_EXE_quench"))
-        .args(&args)
+        .arg("compile")
+        .arg(model)
+        .arg("-c")
+        .arg(calib)
+        .arg("--eval")
+        .arg(eval)
+        .arg("-o")
+        .arg(&out)
+        .arg("--report")
+        .arg(&rep)
+        .args(extra)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -695,38 +706,18 @@ fn method_auto_keeps_ranges_covering_rare_extreme_calibration_samples() {
             x.mapv_inplace(|v| v * 4.0);
         }
     }
-    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("rare_extremes");
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = tempfile::tempdir().unwrap();
     for (sub, a) in [("cal", &cal), ("ev", &ev)] {
-        std::fs::create_dir_all(dir.join(sub)).unwrap();
-        ndarray_npy::write_npy(dir.join(sub).join("input.npy"), a).unwrap();
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        ndarray_npy::write_npy(dir.path().join(sub).join("input.npy"), a).unwrap();
     }
-    let sqnr = |method: &str| -> (f64, Value) {
-        let out = dir.join(format!("{method}.onnx"));
-        let rep = dir.join(format!("{method}.json"));
-        let o = Command::new(env!("CARGO_BIN_EXE_quench"))
-            .args([
-                "compile",
-                testdata("cnn_bn.onnx").to_str().unwrap(),
-                "-c",
-                dir.join("cal").to_str().unwrap(),
-                "--eval",
-                dir.join("ev").to_str().unwrap(),
-                "-o",
-                out.to_str().unwrap(),
-                "--report",
-                rep.to_str().unwrap(),
-                "--method",
-                method,
-            ])
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
-        let db = r["verification"]["outputs"][0]["reference"]["sqnr_db"]
-            .as_f64()
-            .unwrap();
-        (db, r)
+    let sqnr = |method: &str| {
+        sqnr_on(
+            &testdata("cnn_bn.onnx"),
+            &dir.path().join("cal"),
+            &dir.path().join("ev"),
+            &["--method", method],
+        )
     };
     let (auto, r) = sqnr("auto");
     let (minmax, _) = sqnr("minmax");

@@ -1755,12 +1755,6 @@ mod tests {
         assert_eq!(db(&[vec![(0.0, 1.0)]], 1), 300.0);
     }
 
-    /// A sample with no signal (FP32 all zeros: a dead Relu, a masked row)
-    /// or very little (a blank page under a text detector) weighs by its
-    /// error against every sample's signal, so it cannot decide alone
-    /// (with a per-sample ratio, PP-OCRv4 det's min/max fit score read
-    /// -75.9 dB, set by one page; a zero signal floored at 1e-30 made
-    /// every candidate read about -300 dB).
     /// References from another plan are used only within
     /// REFERENCE_CHECK_DB of FP32's own (float rounding passes, a changed
     /// function, NaN or another shape do not).
@@ -1793,6 +1787,12 @@ mod tests {
         assert!(!super::references_agree(&[], &f));
     }
 
+    /// A sample with no signal (FP32 all zeros: a dead Relu, a masked row)
+    /// or very little (a blank page under a text detector) weighs by its
+    /// error against every sample's signal, so it cannot decide alone
+    /// (with a per-sample ratio, PP-OCRv4 det's min/max fit score read
+    /// -75.9 dB, set by one page; a zero signal floored at 1e-30 made
+    /// every candidate read about -300 dB).
     #[test]
     fn a_silent_sample_does_not_decide_alone() {
         let db = |units: &[Vec<(f64, f64)>]| score_of(units, 1).pooled_db;
@@ -1965,6 +1965,13 @@ mod tests {
 
     #[test]
     fn a_cluster_behind_half_of_the_error_is_named_when_no_outlier_is() {
+        let all: Vec<usize> = (0..64).collect();
+        let search = |f: &dyn Fn(&[usize]) -> f64| {
+            find_outlier_or_cluster(&all, &mut |ks: &[usize], floor: Option<f64>| {
+                Ok(stopped(f(ks), floor))
+            })
+            .unwrap()
+        };
         // 64 tensors: 8..16 carry 10% of the error each (80% together),
         // the other 56 share 20%. No one is behind half; the smallest
         // measured set holding at least half, within a quarter of the
@@ -1974,34 +1981,19 @@ mod tests {
             *x = 0.1;
         }
         let f = additive(&e, 0.0);
-        let all: Vec<usize> = (0..64).collect();
-        let (found, cluster) =
-            find_outlier_or_cluster(&all, &mut |ks: &[usize], floor: Option<f64>| {
-                Ok(stopped(f(ks), floor))
-            })
-            .unwrap();
+        let (found, cluster) = search(&f);
         assert!(found.is_none());
         let (ks, g) = cluster.expect("a cluster");
         assert_eq!(ks, (0..16).collect::<Vec<_>>());
         assert!((g - f(&ks)).abs() < 1e-12 && g >= super::OUTLIER_DB, "{g}");
         // Spread error: halves hold half each, more than a quarter of the
         // tensors: no cluster.
-        let f = additive(&[1.0; 64], 1.0);
-        let (found, cluster) =
-            find_outlier_or_cluster(&all, &mut |ks: &[usize], floor: Option<f64>| {
-                Ok(stopped(f(ks), floor))
-            })
-            .unwrap();
+        let (found, cluster) = search(&additive(&[1.0; 64], 1.0));
         assert!(found.is_none() && cluster.is_none(), "{cluster:?}");
         // An outlier found: no cluster (the sets holding it gain through it).
         let mut e = vec![1.0; 64];
         e[41] = 0.6 * 63.0 / 0.4;
-        let f = additive(&e, 0.0);
-        let (found, cluster) =
-            find_outlier_or_cluster(&all, &mut |ks: &[usize], floor: Option<f64>| {
-                Ok(stopped(f(ks), floor))
-            })
-            .unwrap();
+        let (found, cluster) = search(&additive(&e, 0.0));
         assert_eq!(found.map(|(k, _)| k), Some(41));
         assert!(cluster.is_none());
     }

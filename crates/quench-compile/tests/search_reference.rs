@@ -178,6 +178,20 @@ fn node(
 
 /// `input` [N,16] reshaped to the constant shape [1,16], MatMul, Relu,
 /// MatMul: tract runs it on batches of one sample only.
+/// A model of `graph` at opset 17 (IR 8).
+fn opset17(graph: quench_onnx::proto::GraphProto) -> quench_onnx::proto::ModelProto {
+    use quench_onnx::proto::*;
+    ModelProto {
+        ir_version: Some(8),
+        opset_import: vec![OperatorSetIdProto {
+            domain: Some(String::new()),
+            version: Some(17),
+        }],
+        graph: Some(graph),
+        ..Default::default()
+    }
+}
+
 fn batch_one_model() -> quench_onnx::proto::ModelProto {
     use quench_onnx::proto::tensor_proto::DataType;
     use quench_onnx::proto::*;
@@ -188,31 +202,23 @@ fn batch_one_model() -> quench_onnx::proto::ModelProto {
         int64_data: vec![1, 16],
         ..Default::default()
     };
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("g".into()),
-            node: vec![
-                node("Reshape", &["input", "shape"], "flat", vec![]),
-                node("MatMul", &["flat", "w1"], "h", vec![]),
-                node("Relu", &["h"], "r", vec![]),
-                node("MatMul", &["r", "w2"], "output", vec![]),
-            ],
-            input: vec![vi("input", DataType::Float, &[None, Some(16)])],
-            initializer: vec![
-                shape,
-                f32_tensor("w1", &[16, 24], 1),
-                f32_tensor("w2", &[24, 10], 2),
-            ],
-            output: vec![vi("output", DataType::Float, &[Some(1), Some(10)])],
-            ..Default::default()
-        }),
+    opset17(GraphProto {
+        name: Some("g".into()),
+        node: vec![
+            node("Reshape", &["input", "shape"], "flat", vec![]),
+            node("MatMul", &["flat", "w1"], "h", vec![]),
+            node("Relu", &["h"], "r", vec![]),
+            node("MatMul", &["r", "w2"], "output", vec![]),
+        ],
+        input: vec![vi("input", DataType::Float, &[None, Some(16)])],
+        initializer: vec![
+            shape,
+            f32_tensor("w1", &[16, 24], 1),
+            f32_tensor("w2", &[24, 10], 2),
+        ],
+        output: vec![vi("output", DataType::Float, &[Some(1), Some(10)])],
         ..Default::default()
-    }
+    })
 }
 
 /// Writes pseudo-random f32 values of `shape` as `<dir>/<name>.npy`
@@ -345,45 +351,37 @@ fn string_output_model() -> quench_onnx::proto::ModelProto {
         ],
         ..Default::default()
     };
-    ModelProto {
-        ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto {
-            domain: Some(String::new()),
-            version: Some(17),
-        }],
-        graph: Some(GraphProto {
-            name: Some("g".into()),
-            node: vec![
-                node("MatMul", &["input", "w1"], "h", vec![]),
-                node("Relu", &["h"], "r", vec![]),
-                node("MatMul", &["r", "w2"], "logits", vec![]),
-                node(
-                    "ArgMax",
-                    &["logits"],
-                    "idx",
-                    vec![int_attr("axis", 1), int_attr("keepdims", 0)],
-                ),
-                node(
-                    "Gather",
-                    &["labels", "idx"],
-                    "label",
-                    vec![int_attr("axis", 0)],
-                ),
-            ],
-            input: vec![vi("input", DataType::Float, &[None, Some(16)])],
-            initializer: vec![
-                labels,
-                f32_tensor("w1", &[16, 24], 3),
-                f32_tensor("w2", &[24, 3], 4),
-            ],
-            output: vec![
-                vi("logits", DataType::Float, &[None, Some(3)]),
-                vi("label", DataType::String, &[None]),
-            ],
-            ..Default::default()
-        }),
+    opset17(GraphProto {
+        name: Some("g".into()),
+        node: vec![
+            node("MatMul", &["input", "w1"], "h", vec![]),
+            node("Relu", &["h"], "r", vec![]),
+            node("MatMul", &["r", "w2"], "logits", vec![]),
+            node(
+                "ArgMax",
+                &["logits"],
+                "idx",
+                vec![int_attr("axis", 1), int_attr("keepdims", 0)],
+            ),
+            node(
+                "Gather",
+                &["labels", "idx"],
+                "label",
+                vec![int_attr("axis", 0)],
+            ),
+        ],
+        input: vec![vi("input", DataType::Float, &[None, Some(16)])],
+        initializer: vec![
+            labels,
+            f32_tensor("w1", &[16, 24], 3),
+            f32_tensor("w2", &[24, 3], 4),
+        ],
+        output: vec![
+            vi("logits", DataType::Float, &[None, Some(3)]),
+            vi("label", DataType::String, &[None]),
+        ],
         ..Default::default()
-    }
+    })
 }
 
 /// Calibration reads back the graph outputs of the search's batches only:
