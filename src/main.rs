@@ -1,5 +1,9 @@
 //! The `quench` command line.
 
+// The process-wide allocator (mimalloc, see src/alloc.rs) is declared by
+// the `quench` library target; naming the crate links it in.
+extern crate quench;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -43,7 +47,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    quench::alloc::tune();
     // tract panics are contained and reported as errors naming the phase
     // and node; the default hook would also print them as "panicked".
     quench_verify::quiet_contained_panics();
