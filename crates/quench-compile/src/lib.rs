@@ -272,6 +272,16 @@ impl Notes {
 
 /// Compiles `input` as `opts` ask. See the crate documentation for the
 /// phases.
+/// ", N more with a bias the twin could not feed left as they are" (or
+/// nothing) for the bias-correction note.
+fn skipped_note(n: usize) -> String {
+    if n == 0 {
+        String::new()
+    } else {
+        format!(" ({n} more with a bias the twin could not feed, left as they are)")
+    }
+}
+
 pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> Result<Outcome> {
     opts.validate().map_err(anyhow::Error::msg)?;
     let mut phases = Phases::new();
@@ -775,12 +785,19 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 };
                 match &r {
                     Some(b) if b.kept => out.note(format!(
-                        "bias correction: {} layer(s), output SQNR on {} held-out calibration samples {:.2} -> {:.2} dB",
-                        b.layers, b.validation_samples, b.sqnr_before_db, b.sqnr_after_db
+                        "bias correction: {} of {} layer(s) corrected{}, output SQNR on {} held-out calibration samples {:.2} -> {:.2} dB ({} runs, {:.1} s)",
+                        b.corrected,
+                        b.layers,
+                        skipped_note(b.skipped),
+                        b.validation_samples,
+                        b.sqnr_before_db,
+                        b.sqnr_after_db,
+                        b.runs,
+                        b.seconds
                     )),
                     Some(b) => out.note(format!(
-                        "bias correction discarded: it did not raise the output SQNR on {} held-out calibration samples ({:.2} -> {:.2} dB)",
-                        b.validation_samples, b.sqnr_before_db, b.sqnr_after_db
+                        "bias correction discarded: it did not raise the output SQNR on {} held-out calibration samples ({:.2} -> {:.2} dB; {} runs, {:.1} s)",
+                        b.validation_samples, b.sqnr_before_db, b.sqnr_after_db, b.runs, b.seconds
                     )),
                     None => {}
                 }

@@ -278,7 +278,10 @@ pub(crate) struct ParamBench {
 /// few near-tie rows, and any perturbation redraws them.
 #[derive(Debug, Clone)]
 pub(crate) struct BiasParam {
-    /// The graph input replacing the bias's DequantizeLinear.
+    /// The compute node's name (unique: biases are matched by it).
+    pub node: String,
+    /// The graph input replacing the bias's DequantizeLinear (or its
+    /// float constant, see [`ParamBench::exposing`]).
     pub input: String,
     /// The quantized tensor feeding the op (a pair's tensor).
     pub tensor: String,
@@ -352,6 +355,72 @@ fn bias_inputs(
         }
         b.input = name;
         out.push(b);
+    }
+    out
+}
+
+/// Feeds the float constant bias (input 2) of each Conv, ConvTranspose
+/// or Gemm named in `nodes` and not in `have` (one node per name, the
+/// constant read by it alone) from a new graph input: a [`BiasParam`]
+/// without a pair, whose values are the float bias itself.
+fn float_bias_inputs(
+    g: &mut quench_ir::Graph,
+    nodes: &[String],
+    have: &std::collections::HashSet<String>,
+) -> Vec<BiasParam> {
+    use quench_ir::tensor;
+    let mut by_name: HashMap<String, Option<quench_ir::NodeId>> = HashMap::new();
+    for n in g.node_ids() {
+        by_name
+            .entry(g.node(n).name().to_string())
+            .and_modify(|e| *e = None)
+            .or_insert(Some(n));
+    }
+    let mut out = Vec::new();
+    for name in nodes {
+        if have.contains(name) {
+            continue;
+        }
+        let Some(n) = by_name.get(name).copied().flatten() else {
+            continue;
+        };
+        if !matches!(
+            g.node(n).kind(),
+            OpKind::Conv | OpKind::ConvTranspose | OpKind::Gemm
+        ) {
+            continue;
+        }
+        let Some(old) = g.node(n).input(2) else {
+            continue;
+        };
+        let Some(values) = g
+            .const_tensor(old)
+            .filter(|t| t.dims.len() == 1 && g.use_count(old) == 1)
+            .and_then(|t| tensor::to_f32(t).ok())
+        else {
+            continue;
+        };
+        let input_name = g.unique_name(&format!("{}__param_bias", g.value(old).name));
+        let input = g.add_input(
+            &input_name,
+            Some(tensor::tensor_type_of(
+                quench_onnx::proto::tensor_proto::DataType::Float as i32,
+                &[values.len() as i64],
+            )),
+        );
+        g.set_input(n, 2, Some(input));
+        if !g.is_graph_output(old) {
+            g.remove_const(old);
+        }
+        out.push(BiasParam {
+            node: name.clone(),
+            input: input_name,
+            tensor: String::new(),
+            pair: None,
+            float: values.clone(),
+            weight_scales: Vec::new(),
+            initial: values,
+        });
     }
     out
 }
@@ -453,6 +522,7 @@ fn parametric_biases(
             n,
             bi,
             BiasParam {
+                node: node.name().to_string(),
                 input: String::new(),
                 tensor: g.value(x).name.clone(),
                 pair: None,
@@ -614,6 +684,64 @@ impl ParamBench {
         waves: usize,
         reference: Option<Vec<Vec<ArrayData>>>,
     ) -> Result<ParamBench> {
+        Ok(Self::build(
+            float,
+            original,
+            plan,
+            ranges,
+            cfg,
+            opset,
+            data,
+            rows,
+            waves,
+            reference,
+            &[],
+        )?
+        .0)
+    }
+
+    /// A bench for bias correction: the outputs of the compute nodes
+    /// named in `nodes` exposed after the graph outputs (index of each in
+    /// a run's outputs, `None` where the twin has no such node), and the
+    /// bias of each of them fed as an input: the int32 ones as in every
+    /// bench ([`BiasParam`]), float constants (an op whose input stays
+    /// float, weight-only quantization) as [`BiasParam`]s without a pair.
+    /// [`set_bias`](Self::set_bias) then changes a float bias without a
+    /// new quantization or tract compile. One sample per batch (a
+    /// correction is significant over samples, and exposed layer outputs
+    /// of many samples at once would fill memory).
+    #[allow(clippy::too_many_arguments)]
+    pub fn exposing(
+        float: &Model,
+        original: &ModelProto,
+        plan: &Plan,
+        ranges: &Ranges,
+        cfg: &QuantizeConfig,
+        opset: i64,
+        data: &Bound,
+        rows: &[usize],
+        nodes: &[String],
+    ) -> Result<(ParamBench, Vec<Option<usize>>)> {
+        let waves = rows.len().max(1);
+        Self::build(
+            float, original, plan, ranges, cfg, opset, data, rows, waves, None, nodes,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        float: &Model,
+        original: &ModelProto,
+        plan: &Plan,
+        ranges: &Ranges,
+        cfg: &QuantizeConfig,
+        opset: i64,
+        data: &Bound,
+        rows: &[usize],
+        waves: usize,
+        reference: Option<Vec<Vec<ArrayData>>>,
+        nodes: &[String],
+    ) -> Result<(ParamBench, Vec<Option<usize>>)> {
         let g = &float.graph;
         let mut q = float.clone();
         let mut cx = PassCx::new(opset);
@@ -631,7 +759,24 @@ impl ParamBench {
         let found = parametric_biases(&twin.graph, g);
         let (pairs, _) = parametric_twin(&mut twin.graph, opset, &clamp);
         twin.set_opset(quench_passes::simulate::TWIN_DOMAIN, 1);
-        let biases = bias_inputs(&mut twin.graph, found, &pairs);
+        let mut biases = bias_inputs(&mut twin.graph, found, &pairs);
+        if !nodes.is_empty() {
+            let have: std::collections::HashSet<String> =
+                biases.iter().map(|b| b.node.clone()).collect();
+            biases.extend(float_bias_inputs(&mut twin.graph, nodes, &have));
+        }
+        // The exposed outputs: after the graph outputs, in `nodes` order.
+        let n_out = twin.graph.outputs().len();
+        let mut extra = Vec::new();
+        let exposed: Vec<Option<usize>> = nodes
+            .iter()
+            .map(|n| {
+                crate::bias::twin_output(&twin, n).map(|o| {
+                    extra.push(o);
+                    n_out + extra.len() - 1
+                })
+            })
+            .collect();
         let data_names = quench_verify::input_names(original);
         let mut names = data_names;
         for p in &pairs {
@@ -667,7 +812,7 @@ impl ParamBench {
                 .map_or(0, |p| p + 1)
         });
         let bench = ParamBench {
-            runners: std::sync::Arc::new(Runners::new(&twin.to_onnx(), vec![])),
+            runners: std::sync::Arc::new(Runners::new(&twin.to_onnx(), extra)),
             fp: std::sync::Arc::new(Runners::new(original, vec![])),
             names,
             batches: Vec::new(),
@@ -681,7 +826,7 @@ impl ParamBench {
             clamps,
             biases,
         };
-        bench.with_rows(original, data, rows, reference)
+        Ok((bench.with_rows(original, data, rows, reference)?, exposed))
     }
 
     /// The same twin on other `rows` of `data` (`original`: the FP32
@@ -783,6 +928,29 @@ impl ParamBench {
             clamps: self.clamps.clone(),
             biases: self.biases.clone(),
         })
+    }
+
+    /// The biases fed as inputs (see [`BiasParam`]).
+    pub fn biases(&self) -> &[BiasParam] {
+        &self.biases
+    }
+
+    /// Sets bias `k`'s float values: an int32 bias is then rounded from
+    /// them as quantization will write it (at its pair's scale), a float
+    /// one is fed as is. No new quantization or tract compile.
+    pub fn set_bias(&mut self, k: usize, float: Vec<f32>) {
+        let b = &mut self.biases[k];
+        b.float = float;
+        b.initial = match b.pair {
+            Some(i) => b.values(Some(self.pairs[i].initial_scale)),
+            None => b.float.clone(),
+        };
+    }
+
+    /// The data inputs of each batch the bench runs (without the
+    /// parameter inputs).
+    pub fn inputs(&self) -> &[Vec<ArrayData>] {
+        &self.batches
     }
 
     /// Samples the bench runs on.
