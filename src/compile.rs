@@ -145,11 +145,12 @@ pub struct CompileArgs {
     pub equalize: bool,
     /// Empirical bias correction (off by default): the shift quantization
     /// causes in each Conv/Gemm output channel's mean, measured on up to 32
-    /// calibration samples (float twin vs FP32, one layer at a time with
+    /// calibration samples (the twin vs FP32, one layer at a time with
     /// the earlier corrections in place; channels whose shift is within
     /// 3 standard errors of zero are left alone), is subtracted from the
     /// bias; kept only if the output SQNR on other calibration samples
-    /// rises. One twin build per layer (up to 64 groups)
+    /// rises. One run of the twin per layer (up to 64 groups). It helps
+    /// some real models and costs others (see README)
     #[arg(long, conflicts_with = "no_bias_correction")]
     pub bias_correction: bool,
     /// The default since bias correction became opt-in; accepted so older

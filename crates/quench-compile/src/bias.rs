@@ -81,6 +81,9 @@ pub struct BiasReport {
     /// by).
     pub sqnr_before_db: f64,
     pub sqnr_after_db: f64,
+    /// Per judging sample, the SQNR gain (dB, averaged over the scored
+    /// outputs) of the corrections.
+    pub sample_gains_db: Vec<f64>,
     /// Samples the corrections were fitted on, and judged on.
     pub fit_samples: usize,
     pub validation_samples: usize,
@@ -178,6 +181,30 @@ fn significant_shift(per_batch: &[Vec<f64>]) -> Option<Vec<f64>> {
 /// corrected.
 const T_THRESHOLD: f64 = 3.0;
 
+/// Per sample, the mean over outputs of `10 log10(error before / error
+/// after)` from two runs' per-sample (error, signal) powers (a sample
+/// without error in both gains 0; one without error after only, a
+/// large finite gain).
+fn sample_gains(before: &[Vec<(f64, f64)>], after: &[Vec<(f64, f64)>]) -> Vec<f64> {
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| {
+            let n = b.len().max(1) as f64;
+            b.iter()
+                .zip(a)
+                .map(|(x, y)| match (x.0 > 0.0, y.0 > 0.0) {
+                    (false, false) => 0.0,
+                    (true, false) => 100.0,
+                    (false, true) => -100.0,
+                    _ => 10.0 * (x.0 / y.0).log10(),
+                })
+                .sum::<f64>()
+                / n
+        })
+        .collect()
+}
+
 /// Per-channel means of a tensor and its RMS (see [`channel_stats`]).
 type ChannelStats = (Vec<f64>, f64);
 
@@ -270,7 +297,9 @@ pub fn correct(
         .collect::<Result<_>>()?;
     let mut judge = bench.with_rows(&reference, data, &val_rows, None)?;
     let set = bench.initial(true);
-    let before = judge.score(&set)?.pooled_db;
+    let units_before = judge.units(&set)?;
+    let outputs = units_before.first().map_or(0, Vec::len);
+    let before = crate::search::score_of(&units_before, outputs).pooled_db;
     let original: Vec<Vec<f32>> = usable
         .iter()
         .map(|&(_, _, b)| bench.biases()[b].float.clone())
@@ -326,7 +355,9 @@ pub fn correct(
     for &(_, _, b) in &usable {
         judge.set_bias(b, bench.biases()[b].float.clone());
     }
-    let after = judge.score(&set)?.pooled_db;
+    let units_after = judge.units(&set)?;
+    let after = crate::search::score_of(&units_after, outputs).pooled_db;
+    let sample_gains_db = sample_gains(&units_before, &units_after);
     let kept = after > before;
     let written: Vec<&Vec<f32>> = if kept {
         usable
@@ -354,6 +385,7 @@ pub fn correct(
         runs: bench.runs + judge.runs,
         seconds: t0.elapsed().as_secs_f64(),
         max_relative_shift: max_rel,
+        sample_gains_db,
         sqnr_before_db: before,
         sqnr_after_db: after,
         kept,

@@ -1061,7 +1061,7 @@ impl ParamBench {
     /// Runs `set` and returns, per sample (a row of the batch axis where
     /// outputs have one), per scored output ([`scored_outputs`]): (error
     /// power, signal power).
-    fn units(&mut self, set: &[Setting]) -> Result<Vec<Vec<(f64, f64)>>> {
+    pub(crate) fn units(&mut self, set: &[Setting]) -> Result<Vec<Vec<(f64, f64)>>> {
         self.runs += 1;
         let params = self.params_of(set, &[]);
         let sums: Vec<Vec<Vec<(f64, f64)>>> = self
