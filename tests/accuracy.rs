@@ -308,6 +308,43 @@ fn bias_correction_gains_on_held_back_data() {
 }
 
 #[test]
+fn weight_only_fits_on_the_calibration_samples_given_and_never_on_eval_data() {
+    // `--mode weight-only -c DIR`: the calibration samples (not used for
+    // ranges) are what error-compensated rounding fits on. It used to say
+    // it needed calibration samples and do nothing. Measured on held-back
+    // digits: 48.17 -> 56.07 dB.
+    let model = "digits_cnn.onnx";
+    let (plain, _) = output_sqnr(model, &["--mode", "weight-only"]);
+    let (ecr, r) = output_sqnr(
+        model,
+        &["--mode", "weight-only", "--error-compensated-rounding"],
+    );
+    assert_eq!(r["rounding"]["kept"], true, "{}", r["rounding"]);
+    assert!(ecr >= plain + 4.0, "{ecr} vs {plain}");
+    // Without -c, neither phase fits on the evaluation data (whose
+    // figures verification then reports): they say so and do nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("r.json");
+    let o = Command::new(env!("CARGO_BIN_EXE_quench"))
+        .arg("compile")
+        .arg(testdata(model))
+        .arg("--eval")
+        .arg(testdata("digits/eval"))
+        .args(["--mode", "weight-only", "--bias-correction"])
+        .arg("--error-compensated-rounding")
+        .arg("-o")
+        .arg(dir.path().join("q.onnx"))
+        .arg("--report")
+        .arg(&rep)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert!(r["rounding"].is_null(), "{}", r["rounding"]);
+    assert!(r["bias_correction"].is_null(), "{}", r["bias_correction"]);
+}
+
+#[test]
 fn smooth_quant_moves_normalization_outliers_into_weights() {
     // LayerNormalization scale with two channels 40x the rest: measured
     // 17.5 dB without, 40.6 dB with (strength 0.75 chosen) on held-back

@@ -727,9 +727,16 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     // 5b. Error-compensated rounding: weights moved onto their grid so
     // that each layer's output error on calibration inputs is smallest
     // (before bias correction, which measures the rounded weights).
+    // The samples both fit on: static calibration's, or in weight-only
+    // mode the calibration samples given (never evaluation data standing
+    // in for them: verification would then report in-sample figures).
+    let fitting = data.calibration.as_ref().or(data
+        .sensitivity
+        .as_ref()
+        .filter(|_| opts.calibration.is_some()));
     let mut rounding = None;
     if opts.error_compensated_rounding {
-        match (&data.calibration, cfg.mode) {
+        match (fitting, cfg.mode) {
             (Some(cal), Mode::Static | Mode::WeightOnly) if !opts.no_quantize => {
                 match rounding::round_weights(&mut model, &plan, &ranges, &cfg, opset, cal) {
                     Ok(Some(r)) => {
@@ -765,7 +772,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     // (after mixed precision, so it corrects the model that is written).
     let mut bias_correction = None;
     if opts.bias_correction && cfg.mode != Mode::Dynamic && !opts.no_quantize {
-        match data.calibration.as_ref().or(data.sensitivity.as_ref()) {
+        match fitting {
             Some(cal) => {
                 // Bias correction is an improvement, never a requirement:
                 // a model tract cannot run for it keeps its biases.
