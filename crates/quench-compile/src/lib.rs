@@ -565,13 +565,6 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                     c.gain_db
                                 ));
                             }
-                            if !rep.float_unread.is_empty() {
-                                out.note(format!(
-                                    "method auto: {} activation(s) left float that only nodes running in float read (quantized, they would only lose precision): {}",
-                                    rep.float_unread.len(),
-                                    crate::report::short_list(&rep.float_unread, 6)
-                                ));
-                            }
                             if !rep.float_fed_compute.is_empty() {
                                 out.note(format!(
                                     "method auto: {} compute node(s) take an activation left float and run in float (in ONNX Runtime their weights are then dequantized on every run, which can be slower than FP32; `--no-float-outliers` keeps them integer, at a lower accuracy): {}",
@@ -586,6 +579,13 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 rep.auto_db,
                                 rep.minmax_db,
                                 if rep.method == "minmax" { "min/max kept".to_string() } else { format!("{} ranges for all (they beat min/max there)", rep.method) },
+                            ));
+                        }
+                        if !rep.float_unread.is_empty() {
+                            out.note(format!(
+                                "method auto: {} activation(s) left float that only nodes running in float read (quantized, they would only lose precision): {}",
+                                rep.float_unread.len(),
+                                crate::report::short_list(&rep.float_unread, 6)
                             ));
                         }
                         ranges = r;

@@ -42,7 +42,11 @@
 //!    never takes a wrong one: a singleton is measured before it is taken.
 //! 3. **Judged**: the result must score higher than min/max ranges on the
 //!    judging samples; if it does not, the method for all alone is kept if
-//!    it does, else min/max.
+//!    it does, else min/max. Min/max is judged twice when some tensors are
+//!    read by no integer kernel: as is, and with those float as the result
+//!    has them (each only loses precision quantized, but its error can
+//!    have cancelled another's); the better one is the baseline, and what
+//!    is written when the result is not kept.
 //!
 //! Per-activation range choice was tried and dropped: on real models it
 //! gained a few hundredths of a dB on judging samples (PP-OCRv4 rec) or
@@ -1493,6 +1497,22 @@ pub fn search(
             }
         }
     }
+    // What no integer kernel reads with nothing else left float: float in
+    // the min/max ranges judged against and in the ranges used when the
+    // result is not kept, as in the result (exact: quantized, such a
+    // tensor only loses precision; ddddocr OCR's BiLSTM inputs).
+    let mut off0 = vec![false; roots.len()];
+    let unread0: Vec<usize> = if float_outliers {
+        unread_roots(
+            g,
+            &roots,
+            &members,
+            &mut off0,
+            !cfg.keep_softmax_inputs_float,
+        )
+    } else {
+        Vec::new()
+    };
     // Step 5: judged on the other samples against min/max and against the
     // method for all alone.
     let judged = |bench: &mut ParamBench, rs: &dyn Fn(usize) -> Option<(f32, f32)>, floor: f64| {
@@ -1518,7 +1538,26 @@ pub fn search(
         f64::NEG_INFINITY,
     )?
     .db;
-    let minmax = judged(&mut judge, &|k| Some(ranges_of[k][0]), auto_db)?;
+    let plain = judged(&mut judge, &|k| Some(ranges_of[k][0]), auto_db)?;
+    // With the unread tensors float too, as a candidate of its own:
+    // exact for each of them, but an error it removes can have cancelled
+    // another (openwakeword's first Relu output: 24.72 -> 24.47 dB
+    // judged, 27.50 -> 26.31 held back; ddddocr OCR's BiLSTM inputs:
+    // 21.74 -> 22.58, 23.39 -> 24.66). A run stopped below `auto_db` is
+    // below the other whenever the result is not kept.
+    let unread_minmax = if unread0.is_empty() {
+        None
+    } else {
+        Some(judged(
+            &mut judge,
+            &|k| (!off0[k]).then_some(ranges_of[k][0]),
+            auto_db,
+        )?)
+    };
+    let (minmax, base_off) = match unread_minmax {
+        Some(u) if u.db > plain.db => (u, off0.clone()),
+        _ => (plain, vec![false; roots.len()]),
+    };
     let minmax_db = minmax.db;
     let (kept, used, result): (bool, usize, Vec<Option<(f32, f32)>>) = if auto_db > minmax_db {
         (
@@ -1535,7 +1574,11 @@ pub fn search(
             if !off.iter().any(|o| *o) {
                 return Ok(false);
             }
-            let r = judged(judge, &|k| Some(ranges_of[k][method]), minmax_db)?;
+            let r = judged(
+                judge,
+                &|k| (!base_off[k]).then_some(ranges_of[k][method]),
+                minmax_db,
+            )?;
             Ok(r.complete && r.db > minmax_db)
         };
         let m = if method != 0 && alone(&mut judge)? {
@@ -1543,7 +1586,15 @@ pub fn search(
         } else {
             0
         };
-        (false, m, ranges_of.iter().map(|rs| Some(rs[m])).collect())
+        (
+            false,
+            m,
+            ranges_of
+                .iter()
+                .zip(&base_off)
+                .map(|(rs, o)| (!o).then_some(rs[m]))
+                .collect(),
+        )
     };
     let mut out = policy.clone();
     for ((root, _), r) in roots.iter().zip(&result) {
@@ -1598,7 +1649,15 @@ pub fn search(
         float: if kept { float_tensors } else { Vec::new() },
         float_op_types: if kept { float_groups } else { Vec::new() },
         float_fed_compute,
-        float_unread: if kept { float_unread } else { Vec::new() },
+        float_unread: if kept {
+            float_unread
+        } else {
+            unread0
+                .iter()
+                .filter(|&&k| base_off[k])
+                .map(|&k| roots[k].0.clone())
+                .collect()
+        },
         error_cluster: if kept { error_cluster } else { None },
     };
     Ok((out, report))
