@@ -321,6 +321,13 @@ fn weight_only_fits_on_the_calibration_samples_given_and_never_on_eval_data() {
     );
     assert_eq!(r["rounding"]["kept"], true, "{}", r["rounding"]);
     assert!(ecr >= plain + 4.0, "{ecr} vs {plain}");
+    // Bias correction too, its float biases fed to the twin as inputs:
+    // 48.17 -> 54.09 dB.
+    let (bc, r) = output_sqnr(model, &["--mode", "weight-only", "--bias-correction"]);
+    let b = &r["bias_correction"];
+    assert_eq!(b["kept"], true, "{b}");
+    assert_eq!(b["skipped"], 0, "{b}");
+    assert!(bc >= plain + 3.0, "{bc} vs {plain}");
     // Without -c, neither phase fits on the evaluation data (whose
     // figures verification then reports): they say so and do nothing.
     let dir = tempfile::tempdir().unwrap();
