@@ -274,6 +274,44 @@ fn input_rows(x: &ArrayD<f32>, rows: &RowKind, cols: usize) -> Option<Array2<f32
     }
 }
 
+/// For each of the (up to four) rows `xs[r]`: `init[r] - Σ xs[r][k] y[k]`
+/// (`sub`) or `init[r] + Σ xs[r][k] y[k]`, each sum in ascending `k` as a
+/// loop over that row alone adds it (the same bits), the rows' sums
+/// interleaved so that four dependency chains are in flight.
+fn dots(init: [f64; 4], xs: &[&[f64]], y: &[f64], sub: bool) -> [f64; 4] {
+    let mut s = init;
+    let len = y.len();
+    if xs.len() == 4 && xs.iter().all(|x| x.len() == len) {
+        let (x0, x1, x2, x3) = (xs[0], xs[1], xs[2], xs[3]);
+        if sub {
+            for k in 0..len {
+                s[0] -= x0[k] * y[k];
+                s[1] -= x1[k] * y[k];
+                s[2] -= x2[k] * y[k];
+                s[3] -= x3[k] * y[k];
+            }
+        } else {
+            for k in 0..len {
+                s[0] += x0[k] * y[k];
+                s[1] += x1[k] * y[k];
+                s[2] += x2[k] * y[k];
+                s[3] += x3[k] * y[k];
+            }
+        }
+        return s;
+    }
+    for (r, x) in xs.iter().enumerate() {
+        for (a, b) in x.iter().zip(y) {
+            if sub {
+                s[r] -= a * b;
+            } else {
+                s[r] += a * b;
+            }
+        }
+    }
+    s
+}
+
 /// Lower Cholesky factor of the symmetric positive definite `a` (n×n, row
 /// major), in place; `false` if `a` is not positive definite.
 fn cholesky(a: &mut [f64], n: usize) -> bool {
@@ -287,12 +325,25 @@ fn cholesky(a: &mut [f64], n: usize) -> bool {
         }
         let d = d.sqrt();
         a[j * n + j] = d;
-        for i in j + 1..n {
-            let mut s = a[i * n + j];
-            for k in 0..j {
-                s -= a[i * n + k] * a[j * n + k];
+        // Rows four at a time: independent sums in flight, each in the
+        // order one row alone takes (the same bits).
+        let mut i = j + 1;
+        while i < n {
+            let m = (n - i).min(4);
+            let s = {
+                let y = &a[j * n..j * n + j];
+                let mut init = [0.0; 4];
+                let mut xs: [&[f64]; 4] = [&[]; 4];
+                for r in 0..m {
+                    init[r] = a[(i + r) * n + j];
+                    xs[r] = &a[(i + r) * n..(i + r) * n + j];
+                }
+                dots(init, &xs[..m], y, true)
+            };
+            for r in 0..m {
+                a[(i + r) * n + j] = s[r] / d;
             }
-            a[i * n + j] = s / d;
+            i += m;
         }
         for k in j + 1..n {
             a[j * n + k] = 0.0;
@@ -309,27 +360,38 @@ fn inverse_cholesky_upper(h: &Array2<f64>) -> Option<Array2<f64>> {
     if !cholesky(&mut l, n) {
         return None;
     }
-    // L⁻¹ by forward substitution (lower triangular).
-    let mut li = vec![0.0; n * n];
+    // L⁻¹ by forward substitution (lower triangular), stored transposed
+    // (`lt[c * n + i]` = `L⁻¹[i][c]`) so that every inner loop below reads
+    // memory in order; the sums are the same, term by term and in order.
+    let mut lt = vec![0.0; n * n];
     for c in 0..n {
         for i in c..n {
             let mut s = if i == c { 1.0 } else { 0.0 };
+            let (row, col) = (&l[i * n..i * n + i], &lt[c * n..c * n + i]);
             for k in c..i {
-                s -= l[i * n + k] * li[k * n + c];
+                s -= row[k] * col[k];
             }
-            li[i * n + c] = s / l[i * n + i];
+            lt[c * n + i] = s / l[i * n + i];
         }
     }
-    // H⁻¹ = L⁻ᵀ L⁻¹.
+    // H⁻¹ = L⁻ᵀ L⁻¹ (for j <= i every sum runs over k in i..n; four
+    // columns at a time, as in `cholesky`).
     let mut hinv = vec![0.0; n * n];
     for i in 0..n {
-        for j in 0..=i {
-            let mut s = 0.0;
-            for k in i.max(j)..n {
-                s += li[k * n + i] * li[k * n + j];
+        let a = &lt[i * n + i..(i + 1) * n];
+        let mut j = 0;
+        while j <= i {
+            let m = (i + 1 - j).min(4);
+            let mut xs: [&[f64]; 4] = [&[]; 4];
+            for r in 0..m {
+                xs[r] = &lt[(j + r) * n + i..(j + r + 1) * n];
             }
-            hinv[i * n + j] = s;
-            hinv[j * n + i] = s;
+            let s = dots([0.0; 4], &xs[..m], a, false);
+            for r in 0..m {
+                hinv[i * n + j + r] = s[r];
+                hinv[(j + r) * n + i] = s[r];
+            }
+            j += m;
         }
     }
     if !cholesky(&mut hinv, n) {
@@ -549,21 +611,49 @@ mod tests {
 
     #[test]
     fn the_inverse_cholesky_factor_reproduces_the_inverse() {
-        // H = A Aᵀ + I for a fixed A: U must satisfy Uᵀ U H = I.
-        let n = 5;
-        let a = Array2::from_shape_fn((n, n), |(i, j)| ((i * 7 + j * 3) % 5) as f64 - 2.0);
-        let h = a.dot(&a.t()) + Array2::<f64>::eye(n);
-        let u = inverse_cholesky_upper(&h).unwrap();
-        for i in 0..n {
-            for j in 0..i {
-                assert_eq!(u[[i, j]], 0.0, "upper triangular");
+        // H = A Aᵀ + I for a fixed A: U must satisfy Uᵀ U H = I. Sizes
+        // around multiples of 4 (rows are summed four at a time).
+        for n in [1, 2, 3, 4, 5, 7, 8, 9, 11] {
+            let a = Array2::from_shape_fn((n, n), |(i, j)| ((i * 7 + j * 3) % 5) as f64 - 2.0);
+            let h = a.dot(&a.t()) + Array2::<f64>::eye(n);
+            let u = inverse_cholesky_upper(&h).unwrap();
+            for i in 0..n {
+                for j in 0..i {
+                    assert_eq!(u[[i, j]], 0.0, "upper triangular");
+                }
+            }
+            let id = u.t().dot(&u).dot(&h);
+            for i in 0..n {
+                for j in 0..n {
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!((id[[i, j]] - want).abs() < 1e-9, "{n}: {id:?}");
+                }
             }
         }
-        let id = u.t().dot(&u).dot(&h);
-        for i in 0..n {
-            for j in 0..n {
-                let want = if i == j { 1.0 } else { 0.0 };
-                assert!((id[[i, j]] - want).abs() < 1e-9, "{id:?}");
+        // Four sums at once give the bits of one loop per row.
+        let y: Vec<f64> = (0..13).map(|k| 1.0 / (k as f64 + 0.37)).collect();
+        let rows: Vec<Vec<f64>> = (0..4)
+            .map(|r| {
+                (0..13)
+                    .map(|k| ((k * 5 + r * 3) as f64).sin() * 1e3)
+                    .collect()
+            })
+            .collect();
+        for sub in [true, false] {
+            for m in 1..=4 {
+                let xs: Vec<&[f64]> = rows[..m].iter().map(Vec::as_slice).collect();
+                let got = dots([0.5, -0.25, 3.0, 0.0], &xs, &y, sub);
+                for r in 0..m {
+                    let mut want = [0.5, -0.25, 3.0, 0.0][r];
+                    for k in 0..13 {
+                        if sub {
+                            want -= rows[r][k] * y[k];
+                        } else {
+                            want += rows[r][k] * y[k];
+                        }
+                    }
+                    assert_eq!(got[r].to_bits(), want.to_bits(), "{sub} {m} {r}");
+                }
             }
         }
         // Not positive definite: refused.
