@@ -149,8 +149,9 @@ pub struct CompileArgs {
     /// the earlier corrections in place; channels whose shift is within
     /// 3 standard errors of zero are left alone), is subtracted from the
     /// bias; kept only if the output SQNR on other calibration samples
-    /// rises. One run of the twin per layer (up to 64 groups). It helps
-    /// some real models and costs others (see README)
+    /// rises consistently over them (per-sample gains' paired t above the
+    /// one-sided 95% value). One run of the twin per layer (up to 64
+    /// groups; minutes on large detectors)
     #[arg(long, conflicts_with = "no_bias_correction")]
     pub bias_correction: bool,
     /// The default since bias correction became opt-in; accepted so older

@@ -792,19 +792,26 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 };
                 match &r {
                     Some(b) if b.kept => out.note(format!(
-                        "bias correction: {} of {} layer(s) corrected{}, output SQNR on {} held-out calibration samples {:.2} -> {:.2} dB ({} runs, {:.1} s)",
+                        "bias correction: {} of {} layer(s) corrected{}, output SQNR on {} held-out calibration samples {:.2} -> {:.2} dB (per-sample gain t = {:.2}; {} runs, {:.1} s)",
                         b.corrected,
                         b.layers,
                         skipped_note(b.skipped),
                         b.validation_samples,
                         b.sqnr_before_db,
                         b.sqnr_after_db,
+                        b.gain_t,
                         b.runs,
                         b.seconds
                     )),
                     Some(b) => out.note(format!(
-                        "bias correction discarded: it did not raise the output SQNR on {} held-out calibration samples ({:.2} -> {:.2} dB; {} runs, {:.1} s)",
-                        b.validation_samples, b.sqnr_before_db, b.sqnr_after_db, b.runs, b.seconds
+                        "bias correction discarded: it did not raise the output SQNR on {} held-out calibration samples consistently ({:.2} -> {:.2} dB; per-sample gain t = {:.2}, needs more than {:.2}; {} runs, {:.1} s)",
+                        b.validation_samples,
+                        b.sqnr_before_db,
+                        b.sqnr_after_db,
+                        b.gain_t,
+                        b.gain_t_needed,
+                        b.runs,
+                        b.seconds
                     )),
                     None => {}
                 }
