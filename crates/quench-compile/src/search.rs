@@ -663,32 +663,7 @@ impl ParamBench {
         data: &Bound,
         rows: &[usize],
     ) -> Result<ParamBench> {
-        Self::new_in_waves(
-            float, original, plan, ranges, cfg, opset, data, rows, 1, None,
-        )
-    }
-
-    /// [`new`](Self::new) with the samples split into at least `waves`
-    /// batches per thread: the points where
-    /// [`score_above`](Self::score_above) may stop a run. Only the search
-    /// asks for more than one: a batch-fed model's figures depend (by
-    /// float rounding in tract's kernels) on its batch sizes, and mixed
-    /// precision and `--explain`, which never stop a run, keep the
-    /// batches they had.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new_in_waves(
-        float: &Model,
-        original: &ModelProto,
-        plan: &Plan,
-        ranges: &Ranges,
-        cfg: &QuantizeConfig,
-        opset: i64,
-        data: &Bound,
-        rows: &[usize],
-        waves: usize,
-        reference: Option<Vec<Vec<ArrayData>>>,
-    ) -> Result<ParamBench> {
-        Ok(Self::build(
+        Ok(Self::new_in_waves(
             float,
             original,
             plan,
@@ -697,8 +672,8 @@ impl ParamBench {
             opset,
             data,
             rows,
-            waves,
-            reference,
+            1,
+            None,
             &[],
         )?
         .0)
@@ -727,13 +702,21 @@ impl ParamBench {
         nodes: &[String],
     ) -> Result<(ParamBench, Vec<Option<usize>>)> {
         let waves = rows.len().max(1);
-        Self::build(
+        Self::new_in_waves(
             float, original, plan, ranges, cfg, opset, data, rows, waves, None, nodes,
         )
     }
 
+    /// [`new`](Self::new) with the samples split into at least `waves`
+    /// batches per thread: the points where
+    /// [`score_above`](Self::score_above) may stop a run. Only the search
+    /// asks for more than one: a batch-fed model's figures depend (by
+    /// float rounding in tract's kernels) on its batch sizes, and mixed
+    /// precision and `--explain`, which never stop a run, keep the
+    /// batches they had. `nodes`: see [`exposing`](Self::exposing)
+    /// (none: nothing exposed).
     #[allow(clippy::too_many_arguments)]
-    fn build(
+    pub fn new_in_waves(
         float: &Model,
         original: &ModelProto,
         plan: &Plan,
@@ -1260,8 +1243,18 @@ pub fn search(
         Some(r) => (Some(r.fit), r.judge),
         None => (None, None),
     };
-    let mut fit = ParamBench::new_in_waves(
-        float, original, plan, policy, cfg, opset, data, &fit_rows, WAVES, fit_ref,
+    let (mut fit, _) = ParamBench::new_in_waves(
+        float,
+        original,
+        plan,
+        policy,
+        cfg,
+        opset,
+        data,
+        &fit_rows,
+        WAVES,
+        fit_ref,
+        &[],
     )?;
     // Fewer than 16 samples: the judging rows are the fitting rows, the
     // same bench.
