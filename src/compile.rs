@@ -44,6 +44,7 @@ pub enum ActArg {
 pub enum WeightArg {
     I8,
     U8,
+    I7,
 }
 
 #[derive(Copy, Clone, Debug, ValueEnum, PartialEq, Eq)]
@@ -97,7 +98,9 @@ pub struct CompileArgs {
     /// Activation type: u8 (asymmetric), i8 (symmetric), u16/i16 (opset 21).
     #[arg(long, value_enum, default_value_t = ActArg::U8)]
     pub activations: ActArg,
-    /// Weight type: i8 (symmetric) or u8 (asymmetric).
+    /// Weight type: i8 (symmetric), u8 (asymmetric) or i7 (int8 storage,
+    /// codes in [-63, 63], as ONNX Runtime's reduce_range: its u8 x i8
+    /// kernels cannot saturate on x86 CPUs without VNNI; see the README).
     #[arg(long, value_enum, default_value_t = WeightArg::I8)]
     pub weights: WeightArg,
     /// One weight scale per tensor instead of per output channel.
@@ -325,6 +328,7 @@ impl CompileArgs {
             weights: match self.weights {
                 WeightArg::I8 => WeightType::I8,
                 WeightArg::U8 => WeightType::U8,
+                WeightArg::I7 => WeightType::I7,
             },
             activation_format: None,
             weight_format: None,

@@ -254,6 +254,45 @@ fn weights_u8() {
     register(&c, 25.0, 60.0);
 }
 
+/// `--weights i7`: int8 weights whose codes stay in [-63, 63], so no pair
+/// of u8 x s8 products overflows an int16 sum (255 x 63 x 2 = 32130 <=
+/// 32767: ONNX Runtime's `VPMADDUBSW` kernels on x86 without VNNI), every
+/// layer still using its whole 7-bit range, and the figures within a
+/// stated distance of the 8-bit default's.
+#[test]
+fn weights_i7() {
+    let c = compile("digits_cnn.onnx", "w_i7", &["--weights", "i7"]);
+    check_figures(&c, 28.0, 0.98, 0.01);
+    let w = weight_dqs(&c.model);
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w.iter().all(|&(t, _)| t == DataType::Int8 as i32), "{w:?}");
+    let mut layers = 0;
+    for n in nodes(&c.model, "DequantizeLinear") {
+        let Some(t) = initializer(&c.model, &n.input[0]) else {
+            continue;
+        };
+        if t.data_type() != DataType::Int8 as i32 || t.dims.iter().product::<i64>() <= 1 {
+            continue;
+        }
+        let codes: Vec<i32> = match t.raw_data.as_ref().filter(|r| !r.is_empty()) {
+            Some(raw) => raw.iter().map(|&b| i32::from(b as i8)).collect(),
+            None => t.int32_data.clone(),
+        };
+        let amax = codes.iter().map(|c| c.abs()).max().unwrap();
+        assert_eq!(amax, 63, "{}: largest |code| {amax}", n.input[0]);
+        assert!(255 * amax * 2 <= i32::from(i16::MAX));
+        layers += 1;
+    }
+    assert_eq!(layers, 3);
+    let i8 = compile("digits_cnn.onnx", "w_i8_for_i7", &[]);
+    let sqnr =
+        |c: &Compiled| sqnr_of(&c.report["verification"]["outputs"][0]["reference"]).unwrap();
+    let (a, b) = (sqnr(&c), sqnr(&i8));
+    // One bit less of weight precision: at most 6 dB below 8-bit weights.
+    assert!(a > b - 6.0, "i7 {a} dB against i8 {b} dB");
+    register(&c, 25.0, 60.0);
+}
+
 #[test]
 fn per_tensor_weights() {
     let c = compile("digits_cnn.onnx", "per_tensor", &["--per-tensor"]);

@@ -563,6 +563,14 @@ impl QuantFormat {
         symmetric: true,
         narrow: true,
     });
+    /// 7-bit weights in int8 storage: symmetric in `[-63, 63]`, per
+    /// tensor (ONNX Runtime's `reduce_range`).
+    pub const I7_WEIGHT: QuantFormat = QuantFormat::int(IntFormat {
+        bits: 7,
+        signed: true,
+        symmetric: true,
+        narrow: true,
+    });
     /// uint8 weights: asymmetric, per tensor.
     pub const U8_WEIGHT: QuantFormat = QuantFormat::U8;
     /// int4 weights: symmetric in `[-7, 7]`, per tensor.

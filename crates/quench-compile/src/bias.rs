@@ -365,12 +365,13 @@ pub fn correct(
     for range in groups(usable.len()) {
         let group = &usable[range.clone()];
         // Per sample, per layer of the group: the mean shift per channel.
-        let seen: Vec<Vec<Option<Vec<f64>>>> = bench.run_each(&set, &[], |k, _, out| {
+        let read: Vec<usize> = group.iter().map(|&(_, o, _)| o).collect();
+        let seen: Vec<Vec<Option<Vec<f64>>>> = bench.run_each_reading(&set, &read, |k, out| {
             group
                 .iter()
                 .enumerate()
                 .map(|(j, &(i, o, _))| {
-                    let (m, _) = channel_stats(&out.get(o)?.to_f32(), ls[i].axis)?;
+                    let (m, _) = channel_stats(&out.get(o)?.as_ref()?.to_f32(), ls[i].axis)?;
                     let (f, _) = fp_stats[k][range.start + j].as_ref()?;
                     (m.len() == f.len()).then(|| m.iter().zip(f).map(|(a, b)| a - b).collect())
                 })

@@ -1010,6 +1010,31 @@ impl ParamBench {
             .collect()
     }
 
+    /// [`run_each`](Self::run_each) converting only the twin's outputs
+    /// listed in `read` (the others are `None` in what `f` gets): a bench
+    /// with every layer exposed reads one group of them per run.
+    pub fn run_each_reading<T: Send>(
+        &mut self,
+        set: &[Setting],
+        read: &[usize],
+        f: impl Fn(usize, &[Option<ArrayData>]) -> T + Sync,
+    ) -> Result<Vec<T>> {
+        self.runs += 1;
+        let params = self.params_of(set, &[]);
+        self.batches
+            .par_iter()
+            .enumerate()
+            .map(|(i, b)| -> Result<T> {
+                let mut inputs = b.clone();
+                inputs.extend(params.iter().cloned());
+                let out = self
+                    .runners
+                    .run_reading(&self.names, &inputs, &|k| read.contains(&k))?;
+                Ok(f(i, &out))
+            })
+            .collect()
+    }
+
     /// The twin's parameter inputs for `set` (see [`run_each`](Self::run_each)
     /// for `grid`).
     fn params_of(&self, set: &[Setting], grid: &[Option<(f32, f32)>]) -> Vec<ArrayData> {
@@ -1072,7 +1097,12 @@ impl ParamBench {
     ) -> Result<Vec<Vec<(f64, f64)>>> {
         let mut inputs = b.to_vec();
         inputs.extend(params.iter().cloned());
-        let out = self.runners.run(&self.names, &inputs)?;
+        // Only the graph outputs are scored: exposed layer outputs (bias
+        // correction's bench) are not copied out.
+        let graph = r.len();
+        let out = self
+            .runners
+            .run_reading(&self.names, &inputs, &|i| i < graph)?;
         let per_row = r
             .iter()
             .all(|a| rows > 1 && a.shape().first() == Some(&rows));
@@ -1080,7 +1110,7 @@ impl ParamBench {
         let scored = scored_outputs(r);
         let mut acc = vec![vec![(0.0, 0.0); scored.len()]; units];
         for (o, &k) in scored.iter().enumerate() {
-            let Some(q) = out.get(k) else {
+            let Some(q) = out.get(k).and_then(Option::as_ref) else {
                 for u in acc.iter_mut() {
                     u[o] = (f64::INFINITY, 1.0);
                 }

@@ -116,6 +116,11 @@ pub enum WeightType {
     I8,
     /// uint8 asymmetric.
     U8,
+    /// int8 storage, 7-bit codes in [-63, 63] (ONNX Runtime's
+    /// `reduce_range`): no two u8 x s8 products of a pair can overflow
+    /// the int16 sum of `VPMADDUBSW` (255 x 63 x 2 = 32130), which ONNX
+    /// Runtime's integer kernels use on x86 CPUs without VNNI.
+    I7,
 }
 
 impl WeightType {
@@ -125,6 +130,7 @@ impl WeightType {
         match self {
             WeightType::I8 => QuantFormat::I8_WEIGHT,
             WeightType::U8 => QuantFormat::U8_WEIGHT,
+            WeightType::I7 => QuantFormat::I7_WEIGHT,
         }
     }
 }

@@ -127,6 +127,17 @@ impl Runners {
         Ok(self.runner(names, inputs)?.run(inputs)?)
     }
 
+    /// [`run`](Self::run), converting only the outputs `read` selects
+    /// ([`Runner::run_reading`]).
+    pub fn run_reading(
+        &self,
+        names: &[String],
+        inputs: &[ArrayData],
+        read: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Option<ArrayData>>> {
+        Ok(self.runner(names, inputs)?.run_reading(inputs, read)?)
+    }
+
     /// The runner compiled for the shapes of `inputs`. Compiled once: the
     /// cache stays locked while tract compiles, so parallel batches of the
     /// same shape wait for it instead of compiling it again.

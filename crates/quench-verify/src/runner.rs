@@ -393,6 +393,32 @@ impl Runner {
             .collect()
     }
 
+    /// Runs the model and converts only the outputs `read` selects (by
+    /// index, as [`run`](Self::run) orders them); the others are `None`
+    /// and never copied out of tract. A model with every layer's output
+    /// exposed (bias correction reads one group of layers per run) pays
+    /// for the copies it reads, not for all of them.
+    pub fn run_reading(
+        &self,
+        inputs: &[ArrayData],
+        read: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Option<ArrayData>>, RunError> {
+        let out = self.run_tract(inputs)?;
+        out.iter()
+            .zip(&self.outputs)
+            .enumerate()
+            .map(|(i, (t, name))| {
+                if read(i) {
+                    ArrayData::from_tensor(name, t)
+                        .map(Some)
+                        .map_err(RunError::Output)
+                } else {
+                    Ok(None)
+                }
+            })
+            .collect()
+    }
+
     /// Runs the model and hands each output `i` (in
     /// [`output_names`](Self::output_names) order) from `first` on to
     /// `visit(i, values)` as f32 values, in memory order. f32 outputs are
