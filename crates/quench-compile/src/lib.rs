@@ -270,6 +270,45 @@ impl Notes {
     }
 }
 
+/// Whether this machine is an x86-64 CPU on which ONNX Runtime's u8 x i8
+/// integer kernels saturate: AVX2 (`VPMADDUBSW`, whose sum of two products
+/// is a saturating int16) without AVX-512 VNNI or AVX-VNNI (`VPDPBUSD`,
+/// which sums into int32). Measured: `benches/results/ort_avx2_saturation_2026-11-28.md`.
+fn host_saturates_u8_i8() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && !std::arch::is_x86_feature_detected!("avx512vnni")
+            && !std::arch::is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The note a compile on such a machine (`saturates`) prints when its
+/// integer layers take 8-bit activations and full-range int8 weights
+/// (static or dynamic mode): there ONNX Runtime loses accuracy that the
+/// verification (tract, exact) does not show.
+fn saturation_note(cfg: &quantize::QuantizeConfig, saturates: bool) -> Option<String> {
+    use quantize::{ActType, WeightType};
+    let acts8 = cfg.mode == Mode::Dynamic
+        || (cfg.mode == Mode::Static
+            && cfg.activation_format.is_none()
+            && matches!(cfg.activations, ActType::U8 | ActType::I8));
+    (saturates && acts8 && cfg.weights == WeightType::I8 && cfg.weight_format.is_none()).then(
+        || {
+            "this CPU has AVX2 but no VNNI: ONNX Runtime run on it computes u8 x i8 layers with \
+         saturating 16-bit pair sums, which the verification (tract, exact) does not show \
+         (measured on real models: 2-16 dB lost); if the model will run on such a CPU, \
+         compare `--weights i7` (as fast) and `--weights u8` (no saturation, slower \
+         convolutions) on it (README: x86 CPUs without VNNI)"
+                .to_string()
+        },
+    )
+}
+
 /// Compiles `input` as `opts` ask. See the crate documentation for the
 /// phases.
 /// ", N more with a bias the twin could not feed left as they are" (or
@@ -832,6 +871,12 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         );
     }
 
+    if !opts.no_quantize {
+        if let Some(n) = saturation_note(&cfg, host_saturates_u8_i8()) {
+            out.note(n);
+        }
+    }
+
     // 6. Quantize. The float graph is kept for the per-tensor attribution.
     let explain = opts.explain && cfg.mode == Mode::Static && opts.verify && !opts.no_quantize;
     if opts.explain && !explain {
@@ -1283,4 +1328,34 @@ pub fn calibrate_table(
             .collect(),
         timings: phases.done,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quantize::{ActType, WeightType};
+
+    /// The saturation note: only on a saturating CPU, only for 8-bit
+    /// activations (static) or dynamic mode with full-range int8 weights.
+    #[test]
+    fn the_saturation_note_names_only_saturating_configurations() {
+        let base = Options::default().quantize_config();
+        assert_eq!(base.mode, Mode::Static);
+        assert!(saturation_note(&base, true).is_some());
+        assert!(saturation_note(&base, false).is_none());
+        let with = |f: &dyn Fn(&mut quantize::QuantizeConfig)| {
+            let mut c = base.clone();
+            f(&mut c);
+            saturation_note(&c, true).is_some()
+        };
+        assert!(with(&|c| c.activations = ActType::I8));
+        assert!(with(&|c| c.mode = Mode::Dynamic));
+        assert!(!with(&|c| c.weights = WeightType::I7));
+        assert!(!with(&|c| c.weights = WeightType::U8));
+        assert!(!with(&|c| c.activations = ActType::U16));
+        assert!(!with(&|c| c.mode = Mode::WeightOnly));
+        assert!(!with(
+            &|c| c.weight_format = Some(quench_calib::QuantFormat::I4_WEIGHT)
+        ));
+    }
 }
