@@ -37,7 +37,10 @@ Rows per model:
 
 Per row: wall time and peak RSS of the child process (GNU time %M), output
 size, onnx.checker full_check, fidelity vs FP32 in ORT CPU on eval (SQNR per
-output averaged over outputs, SQNR on each half of eval, the nudged robust
+output averaged over outputs, SQNR on each half of eval, the same SQNR with
+ORT's graph optimizations off (exact QDQ semantics, no fused integer kernels:
+on x86 CPUs without VNNI the fused u8 x s8 kernels saturate, see
+results/ort_avx2_saturation_2026-11-28.md), the nudged robust
 score: mean SQNR over --nudges copies with every activation scale times a
 seeded factor in [1-rel, 1+rel], cosine, a task metric) and ORT CPU latency
 with one thread for FP32, quench default and ORT best (median of --runs,
@@ -819,9 +822,16 @@ def checker(path):
         return "FAIL: " + short_exc(e, 110)
 
 
-def make_session(path):
+def make_session(path, exact=False):
+    """An ORT CPU session, one thread. With exact, graph optimizations are off:
+    every DequantizeLinear -> float op -> QuantizeLinear runs in float (the QDQ
+    model's exact semantics), not in ORT's fused integer kernels, whose u8 x s8
+    pair sums saturate on x86 CPUs without VNNI
+    (results/ort_avx2_saturation_2026-11-28.md)."""
     import onnxruntime as ort
     so = ort.SessionOptions()
+    if exact:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -1137,6 +1147,11 @@ def evaluate_output(path, spec, ev, add_batch, labels, ref_outs, n_eval, args):
     except Exception as e:  # noqa: BLE001
         r["status"] = "FAIL: ORT run: " + short_exc(e, 160)
         return r, None
+    try:
+        ex_outs = run_all(make_session(path, exact=True), ev, add_batch, n_eval)
+        r["sqnr_exact"] = fidelity(spec["kind"], ref_outs, ex_outs, None)["sqnr_mean"]
+    except Exception as e:  # noqa: BLE001
+        r["exact_error"] = short_exc(e, 160)
     if args.nudges > 0:
         try:
             r["sqnr_nudged"], r["sqnr_nudges"] = nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval,
@@ -1368,16 +1383,16 @@ def summary_table(results):
 
 def main_table(results):
     head = ("| model | tool | status | time s | peak RSS MB | size KB | checker | SQNR dB (mean; per output) "
-            "| halves | nudged | cosine | task agreement | latency ms (1 thr) | vs FP32 |")
+            "| halves | exact (ORT, no fusion) | nudged | cosine | task agreement | latency ms (1 thr) | vs FP32 |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in results:
         if "skip" in r:
-            lines.append(f"| {r['name']} | - | SKIP: {r['skip']} |" + " |" * 11)
+            lines.append(f"| {r['name']} | - | SKIP: {r['skip']} |" + " |" * 12)
             continue
         fp = r["fp32"]
         fpl = fp.get("latency_ms")
         lines.append(f"| {r['name']} | FP32 | {fp['status']} | - | - | {fp['size'] / 1024:.0f} | {fp['checker']} "
-                     f"| - | - | - | - | - | {fmt_ms(fpl)} | 1.00 |")
+                     f"| - | - | - | - | - | - | {fmt_ms(fpl)} | 1.00 |")
         rows = []
         if "quench" in r:
             rows.append(("quench (default)", r["quench"]))
@@ -1390,7 +1405,7 @@ def main_table(results):
             rows.append((f"ORT {cfg}{tag}", o))
         for tool, d in rows:
             if d.get("status", "").startswith("FAIL") and "size" not in d:
-                lines.append(f"| | {tool} | {d['status']} | {d['wall']:.1f} | {d['maxrss_mb']:.0f} |" + " - |" * 9)
+                lines.append(f"| | {tool} | {d['status']} | {d['wall']:.1f} | {d['maxrss_mb']:.0f} |" + " - |" * 10)
                 continue
             per = "; ".join(fmt_db(s) for s in d.get("sqnr_per_output", []))
             sq = f"{fmt_db(d.get('sqnr_mean'))} ({per})" if d.get("sqnr_per_output") and len(d["sqnr_per_output"]) > 1 \
@@ -1399,7 +1414,8 @@ def main_table(results):
             lat = d.get("latency_ms")
             ratio = f"{fpl / lat:.2f}x" if (lat and fpl) else "-"
             lines.append(f"| | {tool} | {d.get('status')} | {d['wall']:.1f} | {d['maxrss_mb']:.0f} | "
-                         f"{d['size'] / 1024:.0f} | {d['checker']} | {sq} | {halves} | {fmt_db(d.get('sqnr_nudged'))} | "
+                         f"{d['size'] / 1024:.0f} | {d['checker']} | {sq} | {halves} | {fmt_db(d.get('sqnr_exact'))} | "
+                         f"{fmt_db(d.get('sqnr_nudged'))} | "
                          f"{fmt(d.get('cosine'), '{:.4f}')} | {d.get('task', '-')} | {fmt_ms(lat)} | {ratio} |")
     return "\n".join(lines)
 
