@@ -1002,9 +1002,11 @@ impl ParamBench {
             .zip(&self.reference)
             .enumerate()
             .map(|(i, (b, r))| -> Result<T> {
-                let mut inputs = b.clone();
-                inputs.extend(params.iter().cloned());
-                let out = self.runners.run(&self.names, &inputs)?;
+                let out: Vec<ArrayData> = self
+                    .run_batch(b, &params, &|_| true)?
+                    .into_iter()
+                    .flatten()
+                    .collect();
                 Ok(f(i, r, &out))
             })
             .collect()
@@ -1025,14 +1027,23 @@ impl ParamBench {
             .par_iter()
             .enumerate()
             .map(|(i, b)| -> Result<T> {
-                let mut inputs = b.clone();
-                inputs.extend(params.iter().cloned());
-                let out = self
-                    .runners
-                    .run_reading(&self.names, &inputs, &|k| read.contains(&k))?;
+                let out = self.run_batch(b, &params, &|k| read.contains(&k))?;
                 Ok(f(i, &out))
             })
             .collect()
+    }
+
+    /// Runs batch `b` with the parameter inputs `params`, converting only
+    /// the twin's outputs `read` selects (the others are `None`).
+    fn run_batch(
+        &self,
+        b: &[ArrayData],
+        params: &[ArrayData],
+        read: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Option<ArrayData>>> {
+        let mut inputs = b.to_vec();
+        inputs.extend(params.iter().cloned());
+        self.runners.run_reading(&self.names, &inputs, read)
     }
 
     /// The twin's parameter inputs for `set` (see [`run_each`](Self::run_each)
@@ -1095,14 +1106,10 @@ impl ParamBench {
         rows: usize,
         params: &[ArrayData],
     ) -> Result<Vec<Vec<(f64, f64)>>> {
-        let mut inputs = b.to_vec();
-        inputs.extend(params.iter().cloned());
         // Only the graph outputs are scored: exposed layer outputs (bias
         // correction's bench) are not copied out.
         let graph = r.len();
-        let out = self
-            .runners
-            .run_reading(&self.names, &inputs, &|i| i < graph)?;
+        let out = self.run_batch(b, params, &|i| i < graph)?;
         let per_row = r
             .iter()
             .all(|a| rows > 1 && a.shape().first() == Some(&rows));
