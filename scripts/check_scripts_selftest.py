@@ -8,7 +8,9 @@ exit (and on one good pair, a zero exit).
 Cases: an empty directory (both scripts); fewer models than --expect-models /
 --expect (both); a model with NaN outputs; an "exact" pair whose weights
 differ by 1%; a "quantized" pair whose model disagrees with its twin by
-several quantization steps; a check.json naming a missing reference.
+several quantization steps; a quantized pair whose fused-kernel SQNR
+(ORT's default optimizations) is below its floor; a check.json naming a
+missing reference.
 """
 from __future__ import annotations
 
@@ -147,6 +149,15 @@ def main() -> int:
         onnx.save(onnx.load(good / "q.fp32.onnx"), qoff / "q.fp32.onnx")
         (qoff / "q.check.json").write_text((good / "q.check.json").read_text())
         expect("interop: a model steps away from its twin fails", run([interop, qoff]), False)
+
+        fused = t / "fused"
+        fused.mkdir()
+        for f in ("q.onnx", "q.fp32.onnx", "q.twin.onnx"):
+            (fused / f).write_bytes((good / f).read_bytes())
+        spec = json.loads((good / "q.check.json").read_text())
+        spec["min_sqnr_fp32_fused_db"] = 200.0
+        (fused / "q.check.json").write_text(json.dumps(spec))
+        expect("interop: a fused-kernel SQNR below its floor fails", run([interop, fused]), False)
 
         missing = t / "missing"
         missing.mkdir()

@@ -19,7 +19,10 @@
                             SQNR(x vs FP32) >= min_sqnr_fp32_db; the share of
                             elements within one output quantization step of
                             the twin is printed (and must be >= 0.99 when the
-                            output comes from a per-tensor DequantizeLinear).
+                            output comes from a per-tensor DequantizeLinear);
+                            with "min_sqnr_fp32_fused_db", also SQNR vs FP32
+                            >= it with ORT's default optimizations (fused
+                            integer kernels), on every CPU.
         On an x86-64 CPU with AVX2 but no VNNI, where onnxruntime's fused
         u8 x s8 kernels saturate, the quantized comparisons of step 4 run the
         model with graph optimizations off (its exact QDQ semantics).
@@ -432,6 +435,14 @@ def check_pair(path, spec_path, seed):
             if within < 0.99:
                 return False, part + " < 99%"
         parts.append(part)
+    if "min_sqnr_fp32_fused_db" in spec:
+        fused = session(path).run(None, feeds)
+        floor = float(spec["min_sqnr_fp32_fused_db"])
+        for n, x, r in zip(names, fused, ref):
+            sf = sqnr_db(r, x)
+            if not sf >= floor:
+                return False, f"{n}: SQNR vs FP32 with ORT's fused kernels {sf:.1f} dB < {floor}"
+            parts.append(f"{n}: fused {sf:.1f} dB vs FP32")
     return True, "; ".join(parts)
 
 

@@ -161,6 +161,14 @@ pub struct CompileArgs {
     /// scripts keep working
     #[arg(long, hide = true)]
     pub no_bias_correction: bool,
+    /// Keep full-range int8 weight codes on every layer. By default the
+    /// saturation guard emulates each int8 Conv (group 1)/Gemm/MatMul on 8
+    /// calibration samples as ONNX Runtime computes it on x86 CPUs without
+    /// VNNI (AVX2: two u8 x s8 products summed into a saturating int16)
+    /// and gives 7-bit codes ([-63, 63]) to the layers where saturation
+    /// would cost more than the lost bit; the note says how many
+    #[arg(long)]
+    pub no_saturation_guard: bool,
     /// SmoothQuant with its strength searched (SmoothQuant itself is the
     /// default with static quantization, at a = 0.5): for a
     /// LayerNormalization feeding
@@ -342,6 +350,7 @@ impl CompileArgs {
             error_compensated_rounding: self.error_compensated_rounding,
             equalize: self.equalize,
             bias_correction: self.bias_correction,
+            saturation_guard: !self.no_saturation_guard,
             smooth_quant: !self.no_smooth_quant,
             smooth_quant_search: self.smooth_quant,
             passes: self.passes.clone(),

@@ -538,7 +538,8 @@ fn minmax_without_histograms_equals_the_calibration_table_path() {
         table.to_str().unwrap(),
     );
     quench_ok(&["calibrate", m, "-c", d, "-o", t]);
-    // (Bias correction needs samples, which the table path does not have.)
+    // (Bias correction and the saturation guard need samples, which the
+    // table path does not have.)
     quench_ok(&[
         "compile",
         m,
@@ -546,6 +547,7 @@ fn minmax_without_histograms_equals_the_calibration_table_path() {
         d,
         "--no-verify",
         "--no-bias-correction",
+        "--no-saturation-guard",
         "--method",
         "minmax",
         "-o",

@@ -284,3 +284,18 @@ pub fn write_interop_pair(
     )
     .unwrap();
 }
+
+/// Adds to the `<stem>.check.json` of the quantized model at `out` a floor
+/// for its SQNR against FP32 when ONNX Runtime runs it with its default
+/// graph optimizations (QDQ groups fused into integer kernels, which on x86
+/// CPUs with AVX2 and no VNNI saturate u8 x s8 pair sums), checked on
+/// every CPU.
+pub fn require_fused_sqnr(out: &Path, min_db: f64) {
+    let stem = out.file_stem().unwrap().to_str().unwrap();
+    let spec_path = out.parent().unwrap().join(format!("{stem}.check.json"));
+    let mut spec: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&spec_path).unwrap()).unwrap();
+    assert_eq!(spec["kind"], "quantized", "{}", spec_path.display());
+    spec["min_sqnr_fp32_fused_db"] = min_db.into();
+    std::fs::write(&spec_path, serde_json::to_string_pretty(&spec).unwrap()).unwrap();
+}

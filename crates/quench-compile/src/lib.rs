@@ -43,6 +43,7 @@ pub mod progress;
 pub mod prune;
 pub mod report;
 pub mod rounding;
+pub mod saturation;
 pub mod search;
 pub mod smooth;
 pub mod verify;
@@ -763,16 +764,110 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         phases.lap("mixed precision");
     }
 
-    // 5b. Error-compensated rounding: weights moved onto their grid so
-    // that each layer's output error on calibration inputs is smallest
-    // (before bias correction, which measures the rounded weights).
-    // The samples both fit on: static calibration's, or in weight-only
-    // mode the calibration samples given (never evaluation data standing
-    // in for them: verification would then report in-sample figures).
+    // 5b. The saturation guard: 7-bit weight codes for the layers whose
+    // int8 sums ONNX Runtime's u8 x s8 kernels would saturate on CPUs
+    // without VNNI, where that costs the layer more than the lost bit.
+    // After mixed precision: a layer whose input it raised to 16 bits or
+    // float runs in no u8 x s8 kernel, and the plan is final (an opset
+    // upgrade there re-plans). When a target was reached, the guarded
+    // plan is measured again and the guard undone if it would miss it.
     let fitting = data.calibration.as_ref().or(data
         .sensitivity
         .as_ref()
         .filter(|_| opts.calibration.is_some()));
+    let mut saturation_guard = None;
+    let guarded = !opts.no_quantize
+        && opts.saturation_guard
+        && matches!(cfg.mode, Mode::Static | Mode::Dynamic);
+    if guarded {
+        match fitting {
+            Some(cal) => {
+                match saturation::guard(&model, &mut plan, &ranges, &cfg, cal) {
+                    Ok(Some(mut r)) => {
+                        let any_moved = r.moved().next().is_some();
+                        if let (Some(mp), Some(ev), true) =
+                            (mixed_precision.as_mut(), data.eval.as_ref(), any_moved)
+                        {
+                            if mp.reached {
+                                match mixed::measure_plan(
+                                &model, original, &plan, &ranges, &cfg, opset, ev,
+                            ) {
+                                Ok(f) if mp.targets.met(&f) => mp.result = f,
+                                Ok(f) => saturation::revert(
+                                    &mut plan,
+                                    &mut r,
+                                    format!(
+                                        "with its 7-bit layers the model would miss {} ({})",
+                                        mp.targets.flags(),
+                                        mixed::describe(&f)
+                                    ),
+                                ),
+                                Err(e) => saturation::revert(
+                                    &mut plan,
+                                    &mut r,
+                                    format!("the guarded model could not be measured against {}: {e:#}", mp.targets.flags()),
+                                ),
+                            }
+                            }
+                        }
+                        let moved: Vec<&saturation::LayerErrors> = r.moved().collect();
+                        if let Some(why) = &r.reverted {
+                            out.note(format!(
+                            "saturation guard undone: {why}; every layer keeps int8 codes (ONNX Runtime on x86 CPUs without VNNI may saturate them)"
+                        ));
+                        } else if moved.is_empty() {
+                            out.note(format!(
+                            "saturation guard: none of {} int8 layer(s) would lose more to ONNX Runtime's saturating u8 x s8 sums (x86 without VNNI) than to 7-bit codes ({} calibration samples, {:.1} s)",
+                            r.layers.len(),
+                            r.samples,
+                            r.seconds
+                        ));
+                        } else {
+                            let worst = moved
+                                .iter()
+                                .map(|l| l.sqnr8_saturated_db())
+                                .fold(f64::INFINITY, f64::min);
+                            out.note(format!(
+                            "saturation guard: {} of {} int8 layer(s) get 7-bit weight codes: on x86 CPUs without VNNI, ONNX Runtime's saturating u8 x s8 sums cost them more than the lost bit (layer SQNR as low as {worst:.1} dB saturated; {} calibration samples, {:.1} s; --no-saturation-guard keeps int8)",
+                            moved.len(),
+                            r.layers.len(),
+                            r.samples,
+                            r.seconds
+                        ));
+                        }
+                        for l in &r.layers {
+                            out.log.push(format!(
+                            "saturation guard: `{}`: {:.2}% of pairs saturate; layer SQNR int8 {:.2} dB, int8 saturated {:.2}, 7-bit {:.2}{}",
+                            l.layer,
+                            100.0 * l.saturated_pairs,
+                            l.sqnr8_db(),
+                            l.sqnr8_saturated_db(),
+                            l.sqnr7_db(),
+                            if l.moved { ": 7-bit" } else { "" }
+                        ));
+                        }
+                        for (l, why) in &r.skipped {
+                            out.log
+                                .push(format!("saturation guard: `{l}` not emulated: {why}"));
+                        }
+                        saturation_guard = Some(r);
+                    }
+                    Ok(None) => {}
+                    Err(e) => out.warn(format!("saturation guard skipped: {e:#}")),
+                }
+            }
+            None => {}
+        }
+        phases.lap("saturation guard");
+    }
+
+    // 5c. Error-compensated rounding: weights moved onto their grid so
+    // that each layer's output error on calibration inputs is smallest
+    // (before bias correction, which measures the rounded weights).
+    // The samples both fit on (`fitting`): static calibration's, or in
+    // weight-only mode the calibration samples given (never evaluation
+    // data standing in for them: verification would then report
+    // in-sample figures).
     let mut rounding = None;
     if opts.error_compensated_rounding {
         match (fitting, cfg.mode) {
@@ -807,7 +902,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         phases.lap("error-compensated rounding");
     }
 
-    // 5b. Bias correction: subtract each layer's measured output shift
+    // 5d. Bias correction: subtract each layer's measured output shift
     // (after mixed precision, so it corrects the model that is written).
     let mut bias_correction = None;
     if opts.bias_correction && cfg.mode != Mode::Dynamic && !opts.no_quantize {
@@ -872,7 +967,8 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     }
 
     if !opts.no_quantize {
-        if let Some(n) = saturation_note(&cfg, host_saturates_u8_i8()) {
+        let guard_ran = saturation_guard.is_some();
+        if let (false, Some(n)) = (guard_ran, saturation_note(&cfg, host_saturates_u8_i8())) {
             out.note(n);
         }
     }
@@ -1032,6 +1128,8 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     // of the written model, the figures the report gives.
     let changed_after = bias_correction.as_ref().is_some_and(|b| b.kept)
         || rounding.as_ref().is_some_and(|r| r.kept);
+    // (The saturation guard's plan was measured against the targets when
+    // it ran: `mp.result` is already the written plan's figure.)
     if let (true, Some(mp), Some(v)) = (
         changed_after,
         mixed_precision.as_mut(),
@@ -1095,6 +1193,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         mixed_precision,
         auto_ranges,
         rounding,
+        saturation_guard,
         bias_correction,
         smooth_quant,
         notes: out.notes,

@@ -117,6 +117,11 @@ pub struct Options {
     /// [`crate::bias`]); off by default, applied when calibration data is
     /// given.
     pub bias_correction: bool,
+    /// The saturation guard ([`crate::saturation`]): 7-bit weight codes
+    /// for the int8 layers whose sums ONNX Runtime's u8 x s8 kernels would
+    /// saturate on x86 CPUs without VNNI, where that costs more than the
+    /// lost bit; on by default, needs calibration samples.
+    pub saturation_guard: bool,
     /// SmoothQuant for MatMuls fed by a LayerNormalization (see
     /// [`crate::smooth`]); on by default.
     pub smooth_quant: bool,
@@ -184,6 +189,7 @@ impl Default for Options {
             error_compensated_rounding: false,
             equalize: false,
             bias_correction: false,
+            saturation_guard: true,
             smooth_quant: true,
             smooth_quant_search: false,
             passes: None,

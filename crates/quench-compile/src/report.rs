@@ -102,6 +102,9 @@ pub struct Report {
     pub auto_ranges: Option<crate::search::AutoReport>,
     /// What `--error-compensated-rounding` did.
     pub rounding: Option<crate::rounding::RoundingReport>,
+    /// What the saturation guard measured and which layers it gave 7-bit
+    /// weight codes.
+    pub saturation_guard: Option<crate::saturation::GuardReport>,
     /// What `--bias-correction` did.
     pub bias_correction: Option<crate::bias::BiasReport>,
     /// What `--smooth-quant` did.

@@ -63,20 +63,21 @@ pub struct RoundingReport {
 }
 
 /// A layer: its node, weight, input tensor and how input rows are formed.
-struct Layer {
-    name: String,
-    weight: String,
-    input: String,
+pub(crate) struct Layer {
+    pub(crate) node: quench_ir::NodeId,
+    pub(crate) name: String,
+    pub(crate) weight: String,
+    pub(crate) input: String,
     /// Weight as a matrix `[out, in]` (rows = output channels).
-    w: Array2<f64>,
+    pub(crate) w: Array2<f64>,
     /// Flat index into the weight tensor of matrix element `(r, c)`.
-    flat: Box<dyn Fn(usize, usize) -> usize + Send + Sync>,
-    rows: RowKind,
-    format: QuantFormat,
-    dims: Vec<i64>,
+    pub(crate) flat: Box<dyn Fn(usize, usize) -> usize + Send + Sync>,
+    pub(crate) rows: RowKind,
+    pub(crate) format: QuantFormat,
+    pub(crate) dims: Vec<i64>,
 }
 
-enum RowKind {
+pub(crate) enum RowKind {
     /// Gemm/MatMul: the input's last axis is `K`.
     Dense,
     /// Conv 2-D: patches of `[C, kh, kw]` at the given strides, pads
@@ -89,7 +90,16 @@ enum RowKind {
     },
 }
 
-fn layers(float: &Model, plan: &Plan, cfg: &QuantizeConfig) -> (Vec<Layer>, Vec<(String, String)>) {
+/// The layers of `plan` this module and [`crate::saturation`] handle: Conv
+/// (2-D, group 1, explicit pads), Gemm (no transA) and MatMul with a
+/// constant 2-D weight used once and a symmetric integer weight format, at
+/// most `max_columns` input columns; the others with why they were skipped.
+pub(crate) fn layers(
+    float: &Model,
+    plan: &Plan,
+    cfg: &QuantizeConfig,
+    max_columns: usize,
+) -> (Vec<Layer>, Vec<(String, String)>) {
     let g = &float.graph;
     let mut out = Vec::new();
     let mut skipped = Vec::new();
@@ -195,14 +205,15 @@ fn layers(float: &Model, plan: &Plan, cfg: &QuantizeConfig) -> (Vec<Layer>, Vec<
             }
             _ => continue,
         };
-        if w.ncols() > MAX_COLUMNS {
+        if w.ncols() > max_columns {
             skip(&format!(
-                "{} input columns (more than {MAX_COLUMNS})",
+                "{} input columns (more than {max_columns})",
                 w.ncols()
             ));
             continue;
         }
         out.push(Layer {
+            node: n,
             name: name.clone(),
             weight: g.value(wv).name.clone(),
             input: g.value(x).name.clone(),
@@ -216,9 +227,15 @@ fn layers(float: &Model, plan: &Plan, cfg: &QuantizeConfig) -> (Vec<Layer>, Vec<
     (out, skipped)
 }
 
-/// The input rows of one batch of a layer's input (at most
-/// [`ROWS_PER_BATCH`], evenly subsampled), as a `[rows, columns]` matrix.
-fn input_rows(x: &ArrayD<f32>, rows: &RowKind, cols: usize) -> Option<Array2<f32>> {
+/// The input rows of one batch of a layer's input (at most `max_rows`,
+/// evenly subsampled), as a `[rows, columns]` matrix; columns in the
+/// weight's own order (`[C, kh, kw]` for Conv).
+pub(crate) fn input_rows(
+    x: &ArrayD<f32>,
+    rows: &RowKind,
+    cols: usize,
+    max_rows: usize,
+) -> Option<Array2<f32>> {
     match rows {
         RowKind::Dense => {
             let k = *x.shape().last()?;
@@ -231,7 +248,7 @@ fn input_rows(x: &ArrayD<f32>, rows: &RowKind, cols: usize) -> Option<Array2<f32
                 .into_owned()
                 .into_shape_with_order((m, k))
                 .ok()?;
-            let step = m.div_ceil(ROWS_PER_BATCH).max(1);
+            let step = m.div_ceil(max_rows).max(1);
             Some(flat.select(Axis(0), &(0..m).step_by(step).collect::<Vec<_>>()))
         }
         RowKind::Conv {
@@ -250,7 +267,7 @@ fn input_rows(x: &ArrayD<f32>, rows: &RowKind, cols: usize) -> Option<Array2<f32
             let oh = (h + pt + pb).checked_sub(eh)? / sh + 1;
             let ow = (w + pl + pr).checked_sub(ew)? / sw + 1;
             let total = b * oh * ow;
-            let step = total.div_ceil(ROWS_PER_BATCH).max(1);
+            let step = total.div_ceil(max_rows).max(1);
             let picks: Vec<usize> = (0..total).step_by(step).collect();
             let mut out = Array2::<f32>::zeros((picks.len(), cols));
             for (row, &p) in picks.iter().enumerate() {
@@ -498,7 +515,7 @@ pub fn round_weights(
     opset: i64,
     data: &Bound,
 ) -> Result<Option<RoundingReport>> {
-    let (ls, skipped) = layers(float, plan, cfg);
+    let (ls, skipped) = layers(float, plan, cfg, MAX_COLUMNS);
     if ls.is_empty() {
         return Ok(None);
     }
@@ -523,7 +540,7 @@ pub fn round_weights(
                 return;
             };
             let x = outs[n_out + ix].to_f32();
-            if let Some(p) = input_rows(&x, &l.rows, l.w.ncols()) {
+            if let Some(p) = input_rows(&x, &l.rows, l.w.ncols(), ROWS_PER_BATCH) {
                 let pp = p.t().dot(&p);
                 h.zip_mut_with(&pp, |a, b| *a += f64::from(*b));
             }
@@ -675,7 +692,7 @@ mod tests {
             pads: (1, 1, 0, 0),
             dilations: (1, 1),
         };
-        let p = input_rows(&x, &rows, 8).unwrap();
+        let p = input_rows(&x, &rows, 8, ROWS_PER_BATCH).unwrap();
         assert_eq!(p.dim(), (9, 8));
         // Output (0,0) sees only x[.., 0, 0] at kernel (1,1).
         assert_eq!(p.row(0).to_vec(), vec![0., 0., 0., 1., 0., 0., 0., 10.]);

@@ -1,0 +1,731 @@
+//! The saturation guard (on by default): per layer, int8 or 7-bit weight
+//! codes, whichever costs the layer's output less where ONNX Runtime
+//! computes u8 x s8 layers with saturating pair sums.
+//!
+//! On x86-64 CPUs with AVX2 but no VNNI (many AMD EPYC and older Intel
+//! servers), ONNX Runtime's fused u8 x s8 kernels multiply with
+//! `VPMADDUBSW`: two adjacent products along the reduction axis are added
+//! into a saturating int16, and `255 x 127 x 2 = 64770` does not fit. The
+//! verification (tract) computes exactly and cannot show it; measured on
+//! real models it costs 2-16 dB (`benches/results/ort_avx2_saturation_2026-11-28.md`).
+//! 7-bit codes (`[-63, 63]`, ONNX Runtime's `reduce_range`) cannot
+//! overflow but cost one bit of weight precision, which is worth more
+//! than the saturation on most layers.
+//!
+//! So each dense layer (Conv with group 1, Gemm, MatMul with int8
+//! weights; depthwise convolutions use a kernel that does not saturate)
+//! is emulated on calibration inputs, in the order ONNX Runtime packs the
+//! reduction axis (NHWC im2col for Conv: `kh, kw, c_in`; pairs `(2j,
+//! 2j+1)`, each pair sum clamped to int16, padding with the input's zero
+//! point; the emulation reproduces ONNX Runtime's fused output on the
+//! first layers of two real models to 0.003 codes):
+//! - `e8`: the output error of int8 codes computed exactly (what a CPU
+//!   with VNNI, or tract, computes);
+//! - `e8_sat`: the same codes with saturating pair sums;
+//! - `e7`: 7-bit codes, exactly (they never saturate).
+//!
+//! Errors are against the float weights on the same quantized input, after
+//! the bias and clamped to the output's quantization grid (what the fused
+//! kernel writes; a Relu absorbed into that range is included). A layer
+//! gets 7-bit codes when `e8 < e8_sat` (saturation costs at all) and
+//! `e7 < e8_sat`. Static mode takes the input's
+//! calibrated parameters, dynamic mode ONNX Runtime's
+//! `DynamicQuantizeLinear` of each batch (MatMul and Gemm only).
+//!
+//! Invariant: only [`Plan::weight_formats`] entries change, from int8 to
+//! 7-bit codes of the same granularity; nothing else in the plan or
+//! model.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use ndarray::Array2;
+use quench_calib::{QuantFormat, QuantParams, Scheme};
+use quench_ir::{Model, NodeId, OpKind};
+use quench_passes::codes::Layout;
+use quench_passes::quantize::{Mode, Plan, QuantizeConfig, Ranges};
+use quench_verify::{Runners, MAX_BATCH};
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::data::Bound;
+use crate::rounding::{input_rows, layers, RowKind};
+
+/// Calibration samples the layers are emulated on.
+pub const SAMPLES: usize = 8;
+/// Input rows (patches) per layer over all samples, evenly subsampled
+/// within each batch.
+pub const ROWS: usize = 4096;
+
+/// One layer's emulated errors (squared, summed over rows and output
+/// channels, in output units).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LayerErrors {
+    pub layer: String,
+    /// Fraction of pair sums outside int16 with int8 codes.
+    pub saturated_pairs: f64,
+    /// Output energy (the float weights' output, clamped).
+    pub energy: f64,
+    pub e8: f64,
+    pub e8_saturated: f64,
+    pub e7: f64,
+    /// Whether the layer was given 7-bit codes.
+    pub moved: bool,
+}
+
+impl LayerErrors {
+    fn db(&self, e: f64) -> f64 {
+        10.0 * (self.energy.max(f64::MIN_POSITIVE) / e.max(f64::MIN_POSITIVE)).log10()
+    }
+    /// Layer output SQNR (dB) with int8 codes, exact.
+    pub fn sqnr8_db(&self) -> f64 {
+        self.db(self.e8)
+    }
+    /// ... with int8 codes and saturating pair sums.
+    pub fn sqnr8_saturated_db(&self) -> f64 {
+        self.db(self.e8_saturated)
+    }
+    /// ... with 7-bit codes.
+    pub fn sqnr7_db(&self) -> f64 {
+        self.db(self.e7)
+    }
+}
+
+/// What the guard measured and changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct GuardReport {
+    /// Every emulated layer, in plan order.
+    pub layers: Vec<LayerErrors>,
+    /// Layers not emulated, with why.
+    pub skipped: Vec<(String, String)>,
+    pub samples: usize,
+    pub seconds: f64,
+    /// Why the moves were undone (a mixed-precision target the guarded
+    /// model would miss), if they were.
+    pub reverted: Option<String>,
+    /// The moved layers' nodes and their formats before.
+    #[serde(skip)]
+    before: Vec<(NodeId, QuantFormat)>,
+}
+
+/// Undoes the guard's moves in `plan` (their int8 formats back), saying
+/// why in `report`.
+pub fn revert(plan: &mut Plan, report: &mut GuardReport, why: String) {
+    for (n, f) in report.before.drain(..) {
+        plan.weight_formats.insert(n, f);
+    }
+    for l in &mut report.layers {
+        l.moved = false;
+    }
+    report.reverted = Some(why);
+}
+
+impl GuardReport {
+    /// The layers given 7-bit codes.
+    pub fn moved(&self) -> impl Iterator<Item = &LayerErrors> {
+        self.layers.iter().filter(|l| l.moved)
+    }
+}
+
+/// The 7-bit codes of `f`'s granularity.
+fn seven_bit(f: QuantFormat) -> QuantFormat {
+    QuantFormat {
+        scheme: QuantFormat::I7_WEIGHT.scheme,
+        granularity: f.granularity,
+    }
+}
+
+/// Whether `f` is the full-range int8 weight grid the guard is about.
+fn is_i8_weight(f: QuantFormat) -> bool {
+    f.scheme == QuantFormat::I8_WEIGHT.scheme
+}
+
+/// Whether `f` is an 8-bit unsigned activation grid (ONNX Runtime's u8 x
+/// s8 kernels).
+fn is_u8(f: QuantFormat) -> bool {
+    matches!(f.scheme, Scheme::Int(i) if i.bits() == 8 && !i.signed())
+}
+
+/// How a layer's input codes are formed.
+#[derive(Clone, Copy)]
+enum Input {
+    /// Static: the calibrated parameters.
+    Fixed(QuantParams),
+    /// Dynamic: `DynamicQuantizeLinear` of each batch.
+    Dynamic,
+}
+
+/// Everything about one layer the emulation needs.
+struct Site {
+    node: NodeId,
+    name: String,
+    input: String,
+    rows: RowKind,
+    input_q: Input,
+    format: QuantFormat,
+    kernel: Kernel,
+}
+
+/// A layer's weights and output grid, in ONNX Runtime's reduction order.
+struct Kernel {
+    cols: usize,
+    /// Column (weight order) of each position along ONNX Runtime's
+    /// reduction axis.
+    perm: Vec<usize>,
+    /// Float weights `[out, padded(K)]` in reduction order (zeros past
+    /// `K`).
+    w: Vec<f32>,
+    out_n: usize,
+    /// int8 and 7-bit codes `[out, padded(K)]` and their scales.
+    q8: Vec<i32>,
+    s8: Vec<f64>,
+    q7: Vec<i32>,
+    s7: Vec<f64>,
+    bias: Vec<f64>,
+    clamp: Option<(f64, f64)>,
+}
+
+/// Sums of one layer's errors over rows.
+#[derive(Default, Clone, Copy)]
+struct Sums {
+    energy: f64,
+    e8: f64,
+    e8s: f64,
+    e7: f64,
+    sat: u64,
+    pairs: u64,
+}
+
+impl Sums {
+    fn add(mut self, o: Sums) -> Sums {
+        self.energy += o.energy;
+        self.e8 += o.e8;
+        self.e8s += o.e8s;
+        self.e7 += o.e7;
+        self.sat += o.sat;
+        self.pairs += o.pairs;
+        self
+    }
+}
+
+/// The parameters `apply` gives activation `v`'s root, if it is
+/// quantized in `format`.
+fn act_params(
+    model: &Model,
+    plan: &Plan,
+    ranges: &Ranges,
+    v: quench_ir::ValueId,
+    format: QuantFormat,
+) -> Option<QuantParams> {
+    let g = &model.graph;
+    let root = plan.shared.get(&v).copied().unwrap_or(v);
+    if !plan.activations.contains(&v) && !plan.activations.contains(&root) {
+        return None;
+    }
+    let (lo, hi) = *ranges.get(&g.value(root).name)?;
+    format.params(lo, hi.max(lo)).ok()
+}
+
+/// The float interval the output grid of node `n` covers (static mode),
+/// after an absorbed Relu/Clip; `None` if the output is not quantized.
+fn output_clamp(
+    model: &Model,
+    plan: &Plan,
+    ranges: &Ranges,
+    cfg: &QuantizeConfig,
+    n: NodeId,
+) -> Option<(f64, f64)> {
+    let g = &model.graph;
+    let (v, clip) = match plan.absorbed.get(&n) {
+        Some(&r) => (
+            g.node(r).output(0)?,
+            quench_passes::facts::clip_bounds(g, r),
+        ),
+        None => (g.node(n).output(0)?, None),
+    };
+    let format = plan.format_of(v, cfg.default_activation_format());
+    let Scheme::Int(i) = format.scheme else {
+        return None;
+    };
+    let root = plan.shared.get(&v).copied().unwrap_or(v);
+    if !plan.activations.contains(&v) && !plan.activations.contains(&root) {
+        return None;
+    }
+    let (mut lo, mut hi) = *ranges.get(&g.value(root).name)?;
+    if let Some((clo, chi)) = clip {
+        lo = lo.max(clo);
+        hi = hi.min(chi);
+    }
+    let p = format.params(lo, hi.max(lo)).ok()?;
+    let s = f64::from(p.scale);
+    Some((
+        f64::from(i.qmin() - p.zero_point) * s,
+        f64::from(i.qmax() - p.zero_point) * s,
+    ))
+}
+
+/// The sites of `plan`'s layers the guard is about, and the others with
+/// why they were left alone.
+fn sites(
+    model: &Model,
+    plan: &Plan,
+    ranges: &Ranges,
+    cfg: &QuantizeConfig,
+) -> (Vec<Site>, Vec<(String, String)>) {
+    let g = &model.graph;
+    let (ls, mut skipped) = layers(model, plan, cfg, usize::MAX);
+    let mut out = Vec::new();
+    for l in ls {
+        let node = g.node(l.node);
+        let kind = node.kind();
+        let mut skip = |why: &str| skipped.push((l.name.clone(), why.to_string()));
+        if !is_i8_weight(l.format) {
+            continue;
+        }
+        if cfg.mode == Mode::Dynamic && kind == OpKind::Conv {
+            skip("Conv in dynamic mode (no u8 x s8 kernel)");
+            continue;
+        }
+        if kind == OpKind::Gemm
+            && (node.attr_float("alpha").unwrap_or(1.0) != 1.0
+                || node.attr_float("beta").unwrap_or(1.0) != 1.0)
+        {
+            skip("Gemm with alpha or beta");
+            continue;
+        }
+        let Some(x) = node.input(0) else { continue };
+        let input_q = match cfg.mode {
+            Mode::Static => {
+                let f = plan.format_of(x, cfg.default_activation_format());
+                if !is_u8(f) {
+                    skip("input not u8");
+                    continue;
+                }
+                match act_params(model, plan, ranges, x, f) {
+                    Some(p) => Input::Fixed(p),
+                    None => {
+                        skip("input not quantized");
+                        continue;
+                    }
+                }
+            }
+            Mode::Dynamic => Input::Dynamic,
+            _ => continue,
+        };
+        let clamp = match cfg.mode {
+            Mode::Static => {
+                let c = output_clamp(model, plan, ranges, cfg, l.node);
+                if c.is_none() && kind == OpKind::Conv {
+                    // No QuantizeLinear after it: ONNX Runtime runs it in
+                    // float.
+                    skip("output not quantized");
+                    continue;
+                }
+                c
+            }
+            _ => None,
+        };
+        let (rows_n, cols) = l.w.dim();
+        let perm: Vec<usize> = match l.rows {
+            RowKind::Dense => (0..cols).collect(),
+            RowKind::Conv {
+                kernel: (kh, kw), ..
+            } => {
+                let c = cols / (kh * kw).max(1);
+                let mut p = Vec::with_capacity(cols);
+                for i in 0..kh {
+                    for j in 0..kw {
+                        for ci in 0..c {
+                            p.push(ci * kh * kw + i * kw + j);
+                        }
+                    }
+                }
+                p
+            }
+        };
+        // One scale per output row, or the layer is not the per-tensor or
+        // per-channel grid the fused kernels take.
+        let Some(layout) = Layout::new(&l.dims, l.format.granularity) else {
+            continue;
+        };
+        // One scale per output row (per channel) or one for all (per
+        // tensor): the grids the fused kernels take.
+        let per_row = layout.groups == rows_n
+            && (0..rows_n).all(|r| (0..cols).all(|c| layout.group((l.flat)(r, c)) == r));
+        if !per_row && layout.groups != 1 {
+            skip("weight scales vary along the reduction axis (blocks)");
+            continue;
+        }
+        let whole = (
+            l.w.iter().fold(0f64, |a, b| a.min(*b)) as f32,
+            l.w.iter().fold(0f64, |a, b| a.max(*b)) as f32,
+        );
+        let kp = padded(cols);
+        let f7 = seven_bit(l.format);
+        let mut q8 = vec![0i32; rows_n * kp];
+        let mut q7 = vec![0i32; rows_n * kp];
+        let mut s8 = vec![0f64; rows_n];
+        let mut s7 = vec![0f64; rows_n];
+        let mut w = vec![0f32; rows_n * kp];
+        let mut ok = true;
+        for r in 0..rows_n {
+            let row = l.w.row(r);
+            let (lo, hi) = if per_row {
+                (
+                    row.iter().fold(0f64, |a, b| a.min(*b)) as f32,
+                    row.iter().fold(0f64, |a, b| a.max(*b)) as f32,
+                )
+            } else {
+                whole
+            };
+            let (Ok(p8), Ok(p7)) = (l.format.params(lo, hi), f7.params(lo, hi)) else {
+                ok = false;
+                break;
+            };
+            s8[r] = f64::from(p8.scale);
+            s7[r] = f64::from(p7.scale);
+            for (k, &c) in perm.iter().enumerate() {
+                let v = row[c];
+                w[r * kp + k] = v as f32;
+                q8[r * kp + k] = l.format.quantize(v as f32, &p8);
+                q7[r * kp + k] = f7.quantize(v as f32, &p7);
+            }
+        }
+        if !ok {
+            skip("no weight grid");
+            continue;
+        }
+        let bias = node
+            .input(2)
+            .and_then(|b| g.const_tensor(b))
+            .and_then(|t| quench_ir::tensor::to_f32(t).ok())
+            .map(|b| b.iter().map(|x| f64::from(*x)).collect::<Vec<_>>());
+        let bias = match bias {
+            Some(b) if b.len() == rows_n => b,
+            Some(b) if b.len() == 1 => vec![b[0]; rows_n],
+            Some(_) => {
+                skip("bias of another shape");
+                continue;
+            }
+            None => vec![0.0; rows_n],
+        };
+        out.push(Site {
+            node: l.node,
+            name: l.name.clone(),
+            input: l.input.clone(),
+            rows: l.rows,
+            input_q,
+            format: l.format,
+            kernel: Kernel {
+                cols,
+                perm,
+                w,
+                out_n: rows_n,
+                q8,
+                s8,
+                q7,
+                s7,
+                bias,
+                clamp,
+            },
+        });
+    }
+    (out, skipped)
+}
+
+/// `DynamicQuantizeLinear`'s parameters for values in `[min, max]`.
+fn dynamic_params(min: f32, max: f32) -> Option<QuantParams> {
+    QuantFormat::U8.params(min.min(0.0), max.max(0.0)).ok()
+}
+
+/// The reduction length `k` padded with zeros to a multiple of 8 (pairs
+/// stay `(2j, 2j + 1)`; the padding adds nothing).
+fn padded(k: usize) -> usize {
+    k.div_ceil(8) * 8
+}
+
+/// Reduction elements summed in i32 before moving to i64
+/// (`255 x 127 x 8192 < 2^31`).
+const CHUNK: usize = 8192;
+
+/// `(Σ a w, Σ clamp_i16(a[2j] w[2j] + a[2j+1] w[2j+1]), pairs clamped)`
+/// over equal-length slices of even length.
+fn pair_sums(a: &[i32], w: &[i32]) -> (i64, i64, u64) {
+    let (mut exact, mut sat, mut n) = (0i64, 0i64, 0u64);
+    for (ac, wc) in a.chunks(CHUNK).zip(w.chunks(CHUNK)) {
+        let (mut e, mut s, mut c) = (0i32, 0i32, 0u32);
+        for (x, y) in ac.chunks_exact(2).zip(wc.chunks_exact(2)) {
+            let p = x[0] * y[0] + x[1] * y[1];
+            let q = p.clamp(-32768, 32767);
+            e += p;
+            s += q;
+            c += u32::from(p != q);
+        }
+        exact += i64::from(e);
+        sat += i64::from(s);
+        n += u64::from(c);
+    }
+    (exact, sat, n)
+}
+
+/// `Σ a w` over equal-length slices (i32 chunks as in [`pair_sums`]).
+fn dot_i(a: &[i32], w: &[i32]) -> i64 {
+    a.chunks(CHUNK)
+        .zip(w.chunks(CHUNK))
+        .map(|(ac, wc)| i64::from(ac.iter().zip(wc).map(|(x, y)| x * y).sum::<i32>()))
+        .sum()
+}
+
+/// `Σ a w` in eight lanes (lengths a multiple of 8).
+fn dot_f(a: &[f32], w: &[f32]) -> f64 {
+    let mut acc = [0f32; 8];
+    for (x, y) in a.chunks_exact(8).zip(w.chunks_exact(8)) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().map(|v| f64::from(*v)).sum()
+}
+
+/// The emulated errors of one site on one batch of input rows (float, in
+/// the weight's column order).
+fn emulate(s: &Kernel, x: &Array2<f32>, p: QuantParams) -> Sums {
+    let fa = QuantFormat::U8;
+    let kp = padded(s.cols);
+    let sa = f64::from(p.scale);
+    let zp = i64::from(p.zero_point);
+    let sum8: Vec<i64> = (0..s.out_n)
+        .map(|o| {
+            s.q8[o * kp..(o + 1) * kp]
+                .iter()
+                .map(|v| i64::from(*v))
+                .sum()
+        })
+        .collect();
+    let sum7: Vec<i64> = (0..s.out_n)
+        .map(|o| {
+            s.q7[o * kp..(o + 1) * kp]
+                .iter()
+                .map(|v| i64::from(*v))
+                .sum()
+        })
+        .collect();
+    let clamp = |v: f64| match s.clamp {
+        Some((lo, hi)) => v.clamp(lo, hi),
+        None => v,
+    };
+    (0..x.nrows())
+        .into_par_iter()
+        .map(|i| {
+            let row = x.row(i);
+            // Codes past K multiply zero weights.
+            let mut a = vec![0i32; kp];
+            let mut af = vec![0f32; kp];
+            for (k, &c) in s.perm.iter().enumerate() {
+                let code = fa.quantize(row[c], &p);
+                a[k] = code;
+                af[k] = ((code - p.zero_point) as f64 * sa) as f32;
+            }
+            let mut t = Sums::default();
+            for o in 0..s.out_n {
+                let span = o * kp..(o + 1) * kp;
+                let (acc8, sat8, nsat) = pair_sums(&a, &s.q8[span.clone()]);
+                let acc7 = dot_i(&a, &s.q7[span.clone()]);
+                let reference = dot_f(&af, &s.w[span]) + s.bias[o];
+                let y8 = sa * s.s8[o] * (acc8 - zp * sum8[o]) as f64 + s.bias[o];
+                let y8s = sa * s.s8[o] * (sat8 - zp * sum8[o]) as f64 + s.bias[o];
+                let y7 = sa * s.s7[o] * (acc7 - zp * sum7[o]) as f64 + s.bias[o];
+                let r = clamp(reference);
+                t.energy += r * r;
+                t.e8 += (clamp(y8) - r).powi(2);
+                t.e8s += (clamp(y8s) - r).powi(2);
+                t.e7 += (clamp(y7) - r).powi(2);
+                t.sat += nsat;
+                t.pairs += s.cols.div_ceil(2) as u64;
+            }
+            t
+        })
+        .reduce(Sums::default, Sums::add)
+}
+
+/// Emulates every site on up to [`SAMPLES`] calibration samples of `data`
+/// and gives 7-bit codes to the layers where they cost less than int8's
+/// saturation (see the module docs). `model` is the float model the plan
+/// belongs to.
+pub fn guard(
+    model: &Model,
+    plan: &mut Plan,
+    ranges: &Ranges,
+    cfg: &QuantizeConfig,
+    data: &Bound,
+) -> Result<Option<GuardReport>> {
+    let start = Instant::now();
+    let (ss, skipped) = sites(model, plan, ranges, cfg);
+    if ss.is_empty() {
+        return Ok(None);
+    }
+    let (fit, _) = crate::data::fit_and_judge(data.data.samples(), SAMPLES);
+    let sub = data.data.pick(&fit);
+    let proto = model.to_onnx();
+    let names = quench_verify::input_names(&proto);
+    let n_out = quench_verify::output_names(&proto).len();
+    let mut inputs: Vec<String> = ss.iter().map(|s| s.input.clone()).collect();
+    inputs.sort();
+    inputs.dedup();
+    let runners = Runners::new(&proto, inputs.clone());
+    let mut sums = vec![Sums::default(); ss.len()];
+    let batches = data.feed.ranges(sub.samples(), MAX_BATCH);
+    let per_batch = ROWS.div_ceil(batches.len().max(1));
+    for r in batches {
+        let batch = sub.feed(data.feed, r)?;
+        let outs = runners.run(&names, &batch)?;
+        for (s, acc) in ss.iter().zip(sums.iter_mut()) {
+            let Some(ix) = inputs.iter().position(|i| *i == s.input) else {
+                continue;
+            };
+            let x = outs[n_out + ix].to_f32();
+            let p = match s.input_q {
+                Input::Fixed(p) => Some(p),
+                Input::Dynamic => {
+                    let (lo, hi) = x
+                        .iter()
+                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+                            (a.min(*v), b.max(*v))
+                        });
+                    dynamic_params(lo, hi)
+                }
+            };
+            let (Some(p), Some(rows)) = (p, input_rows(&x, &s.rows, s.kernel.cols, per_batch))
+            else {
+                continue;
+            };
+            *acc = acc.add(emulate(&s.kernel, &rows, p));
+        }
+    }
+    let mut report = Vec::with_capacity(ss.len());
+    let mut before = Vec::new();
+    for (s, t) in ss.iter().zip(&sums) {
+        if t.pairs == 0 {
+            continue;
+        }
+        // Only where saturation costs at all: a layer that does not
+        // saturate keeps its int8 codes even if the 7-bit ones happened to
+        // score higher on these samples.
+        let moved = t.e8s > t.e8 && t.e7 < t.e8s;
+        if moved {
+            before.push((s.node, s.format));
+            plan.weight_formats.insert(s.node, seven_bit(s.format));
+        }
+        report.push(LayerErrors {
+            layer: s.name.clone(),
+            saturated_pairs: t.sat as f64 / t.pairs as f64,
+            energy: t.energy,
+            e8: t.e8,
+            e8_saturated: t.e8s,
+            e7: t.e7,
+            moved,
+        });
+    }
+    Ok(Some(GuardReport {
+        layers: report,
+        skipped,
+        samples: fit.len(),
+        seconds: start.elapsed().as_secs_f64(),
+        reverted: None,
+        before,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pair sums against a direct computation: products in pairs
+    /// `(2j, 2j + 1)`, each pair clamped to int16, on lengths past one
+    /// i32 chunk; and the two extreme pairs ONNX Runtime's `VPMADDUBSW`
+    /// clamps.
+    #[test]
+    fn pair_sums_clamp_each_pair_to_int16() {
+        let n = CHUNK * 2 + 10;
+        let a: Vec<i32> = (0..n).map(|i| ((i * 97 + 13) % 256) as i32).collect();
+        let w: Vec<i32> = (0..n).map(|i| ((i * 31 + 7) % 255) as i32 - 127).collect();
+        let (mut exact, mut sat, mut clamped) = (0i64, 0i64, 0u64);
+        for j in 0..n / 2 {
+            let p = i64::from(a[2 * j] * w[2 * j]) + i64::from(a[2 * j + 1] * w[2 * j + 1]);
+            exact += p;
+            let c = p.clamp(-32768, 32767);
+            sat += c;
+            clamped += u64::from(c != p);
+        }
+        assert!(clamped > 0, "the test values must saturate some pairs");
+        assert_eq!(pair_sums(&a, &w), (exact, sat, clamped));
+        assert_eq!(dot_i(&a, &w), exact);
+        // 255 x 127 twice: 64770 -> 32767; 255 x -127 twice: -64770 -> -32768.
+        assert_eq!(pair_sums(&[255, 255], &[127, 127]), (64770, 32767, 1));
+        assert_eq!(pair_sums(&[255, 255], &[-127, -127]), (-64770, -32768, 1));
+        // 7-bit codes never saturate: 255 x 63 x 2 = 32130.
+        assert_eq!(pair_sums(&[255, 255], &[63, 63]), (32130, 32130, 0));
+        let f: Vec<f32> = (0..16).map(|i| i as f32 * 0.5).collect();
+        let g: Vec<f32> = (0..16).map(|i| 1.0 - i as f32 * 0.25).collect();
+        let want: f64 = f.iter().zip(&g).map(|(x, y)| f64::from(x * y)).sum();
+        assert!((dot_f(&f, &g) - want).abs() < 1e-4);
+        assert_eq!(padded(1), 8);
+        assert_eq!(padded(27), 32);
+        assert_eq!(padded(32), 32);
+    }
+
+    /// One output channel of a 2-wide dense layer whose input codes and
+    /// weights saturate their single pair: the emulated errors are those
+    /// worked out by hand.
+    #[test]
+    fn emulation_errors_on_one_saturating_pair() {
+        // Input: u8 codes 255 with zero point 0 and scale 1/255 (x = 1).
+        let p = QuantParams {
+            scale: 1.0 / 255.0,
+            zero_point: 0,
+        };
+        let kp = padded(2);
+        let mut q8 = vec![0; kp];
+        q8[..2].copy_from_slice(&[127, 127]);
+        let mut q7 = vec![0; kp];
+        q7[..2].copy_from_slice(&[63, 63]);
+        let mut w = vec![0f32; kp];
+        w[..2].copy_from_slice(&[1.0, 1.0]);
+        let site = Kernel {
+            cols: 2,
+            perm: vec![0, 1],
+            w,
+            out_n: 1,
+            q8,
+            s8: vec![1.0 / 127.0],
+            q7,
+            s7: vec![1.0 / 63.0],
+            bias: vec![0.0],
+            clamp: None,
+        };
+        let x = Array2::from_elem((3, 2), 1.0f32);
+        let t = emulate(&site, &x, p);
+        // Reference 2 per row; int8 exact 2; saturated 32767 / (255 x 127)
+        // = 1.01180...; 7-bit exact 2.
+        let sat = 32767.0 / (255.0 * 127.0);
+        assert!((t.energy - 12.0).abs() < 1e-9, "{}", t.energy);
+        assert!(t.e8 < 1e-9 && t.e7 < 1e-9, "{} {}", t.e8, t.e7);
+        assert!(
+            (t.e8s - 3.0 * (2.0 - sat) * (2.0 - sat)).abs() < 1e-6,
+            "{}",
+            t.e8s
+        );
+        assert_eq!((t.sat, t.pairs), (3, 3));
+        // A clamp at 1.5 (the output grid) hides part of it.
+        let site = Kernel {
+            clamp: Some((0.0, 1.5)),
+            ..site
+        };
+        let t = emulate(&site, &x, p);
+        assert!(
+            (t.e8s - 3.0 * (1.5 - sat) * (1.5 - sat)).abs() < 1e-6,
+            "{}",
+            t.e8s
+        );
+    }
+}
