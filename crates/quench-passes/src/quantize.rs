@@ -1327,7 +1327,19 @@ pub fn apply(
             continue; // activation × activation MatMul
         }
         if cfg.mode == Mode::Dynamic {
-            dynamic_matmul(g, n, per_channel, &mut dyn_cache, &mut s).map_err(fail)?;
+            // int8 codes, or 7-bit ones where the plan asks for them
+            // (`--weights i7`, the saturation guard); other formats keep
+            // the fixed int8 scheme.
+            let wf = plan
+                .weight_formats
+                .get(&n)
+                .copied()
+                .unwrap_or_else(|| cfg.default_weight_format(g, n, w));
+            let qmax = match wf.scheme {
+                Scheme::Int(i) if i.signed() && i.symmetric() && i.bits() == 7 => i.qmax(),
+                _ => 127,
+            };
+            dynamic_matmul(g, n, per_channel, qmax, &mut dyn_cache, &mut s).map_err(fail)?;
             continue;
         }
         let wf = weight_format_at(plan, cfg, g, n, w, opset).map_err(fail)?;
@@ -1561,13 +1573,14 @@ fn weight_format_at(
     }
 }
 
-/// Dynamic quantization of `MatMul(x, W)`: W becomes int8 ahead of time,
-/// x is quantized at run time:
+/// Dynamic quantization of `MatMul(x, W)`: W becomes int8 ahead of time
+/// (codes in `[-qmax, qmax]`), x is quantized at run time:
 /// `DynamicQuantizeLinear(x) → MatMulInteger → Cast → × (x_scale · w_scale)`.
 fn dynamic_matmul(
     g: &mut Graph,
     n: NodeId,
     per_channel: bool,
+    qmax: i32,
     cache: &mut HashMap<ValueId, Vec<ValueId>>,
     s: &mut QuantSummary,
 ) -> Result<(), String> {
@@ -1595,7 +1608,7 @@ fn dynamic_matmul(
     }
     let scales: Vec<f32> = amax
         .iter()
-        .map(|a| if *a > 0.0 { a / 127.0 } else { 1.0 })
+        .map(|a| if *a > 0.0 { a / qmax as f32 } else { 1.0 })
         .collect();
     let q: Vec<i8> = data
         .iter()
@@ -1605,8 +1618,8 @@ fn dynamic_matmul(
                 *v,
                 scales[if per_channel { i % cols } else { 0 }],
                 0,
-                -127,
-                127,
+                -qmax,
+                qmax,
             ) as i8
         })
         .collect();
