@@ -297,8 +297,26 @@ fn weights_i7() {
     register(&c, 25.0, 60.0);
 }
 
-/// Largest |code| of the int8 weight feeding node `layer` (through its DQ).
-fn weight_amax(m: &ModelProto, layer: &str) -> i32 {
+/// Largest |code| per channel (along `axis`) of an int8 initializer.
+fn channel_amax(t: &TensorProto, axis: usize) -> Vec<i32> {
+    assert_eq!(t.data_type(), DataType::Int8 as i32, "{}", t.name());
+    let codes: Vec<i32> = match t.raw_data.as_ref().filter(|r| !r.is_empty()) {
+        Some(raw) => raw.iter().map(|&b| i32::from(b as i8)).collect(),
+        None => t.int32_data.clone(),
+    };
+    let dims: Vec<usize> = t.dims.iter().map(|d| *d as usize).collect();
+    let inner: usize = dims[axis + 1..].iter().product();
+    let mut out = vec![0; dims[axis]];
+    for (i, c) in codes.iter().enumerate() {
+        let ch = (i / inner) % dims[axis];
+        out[ch] = out[ch].max(c.abs());
+    }
+    out
+}
+
+/// Largest |code| per output channel of the int8 weight feeding Conv
+/// `layer` (through its DQ).
+fn weight_amax(m: &ModelProto, layer: &str) -> Vec<i32> {
     let node = graph(m)
         .node
         .iter()
@@ -307,20 +325,36 @@ fn weight_amax(m: &ModelProto, layer: &str) -> i32 {
     let dq = nodes(m, "DequantizeLinear")
         .find(|d| d.output[0] == node.input[1])
         .unwrap_or_else(|| panic!("{layer}: weight not behind a DequantizeLinear"));
-    let t = initializer(m, &dq.input[0]).unwrap();
-    assert_eq!(t.data_type(), DataType::Int8 as i32, "{layer}");
-    let codes: Vec<i32> = match t.raw_data.as_ref().filter(|r| !r.is_empty()) {
-        Some(raw) => raw.iter().map(|&b| i32::from(b as i8)).collect(),
-        None => t.int32_data.clone(),
+    // Output channels: Conv's axis 0; Gemm's B is [K, N], or [N, K] with
+    // transB; MatMul's [K, N].
+    let trans_b = node
+        .attribute
+        .iter()
+        .any(|a| a.name() == "transB" && a.i() == 1);
+    let axis = if node.op_type() == "Conv" || trans_b {
+        0
+    } else {
+        1
     };
-    codes.iter().map(|c| c.abs()).max().unwrap()
+    channel_amax(initializer(m, &dq.input[0]).unwrap(), axis)
+}
+
+/// Channel indices of a guard report layer's `narrowed`.
+fn narrowed(l: &Value) -> Vec<usize> {
+    l["narrowed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect()
 }
 
 /// The saturation guard (on by default). On the digits demo, conv1's int8
 /// sums saturate in ONNX Runtime's u8 x s8 kernels on x86 CPUs without VNNI
 /// (measured there, fused against exact: 22.2 against 46.6 dB; guarded
-/// 46.6 / 46.7): it alone gets 7-bit codes, chosen by the emulated errors
-/// the report gives; `--no-saturation-guard` keeps int8 everywhere. The
+/// 46.9 / 47.1): 6 of its 8 output channels get 7-bit codes, chosen per
+/// channel by the emulated errors (the report gives each layer's totals and
+/// channels); `--no-saturation-guard` keeps int8 everywhere. The
 /// interop check runs the guarded model in ORT with its fused kernels and
 /// requires 40 dB against FP32 on 64 real digits, on whatever CPU it runs.
 #[test]
@@ -339,48 +373,65 @@ fn saturation_guard_moves_only_saturating_layers_to_seven_bits() {
     let mut moved = Vec::new();
     for l in layers {
         let f = |k: &str| finite_f64(&l[k]).unwrap();
-        let (e8, e8s, e7) = (f("e8"), f("e8_saturated"), f("e7"));
+        let (e8, e8s, e7, eg) = (f("e8"), f("e8_saturated"), f("e7"), f("e_guarded"));
         let name = l["layer"].as_str().unwrap().to_string();
-        // The rule, and a real difference between the codes.
-        assert_eq!(l["moved"], e8s > e8 && e7 < e8s, "{l}");
-        assert!(
-            e7 > e8,
-            "{name}: 7-bit codes must cost more than exact int8: {l}"
-        );
+        // 7-bit codes cost more than exact int8; the guard's mix of 7-bit
+        // and saturating int8 channels costs less than either alone where
+        // it moved anything, and is saturated int8 where it did not.
+        assert!(e7 > e8, "{name}: {l}");
+        let chosen = narrowed(l);
         if l["moved"] == true {
-            moved.push(name);
+            assert!(eg < e8s && eg <= e7 * 1.000001, "{name}: {l}");
+            moved.push(name.clone());
         } else {
+            assert!(chosen.is_empty() && eg == e8s, "{l}");
             assert_eq!(f("saturated_pairs"), 0.0, "{l}");
         }
+        // The written codes: 63 in the channels chosen, 127 elsewhere;
+        // 127 everywhere without the guard.
+        let amax = weight_amax(&c.model, &name);
+        assert_eq!(amax.len(), l["channels"].as_u64().unwrap() as usize);
+        for (ch, a) in amax.iter().enumerate() {
+            let want = if chosen.contains(&ch) { 63 } else { 127 };
+            assert_eq!(*a, want, "{name} channel {ch}: {l}");
+        }
+        assert!(
+            weight_amax(&n.model, &name).iter().all(|a| *a == 127),
+            "{name}"
+        );
     }
     assert_eq!(moved, ["conv1"], "{}", c.log);
     assert!(
-        c.log
-            .contains("saturation guard: 1 of 3 int8 layer(s) get 7-bit weight codes"),
+        c.log.contains("saturation guard: ")
+            && c.log
+                .contains("channel(s) in 1 of 3 int8 layer(s) get 7-bit weight codes"),
         "{}",
         c.log
     );
-    for (layer, want) in [("conv1", 63), ("conv2", 127), ("fc", 127)] {
-        assert_eq!(weight_amax(&c.model, layer), want, "{layer}");
-        assert_eq!(weight_amax(&n.model, layer), 127, "{layer} unguarded");
-    }
     assert!(n.report["saturation_guard"].is_null(), "{}", n.log);
     register(&c, 40.0, 60.0);
     require_fused_sqnr(&c.out, 40.0);
     register(&n, 40.0, 60.0);
-    // A target only the unguarded model meets (between the two figures,
-    // measured 46.75 and 46.88 dB): the guard is undone and says why.
+    // A target only the unguarded model meets (between the two figures;
+    // on the HardSwish-stem fixture, measured 43.08 guarded and 43.13
+    // dB): the guard is undone and says why.
+    let calib = testdata("digits/calib").display().to_string();
+    let eval = testdata("digits/eval").display().to_string();
+    let stem = |tag: &str, extra: &[&str]| {
+        let mut a = vec!["-c", calib.as_str(), "--eval", eval.as_str()];
+        a.extend_from_slice(extra);
+        compile("accuracy/hardswish_stem.onnx", tag, &a)
+    };
     let sqnr = |c: &Compiled| {
         finite_f64(&c.report["verification"]["outputs"][0]["reference"]["sqnr_db"]).unwrap()
     };
-    let (guarded, plain) = (sqnr(&c), sqnr(&n));
-    assert!(plain > guarded + 0.02, "{plain} vs {guarded}");
-    let target = format!("{:.3}", (plain + guarded) / 2.0);
-    let t = compile(
-        "digits_cnn.onnx",
-        "sat_guard_target",
-        &["--target-sqnr", &target],
+    let (guarded, plain) = (
+        sqnr(&stem("stem_guard", &[])),
+        sqnr(&stem("stem_plain", &["--no-saturation-guard"])),
     );
+    assert!(plain > guarded + 0.01, "{plain} vs {guarded}");
+    let target = format!("{:.4}", (plain + guarded) / 2.0);
+    let t = stem("stem_guard_target", &["--target-sqnr", &target]);
     let g = &t.report["saturation_guard"];
     assert!(
         g["reverted"]
@@ -393,10 +444,16 @@ fn saturation_guard_moves_only_saturating_layers_to_seven_bits() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|l| l["moved"] == false),
+            .all(|l| l["moved"] == false && narrowed(l).is_empty()),
         "{g}"
     );
-    assert_eq!(weight_amax(&t.model, "conv1"), 127);
+    for l in g["layers"].as_array().unwrap() {
+        let name = l["layer"].as_str().unwrap();
+        assert!(
+            weight_amax(&t.model, name).iter().all(|a| *a == 127),
+            "{name}"
+        );
+    }
     assert!(sqnr(&t) >= target.parse::<f64>().unwrap(), "{}", t.log);
     assert_eq!(t.report["mixed_precision"]["reached"], true, "{}", t.log);
     assert!(t.log.contains("saturation guard undone"), "{}", t.log);
@@ -405,17 +462,16 @@ fn saturation_guard_moves_only_saturating_layers_to_seven_bits() {
 /// Dynamic mode: MatMulInteger takes the 7-bit codes the plan asks for
 /// (`--weights i7` used to be ignored there), and the saturation guard
 /// emulates each MatMul on its run-time (DynamicQuantizeLinear) codes and
-/// moves exactly the layers it reports. mini_bert on digits, measured: 10
-/// of 14 moved, 24.4 dB in tract.
+/// narrows exactly the output columns it reports. mini_bert on digits.
 #[test]
 fn dynamic_mode_takes_seven_bit_codes_from_the_plan() {
-    let codes = |c: &Compiled| -> Vec<(String, i32)> {
+    // Per MatMulInteger: its name and the largest |code| per output
+    // column.
+    let codes = |c: &Compiled| -> Vec<(String, Vec<i32>)> {
         nodes(&c.model, "MatMulInteger")
             .map(|n| {
                 let t = initializer(&c.model, &n.input[1]).unwrap();
-                let raw = t.raw_data.as_ref().unwrap();
-                let amax = raw.iter().map(|&b| i32::from(b as i8).abs()).max().unwrap();
-                (n.name().to_string(), amax)
+                (n.name().to_string(), channel_amax(t, 1))
             })
             .collect()
     };
@@ -437,13 +493,13 @@ fn dynamic_mode_takes_seven_bit_codes_from_the_plan() {
     let i7 = run("dyn_i7", &["--weights", "i7", "--no-saturation-guard"]);
     let all = codes(&i7);
     assert_eq!(all.len(), 14, "{all:?}");
-    assert!(all.iter().all(|(_, a)| *a == 63), "{all:?}");
-    let plain = run("dyn_plain", &["--no-saturation-guard"]);
     assert!(
-        codes(&plain).iter().all(|(_, a)| *a == 127),
-        "{:?}",
-        codes(&plain)
+        all.iter().all(|(_, a)| a.iter().all(|c| *c == 63)),
+        "{all:?}"
     );
+    let plain = run("dyn_plain", &["--no-saturation-guard"]);
+    let p = codes(&plain);
+    assert!(p.iter().all(|(_, a)| a.iter().all(|c| *c == 127)), "{p:?}");
     let g = run("dyn_guard", &[]);
     let layers = g.report["saturation_guard"]["layers"]
         .as_array()
@@ -458,9 +514,13 @@ fn dynamic_mode_takes_seven_bit_codes_from_the_plan() {
             .iter()
             .find(|(n, _)| n.starts_with(&format!("{name}_")))
             .unwrap_or_else(|| panic!("{name}: no MatMulInteger in {got:?}"));
-        let want = if l["moved"] == true { 63 } else { 127 };
-        moved += usize::from(want == 63);
-        assert_eq!(*amax, want, "{name}: {l}");
+        let chosen = narrowed(l);
+        assert_eq!(l["moved"], !chosen.is_empty(), "{l}");
+        moved += usize::from(!chosen.is_empty());
+        for (ch, a) in amax.iter().enumerate() {
+            let want = if chosen.contains(&ch) { 63 } else { 127 };
+            assert_eq!(*a, want, "{name} column {ch}: {l}");
+        }
     }
     assert!(moved > 0 && moved < 14, "{moved}\n{}", g.log);
     for c in [&i7, &plain, &g] {

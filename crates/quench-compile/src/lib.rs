@@ -828,7 +828,8 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 .map(|l| l.sqnr8_saturated_db())
                                 .fold(f64::INFINITY, f64::min);
                             out.note(format!(
-                            "saturation guard: {} of {} int8 layer(s) get 7-bit weight codes: on x86 CPUs without VNNI, ONNX Runtime's saturating u8 x s8 sums cost them more than the lost bit (layer SQNR as low as {worst:.1} dB saturated; {} calibration samples, {:.1} s; --no-saturation-guard keeps int8)",
+                            "saturation guard: {} channel(s) in {} of {} int8 layer(s) get 7-bit weight codes: on x86 CPUs without VNNI, ONNX Runtime's saturating u8 x s8 sums cost them more than the lost bit (layer SQNR as low as {worst:.1} dB saturated; {} calibration samples, {:.1} s; --no-saturation-guard keeps int8)",
+                            moved.iter().map(|l| l.narrowed.len()).sum::<usize>(),
                             moved.len(),
                             r.layers.len(),
                             r.samples,
@@ -843,7 +844,16 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             l.sqnr8_db(),
                             l.sqnr8_saturated_db(),
                             l.sqnr7_db(),
-                            if l.moved { ": 7-bit" } else { "" }
+                            if l.moved {
+                                format!(
+                                    "; 7-bit codes in {} of {} channel(s): {:.2} dB saturated",
+                                    l.narrowed.len(),
+                                    l.channels,
+                                    l.sqnr_guarded_db()
+                                )
+                            } else {
+                                String::new()
+                            }
                         ));
                         }
                         for (l, why) in &r.skipped {

@@ -121,6 +121,11 @@ pub(crate) fn layers(
             skip("weight shared with another node");
             continue;
         }
+        if plan.weight_narrow.contains_key(&n) {
+            // Its groups are on two grids; the rounding below knows one.
+            skip("channels given 7-bit codes by the saturation guard");
+            continue;
+        }
         let format = plan
             .weight_formats
             .get(&n)

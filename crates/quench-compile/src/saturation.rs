@@ -32,9 +32,9 @@
 //! calibrated parameters, dynamic mode ONNX Runtime's
 //! `DynamicQuantizeLinear` of each batch (MatMul and Gemm only).
 //!
-//! Invariant: only [`Plan::weight_formats`] entries change, from int8 to
-//! 7-bit codes of the same granularity; nothing else in the plan or
-//! model.
+//! Invariant: only [`Plan::weight_narrow`] entries (per-channel weights)
+//! or [`Plan::weight_formats`] entries (per tensor: int8 to 7-bit codes)
+//! change; nothing else in the plan or model.
 
 use std::time::Instant;
 
@@ -69,7 +69,14 @@ pub struct LayerErrors {
     pub e8: f64,
     pub e8_saturated: f64,
     pub e7: f64,
-    /// Whether the layer was given 7-bit codes.
+    /// With the guard's choice: 7-bit codes in the `narrowed` channels,
+    /// int8 (saturating) in the others.
+    pub e_guarded: f64,
+    pub channels: usize,
+    /// Output channels given 7-bit codes (all of them, or none, for
+    /// per-tensor weights).
+    pub narrowed: Vec<usize>,
+    /// Whether any channel was given 7-bit codes.
     pub moved: bool,
 }
 
@@ -88,6 +95,10 @@ impl LayerErrors {
     /// ... with 7-bit codes.
     pub fn sqnr7_db(&self) -> f64 {
         self.db(self.e7)
+    }
+    /// ... with the guard's choice (saturating where int8 is kept).
+    pub fn sqnr_guarded_db(&self) -> f64 {
+        self.db(self.e_guarded)
     }
 }
 
@@ -113,9 +124,12 @@ pub struct GuardReport {
 pub fn revert(plan: &mut Plan, report: &mut GuardReport, why: String) {
     for (n, f) in report.before.drain(..) {
         plan.weight_formats.insert(n, f);
+        plan.weight_narrow.remove(&n);
     }
     for l in &mut report.layers {
         l.moved = false;
+        l.narrowed.clear();
+        l.e_guarded = l.e8_saturated;
     }
     report.reverted = Some(why);
 }
@@ -163,6 +177,9 @@ struct Site {
     rows: RowKind,
     input_q: Input,
     format: QuantFormat,
+    /// One weight scale per output channel (the choice is made per
+    /// channel) rather than one for the layer.
+    per_channel: bool,
     kernel: Kernel,
 }
 
@@ -185,23 +202,42 @@ struct Kernel {
     clamp: Option<(f64, f64)>,
 }
 
-/// Sums of one layer's errors over rows.
-#[derive(Default, Clone, Copy)]
+/// One layer's errors summed over rows, per output channel.
+#[derive(Default, Clone)]
 struct Sums {
-    energy: f64,
-    e8: f64,
-    e8s: f64,
-    e7: f64,
+    energy: Vec<f64>,
+    e8: Vec<f64>,
+    e8s: Vec<f64>,
+    e7: Vec<f64>,
     sat: u64,
     pairs: u64,
 }
 
 impl Sums {
+    fn new(channels: usize) -> Sums {
+        Sums {
+            energy: vec![0.0; channels],
+            e8: vec![0.0; channels],
+            e8s: vec![0.0; channels],
+            e7: vec![0.0; channels],
+            sat: 0,
+            pairs: 0,
+        }
+    }
     fn add(mut self, o: Sums) -> Sums {
-        self.energy += o.energy;
-        self.e8 += o.e8;
-        self.e8s += o.e8s;
-        self.e7 += o.e7;
+        if self.energy.is_empty() {
+            return o;
+        }
+        for (a, b) in [
+            (&mut self.energy, &o.energy),
+            (&mut self.e8, &o.e8),
+            (&mut self.e8s, &o.e8s),
+            (&mut self.e7, &o.e7),
+        ] {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
         self.sat += o.sat;
         self.pairs += o.pairs;
         self
@@ -416,6 +452,7 @@ fn sites(
             rows: l.rows,
             input_q,
             format: l.format,
+            per_channel: per_row,
             kernel: Kernel {
                 cols,
                 perm,
@@ -516,35 +553,37 @@ fn emulate(s: &Kernel, x: &Array2<f32>, p: QuantParams) -> Sums {
     };
     (0..x.nrows())
         .into_par_iter()
-        .map(|i| {
-            let row = x.row(i);
-            // Codes past K multiply zero weights.
-            let mut a = vec![0i32; kp];
-            let mut af = vec![0f32; kp];
-            for (k, &c) in s.perm.iter().enumerate() {
-                let code = fa.quantize(row[c], &p);
-                a[k] = code;
-                af[k] = ((code - p.zero_point) as f64 * sa) as f32;
-            }
-            let mut t = Sums::default();
-            for o in 0..s.out_n {
-                let span = o * kp..(o + 1) * kp;
-                let (acc8, sat8, nsat) = pair_sums(&a, &s.q8[span.clone()]);
-                let acc7 = dot_i(&a, &s.q7[span.clone()]);
-                let reference = dot_f(&af, &s.w[span]) + s.bias[o];
-                let y8 = sa * s.s8[o] * (acc8 - zp * sum8[o]) as f64 + s.bias[o];
-                let y8s = sa * s.s8[o] * (sat8 - zp * sum8[o]) as f64 + s.bias[o];
-                let y7 = sa * s.s7[o] * (acc7 - zp * sum7[o]) as f64 + s.bias[o];
-                let r = clamp(reference);
-                t.energy += r * r;
-                t.e8 += (clamp(y8) - r).powi(2);
-                t.e8s += (clamp(y8s) - r).powi(2);
-                t.e7 += (clamp(y7) - r).powi(2);
-                t.sat += nsat;
-                t.pairs += s.cols.div_ceil(2) as u64;
-            }
-            t
-        })
+        .fold(
+            || Sums::new(s.out_n),
+            |mut t, i| {
+                let row = x.row(i);
+                // Codes past K multiply zero weights.
+                let mut a = vec![0i32; kp];
+                let mut af = vec![0f32; kp];
+                for (k, &c) in s.perm.iter().enumerate() {
+                    let code = fa.quantize(row[c], &p);
+                    a[k] = code;
+                    af[k] = ((code - p.zero_point) as f64 * sa) as f32;
+                }
+                for o in 0..s.out_n {
+                    let span = o * kp..(o + 1) * kp;
+                    let (acc8, sat8, nsat) = pair_sums(&a, &s.q8[span.clone()]);
+                    let acc7 = dot_i(&a, &s.q7[span.clone()]);
+                    let reference = dot_f(&af, &s.w[span]) + s.bias[o];
+                    let y8 = sa * s.s8[o] * (acc8 - zp * sum8[o]) as f64 + s.bias[o];
+                    let y8s = sa * s.s8[o] * (sat8 - zp * sum8[o]) as f64 + s.bias[o];
+                    let y7 = sa * s.s7[o] * (acc7 - zp * sum7[o]) as f64 + s.bias[o];
+                    let r = clamp(reference);
+                    t.energy[o] += r * r;
+                    t.e8[o] += (clamp(y8) - r).powi(2);
+                    t.e8s[o] += (clamp(y8s) - r).powi(2);
+                    t.e7[o] += (clamp(y7) - r).powi(2);
+                    t.sat += nsat;
+                    t.pairs += s.cols.div_ceil(2) as u64;
+                }
+                t
+            },
+        )
         .reduce(Sums::default, Sums::add)
 }
 
@@ -573,7 +612,7 @@ pub fn guard(
     inputs.sort();
     inputs.dedup();
     let runners = Runners::new(&proto, inputs.clone());
-    let mut sums = vec![Sums::default(); ss.len()];
+    let mut sums: Vec<Sums> = ss.iter().map(|s| Sums::new(s.kernel.out_n)).collect();
     let batches = data.feed.ranges(sub.samples(), MAX_BATCH);
     let per_batch = ROWS.div_ceil(batches.len().max(1));
     for r in batches {
@@ -599,7 +638,7 @@ pub fn guard(
             else {
                 continue;
             };
-            *acc = acc.add(emulate(&s.kernel, &rows, p));
+            *acc = std::mem::take(acc).add(emulate(&s.kernel, &rows, p));
         }
     }
     let mut report = Vec::with_capacity(ss.len());
@@ -608,22 +647,42 @@ pub fn guard(
         if t.pairs == 0 {
             continue;
         }
-        // Only where saturation costs at all: a layer that does not
+        let total = |v: &[f64]| v.iter().sum::<f64>();
+        // Only where saturation costs at all: a channel that does not
         // saturate keeps its int8 codes even if the 7-bit ones happened to
         // score higher on these samples.
-        let moved = t.e8s > t.e8 && t.e7 < t.e8s;
-        if moved {
+        let better = |e8: f64, e8s: f64, e7: f64| e8s > e8 && e7 < e8s;
+        let narrowed: Vec<bool> = if s.per_channel {
+            (0..s.kernel.out_n)
+                .map(|o| better(t.e8[o], t.e8s[o], t.e7[o]))
+                .collect()
+        } else {
+            let all = better(total(&t.e8), total(&t.e8s), total(&t.e7));
+            vec![all; s.kernel.out_n]
+        };
+        let n_narrow = narrowed.iter().filter(|b| **b).count();
+        let guarded: f64 = (0..s.kernel.out_n)
+            .map(|o| if narrowed[o] { t.e7[o] } else { t.e8s[o] })
+            .sum();
+        if n_narrow > 0 {
             before.push((s.node, s.format));
-            plan.weight_formats.insert(s.node, seven_bit(s.format));
+            if s.per_channel {
+                plan.weight_narrow.insert(s.node, narrowed.clone());
+            } else {
+                plan.weight_formats.insert(s.node, seven_bit(s.format));
+            }
         }
         report.push(LayerErrors {
             layer: s.name.clone(),
             saturated_pairs: t.sat as f64 / t.pairs as f64,
-            energy: t.energy,
-            e8: t.e8,
-            e8_saturated: t.e8s,
-            e7: t.e7,
-            moved,
+            energy: total(&t.energy),
+            e8: total(&t.e8),
+            e8_saturated: total(&t.e8s),
+            e7: total(&t.e7),
+            e_guarded: guarded,
+            channels: s.kernel.out_n,
+            narrowed: (0..s.kernel.out_n).filter(|o| narrowed[*o]).collect(),
+            moved: n_narrow > 0,
         });
     }
     Ok(Some(GuardReport {
@@ -708,11 +767,11 @@ mod tests {
         // Reference 2 per row; int8 exact 2; saturated 32767 / (255 x 127)
         // = 1.01180...; 7-bit exact 2.
         let sat = 32767.0 / (255.0 * 127.0);
-        assert!((t.energy - 12.0).abs() < 1e-9, "{}", t.energy);
-        assert!(t.e8 < 1e-9 && t.e7 < 1e-9, "{} {}", t.e8, t.e7);
+        assert!((t.energy[0] - 12.0).abs() < 1e-9, "{:?}", t.energy);
+        assert!(t.e8[0] < 1e-9 && t.e7[0] < 1e-9, "{:?} {:?}", t.e8, t.e7);
         assert!(
-            (t.e8s - 3.0 * (2.0 - sat) * (2.0 - sat)).abs() < 1e-6,
-            "{}",
+            (t.e8s[0] - 3.0 * (2.0 - sat) * (2.0 - sat)).abs() < 1e-6,
+            "{:?}",
             t.e8s
         );
         assert_eq!((t.sat, t.pairs), (3, 3));
@@ -723,8 +782,8 @@ mod tests {
         };
         let t = emulate(&site, &x, p);
         assert!(
-            (t.e8s - 3.0 * (1.5 - sat) * (1.5 - sat)).abs() < 1e-6,
-            "{}",
+            (t.e8s[0] - 3.0 * (1.5 - sat) * (1.5 - sat)).abs() < 1e-6,
+            "{:?}",
             t.e8s
         );
     }

@@ -35,7 +35,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use quench_calib::{FloatKind, Granularity, QuantFormat, QuantParams, QuantTarget, Scheme};
+use quench_calib::{
+    FloatKind, Granularity, IntFormat, QuantFormat, QuantParams, QuantTarget, Scheme,
+};
 use quench_ir::{tensor, Graph, Node, NodeId, OpKind, ValueDef, ValueId};
 use quench_onnx::proto::tensor_proto::DataType;
 use serde::{Deserialize, Serialize};
@@ -280,6 +282,13 @@ pub struct Plan {
     /// their format: stored in it behind a DequantizeLinear that keeps the
     /// constant's name, computed on in float.
     pub stored: Vec<(ValueId, QuantFormat)>,
+    /// Compute node → per weight group (output channel) of its symmetric
+    /// integer weight format, whether that group gets codes one bit
+    /// narrower (`[-63, 63]` for int8, its scale `amax / 63`): the
+    /// saturation guard's per-channel choice. Same storage type and
+    /// DequantizeLinear; ignored for other formats or a group count that
+    /// does not match.
+    pub weight_narrow: HashMap<NodeId, Vec<bool>>,
     /// Quantize the weights inside If/Loop/Scan bodies too
     /// ([`crate::subgraphs::quantize_bodies`], run by the driver after
     /// [`apply`]): set by [`plan`] in weight-only and static mode; an empty
@@ -779,6 +788,7 @@ fn quantize_weight(
     w: ValueId,
     fmt: QuantFormat,
     min_scales: Option<&[f32]>,
+    narrow: Option<&[bool]>,
 ) -> Option<QWeight> {
     let t = g.const_tensor(w)?;
     let dims = t.dims.clone();
@@ -796,9 +806,27 @@ fn quantize_weight(
         hi[c] = hi[c].max(*x);
     }
     let widen = matches!(fmt.scheme, Scheme::Int(i) if i.symmetric());
+    // One bit narrower in the groups `narrow` names (symmetric integer
+    // formats only).
+    let narrower = match fmt.scheme {
+        Scheme::Int(i) if i.symmetric() && i.signed() && i.bits() > 2 => {
+            IntFormat::new(i.bits() - 1, true, true, i.narrow())
+                .ok()
+                .map(|n| QuantFormat {
+                    scheme: Scheme::Int(n),
+                    granularity: fmt.granularity,
+                })
+        }
+        _ => None,
+    };
+    let narrow = narrow.filter(|m| m.len() == layout.groups && narrower.is_some());
+    let group_fmt = |c: usize| match (narrow.is_some_and(|m| m[c]), narrower) {
+        (true, Some(n)) => n,
+        _ => fmt,
+    };
     let mut params = Vec::with_capacity(layout.groups);
     for c in 0..layout.groups {
-        let mut p = fmt.params(lo[c], hi[c]).ok()?;
+        let mut p = group_fmt(c).params(lo[c], hi[c]).ok()?;
         // A channel of tiny weights next to a large bias would need a bias
         // beyond int32: widen that channel's scale instead.
         if widen {
@@ -812,7 +840,10 @@ fn quantize_weight(
     let q: Vec<i32> = data
         .iter()
         .enumerate()
-        .map(|(i, x)| fmt.quantize(*x, &params[layout.group(i)]))
+        .map(|(i, x)| {
+            let c = layout.group(i);
+            group_fmt(c).quantize(*x, &params[c])
+        })
         .collect();
     let elem = fmt.elem();
     let base = g.value(w).name.clone();
@@ -857,7 +888,7 @@ fn quantize_weight(
 pub(crate) fn quantize_in_place(g: &mut Graph, w: ValueId, fmt: QuantFormat) -> bool {
     let name = g.value(w).name.clone();
     let ty = g.value(w).ty.clone();
-    let Some(q) = quantize_weight(g, w, fmt, None) else {
+    let Some(q) = quantize_weight(g, w, fmt, None, None) else {
         return false;
     };
     g.replace_all_uses(w, q.dq_out);
@@ -1339,7 +1370,9 @@ pub fn apply(
                 Scheme::Int(i) if i.signed() && i.symmetric() && i.bits() == 7 => i.qmax(),
                 _ => 127,
             };
-            dynamic_matmul(g, n, per_channel, qmax, &mut dyn_cache, &mut s).map_err(fail)?;
+            let narrow = plan.weight_narrow.get(&n).map(Vec::as_slice);
+            dynamic_matmul(g, n, per_channel, qmax, narrow, &mut dyn_cache, &mut s)
+                .map_err(fail)?;
             continue;
         }
         let wf = weight_format_at(plan, cfg, g, n, w, opset).map_err(fail)?;
@@ -1394,7 +1427,13 @@ pub fn apply(
                     })
                 })();
                 let min_scales = min_scales.filter(|_| bias_ok);
-                let Some(q) = quantize_weight(g, w, wf, min_scales.as_deref()) else {
+                let Some(q) = quantize_weight(
+                    g,
+                    w,
+                    wf,
+                    min_scales.as_deref(),
+                    plan.weight_narrow.get(&n).map(Vec::as_slice),
+                ) else {
                     s.notes.push(format!(
                         "node `{}`: weights not finite (or a scale not a normal number of their type); left float",
                         node.name()
@@ -1487,7 +1526,7 @@ pub fn apply(
             continue;
         };
         let wf = weight_format_at(plan, cfg, g, n, d, opset).map_err(fail)?;
-        if let Some(q) = quantize_weight(g, d, wf, None) {
+        if let Some(q) = quantize_weight(g, d, wf, None, None) {
             g.set_input(n, 0, Some(q.dq_out));
             s.weights_quantized += 1;
         }
@@ -1581,6 +1620,7 @@ fn dynamic_matmul(
     n: NodeId,
     per_channel: bool,
     qmax: i32,
+    narrow: Option<&[bool]>,
     cache: &mut HashMap<ValueId, Vec<ValueId>>,
     s: &mut QuantSummary,
 ) -> Result<(), String> {
@@ -1606,21 +1646,28 @@ fn dynamic_matmul(
         let c = if per_channel { i % cols } else { 0 };
         amax[c] = amax[c].max(v.abs());
     }
+    // One bit narrower in the channels `narrow` names.
+    let narrow = narrow.filter(|m| m.len() == channels);
+    let qmaxes: Vec<i32> = (0..channels)
+        .map(|c| {
+            if narrow.is_some_and(|m| m[c]) {
+                (qmax + 1) / 2 - 1
+            } else {
+                qmax
+            }
+        })
+        .collect();
     let scales: Vec<f32> = amax
         .iter()
-        .map(|a| if *a > 0.0 { a / qmax as f32 } else { 1.0 })
+        .zip(&qmaxes)
+        .map(|(a, q)| if *a > 0.0 { a / *q as f32 } else { 1.0 })
         .collect();
     let q: Vec<i8> = data
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            quench_calib::quantize_f32(
-                *v,
-                scales[if per_channel { i % cols } else { 0 }],
-                0,
-                -qmax,
-                qmax,
-            ) as i8
+            let c = if per_channel { i % cols } else { 0 };
+            quench_calib::quantize_f32(*v, scales[c], 0, -qmaxes[c], qmaxes[c]) as i8
         })
         .collect();
     let base = g.value(w).name.clone();

@@ -151,3 +151,45 @@ fn block_size_in_the_config_sets_default_weight_formats() {
     assert_eq!(by_name("mm1"), Granularity::Block { axis: 0, size: 32 });
     assert_eq!(by_name("gemm"), Granularity::Block { axis: 1, size: 32 });
 }
+
+/// `Plan::weight_narrow` (the saturation guard's per-channel choice): the
+/// chosen output channels of a weight get codes in [-63, 63] with scale
+/// `amax / 63`, the others keep [-127, 127] and `amax / 127`, in one int8
+/// tensor; dequantized, every weight is within half its own channel's step.
+#[test]
+fn narrowed_weight_channels_get_seven_bit_codes() {
+    let (mut m, mut pl, ranges, cfg) = planned("mlp.onnx");
+    let mm1 = m
+        .graph
+        .node_ids()
+        .into_iter()
+        .find(|n| m.graph.node(*n).name() == "mm1")
+        .unwrap();
+    let wv = m.graph.node(mm1).input(1).unwrap();
+    let wname = m.graph.value(wv).name.clone();
+    let t = m.graph.const_tensor(wv).unwrap().clone();
+    let w = quench_ir::tensor::to_f32(&t).unwrap();
+    let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+    // MatMul [K, N]: output channels along axis 1; narrow every other one.
+    let mask: Vec<bool> = (0..n).map(|c| c % 2 == 0).collect();
+    pl.weight_narrow.insert(mm1, mask.clone());
+    let mut cx = PassCx::new(21);
+    apply(&mut m.graph, &pl, &ranges, &cfg, 21, &mut cx).unwrap();
+    let g = &m.graph;
+    let codes_v = g.value_by_name(&format!("{wname}_quantized")).unwrap();
+    let codes = quench_ir::tensor::to_f32(g.const_tensor(codes_v).unwrap()).unwrap();
+    let scales_v = g.value_by_name(&format!("{wname}_scale")).unwrap();
+    let scales = quench_ir::tensor::to_f32(g.const_tensor(scales_v).unwrap()).unwrap();
+    assert_eq!(scales.len(), n);
+    for c in 0..n {
+        let amax = (0..k).map(|r| w[r * n + c].abs()).fold(0f32, f32::max);
+        let cmax = (0..k).map(|r| codes[r * n + c].abs()).fold(0f32, f32::max);
+        let q = if mask[c] { 63.0 } else { 127.0 };
+        assert_eq!(cmax, q, "channel {c}");
+        assert!((scales[c] - amax / q).abs() <= 1e-6 * amax, "channel {c}");
+        for r in 0..k {
+            let err = (codes[r * n + c] * scales[c] - w[r * n + c]).abs();
+            assert!(err <= 0.5001 * scales[c], "({r}, {c}): {err}");
+        }
+    }
+}
