@@ -164,9 +164,11 @@ pub struct CompileArgs {
     /// Keep full-range int8 weight codes on every layer. By default the
     /// saturation guard emulates each int8 Conv (group 1)/Gemm/MatMul on 8
     /// calibration samples as ONNX Runtime computes it on x86 CPUs without
-    /// VNNI (AVX2: two u8 x s8 products summed into a saturating int16)
-    /// and gives 7-bit codes ([-63, 63]) to the layers where saturation
-    /// would cost more than the lost bit; the note says how many
+    /// VNNI (AVX2: two u8 x s8 products summed into a saturating int16;
+    /// also in dynamic mode) and gives 7-bit codes ([-63, 63], in the same
+    /// int8 tensor) to the output channels where saturation would cost
+    /// more than the lost bit; the note says how many, -v lists each
+    /// layer
     #[arg(long)]
     pub no_saturation_guard: bool,
     /// SmoothQuant with its strength searched (SmoothQuant itself is the

@@ -531,22 +531,13 @@ fn emulate(s: &Kernel, x: &Array2<f32>, p: QuantParams) -> Sums {
     let kp = padded(s.cols);
     let sa = f64::from(p.scale);
     let zp = i64::from(p.zero_point);
-    let sum8: Vec<i64> = (0..s.out_n)
-        .map(|o| {
-            s.q8[o * kp..(o + 1) * kp]
-                .iter()
-                .map(|v| i64::from(*v))
-                .sum()
-        })
-        .collect();
-    let sum7: Vec<i64> = (0..s.out_n)
-        .map(|o| {
-            s.q7[o * kp..(o + 1) * kp]
-                .iter()
-                .map(|v| i64::from(*v))
-                .sum()
-        })
-        .collect();
+    // Each output row's code sum (for the zero-point correction).
+    let row_sums = |q: &[i32]| -> Vec<i64> {
+        q.chunks(kp)
+            .map(|r| r.iter().map(|v| i64::from(*v)).sum())
+            .collect()
+    };
+    let (sum8, sum7) = (row_sums(&s.q8), row_sums(&s.q7));
     let clamp = |v: f64| match s.clamp {
         Some((lo, hi)) => v.clamp(lo, hi),
         None => v,
