@@ -159,3 +159,55 @@ fn digits_fixture_inputs_give_the_same_logits() {
         panic!("digits: {e}");
     }
 }
+
+/// `fuse_hard_swish` (run by the compile after quantization) computes what
+/// the written-out hard-swish computed: silu_cnn's `x * Clip(x + 3, 0, 6) /
+/// 6` as HardSwish (opset 17) and, with the opset set to 13, as `x *
+/// HardSigmoid(x)`, in tract on random inputs within 1e-5 of the original.
+#[test]
+fn fused_hard_swish_preserves_outputs() {
+    for (opset, op) in [(17, "HardSwish"), (13, "HardSigmoid")] {
+        let mut original = load(&testdata("silu_cnn.onnx"));
+        for o in &mut original.opset_import {
+            if o.domain().is_empty() {
+                o.version = Some(opset);
+            }
+        }
+        let mut m = Model::from_onnx(original.clone()).unwrap();
+        let mut cx = PassCx::new(opset);
+        run_passes(
+            &mut m.graph,
+            &[Box::new(quench_passes::fuse_hard_swish::FuseHardSwish)],
+            &mut cx,
+            &RunOptions {
+                verify: true,
+                dump_after: vec![],
+            },
+        )
+        .unwrap();
+        assert_eq!(cx.stat("fuse_hard_swish.fused"), 1, "{:?}", cx.log);
+        let after = m.to_onnx();
+        let ops: Vec<&str> = after
+            .graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .map(|n| n.op_type())
+            .collect();
+        assert!(
+            ops.contains(&op) && !ops.contains(&"Clip") && !ops.contains(&"Div"),
+            "{ops:?}"
+        );
+        let facts = input_facts(&original, 2);
+        for seed in 0..3 {
+            let inputs = random_inputs(&facts, seed);
+            let a = run_raw(&original, &facts, &inputs);
+            let b = run_raw(&after, &facts, &inputs);
+            compare_outputs(&a, &b, TOL).unwrap_or_else(|e| panic!("opset {opset}: {e}"));
+        }
+        let out = interop_dir("passes").join(format!("silu_cnn_fused_hs_{opset}.onnx"));
+        quench_onnx::save_model(&after, &out, &Default::default()).unwrap();
+        write_interop_pair(&out, &original, None, &InteropCheck::exact(TOL));
+    }
+}

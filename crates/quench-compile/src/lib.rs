@@ -369,8 +369,14 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     // 3. Pruning: before calibration, so ranges see the pruned weights.
     let pruning = prune::run(opts, &data, &mut model, original, &mut out.log)?;
 
-    // 4. Opset.
-    let mut opset = upgrade_opset(&mut model, needed_opset(opts, &cfg), &mut out.notes);
+    // 4. Opset. Written-out hard-swishes become one HardSwish after
+    // quantization from opset 14 (x * HardSigmoid(x) below it): ask for
+    // 14 when there are any (the upgrade declines what it cannot rewrite).
+    let mut need = needed_opset(opts, &cfg);
+    if need > 0 && need < 14 && quench_passes::fuse_hard_swish::count(&model.graph) > 0 {
+        need = 14;
+    }
+    let mut opset = upgrade_opset(&mut model, need, &mut out.notes);
     model
         .graph
         .verify()

@@ -79,6 +79,16 @@ pub fn quantize_phase(
         summary.nodes.extend(b.decisions);
         summary.notes.extend(b.notes);
     }
+    // Float clean-ups between DequantizeLinear and QuantizeLinear (a
+    // written-out hard-swish becomes one op), at the opset in force.
+    let mut post = PassCx::new(opset);
+    for p in quench_passes::pipeline::post_quantize_passes() {
+        p.run(&mut model.graph, &mut post)?;
+    }
+    cx.log.append(&mut post.log);
+    for (k, v) in post.stats {
+        *cx.stats.entry(k).or_default() += v;
+    }
     // The float weights replaced by integer ones are now unused.
     quench_passes::Pass::run(&quench_passes::dead_code::DeadCode, &mut model.graph, cx)?;
     model

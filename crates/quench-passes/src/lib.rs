@@ -20,6 +20,7 @@ pub mod eval;
 pub mod facts;
 pub mod fold_batchnorm;
 pub mod fold_constants;
+pub mod fuse_hard_swish;
 pub mod pipeline;
 pub mod prune;
 pub mod quantize;

@@ -28,9 +28,21 @@ pub fn default_pipeline() -> Vec<Box<dyn Pass>> {
 /// switch in the driver), after the default pipeline:
 ///
 /// - `equalize`: cross-layer equalization of Conv -> (Relu) -> Conv weight
-///   ranges (`--equalize`).
+///   ranges (`--equalize`);
+/// - `fuse_hard_swish`: a written-out hard-swish becomes one op (the
+///   compile runs it after quantization, [`post_quantize_passes`]).
 pub fn optional_passes() -> Vec<Box<dyn Pass>> {
-    vec![Box::new(crate::equalize::Equalize)]
+    vec![
+        Box::new(crate::equalize::Equalize),
+        Box::new(crate::fuse_hard_swish::FuseHardSwish),
+    ]
+}
+
+/// The passes the compile runs on the quantized graph, in order: float
+/// clean-ups between DequantizeLinear and QuantizeLinear that change no
+/// quantization parameter.
+pub fn post_quantize_passes() -> Vec<Box<dyn Pass>> {
+    vec![Box::new(crate::fuse_hard_swish::FuseHardSwish)]
 }
 
 /// Looks passes up by name (default and optional ones), in the order given.
