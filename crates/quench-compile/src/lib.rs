@@ -373,7 +373,13 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     // quantization from opset 14 (x * HardSigmoid(x) below it): ask for
     // 14 when there are any (the upgrade declines what it cannot rewrite).
     let mut need = needed_opset(opts, &cfg);
-    if need > 0 && need < 14 && quench_passes::fuse_hard_swish::count(&model.graph) > 0 {
+    let have = model.default_opset().unwrap_or(0);
+    if need > 0
+        && need < 14
+        && have < 14
+        && quench_passes::fuse_hard_swish::count(&model.graph) > 0
+        && quench_passes::upgrade_opset::check(&model.graph, have, 14).is_ok()
+    {
         need = 14;
     }
     let mut opset = upgrade_opset(&mut model, need, &mut out.notes);
@@ -788,17 +794,19 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     if guarded {
         match fitting {
             Some(cal) => {
-                match saturation::guard(&model, &mut plan, &ranges, &cfg, cal) {
+                match saturation::guard(&model, &mut plan, &ranges, &cfg, opset, cal) {
                     Ok(Some(mut r)) => {
                         let any_moved = r.moved().next().is_some();
                         if let (Some(mp), Some(ev), true) =
                             (mixed_precision.as_mut(), data.eval.as_ref(), any_moved)
                         {
-                            if mp.reached {
+                            // Reached: kept only if it still is. Not
+                            // reached: the figures become the written plan's.
+                            {
                                 match mixed::measure_plan(
                                 &model, original, &plan, &ranges, &cfg, opset, ev,
                             ) {
-                                Ok(f) if mp.targets.met(&f) => mp.result = f,
+                                Ok(f) if !mp.reached || mp.targets.met(&f) => mp.result = f,
                                 Ok(f) => saturation::revert(
                                     &mut plan,
                                     &mut r,

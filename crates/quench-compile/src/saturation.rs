@@ -40,7 +40,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use ndarray::Array2;
-use quench_calib::{QuantFormat, QuantParams, Scheme};
+use quench_calib::{Granularity, QuantFormat, QuantParams, Scheme};
 use quench_ir::{Model, NodeId, OpKind};
 use quench_passes::codes::Layout;
 use quench_passes::quantize::{Mode, Plan, QuantizeConfig, Ranges};
@@ -307,11 +307,17 @@ fn sites(
     plan: &Plan,
     ranges: &Ranges,
     cfg: &QuantizeConfig,
+    opset: i64,
 ) -> (Vec<Site>, Vec<(String, String)>) {
     let g = &model.graph;
     let (ls, mut skipped) = layers(model, plan, cfg, usize::MAX);
     let mut out = Vec::new();
-    for l in ls {
+    for mut l in ls {
+        // Below opset 13 the quantizer writes per-axis weights per tensor
+        // (DequantizeLinear has no axis there): emulate what it writes.
+        if opset < 13 && matches!(l.format.granularity, Granularity::PerAxis { .. }) {
+            l.format = l.format.per_tensor();
+        }
         let node = g.node(l.node);
         let kind = node.kind();
         let mut skip = |why: &str| skipped.push((l.name.clone(), why.to_string()));
@@ -587,10 +593,11 @@ pub fn guard(
     plan: &mut Plan,
     ranges: &Ranges,
     cfg: &QuantizeConfig,
+    opset: i64,
     data: &Bound,
 ) -> Result<Option<GuardReport>> {
     let start = Instant::now();
-    let (ss, skipped) = sites(model, plan, ranges, cfg);
+    let (ss, skipped) = sites(model, plan, ranges, cfg, opset);
     if ss.is_empty() {
         return Ok(None);
     }

@@ -24,9 +24,14 @@ use crate::{Changed, Pass, PassCx, PassError};
 
 pub struct FuseHardSwish;
 
-/// The scalar value of constant `v`, if it is a one-element float tensor.
+/// The scalar value of constant `v`, if it is a one-element float tensor
+/// of rank 0 or 1 (a higher rank would broadcast the chain's output to it,
+/// which the fused op does not).
 fn scalar(g: &Graph, v: ValueId) -> Option<f32> {
     let t = g.const_tensor(v)?;
+    if t.dims.len() > 1 {
+        return None;
+    }
     let d = quench_ir::tensor::to_f32(t).ok()?;
     (d.len() == 1).then(|| d[0])
 }
