@@ -141,14 +141,6 @@ impl GuardReport {
     }
 }
 
-/// The 7-bit codes of `f`'s granularity.
-fn seven_bit(f: QuantFormat) -> QuantFormat {
-    QuantFormat {
-        scheme: QuantFormat::I7_WEIGHT.scheme,
-        granularity: f.granularity,
-    }
-}
-
 /// Whether `f` is the full-range int8 weight grid the guard is about.
 fn is_i8_weight(f: QuantFormat) -> bool {
     f.scheme == QuantFormat::I8_WEIGHT.scheme
@@ -244,8 +236,23 @@ impl Sums {
     }
 }
 
-/// The parameters `apply` gives activation `v`'s root, if it is
-/// quantized in `format`.
+/// The calibrated range `apply` quantizes activation `v` with (its root's,
+/// for tensors sharing parameters); `None` if `v` is not quantized.
+fn planned_range(
+    model: &Model,
+    plan: &Plan,
+    ranges: &Ranges,
+    v: quench_ir::ValueId,
+) -> Option<(f32, f32)> {
+    let root = plan.shared.get(&v).copied().unwrap_or(v);
+    if !plan.activations.contains(&v) && !plan.activations.contains(&root) {
+        return None;
+    }
+    ranges.get(&model.graph.value(root).name).copied()
+}
+
+/// The parameters `apply` gives activation `v`, if it is quantized in
+/// `format`.
 fn act_params(
     model: &Model,
     plan: &Plan,
@@ -253,12 +260,7 @@ fn act_params(
     v: quench_ir::ValueId,
     format: QuantFormat,
 ) -> Option<QuantParams> {
-    let g = &model.graph;
-    let root = plan.shared.get(&v).copied().unwrap_or(v);
-    if !plan.activations.contains(&v) && !plan.activations.contains(&root) {
-        return None;
-    }
-    let (lo, hi) = *ranges.get(&g.value(root).name)?;
+    let (lo, hi) = planned_range(model, plan, ranges, v)?;
     format.params(lo, hi.max(lo)).ok()
 }
 
@@ -283,11 +285,7 @@ fn output_clamp(
     let Scheme::Int(i) = format.scheme else {
         return None;
     };
-    let root = plan.shared.get(&v).copied().unwrap_or(v);
-    if !plan.activations.contains(&v) && !plan.activations.contains(&root) {
-        return None;
-    }
-    let (mut lo, mut hi) = *ranges.get(&g.value(root).name)?;
+    let (mut lo, mut hi) = planned_range(model, plan, ranges, v)?;
     if let Some((clo, chi)) = clip {
         lo = lo.max(clo);
         hi = hi.min(chi);
@@ -385,8 +383,6 @@ fn sites(
                 p
             }
         };
-        // One scale per output row, or the layer is not the per-tensor or
-        // per-channel grid the fused kernels take.
         let Some(layout) = Layout::new(&l.dims, l.format.granularity) else {
             continue;
         };
@@ -403,7 +399,10 @@ fn sites(
             l.w.iter().fold(0f64, |a, b| a.max(*b)) as f32,
         );
         let kp = padded(cols);
-        let f7 = seven_bit(l.format);
+        // The quantizer's own narrower grid (int8 -> [-63, 63]).
+        let Some(f7) = quench_passes::quantize::one_bit_narrower(l.format) else {
+            continue;
+        };
         let mut q8 = vec![0i32; rows_n * kp];
         let mut q7 = vec![0i32; rows_n * kp];
         let mut s8 = vec![0f64; rows_n];
@@ -667,7 +666,9 @@ pub fn guard(
             if s.per_channel {
                 plan.weight_narrow.insert(s.node, narrowed.clone());
             } else {
-                plan.weight_formats.insert(s.node, seven_bit(s.format));
+                if let Some(f7) = quench_passes::quantize::one_bit_narrower(s.format) {
+                    plan.weight_formats.insert(s.node, f7);
+                }
             }
         }
         report.push(LayerErrors {

@@ -806,19 +806,8 @@ fn quantize_weight(
         hi[c] = hi[c].max(*x);
     }
     let widen = matches!(fmt.scheme, Scheme::Int(i) if i.symmetric());
-    // One bit narrower in the groups `narrow` names (symmetric integer
-    // formats only).
-    let narrower = match fmt.scheme {
-        Scheme::Int(i) if i.symmetric() && i.signed() && i.bits() > 2 => {
-            IntFormat::new(i.bits() - 1, true, true, i.narrow())
-                .ok()
-                .map(|n| QuantFormat {
-                    scheme: Scheme::Int(n),
-                    granularity: fmt.granularity,
-                })
-        }
-        _ => None,
-    };
+    // One bit narrower in the groups `narrow` names.
+    let narrower = one_bit_narrower(fmt);
     let narrow = narrow.filter(|m| m.len() == layout.groups && narrower.is_some());
     let group_fmt = |c: usize| match (narrow.is_some_and(|m| m[c]), narrower) {
         (true, Some(n)) => n,
@@ -879,6 +868,23 @@ fn quantize_weight(
         scales,
         dq_out: out,
     })
+}
+
+/// The grid one bit narrower than the signed symmetric integer format
+/// `fmt`, same granularity (int8 `[-127, 127]` -> `[-63, 63]`): what
+/// [`Plan::weight_narrow`] gives a group. `None` for other formats.
+pub fn one_bit_narrower(fmt: QuantFormat) -> Option<QuantFormat> {
+    match fmt.scheme {
+        Scheme::Int(i) if i.symmetric() && i.signed() && i.bits() > 2 => {
+            IntFormat::new(i.bits() - 1, true, true, i.narrow())
+                .ok()
+                .map(|n| QuantFormat {
+                    scheme: Scheme::Int(n),
+                    granularity: fmt.granularity,
+                })
+        }
+        _ => None,
+    }
 }
 
 /// Quantizes constant `w` to `fmt` behind a DequantizeLinear whose output
