@@ -29,7 +29,8 @@
 //! kernel writes; a Relu absorbed into that range is included). A layer
 //! gets 7-bit codes when `e8 < e8_sat` (saturation costs at all) and
 //! `e7 < e8_sat`. Static mode takes the input's
-//! calibrated parameters, dynamic mode ONNX Runtime's
+//! calibrated parameters (s8 inputs as the u8 codes the kernels make of
+//! them: code and zero point plus 128), dynamic mode ONNX Runtime's
 //! `DynamicQuantizeLinear` of each sample, as a run of one input computes
 //! it (MatMul and Gemm only).
 //!
@@ -147,10 +148,16 @@ fn is_i8_weight(f: QuantFormat) -> bool {
     f.scheme == QuantFormat::I8_WEIGHT.scheme
 }
 
-/// Whether `f` is an 8-bit unsigned activation grid (ONNX Runtime's u8 x
-/// s8 kernels).
-fn is_u8(f: QuantFormat) -> bool {
-    matches!(f.scheme, Scheme::Int(i) if i.bits() == 8 && !i.signed())
+/// For an 8-bit activation grid (ONNX Runtime's u8 x s8 kernels), what
+/// its zero point is moved by so that the codes are the kernel's u8 ones:
+/// 0 for u8; 128 for s8, which those kernels (on x86 without VNNI, also
+/// for s8 x s8) flip to u8 by adding 128, with the zero point. `None` for
+/// other grids.
+fn u8_shift(f: QuantFormat) -> Option<i32> {
+    match f.scheme {
+        Scheme::Int(i) if i.bits() == 8 => Some(if i.signed() { 128 } else { 0 }),
+        _ => None,
+    }
 }
 
 /// How a layer's input codes are formed.
@@ -338,12 +345,15 @@ fn sites(
         let input_q = match cfg.mode {
             Mode::Static => {
                 let f = plan.format_of(x, cfg.default_activation_format());
-                if !is_u8(f) {
-                    skip("input not u8");
+                let Some(shift) = u8_shift(f) else {
+                    skip("input not 8-bit");
                     continue;
-                }
+                };
                 match act_params(model, plan, ranges, x, f) {
-                    Some(p) => Input::Fixed(p),
+                    Some(p) => Input::Fixed(QuantParams {
+                        zero_point: p.zero_point + shift,
+                        ..p
+                    }),
                     None => {
                         skip("input not quantized");
                         continue;
