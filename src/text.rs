@@ -33,9 +33,23 @@ fn print_attribution(tensors: &[TensorError], verbose: bool) {
     } else {
         worst.len().min(3)
     };
+    let full = tensors.iter().filter_map(|t| t.gain_samples).max();
+    let screened = tensors
+        .iter()
+        .filter_map(|t| t.gain_samples)
+        .any(|n| Some(n) != full);
     println!(
-        "    cost by tensor (output SQNR gained by leaving it float, on up to {} samples; its own Q/DQ's error on {}):",
+        "    cost by tensor (output SQNR gained by leaving it float, on up to {} samples{}; its own Q/DQ's error on {}):",
         quench_compile::attribution::GAIN_SAMPLES,
+        if screened {
+            format!(
+                ", the {} largest after screening all on {} (those marked ~)",
+                quench_compile::attribution::REFINED,
+                quench_compile::attribution::SCREEN_SAMPLES
+            )
+        } else {
+            String::new()
+        },
         quench_compile::attribution::SAMPLES
     );
     for t in &worst[..shown] {
@@ -44,10 +58,15 @@ fn print_attribution(tensors: &[TensorError], verbose: bool) {
         } else {
             format!("{} `{}`", t.op, t.node)
         };
+        let mark = if t.gain_samples.is_some() && t.gain_samples != full {
+            "~"
+        } else {
+            " "
+        };
         let gain = t
             .float_gain_db
-            .map(|g| format!("{g:+7.2} dB"))
-            .unwrap_or_else(|| "      n/a".into());
+            .map(|g| format!("{mark}{g:+7.2} dB"))
+            .unwrap_or_else(|| "       n/a".into());
         println!(
             "      {gain}  `{}` from {node} (its Q/DQ adds error at {:.1} dB; SQNR there {:.1} dB, {:.1} dB before)",
             t.tensor, t.added_db, t.sqnr_out_db, t.sqnr_in_db

@@ -122,6 +122,36 @@ fn explain_ranks_tensors_by_what_leaving_them_float_gains_at_the_output() {
     }
 }
 
+/// `--explain` with more activations than it measures in full (mini_bert
+/// with min/max ranges: 43): every one is screened on 8 samples, the 16
+/// largest screened gains are measured again on all 32, and the report
+/// says which figure each entry has; the largest gain is a fully measured
+/// one.
+#[test]
+fn explain_screens_many_tensors_and_measures_the_largest_in_full() {
+    let (_, r) = output_sqnr("accuracy/mini_bert.onnx", &["--explain"]);
+    let tensors = r["verification"]["tensors"].as_array().unwrap();
+    let n = tensors.len();
+    assert!(n > 16, "{tensors:?}");
+    let samples = |t: &Value| t["gain_samples"].as_u64().expect("gain samples");
+    let full = tensors.iter().filter(|t| samples(t) == 32).count();
+    let screened = tensors.iter().filter(|t| samples(t) == 8).count();
+    assert_eq!((full, screened), (16, n - 16), "{tensors:?}");
+    for t in tensors {
+        assert!(
+            t["float_gain_db"].as_f64().is_some_and(f64::is_finite),
+            "{t}"
+        );
+    }
+    // The largest gain overall is a fully measured one.
+    let gain = |t: &Value| t["float_gain_db"].as_f64().unwrap();
+    let best = tensors
+        .iter()
+        .max_by(|a, b| gain(a).total_cmp(&gain(b)))
+        .unwrap();
+    assert_eq!(samples(best), 32, "{best}");
+}
+
 #[test]
 fn target_sqnr_raises_the_fewest_costly_tensors_until_it_holds() {
     // Without the consumer clamp the stem costs ~21 dB: one change reaches

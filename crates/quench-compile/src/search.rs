@@ -1081,6 +1081,31 @@ impl ParamBench {
         Ok(self.aggregate(&units))
     }
 
+    /// The [`Score`] of `set` on the first batches only, those that hold
+    /// the first `samples` samples (at least one batch): a cheaper,
+    /// noisier figure for screening many settings.
+    pub fn score_prefix(&mut self, set: &[Setting], samples: usize) -> Result<Score> {
+        self.runs += 1;
+        let params = self.params_of(set, &[]);
+        let mut n = 0;
+        let mut take = 0;
+        for &r in &self.rows {
+            if take > 0 && n >= samples {
+                break;
+            }
+            n += r;
+            take += 1;
+        }
+        let sums: Vec<Vec<Vec<(f64, f64)>>> = self.batches[..take]
+            .par_iter()
+            .zip(&self.reference[..take])
+            .zip(&self.rows[..take])
+            .map(|((b, r), &rows)| self.batch_units(b, r, rows, &params))
+            .collect::<Result<_>>()?;
+        let units: Vec<Vec<(f64, f64)>> = sums.into_iter().flatten().collect();
+        Ok(self.aggregate(&units))
+    }
+
     /// Runs `set` and returns, per sample (a row of the batch axis where
     /// outputs have one), per scored output ([`scored_outputs`]): (error
     /// power, signal power).
