@@ -134,20 +134,21 @@ fn explain_screens_many_tensors_and_measures_the_largest_in_full() {
     assert!(n > 16, "{tensors:?}");
     let samples = |t: &Value| t["gain_samples"].as_u64().expect("gain samples");
     let full = tensors.iter().filter(|t| samples(t) == 32).count();
-    let screened: Vec<u64> = tensors
-        .iter()
-        .map(samples)
-        .filter(|s| *s != 32)
-        .collect();
+    let screened: Vec<u64> = tensors.iter().map(samples).filter(|s| *s != 32).collect();
     assert_eq!((full, screened.len()), (16, n - 16), "{tensors:?}");
     // The screening runs on the first batches holding about 8 samples
     // (their size follows the thread count), fewer than the full 32.
     assert!(
-        screened.iter().all(|s| *s == screened[0] && (8..32).contains(s)),
+        screened
+            .iter()
+            .all(|s| *s == screened[0] && (8..32).contains(s)),
         "{screened:?}"
     );
     for t in tensors {
-        assert!(t["float_gain_db"].as_f64().is_some_and(f64::is_finite), "{t}");
+        assert!(
+            t["float_gain_db"].as_f64().is_some_and(f64::is_finite),
+            "{t}"
+        );
     }
 }
 
