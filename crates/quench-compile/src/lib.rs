@@ -551,6 +551,8 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 // written model does not have (ddddocr's OCR: min/max kept
                 // at 23.03 against 20.61 dB judged, 21.04 against 22.14 with
                 // the guard's weights).
+                // (The guard changes the plan only once it has measured
+                // everything, so a failed run leaves the copy as it was.)
                 let mut search_plan = plan.clone();
                 if opts.saturation_guard && !opts.no_quantize {
                     if let Err(e) =
@@ -559,7 +561,6 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                         out.log.push(format!(
                             "saturation guard before the range search skipped: {e:#}"
                         ));
-                        search_plan = plan.clone();
                     }
                 }
                 match search::search(

@@ -687,10 +687,8 @@ pub fn guard(
             before.push((s.node, s.format));
             if s.per_channel {
                 plan.weight_narrow.insert(s.node, narrowed.clone());
-            } else {
-                if let Some(f7) = quench_passes::quantize::one_bit_narrower(s.format) {
-                    plan.weight_formats.insert(s.node, f7);
-                }
+            } else if let Some(f7) = quench_passes::quantize::one_bit_narrower(s.format) {
+                plan.weight_formats.insert(s.node, f7);
             }
         }
         report.push(LayerErrors {

@@ -1086,8 +1086,6 @@ impl ParamBench {
     /// samples they hold: a cheaper, noisier figure for screening many
     /// settings.
     pub fn score_prefix(&mut self, set: &[Setting], samples: usize) -> Result<(Score, usize)> {
-        self.runs += 1;
-        let params = self.params_of(set, &[]);
         let mut n = 0;
         let mut take = 0;
         for &r in &self.rows {
@@ -1097,13 +1095,7 @@ impl ParamBench {
             n += r;
             take += 1;
         }
-        let sums: Vec<Vec<Vec<(f64, f64)>>> = self.batches[..take]
-            .par_iter()
-            .zip(&self.reference[..take])
-            .zip(&self.rows[..take])
-            .map(|((b, r), &rows)| self.batch_units(b, r, rows, &params))
-            .collect::<Result<_>>()?;
-        let units: Vec<Vec<(f64, f64)>> = sums.into_iter().flatten().collect();
+        let units = self.units_on(set, take)?;
         Ok((self.aggregate(&units), n))
     }
 
@@ -1111,13 +1103,17 @@ impl ParamBench {
     /// outputs have one), per scored output ([`scored_outputs`]): (error
     /// power, signal power).
     pub(crate) fn units(&mut self, set: &[Setting]) -> Result<Vec<Vec<(f64, f64)>>> {
+        self.units_on(set, self.batches.len())
+    }
+
+    /// [`units`](Self::units) on the first `take` batches.
+    fn units_on(&mut self, set: &[Setting], take: usize) -> Result<Vec<Vec<(f64, f64)>>> {
         self.runs += 1;
         let params = self.params_of(set, &[]);
-        let sums: Vec<Vec<Vec<(f64, f64)>>> = self
-            .batches
+        let sums: Vec<Vec<Vec<(f64, f64)>>> = self.batches[..take]
             .par_iter()
-            .zip(&self.reference)
-            .zip(&self.rows)
+            .zip(&self.reference[..take])
+            .zip(&self.rows[..take])
             .map(|((b, r), &rows)| self.batch_units(b, r, rows, &params))
             .collect::<Result<_>>()?;
         Ok(sums.into_iter().flatten().collect())
