@@ -368,17 +368,14 @@ def task_metric(kind, ref_outs, q_outs, labels):
     if kind == "yolox":
         r0, q0 = ref_outs[0], q_outs[0]
         r0 = r0.reshape(r0.shape[0], -1, r0.shape[-1]); q0 = q0.reshape(q0.shape[0], -1, q0.shape[-1])
-        r = [yolox_dets(r0, i) for i in range(len(r0))]
-        q = [yolox_dets(q0, i) for i in range(len(q0))]
-        f1, miou, nr, nq = match_f1(r, q)
-        # The package's score threshold (0.1) decides which near-threshold boxes
-        # count; F1 at one threshold swings by several boxes between settings
-        # of equal fidelity, so the mean over a sweep is given too.
-        sweep = {}
-        for thr in YOLOX_SWEEP:
-            rs = [yolox_dets(r0, i, score_thr=thr) for i in range(len(r0))]
-            qs = [yolox_dets(q0, i, score_thr=thr) for i in range(len(q0))]
-            sweep[thr] = match_f1(rs, qs)[0]
+        # The package's score threshold (0.1, in the sweep) decides which
+        # near-threshold boxes count; F1 at one threshold swings by several boxes
+        # between settings of equal fidelity, so the mean over a sweep is given too.
+        matched = {thr: match_f1([yolox_dets(r0, i, score_thr=thr) for i in range(len(r0))],
+                                 [yolox_dets(q0, i, score_thr=thr) for i in range(len(q0))])
+                   for thr in YOLOX_SWEEP}
+        f1, miou, nr, nq = matched[0.1]
+        sweep = {thr: m[0] for thr, m in matched.items()}
         d.update(det_f1=f1, det_miou=miou, n_ref=nr, n_q=nq, box_sqnr=co.sqnr_db(r0[..., :4], q0[..., :4]),
                  score_sqnr=co.sqnr_db(r0[..., 4:], q0[..., 4:]), det_f1_sweep=sweep,
                  det_f1_sweep_mean=float(np.mean(list(sweep.values()))))
