@@ -1111,7 +1111,7 @@ def nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval, k, rel):
     m = onnx.load(path)
     groups = activation_scale_groups(m)
     if not groups:
-        return None, []
+        return None, [], None
     by_name = {i.name: i for i in m.graph.initializer}
     biases = int32_bias_of(m)
     orig = {n: numpy_helper.to_array(by_name[n]).copy() for g in groups for n in g}
@@ -1119,7 +1119,7 @@ def nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval, k, rel):
         for sc, codes in pairs:
             orig[sc] = numpy_helper.to_array(by_name[sc]).copy()
             orig[codes] = numpy_helper.to_array(by_name[codes]).copy()
-    scores = []
+    scores, tasks = [], []
     tmp = path + ".nudged.onnx"
     for j in range(k):
         rng = np.random.default_rng(1000 + j)
@@ -1143,12 +1143,49 @@ def nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval, k, rel):
         onnx.save(m, tmp)
         sess = make_session(tmp)
         q_outs = run_all(sess, ev, add_batch, n_eval)
-        scores.append(fidelity(spec["kind"], ref_outs, q_outs, None)["sqnr_mean"])
+        fid = fidelity(spec["kind"], ref_outs, q_outs, None)
+        scores.append(fid["sqnr_mean"])
+        tasks.append(fid["task_detail"])
     try:
         os.remove(tmp)
     except OSError:
         pass
-    return float(np.mean(scores)), scores
+    return float(np.mean(scores)), scores, nudged_task(spec["kind"], tasks)
+
+
+# The task figure read under nudges (the one a user of that kind of model
+# acts on): its mean over the nudged copies says whether a task difference
+# between two files is a lucky grid or holds when every range moves by ~2%.
+NUDGED_TASK_KEY = {"classifier": ("top1_agree", "top-1 agree"), "ocr_rec": ("ctc_exact", "text exact"),
+                   "det_map": ("iou_0.3", "IoU@0.3"), "yolo": ("best_anchor_class_agree", "class agree"),
+                   "embedding": ("emb_cos_mean", "emb cos"), "vad": ("decision_agree", "decisions"),
+                   "yolox": ("det_f1", "F1@0.1"), "picodet": ("det_f1", "F1")}
+
+
+def nudged_task(kind, details):
+    """{"label", "values", "mean"} of the kind's task figure over the nudged
+    copies' task details (None when the kind has none or a copy lacks it)."""
+    key = NUDGED_TASK_KEY.get(kind)
+    if key is None:
+        return None
+    vals = [d.get(key[0]) for d in details]
+    if not vals or any(not isinstance(v, (int, float)) for v in vals):
+        return None
+    out = {"label": key[1], "values": [float(v) for v in vals], "mean": float(np.mean(vals))}
+    sweep = [d.get("det_f1_sweep_mean") for d in details]
+    if all(isinstance(v, float) for v in sweep):
+        out["sweep_mean"] = float(np.mean(sweep))
+    return out
+
+
+def fmt_nudged_task(t):
+    if not t:
+        return ""
+    v = t["mean"]
+    s = f"{t['label']} {v:.3f}" if t["label"].startswith(("F1", "emb", "IoU")) else f"{t['label']} {v * 100:.1f}%"
+    if "sweep_mean" in t:
+        s += f", sweep {t['sweep_mean']:.3f}"
+    return "; " + s
 
 
 def read_quench_report(path):
@@ -1198,7 +1235,7 @@ def evaluate_output(path, spec, ev, add_batch, labels, ref_outs, n_eval, args):
         r["exact_error"] = short_exc(e, 160)
     if args.nudges > 0:
         try:
-            r["sqnr_nudged"], r["sqnr_nudges"] = nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval,
+            r["sqnr_nudged"], r["sqnr_nudges"], r["task_nudged"] = nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval,
                                                              args.nudges, args.nudge_rel)
         except Exception as e:  # noqa: BLE001
             r["nudge_error"] = short_exc(e, 160)
@@ -1459,7 +1496,7 @@ def main_table(results):
             ratio = f"{fpl / lat:.2f}x" if (lat and fpl) else "-"
             lines.append(f"| | {tool} | {d.get('status')} | {d['wall']:.1f} | {d['maxrss_mb']:.0f} | "
                          f"{d['size'] / 1024:.0f} | {d['checker']} | {sq} | {halves} | {fmt_db(d.get('sqnr_exact'))} | "
-                         f"{fmt_db(d.get('sqnr_nudged'))} | "
+                         f"{fmt_db(d.get('sqnr_nudged'))}{fmt_nudged_task(d.get('task_nudged'))} | "
                          f"{fmt(d.get('cosine'), '{:.4f}')} | {d.get('task', '-')} | {fmt_ms(lat)} | {ratio} |")
     return "\n".join(lines)
 
