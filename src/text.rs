@@ -93,8 +93,15 @@ fn metrics_line(m: &Metrics) -> String {
             )
         })
         .unwrap_or_default();
+    // The pooled SQNR can hide one sample that collapses: name the worst.
+    let worst = m
+        .worst_sample
+        .as_ref()
+        .filter(|w| w.of >= 2)
+        .map(|w| format!(", worst sample #{} at {:.2} dB", w.sample, w.sqnr_db))
+        .unwrap_or_default();
     format!(
-        "SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}",
+        "SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}{worst}",
         m.sqnr_db, m.cosine, m.max_abs_err
     )
 }

@@ -433,8 +433,10 @@ impl<'d> Evaluator<'d> {
                             x.len().min(y.len())
                         );
                     }
+                    // Each sample named by its row in the user's data.
+                    let rows: Vec<usize> = r.clone().map(|i| self.data.source_row(i)).collect();
                     for k in 0..outputs {
-                        acc[p][k].update(x[k].view(), y[k].view())?;
+                        acc[p][k].update_samples(x[k].view(), y[k].view(), &rows)?;
                     }
                     if outputs > 0 {
                         // Labels that are no classes of this output give no

@@ -34,7 +34,7 @@ pub use evaluate::{
     input_names, integer_outputs, output_names, Cached, Evaluator, LabelHits, PairFigures, Runners,
     Subject, MAX_BATCH,
 };
-pub use metrics::{Accumulator, Metrics, MetricsError, Top1};
+pub use metrics::{Accumulator, Metrics, MetricsError, SampleSqnr, Top1};
 pub use runner::{
     panic_is_contained, prepare_for_tract, quiet_contained_panics, InputFact, RunError, Runner,
     RunnerConfig, UnsupportedOp,

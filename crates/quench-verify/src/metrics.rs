@@ -12,7 +12,11 @@
 //! - top-1 agreement for class-score-like outputs: when the last axis has
 //!   2..=10000 entries, every row along it is a class-score vector and the
 //!   argmax of reference and test rows are compared (the first maximum wins
-//!   ties; a row with NaN never agrees).
+//!   ties; a row with NaN never agrees);
+//! - the worst sample: the lowest SQNR of one sample alone and which sample
+//!   it is, when the updates say where samples begin
+//!   ([`Accumulator::update_samples`]). The pooled SQNR can hide one sample
+//!   that collapses among many fine ones; this names it.
 //!
 //! Invariant: sums are accumulated in f64 over every element of every update,
 //! so the result does not depend on how the samples were batched. Top-1 is
@@ -50,6 +54,26 @@ pub struct Accumulator {
     /// Whether every update so far had a class-like last axis.
     top1_ok: bool,
     updates: u64,
+    /// Lowest per-sample SQNR and its sample, over every update that said
+    /// where its samples are; `samples` counts those samples.
+    worst: Option<(usize, f64)>,
+    samples: u64,
+    /// Whether every update said where its samples are.
+    samples_ok: bool,
+}
+
+/// The SQNR of one sample alone: the lowest of a comparison's samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleSqnr {
+    /// Index of the sample (in the data the comparison ran on; the
+    /// evaluator gives its row in the data file as the user gave it).
+    pub sample: usize,
+    /// Its SQNR in dB (`null` in JSON when not finite: `-inf` for a sample
+    /// whose reference is all zeros but whose test is not).
+    #[serde(with = "float")]
+    pub sqnr_db: f64,
+    /// How many samples the lowest was taken over.
+    pub of: u64,
 }
 
 /// Top-1 agreement counts.
@@ -83,6 +107,9 @@ pub struct Metrics {
     pub elements: u64,
     /// `None` unless every array had a class-like last axis.
     pub top1: Option<Top1>,
+    /// The sample with the lowest SQNR; `None` unless every update said
+    /// where its samples are ([`Accumulator::update_samples`]).
+    pub worst_sample: Option<SampleSqnr>,
 }
 
 impl Metrics {
@@ -112,6 +139,8 @@ struct MetricsRepr {
     finite: bool,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     non_finite: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    worst_sample: Option<SampleSqnr>,
 }
 
 fn yes() -> bool {
@@ -154,6 +183,7 @@ impl From<Metrics> for MetricsRepr {
             top1: m.top1,
             finite: non_finite.is_empty(),
             non_finite,
+            worst_sample: m.worst_sample,
         }
     }
 }
@@ -176,6 +206,7 @@ impl From<MetricsRepr> for Metrics {
             mean_abs_err: fig("mean_abs_err", r.mean_abs_err),
             elements: r.elements,
             top1: r.top1.clone(),
+            worst_sample: r.worst_sample.clone(),
         }
     }
 }
@@ -184,12 +215,65 @@ impl Accumulator {
     pub fn new() -> Accumulator {
         Accumulator {
             top1_ok: true,
+            samples_ok: true,
             ..Default::default()
         }
     }
 
-    /// Adds one (reference, test) pair of equal shapes.
+    /// [`update`](Self::update) with the samples located: `samples` names
+    /// the sample of each entry along axis 0 of both arrays (a batch), or
+    /// with one name, the whole pair is that sample. Each sample's own SQNR
+    /// is computed (in f64) and the lowest is kept (the earlier update on
+    /// ties). When axis 0 does not match `samples`, the per-sample figure is
+    /// dropped for good, as an [`update`](Self::update) does.
+    pub fn update_samples(
+        &mut self,
+        reference: ArrayViewD<'_, f32>,
+        test: ArrayViewD<'_, f32>,
+        samples: &[usize],
+    ) -> Result<(), MetricsError> {
+        self.add(reference.view(), test.view())?;
+        if !self.samples_ok {
+            return Ok(());
+        }
+        match samples {
+            [one] => self.note_sample(*one, sample_sqnr(reference, test)),
+            _ if reference.ndim() > 0 && reference.shape()[0] == samples.len() => {
+                for ((r, t), &i) in reference
+                    .axis_iter(Axis(0))
+                    .zip(test.axis_iter(Axis(0)))
+                    .zip(samples)
+                {
+                    self.note_sample(i, sample_sqnr(r, t));
+                }
+            }
+            _ => self.samples_ok = false,
+        }
+        Ok(())
+    }
+
+    fn note_sample(&mut self, sample: usize, db: f64) {
+        self.samples += 1;
+        // NaN is the worst of all (it would hide nothing).
+        let worse = |a: f64, b: f64| a.is_nan() && !b.is_nan() || a < b;
+        if self.worst.is_none_or(|(_, w)| worse(db, w)) {
+            self.worst = Some((sample, db));
+        }
+    }
+
+    /// Adds one (reference, test) pair of equal shapes. It does not say
+    /// where its samples are, so the figures have no worst sample.
     pub fn update(
+        &mut self,
+        reference: ArrayViewD<'_, f32>,
+        test: ArrayViewD<'_, f32>,
+    ) -> Result<(), MetricsError> {
+        self.add(reference, test)?;
+        self.samples_ok = false;
+        Ok(())
+    }
+
+    fn add(
         &mut self,
         reference: ArrayViewD<'_, f32>,
         test: ArrayViewD<'_, f32>,
@@ -276,6 +360,14 @@ impl Accumulator {
         self.top1_rows += other.top1_rows;
         self.top1_agree += other.top1_agree;
         self.updates += other.updates;
+        self.samples_ok &= other.samples_ok;
+        self.samples += other.samples;
+        if let Some((i, db)) = other.worst {
+            let worse = |a: f64, b: f64| a.is_nan() && !b.is_nan() || a < b;
+            if self.worst.is_none_or(|(_, w)| worse(db, w)) {
+                self.worst = Some((i, db));
+            }
+        }
     }
 
     /// The metrics over every update so far.
@@ -307,6 +399,14 @@ impl Accumulator {
                 self.top1_agree as f64 / self.top1_rows as f64
             },
         });
+        let worst_sample = self
+            .worst
+            .filter(|_| self.samples_ok)
+            .map(|(sample, sqnr_db)| SampleSqnr {
+                sample,
+                sqnr_db,
+                of: self.samples,
+            });
         Metrics {
             sqnr_db,
             cosine,
@@ -314,7 +414,24 @@ impl Accumulator {
             mean_abs_err,
             elements: self.elements,
             top1,
+            worst_sample,
         }
+    }
+}
+
+/// `10 log10(Σ ref² / Σ (ref - test)²)` of one sample, in f64 (`+inf` when
+/// identical, NaN when either holds NaN).
+fn sample_sqnr(reference: ArrayViewD<'_, f32>, test: ArrayViewD<'_, f32>) -> f64 {
+    let (mut s, mut e) = (0f64, 0f64);
+    for (&r, &t) in reference.iter().zip(test.iter()) {
+        let (r, t) = (f64::from(r), f64::from(t));
+        s += r * r;
+        e += (r - t) * (r - t);
+    }
+    if e == 0.0 && s.is_finite() {
+        f64::INFINITY
+    } else {
+        10.0 * (s / e).log10()
     }
 }
 
@@ -627,5 +744,101 @@ mod tests {
         assert_eq!(w.x, f64::INFINITY);
         let w: W = serde_json::from_str(r#"{"x":null}"#).unwrap();
         assert!(w.x.is_nan());
+    }
+
+    /// The worst sample is the one whose own SQNR is lowest, named as the
+    /// caller named it, whichever way the samples were batched and merged;
+    /// the pooled SQNR is never below it (a mediant of the samples' ratios).
+    #[test]
+    fn worst_sample_is_found_across_batches_and_merges() {
+        // Sample k: reference [k+1, 2], test off by 0.1 * (k % 3 + 1) in
+        // its first entry; sample 2 (the largest error on the smaller of
+        // the two signals that have it) is the worst of 0..6: SQNR
+        // 10 log10((9 + 4) / 0.09).
+        let pair = |k: usize| {
+            let r = arr1(&[k as f32 + 1.0, 2.0]);
+            let mut t = r.clone();
+            t[0] += 0.1 * (k % 3 + 1) as f32;
+            (r, t)
+        };
+        let own = |k: usize| {
+            let (r, t) = pair(k);
+            let s: f64 = r.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+            let e: f64 = r
+                .iter()
+                .zip(t.iter())
+                .map(|(&a, &b)| (f64::from(a) - f64::from(b)).powi(2))
+                .sum();
+            10.0 * (s / e).log10()
+        };
+        let expect = (0..6)
+            .map(|k| (k, own(k)))
+            .fold((0, f64::INFINITY), |b, x| if x.1 < b.1 { x } else { b });
+        assert_eq!(expect.0, 2);
+        // Named rows 100 + k; one sample per update, batches of 3, and two
+        // accumulators merged.
+        let rows: Vec<usize> = (0..6).map(|k| 100 + k).collect();
+        let mut one = Accumulator::new();
+        for k in 0..6 {
+            let (r, t) = pair(k);
+            one.update_samples(r.into_dyn().view(), t.into_dyn().view(), &rows[k..=k])
+                .unwrap();
+        }
+        let mut merged = Accumulator::new();
+        for b in 0..2 {
+            let (rs, ts): (Vec<_>, Vec<_>) = (3 * b..3 * b + 3).map(pair).unzip();
+            let r =
+                ndarray::stack(Axis(0), &rs.iter().map(|a| a.view()).collect::<Vec<_>>()).unwrap();
+            let t =
+                ndarray::stack(Axis(0), &ts.iter().map(|a| a.view()).collect::<Vec<_>>()).unwrap();
+            let mut a = Accumulator::new();
+            a.update_samples(
+                r.into_dyn().view(),
+                t.into_dyn().view(),
+                &rows[3 * b..3 * b + 3],
+            )
+            .unwrap();
+            merged.merge(&a);
+        }
+        for m in [one.finish(), merged.finish()] {
+            let w = m.worst_sample.clone().unwrap();
+            assert_eq!((w.sample, w.of), (102, 6), "{m:?}");
+            assert!(close(w.sqnr_db, expect.1), "{} vs {}", w.sqnr_db, expect.1);
+            assert!(w.sqnr_db <= m.sqnr_db);
+        }
+    }
+
+    /// An update that does not say where its samples are, or a batch whose
+    /// axis 0 does not match its sample names, leaves no worst sample (a
+    /// partial minimum would be a wrong one).
+    #[test]
+    fn worst_sample_needs_every_update_located() {
+        let r = arr2(&[[1.0f32, 2.0], [3.0, 4.0]]).into_dyn();
+        let t = r.mapv(|v| v + 0.1);
+        let mut a = Accumulator::new();
+        a.update_samples(r.view(), t.view(), &[0, 1]).unwrap();
+        assert_eq!(a.finish().worst_sample.map(|w| w.of), Some(2));
+        a.update(r.view(), t.view()).unwrap();
+        assert_eq!(a.finish().worst_sample, None);
+        let mut b = Accumulator::new();
+        b.update_samples(r.view(), t.view(), &[0, 1, 2]).unwrap();
+        assert_eq!(b.finish().worst_sample, None);
+        // Merging an unlocated accumulator drops it too.
+        let mut c = Accumulator::new();
+        c.update_samples(r.view(), t.view(), &[4, 5]).unwrap();
+        let mut d = Accumulator::new();
+        d.update(r.view(), t.view()).unwrap();
+        c.merge(&d);
+        assert_eq!(c.finish().worst_sample, None);
+        // A sample with NaN is the worst; its SQNR serializes as null.
+        let mut e = Accumulator::new();
+        let nan = arr2(&[[1.0f32, f32::NAN], [3.0, 4.0]]).into_dyn();
+        e.update_samples(r.view(), nan.view(), &[7, 8]).unwrap();
+        let m = e.finish();
+        let w = m.worst_sample.clone().unwrap();
+        assert!(w.sample == 7 && w.sqnr_db.is_nan());
+        let json = serde_json::to_value(&m).unwrap();
+        assert_eq!(json["worst_sample"]["sqnr_db"], serde_json::Value::Null);
+        assert_eq!(json["worst_sample"]["sample"], 7);
     }
 }

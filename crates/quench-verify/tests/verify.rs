@@ -589,3 +589,103 @@ fn metrics_over_a_quantized_like_perturbation() {
     assert_eq!(m.top1.as_ref().map(|t| (t.agree, t.rows)), Some((8, 8)));
     assert!(m.sqnr_db > 20.0 && m.cosine > 0.999, "{m:?}");
 }
+
+/// The verification names the sample with the lowest SQNR by its row in the
+/// data as the user gave it, through a pick (the held-back split) and
+/// batches: checked against each picked sample run alone through both
+/// models, its SQNR computed here.
+#[test]
+fn worst_sample_names_its_row_in_the_users_data() {
+    let model = load("digits_cnn.onnx");
+    // The test model: the first conv's weights each off by up to 20%.
+    let mut perturbed = model.clone();
+    let w = perturbed
+        .graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .iter_mut()
+        .find(|t| t.dims.len() == 4)
+        .unwrap();
+    let data = w.raw_data.as_ref().unwrap();
+    let scaled: Vec<u8> = data
+        .chunks_exact(4)
+        .enumerate()
+        .flat_map(|(i, b)| {
+            let f = 1.0 + 0.2 * (i as f32 * 1.7).sin();
+            (f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * f).to_le_bytes()
+        })
+        .collect();
+    w.raw_data = Some(Bytes::from(scaled));
+    let mut all = Dataset::load(&testdata("digits/eval")).unwrap();
+    let feed = all.check_against(&ModelInput::from_model(&model)).unwrap();
+    // 18 rows: two batches of at most 16.
+    let rows = [
+        200, 3, 77, 150, 9, 301, 42, 18, 260, 120, 5, 99, 33, 250, 11, 180, 60, 140,
+    ];
+    let picked = all.pick(&rows);
+    let names = quench_verify::input_names(&model);
+    let eval = quench_verify::Evaluator::new(&picked, feed, names);
+    let (a, b) = (
+        quench_verify::Runners::new(&model, vec![]),
+        quench_verify::Runners::new(&perturbed, vec![]),
+    );
+    let figures = eval
+        .compare(
+            &[
+                quench_verify::Subject::Required(&a, "the FP32 model"),
+                quench_verify::Subject::Run(&b),
+            ],
+            &[(0, 1)],
+            1,
+        )
+        .unwrap();
+    let m = figures[0].outputs.as_ref().unwrap()[0].clone();
+    let worst = m.worst_sample.clone().unwrap();
+    assert_eq!(worst.of, rows.len() as u64);
+    assert!(worst.sqnr_db <= m.sqnr_db, "{m:?}");
+    // Each row alone, in both models.
+    let config = RunnerConfig {
+        input_facts: vec![f32_input("input", &[1, 1, 8, 8])],
+        extra_outputs: vec![],
+    };
+    let (ra, rb) = (
+        Runner::new(&model, &config).unwrap(),
+        Runner::new(&perturbed, &config).unwrap(),
+    );
+    let own: Vec<(usize, f64)> = rows
+        .iter()
+        .map(|&row| {
+            let x = all.sample_batch(row..row + 1).unwrap().remove(0).1;
+            let ya = ra.run(&[x.clone()]).unwrap().remove(0).to_f32();
+            let yb = rb.run(&[x]).unwrap().remove(0).to_f32();
+            let s: f64 = ya.iter().map(|&v| f64::from(v).powi(2)).sum();
+            let e: f64 = ya
+                .iter()
+                .zip(yb.iter())
+                .map(|(&p, &q)| (f64::from(p) - f64::from(q)).powi(2))
+                .sum();
+            (row, 10.0 * (s / e).log10())
+        })
+        .collect();
+    let (lowest_row, lowest) =
+        own.iter()
+            .copied()
+            .fold((0, f64::INFINITY), |b, x| if x.1 < b.1 { x } else { b });
+    // The rows differ: the figure is not a constant.
+    assert!(own.iter().any(|&(_, db)| db > lowest + 1.0), "{own:?}");
+    assert!(
+        own.iter()
+            .filter(|&&(r, _)| r != lowest_row)
+            .all(|&(_, db)| db > lowest + 0.05),
+        "two rows within 0.05 dB of the lowest: {own:?}"
+    );
+    let named = own.iter().find(|&&(r, _)| r == worst.sample).unwrap();
+    assert!(
+        (named.1 - worst.sqnr_db).abs() < 0.01 && worst.sqnr_db <= lowest + 0.01,
+        "named row {} at {:.3} dB (alone {:.3}); lowest alone: row {lowest_row} at {lowest:.3}",
+        worst.sample,
+        worst.sqnr_db,
+        named.1
+    );
+}

@@ -349,6 +349,9 @@ pub struct Dataset {
     inputs: Vec<Column>,
     extras: Vec<(String, ArrayData)>,
     expected: Vec<Column>,
+    /// Row in the loaded data of each sample, when a split or pick made
+    /// them differ (`None`: sample `i` is row `i`).
+    rows: Option<Vec<usize>>,
 }
 
 impl Dataset {
@@ -369,6 +372,7 @@ impl Dataset {
             inputs: Vec::new(),
             extras: Vec::new(),
             expected: Vec::new(),
+            rows: None,
         };
         if meta.is_file() {
             let is_npy = path
@@ -535,6 +539,16 @@ impl Dataset {
         &self.source
     }
 
+    /// The row of sample `i` in the data as loaded (before any
+    /// [`split`](Self::split) or [`pick`](Self::pick)): what a user finds
+    /// in their file.
+    pub fn source_row(&self, i: usize) -> usize {
+        self.rows
+            .as_ref()
+            .and_then(|r| r.get(i).copied())
+            .unwrap_or(i)
+    }
+
     /// Number of samples (of the first input; all inputs agree once bound).
     pub fn samples(&self) -> usize {
         self.inputs.first().map_or(0, Column::count)
@@ -622,8 +636,10 @@ impl Dataset {
             inputs: Vec::new(),
             extras: Vec::new(),
             expected: Vec::new(),
+            rows: Some((0..at).map(|i| self.source_row(i)).collect()),
         };
         let mut second = first.clone();
+        second.rows = Some((at..n).map(|i| self.source_row(i)).collect());
         for c in self.inputs {
             let (a, b) = c.split(at);
             first.inputs.push(a);
@@ -674,6 +690,7 @@ impl Dataset {
             .collect();
         Dataset {
             source: self.source.clone(),
+            rows: Some(rows.iter().map(|&r| self.source_row(r)).collect()),
             inputs: self.inputs.iter().map(|c| c.pick(&rows)).collect(),
             extras,
             expected: self.expected.iter().map(|c| c.pick(&rows)).collect(),
