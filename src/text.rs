@@ -93,11 +93,12 @@ fn metrics_line(m: &Metrics) -> String {
             )
         })
         .unwrap_or_default();
-    // The pooled SQNR can hide one sample that collapses: name the worst.
+    // The pooled SQNR can hide one sample that collapses: name the worst
+    // (not when every sample is identical).
     let worst = m
         .worst_sample
         .as_ref()
-        .filter(|w| w.of >= 2)
+        .filter(|w| w.of >= 2 && w.sqnr_db != f64::INFINITY)
         .map(|w| format!(", worst sample #{} at {:.2} dB", w.sample, w.sqnr_db))
         .unwrap_or_default();
     format!(

@@ -93,6 +93,47 @@ pub fn integer_outputs(m: &ModelProto) -> Vec<bool> {
         .unwrap_or_default()
 }
 
+/// Per graph output of a model, in order: whether its first axis is the
+/// samples' batch axis, so that a batch's output splits into one slice per
+/// sample along it. Only when the model says so: the output's declared
+/// first dimension is a symbolic one some input's first dimension also
+/// has, or a fixed size above 1 that an input's first dimension also has.
+/// A sequence-first output (`[T, N, C]`) or one without a declared shape
+/// is not split.
+pub fn batch_leading_outputs(m: &ModelProto) -> Vec<bool> {
+    use quench_onnx::proto::tensor_shape_proto::dimension::Value as Dim;
+    use quench_onnx::proto::type_proto::Value;
+    use quench_onnx::proto::ValueInfoProto;
+    fn first_dim(v: &ValueInfoProto) -> Option<&Dim> {
+        match v.r#type.as_ref()?.value.as_ref()? {
+            Value::TensorType(t) => t.shape.as_ref()?.dim.first()?.value.as_ref(),
+            _ => None,
+        }
+    }
+    let Some(g) = m.graph.as_ref() else {
+        return Vec::new();
+    };
+    let inits: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name()).collect();
+    let inputs: Vec<&Dim> = g
+        .input
+        .iter()
+        .filter(|i| !inits.contains(i.name()))
+        .filter_map(first_dim)
+        .collect();
+    g.output
+        .iter()
+        .map(|o| match first_dim(o) {
+            Some(Dim::DimParam(p)) if !p.is_empty() => inputs
+                .iter()
+                .any(|d| matches!(d, Dim::DimParam(q) if q == p)),
+            Some(Dim::DimValue(v)) if *v > 1 => inputs
+                .iter()
+                .any(|d| matches!(d, Dim::DimValue(w) if w == v)),
+            _ => false,
+        })
+        .collect()
+}
+
 /// Runners of one model by input shapes, compiled on first use.
 pub struct Runners {
     model: ModelProto,
@@ -383,6 +424,14 @@ impl<'d> Evaluator<'d> {
         outputs: usize,
     ) -> Result<Vec<PairFigures>> {
         let labels = self.data.extra("labels").and_then(class_labels);
+        // Which outputs a batch's samples can be told apart in.
+        let leading = subjects
+            .iter()
+            .find_map(|s| match s {
+                Subject::Run(m) | Subject::Required(m, _) => Some(batch_leading_outputs(m.model())),
+                Subject::Cached(_) => None,
+            })
+            .unwrap_or_default();
         struct Batch {
             acc: Vec<Vec<Accumulator>>,
             errors: Vec<Option<String>>,
@@ -433,10 +482,16 @@ impl<'d> Evaluator<'d> {
                             x.len().min(y.len())
                         );
                     }
-                    // Each sample named by its row in the user's data.
+                    // Each sample named by its row in the user's data; a batch
+                    // of several only where the output's first axis is the
+                    // batch (else that output gets no worst sample).
                     let rows: Vec<usize> = r.clone().map(|i| self.data.source_row(i)).collect();
                     for k in 0..outputs {
-                        acc[p][k].update_samples(x[k].view(), y[k].view(), &rows)?;
+                        if rows.len() == 1 || leading.get(k) == Some(&true) {
+                            acc[p][k].update_samples(x[k].view(), y[k].view(), &rows)?;
+                        } else {
+                            acc[p][k].update(x[k].view(), y[k].view())?;
+                        }
                     }
                     if outputs > 0 {
                         // Labels that are no classes of this output give no

@@ -31,8 +31,8 @@ mod segment;
 
 pub use data::{ArrayData, DataError, Dataset, Feed, ModelInput, NarrowType};
 pub use evaluate::{
-    input_names, integer_outputs, output_names, Cached, Evaluator, LabelHits, PairFigures, Runners,
-    Subject, MAX_BATCH,
+    batch_leading_outputs, input_names, integer_outputs, output_names, Cached, Evaluator,
+    LabelHits, PairFigures, Runners, Subject, MAX_BATCH,
 };
 pub use metrics::{Accumulator, Metrics, MetricsError, SampleSqnr, Top1};
 pub use runner::{

@@ -63,17 +63,57 @@ pub struct Accumulator {
 }
 
 /// The SQNR of one sample alone: the lowest of a comparison's samples.
+///
+/// In JSON a non-finite `sqnr_db` (`inf`: the sample is bit-identical, and
+/// so are all others; `nan`: it holds NaN) is `null` with `"non_finite"`
+/// naming it, as in [`Metrics`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "SampleSqnrRepr", from = "SampleSqnrRepr")]
 pub struct SampleSqnr {
     /// Index of the sample (in the data the comparison ran on; the
     /// evaluator gives its row in the data file as the user gave it).
     pub sample: usize,
-    /// Its SQNR in dB (`null` in JSON when not finite: `-inf` for a sample
-    /// whose reference is all zeros but whose test is not).
-    #[serde(with = "float")]
+    /// Its SQNR in dB.
     pub sqnr_db: f64,
-    /// How many samples the lowest was taken over.
+    /// How many samples the lowest was taken over (samples whose reference
+    /// is all zeros have no SQNR and are not counted).
     pub of: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SampleSqnrRepr {
+    sample: usize,
+    sqnr_db: Option<f64>,
+    of: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    non_finite: Option<String>,
+}
+
+impl From<SampleSqnr> for SampleSqnrRepr {
+    fn from(w: SampleSqnr) -> SampleSqnrRepr {
+        let finite = w.sqnr_db.is_finite();
+        SampleSqnrRepr {
+            sample: w.sample,
+            sqnr_db: finite.then_some(w.sqnr_db),
+            of: w.of,
+            non_finite: (!finite).then(|| non_finite_name(w.sqnr_db).to_string()),
+        }
+    }
+}
+
+impl From<SampleSqnrRepr> for SampleSqnr {
+    fn from(r: SampleSqnrRepr) -> SampleSqnr {
+        let sqnr_db = r.sqnr_db.unwrap_or(match r.non_finite.as_deref() {
+            Some("inf") => f64::INFINITY,
+            Some("-inf") => f64::NEG_INFINITY,
+            _ => f64::NAN,
+        });
+        SampleSqnr {
+            sample: r.sample,
+            sqnr_db,
+            of: r.of,
+        }
+    }
 }
 
 /// Top-1 agreement counts.
@@ -224,8 +264,9 @@ impl Accumulator {
     /// the sample of each entry along axis 0 of both arrays (a batch), or
     /// with one name, the whole pair is that sample. Each sample's own SQNR
     /// is computed (in f64) and the lowest is kept (the earlier update on
-    /// ties). When axis 0 does not match `samples`, the per-sample figure is
-    /// dropped for good, as an [`update`](Self::update) does.
+    /// ties); a sample whose reference is all zeros has none and is
+    /// skipped. When axis 0 does not match `samples`, the per-sample figure
+    /// is dropped for good, as an [`update`](Self::update) does.
     pub fn update_samples(
         &mut self,
         reference: ArrayViewD<'_, f32>,
@@ -252,7 +293,8 @@ impl Accumulator {
         Ok(())
     }
 
-    fn note_sample(&mut self, sample: usize, db: f64) {
+    fn note_sample(&mut self, sample: usize, db: Option<f64>) {
+        let Some(db) = db else { return };
         self.samples += 1;
         // NaN is the worst of all (it would hide nothing).
         let worse = |a: f64, b: f64| a.is_nan() && !b.is_nan() || a < b;
@@ -420,18 +462,21 @@ impl Accumulator {
 }
 
 /// `10 log10(Σ ref² / Σ (ref - test)²)` of one sample, in f64 (`+inf` when
-/// identical, NaN when either holds NaN).
-fn sample_sqnr(reference: ArrayViewD<'_, f32>, test: ArrayViewD<'_, f32>) -> f64 {
+/// identical, NaN when either holds NaN); `None` when the reference is all
+/// zeros (no signal to compare the error with).
+fn sample_sqnr(reference: ArrayViewD<'_, f32>, test: ArrayViewD<'_, f32>) -> Option<f64> {
     let (mut s, mut e) = (0f64, 0f64);
     for (&r, &t) in reference.iter().zip(test.iter()) {
         let (r, t) = (f64::from(r), f64::from(t));
         s += r * r;
         e += (r - t) * (r - t);
     }
-    if e == 0.0 && s.is_finite() {
-        f64::INFINITY
+    if s == 0.0 {
+        None
+    } else if e == 0.0 && s.is_finite() {
+        Some(f64::INFINITY)
     } else {
-        10.0 * (s / e).log10()
+        Some(10.0 * (s / e).log10())
     }
 }
 
@@ -839,6 +884,37 @@ mod tests {
         assert!(w.sample == 7 && w.sqnr_db.is_nan());
         let json = serde_json::to_value(&m).unwrap();
         assert_eq!(json["worst_sample"]["sqnr_db"], serde_json::Value::Null);
+        assert_eq!(json["worst_sample"]["non_finite"], "nan");
         assert_eq!(json["worst_sample"]["sample"], 7);
+    }
+
+    /// A sample whose reference is all zeros has no SQNR and is skipped;
+    /// bit-identical samples give `inf`, which reads back as `inf` (not as
+    /// NaN) from the report.
+    #[test]
+    fn worst_sample_skips_silent_samples_and_round_trips_infinity() {
+        let r = arr2(&[[0.0f32, 0.0], [3.0, 4.0]]).into_dyn();
+        let t = arr2(&[[0.5f32, 0.0], [3.0, 4.0]]).into_dyn();
+        let mut a = Accumulator::new();
+        a.update_samples(r.view(), t.view(), &[0, 1]).unwrap();
+        let m = a.finish();
+        let w = m.worst_sample.clone().unwrap();
+        assert_eq!((w.sample, w.of), (1, 1));
+        assert_eq!(w.sqnr_db, f64::INFINITY);
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(
+            json.contains(
+                r#""worst_sample":{"sample":1,"sqnr_db":null,"of":1,"non_finite":"inf"}"#
+            ),
+            "{json}"
+        );
+        let back: Metrics = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.worst_sample, m.worst_sample);
+        // Reports written before the field existed still read.
+        let old = r#"{"sqnr_db":30.0,"cosine":1.0,"max_abs_err":0.1,"mean_abs_err":0.01,"elements":2,"top1":null}"#;
+        assert_eq!(
+            serde_json::from_str::<Metrics>(old).unwrap().worst_sample,
+            None
+        );
     }
 }
