@@ -242,6 +242,13 @@ pub struct CompileArgs {
     /// an accuracy loss comes from. Costs two more tract compiles.
     #[arg(long)]
     pub explain: bool,
+    /// `--explain` on one evaluation sample alone: ROW is its row in the
+    /// evaluation data as given (0-based; with the held-back split, its row
+    /// in the calibration data), e.g. the verification's `worst sample #ROW`:
+    /// which tensors make that input collapse. Implies --explain; a row the
+    /// evaluation data does not hold is an error
+    #[arg(long, value_name = "ROW")]
+    pub explain_sample: Option<usize>,
     /// Fail instead of falling back to weight-only quantization when tract
     /// cannot run the model for calibration (static mode).
     #[arg(long)]
@@ -364,7 +371,8 @@ impl CompileArgs {
             max_accuracy_drop: self.max_accuracy_drop,
             mixed_int16: !self.no_mixed_int16,
             verify: !self.no_verify,
-            explain: self.explain,
+            explain: self.explain || self.explain_sample.is_some(),
+            explain_sample: self.explain_sample,
             no_fallback: self.no_fallback,
             no_quantize: self.no_quantize,
             prune: self.prune.map(|target| PruneOptions {

@@ -12,7 +12,7 @@ use quench_verify::Metrics;
 /// The quantized tensors that cost the most at the model output (all of
 /// them with `--verbose`): ranked by the output SQNR gained by leaving each
 /// one float, the local figures beside.
-fn print_attribution(tensors: &[TensorError], verbose: bool) {
+fn print_attribution(tensors: &[TensorError], sample: Option<usize>, verbose: bool) {
     if tensors.is_empty() {
         return;
     }
@@ -39,18 +39,23 @@ fn print_attribution(tensors: &[TensorError], verbose: bool) {
         .filter_map(|t| t.gain_samples)
         .filter(|n| Some(*n) != full)
         .min();
-    println!(
-        "    cost by tensor (output SQNR gained by leaving it float, on up to {} samples{}; its own Q/DQ's error on {}):",
-        quench_compile::attribution::GAIN_SAMPLES,
-        match screened {
-            Some(n) => format!(
-                ", the {} largest after screening all on {n} (those marked ~)",
-                quench_compile::attribution::REFINED,
-            ),
-            None => String::new(),
-        },
-        quench_compile::attribution::SAMPLES
-    );
+    match sample {
+        Some(row) => println!(
+            "    cost by tensor on sample #{row} alone (output SQNR gained by leaving it float; its own Q/DQ's error there):"
+        ),
+        None => println!(
+            "    cost by tensor (output SQNR gained by leaving it float, on up to {} samples{}; its own Q/DQ's error on {}):",
+            quench_compile::attribution::GAIN_SAMPLES,
+            match screened {
+                Some(n) => format!(
+                    ", the {} largest after screening all on {n} (those marked ~)",
+                    quench_compile::attribution::REFINED,
+                ),
+                None => String::new(),
+            },
+            quench_compile::attribution::SAMPLES
+        ),
+    }
     for t in &worst[..shown] {
         let node = if t.node.is_empty() {
             "graph input".to_string()
@@ -249,7 +254,7 @@ pub fn print_report(r: &Report, verbose: bool) {
                     100.0 * (acc.quantized - acc.fp32)
                 );
             }
-            print_attribution(&v.tensors, verbose);
+            print_attribution(&v.tensors, v.explained_sample, verbose);
             let low = v
                 .outputs
                 .iter()

@@ -819,3 +819,66 @@ fn method_auto_keeps_ranges_covering_rare_extreme_calibration_samples() {
         r["auto_ranges"]
     );
 }
+
+/// `--explain-sample ROW` measures the per-tensor table on that evaluation
+/// row alone: the same table, gain for gain, as `--explain` with evaluation
+/// data holding only that row, and the report names the row. A row the
+/// evaluation data does not hold is an error naming it, and nothing is
+/// written.
+#[test]
+fn explain_sample_measures_the_table_on_that_row_alone() {
+    // Row 96: the digits CNN's worst evaluation sample with min/max ranges.
+    let (_, r) = output_sqnr("digits_cnn.onnx", &["--explain-sample", "96"]);
+    assert_eq!(r["verification"]["explained_sample"], 96);
+    let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(testdata("digits/eval/input.npy")).unwrap();
+    let one = x
+        .slice_axis(ndarray::Axis(0), ndarray::Slice::from(96..97))
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("ev")).unwrap();
+    ndarray_npy::write_npy(dir.path().join("ev").join("input.npy"), &one).unwrap();
+    let (_, alone) = sqnr_on(
+        &testdata("digits_cnn.onnx"),
+        &testdata("digits/calib"),
+        &dir.path().join("ev"),
+        &["--explain", "--method", "minmax"],
+    );
+    assert!(alone["verification"].get("explained_sample").is_none());
+    let (a, b) = (
+        r["verification"]["tensors"].as_array().unwrap(),
+        alone["verification"]["tensors"].as_array().unwrap(),
+    );
+    assert!(a.len() >= 3 && a.len() == b.len(), "{a:?}\n{b:?}");
+    for (s, t) in a.iter().zip(b) {
+        assert_eq!(s["tensor"], t["tensor"]);
+        for k in ["float_gain_db", "added_db"] {
+            match (s[k].as_f64(), t[k].as_f64()) {
+                (Some(u), Some(v)) => {
+                    assert!((u - v).abs() < 1e-9, "{k} of {}: {u} vs {v}", s["tensor"])
+                }
+                _ => assert_eq!(s[k], t[k], "{k} of {}", s["tensor"]),
+            }
+        }
+        assert_eq!(s["gain_samples"], t["gain_samples"]);
+    }
+    let measured = a.iter().filter(|t| t["float_gain_db"].is_f64()).count();
+    assert!(measured >= 3, "{a:?}");
+    // Not a row of the evaluation data: refused before compiling.
+    let out = dir.path().join("q.onnx");
+    let o = Command::new(env!("CARGO_BIN_EXE_quench"))
+        .arg("compile")
+        .arg(testdata("digits_cnn.onnx"))
+        .arg("-c")
+        .arg(testdata("digits/calib"))
+        .arg("--eval")
+        .arg(testdata("digits/eval"))
+        .args(["-o", out.to_str().unwrap(), "--explain-sample", "341"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && !out.exists(), "{err}");
+    assert!(
+        err.contains("--explain-sample 341: row 341 is not among the 341 evaluation samples"),
+        "{err}"
+    );
+}

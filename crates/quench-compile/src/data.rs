@@ -37,6 +37,27 @@ pub struct Bound {
     pub label: String,
 }
 
+impl Bound {
+    /// The one sample at row `row` of the data as given (see
+    /// [`Dataset::source_row`]), as its own dataset; `None` when this data
+    /// does not hold it.
+    pub fn one_row(&self, row: usize) -> Option<Bound> {
+        let i = (0..self.data.samples()).find(|&i| self.data.source_row(i) == row)?;
+        Some(Bound {
+            data: self.data.pick(&[i]),
+            feed: self.feed,
+            label: format!("{}, row {row} alone", self.label),
+        })
+    }
+
+    /// The rows of the data as given that this data holds, in its order.
+    pub fn source_rows(&self) -> Vec<usize> {
+        (0..self.data.samples())
+            .map(|i| self.data.source_row(i))
+            .collect()
+    }
+}
+
 /// The data of each phase.
 pub struct DataPlan {
     /// Samples static calibration runs on.

@@ -357,6 +357,26 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     check_node_names(&opts.exclude_nodes, &model)?;
     // 1. Data: bound to the model's inputs, split once.
     let data = DataPlan::new(opts, original)?;
+    if let Some(row) = opts.explain_sample {
+        let Some(ev) = &data.eval else {
+            anyhow::bail!(
+                "--explain-sample {row}: there is no evaluation data to take the sample from (give --eval or --calibration, and verify)"
+            );
+        };
+        if ev.one_row(row).is_none() {
+            let rows = ev.source_rows();
+            let mut sorted = rows.clone();
+            sorted.sort_unstable();
+            let shown: Vec<String> = sorted.iter().take(20).map(|r| r.to_string()).collect();
+            anyhow::bail!(
+                "--explain-sample {row}: row {row} is not among the {} evaluation samples of {} (rows {}{})",
+                rows.len(),
+                ev.label,
+                shown.join(", "),
+                if rows.len() > 20 { ", ..." } else { "" }
+            );
+        }
+    }
     phases.lap("load");
 
     // 2. Passes.
@@ -1130,6 +1150,11 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             out.note(format!("verification: {t}"));
                         }
                         if let Some(fp) = &float_model {
+                            // `--explain-sample`: the table on that one row
+                            // (checked to be there when the data loaded).
+                            let one = opts.explain_sample.and_then(|r| ev.one_row(r));
+                            v.explained_sample = one.as_ref().and(opts.explain_sample);
+                            let ev = one.as_ref().unwrap_or(ev);
                             let eval = quench_verify::Evaluator::new(
                                 &ev.data,
                                 ev.feed,

@@ -156,6 +156,11 @@ pub struct Options {
     pub verify: bool,
     /// Measure every quantized activation's own error (static mode).
     pub explain: bool,
+    /// With `explain`: measure the per-tensor table on this one evaluation
+    /// sample alone, named by its row in the data as given (as the
+    /// verification's worst sample is). A row the evaluation data does not
+    /// hold is an error before anything runs.
+    pub explain_sample: Option<usize>,
     /// Error instead of falling back to weight-only when tract cannot run
     /// the model for calibration.
     pub no_fallback: bool,
@@ -202,6 +207,7 @@ impl Default for Options {
             mixed_int16: true,
             verify: true,
             explain: false,
+            explain_sample: None,
             no_fallback: false,
             no_quantize: false,
             prune: None,

@@ -53,6 +53,9 @@ pub struct Verification {
     /// `control_flow`): empty when tract ran the model as it is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub specialised: Vec<String>,
+    /// The row `tensors` was measured on alone (`--explain-sample`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explained_sample: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize)]

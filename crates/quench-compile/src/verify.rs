@@ -115,5 +115,6 @@ pub fn verify(
         accuracy,
         tensors: Vec::new(),
         specialised: spec.map(|s| s.taken).unwrap_or_default(),
+        explained_sample: None,
     })
 }
