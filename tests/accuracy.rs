@@ -882,3 +882,48 @@ fn explain_sample_measures_the_table_on_that_row_alone() {
         "{err}"
     );
 }
+
+/// A sample far below the pooled figure is pointed out with the
+/// `--explain-sample` to run: digits' first 20 evaluation rows plus row 0
+/// at a tenth of its amplitude (row 20, whose small activations sit on a
+/// grid fitted to full-size ones); without that row, no hint.
+#[test]
+fn a_sample_far_below_the_rest_is_pointed_out() {
+    let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(testdata("digits/eval/input.npy")).unwrap();
+    let head = x.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..20));
+    let faint = x
+        .slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..1))
+        .mapv(|v| v * 0.1);
+    let dir = tempfile::tempdir().unwrap();
+    let run = |with_faint: bool| {
+        let ev = dir.path().join(if with_faint { "with" } else { "without" });
+        std::fs::create_dir(&ev).unwrap();
+        let data = if with_faint {
+            ndarray::concatenate(ndarray::Axis(0), &[head.view(), faint.view()]).unwrap()
+        } else {
+            head.to_owned()
+        };
+        ndarray_npy::write_npy(ev.join("input.npy"), &data).unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_quench"))
+            .arg("compile")
+            .arg(testdata("digits_cnn.onnx"))
+            .arg("-c")
+            .arg(testdata("digits/calib"))
+            .arg("--eval")
+            .arg(&ev)
+            .arg("-o")
+            .arg(ev.join("q.onnx"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let with = run(true);
+    assert!(with.contains("worst sample #20 at "), "{with}");
+    assert!(
+        with.contains("sample #20 is ") && with.contains("`--explain-sample 20`"),
+        "{with}"
+    );
+    let without = run(false);
+    assert!(!without.contains("--explain-sample"), "{without}");
+}
