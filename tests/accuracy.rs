@@ -820,6 +820,23 @@ fn method_auto_keeps_ranges_covering_rare_extreme_calibration_samples() {
     );
 }
 
+/// `quench compile` of the digits CNN on its calibration data, verified on
+/// `eval`, written to `out`.
+fn compile_digits(eval: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_quench"))
+        .arg("compile")
+        .arg(testdata("digits_cnn.onnx"))
+        .arg("-c")
+        .arg(testdata("digits/calib"))
+        .arg("--eval")
+        .arg(eval)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 /// `--explain-sample ROW` measures the per-tensor table on that evaluation
 /// row alone: the same table, gain for gain, as `--explain` with evaluation
 /// data holding only that row, and the report names the row. A row the
@@ -865,16 +882,7 @@ fn explain_sample_measures_the_table_on_that_row_alone() {
     assert!(measured >= 3, "{a:?}");
     // Not a row of the evaluation data: refused before compiling.
     let out = dir.path().join("q.onnx");
-    let o = Command::new(env!("CARGO_BIN_EXE_quench"))
-        .arg("compile")
-        .arg(testdata("digits_cnn.onnx"))
-        .arg("-c")
-        .arg(testdata("digits/calib"))
-        .arg("--eval")
-        .arg(testdata("digits/eval"))
-        .args(["-o", out.to_str().unwrap(), "--explain-sample", "341"])
-        .output()
-        .unwrap();
+    let o = compile_digits(&testdata("digits/eval"), &out, &["--explain-sample", "341"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && !out.exists(), "{err}");
     assert!(
@@ -904,17 +912,7 @@ fn a_sample_far_below_the_rest_is_pointed_out() {
             head.to_owned()
         };
         ndarray_npy::write_npy(ev.join("input.npy"), &data).unwrap();
-        let o = Command::new(env!("CARGO_BIN_EXE_quench"))
-            .arg("compile")
-            .arg(testdata("digits_cnn.onnx"))
-            .arg("-c")
-            .arg(testdata("digits/calib"))
-            .arg("--eval")
-            .arg(&ev)
-            .arg("-o")
-            .arg(ev.join("q.onnx"))
-            .output()
-            .unwrap();
+        let o = compile_digits(&ev, &ev.join("q.onnx"), &[]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stdout).into_owned()
     };

@@ -700,46 +700,33 @@ fn only_a_declared_batch_axis_splits_outputs_into_samples() {
     use quench_onnx::proto::type_proto::Value;
     let model = load("digits_cnn.onnx");
     assert_eq!(quench_verify::batch_leading_outputs(&model), vec![true]);
-    let shape_of = |m: &mut ModelProto| {
-        let o = &mut m.graph.as_mut().unwrap().output[0];
-        match o.r#type.as_mut().unwrap().value.as_mut().unwrap() {
-            Value::TensorType(t) => t.shape.as_mut().unwrap().dim.clone(),
+    // The declared type of the (only) output.
+    fn out_type(m: &mut ModelProto) -> &mut quench_onnx::proto::type_proto::Tensor {
+        match m.graph.as_mut().unwrap().output[0]
+            .r#type
+            .as_mut()
+            .unwrap()
+            .value
+            .as_mut()
+            .unwrap()
+        {
+            Value::TensorType(t) => t,
             _ => unreachable!(),
         }
-    };
+    }
     let mut seq_first = model.clone();
-    let mut dims = shape_of(&mut seq_first);
-    dims.insert(
+    out_type(&mut seq_first).shape.as_mut().unwrap().dim.insert(
         0,
         Dimension {
             value: Some(Dim::DimParam("T".into())),
             ..Default::default()
         },
     );
-    if let Value::TensorType(t) = seq_first.graph.as_mut().unwrap().output[0]
-        .r#type
-        .as_mut()
-        .unwrap()
-        .value
-        .as_mut()
-        .unwrap()
-    {
-        t.shape.as_mut().unwrap().dim = dims;
-    }
     assert_eq!(
         quench_verify::batch_leading_outputs(&seq_first),
         vec![false]
     );
     let mut no_shape = model.clone();
-    if let Value::TensorType(t) = no_shape.graph.as_mut().unwrap().output[0]
-        .r#type
-        .as_mut()
-        .unwrap()
-        .value
-        .as_mut()
-        .unwrap()
-    {
-        t.shape = None;
-    }
+    out_type(&mut no_shape).shape = None;
     assert_eq!(quench_verify::batch_leading_outputs(&no_shape), vec![false]);
 }
