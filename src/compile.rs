@@ -371,7 +371,7 @@ impl CompileArgs {
             max_accuracy_drop: self.max_accuracy_drop,
             mixed_int16: !self.no_mixed_int16,
             verify: !self.no_verify,
-            explain: self.explain || self.explain_sample.is_some(),
+            explain: self.explain,
             explain_sample: self.explain_sample,
             no_fallback: self.no_fallback,
             no_quantize: self.no_quantize,

@@ -264,20 +264,23 @@ pub fn print_report(r: &Report, verbose: bool) {
             if v.tensors.is_empty() && low && r.mode == Mode::Static && !r.no_quantize {
                 println!("    SQNR below 20 dB: `--explain` lists the quantized tensors that add the most error");
             }
-            // One input far below the rest: point at the per-sample table.
+            // One input far below the rest (and low in itself): point at
+            // the per-sample table.
             let lone = v
                 .outputs
                 .iter()
                 .filter(|o| !o.integer)
-                .filter_map(|o| o.reference.as_ref().or(o.file.as_ref()))
-                .filter_map(|m| Some((m.sqnr_db, m.worst_sample.as_ref()?)))
-                .filter(|(db, w)| w.of >= 2 && w.sqnr_db.is_finite() && *db - w.sqnr_db >= 10.0)
-                .min_by(|a, b| a.1.sqnr_db.total_cmp(&b.1.sqnr_db));
-            if let (Some((db, w)), None, Mode::Static, false) =
+                .filter_map(|o| {
+                    let m = o.reference.as_ref().or(o.file.as_ref())?;
+                    Some((o.output.as_str(), m.sqnr_db, m.worst_sample.as_ref()?))
+                })
+                .filter(|(_, db, w)| w.of >= 2 && w.sqnr_db < 40.0 && *db - w.sqnr_db >= 10.0)
+                .min_by(|a, b| a.2.sqnr_db.total_cmp(&b.2.sqnr_db));
+            if let (Some((name, db, w)), None, Mode::Static, false) =
                 (lone, v.explained_sample, r.mode, r.no_quantize)
             {
                 println!(
-                    "    sample #{} is {:.1} dB below the pooled figure: `--explain-sample {}` shows which tensors cost it the most",
+                    "    {name}: sample #{} is {:.1} dB below the pooled figure: `--explain-sample {}` shows which tensors cost it the most",
                     w.sample,
                     db - w.sqnr_db,
                     w.sample

@@ -847,6 +847,10 @@ fn explain_sample_measures_the_table_on_that_row_alone() {
     // Row 96: the digits CNN's worst evaluation sample with min/max ranges.
     let (_, r) = output_sqnr("digits_cnn.onnx", &["--explain-sample", "96"]);
     assert_eq!(r["verification"]["explained_sample"], 96);
+    assert_eq!(
+        r["verification"]["outputs"][0]["reference"]["worst_sample"]["sample"],
+        96
+    );
     let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(testdata("digits/eval/input.npy")).unwrap();
     let one = x
         .slice_axis(ndarray::Axis(0), ndarray::Slice::from(96..97))
@@ -880,15 +884,86 @@ fn explain_sample_measures_the_table_on_that_row_alone() {
     }
     let measured = a.iter().filter(|t| t["float_gain_db"].is_f64()).count();
     assert!(measured >= 3, "{a:?}");
-    // Not a row of the evaluation data: refused before compiling.
+    // Not a row of the evaluation data: refused before the passes run
+    // (no IR printed after the first one), nothing written.
     let out = dir.path().join("q.onnx");
-    let o = compile_digits(&testdata("digits/eval"), &out, &["--explain-sample", "341"]);
+    let o = compile_digits(
+        &testdata("digits/eval"),
+        &out,
+        &["--explain-sample", "341", "--dump-after", "fold_batchnorm"],
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && !out.exists(), "{err}");
     assert!(
         err.contains("--explain-sample 341: row 341 is not among the 341 evaluation samples"),
         "{err}"
     );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("# after fold_batchnorm"));
+    // Where no table is measured, the row is not checked: a note says so.
+    let o = compile_digits(
+        &testdata("digits/eval"),
+        &out,
+        &["--explain-sample", "341", "--mode", "weight-only"],
+    );
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && out.exists(), "{text}");
+    assert!(
+        text.contains("--explain-sample needs static quantization with verification"),
+        "{text}"
+    );
+}
+
+/// With the held-back split, rows are rows of the calibration file: the
+/// error lists the held-back ones, the smallest of them is explained, a
+/// smaller row (kept for calibration) is refused, and the verification's
+/// worst sample (named the same way) is accepted.
+#[test]
+fn explain_sample_rows_of_the_held_back_split_are_calibration_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.onnx");
+    let rep = dir.path().join("r.json");
+    let run = |row: usize| {
+        Command::new(env!("CARGO_BIN_EXE_quench"))
+            .arg("compile")
+            .arg(testdata("digits_cnn.onnx"))
+            .arg("-c")
+            .arg(testdata("digits/calib"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--report")
+            .arg(&rep)
+            .args(["--method", "minmax", "--explain-sample", &row.to_string()])
+            .output()
+            .unwrap()
+    };
+    let o = run(256);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    let listed: Vec<usize> = err
+        .split("(rows ")
+        .nth(1)
+        .unwrap()
+        .split([',', ' ', ')', '.'])
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    assert_eq!(listed.len(), 20, "{err}");
+    let first = listed[0];
+    assert!(first > 0, "row 0 is held back: pick another refused row");
+    let o = run(first);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    assert_eq!(r["verification"]["explained_sample"], first);
+    assert!(
+        r["verification"]["tensors"][0]["float_gain_db"].is_f64(),
+        "{r}"
+    );
+    let worst = r["verification"]["outputs"][0]["reference"]["worst_sample"]["sample"]
+        .as_u64()
+        .unwrap() as usize;
+    let o = run(first - 1);
+    assert!(!o.status.success());
+    let o = run(worst);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
 /// A sample far below the pooled figure is pointed out with the

@@ -357,7 +357,10 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     check_node_names(&opts.exclude_nodes, &model)?;
     // 1. Data: bound to the model's inputs, split once.
     let data = DataPlan::new(opts, original)?;
-    if let Some(row) = opts.explain_sample {
+    // `--explain-sample`'s row is checked now, before anything runs, where
+    // the table can be measured at all (else the note below says why not).
+    let explain_possible = opts.mode == Mode::Static && opts.verify && !opts.no_quantize;
+    if let (Some(row), true) = (opts.explain_sample, explain_possible) {
         let Some(ev) = &data.eval else {
             anyhow::bail!(
                 "--explain-sample {row}: there is no evaluation data to take the sample from (give --eval or --calibration, and verify)"
@@ -1037,11 +1040,17 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     }
 
     // 6. Quantize. The float graph is kept for the per-tensor attribution.
-    let explain = opts.explain && cfg.mode == Mode::Static && opts.verify && !opts.no_quantize;
-    if opts.explain && !explain {
-        out.note(
-            "--explain needs static quantization with verification; nothing to explain".into(),
-        );
+    let asked = opts.explain || opts.explain_sample.is_some();
+    let explain = asked && cfg.mode == Mode::Static && opts.verify && !opts.no_quantize;
+    if asked && !explain {
+        let flag = if opts.explain_sample.is_some() {
+            "--explain-sample"
+        } else {
+            "--explain"
+        };
+        out.note(format!(
+            "{flag} needs static quantization with verification; nothing to explain"
+        ));
     }
     let float_model = explain.then(|| model.clone());
     // Names of tensors sharing a root's parameters (for the report's
@@ -1153,7 +1162,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             // `--explain-sample`: the table on that one row
                             // (checked to be there when the data loaded).
                             let one = opts.explain_sample.and_then(|r| ev.one_row(r));
-                            v.explained_sample = one.as_ref().and(opts.explain_sample);
+                            let explained = one.as_ref().and(opts.explain_sample);
                             let ev = one.as_ref().unwrap_or(ev);
                             let eval = quench_verify::Evaluator::new(
                                 &ev.data,
@@ -1171,6 +1180,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                         ));
                                     }
                                     v.tensors = t;
+                                    v.explained_sample = explained;
                                 }
                                 Err(e) => {
                                     out.note(format!("per-tensor error attribution skipped: {e:#}"))

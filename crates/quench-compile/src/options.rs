@@ -156,10 +156,12 @@ pub struct Options {
     pub verify: bool,
     /// Measure every quantized activation's own error (static mode).
     pub explain: bool,
-    /// With `explain`: measure the per-tensor table on this one evaluation
-    /// sample alone, named by its row in the data as given (as the
-    /// verification's worst sample is). A row the evaluation data does not
-    /// hold is an error before anything runs.
+    /// Measure the per-tensor table (as `explain`, which it implies) on
+    /// this one evaluation sample alone, named by its row in the data as
+    /// given (as the verification's worst sample is). A row the evaluation
+    /// data does not hold is an error before anything runs (in static mode
+    /// with verification; elsewhere a note says there is nothing to
+    /// explain).
     pub explain_sample: Option<usize>,
     /// Error instead of falling back to weight-only when tract cannot run
     /// the model for calibration.
