@@ -986,6 +986,27 @@ def fidelity(kind, ref_outs, q_outs, labels):
                 cosine=float(np.mean(coss)) if coss else float("nan"), task=task_s, task_detail=task_d)
 
 
+def worst_input(ref_outs, q_outs):
+    """(eval index, SQNR dB) of the eval input whose float outputs, taken
+    together, have the lowest SQNR; None without float outputs. The pooled
+    figure weighs inputs by their signal and can hide one that collapses
+    (quench's verification names its worst sample the same way)."""
+    pairs = [(r, q) for r, q in zip(ref_outs, q_outs) if r.dtype.kind == "f"]
+    if not pairs:
+        return None
+    per = []
+    for i in range(len(pairs[0][0])):
+        r = np.concatenate([r[i].ravel() for r, _ in pairs])
+        if not np.any(r):
+            continue  # no signal, no SQNR (as in quench)
+        per.append((sqnr_db(r, np.concatenate([q[i].ravel() for _, q in pairs])), i))
+    if not per:
+        return None
+    # NaN first: the worst of all.
+    db, i = min(per, key=lambda t: (not math.isnan(t[0]), t[0]))
+    return [i, float(db)]
+
+
 def latencies(sessions, arrays, add_batch, runs):
     """Median latency (ms) per session; runs interleaved across sessions."""
     f = feeds(arrays, add_batch, 0)
@@ -1222,6 +1243,7 @@ def evaluate_output(path, spec, ev, add_batch, labels, ref_outs, n_eval, args):
         r.update(fidelity(spec["kind"], ref_outs, q_outs, labels))
         h = n_eval // 2
         if h >= 1:
+            r["worst_input"] = worst_input(ref_outs, q_outs)
             r["sqnr_halves"] = [fidelity(spec["kind"], [x[:h] for x in ref_outs], [x[:h] for x in q_outs], None)["sqnr_mean"],
                                 fidelity(spec["kind"], [x[h:] for x in ref_outs], [x[h:] for x in q_outs], None)["sqnr_mean"]]
         r["status"] = "ok"
@@ -1464,7 +1486,7 @@ def summary_table(results):
 
 def main_table(results):
     head = ("| model | tool | status | time s | peak RSS MB | size KB | checker | SQNR dB (mean; per output) "
-            "| halves | exact (ORT, no fusion) | nudged | cosine | task agreement | latency ms (1 thr) | vs FP32 |")
+            "| halves; worst input | exact (ORT, no fusion) | nudged | cosine | task agreement | latency ms (1 thr) | vs FP32 |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in results:
         if "skip" in r:
@@ -1492,6 +1514,8 @@ def main_table(results):
             sq = f"{fmt_db(d.get('sqnr_mean'))} ({per})" if d.get("sqnr_per_output") and len(d["sqnr_per_output"]) > 1 \
                 else fmt_db(d.get("sqnr_mean"))
             halves = " / ".join(fmt_db(x) for x in d.get("sqnr_halves") or []) or "-"
+            if d.get("worst_input"):
+                halves += f"; #{d['worst_input'][0]} {fmt_db(d['worst_input'][1])}"
             lat = d.get("latency_ms")
             ratio = f"{fpl / lat:.2f}x" if (lat and fpl) else "-"
             lines.append(f"| | {tool} | {d.get('status')} | {d['wall']:.1f} | {d['maxrss_mb']:.0f} | "
@@ -1625,7 +1649,7 @@ def main():
           f"model: calib {args.calib_n} (both tools), val {args.val_n} (quench --eval: its verification and the "
           f"--target-sqnr search), eval {args.eval_n} (the figures; neither tool sees it), disjoint source images "
           "or bands (see compare_ort.py). SQNR: ORT CPU vs FP32 on eval, mean over outputs; halves: the same on "
-          f"each half of eval; nudged: mean over {args.nudges} copies with every activation scale times a seeded "
+          f"each half of eval; worst input: the eval input (index) with the lowest SQNR over its float outputs; nudged: mean over {args.nudges} copies with every activation scale times a seeded "
           f"factor in [{1 - args.nudge_rel:g}, {1 + args.nudge_rel:g}]. ORT best = best mean SQNR on eval among "
           f"{len(args.ort_configs)} configurations (+{len(ORT_MATMUL_CONFIGS)} MatMul-only ones for the sentence "
           f"encoder unless --ort-configs is given; chosen on the scored data: an upper bound for ORT). "
