@@ -103,11 +103,9 @@ impl From<SampleSqnr> for SampleSqnrRepr {
 
 impl From<SampleSqnrRepr> for SampleSqnr {
     fn from(r: SampleSqnrRepr) -> SampleSqnr {
-        let sqnr_db = r.sqnr_db.unwrap_or(match r.non_finite.as_deref() {
-            Some("inf") => f64::INFINITY,
-            Some("-inf") => f64::NEG_INFINITY,
-            _ => f64::NAN,
-        });
+        let sqnr_db = r
+            .sqnr_db
+            .unwrap_or_else(|| non_finite_value(r.non_finite.as_deref()));
         SampleSqnr {
             sample: r.sample,
             sqnr_db,
@@ -187,6 +185,15 @@ fn yes() -> bool {
     true
 }
 
+/// The value [`non_finite_name`] named (NaN for no or an unknown name).
+fn non_finite_value(name: Option<&str>) -> f64 {
+    match name {
+        Some("inf") => f64::INFINITY,
+        Some("-inf") => f64::NEG_INFINITY,
+        _ => f64::NAN,
+    }
+}
+
 fn non_finite_name(v: f64) -> &'static str {
     if v.is_nan() {
         "nan"
@@ -233,11 +240,7 @@ impl From<MetricsRepr> for Metrics {
     fn from(r: MetricsRepr) -> Metrics {
         let fig = |name: &str, v: Option<f64>| match v {
             Some(v) => v,
-            None => match r.non_finite.get(name).map(String::as_str) {
-                Some("inf") => f64::INFINITY,
-                Some("-inf") => f64::NEG_INFINITY,
-                _ => f64::NAN,
-            },
+            None => non_finite_value(r.non_finite.get(name).map(String::as_str)),
         };
         Metrics {
             sqnr_db: fig("sqnr_db", r.sqnr_db),
@@ -296,7 +299,13 @@ impl Accumulator {
     fn note_sample(&mut self, sample: usize, db: Option<f64>) {
         let Some(db) = db else { return };
         self.samples += 1;
-        // NaN is the worst of all (it would hide nothing).
+        self.keep_worse(sample, db);
+    }
+
+    /// Keeps `(sample, db)` if it is worse than the worst so far (the
+    /// earlier one on ties); NaN is the worst of all (it would hide
+    /// nothing).
+    fn keep_worse(&mut self, sample: usize, db: f64) {
         let worse = |a: f64, b: f64| a.is_nan() && !b.is_nan() || a < b;
         if self.worst.is_none_or(|(_, w)| worse(db, w)) {
             self.worst = Some((sample, db));
@@ -405,10 +414,7 @@ impl Accumulator {
         self.samples_ok &= other.samples_ok;
         self.samples += other.samples;
         if let Some((i, db)) = other.worst {
-            let worse = |a: f64, b: f64| a.is_nan() && !b.is_nan() || a < b;
-            if self.worst.is_none_or(|(_, w)| worse(db, w)) {
-                self.worst = Some((i, db));
-            }
+            self.keep_worse(i, db);
         }
     }
 
