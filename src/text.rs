@@ -86,15 +86,30 @@ fn print_attribution(tensors: &[TensorError], sample: Option<usize>, verbose: bo
 
 /// SQNR, cosine, max abs error and top-1 agreement on one line.
 fn metrics_line(m: &Metrics) -> String {
+    let iv = m.interval.as_ref();
     let top1 = m
         .top1
         .as_ref()
         .map(|t| {
+            let range = iv
+                .and_then(|i| i.top1)
+                .map(|[lo, hi]| format!("; 95% interval {:.2}% to {:.2}%", 100.0 * lo, 100.0 * hi))
+                .unwrap_or_default();
             format!(
-                ", top-1 agreement {}/{} ({:.2}%)",
+                ", top-1 agreement {}/{} ({:.2}%{range})",
                 t.agree,
                 t.rows,
                 100.0 * t.fraction
+            )
+        })
+        .unwrap_or_default();
+    // How far the pooled figure would move on another evaluation set of
+    // the same size and kind.
+    let sqnr_range = iv
+        .map(|i| {
+            format!(
+                " (95% interval {:.2} to {:.2} over {} samples)",
+                i.sqnr_db[0], i.sqnr_db[1], i.samples
             )
         })
         .unwrap_or_default();
@@ -107,7 +122,7 @@ fn metrics_line(m: &Metrics) -> String {
         .map(|w| format!(", worst sample #{} at {:.2} dB", w.sample, w.sqnr_db))
         .unwrap_or_default();
     format!(
-        "SQNR {:.2} dB, cosine {:.6}, max abs err {:.4e}{top1}{worst}",
+        "SQNR {:.2} dB{sqnr_range}, cosine {:.6}, max abs err {:.4e}{top1}{worst}",
         m.sqnr_db, m.cosine, m.max_abs_err
     )
 }

@@ -17,6 +17,12 @@
 //!   it is, when the updates say where samples begin
 //!   ([`Accumulator::update_samples`]). The pooled SQNR can hide one sample
 //!   that collapses among many fine ones; this names it.
+//! - a 95% interval for the pooled SQNR and top-1 agreement over the
+//!   samples (a seeded bootstrap, [`Interval`]), when the updates say where
+//!   samples begin: how far the figures would move on another evaluation
+//!   set of the same size and kind. A few samples give a wide interval,
+//!   and a figure that differs from another by less than its width says
+//!   little.
 //!
 //! Invariant: sums are accumulated in f64 over every element of every update,
 //! so the result does not depend on how the samples were batched. Top-1 is
@@ -60,6 +66,135 @@ pub struct Accumulator {
     samples: u64,
     /// Whether every update said where its samples are.
     samples_ok: bool,
+    /// Each located sample's sums, in update order: what the interval
+    /// resamples.
+    parts: Vec<SampleParts>,
+}
+
+/// One sample's share of the pooled figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SampleParts {
+    ref_sq: f64,
+    err_sq: f64,
+    top1_agree: u64,
+    top1_rows: u64,
+}
+
+impl SampleParts {
+    fn of(reference: ArrayViewD<'_, f32>, test: ArrayViewD<'_, f32>, top1: bool) -> SampleParts {
+        let (mut ref_sq, mut err_sq) = (0f64, 0f64);
+        for (&r, &t) in reference.iter().zip(test.iter()) {
+            let (r, t) = (f64::from(r), f64::from(t));
+            ref_sq += r * r;
+            err_sq += (r - t) * (r - t);
+        }
+        let (top1_agree, top1_rows) = if top1 {
+            top1_counts(reference, test)
+        } else {
+            (0, 0)
+        };
+        SampleParts {
+            ref_sq,
+            err_sq,
+            top1_agree,
+            top1_rows,
+        }
+    }
+
+    /// The sample's own SQNR; `None` when its reference is all zeros.
+    fn sqnr_db(&self) -> Option<f64> {
+        let (s, e) = (self.ref_sq, self.err_sq);
+        if s == 0.0 {
+            None
+        } else if e == 0.0 && s.is_finite() {
+            Some(f64::INFINITY)
+        } else {
+            Some(10.0 * (s / e).log10())
+        }
+    }
+}
+
+/// Resamples drawn for an [`Interval`].
+pub const INTERVAL_RESAMPLES: usize = 1000;
+
+/// Seed of the resampling: the same samples always give the same interval.
+pub const INTERVAL_SEED: u64 = 20_261_129;
+
+/// A 95% interval for the pooled figures over the samples they came from:
+/// the 2.5th and 97.5th percentiles of the figure recomputed on
+/// [`INTERVAL_RESAMPLES`] resamples of the samples drawn with replacement
+/// (a percentile bootstrap, seeded with [`INTERVAL_SEED`]). Only given when
+/// both ends are finite (not when most samples are bit-identical).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    /// Lower and upper end of the pooled SQNR, dB.
+    pub sqnr_db: [f64; 2],
+    /// Lower and upper end of the top-1 agreement fraction, when top-1 is
+    /// reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top1: Option<[f64; 2]>,
+    /// Samples resampled.
+    pub samples: u64,
+}
+
+impl Interval {
+    /// The interval of `parts` (`None` for fewer than two samples, any NaN,
+    /// or a non-finite end).
+    fn bootstrap(parts: &[SampleParts], top1: bool) -> Option<Interval> {
+        let n = parts.len();
+        if n < 2 || parts.iter().any(|p| p.ref_sq.is_nan() || p.err_sq.is_nan()) {
+            return None;
+        }
+        let mut state = INTERVAL_SEED;
+        let mut next = || {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let mut sqnr = Vec::with_capacity(INTERVAL_RESAMPLES);
+        let mut agree = Vec::with_capacity(INTERVAL_RESAMPLES);
+        for _ in 0..INTERVAL_RESAMPLES {
+            let mut p = SampleParts::default();
+            for _ in 0..n {
+                let q = parts[(next() % n as u64) as usize];
+                p.ref_sq += q.ref_sq;
+                p.err_sq += q.err_sq;
+                p.top1_agree += q.top1_agree;
+                p.top1_rows += q.top1_rows;
+            }
+            sqnr.push(pooled_sqnr(p.ref_sq, p.err_sq));
+            if p.top1_rows > 0 {
+                agree.push(p.top1_agree as f64 / p.top1_rows as f64);
+            }
+        }
+        let ends = |v: &mut Vec<f64>| -> [f64; 2] {
+            v.sort_by(f64::total_cmp);
+            let lo = (v.len() as f64 * 0.025).floor() as usize;
+            let hi = ((v.len() as f64 * 0.975).ceil() as usize).clamp(1, v.len()) - 1;
+            [v[lo.min(v.len() - 1)], v[hi]]
+        };
+        let sqnr_db = ends(&mut sqnr);
+        if !sqnr_db.iter().all(|v| v.is_finite()) {
+            return None;
+        }
+        let top1 = (top1 && agree.len() == INTERVAL_RESAMPLES).then(|| ends(&mut agree));
+        Some(Interval {
+            sqnr_db,
+            top1,
+            samples: n as u64,
+        })
+    }
+}
+
+/// `10 log10(signal / noise)`: `+inf` without noise.
+fn pooled_sqnr(signal: f64, noise: f64) -> f64 {
+    if noise == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (signal / noise).log10()
+    }
 }
 
 /// The SQNR of one sample alone: the lowest of a comparison's samples.
@@ -148,6 +283,10 @@ pub struct Metrics {
     /// The sample with the lowest SQNR; `None` unless every update said
     /// where its samples are ([`Accumulator::update_samples`]).
     pub worst_sample: Option<SampleSqnr>,
+    /// 95% interval of the pooled SQNR and top-1 agreement over the
+    /// samples; `None` under the same condition as `worst_sample`, with
+    /// fewer than two samples, or when an end is not finite.
+    pub interval: Option<Interval>,
 }
 
 impl Metrics {
@@ -179,6 +318,8 @@ struct MetricsRepr {
     non_finite: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     worst_sample: Option<SampleSqnr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    interval: Option<Interval>,
 }
 
 fn yes() -> bool {
@@ -231,6 +372,7 @@ impl From<Metrics> for MetricsRepr {
             finite: non_finite.is_empty(),
             non_finite,
             worst_sample: m.worst_sample,
+            interval: m.interval,
         }
     }
 }
@@ -250,6 +392,7 @@ impl From<MetricsRepr> for Metrics {
             elements: r.elements,
             top1: r.top1.clone(),
             worst_sample: r.worst_sample.clone(),
+            interval: r.interval.clone(),
         }
     }
 }
@@ -280,15 +423,16 @@ impl Accumulator {
         if !self.samples_ok {
             return Ok(());
         }
+        let top1 = self.top1_ok;
         match samples {
-            [one] => self.note_sample(*one, sample_sqnr(reference, test)),
+            [one] => self.note_sample(*one, SampleParts::of(reference, test, top1)),
             _ if reference.ndim() > 0 && reference.shape()[0] == samples.len() => {
                 for ((r, t), &i) in reference
                     .axis_iter(Axis(0))
                     .zip(test.axis_iter(Axis(0)))
                     .zip(samples)
                 {
-                    self.note_sample(i, sample_sqnr(r, t));
+                    self.note_sample(i, SampleParts::of(r, t, top1));
                 }
             }
             _ => self.samples_ok = false,
@@ -296,8 +440,9 @@ impl Accumulator {
         Ok(())
     }
 
-    fn note_sample(&mut self, sample: usize, db: Option<f64>) {
-        let Some(db) = db else { return };
+    fn note_sample(&mut self, sample: usize, parts: SampleParts) {
+        self.parts.push(parts);
+        let Some(db) = parts.sqnr_db() else { return };
         self.samples += 1;
         self.keep_worse(sample, db);
     }
@@ -371,16 +516,9 @@ impl Accumulator {
 
         let classes = reference.shape().last().copied().unwrap_or(0);
         if self.top1_ok && TOP1_CLASSES.contains(&classes) {
-            let last = Axis(reference.ndim() - 1);
-            for (rr, tr) in reference.lanes(last).into_iter().zip(test.lanes(last)) {
-                self.top1_rows += 1;
-                if let (Some(a), Some(b)) = (argmax(rr.iter().copied()), argmax(tr.iter().copied()))
-                {
-                    if a == b {
-                        self.top1_agree += 1;
-                    }
-                }
-            }
+            let (agree, rows) = top1_counts(reference, test);
+            self.top1_agree += agree;
+            self.top1_rows += rows;
         } else {
             self.top1_ok = false;
         }
@@ -413,6 +551,7 @@ impl Accumulator {
         self.updates += other.updates;
         self.samples_ok &= other.samples_ok;
         self.samples += other.samples;
+        self.parts.extend_from_slice(&other.parts);
         if let Some((i, db)) = other.worst {
             self.keep_worse(i, db);
         }
@@ -420,11 +559,7 @@ impl Accumulator {
 
     /// The metrics over every update so far.
     pub fn finish(&self) -> Metrics {
-        let sqnr_db = if self.sum_err_sq == 0.0 {
-            f64::INFINITY
-        } else {
-            10.0 * (self.sum_ref_sq / self.sum_err_sq).log10()
-        };
+        let sqnr_db = pooled_sqnr(self.sum_ref_sq, self.sum_err_sq);
         let norms = self.sum_ref_sq.sqrt() * self.sum_test_sq.sqrt();
         let cosine = if self.sum_ref_sq == 0.0 && self.sum_test_sq == 0.0 {
             1.0
@@ -455,6 +590,11 @@ impl Accumulator {
                 sqnr_db,
                 of: self.samples,
             });
+        let interval = if self.samples_ok && self.updates > 0 {
+            Interval::bootstrap(&self.parts, top1.is_some())
+        } else {
+            None
+        };
         Metrics {
             sqnr_db,
             cosine,
@@ -463,27 +603,27 @@ impl Accumulator {
             elements: self.elements,
             top1,
             worst_sample,
+            interval,
         }
     }
 }
 
-/// `10 log10(Σ ref² / Σ (ref - test)²)` of one sample, in f64 (`+inf` when
-/// identical, NaN when either holds NaN); `None` when the reference is all
-/// zeros (no signal to compare the error with).
-fn sample_sqnr(reference: ArrayViewD<'_, f32>, test: ArrayViewD<'_, f32>) -> Option<f64> {
-    let (mut s, mut e) = (0f64, 0f64);
-    for (&r, &t) in reference.iter().zip(test.iter()) {
-        let (r, t) = (f64::from(r), f64::from(t));
-        s += r * r;
-        e += (r - t) * (r - t);
+/// Rows along the last axis whose argmax agrees, and rows compared.
+fn top1_counts(reference: ArrayViewD<'_, f32>, test: ArrayViewD<'_, f32>) -> (u64, u64) {
+    if reference.ndim() == 0 {
+        return (0, 0);
     }
-    if s == 0.0 {
-        None
-    } else if e == 0.0 && s.is_finite() {
-        Some(f64::INFINITY)
-    } else {
-        Some(10.0 * (s / e).log10())
+    let last = Axis(reference.ndim() - 1);
+    let (mut agree, mut rows) = (0, 0);
+    for (rr, tr) in reference.lanes(last).into_iter().zip(test.lanes(last)) {
+        rows += 1;
+        if let (Some(a), Some(b)) = (argmax(rr.iter().copied()), argmax(tr.iter().copied())) {
+            if a == b {
+                agree += 1;
+            }
+        }
     }
+    (agree, rows)
 }
 
 /// Index of the first maximum; `None` for an empty row or one with NaN.
@@ -922,5 +1062,135 @@ mod tests {
             serde_json::from_str::<Metrics>(old).unwrap().worst_sample,
             None
         );
+    }
+
+    /// `n` class-score samples `[4]`: sample k's error scale comes from a
+    /// fixed generator (so a subset's figures vary from sample to sample),
+    /// and every seventh sample's test argmax differs.
+    fn scored_samples(n: usize, seed: u64) -> Vec<(ndarray::ArrayD<f32>, ndarray::ArrayD<f32>)> {
+        let mut state = seed;
+        let mut uniform = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        (0..n)
+            .map(|k| {
+                let r = arr1(&[3.0f32, 1.0 + (k % 5) as f32, -1.0, 0.5]);
+                let noise = (0.01 + 0.3 * uniform()) as f32;
+                let mut t = r.mapv(|v| v + noise * (1.0 - 2.0 * (v > 0.0) as i32 as f32));
+                if k % 7 == 3 {
+                    t[3] = 9.0;
+                }
+                (r.into_dyn(), t.into_dyn())
+            })
+            .collect()
+    }
+
+    fn located(samples: &[(ndarray::ArrayD<f32>, ndarray::ArrayD<f32>)]) -> Metrics {
+        let mut a = Accumulator::new();
+        for (k, (r, t)) in samples.iter().enumerate() {
+            a.update_samples(r.view(), t.view(), &[k]).unwrap();
+        }
+        a.finish()
+    }
+
+    /// The interval holds the pooled figure, and lies within the samples'
+    /// own SQNRs (a pooled SQNR over any multiset of samples is a weighted
+    /// mean of theirs in the linear domain, so it cannot leave their
+    /// range); the top-1 interval holds the agreement fraction.
+    #[test]
+    fn interval_holds_the_pooled_figure_within_the_samples() {
+        let samples = scored_samples(40, 7);
+        let m = located(&samples);
+        let iv = m.interval.clone().unwrap();
+        assert_eq!(iv.samples, 40);
+        let [lo, hi] = iv.sqnr_db;
+        assert!(lo < m.sqnr_db && m.sqnr_db < hi, "{lo} {} {hi}", m.sqnr_db);
+        let own: Vec<f64> = samples
+            .iter()
+            .map(|(r, t)| {
+                SampleParts::of(r.view(), t.view(), false)
+                    .sqnr_db()
+                    .unwrap()
+            })
+            .collect();
+        let (min, max) = own
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
+        assert!(min <= lo && hi <= max, "{min} {lo} {hi} {max}");
+        assert!(
+            hi - lo > 0.1,
+            "the samples differ, so resamples do: {lo} {hi}"
+        );
+        let [tlo, thi] = iv.top1.unwrap();
+        let f = m.top1.unwrap().fraction;
+        assert!((f - 34.0 / 40.0).abs() < 1e-12, "{f}");
+        assert!(tlo < f && f < thi && thi <= 1.0, "{tlo} {f} {thi}");
+    }
+
+    /// Sixteen times the samples from the same generator: the interval is
+    /// about four times narrower (1 / sqrt of the ratio); at least twice.
+    #[test]
+    fn interval_narrows_with_more_samples() {
+        let width = |n| {
+            let [lo, hi] = located(&scored_samples(n, 11)).interval.unwrap().sqnr_db;
+            hi - lo
+        };
+        let (few, many) = (width(25), width(400));
+        assert!(many < few / 2.0, "25 samples: {few} dB wide, 400: {many}");
+    }
+
+    /// One sample at a time, in batches, or merged from two accumulators:
+    /// the same samples in the same order give the same interval, bit for
+    /// bit.
+    #[test]
+    fn interval_does_not_depend_on_batching() {
+        let samples = scored_samples(12, 3);
+        let one = located(&samples).interval.unwrap();
+        let mut merged = Accumulator::new();
+        for b in 0..3 {
+            let chunk = &samples[4 * b..4 * b + 4];
+            let r = ndarray::stack(
+                Axis(0),
+                &chunk.iter().map(|p| p.0.view()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let t = ndarray::stack(
+                Axis(0),
+                &chunk.iter().map(|p| p.1.view()).collect::<Vec<_>>(),
+            )
+            .unwrap();
+            let rows: Vec<usize> = (4 * b..4 * b + 4).collect();
+            let mut a = Accumulator::new();
+            a.update_samples(r.view(), t.view(), &rows).unwrap();
+            merged.merge(&a);
+        }
+        assert_eq!(merged.finish().interval.unwrap(), one);
+    }
+
+    /// No interval from unlocated updates, one sample, or identical outputs
+    /// (an infinite end); it survives a JSON round trip.
+    #[test]
+    fn interval_needs_located_samples_and_finite_ends() {
+        let samples = scored_samples(6, 5);
+        let mut a = Accumulator::new();
+        for (r, t) in &samples {
+            a.update(r.view(), t.view()).unwrap();
+        }
+        assert_eq!(a.finish().interval, None);
+        assert_eq!(located(&samples[..1]).interval, None);
+        let same: Vec<_> = samples
+            .iter()
+            .map(|(r, _)| (r.clone(), r.clone()))
+            .collect();
+        assert_eq!(located(&same).interval, None);
+        let m = located(&samples);
+        assert!(m.interval.is_some());
+        let back: Metrics = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back.interval, m.interval);
     }
 }

@@ -680,6 +680,22 @@ fn worst_sample_names_its_row_in_the_users_data() {
             .all(|&(_, db)| db > lowest + 0.05),
         "two rows within 0.05 dB of the lowest: {own:?}"
     );
+    // The pooled figure's interval over these rows lies between the rows'
+    // own figures, measured alone above (a pooled SQNR over any resample is
+    // a weighted mean of its rows' in the linear domain), and holds the
+    // pooled figure.
+    let iv = m.interval.clone().unwrap();
+    let highest = own
+        .iter()
+        .map(|&(_, db)| db)
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(iv.samples, rows.len() as u64);
+    let [lo, hi] = iv.sqnr_db;
+    assert!(
+        lowest - 0.01 <= lo && lo < m.sqnr_db && m.sqnr_db < hi && hi <= highest + 0.01,
+        "interval [{lo:.3}, {hi:.3}] for {:.3}; rows alone {lowest:.3} to {highest:.3}",
+        m.sqnr_db
+    );
     let named = own.iter().find(|&&(r, _)| r == worst.sample).unwrap();
     assert!(
         (named.1 - worst.sqnr_db).abs() < 0.01 && worst.sqnr_db <= lowest + 0.01,
