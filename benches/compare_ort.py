@@ -885,6 +885,48 @@ def ctc_decode(seq):
     return tuple(out)
 
 
+def task_parts(num, den=None):
+    """Per-sample parts of a task figure that is sum(num) / sum(den) (den 1
+    per sample for a plain mean; 0 / 0 reads 1, as F1 with no box on either
+    side): what `task_diff_ci` resamples. Stored as `per_sample` in the task
+    detail, for the kind's NUDGED_TASK_KEY figure."""
+    num = [float(v) for v in np.asarray(num, dtype=np.float64).ravel()]
+    den = [1.0] * len(num) if den is None else [float(v) for v in np.asarray(den, dtype=np.float64).ravel()]
+    return {"num": num, "den": den}
+
+
+def task_diff_ci(a, b, n_boot=2000, seed=0):
+    """quench's task figure minus ORT's and a paired bootstrap 95% interval
+    over the eval samples. a, b: lists of per-sample parts (`task_parts`),
+    one per copy (the file alone is one copy; nudged copies several), the
+    figure being the mean over copies of sum(num) / sum(den). The samples
+    are resampled together for both tools and all copies, so the interval
+    says whether the eval set can tell the two apart: on 56 images with 36
+    boxes one or two boxes move F1 by several points. None when the parts
+    do not cover the same samples."""
+    if not a or not b:
+        return None
+    A = [(np.asarray(p["num"]), np.asarray(p["den"])) for p in a]
+    B = [(np.asarray(p["num"]), np.asarray(p["den"])) for p in b]
+    n = len(A[0][0])
+    if n == 0 or any(len(x) != n or len(y) != n for x, y in A + B):
+        return None
+    rng = np.random.default_rng(seed)
+    idx = np.vstack([np.arange(n), rng.integers(0, n, size=(n_boot, n))])
+
+    def fig(parts):
+        per_copy = []
+        for num, den in parts:
+            s_num, s_den = num[idx].sum(1), den[idx].sum(1)
+            per_copy.append(np.where(s_den > 0, s_num / np.where(s_den > 0, s_den, 1.0), 1.0))
+        return np.mean(per_copy, axis=0)
+
+    d = fig(A) - fig(B)
+    boot = d[1:]
+    return {"diff": float(d[0]), "lo": float(np.percentile(boot, 2.5)), "hi": float(np.percentile(boot, 97.5)),
+            "p_below_zero": float(np.mean(boot < 0)), "samples": int(n), "copies": [len(a), len(b)]}
+
+
 def task_metric(kind, ref_outs, q_outs, labels):
     """Returns (short string, dict)."""
     r0, q0 = ref_outs[0], q_outs[0]
@@ -893,6 +935,7 @@ def task_metric(kind, ref_outs, q_outs, labels):
         a = r0.reshape(r0.shape[0], -1, r0.shape[-1]).argmax(-1)
         b = q0.reshape(q0.shape[0], -1, q0.shape[-1]).argmax(-1)
         d["top1_agree"] = float(np.mean(a == b))
+        d["per_sample"] = task_parts((a == b).sum(1), np.full(len(a), a.shape[1]))
         s = f"top1 {d['top1_agree'] * 100:.1f}%"
         if labels is not None and a.size == labels.size:
             d["acc_fp32"] = float(np.mean(a.ravel() == labels))
@@ -904,6 +947,7 @@ def task_metric(kind, ref_outs, q_outs, labels):
         b = q0.reshape(q0.shape[0], -1, q0.shape[-1]).argmax(-1)
         d["seq_exact"] = float(np.mean([(x == y).all() for x, y in zip(a, b)]))
         d["ctc_exact"] = float(np.mean([ctc_decode(x) == ctc_decode(y) for x, y in zip(a, b)]))
+        d["per_sample"] = task_parts([ctc_decode(x) == ctc_decode(y) for x, y in zip(a, b)])
         d["step_agree"] = float(np.mean(a == b))
         d["fp32_nonblank_text"] = float(np.mean([len(ctc_decode(x)) > 0 for x in a]))
         return (f"text exact {d['ctc_exact'] * 100:.0f}%, argmax-seq exact {d['seq_exact'] * 100:.0f}%, "
@@ -915,6 +959,7 @@ def task_metric(kind, ref_outs, q_outs, labels):
             u = np.logical_or(A, B).sum()
             ious.append(1.0 if u == 0 else np.logical_and(A, B).sum() / u)
         d["iou_0.3"] = float(np.mean(ious))
+        d["per_sample"] = task_parts(ious)
         d["fp32_text_frac"] = float(np.mean(r0 > 0.3))
         return f"map IoU@0.3 {d['iou_0.3']:.3f}", d
     if kind == "yolo":
@@ -924,6 +969,7 @@ def task_metric(kind, ref_outs, q_outs, labels):
         d["box_sqnr"] = sqnr_db(r0[..., :4, :], q0[..., :4, :])
         ra = rs.reshape(rs.shape[0], -1).argmax(-1); qa = qs.reshape(qs.shape[0], -1).argmax(-1)
         d["best_anchor_class_agree"] = float(np.mean(ra == qa))
+        d["per_sample"] = task_parts(ra == qa)
         d["fp32_max_score"] = float(rs.max())
         return (f"scores {fmt_db(d['score_sqnr'])} dB, boxes {fmt_db(d['box_sqnr'])} dB, "
                 f"top det {d['best_anchor_class_agree'] * 100:.0f}%"), d
@@ -938,6 +984,7 @@ def task_metric(kind, ref_outs, q_outs, labels):
         bn = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
         cos = np.sum(an * bn, axis=1)
         d["emb_cos_mean"] = float(np.mean(cos))
+        d["per_sample"] = task_parts(cos)
         d["emb_cos_min"] = float(np.min(cos))
         if len(a) > 2:
             sa, sb = an @ an.T, bn @ bn.T
@@ -952,6 +999,8 @@ def task_metric(kind, ref_outs, q_outs, labels):
     if kind == "vad":
         pa, pb = r0.ravel(), q0.ravel()
         d["decision_agree"] = float(np.mean((pa > 0.5) == (pb > 0.5)))
+        fa, fb = r0.reshape(r0.shape[0], -1) > 0.5, q0.reshape(q0.shape[0], -1) > 0.5
+        d["per_sample"] = task_parts((fa == fb).sum(1), np.full(len(fa), fa.shape[1]))
         d["mean_abs_dprob"] = float(np.mean(np.abs(pa - pb)))
         return f"p>0.5 agree {d['decision_agree'] * 100:.0f}%, mean|dp| {d['mean_abs_dprob']:.4f}", d
     return "-", d
@@ -1193,6 +1242,9 @@ def nudged_task(kind, details):
     if not vals or any(not isinstance(v, (int, float)) for v in vals):
         return None
     out = {"label": key[1], "values": [float(v) for v in vals], "mean": float(np.mean(vals))}
+    parts = [d.get("per_sample") for d in details]
+    if all(isinstance(p, dict) for p in parts):
+        out["per_sample"] = parts
     sweep = [d.get("det_f1_sweep_mean") for d in details]
     if all(isinstance(v, float) for v in sweep):
         out["sweep_mean"] = float(np.mean(sweep))
@@ -1484,6 +1536,42 @@ def summary_table(results):
     return "\n".join(lines)
 
 
+def task_table(results):
+    """The kind's task figure, quench default against ORT's best
+    configuration (by SQNR), with the difference's paired bootstrap 95%
+    interval over the eval samples, on the file and over the nudged copies."""
+    lines = ["| model | task figure | quench / ORT best (file) | difference [95% interval] | P(quench behind) "
+             "| nudged: quench / ORT best | difference [95% interval] | P(quench behind) |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def pct(key, v):
+        return f"{v:.3f}" if key[1].startswith(("F1", "emb", "IoU")) else f"{v * 100:.1f}%"
+
+    def span(key, c):
+        if not c:
+            return "-", "-"
+        scale = 1.0 if key[1].startswith(("F1", "emb", "IoU")) else 100.0
+        unit = "" if scale == 1.0 else " pts"
+        f = "{:+.3f}" if scale == 1.0 else "{:+.1f}"
+        return (f"{f.format(c['diff'] * scale)} [{f.format(c['lo'] * scale)}, {f.format(c['hi'] * scale)}]{unit}",
+                f"{c['p_below_zero']:.2f}")
+
+    for r in results:
+        key = NUDGED_TASK_KEY.get(r.get("kind"))
+        q, o = r.get("quench") or {}, (r.get("ort") or {}).get(r.get("ort_best") or "") or {}
+        qd, od = q.get("task_detail") or {}, o.get("task_detail") or {}
+        if key is None or "skip" in r or not isinstance(qd.get(key[0]), float) or not isinstance(od.get(key[0]), float):
+            continue
+        c_file = task_diff_ci([qd.get("per_sample")], [od.get("per_sample")]) \
+            if qd.get("per_sample") and od.get("per_sample") else None
+        qn, on = q.get("task_nudged") or {}, o.get("task_nudged") or {}
+        c_nud = task_diff_ci(qn.get("per_sample"), on.get("per_sample"))
+        nud = f"{pct(key, qn['mean'])} / {pct(key, on['mean'])}" if "mean" in qn and "mean" in on else "-"
+        lines.append(f"| {r['name']} | {key[1]} | {pct(key, qd[key[0]])} / {pct(key, od[key[0]])} ({r['ort_best']}) | "
+                     f"{' | '.join(span(key, c_file))} | {nud} | {' | '.join(span(key, c_nud))} |")
+    return "\n".join(lines)
+
+
 def main_table(results):
     head = ("| model | tool | status | time s | peak RSS MB | size KB | checker | SQNR dB (mean; per output) "
             "| halves; worst input | exact (ORT, no fusion) | nudged | cosine | task agreement | latency ms (1 thr) | vs FP32 |")
@@ -1656,6 +1744,11 @@ def main():
           f"--target-sqnr T = ORT best + {args.target_margin:g} dB rounded to 0.1 unless fixed. Latency: median "
           f"of {args.runs} runs, ORT CPU, 1 thread, FP32/quench/ORT best interleaved.", "",
           "### summary", "", summary_table(results), "",
+          "### task figures, with the eval set's own uncertainty", "",
+          "quench default minus ORT's best configuration; the interval is a paired bootstrap over the eval "
+          "samples (2000 resamples, seeded; the nudged copies resampled by the same samples), P(quench behind) the "
+          "share of resamples with quench lower. An interval that spans 0 means this eval set cannot tell the "
+          "two apart on that figure.", "", task_table(results), "",
           "### all rows", "", main_table(results), "",
           "### quench verification (from its --report JSON; tract, on val)", "", verification_table(results), "",
           "### ORT runs", "", ort_table(results), "",

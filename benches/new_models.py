@@ -348,6 +348,17 @@ def yolox_dets(out, i, size=416, score_thr=0.1, nms_thr=0.45):
     return b[m][k], cls[m][k]
 
 
+def f1_parts(ref, q):
+    """Per-image parts of match_f1's F1 (2 tp over FP32 plus quantized
+    boxes), for compare_ort.task_diff_ci."""
+    num, den = [], []
+    for r, x in zip(ref, q):
+        f1, _, nr, nq = match_f1([r], [x])
+        num.append(f1 * (nr + nq) if nr + nq else 0.0)
+        den.append(nr + nq)
+    return co.task_parts(num, den)
+
+
 _base_task_metric = co.task_metric
 
 
@@ -358,6 +369,7 @@ def task_metric(kind, ref_outs, q_outs, labels):
         r = [picodet_dets([o[:, 0] if o.ndim == 4 else o for o in ref_outs], i) for i in range(n)]
         q = [picodet_dets([o[:, 0] if o.ndim == 4 else o for o in q_outs], i) for i in range(n)]
         f1, miou, nr, nq = match_f1(r, q)
+        d["per_sample"] = f1_parts(r, q)
         d.update(det_f1=f1, det_miou=miou, n_ref=nr, n_q=nq,
                  score_sqnr=co.sqnr_db(np.concatenate([x.ravel() for x in ref_outs[:4]]),
                                        np.concatenate([x.ravel() for x in q_outs[:4]])),
@@ -371,9 +383,10 @@ def task_metric(kind, ref_outs, q_outs, labels):
         # The package's score threshold (0.1, in the sweep) decides which
         # near-threshold boxes count; F1 at one threshold swings by several boxes
         # between settings of equal fidelity, so the mean over a sweep is given too.
-        matched = {thr: match_f1([yolox_dets(r0, i, score_thr=thr) for i in range(len(r0))],
-                                 [yolox_dets(q0, i, score_thr=thr) for i in range(len(q0))])
-                   for thr in YOLOX_SWEEP}
+        dets = {thr: ([yolox_dets(r0, i, score_thr=thr) for i in range(len(r0))],
+                      [yolox_dets(q0, i, score_thr=thr) for i in range(len(q0))]) for thr in YOLOX_SWEEP}
+        matched = {thr: match_f1(*rq) for thr, rq in dets.items()}
+        d["per_sample"] = f1_parts(*dets[0.1])
         f1, miou, nr, nq = matched[0.1]
         sweep = {thr: m[0] for thr, m in matched.items()}
         d.update(det_f1=f1, det_miou=miou, n_ref=nr, n_q=nq, box_sqnr=co.sqnr_db(r0[..., :4], q0[..., :4]),
