@@ -1000,3 +1000,70 @@ fn a_sample_far_below_the_rest_is_pointed_out() {
     let without = run(false);
     assert!(!without.contains("--explain-sample"), "{without}");
 }
+
+/// A `--min-sqnr` strictly inside the output SQNR's 95% interval over the
+/// evaluation samples gets a note saying another evaluation set could
+/// decide the check the other way; one below the interval (met for sure)
+/// or above it (failed for sure) gets none. The interval comes from the
+/// first compile's report; the check's own outcome is unchanged.
+#[test]
+fn a_threshold_inside_the_interval_is_called_undecided() {
+    let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(testdata("digits/eval/input.npy")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ev = dir.path().join("eval");
+    std::fs::create_dir(&ev).unwrap();
+    ndarray_npy::write_npy(
+        ev.join("input.npy"),
+        &x.slice_axis(ndarray::Axis(0), ndarray::Slice::from(0..20))
+            .to_owned(),
+    )
+    .unwrap();
+    let rep = dir.path().join("r.json");
+    let o = compile_digits(
+        &ev,
+        &dir.path().join("a.onnx"),
+        &["--report", rep.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+    let m = &r["verification"]["outputs"][0]["reference"];
+    let sqnr = m["sqnr_db"].as_f64().unwrap();
+    let (lo, hi) = (
+        m["interval"]["sqnr_db"][0].as_f64().unwrap(),
+        m["interval"]["sqnr_db"][1].as_f64().unwrap(),
+    );
+    assert_eq!(m["interval"]["samples"], 20);
+    assert!(lo < sqnr && sqnr < hi && hi - lo > 0.1, "{lo} {sqnr} {hi}");
+    let run = |t: f64| {
+        let o = compile_digits(
+            &ev,
+            &dir.path().join("b.onnx"),
+            &["--min-sqnr", &format!("{t}")],
+        );
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    // Inside, on either side of the measured figure.
+    for t in [(lo + sqnr) / 2.0, (sqnr + hi) / 2.0] {
+        let (code, out) = run(t);
+        let met = sqnr >= t;
+        assert_eq!(code, Some(if met { 0 } else { 3 }), "{t}: {out}");
+        assert!(
+            out.contains("--min-sqnr")
+                && out.contains("lies inside the figure's 95% interval over the 20")
+                && out.contains(if met {
+                    "the check is met here"
+                } else {
+                    "the check is not met here"
+                }),
+            "{t}: {out}"
+        );
+    }
+    for (t, code) in [(lo - 1.0, 0), (hi + 1.0, 3)] {
+        let (c, out) = run(t);
+        assert_eq!(c, Some(code), "{t}: {out}");
+        assert!(!out.contains("lies inside"), "{t}: {out}");
+    }
+}

@@ -1282,6 +1282,19 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         target_missed,
     };
     report.threshold_failure = report.check_thresholds(opts.min_sqnr, opts.min_top1);
+    let thresholds: Vec<report::Threshold> = [
+        opts.min_sqnr
+            .map(|t| report::Threshold::Sqnr("--min-sqnr", t)),
+        opts.target_sqnr
+            .map(|t| report::Threshold::Sqnr("--target-sqnr", t)),
+        opts.min_top1
+            .map(|t| report::Threshold::Top1("--min-top1", t)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let undecided = report.undecided_thresholds(&thresholds);
+    report.notes.extend(undecided);
     Ok(Outcome {
         model: out_proto,
         report,

@@ -179,6 +179,64 @@ impl Report {
     }
 }
 
+/// A requested threshold on a verification figure, for
+/// [`Report::undecided_thresholds`].
+#[derive(Debug, Clone, Copy)]
+pub enum Threshold {
+    /// The flag and the lowest SQNR (dB) it accepts on every float output.
+    Sqnr(&'static str, f64),
+    /// The flag and the lowest top-1 agreement (a fraction) it accepts on
+    /// every output with class scores.
+    Top1(&'static str, f64),
+}
+
+impl Report {
+    /// One note per output and threshold that lies strictly inside the
+    /// figure's 95% interval over the evaluation samples
+    /// ([`quench_verify::metrics::Interval`]): the check passed or failed
+    /// on this evaluation set, but another set of the same size and kind
+    /// could decide it the other way. Outputs are those the thresholds
+    /// judge (integer outputs only when every output is one).
+    pub fn undecided_thresholds(&self, thresholds: &[Threshold]) -> Vec<String> {
+        let Some(v) = self.verification.as_ref() else {
+            return Vec::new();
+        };
+        let all_integer = v.outputs.iter().all(|o| o.integer);
+        let mut notes = Vec::new();
+        for o in v.outputs.iter().filter(|o| !o.integer || all_integer) {
+            let Some(m) = o.best() else { continue };
+            let Some(iv) = m.interval.as_ref() else {
+                continue;
+            };
+            for t in thresholds {
+                let (flag, t, [lo, hi], figure, unit, scale) = match *t {
+                    Threshold::Sqnr(flag, t) => (flag, t, iv.sqnr_db, m.sqnr_db, " dB", 1.0),
+                    Threshold::Top1(flag, t) => match (iv.top1, m.top1.as_ref()) {
+                        (Some(range), Some(top1)) => (flag, t, range, top1.fraction, "%", 100.0),
+                        _ => continue,
+                    },
+                };
+                if lo < t && t < hi {
+                    notes.push(format!(
+                        "output `{}`: {flag} ({:.2}{unit}) lies inside the figure's 95% interval over the {} \
+                         evaluation samples ({:.2}{unit} measured, {:.2} to {:.2}): the check is {} here, but \
+                         another evaluation set of this size and kind could decide it the other way; more \
+                         samples narrow the interval",
+                        o.output,
+                        t * scale,
+                        iv.samples,
+                        figure * scale,
+                        lo * scale,
+                        hi * scale,
+                        if figure >= t { "met" } else { "not met" }
+                    ));
+                }
+            }
+        }
+        notes
+    }
+}
+
 /// Up to `max` names quoted and joined, then how many more.
 pub fn short_list(names: &[String], max: usize) -> String {
     let shown: Vec<String> = names.iter().take(max).map(|n| format!("`{n}`")).collect();
