@@ -927,6 +927,39 @@ def task_diff_ci(a, b, n_boot=2000, seed=0):
             "p_below_zero": float(np.mean(boot < 0)), "samples": int(n), "copies": [len(a), len(b)]}
 
 
+def sqnr_diff_ci(a, b, n_boot=2000, seed=0):
+    """quench's mean-over-outputs SQNR minus ORT's, with a paired bootstrap
+    95% interval over the eval samples, as task_diff_ci: a, b lists (one per
+    copy) of `per_sample_power` ({"sig", "err"}: per output, per sample).
+    Identical outputs count as 200 dB, as in the mean. None when the powers
+    do not cover the same samples."""
+    if not a or not b or any(not p or not p.get("sig") for p in a + b):
+        return None
+    n = len(a[0]["sig"][0])
+    if n == 0 or any(len(v) != n for p in a + b for k in ("sig", "err") for v in p[k]):
+        return None
+    rng = np.random.default_rng(seed)
+    idx = np.vstack([np.arange(n), rng.integers(0, n, size=(n_boot, n))])
+
+    def fig(copies):
+        per_copy = []
+        for p in copies:
+            dbs = []
+            for sig, err in zip(p["sig"], p["err"]):
+                s_, e_ = np.asarray(sig)[idx].sum(1), np.asarray(err)[idx].sum(1)
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    dbs.append(np.where(e_ > 0, 10 * np.log10(s_ / np.where(e_ > 0, e_, 1.0)), 200.0))
+            per_copy.append(np.minimum(np.mean(dbs, axis=0), 200.0))
+        return np.mean(per_copy, axis=0)
+
+    d = fig(a) - fig(b)
+    boot = d[1:]
+    if not np.all(np.isfinite(d)):
+        return None
+    return {"diff": float(d[0]), "lo": float(np.percentile(boot, 2.5)), "hi": float(np.percentile(boot, 97.5)),
+            "p_below_zero": float(np.mean(boot < 0)), "samples": int(n), "copies": [len(a), len(b)]}
+
+
 def task_metric(kind, ref_outs, q_outs, labels):
     """Returns (short string, dict)."""
     r0, q0 = ref_outs[0], q_outs[0]
@@ -1031,8 +1064,18 @@ def fidelity(kind, ref_outs, q_outs, labels):
     else:  # identical outputs count as 200 dB in the mean
         mean_sqnr = float(np.mean(finite)) if finite else float("nan")
     task_s, task_d = task_metric(kind, ref_outs, q_outs, labels)
+    # Per float output, each sample's signal and error power: what
+    # sqnr_diff_ci resamples.
+    power = {"sig": [], "err": []}
+    for r, q in zip(ref_outs, q_outs):
+        if r.dtype.kind != "f":
+            continue
+        r64 = r.astype(np.float64).reshape(len(r), -1)
+        power["sig"].append([float(v) for v in (r64 * r64).sum(1)])
+        power["err"].append([float(v) for v in ((r64 - q.astype(np.float64).reshape(len(q), -1)) ** 2).sum(1)])
     return dict(sqnr_per_output=per_out, sqnr_mean=mean_sqnr,
-                cosine=float(np.mean(coss)) if coss else float("nan"), task=task_s, task_detail=task_d)
+                cosine=float(np.mean(coss)) if coss else float("nan"), task=task_s, task_detail=task_d,
+                per_sample_power=power)
 
 
 def worst_input(ref_outs, q_outs):
@@ -1181,7 +1224,7 @@ def nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval, k, rel):
     m = onnx.load(path)
     groups = activation_scale_groups(m)
     if not groups:
-        return None, [], None
+        return None, [], None, []
     by_name = {i.name: i for i in m.graph.initializer}
     biases = int32_bias_of(m)
     orig = {n: numpy_helper.to_array(by_name[n]).copy() for g in groups for n in g}
@@ -1189,7 +1232,7 @@ def nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval, k, rel):
         for sc, codes in pairs:
             orig[sc] = numpy_helper.to_array(by_name[sc]).copy()
             orig[codes] = numpy_helper.to_array(by_name[codes]).copy()
-    scores, tasks = [], []
+    scores, tasks, powers = [], [], []
     tmp = path + ".nudged.onnx"
     for j in range(k):
         rng = np.random.default_rng(1000 + j)
@@ -1216,11 +1259,12 @@ def nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval, k, rel):
         fid = fidelity(spec["kind"], ref_outs, q_outs, None)
         scores.append(fid["sqnr_mean"])
         tasks.append(fid["task_detail"])
+        powers.append(fid["per_sample_power"])
     try:
         os.remove(tmp)
     except OSError:
         pass
-    return float(np.mean(scores)), scores, nudged_task(spec["kind"], tasks)
+    return float(np.mean(scores)), scores, nudged_task(spec["kind"], tasks), powers
 
 
 # The task figure read under nudges (the one a user of that kind of model
@@ -1309,8 +1353,8 @@ def evaluate_output(path, spec, ev, add_batch, labels, ref_outs, n_eval, args):
         r["exact_error"] = short_exc(e, 160)
     if args.nudges > 0:
         try:
-            r["sqnr_nudged"], r["sqnr_nudges"], r["task_nudged"] = nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval,
-                                                             args.nudges, args.nudge_rel)
+            (r["sqnr_nudged"], r["sqnr_nudges"], r["task_nudged"],
+             r["power_nudged"]) = nudged_sqnr(path, spec, ev, add_batch, ref_outs, n_eval, args.nudges, args.nudge_rel)
         except Exception as e:  # noqa: BLE001
             r["nudge_error"] = short_exc(e, 160)
     return r, sess
@@ -1540,9 +1584,14 @@ def task_table(results):
     """The kind's task figure, quench default against ORT's best
     configuration (by SQNR), with the difference's paired bootstrap 95%
     interval over the eval samples, on the file and over the nudged copies."""
-    lines = ["| model | task figure | quench / ORT best (file) | difference [95% interval] | P(quench behind) "
-             "| nudged: quench / ORT best | difference [95% interval] | P(quench behind) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | SQNR difference, file [95% interval] | nudged | task figure | quench / ORT best (file) "
+             "| difference [95% interval] | P(quench behind) | nudged: quench / ORT best | difference [95% interval] "
+             "| P(quench behind) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def db_span(c):
+        return f"{c['diff']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] (P behind {c['p_below_zero']:.2f})" if c else "-"
+
 
     def pct(key, v):
         return f"{v:.3f}" if key[1].startswith(("F1", "emb", "IoU")) else f"{v * 100:.1f}%"
@@ -1560,14 +1609,20 @@ def task_table(results):
         key = NUDGED_TASK_KEY.get(r.get("kind"))
         q, o = r.get("quench") or {}, (r.get("ort") or {}).get(r.get("ort_best") or "") or {}
         qd, od = q.get("task_detail") or {}, o.get("task_detail") or {}
-        if key is None or "skip" in r or not isinstance(qd.get(key[0]), float) or not isinstance(od.get(key[0]), float):
+        if "skip" in r or not q or not o:
+            continue
+        s_file = db_span(sqnr_diff_ci([q.get("per_sample_power")], [o.get("per_sample_power")]))
+        s_nud = db_span(sqnr_diff_ci(q.get("power_nudged"), o.get("power_nudged")))
+        if key is None or not isinstance(qd.get(key[0]), float) or not isinstance(od.get(key[0]), float):
+            lines.append(f"| {r['name']} | {s_file} | {s_nud} | - | | | | | | |")
             continue
         c_file = task_diff_ci([qd.get("per_sample")], [od.get("per_sample")]) \
             if qd.get("per_sample") and od.get("per_sample") else None
         qn, on = q.get("task_nudged") or {}, o.get("task_nudged") or {}
         c_nud = task_diff_ci(qn.get("per_sample"), on.get("per_sample"))
         nud = f"{pct(key, qn['mean'])} / {pct(key, on['mean'])}" if "mean" in qn and "mean" in on else "-"
-        lines.append(f"| {r['name']} | {key[1]} | {pct(key, qd[key[0]])} / {pct(key, od[key[0]])} ({r['ort_best']}) | "
+        lines.append(f"| {r['name']} | {s_file} | {s_nud} | {key[1]} | {pct(key, qd[key[0]])} / {pct(key, od[key[0]])} "
+                     f"({r['ort_best']}) | "
                      f"{' | '.join(span(key, c_file))} | {nud} | {' | '.join(span(key, c_nud))} |")
     return "\n".join(lines)
 
@@ -1744,8 +1799,9 @@ def main():
           f"--target-sqnr T = ORT best + {args.target_margin:g} dB rounded to 0.1 unless fixed. Latency: median "
           f"of {args.runs} runs, ORT CPU, 1 thread, FP32/quench/ORT best interleaved.", "",
           "### summary", "", summary_table(results), "",
-          "### task figures, with the eval set's own uncertainty", "",
-          "quench default minus ORT's best configuration; the interval is a paired bootstrap over the eval "
+          "### SQNR and task figures, with the eval set's own uncertainty", "",
+          "quench default minus ORT's best configuration (SQNR: the mean over float outputs, dB); the interval is a "
+          "paired bootstrap over the eval "
           "samples (2000 resamples, seeded; the nudged copies resampled by the same samples), P(quench behind) the "
           "share of resamples with quench lower. An interval that spans 0 means this eval set cannot tell the "
           "two apart on that figure.", "", task_table(results), "",
