@@ -261,8 +261,14 @@ pub fn print_report(r: &Report, verbose: bool) {
                 println!("    tract cannot run the emitted file ({e}); the figures above are the reference semantics (float twin)");
             }
             if let Some(acc) = &v.accuracy {
+                let range = acc
+                    .change_interval
+                    .map(|[lo, hi]| {
+                        format!("; 95% interval {:+.2} to {:+.2}", 100.0 * lo, 100.0 * hi)
+                    })
+                    .unwrap_or_default();
                 println!(
-                    "    accuracy on {} labels: FP32 {:.2}%, quantized {:.2}% ({:+.2} points)",
+                    "    accuracy on {} labels: FP32 {:.2}%, quantized {:.2}% ({:+.2} points{range})",
                     acc.labels,
                     100.0 * acc.fp32,
                     100.0 * acc.quantized,

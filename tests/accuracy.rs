@@ -1067,3 +1067,51 @@ fn a_threshold_inside_the_interval_is_called_undecided() {
         assert!(!out.contains("lies inside"), "{t}: {out}");
     }
 }
+
+/// With labels, the accuracy change gets a 95% interval (paired over the
+/// labelled samples) that holds the measured change, and a
+/// `--max-accuracy-drop` inside the drop's interval gets the note; one far
+/// above it does not.
+#[test]
+fn the_accuracy_drop_has_an_interval_and_an_undecided_target_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let rep = dir.path().join("r.json");
+    let run = |drop: &str| {
+        compile_digits(
+            &testdata("digits/eval"),
+            &dir.path().join("q.onnx"),
+            &[
+                "--max-accuracy-drop",
+                drop,
+                "--report",
+                rep.to_str().unwrap(),
+            ],
+        )
+    };
+    let o = run("5");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!out.contains("lies inside"), "{out}");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+    let acc = &r["verification"]["accuracy"];
+    let change = acc["quantized"].as_f64().unwrap() - acc["fp32"].as_f64().unwrap();
+    let (lo, hi) = (
+        acc["change_interval"][0].as_f64().unwrap(),
+        acc["change_interval"][1].as_f64().unwrap(),
+    );
+    assert_eq!(acc["labels"], 341);
+    assert!(
+        lo <= change && change <= hi && lo < hi,
+        "{lo} {change} {hi}"
+    );
+    assert!(out.contains("; 95% interval "), "{out}");
+    // A target inside the drop's interval [-hi, -lo] (in points).
+    let inside = format!("{}", -50.0 * (lo + hi));
+    let o = run(&inside);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        out.contains("--max-accuracy-drop")
+            && out.contains("lies inside the accuracy drop's 95% interval over the 341"),
+        "{inside}: {out}"
+    );
+}

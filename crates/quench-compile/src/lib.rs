@@ -1289,6 +1289,8 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
             .map(|t| report::Threshold::Sqnr("--target-sqnr", t)),
         opts.min_top1
             .map(|t| report::Threshold::Top1("--min-top1", t)),
+        opts.max_accuracy_drop
+            .map(|t| report::Threshold::AccuracyDrop("--max-accuracy-drop", t)),
     ]
     .into_iter()
     .flatten()

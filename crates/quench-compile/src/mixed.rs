@@ -389,7 +389,7 @@ impl Meter<'_> {
                     starts.get(b).copied().unwrap_or(0),
                     rows.get(b).copied().unwrap_or(0),
                 ),
-                _ => Ok((0, 0, 0)),
+                _ => Ok(quench_verify::LabelHits::default()),
             };
             (acc, hits)
         })?;
@@ -410,10 +410,12 @@ impl Meter<'_> {
                 a.finish()
             })
             .collect();
-        let (rows, fp, q) = per_batch
-            .iter()
-            .fold((0, 0, 0), |(n, a, b), (_, h)| (n + h.0, a + h.1, b + h.2));
-        let accuracy_drop = (rows > 0).then(|| 100.0 * (fp as f64 - q as f64) / rows as f64);
+        let mut hits = quench_verify::LabelHits::default();
+        for (_, h) in &per_batch {
+            hits.add(*h);
+        }
+        let accuracy_drop = (hits.rows > 0)
+            .then(|| 100.0 * (hits.first as f64 - hits.second as f64) / hits.rows as f64);
         Ok(Figures::from_metrics(
             metrics
                 .iter()

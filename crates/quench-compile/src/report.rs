@@ -63,6 +63,11 @@ pub struct Accuracy {
     pub labels: usize,
     pub fp32: f64,
     pub quantized: f64,
+    /// 95% interval of `quantized - fp32` over the labelled samples (a
+    /// paired bootstrap: the samples where only one model is right decide
+    /// it), as fractions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_interval: Option<[f64; 2]>,
 }
 
 /// Wall time of one phase.
@@ -188,6 +193,9 @@ pub enum Threshold {
     /// The flag and the lowest top-1 agreement (a fraction) it accepts on
     /// every output with class scores.
     Top1(&'static str, f64),
+    /// The flag and the largest accuracy drop against labels (percentage
+    /// points) it accepts.
+    AccuracyDrop(&'static str, f64),
 }
 
 impl Report {
@@ -203,6 +211,33 @@ impl Report {
         };
         let all_integer = v.outputs.iter().all(|o| o.integer);
         let mut notes = Vec::new();
+        for t in thresholds {
+            let Threshold::AccuracyDrop(flag, t) = *t else {
+                continue;
+            };
+            let Some(acc) = v.accuracy.as_ref() else {
+                continue;
+            };
+            let Some([lo, hi]) = acc.change_interval else {
+                continue;
+            };
+            // The drop is minus the change, in points (+ 0.0: no "-0.00").
+            let (drop, lo, hi) = (
+                100.0 * (acc.fp32 - acc.quantized),
+                -100.0 * hi + 0.0,
+                -100.0 * lo + 0.0,
+            );
+            if lo < t && t < hi {
+                notes.push(format!(
+                    "{flag} ({t:.2} points) lies inside the accuracy drop's 95% interval over the {} \
+                     labelled samples ({drop:.2} points measured, {lo:.2} to {hi:.2}): the target is {} \
+                     here, but another evaluation set of this size and kind could decide it the other way; \
+                     more samples narrow the interval",
+                    acc.labels,
+                    if drop <= t { "met" } else { "not met" }
+                ));
+            }
+        }
         for o in v.outputs.iter().filter(|o| !o.integer || all_integer) {
             let Some(m) = o.best() else { continue };
             let Some(iv) = m.interval.as_ref() else {
@@ -215,6 +250,7 @@ impl Report {
                         (Some(range), Some(top1)) => (flag, t, range, top1.fraction, "%", 100.0),
                         _ => continue,
                     },
+                    Threshold::AccuracyDrop(..) => continue,
                 };
                 if lo < t && t < hi {
                     notes.push(format!(

@@ -106,6 +106,7 @@ pub fn verify(
         labels: hits.rows,
         fp32: hits.first as f64 / hits.rows as f64,
         quantized: hits.second as f64 / hits.rows as f64,
+        change_interval: hits.change_interval(),
     });
     Ok(Verification {
         file_error,

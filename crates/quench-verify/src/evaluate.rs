@@ -247,25 +247,27 @@ pub fn class_labels(labels: &ArrayData) -> Option<Vec<i64>> {
 
 /// Top-1 hits against class `labels` (one per sample, from
 /// [`class_labels`]; rows `offset..offset + samples` of them) for a reference and a test output
-/// of shape `[samples, C]` with `C >= 2`: `(rows, reference hits, test
-/// hits)`. Any other output shape counts nothing (one row per sample is
-/// what a label describes). A label outside `0..C` is an error naming it.
+/// of shape `[samples, C]` with `C >= 2`, the reference as the pair's
+/// first model. Any other output shape counts nothing (one row per sample
+/// is what a label describes). A label outside `0..C` is an error naming
+/// it.
 pub fn label_hits(
     reference: &ArrayD<f32>,
     test: &ArrayD<f32>,
     labels: Option<&[i64]>,
     offset: usize,
     samples: usize,
-) -> Result<(usize, usize, usize), String> {
+) -> Result<LabelHits, String> {
+    let mut hits = LabelHits::default();
     let Some(l) = labels else {
-        return Ok((0, 0, 0));
+        return Ok(hits);
     };
     if reference.ndim() != 2
         || reference.shape()[0] != samples
         || reference.shape()[1] < 2
         || test.shape() != reference.shape()
     {
-        return Ok((0, 0, 0));
+        return Ok(hits);
     }
     let classes = reference.shape()[1];
     let argmax = |m: &ArrayD<f32>, row: usize| {
@@ -277,7 +279,6 @@ pub fn label_hits(
             }
         }) as i64
     };
-    let mut hits = (0, 0, 0);
     for row in 0..samples {
         let Some(&lab) = l.get(offset + row) else {
             continue;
@@ -289,9 +290,12 @@ pub fn label_hits(
                 classes - 1
             ));
         }
-        hits.0 += 1;
-        hits.1 += (argmax(reference, row) == lab) as usize;
-        hits.2 += (argmax(test, row) == lab) as usize;
+        let (a, b) = (argmax(reference, row) == lab, argmax(test, row) == lab);
+        hits.rows += 1;
+        hits.first += a as usize;
+        hits.second += b as usize;
+        hits.only_first += (a && !b) as usize;
+        hits.only_second += (b && !a) as usize;
     }
     Ok(hits)
 }
@@ -305,13 +309,29 @@ pub struct LabelHits {
     pub first: usize,
     /// Rows where the pair's second model's argmax equals the label.
     pub second: usize,
+    /// Rows only the first model gets right.
+    pub only_first: usize,
+    /// Rows only the second model gets right.
+    pub only_second: usize,
 }
 
 impl LabelHits {
-    fn add(&mut self, (rows, first, second): (usize, usize, usize)) {
-        self.rows += rows;
-        self.first += first;
-        self.second += second;
+    pub fn add(&mut self, other: LabelHits) {
+        self.rows += other.rows;
+        self.first += other.first;
+        self.second += other.second;
+        self.only_first += other.only_first;
+        self.only_second += other.only_second;
+    }
+
+    /// 95% interval of the second model's accuracy minus the first's, a
+    /// fraction ([`crate::metrics::paired_change_interval`]).
+    pub fn change_interval(&self) -> Option<[f64; 2]> {
+        crate::metrics::paired_change_interval(
+            self.rows as u64,
+            self.only_first as u64,
+            self.only_second as u64,
+        )
     }
 }
 
@@ -435,7 +455,7 @@ impl<'d> Evaluator<'d> {
         struct Batch {
             acc: Vec<Vec<Accumulator>>,
             errors: Vec<Option<String>>,
-            labels: Vec<(usize, usize, usize)>,
+            labels: Vec<LabelHits>,
         }
         let batches: Vec<Batch> = self
             .ranges
@@ -471,7 +491,7 @@ impl<'d> Evaluator<'d> {
                     })
                     .collect();
                 let mut acc = vec![vec![Accumulator::new(); outputs]; pairs.len()];
-                let mut hits = vec![(0, 0, 0); pairs.len()];
+                let mut hits = vec![LabelHits::default(); pairs.len()];
                 for (p, &(a, b)) in pairs.iter().enumerate() {
                     let (Some(x), Some(y)) = (&f32s[a], &f32s[b]) else {
                         continue;
@@ -498,7 +518,7 @@ impl<'d> Evaluator<'d> {
                         // accuracy (the figures stand without it);
                         // --max-accuracy-drop names the bad label.
                         hits[p] = label_hits(&x[0], &y[0], labels.as_deref(), r.start, r.len())
-                            .unwrap_or((0, 0, 0));
+                            .unwrap_or_default();
                     }
                 }
                 Ok(Batch {
@@ -596,15 +616,27 @@ mod tests {
         let t = scores(&[[0.9, 0.0, 0.1], [0.0, 0.9, 0.1]]);
         // Samples 3 and 4 of the labels: classes 0 and 2.
         let l = class_labels(&ArrayData::I64(arr1(&[1, 1, 1, 0, 2]).into_dyn())).unwrap();
-        assert_eq!(label_hits(&r, &t, Some(&l), 3, 2), Ok((2, 2, 1)));
+        assert_eq!(
+            label_hits(&r, &t, Some(&l), 3, 2),
+            Ok(LabelHits {
+                rows: 2,
+                first: 2,
+                second: 1,
+                only_first: 1,
+                only_second: 0
+            })
+        );
         // int32 and [N, 1] labels are the same labels.
         let l32 = ArrayData::I32(arr2(&[[1], [1], [1], [0], [2]]).into_dyn());
         assert_eq!(class_labels(&l32).unwrap(), l);
         // An output with more rows than the batch has samples (or a
         // single class) is not one row per sample: nothing is counted.
-        assert_eq!(label_hits(&r, &t, Some(&l), 3, 1), Ok((0, 0, 0)));
+        assert_eq!(label_hits(&r, &t, Some(&l), 3, 1), Ok(LabelHits::default()));
         let one = Array2::<f32>::zeros((2, 1)).into_dyn();
-        assert_eq!(label_hits(&one, &one, Some(&l), 0, 2), Ok((0, 0, 0)));
+        assert_eq!(
+            label_hits(&one, &one, Some(&l), 0, 2),
+            Ok(LabelHits::default())
+        );
         // A label that is no class of the output is an error naming it.
         let e = label_hits(&r, &t, Some(&[0, 3]), 0, 2).unwrap_err();
         assert!(
@@ -615,6 +647,6 @@ mod tests {
         // Float labels are no class labels; no labels count nothing.
         let f = ArrayData::F32(arr1(&[0.0f32, 2.0]).into_dyn());
         assert_eq!(class_labels(&f), None);
-        assert_eq!(label_hits(&r, &t, None, 0, 2), Ok((0, 0, 0)));
+        assert_eq!(label_hits(&r, &t, None, 0, 2), Ok(LabelHits::default()));
     }
 }

@@ -145,14 +145,7 @@ impl Interval {
         if n < 2 || parts.iter().any(|p| p.ref_sq.is_nan() || p.err_sq.is_nan()) {
             return None;
         }
-        let mut state = INTERVAL_SEED;
-        let mut next = || {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        };
+        let mut next = resampler();
         let mut sqnr = Vec::with_capacity(INTERVAL_RESAMPLES);
         let mut agree = Vec::with_capacity(INTERVAL_RESAMPLES);
         for _ in 0..INTERVAL_RESAMPLES {
@@ -169,12 +162,6 @@ impl Interval {
                 agree.push(p.top1_agree as f64 / p.top1_rows as f64);
             }
         }
-        let ends = |v: &mut Vec<f64>| -> [f64; 2] {
-            v.sort_by(f64::total_cmp);
-            let lo = (v.len() as f64 * 0.025).floor() as usize;
-            let hi = ((v.len() as f64 * 0.975).ceil() as usize).clamp(1, v.len()) - 1;
-            [v[lo.min(v.len() - 1)], v[hi]]
-        };
         let sqnr_db = ends(&mut sqnr);
         if !sqnr_db.iter().all(|v| v.is_finite()) {
             return None;
@@ -186,6 +173,54 @@ impl Interval {
             samples: n as u64,
         })
     }
+}
+
+/// The generator every interval draws from: splitmix64 from
+/// [`INTERVAL_SEED`] (deterministic, no dependency).
+fn resampler() -> impl FnMut() -> u64 {
+    let mut state = INTERVAL_SEED;
+    move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+/// The 2.5th and 97.5th percentiles of `v` (sorted in place; not empty).
+fn ends(v: &mut [f64]) -> [f64; 2] {
+    v.sort_by(f64::total_cmp);
+    let lo = (v.len() as f64 * 0.025).floor() as usize;
+    let hi = ((v.len() as f64 * 0.975).ceil() as usize).clamp(1, v.len()) - 1;
+    [v[lo.min(v.len() - 1)], v[hi]]
+}
+
+/// 95% interval of the change in accuracy `(second - first) / rows` when
+/// two models are scored on the same `rows` labelled samples, of which
+/// `only_first` only the first gets right and `only_second` only the
+/// second: the same seeded bootstrap as [`Interval`], resampling the rows
+/// (rows both get right or both get wrong do not move the change). `None`
+/// without rows or with counts that do not fit in them.
+pub fn paired_change_interval(rows: u64, only_first: u64, only_second: u64) -> Option<[f64; 2]> {
+    if rows == 0 || only_first + only_second > rows {
+        return None;
+    }
+    let mut next = resampler();
+    let mut change = Vec::with_capacity(INTERVAL_RESAMPLES);
+    for _ in 0..INTERVAL_RESAMPLES {
+        let mut d: i64 = 0;
+        for _ in 0..rows {
+            let k = next() % rows;
+            if k < only_first {
+                d -= 1;
+            } else if k < only_first + only_second {
+                d += 1;
+            }
+        }
+        change.push(d as f64 / rows as f64);
+    }
+    Some(ends(&mut change))
 }
 
 /// `10 log10(signal / noise)`: `+inf` without noise.
@@ -1192,5 +1227,31 @@ mod tests {
         assert!(m.interval.is_some());
         let back: Metrics = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(back.interval, m.interval);
+    }
+
+    /// The accuracy change's interval holds the measured change, is empty
+    /// of width when no row differs, widens with more discordant rows, and
+    /// matches the normal approximation of a paired difference on a large
+    /// count (within 10% of its width).
+    #[test]
+    fn paired_change_interval_follows_the_discordant_rows() {
+        assert_eq!(paired_change_interval(100, 0, 0), Some([0.0, 0.0]));
+        assert_eq!(paired_change_interval(0, 0, 0), None);
+        assert_eq!(paired_change_interval(10, 6, 5), None);
+        let [lo, hi] = paired_change_interval(200, 12, 4).unwrap();
+        let d = (4.0 - 12.0) / 200.0;
+        assert!(lo < d && d < hi && hi <= 0.02, "{lo} {d} {hi}");
+        let narrow = paired_change_interval(200, 3, 1).unwrap();
+        assert!(narrow[1] - narrow[0] < hi - lo, "{narrow:?} vs {lo} {hi}");
+        // 2000 rows, 100 and 60 discordant: the change is -0.02 with a
+        // standard error of sqrt((b + c) / n^2 - (b - c)^2 / n^3).
+        let (n, b, c) = (2000.0f64, 100.0f64, 60.0f64);
+        let se = ((b + c) / (n * n) - (b - c).powi(2) / n.powi(3)).sqrt();
+        let [lo, hi] = paired_change_interval(2000, 100, 60).unwrap();
+        let (nlo, nhi) = (-0.02 - 1.96 * se, -0.02 + 1.96 * se);
+        assert!(
+            (lo - nlo).abs() < 0.1 * (nhi - nlo) && (hi - nhi).abs() < 0.1 * (nhi - nlo),
+            "bootstrap [{lo}, {hi}] vs normal [{nlo}, {nhi}]"
+        );
     }
 }
