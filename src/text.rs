@@ -84,6 +84,26 @@ fn print_attribution(tensors: &[TensorError], sample: Option<usize>, verbose: bo
     }
 }
 
+/// Accuracy against labels of FP32 and of the `what` model, the change in
+/// points and its 95% interval when there is one.
+fn accuracy_line(
+    labels: usize,
+    fp32: f64,
+    what: &str,
+    other: f64,
+    interval: Option<[f64; 2]>,
+) -> String {
+    let range = interval
+        .map(|[lo, hi]| format!("; 95% interval {:+.2} to {:+.2}", 100.0 * lo, 100.0 * hi))
+        .unwrap_or_default();
+    format!(
+        "    accuracy on {labels} labels: FP32 {:.2}%, {what} {:.2}% ({:+.2} points{range})",
+        100.0 * fp32,
+        100.0 * other,
+        100.0 * (other - fp32)
+    )
+}
+
 /// SQNR, cosine, max abs error and top-1 agreement on one line.
 fn metrics_line(m: &Metrics) -> String {
     let iv = m.interval.as_ref();
@@ -261,18 +281,15 @@ pub fn print_report(r: &Report, verbose: bool) {
                 println!("    tract cannot run the emitted file ({e}); the figures above are the reference semantics (float twin)");
             }
             if let Some(acc) = &v.accuracy {
-                let range = acc
-                    .change_interval
-                    .map(|[lo, hi]| {
-                        format!("; 95% interval {:+.2} to {:+.2}", 100.0 * lo, 100.0 * hi)
-                    })
-                    .unwrap_or_default();
                 println!(
-                    "    accuracy on {} labels: FP32 {:.2}%, quantized {:.2}% ({:+.2} points{range})",
-                    acc.labels,
-                    100.0 * acc.fp32,
-                    100.0 * acc.quantized,
-                    100.0 * (acc.quantized - acc.fp32)
+                    "{}",
+                    accuracy_line(
+                        acc.labels,
+                        acc.fp32,
+                        "quantized",
+                        acc.quantized,
+                        acc.change_interval
+                    )
                 );
             }
             print_attribution(&v.tensors, v.explained_sample, verbose);
@@ -396,11 +413,14 @@ fn print_pruning(this: &PruneReport, verbose: bool) {
         }
         if let Some(acc) = &f.accuracy {
             println!(
-                "    accuracy on {} labels: FP32 {:.2}%, pruned {:.2}% ({:+.2} points)",
-                acc.labels,
-                100.0 * acc.fp32,
-                100.0 * acc.pruned,
-                100.0 * (acc.pruned - acc.fp32)
+                "{}",
+                accuracy_line(
+                    acc.labels,
+                    acc.fp32,
+                    "pruned",
+                    acc.pruned,
+                    acc.change_interval
+                )
             );
         }
     }

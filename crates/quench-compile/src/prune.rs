@@ -69,6 +69,10 @@ pub struct PruneAccuracy {
     pub labels: usize,
     pub fp32: f64,
     pub pruned: f64,
+    /// 95% interval of `pruned - fp32` over the labelled samples (as
+    /// `Accuracy::change_interval`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub change_interval: Option<[f64; 2]>,
 }
 
 impl Fidelity {
@@ -199,6 +203,7 @@ impl<'a> Comparison<'a> {
                 labels: l.rows,
                 fp32: l.first as f64 / l.rows as f64,
                 pruned: l.second as f64 / l.rows as f64,
+                change_interval: l.change_interval(),
             }),
         })
     }
