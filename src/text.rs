@@ -126,12 +126,8 @@ fn metrics_line(m: &Metrics) -> String {
     // How far the pooled figure would move on another evaluation set of
     // the same size and kind.
     let sqnr_range = iv
-        .map(|i| {
-            format!(
-                " (95% interval {:.2} to {:.2} over {} samples)",
-                i.sqnr_db[0], i.sqnr_db[1], i.samples
-            )
-        })
+        .and_then(|i| i.sqnr_db.map(|[lo, hi]| (lo, hi, i.samples)))
+        .map(|(lo, hi, n)| format!(" (95% interval {lo:.2} to {hi:.2} over {n} samples)"))
         .unwrap_or_default();
     // The pooled SQNR can hide one sample that collapses: name the worst
     // (not when every sample is identical).

@@ -1070,8 +1070,9 @@ fn a_threshold_inside_the_interval_is_called_undecided() {
 
 /// With labels, the accuracy change gets a 95% interval (paired over the
 /// labelled samples) that holds the measured change, and a
-/// `--max-accuracy-drop` inside the drop's interval gets the note; one far
-/// above it does not.
+/// `--max-accuracy-drop` inside the drop's interval gets the note with the
+/// search's verdict; one far above it does not, nor one in weight-only
+/// mode, where targets are not applied.
 #[test]
 fn the_accuracy_drop_has_an_interval_and_an_undecided_target_says_so() {
     let dir = tempfile::tempdir().unwrap();
@@ -1104,14 +1105,39 @@ fn the_accuracy_drop_has_an_interval_and_an_undecided_target_says_so() {
         lo <= change && change <= hi && lo < hi,
         "{lo} {change} {hi}"
     );
-    assert!(out.contains("; 95% interval "), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("accuracy on 341 labels: FP32"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&format!(
+            "points; 95% interval {:+.2} to {:+.2})",
+            100.0 * lo,
+            100.0 * hi
+        )),
+        "{out}"
+    );
     // A target inside the drop's interval [-hi, -lo] (in points).
-    let inside = format!("{}", -50.0 * (lo + hi));
+    let t = -50.0 * (lo + hi);
+    let inside = format!("{t}");
     let o = run(&inside);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    let verdict = if -100.0 * change <= t {
+        "the targets are reached here"
+    } else {
+        "the targets are not reached here"
+    };
     assert!(
         out.contains("--max-accuracy-drop")
-            && out.contains("lies inside the accuracy drop's 95% interval over the 341"),
+            && out.contains("lies inside the accuracy drop's 95% interval over the 341")
+            && out.contains(verdict),
         "{inside}: {out}"
     );
+    let o = compile_digits(
+        &testdata("digits/eval"),
+        &dir.path().join("w.onnx"),
+        &["--mode", "weight-only", "--max-accuracy-drop", &inside],
+    );
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(!out.contains("lies inside"), "{out}");
 }

@@ -1282,18 +1282,50 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         target_missed,
     };
     report.threshold_failure = report.check_thresholds(opts.min_sqnr, opts.min_top1);
+    // Targets only where the search ran (static mode); their verdict is
+    // the search's, judged on the written model.
+    let reached = report
+        .mixed_precision
+        .as_ref()
+        .map(|_| report.target_missed.is_none());
     let thresholds: Vec<report::Threshold> = [
-        opts.min_sqnr
-            .map(|t| report::Threshold::Sqnr("--min-sqnr", t)),
-        opts.target_sqnr
-            .map(|t| report::Threshold::Sqnr("--target-sqnr", t)),
-        opts.min_top1
-            .map(|t| report::Threshold::Top1("--min-top1", t)),
-        opts.max_accuracy_drop
-            .map(|t| report::Threshold::AccuracyDrop("--max-accuracy-drop", t)),
+        (
+            opts.min_sqnr.map(report::Bound::MinSqnr),
+            "--min-sqnr",
+            false,
+        ),
+        (
+            opts.min_top1.map(report::Bound::MinTop1),
+            "--min-top1",
+            false,
+        ),
+        (
+            opts.target_sqnr.map(report::Bound::MinSqnr),
+            "--target-sqnr",
+            true,
+        ),
+        (
+            opts.max_top1_drop
+                .map(|pct| report::Bound::MinTop1(1.0 - pct / 100.0)),
+            "--max-top1-drop",
+            true,
+        ),
+        (
+            opts.max_accuracy_drop.map(report::Bound::MaxAccuracyDrop),
+            "--max-accuracy-drop",
+            true,
+        ),
     ]
     .into_iter()
-    .flatten()
+    .filter_map(|(bound, flag, target)| {
+        // A target without a search (weight-only, dynamic) was not applied.
+        let reached = if target { Some(reached?) } else { None };
+        Some(report::Threshold {
+            flag,
+            bound: bound?,
+            reached,
+        })
+    })
     .collect();
     let undecided = report.undecided_thresholds(&thresholds);
     report.notes.extend(undecided);

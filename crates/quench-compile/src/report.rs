@@ -184,35 +184,54 @@ impl Report {
     }
 }
 
-/// A requested threshold on a verification figure, for
+/// A requested check on a verification figure, for
 /// [`Report::undecided_thresholds`].
 #[derive(Debug, Clone, Copy)]
-pub enum Threshold {
-    /// The flag and the lowest SQNR (dB) it accepts on every float output.
-    Sqnr(&'static str, f64),
-    /// The flag and the lowest top-1 agreement (a fraction) it accepts on
-    /// every output with class scores.
-    Top1(&'static str, f64),
-    /// The flag and the largest accuracy drop against labels (percentage
-    /// points) it accepts.
-    AccuracyDrop(&'static str, f64),
+pub struct Threshold {
+    /// The flag that asked for it.
+    pub flag: &'static str,
+    pub bound: Bound,
+    /// A mixed-precision target's verdict (`--target-sqnr`,
+    /// `--max-top1-drop`, `--max-accuracy-drop`), taken from the search's
+    /// result; `None` for a threshold (`--min-sqnr`, `--min-top1`), judged
+    /// on the figure itself.
+    pub reached: Option<bool>,
+}
+
+/// What a [`Threshold`] accepts.
+#[derive(Debug, Clone, Copy)]
+pub enum Bound {
+    /// The lowest SQNR (dB) on every float output.
+    MinSqnr(f64),
+    /// The lowest top-1 agreement (a fraction) on every output with class
+    /// scores.
+    MinTop1(f64),
+    /// The largest accuracy drop against labels (percentage points).
+    MaxAccuracyDrop(f64),
 }
 
 impl Report {
-    /// One note per output and threshold that lies strictly inside the
+    /// One note per output and check whose bound lies strictly inside the
     /// figure's 95% interval over the evaluation samples
-    /// ([`quench_verify::metrics::Interval`]): the check passed or failed
-    /// on this evaluation set, but another set of the same size and kind
-    /// could decide it the other way. Outputs are those the thresholds
-    /// judge (integer outputs only when every output is one).
+    /// ([`quench_verify::metrics::Interval`], `Accuracy::change_interval`):
+    /// the check went one way on this evaluation set, but another set of
+    /// the same size and kind could decide it the other way. Outputs are
+    /// those the checks judge (integer outputs only when every output is
+    /// one).
     pub fn undecided_thresholds(&self, thresholds: &[Threshold]) -> Vec<String> {
         let Some(v) = self.verification.as_ref() else {
             return Vec::new();
         };
         let all_integer = v.outputs.iter().all(|o| o.integer);
+        let outcome = |t: &Threshold, met: bool| match t.reached {
+            Some(true) => "the targets are reached here",
+            Some(false) => "the targets are not reached here",
+            None if met => "the check is met here",
+            None => "the check is not met here",
+        };
         let mut notes = Vec::new();
         for t in thresholds {
-            let Threshold::AccuracyDrop(flag, t) = *t else {
+            let Bound::MaxAccuracyDrop(bound) = t.bound else {
                 continue;
             };
             let Some(acc) = v.accuracy.as_ref() else {
@@ -227,14 +246,15 @@ impl Report {
                 -100.0 * hi + 0.0,
                 -100.0 * lo + 0.0,
             );
-            if lo < t && t < hi {
+            if lo < bound && bound < hi {
                 notes.push(format!(
-                    "{flag} ({t:.2} points) lies inside the accuracy drop's 95% interval over the {} \
-                     labelled samples ({drop:.2} points measured, {lo:.2} to {hi:.2}): the target is {} \
-                     here, but another evaluation set of this size and kind could decide it the other way; \
-                     more samples narrow the interval",
+                    "{} ({bound:.2} points) lies inside the accuracy drop's 95% interval over the {} \
+                     labelled samples ({drop:.2} points measured, {lo:.2} to {hi:.2} points): {}, but \
+                     another evaluation set of this size and kind could decide it the other way; more \
+                     samples narrow the interval",
+                    t.flag,
                     acc.labels,
-                    if drop <= t { "met" } else { "not met" }
+                    outcome(t, drop <= bound)
                 ));
             }
         }
@@ -244,27 +264,32 @@ impl Report {
                 continue;
             };
             for t in thresholds {
-                let (flag, t, [lo, hi], figure, unit, scale) = match *t {
-                    Threshold::Sqnr(flag, t) => (flag, t, iv.sqnr_db, m.sqnr_db, " dB", 1.0),
-                    Threshold::Top1(flag, t) => match (iv.top1, m.top1.as_ref()) {
-                        (Some(range), Some(top1)) => (flag, t, range, top1.fraction, "%", 100.0),
+                let (bound, range, figure, unit, scale) = match t.bound {
+                    Bound::MinSqnr(b) => match iv.sqnr_db {
+                        Some(range) => (b, range, m.sqnr_db, " dB", 1.0),
+                        None => continue,
+                    },
+                    Bound::MinTop1(b) => match (iv.top1, m.top1.as_ref()) {
+                        (Some(range), Some(top1)) => (b, range, top1.fraction, "%", 100.0),
                         _ => continue,
                     },
-                    Threshold::AccuracyDrop(..) => continue,
+                    Bound::MaxAccuracyDrop(_) => continue,
                 };
-                if lo < t && t < hi {
+                let [lo, hi] = range;
+                if lo < bound && bound < hi {
                     notes.push(format!(
-                        "output `{}`: {flag} ({:.2}{unit}) lies inside the figure's 95% interval over the {} \
-                         evaluation samples ({:.2}{unit} measured, {:.2} to {:.2}): the check is {} here, but \
+                        "output `{}`: {} ({:.2}{unit}) lies inside the figure's 95% interval over the {} \
+                         evaluation samples ({:.2}{unit} measured, {:.2}{unit} to {:.2}{unit}): {}, but \
                          another evaluation set of this size and kind could decide it the other way; more \
                          samples narrow the interval",
                         o.output,
-                        t * scale,
+                        t.flag,
+                        bound * scale,
                         iv.samples,
                         figure * scale,
                         lo * scale,
                         hi * scale,
-                        if figure >= t { "met" } else { "not met" }
+                        outcome(t, figure >= bound)
                     ));
                 }
             }

@@ -329,6 +329,7 @@ impl LabelHits {
     pub fn change_interval(&self) -> Option<[f64; 2]> {
         crate::metrics::paired_change_interval(
             self.rows as u64,
+            self.first.saturating_sub(self.only_first) as u64,
             self.only_first as u64,
             self.only_second as u64,
         )

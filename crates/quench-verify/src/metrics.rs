@@ -120,29 +120,44 @@ pub const INTERVAL_RESAMPLES: usize = 1000;
 /// Seed of the resampling: the same samples always give the same interval.
 pub const INTERVAL_SEED: u64 = 20_261_129;
 
-/// A 95% interval for the pooled figures over the samples they came from:
-/// the 2.5th and 97.5th percentiles of the figure recomputed on
-/// [`INTERVAL_RESAMPLES`] resamples of the samples drawn with replacement
-/// (a percentile bootstrap, seeded with [`INTERVAL_SEED`]). Only given when
-/// both ends are finite (not when most samples are bit-identical).
+/// Fewest samples an [`Interval`] is given for.
+pub const MIN_INTERVAL_SAMPLES: usize = 5;
+
+/// A 95% interval for the pooled figures over the samples they came from.
+///
+/// - SQNR: the 2.5th and 97.5th percentiles of the pooled SQNR recomputed
+///   on [`INTERVAL_RESAMPLES`] resamples of the samples drawn with
+///   replacement (a percentile bootstrap, seeded with [`INTERVAL_SEED`]);
+///   absent when an end is not finite (enough bit-identical samples that
+///   some resamples have no error, or NaN/inf in the data). With few
+///   samples a percentile bootstrap is too narrow: its coverage, measured
+///   by simulation, is about 0.8 at 10 samples, 0.88 at 56 and 0.95 at 341.
+/// - top-1 agreement: the wider of the same bootstrap and a Wilson score
+///   interval that counts one trial per sample (exact rows for `[N, C]`
+///   outputs; for `[N, T, C]` it treats each sample's positions as one
+///   trial, which is conservative). A bootstrap alone cannot reach a value
+///   it never saw: 20 of 20 agreeing would read 100% to 100%; Wilson gives
+///   83.9% to 100%.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     /// Lower and upper end of the pooled SQNR, dB.
-    pub sqnr_db: [f64; 2],
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sqnr_db: Option<[f64; 2]>,
     /// Lower and upper end of the top-1 agreement fraction, when top-1 is
     /// reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top1: Option<[f64; 2]>,
-    /// Samples resampled.
+    /// Samples resampled (all of them, including those whose reference is
+    /// all zeros, which have no SQNR of their own).
     pub samples: u64,
 }
 
 impl Interval {
-    /// The interval of `parts` (`None` for fewer than two samples, any NaN,
-    /// or a non-finite end).
+    /// The interval of `parts` (`None` for fewer than
+    /// [`MIN_INTERVAL_SAMPLES`] samples, or when neither figure has one).
     fn bootstrap(parts: &[SampleParts], top1: bool) -> Option<Interval> {
         let n = parts.len();
-        if n < 2 || parts.iter().any(|p| p.ref_sq.is_nan() || p.err_sq.is_nan()) {
+        if n < MIN_INTERVAL_SAMPLES {
             return None;
         }
         let mut next = resampler();
@@ -162,12 +177,17 @@ impl Interval {
                 agree.push(p.top1_agree as f64 / p.top1_rows as f64);
             }
         }
-        let sqnr_db = ends(&mut sqnr);
-        if !sqnr_db.iter().all(|v| v.is_finite()) {
-            return None;
-        }
-        let top1 = (top1 && agree.len() == INTERVAL_RESAMPLES).then(|| ends(&mut agree));
-        Some(Interval {
+        // NaN sorts last: a NaN end is not finite either.
+        let sqnr_db = Some(ends(&mut sqnr)).filter(|e| e.iter().all(|v| v.is_finite()));
+        let (agreed, rows) = parts.iter().fold((0u64, 0u64), |(a, r), p| {
+            (a + p.top1_agree, r + p.top1_rows)
+        });
+        let top1 = (top1 && rows > 0 && agree.len() == INTERVAL_RESAMPLES).then(|| {
+            let [blo, bhi] = ends(&mut agree);
+            let [wlo, whi] = wilson(agreed as f64 / rows as f64, n as f64);
+            [blo.min(wlo), bhi.max(whi)]
+        });
+        (sqnr_db.is_some() || top1.is_some()).then_some(Interval {
             sqnr_db,
             top1,
             samples: n as u64,
@@ -196,31 +216,58 @@ fn ends(v: &mut [f64]) -> [f64; 2] {
     [v[lo.min(v.len() - 1)], v[hi]]
 }
 
+/// The normal quantile of a two-sided 95% interval.
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// Wilson's 95% score interval for a proportion `p` observed in `n`
+/// trials (never of zero width: it does not stop at what was observed).
+pub fn wilson(p: f64, n: f64) -> [f64; 2] {
+    let z2 = Z95 * Z95;
+    let d = 1.0 + z2 / n;
+    let c = (p + z2 / (2.0 * n)) / d;
+    let h = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).max(0.0).sqrt() / d;
+    [(c - h).max(0.0), (c + h).min(1.0)]
+}
+
 /// 95% interval of the change in accuracy `(second - first) / rows` when
 /// two models are scored on the same `rows` labelled samples, of which
-/// `only_first` only the first gets right and `only_second` only the
-/// second: the same seeded bootstrap as [`Interval`], resampling the rows
-/// (rows both get right or both get wrong do not move the change). `None`
-/// without rows or with counts that do not fit in them.
-pub fn paired_change_interval(rows: u64, only_first: u64, only_second: u64) -> Option<[f64; 2]> {
-    if rows == 0 || only_first + only_second > rows {
+/// `both` both get right, `only_first` only the first and `only_second`
+/// only the second: Newcombe's hybrid score interval for a difference of
+/// paired proportions (his method 10, 1998), built from each model's
+/// Wilson interval and the correlation of the two models' outcomes. Unlike
+/// a bootstrap of the rows, it does not collapse when no row or one row
+/// differs. `None` without rows or with counts that do not fit in them.
+pub fn paired_change_interval(
+    rows: u64,
+    both: u64,
+    only_first: u64,
+    only_second: u64,
+) -> Option<[f64; 2]> {
+    if rows == 0 || both + only_first + only_second > rows {
         return None;
     }
-    let mut next = resampler();
-    let mut change = Vec::with_capacity(INTERVAL_RESAMPLES);
-    for _ in 0..INTERVAL_RESAMPLES {
-        let mut d: i64 = 0;
-        for _ in 0..rows {
-            let k = next() % rows;
-            if k < only_first {
-                d -= 1;
-            } else if k < only_first + only_second {
-                d += 1;
-            }
-        }
-        change.push(d as f64 / rows as f64);
-    }
-    Some(ends(&mut change))
+    let n = rows as f64;
+    let (a, b, c) = (both as f64, only_first as f64, only_second as f64);
+    let d = n - a - b - c;
+    let (p1, p2) = ((a + b) / n, (a + c) / n);
+    let ([l1, u1], [l2, u2]) = (wilson(p1, n), wilson(p2, n));
+    // The phi correlation of the two outcomes (0 when a margin is empty).
+    let den = ((a + b) * (c + d) * (a + c) * (b + d)).sqrt();
+    let phi = if den > 0.0 {
+        (a * d - b * c) / den
+    } else {
+        0.0
+    };
+    let change = p2 - p1;
+    let lo = change
+        - ((p2 - l2).powi(2) - 2.0 * phi * (p2 - l2) * (u1 - p1) + (u1 - p1).powi(2))
+            .max(0.0)
+            .sqrt();
+    let hi = change
+        + ((u2 - p2).powi(2) - 2.0 * phi * (u2 - p2) * (p1 - l1) + (p1 - l1).powi(2))
+            .max(0.0)
+            .sqrt();
+    Some([lo.max(-1.0), hi.min(1.0)])
 }
 
 /// `10 log10(signal / noise)`: `+inf` without noise.
@@ -1141,7 +1188,7 @@ mod tests {
         let m = located(&samples);
         let iv = m.interval.clone().unwrap();
         assert_eq!(iv.samples, 40);
-        let [lo, hi] = iv.sqnr_db;
+        let [lo, hi] = iv.sqnr_db.unwrap();
         assert!(lo < m.sqnr_db && m.sqnr_db < hi, "{lo} {} {hi}", m.sqnr_db);
         let own: Vec<f64> = samples
             .iter()
@@ -1172,7 +1219,11 @@ mod tests {
     #[test]
     fn interval_narrows_with_more_samples() {
         let width = |n| {
-            let [lo, hi] = located(&scored_samples(n, 11)).interval.unwrap().sqnr_db;
+            let [lo, hi] = located(&scored_samples(n, 11))
+                .interval
+                .unwrap()
+                .sqnr_db
+                .unwrap();
             hi - lo
         };
         let (few, many) = (width(25), width(400));
@@ -1207,8 +1258,9 @@ mod tests {
         assert_eq!(merged.finish().interval.unwrap(), one);
     }
 
-    /// No interval from unlocated updates, one sample, or identical outputs
-    /// (an infinite end); it survives a JSON round trip.
+    /// No interval from unlocated updates or fewer than
+    /// MIN_INTERVAL_SAMPLES samples; no SQNR interval from identical
+    /// outputs (an infinite end); it survives a JSON round trip.
     #[test]
     fn interval_needs_located_samples_and_finite_ends() {
         let samples = scored_samples(6, 5);
@@ -1217,41 +1269,108 @@ mod tests {
             a.update(r.view(), t.view()).unwrap();
         }
         assert_eq!(a.finish().interval, None);
-        assert_eq!(located(&samples[..1]).interval, None);
+        assert_eq!(located(&samples[..MIN_INTERVAL_SAMPLES - 1]).interval, None);
+        assert!(located(&samples[..MIN_INTERVAL_SAMPLES]).interval.is_some());
+        // Identical outputs: no SQNR interval (no error anywhere), but
+        // top-1 agreement still has one.
         let same: Vec<_> = samples
             .iter()
             .map(|(r, _)| (r.clone(), r.clone()))
             .collect();
-        assert_eq!(located(&same).interval, None);
+        let iv = located(&same).interval.unwrap();
+        assert_eq!(iv.sqnr_db, None);
+        assert!(iv.top1.unwrap()[0] < 1.0);
         let m = located(&samples);
-        assert!(m.interval.is_some());
+        assert!(m.interval.as_ref().is_some_and(|i| i.sqnr_db.is_some()));
         let back: Metrics = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
-        assert_eq!(back.interval, m.interval);
+        let (a, b) = (back.interval.unwrap(), m.interval.unwrap());
+        assert_eq!(a.samples, b.samples);
+        let flat = |i: &Interval| [i.sqnr_db.unwrap(), i.top1.unwrap()].concat();
+        for (x, y) in flat(&a).iter().zip(flat(&b)) {
+            assert!((x - y).abs() <= 1e-12 * y.abs().max(1.0), "{x} {y}");
+        }
     }
 
-    /// The accuracy change's interval holds the measured change, is empty
-    /// of width when no row differs, widens with more discordant rows, and
-    /// matches the normal approximation of a paired difference on a large
-    /// count (within 10% of its width).
+    /// Deterministic uniform numbers in [0, 1) for the simulations below.
+    fn lcg(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    /// The accuracy change's interval holds the measured change, keeps a
+    /// width when no row or one row differs (a bootstrap of the rows would
+    /// collapse to zero there), and covers the true change in about 95% of
+    /// simulated evaluation sets (at least 92% of 400 here, with 100 rows,
+    /// 3% only-first and 1% only-second: few discordant rows, where simple
+    /// intervals fail).
     #[test]
-    fn paired_change_interval_follows_the_discordant_rows() {
-        assert_eq!(paired_change_interval(100, 0, 0), Some([0.0, 0.0]));
-        assert_eq!(paired_change_interval(0, 0, 0), None);
-        assert_eq!(paired_change_interval(10, 6, 5), None);
-        let [lo, hi] = paired_change_interval(200, 12, 4).unwrap();
+    fn paired_change_interval_covers_the_true_change() {
+        assert_eq!(paired_change_interval(0, 0, 0, 0), None);
+        assert_eq!(paired_change_interval(10, 5, 3, 3), None);
+        let [lo, hi] = paired_change_interval(100, 90, 0, 0).unwrap();
+        assert!(lo < -0.01 && hi > 0.01, "{lo} {hi}");
+        let [lo, hi] = paired_change_interval(341, 331, 1, 0).unwrap();
+        assert!(lo < -1.0 / 341.0 && hi > 0.0, "{lo} {hi}");
+        let [lo, hi] = paired_change_interval(200, 150, 12, 4).unwrap();
         let d = (4.0 - 12.0) / 200.0;
-        assert!(lo < d && d < hi && hi <= 0.02, "{lo} {d} {hi}");
-        let narrow = paired_change_interval(200, 3, 1).unwrap();
-        assert!(narrow[1] - narrow[0] < hi - lo, "{narrow:?} vs {lo} {hi}");
-        // 2000 rows, 100 and 60 discordant: the change is -0.02 with a
-        // standard error of sqrt((b + c) / n^2 - (b - c)^2 / n^3).
-        let (n, b, c) = (2000.0f64, 100.0f64, 60.0f64);
-        let se = ((b + c) / (n * n) - (b - c).powi(2) / n.powi(3)).sqrt();
-        let [lo, hi] = paired_change_interval(2000, 100, 60).unwrap();
-        let (nlo, nhi) = (-0.02 - 1.96 * se, -0.02 + 1.96 * se);
-        assert!(
-            (lo - nlo).abs() < 0.1 * (nhi - nlo) && (hi - nhi).abs() < 0.1 * (nhi - nlo),
-            "bootstrap [{lo}, {hi}] vs normal [{nlo}, {nhi}]"
-        );
+        assert!(lo < d && d < hi && hi < 0.02, "{lo} {d} {hi}");
+        let mut u = lcg(17);
+        let (n, p_only_first, p_only_second, p_both) = (100, 0.03, 0.01, 0.9);
+        let truth = p_only_second - p_only_first;
+        let mut covered = 0;
+        for _ in 0..400 {
+            let (mut a, mut b, mut c) = (0, 0, 0);
+            for _ in 0..n {
+                let x = u();
+                if x < p_only_first {
+                    b += 1;
+                } else if x < p_only_first + p_only_second {
+                    c += 1;
+                } else if x < p_only_first + p_only_second + p_both {
+                    a += 1;
+                }
+            }
+            let [lo, hi] = paired_change_interval(n, a, b, c).unwrap();
+            covered += (lo <= truth && truth <= hi) as u32;
+        }
+        assert!(covered >= 368, "covered {covered} of 400");
+    }
+
+    /// Top-1 agreement of 20 samples that all agree: the interval reaches
+    /// well below 100% (Wilson: 83.9%), and it covers a true agreement of
+    /// 98% in most simulated sets of 20 samples (a bootstrap alone: about
+    /// one in three).
+    #[test]
+    fn top1_interval_does_not_stop_at_what_was_seen() {
+        let agreeing: Vec<_> = (0..20)
+            .map(|k| {
+                let r = arr1(&[3.0f32, 1.0, -1.0, 0.5 + k as f32 * 0.01]).into_dyn();
+                (r.clone(), r.mapv(|v| v * 1.01))
+            })
+            .collect();
+        let [lo, hi] = located(&agreeing).interval.unwrap().top1.unwrap();
+        assert!((lo - 0.839).abs() < 0.001 && hi == 1.0, "{lo} {hi}");
+        let mut u = lcg(5);
+        let mut covered = 0;
+        for _ in 0..200 {
+            let set: Vec<_> = (0..20)
+                .map(|_| {
+                    let r = arr1(&[3.0f32, 1.0, -1.0, 0.5]).into_dyn();
+                    let mut t = r.mapv(|v| v * 1.01);
+                    if u() < 0.02 {
+                        t[3] = 9.0;
+                    }
+                    (r, t)
+                })
+                .collect();
+            let [lo, hi] = located(&set).interval.unwrap().top1.unwrap();
+            covered += (lo <= 0.98 && 0.98 <= hi) as u32;
+        }
+        assert!(covered >= 180, "covered {covered} of 200");
     }
 }

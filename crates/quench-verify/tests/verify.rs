@@ -690,7 +690,7 @@ fn worst_sample_names_its_row_in_the_users_data() {
         .map(|&(_, db)| db)
         .fold(f64::NEG_INFINITY, f64::max);
     assert_eq!(iv.samples, rows.len() as u64);
-    let [lo, hi] = iv.sqnr_db;
+    let [lo, hi] = iv.sqnr_db.unwrap();
     assert!(
         lowest - 0.01 <= lo && lo < m.sqnr_db && m.sqnr_db < hi && hi <= highest + 0.01,
         "interval [{lo:.3}, {hi:.3}] for {:.3}; rows alone {lowest:.3} to {highest:.3}",
