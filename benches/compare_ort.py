@@ -1611,8 +1611,13 @@ def task_table(results):
         qd, od = q.get("task_detail") or {}, o.get("task_detail") or {}
         if "skip" in r or not q or not o:
             continue
-        s_file = db_span(sqnr_diff_ci([q.get("per_sample_power")], [o.get("per_sample_power")]))
-        s_nud = db_span(sqnr_diff_ci(q.get("power_nudged"), o.get("power_nudged")))
+        if isinstance(o.get("sqnr_mean"), float) and math.isinf(o["sqnr_mean"]):
+            # ORT returned the FP32 model (e.g. a network inside an If):
+            # nothing quantized to compare.
+            s_file, s_nud = "ORT returned it unquantized", "-"
+        else:
+            s_file = db_span(sqnr_diff_ci([q.get("per_sample_power")], [o.get("per_sample_power")]))
+            s_nud = db_span(sqnr_diff_ci(q.get("power_nudged"), o.get("power_nudged")))
         if key is None or not isinstance(qd.get(key[0]), float) or not isinstance(od.get(key[0]), float):
             lines.append(f"| {r['name']} | {s_file} | {s_nud} | - | | | | | | |")
             continue
