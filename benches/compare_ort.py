@@ -1584,10 +1584,11 @@ def task_table(results):
     """The kind's task figure, quench default against ORT's best
     configuration (by SQNR), with the difference's paired bootstrap 95%
     interval over the eval samples, on the file and over the nudged copies."""
-    lines = ["| model | SQNR difference, file [95% interval] | nudged | task figure | quench / ORT best (file) "
+    lines = ["| model | SQNR quench / ORT best, file | difference [95% interval] | nudged | task figure "
+             "| quench / ORT best (file) "
              "| difference [95% interval] | P(quench behind) | nudged: quench / ORT best | difference [95% interval] "
              "| P(quench behind) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def db_span(c):
         return f"{c['diff']:+.2f} [{c['lo']:+.2f}, {c['hi']:+.2f}] (P behind {c['p_below_zero']:.2f})" if c else "-"
@@ -1611,6 +1612,7 @@ def task_table(results):
         qd, od = q.get("task_detail") or {}, o.get("task_detail") or {}
         if "skip" in r or not q or not o:
             continue
+        sq = f"{fmt_db(q.get('sqnr_mean'))} / {fmt_db(o.get('sqnr_mean'))}"
         if isinstance(o.get("sqnr_mean"), float) and math.isinf(o["sqnr_mean"]):
             # ORT returned the FP32 model (e.g. a network inside an If):
             # nothing quantized to compare.
@@ -1619,14 +1621,14 @@ def task_table(results):
             s_file = db_span(sqnr_diff_ci([q.get("per_sample_power")], [o.get("per_sample_power")]))
             s_nud = db_span(sqnr_diff_ci(q.get("power_nudged"), o.get("power_nudged")))
         if key is None or not isinstance(qd.get(key[0]), float) or not isinstance(od.get(key[0]), float):
-            lines.append(f"| {r['name']} | {s_file} | {s_nud} | - | | | | | | |")
+            lines.append(f"| {r['name']} | {sq} | {s_file} | {s_nud} | - | | | | | | |")
             continue
         c_file = task_diff_ci([qd.get("per_sample")], [od.get("per_sample")]) \
             if qd.get("per_sample") and od.get("per_sample") else None
         qn, on = q.get("task_nudged") or {}, o.get("task_nudged") or {}
         c_nud = task_diff_ci(qn.get("per_sample"), on.get("per_sample"))
         nud = f"{pct(key, qn['mean'])} / {pct(key, on['mean'])}" if "mean" in qn and "mean" in on else "-"
-        lines.append(f"| {r['name']} | {s_file} | {s_nud} | {key[1]} | {pct(key, qd[key[0]])} / {pct(key, od[key[0]])} "
+        lines.append(f"| {r['name']} | {sq} | {s_file} | {s_nud} | {key[1]} | {pct(key, qd[key[0]])} / {pct(key, od[key[0]])} "
                      f"({r['ort_best']}) | "
                      f"{' | '.join(span(key, c_file))} | {nud} | {' | '.join(span(key, c_nud))} |")
     return "\n".join(lines)
