@@ -38,6 +38,14 @@ struct Compiled {
 /// Compiles `fixture` (digits_cnn.onnx unless given) with `extra` flags
 /// into `target/interop/options/<stem>.<tag>.onnx`.
 fn compile(fixture: &str, tag: &str, extra: &[&str]) -> Compiled {
+    let (code, c) = compile_status(fixture, tag, extra);
+    assert_eq!(code, 0, "{}", c.log);
+    c
+}
+
+/// `compile` that returns the exit status instead of requiring 0 (3: a
+/// target missed, the model still written).
+fn compile_status(fixture: &str, tag: &str, extra: &[&str]) -> (i32, Compiled) {
     let dir = interop_dir("options");
     let stem = std::path::Path::new(fixture)
         .file_stem()
@@ -69,14 +77,17 @@ fn compile(fixture: &str, tag: &str, extra: &[&str]) -> Compiled {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let (code, stdout, stderr) = quench(&refs);
     let log = format!("quench {}\n{stdout}\n{stderr}", args.join(" "));
-    assert_eq!(code, 0, "{log}");
+    assert!(code == 0 || code == 3, "{log}");
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
-    Compiled {
-        model: load(&out),
-        out,
-        report,
-        log,
-    }
+    (
+        code,
+        Compiled {
+            model: load(&out),
+            out,
+            report,
+            log,
+        },
+    )
 }
 
 /// Every verified output: figures finite (flag and numbers), SQNR vs FP32
@@ -427,49 +438,60 @@ fn saturation_guard_moves_only_saturating_layers_to_seven_bits() {
     require_fused_sqnr(&s.out, 40.0);
     // A target only the unguarded model meets (between the two figures;
     // on the HardSwish-stem fixture, measured 43.08 guarded and 43.13
-    // dB): the guard is undone and says why.
+    // dB): the guard stays (without it ONNX Runtime on x86 without VNNI
+    // saturates the layers), the target is reported missed (status 3, the
+    // model written) and the message names --no-saturation-guard, with
+    // which the same target is reached.
     let calib = testdata("digits/calib").display().to_string();
     let eval = testdata("digits/eval").display().to_string();
     let stem = |tag: &str, extra: &[&str]| {
         let mut a = vec!["-c", calib.as_str(), "--eval", eval.as_str()];
         a.extend_from_slice(extra);
-        compile("accuracy/hardswish_stem.onnx", tag, &a)
+        compile_status("accuracy/hardswish_stem.onnx", tag, &a)
     };
     let sqnr = |c: &Compiled| {
         finite_f64(&c.report["verification"]["outputs"][0]["reference"]["sqnr_db"]).unwrap()
     };
     let (guarded, plain) = (
-        sqnr(&stem("stem_guard", &[])),
-        sqnr(&stem("stem_plain", &["--no-saturation-guard"])),
+        sqnr(&stem("stem_guard", &[]).1),
+        sqnr(&stem("stem_plain", &["--no-saturation-guard"]).1),
     );
     assert!(plain > guarded + 0.01, "{plain} vs {guarded}");
     let target = format!("{:.4}", (plain + guarded) / 2.0);
-    let t = stem("stem_guard_target", &["--target-sqnr", &target]);
+    let (code, t) = stem("stem_guard_target", &["--target-sqnr", &target]);
+    assert_eq!(code, 3, "{}", t.log);
     let g = &t.report["saturation_guard"];
-    assert!(
-        g["reverted"]
-            .as_str()
-            .is_some_and(|w| w.contains("--target-sqnr")),
-        "{g}"
-    );
-    assert!(
-        g["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["moved"] == false && narrowed(l).is_empty()),
-        "{g}"
-    );
-    for l in g["layers"].as_array().unwrap() {
-        let name = l["layer"].as_str().unwrap();
+    assert!(g["reverted"].is_null(), "{g}");
+    let moved: Vec<&str> = g["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["moved"] == true && !narrowed(l).is_empty())
+        .map(|l| l["layer"].as_str().unwrap())
+        .collect();
+    assert!(!moved.is_empty(), "{g}");
+    for name in &moved {
         assert!(
-            weight_amax(&t.model, name).iter().all(|a| *a == 127),
-            "{name}"
+            weight_amax(&t.model, name).iter().any(|a| *a <= 63),
+            "{name}: 7-bit codes kept"
         );
     }
-    assert!(sqnr(&t) >= target.parse::<f64>().unwrap(), "{}", t.log);
-    assert_eq!(t.report["mixed_precision"]["reached"], true, "{}", t.log);
-    assert!(t.log.contains("saturation guard undone"), "{}", t.log);
+    assert!(sqnr(&t) < target.parse::<f64>().unwrap(), "{}", t.log);
+    assert_eq!(t.report["mixed_precision"]["reached"], false, "{}", t.log);
+    assert!(
+        t.log
+            .contains("not reached with the saturation guard's 7-bit layers")
+            && t.log.contains("--no-saturation-guard"),
+        "{}",
+        t.log
+    );
+    let (code, u) = stem(
+        "stem_plain_target",
+        &["--no-saturation-guard", "--target-sqnr", &target],
+    );
+    assert_eq!(code, 0, "{}", u.log);
+    assert_eq!(u.report["mixed_precision"]["reached"], true, "{}", u.log);
+    assert!(sqnr(&u) >= target.parse::<f64>().unwrap(), "{}", u.log);
 }
 
 /// Dynamic mode: MatMulInteger takes the 7-bit codes the plan asks for
