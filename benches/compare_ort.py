@@ -911,8 +911,7 @@ def task_diff_ci(a, b, n_boot=2000, seed=0):
     n = len(A[0][0])
     if n == 0 or any(len(x) != n or len(y) != n for x, y in A + B):
         return None
-    rng = np.random.default_rng(seed)
-    idx = np.vstack([np.arange(n), rng.integers(0, n, size=(n_boot, n))])
+    idx = boot_rows(n, n_boot, seed)
 
     def fig(parts):
         per_copy = []
@@ -921,7 +920,21 @@ def task_diff_ci(a, b, n_boot=2000, seed=0):
             per_copy.append(np.where(s_den > 0, s_num / np.where(s_den > 0, s_den, 1.0), 1.0))
         return np.mean(per_copy, axis=0)
 
-    d = fig(A) - fig(B)
+    return ci_result(fig(A) - fig(B), n, a, b)
+
+
+def boot_rows(n, n_boot, seed):
+    """Row 0: the samples as they are; rows 1..n_boot: seeded resamples
+    with replacement (shared by both tools and every copy)."""
+    rng = np.random.default_rng(seed)
+    return np.vstack([np.arange(n), rng.integers(0, n, size=(n_boot, n))])
+
+
+def ci_result(d, n, a, b):
+    """The difference on the samples as they are (d[0]) and the 2.5/97.5
+    percentiles over the resamples; None when not finite."""
+    if not np.all(np.isfinite(d)):
+        return None
     boot = d[1:]
     return {"diff": float(d[0]), "lo": float(np.percentile(boot, 2.5)), "hi": float(np.percentile(boot, 97.5)),
             "p_below_zero": float(np.mean(boot < 0)), "samples": int(n), "copies": [len(a), len(b)]}
@@ -938,8 +951,7 @@ def sqnr_diff_ci(a, b, n_boot=2000, seed=0):
     n = len(a[0]["sig"][0])
     if n == 0 or any(len(v) != n for p in a + b for k in ("sig", "err") for v in p[k]):
         return None
-    rng = np.random.default_rng(seed)
-    idx = np.vstack([np.arange(n), rng.integers(0, n, size=(n_boot, n))])
+    idx = boot_rows(n, n_boot, seed)
 
     def fig(copies):
         per_copy = []
@@ -952,12 +964,7 @@ def sqnr_diff_ci(a, b, n_boot=2000, seed=0):
             per_copy.append(np.minimum(np.mean(dbs, axis=0), 200.0))
         return np.mean(per_copy, axis=0)
 
-    d = fig(a) - fig(b)
-    boot = d[1:]
-    if not np.all(np.isfinite(d)):
-        return None
-    return {"diff": float(d[0]), "lo": float(np.percentile(boot, 2.5)), "hi": float(np.percentile(boot, 97.5)),
-            "p_below_zero": float(np.mean(boot < 0)), "samples": int(n), "copies": [len(a), len(b)]}
+    return ci_result(fig(a) - fig(b), n, a, b)
 
 
 def task_metric(kind, ref_outs, q_outs, labels):

@@ -143,16 +143,9 @@ pub fn fit_and_judge(n: usize, max: usize) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// `0..n` in a random order fixed by `seed` (Fisher-Yates over
-/// splitmix64: deterministic, no dependency).
+/// [`quench_verify::metrics::splitmix64`]: deterministic).
 pub fn shuffled(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut next = quench_verify::metrics::splitmix64(seed);
     let mut idx: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
         let j = (next() % (i as u64 + 1)) as usize;

@@ -195,10 +195,16 @@ impl Interval {
     }
 }
 
-/// The generator every interval draws from: splitmix64 from
-/// [`INTERVAL_SEED`] (deterministic, no dependency).
+/// The generator every interval draws from: [`splitmix64`] from
+/// [`INTERVAL_SEED`].
 fn resampler() -> impl FnMut() -> u64 {
-    let mut state = INTERVAL_SEED;
+    splitmix64(INTERVAL_SEED)
+}
+
+/// splitmix64 from `seed`: quench's one seeded generator (deterministic,
+/// no dependency; also the held-back split's shuffle).
+pub fn splitmix64(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
     move || {
         state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = state;
