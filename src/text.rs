@@ -266,6 +266,7 @@ pub fn print_report(r: &Report, verbose: bool) {
                         line(f)
                     );
                 }
+                print_parts(o);
                 if o.integer && v.outputs.iter().any(|x| !x.integer) {
                     println!("    {}: integer output (class indices): its SQNR judges nothing, the other outputs' do", o.output);
                 }
@@ -432,4 +433,43 @@ fn print_pruning(this: &PruneReport, verbose: bool) {
     for n in &this.notes {
         println!("  note: {n}");
     }
+}
+
+/// The SQNR of each tensor a Concat assembled an output from (the file's,
+/// else the reference semantics'): one figure over a detector's output is
+/// decided by its largest values (box coordinates), these show its scores.
+fn print_parts(o: &quench_compile::report::OutputCheck) {
+    const SHOWN: usize = 12;
+    let from_file = o.parts.iter().all(|p| p.file.is_some());
+    let figures: Vec<String> = o
+        .parts
+        .iter()
+        .filter_map(|p| {
+            let m = if from_file {
+                p.file.as_ref()
+            } else {
+                p.reference.as_ref()
+            }?;
+            Some(format!("`{}` {:.2} dB", p.tensor, m.sqnr_db))
+        })
+        .collect();
+    if figures.is_empty() {
+        return;
+    }
+    let more = figures.len().saturating_sub(SHOWN);
+    println!(
+        "    {} by part (the tensors concatenated into it, {}): {}{}",
+        o.output,
+        if from_file {
+            "emitted file"
+        } else {
+            "reference semantics"
+        },
+        figures[..figures.len().min(SHOWN)].join(", "),
+        if more > 0 {
+            format!(" and {more} more (in --report)")
+        } else {
+            String::new()
+        }
+    );
 }

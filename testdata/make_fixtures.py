@@ -1015,6 +1015,36 @@ def make_bad():
 
 
 # --------------------------------------------------------------------------
+def make_detector_head():
+    """A YOLOX-style detector head whose one output concatenates box values
+    (times 32, like pixel offsets) and two sigmoid scores, then reshapes it
+    with a shape computed from the input's batch (Shape, Gather, Concat) and
+    transposes it to [N, anchors, 6]: verification measures the boxes and
+    the scores as parts of the output."""
+    rng = np.random.default_rng(31)
+    k3 = dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    inits = [init("c1.w", conv_w(rng, 8, 3, 3)), init("c1.b", rng.normal(0, 0.1, 8)),
+             init("box.w", conv_w(rng, 4, 8, 1)), init("box.b", rng.normal(0, 0.1, 4)),
+             init("score.w", conv_w(rng, 2, 8, 1)), init("score.b", rng.normal(-1.0, 0.1, 2)),
+             init("stride", np.array(32.0, dtype=np.float32)),
+             init("zero_axis", np.array([0], dtype=np.int64)),
+             init("tail", np.array([6, 256], dtype=np.int64))]
+    nodes = [helper.make_node("Conv", ["input", "c1.w", "c1.b"], ["c1"], name="conv1", **k3),
+             helper.make_node("Relu", ["c1"], ["a"], name="relu1"),
+             helper.make_node("Conv", ["a", "box.w", "box.b"], ["box_raw"], name="box_conv", kernel_shape=[1, 1]),
+             helper.make_node("Mul", ["box_raw", "stride"], ["boxes"], name="box_scale"),
+             helper.make_node("Conv", ["a", "score.w", "score.b"], ["score_logit"], name="score_conv", kernel_shape=[1, 1]),
+             helper.make_node("Sigmoid", ["score_logit"], ["scores"], name="score_sigmoid"),
+             helper.make_node("Concat", ["boxes", "scores"], ["cat"], name="concat", axis=1),
+             helper.make_node("Shape", ["input"], ["in_shape"], name="shape"),
+             helper.make_node("Gather", ["in_shape", "zero_axis"], ["batch"], name="batch", axis=0),
+             helper.make_node("Concat", ["batch", "tail"], ["flat_shape"], name="flat_shape", axis=0),
+             helper.make_node("Reshape", ["cat", "flat_shape"], ["flat"], name="flatten"),
+             helper.make_node("Transpose", ["flat"], ["output"], name="to_anchors", perm=[0, 2, 1])]
+    g = helper.make_graph(nodes, "detector_head", [vi("input", ["N", 3, 16, 16])], [vi("output", ["N", 256, 6])], inits)
+    save_checked(make_model(g), "detector_head.onnx")
+
+# --------------------------------------------------------------------------
 
 def main():
     global OUT
@@ -1034,6 +1064,7 @@ def main():
     make_softmax_head()
     make_bn_variants()
     make_silu_cnn()
+    make_detector_head()
     make_resnet_tiny()
     make_mobilenet_tiny()
     make_digits_cnn()

@@ -719,3 +719,93 @@ fn static_mode_quantizes_embedding_tables() {
     let sqnr = sqnr_of(&r["verification"]["outputs"][0]["reference"]).unwrap();
     assert!(sqnr > 30.0, "{sqnr}");
 }
+
+/// A detector head's one output concatenates boxes (times 32) and two
+/// sigmoid scores, reshaped with a shape computed from the batch and
+/// transposed to [N, anchors, 6]. Verification measures each part on its
+/// own: the report's figures equal the SQNR of those columns computed
+/// here from tract runs of FP32 and the written file on the same
+/// evaluation samples, the whole output's figure likewise, and the text
+/// names them.
+#[test]
+fn a_concatenated_output_is_measured_by_part() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = testdata("detector_head.onnx");
+    let (cal, ev) = (tmp.path().join("cal"), tmp.path().join("eval"));
+    std::fs::create_dir_all(&cal).unwrap();
+    std::fs::create_dir_all(&ev).unwrap();
+    random_calibration(&m, &cal, 8);
+    let n = 6;
+    let mut r = Lcg(1234);
+    let samples: Vec<Vec<f32>> = (0..n)
+        .map(|_| (0..3 * 16 * 16).map(|_| r.normal()).collect())
+        .collect();
+    ArrayD::from_shape_vec(vec![n, 1, 3, 16, 16], samples.concat())
+        .unwrap()
+        .write_npy(std::fs::File::create(ev.join("input.npy")).unwrap())
+        .unwrap();
+    let (q, rep) = (tmp.path().join("q.onnx"), tmp.path().join("r.json"));
+    let out = quench_ok(&[
+        "compile",
+        m.to_str().unwrap(),
+        "-c",
+        cal.to_str().unwrap(),
+        "--eval",
+        ev.to_str().unwrap(),
+        "-o",
+        q.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    let o = &report(&rep)["verification"]["outputs"][0];
+    let parts = o["parts"].as_array().expect("the output's parts");
+    let names: Vec<&str> = parts
+        .iter()
+        .map(|p| p["tensor"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["boxes", "scores"], "{o}");
+    // Independently: per column group, FP32's power over the error's.
+    let (fp, qm) = (load(&m), load(&q));
+    let names = quench_verify::input_names(&fp);
+    let (rf, rq) = (
+        quench_verify::Runners::new(&fp, vec![]),
+        quench_verify::Runners::new(&qm, vec![]),
+    );
+    let mut sums = [[0f64; 2]; 3]; // boxes, scores, whole: signal, error
+    for s in &samples {
+        let x = vec![quench_verify::ArrayData::F32(
+            ArrayD::from_shape_vec(vec![1, 3, 16, 16], s.clone()).unwrap(),
+        )];
+        let (a, b) = (
+            rf.run(&names, &x).unwrap()[0].to_f32(),
+            rq.run(&names, &x).unwrap()[0].to_f32(),
+        );
+        assert_eq!(a.shape(), [1, 256, 6]);
+        for (i, (u, v)) in a.iter().zip(b.iter()).enumerate() {
+            let (u, v) = (f64::from(*u), f64::from(*v));
+            let part = if i % 6 < 4 { 0 } else { 1 };
+            for k in [part, 2] {
+                sums[k][0] += u * u;
+                sums[k][1] += (u - v) * (u - v);
+            }
+        }
+    }
+    let db = |k: usize| 10.0 * (sums[k][0] / sums[k][1]).log10();
+    for (k, p) in parts.iter().enumerate() {
+        let got = sqnr_of(&p["file"]).unwrap();
+        assert!(
+            (got - db(k)).abs() < 0.01,
+            "{}: {got} vs {}",
+            names[k],
+            db(k)
+        );
+    }
+    let whole = sqnr_of(&o["file"]).unwrap();
+    assert!((whole - db(2)).abs() < 0.01, "{whole} vs {}", db(2));
+    // The boxes decide the whole output's figure (32x the scale).
+    assert!((whole - db(0)).abs() < 1.0, "{whole} vs boxes {}", db(0));
+    assert!(
+        out.contains("output by part (the tensors concatenated into it, emitted file): `boxes`"),
+        "{out}"
+    );
+}

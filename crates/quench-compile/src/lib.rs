@@ -37,6 +37,7 @@ pub mod data;
 pub mod inspect;
 pub mod mixed;
 pub mod options;
+pub mod parts;
 pub mod phases;
 pub mod prequantized;
 pub mod progress;
@@ -340,6 +341,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     }
     let mut model =
         Model::from_onnx(original.clone()).with_context(|| format!("{}", input.path.display()))?;
+    // Outputs a Concat assembles, found before any pass renames a tensor:
+    // verification measures their parts too.
+    let output_parts = parts::find(&model.graph);
     let size_before = input.file_bytes + input.external.bytes;
     let mut cfg = opts.quantize_config();
 
@@ -1165,7 +1169,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 let (twin_pairs, _) =
                     quench_passes::simulate::float_twin_pairs(&mut twin.graph, opset);
                 let twin_proto = twin.to_onnx();
-                match verify::verify(original, &out_proto, &twin_proto, ev) {
+                match verify::verify(original, &out_proto, &twin_proto, ev, &output_parts) {
                     Ok(mut v) => {
                         for t in &v.specialised {
                             out.note(format!("verification: {t}"));

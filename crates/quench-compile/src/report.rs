@@ -27,6 +27,19 @@ pub struct OutputCheck {
     /// index): its SQNR is shown but judges nothing (`--min-sqnr`,
     /// `--target-sqnr`) when the model has another output.
     pub integer: bool,
+    /// The tensors a Concat assembled this output from, each measured on
+    /// its own (see [`crate::parts`]); empty for an output of one piece.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartCheck>,
+}
+
+/// One part of an output (see [`OutputCheck::parts`]): FP32 against the
+/// file and the float twin, over that part's elements only.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartCheck {
+    pub tensor: String,
+    pub file: Option<Metrics>,
+    pub reference: Option<Metrics>,
 }
 
 impl OutputCheck {

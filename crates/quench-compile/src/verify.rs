@@ -6,7 +6,8 @@ use quench_onnx::proto::ModelProto;
 use quench_verify::{Evaluator, Runners, Subject};
 
 use crate::data::Bound;
-use crate::report::{Accuracy, OutputCheck, Verification};
+use crate::parts::OutputParts;
+use crate::report::{Accuracy, OutputCheck, PartCheck, Verification};
 
 /// The FP32 model runs in tract but neither the quantized model nor its
 /// float twin does: the output is not trusted, and the compile fails.
@@ -22,7 +23,8 @@ impl std::fmt::Display for QuantizedDoesNotRun {
 impl std::error::Error for QuantizedDoesNotRun {}
 
 /// Runs FP32 (`original`), the emitted model (`quantized`) and its float
-/// twin on `data` and compares them per graph output.
+/// twin on `data` and compares them per graph output, and per part for
+/// the outputs in `parts` (found on `original`'s graph).
 ///
 /// Errors when FP32 cannot run, or when neither the file nor its twin can.
 pub fn verify(
@@ -30,6 +32,7 @@ pub fn verify(
     quantized: &ModelProto,
     twin: &ModelProto,
     data: &Bound,
+    parts: &[OutputParts],
 ) -> Result<Verification> {
     // Ifs tract cannot type are specialised on the data (see
     // `control_flow`); every model compared gets the same branches.
@@ -46,11 +49,38 @@ pub fn verify(
         Some(s) => (&s.models[0], &s.models[1], &s.models[2]),
         None => (original, quantized, twin),
     };
+    let out_names = quench_verify::output_names(original);
+    // The parts' tensors are exposed by the FP32 run, after the outputs;
+    // a specialised If leaves them where they were (the graph outside it).
+    let mut splits = Vec::new();
+    let mut exposed = Vec::new();
+    for p in parts {
+        let at = out_names.len() + exposed.len();
+        let n = p.exposed().len();
+        exposed.extend(p.exposed());
+        let p = p.clone();
+        splits.push(quench_verify::PartSplit {
+            output: p.index,
+            parts: p.leaves.len(),
+            mask: Box::new(move |run: &[quench_verify::ArrayData]| {
+                let arrays: Option<Vec<&quench_verify::ArrayData>> =
+                    (at..at + n).map(|i| run.get(i)).collect();
+                p.mask(&arrays?)
+            }),
+        });
+    }
     let eval = Evaluator::new(&data.data, data.feed, quench_verify::input_names(original));
-    let fp = Runners::new(original, vec![]);
+    // The parts are a diagnostic: where tract cannot expose them, the
+    // outputs are measured whole as before.
+    let with_parts = (!exposed.is_empty())
+        .then(|| Runners::new(original, exposed))
+        .filter(|r| eval.probe(r).is_ok());
+    let (eval, fp) = match with_parts {
+        Some(r) => (eval.with_parts(splits), r),
+        None => (eval, Runners::new(original, vec![])),
+    };
     let qr = Runners::new(quantized, vec![]);
     let tr = Runners::new(twin, vec![]);
-    let out_names = quench_verify::output_names(original);
     let integer = quench_verify::integer_outputs(original);
     // The three models compile side by side.
     eval.warm_up(&[&fp, &qr, &tr])?;
@@ -85,8 +115,29 @@ pub fn verify(
                 (Some(re), Some(rt)) => rt.sqnr_db < re.sqnr_db + 10.0 && rt.sqnr_db < 40.0,
                 _ => false,
             };
+            let split = parts.iter().position(|p| p.index == i);
+            let part_figures =
+                |f: &quench_verify::PairFigures| -> Option<Vec<quench_verify::Metrics>> {
+                    f.outputs.as_ref().ok()?;
+                    f.parts.get(split?)?.clone()
+                };
+            let (pf, pr) = (part_figures(file), part_figures(reference));
+            let part_checks = match split {
+                Some(s) if pf.is_some() || pr.is_some() => parts[s]
+                    .leaves
+                    .iter()
+                    .enumerate()
+                    .map(|(j, t)| PartCheck {
+                        tensor: t.clone(),
+                        file: pf.as_ref().and_then(|m| m.get(j).cloned()),
+                        reference: pr.as_ref().and_then(|m| m.get(j).cloned()),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
             OutputCheck {
                 output: name.clone(),
+                parts: part_checks,
                 file: file_m,
                 reference: reference_m,
                 runtime_vs_reference: rt,

@@ -344,6 +344,23 @@ pub struct PairFigures {
     pub outputs: std::result::Result<Vec<Metrics>, String>,
     /// Top-1 hits against labels on output 0 (zero rows without labels).
     pub labels: LabelHits,
+    /// Per [`PartSplit`] of the evaluator, the figures of each part
+    /// (`None` when a batch had no mask, or the pair did not run).
+    pub parts: Vec<Option<Vec<Metrics>>>,
+}
+
+/// The mask of a [`PartSplit`] from the first subject's outputs on one
+/// batch (graph outputs, then exposed tensors).
+pub type PartMask = dyn Fn(&[ArrayData]) -> Option<Vec<u32>> + Send + Sync;
+
+/// A graph output read by parts as well as whole: per element (row-major),
+/// its part (1-based; 0: in no part), from the mask the first subject's
+/// run of each batch gives. Which elements form a part is the caller's
+/// (quench-compile: the tensors a Concat assembled the output from).
+pub struct PartSplit {
+    pub output: usize,
+    pub parts: usize,
+    pub mask: Box<PartMask>,
 }
 
 /// Outputs of a model precomputed batch by batch (see
@@ -375,6 +392,41 @@ pub struct Evaluator<'d> {
     feed: Feed,
     names: Vec<String>,
     ranges: Vec<Range<usize>>,
+    parts: Vec<PartSplit>,
+}
+
+/// One batch's accumulators of the `parts` parts of an output (`x` the
+/// reference, `y` the compared), by `mask`; `None` when the mask does
+/// not cover the output element for element.
+fn part_update(
+    mask: &[u32],
+    parts: usize,
+    x: &ArrayD<f32>,
+    y: &ArrayD<f32>,
+) -> Result<Option<Vec<Accumulator>>> {
+    if mask.len() != x.len() || x.shape() != y.shape() {
+        return Ok(None);
+    }
+    let mut xs = vec![Vec::new(); parts];
+    let mut ys = vec![Vec::new(); parts];
+    for ((a, b), &k) in x.iter().zip(y.iter()).zip(mask) {
+        if k == 0 || k as usize > parts {
+            continue;
+        }
+        xs[k as usize - 1].push(*a);
+        ys[k as usize - 1].push(*b);
+    }
+    let mut accs = vec![Accumulator::new(); parts];
+    for ((acc, a), b) in accs.iter_mut().zip(xs).zip(ys) {
+        if a.is_empty() {
+            continue;
+        }
+        let n = a.len();
+        let a = ArrayD::from_shape_vec(vec![n], a)?;
+        let b = ArrayD::from_shape_vec(vec![n], b)?;
+        acc.update(a.view(), b.view())?;
+    }
+    Ok(Some(accs))
 }
 
 impl<'d> Evaluator<'d> {
@@ -388,7 +440,15 @@ impl<'d> Evaluator<'d> {
             feed,
             names: input_names,
             ranges,
+            parts: Vec::new(),
         }
+    }
+
+    /// The same evaluator with outputs also read by parts in
+    /// [`compare`](Self::compare) (see [`PartSplit`]).
+    pub fn with_parts(mut self, parts: Vec<PartSplit>) -> Evaluator<'d> {
+        self.parts = parts;
+        self
     }
 
     /// Samples compared.
@@ -414,6 +474,15 @@ impl<'d> Evaluator<'d> {
             );
         }
         Ok(Cached(outs))
+    }
+
+    /// Runs `runners` on the first batch: whether it runs on this data.
+    pub fn probe(&self, runners: &Runners) -> Result<()> {
+        if let Some(first) = self.ranges.first() {
+            let inputs = self.data.feed(self.feed, first.clone())?;
+            runners.run(&self.names, &inputs)?;
+        }
+        Ok(())
     }
 
     /// Compiles the runners of `models` side by side for the first batch's
@@ -457,6 +526,7 @@ impl<'d> Evaluator<'d> {
             acc: Vec<Vec<Accumulator>>,
             errors: Vec<Option<String>>,
             labels: Vec<LabelHits>,
+            parts: Vec<Vec<Option<Vec<Accumulator>>>>,
         }
         let batches: Vec<Batch> = self
             .ranges
@@ -493,10 +563,22 @@ impl<'d> Evaluator<'d> {
                     .collect();
                 let mut acc = vec![vec![Accumulator::new(); outputs]; pairs.len()];
                 let mut hits = vec![LabelHits::default(); pairs.len()];
+                let masks: Vec<Option<Vec<u32>>> = self
+                    .parts
+                    .iter()
+                    .map(|s| runs.first()?.as_ref().and_then(|r| (s.mask)(r)))
+                    .collect();
+                let mut parts = vec![vec![None; self.parts.len()]; pairs.len()];
                 for (p, &(a, b)) in pairs.iter().enumerate() {
                     let (Some(x), Some(y)) = (&f32s[a], &f32s[b]) else {
                         continue;
                     };
+                    for (si, s) in self.parts.iter().enumerate() {
+                        parts[p][si] = match (&masks[si], x.get(s.output), y.get(s.output)) {
+                            (Some(m), Some(x), Some(y)) => part_update(m, s.parts, x, y)?,
+                            _ => None,
+                        };
+                    }
                     if x.len() < outputs || y.len() < outputs {
                         bail!(
                             "a model returned {} outputs where {outputs} were expected",
@@ -526,13 +608,36 @@ impl<'d> Evaluator<'d> {
                     acc,
                     errors,
                     labels: hits,
+                    parts,
                 })
             })
             .collect::<Result<_>>()?;
         let mut acc = vec![vec![Accumulator::new(); outputs]; pairs.len()];
         let mut errors: Vec<Option<String>> = vec![None; subjects.len()];
         let mut hits = vec![LabelHits::default(); pairs.len()];
+        let mut parts: Vec<Vec<Option<Vec<Accumulator>>>> = (0..pairs.len())
+            .map(|_| {
+                self.parts
+                    .iter()
+                    .map(|s| Some(vec![Accumulator::new(); s.parts]))
+                    .collect()
+            })
+            .collect();
         for b in &batches {
+            for (p, row) in b.parts.iter().enumerate() {
+                for (si, got) in row.iter().enumerate() {
+                    // A part's figure covers every batch or none.
+                    parts[p][si] = match (parts[p][si].take(), got) {
+                        (Some(mut all), Some(one)) => {
+                            for (x, y) in all.iter_mut().zip(one) {
+                                x.merge(y);
+                            }
+                            Some(all)
+                        }
+                        _ => None,
+                    };
+                }
+            }
             for (p, row) in b.acc.iter().enumerate() {
                 for (k, a) in row.iter().enumerate() {
                     acc[p][k].merge(a);
@@ -554,6 +659,13 @@ impl<'d> Evaluator<'d> {
                     None => Ok(acc[p].iter().map(Accumulator::finish).collect()),
                 },
                 labels: hits[p],
+                parts: parts[p]
+                    .iter()
+                    .map(|s| {
+                        s.as_ref()
+                            .map(|accs| accs.iter().map(Accumulator::finish).collect())
+                    })
+                    .collect(),
             })
             .collect())
     }

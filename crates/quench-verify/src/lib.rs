@@ -32,7 +32,7 @@ mod segment;
 pub use data::{ArrayData, DataError, Dataset, Feed, ModelInput, NarrowType};
 pub use evaluate::{
     batch_leading_outputs, input_names, integer_outputs, output_names, Cached, Evaluator,
-    LabelHits, PairFigures, Runners, Subject, MAX_BATCH,
+    LabelHits, PairFigures, PartMask, PartSplit, Runners, Subject, MAX_BATCH,
 };
 pub use metrics::{Accumulator, Metrics, MetricsError, SampleSqnr, Top1};
 pub use runner::{
