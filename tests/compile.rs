@@ -766,7 +766,7 @@ fn a_concatenated_output_is_measured_by_part() {
     assert_eq!(names, ["boxes", "scores"], "{o}");
     // Independently: per column group, FP32's power over the error's.
     let (fp, qm) = (load(&m), load(&q));
-    let names = quench_verify::input_names(&fp);
+    let inputs = quench_verify::input_names(&fp);
     let (rf, rq) = (
         quench_verify::Runners::new(&fp, vec![]),
         quench_verify::Runners::new(&qm, vec![]),
@@ -777,8 +777,8 @@ fn a_concatenated_output_is_measured_by_part() {
             ArrayD::from_shape_vec(vec![1, 3, 16, 16], s.clone()).unwrap(),
         )];
         let (a, b) = (
-            rf.run(&names, &x).unwrap()[0].to_f32(),
-            rq.run(&names, &x).unwrap()[0].to_f32(),
+            rf.run(&inputs, &x).unwrap()[0].to_f32(),
+            rq.run(&inputs, &x).unwrap()[0].to_f32(),
         );
         assert_eq!(a.shape(), [1, 256, 6]);
         for (i, (u, v)) in a.iter().zip(b.iter()).enumerate() {
@@ -793,6 +793,10 @@ fn a_concatenated_output_is_measured_by_part() {
     let db = |k: usize| 10.0 * (sums[k][0] / sums[k][1]).log10();
     for (k, p) in parts.iter().enumerate() {
         let got = sqnr_of(&p["file"]).unwrap();
+        assert!(
+            p["file"]["top1"].is_null(),
+            "a part is no class scores: {p}"
+        );
         assert!(
             (got - db(k)).abs() < 0.01,
             "{}: {got} vs {}",

@@ -38,10 +38,6 @@ use quench_ir::{Graph, Node, OpKind, ValueId};
 use quench_passes::eval::{self, Tensor};
 use quench_verify::ArrayData;
 
-/// Most elements a mask is computed for (beyond it the output is scored
-/// whole).
-const MAX_MASK_ELEMENTS: usize = 1 << 26;
-
 /// An output assembled by data movement from two or more computed
 /// tensors.
 #[derive(Debug, Clone)]
@@ -108,10 +104,19 @@ impl Walk {
         if depth > 256 {
             return None;
         }
-        if let Some(t) = g.const_tensor(v) {
-            if let std::collections::hash_map::Entry::Vacant(e) = self.consts.entry(v) {
-                e.insert(Tensor::from_proto(t)?);
+        // Constants: initializers, Constant nodes and what is computed
+        // from them alone (a shape from Constant nodes), never exposed.
+        if !self.consts.contains_key(&v) {
+            match constant_value(g, v, CONST_DEPTH) {
+                Some(t) => {
+                    self.consts.insert(v, t);
+                }
+                // An initializer the evaluator cannot decode: no parts.
+                None if g.const_tensor(v).is_some() => return None,
+                None => {}
             }
+        }
+        if self.consts.contains_key(&v) {
             return Some(());
         }
         let producer = g.producer(v).filter(|&n| {
@@ -142,6 +147,55 @@ impl Walk {
         self.nodes.push(n);
         Some(())
     }
+}
+
+/// How many producers deep [`constant_value`] looks (shape arithmetic
+/// from Constant nodes is a few nodes deep).
+const CONST_DEPTH: usize = 16;
+
+/// The value of `v` when it is computed from constants alone (an
+/// initializer, a Constant node, or nodes on them the constant evaluator
+/// runs), looking at most `depth` producers up.
+fn constant_value(g: &Graph, v: ValueId, depth: usize) -> Option<Tensor> {
+    if let Some(t) = g.const_tensor(v) {
+        return Tensor::from_proto(t);
+    }
+    let node = g.node(g.producer(v)?);
+    if depth == 0 || node.has_subgraphs() || node.inputs().is_empty() {
+        return (node.kind() == OpKind::Constant)
+            .then(|| constant_node(node))
+            .flatten();
+    }
+    let inputs: Vec<Option<Tensor>> = node
+        .inputs()
+        .iter()
+        .map(|i| match i {
+            None => Some(None),
+            Some(i) => constant_value(g, *i, depth - 1).map(Some),
+        })
+        .collect::<Option<_>>()?;
+    let slot = node.outputs().iter().position(|o| *o == Some(v))?;
+    eval::eval(node, &inputs)?.into_iter().nth(slot)
+}
+
+/// A Constant node's value (`value`, `value_float(s)`, `value_int(s)`).
+fn constant_node(node: &Node) -> Option<Tensor> {
+    use quench_ir::tensor;
+    if let Some(t) = node.attr_tensor("value") {
+        return Tensor::from_proto(t);
+    }
+    let t = if let Some(f) = node.attr_float("value_float") {
+        tensor::from_f32("", &[], &[f])
+    } else if let Some(a) = node.attr("value_floats") {
+        tensor::from_f32("", &[a.floats.len() as i64], &a.floats)
+    } else if let Some(i) = node.attr_int("value_int") {
+        tensor::from_i64("", &[], &[i])
+    } else if let Some(a) = node.attr("value_ints") {
+        tensor::from_i64("", &[a.ints.len() as i64], &a.ints)
+    } else {
+        return None;
+    };
+    Tensor::from_proto(&t)
 }
 
 fn walk(g: &Graph, index: usize, output: ValueId) -> Option<OutputParts> {
@@ -187,9 +241,8 @@ impl OutputParts {
         }
         let mut values: HashMap<ValueId, Tensor> = HashMap::new();
         for (k, (&v, a)) in self.leaf_ids.iter().zip(exposed).enumerate() {
-            if a.len() > MAX_MASK_ELEMENTS {
-                return None;
-            }
+            // Sizes over the constant evaluator's cap: no mask.
+            eval::capped_count(a.shape())?;
             let id = (k + 1) as f32;
             values.insert(v, Tensor::F32(ndarray::ArrayD::from_elem(a.shape(), id)));
         }
@@ -277,6 +330,43 @@ mod tests {
         // Shapes that do not fit the data movement give no mask.
         assert!(p.mask(&[&f32s(&[1, 2, 4]), &b]).is_none());
         assert!(p.mask(&[&a]).is_none());
+    }
+
+    /// A shape computed from Constant nodes is a constant (not exposed),
+    /// and a Constant node concatenated as data is in no part: one
+    /// computed tensor beside it gives no parts, two give two.
+    #[test]
+    fn constant_nodes_are_constants() {
+        let g = graph(
+            "graph consts(%x: f32[1,2,3]) -> (%6)
+  %0 = Constant() {value=tensor i64[1] [1]} : ?  # k1: one
+  %1 = Constant() {value=tensor i64[1] [12]} : ?  # k2: twelve
+  %2 = Concat(%0, %1) {axis=0} : ?  # shape_cat: shape
+  %3 = Constant() {value=tensor f32[1,2,3] [0,0,0,0,0,0]} : ?  # k3: pad
+  %4 = Relu(%x) : ?  # r: a
+  %5 = Concat(%4, %3) {axis=1} : ?  # cat: c
+  %6 = Reshape(%5, %2) : ?  # flat: out
+",
+        );
+        assert!(find(&g).is_empty(), "one computed tensor beside a constant");
+        let g = graph(
+            "graph consts2(%x: f32[1,2,3]) -> (%7)
+  %0 = Constant() {value=tensor i64[1] [1]} : ?  # k1: one
+  %1 = Constant() {value=tensor i64[1] [18]} : ?  # k2: eighteen
+  %2 = Concat(%0, %1) {axis=0} : ?  # shape_cat: shape
+  %3 = Constant() {value=tensor f32[1,2,3] [0,0,0,0,0,0]} : ?  # k3: pad
+  %4 = Relu(%x) : ?  # r: a
+  %5 = Neg(%x) : ?  # n: b
+  %6 = Concat(%4, %3, %5) {axis=1} : ?  # cat: c
+  %7 = Reshape(%6, %2) : ?  # flat: out
+",
+        );
+        let found = find(&g);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].exposed(), ["a", "b"], "nothing constant exposed");
+        let x = f32s(&[1, 2, 3]);
+        let mask = found[0].mask(&[&x, &x]).expect("a mask");
+        assert_eq!(mask, [[1; 6], [0; 6], [2; 6]].concat());
     }
 
     /// No Concat, or one tensor concatenated with itself: no parts.

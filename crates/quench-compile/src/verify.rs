@@ -54,7 +54,12 @@ pub fn verify(
     // a specialised If leaves them where they were (the graph outside it).
     let mut splits = Vec::new();
     let mut exposed = Vec::new();
-    for p in parts {
+    let integer = quench_verify::integer_outputs(original);
+    // An integer output (class indices) judges nothing: no parts either.
+    for p in parts
+        .iter()
+        .filter(|p| !integer.get(p.index).copied().unwrap_or(false))
+    {
         let at = out_names.len() + exposed.len();
         let n = p.exposed().len();
         exposed.extend(p.exposed());
@@ -81,7 +86,6 @@ pub fn verify(
     };
     let qr = Runners::new(quantized, vec![]);
     let tr = Runners::new(twin, vec![]);
-    let integer = quench_verify::integer_outputs(original);
     // The three models compile side by side.
     eval.warm_up(&[&fp, &qr, &tr])?;
     let subjects = [

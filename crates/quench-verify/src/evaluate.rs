@@ -662,8 +662,15 @@ impl<'d> Evaluator<'d> {
                 parts: parts[p]
                     .iter()
                     .map(|s| {
-                        s.as_ref()
-                            .map(|accs| accs.iter().map(Accumulator::finish).collect())
+                        s.as_ref().map(|accs| {
+                            accs.iter()
+                                .map(|a| Metrics {
+                                    // A part is no class scores.
+                                    top1: None,
+                                    ..a.finish()
+                                })
+                                .collect()
+                        })
                     })
                     .collect(),
             })
