@@ -106,18 +106,17 @@ impl Walk {
         }
         // Constants: initializers, Constant nodes and what is computed
         // from them alone (a shape from Constant nodes), never exposed.
-        if !self.consts.contains_key(&v) {
-            match constant_value(g, v, CONST_DEPTH) {
-                Some(t) => {
-                    self.consts.insert(v, t);
-                }
-                // An initializer the evaluator cannot decode: no parts.
-                None if g.const_tensor(v).is_some() => return None,
-                None => {}
-            }
-        }
         if self.consts.contains_key(&v) {
             return Some(());
+        }
+        match constant_value(g, v, CONST_DEPTH) {
+            Some(t) => {
+                self.consts.insert(v, t);
+                return Some(());
+            }
+            // An initializer the evaluator cannot decode: no parts.
+            None if g.const_tensor(v).is_some() => return None,
+            None => {}
         }
         let producer = g.producer(v).filter(|&n| {
             let node = g.node(n);
