@@ -813,3 +813,59 @@ fn a_concatenated_output_is_measured_by_part() {
         "{out}"
     );
 }
+
+/// Parts stay with their own output: an integer output (ArgMax and
+/// ArgMin concatenated, which gets no parts) before a float one made of
+/// two tensors. The float output's parts were printed under the integer
+/// output's name when the integer one came first (found by review).
+#[test]
+fn parts_stay_with_their_output_after_an_integer_output() {
+    use prost::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let model = quench_ir::parse_model(
+        "# ir_version 8; opset ai.onnx 17
+graph int_first(%x: f32[1,8]) -> (%3, %6)
+  %w0 = const f32[1] [2]  # two
+  %0 = Relu(%x) : ?  # r: a
+  %1 = ArgMax(%x) {axis=1, keepdims=1} : ?  # am: i0
+  %2 = ArgMin(%x) {axis=1, keepdims=1} : ?  # an: i1
+  %3 = Concat(%1, %2) {axis=1} : i64[1,2]  # cat_i: idx
+  %4 = Sigmoid(%x) : ?  # s: sg
+  %5 = Mul(%4, %w0) : ?  # m: b
+  %6 = Concat(%0, %5) {axis=1} : f32[1,16]  # cat: out
+",
+    )
+    .unwrap();
+    let m = tmp.path().join("int_first.onnx");
+    std::fs::write(&m, model.to_onnx().encode_to_vec()).unwrap();
+    let cal = tmp.path().join("cal");
+    std::fs::create_dir_all(&cal).unwrap();
+    random_calibration(&m, &cal, 8);
+    let rep = tmp.path().join("r.json");
+    let out = quench_ok(&[
+        "compile",
+        m.to_str().unwrap(),
+        "-c",
+        cal.to_str().unwrap(),
+        "--eval",
+        cal.to_str().unwrap(),
+        "-o",
+        tmp.path().join("q.onnx").to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    let outs = report(&rep)["verification"]["outputs"].clone();
+    assert_eq!(outs[0]["output"], "idx");
+    assert!(outs[0]["parts"].is_null(), "{}", outs[0]);
+    let parts: Vec<&str> = outs[1]["parts"]
+        .as_array()
+        .expect("the float output's parts")
+        .iter()
+        .map(|p| p["tensor"].as_str().unwrap())
+        .collect();
+    assert_eq!(parts, ["a", "b"]);
+    assert!(
+        out.contains("out by part") && !out.contains("idx by part"),
+        "{out}"
+    );
+}

@@ -94,6 +94,10 @@ struct Walk {
     /// Post-order: each node after every node producing its inputs.
     nodes: Vec<quench_ir::NodeId>,
     concat: bool,
+    /// Values known to be (or not) computed from constants alone, and
+    /// the values of those evaluated: each value is looked at once.
+    constant: HashMap<ValueId, bool>,
+    evaluated: HashMap<ValueId, Option<Tensor>>,
 }
 
 impl Walk {
@@ -109,14 +113,12 @@ impl Walk {
         if self.consts.contains_key(&v) {
             return Some(());
         }
-        match constant_value(g, v, CONST_DEPTH) {
-            Some(t) => {
-                self.consts.insert(v, t);
-                return Some(());
-            }
-            // An initializer the evaluator cannot decode: no parts.
-            None if g.const_tensor(v).is_some() => return None,
-            None => {}
+        if self.is_constant(g, v, CONST_DEPTH) {
+            // A constant the evaluator cannot compute (an f16 initializer):
+            // no parts, rather than a constant exposed as one.
+            let t = self.constant_value(g, v)?;
+            self.consts.insert(v, t);
+            return Some(());
         }
         let producer = g.producer(v).filter(|&n| {
             let node = g.node(n);
@@ -148,33 +150,64 @@ impl Walk {
     }
 }
 
-/// How many producers deep [`constant_value`] looks (shape arithmetic
-/// from Constant nodes is a few nodes deep).
-const CONST_DEPTH: usize = 16;
+/// How many producers up [`Walk::is_constant`] looks (shape arithmetic
+/// on Constant nodes is a few nodes deep; a deeper constant is taken for
+/// a computed tensor).
+const CONST_DEPTH: usize = 64;
 
-/// The value of `v` when it is computed from constants alone (an
-/// initializer, a Constant node, or nodes on them the constant evaluator
-/// runs), looking at most `depth` producers up.
-fn constant_value(g: &Graph, v: ValueId, depth: usize) -> Option<Tensor> {
-    if let Some(t) = g.const_tensor(v) {
-        return Tensor::from_proto(t);
+impl Walk {
+    /// Whether `v` is computed from constants alone (initializers,
+    /// Constant nodes), looking at most `depth` producers up; decided
+    /// without decoding anything, once per value.
+    fn is_constant(&mut self, g: &Graph, v: ValueId, depth: usize) -> bool {
+        if let Some(&known) = self.constant.get(&v) {
+            return known;
+        }
+        let known = g.const_tensor(v).is_some()
+            || match g.producer(v).map(|n| g.node(n)) {
+                Some(node) if node.kind() == OpKind::Constant => true,
+                Some(node) if depth > 0 && !node.has_subgraphs() && !node.inputs().is_empty() => {
+                    let inputs: Vec<ValueId> = node.inputs().iter().flatten().copied().collect();
+                    inputs.iter().all(|&i| self.is_constant(g, i, depth - 1))
+                }
+                _ => false,
+            };
+        self.constant.insert(v, known);
+        known
     }
-    let node = g.node(g.producer(v)?);
-    if depth == 0 || node.has_subgraphs() || node.inputs().is_empty() {
-        return (node.kind() == OpKind::Constant)
-            .then(|| constant_node(node))
-            .flatten();
+
+    /// The value of a `v` [`is_constant`](Self::is_constant) found
+    /// constant, by the constant evaluator; `None` where it cannot
+    /// compute it. Evaluated once per value.
+    fn constant_value(&mut self, g: &Graph, v: ValueId) -> Option<Tensor> {
+        if let Some(t) = self.evaluated.get(&v) {
+            return t.clone();
+        }
+        let t = self.evaluate(g, v);
+        self.evaluated.insert(v, t.clone());
+        t
     }
-    let inputs: Vec<Option<Tensor>> = node
-        .inputs()
-        .iter()
-        .map(|i| match i {
-            None => Some(None),
-            Some(i) => constant_value(g, *i, depth - 1).map(Some),
-        })
-        .collect::<Option<_>>()?;
-    let slot = node.outputs().iter().position(|o| *o == Some(v))?;
-    eval::eval(node, &inputs)?.into_iter().nth(slot)
+
+    fn evaluate(&mut self, g: &Graph, v: ValueId) -> Option<Tensor> {
+        if let Some(t) = g.const_tensor(v) {
+            return Tensor::from_proto(t);
+        }
+        let n = g.producer(v)?;
+        if g.node(n).kind() == OpKind::Constant {
+            return constant_node(g.node(n));
+        }
+        let ins: Vec<Option<ValueId>> = g.node(n).inputs().to_vec();
+        let mut inputs = Vec::with_capacity(ins.len());
+        for i in ins {
+            inputs.push(match i {
+                None => None,
+                Some(i) => Some(self.constant_value(g, i)?),
+            });
+        }
+        let node = g.node(n);
+        let slot = node.outputs().iter().position(|o| *o == Some(v))?;
+        eval::eval(node, &inputs)?.into_iter().nth(slot)
+    }
 }
 
 /// A Constant node's value (`value`, `value_float(s)`, `value_int(s)`).
@@ -366,6 +399,39 @@ mod tests {
         let x = f32s(&[1, 2, 3]);
         let mask = found[0].mask(&[&x, &x]).expect("a mask");
         assert_eq!(mask, [[1; 6], [0; 6], [2; 6]].concat());
+    }
+
+    /// Constants built from a shared subgraph are looked at once each
+    /// (unmemoized, `c20 = c19 + c19` ... took 2^20 evaluations per
+    /// visited value), and a constant 40 producers deep is still one.
+    #[test]
+    fn deep_and_shared_constants_are_constants() {
+        let mut text = String::from(
+            "graph deep(%x: f32[1,2]) -> (%out)
+  %c0 = Constant() {value=tensor f32[1,2] [1,2]} : ?  # k0: c0
+",
+        );
+        for k in 1..=40 {
+            text += &format!(
+                "  %c{k} = Add(%c{}, %c{}) : ?  # add{k}: c{k}\n",
+                k - 1,
+                k - 1
+            );
+        }
+        text += "  %a = Relu(%x) : ?  # r: a
+  %b = Neg(%x) : ?  # n: b
+  %la = Add(%c20, %a) : ?  # la: la
+  %lb = Add(%c20, %b) : ?  # lb: lb
+  %out = Concat(%la, %lb, %c40) {axis=1} : ?  # cat: out
+";
+        let found = find(&graph(&text));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].exposed(), ["la", "lb"], "constants are not parts");
+        let x = f32s(&[1, 2]);
+        assert_eq!(
+            found[0].mask(&[&x, &x]).expect("a mask"),
+            [1, 1, 2, 2, 0, 0]
+        );
     }
 
     /// No Concat, or one tensor concatenated with itself: no parts.

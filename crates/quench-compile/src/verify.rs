@@ -56,14 +56,15 @@ pub fn verify(
     let mut exposed = Vec::new();
     let integer = quench_verify::integer_outputs(original);
     // An integer output (class indices) judges nothing: no parts either.
-    for p in parts
+    let parts: Vec<&OutputParts> = parts
         .iter()
         .filter(|p| !integer.get(p.index).copied().unwrap_or(false))
-    {
+        .collect();
+    for p in &parts {
         let at = out_names.len() + exposed.len();
         let n = p.exposed().len();
         exposed.extend(p.exposed());
-        let p = p.clone();
+        let p = (*p).clone();
         splits.push(quench_verify::PartSplit {
             output: p.index,
             parts: p.leaves.len(),
