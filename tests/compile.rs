@@ -720,6 +720,35 @@ fn static_mode_quantizes_embedding_tables() {
     assert!(sqnr > 30.0, "{sqnr}");
 }
 
+/// `quench compile MODEL -c CAL --eval EVAL -o OUT`: its stdout and its
+/// report.
+fn compile_verified(m: &Path, cal: &Path, eval: &Path, out: &Path) -> (String, Value) {
+    let rep = out.with_extension("json");
+    let stdout = quench_ok(&[
+        "compile",
+        m.to_str().unwrap(),
+        "-c",
+        cal.to_str().unwrap(),
+        "--eval",
+        eval.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]);
+    (stdout, report(&rep))
+}
+
+/// The tensors a verified output's parts are named by.
+fn part_names(output: &Value) -> Vec<String> {
+    output["parts"]
+        .as_array()
+        .expect("the output's parts")
+        .iter()
+        .map(|p| p["tensor"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// A detector head's one output concatenates boxes (times 32) and two
 /// sigmoid scores, reshaped with a shape computed from the batch and
 /// transposed to [N, anchors, 6]. Verification measures each part on its
@@ -744,25 +773,11 @@ fn a_concatenated_output_is_measured_by_part() {
         .unwrap()
         .write_npy(std::fs::File::create(ev.join("input.npy")).unwrap())
         .unwrap();
-    let (q, rep) = (tmp.path().join("q.onnx"), tmp.path().join("r.json"));
-    let out = quench_ok(&[
-        "compile",
-        m.to_str().unwrap(),
-        "-c",
-        cal.to_str().unwrap(),
-        "--eval",
-        ev.to_str().unwrap(),
-        "-o",
-        q.to_str().unwrap(),
-        "--report",
-        rep.to_str().unwrap(),
-    ]);
-    let o = &report(&rep)["verification"]["outputs"][0];
+    let q = tmp.path().join("q.onnx");
+    let (out, rep) = compile_verified(&m, &cal, &ev, &q);
+    let o = &rep["verification"]["outputs"][0];
     let parts = o["parts"].as_array().expect("the output's parts");
-    let names: Vec<&str> = parts
-        .iter()
-        .map(|p| p["tensor"].as_str().unwrap())
-        .collect();
+    let names = part_names(o);
     assert_eq!(names, ["boxes", "scores"], "{o}");
     // Independently: per column group, FP32's power over the error's.
     let (fp, qm) = (load(&m), load(&q));
@@ -841,29 +856,11 @@ graph int_first(%x: f32[1,8]) -> (%3, %6)
     let cal = tmp.path().join("cal");
     std::fs::create_dir_all(&cal).unwrap();
     random_calibration(&m, &cal, 8);
-    let rep = tmp.path().join("r.json");
-    let out = quench_ok(&[
-        "compile",
-        m.to_str().unwrap(),
-        "-c",
-        cal.to_str().unwrap(),
-        "--eval",
-        cal.to_str().unwrap(),
-        "-o",
-        tmp.path().join("q.onnx").to_str().unwrap(),
-        "--report",
-        rep.to_str().unwrap(),
-    ]);
-    let outs = report(&rep)["verification"]["outputs"].clone();
+    let (out, rep) = compile_verified(&m, &cal, &cal, &tmp.path().join("q.onnx"));
+    let outs = &rep["verification"]["outputs"];
     assert_eq!(outs[0]["output"], "idx");
     assert!(outs[0]["parts"].is_null(), "{}", outs[0]);
-    let parts: Vec<&str> = outs[1]["parts"]
-        .as_array()
-        .expect("the float output's parts")
-        .iter()
-        .map(|p| p["tensor"].as_str().unwrap())
-        .collect();
-    assert_eq!(parts, ["a", "b"]);
+    assert_eq!(part_names(&outs[1]), ["a", "b"]);
     assert!(
         out.contains("out by part") && !out.contains("idx by part"),
         "{out}"

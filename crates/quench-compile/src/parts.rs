@@ -194,7 +194,9 @@ impl Walk {
         }
         let n = g.producer(v)?;
         if g.node(n).kind() == OpKind::Constant {
-            return constant_node(g.node(n));
+            return Tensor::from_proto(
+                &quench_passes::constants_to_initializers::constant_node_value(g.node(n))?,
+            );
         }
         let ins: Vec<Option<ValueId>> = g.node(n).inputs().to_vec();
         let mut inputs = Vec::with_capacity(ins.len());
@@ -208,26 +210,6 @@ impl Walk {
         let slot = node.outputs().iter().position(|o| *o == Some(v))?;
         eval::eval(node, &inputs)?.into_iter().nth(slot)
     }
-}
-
-/// A Constant node's value (`value`, `value_float(s)`, `value_int(s)`).
-fn constant_node(node: &Node) -> Option<Tensor> {
-    use quench_ir::tensor;
-    if let Some(t) = node.attr_tensor("value") {
-        return Tensor::from_proto(t);
-    }
-    let t = if let Some(f) = node.attr_float("value_float") {
-        tensor::from_f32("", &[], &[f])
-    } else if let Some(a) = node.attr("value_floats") {
-        tensor::from_f32("", &[a.floats.len() as i64], &a.floats)
-    } else if let Some(i) = node.attr_int("value_int") {
-        tensor::from_i64("", &[], &[i])
-    } else if let Some(a) = node.attr("value_ints") {
-        tensor::from_i64("", &[a.ints.len() as i64], &a.ints)
-    } else {
-        return None;
-    };
-    Tensor::from_proto(&t)
 }
 
 fn walk(g: &Graph, index: usize, output: ValueId) -> Option<OutputParts> {

@@ -6,9 +6,28 @@
 //! quantizer see weights stored this way (as Paddle exports do) like any
 //! other weight. Declines: sparse and string constants (kept as nodes).
 
-use quench_ir::{tensor, Graph, OpKind};
+use quench_ir::{tensor, Graph, Node, OpKind};
+use quench_onnx::proto::TensorProto;
 
 use crate::{Changed, Pass, PassCx, PassError};
+
+/// A `Constant` node's value from `value`, `value_float(s)` or
+/// `value_int(s)` (`None` for sparse or string-list forms).
+pub fn constant_node_value(node: &Node) -> Option<TensorProto> {
+    Some(if let Some(t) = node.attr_tensor("value") {
+        t.clone()
+    } else if let Some(f) = node.attr_float("value_float") {
+        tensor::from_f32("", &[], &[f])
+    } else if let Some(a) = node.attr("value_floats") {
+        tensor::from_f32("", &[a.floats.len() as i64], &a.floats)
+    } else if let Some(i) = node.attr_int("value_int") {
+        tensor::from_i64("", &[], &[i])
+    } else if let Some(a) = node.attr("value_ints") {
+        tensor::from_i64("", &[a.ints.len() as i64], &a.ints)
+    } else {
+        return None;
+    })
+}
 
 pub struct ConstantsToInitializers;
 
@@ -27,22 +46,12 @@ impl Pass for ConstantsToInitializers {
                 continue;
             }
             let Some(out) = node.output(0) else { continue };
-            let t = if let Some(t) = node.attr_tensor("value") {
-                if t.data_type() == quench_onnx::proto::tensor_proto::DataType::String as i32 {
-                    continue;
-                }
-                t.clone()
-            } else if let Some(f) = node.attr_float("value_float") {
-                tensor::from_f32("", &[], &[f])
-            } else if let Some(a) = node.attr("value_floats") {
-                tensor::from_f32("", &[a.floats.len() as i64], &a.floats)
-            } else if let Some(i) = node.attr_int("value_int") {
-                tensor::from_i64("", &[], &[i])
-            } else if let Some(a) = node.attr("value_ints") {
-                tensor::from_i64("", &[a.ints.len() as i64], &a.ints)
-            } else {
+            let Some(t) = constant_node_value(node) else {
                 continue;
             };
+            if t.data_type() == quench_onnx::proto::tensor_proto::DataType::String as i32 {
+                continue;
+            }
             g.remove_node(n);
             g.define_const(out, t);
             n_done += 1;
