@@ -390,11 +390,13 @@ def task_metric(kind, ref_outs, q_outs, labels):
         f1, miou, nr, nq = matched[0.1]
         sweep = {thr: m[0] for thr, m in matched.items()}
         d.update(det_f1=f1, det_miou=miou, n_ref=nr, n_q=nq, box_sqnr=co.sqnr_db(r0[..., :4], q0[..., :4]),
-                 score_sqnr=co.sqnr_db(r0[..., 4:], q0[..., 4:]), det_f1_sweep=sweep,
+                 score_sqnr=co.sqnr_db(r0[..., 4:], q0[..., 4:]), obj_sqnr=co.sqnr_db(r0[..., 4], q0[..., 4]),
+                 cls_sqnr=co.sqnr_db(r0[..., 5:], q0[..., 5:]), det_f1_sweep=sweep,
                  det_f1_sweep_mean=float(np.mean(list(sweep.values()))))
         return (f"det F1 {f1:.3f} ({nr} FP32 / {nq} q boxes, IoU {miou:.3f}), mean over score thresholds "
                 f"{'/'.join(str(t) for t in YOLOX_SWEEP)}: {d['det_f1_sweep_mean']:.3f}; raw box "
-                f"{co.fmt_db(d['box_sqnr'])} dB, obj/cls {co.fmt_db(d['score_sqnr'])} dB"), d
+                f"{co.fmt_db(d['box_sqnr'])} dB, objectness {co.fmt_db(d['obj_sqnr'])} dB, class "
+                f"{co.fmt_db(d['cls_sqnr'])} dB"), d
     return _base_task_metric(kind, ref_outs, q_outs, labels)
 
 
