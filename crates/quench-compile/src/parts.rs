@@ -42,9 +42,8 @@ use quench_verify::ArrayData;
 /// tensors.
 #[derive(Debug, Clone)]
 pub struct OutputParts {
-    /// Position among the graph outputs, and the output's name.
+    /// Position among the graph outputs.
     pub index: usize,
-    pub output: String,
     /// The computed tensors it is made of (each a part), in the order
     /// met from the output.
     pub leaves: Vec<String>,
@@ -220,7 +219,6 @@ fn walk(g: &Graph, index: usize, output: ValueId) -> Option<OutputParts> {
     }
     Some(OutputParts {
         index,
-        output: g.value(output).name.clone(),
         leaves: w.leaves.iter().map(|&v| g.value(v).name.clone()).collect(),
         leaf_ids: w.leaves,
         side: w

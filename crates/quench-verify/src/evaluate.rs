@@ -345,7 +345,8 @@ pub struct PairFigures {
     /// Top-1 hits against labels on output 0 (zero rows without labels).
     pub labels: LabelHits,
     /// Per [`PartSplit`] of the evaluator, the figures of each part
-    /// (`None` when a batch had no mask, or the pair did not run).
+    /// (`None` when a batch had no mask, the pair did not run, or its
+    /// reference is not the first subject).
     pub parts: Vec<Option<Vec<Metrics>>>,
 }
 
@@ -573,7 +574,9 @@ impl<'d> Evaluator<'d> {
                     let (Some(x), Some(y)) = (&f32s[a], &f32s[b]) else {
                         continue;
                     };
-                    for (si, s) in self.parts.iter().enumerate() {
+                    // Parts against the first subject only (whose run gives
+                    // the masks); other pairs' parts would go unread.
+                    for (si, s) in self.parts.iter().enumerate().filter(|_| a == 0) {
                         parts[p][si] = match (&masks[si], x.get(s.output), y.get(s.output)) {
                             (Some(m), Some(x), Some(y)) => part_update(m, s.parts, x, y)?,
                             _ => None,
