@@ -132,6 +132,15 @@ pub struct CompileArgs {
     /// such outliers stay float, and the report names them).
     #[arg(long)]
     pub no_float_outliers: bool,
+    /// With `--method auto`: skip the step for outputs a Concat assembles
+    /// from several tensors (a detector's boxes in pixels and its scores):
+    /// by default, blocks of activations take another range method where
+    /// that raises the score of the parts, each weighing as one output,
+    /// without lowering the whole output's on the calibration samples,
+    /// kept when the parts gain more than the whole loses on other
+    /// calibration samples
+    #[arg(long)]
+    pub no_part_ranges: bool,
     /// Round each layer's weights one input column at a time, pushing each
     /// column's rounding error onto the columns not yet rounded, weighted
     /// by the layer's calibration inputs (GPTQ's method): lower layer
@@ -356,6 +365,7 @@ impl CompileArgs {
             quantize_softmax_inputs: self.quantize_softmax_inputs,
             consumer_ranges: !self.no_consumer_ranges,
             float_outliers: !self.no_float_outliers,
+            part_ranges: !self.no_part_ranges,
             error_compensated_rounding: self.error_compensated_rounding,
             equalize: self.equalize,
             bias_correction: self.bias_correction,

@@ -43,6 +43,17 @@ set by hand so that each model has the property its test needs.
   accuracy) and a 16-bit grid or float gets them back (mixed precision
   to a target).
 
+- `detector_parts.onnx`: a detector whose one output concatenates box
+  values (times 64, like pixels) and sigmoid scores, `[N, 5, 64]`. The box
+  branch is 13 convolutions whose first output has a channel of rare
+  spikes (up to about 90) that no later layer reads, so the method for all
+  chosen by the whole output (decided by the boxes) clips: percentile
+  99.9. The score branch is `Relu(sum of the 3x3 neighbourhood - 7)` (a
+  dense bright patch), times 3, minus 4, into a Sigmoid: its large values
+  are rare too, and percentile 99.9 clips the scores of the brightest
+  patches. `--method auto`'s parts step gives the score branch its own
+  method.
+
 - `argmax_head.onnx`: `hardswish_stem.onnx` with a second graph output,
   the ArgMax over channels of its output (int64 class indices). The
   search must score the same as on `hardswish_stem.onnx`: an index has no
@@ -339,6 +350,61 @@ def make_outlier_classifier(gain=1000.0):
     print(f"  outlier_classifier: conv2 channel 16 = {gain} x relu1 channel 0 (centre), ignored by fc")
 
 
+def make_detector_parts(depth=12):
+    rng = np.random.default_rng(20261129)
+    wb = rng.normal(0.0, 0.5, size=(8, 1, 3, 3))
+    bb = rng.normal(0.0, 0.2, size=(8,))
+    # Channel 0: spikes where the 3x3 neighbourhood sums above 8 (rare).
+    wb[0] = 100.0
+    bb[0] = -800.0
+    inits = [init("wb", wb), init("bb", bb),
+             init("wo", np.ones((1, 1, 3, 3))), init("bo", [-7.0]),
+             init("ws", np.full((1, 1, 1, 1), 3.0)), init("bs", [-4.0])]
+    # The score branch right after the first box layer: the two score
+    # tensors fall in one block of the parts step.
+    nodes = [
+        helper.make_node("Conv", ["input", "wb", "bb"], ["fb"], name="box_feat", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["fb"], ["f0"], name="box_relu"),
+        helper.make_node("Conv", ["input", "wo", "bo"], ["fo"], name="obj_feat", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["fo"], ["obj"], name="obj_relu"),
+        helper.make_node("Conv", ["obj", "ws", "bs"], ["logit"], name="score_conv"),
+        helper.make_node("Sigmoid", ["logit"], ["scores"], name="score_sigmoid"),
+    ]
+    prev = "f0"
+    for i in range(depth):
+        w = rng.normal(0.0, 0.5, size=(8, 8, 1, 1))
+        w[:, 0] = 0.0  # the spike channel is read by no later layer
+        w[0] = 0.0
+        inits += [init(f"w{i}", w), init(f"b{i}", rng.normal(0.0, 0.1, size=(8,)))]
+        nodes += [helper.make_node("Conv", [prev, f"w{i}", f"b{i}"], [f"c{i}"], name=f"box_conv{i}"),
+                  helper.make_node("Relu", [f"c{i}"], [f"f{i + 1}"], name=f"box_relu{i}")]
+        prev = f"f{i + 1}"
+    wh = rng.normal(0.0, 0.5, size=(4, 8, 1, 1))
+    wh[:, 0] = 0.0
+    inits += [init("wh", wh), init("bh", rng.normal(0.0, 0.1, size=(4,))), init("stride", np.array(64.0)),
+              numpy_helper.from_array(np.array([0, 5, 64], dtype=np.int64), "shape")]
+    nodes += [helper.make_node("Conv", [prev, "wh", "bh"], ["box_raw"], name="box_conv"),
+              helper.make_node("Mul", ["box_raw", "stride"], ["boxes"], name="box_scale"),
+              helper.make_node("Concat", ["boxes", "scores"], ["cat"], name="concat", axis=1),
+              helper.make_node("Reshape", ["cat", "shape"], ["output"], name="flatten")]
+    g = helper.make_graph(
+        nodes,
+        "detector_parts",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 5, 64])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="quench-testdata")
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, "detector_parts.onnx"))
+    x = np.load(os.path.join(HERE, "digits", "calib", "input.npy"))[:, 0]
+    p = np.pad(x, ((0, 0), (1, 1), (1, 1)))
+    s = sum(p[:, i:i + 8, j:j + 8] for i in range(3) for j in range(3))
+    print(f"  detector_parts: score branch fires on {(s > 7).mean():.2%} of calibration pixels "
+          f"({(s > 7).any((1, 2)).mean():.0%} of images), spikes on {(s > 8).mean():.2%}")
+
+
 def make_argmax_head():
     m = onnx.load(os.path.join(OUT, "hardswish_stem.onnx"))
     m.graph.node.append(helper.make_node("ArgMax", ["output"], ["classes"], name="classes_argmax", axis=1, keepdims=1))
@@ -359,3 +425,4 @@ if __name__ == "__main__":
     make_outlier_classifier()
     make_mini_bert()
     make_argmax_head()
+    make_detector_parts()

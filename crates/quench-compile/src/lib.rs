@@ -603,6 +603,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     opts.entropy_guard,
                     opts.float_outliers,
                     search_reference.take(),
+                    if opts.part_ranges { &output_parts } else { &[] },
                 ) {
                     Ok((r, rep)) => {
                         let scores = format!(
@@ -653,6 +654,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 rep.runs,
                                 rep.setup_seconds + rep.run_seconds
                             ));
+                            if let Some(ps) = &rep.parts {
+                                out.note(ps.note());
+                            }
                             if let Some(c) = &rep.error_cluster {
                                 out.note(format!(
                                     "method auto: no single activation is behind half of the output error, but {} consecutive ones of {} are: leaving `{}` .. `{}` float together gains {:+.2} dB on the calibration samples (they stay quantized; `--target-sqnr` leaves the costliest tensors float or at 16 bits until a target holds, `--explain` ranks them)",

@@ -106,6 +106,10 @@ pub struct Options {
     /// [`Method::Auto`]: leave float each activation that alone causes at
     /// least half of the output error ([`crate::search::OUTLIER_DB`]).
     pub float_outliers: bool,
+    /// [`Method::Auto`]: for outputs assembled from parts (a detector's
+    /// boxes and scores), give blocks of activations another range method
+    /// where that raises the parts' score ([`crate::search`], step 3).
+    pub part_ranges: bool,
     /// Round weights with their rounding error compensated on the later
     /// input columns, weighted by the calibration inputs' Hessian (GPTQ's
     /// method; [`crate::rounding`]).
@@ -193,6 +197,7 @@ impl Default for Options {
             quantize_softmax_inputs: !q.keep_softmax_inputs_float,
             consumer_ranges: true,
             float_outliers: true,
+            part_ranges: true,
             error_compensated_rounding: false,
             equalize: false,
             bias_correction: false,
