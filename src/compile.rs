@@ -134,11 +134,11 @@ pub struct CompileArgs {
     pub no_float_outliers: bool,
     /// With `--method auto`: skip the step for outputs a Concat assembles
     /// from several tensors (a detector's boxes in pixels and its scores):
-    /// by default, blocks of activations take another range method where
-    /// that raises the score of the parts, each weighing as one output,
-    /// without lowering the whole output's on the calibration samples,
-    /// kept when the parts gain more than the whole loses on other
-    /// calibration samples
+    /// by default (with 16 calibration samples or more), blocks of
+    /// activations take another range method where that raises the score
+    /// of the parts, each part of an output weighing equally, without
+    /// lowering the whole output's on half of the calibration samples,
+    /// kept when the parts gain more than the whole loses on the other half
     #[arg(long)]
     pub no_part_ranges: bool,
     /// Round each layer's weights one input column at a time, pushing each
