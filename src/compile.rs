@@ -137,8 +137,8 @@ pub struct CompileArgs {
     /// by default (with 16 calibration samples or more), blocks of
     /// activations take another range method where that raises the score
     /// of the parts, each part of an output weighing equally, without
-    /// lowering the whole output's on half of the calibration samples,
-    /// kept when the parts gain more than the whole loses on the other half
+    /// lowering the whole output's on 16 calibration samples, kept when
+    /// the parts gain more than the whole loses on 16 others
     #[arg(long)]
     pub no_part_ranges: bool,
     /// Round each layer's weights one input column at a time, pushing each

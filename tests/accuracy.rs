@@ -492,7 +492,7 @@ fn part_ranges_raise_a_detectors_scores_without_costing_its_boxes() {
     // One output concatenates boxes (times 64) and sigmoid scores. The
     // method for all, chosen by the whole output (the boxes), is
     // percentile 99.9 and clips the score branch's rare large values; the
-    // parts step gives that branch min/max or MSE ranges. Measured on the
+    // parts step gives that branch min/max ranges. Measured on the
     // held-back digits: scores 18.45 -> 42.83 dB, boxes 44.35 -> 44.98.
     let model = "accuracy/detector_parts.onnx";
     let (whole, r) = output_sqnr(model, &["--method", "auto"]);
@@ -526,11 +526,14 @@ fn part_ranges_raise_a_detectors_scores_without_costing_its_boxes() {
         "{p}"
     );
     // Every block taken raised the parts' score on the fitting samples
-    // and kept the whole outputs' within the margin; the kept blocks
-    // gained on the judging samples, more than the whole lost.
+    // (each figure is from the block before) and the whole outputs' stayed
+    // within the margin of the step's start; the kept blocks gained on
+    // the judging samples, more than the whole lost.
+    let mut whole_change = 0.0;
     for b in blocks {
         assert!(b["parts_gain_db"].as_f64().unwrap() > 0.05, "{b}");
-        assert!(b["whole_gain_db"].as_f64().unwrap() >= -0.05, "{b}");
+        whole_change += b["whole_gain_db"].as_f64().unwrap();
+        assert!(whole_change >= -0.05 - 1e-9, "{p}");
     }
     let pair = |k: &str| {
         let v = p[k].as_array().unwrap();

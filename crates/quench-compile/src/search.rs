@@ -574,7 +574,9 @@ pub(crate) struct Score {
 
 /// A [`Score::pooled_db`] from [`ParamBench::score_above`]: the score
 /// when `complete`, else an upper bound of it (below the floor asked
-/// for), from the first `samples` samples.
+/// for; from [`ParamBench::units_above`], possibly the bound of a run
+/// stopped by its parts' floor instead), from the first `samples`
+/// samples.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Bounded {
     pub db: f64,
@@ -2113,15 +2115,22 @@ pub fn search(
         .as_mut()
         .filter(|p| p.kept && auto_db <= minmax_db)
     {
-        let r = judged(
-            &mut judge,
-            &|k| (!off[k]).then_some(chosen_before[k]),
-            minmax_db,
-        )?;
+        // The step judged it before taking the blocks: the same ranges on
+        // the same bench, complete.
+        auto_db = match ps.judged_before {
+            Some((_, whole)) => whole,
+            None => {
+                judged(
+                    &mut judge,
+                    &|k| (!off[k]).then_some(chosen_before[k]),
+                    f64::NEG_INFINITY,
+                )?
+                .db
+            }
+        };
         ps.kept = false;
         ps.below_minmax = true;
         chosen.copy_from_slice(&chosen_before);
-        auto_db = r.db;
     }
     let (kept, used, result): (bool, usize, Vec<Option<(f32, f32)>>) = if auto_db > minmax_db {
         (
