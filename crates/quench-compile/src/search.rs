@@ -1158,12 +1158,12 @@ impl ParamBench {
         let units = if per_row { rows } else { 1 };
         let scored = scored_outputs(r);
         // Part slots after the outputs' entries: per scored output scored
-        // by part, its first slot and this batch's mask.
-        let mut part_of: HashMap<usize, (usize, &[u32])> = HashMap::new();
+        // by part, its first slot, its parts and this batch's mask.
+        let mut part_of: HashMap<usize, (usize, usize, &[u32])> = HashMap::new();
         let mut slots = scored.len();
         for (j, &(o, n)) in self.part_layout.iter().enumerate() {
             if let Some(m) = self.part_masks.get(i).and_then(|ms| ms.get(j)) {
-                part_of.insert(o, (slots, m.as_slice()));
+                part_of.insert(o, (slots, n, m.as_slice()));
             }
             slots += n;
         }
@@ -1173,12 +1173,7 @@ impl ParamBench {
             let fail = |acc: &mut Vec<Vec<(f64, f64)>>| {
                 for u in acc.iter_mut() {
                     u[o] = (f64::INFINITY, 1.0);
-                    if let Some((at, _)) = parts {
-                        let n = self
-                            .part_layout
-                            .iter()
-                            .find(|(p, _)| *p == o)
-                            .map_or(0, |x| x.1);
+                    if let Some((at, n, _)) = parts {
                         u[at..at + n].fill((f64::INFINITY, 1.0));
                     }
                 }
@@ -1200,7 +1195,7 @@ impl ParamBench {
                 row[o].0 += d2;
                 row[o].1 += s2;
                 // Part 0: an element copied from a constant.
-                if let Some((at, mask)) = parts {
+                if let Some((at, _, mask)) = parts {
                     if let Some(&p) = mask.get(e).filter(|&&p| p > 0) {
                         let u = &mut row[at + p as usize - 1];
                         u.0 += d2;
@@ -1476,8 +1471,8 @@ pub(crate) fn parts_db(
 /// Per sample, per scored output (then per part): (error power, signal
 /// power), as [`ParamBench::units`] returns them.
 pub(crate) type Units = Vec<Vec<(f64, f64)>>;
-/// Sets root `k`'s pairs in a setting to a range (the search's `put`).
-type PutRange<'a> = dyn Fn(&ParamBench, &mut Vec<Setting>, usize, (f32, f32)) + 'a;
+/// The setting of a bench with each root's range (`None`: left float).
+type SettingOf<'a> = dyn Fn(&ParamBench, &dyn Fn(usize) -> Option<(f32, f32)>) -> Vec<Setting> + 'a;
 
 /// Blocks of consecutive activations (in topological order) the parts
 /// step gives a method of their own (see [`by_parts`]).
@@ -1612,20 +1607,10 @@ fn by_parts(
     method: usize,
     off: &[bool],
     chosen: &mut [(f32, f32)],
-    put: &PutRange<'_>,
+    setting_of: &SettingOf<'_>,
 ) -> Result<PartsStep> {
     let settings = |bench: &ParamBench, rs: &dyn Fn(usize) -> (f32, f32)| {
-        let mut s = bench.initial(true);
-        for (k, (_, ixs)) in roots.iter().enumerate() {
-            if off[k] {
-                for &i in ixs {
-                    s[i].2 = false;
-                }
-            } else {
-                put(bench, &mut s, k, rs(k));
-            }
-        }
-        s
+        setting_of(bench, &|k| (!off[k]).then(|| rs(k)))
     };
     let runs0 = fit.runs + judge.runs;
     let units = fit.units(&settings(fit, &|k| chosen[k]))?;
@@ -1823,6 +1808,21 @@ pub fn search(
                 set[i] = (s, z, true);
             }
         }
+    };
+    // Every root's range, or float (`None`).
+    let setting_of = |bench: &ParamBench, rs: &dyn Fn(usize) -> Option<(f32, f32)>| {
+        let mut s = bench.initial(true);
+        for (k, (_, ixs)) in roots.iter().enumerate() {
+            match rs(k) {
+                Some(r) => put(bench, &mut s, k, r),
+                None => {
+                    for &i in ixs {
+                        s[i].2 = false;
+                    }
+                }
+            }
+        }
+        s
     };
     // Step 1: one method for all. (Successive halving, every method on
     // half of the fitting samples and the two best on all, was tried: on
@@ -2038,7 +2038,7 @@ pub fn search(
                 method,
                 &off,
                 &mut chosen,
-                &put,
+                &setting_of,
             )?)
         } else {
             None
@@ -2063,17 +2063,7 @@ pub fn search(
     // Step 4: judged on the other samples against min/max and against the
     // method for all alone.
     let judged = |bench: &mut ParamBench, rs: &dyn Fn(usize) -> Option<(f32, f32)>, floor: f64| {
-        let mut s = bench.initial(true);
-        for k in 0..roots.len() {
-            match rs(k) {
-                Some(r) => put(bench, &mut s, k, r),
-                None => {
-                    for &i in &roots[k].1 {
-                        s[i].2 = false;
-                    }
-                }
-            }
-        }
+        let s = setting_of(bench, rs);
         bench.score_above(&s, floor)
     };
     // The result first; min/max is stopped once certain to score below
