@@ -59,6 +59,18 @@ set by hand so that each model has the property its test needs.
   search must score the same as on `hardswish_stem.onnx`: an index has no
   signal-to-noise meaning.
 
+- `log_spectrogram.onnx`: a speech model with its front end in the graph,
+  as DNSMOS and basic-pitch ship: 512 raw samples, an STFT written as two
+  strided convolutions (Hann-windowed cosines and sines, 128-sample
+  frames, hop 32), the magnitude (squares, Add, Sqrt), an epsilon Max and
+  a Log; then a 1x1 convolution into 16 bands, Relu, the mean over time
+  and a 16x4 MatMul + Add. Inputs (`speech/calib`, `speech/eval`) are
+  512-sample windows of CMU ARCTIC a0007 (16 kHz; the WAV in pysptk's
+  source distribution, `benches/compare_ort.sh` copies it to
+  `scratch/speech`): calibration from the first 60% of the utterance,
+  evaluation from the rest. 8-bit codes on the STFT outputs cannot carry
+  the range the Log compresses; `--method auto` leaves the front end float.
+
 Run with the venv of scripts/setup_venv.sh:
     .venv/bin/python testdata/make_accuracy_fixtures.py
 """
@@ -405,6 +417,66 @@ def make_detector_parts(depth=12):
           f"({(s > 7).any((1, 2)).mean():.0%} of images), spikes on {(s > 8).mean():.2%}")
 
 
+def make_log_spectrogram():
+    from scipy.io import wavfile
+    wav = os.path.join(HERE, "..", "scratch", "speech", "arctic_a0007.wav")
+    sr, a = wavfile.read(wav)
+    assert sr == 16000 and a.dtype == np.int16, (sr, a.dtype)
+    a = a.astype(np.float32) / 32768.0
+    win, frame, hop, bins = 512, 128, 32, 65
+    n = np.arange(frame)
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * n / frame)
+    k = np.arange(bins)[:, None]
+    wr = (np.cos(2 * np.pi * k * n / frame) * hann)[:, None, :]
+    wi = (-np.sin(2 * np.pi * k * n / frame) * hann)[:, None, :]
+    # 16 bands, each the mean of about 4 consecutive bins (the bands'
+    # log magnitudes), and a fixed 16x4 head.
+    bands = np.zeros((16, bins, 1))
+    edges = np.linspace(1, bins, 17).astype(int)
+    for b in range(16):
+        bands[b, edges[b]:edges[b + 1], 0] = 1.0 / (edges[b + 1] - edges[b])
+    rng = np.random.default_rng(20261130)
+    inits = [init("wr", wr), init("wi", wi), init("eps", np.array(1e-6)),
+             init("bands", bands), init("band_bias", np.full((16,), 6.0)),
+             init("head", rng.normal(0.0, 0.5, size=(16, 4))), init("head_bias", rng.normal(0.0, 0.1, size=(4,))),
+             numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1")]
+    nodes = [
+        helper.make_node("Unsqueeze", ["audio", "axis1"], ["frames_in"], name="channel"),
+        helper.make_node("Conv", ["frames_in", "wr"], ["re"], name="stft_real", strides=[hop]),
+        helper.make_node("Conv", ["frames_in", "wi"], ["im"], name="stft_imag", strides=[hop]),
+        helper.make_node("Mul", ["re", "re"], ["re2"], name="re_square"),
+        helper.make_node("Mul", ["im", "im"], ["im2"], name="im_square"),
+        helper.make_node("Add", ["re2", "im2"], ["power"], name="power"),
+        helper.make_node("Sqrt", ["power"], ["magnitude"], name="magnitude"),
+        helper.make_node("Max", ["magnitude", "eps"], ["safe"], name="floor"),
+        helper.make_node("Log", ["safe"], ["logmag"], name="log"),
+        helper.make_node("Conv", ["logmag", "bands", "band_bias"], ["banded"], name="band_conv"),
+        helper.make_node("Relu", ["banded"], ["band_relu"], name="band_relu"),
+        helper.make_node("ReduceMean", ["band_relu"], ["pooled"], name="pool", axes=[2], keepdims=0),
+        helper.make_node("MatMul", ["pooled", "head"], ["logits_raw"], name="head_matmul"),
+        helper.make_node("Add", ["logits_raw", "head_bias"], ["output"], name="head_add"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "log_spectrogram",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, ["N", win])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 4])],
+        inits,
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="quench-testdata")
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, "log_spectrogram.onnx"))
+    split = int(len(a) * 0.6)
+    for name, lo, hi, count in (("calib", 0, split, 40), ("eval", split, len(a), 20)):
+        starts = np.linspace(lo, hi - win, count).astype(int)
+        x = np.stack([a[s:s + win] for s in starts]).astype(np.float32)
+        d = os.path.join(HERE, "speech", name)
+        os.makedirs(d, exist_ok=True)
+        np.save(os.path.join(d, "audio.npy"), x)
+    print(f"  log_spectrogram: {len(a) / sr:.1f} s of speech, calibration windows from the first 60%")
+
+
 def make_argmax_head():
     m = onnx.load(os.path.join(OUT, "hardswish_stem.onnx"))
     m.graph.node.append(helper.make_node("ArgMax", ["output"], ["classes"], name="classes_argmax", axis=1, keepdims=1))
@@ -426,3 +498,4 @@ if __name__ == "__main__":
     make_mini_bert()
     make_argmax_head()
     make_detector_parts()
+    make_log_spectrogram()

@@ -34,6 +34,7 @@ pub mod bias;
 pub mod calibrate;
 pub mod control_flow;
 pub mod data;
+pub mod front;
 pub mod inspect;
 pub mod mixed;
 pub mod options;
@@ -620,6 +621,9 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 .collect::<Vec<_>>()
                                 .join(", ")
                         );
+                        if let Some(f) = &rep.log_front_end {
+                            out.note(f.note());
+                        }
                         if rep.kept {
                             out.note(format!(
                                 "method auto: {} for all ({scores}), {}{} outlier(s) left float{}; judged on {} {} samples: {:.2} dB against {}{:.2} with min/max{} ({} runs, {:.1} s)",
@@ -1100,8 +1104,26 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     let target_flags = opts.targets().flags();
     let mut left_float: Vec<(&mixed::FloatTensor, &str)> = Vec::new();
     left_float.extend(mixed_float.iter().map(|f| (f, target_flags.as_str())));
+    let front_members: Vec<mixed::FloatTensor> = auto_ranges
+        .iter()
+        .flat_map(|a| &a.log_front_end)
+        .filter(|f| f.float)
+        .flat_map(|f| {
+            f.tensors.iter().map(|t| mixed::FloatTensor {
+                tensor: t.clone(),
+                gain_db: f.gain_db(),
+                sqnr_after_db: f.float_db,
+            })
+        })
+        .collect();
     if let Some(a) = &auto_ranges {
         left_float.extend(a.float.iter().map(|f| (f, "--method auto (an outlier)")));
+        left_float.extend(front_members.iter().map(|f| {
+            (
+                f,
+                "--method auto (it computes a Log's input from the model inputs: a log front end, together)",
+            )
+        }));
         left_float.extend(group_members.iter().map(|f| {
             (
                 f,

@@ -181,6 +181,54 @@ pub struct AutoReport {
     /// Step 3, when an output is assembled from parts and the result was
     /// kept: blocks given another method for the parts' sake.
     pub parts: Option<PartsStep>,
+    /// Step 0, when a `Log` reads a quantity computed from the inputs by
+    /// linear and magnitude ops ([`crate::front`]): what leaving those
+    /// activations float gained, and whether they stayed float (in the
+    /// report when the result was kept, or when they stayed quantized).
+    pub log_front_end: Option<LogFrontEndStep>,
+}
+
+/// Step 0: the activations of log front ends ([`crate::front`]), left
+/// float together when that gains [`OUTLIER_DB`] or more at the output
+/// (they are then behind at least half of the error), measured on the
+/// fitting samples with min/max ranges for every activation.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogFrontEndStep {
+    /// The `Log` nodes.
+    pub logs: Vec<String>,
+    /// The planned activations (roots) in their front ends.
+    pub tensors: Vec<String>,
+    /// Output score (dB, fitting samples, min/max ranges) with them
+    /// quantized and float.
+    pub quantized_db: f64,
+    pub float_db: f64,
+    pub float: bool,
+}
+
+impl LogFrontEndStep {
+    pub fn gain_db(&self) -> f64 {
+        self.float_db - self.quantized_db
+    }
+
+    /// The compile's note line.
+    pub fn note(&self) -> String {
+        let logs = crate::report::short_list(&self.logs, 3);
+        if self.float {
+            format!(
+                "method auto: the {} activation(s) computing the input of {logs} from the model inputs (a log spectrogram: 8-bit codes cannot carry the range the log compresses) left float: {:+.2} dB at the output on the calibration samples ({:.2} -> {:.2} with min/max ranges; `--no-float-outliers` quantizes them)",
+                self.tensors.len(),
+                self.gain_db(),
+                self.quantized_db,
+                self.float_db
+            )
+        } else {
+            format!(
+                "method auto: the {} activation(s) computing the input of {logs} from the model inputs stay quantized: leaving them float gains {:+.2} dB at the output, less than half of the error",
+                self.tensors.len(),
+                self.gain_db()
+            )
+        }
+    }
 }
 
 /// Where the output error concentrates without a single outlier: the
@@ -1824,18 +1872,61 @@ pub fn search(
         }
         s
     };
+    // Step 0: log front ends, float together when behind half of the
+    // error (two runs, min/max ranges), before the method for all is
+    // chosen: quantized, they decide it (DNSMOS chose percentile 99.99
+    // for its STFT outputs).
+    let mut front_off = vec![false; roots.len()];
+    let mut log_front_end = None;
+    if float_outliers {
+        let fronts = crate::front::log_front_ends(g);
+        let cone: std::collections::BTreeSet<&str> = fronts
+            .iter()
+            .flat_map(|f| f.tensors.iter().map(String::as_str))
+            .collect();
+        let inside: Vec<usize> = roots
+            .iter()
+            .enumerate()
+            .filter(|(_, (root, _))| {
+                std::iter::once(root)
+                    .chain(members.get(root).into_iter().flatten())
+                    .any(|t| cone.contains(t.as_str()))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        if !inside.is_empty() {
+            let quantized = fit
+                .score(&setting_of(&fit, &|k| Some(ranges_of[k][0])))?
+                .pooled_db;
+            let float = fit
+                .score(&setting_of(&fit, &|k| {
+                    (!inside.contains(&k)).then_some(ranges_of[k][0])
+                }))?
+                .pooled_db;
+            let step = LogFrontEndStep {
+                logs: fronts.iter().map(|f| f.log.clone()).collect(),
+                tensors: inside.iter().map(|&k| roots[k].0.clone()).collect(),
+                quantized_db: quantized,
+                float_db: float,
+                float: float - quantized >= OUTLIER_DB,
+            };
+            if step.float {
+                for &k in &inside {
+                    front_off[k] = true;
+                }
+            }
+            log_front_end = Some(step);
+        }
+    }
     // Step 1: one method for all. (Successive halving, every method on
     // half of the fitting samples and the two best on all, was tried: on
     // 8 samples the ranking was another one, mobile cls chose percentile
     // 99.9 at 18.5 dB held-back against percentile 99.99 at 25.5.)
-    let mut set = fit.initial(true);
+    let mut set = setting_of(&fit, &|k| (!front_off[k]).then_some(ranges_of[k][0]));
     let mut methods = Vec::new();
     let mut best = (f64::NEG_INFINITY, 0usize);
     for (mi, m) in METHODS.iter().enumerate() {
-        let mut s = fit.initial(true);
-        for (k, rs) in ranges_of.iter().enumerate() {
-            put(&fit, &mut s, k, rs[mi]);
-        }
+        let s = setting_of(&fit, &|k| (!front_off[k]).then_some(ranges_of[k][mi]));
         // A method certain to stay below the best so far (plus the margin
         // it must beat it by) is stopped: the same choice, fewer runs.
         let floor = best.0 + if mi == 0 { 0.0 } else { MIN_GAIN_DB };
@@ -1857,7 +1948,7 @@ pub fn search(
     let mut float_tensors = Vec::new();
     let mut float_groups = Vec::new();
     let mut float_unread: Vec<String> = Vec::new();
-    let mut off = vec![false; roots.len()];
+    let mut off = front_off.clone();
     let mut searched = 0;
     let mut error_cluster = None;
     if float_outliers {
@@ -1891,6 +1982,9 @@ pub fn search(
         // MatMul, ...) head the integer chains and are never grouped.
         let mut by_type: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (k, (root, _)) in roots.iter().enumerate() {
+            if off[k] {
+                continue;
+            }
             if let Some(n) = g.value_by_name(root).and_then(|v| g.producer(v)) {
                 let node = g.node(n);
                 if !quench_passes::facts::is_compute(node.kind()) {
@@ -1906,7 +2000,7 @@ pub fn search(
         // OUTLIER_DB (the larger if both do) until one remains. A found
         // outlier leaves the candidates (it stays quantized while looking
         // for the next, so gains stay measured against `base`).
-        let mut left: Vec<usize> = (0..roots.len()).collect();
+        let mut left: Vec<usize> = (0..roots.len()).filter(|&k| !off[k]).collect();
         while left.len() > 1 {
             let cands = left.clone();
             let (found, near) = find_outlier_or_cluster(&cands, &mut |ks: &[usize], floor| {
@@ -1950,7 +2044,8 @@ pub fn search(
         types.sort_by_key(|(t, ks)| (std::cmp::Reverse(ks.len()), (*t).clone()));
         let mut base_g = base.clone();
         let mut current_g = current;
-        if off.iter().any(|o| *o) && !types.is_empty() {
+        // (The front end is float in `base` already.)
+        if off.iter().zip(&front_off).any(|(o, f)| *o && !*f) && !types.is_empty() {
             for (k, (_, ixs)) in roots.iter().enumerate() {
                 if off[k] {
                     for &i in ixs {
@@ -2223,6 +2318,7 @@ pub fn search(
         },
         error_cluster: if kept { error_cluster } else { None },
         parts: if kept { parts_step } else { None },
+        log_front_end: log_front_end.filter(|f| kept || !f.float),
     };
     Ok((out, report))
 }
