@@ -28,7 +28,10 @@ pub enum MethodArg {
     /// The ranges that cost the least at the model output: one method for
     /// all (min/max, percentiles, MSE, entropy) chosen and confirmed on
     /// calibration samples, activations behind half of the output error
-    /// left float (default).
+    /// left float (and a log spectrogram's front end, the `Log` of what
+    /// convolutions and magnitudes compute from the inputs, when that
+    /// gains half of the error; its weights too when that gains half of
+    /// what is left) (default).
     Auto,
 }
 
@@ -129,7 +132,9 @@ pub struct CompileArgs {
     pub no_consumer_ranges: bool,
     /// With `--method auto`: quantize every planned activation, even one
     /// that alone causes at least half of the output error (by default
-    /// such outliers stay float, and the report names them).
+    /// such outliers stay float, and the report names them), and a log
+    /// spectrogram's front end (by default float when that gains half of
+    /// the error).
     #[arg(long)]
     pub no_float_outliers: bool,
     /// With `--method auto`: skip the step for outputs a Concat assembles

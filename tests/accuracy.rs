@@ -552,8 +552,9 @@ fn a_log_spectrograms_front_end_stays_float() {
     // and a Log, on real speech: 8-bit codes on the STFT outputs round the
     // quiet bins the Log spreads out. Measured on the held-back windows:
     // 1.91 dB with the front end quantized (`--no-float-outliers`), 25.24
-    // with it float; leaving it float gained 24.2 dB on the calibration
-    // windows.
+    // with its activations float, 41.55 with the STFT's weights float too;
+    // on the calibration windows leaving the activations float gained 24.2
+    // dB, and the weights then 16.0.
     let model = testdata("accuracy/log_spectrogram.onnx");
     let (calib, eval) = (testdata("speech/calib"), testdata("speech/eval"));
     let (db, r) = sqnr_on(&model, &calib, &eval, &[]);
@@ -577,6 +578,29 @@ fn a_log_spectrograms_front_end_stays_float() {
         f["float_db"].as_f64().unwrap() >= f["quantized_db"].as_f64().unwrap() + 3.0103,
         "{f}"
     );
+    assert_eq!(f["nodes"], serde_json::json!(["stft_real", "stft_imag"]));
+    assert_eq!(f["weights_float"], true, "{f}");
+    assert!(
+        f["weights_float_db"].as_f64().unwrap() >= f["float_db"].as_f64().unwrap() + 3.0103,
+        "{f}"
+    );
+    // The STFT runs on its float weights (no DequantizeLinear to run), and
+    // the layers after the Log are int8.
+    let decisions = r["quantization"]["nodes"].as_array().unwrap();
+    let decision = |name: &str| {
+        decisions
+            .iter()
+            .find(|d| d["node"] == name)
+            .unwrap_or_else(|| panic!("no decision for {name}"))
+    };
+    for n in ["stft_real", "stft_imag"] {
+        assert_eq!(decision(n)["quantized"], false, "{}", decision(n));
+    }
+    assert_eq!(decision("band_conv")["quantized"], true);
+    assert!(r["auto_ranges"]["float_fed_compute"]
+        .as_array()
+        .unwrap()
+        .is_empty());
     // `--no-float-outliers` quantizes them without measuring.
     assert!(r0["auto_ranges"]["log_front_end"].is_null());
     // A model without a Log has no such step.

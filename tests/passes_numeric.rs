@@ -211,3 +211,49 @@ fn fused_hard_swish_preserves_outputs() {
         write_interop_pair(&out, &original, None, &InteropCheck::exact(TOL));
     }
 }
+
+/// `matmul_add_to_gemm` (run by the compile before static quantization)
+/// computes what the MatMul + bias Add pairs computed: mlp.onnx's first two
+/// dense layers (input `[N, 32]`, Relus between; its third is a Gemm
+/// already) as Gemms, in tract on random inputs within 1e-5 of the
+/// original.
+#[test]
+fn matmul_add_to_gemm_preserves_outputs() {
+    let original = load(&testdata("mlp.onnx"));
+    let mut m = Model::from_onnx(original.clone()).unwrap();
+    let mut cx = PassCx::new(m.default_opset().unwrap());
+    run_passes(
+        &mut m.graph,
+        &[Box::new(quench_passes::matmul_add_to_gemm::MatMulAddToGemm)],
+        &mut cx,
+        &RunOptions {
+            verify: true,
+            dump_after: vec![],
+        },
+    )
+    .unwrap();
+    assert_eq!(cx.stat("matmul_add_to_gemm.fused"), 2, "{:?}", cx.log);
+    let after = m.to_onnx();
+    let ops: Vec<&str> = after
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type())
+        .collect();
+    assert!(
+        !ops.contains(&"MatMul") && ops.iter().filter(|o| **o == "Gemm").count() == 3,
+        "{ops:?}"
+    );
+    let facts = input_facts(&original, 2);
+    for seed in 0..3 {
+        let inputs = random_inputs(&facts, seed);
+        let a = run_raw(&original, &facts, &inputs);
+        let b = run_raw(&after, &facts, &inputs);
+        compare_outputs(&a, &b, TOL).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+    let out = interop_dir("passes").join("mlp_gemm.onnx");
+    quench_onnx::save_model(&after, &out, &Default::default()).unwrap();
+    write_interop_pair(&out, &original, None, &InteropCheck::exact(TOL));
+}

@@ -188,6 +188,19 @@ pub struct AutoReport {
     pub log_front_end: Option<LogFrontEndStep>,
 }
 
+/// The decision of a front-end compute node left float by step 0.
+pub const FRONT_END_WEIGHTS: &str =
+    "weights float: a log front end's compute node, behind half of the error left with its activations float (--method auto)";
+
+/// A node's name, or its first output's when it has none.
+fn node_label(g: &quench_ir::Graph, n: quench_ir::NodeId) -> String {
+    let node = g.node(n);
+    match (node.name(), node.output(0)) {
+        ("", Some(o)) => g.value(o).name.clone(),
+        (name, _) => name.to_string(),
+    }
+}
+
 /// Step 0: the activations of log front ends ([`crate::front`]), left
 /// float together when that gains [`OUTLIER_DB`] or more at the output
 /// (they are then behind at least half of the error), measured on the
@@ -203,6 +216,17 @@ pub struct LogFrontEndStep {
     pub quantized_db: f64,
     pub float_db: f64,
     pub float: bool,
+    /// Compute nodes inside the front end (an STFT's or CQT's
+    /// convolutions), by name, and the score with their weights float too
+    /// (NaN when not measured: the activations stayed quantized, or there
+    /// are none); `weights_float` when that gained [`OUTLIER_DB`] or more
+    /// over `float_db` (then the compile leaves them float).
+    pub nodes: Vec<String>,
+    pub weights_float_db: f64,
+    pub weights_float: bool,
+    /// `nodes` in the searched graph.
+    #[serde(skip)]
+    pub node_ids: Vec<quench_ir::NodeId>,
 }
 
 impl LogFrontEndStep {
@@ -214,8 +238,27 @@ impl LogFrontEndStep {
     pub fn note(&self) -> String {
         let logs = crate::report::short_list(&self.logs, 3);
         if self.float {
+            let weights = if self.weights_float_db.is_nan() {
+                String::new()
+            } else {
+                format!(
+                    "; the weights of its {} compute node(s) {} ({:+.2} dB float{})",
+                    self.nodes.len(),
+                    if self.weights_float {
+                        "left float too"
+                    } else {
+                        "stay int8"
+                    },
+                    self.weights_float_db - self.float_db,
+                    if self.weights_float {
+                        ""
+                    } else {
+                        ", less than half of the error left"
+                    }
+                )
+            };
             format!(
-                "method auto: the {} activation(s) computing the input of {logs} from the model inputs (a log spectrogram: 8-bit codes cannot carry the range the log compresses) left float: {:+.2} dB at the output on the calibration samples ({:.2} -> {:.2} with min/max ranges; `--no-float-outliers` quantizes them)",
+                "method auto: the {} activation(s) computing the input of {logs} from the model inputs (a log spectrogram: 8-bit codes cannot carry the range the log compresses) left float: {:+.2} dB at the output on the calibration samples ({:.2} -> {:.2} with min/max ranges{weights}; `--no-float-outliers` quantizes them)",
                 self.tensors.len(),
                 self.gain_db(),
                 self.quantized_db,
@@ -1898,21 +1941,77 @@ pub fn search(
             let quantized = fit
                 .score(&setting_of(&fit, &|k| Some(ranges_of[k][0])))?
                 .pooled_db;
-            let float = fit
+            let float_db = fit
                 .score(&setting_of(&fit, &|k| {
                     (!inside.contains(&k)).then_some(ranges_of[k][0])
                 }))?
                 .pooled_db;
-            let step = LogFrontEndStep {
+            let mut step = LogFrontEndStep {
                 logs: fronts.iter().map(|f| f.log.clone()).collect(),
                 tensors: inside.iter().map(|&k| roots[k].0.clone()).collect(),
                 quantized_db: quantized,
-                float_db: float,
-                float: float - quantized >= OUTLIER_DB,
+                float_db,
+                float: float_db - quantized >= OUTLIER_DB,
+                nodes: Vec::new(),
+                weights_float_db: f64::NAN,
+                weights_float: false,
+                node_ids: Vec::new(),
             };
             if step.float {
                 for &k in &inside {
                     front_off[k] = true;
+                }
+                // The front end's compute nodes (an STFT's convolutions):
+                // their int8 weights spread the loud bins' rounding error
+                // over the quiet ones too. Measured on a twin with them
+                // float (one more tract compile, same FP32 references).
+                let nodes: Vec<quench_ir::NodeId> =
+                    plan.compute
+                        .iter()
+                        .copied()
+                        .filter(|&n| {
+                            g.node(n).outputs().iter().flatten().any(|&o| {
+                                fronts.iter().any(|f| f.tensors.contains(&g.value(o).name))
+                            })
+                        })
+                        .collect();
+                if !nodes.is_empty() {
+                    let mut plan2 = plan.clone();
+                    plan2.keep_nodes_float(g, &nodes, FRONT_END_WEIGHTS);
+                    let (mut fit2, _) = ParamBench::new_in_waves(
+                        float,
+                        original,
+                        &plan2,
+                        policy,
+                        cfg,
+                        opset,
+                        data,
+                        &fit_rows,
+                        WAVES,
+                        Some(fit.reference.clone()),
+                        &[],
+                    )?;
+                    if fit2.roots == fit.roots {
+                        let s = setting_of(&fit2, &|k| (!front_off[k]).then_some(ranges_of[k][0]));
+                        step.weights_float_db = fit2.score(&s)?.pooled_db;
+                        step.nodes = nodes.iter().map(|&n| node_label(g, n)).collect();
+                        step.node_ids = nodes.clone();
+                        step.weights_float = step.weights_float_db - float_db >= OUTLIER_DB;
+                        if step.weights_float {
+                            judge = if fit_rows == judge_rows {
+                                fit2.clone()
+                            } else {
+                                fit2.with_rows(
+                                    original,
+                                    data,
+                                    &judge_rows,
+                                    Some(judge.reference.clone()),
+                                )?
+                            };
+                            fit2.runs += fit.runs;
+                            fit = fit2;
+                        }
+                    }
                 }
             }
             log_front_end = Some(step);
@@ -2277,18 +2376,18 @@ pub fn search(
                 for c in g.consumers(v) {
                     let node = g.node(c);
                     if quench_passes::facts::is_compute(node.kind()) {
-                        // Unnamed nodes by their first output.
-                        let label = match (node.name(), node.output(0)) {
-                            ("", Some(o)) => g.value(o).name.clone(),
-                            (name, _) => name.to_string(),
-                        };
-                        float_fed_compute.push(label);
+                        float_fed_compute.push(node_label(g, c));
                     }
                 }
             }
         }
         float_fed_compute.sort();
         float_fed_compute.dedup();
+        // Front-end nodes whose weights the compile leaves float run in
+        // float with nothing to dequantize.
+        if let Some(f) = log_front_end.as_ref().filter(|f| f.weights_float) {
+            float_fed_compute.retain(|n| !f.nodes.contains(n));
+        }
     }
     let report = AutoReport {
         fit_samples: fit.samples(),

@@ -30,11 +30,14 @@ pub fn default_pipeline() -> Vec<Box<dyn Pass>> {
 /// - `equalize`: cross-layer equalization of Conv -> (Relu) -> Conv weight
 ///   ranges (`--equalize`);
 /// - `fuse_hard_swish`: a written-out hard-swish becomes one op (the
-///   compile runs it after quantization, [`post_quantize_passes`]).
+///   compile runs it after quantization, [`post_quantize_passes`]);
+/// - `matmul_add_to_gemm`: a rank-2 MatMul + constant bias Add becomes a
+///   Gemm (the compile runs it in static mode after the default pipeline).
 pub fn optional_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(crate::equalize::Equalize),
         Box::new(crate::fuse_hard_swish::FuseHardSwish),
+        Box::new(crate::matmul_add_to_gemm::MatMulAddToGemm),
     ]
 }
 

@@ -304,6 +304,28 @@ impl Plan {
         self.formats.get(&root).copied().unwrap_or(default)
     }
 
+    /// Leaves compute nodes `nodes` float: no integer weights or bias,
+    /// no absorbed Relu/Clip; their decisions say `reason`. Their input and
+    /// output activations stay planned (a caller leaves them float by
+    /// giving them no range).
+    pub fn keep_nodes_float(&mut self, g: &Graph, nodes: &[NodeId], reason: &str) {
+        self.compute.retain(|n| !nodes.contains(n));
+        for n in nodes {
+            self.weight_formats.remove(n);
+            self.weight_narrow.remove(n);
+            self.absorbed.remove(n);
+            // (By name: an unnamed node's decision cannot be told apart.)
+            let name = g.node(*n).name();
+            if name.is_empty() {
+                continue;
+            }
+            if let Some(d) = self.decisions.iter_mut().find(|d| d.node == name) {
+                d.quantized = false;
+                d.reason = reason.to_string();
+            }
+        }
+    }
+
     /// Names of the activation tensors calibration must observe.
     pub fn tensors_to_observe(&self, g: &Graph) -> Vec<String> {
         let mut v: Vec<String> = self

@@ -14,7 +14,7 @@ graph main(%x: f32[1,4]) -> (%0)
 ";
     let mut passes = pipeline::default_pipeline();
     passes.extend(pipeline::optional_passes());
-    assert_eq!(passes.len(), 9);
+    assert_eq!(passes.len(), 10);
     for p in &passes {
         let mut m = parse_model(text).map_err(|e| e.to_string())?;
         let before = m.to_text();
