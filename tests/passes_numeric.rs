@@ -224,7 +224,9 @@ fn matmul_add_to_gemm_preserves_outputs() {
     let mut cx = PassCx::new(m.default_opset().unwrap());
     run_passes(
         &mut m.graph,
-        &[Box::new(quench_passes::matmul_add_to_gemm::MatMulAddToGemm)],
+        &[Box::new(
+            quench_passes::matmul_add_to_gemm::MatMulAddToGemm::default(),
+        )],
         &mut cx,
         &RunOptions {
             verify: true,

@@ -27,7 +27,9 @@ use std::collections::BTreeSet;
 
 use quench_ir::{Graph, ValueId};
 
-/// Ops whose every computed input carries the signal's amplitude.
+/// Ops whose every computed input carries the signal's amplitude (a
+/// divisor or exponent computed from the signal is part of the front end;
+/// one computed from anything else leaves the cone open).
 const EVERY_INPUT: &[&str] = &[
     "Conv",
     "ConvTranspose",
@@ -36,16 +38,16 @@ const EVERY_INPUT: &[&str] = &[
     "Mul",
     "Add",
     "Sub",
+    "Div",
+    "Pow",
     "Concat",
     "Sum",
     "Mean",
 ];
 
-/// Ops whose first input carries it (the others are shapes, axes,
-/// indices, exponents, divisors).
+/// Ops whose first input carries it; the others (shapes, axes, indices,
+/// pads, repeats) must be constants or computed from shapes alone.
 const FIRST_INPUT: &[&str] = &[
-    "Div",
-    "Pow",
     "Sqrt",
     "Abs",
     "Neg",
@@ -74,15 +76,38 @@ const FIRST_INPUT: &[&str] = &[
     "SpaceToDepth",
 ];
 
-/// Epsilon guards: a `Max`/`Min` with one computed input, a `Clip`.
+/// Epsilon guards: a `Max`/`Min` with one computed input, a `Clip` with
+/// constant bounds.
 const GUARD: &[&str] = &["Max", "Min", "Clip"];
+
+/// Ops that compute shapes, indices and axes from shapes.
+const SHAPE_OPS: &[&str] = &[
+    "Shape",
+    "Size",
+    "Gather",
+    "Concat",
+    "Unsqueeze",
+    "Squeeze",
+    "Slice",
+    "Cast",
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Reshape",
+    "Range",
+    "ConstantOfShape",
+    "ReduceProd",
+    "Identity",
+];
 
 /// One `Log` and its front end.
 #[derive(Debug, Clone)]
 pub struct LogFrontEnd {
     /// The `Log` node (its output's name when unnamed).
     pub log: String,
-    /// Every computed tensor in the cone (graph inputs excluded).
+    /// Every tensor in the cone, the graph inputs it starts from included
+    /// (constants excluded).
     pub tensors: BTreeSet<String>,
 }
 
@@ -116,8 +141,30 @@ pub fn log_front_ends(g: &Graph) -> Vec<LogFrontEnd> {
     found
 }
 
-/// The computed tensors `x` is made of through the front-end ops, or
-/// `None` when a path leaves them.
+/// Whether `v` is a constant or computed from constants and tensor shapes
+/// alone (a Reshape's target shape, a Slice's ends).
+fn shape_like(g: &Graph, v: ValueId, depth: usize) -> bool {
+    if is_const(g, v) {
+        return true;
+    }
+    let Some(n) = g.producer(v) else {
+        return false;
+    };
+    let node = g.node(n);
+    if node.op_type() == "Shape" || node.op_type() == "Size" {
+        return true;
+    }
+    depth > 0
+        && SHAPE_OPS.contains(&node.op_type())
+        && node
+            .inputs()
+            .iter()
+            .flatten()
+            .all(|&i| shape_like(g, i, depth - 1))
+}
+
+/// The tensors `x` is made of through the front-end ops (graph inputs
+/// included), or `None` when a path leaves them.
 fn cone(g: &Graph, x: ValueId) -> Option<BTreeSet<String>> {
     let mut seen: BTreeSet<ValueId> = BTreeSet::new();
     let mut stack = vec![x];
@@ -138,9 +185,27 @@ fn cone(g: &Graph, x: ValueId) -> Option<BTreeSet<String>> {
         if EVERY_INPUT.contains(&t) {
             stack.extend(node.inputs().iter().filter_map(computed));
         } else if FIRST_INPUT.contains(&t) {
+            if !node
+                .inputs()
+                .iter()
+                .skip(1)
+                .flatten()
+                .all(|&i| shape_like(g, i, 8))
+            {
+                return None;
+            }
             stack.extend(node.input(0).filter(|&i| !is_const(g, i)));
         } else if GUARD.contains(&t) {
             let ins: Vec<ValueId> = if t == "Clip" {
+                if !node
+                    .inputs()
+                    .iter()
+                    .skip(1)
+                    .flatten()
+                    .all(|&i| is_const(g, i))
+                {
+                    return None;
+                }
                 node.input(0).into_iter().collect()
             } else {
                 node.inputs().iter().filter_map(computed).collect()
@@ -153,15 +218,11 @@ fn cone(g: &Graph, x: ValueId) -> Option<BTreeSet<String>> {
             return None;
         }
     }
-    Some(
-        seen.into_iter()
-            .filter(|&v| !g.is_graph_input(v))
-            .map(|v| g.value(v).name.clone())
-            .collect(),
-    )
+    Some(seen.into_iter().map(|v| g.value(v).name.clone()).collect())
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use quench_ir::Node;
@@ -215,11 +276,50 @@ mod tests {
         let f = log_front_ends(&g);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].log, "logmag");
-        let want: BTreeSet<String> = ["re", "im", "re2", "im2", "p", "mag", "safe"]
+        let want: BTreeSet<String> = ["x", "re", "im", "re2", "im2", "p", "mag", "safe"]
             .iter()
             .map(|s| s.to_string())
             .collect();
         assert_eq!(f[0].tensors, want);
+    }
+
+    #[test]
+    fn a_divisor_or_index_from_features_leaves_the_cone_open() {
+        // Log(Abs(x) / Relu(x)): the divisor comes through a Relu.
+        let g = graph(
+            &[
+                ("Abs", &["x"], "a"),
+                ("Relu", &["x"], "r"),
+                ("Div", &["a", "r"], "q"),
+                ("Log", &["q"], "l"),
+            ],
+            &[],
+        );
+        assert!(log_front_ends(&g).is_empty());
+        // Log(Gather(table, ArgMax(x))): constant data, computed indices.
+        let g = graph(
+            &[
+                ("ArgMax", &["x"], "i"),
+                ("Gather", &["table", "i"], "t"),
+                ("Log", &["t"], "l"),
+            ],
+            &["table"],
+        );
+        assert!(log_front_ends(&g).is_empty());
+        // A divisor computed from the signal is part of the front end:
+        // Log(Abs(x) / ReduceMean(Abs(x))).
+        let g = graph(
+            &[
+                ("Abs", &["x"], "a"),
+                ("ReduceMean", &["a"], "m"),
+                ("Div", &["a", "m"], "q"),
+                ("Log", &["q"], "l"),
+            ],
+            &[],
+        );
+        let f = log_front_ends(&g);
+        assert_eq!(f.len(), 1);
+        assert!(f[0].tensors.contains("m") && f[0].tensors.contains("x"));
     }
 
     #[test]

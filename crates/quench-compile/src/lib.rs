@@ -388,19 +388,25 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     phases.lap("load");
 
     // 2. Passes.
+    let extra: &[&str] = if opts.equalize { &["equalize"] } else { &[] };
+    let (mut pass_names, mut cx) =
+        phases::run_pipeline_with(&mut model, &opts.passes, extra, &opts.dump_after)?;
     // Static mode: a rank-2 MatMul + bias Add becomes a Gemm, which ONNX
     // Runtime runs in integer (it fuses the pair into a float Gemm before
     // its Q/DQ fusions otherwise; MTCNN: 2.2x FP32's latency -> 1.05x).
-    // Not with an explicit `--passes` list.
-    let mut extra: Vec<&str> = Vec::new();
-    if opts.equalize {
-        extra.push("equalize");
+    // Not with an explicit `--passes` list, nor when the user excludes one
+    // of the op types involved; pairs named in `--exclude-nodes` stay.
+    let excluded_type = opts
+        .exclude_op_types
+        .iter()
+        .any(|t| matches!(t.as_str(), "MatMul" | "Add" | "Gemm"));
+    if cfg.mode == Mode::Static && opts.passes.is_none() && !opts.no_quantize && !excluded_type {
+        let pass = quench_passes::matmul_add_to_gemm::MatMulAddToGemm {
+            keep: opts.exclude_nodes.clone(),
+        };
+        quench_passes::Pass::run(&pass, &mut model.graph, &mut cx)?;
+        pass_names.push(quench_passes::Pass::name(&pass).to_string());
     }
-    if cfg.mode == Mode::Static && opts.passes.is_none() && !opts.no_quantize {
-        extra.push("matmul_add_to_gemm");
-    }
-    let (pass_names, mut cx) =
-        phases::run_pipeline_with(&mut model, &opts.passes, &extra, &opts.dump_after)?;
     out.log.extend(cx.log.iter().map(|l| format!("pass {l}")));
     let dumps = std::mem::take(&mut cx.dumps);
 
@@ -635,11 +641,18 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             out.note(f.note());
                             // The search measured the front end's compute
                             // nodes with float weights, and kept that.
+                            // By name in the config too: a later plan (mixed
+                            // precision's opset upgrade) keeps them float.
                             if rep.kept && f.float && f.weights_float {
                                 plan.keep_nodes_float(
                                     &model.graph,
                                     &f.node_ids,
                                     search::FRONT_END_WEIGHTS,
+                                );
+                                cfg.keep_float.extend(
+                                    f.nodes.iter().map(|n| {
+                                        (n.clone(), search::FRONT_END_WEIGHTS.to_string())
+                                    }),
                                 );
                             }
                         }
@@ -1163,8 +1176,14 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 continue;
             }
             if let Some((f, by)) = left_float.iter().find(|(f, _)| &f.tensor == t) {
+                // A group's figure is what leaving the group float gained.
+                let how = if by.contains("together") {
+                    "together"
+                } else {
+                    "alone"
+                };
                 *why = format!(
-                    "left float by {by} (alone {:+.2} dB at the output)",
+                    "left float by {by} ({how} {:+.2} dB at the output)",
                     f.gain_db
                 );
             }

@@ -1921,6 +1921,10 @@ pub fn search(
     // for its STFT outputs).
     let mut front_off = vec![false; roots.len()];
     let mut log_front_end = None;
+    // The judging bench of the model as written when the result is not
+    // kept (the plan unedited), once step 0 swapped in benches with the
+    // front end's weights float.
+    let mut judge_base: Option<ParamBench> = None;
     if float_outliers {
         let fronts = crate::front::log_front_ends(g);
         let cone: std::collections::BTreeSet<&str> = fronts
@@ -1965,16 +1969,25 @@ pub fn search(
                 // their int8 weights spread the loud bins' rounding error
                 // over the quiet ones too. Measured on a twin with them
                 // float (one more tract compile, same FP32 references).
-                let nodes: Vec<quench_ir::NodeId> =
-                    plan.compute
-                        .iter()
-                        .copied()
-                        .filter(|&n| {
-                            g.node(n).outputs().iter().flatten().any(|&o| {
+                // (Named nodes with unique names only: the compile keeps
+                // them float by name, also when it plans again.)
+                let nodes: Vec<quench_ir::NodeId> = plan
+                    .compute
+                    .iter()
+                    .copied()
+                    .filter(|&n| {
+                        let name = g.node(n).name();
+                        !name.is_empty()
+                            && g.node_ids()
+                                .iter()
+                                .filter(|&&m| g.node(m).name() == name)
+                                .count()
+                                == 1
+                            && g.node(n).outputs().iter().flatten().any(|&o| {
                                 fronts.iter().any(|f| f.tensors.contains(&g.value(o).name))
                             })
-                        })
-                        .collect();
+                    })
+                    .collect();
                 if !nodes.is_empty() {
                     let mut plan2 = plan.clone();
                     plan2.keep_nodes_float(g, &nodes, FRONT_END_WEIGHTS);
@@ -1998,8 +2011,10 @@ pub fn search(
                         step.node_ids = nodes.clone();
                         step.weights_float = step.weights_float_db - float_db >= OUTLIER_DB;
                         if step.weights_float {
-                            judge = if fit_rows == judge_rows {
-                                fit2.clone()
+                            let judge2 = if fit_rows == judge_rows {
+                                let mut j = fit2.clone();
+                                j.runs = 0;
+                                j
                             } else {
                                 fit2.with_rows(
                                     original,
@@ -2008,6 +2023,7 @@ pub fn search(
                                     Some(judge.reference.clone()),
                                 )?
                             };
+                            judge_base = Some(std::mem::replace(&mut judge, judge2));
                             fit2.runs += fit.runs;
                             fit = fit2;
                         }
@@ -2269,7 +2285,13 @@ pub fn search(
         f64::NEG_INFINITY,
     )?
     .db;
-    let plain = judged(&mut judge, &|k| Some(ranges_of[k][0]), auto_db)?;
+    // Min/max and the method alone are judged on the model written when
+    // the result is not kept (without step 0's float weights).
+    let plain = judged(
+        judge_base.as_mut().unwrap_or(&mut judge),
+        &|k| Some(ranges_of[k][0]),
+        auto_db,
+    )?;
     // With the unread tensors float too, as a candidate of its own:
     // exact for each of them, but an error it removes can have cancelled
     // another (openwakeword's first Relu output: 24.72 -> 24.47 dB
@@ -2280,7 +2302,7 @@ pub fn search(
         None
     } else {
         Some(judged(
-            &mut judge,
+            judge_base.as_mut().unwrap_or(&mut judge),
             &|k| (!off0[k]).then_some(ranges_of[k][0]),
             auto_db,
         )?)
@@ -2338,7 +2360,7 @@ pub fn search(
             )?;
             Ok(r.complete && r.db > minmax_db)
         };
-        let m = if method != 0 && alone(&mut judge)? {
+        let m = if method != 0 && alone(judge_base.as_mut().unwrap_or(&mut judge))? {
             method
         } else {
             0
@@ -2396,7 +2418,7 @@ pub fn search(
         methods,
         method: method_name(METHODS[used]),
         searched,
-        runs: fit.runs + judge.runs,
+        runs: fit.runs + judge.runs + judge_base.as_ref().map_or(0, |j| j.runs),
         setup_seconds,
         run_seconds: t0.elapsed().as_secs_f64() - setup_seconds,
         minmax_db,

@@ -13,18 +13,25 @@
 //!
 //! Requires: nothing. Guarantees: the same function (`x W + b`, Gemm's
 //! definition with `alpha = beta = 1`, no transposes), up to float
-//! summation order; the Add's output value keeps its id and name. Declines:
-//! a MatMul output read by anything but the one Add, a graph output or
-//! captured by a subgraph; `x` whose rank is not known to be 2; weights or
-//! biases that are not constants of those shapes; element types other than
-//! f32.
+//! summation order; the Add's output value keeps its id and name, and the
+//! Gemm takes the MatMul's name (so `--exclude-nodes` and pruning by that
+//! name still find it). Declines: a MatMul output read by anything but the
+//! one Add, a graph output or captured by a subgraph; `x` whose rank is not
+//! known to be 2, or a LayerNormalization's output (SmoothQuant's sites
+//! are MatMuls); weights or biases that are not constants of those shapes;
+//! element types other than f32; a MatMul or Add named in `keep` (the
+//! user's exclusions).
 
 use quench_ir::{Graph, Node, NodeId, OpKind, ValueId};
 use quench_onnx::proto::tensor_proto::DataType;
 
 use crate::{Changed, Pass, PassCx, PassError};
 
-pub struct MatMulAddToGemm;
+#[derive(Default)]
+pub struct MatMulAddToGemm {
+    /// Node names whose pairs stay as they are.
+    pub keep: Vec<String>,
+}
 
 fn f32_const_dims(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
     let t = g.const_tensor(v)?;
@@ -45,11 +52,15 @@ fn rank_of(g: &Graph, v: ValueId, depth: usize) -> Option<usize> {
     let n = g.producer(v)?;
     let node = g.node(n);
     let input_rank = |i: usize| node.input(i).and_then(|x| rank_of(g, x, depth - 1));
-    // Constant operands of a broadcasting op must not raise the rank.
-    let consts_within = |r: usize| {
-        node.inputs().iter().skip(1).all(|i| {
-            i.and_then(|i| g.const_tensor(i))
-                .is_some_and(|t| t.dims.len() <= r)
+    // The other operands of a broadcasting op (constants, or tensors of
+    // known rank) must not raise the rank.
+    let others_within = |r: usize| {
+        node.inputs().iter().skip(1).flatten().all(|&i| {
+            match g.const_tensor(i) {
+                Some(t) => Some(t.dims.len()),
+                None => rank_of(g, i, depth - 1),
+            }
+            .is_some_and(|k| k <= r)
         })
     };
     match node.kind() {
@@ -72,7 +83,13 @@ fn rank_of(g: &Graph, v: ValueId, depth: usize) -> Option<usize> {
         | OpKind::HardSwish
         | OpKind::Softmax
         | OpKind::Dropout
-        | OpKind::Identity => input_rank(0),
+        | OpKind::Identity
+        | OpKind::Log
+        | OpKind::Exp
+        | OpKind::Sqrt
+        | OpKind::Abs
+        | OpKind::Neg
+        | OpKind::Erf => input_rank(0),
         // Reductions: keepdims (default 1) keeps the rank; without it
         // the axes (attribute, or a constant input from opset 18) go.
         OpKind::ReduceMean
@@ -93,18 +110,56 @@ fn rank_of(g: &Graph, v: ValueId, depth: usize) -> Option<usize> {
             };
             r.checked_sub(axes)
         }
-        OpKind::GlobalAveragePool | OpKind::GlobalMaxPool => input_rank(0),
-        OpKind::Clip | OpKind::PRelu | OpKind::Add | OpKind::Mul | OpKind::Sub | OpKind::Div => {
+        OpKind::GlobalAveragePool
+        | OpKind::GlobalMaxPool
+        | OpKind::Conv
+        | OpKind::ConvTranspose
+        | OpKind::MaxPool
+        | OpKind::AveragePool
+        | OpKind::Transpose => input_rank(0),
+        // Unsqueeze/Squeeze with their axes given (attribute before opset
+        // 13, a constant input from it).
+        OpKind::Unsqueeze | OpKind::Squeeze => {
             let r = input_rank(0)?;
-            consts_within(r).then_some(r)
+            let axes = match node.attr_ints("axes") {
+                Some(a) => a.len(),
+                None => {
+                    let t = g.const_tensor(node.input(1)?)?;
+                    (t.dims.len() == 1).then_some(t.dims[0] as usize)?
+                }
+            };
+            if node.kind() == OpKind::Unsqueeze {
+                Some(r + axes)
+            } else {
+                r.checked_sub(axes)
+            }
+        }
+        OpKind::Clip
+        | OpKind::PRelu
+        | OpKind::Add
+        | OpKind::Mul
+        | OpKind::Sub
+        | OpKind::Div
+        | OpKind::Max
+        | OpKind::Min
+        | OpKind::Pow => {
+            let r = input_rank(0)?;
+            others_within(r).then_some(r)
         }
         _ => None,
     }
 }
 
 /// `(matmul, add, x, w, b)` when `add` ends a dense layer this pass fuses.
-fn match_at(g: &Graph, add: NodeId) -> Option<(NodeId, ValueId, ValueId, ValueId)> {
+fn match_at(
+    g: &Graph,
+    add: NodeId,
+    keep: &[String],
+) -> Option<(NodeId, ValueId, ValueId, ValueId)> {
     let node = g.node(add);
+    if keep.iter().any(|k| k == node.name()) {
+        return None;
+    }
     if node.kind() != OpKind::Add || node.inputs().len() != 2 {
         return None;
     }
@@ -116,7 +171,10 @@ fn match_at(g: &Graph, add: NodeId) -> Option<(NodeId, ValueId, ValueId, ValueId
     };
     let mm = g.producer(mm_out)?;
     let m = g.node(mm);
-    if m.kind() != OpKind::MatMul || !matches!(m.domain(), "" | "ai.onnx") {
+    if m.kind() != OpKind::MatMul
+        || !matches!(m.domain(), "" | "ai.onnx")
+        || keep.iter().any(|k| k == m.name())
+    {
         return None;
     }
     if g.is_graph_output(mm_out) || g.is_captured(mm_out) || g.uses(mm_out).len() != 1 {
@@ -137,6 +195,11 @@ fn match_at(g: &Graph, add: NodeId) -> Option<(NodeId, ValueId, ValueId, ValueId
     if (xe.is_some() && xe != f32_) || rank_of(g, x, 16) != Some(2) {
         return None;
     }
+    if g.producer(x)
+        .is_some_and(|p| g.node(p).kind() == OpKind::LayerNormalization)
+    {
+        return None;
+    }
     Some((mm, x, w, bias))
 }
 
@@ -153,20 +216,20 @@ impl Pass for MatMulAddToGemm {
             if !g.contains_node(n) {
                 continue;
             }
-            let Some((mm, x, w, b)) = match_at(g, n) else {
+            let Some((mm, x, w, b)) = match_at(g, n, &self.keep) else {
                 continue;
             };
             let Some(y) = g.node(n).output(0) else {
                 continue;
             };
-            let base = match g.node(mm).name() {
-                "" => g.value(y).name.clone(),
-                s => s.to_string(),
-            };
+            let name = g.node(mm).name().to_string();
             g.remove_node(n);
             g.remove_node(mm);
-            let gemm = Node::new("Gemm", &g.unique_name(&format!("{base}_gemm")));
-            g.add_node(gemm, &[Some(x), Some(w), Some(b)], &[Some(y)]);
+            g.add_node(
+                Node::new("Gemm", &name),
+                &[Some(x), Some(w), Some(b)],
+                &[Some(y)],
+            );
             fused += 1;
         }
         if fused > 0 {
@@ -181,6 +244,7 @@ impl Pass for MatMulAddToGemm {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use quench_onnx::proto::TensorProto;
@@ -241,7 +305,7 @@ mod tests {
         for bias in [&[4][..], &[1, 4]] {
             let mut g = dense(bias, true);
             let mut cx = PassCx::new(13);
-            assert!(MatMulAddToGemm.run(&mut g, &mut cx).unwrap());
+            assert!(MatMulAddToGemm::default().run(&mut g, &mut cx).unwrap());
             let mut o = ops(&g);
             o.sort();
             assert_eq!(o, ["Flatten", "Gemm", "Relu"]);
@@ -263,12 +327,61 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_normalizations_matmul_stays_for_smooth_quant() {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", None);
+        let scale = constant(&mut g, "scale", &[8]);
+        let w = constant(&mut g, "w", &[8, 4]);
+        let b = constant(&mut g, "b", &[4]);
+        let f = g.add_value("flat", None);
+        g.add_node(Node::new("Flatten", "flatten"), &[Some(x)], &[Some(f)]);
+        let n = g.add_value("norm", None);
+        g.add_node(
+            Node::new("LayerNormalization", "ln"),
+            &[Some(f), Some(scale)],
+            &[Some(n)],
+        );
+        let mm = g.add_value("mm", None);
+        g.add_node(Node::new("MatMul", "fc"), &[Some(n), Some(w)], &[Some(mm)]);
+        let y = g.add_value("y", None);
+        g.add_node(
+            Node::new("Add", "fc_bias"),
+            &[Some(mm), Some(b)],
+            &[Some(y)],
+        );
+        g.add_output(y);
+        let mut cx = PassCx::new(17);
+        assert!(!MatMulAddToGemm::default().run(&mut g, &mut cx).unwrap());
+    }
+
+    #[test]
+    fn pairs_the_user_excludes_stay_and_the_gemm_keeps_the_matmuls_name() {
+        for keep in ["fc", "fc_bias"] {
+            let mut g = dense(&[4], true);
+            let pass = MatMulAddToGemm {
+                keep: vec![keep.to_string()],
+            };
+            assert!(!pass.run(&mut g, &mut PassCx::new(13)).unwrap(), "{keep}");
+        }
+        let mut g = dense(&[4], true);
+        assert!(MatMulAddToGemm::default()
+            .run(&mut g, &mut PassCx::new(13))
+            .unwrap());
+        let gemm = g
+            .node_ids()
+            .into_iter()
+            .find(|&n| g.node(n).op_type() == "Gemm")
+            .unwrap();
+        assert_eq!(g.node(gemm).name(), "fc");
+    }
+
+    #[test]
     fn unknown_ranks_and_other_bias_shapes_are_left_alone() {
         for (bias, flatten) in [(&[4][..], false), (&[2, 4], true), (&[8], true)] {
             let mut g = dense(bias, flatten);
             let before = ops(&g);
             let mut cx = PassCx::new(13);
-            assert!(!MatMulAddToGemm.run(&mut g, &mut cx).unwrap());
+            assert!(!MatMulAddToGemm::default().run(&mut g, &mut cx).unwrap());
             assert_eq!(ops(&g), before);
         }
     }

@@ -37,7 +37,7 @@ pub fn optional_passes() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(crate::equalize::Equalize),
         Box::new(crate::fuse_hard_swish::FuseHardSwish),
-        Box::new(crate::matmul_add_to_gemm::MatMulAddToGemm),
+        Box::new(crate::matmul_add_to_gemm::MatMulAddToGemm::default()),
     ]
 }
 
