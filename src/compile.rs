@@ -146,6 +146,15 @@ pub struct CompileArgs {
     /// the parts gain more than the whole loses on 16 others
     #[arg(long)]
     pub no_part_ranges: bool,
+    /// Keep each HardSwish a float op between DequantizeLinear and
+    /// QuantizeLinear. By default (static mode, u8 activations) it is
+    /// written as an Add and a Mul on Q/DQ pairs, `x * Q(x/6 + 1/2)` with
+    /// the gate on [0, 1] in 1/255 steps, which ONNX Runtime runs as
+    /// QLinearAdd and QLinearMul (it has no integer HardSwish; in float
+    /// it cost PP-LCNet 40% of its time). Kept anyway with an accuracy
+    /// target or --explain, which measure the model without it
+    #[arg(long)]
+    pub keep_hard_swish: bool,
     /// Round each layer's weights one input column at a time, pushing each
     /// column's rounding error onto the columns not yet rounded, weighted
     /// by the layer's calibration inputs (GPTQ's method): lower layer
@@ -371,6 +380,7 @@ impl CompileArgs {
             consumer_ranges: !self.no_consumer_ranges,
             float_outliers: !self.no_float_outliers,
             part_ranges: !self.no_part_ranges,
+            lower_hard_swish: !self.keep_hard_swish,
             error_compensated_rounding: self.error_compensated_rounding,
             equalize: self.equalize,
             bias_correction: self.bias_correction,

@@ -41,6 +41,9 @@ fn compile_to(model: &str, out: &Path, eval: bool, extra: &[&str]) -> (i32, Valu
         // (tests/compile_options.rs).
         "--no-saturation-guard".into(),
         "--no-bias-correction".into(),
+        // Nor lower HardSwish in the files compiled without a target (a
+        // target keeps it; its figures are the twin's).
+        "--keep-hard-swish".into(),
     ];
     if eval {
         args.extend([

@@ -160,6 +160,37 @@ fn digits_fixture_inputs_give_the_same_logits() {
     }
 }
 
+/// Runs one pass on `original` (verified), returns the rewritten model, its
+/// op types in order and the pass context.
+fn one_pass(
+    original: &quench_onnx::proto::ModelProto,
+    opset: i64,
+    pass: Box<dyn quench_passes::Pass>,
+) -> (quench_onnx::proto::ModelProto, Vec<String>, PassCx) {
+    let mut m = Model::from_onnx(original.clone()).unwrap();
+    let mut cx = PassCx::new(opset);
+    run_passes(
+        &mut m.graph,
+        &[pass],
+        &mut cx,
+        &RunOptions {
+            verify: true,
+            dump_after: vec![],
+        },
+    )
+    .unwrap();
+    let after = m.to_onnx();
+    let ops = after
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type().to_string())
+        .collect();
+    (after, ops, cx)
+}
+
 /// `fuse_hard_swish` (run by the compile after quantization) computes what
 /// the written-out hard-swish computed: silu_cnn's `x * Clip(x + 3, 0, 6) /
 /// 6` as HardSwish (opset 17) and, with the opset set to 13, as `x *
@@ -173,32 +204,14 @@ fn fused_hard_swish_preserves_outputs() {
                 o.version = Some(opset);
             }
         }
-        let mut m = Model::from_onnx(original.clone()).unwrap();
-        let mut cx = PassCx::new(opset);
-        run_passes(
-            &mut m.graph,
-            &[Box::new(quench_passes::fuse_hard_swish::FuseHardSwish)],
-            &mut cx,
-            &RunOptions {
-                verify: true,
-                dump_after: vec![],
-            },
-        )
-        .unwrap();
-        assert_eq!(cx.stat("fuse_hard_swish.fused"), 1, "{:?}", cx.log);
-        let after = m.to_onnx();
-        let ops: Vec<&str> = after
-            .graph
-            .as_ref()
-            .unwrap()
-            .node
-            .iter()
-            .map(|n| n.op_type())
-            .collect();
-        assert!(
-            ops.contains(&op) && !ops.contains(&"Clip") && !ops.contains(&"Div"),
-            "{ops:?}"
+        let (after, ops, cx) = one_pass(
+            &original,
+            opset,
+            Box::new(quench_passes::fuse_hard_swish::FuseHardSwish),
         );
+        assert_eq!(cx.stat("fuse_hard_swish.fused"), 1, "{:?}", cx.log);
+        let has = |o: &str| ops.iter().any(|x| x == o);
+        assert!(has(op) && !has("Clip") && !has("Div"), "{ops:?}");
         let facts = input_facts(&original, 2);
         for seed in 0..3 {
             let inputs = random_inputs(&facts, seed);
@@ -220,32 +233,18 @@ fn fused_hard_swish_preserves_outputs() {
 #[test]
 fn matmul_add_to_gemm_preserves_outputs() {
     let original = load(&testdata("mlp.onnx"));
-    let mut m = Model::from_onnx(original.clone()).unwrap();
-    let mut cx = PassCx::new(m.default_opset().unwrap());
-    run_passes(
-        &mut m.graph,
-        &[Box::new(
-            quench_passes::matmul_add_to_gemm::MatMulAddToGemm::default(),
-        )],
-        &mut cx,
-        &RunOptions {
-            verify: true,
-            dump_after: vec![],
-        },
-    )
-    .unwrap();
-    assert_eq!(cx.stat("matmul_add_to_gemm.fused"), 2, "{:?}", cx.log);
-    let after = m.to_onnx();
-    let ops: Vec<&str> = after
-        .graph
-        .as_ref()
+    let opset = Model::from_onnx(original.clone())
         .unwrap()
-        .node
-        .iter()
-        .map(|n| n.op_type())
-        .collect();
+        .default_opset()
+        .unwrap();
+    let (after, ops, cx) = one_pass(
+        &original,
+        opset,
+        Box::new(quench_passes::matmul_add_to_gemm::MatMulAddToGemm::default()),
+    );
+    assert_eq!(cx.stat("matmul_add_to_gemm.fused"), 2, "{:?}", cx.log);
     assert!(
-        !ops.contains(&"MatMul") && ops.iter().filter(|o| **o == "Gemm").count() == 3,
+        !ops.iter().any(|o| o == "MatMul") && ops.iter().filter(|o| *o == "Gemm").count() == 3,
         "{ops:?}"
     );
     let facts = input_facts(&original, 2);

@@ -1165,6 +1165,24 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     }
     let members = (!left_float.is_empty()).then(|| mixed::shared_members(&model, &plan));
     let mut summary = quantize_phase(&mut model, &plan, &ranges, &cfg, opset, &mut cx)?;
+    // The written model only (the twins the searches ran keep their
+    // pairs): HardSwish as integer Add and Mul for ONNX Runtime.
+    // Not with an accuracy target or `--explain`: they measured the twin
+    // without it, and their figures describe the file.
+    if cfg.mode == Mode::Static && opts.lower_hard_swish && !opts.targets().any() && !explain {
+        let pass = quench_passes::lower_hard_swish::LowerHardSwish;
+        if quench_passes::Pass::run(&pass, &mut model.graph, &mut cx)? {
+            quench_passes::Pass::run(
+                &quench_passes::dead_code::DeadCode,
+                &mut model.graph,
+                &mut cx,
+            )?;
+            model
+                .graph
+                .verify()
+                .context("graph invalid after lower_hard_swish (a quench bug)")?;
+        }
+    }
     // They say so (not "no calibration range").
     if let Some(members) = &members {
         for (t, why) in &mut summary.activations_float {

@@ -110,6 +110,10 @@ pub struct Options {
     /// boxes and scores), give blocks of activations another range method
     /// where that raises the parts' score ([`crate::search`], step 3).
     pub part_ranges: bool,
+    /// Static mode: lower each HardSwish between uint8 Q/DQ to an Add and
+    /// a Mul on Q/DQ pairs in the written model (ONNX Runtime's QLinearAdd
+    /// and QLinearMul; [`quench_passes::lower_hard_swish`]). On by default.
+    pub lower_hard_swish: bool,
     /// Round weights with their rounding error compensated on the later
     /// input columns, weighted by the calibration inputs' Hessian (GPTQ's
     /// method; [`crate::rounding`]).
@@ -198,6 +202,7 @@ impl Default for Options {
             consumer_ranges: true,
             float_outliers: true,
             part_ranges: true,
+            lower_hard_swish: true,
             error_compensated_rounding: false,
             equalize: false,
             bias_correction: false,

@@ -24,6 +24,9 @@ fn quantized_stem() -> (Model, Vec<String>, Vec<ArrayData>) {
         calibration: Some(testdata("digits/calib")),
         verify: false,
         bias_correction: false,
+        // The parametric twin is built from quantize_phase's graph, never
+        // from a lowered HardSwish.
+        lower_hard_swish: false,
         ..Options::default()
     };
     let out = compile(&loaded, &opts, &Silent).unwrap();

@@ -21,6 +21,7 @@ pub mod facts;
 pub mod fold_batchnorm;
 pub mod fold_constants;
 pub mod fuse_hard_swish;
+pub mod lower_hard_swish;
 pub mod matmul_add_to_gemm;
 pub mod pipeline;
 pub mod prune;

@@ -376,18 +376,27 @@ fn replace_pair_with(
     {
         return Err("quantized tensor is used by something other than DequantizeLinear");
     }
-    // Each DQ must use the same parameters.
+    // Each DQ must use the same zero point, and the same scale except in
+    // the float twin of f32 tensors, where a DQ with a scale of its own
+    // (a lowered HardSwish's `x / 6` read from `x`'s codes) multiplies the
+    // same codes by it.
+    let mut other_scales: Vec<(NodeId, f32)> = Vec::new();
     for c in &consumers {
         let d = g.node(*c);
-        let same_scale = scalar_f32(g, d.input(1)) == Some(scale);
+        let Some(ds) = scalar_f32(g, d.input(1)) else {
+            return Err("DequantizeLinear scale is not one constant value");
+        };
         let dz = d
             .input(2)
             .and_then(|z| g.const_tensor(z))
             .and_then(dq_input_values)
             .and_then(|v| v.first().copied())
             .unwrap_or(0.0);
-        if !same_scale || dz as f32 != zp {
+        if dz as f32 != zp || (ds != scale && (parametric.is_some() || narrow)) {
             return Err("DequantizeLinear parameters differ from QuantizeLinear's");
+        }
+        if ds != scale {
+            other_scales.push((*c, ds));
         }
     }
     let base = g.value(x).name.clone();
@@ -408,6 +417,9 @@ fn replace_pair_with(
     // integers, exact in f32 below 2^24, and beyond that both clip): the
     // parametric form in one fused node, the constant one in five ops.
     let mut inputs = None;
+    // The codes minus the zero point (float twin only), for DQs with a
+    // scale of their own.
+    let mut centred = None;
     let mut f = if parametric.is_some() {
         let names: Vec<String> = ["scale", "low", "high"]
             .iter()
@@ -459,6 +471,7 @@ fn replace_pair_with(
         };
         let su = mk(g, "Sub");
         let (_, e) = g.add_op(su, &[clipped[0], zv], &[&format!("{base}_sim_sub")]);
+        centred = Some(e[0]);
         let mu = mk(g, "Mul");
         g.add_op(mu, &[e[0], sv], &[&format!("{base}_sim_out")]).1
     };
@@ -488,14 +501,27 @@ fn replace_pair_with(
         let Some(out) = g.node(c).output(0) else {
             continue;
         };
+        let own = other_scales.iter().find(|(n, _)| *n == c).map(|(_, s)| *s);
+        let value = match (own, centred) {
+            (Some(ds), Some(e)) => {
+                let sv = g.add_const(
+                    &g.unique_name(&format!("{base}_sim_scale")),
+                    tensor::from_f32("", &[], &[ds]),
+                );
+                let mu = mk(g, "Mul");
+                let name = g.unique_name(&format!("{base}_sim_out"));
+                g.add_op(mu, &[e, sv], &[&name]).1[0]
+            }
+            _ => f[0],
+        };
         g.remove_node(c);
-        g.replace_all_uses(out, f[0]);
+        g.replace_all_uses(out, value);
         // Keep the DQ output's name when it was a graph output.
-        if g.is_graph_output(f[0]) {
+        if g.is_graph_output(value) {
             let name = g.value(out).name.clone();
             let tmp = g.unique_name(&format!("{name}__replaced"));
             g.rename_value(out, &tmp);
-            g.rename_value(f[0], &name);
+            g.rename_value(value, &name);
         }
     }
     g.remove_node(qn);
