@@ -152,7 +152,8 @@ pub struct CompileArgs {
     /// the gate on [0, 1] in 1/255 steps, which ONNX Runtime runs as
     /// QLinearAdd and QLinearMul (it has no integer HardSwish; in float
     /// it cost PP-LCNet 40% of its time). Kept anyway with an accuracy
-    /// target or --explain, which measure the model without it
+    /// target, --min-sqnr/--min-top1 or --explain, which measure the model
+    /// without it, and where --exclude-nodes/--exclude-op-types name it
     #[arg(long)]
     pub keep_hard_swish: bool,
     /// Round each layer's weights one input column at a time, pushing each

@@ -685,9 +685,11 @@ fn hard_swish_is_written_as_integer_add_and_mul() {
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
-        let db = r["verification"]["outputs"][0]["file"]["sqnr_db"]
-            .as_f64()
-            .unwrap();
+        let v = &r["verification"]["outputs"][0];
+        let db = v["file"]["sqnr_db"].as_f64().unwrap();
+        // The twin computes what the file computes.
+        assert_eq!(v["reference"]["sqnr_db"], v["file"]["sqnr_db"], "{v}");
+        assert_eq!(v["runtime_discrepancy"], false, "{v}");
         let ops = load(out)
             .graph
             .unwrap()
@@ -711,6 +713,16 @@ fn hard_swish_is_written_as_integer_add_and_mul() {
         count(&ops0, "QuantizeLinear") + 1
     );
     assert!(db >= db0 - 0.3 && db <= db0 + 0.3, "{db:.2} vs {db0:.2}");
+    // Kept where the user excludes it, and with a threshold (a file that
+    // met `--min-sqnr` before still meets it).
+    for extra in [
+        &["--exclude-nodes", "stem_hswish"][..],
+        &["--exclude-op-types", "Mul"],
+        &["--min-sqnr", "40"],
+    ] {
+        let (_, ops) = compile(&dir.path().join("x.onnx"), extra);
+        assert_eq!(count(&ops, "HardSwish"), 1, "{extra:?}");
+    }
     // ONNX Runtime runs it as the twin says (CI's interop check).
     write_interop_pair(
         &lowered,

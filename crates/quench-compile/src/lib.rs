@@ -1167,20 +1167,70 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
     let mut summary = quantize_phase(&mut model, &plan, &ranges, &cfg, opset, &mut cx)?;
     // The written model only (the twins the searches ran keep their
     // pairs): HardSwish as integer Add and Mul for ONNX Runtime.
-    // Not with an accuracy target or `--explain`: they measured the twin
-    // without it, and their figures describe the file.
-    if cfg.mode == Mode::Static && opts.lower_hard_swish && !opts.targets().any() && !explain {
-        let pass = quench_passes::lower_hard_swish::LowerHardSwish;
-        if quench_passes::Pass::run(&pass, &mut model.graph, &mut cx)? {
-            quench_passes::Pass::run(
-                &quench_passes::dead_code::DeadCode,
-                &mut model.graph,
-                &mut cx,
-            )?;
-            model
-                .graph
-                .verify()
-                .context("graph invalid after lower_hard_swish (a quench bug)")?;
+    // Not with an accuracy target, a threshold or `--explain`: they
+    // measured the twin without it (or judge the file against a figure
+    // the user set), and their figures describe the file. Nor where the
+    // user excludes the op types involved.
+    let hs_excluded = opts
+        .exclude_op_types
+        .iter()
+        .any(|t| matches!(t.as_str(), "HardSwish" | "Add" | "Mul"));
+    let hs_skipped = if opts.targets().any() {
+        Some("an accuracy target")
+    } else if opts.min_sqnr.is_some() || opts.min_top1.is_some() {
+        Some("--min-sqnr/--min-top1")
+    } else if explain {
+        Some("--explain")
+    } else {
+        None
+    };
+    if cfg.mode == Mode::Static && opts.lower_hard_swish && !hs_excluded {
+        let pass = quench_passes::lower_hard_swish::LowerHardSwish {
+            keep: opts.exclude_nodes.clone(),
+        };
+        let mut hcx = quench_passes::PassCx::new(opset);
+        match hs_skipped {
+            Some(why) => {
+                let n = model
+                    .graph
+                    .node_ids()
+                    .into_iter()
+                    .filter(|&n| model.graph.node(n).kind() == quench_ir::OpKind::HardSwish)
+                    .count();
+                if n > 0 {
+                    out.note(format!(
+                        "{n} HardSwish(es) kept as float ops with {why} (ONNX Runtime runs them in float; without it they are written as integer Add and Mul)"
+                    ));
+                }
+            }
+            None => {
+                if quench_passes::Pass::run(&pass, &mut model.graph, &mut hcx)? {
+                    quench_passes::Pass::run(
+                        &quench_passes::dead_code::DeadCode,
+                        &mut model.graph,
+                        &mut hcx,
+                    )?;
+                    model
+                        .graph
+                        .verify()
+                        .context("graph invalid after lower_hard_swish (a quench bug)")?;
+                    let lowered = hcx.stat("lower_hard_swish.lowered");
+                    pass_names.push(quench_passes::Pass::name(&pass).to_string());
+                    out.log.extend(hcx.log.iter().map(|l| format!("pass {l}")));
+                    for (k, v) in hcx.stats {
+                        *cx.stats.entry(k).or_default() += v;
+                    }
+                    summary.activations_quantized += lowered;
+                    for d in &mut summary.nodes {
+                        if d.op == "HardSwish" {
+                            d.reason = "written as integer Add and Mul on Q/DQ pairs (x * Q(x/6 + 1/2); --keep-hard-swish keeps the op)".into();
+                        }
+                    }
+                    out.note(format!(
+                        "{lowered} HardSwish(es) written as integer Add and Mul on Q/DQ pairs, x * Q(x/6 + 1/2) (ONNX Runtime's QLinearAdd and QLinearMul; it runs HardSwish in float); `--keep-hard-swish` keeps them"
+                    ));
+                }
+            }
         }
     }
     // They say so (not "no calibration range").

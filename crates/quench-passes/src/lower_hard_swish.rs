@@ -34,7 +34,10 @@ use quench_onnx::proto::tensor_proto::DataType;
 use crate::{Changed, Pass, PassCx, PassError};
 
 #[derive(Default)]
-pub struct LowerHardSwish;
+pub struct LowerHardSwish {
+    /// HardSwish node names left as they are (the user's exclusions).
+    pub keep: Vec<String>,
+}
 
 fn scalar_f32(g: &Graph, v: Option<ValueId>) -> Option<f32> {
     let t = g.const_tensor(v?)?;
@@ -58,10 +61,35 @@ fn u8_zero_point(g: &Graph, node: &Node) -> Option<u8> {
     }
 }
 
-/// `(dq, a_q, scale, zero point)` when `hs` is lowerable.
-fn match_at(g: &Graph, hs: NodeId) -> Option<(ValueId, f32, u8, ValueId)> {
+/// Whether `v` holds uint8 codes: its declared type, else a
+/// QuantizeLinear's output with a uint8 zero point.
+fn is_u8_codes(g: &Graph, v: ValueId) -> bool {
+    match g.value(v).elem_type() {
+        Some(t) => t == DataType::Uint8 as i32,
+        None => g.producer(v).is_some_and(|p| {
+            let q = g.node(p);
+            q.kind() == OpKind::QuantizeLinear
+                && q.input(2)
+                    .and_then(|z| g.const_tensor(z))
+                    .is_some_and(|t| t.data_type() == DataType::Uint8 as i32)
+        }),
+    }
+}
+
+/// A constant f32 scalar scale.
+fn f32_scale(g: &Graph, v: Option<ValueId>) -> Option<f32> {
+    let t = g.const_tensor(v?)?;
+    (t.data_type() == DataType::Float as i32).then_some(())?;
+    scalar_f32(g, v)
+}
+
+/// `(a_q, scale, zero point, y)` when `hs` is lowerable.
+fn match_at(g: &Graph, hs: NodeId, keep: &[String]) -> Option<(ValueId, f32, u8, ValueId)> {
     let node = g.node(hs);
-    if node.kind() != OpKind::HardSwish || !matches!(node.domain(), "" | "ai.onnx") {
+    if node.kind() != OpKind::HardSwish
+        || !matches!(node.domain(), "" | "ai.onnx")
+        || keep.iter().any(|k| k == node.name())
+    {
         return None;
     }
     let x = node.input(0)?;
@@ -71,7 +99,10 @@ fn match_at(g: &Graph, hs: NodeId) -> Option<(ValueId, f32, u8, ValueId)> {
         return None;
     }
     let a_q = dq.input(0)?;
-    let s = scalar_f32(g, dq.input(1))?;
+    if !is_u8_codes(g, a_q) || dq.input(2).is_none() {
+        return None;
+    }
+    let s = f32_scale(g, dq.input(1))?;
     let z = u8_zero_point(g, dq)?;
     if g.value(x).elem_type() != Some(DataType::Float as i32) && g.value(x).elem_type().is_some() {
         return None;
@@ -85,7 +116,8 @@ fn match_at(g: &Graph, hs: NodeId) -> Option<(ValueId, f32, u8, ValueId)> {
             let q = g.node(r);
             q.kind() == OpKind::QuantizeLinear
                 && q.input(0) == Some(y)
-                && scalar_f32(g, q.input(1)).is_some()
+                && f32_scale(g, q.input(1)).is_some()
+                && q.input(2).is_some()
                 && u8_zero_point(g, q).is_some()
         })
     {
@@ -107,7 +139,7 @@ impl Pass for LowerHardSwish {
             if !g.contains_node(n) {
                 continue;
             }
-            let Some((a_q, s, z, y)) = match_at(g, n) else {
+            let Some((a_q, s, z, y)) = match_at(g, n, &self.keep) else {
                 continue;
             };
             let base = match g.node(n).name() {
@@ -171,5 +203,113 @@ impl Pass for LowerHardSwish {
             cx.count("lower_hard_swish", "lowered", lowered);
         }
         Ok(lowered > 0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// x -> Q(u8 or i8) -> DQ -> HardSwish -> Q -> DQ -> y; `graph_out`
+    /// also makes the HardSwish output a graph output, `float_reader`
+    /// adds a Relu reading it.
+    fn stem(signed: bool, graph_out: bool, float_reader: bool) -> Graph {
+        let mut g = Graph::new("g");
+        let x = g.add_input("x", None);
+        let zero = |g: &mut Graph, name: &str| {
+            let t = if signed {
+                crate::codes::encode(quench_calib::ElemType::Int8, &[], &[0])
+            } else {
+                tensor::from_u8("", &[], &[3])
+            };
+            g.add_const(name, t)
+        };
+        let s = g.add_const("s", tensor::from_f32("", &[], &[0.05]));
+        let z = zero(&mut g, "z");
+        let q = g
+            .add_op(Node::new("QuantizeLinear", "q"), &[x, s, z], &["xq"])
+            .1[0];
+        let d = g
+            .add_op(Node::new("DequantizeLinear", "dq"), &[q, s, z], &["xd"])
+            .1[0];
+        let h = g.add_op(Node::new("HardSwish", "hs"), &[d], &["h"]).1[0];
+        let s2 = g.add_const("s2", tensor::from_f32("", &[], &[0.03]));
+        let z2 = zero(&mut g, "z2");
+        let q2 = g
+            .add_op(Node::new("QuantizeLinear", "q2"), &[h, s2, z2], &["hq"])
+            .1[0];
+        let y = g
+            .add_op(Node::new("DequantizeLinear", "dq2"), &[q2, s2, z2], &["y"])
+            .1[0];
+        g.add_output(y);
+        if graph_out {
+            g.add_output(h);
+        }
+        if float_reader {
+            let r = g.add_op(Node::new("Relu", "r"), &[h], &["r"]).1[0];
+            g.add_output(r);
+        }
+        g
+    }
+
+    fn ops(g: &Graph) -> Vec<String> {
+        let mut o: Vec<String> = g
+            .node_ids()
+            .into_iter()
+            .map(|n| g.node(n).op_type().to_string())
+            .collect();
+        o.sort();
+        o
+    }
+
+    #[test]
+    fn a_uint8_hard_swish_becomes_add_and_mul_on_pairs() {
+        let mut g = stem(false, false, false);
+        assert!(LowerHardSwish::default()
+            .run(&mut g, &mut PassCx::new(17))
+            .unwrap());
+        g.verify().unwrap();
+        assert_eq!(
+            ops(&g),
+            [
+                "Add",
+                "DequantizeLinear",
+                "DequantizeLinear",
+                "DequantizeLinear",
+                "DequantizeLinear",
+                "DequantizeLinear",
+                "Mul",
+                "QuantizeLinear",
+                "QuantizeLinear",
+                "QuantizeLinear"
+            ]
+        );
+        // Every DequantizeLinear has one reader.
+        for n in g.node_ids() {
+            if g.node(n).op_type() == "DequantizeLinear" {
+                let o = g.node(n).output(0).unwrap();
+                assert!(g.uses(o).len() == 1 || g.is_graph_output(o));
+            }
+        }
+    }
+
+    #[test]
+    fn int8_graph_outputs_float_readers_and_exclusions_are_declined() {
+        for (signed, out, reader) in [
+            (true, false, false),
+            (false, true, false),
+            (false, false, true),
+        ] {
+            let mut g = stem(signed, out, reader);
+            assert!(!LowerHardSwish::default()
+                .run(&mut g, &mut PassCx::new(17))
+                .unwrap());
+        }
+        let mut g = stem(false, false, false);
+        let pass = LowerHardSwish {
+            keep: vec!["hs".into()],
+        };
+        assert!(!pass.run(&mut g, &mut PassCx::new(17)).unwrap());
     }
 }

@@ -392,7 +392,11 @@ fn replace_pair_with(
             .and_then(dq_input_values)
             .and_then(|v| v.first().copied())
             .unwrap_or(0.0);
-        if dz as f32 != zp || (ds != scale && (parametric.is_some() || narrow)) {
+        let f32_scale = d
+            .input(1)
+            .and_then(|v| g.const_tensor(v))
+            .is_some_and(|t| t.data_type() == DataType::Float as i32);
+        if dz as f32 != zp || (ds != scale && (parametric.is_some() || narrow || !f32_scale)) {
             return Err("DequantizeLinear parameters differ from QuantizeLinear's");
         }
         if ds != scale {

@@ -148,7 +148,7 @@ fn twin_of_every_integer_pair_matches_onnx_quantize_dequantize() -> Result<(), S
 
 /// Pairs the twin must leave alone, each with its reason.
 #[test]
-fn twin_declines_pairs_it_cannot_express() {
+fn twin_declines_pairs_it_cannot_express() -> Result<(), String> {
     let build = |scale_dims: &[i64], dq_scale: f32, q_output: bool, extra_use: bool| {
         let mut g = Graph::new("t");
         let x = g.add_input("x", None);
@@ -192,6 +192,9 @@ fn twin_declines_pairs_it_cannot_express() {
     let mut g = build(&[], 0.25, false, false);
     let rep = float_twin_report(&mut g, 21);
     assert_eq!((rep.pairs.len(), rep.declined.len()), (1, 0), "{rep:?}");
+    // x = 1.3: codes round(1.3 / 0.5) = 3, read at 0.25: 0.75 (not 1.5).
+    let x = g.inputs()[0];
+    assert_eq!(interpret(&g, x, &[1.3, -0.4])?, vec![0.75, 0.0]);
     // The quantized tensor is a graph output or feeds another op.
     let other = "quantized tensor is used by something other than DequantizeLinear";
     assert_eq!(reason(build(&[], 0.5, true, false)), other);
@@ -199,6 +202,7 @@ fn twin_declines_pairs_it_cannot_express() {
     // The same pair with matching parameters is replaced.
     let mut g = build(&[], 0.5, false, false);
     assert_eq!(float_twin_report(&mut g, 21).pairs.len(), 1);
+    Ok(())
 }
 
 /// A constant per-axis DequantizeLinear with a negative axis (-1 on a
