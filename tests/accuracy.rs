@@ -26,12 +26,10 @@ fn output_sqnr(model: &str, extra: &[&str]) -> (f64, Value) {
     )
 }
 
-/// Output SQNR (reference semantics, on `eval`) and report of `quench
-/// compile MODEL -c CALIB --eval EVAL ARGS`.
-fn sqnr_on(model: &Path, calib: &Path, eval: &Path, extra: &[&str]) -> (f64, Value) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("q.onnx");
-    let rep = dir.path().join("r.json");
+/// The report of `quench compile MODEL -c CALIB --eval EVAL -o OUT ARGS`
+/// (which must succeed).
+fn report_of(model: &Path, calib: &Path, eval: &Path, out: &Path, extra: &[&str]) -> Value {
+    let rep = out.with_extension("json");
     let o = Command::new(env!("CARGO_BIN_EXE_quench"))
         .arg("compile")
         .arg(model)
@@ -40,14 +38,21 @@ fn sqnr_on(model: &Path, calib: &Path, eval: &Path, extra: &[&str]) -> (f64, Val
         .arg("--eval")
         .arg(eval)
         .arg("-o")
-        .arg(&out)
+        .arg(out)
         .arg("--report")
         .arg(&rep)
         .args(extra)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap()
+}
+
+/// Output SQNR (reference semantics, on `eval`) and report of `quench
+/// compile MODEL -c CALIB --eval EVAL ARGS`.
+fn sqnr_on(model: &Path, calib: &Path, eval: &Path, extra: &[&str]) -> (f64, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let r = report_of(model, calib, eval, &dir.path().join("q.onnx"), extra);
     let sqnr = r["verification"]["outputs"][0]["reference"]["sqnr_db"]
         .as_f64()
         .expect("a finite SQNR");
@@ -616,23 +621,13 @@ fn a_log_spectrograms_front_end_stays_float() {
     // left float as outliers, and the band weights are exact in int8. So
     // no finite SQNR.)
     let dir = tempfile::tempdir().unwrap();
-    let rep = dir.path().join("r.json");
-    let o = Command::new(env!("CARGO_BIN_EXE_quench"))
-        .arg("compile")
-        .arg(&model)
-        .arg("-c")
-        .arg(&calib)
-        .arg("--eval")
-        .arg(&eval)
-        .arg("-o")
-        .arg(dir.path().join("q.onnx"))
-        .arg("--report")
-        .arg(&rep)
-        .args(["--exclude-nodes", "head_matmul"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let rx: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+    let rx = report_of(
+        &model,
+        &calib,
+        &eval,
+        &dir.path().join("q.onnx"),
+        &["--exclude-nodes", "head_matmul"],
+    );
     let head = rx["quantization"]["nodes"]
         .as_array()
         .unwrap()
@@ -667,24 +662,9 @@ fn hard_swish_is_written_as_integer_add_and_mul() {
     let (calib, eval) = (testdata("digits/calib"), testdata("digits/eval"));
     let dir = tempfile::tempdir().unwrap();
     let compile = |out: &Path, extra: &[&str]| -> (f64, Vec<String>) {
-        let rep = dir.path().join("r.json");
-        let o = Command::new(env!("CARGO_BIN_EXE_quench"))
-            .arg("compile")
-            .arg(&model)
-            .arg("-c")
-            .arg(&calib)
-            .arg("--eval")
-            .arg(&eval)
-            .arg("-o")
-            .arg(out)
-            .arg("--report")
-            .arg(&rep)
-            .args(["--method", "minmax"])
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let r: Value = serde_json::from_str(&std::fs::read_to_string(&rep).unwrap()).unwrap();
+        let mut args = vec!["--method", "minmax"];
+        args.extend_from_slice(extra);
+        let r = report_of(&model, &calib, &eval, out, &args);
         let v = &r["verification"]["outputs"][0];
         let db = v["file"]["sqnr_db"].as_f64().unwrap();
         // The twin computes what the file computes.
