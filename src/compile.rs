@@ -112,7 +112,10 @@ pub struct CompileArgs {
     /// Leave these nodes (by name) float.
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub exclude_nodes: Vec<String>,
-    /// Leave every node of these op types float.
+    /// Leave every node of these op types float. Naming MatMul, Add or
+    /// Gemm also turns off the MatMul + bias Add -> Gemm rewrite; naming
+    /// HardSwish, Add or Mul keeps HardSwish a float op (see
+    /// --keep-hard-swish).
     #[arg(long, num_args = 1.., value_delimiter = ',')]
     pub exclude_op_types: Vec<String>,
     /// Model inputs and outputs stay float (always true; kept for
@@ -152,8 +155,11 @@ pub struct CompileArgs {
     /// the gate on [0, 1] in 1/255 steps, which ONNX Runtime runs as
     /// QLinearAdd and QLinearMul (it has no integer HardSwish; in float
     /// it cost PP-LCNet 40% of its time). Kept anyway with an accuracy
-    /// target, --min-sqnr/--min-top1 or --explain, which measure the model
-    /// without it, and where --exclude-nodes/--exclude-op-types name it
+    /// target (--target-sqnr, --max-top1-drop, --max-accuracy-drop) or
+    /// --explain, whose figures are the twin's without it; with
+    /// --min-sqnr/--min-top1, set against the file without it; for a
+    /// HardSwish named in --exclude-nodes; and when --exclude-op-types
+    /// names HardSwish, Add or Mul
     #[arg(long)]
     pub keep_hard_swish: bool,
     /// Round each layer's weights one input column at a time, pushing each
@@ -211,7 +217,9 @@ pub struct CompileArgs {
     #[arg(long)]
     pub no_smooth_quant: bool,
     /// Graph passes to run before quantization, comma separated, or `none`
-    /// (default: the whole pipeline; see `quench passes`).
+    /// (default: the whole pipeline; see `quench passes`). An explicit list
+    /// also turns off static mode's MatMul + bias Add -> Gemm rewrite (name
+    /// `matmul_add_to_gemm` to keep it).
     #[arg(long, value_delimiter = ',')]
     pub passes: Option<Vec<String>>,
     /// Print the IR text after this pass (repeatable).

@@ -7,9 +7,9 @@
 //! its Q/DQ fusions, so the quantized `DQ -> MatMul` (its output float,
 //! read only by the float bias Add) never becomes an integer kernel: the
 //! Gemm's weights are dequantized on every run. On MTCNN's ONet and RNet
-//! that made quench's file 2.2x and 2.6x FP32's latency; as a Gemm with an
-//! int32 bias ONNX Runtime runs it as QGemm (1.05x and 1.04x, with the
-//! same SQNR).
+//! that made quench's file 2.7x FP32's latency; as a Gemm with an int32
+//! bias ONNX Runtime runs it as QGemm (1.08x and 1.17x on a loaded
+//! machine, with the same SQNR).
 //!
 //! Requires: nothing. Guarantees: the same function (`x W + b`, Gemm's
 //! definition with `alpha = beta = 1`, no transposes), up to float
