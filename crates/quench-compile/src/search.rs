@@ -1971,23 +1971,22 @@ pub fn search(
                 // float (one more tract compile, same FP32 references).
                 // (Named nodes with unique names only: the compile keeps
                 // them float by name, also when it plans again.)
-                let nodes: Vec<quench_ir::NodeId> = plan
-                    .compute
-                    .iter()
-                    .copied()
-                    .filter(|&n| {
-                        let name = g.node(n).name();
-                        !name.is_empty()
-                            && g.node_ids()
-                                .iter()
-                                .filter(|&&m| g.node(m).name() == name)
-                                .count()
-                                == 1
-                            && g.node(n).outputs().iter().flatten().any(|&o| {
+                let nodes: Vec<quench_ir::NodeId> =
+                    plan.compute
+                        .iter()
+                        .copied()
+                        .filter(|&n| {
+                            let name = g.node(n).name();
+                            g.node(n).outputs().iter().flatten().any(|&o| {
                                 fronts.iter().any(|f| f.tensors.contains(&g.value(o).name))
-                            })
-                    })
-                    .collect();
+                            }) && !name.is_empty()
+                                && g.node_ids()
+                                    .iter()
+                                    .filter(|&&m| g.node(m).name() == name)
+                                    .count()
+                                    == 1
+                        })
+                        .collect();
                 if !nodes.is_empty() {
                     let mut plan2 = plan.clone();
                     plan2.keep_nodes_float(g, &nodes, FRONT_END_WEIGHTS);

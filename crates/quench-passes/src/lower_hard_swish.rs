@@ -40,9 +40,8 @@ pub struct LowerHardSwish {
 }
 
 fn scalar_f32(g: &Graph, v: Option<ValueId>) -> Option<f32> {
-    let t = g.const_tensor(v?)?;
-    let d = tensor::to_f32(t).ok()?;
-    (d.len() == 1 && t.dims.len() <= 1).then(|| d[0])
+    let (dims, d) = crate::util::const_f64(g, v?)?;
+    (d.len() == 1 && dims.len() <= 1).then(|| d[0] as f32)
 }
 
 /// A uint8 scalar zero point (absent: 0 of uint8, when the op has no

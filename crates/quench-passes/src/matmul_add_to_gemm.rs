@@ -38,118 +38,6 @@ fn f32_const_dims(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
     (t.data_type() == DataType::Float as i32).then(|| t.dims.clone())
 }
 
-/// The rank of `v` where the graph says it: a declared shape, or an op
-/// whose output rank follows from its kind (Flatten, Gemm: 2), from a
-/// constant shape (Reshape) or from its input (element-wise ops that
-/// broadcast nothing into it; a MatMul with a 2-D constant weight).
-fn rank_of(g: &Graph, v: ValueId, depth: usize) -> Option<usize> {
-    if let Some(s) = g.value(v).shape() {
-        return Some(s.len());
-    }
-    if depth == 0 {
-        return None;
-    }
-    let n = g.producer(v)?;
-    let node = g.node(n);
-    let input_rank = |i: usize| node.input(i).and_then(|x| rank_of(g, x, depth - 1));
-    // The other operands of a broadcasting op (constants, or tensors of
-    // known rank) must not raise the rank.
-    let others_within = |r: usize| {
-        node.inputs().iter().skip(1).flatten().all(|&i| {
-            match g.const_tensor(i) {
-                Some(t) => Some(t.dims.len()),
-                None => rank_of(g, i, depth - 1),
-            }
-            .is_some_and(|k| k <= r)
-        })
-    };
-    match node.kind() {
-        OpKind::Flatten | OpKind::Gemm => Some(2),
-        OpKind::Reshape => {
-            let t = g.const_tensor(node.input(1)?)?;
-            Some(t.dims.first().copied().unwrap_or(0) as usize).filter(|_| t.dims.len() == 1)
-        }
-        OpKind::MatMul => {
-            let w = g.const_tensor(node.input(1)?)?;
-            let r = input_rank(0)?;
-            (w.dims.len() == 2 && r >= 2).then_some(r)
-        }
-        OpKind::Relu
-        | OpKind::Sigmoid
-        | OpKind::Tanh
-        | OpKind::LeakyRelu
-        | OpKind::Elu
-        | OpKind::HardSigmoid
-        | OpKind::HardSwish
-        | OpKind::Softmax
-        | OpKind::Dropout
-        | OpKind::Identity
-        | OpKind::Log
-        | OpKind::Exp
-        | OpKind::Sqrt
-        | OpKind::Abs
-        | OpKind::Neg
-        | OpKind::Erf => input_rank(0),
-        // Reductions: keepdims (default 1) keeps the rank; without it
-        // the axes (attribute, or a constant input from opset 18) go.
-        OpKind::ReduceMean
-        | OpKind::ReduceMax
-        | OpKind::ReduceMin
-        | OpKind::ReduceSum
-        | OpKind::ReduceL2 => {
-            let r = input_rank(0)?;
-            if node.attr_int("keepdims").unwrap_or(1) != 0 {
-                return Some(r);
-            }
-            let axes = match node.attr_ints("axes") {
-                Some(a) => a.len(),
-                None => {
-                    let t = g.const_tensor(node.input(1)?)?;
-                    (t.dims.len() == 1).then_some(t.dims[0] as usize)?
-                }
-            };
-            r.checked_sub(axes)
-        }
-        OpKind::GlobalAveragePool
-        | OpKind::GlobalMaxPool
-        | OpKind::Conv
-        | OpKind::ConvTranspose
-        | OpKind::MaxPool
-        | OpKind::AveragePool
-        | OpKind::Transpose => input_rank(0),
-        // Unsqueeze/Squeeze with their axes given (attribute before opset
-        // 13, a constant input from it).
-        OpKind::Unsqueeze | OpKind::Squeeze => {
-            let r = input_rank(0)?;
-            let axes = match node.attr_ints("axes") {
-                Some(a) => a.len(),
-                None => {
-                    let t = g.const_tensor(node.input(1)?)?;
-                    (t.dims.len() == 1).then_some(t.dims[0] as usize)?
-                }
-            };
-            if node.kind() == OpKind::Unsqueeze {
-                Some(r + axes)
-            } else {
-                r.checked_sub(axes)
-            }
-        }
-        OpKind::Clip
-        | OpKind::PRelu
-        | OpKind::Add
-        | OpKind::Mul
-        | OpKind::Sub
-        | OpKind::Div
-        | OpKind::Max
-        | OpKind::Min
-        | OpKind::Pow => {
-            let r = input_rank(0)?;
-            others_within(r).then_some(r)
-        }
-        _ => None,
-    }
-}
-
 /// `(matmul, add, x, w, b)` when `add` ends a dense layer this pass fuses.
 fn match_at(
     g: &Graph,
@@ -192,7 +80,7 @@ fn match_at(
     }
     let f32_ = Some(DataType::Float as i32);
     let xe = g.value(x).elem_type();
-    if (xe.is_some() && xe != f32_) || rank_of(g, x, 16) != Some(2) {
+    if (xe.is_some() && xe != f32_) || crate::util::infer_rank(g, x) != Some(2) {
         return None;
     }
     if g.producer(x)

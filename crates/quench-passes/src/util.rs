@@ -55,7 +55,40 @@ fn infer_rank_depth(g: &Graph, v: ValueId, depth: usize) -> Option<usize> {
         OpKind::GlobalAveragePool
         | OpKind::GlobalMaxPool
         | OpKind::MaxPool
-        | OpKind::AveragePool => infer_rank_depth(g, node.input(0)?, depth + 1),
+        | OpKind::AveragePool
+        | OpKind::Transpose => infer_rank_depth(g, node.input(0)?, depth + 1),
+        // A constant target shape.
+        OpKind::Reshape => {
+            let t = g.const_tensor(node.input(1)?)?;
+            (t.dims.len() == 1).then(|| t.dims[0] as usize)
+        }
+        // The axes given (attribute before opset 13, a constant input
+        // from it); keepdims (default 1) keeps a reduction's rank.
+        OpKind::Unsqueeze
+        | OpKind::Squeeze
+        | OpKind::ReduceMean
+        | OpKind::ReduceMax
+        | OpKind::ReduceMin
+        | OpKind::ReduceSum
+        | OpKind::ReduceL2 => {
+            let r = infer_rank_depth(g, node.input(0)?, depth + 1)?;
+            let reduce = !matches!(node.kind(), OpKind::Unsqueeze | OpKind::Squeeze);
+            if reduce && node.attr_int("keepdims").unwrap_or(1) != 0 {
+                return Some(r);
+            }
+            let axes = match node.attr_ints("axes") {
+                Some(a) => a.len(),
+                None => {
+                    let t = g.const_tensor(node.input(1)?)?;
+                    (t.dims.len() == 1).then_some(t.dims[0] as usize)?
+                }
+            };
+            if node.kind() == OpKind::Unsqueeze {
+                Some(r + axes)
+            } else {
+                r.checked_sub(axes)
+            }
+        }
         OpKind::Relu
         | OpKind::Clip
         | OpKind::Sigmoid
@@ -69,7 +102,11 @@ fn infer_rank_depth(g: &Graph, v: ValueId, depth: usize) -> Option<usize> {
         | OpKind::Elu
         | OpKind::Softmax
         | OpKind::Neg
-        | OpKind::Abs => infer_rank_depth(g, node.input(0)?, depth + 1),
+        | OpKind::Abs
+        | OpKind::Log
+        | OpKind::Exp
+        | OpKind::Sqrt
+        | OpKind::Erf => infer_rank_depth(g, node.input(0)?, depth + 1),
         OpKind::Add
         | OpKind::Sub
         | OpKind::Mul
@@ -77,7 +114,9 @@ fn infer_rank_depth(g: &Graph, v: ValueId, depth: usize) -> Option<usize> {
         | OpKind::Concat
         | OpKind::Sum
         | OpKind::Max
-        | OpKind::Min => {
+        | OpKind::Min
+        | OpKind::PRelu
+        | OpKind::Pow => {
             // Broadcasting: the largest rank among inputs whose ranks we know,
             // provided all are known.
             let mut r = 0;
@@ -96,7 +135,13 @@ fn infer_rank_depth(g: &Graph, v: ValueId, depth: usize) -> Option<usize> {
                 Some(t) => t.dims.len(),
                 None => infer_rank_depth(g, node.input(1)?, depth + 1)?,
             };
-            Some(a.max(b))
+            // A 1-D operand loses its dimension in the product.
+            Some(match (a, b) {
+                (1, 1) => 0,
+                (1, b) => b - 1,
+                (a, 1) => a - 1,
+                (a, b) => a.max(b),
+            })
         }
         _ => None,
     }
