@@ -203,11 +203,13 @@ pub struct CompileArgs {
     pub no_saturation_guard: bool,
     /// SmoothQuant with its strength searched (SmoothQuant itself is the
     /// default with static quantization, at a = 0.5): for a
-    /// LayerNormalization feeding
+    /// LayerNormalization (with this flag, also one written out in
+    /// elementary ops, as exported below opset 17) feeding
     /// MatMuls with constant weights, divide its output channels by s_j and
     /// multiply the weight rows by s_j, s_j = max|x_j|^a / max|w_j|^(1-a),
     /// with a in {0.25, 0.5, 0.75} (default: 0.5) or none chosen by output
-    /// SQNR on 16 calibration samples. When it feeds only those MatMuls, s is folded
+    /// SQNR on 16 calibration samples with only the normalization outputs
+    /// and the weights quantized. When it feeds only those MatMuls, s is folded
     /// into its scale and bias; when it also feeds other nodes (a
     /// transformer's residual Add), a Mul by 1/s is inserted before the
     /// MatMuls and the normalization's output stays float. Exact in FP32

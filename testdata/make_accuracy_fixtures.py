@@ -36,6 +36,12 @@ set by hand so that each model has the property its test needs.
 - `mini_bert.onnx`: a 2-layer post-norm transformer encoder (width 32,
   normalization outliers x30) for mixed precision by elimination.
 
+- `smooth_block_written.onnx`, `mini_bert_written.onnx`: the two with every
+  LayerNormalization written out in elementary ops at opset 14 (ReduceMean,
+  Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul by the scale, Add of the bias),
+  as PyTorch exports `nn.LayerNorm` below opset 17. SmoothQuant must find
+  them as it finds the op.
+
 - `outlier_classifier.onnx`: the trained `../digits_cnn.onnx` with a 17th
   conv2 channel (1000x relu1's channel 0) that fc ignores: the same logits,
   but relu2_out's range is about 1000x its useful channels', so 8-bit
@@ -477,6 +483,53 @@ def make_log_spectrogram():
     print(f"  log_spectrogram: {len(a) / sr:.1f} s of speech, calibration windows from the first 60%")
 
 
+def write_out_layernorms(src, name):
+    """`src` with every LayerNormalization written out in elementary ops at
+    opset 14, as PyTorch exports `nn.LayerNorm` below opset 17:
+    ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, then Mul by the
+    scale and Add of the bias. The function is the same (up to f32
+    rounding)."""
+    m = onnx.load(os.path.join(OUT, src))
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type != "LayerNormalization":
+            nodes.append(n)
+            continue
+        x, gamma, beta = n.input
+        y = n.output[0]
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        p = (n.name or y) + "/"
+        two, e = p + "two", p + "eps"
+        m.graph.initializer.extend([numpy_helper.from_array(np.array(2.0, np.float32), two),
+                                    numpy_helper.from_array(np.array(eps, np.float32), e)])
+
+        def op(t, ins, out, **kw):
+            nodes.append(helper.make_node(t, ins, [out], name=p + out.split("/")[-1], **kw))
+            return out
+
+        mean = op("ReduceMean", [x], p + "mean", axes=[-1], keepdims=1)
+        d = op("Sub", [x, mean], p + "centred")
+        var = op("ReduceMean", [op("Pow", [d, two], p + "square")], p + "var", axes=[-1], keepdims=1)
+        std = op("Sqrt", [op("Add", [var, e], p + "var_eps")], p + "std")
+        z = op("Div", [d, std], p + "normalized")
+        nodes.append(helper.make_node("Mul", [z, gamma], [p + "scaled"], name=p + "Mul"))
+        # The final Add keeps the LayerNormalization's name and output.
+        nodes.append(helper.make_node("Add", [p + "scaled", beta], [y], name=n.name))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    del m.opset_import[:]
+    m.opset_import.append(helper.make_opsetid("", 14))
+    m.graph.name = name
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, name + ".onnx"))
+    print(f"  {name}: {src} with its LayerNormalizations written out (opset 14)")
+
+
+def make_written_out():
+    write_out_layernorms("smooth_block.onnx", "smooth_block_written")
+    write_out_layernorms("mini_bert.onnx", "mini_bert_written")
+
+
 def make_argmax_head():
     m = onnx.load(os.path.join(OUT, "hardswish_stem.onnx"))
     m.graph.node.append(helper.make_node("ArgMax", ["output"], ["classes"], name="classes_argmax", axis=1, keepdims=1))
@@ -499,3 +552,4 @@ if __name__ == "__main__":
     make_argmax_head()
     make_detector_parts()
     make_log_spectrogram()
+    make_written_out()

@@ -532,6 +532,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     } else {
                         &smooth::DEFAULT_ALPHAS[..]
                     },
+                    opts.smooth_quant_search,
                 ) {
                     Ok(r) => r,
                     Err(e) => {
@@ -541,7 +542,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                 };
                 match &r {
                     Some(sq) => out.note(format!(
-                        "smooth-quant: {} normalization(s), strength {} chosen ({})",
+                        "smooth-quant: {} normalization(s), strength {} chosen ({}; with only their outputs and the weights quantized)",
                         sq.sites.len(),
                         sq.alpha,
                         sq.candidates

@@ -7,11 +7,17 @@
 //! MatMuls with constant 2-D weights W (`[K, N]`, X's last axis is K),
 //! dividing L's scale and bias by `s_j` and multiplying row j of every W by
 //! `s_j` leaves the model's function unchanged (Xiao et al., "SmoothQuant",
-//! 2023), with `s_j = max|X_j|^a / max|W_j|^(1-a)`.
+//! 2023), with `s_j = max|X_j|^a / max|W_j|^(1-a)`. A normalization written
+//! out in elementary ops (exports below opset 17) is one too: its scale
+//! and bias are the final `Mul` and `Add` constants ([`normalization`]).
 //!
 //! `a` is searched in {0.25, 0.5, 0.75} and "no change": each candidate is
-//! quantized and its float twin measured against FP32 on up to [`SAMPLES`]
-//! calibration samples; the best output SQNR wins. X's calibrated range is
+//! quantized with only the normalization outputs (and the weights) given
+//! ranges, and its float twin measured against FP32 on up to [`SAMPLES`]
+//! calibration samples; the best output SQNR wins (the other activations'
+//! errors, which `--method auto` may yet leave float, would hide the
+//! trade: MiniLM's candidates read 4.65 and 4.84 dB fully quantized, 18.51
+//! and 27.32 so). X's calibrated range is
 //! recomputed exactly from per-channel minima and maxima observed over every
 //! calibration sample (`min_j x_j / s_j`, `max_j x_j / s_j`); every other
 //! range is unchanged, since the MatMul outputs are.
@@ -55,7 +61,9 @@ pub struct SmoothReport {
     pub kept_float: Vec<String>,
     /// The chosen strength (0: nothing changed).
     pub alpha: f64,
-    /// Output SQNR (dB) on the search samples per candidate `(alpha, dB)`.
+    /// Output SQNR (dB) on the search samples per candidate `(alpha, dB)`,
+    /// each with only the normalization outputs (and the weights)
+    /// quantized.
     pub candidates: Vec<(f64, f64)>,
 }
 
@@ -95,22 +103,136 @@ impl Site {
 pub const KEEP_FLOAT_REASON: &str =
     "SmoothQuant rescales its output before the MatMuls (quantizing it would undo that)";
 
-/// The places SmoothQuant can act on (normalization outputs with a
-/// calibrated range).
+/// Whether `v` is computed by a normalization written out in elementary
+/// ops: a `Div` or `Mul` whose inputs reach, through at most
+/// [`WRITTEN_OUT_DEPTH`] elementwise ops, a `ReduceMean` over the last
+/// axis (a LayerNorm's `(x - mean) / sqrt(var + eps)`, an RMSNorm's
+/// `x * 1/sqrt(mean(x^2) + eps)`, as exporters at opset < 17 write them).
+fn normalized(g: &quench_ir::Graph, v: ValueId) -> bool {
+    let Some(p) = g.producer(v) else {
+        return false;
+    };
+    if !matches!(g.node(p).op_type(), "Div" | "Mul") {
+        return false;
+    }
+    let mut frontier = vec![p];
+    for _ in 0..WRITTEN_OUT_DEPTH {
+        let mut next = Vec::new();
+        for n in frontier {
+            for i in g.node(n).inputs().iter().flatten() {
+                let Some(q) = g.producer(*i) else { continue };
+                let node = g.node(q);
+                match node.op_type() {
+                    "ReduceMean" => {
+                        // The axes as an attribute (opset < 18) or a
+                        // constant input; only the last axis normalizes
+                        // a token's channels.
+                        let axes: Option<Vec<i64>> =
+                            node.attr_ints("axes").map(<[i64]>::to_vec).or_else(|| {
+                                let t = g.const_tensor(node.input(1)?)?;
+                                tensor::to_i64(t).ok()
+                            });
+                        let rank = g
+                            .value(node.input(0).unwrap_or(*i))
+                            .shape()
+                            .map(|s| s.len() as i64);
+                        let last = axes
+                            .as_deref()
+                            .is_some_and(|a| a == [-1] || rank.is_some_and(|r| a == [r - 1]));
+                        if last && node.attr_int("keepdims").unwrap_or(1) == 1 {
+                            return true;
+                        }
+                    }
+                    "Sub" | "Add" | "Mul" | "Div" | "Pow" | "Sqrt" | "Reciprocal" => next.push(q),
+                    _ => {}
+                }
+            }
+        }
+        frontier = next;
+    }
+    false
+}
+
+/// How far [`normalized`] looks up from the division (LayerNorm's
+/// `Div <- Sqrt <- Add(eps) <- ReduceMean`: 3 ops; its `Sub <- ReduceMean`
+/// is found at 1).
+const WRITTEN_OUT_DEPTH: usize = 4;
+
+/// The normalization at node `n`, as `(output X, scale, bias)`: a
+/// `LayerNormalization` over the last axis, or one written out, whose
+/// site is the final `Add` of `Mul(normalized, scale) + bias` (or that
+/// `Mul` without a bias), the scale and bias constant (their shapes are
+/// checked by the caller).
+fn normalization(
+    g: &quench_ir::Graph,
+    n: quench_ir::NodeId,
+) -> Option<(ValueId, ValueId, Option<ValueId>)> {
+    let node = g.node(n);
+    if node.outputs().iter().flatten().count() != 1 {
+        return None;
+    }
+    let x = node.output(0)?;
+    // `Mul(z, c)` or `Mul(c, z)` with z normalized and c constant:
+    // (z, c), the constant being the scale or the bias.
+    let split = |n: quench_ir::NodeId| -> Option<(ValueId, ValueId)> {
+        let node = g.node(n);
+        let (a, b) = (node.input(0)?, node.input(1)?);
+        match (g.const_tensor(a).is_some(), g.const_tensor(b).is_some()) {
+            (false, true) => Some((a, b)),
+            (true, false) => Some((b, a)),
+            _ => None,
+        }
+    };
+    match node.op_type() {
+        "LayerNormalization" if node.domain().is_empty() => {
+            if node.attr_int("axis").unwrap_or(-1) != -1 {
+                return None;
+            }
+            Some((x, node.input(1)?, node.input(2)))
+        }
+        "Add" => {
+            let (m, bias) = split(n)?;
+            let p = g.producer(m)?;
+            if g.node(p).op_type() != "Mul" || g.use_count(m) != 1 || g.is_graph_output(m) {
+                return None;
+            }
+            let (z, scale) = split(p)?;
+            normalized(g, z).then_some((x, scale, Some(bias)))
+        }
+        "Mul" => {
+            let (z, scale) = split(n)?;
+            // A Mul whose only reader adds a constant is that Add's
+            // scale (the Add is the site).
+            let into_bias = g.use_count(x) == 1
+                && !g.is_graph_output(x)
+                && g.uses(x)
+                    .first()
+                    .is_some_and(|u| g.node(u.node).op_type() == "Add" && split(u.node).is_some());
+            (!into_bias && normalized(g, z)).then_some((x, scale, None))
+        }
+        _ => None,
+    }
+}
+
+/// The places SmoothQuant can act on by default: LayerNormalization
+/// outputs with a calibrated range.
 pub fn sites(m: &Model, ranges: &Ranges) -> Vec<Site> {
+    sites_with(m, ranges, false)
+}
+
+/// The same, with `written_out` also normalizations written out in
+/// elementary ops ([`normalization`]; `--smooth-quant` asks for them).
+pub fn sites_with(m: &Model, ranges: &Ranges, written_out: bool) -> Vec<Site> {
     let g = &m.graph;
     g.node_ids()
         .into_iter()
         .filter_map(|n| {
             let node = g.node(n);
-            if node.kind() != OpKind::LayerNormalization
-                || node.outputs().iter().flatten().count() != 1
-            {
+            if !written_out && node.kind() != OpKind::LayerNormalization {
                 return None;
             }
-            let axis = node.attr_int("axis").unwrap_or(-1);
-            let x = node.output(0)?;
-            if axis != -1 || g.is_captured(x) || !ranges.contains_key(&g.value(x).name) {
+            let (x, scale, bias) = normalization(g, n)?;
+            if g.is_captured(x) || !ranges.contains_key(&g.value(x).name) {
                 return None;
             }
             let own = |v: ValueId| g.const_tensor(v).is_some() && g.use_count(v) == 1;
@@ -120,8 +242,6 @@ pub fn sites(m: &Model, ranges: &Ranges) -> Vec<Site> {
             if g.value(x).elem_type().is_some_and(|t| t != f32_type) {
                 return None;
             }
-            let scale = node.input(1)?;
-            let bias = node.input(2);
             // Channels: X's last axis, as the MatMul weights' rows count
             // them (the first decides; the others must agree).
             let k = g
@@ -323,8 +443,9 @@ pub fn smooth(
     opset: i64,
     data: &Bound,
     alphas: &[f64],
+    written_out: bool,
 ) -> Result<Option<SmoothReport>> {
-    let ss = sites(float, ranges);
+    let ss = sites_with(float, ranges, written_out);
     if ss.is_empty() {
         return Ok(None);
     }
@@ -349,7 +470,21 @@ pub fn smooth(
         }
     }
     let inserts = ss.iter().any(|s| s.insert.is_some());
+    // Each candidate is judged with only the normalization outputs (and
+    // the weights) quantized: what SmoothQuant trades is their rounding
+    // against the scaled weights', and the other activations' errors,
+    // which the range search may yet leave float, would hide it.
+    let site_tensors: std::collections::HashSet<String> = ss
+        .iter()
+        .flat_map(|s| [s.x.clone(), s.smoothed()])
+        .collect();
     let score = |m: &Model, r: &Ranges, smoothed: bool| -> Result<f64> {
+        let r: Ranges = r
+            .iter()
+            .filter(|(k, _)| site_tensors.contains(*k))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        let r = &r;
         let mut q = m.clone();
         let mut cx = PassCx::new(opset);
         let (p, c) = if smoothed && inserts {
@@ -472,4 +607,106 @@ pub fn smooth(
         alpha,
         candidates,
     }))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use quench_ir::{Graph, Node};
+    use quench_onnx::proto::AttributeProto;
+
+    /// A graph from `(op, inputs, output)` triples; `consts` are [4]
+    /// float constants, ReduceMeans reduce `axes`.
+    fn graph(ops: &[(&str, &[&str], &str)], consts: &[&str], axes: i64) -> Graph {
+        let mut g = Graph::new("g");
+        g.add_input("x", None);
+        for c in consts {
+            let v = g.add_value(c, None);
+            g.define_const(v, tensor::from_f32(c, &[4], &[1.0; 4]));
+        }
+        for (op, ins, out) in ops {
+            let ins: Vec<Option<ValueId>> = ins
+                .iter()
+                .map(|i| Some(g.value_by_name(i).unwrap_or_else(|| g.add_value(i, None))))
+                .collect();
+            let o = g.add_value(out, None);
+            let mut node = Node::new(op, out);
+            if *op == "ReduceMean" {
+                node.set_attr(AttributeProto {
+                    name: Some("axes".into()),
+                    ints: vec![axes],
+                    r#type: Some(7),
+                    ..Default::default()
+                });
+            }
+            g.add_node(node, &ins, &[Some(o)]);
+        }
+        g
+    }
+
+    /// The normalization sites' outputs, with their scale and bias names.
+    fn found(g: &Graph) -> Vec<(String, String, Option<String>)> {
+        let name = |v: ValueId| g.value(v).name.clone();
+        g.node_ids()
+            .into_iter()
+            .filter_map(|n| normalization(g, n))
+            .map(|(x, s, b)| (name(x), name(s), b.map(name)))
+            .collect()
+    }
+
+    #[test]
+    fn a_written_out_layer_norm_is_found_at_its_bias_add() {
+        // PyTorch's opset-14 LayerNorm, then a GELU-like Mul and an Add of
+        // a constant that no normalization produces.
+        let ops: &[(&str, &[&str], &str)] = &[
+            ("ReduceMean", &["x"], "mean"),
+            ("Sub", &["x", "mean"], "d"),
+            ("Pow", &["d", "two"], "d2"),
+            ("ReduceMean", &["d2"], "var"),
+            ("Add", &["var", "eps"], "ve"),
+            ("Sqrt", &["ve"], "std"),
+            ("Div", &["d", "std"], "z"),
+            ("Mul", &["z", "gamma"], "zs"),
+            ("Add", &["beta", "zs"], "ln"),
+            ("MatMul", &["ln", "w"], "h"),
+            ("Mul", &["h", "half"], "hh"),
+            ("Add", &["hh", "c"], "out"),
+        ];
+        let consts = ["two", "eps", "gamma", "beta", "w", "half", "c"];
+        let g = graph(ops, &consts, -1);
+        assert_eq!(
+            found(&g),
+            vec![(
+                "ln".to_string(),
+                "gamma".to_string(),
+                Some("beta".to_string())
+            )]
+        );
+        // Over another axis than the last it normalizes no token's channels.
+        assert!(found(&graph(ops, &consts, 1)).is_empty());
+    }
+
+    #[test]
+    fn an_rms_norm_without_bias_is_found_at_its_scale() {
+        // x * 1/sqrt(mean(x^2) + eps) * gamma (LLaMA's RMSNorm).
+        let g = graph(
+            &[
+                ("Pow", &["x", "two"], "x2"),
+                ("ReduceMean", &["x2"], "ms"),
+                ("Add", &["ms", "eps"], "mse"),
+                ("Sqrt", &["mse"], "rms"),
+                ("Reciprocal", &["rms"], "inv"),
+                ("Mul", &["x", "inv"], "z"),
+                ("Mul", &["gamma", "z"], "y"),
+                ("MatMul", &["y", "w"], "h"),
+            ],
+            &["two", "eps", "gamma", "w"],
+            -1,
+        );
+        assert_eq!(
+            found(&g),
+            vec![("y".to_string(), "gamma".to_string(), None)]
+        );
+    }
 }

@@ -90,6 +90,7 @@ fn smooth_changes(model: &str) -> String {
         opset,
         &cal,
         &smooth::ALPHAS,
+        false,
     )
     .unwrap()
     .expect("a site");
