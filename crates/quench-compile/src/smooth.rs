@@ -163,7 +163,7 @@ const WRITTEN_OUT_DEPTH: usize = 4;
 /// site is the final `Add` of `Mul(normalized, scale) + bias` (or that
 /// `Mul` without a bias), the scale and bias constant (their shapes are
 /// checked by the caller).
-fn normalization(
+pub(crate) fn normalization(
     g: &quench_ir::Graph,
     n: quench_ir::NodeId,
 ) -> Option<(ValueId, ValueId, Option<ValueId>)> {
@@ -214,23 +214,15 @@ fn normalization(
     }
 }
 
-/// The places SmoothQuant can act on by default: LayerNormalization
-/// outputs with a calibrated range.
+/// The places SmoothQuant can act on: normalization outputs (the op, or
+/// one written out in elementary ops, [`normalization`]) with a calibrated
+/// range.
 pub fn sites(m: &Model, ranges: &Ranges) -> Vec<Site> {
-    sites_with(m, ranges, false)
-}
-
-/// The same, with `written_out` also normalizations written out in
-/// elementary ops ([`normalization`]; `--smooth-quant` asks for them).
-pub fn sites_with(m: &Model, ranges: &Ranges, written_out: bool) -> Vec<Site> {
     let g = &m.graph;
     g.node_ids()
         .into_iter()
         .filter_map(|n| {
             let node = g.node(n);
-            if !written_out && node.kind() != OpKind::LayerNormalization {
-                return None;
-            }
             let (x, scale, bias) = normalization(g, n)?;
             if g.is_captured(x) || !ranges.contains_key(&g.value(x).name) {
                 return None;
@@ -443,9 +435,8 @@ pub fn smooth(
     opset: i64,
     data: &Bound,
     alphas: &[f64],
-    written_out: bool,
 ) -> Result<Option<SmoothReport>> {
-    let ss = sites_with(float, ranges, written_out);
+    let ss = sites(float, ranges);
     if ss.is_empty() {
         return Ok(None);
     }

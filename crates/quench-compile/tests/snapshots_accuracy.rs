@@ -90,7 +90,6 @@ fn smooth_changes(model: &str) -> String {
         opset,
         &cal,
         &smooth::ALPHAS,
-        false,
     )
     .unwrap()
     .expect("a site");
