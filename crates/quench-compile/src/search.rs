@@ -2292,8 +2292,11 @@ pub fn search(
     // for each, and the best after it kept (by more than MIN_GAIN_DB).
     let mut tied_methods = Vec::new();
     if float_outliers {
+        // Tied with step 1's choice (not with a replacement, which would
+        // take that choice through step 2 again).
+        let top = best;
         for &(mi, db) in &complete {
-            if mi == method || best.0 - db > MIN_GAIN_DB {
+            if mi == top.1 || top.0 - db > MIN_GAIN_DB {
                 continue;
             }
             let s = setting_of(&fit, &|k| (!front_off[k]).then_some(ranges_of[k][mi]));
@@ -2310,7 +2313,6 @@ pub fn search(
                 step = other;
                 step.searched = searched;
                 method = mi;
-                best = (db, mi);
             } else {
                 step.searched += other.searched;
             }

@@ -214,6 +214,21 @@ pub(crate) fn normalization(
     }
 }
 
+/// Names of the MatMuls reading a normalization written out in elementary
+/// ops: the Gemm rewrite leaves them for SmoothQuant, as it leaves the
+/// op's (unnamed ones cannot be told apart and are not listed).
+pub(crate) fn written_out_readers(g: &quench_ir::Graph) -> Vec<String> {
+    g.node_ids()
+        .into_iter()
+        .filter(|&n| g.node(n).kind() != OpKind::LayerNormalization)
+        .filter_map(|n| normalization(g, n))
+        .flat_map(|(x, _, _)| g.uses(x).to_vec())
+        .filter(|u| u.index == 0 && g.node(u.node).kind() == OpKind::MatMul)
+        .map(|u| g.node(u.node).name().to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
 /// The places SmoothQuant can act on: normalization outputs (the op, or
 /// one written out in elementary ops, [`normalization`]) with a calibrated
 /// range.
@@ -676,6 +691,9 @@ mod tests {
         );
         // Over another axis than the last it normalizes no token's channels.
         assert!(found(&graph(ops, &consts, 1)).is_empty());
+        // Its MatMul is left for SmoothQuant by the Gemm rewrite.
+        assert_eq!(written_out_readers(&g), vec!["h".to_string()]);
+        assert!(written_out_readers(&graph(ops, &consts, 1)).is_empty());
     }
 
     #[test]
