@@ -203,8 +203,8 @@ pub struct CompileArgs {
     pub no_saturation_guard: bool,
     /// SmoothQuant with its strength searched (SmoothQuant itself is the
     /// default with static quantization, at a = 0.5): for a
-    /// LayerNormalization (with this flag, also one written out in
-    /// elementary ops, as exported below opset 17) feeding
+    /// LayerNormalization (or one written out in elementary ops, as
+    /// exported below opset 17) feeding
     /// MatMuls with constant weights, divide its output channels by s_j and
     /// multiply the weight rows by s_j, s_j = max|x_j|^a / max|w_j|^(1-a),
     /// with a in {0.25, 0.5, 0.75} (default: 0.5) or none chosen by output

@@ -694,7 +694,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             ));
                             for t in &rep.tied_methods {
                                 out.note(format!(
-                                    "method auto: {} for all tied with the first choice on the calibration samples ({:.2} dB, within {} dB); with the outliers and op types each leaves float, it reads {:.2} dB against {:.2}: {} kept",
+                                    "method auto: {} for all tied with step 1's choice on the calibration samples ({:.2} dB, within {} dB); with what the outlier step leaves float for each, it reads {:.2} dB against {:.2} for the method kept so far: {} for all in the end",
                                     t.method,
                                     t.db,
                                     search::MIN_GAIN_DB,

@@ -281,10 +281,6 @@ impl LogFrontEndStep {
     }
 }
 
-/// Where the output error concentrates without a single outlier: the
-/// smallest set of consecutive activations the outlier search measured
-/// that is behind at least half of it (leaving them float together gains
-/// [`OUTLIER_DB`] or more on the fitting samples), holding at most a
 /// A method for all tied with the one step 1 chose (within
 /// [`MIN_GAIN_DB`]), taken through step 2 too.
 #[derive(Debug, Clone, Serialize)]
@@ -292,16 +288,18 @@ pub struct TiedMethod {
     pub method: String,
     /// Its step-1 score (fitting samples, dB).
     pub db: f64,
-    /// Its score after step 2 (outliers and op types left float).
+    /// Its score with what step 2 leaves float for it (outliers, op
+    /// types, unread tensors).
     pub after_db: f64,
-    /// The score after step 2 of the method it was compared with.
+    /// The same for the method it was compared with (step 1's choice, or
+    /// a tie that replaced it).
     pub chosen_after_db: f64,
 }
 
 /// What step 2 (outliers, op types, unread tensors) leaves float for one
-/// method for all, and the score after.
+/// method for all.
 struct Step2 {
-    current: f64,
+    set: Vec<Setting>,
     float_tensors: Vec<crate::mixed::FloatTensor>,
     float_groups: Vec<FloatGroup>,
     float_unread: Vec<String>,
@@ -310,6 +308,10 @@ struct Step2 {
     error_cluster: Option<ErrorCluster>,
 }
 
+/// Where the output error concentrates without a single outlier: the
+/// smallest set of consecutive activations the outlier search measured
+/// that is behind at least half of it (leaving them float together gains
+/// [`OUTLIER_DB`] or more on the fitting samples), holding at most a
 /// quarter of the `of` activations searched. A clue for `--target-sqnr`
 /// and `--explain`, not a choice: they stay quantized.
 #[derive(Debug, Clone, Serialize)]
@@ -2077,7 +2079,15 @@ pub fn search(
         // A method certain to stay below the best so far (plus the margin
         // it must beat it by) is stopped: the same choice, fewer runs.
         let floor = best.0 + if mi == 0 { 0.0 } else { MIN_GAIN_DB };
-        let r = fit.score_above(&s, floor)?;
+        // With step 2 to come, a method is run on until certain to stay
+        // below the best by more than the margin: one within it is a tie
+        // (taken through step 2 too), and must be scored in full.
+        let stop = if float_outliers && mi > 0 {
+            best.0 - MIN_GAIN_DB
+        } else {
+            floor
+        };
+        let r = fit.score_above(&s, stop)?;
         methods.push((method_name(*m), r.db, r.samples));
         if r.complete {
             complete.push((mi, r.db));
@@ -2272,7 +2282,7 @@ pub fn search(
             }
         }
         Ok(Step2 {
-            current,
+            set,
             float_tensors,
             float_groups,
             float_unread,
@@ -2286,35 +2296,43 @@ pub fn search(
     // step 1's own rule) can differ by far more once step 2 has left
     // what is behind half of the error float, since what is left is
     // another error: a ViT-S (DINOv2-style, SmoothQuant on) chose
-    // percentile 99.999 at 21.29 dB over MSE at 21.32, after which
-    // leaving every non-compute output float gained 3.4 dB, against 13.7
-    // with MSE's ranges (held back 20.4 against 34.8 dB). Step 2 is run
-    // for each, and the best after it kept (by more than MIN_GAIN_DB).
+    // percentile 99.999 at 21.29 dB over MSE at 21.32; with what step 2
+    // left float for each, MSE read 38.16 (held back 20.4 against 34.8
+    // dB). Step 2 is run for each, every result scored on the same
+    // footing (its whole setting, unread tensors float included), and
+    // the best kept (by more than MIN_GAIN_DB).
     let mut tied_methods = Vec::new();
     if float_outliers {
         // Tied with step 1's choice (not with a replacement, which would
         // take that choice through step 2 again).
         let top = best;
+        let mut step_db = None;
         for &(mi, db) in &complete {
             if mi == top.1 || top.0 - db > MIN_GAIN_DB {
                 continue;
             }
+            let chosen_db = match step_db {
+                Some(d) => d,
+                None => fit.score(&step.set)?.pooled_db,
+            };
             let s = setting_of(&fit, &|k| (!front_off[k]).then_some(ranges_of[k][mi]));
             let other = step2(&mut fit, s, db)?;
+            let other_db = fit.score(&other.set)?.pooled_db;
             tied_methods.push(TiedMethod {
                 method: method_name(METHODS[mi]),
                 db,
-                after_db: other.current,
-                chosen_after_db: step.current,
+                after_db: other_db,
+                chosen_after_db: chosen_db,
             });
-            if other.current > step.current + MIN_GAIN_DB {
-                step.searched += other.searched;
+            step.searched += other.searched + 1;
+            if other_db > chosen_db + MIN_GAIN_DB {
                 let searched = step.searched;
                 step = other;
                 step.searched = searched;
+                step_db = Some(other_db);
                 method = mi;
             } else {
-                step.searched += other.searched;
+                step_db = Some(chosen_db);
             }
         }
     }
@@ -2537,7 +2555,7 @@ pub fn search(
                 .collect()
         },
         error_cluster: if kept { error_cluster } else { None },
-        tied_methods,
+        tied_methods: if kept { tied_methods } else { Vec::new() },
         parts: if kept { parts_step } else { None },
         log_front_end: log_front_end.filter(|f| kept || !f.float),
     };

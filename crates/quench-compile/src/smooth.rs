@@ -112,7 +112,7 @@ fn normalized(g: &quench_ir::Graph, v: ValueId) -> bool {
     let Some(p) = g.producer(v) else {
         return false;
     };
-    if !matches!(g.node(p).op_type(), "Div" | "Mul") {
+    if !g.node(p).domain().is_empty() || !matches!(g.node(p).op_type(), "Div" | "Mul") {
         return false;
     }
     let mut frontier = vec![p];
@@ -122,6 +122,9 @@ fn normalized(g: &quench_ir::Graph, v: ValueId) -> bool {
             for i in g.node(n).inputs().iter().flatten() {
                 let Some(q) = g.producer(*i) else { continue };
                 let node = g.node(q);
+                if !node.domain().is_empty() {
+                    continue;
+                }
                 match node.op_type() {
                     "ReduceMean" => {
                         // The axes as an attribute (opset < 18) or a
@@ -168,7 +171,7 @@ pub(crate) fn normalization(
     n: quench_ir::NodeId,
 ) -> Option<(ValueId, ValueId, Option<ValueId>)> {
     let node = g.node(n);
-    if node.outputs().iter().flatten().count() != 1 {
+    if node.outputs().iter().flatten().count() != 1 || !node.domain().is_empty() {
         return None;
     }
     let x = node.output(0)?;
@@ -184,7 +187,7 @@ pub(crate) fn normalization(
         }
     };
     match node.op_type() {
-        "LayerNormalization" if node.domain().is_empty() => {
+        "LayerNormalization" => {
             if node.attr_int("axis").unwrap_or(-1) != -1 {
                 return None;
             }
@@ -193,7 +196,11 @@ pub(crate) fn normalization(
         "Add" => {
             let (m, bias) = split(n)?;
             let p = g.producer(m)?;
-            if g.node(p).op_type() != "Mul" || g.use_count(m) != 1 || g.is_graph_output(m) {
+            if g.node(p).op_type() != "Mul"
+                || !g.node(p).domain().is_empty()
+                || g.use_count(m) != 1
+                || g.is_graph_output(m)
+            {
                 return None;
             }
             let (z, scale) = split(p)?;
