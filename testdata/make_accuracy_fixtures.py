@@ -41,6 +41,10 @@ set by hand so that each model has the property its test needs.
   Sub, Pow, ReduceMean, Add, Sqrt, Div, Mul by the scale, Add of the bias),
   as PyTorch exports `nn.LayerNorm` below opset 17. SmoothQuant must find
   them as it finds the op.
+- `dense_block.onnx`, `dense_block_written.onnx`: the same idea on rank-2
+  activations (digits as 64 values, dense layers with bias Adds): the
+  MatMul reading the normalization must stay a MatMul for SmoothQuant
+  while the other dense layers become Gemms.
 
 - `outlier_classifier.onnx`: the trained `../digits_cnn.onnx` with a 17th
   conv2 channel (1000x relu1's channel 0) that fc ignores: the same logits,
@@ -525,9 +529,54 @@ def write_out_layernorms(src, name):
     print(f"  {name}: {src} with its LayerNormalizations written out (opset 14)")
 
 
+def make_dense_block():
+    """smooth_block's idea on rank-2 activations: the digits as 64 values,
+    a dense layer, LayerNormalization (scale outliers x40 in channels 3 and
+    11), then dense layers with bias Adds: the rank-2 MatMul + bias pairs
+    the Gemm rewrite fuses, except the one reading the normalization,
+    which SmoothQuant needs as a MatMul."""
+    rng = np.random.default_rng(20261201)
+    w0 = rng.normal(0.0, 0.3, size=(64, 16))
+    b0 = rng.normal(0.0, 0.1, size=(16,))
+    gamma = np.abs(rng.normal(1.0, 0.2, size=(16,)))
+    gamma[[3, 11]] *= 40.0
+    beta = rng.normal(0.0, 0.1, size=(16,))
+    w1 = rng.normal(0.0, 0.3, size=(16, 16))
+    w1[[3, 11], :] /= 40.0
+    b1 = rng.normal(0.0, 0.1, size=(16,))
+    w2 = rng.normal(0.0, 0.3, size=(16, 10))
+    b2 = rng.normal(0.0, 0.1, size=(10,))
+    shape = np.array([-1, 64], dtype=np.int64)
+    nodes = [
+        helper.make_node("Reshape", ["input", "shape"], ["flat"], name="flat"),
+        helper.make_node("MatMul", ["flat", "w0"], ["h0"], name="fc0"),
+        helper.make_node("Add", ["h0", "b0"], ["e"], name="fc0_bias"),
+        helper.make_node("LayerNormalization", ["e", "gamma", "beta"], ["ln"], name="norm", axis=-1),
+        helper.make_node("MatMul", ["ln", "w1"], ["h1"], name="fc1"),
+        helper.make_node("Add", ["h1", "b1"], ["h1b"], name="fc1_bias"),
+        helper.make_node("Relu", ["h1b"], ["r"], name="act"),
+        helper.make_node("MatMul", ["r", "w2"], ["h2"], name="fc2"),
+        helper.make_node("Add", ["h2", "b2"], ["output"], name="fc2_bias"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "dense_block",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 10])],
+        [numpy_helper.from_array(shape, "shape"), init("w0", w0), init("b0", b0), init("gamma", gamma),
+         init("beta", beta), init("w1", w1), init("b1", b1), init("w2", w2), init("b2", b2)],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], producer_name="quench-testdata")
+    m.ir_version = 8
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, "dense_block.onnx"))
+    print("  dense_block: rank-2 dense layers, LayerNormalization scale outliers x40 in channels 3, 11")
+
+
 def make_written_out():
     write_out_layernorms("smooth_block.onnx", "smooth_block_written")
     write_out_layernorms("mini_bert.onnx", "mini_bert_written")
+    write_out_layernorms("dense_block.onnx", "dense_block_written")
 
 
 def make_argmax_head():
@@ -552,4 +601,5 @@ if __name__ == "__main__":
     make_argmax_head()
     make_detector_parts()
     make_log_spectrogram()
+    make_dense_block()
     make_written_out()
