@@ -455,11 +455,18 @@ fn the_gemm_rewrite_leaves_a_written_out_normalizations_matmul_to_smooth_quant()
     // reading a normalization stays a MatMul, which SmoothQuant needs:
     // measured (min/max, held-back digits) 14.85 -> 33.54 dB written out,
     // 14.81 -> 33.13 with the op. With SmoothQuant off it is a Gemm too.
-    for model in ["accuracy/dense_block.onnx", "accuracy/dense_block_written.onnx"] {
+    for model in [
+        "accuracy/dense_block.onnx",
+        "accuracy/dense_block_written.onnx",
+    ] {
         let (smooth, r) = output_sqnr(model, &[]);
         let (plain, rp) = output_sqnr(model, &["--no-smooth-quant"]);
         assert!(smooth >= plain + 15.0, "{model}: {smooth} vs {plain}");
-        assert_eq!(r["smooth_quant"]["sites"].as_array().unwrap().len(), 1, "{model}");
+        assert_eq!(
+            r["smooth_quant"]["sites"].as_array().unwrap().len(),
+            1,
+            "{model}"
+        );
         let gemms = |r: &Value| {
             r["quantization"]["nodes"]
                 .as_array()

@@ -401,11 +401,14 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
         .iter()
         .any(|t| matches!(t.as_str(), "MatMul" | "Add" | "Gemm"));
     if cfg.mode == Mode::Static && opts.passes.is_none() && !opts.no_quantize && !excluded_type {
-        let mut keep = opts.exclude_nodes.clone();
-        if opts.smooth_quant {
-            keep.extend(smooth::written_out_readers(&model.graph));
-        }
-        let pass = quench_passes::matmul_add_to_gemm::MatMulAddToGemm { keep };
+        let pass = quench_passes::matmul_add_to_gemm::MatMulAddToGemm {
+            keep: opts.exclude_nodes.clone(),
+            keep_inputs: if opts.smooth_quant {
+                smooth::written_out_outputs(&model.graph)
+            } else {
+                Vec::new()
+            },
+        };
         quench_passes::Pass::run(&pass, &mut model.graph, &mut cx)?;
         pass_names.push(quench_passes::Pass::name(&pass).to_string());
     }

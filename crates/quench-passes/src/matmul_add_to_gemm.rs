@@ -31,6 +31,10 @@ use crate::{Changed, Pass, PassCx, PassError};
 pub struct MatMulAddToGemm {
     /// Node names whose pairs stay as they are.
     pub keep: Vec<String>,
+    /// Tensors whose MatMul readers (as their first input) stay MatMuls:
+    /// the outputs of normalizations SmoothQuant acts on (by tensor, so
+    /// unnamed MatMuls are told apart too).
+    pub keep_inputs: Vec<String>,
 }
 
 fn f32_const_dims(g: &Graph, v: ValueId) -> Option<Vec<i64>> {
@@ -43,6 +47,7 @@ fn match_at(
     g: &Graph,
     add: NodeId,
     keep: &[String],
+    keep_inputs: &[String],
 ) -> Option<(NodeId, ValueId, ValueId, ValueId)> {
     let node = g.node(add);
     if keep.iter().any(|k| k == node.name()) {
@@ -85,6 +90,7 @@ fn match_at(
     }
     if g.producer(x)
         .is_some_and(|p| g.node(p).kind() == OpKind::LayerNormalization)
+        || keep_inputs.iter().any(|k| *k == g.value(x).name)
     {
         return None;
     }
@@ -104,7 +110,7 @@ impl Pass for MatMulAddToGemm {
             if !g.contains_node(n) {
                 continue;
             }
-            let Some((mm, x, w, b)) = match_at(g, n, &self.keep) else {
+            let Some((mm, x, w, b)) = match_at(g, n, &self.keep, &self.keep_inputs) else {
                 continue;
             };
             let Some(y) = g.node(n).output(0) else {
@@ -248,9 +254,23 @@ mod tests {
             let mut g = dense(&[4], true);
             let pass = MatMulAddToGemm {
                 keep: vec![keep.to_string()],
+                ..Default::default()
             };
             assert!(!pass.run(&mut g, &mut PassCx::new(13)).unwrap(), "{keep}");
         }
+        // By the tensor the MatMul reads (its name does not matter).
+        let mut g = dense(&[4], true);
+        let mm = g
+            .node_ids()
+            .into_iter()
+            .find(|&n| g.node(n).kind() == OpKind::MatMul)
+            .unwrap();
+        let x = g.node(mm).input(0).unwrap();
+        let pass = MatMulAddToGemm {
+            keep_inputs: vec![g.value(x).name.clone()],
+            ..Default::default()
+        };
+        assert!(!pass.run(&mut g, &mut PassCx::new(13)).unwrap());
         let mut g = dense(&[4], true);
         assert!(MatMulAddToGemm::default()
             .run(&mut g, &mut PassCx::new(13))
