@@ -15,18 +15,11 @@ const TOL: f32 = 1e-5;
 /// text and the pass context (for its counters).
 fn check(name: &str) -> (usize, String, PassCx) {
     let original = load(&testdata(name));
-    let mut m = Model::from_onnx(original.clone()).unwrap();
-    let mut cx = PassCx::new(m.default_opset().unwrap());
-    run_passes(
-        &mut m.graph,
-        &pipeline::default_pipeline(),
-        &mut cx,
-        &RunOptions {
-            verify: true,
-            dump_after: vec![],
-        },
-    )
-    .unwrap();
+    let opset = Model::from_onnx(original.clone())
+        .unwrap()
+        .default_opset()
+        .unwrap();
+    let (m, cx) = run_on(&original, opset, &pipeline::default_pipeline());
     let after = m.to_onnx();
     let facts = input_facts(&original, 2);
     // tract cannot run BatchNormalization with computed parameters; that
@@ -162,16 +155,18 @@ fn digits_fixture_inputs_give_the_same_logits() {
 
 /// Runs one pass on `original` (verified), returns the rewritten model, its
 /// op types in order and the pass context.
-fn one_pass(
+/// `original` after `passes` at `opset` (verified after each), with the
+/// pass context.
+fn run_on(
     original: &quench_onnx::proto::ModelProto,
     opset: i64,
-    pass: Box<dyn quench_passes::Pass>,
-) -> (quench_onnx::proto::ModelProto, Vec<String>, PassCx) {
+    passes: &[Box<dyn quench_passes::Pass>],
+) -> (Model, PassCx) {
     let mut m = Model::from_onnx(original.clone()).unwrap();
     let mut cx = PassCx::new(opset);
     run_passes(
         &mut m.graph,
-        &[pass],
+        passes,
         &mut cx,
         &RunOptions {
             verify: true,
@@ -179,6 +174,15 @@ fn one_pass(
         },
     )
     .unwrap();
+    (m, cx)
+}
+
+fn one_pass(
+    original: &quench_onnx::proto::ModelProto,
+    opset: i64,
+    pass: Box<dyn quench_passes::Pass>,
+) -> (quench_onnx::proto::ModelProto, Vec<String>, PassCx) {
+    let (m, cx) = run_on(original, opset, &[pass]);
     let after = m.to_onnx();
     let ops = after
         .graph

@@ -225,33 +225,9 @@ fn cone(g: &Graph, x: ValueId) -> Option<BTreeSet<String>> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use quench_ir::Node;
 
     fn graph(ops: &[(&str, &[&str], &str)], consts: &[&str]) -> Graph {
-        let mut g = Graph::new("g");
-        g.add_input("x", None);
-        for c in consts {
-            let v = g.add_value(c, None);
-            g.define_const(
-                v,
-                quench_onnx::proto::TensorProto {
-                    name: Some(c.to_string()),
-                    dims: vec![1],
-                    data_type: Some(1),
-                    float_data: vec![1.0],
-                    ..Default::default()
-                },
-            );
-        }
-        for (op, ins, out) in ops {
-            let ins: Vec<Option<ValueId>> = ins
-                .iter()
-                .map(|i| Some(g.value_by_name(i).unwrap_or_else(|| g.add_value(i, None))))
-                .collect();
-            let o = g.add_value(out, None);
-            g.add_node(Node::new(op, out), &ins, &[Some(o)]);
-        }
-        g
+        crate::test_graph::graph(ops, consts, 1, -1)
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub mod rounding;
 pub mod saturation;
 pub mod search;
 pub mod smooth;
+#[cfg(test)]
+mod test_graph;
 pub mod verify;
 
 use std::collections::BTreeMap;

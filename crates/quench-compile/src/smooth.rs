@@ -135,9 +135,9 @@ fn normalized(g: &quench_ir::Graph, v: ValueId) -> bool {
                                 let t = g.const_tensor(node.input(1)?)?;
                                 tensor::to_i64(t).ok()
                             });
-                        let rank = g
-                            .value(node.input(0).unwrap_or(*i))
-                            .shape()
+                        let rank = node
+                            .input(0)
+                            .and_then(|v| g.value(v).shape())
                             .map(|s| s.len() as i64);
                         let last = axes
                             .as_deref()
@@ -628,36 +628,11 @@ pub fn smooth(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use quench_ir::{Graph, Node};
-    use quench_onnx::proto::AttributeProto;
+    use quench_ir::Graph;
 
-    /// A graph from `(op, inputs, output)` triples; `consts` are [4]
-    /// float constants, ReduceMeans reduce `axes`.
+    /// `crate::test_graph::graph` with [4] constants.
     fn graph(ops: &[(&str, &[&str], &str)], consts: &[&str], axes: i64) -> Graph {
-        let mut g = Graph::new("g");
-        g.add_input("x", None);
-        for c in consts {
-            let v = g.add_value(c, None);
-            g.define_const(v, tensor::from_f32(c, &[4], &[1.0; 4]));
-        }
-        for (op, ins, out) in ops {
-            let ins: Vec<Option<ValueId>> = ins
-                .iter()
-                .map(|i| Some(g.value_by_name(i).unwrap_or_else(|| g.add_value(i, None))))
-                .collect();
-            let o = g.add_value(out, None);
-            let mut node = Node::new(op, out);
-            if *op == "ReduceMean" {
-                node.set_attr(AttributeProto {
-                    name: Some("axes".into()),
-                    ints: vec![axes],
-                    r#type: Some(7),
-                    ..Default::default()
-                });
-            }
-            g.add_node(node, &ins, &[Some(o)]);
-        }
-        g
+        crate::test_graph::graph(ops, consts, 4, axes)
     }
 
     /// The normalization sites' outputs, with their scale and bias names.
