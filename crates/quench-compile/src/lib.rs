@@ -730,11 +730,16 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             }
                         } else {
                             out.note(format!(
-                                "method auto: the searched ranges did not beat min/max on {} judging samples ({:.2} vs {:.2} dB); {} ({scores})",
+                                "method auto: the searched ranges did not beat min/max on {} judging samples ({:.2} vs {:.2} dB); {} for all, the highest mean of fitting and judging figures ({}) ({scores})",
                                 rep.judge_samples,
                                 rep.auto_db,
                                 rep.minmax_db,
-                                if rep.method == "minmax" { "min/max kept".to_string() } else { format!("{} ranges for all (they beat min/max there)", rep.method) },
+                                rep.method,
+                                rep.fallback
+                                    .iter()
+                                    .map(|(m, f, j)| format!("{m} {f:.2}/{j:.2}"))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
                             ));
                         }
                         if !rep.float_unread.is_empty() {
@@ -917,7 +922,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 Ok(f) if !mp.reached || mp.targets.met(&f) => mp.result = f,
                                 Ok(f) => {
                                     let why = format!(
-                                        "{} not reached with the saturation guard's 7-bit layers ({}); \
+                                        "{} not reached with the saturation guard's paired or 7-bit codes ({}); \
                                          without them it is reached in exact arithmetic, but ONNX Runtime on \
                                          x86 CPUs without VNNI saturates those layers (ddddocr det, \
                                          --target-sqnr 27 without the guard: 27.0 dB on the evaluation data in \
@@ -947,7 +952,7 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                         ));
                         } else if moved.is_empty() {
                             out.note(format!(
-                            "saturation guard: none of {} int8 layer(s) would lose more to ONNX Runtime's saturating u8 x s8 sums (x86 without VNNI) than to 7-bit codes ({} calibration samples, {:.1} s)",
+                            "saturation guard: none of {} int8 layer(s) would lose more to ONNX Runtime's saturating u8 x s8 sums (x86 without VNNI) than to paired or 7-bit codes ({} calibration samples, {:.1} s)",
                             r.layers.len(),
                             r.samples,
                             r.seconds
@@ -958,25 +963,28 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 .map(|l| l.sqnr8_saturated_db())
                                 .fold(f64::INFINITY, f64::min);
                             out.note(format!(
-                            "saturation guard: {} channel(s) in {} of {} int8 layer(s) get 7-bit weight codes: on x86 CPUs without VNNI, ONNX Runtime's saturating u8 x s8 sums cost them more than the lost bit (layer SQNR as low as {worst:.1} dB saturated; {} calibration samples, {:.1} s; --no-saturation-guard keeps int8)",
-                            moved.iter().map(|l| l.narrowed.len()).sum::<usize>(),
+                            "saturation guard: {} of {} int8 layer(s) changed where ONNX Runtime's saturating u8 x s8 sums on x86 CPUs without VNNI cost more: {} channel(s) get paired int8 codes (no two codes it adds in int16 share a sign and pass 128 together; some on a grid up to 1 bit coarser), {} 7-bit codes (layer SQNR as low as {worst:.1} dB saturated; {} calibration samples, {:.1} s; --no-saturation-guard keeps int8)",
                             moved.len(),
                             r.layers.len(),
+                            moved.iter().map(|l| l.paired.len()).sum::<usize>(),
+                            moved.iter().map(|l| l.narrowed.len()).sum::<usize>(),
                             r.samples,
                             r.seconds
                         ));
                         }
                         for l in &r.layers {
                             out.log.push(format!(
-                            "saturation guard: `{}`: {:.2}% of pairs saturate; layer SQNR int8 {:.2} dB, int8 saturated {:.2}, 7-bit {:.2}{}",
+                            "saturation guard: `{}`: {:.2}% of pairs saturate; layer SQNR int8 {:.2} dB, int8 saturated {:.2}, paired {:.2}, 7-bit {:.2}{}",
                             l.layer,
                             100.0 * l.saturated_pairs,
                             l.sqnr8_db(),
                             l.sqnr8_saturated_db(),
+                            l.sqnr_paired_db(),
                             l.sqnr7_db(),
                             if l.moved {
                                 format!(
-                                    "; 7-bit codes in {} of {} channel(s): {:.2} dB saturated",
+                                    "; paired codes in {} and 7-bit codes in {} of {} channel(s): {:.2} dB saturated",
+                                    l.paired.len(),
                                     l.narrowed.len(),
                                     l.channels,
                                     l.sqnr_guarded_db()

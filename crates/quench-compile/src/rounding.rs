@@ -121,9 +121,10 @@ pub(crate) fn layers(
             skip("weight shared with another node");
             continue;
         }
-        if plan.weight_narrow.contains_key(&n) {
-            // Its groups are on two grids; the rounding below knows one.
-            skip("channels given 7-bit codes by the saturation guard");
+        if plan.weight_narrow.contains_key(&n) || plan.weight_pairs.contains_key(&n) {
+            // Its groups are on two grids, or its code pairs are limited;
+            // the rounding below knows one plain grid.
+            skip("channels given 7-bit or paired codes by the saturation guard");
             continue;
         }
         let format = plan

@@ -44,7 +44,7 @@ use anyhow::Result;
 use ndarray::Array2;
 use quench_calib::{Granularity, QuantFormat, QuantParams, Scheme};
 use quench_ir::{Model, NodeId, OpKind};
-use quench_passes::codes::Layout;
+use quench_passes::codes::{self, Layout, PairLimit};
 use quench_passes::quantize::{Mode, Plan, QuantizeConfig, Ranges};
 use quench_verify::{Runners, MAX_BATCH};
 use rayon::prelude::*;
@@ -52,6 +52,11 @@ use serde::Serialize;
 
 use crate::data::Bound;
 use crate::rounding::{input_rows, layers, RowKind};
+
+/// The grids (extreme code) paired codes are tried on: the full int8 one
+/// and narrower ones with fewer pairs past the limit; 7-bit codes (63) are
+/// the guard's other choice.
+const PAIRED_QMAX: [i32; 6] = [127, 111, 99, 87, 79, 71];
 
 /// Calibration samples the layers are emulated on.
 pub const SAMPLES: usize = 8;
@@ -71,14 +76,24 @@ pub struct LayerErrors {
     pub e8: f64,
     pub e8_saturated: f64,
     pub e7: f64,
+    /// int8 codes with every same-sign pair within
+    /// [`codes::PAIR_LIMIT`] (they never saturate), exactly.
+    pub e_paired: f64,
     /// With the guard's choice: 7-bit codes in the `narrowed` channels,
-    /// int8 (saturating) in the others.
+    /// paired int8 codes in the `paired` ones, int8 (saturating) in the
+    /// others.
     pub e_guarded: f64,
     pub channels: usize,
     /// Output channels given 7-bit codes (all of them, or none, for
     /// per-tensor weights).
     pub narrowed: Vec<usize>,
-    /// Whether any channel was given 7-bit codes.
+    /// Output channels given paired int8 codes (all or none likewise),
+    /// and the extreme code of each one's grid (scale `amax / qmax`; its
+    /// extreme weight's code can be lower where its pair was brought onto
+    /// the limit).
+    pub paired: Vec<usize>,
+    pub paired_qmax: Vec<i32>,
+    /// Whether any channel was given 7-bit or paired codes.
     pub moved: bool,
 }
 
@@ -97,6 +112,10 @@ impl LayerErrors {
     /// ... with 7-bit codes.
     pub fn sqnr7_db(&self) -> f64 {
         self.db(self.e7)
+    }
+    /// ... with paired int8 codes.
+    pub fn sqnr_paired_db(&self) -> f64 {
+        self.db(self.e_paired)
     }
     /// ... with the guard's choice (saturating where int8 is kept).
     pub fn sqnr_guarded_db(&self) -> f64 {
@@ -127,17 +146,20 @@ pub fn revert(plan: &mut Plan, report: &mut GuardReport, why: String) {
     for (n, f) in report.before.drain(..) {
         plan.weight_formats.insert(n, f);
         plan.weight_narrow.remove(&n);
+        plan.weight_pairs.remove(&n);
     }
     for l in &mut report.layers {
         l.moved = false;
         l.narrowed.clear();
+        l.paired.clear();
+        l.paired_qmax.clear();
         l.e_guarded = l.e8_saturated;
     }
     report.reverted = Some(why);
 }
 
 impl GuardReport {
-    /// The layers given 7-bit codes.
+    /// The layers given 7-bit or paired codes.
     pub fn moved(&self) -> impl Iterator<Item = &LayerErrors> {
         self.layers.iter().filter(|l| l.moved)
     }
@@ -180,6 +202,8 @@ struct Site {
     /// One weight scale per output channel (the choice is made per
     /// channel) rather than one for the layer.
     per_channel: bool,
+    /// Flat index strides of a row and a column in the weight tensor.
+    strides: (usize, usize),
     kernel: Kernel,
 }
 
@@ -198,6 +222,13 @@ struct Kernel {
     s8: Vec<f64>,
     q7: Vec<i32>,
     s7: Vec<f64>,
+    /// Paired int8 codes (same-sign pairs within the pair limit, on the
+    /// grid `pair_qmax`), their scales, and whether a row's int8 codes
+    /// have pairs past the limit at all.
+    qp: Vec<i32>,
+    sp: Vec<f64>,
+    pair_qmax: Vec<i32>,
+    limited: Vec<bool>,
     bias: Vec<f64>,
     clamp: Option<(f64, f64)>,
 }
@@ -209,6 +240,7 @@ struct Sums {
     e8: Vec<f64>,
     e8s: Vec<f64>,
     e7: Vec<f64>,
+    ep: Vec<f64>,
     sat: u64,
     pairs: u64,
 }
@@ -220,6 +252,7 @@ impl Sums {
             e8: vec![0.0; channels],
             e8s: vec![0.0; channels],
             e7: vec![0.0; channels],
+            ep: vec![0.0; channels],
             sat: 0,
             pairs: 0,
         }
@@ -233,6 +266,7 @@ impl Sums {
             (&mut self.e8, &o.e8),
             (&mut self.e8s, &o.e8s),
             (&mut self.e7, &o.e7),
+            (&mut self.ep, &o.ep),
         ] {
             for (x, y) in a.iter_mut().zip(b) {
                 *x += y;
@@ -447,6 +481,85 @@ fn sites(
             skip("no weight grid");
             continue;
         }
+        // Paired codes: every same-sign pair (2j, 2j + 1) within the pair
+        // limit, as the quantizer enforces it, on the grid (extreme code
+        // `qmax`) whose codes are nearest the weights; one grid for a
+        // per-tensor layer.
+        let candidates = |r: usize, q: i32| -> (Vec<i32>, f32) {
+            let sq = codes::scale_for_qmax(s8[r] as f32, q);
+            let p = QuantParams {
+                scale: sq,
+                zero_point: 0,
+            };
+            let row = &w[r * kp..(r + 1) * kp];
+            let mut c: Vec<i32> = row.iter().map(|v| l.format.quantize(*v, &p)).collect();
+            for k in (0..kp).step_by(2) {
+                let (a, b) = codes::limit_pair(c[k], c[k + 1], row[k] / sq, row[k + 1] / sq);
+                c[k] = a;
+                c[k + 1] = b;
+            }
+            (c, sq)
+        };
+        let err = |r: usize, c: &[i32], sq: f32| -> f64 {
+            let row = &w[r * kp..(r + 1) * kp];
+            row.iter()
+                .zip(c)
+                .map(|(v, q)| (f64::from(*v) - f64::from(*q) * f64::from(sq)).powi(2))
+                .sum()
+        };
+        let limited: Vec<bool> = (0..rows_n)
+            .map(|r| {
+                q8[r * kp..(r + 1) * kp].chunks_exact(2).any(|p| {
+                    p[0].signum() * p[1].signum() > 0 && p[0].abs() + p[1].abs() > codes::PAIR_LIMIT
+                })
+            })
+            .collect();
+        let pick = |rs: &[usize]| -> i32 {
+            let mut best = (f64::INFINITY, 127);
+            for q in PAIRED_QMAX {
+                let e: f64 = rs
+                    .iter()
+                    .map(|r| {
+                        let (c, sq) = candidates(*r, q);
+                        err(*r, &c, sq)
+                    })
+                    .sum();
+                if e < best.0 {
+                    best = (e, q);
+                }
+            }
+            best.1
+        };
+        let pair_qmax: Vec<i32> = if per_row {
+            (0..rows_n)
+                .into_par_iter()
+                .map(|r| if limited[r] { pick(&[r]) } else { 127 })
+                .collect()
+        } else if limited.iter().any(|b| *b) {
+            let all: Vec<usize> = (0..rows_n).collect();
+            vec![pick(&all); rows_n]
+        } else {
+            vec![127; rows_n]
+        };
+        let mut qp = vec![0i32; rows_n * kp];
+        let mut sp = vec![0f64; rows_n];
+        for r in 0..rows_n {
+            let (c, sq) = candidates(r, pair_qmax[r]);
+            qp[r * kp..(r + 1) * kp].copy_from_slice(&c);
+            sp[r] = f64::from(sq);
+        }
+        let at = |r: usize, c: usize| (l.flat)(r, c);
+        let strides = (
+            if rows_n > 1 { at(1, 0) - at(0, 0) } else { 0 },
+            if cols > 1 { at(0, 1) - at(0, 0) } else { 0 },
+        );
+        let linear = at(0, 0) == 0
+            && (0..rows_n).all(|r| at(r, 0) == r * strides.0)
+            && (0..cols).all(|c| at(0, c) == c * strides.1);
+        if !linear {
+            skip("weight layout not row/column strided");
+            continue;
+        }
         let bias = node
             .input(2)
             .and_then(|b| g.const_tensor(b))
@@ -469,6 +582,7 @@ fn sites(
             input_q,
             format: l.format,
             per_channel: per_row,
+            strides,
             kernel: Kernel {
                 cols,
                 perm,
@@ -478,12 +592,48 @@ fn sites(
                 s8,
                 q7,
                 s7,
+                qp,
+                sp,
+                pair_qmax,
+                limited,
                 bias,
                 clamp,
             },
         });
     }
     (out, skipped)
+}
+
+/// A channel's (or a per-tensor layer's) weight codes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Codes {
+    /// int8, as quantized.
+    Int8,
+    /// int8 with same-sign pairs within the pair limit.
+    Paired,
+    /// 7-bit.
+    Narrow,
+}
+
+/// The guard's choice for a channel (or a per-tensor layer) from its
+/// emulated errors: int8 exact (`e8`, what a CPU with VNNI, ARM or tract
+/// computes) and saturating (`e8s`, ONNX Runtime on x86 without VNNI),
+/// paired (`ep`) and 7-bit (`e7`; both the same everywhere: they never
+/// saturate). Codes with no same-sign pair past the limit (`limited`
+/// false) cannot saturate and stay int8, as do codes whose saturation
+/// costs nothing on the samples (even where another grid happened to
+/// score higher on them). Otherwise the choice with the lowest error
+/// summed over the two kinds of CPU, int8 on ties: a change must gain
+/// more where sums saturate than it loses where they do not.
+fn choose(limited: bool, e8: f64, e8s: f64, ep: f64, e7: f64) -> Codes {
+    let (int8, paired, narrow) = (e8 + e8s, 2.0 * ep, 2.0 * e7);
+    if !limited || e8s <= e8 || int8 <= paired.min(narrow) {
+        Codes::Int8
+    } else if paired <= narrow {
+        Codes::Paired
+    } else {
+        Codes::Narrow
+    }
 }
 
 /// `DynamicQuantizeLinear`'s parameters for values in `[min, max]`.
@@ -553,7 +703,7 @@ fn emulate(s: &Kernel, x: &Array2<f32>, p: QuantParams) -> Sums {
             .map(|r| r.iter().map(|v| i64::from(*v)).sum())
             .collect()
     };
-    let (sum8, sum7) = (row_sums(&s.q8), row_sums(&s.q7));
+    let (sum8, sum7, sump) = (row_sums(&s.q8), row_sums(&s.q7), row_sums(&s.qp));
     let clamp = |v: f64| match s.clamp {
         Some((lo, hi)) => v.clamp(lo, hi),
         None => v,
@@ -576,15 +726,18 @@ fn emulate(s: &Kernel, x: &Array2<f32>, p: QuantParams) -> Sums {
                     let span = o * kp..(o + 1) * kp;
                     let (acc8, sat8, nsat) = pair_sums(&a, &s.q8[span.clone()]);
                     let acc7 = dot_i(&a, &s.q7[span.clone()]);
+                    let accp = dot_i(&a, &s.qp[span.clone()]);
                     let reference = dot_f(&af, &s.w[span]) + s.bias[o];
                     let y8 = sa * s.s8[o] * (acc8 - zp * sum8[o]) as f64 + s.bias[o];
                     let y8s = sa * s.s8[o] * (sat8 - zp * sum8[o]) as f64 + s.bias[o];
                     let y7 = sa * s.s7[o] * (acc7 - zp * sum7[o]) as f64 + s.bias[o];
+                    let yp = sa * s.sp[o] * (accp - zp * sump[o]) as f64 + s.bias[o];
                     let r = clamp(reference);
                     t.energy[o] += r * r;
                     t.e8[o] += (clamp(y8) - r).powi(2);
                     t.e8s[o] += (clamp(y8s) - r).powi(2);
                     t.e7[o] += (clamp(y7) - r).powi(2);
+                    t.ep[o] += (clamp(yp) - r).powi(2);
                     t.sat += nsat;
                     t.pairs += s.cols.div_ceil(2) as u64;
                 }
@@ -667,29 +820,61 @@ pub fn guard(
             continue;
         }
         let total = |v: &[f64]| v.iter().sum::<f64>();
-        // Only where saturation costs at all: a channel that does not
-        // saturate keeps its int8 codes even if the 7-bit ones happened to
-        // score higher on these samples.
-        let better = |e8: f64, e8s: f64, e7: f64| e8s > e8 && e7 < e8s;
-        let narrowed: Vec<bool> = if s.per_channel {
-            (0..s.kernel.out_n)
-                .map(|o| better(t.e8[o], t.e8s[o], t.e7[o]))
+        let k = &s.kernel;
+        let choices: Vec<Codes> = if s.per_channel {
+            (0..k.out_n)
+                .map(|o| choose(k.limited[o], t.e8[o], t.e8s[o], t.ep[o], t.e7[o]))
                 .collect()
         } else {
-            let all = better(total(&t.e8), total(&t.e8s), total(&t.e7));
-            vec![all; s.kernel.out_n]
+            let all = choose(
+                k.limited.iter().any(|b| *b),
+                total(&t.e8),
+                total(&t.e8s),
+                total(&t.ep),
+                total(&t.e7),
+            );
+            vec![all; k.out_n]
         };
+        let rows = |c: Codes| -> Vec<bool> { choices.iter().map(|x| *x == c).collect() };
+        let (narrowed, paired) = (rows(Codes::Narrow), rows(Codes::Paired));
         let n_narrow = narrowed.iter().filter(|b| **b).count();
-        let guarded: f64 = (0..s.kernel.out_n)
-            .map(|o| if narrowed[o] { t.e7[o] } else { t.e8s[o] })
+        let n_paired = paired.iter().filter(|b| **b).count();
+        let guarded: f64 = choices
+            .iter()
+            .enumerate()
+            .map(|(o, c)| match c {
+                Codes::Int8 => t.e8s[o],
+                Codes::Paired => t.ep[o],
+                Codes::Narrow => t.e7[o],
+            })
             .sum();
-        if n_narrow > 0 {
+        if n_narrow > 0 || n_paired > 0 {
             before.push((s.node, s.format));
+        }
+        if n_narrow > 0 {
             if s.per_channel {
                 plan.weight_narrow.insert(s.node, narrowed.clone());
             } else if let Some(f7) = quench_passes::quantize::one_bit_narrower(s.format) {
                 plan.weight_formats.insert(s.node, f7);
             }
+        }
+        if n_paired > 0 {
+            plan.weight_pairs.insert(
+                s.node,
+                PairLimit {
+                    order: k.perm.clone(),
+                    row_stride: s.strides.0,
+                    col_stride: s.strides.1,
+                    rows: paired.clone(),
+                    qmax: if s.per_channel {
+                        (0..k.out_n)
+                            .map(|o| if paired[o] { k.pair_qmax[o] } else { 127 })
+                            .collect()
+                    } else {
+                        vec![k.pair_qmax[0]]
+                    },
+                },
+            );
         }
         report.push(LayerErrors {
             layer: s.name.clone(),
@@ -698,10 +883,16 @@ pub fn guard(
             e8: total(&t.e8),
             e8_saturated: total(&t.e8s),
             e7: total(&t.e7),
+            e_paired: total(&t.ep),
             e_guarded: guarded,
             channels: s.kernel.out_n,
             narrowed: (0..s.kernel.out_n).filter(|o| narrowed[*o]).collect(),
-            moved: n_narrow > 0,
+            paired: (0..s.kernel.out_n).filter(|o| paired[*o]).collect(),
+            paired_qmax: (0..s.kernel.out_n)
+                .filter(|o| paired[*o])
+                .map(|o| s.kernel.pair_qmax[o])
+                .collect(),
+            moved: n_narrow + n_paired > 0,
         });
     }
     Ok(Some(GuardReport {
@@ -752,6 +943,28 @@ mod tests {
         assert_eq!(padded(32), 32);
     }
 
+    /// The choice per channel: codes that cannot saturate, or whose
+    /// saturation costs nothing on the samples, stay int8; otherwise the
+    /// lowest error summed over CPUs that saturate and CPUs that do not.
+    #[test]
+    fn the_choice_weighs_both_kinds_of_cpu() {
+        // No pair past the limit: int8 whatever the figures.
+        assert_eq!(choose(false, 1.0, 9.0, 0.1, 0.1), Codes::Int8);
+        // Saturation costs nothing here (another grid scoring higher on
+        // the samples is chance).
+        assert_eq!(choose(true, 1.0, 1.0, 0.5, 0.5), Codes::Int8);
+        // Saturation costs 0.3; paired costs 0.2 more where sums do not
+        // saturate and gains 0.3 where they do: paired.
+        assert_eq!(choose(true, 1.0, 1.5, 1.2, 2.0), Codes::Paired);
+        // Paired costs 0.3 more for a 0.2 gain: int8.
+        assert_eq!(choose(true, 1.0, 1.4, 1.3, 2.0), Codes::Int8);
+        // 7-bit below paired: 7-bit (conv1-like saturation).
+        assert_eq!(choose(true, 1.0, 100.0, 3.0, 2.0), Codes::Narrow);
+        // Ties: int8, then paired.
+        assert_eq!(choose(true, 1.0, 3.0, 2.0, 2.0), Codes::Int8);
+        assert_eq!(choose(true, 1.0, 5.0, 2.0, 2.0), Codes::Paired);
+    }
+
     /// One output channel of a 2-wide dense layer whose input codes and
     /// weights saturate their single pair: the emulated errors are those
     /// worked out by hand.
@@ -769,6 +982,9 @@ mod tests {
         q7[..2].copy_from_slice(&[63, 63]);
         let mut w = vec![0f32; kp];
         w[..2].copy_from_slice(&[1.0, 1.0]);
+        // Paired: (127, 127) brought onto the limit, (64, 64).
+        let mut qp = vec![0; kp];
+        qp[..2].copy_from_slice(&[64, 64]);
         let site = Kernel {
             cols: 2,
             perm: vec![0, 1],
@@ -778,6 +994,10 @@ mod tests {
             s8: vec![1.0 / 127.0],
             q7,
             s7: vec![1.0 / 63.0],
+            qp,
+            sp: vec![1.0 / 127.0],
+            pair_qmax: vec![127],
+            limited: vec![true],
             bias: vec![0.0],
             clamp: None,
         };
@@ -792,6 +1012,13 @@ mod tests {
             (t.e8s[0] - 3.0 * (2.0 - sat) * (2.0 - sat)).abs() < 1e-6,
             "{:?}",
             t.e8s
+        );
+        // Paired: 128 / 127 per row, exactly (no saturation).
+        let paired = 128.0 / 127.0;
+        assert!(
+            (t.ep[0] - 3.0 * (2.0 - paired) * (2.0 - paired)).abs() < 1e-6,
+            "{:?}",
+            t.ep
         );
         assert_eq!((t.sat, t.pairs), (3, 3));
         // A clamp at 1.5 (the output grid) hides part of it.

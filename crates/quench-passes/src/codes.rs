@@ -210,6 +210,96 @@ impl Layout {
     }
 }
 
+/// Largest sum of two same-sign int8 weight codes that a pair of u8
+/// activation codes cannot push past int16: `255 x 128 = 32640`. ONNX
+/// Runtime's u8 x s8 kernels on x86 without VNNI (`VPMADDUBSW`) add two
+/// adjacent products along the reduction axis into a saturating int16;
+/// a pair of opposite signs stays within `255 x 127`.
+pub const PAIR_LIMIT: i32 = 128;
+
+/// Where the pairs of a weight's int8 codes lie that such a kernel adds
+/// together: the saturation guard's per-channel "paired" choice
+/// (`quench-compile`'s `saturation` module), enforced by the quantizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairLimit {
+    /// The weight column at each position of the kernel's reduction axis;
+    /// positions `(2j, 2j + 1)` are added together (an odd last one is
+    /// added to padding).
+    pub order: Vec<usize>,
+    /// Flat (row-major) index of row `r` (output channel), column `c`:
+    /// `r * row_stride + c * col_stride`.
+    pub row_stride: usize,
+    pub col_stride: usize,
+    /// The rows the limit applies to.
+    pub rows: Vec<bool>,
+    /// Per scale group (output channel, or one for a per-tensor weight):
+    /// the code magnitude its extreme weight gets (scale `amax / qmax`,
+    /// see [`scale_for_qmax`]; 127 for the full grid). A smaller grid has
+    /// fewer pairs past the limit to bring onto it.
+    pub qmax: Vec<i32>,
+}
+
+/// The int8 weight scale whose extreme weight gets code `qmax` instead of
+/// 127, from the full grid's `scale` (f32 arithmetic, so the saturation
+/// guard and the quantizer get the same scale).
+pub fn scale_for_qmax(scale: f32, qmax: i32) -> f32 {
+    if (1..127).contains(&qmax) {
+        scale * 127.0 / qmax as f32
+    } else {
+        scale
+    }
+}
+
+impl PairLimit {
+    /// Brings every same-sign pair of `codes` (flat, the weight's layout)
+    /// in the limited rows whose magnitudes sum past [`PAIR_LIMIT`] onto
+    /// it, at the integer pair nearest to the unrounded codes `exact(i)`
+    /// (weight / scale). `false` (nothing changed) if the layout does not
+    /// fit `codes`.
+    pub fn apply(&self, codes: &mut [i32], exact: impl Fn(usize) -> f32) -> bool {
+        let cols = self.order.len();
+        let last = (self.rows.len().saturating_sub(1))
+            .checked_mul(self.row_stride)
+            .zip(cols.saturating_sub(1).checked_mul(self.col_stride))
+            .and_then(|(a, b)| a.checked_add(b));
+        let fits = !self.rows.is_empty()
+            && self.order.iter().all(|c| *c < cols)
+            && last.is_some_and(|l| l < codes.len());
+        if !fits {
+            return false;
+        }
+        for (r, on) in self.rows.iter().enumerate() {
+            if !on {
+                continue;
+            }
+            for p in self.order.chunks_exact(2) {
+                let (i, j) = (
+                    r * self.row_stride + p[0] * self.col_stride,
+                    r * self.row_stride + p[1] * self.col_stride,
+                );
+                let (a, b) = limit_pair(codes[i], codes[j], exact(i), exact(j));
+                codes[i] = a;
+                codes[j] = b;
+            }
+        }
+        true
+    }
+}
+
+/// Codes `(qa, qb)` unchanged unless they have one sign and magnitudes
+/// summing past [`PAIR_LIMIT`]; then the integer pair on that sum nearest
+/// to the unrounded codes `(fa, fb)`, each magnitude in `[1, 127]`.
+pub fn limit_pair(qa: i32, qb: i32, fa: f32, fb: f32) -> (i32, i32) {
+    if qa.signum() * qb.signum() <= 0 || qa.abs() + qb.abs() <= PAIR_LIMIT {
+        return (qa, qb);
+    }
+    let s = qa.signum();
+    let (ma, mb) = (fa.abs().min(127.0), fb.abs().min(127.0));
+    let excess = (ma + mb - PAIR_LIMIT as f32).max(0.0);
+    let a = ((ma - excess / 2.0).round() as i32).clamp(PAIR_LIMIT - 127, 127);
+    (s * a, s * (PAIR_LIMIT - a))
+}
+
 /// Element `k` (0: low nibble) of a packed byte, sign-extended if `signed`.
 fn nibble(b: u8, k: usize, signed: bool) -> i32 {
     let v = if k == 0 { b & 0xF } else { b >> 4 };
@@ -265,5 +355,69 @@ mod tests {
         // ONNX layout: first element in the low nibble.
         let t = encode(ElemType::Int4, &[2], &[-8, 7]);
         assert_eq!(t.raw_data.as_deref(), Some(&[0x78u8][..]));
+    }
+
+    /// Pairs of one sign past the limit land on it, at the integer pair
+    /// nearest the unrounded codes; opposite signs, zeros and pairs within
+    /// the limit stay; 255 times either pair fits int16 afterwards.
+    #[test]
+    fn limit_pair_brings_same_sign_pairs_onto_the_limit() {
+        assert_eq!(limit_pair(100, 60, 100.2, 59.9), (84, 44));
+        assert_eq!(limit_pair(-127, -127, -127.0, -127.0), (-64, -64));
+        assert_eq!(limit_pair(127, 2, 126.8, 2.2), (126, 2));
+        assert_eq!(limit_pair(64, 64, 64.4, 63.6), (64, 64));
+        assert_eq!(limit_pair(127, -127, 127.0, -127.0), (127, -127));
+        assert_eq!(limit_pair(127, 0, 127.0, 0.3), (127, 0));
+        for a in -127..=127 {
+            for b in -127..=127 {
+                let (x, y) = limit_pair(a, b, a as f32 + 0.3, b as f32 - 0.2);
+                let sum = 255 * (x + y);
+                assert!((-32768..=32767).contains(&sum), "({a}, {b}) -> ({x}, {y})");
+                assert!(x.abs() <= 127 && y.abs() <= 127);
+                if a.signum() * b.signum() <= 0 || a.abs() + b.abs() <= PAIR_LIMIT {
+                    assert_eq!((x, y), (a, b));
+                } else {
+                    // Same signs, on the limit, nearest the line's point.
+                    assert_eq!((x.signum(), y.signum()), (a.signum(), b.signum()));
+                    assert_eq!(x.abs() + y.abs(), PAIR_LIMIT, "({a}, {b})");
+                }
+            }
+        }
+    }
+
+    /// `PairLimit::apply` on a [K, N] layout (rows are columns of the
+    /// matrix, stride 1; columns stride N) in a permuted order: only the
+    /// limited rows' pairs change, only those of one sign past the limit.
+    #[test]
+    fn pair_limit_applies_in_the_kernel_order() {
+        // K = 4, N = 2: flat index k * 2 + n.
+        let mut q = vec![
+            100, 100, // k = 0
+            10, 90, //   k = 1
+            90, 90, //   k = 2
+            -5, 90, //   k = 3
+        ];
+        let exact: Vec<f32> = q.iter().map(|v| *v as f32).collect();
+        let pl = PairLimit {
+            order: vec![0, 2, 1, 3], // pairs (0, 2) and (1, 3)
+            row_stride: 1,
+            col_stride: 2,
+            rows: vec![true, false],
+            qmax: vec![127, 127],
+        };
+        assert!(pl.apply(&mut q, |i| exact[i]));
+        // Row 0: pair (k0, k2) = (100, 90) -> (69, 59); (k1, k3) = (10, -5) stays.
+        // Row 1 unlimited: (100, 90) and (90, 90) stay.
+        assert_eq!(q, vec![69, 100, 10, 90, 59, 90, -5, 90]);
+        // A layout past the codes changes nothing.
+        let bad = PairLimit {
+            col_stride: 3,
+            ..pl.clone()
+        };
+        let mut r = exact.iter().map(|v| *v as i32).collect::<Vec<_>>();
+        assert!(!bad.apply(&mut r, |i| exact[i]));
+        assert_eq!(r, exact.iter().map(|v| *v as i32).collect::<Vec<_>>());
+        assert_eq!(scale_for_qmax(1.0, 127), 1.0);
+        assert_eq!(scale_for_qmax(0.5, 63), 0.5 * 127.0 / 63.0);
     }
 }

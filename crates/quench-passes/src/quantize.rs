@@ -289,6 +289,13 @@ pub struct Plan {
     /// DequantizeLinear; ignored for other formats or a group count that
     /// does not match.
     pub weight_narrow: HashMap<NodeId, Vec<bool>>,
+    /// Compute node → the pairs of its int8 weight codes that ONNX
+    /// Runtime's u8 x s8 kernels on x86 without VNNI add into one
+    /// saturating int16, and the output channels whose same-sign pairs are
+    /// kept within [`codes::PAIR_LIMIT`] (the saturation guard's "paired"
+    /// choice: int8 precision, no saturation). Ignored for other formats
+    /// or a layout that does not fit.
+    pub weight_pairs: HashMap<NodeId, codes::PairLimit>,
     /// Quantize the weights inside If/Loop/Scan bodies too
     /// ([`crate::subgraphs::quantize_bodies`], run by the driver after
     /// [`apply`]): set by [`plan`] in weight-only and static mode; an empty
@@ -313,6 +320,7 @@ impl Plan {
         for n in nodes {
             self.weight_formats.remove(n);
             self.weight_narrow.remove(n);
+            self.weight_pairs.remove(n);
             self.absorbed.remove(n);
             // (By name: an unnamed node's decision cannot be told apart.)
             let name = g.node(*n).name();
@@ -811,6 +819,7 @@ fn quantize_weight(
     fmt: QuantFormat,
     min_scales: Option<&[f32]>,
     narrow: Option<&[bool]>,
+    pairs: Option<&codes::PairLimit>,
 ) -> Option<QWeight> {
     let t = g.const_tensor(w)?;
     let dims = t.dims.clone();
@@ -835,9 +844,16 @@ fn quantize_weight(
         (true, Some(n)) => n,
         _ => fmt,
     };
+    let pairs = pairs.filter(|_| is_full_int8(fmt));
+    let pair_qmax = pairs
+        .map(|pl| pl.qmax.as_slice())
+        .filter(|q| q.len() == layout.groups);
     let mut params = Vec::with_capacity(layout.groups);
     for c in 0..layout.groups {
         let mut p = group_fmt(c).params(lo[c], hi[c]).ok()?;
+        if let Some(q) = pair_qmax {
+            p.scale = codes::scale_for_qmax(p.scale, q[c]);
+        }
         // A channel of tiny weights next to a large bias would need a bias
         // beyond int32: widen that channel's scale instead.
         if widen {
@@ -848,7 +864,7 @@ fn quantize_weight(
         p.scale = round_scale(w_elem, p.scale)?;
         params.push(p);
     }
-    let q: Vec<i32> = data
+    let mut q: Vec<i32> = data
         .iter()
         .enumerate()
         .map(|(i, x)| {
@@ -856,6 +872,10 @@ fn quantize_weight(
             group_fmt(c).quantize(*x, &params[c])
         })
         .collect();
+    // Same-sign pairs kept within the pair limit (full int8 grids only).
+    if let Some(pl) = pairs {
+        pl.apply(&mut q, |i| data[i] / params[layout.group(i)].scale);
+    }
     let elem = fmt.elem();
     let base = g.value(w).name.clone();
     let qv = g.add_const(&format!("{base}_quantized"), codes::encode(elem, &dims, &q));
@@ -892,6 +912,12 @@ fn quantize_weight(
     })
 }
 
+/// Whether `fmt` is the symmetric int8 grid `[-127, 127]` (or its
+/// `[-128, 127]` variant) that [`codes::PairLimit`] is about.
+pub fn is_full_int8(fmt: QuantFormat) -> bool {
+    matches!(fmt.scheme, Scheme::Int(i) if i.bits() == 8 && i.signed() && i.symmetric())
+}
+
 /// The grid one bit narrower than the signed symmetric integer format
 /// `fmt`, same granularity (int8 `[-127, 127]` -> `[-63, 63]`): what
 /// [`Plan::weight_narrow`] gives a group. `None` for other formats.
@@ -916,7 +942,7 @@ pub fn one_bit_narrower(fmt: QuantFormat) -> Option<QuantFormat> {
 pub(crate) fn quantize_in_place(g: &mut Graph, w: ValueId, fmt: QuantFormat) -> bool {
     let name = g.value(w).name.clone();
     let ty = g.value(w).ty.clone();
-    let Some(q) = quantize_weight(g, w, fmt, None, None) else {
+    let Some(q) = quantize_weight(g, w, fmt, None, None, None) else {
         return false;
     };
     g.replace_all_uses(w, q.dq_out);
@@ -1398,9 +1424,7 @@ pub fn apply(
                 Scheme::Int(i) if i.signed() && i.symmetric() && i.bits() == 7 => i.qmax(),
                 _ => 127,
             };
-            let narrow = plan.weight_narrow.get(&n).map(Vec::as_slice);
-            dynamic_matmul(g, n, per_channel, qmax, narrow, &mut dyn_cache, &mut s)
-                .map_err(fail)?;
+            dynamic_matmul(g, n, per_channel, qmax, plan, &mut dyn_cache, &mut s).map_err(fail)?;
             continue;
         }
         let wf = weight_format_at(plan, cfg, g, n, w, opset).map_err(fail)?;
@@ -1461,6 +1485,7 @@ pub fn apply(
                     wf,
                     min_scales.as_deref(),
                     plan.weight_narrow.get(&n).map(Vec::as_slice),
+                    plan.weight_pairs.get(&n),
                 ) else {
                     s.notes.push(format!(
                         "node `{}`: weights not finite (or a scale not a normal number of their type); left float",
@@ -1554,7 +1579,7 @@ pub fn apply(
             continue;
         };
         let wf = weight_format_at(plan, cfg, g, n, d, opset).map_err(fail)?;
-        if let Some(q) = quantize_weight(g, d, wf, None, None) {
+        if let Some(q) = quantize_weight(g, d, wf, None, None, None) {
             g.set_input(n, 0, Some(q.dq_out));
             s.weights_quantized += 1;
         }
@@ -1648,7 +1673,7 @@ fn dynamic_matmul(
     n: NodeId,
     per_channel: bool,
     qmax: i32,
-    narrow: Option<&[bool]>,
+    plan: &Plan,
     cache: &mut HashMap<ValueId, Vec<ValueId>>,
     s: &mut QuantSummary,
 ) -> Result<(), String> {
@@ -1674,30 +1699,55 @@ fn dynamic_matmul(
         let c = if per_channel { i % cols } else { 0 };
         amax[c] = amax[c].max(v.abs());
     }
-    // One bit narrower in the channels `narrow` names.
-    let narrow = narrow.filter(|m| m.len() == channels);
+    // One bit narrower in the channels the plan's `weight_narrow` names;
+    // paired codes in its `weight_pairs` ones.
+    let narrow = plan
+        .weight_narrow
+        .get(&n)
+        .map(Vec::as_slice)
+        .filter(|m| m.len() == channels);
+    let pairs = plan.weight_pairs.get(&n).filter(|_| qmax == 127);
+    let pair_qmax = pairs
+        .map(|pl| pl.qmax.as_slice())
+        .filter(|q| q.len() == channels);
     let qmaxes: Vec<i32> = (0..channels)
         .map(|c| {
             if narrow.is_some_and(|m| m[c]) {
                 (qmax + 1) / 2 - 1
+            } else if let Some(q) = pair_qmax.filter(|q| (1..127).contains(&q[c])) {
+                q[c]
             } else {
                 qmax
             }
         })
         .collect();
+    // (A paired grid's scale as the saturation guard computes it: the
+    // full grid's, widened.)
     let scales: Vec<f32> = amax
         .iter()
         .zip(&qmaxes)
-        .map(|(a, q)| if *a > 0.0 { a / *q as f32 } else { 1.0 })
+        .map(
+            |(a, q)| match (*a > 0.0, pair_qmax.is_some() && *q != qmax && *q > 63) {
+                (false, _) => 1.0,
+                (true, true) => codes::scale_for_qmax(a / qmax as f32, *q),
+                (true, false) => a / *q as f32,
+            },
+        )
         .collect();
-    let q: Vec<i8> = data
+    let channel = |i: usize| if per_channel { i % cols } else { 0 };
+    let mut q: Vec<i32> = data
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let c = if per_channel { i % cols } else { 0 };
-            quench_calib::quantize_f32(*v, scales[c], 0, -qmaxes[c], qmaxes[c]) as i8
+            let c = channel(i);
+            quench_calib::quantize_f32(*v, scales[c], 0, -qmaxes[c], qmaxes[c])
         })
         .collect();
+    // Same-sign pairs kept within the pair limit (full int8 codes only).
+    if let Some(pl) = pairs {
+        pl.apply(&mut q, |i| data[i] / scales[channel(i)]);
+    }
+    let q: Vec<i8> = q.iter().map(|v| *v as i8).collect();
     let base = g.value(w).name.clone();
     let wq = g.add_const(
         &format!("{base}_quantized"),

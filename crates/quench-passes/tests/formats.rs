@@ -193,3 +193,77 @@ fn narrowed_weight_channels_get_seven_bit_codes() {
         }
     }
 }
+
+/// `Plan::weight_pairs` (the saturation guard's "paired" choice): in the
+/// chosen output channels of a weight, on the grid whose extreme code is
+/// the given `qmax` (scale `amax / qmax`), no two codes of one pair along
+/// the reduction axis share a sign and sum past 128 in magnitude (255
+/// times them fits int16); such pairs are brought onto the limit, nearest
+/// the unrounded codes, and every other code is the nearest one. Channels
+/// not chosen keep nearest int8 codes, pairs past the limit included.
+#[test]
+fn paired_weight_channels_keep_their_pairs_within_the_limit() {
+    use quench_passes::codes::{PairLimit, PAIR_LIMIT};
+    let (mut m, mut pl, ranges, cfg) = planned("mlp.onnx");
+    let mm1 = m
+        .graph
+        .node_ids()
+        .into_iter()
+        .find(|n| m.graph.node(*n).name() == "mm1")
+        .unwrap();
+    let wv = m.graph.node(mm1).input(1).unwrap();
+    let wname = m.graph.value(wv).name.clone();
+    let t = m.graph.const_tensor(wv).unwrap().clone();
+    let w = quench_ir::tensor::to_f32(&t).unwrap();
+    let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+    // MatMul [K, N]: rows (output channels) are columns of the matrix;
+    // pairs (k, k + 1) in natural order. Every other channel paired, on a
+    // grid with extreme code 99.
+    let rows: Vec<bool> = (0..n).map(|c| c % 2 == 0).collect();
+    let qmax: Vec<i32> = rows.iter().map(|p| if *p { 99 } else { 127 }).collect();
+    pl.weight_pairs.insert(
+        mm1,
+        PairLimit {
+            order: (0..k).collect(),
+            row_stride: 1,
+            col_stride: n,
+            rows: rows.clone(),
+            qmax: qmax.clone(),
+        },
+    );
+    let mut cx = PassCx::new(21);
+    apply(&mut m.graph, &pl, &ranges, &cfg, 21, &mut cx).unwrap();
+    let g = &m.graph;
+    let codes_v = g.value_by_name(&format!("{wname}_quantized")).unwrap();
+    let codes = quench_ir::tensor::to_f32(g.const_tensor(codes_v).unwrap()).unwrap();
+    let scales_v = g.value_by_name(&format!("{wname}_scale")).unwrap();
+    let scales = quench_ir::tensor::to_f32(g.const_tensor(scales_v).unwrap()).unwrap();
+    let at = |r: usize, c: usize| codes[r * n + c] as i32;
+    let (mut moved, mut past_unpaired) = (0, 0);
+    for c in 0..n {
+        let amax = (0..k).map(|r| w[r * n + c].abs()).fold(0f32, f32::max);
+        let q = qmax[c] as f32;
+        assert!((scales[c] - amax / q).abs() <= 1e-6 * amax, "channel {c}");
+        let exact = |r: usize| w[r * n + c] / scales[c];
+        for p in 0..k / 2 {
+            let (r0, r1) = (2 * p, 2 * p + 1);
+            let (a, b) = (at(r0, c), at(r1, c));
+            let (na, nb) = (exact(r0).round() as i32, exact(r1).round() as i32);
+            let past = na.signum() * nb.signum() > 0 && na.abs() + nb.abs() > PAIR_LIMIT;
+            if rows[c] && past {
+                // On the limit, same signs, each within half the excess
+                // (and a rounding step) of its unrounded code.
+                assert_eq!(a.abs() + b.abs(), PAIR_LIMIT, "channel {c} pair {p}");
+                assert_eq!((a.signum(), b.signum()), (na.signum(), nb.signum()));
+                let excess = exact(r0).abs() + exact(r1).abs() - PAIR_LIMIT as f32;
+                assert!((a as f32 - exact(r0)).abs() <= excess / 2.0 + 1.0);
+                assert!((b as f32 - exact(r1)).abs() <= excess / 2.0 + 1.0);
+                moved += 1;
+            } else {
+                assert_eq!((a, b), (na, nb), "channel {c} pair {p}");
+                past_unpaired += usize::from(past);
+            }
+        }
+    }
+    assert!(moved > 0 && past_unpaired > 0, "{moved} {past_unpaired}");
+}
