@@ -439,6 +439,10 @@ fn saturation_guard_changes_only_saturating_layers() {
     for l in layers {
         let f = |k: &str| finite_f64(&l[k]).unwrap();
         let (e8, e8s, e7, eg) = (f("e8"), f("e8_saturated"), f("e7"), f("e_guarded"));
+        // Each channel's choice costs, summed over CPUs that saturate and
+        // CPUs that do not, at most what int8 costs.
+        let ege = f("e_guarded_exact");
+        assert!(eg + ege <= (e8 + e8s) * (1.0 + 1e-9), "{l}");
         let name = l["layer"].as_str().unwrap().to_string();
         // 7-bit codes cost more than exact int8; the guard's mix of 7-bit
         // and saturating int8 channels costs less than either alone where

@@ -983,11 +983,12 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                             l.sqnr7_db(),
                             if l.moved {
                                 format!(
-                                    "; paired codes in {} and 7-bit codes in {} of {} channel(s): {:.2} dB saturated",
+                                    "; paired codes in {} and 7-bit codes in {} of {} channel(s): {:.2} dB saturated, {:.2} exact",
                                     l.paired.len(),
                                     l.narrowed.len(),
                                     l.channels,
-                                    l.sqnr_guarded_db()
+                                    l.sqnr_guarded_db(),
+                                    l.sqnr_guarded_exact_db()
                                 )
                             } else {
                                 String::new()

@@ -83,6 +83,9 @@ pub struct LayerErrors {
     /// paired int8 codes in the `paired` ones, int8 (saturating) in the
     /// others.
     pub e_guarded: f64,
+    /// The same choice where sums do not saturate (VNNI, ARM, tract):
+    /// int8 channels exact.
+    pub e_guarded_exact: f64,
     pub channels: usize,
     /// Output channels given 7-bit codes (all of them, or none, for
     /// per-tensor weights).
@@ -121,6 +124,10 @@ impl LayerErrors {
     pub fn sqnr_guarded_db(&self) -> f64 {
         self.db(self.e_guarded)
     }
+    /// ... with the guard's choice where sums do not saturate.
+    pub fn sqnr_guarded_exact_db(&self) -> f64 {
+        self.db(self.e_guarded_exact)
+    }
 }
 
 /// What the guard measured and changed.
@@ -154,6 +161,7 @@ pub fn revert(plan: &mut Plan, report: &mut GuardReport, why: String) {
         l.paired.clear();
         l.paired_qmax.clear();
         l.e_guarded = l.e8_saturated;
+        l.e_guarded_exact = l.e8;
     }
     report.reverted = Some(why);
 }
@@ -839,15 +847,18 @@ pub fn guard(
         let (narrowed, paired) = (rows(Codes::Narrow), rows(Codes::Paired));
         let n_narrow = narrowed.iter().filter(|b| **b).count();
         let n_paired = paired.iter().filter(|b| **b).count();
-        let guarded: f64 = choices
-            .iter()
-            .enumerate()
-            .map(|(o, c)| match c {
-                Codes::Int8 => t.e8s[o],
-                Codes::Paired => t.ep[o],
-                Codes::Narrow => t.e7[o],
-            })
-            .sum();
+        let guarded_with = |int8: &[f64]| -> f64 {
+            choices
+                .iter()
+                .enumerate()
+                .map(|(o, c)| match c {
+                    Codes::Int8 => int8[o],
+                    Codes::Paired => t.ep[o],
+                    Codes::Narrow => t.e7[o],
+                })
+                .sum()
+        };
+        let (guarded, guarded_exact) = (guarded_with(&t.e8s), guarded_with(&t.e8));
         if n_narrow > 0 || n_paired > 0 {
             before.push((s.node, s.format));
         }
@@ -885,6 +896,7 @@ pub fn guard(
             e7: total(&t.e7),
             e_paired: total(&t.ep),
             e_guarded: guarded,
+            e_guarded_exact: guarded_exact,
             channels: s.kernel.out_n,
             narrowed: (0..s.kernel.out_n).filter(|o| narrowed[*o]).collect(),
             paired: (0..s.kernel.out_n).filter(|o| paired[*o]).collect(),
