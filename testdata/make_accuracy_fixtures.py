@@ -538,6 +538,49 @@ def write_out_layernorms(src, name):
     print(f"  {name}: {src} with its LayerNormalizations written out (opset 14)")
 
 
+def write_rms_norms(src, name):
+    """`src` with every LayerNormalization replaced by an RMSNorm as
+    LLaMA's exports write it (Hugging Face `LlamaRMSNorm` at opset 14):
+    Cast to float32, Pow 2, ReduceMean, Add eps, Sqrt, Reciprocal, Mul, Cast
+    back, then Mul(weight, .) with the weight first; the bias is dropped
+    (another function than the LayerNorm's, a model of its own)."""
+    m = onnx.load(os.path.join(OUT, src))
+    nodes = []
+    for n in m.graph.node:
+        if n.op_type != "LayerNormalization":
+            nodes.append(n)
+            continue
+        x, gamma = n.input[0], n.input[1]
+        y = n.output[0]
+        p = (n.name or y) + "/"
+        two, e = p + "two", p + "eps"
+        m.graph.initializer.extend([numpy_helper.from_array(np.array(2.0, np.float32), two),
+                                    numpy_helper.from_array(np.array(1e-6, np.float32), e)])
+
+        def op(t, ins, out, **kw):
+            nodes.append(helper.make_node(t, ins, [out], name=p + out.split("/")[-1], **kw))
+            return out
+
+        xf = op("Cast", [x], p + "to_float", to=TensorProto.FLOAT)
+        ms = op("ReduceMean", [op("Pow", [xf, two], p + "square")], p + "mean_square", axes=[-1], keepdims=1)
+        inv = op("Reciprocal", [op("Sqrt", [op("Add", [ms, e], p + "ms_eps")], p + "rms")], p + "inv_rms")
+        z = op("Cast", [op("Mul", [xf, inv], p + "normalized")], p + "to_dtype", to=TensorProto.FLOAT)
+        # The weight Mul keeps the LayerNormalization's name and output.
+        nodes.append(helper.make_node("Mul", [gamma, z], [y], name=n.name))
+    del m.graph.node[:]
+    m.graph.node.extend(nodes)
+    keep = {i for n in m.graph.node for i in n.input}
+    kept = [t for t in m.graph.initializer if t.name in keep]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(kept)
+    del m.opset_import[:]
+    m.opset_import.append(helper.make_opsetid("", 14))
+    m.graph.name = name
+    onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, os.path.join(OUT, name + ".onnx"))
+    print(f"  {name}: {src} with LLaMA-style RMSNorms (Casts, opset 14)")
+
+
 def make_dense_block():
     """smooth_block's idea on rank-2 activations: the digits as 64 values,
     a dense layer, LayerNormalization (scale outliers x40 in channels 3 and
@@ -613,3 +656,4 @@ if __name__ == "__main__":
     make_log_spectrogram()
     make_dense_block()
     make_written_out()
+    write_rms_norms("smooth_block.onnx", "smooth_block_rms")

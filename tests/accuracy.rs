@@ -447,6 +447,15 @@ fn smooth_quant_finds_normalizations_written_out() {
             assert_eq!(sites, &[Value::from("norm")], "{sq}");
         }
     }
+    // LLaMA's RMSNorm as exported (Cast to float32, x * rsqrt(mean(x^2) +
+    // eps), Cast back, weight * that): the Casts hide nothing. Measured
+    // (min/max): 17.00 -> 40.25 dB (17.00 either way before).
+    let model = "accuracy/smooth_block_rms.onnx";
+    let (smooth, r) = output_sqnr(model, &[]);
+    let (plain, _) = output_sqnr(model, &["--no-smooth-quant"]);
+    assert!(smooth >= plain + 20.0, "{smooth} vs {plain}");
+    let sq = &r["smooth_quant"];
+    assert_eq!(sq["sites"], Value::from(vec!["norm"]), "{sq}");
 }
 
 #[test]

@@ -107,8 +107,20 @@ pub const KEEP_FLOAT_REASON: &str =
 /// ops: a `Div` or `Mul` whose inputs reach, through at most
 /// [`WRITTEN_OUT_DEPTH`] elementwise ops, a `ReduceMean` over the last
 /// axis (a LayerNorm's `(x - mean) / sqrt(var + eps)`, an RMSNorm's
-/// `x * 1/sqrt(mean(x^2) + eps)`, as exporters at opset < 17 write them).
+/// `x * 1/sqrt(mean(x^2) + eps)`, as exporters at opset < 17 write them),
+/// possibly behind `Cast`s to a float type (LLaMA's RMSNorm computes in
+/// float32 and casts back: `weight * (x * rsqrt(...)).to(dtype)`).
 fn normalized(g: &quench_ir::Graph, v: ValueId) -> bool {
+    let mut v = v;
+    for _ in 0..2 {
+        match g.producer(v) {
+            Some(c) if float_cast(g, c) => match g.node(c).input(0) {
+                Some(i) => v = i,
+                None => return false,
+            },
+            _ => break,
+        }
+    }
     let Some(p) = g.producer(v) else {
         return false;
     };
@@ -154,6 +166,17 @@ fn normalized(g: &quench_ir::Graph, v: ValueId) -> bool {
         frontier = next;
     }
     false
+}
+
+/// Whether node `n` is a default-domain `Cast` to a float type (float32,
+/// float16, bfloat16 or double): the same values, for matching.
+fn float_cast(g: &quench_ir::Graph, n: quench_ir::NodeId) -> bool {
+    let node = g.node(n);
+    node.domain().is_empty()
+        && node.op_type() == "Cast"
+        && node
+            .attr_int("to")
+            .is_some_and(|t| matches!(t, 1 | 10 | 11 | 16))
 }
 
 /// How far [`normalized`] looks up from the division (LayerNorm's
@@ -701,5 +724,39 @@ mod tests {
             found(&g),
             vec![("y".to_string(), "gamma".to_string(), None)]
         );
+    }
+
+    #[test]
+    fn an_rms_norm_behind_casts_is_found_too() {
+        // LLaMA's RMSNorm as exported: computed in float32 and cast back,
+        // `weight * (x * rsqrt(mean(x^2) + eps)).to(dtype)`.
+        let ops: &[(&str, &[&str], &str)] = &[
+            ("Cast", &["x"], "xf"),
+            ("Pow", &["xf", "two"], "x2"),
+            ("ReduceMean", &["x2"], "ms"),
+            ("Add", &["ms", "eps"], "mse"),
+            ("Sqrt", &["mse"], "rms"),
+            ("Reciprocal", &["rms"], "inv"),
+            ("Mul", &["xf", "inv"], "z"),
+            ("Cast", &["z"], "zc"),
+            ("Mul", &["gamma", "zc"], "y"),
+            ("MatMul", &["y", "w"], "h"),
+        ];
+        let consts = ["two", "eps", "gamma", "w"];
+        let g = graph(ops, &consts, -1);
+        assert_eq!(
+            found(&g),
+            vec![("y".to_string(), "gamma".to_string(), None)]
+        );
+        assert_eq!(written_out_outputs(&g), vec!["y".to_string()]);
+        // A Cast to an integer type is no normalization's.
+        let mut g = graph(ops, &consts, -1);
+        let c = g
+            .node_ids()
+            .into_iter()
+            .find(|n| g.node(*n).name() == "zc")
+            .unwrap();
+        g.node_proto_mut(c).set_attr(quench_ir::attr::int("to", 7));
+        assert!(found(&g).is_empty());
     }
 }

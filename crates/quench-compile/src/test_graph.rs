@@ -25,6 +25,9 @@ pub(crate) fn graph(
             .collect();
         let o = g.add_value(out, None);
         let mut node = Node::new(op, out);
+        if *op == "Cast" {
+            node.set_attr(quench_ir::attr::int("to", 1));
+        }
         if *op == "ReduceMean" {
             node.set_attr(AttributeProto {
                 name: Some("axes".into()),
