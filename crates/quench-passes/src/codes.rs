@@ -251,21 +251,27 @@ pub fn scale_for_qmax(scale: f32, qmax: i32) -> f32 {
 }
 
 impl PairLimit {
+    /// Whether the layout addresses only elements of a weight of `len`
+    /// elements (callers check it before taking the grids in `qmax`, so
+    /// that a grid never comes without its limit).
+    pub fn fits(&self, len: usize) -> bool {
+        let cols = self.order.len();
+        let last = (self.rows.len().saturating_sub(1))
+            .checked_mul(self.row_stride)
+            .zip(cols.saturating_sub(1).checked_mul(self.col_stride))
+            .and_then(|(a, b)| a.checked_add(b));
+        !self.rows.is_empty()
+            && self.order.iter().all(|c| *c < cols)
+            && last.is_some_and(|l| l < len)
+    }
+
     /// Brings every same-sign pair of `codes` (flat, the weight's layout)
     /// in the limited rows whose magnitudes sum past [`PAIR_LIMIT`] onto
     /// it, at the integer pair nearest to the unrounded codes `exact(i)`
     /// (weight / scale). `false` (nothing changed) if the layout does not
     /// fit `codes`.
     pub fn apply(&self, codes: &mut [i32], exact: impl Fn(usize) -> f32) -> bool {
-        let cols = self.order.len();
-        let last = (self.rows.len().saturating_sub(1))
-            .checked_mul(self.row_stride)
-            .zip(cols.saturating_sub(1).checked_mul(self.col_stride))
-            .and_then(|(a, b)| a.checked_add(b));
-        let fits = !self.rows.is_empty()
-            && self.order.iter().all(|c| *c < cols)
-            && last.is_some_and(|l| l < codes.len());
-        if !fits {
+        if !self.fits(codes.len()) {
             return false;
         }
         for (r, on) in self.rows.iter().enumerate() {

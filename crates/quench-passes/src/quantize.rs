@@ -371,6 +371,31 @@ pub(crate) fn scale_min_opset(elem: i32) -> i64 {
 /// of that type (a scale must be positive; a subnormal f16 scale keeps
 /// too few significant bits: rounding could shrink the range enough to
 /// clip, where a normal one moves it by at most 2^-11, bf16 2^-8).
+/// The scale one weight group is written with: `scale` (its format's,
+/// from the group's range), on the paired grid with extreme code
+/// `pair_qmax` ([`codes::scale_for_qmax`]), widened to `min_scale` (what
+/// keeps an int32 bias in range, [`bias_min_scale`]), rounded to the
+/// weight's element type `w_elem`. The saturation guard emulates the codes
+/// of exactly this scale.
+pub fn weight_group_scale(
+    scale: f32,
+    pair_qmax: Option<i32>,
+    min_scale: Option<f32>,
+    w_elem: i32,
+) -> Option<f32> {
+    let mut s = pair_qmax.map_or(scale, |q| codes::scale_for_qmax(scale, q));
+    if let Some(m) = min_scale {
+        s = s.max(m);
+    }
+    round_scale(w_elem, s)
+}
+
+/// The smallest weight scale that keeps bias `b` in int32 (with room to
+/// spare: 2^30 codes) at input scale `input_scale`.
+pub fn bias_min_scale(b: f32, input_scale: f32) -> f32 {
+    b.abs() / (input_scale * (1u64 << 30) as f32)
+}
+
 fn round_scale(elem: i32, scale: f32) -> Option<f32> {
     let kind = if elem == DataType::Float16 as i32 {
         FloatKind::F16
@@ -844,24 +869,20 @@ fn quantize_weight(
         (true, Some(n)) => n,
         _ => fmt,
     };
-    let pairs = pairs.filter(|_| is_full_int8(fmt));
+    let pairs = pairs.filter(|pl| is_full_int8(fmt) && pl.fits(data.len()));
     let pair_qmax = pairs
         .map(|pl| pl.qmax.as_slice())
         .filter(|q| q.len() == layout.groups);
     let mut params = Vec::with_capacity(layout.groups);
     for c in 0..layout.groups {
         let mut p = group_fmt(c).params(lo[c], hi[c]).ok()?;
-        if let Some(q) = pair_qmax {
-            p.scale = codes::scale_for_qmax(p.scale, q[c]);
-        }
         // A channel of tiny weights next to a large bias would need a bias
         // beyond int32: widen that channel's scale instead.
-        if widen {
-            if let Some(m) = min_scales.and_then(|m| m.get(if m.len() == 1 { 0 } else { c })) {
-                p.scale = p.scale.max(*m);
-            }
-        }
-        p.scale = round_scale(w_elem, p.scale)?;
+        let min = min_scales
+            .filter(|_| widen)
+            .and_then(|m| m.get(if m.len() == 1 { 0 } else { c }))
+            .copied();
+        p.scale = weight_group_scale(p.scale, pair_qmax.map(|q| q[c]), min, w_elem)?;
         params.push(p);
     }
     let mut q: Vec<i32> = data
@@ -1470,8 +1491,7 @@ pub fn apply(
                     let xp = params.get(&node.input(0)?)?;
                     let bt = g.const_tensor(b)?;
                     let bv = tensor::to_f32(bt).ok()?;
-                    let limit = (1u64 << 30) as f32;
-                    let per: Vec<f32> = bv.iter().map(|v| v.abs() / (xp.scale * limit)).collect();
+                    let per: Vec<f32> = bv.iter().map(|v| bias_min_scale(*v, xp.scale)).collect();
                     Some(if w_axis.is_some() {
                         per
                     } else {
@@ -1706,7 +1726,10 @@ fn dynamic_matmul(
         .get(&n)
         .map(Vec::as_slice)
         .filter(|m| m.len() == channels);
-    let pairs = plan.weight_pairs.get(&n).filter(|_| qmax == 127);
+    let pairs = plan
+        .weight_pairs
+        .get(&n)
+        .filter(|pl| qmax == 127 && pl.fits(data.len()));
     let pair_qmax = pairs
         .map(|pl| pl.qmax.as_slice())
         .filter(|q| q.len() == channels);
