@@ -1521,6 +1521,21 @@ fn the_accuracy_drop_has_an_interval_and_an_undecided_target_says_so() {
             && out.contains(verdict),
         "{inside}: {out}"
     );
+    // Target 0: whether it is reached is decided on the written model (the
+    // saturation guard's codes included, which can reach what the plan
+    // without them did not), and the exit status says the same.
+    let o = run("0");
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+    let acc = &r["verification"]["accuracy"];
+    let drop = acc["fp32"].as_f64().unwrap() - acc["quantized"].as_f64().unwrap();
+    let reached = r["mixed_precision"]["reached"].as_bool().unwrap();
+    assert_eq!(reached, drop <= 1e-12, "{drop}: {}", r["mixed_precision"]);
+    assert_eq!(
+        o.status.success(),
+        reached,
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     let o = compile_digits(
         &testdata("digits/eval"),
         &dir.path().join("w.onnx"),

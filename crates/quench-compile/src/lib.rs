@@ -925,6 +925,22 @@ pub fn compile(input: &LoadedModel, opts: &Options, progress: &dyn Progress) -> 
                                 match mixed::measure_plan(
                                 &model, original, &plan, &ranges, &cfg, opset, ev,
                             ) {
+                                Ok(f) if !mp.reached && mp.targets.met(&f) => {
+                                    // The guard's codes reach what the
+                                    // plan without them did not: the
+                                    // search's verdict is superseded.
+                                    if let Some(w) = target_missed.take() {
+                                        out.warnings.retain(|x| *x != w);
+                                        out.notes.retain(|x| *x != w);
+                                    }
+                                    out.note(format!(
+                                        "{} reached with the saturation guard's codes: {}",
+                                        mp.targets.flags(),
+                                        mixed::describe(&f)
+                                    ));
+                                    mp.result = f;
+                                    mp.reached = true;
+                                }
                                 Ok(f) if !mp.reached || mp.targets.met(&f) => mp.result = f,
                                 Ok(f) => {
                                     let why = format!(
