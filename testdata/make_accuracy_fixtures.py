@@ -496,77 +496,24 @@ def make_log_spectrogram():
     print(f"  log_spectrogram: {len(a) / sr:.1f} s of speech, calibration windows from the first 60%")
 
 
-def write_out_layernorms(src, name):
-    """`src` with every LayerNormalization written out in elementary ops at
-    opset 14, as PyTorch exports `nn.LayerNorm` below opset 17:
-    ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, then Mul by the
-    scale and Add of the bias. The function is the same (up to f32
-    rounding)."""
+def replace_layernorms(src, name, write, what):
+    """`src` with every LayerNormalization `n` replaced by the nodes
+    `write(m, n, p, op)` appends (`p`: a name prefix; `op(type, inputs,
+    out, **attrs)` appends a node named after its output and returns the
+    output), at opset 14; initializers no node reads any more are dropped."""
     m = onnx.load(os.path.join(OUT, src))
     nodes = []
     for n in m.graph.node:
         if n.op_type != "LayerNormalization":
             nodes.append(n)
             continue
-        x, gamma, beta = n.input
-        y = n.output[0]
-        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
-        p = (n.name or y) + "/"
-        two, e = p + "two", p + "eps"
-        m.graph.initializer.extend([numpy_helper.from_array(np.array(2.0, np.float32), two),
-                                    numpy_helper.from_array(np.array(eps, np.float32), e)])
+        p = (n.name or n.output[0]) + "/"
 
         def op(t, ins, out, **kw):
             nodes.append(helper.make_node(t, ins, [out], name=p + out.split("/")[-1], **kw))
             return out
 
-        mean = op("ReduceMean", [x], p + "mean", axes=[-1], keepdims=1)
-        d = op("Sub", [x, mean], p + "centred")
-        var = op("ReduceMean", [op("Pow", [d, two], p + "square")], p + "var", axes=[-1], keepdims=1)
-        std = op("Sqrt", [op("Add", [var, e], p + "var_eps")], p + "std")
-        z = op("Div", [d, std], p + "normalized")
-        nodes.append(helper.make_node("Mul", [z, gamma], [p + "scaled"], name=p + "Mul"))
-        # The final Add keeps the LayerNormalization's name and output.
-        nodes.append(helper.make_node("Add", [p + "scaled", beta], [y], name=n.name))
-    del m.graph.node[:]
-    m.graph.node.extend(nodes)
-    del m.opset_import[:]
-    m.opset_import.append(helper.make_opsetid("", 14))
-    m.graph.name = name
-    onnx.checker.check_model(m, full_check=True)
-    onnx.save(m, os.path.join(OUT, name + ".onnx"))
-    print(f"  {name}: {src} with its LayerNormalizations written out (opset 14)")
-
-
-def write_rms_norms(src, name):
-    """`src` with every LayerNormalization replaced by an RMSNorm as
-    LLaMA's exports write it (Hugging Face `LlamaRMSNorm` at opset 14):
-    Cast to float32, Pow 2, ReduceMean, Add eps, Sqrt, Reciprocal, Mul, Cast
-    back, then Mul(weight, .) with the weight first; the bias is dropped
-    (another function than the LayerNorm's, a model of its own)."""
-    m = onnx.load(os.path.join(OUT, src))
-    nodes = []
-    for n in m.graph.node:
-        if n.op_type != "LayerNormalization":
-            nodes.append(n)
-            continue
-        x, gamma = n.input[0], n.input[1]
-        y = n.output[0]
-        p = (n.name or y) + "/"
-        two, e = p + "two", p + "eps"
-        m.graph.initializer.extend([numpy_helper.from_array(np.array(2.0, np.float32), two),
-                                    numpy_helper.from_array(np.array(1e-6, np.float32), e)])
-
-        def op(t, ins, out, **kw):
-            nodes.append(helper.make_node(t, ins, [out], name=p + out.split("/")[-1], **kw))
-            return out
-
-        xf = op("Cast", [x], p + "to_float", to=TensorProto.FLOAT)
-        ms = op("ReduceMean", [op("Pow", [xf, two], p + "square")], p + "mean_square", axes=[-1], keepdims=1)
-        inv = op("Reciprocal", [op("Sqrt", [op("Add", [ms, e], p + "ms_eps")], p + "rms")], p + "inv_rms")
-        z = op("Cast", [op("Mul", [xf, inv], p + "normalized")], p + "to_dtype", to=TensorProto.FLOAT)
-        # The weight Mul keeps the LayerNormalization's name and output.
-        nodes.append(helper.make_node("Mul", [gamma, z], [y], name=n.name))
+        write(m, n, p, op, nodes)
     del m.graph.node[:]
     m.graph.node.extend(nodes)
     keep = {i for n in m.graph.node for i in n.input}
@@ -578,7 +525,54 @@ def write_rms_norms(src, name):
     m.graph.name = name
     onnx.checker.check_model(m, full_check=True)
     onnx.save(m, os.path.join(OUT, name + ".onnx"))
-    print(f"  {name}: {src} with LLaMA-style RMSNorms (Casts, opset 14)")
+    print(f"  {name}: {src} {what}")
+
+
+def write_out_layernorms(src, name):
+    """`src` with every LayerNormalization written out in elementary ops at
+    opset 14, as PyTorch exports `nn.LayerNorm` below opset 17:
+    ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div, then Mul by the
+    scale and Add of the bias. The function is the same (up to f32
+    rounding)."""
+
+    def write(m, n, p, op, nodes):
+        x, gamma, beta = n.input
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-5)
+        two, e = p + "two", p + "eps"
+        m.graph.initializer.extend([numpy_helper.from_array(np.array(2.0, np.float32), two),
+                                    numpy_helper.from_array(np.array(eps, np.float32), e)])
+        mean = op("ReduceMean", [x], p + "mean", axes=[-1], keepdims=1)
+        d = op("Sub", [x, mean], p + "centred")
+        var = op("ReduceMean", [op("Pow", [d, two], p + "square")], p + "var", axes=[-1], keepdims=1)
+        std = op("Sqrt", [op("Add", [var, e], p + "var_eps")], p + "std")
+        z = op("Div", [d, std], p + "normalized")
+        nodes.append(helper.make_node("Mul", [z, gamma], [p + "scaled"], name=p + "Mul"))
+        # The final Add keeps the LayerNormalization's name and output.
+        nodes.append(helper.make_node("Add", [p + "scaled", beta], [n.output[0]], name=n.name))
+
+    replace_layernorms(src, name, write, "with its LayerNormalizations written out (opset 14)")
+
+
+def write_rms_norms(src, name):
+    """`src` with every LayerNormalization replaced by an RMSNorm as
+    LLaMA's exports write it (Hugging Face `LlamaRMSNorm` at opset 14):
+    Cast to float32, Pow 2, ReduceMean, Add eps, Sqrt, Reciprocal, Mul, Cast
+    back, then Mul(weight, .) with the weight first; the bias is dropped
+    (another function than the LayerNorm's, a model of its own)."""
+
+    def write(m, n, p, op, nodes):
+        x, gamma = n.input[0], n.input[1]
+        two, e = p + "two", p + "eps"
+        m.graph.initializer.extend([numpy_helper.from_array(np.array(2.0, np.float32), two),
+                                    numpy_helper.from_array(np.array(1e-6, np.float32), e)])
+        xf = op("Cast", [x], p + "to_float", to=TensorProto.FLOAT)
+        ms = op("ReduceMean", [op("Pow", [xf, two], p + "square")], p + "mean_square", axes=[-1], keepdims=1)
+        inv = op("Reciprocal", [op("Sqrt", [op("Add", [ms, e], p + "ms_eps")], p + "rms")], p + "inv_rms")
+        z = op("Cast", [op("Mul", [xf, inv], p + "normalized")], p + "to_dtype", to=TensorProto.FLOAT)
+        # The weight Mul keeps the LayerNormalization's name and output.
+        nodes.append(helper.make_node("Mul", [gamma, z], [n.output[0]], name=n.name))
+
+    replace_layernorms(src, name, write, "with LLaMA-style RMSNorms (Casts, opset 14)")
 
 
 def make_dense_block():

@@ -152,6 +152,52 @@ fn block_size_in_the_config_sets_default_weight_formats() {
     assert_eq!(by_name("gemm"), Granularity::Block { axis: 1, size: 32 });
 }
 
+/// The MLP fixture's `mm1`: its node, weight name, weights and shape
+/// `[K, N]` (output channels along axis 1).
+struct Mm1 {
+    node: quench_ir::NodeId,
+    weight: String,
+    w: Vec<f32>,
+    k: usize,
+    n: usize,
+}
+
+fn mm1(m: &Model) -> Mm1 {
+    let g = &m.graph;
+    let node = g
+        .node_ids()
+        .into_iter()
+        .find(|n| g.node(*n).name() == "mm1")
+        .unwrap();
+    let wv = g.node(node).input(1).unwrap();
+    let t = g.const_tensor(wv).unwrap();
+    Mm1 {
+        node,
+        weight: g.value(wv).name.clone(),
+        w: quench_ir::tensor::to_f32(t).unwrap(),
+        k: t.dims[0] as usize,
+        n: t.dims[1] as usize,
+    }
+}
+
+/// Applies `pl` at opset 21 and returns weight `wname`'s codes and scales.
+fn applied_codes(
+    m: &mut Model,
+    pl: &Plan,
+    ranges: &Ranges,
+    cfg: &QuantizeConfig,
+    wname: &str,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut cx = PassCx::new(21);
+    apply(&mut m.graph, pl, ranges, cfg, 21, &mut cx).unwrap();
+    let g = &m.graph;
+    let read = |suffix: &str| {
+        let v = g.value_by_name(&format!("{wname}{suffix}")).unwrap();
+        quench_ir::tensor::to_f32(g.const_tensor(v).unwrap()).unwrap()
+    };
+    (read("_quantized"), read("_scale"))
+}
+
 /// `Plan::weight_narrow` (the saturation guard's per-channel choice): the
 /// chosen output channels of a weight get codes in [-63, 63] with scale
 /// `amax / 63`, the others keep [-127, 127] and `amax / 127`, in one int8
@@ -159,27 +205,17 @@ fn block_size_in_the_config_sets_default_weight_formats() {
 #[test]
 fn narrowed_weight_channels_get_seven_bit_codes() {
     let (mut m, mut pl, ranges, cfg) = planned("mlp.onnx");
-    let mm1 = m
-        .graph
-        .node_ids()
-        .into_iter()
-        .find(|n| m.graph.node(*n).name() == "mm1")
-        .unwrap();
-    let wv = m.graph.node(mm1).input(1).unwrap();
-    let wname = m.graph.value(wv).name.clone();
-    let t = m.graph.const_tensor(wv).unwrap().clone();
-    let w = quench_ir::tensor::to_f32(&t).unwrap();
-    let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+    let Mm1 {
+        node: mm1,
+        weight: wname,
+        w,
+        k,
+        n,
+    } = mm1(&m);
     // MatMul [K, N]: output channels along axis 1; narrow every other one.
     let mask: Vec<bool> = (0..n).map(|c| c % 2 == 0).collect();
     pl.weight_narrow.insert(mm1, mask.clone());
-    let mut cx = PassCx::new(21);
-    apply(&mut m.graph, &pl, &ranges, &cfg, 21, &mut cx).unwrap();
-    let g = &m.graph;
-    let codes_v = g.value_by_name(&format!("{wname}_quantized")).unwrap();
-    let codes = quench_ir::tensor::to_f32(g.const_tensor(codes_v).unwrap()).unwrap();
-    let scales_v = g.value_by_name(&format!("{wname}_scale")).unwrap();
-    let scales = quench_ir::tensor::to_f32(g.const_tensor(scales_v).unwrap()).unwrap();
+    let (codes, scales) = applied_codes(&mut m, &pl, &ranges, &cfg, &wname);
     assert_eq!(scales.len(), n);
     for c in 0..n {
         let amax = (0..k).map(|r| w[r * n + c].abs()).fold(0f32, f32::max);
@@ -205,17 +241,13 @@ fn narrowed_weight_channels_get_seven_bit_codes() {
 fn paired_weight_channels_keep_their_pairs_within_the_limit() {
     use quench_passes::codes::{PairLimit, PAIR_LIMIT};
     let (mut m, mut pl, ranges, cfg) = planned("mlp.onnx");
-    let mm1 = m
-        .graph
-        .node_ids()
-        .into_iter()
-        .find(|n| m.graph.node(*n).name() == "mm1")
-        .unwrap();
-    let wv = m.graph.node(mm1).input(1).unwrap();
-    let wname = m.graph.value(wv).name.clone();
-    let t = m.graph.const_tensor(wv).unwrap().clone();
-    let w = quench_ir::tensor::to_f32(&t).unwrap();
-    let (k, n) = (t.dims[0] as usize, t.dims[1] as usize);
+    let Mm1 {
+        node: mm1,
+        weight: wname,
+        w,
+        k,
+        n,
+    } = mm1(&m);
     // MatMul [K, N]: rows (output channels) are columns of the matrix;
     // pairs (k, k + 1) in natural order. Every other channel paired, on a
     // grid with extreme code 99.
@@ -231,13 +263,7 @@ fn paired_weight_channels_keep_their_pairs_within_the_limit() {
             qmax: qmax.clone(),
         },
     );
-    let mut cx = PassCx::new(21);
-    apply(&mut m.graph, &pl, &ranges, &cfg, 21, &mut cx).unwrap();
-    let g = &m.graph;
-    let codes_v = g.value_by_name(&format!("{wname}_quantized")).unwrap();
-    let codes = quench_ir::tensor::to_f32(g.const_tensor(codes_v).unwrap()).unwrap();
-    let scales_v = g.value_by_name(&format!("{wname}_scale")).unwrap();
-    let scales = quench_ir::tensor::to_f32(g.const_tensor(scales_v).unwrap()).unwrap();
+    let (codes, scales) = applied_codes(&mut m, &pl, &ranges, &cfg, &wname);
     let at = |r: usize, c: usize| codes[r * n + c] as i32;
     let (mut moved, mut past_unpaired) = (0, 0);
     for c in 0..n {
