@@ -1171,9 +1171,16 @@ def activation_scale_groups(model, skip_graph_inputs=False):
     """Lists of scale initializer names that quantize one activation: the
     scale of each QuantizeLinear plus those of the DequantizeLinear nodes
     reading its output (weights, which have no QuantizeLinear, are left out;
-    with `skip_graph_inputs`, so are the graph inputs)."""
+    with `skip_graph_inputs`, so are the graph inputs and what data movement,
+    Casts and Q/DQ pairs make of them: a tool that quantizes after a
+    Transpose or Flatten of the input has the same range there)."""
     inits = {i.name for i in model.graph.initializer}
     graph_inputs = {i.name for i in model.graph.input} - inits
+    moving = {"Cast", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity",
+              "QuantizeLinear", "DequantizeLinear"}
+    for nd in model.graph.node:  # graph order: producers first
+        if nd.op_type in moving and nd.input and nd.input[0] in graph_inputs:
+            graph_inputs.update(o for o in nd.output if o)
     consts = inits | {o for nd in model.graph.node if nd.op_type == "Constant" for o in nd.output}
     consumers = {}
     for nd in model.graph.node:
