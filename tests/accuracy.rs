@@ -1544,3 +1544,36 @@ fn the_accuracy_drop_has_an_interval_and_an_undecided_target_says_so() {
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(!out.contains("lies inside"), "{out}");
 }
+
+/// `--method auto`'s fallback: where the searched ranges do not beat
+/// min/max on the judging samples (the digits CNN: 46.53 dB both), every
+/// method for all complete on the fitting samples is judged too, and the
+/// one with the highest mean of its fitting and judging figures is written
+/// (min/max first, so it wins ties); a run stopped once certain to stay
+/// behind is marked and never chosen.
+#[test]
+fn method_auto_falls_back_to_the_best_method_over_both_halves() {
+    let (_, r) = output_sqnr("digits_cnn.onnx", &["--method", "auto"]);
+    let a = &r["auto_ranges"];
+    assert_eq!(a["kept"], false, "{a}");
+    let f = a["fallback"].as_array().expect("a fallback");
+    assert!(f.len() >= 2, "{a}");
+    assert_eq!(f[0]["method"], "minmax", "{a}");
+    assert_eq!(f[0]["judged_in_full"], true, "{a}");
+    let mut best = (f64::NEG_INFINITY, Value::Null);
+    for m in f {
+        let mean = (m["fit_db"].as_f64().unwrap() + m["judge_db"].as_f64().unwrap()) / 2.0;
+        if m["judged_in_full"] == true && mean > best.0 {
+            best = (mean, m["method"].clone());
+        }
+    }
+    assert_eq!(a["method"], best.1, "{a}");
+    // Every complete method of step 1 was weighed.
+    let complete = a["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m[2] == a["fit_samples"])
+        .count();
+    assert_eq!(f.len(), complete, "{a}");
+}
