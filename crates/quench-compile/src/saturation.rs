@@ -565,11 +565,15 @@ fn sites(
             };
             let row = &w[r * kp..(r + 1) * kp];
             let mut c: Vec<i32> = row.iter().map(|v| l.format.quantize(*v, &p)).collect();
-            for k in (0..kp).step_by(2) {
-                let (a, b) = codes::limit_pair(c[k], c[k + 1], row[k] / sq, row[k + 1] / sq);
-                c[k] = a;
-                c[k + 1] = b;
-            }
+            // The quantizer's own limiting, on this row in kernel order.
+            let one_row = PairLimit {
+                order: (0..kp).collect(),
+                row_stride: 0,
+                col_stride: 1,
+                rows: vec![true],
+                qmax: vec![q],
+            };
+            one_row.apply(&mut c, |i| row[i] / sq);
             (c, sq)
         };
         let err = |r: usize, c: &[i32], sq: f32| -> f64 {
@@ -581,9 +585,9 @@ fn sites(
         };
         let limited: Vec<bool> = (0..rows_n)
             .map(|r| {
-                q8[r * kp..(r + 1) * kp].chunks_exact(2).any(|p| {
-                    p[0].signum() * p[1].signum() > 0 && p[0].abs() + p[1].abs() > codes::PAIR_LIMIT
-                })
+                q8[r * kp..(r + 1) * kp]
+                    .chunks_exact(2)
+                    .any(|p| codes::past_limit(p[0], p[1]))
             })
             .collect();
         let pick = |rs: &[usize]| -> i32 {

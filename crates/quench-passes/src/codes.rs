@@ -292,11 +292,17 @@ impl PairLimit {
     }
 }
 
+/// Whether two codes have one sign and magnitudes summing past
+/// [`PAIR_LIMIT`] (only such a pair can saturate).
+pub fn past_limit(qa: i32, qb: i32) -> bool {
+    qa.signum() * qb.signum() > 0 && qa.abs() + qb.abs() > PAIR_LIMIT
+}
+
 /// Codes `(qa, qb)` unchanged unless they have one sign and magnitudes
 /// summing past [`PAIR_LIMIT`]; then the integer pair on that sum nearest
 /// to the unrounded codes `(fa, fb)`, each magnitude in `[1, 127]`.
 pub fn limit_pair(qa: i32, qb: i32, fa: f32, fb: f32) -> (i32, i32) {
-    if qa.signum() * qb.signum() <= 0 || qa.abs() + qb.abs() <= PAIR_LIMIT {
+    if !past_limit(qa, qb) {
         return (qa, qb);
     }
     let s = qa.signum();

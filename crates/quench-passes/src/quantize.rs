@@ -1733,29 +1733,33 @@ fn dynamic_matmul(
     let pair_qmax = pairs
         .map(|pl| pl.qmax.as_slice())
         .filter(|q| q.len() == channels);
-    let qmaxes: Vec<i32> = (0..channels)
+    // Per channel: the extreme code, and whether it is a paired grid
+    // (whose scale is the full grid's widened, as the saturation guard
+    // computes it).
+    let grids: Vec<(i32, bool)> = (0..channels)
         .map(|c| {
             if narrow.is_some_and(|m| m[c]) {
-                (qmax + 1) / 2 - 1
-            } else if let Some(q) = pair_qmax.filter(|q| (1..127).contains(&q[c])) {
-                q[c]
+                ((qmax + 1) / 2 - 1, false)
+            } else if let Some(q) = pair_qmax.map(|q| q[c]).filter(|q| (1..127).contains(q)) {
+                (q, true)
             } else {
-                qmax
+                (qmax, false)
             }
         })
         .collect();
-    // (A paired grid's scale as the saturation guard computes it: the
-    // full grid's, widened.)
+    let qmaxes: Vec<i32> = grids.iter().map(|g| g.0).collect();
     let scales: Vec<f32> = amax
         .iter()
-        .zip(&qmaxes)
-        .map(
-            |(a, q)| match (*a > 0.0, pair_qmax.is_some() && *q != qmax && *q > 63) {
-                (false, _) => 1.0,
-                (true, true) => codes::scale_for_qmax(a / qmax as f32, *q),
-                (true, false) => a / *q as f32,
-            },
-        )
+        .zip(&grids)
+        .map(|(a, &(q, paired))| {
+            if *a <= 0.0 {
+                1.0
+            } else if paired {
+                codes::scale_for_qmax(a / qmax as f32, q)
+            } else {
+                a / q as f32
+            }
+        })
         .collect();
     let channel = |i: usize| if per_channel { i % cols } else { 0 };
     let mut q: Vec<i32> = data
